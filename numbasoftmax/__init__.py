@@ -1,0 +1,11 @@
+"""numbasoftmax: softmax, log-softmax and their gradients for numpy and CUDA arrays, in Numba.
+
+Importing the package compiles nothing and touches no GPU: kernels compile (or load from
+numba's on-disk cache) at their first call.
+"""
+
+from ._api import log_softmax, log_softmax_backward, softmax, softmax_backward
+
+__version__ = "0.1.0"
+
+__all__ = ["softmax", "log_softmax", "softmax_backward", "log_softmax_backward", "__version__"]
