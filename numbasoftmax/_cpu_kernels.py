@@ -33,6 +33,7 @@ SOFTMAX_CACHED_ROW = 32768
 TASK_ELEMENTS = 16384
 
 _opts = {"fastmath": FASTMATH, "cache": True, "nogil": True, "error_model": "numpy"}
+_inl = dict(_opts, inline="always")
 
 
 # ---------------------------------------------------------------------------------------
@@ -40,7 +41,7 @@ _opts = {"fastmath": FASTMATH, "cache": True, "nogil": True, "error_model": "num
 # ``range(lo, hi)`` numba cannot prove the index non-negative, keeps its wraparound check
 # and the loop does not vectorize (max over 8192 float32: 0.79 vs 0.15 ns/element).
 
-@njit(**_opts)
+@njit(**_inl)
 def _seg_max(s):
     m = load(s[0])
     for i in range(1, s.shape[0]):
@@ -48,7 +49,7 @@ def _seg_max(s):
     return m
 
 
-@njit(**_opts)
+@njit(**_inl)
 def _seg_sum_exp(s, m):
     total = 0.0
     for b in range(0, s.shape[0], BLOCK):
@@ -60,7 +61,7 @@ def _seg_sum_exp(s, m):
     return total
 
 
-@njit(**_opts)
+@njit(**_inl)
 def _seg_max_sum_exp(s):
     """(max, sum of exp(s - max)); an all -inf segment contributes (-inf, 0)."""
     m = _seg_max(s)
@@ -69,7 +70,7 @@ def _seg_max_sum_exp(s):
     return m, _seg_sum_exp(s, m)
 
 
-@njit(**_opts)
+@njit(**_inl)
 def _seg_softmax_stats(xs, bs):
     """(max, sum of e) with e = exp(xs - max) kept in ``bs``; all -inf: e = 0, (-inf, 0)."""
     m = _seg_max(xs)
@@ -90,7 +91,7 @@ def _seg_softmax_stats(xs, bs):
     return m, total
 
 
-@njit(**_opts)
+@njit(**_inl)
 def _seg_dot(a, b):
     total = 0.0
     for k in range(0, a.shape[0], BLOCK):
@@ -103,7 +104,7 @@ def _seg_dot(a, b):
     return total
 
 
-@njit(**_opts)
+@njit(**_inl)
 def _seg_sum(a):
     total = 0.0
     for k in range(0, a.shape[0], BLOCK):
@@ -133,30 +134,30 @@ def _row_total(maxes, sums, m):
     return total
 
 
-@njit(cache=True)
+@njit(**_inl)
 def _n_chunks(n):
     return (n + CHUNK - 1) // CHUNK
 
 
-@njit(**_opts)
+@njit(**_inl)
 def _seg_scale(bs, out, f):
     for i in range(out.shape[0]):
         out[i] = store(load(bs[i]) * f, out)
 
 
-@njit(**_opts)
+@njit(**_inl)
 def _seg_write_log_softmax(xs, out, m, lse):
     for i in range(out.shape[0]):
         out[i] = store((load(xs[i]) - m) - lse, out)
 
 
-@njit(**_opts)
+@njit(**_inl)
 def _seg_write_softmax_backward(ys, dys, out, s):
     for i in range(out.shape[0]):
         out[i] = store(load(ys[i]) * (load(dys[i]) - s), out)
 
 
-@njit(**_opts)
+@njit(**_inl)
 def _seg_write_log_softmax_backward(zs, dzs, out, s):
     for i in range(out.shape[0]):
         out[i] = store(load(dzs[i]) - exp(load(zs[i])) * s, out)
