@@ -37,42 +37,57 @@ def _launch_pool():
         _layer_checked = True
 
 
-def _run(serial, parallel, n_elements, args):
-    from . import _cpu_kernels  # noqa: F401  (imported lazily: import compiles nothing)
+_kernels = None
 
-    if n_elements < PARALLEL_MIN_ELEMENTS or numba.get_num_threads() == 1:
-        serial(*args)
-        return
+
+def _load_kernels():
+    global _kernels
+    from . import _cpu_kernels  # imported at the first call: ``import numbasoftmax`` compiles nothing
+
+    _kernels = _cpu_kernels
+    return _kernels
+
+
+def _parallel(kernel, args):
     if not _layer_checked:
         _launch_pool()
     if _serialize_lock is None:
-        parallel(*args)
+        kernel(*args)
     else:
         with _serialize_lock:
-            parallel(*args)
+            kernel(*args)
 
+
+# The driver depends only on the problem size, never on the thread count, so results are
+# bitwise the same with any number of threads (both drivers do the same arithmetic anyway).
 
 def softmax(x, sx, out, so, m, n):
-    from . import _cpu_kernels as k
-
-    _run(k.softmax_rows_serial, k.softmax_rows_parallel, m * n, (x, sx, out, so, m, n))
+    k = _kernels or _load_kernels()
+    if m * n < PARALLEL_MIN_ELEMENTS:
+        k.softmax_rows_serial(x, sx, out, so, m, n)
+    else:
+        _parallel(k.softmax_rows_parallel, (x, sx, out, so, m, n))
 
 
 def log_softmax(x, sx, out, so, m, n):
-    from . import _cpu_kernels as k
-
-    _run(k.log_softmax_rows_serial, k.log_softmax_rows_parallel, m * n, (x, sx, out, so, m, n))
+    k = _kernels or _load_kernels()
+    if m * n < PARALLEL_MIN_ELEMENTS:
+        k.log_softmax_rows_serial(x, sx, out, so, m, n)
+    else:
+        _parallel(k.log_softmax_rows_parallel, (x, sx, out, so, m, n))
 
 
 def softmax_backward(y, sy, dy, sdy, out, so, m, n):
-    from . import _cpu_kernels as k
-
-    _run(k.softmax_backward_rows_serial, k.softmax_backward_rows_parallel, m * n,
-         (y, sy, dy, sdy, out, so, m, n))
+    k = _kernels or _load_kernels()
+    if m * n < PARALLEL_MIN_ELEMENTS:
+        k.softmax_backward_rows_serial(y, sy, dy, sdy, out, so, m, n)
+    else:
+        _parallel(k.softmax_backward_rows_parallel, (y, sy, dy, sdy, out, so, m, n))
 
 
 def log_softmax_backward(z, sz, dz, sdz, out, so, m, n):
-    from . import _cpu_kernels as k
-
-    _run(k.log_softmax_backward_rows_serial, k.log_softmax_backward_rows_parallel, m * n,
-         (z, sz, dz, sdz, out, so, m, n))
+    k = _kernels or _load_kernels()
+    if m * n < PARALLEL_MIN_ELEMENTS:
+        k.log_softmax_backward_rows_serial(z, sz, dz, sdz, out, so, m, n)
+    else:
+        _parallel(k.log_softmax_backward_rows_parallel, (z, sz, dz, sdz, out, so, m, n))

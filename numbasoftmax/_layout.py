@@ -71,6 +71,8 @@ def rows_in_place(a, m, n):
         a2 = np.reshape(a, (m, n), copy=False)
     except ValueError:
         return None
+    if a2.flags.c_contiguous:
+        return Rows(a2.reshape(-1), n)
     item = a2.itemsize
     if n > 1 and a2.strides[1] != item:
         return None
