@@ -43,8 +43,8 @@ _inl = dict(_opts, inline="always")
 
 @njit(**_inl)
 def _seg_max(s):
-    m = load(s[0])
-    for i in range(1, s.shape[0]):
+    m = compute_cast(-math.inf, s)
+    for i in range(s.shape[0]):  # from 0: a multiple of the vector width for short rows
         m = maximum(m, load(s[i]))
     return m
 
@@ -116,7 +116,7 @@ def _seg_sum(a):
     return total
 
 
-@njit(**_opts)
+@njit(**_inl)
 def _row_max(maxes):
     m = maxes[0]
     for c in range(1, maxes.shape[0]):
@@ -124,7 +124,7 @@ def _row_max(maxes):
     return m
 
 
-@njit(**_opts)
+@njit(**_inl)
 def _row_total(maxes, sums, m):
     """Sum of exp over the row from per-chunk statistics, in chunk order. An all -inf row
     gives 0 * exp(-inf - -inf) = NaN, so the row becomes NaN as documented."""
@@ -166,7 +166,7 @@ def _seg_write_log_softmax_backward(zs, dzs, out, s):
 # ---------------------------------------------------------------------------------------
 # row functions (serial): the public ``numbasoftmax.jit`` API wraps these
 
-@njit(**_opts)
+@njit(**_inl)
 def softmax_row_buf(x, out, buf):
     """softmax of one row. exp(x - chunk max) is kept in ``buf`` (the output row itself, or a
     float32 scratch row for float16 rows up to SOFTMAX_CACHED_ROW) and rescaled per chunk by
@@ -174,8 +174,9 @@ def softmax_row_buf(x, out, buf):
     n = x.shape[0]
     nc = _n_chunks(n)
     if nc == 1:
+        # the general formula with one chunk; an all -inf row gives 0 * (1 / 0) = NaN
         m, total = _seg_softmax_stats(x, buf)
-        _seg_scale(buf, out, compute_cast(math.exp(m - m) / total, x))
+        _seg_scale(buf, out, compute_cast(1.0 / total, x))
         return
     maxes = np.empty(nc, dtype=np.float64)
     sums = np.empty(nc, dtype=np.float64)
@@ -189,13 +190,13 @@ def softmax_row_buf(x, out, buf):
         _seg_scale(buf[lo:hi], out[lo:hi], compute_cast(math.exp(maxes[c] - m) / total, x))
 
 
-@njit(**_opts)
+@njit(**_inl)
 def _max_lse_row(x):
     n = x.shape[0]
     nc = _n_chunks(n)
     if nc == 1:
-        m, total = _seg_max_sum_exp(x)
-        return compute_cast(m, x), compute_cast(math.log(total * math.exp(m - m)), x)
+        m, total = _seg_max_sum_exp(x)  # all -inf: (x - m) - log(0) = NaN - -inf = NaN
+        return compute_cast(m, x), compute_cast(math.log(total), x)
     maxes = np.empty(nc, dtype=np.float64)
     sums = np.empty(nc, dtype=np.float64)
     for c in range(nc):
@@ -204,13 +205,13 @@ def _max_lse_row(x):
     return compute_cast(m, x), compute_cast(math.log(_row_total(maxes, sums, m)), x)
 
 
-@njit(**_opts)
+@njit(**_inl)
 def log_softmax_row(x, out):
     m, lse = _max_lse_row(x)
     _seg_write_log_softmax(x, out, m, lse)
 
 
-@njit(**_opts)
+@njit(**_inl)
 def _dot_row(y, dy):
     s = 0.0
     for lo in range(0, y.shape[0], CHUNK):
@@ -218,7 +219,7 @@ def _dot_row(y, dy):
     return s
 
 
-@njit(**_opts)
+@njit(**_inl)
 def _sum_row(dz):
     s = 0.0
     for lo in range(0, dz.shape[0], CHUNK):
@@ -226,12 +227,12 @@ def _sum_row(dz):
     return s
 
 
-@njit(**_opts)
+@njit(**_inl)
 def softmax_backward_row(y, dy, out):
     _seg_write_softmax_backward(y, dy, out, compute_cast(_dot_row(y, dy), y))
 
 
-@njit(**_opts)
+@njit(**_inl)
 def log_softmax_backward_row(z, dz, out):
     _seg_write_log_softmax_backward(z, dz, out, compute_cast(_sum_row(dz), z))
 
