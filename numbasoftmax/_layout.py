@@ -22,6 +22,8 @@ def normalize_axes(axis, ndim):
 
     Raises numpy's AxisError for an out-of-range axis and ValueError for a repeated one.
     A 0-d array accepts axis None, 0, -1 (as torch does) and is one element."""
+    if type(axis) is int and -ndim <= axis < ndim:
+        return (axis % ndim,)
     if axis is None:
         return tuple(range(ndim))
     if isinstance(axis, (bool, np.bool_)):
