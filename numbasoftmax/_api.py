@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from . import _cpu
-from ._layout import Rows, contiguous_rows, normalize_axes, permutation, rows_in_place
+from ._layout import Rows, as_2d, contiguous_rows, normalize_axes, permutation, rows_in_place
 
 _FLOATS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 _FAST = (np.dtype(np.float32), np.dtype(np.float64))
@@ -58,6 +58,10 @@ def softmax_backward(y, dy, axis=-1, *, out=None):
 
     ``y`` and ``dy`` must have the same shape and dtype.
     """
+    fast = _fast_path_pair(y, dy, axis, out)
+    if fast is not None:
+        _cpu.softmax_backward(*fast[0])
+        return fast[1]
     return _backward("softmax_backward", ("y", "dy"), y, dy, axis, out)
 
 
@@ -67,6 +71,10 @@ def log_softmax_backward(z, dz, axis=-1, *, out=None):
 
     ``z`` and ``dz`` must have the same shape and dtype.
     """
+    fast = _fast_path_pair(z, dz, axis, out)
+    if fast is not None:
+        _cpu.log_softmax_backward(*fast[0])
+        return fast[1]
     return _backward("log_softmax_backward", ("z", "dz"), z, dz, axis, out)
 
 
@@ -90,16 +98,31 @@ def _fast_path(x, axis, out):
     return (x.reshape(-1), n, out.reshape(-1), n, x.size // n, n), out
 
 
+def _fast_path_pair(a, b, axis, out):
+    """The fast path for the backward functions: ``a`` and ``b`` alike in every respect."""
+    fast = _fast_path(a, axis, out)
+    if fast is None or not (type(b) is np.ndarray and b.shape == a.shape and b.dtype == a.dtype
+                            and b.flags.c_contiguous):
+        return None
+    (af, n, of, _, m, _), res = fast
+    if out is not None and out is not b and np.may_share_memory(b, out):
+        return None
+    return (af, n, b.reshape(-1), n, of, n, m, n), res
+
+
 def _kind(obj):
     """'numpy' (and array-likes), 'cuda' or 'dask'; decided without importing cupy/dask."""
     if isinstance(obj, np.ndarray):
         return "numpy"
-    module = type(obj).__module__.partition(".")[0]
+    t = type(obj)
+    module = t.__module__.partition(".")[0]
+    if module == "cupy" or getattr(t, "__cuda_ndarray__", False):
+        return "cuda"  # cupy; numba device arrays (the simulator's have no CAI)
+    if module == "torch":  # before the CAI probe: torch raises RuntimeError there when a
+        return "cuda" if getattr(obj, "is_cuda", False) else "numpy"  # tensor requires grad
     if module == "dask" and hasattr(obj, "dask") and hasattr(obj, "chunks"):
         return "dask"
     if hasattr(obj, "__cuda_array_interface__"):
-        return "cuda"
-    if module == "torch" and getattr(obj, "is_cuda", False):
         return "cuda"
     return "numpy"
 
@@ -114,6 +137,8 @@ def _as_input(obj, name, func):
     dtype = obj.dtype
     if dtype in _FLOATS:
         return obj
+    if dtype.kind == "f" and dtype.newbyteorder("=") in _FLOATS:  # byte-swapped float
+        return obj.astype(dtype.newbyteorder("="))
     if dtype.kind in "biu":
         return obj.astype(np.float64)
     raise TypeError(f"{func}(): {name} must have dtype float16, float32, float64, an integer "
@@ -196,7 +221,7 @@ def _run_cpu(func, inputs, axes, out):
                 and not _same_view(a, out)):
             a = a.copy()  # partial overlap with out: read from a private copy
         t = a.view(storage).transpose(perm)
-        rows.append(rows_in_place(t, m, n) or contiguous_rows(t, m, n))
+        rows.append(rows_in_place(t, m, n) or contiguous_rows(t, m, n, _cpu.copy2d))
     out_t = out.view(storage).transpose(perm)
     dest = rows_in_place(out_t, m, n)
     staged = dest is None
@@ -207,5 +232,9 @@ def _run_cpu(func, inputs, axes, out):
         args += [r.flat, r.stride]
     getattr(_cpu, func)(*args, dest.flat, dest.stride, m, n)
     if staged:
-        out_t[...] = dest.flat.reshape(out_t.shape)
+        out_2d = as_2d(out_t, m, n)
+        if out_2d is None:
+            out_t[...] = dest.flat.reshape(out_t.shape)
+        else:
+            _cpu.copy2d(dest.flat.reshape(m, n), out_2d)
     return out

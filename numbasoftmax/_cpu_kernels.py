@@ -19,9 +19,21 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.extending import overload
 
-from ._math import FASTMATH, compute_cast, compute_zero, exp, load, maximum, store
+from ._math import (
+    FASTMATH,
+    compute_cast,
+    compute_zero,
+    exp,
+    load,
+    maximum,
+    store,
+    strict_div,
+    strict_mul,
+    strict_sub,
+)
 
 BLOCK = 1024
 CHUNK = 8192
@@ -82,11 +94,13 @@ def _seg_softmax_stats(xs, bs):
     for b in range(0, xs.shape[0], BLOCK):
         xb = xs[b:b + BLOCK]
         bb = bs[b:b + BLOCK]
-        part = compute_zero(xs)
         for i in range(xb.shape[0]):
-            e = exp(load(xb[i]) - m)
-            bb[i] = store(e, bb)
-            part += e
+            bb[i] = store(exp(load(xb[i]) - m), bb)
+        # summed in a loop of its own: fused with the stores above, the loop vectorizes
+        # differently when ``bs`` is the input itself (in place) and the sum changes bits
+        part = compute_zero(xs)
+        for i in range(bb.shape[0]):
+            part += load(bb[i])
         total += part
     return m, total
 
@@ -130,8 +144,15 @@ def _row_total(maxes, sums, m):
     gives 0 * exp(-inf - -inf) = NaN, so the row becomes NaN as documented."""
     total = 0.0
     for c in range(maxes.shape[0]):
-        total += sums[c] * math.exp(maxes[c] - m)
+        total += strict_mul(sums[c], math.exp(strict_sub(maxes[c], m)))
     return total
+
+
+@njit(**_inl)
+def _chunk_factor(chunk_max, row_max, total, x):
+    """exp(chunk max - row max) / total in the compute type of ``x``, without fast-math
+    rewrites, so that the serial and the parallel drivers (and users' code) agree."""
+    return compute_cast(strict_div(math.exp(strict_sub(chunk_max, row_max)), total), x)
 
 
 @njit(**_inl)
@@ -142,25 +163,25 @@ def _n_chunks(n):
 @njit(**_inl)
 def _seg_scale(bs, out, f):
     for i in range(out.shape[0]):
-        out[i] = store(load(bs[i]) * f, out)
+        out[i] = store(strict_mul(load(bs[i]), f), out)
 
 
 @njit(**_inl)
 def _seg_write_log_softmax(xs, out, m, lse):
     for i in range(out.shape[0]):
-        out[i] = store((load(xs[i]) - m) - lse, out)
+        out[i] = store(strict_sub(load(xs[i]) - m, lse), out)
 
 
 @njit(**_inl)
 def _seg_write_softmax_backward(ys, dys, out, s):
     for i in range(out.shape[0]):
-        out[i] = store(load(ys[i]) * (load(dys[i]) - s), out)
+        out[i] = store(strict_mul(load(ys[i]), strict_sub(load(dys[i]), s)), out)
 
 
 @njit(**_inl)
 def _seg_write_log_softmax_backward(zs, dzs, out, s):
     for i in range(out.shape[0]):
-        out[i] = store(load(dzs[i]) - exp(load(zs[i])) * s, out)
+        out[i] = store(strict_sub(load(dzs[i]), strict_mul(exp(load(zs[i])), s)), out)
 
 
 # ---------------------------------------------------------------------------------------
@@ -169,15 +190,23 @@ def _seg_write_log_softmax_backward(zs, dzs, out, s):
 @njit(**_inl)
 def softmax_row_buf(x, out, buf):
     """softmax of one row. exp(x - chunk max) is kept in ``buf`` (the output row itself, or a
-    float32 scratch row for float16 rows up to SOFTMAX_CACHED_ROW) and rescaled per chunk by
-    exp(chunk max - row max) / total: one exp per element."""
-    n = x.shape[0]
-    nc = _n_chunks(n)
-    if nc == 1:
+    float32 scratch row for float16) and rescaled per chunk by exp(chunk max - row max) /
+    total: one exp per element."""
+    if x.shape[0] <= CHUNK:
         # the general formula with one chunk; an all -inf row gives 0 * (1 / 0) = NaN
         m, total = _seg_softmax_stats(x, buf)
-        _seg_scale(buf, out, compute_cast(1.0 / total, x))
-        return
+        _seg_scale(buf, out, compute_cast(strict_div(1.0, total), x))
+    else:
+        _softmax_long_row(x, out, buf)
+
+
+# Long rows are compiled out of line (``_opts``, not ``_inl``): numba inlining copies code
+# into every caller, and a call per long row costs nothing.
+
+@njit(**_opts)
+def _softmax_long_row(x, out, buf):
+    n = x.shape[0]
+    nc = _n_chunks(n)
     maxes = np.empty(nc, dtype=np.float64)
     sums = np.empty(nc, dtype=np.float64)
     for c in range(nc):
@@ -187,16 +216,20 @@ def softmax_row_buf(x, out, buf):
     total = _row_total(maxes, sums, m)
     for c in range(nc):
         lo, hi = c * CHUNK, min(n, (c + 1) * CHUNK)
-        _seg_scale(buf[lo:hi], out[lo:hi], compute_cast(math.exp(maxes[c] - m) / total, x))
+        _seg_scale(buf[lo:hi], out[lo:hi], _chunk_factor(maxes[c], m, total, x))
 
 
 @njit(**_inl)
 def _max_lse_row(x):
-    n = x.shape[0]
-    nc = _n_chunks(n)
-    if nc == 1:
+    if x.shape[0] <= CHUNK:
         m, total = _seg_max_sum_exp(x)  # all -inf: (x - m) - log(0) = NaN - -inf = NaN
         return compute_cast(m, x), compute_cast(math.log(total), x)
+    return _max_lse_long_row(x)
+
+
+@njit(**_opts)
+def _max_lse_long_row(x):
+    nc = _n_chunks(x.shape[0])
     maxes = np.empty(nc, dtype=np.float64)
     sums = np.empty(nc, dtype=np.float64)
     for c in range(nc):
@@ -242,24 +275,40 @@ def log_softmax_backward_row(z, dz, out):
 # x[i*sx : i*sx + N]. A flat C-contiguous buffer (instead of a strided 2-D array) lets
 # numba know that rows are contiguous, which the vectorizer needs.
 
+def _scratch(out, n):
+    """A float32 row that holds exp(x - max) for float16 (uint16) output; for float32 and
+    float64 the output row itself holds it, and this is an unused empty array."""
+
+
+def _exp_buffer(out_row, scratch):
+    """Where softmax_row_buf keeps exp(x - max): ``scratch`` for float16, else the output."""
+
+
+@overload(_scratch, inline="always")
+def _scratch_impl(out, n):
+    if out.dtype == types.uint16:
+        return lambda out, n: np.empty(n, dtype=np.float32)
+    return lambda out, n: np.empty(0, dtype=np.float32)
+
+
+@overload(_exp_buffer, inline="always")
+def _exp_buffer_impl(out_row, scratch):
+    if out_row.dtype == types.uint16:
+        return lambda out_row, scratch: scratch
+    return lambda out_row, scratch: out_row
+
+
 @njit(**_opts)
 def softmax_row(x, out):
-    if out.itemsize == 2 and x.shape[0] <= SOFTMAX_CACHED_ROW:
-        softmax_row_buf(x, out, np.empty(x.shape[0], dtype=np.float32))
-    else:
-        softmax_row_buf(x, out, out)
+    softmax_row_buf(x, out, _exp_buffer(out, _scratch(out, x.shape[0])))
 
 
 @njit(**_opts)
 def _softmax_rows(x, sx, out, so, lo, hi, n):
-    if out.itemsize == 2 and n <= SOFTMAX_CACHED_ROW:  # float16: one float32 scratch row
-        scratch = np.empty(n, dtype=np.float32)
-        for i in range(lo, hi):
-            softmax_row_buf(x[i * sx:i * sx + n], out[i * so:i * so + n], scratch)
-    else:
-        for i in range(lo, hi):
-            row = out[i * so:i * so + n]
-            softmax_row_buf(x[i * sx:i * sx + n], row, row)
+    scratch = _scratch(out, n)  # one per task, not one per row
+    for i in range(lo, hi):
+        row = out[i * so:i * so + n]
+        softmax_row_buf(x[i * sx:i * sx + n], row, _exp_buffer(row, scratch))
 
 
 @njit(**_opts)
@@ -302,9 +351,11 @@ def log_softmax_backward_rows_serial(z, sz, dz, sdz, out, so, m, n):
     _log_softmax_backward_rows(z, sz, dz, sdz, out, so, 0, m, n)
 
 
-# Parallel drivers. Rows up to ROW_TASK_MAX run whole inside one task (groups of rows per
-# task); longer rows are split into (row, chunk) tasks in phases: chunk statistics, then
-# per-row combination, then a writing pass. The arithmetic is the row functions' own.
+# Parallel drivers. ``*_rows_parallel``: rows up to ROW_TASK_MAX run whole inside one task
+# (groups of rows per task), so a row's second pass reads from cache. ``*_chunks_parallel``:
+# longer rows are split into (row, chunk) tasks in phases: chunk statistics, per-row
+# combination, then a writing pass. The arithmetic is the row functions' own. They are
+# separate functions so that a program compiles only the ones its shapes need.
 
 ROW_TASK_MAX = SOFTMAX_CACHED_ROW
 
@@ -318,11 +369,13 @@ def _rows_per_task(n):
 
 @njit(**_par)
 def softmax_rows_parallel(x, sx, out, so, m, n):
-    if n <= ROW_TASK_MAX:
-        g = _rows_per_task(n)
-        for t in prange((m + g - 1) // g):
-            _softmax_rows(x, sx, out, so, t * g, min(m, (t + 1) * g), n)
-        return
+    g = _rows_per_task(n)
+    for t in prange((m + g - 1) // g):
+        _softmax_rows(x, sx, out, so, t * g, min(m, (t + 1) * g), n)
+
+
+@njit(**_par)
+def softmax_chunks_parallel(x, sx, out, so, m, n):
     nc = _n_chunks(n)
     maxes = np.empty((m, nc), dtype=np.float64)
     sums = np.empty((m, nc), dtype=np.float64)
@@ -340,16 +393,18 @@ def softmax_rows_parallel(x, sx, out, so, m, n):
         i, c = t // nc, t % nc
         lo, hi = c * CHUNK, min(n, (c + 1) * CHUNK)
         seg = out[i * so + lo:i * so + hi]
-        _seg_scale(seg, seg, compute_cast(math.exp(maxes[i, c] - row_max[i]) / row_total[i], x))
+        _seg_scale(seg, seg, _chunk_factor(maxes[i, c], row_max[i], row_total[i], x))
 
 
 @njit(**_par)
 def log_softmax_rows_parallel(x, sx, out, so, m, n):
-    if n <= ROW_TASK_MAX:
-        g = _rows_per_task(n)
-        for t in prange((m + g - 1) // g):
-            _log_softmax_rows(x, sx, out, so, t * g, min(m, (t + 1) * g), n)
-        return
+    g = _rows_per_task(n)
+    for t in prange((m + g - 1) // g):
+        _log_softmax_rows(x, sx, out, so, t * g, min(m, (t + 1) * g), n)
+
+
+@njit(**_par)
+def log_softmax_chunks_parallel(x, sx, out, so, m, n):
     nc = _n_chunks(n)
     maxes = np.empty((m, nc), dtype=np.float64)
     sums = np.empty((m, nc), dtype=np.float64)
@@ -371,11 +426,13 @@ def log_softmax_rows_parallel(x, sx, out, so, m, n):
 
 @njit(**_par)
 def softmax_backward_rows_parallel(y, sy, dy, sdy, out, so, m, n):
-    if n <= ROW_TASK_MAX:
-        g = _rows_per_task(n)
-        for t in prange((m + g - 1) // g):
-            _softmax_backward_rows(y, sy, dy, sdy, out, so, t * g, min(m, (t + 1) * g), n)
-        return
+    g = _rows_per_task(n)
+    for t in prange((m + g - 1) // g):
+        _softmax_backward_rows(y, sy, dy, sdy, out, so, t * g, min(m, (t + 1) * g), n)
+
+
+@njit(**_par)
+def softmax_backward_chunks_parallel(y, sy, dy, sdy, out, so, m, n):
     nc = _n_chunks(n)
     dots = np.empty((m, nc), dtype=np.float64)
     for t in prange(m * nc):
@@ -397,11 +454,13 @@ def softmax_backward_rows_parallel(y, sy, dy, sdy, out, so, m, n):
 
 @njit(**_par)
 def log_softmax_backward_rows_parallel(z, sz, dz, sdz, out, so, m, n):
-    if n <= ROW_TASK_MAX:
-        g = _rows_per_task(n)
-        for t in prange((m + g - 1) // g):
-            _log_softmax_backward_rows(z, sz, dz, sdz, out, so, t * g, min(m, (t + 1) * g), n)
-        return
+    g = _rows_per_task(n)
+    for t in prange((m + g - 1) // g):
+        _log_softmax_backward_rows(z, sz, dz, sdz, out, so, t * g, min(m, (t + 1) * g), n)
+
+
+@njit(**_par)
+def log_softmax_backward_chunks_parallel(z, sz, dz, sdz, out, so, m, n):
     nc = _n_chunks(n)
     sums = np.empty((m, nc), dtype=np.float64)
     for t in prange(m * nc):
@@ -420,3 +479,21 @@ def log_softmax_backward_rows_parallel(z, sz, dz, sdz, out, so, m, n):
         _seg_write_log_softmax_backward(z[i * sz + lo:i * sz + hi],
                                         dz[i * sdz + lo:i * sdz + hi],
                                         out[i * so + lo:i * so + hi], compute_cast(row_sum[i], z))
+
+
+# ---------------------------------------------------------------------------------------
+# Strided 2-D copies for rows that are not contiguous in memory (e.g. softmax over axis 0
+# of a C-ordered array). numpy's strided copy of a transposed 8192x1024 float32 view took
+# 74 ms; tiles of TILE x TILE keep both sides' cache lines in L1.
+
+TILE = 64
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def copy2d(src, dst):
+    m, n = src.shape
+    for bi in prange((m + TILE - 1) // TILE):
+        for bj in range(0, n, TILE):
+            for i in range(bi * TILE, min(m, (bi + 1) * TILE)):
+                for j in range(bj, min(n, bj + TILE)):
+                    dst[i, j] = src[i, j]

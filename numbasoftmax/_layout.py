@@ -28,25 +28,20 @@ def normalize_axes(axis, ndim):
         return tuple(range(ndim))
     if isinstance(axis, (bool, np.bool_)):
         raise TypeError(f"axis must be an int, a tuple of ints or None; got {axis!r}")
-    if ndim == 0:
-        axes = axis if isinstance(axis, tuple) else (axis,)
-        for a in axes:
-            if not isinstance(a, (int, np.integer)) or isinstance(a, (bool, np.bool_)):
-                raise TypeError(f"axis must be an int, a tuple of ints or None; got {axis!r}")
-        if len(set(axes)) != len(axes) or any(a not in (0, -1) for a in axes):
+    axes = axis if isinstance(axis, tuple) else (axis,)
+    for a in axes:
+        if isinstance(a, (bool, np.bool_)):
+            raise TypeError(f"axis must be an int, a tuple of ints or None; got {axis!r}")
+        try:
+            operator.index(a)
+        except TypeError:
+            raise TypeError(f"axis must be an int, a tuple of ints or None; got {axis!r}") from None
+    if ndim == 0:  # one element: axis 0 or -1, once (as torch)
+        if len(axes) > 1:
+            raise ValueError(f"repeated axis in `axis` argument: {axis!r} for a 0-d array")
+        if any(operator.index(a) not in (0, -1) for a in axes):
             raise np.exceptions.AxisError(f"axis {axis!r} is out of bounds for a 0-d array")
         return ()
-    if isinstance(axis, tuple):
-        for a in axis:
-            if isinstance(a, (bool, np.bool_)):
-                raise TypeError(f"axis must be an int, a tuple of ints or None; got {axis!r}")
-    elif not isinstance(axis, (int, np.integer)):
-        try:
-            operator.index(axis)
-        except TypeError:
-            raise TypeError(
-                f"axis must be an int, a tuple of ints or None; got {type(axis).__name__}"
-            ) from None
     return tuple(sorted(normalize_axis_tuple(axis, ndim, argname="axis")))
 
 
@@ -69,9 +64,8 @@ def permutation(shape, strides, axes):
 def rows_in_place(a, m, n):
     """A zero-copy ``Rows`` view of ``a`` (already permuted) or None when its rows are not
     contiguous and evenly spaced with a non-negative stride."""
-    try:
-        a2 = np.reshape(a, (m, n), copy=False)
-    except ValueError:
+    a2 = as_2d(a, m, n)
+    if a2 is None:
         return None
     if a2.flags.c_contiguous:
         return Rows(a2.reshape(-1), n)
@@ -89,6 +83,20 @@ def rows_in_place(a, m, n):
     return Rows(flat, stride)
 
 
-def contiguous_rows(a, m, n):
-    """Rows of a C-contiguous copy of ``a`` (in logical order)."""
-    return Rows(np.ascontiguousarray(a).reshape(m * n), n)
+def as_2d(a, m, n):
+    """``a`` viewed as (m, n) without copying, or None."""
+    try:
+        return np.reshape(a, (m, n), copy=False)
+    except ValueError:
+        return None
+
+
+def contiguous_rows(a, m, n, copy2d):
+    """Rows of a C-contiguous copy of ``a`` (in logical order); ``copy2d(src, dst)`` copies
+    2-D views (a tiled kernel: numpy's strided copies of transposed views are slow)."""
+    a2 = as_2d(a, m, n)
+    if a2 is None:
+        return Rows(np.ascontiguousarray(a).reshape(m * n), n)
+    dst = np.empty((m, n), dtype=a.dtype)
+    copy2d(a2, dst)
+    return Rows(dst.reshape(-1), n)

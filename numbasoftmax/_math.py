@@ -56,6 +56,36 @@ def maximum(typingctx, a, b):
     return a(a, a), codegen
 
 
+def _strict(opname):
+    """An IEEE operation that LLVM may neither reassociate with its neighbours
+    (``(x - m) - lse`` must not become ``x - (m + lse)``: wrong for x near 1e308) nor fold
+    a division into, so every caller gets the same bits. It still vectorizes.
+
+    numba stamps its fast-math flags on every floating-point instruction that has none
+    (and functions called from a fast-math function inherit its flags), so the instruction
+    is emitted here with ``nsz`` alone, which allows no reordering."""
+
+    @intrinsic
+    def op(typingctx, a, b):
+        floats = (types.float32, types.float64)
+        if a not in floats or b not in floats:
+            return None
+        result = types.float64 if types.float64 in (a, b) else types.float32
+
+        def codegen(context, builder, sig, args):
+            x, y = (context.cast(builder, v, t, result) for v, t in zip(args, sig.args))
+            return getattr(builder, opname)(x, y, flags=("nsz",))
+
+        return result(a, b), codegen
+
+    return op
+
+
+strict_sub = _strict("fsub")
+strict_mul = _strict("fmul")
+strict_div = _strict("fdiv")
+
+
 @intrinsic
 def _exp2_int(typingctx, k):
     """2**k for an integral float32/float64 k inside the normal exponent range.

@@ -7,13 +7,19 @@ Peers that are not installed report ``available() == False`` and are skipped.
 Operations and their arguments (after ``prepare``):
     softmax(x, axis), log_softmax(x, axis),
     softmax_backward(y, dy, axis), log_softmax_backward(z, dz, axis)
+
+``role`` says what an entry is for: "ours" (numbasoftmax), "peer" (a library we compare
+against) or "oracle" (the float64 reference: checked against, never timed by the benchmark).
+``call_out(*inputs, axis, out)``, where given, writes into a preallocated native ``out``
+(made with ``prepare``) and returns it; the benchmark uses it to time calls without the
+allocation of the result.
 """
 
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -31,6 +37,8 @@ class Impl:
     available: Callable[[], bool] = lambda: True
     sync: Callable[[], None] = lambda: None  # wait for the device before reading a clock
     int_axis_only: bool = False  # torch takes one int dim
+    role: str = "peer"  # "ours", "peer" or "oracle"
+    call_out: Callable | None = None  # call_out(*native_inputs, axis, out) -> out
 
     @property
     def key(self):
@@ -66,6 +74,11 @@ def _ours(op):
     return getattr(numbasoftmax, op)
 
 
+def _ours_gpu_ok():
+    # the GPU path lives in numbasoftmax._cuda; until it exists there is nothing to run
+    return _has("numbasoftmax._cuda") and _has("numba.cuda") and _gpu_ok()
+
+
 def _reference(op):
     from . import reference
 
@@ -88,6 +101,21 @@ def _torch_call(op):
     if op == "softmax_backward":
         return lambda y, dy, axis: torch._softmax_backward_data(dy, y, axis, y.dtype)
     return lambda z, dz, axis: torch._log_softmax_backward_data(dz, z, axis, z.dtype)
+
+
+def _torch_call_out(op):
+    import torch
+
+    aten = torch.ops.aten
+    if op == "softmax":
+        return lambda x, axis, out: torch._softmax(x, axis, False, out=out)
+    if op == "log_softmax":
+        return lambda x, axis, out: torch._log_softmax(x, axis, False, out=out)
+    if op == "softmax_backward":
+        return lambda y, dy, axis, out: aten._softmax_backward_data.out(dy, y, axis, y.dtype,
+                                                                        grad_input=out)
+    return lambda z, dz, axis, out: aten._log_softmax_backward_data.out(dz, z, axis, z.dtype,
+                                                                        out=out)
 
 
 def _torch_prepare(device):
@@ -136,17 +164,26 @@ def _cupyx(op):
 def _entries():
     out = []
     for op in OPS:
-        out.append(Impl("numbasoftmax", op, "cpu", lambda *a, _op=op: _ours(_op)(*a)))
-        out.append(Impl("reference", op, "cpu", lambda *a, _op=op: _reference(_op)(*a)))
+        def ours_out(*a, axis, out, _op=op):
+            return _ours(_op)(*a, axis, out=out)
+
+        def torch_out(*a, axis, out, _op=op):
+            return _torch_call_out(_op)(*a, axis, out)
+
+        out.append(Impl("numbasoftmax", op, "cpu", lambda *a, _op=op: _ours(_op)(*a),
+                        role="ours", call_out=ours_out))
+        out.append(Impl("reference", op, "cpu", lambda *a, _op=op: _reference(_op)(*a),
+                        role="oracle"))
         out.append(Impl("torch", op, "cpu", lambda *a, _op=op: _torch_call(_op)(*a),
                         prepare=_torch_prepare("cpu"), to_numpy=_torch_to_numpy,
-                        available=lambda: _has("torch"), int_axis_only=True))
+                        available=lambda: _has("torch"), int_axis_only=True, call_out=torch_out))
         out.append(Impl("numbasoftmax", op, "gpu", lambda *a, _op=op: _ours(_op)(*a),
-                        prepare=_cupy_prepare, to_numpy=_cupy_to_numpy, available=_gpu_ok,
-                        sync=_cupy_sync))
+                        prepare=_cupy_prepare, to_numpy=_cupy_to_numpy, available=_ours_gpu_ok,
+                        sync=_cupy_sync, role="ours", call_out=ours_out))
         out.append(Impl("torch", op, "gpu", lambda *a, _op=op: _torch_call(_op)(*a),
                         prepare=_torch_prepare("cuda"), to_numpy=_torch_to_numpy,
-                        available=_torch_cuda_ok, sync=_torch_sync, int_axis_only=True))
+                        available=_torch_cuda_ok, sync=_torch_sync, int_axis_only=True,
+                        call_out=torch_out))
     for op in ("softmax", "log_softmax"):
         out.append(Impl("scipy", op, "cpu", lambda *a, _op=op: _scipy(_op)(*a),
                         available=lambda: _has("scipy")))

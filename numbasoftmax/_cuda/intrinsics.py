@@ -1,0 +1,218 @@
+"""Device primitives of the real (GPU) path: 16-byte vector loads/stores, half and bfloat16
+conversions, warp shuffles. Imported only when the CUDA simulator is off; the simulator
+gets the same functions, written in Python, from ``sim.py``.
+
+Storage kinds: ``"f4"`` (float32), ``"f8"`` (float64), ``"f2"`` (IEEE half) and ``"bf16"``
+(bfloat16); the two 2-byte kinds reach the kernels as uint16 arrays. Arithmetic is float32,
+float64 for ``"f8"``.
+
+numba's own vector types and hand-unrolled code emit scalar loads (shared FACTS.md); these
+intrinsics bitcast the element pointer to a 16-byte vector pointer and load/store it with
+``align 16`` (``ld.global.v4.*`` / ``st.global.v4.*``). The caller guarantees the alignment
+(launch.py checks every base pointer and row stride before choosing a vector kernel).
+"""
+
+from __future__ import annotations
+
+import math
+
+from llvmlite import ir
+from numba import cuda, types
+from numba.cuda.extending import intrinsic
+
+_I16 = ir.IntType(16)
+_I32 = ir.IntType(32)
+_I64 = ir.IntType(64)
+_F32 = ir.FloatType()
+_F64 = ir.DoubleType()
+
+
+def _to_i64(builder, value, ty):
+    if isinstance(ty, types.Integer) and ty.bitwidth < 64:
+        return builder.sext(value, _I64) if ty.signed else builder.zext(value, _I64)
+    return value
+
+
+def _h2f(builder, bits):
+    fnty = ir.FunctionType(_F32, [_I16])
+    return builder.call(ir.InlineAsm(fnty, "cvt.f32.f16 $0, $1;", "=f,h"), [bits])
+
+
+def _f2h(builder, value):
+    fnty = ir.FunctionType(_I16, [_F32])
+    return builder.call(ir.InlineAsm(fnty, "cvt.rn.f16.f32 $0, $1;", "=h,f"), [value])
+
+
+def _b2f(builder, bits):
+    return builder.bitcast(builder.shl(builder.zext(bits, _I32), ir.Constant(_I32, 16)), _F32)
+
+
+def _f2b(builder, value):
+    """float32 -> bfloat16 bits, round to nearest even; NaN stays a quiet NaN (sign kept)."""
+    u = builder.bitcast(value, _I32)
+    high = builder.lshr(u, ir.Constant(_I32, 16))
+    lsb = builder.and_(high, ir.Constant(_I32, 1))
+    rounded = builder.lshr(builder.add(builder.add(u, ir.Constant(_I32, 0x7FFF)), lsb),
+                           ir.Constant(_I32, 16))
+    quiet = builder.or_(high, ir.Constant(_I32, 0x40))
+    isnan = builder.fcmp_unordered("uno", value, value)
+    return builder.trunc(builder.select(isnan, quiet, rounded), _I16)
+
+
+_TO_F32 = {"f2": _h2f, "bf16": _b2f, "raw16": lambda builder, bits: bits}
+_FROM_F32 = {"f2": _f2h, "bf16": _f2b}
+
+
+def _elem_ptr(context, builder, aryty, ary, index, index_ty):
+    data = context.make_array(aryty)(context, builder, ary).data
+    return builder.gep(data, [_to_i64(builder, index, index_ty)])
+
+
+def make_vector_io(kind):
+    """(ldv, stv) intrinsics for one storage kind ("raw16": 2-byte bits, unconverted).
+
+    ``ldv(arr, i, buf, off, step)``: load the 16 bytes at ``arr[i:]`` (16-byte aligned) and
+    write the V converted values to ``buf[off + v*step]``.
+    ``stv(arr, i, buf, off, step)``: convert ``buf[off + v*step]`` and store them as 16
+    bytes at ``arr[i:]``."""
+
+    if kind == "f4":
+        vec_ty, width = ir.VectorType(_F32, 4), 4
+    elif kind == "f8":
+        vec_ty, width = ir.VectorType(_F64, 2), 2
+    else:
+        vec_ty, width = ir.VectorType(_I32, 4), 8
+
+    def _buf_ptrs(context, builder, sig, args):
+        bufty, offty, stepty = sig.args[2], sig.args[3], sig.args[4]
+        data = context.make_array(bufty)(context, builder, args[2]).data
+        off = _to_i64(builder, args[3], offty)
+        step = _to_i64(builder, args[4], stepty)
+        return [builder.gep(data, [builder.add(off, builder.mul(step, ir.Constant(_I64, v)))])
+                for v in range(width)]
+
+    @intrinsic
+    def ldv(typingctx, arr, idx, buf, off, step):
+        if not (isinstance(arr, types.Array) and isinstance(buf, types.Array)):
+            return None
+
+        def codegen(context, builder, sig, args):
+            ptr = _elem_ptr(context, builder, sig.args[0], args[0], args[1], sig.args[1])
+            vec = builder.load(builder.bitcast(ptr, vec_ty.as_pointer()), align=16)
+            dst = _buf_ptrs(context, builder, sig, args)
+            if kind in ("f4", "f8"):
+                for v in range(width):
+                    builder.store(builder.extract_element(vec, ir.Constant(_I32, v)), dst[v])
+                return context.get_dummy_value()
+            conv = _TO_F32[kind]
+            for w in range(4):
+                word = builder.extract_element(vec, ir.Constant(_I32, w))
+                lo = builder.trunc(word, _I16)
+                hi = builder.trunc(builder.lshr(word, ir.Constant(_I32, 16)), _I16)
+                builder.store(conv(builder, lo), dst[2 * w])
+                builder.store(conv(builder, hi), dst[2 * w + 1])
+            return context.get_dummy_value()
+
+        return types.void(arr, idx, buf, off, step), codegen
+
+    @intrinsic
+    def stv(typingctx, arr, idx, buf, off, step):
+        if not (isinstance(arr, types.Array) and isinstance(buf, types.Array)):
+            return None
+
+        def codegen(context, builder, sig, args):
+            ptr = _elem_ptr(context, builder, sig.args[0], args[0], args[1], sig.args[1])
+            src = _buf_ptrs(context, builder, sig, args)
+            vec = ir.Constant(vec_ty, ir.Undefined)
+            if kind in ("f4", "f8"):
+                for v in range(width):
+                    vec = builder.insert_element(vec, builder.load(src[v]), ir.Constant(_I32, v))
+            else:
+                conv = _FROM_F32[kind]
+                for w in range(4):
+                    lo = builder.zext(conv(builder, builder.load(src[2 * w])), _I32)
+                    hi = builder.zext(conv(builder, builder.load(src[2 * w + 1])), _I32)
+                    word = builder.or_(lo, builder.shl(hi, ir.Constant(_I32, 16)))
+                    vec = builder.insert_element(vec, word, ir.Constant(_I32, w))
+            builder.store(vec, builder.bitcast(ptr, vec_ty.as_pointer()), align=16)
+            return context.get_dummy_value()
+
+        return types.void(arr, idx, buf, off, step), codegen
+
+    return ldv, stv
+
+
+def _make_convert(kind):
+    @intrinsic
+    def to_f32(typingctx, bits):
+        if bits != types.uint16:
+            return None
+
+        def codegen(context, builder, sig, args):
+            return _TO_F32[kind](builder, args[0])
+
+        return types.float32(types.uint16), codegen
+
+    @intrinsic
+    def from_f32(typingctx, value):
+        if value != types.float32:
+            return None
+
+        def codegen(context, builder, sig, args):
+            return _FROM_F32[kind](builder, args[0])
+
+        return types.uint16(types.float32), codegen
+
+    return to_f32, from_f32
+
+
+h2f, f2h = _make_convert("f2")
+b2f, f2b = _make_convert("bf16")
+
+_dev = {"device": True, "forceinline": True}
+
+
+def make_primitives(kind):
+    """The primitives namespace of ``kernels.py`` for one storage kind (real GPU)."""
+    ctype = types.float64 if kind == "f8" else types.float32
+    ldv, stv = make_vector_io(kind)
+    ldv_raw = make_vector_io("raw16")[0] if kind in ("f2", "bf16") else ldv
+
+    if kind in ("f4", "f8"):
+        @cuda.jit(**_dev)
+        def ld(arr, i):
+            return arr[i]
+
+        @cuda.jit(**_dev)
+        def st(arr, i, v):
+            arr[i] = v
+    else:
+        to_f32, from_f32 = (h2f, f2h) if kind == "f2" else (b2f, f2b)
+
+        @cuda.jit(**_dev)
+        def ld(arr, i):
+            return to_f32(arr[i])
+
+        @cuda.jit(**_dev)
+        def st(arr, i, v):
+            arr[i] = from_f32(types.float32(v))
+
+    @cuda.jit(**_dev)
+    def exp(v):
+        return math.exp(v)
+
+    @cuda.jit(**_dev)
+    def log(v):
+        return math.log(v)
+
+    @cuda.jit(**_dev)
+    def shfl_xor(v, lanemask, xch):
+        return cuda.shfl_xor_sync(0xFFFFFFFF, v, lanemask)
+
+    @cuda.jit(**_dev)
+    def begin():
+        pass
+
+    return dict(ctype=ctype, width=16 // (8 if kind == "f8" else 4 if kind == "f4" else 2),
+                ldv=ldv, stv=stv, ldv_raw=ldv_raw, ld=ld, st=st, exp=exp, log=log,
+                shfl_xor=shfl_xor, begin=begin, sim=False)

@@ -1,0 +1,158 @@
+"""The CUDA simulator's versions of the device primitives in ``intrinsics.py``.
+
+``NUMBA_ENABLE_CUDASIM=1`` runs kernels as Python, one thread per CUDA thread, and has no
+warp shuffles, ``syncwarp`` or intrinsics (shared FACTS.md). The kernels in ``kernels.py``
+are the same source in both modes; only these primitives differ:
+
+* Warp shuffles become an exchange through a block-wide shared array between two
+  ``syncthreads()``; that is faithful when the whole block executes the same shuffles,
+  which the kernels guarantee (every thread of a block runs every reduction; threads
+  without a row carry identity values). ``shfl_xor`` is one such exchange; the group
+  reductions (butterflies of log2(width) shuffles) do one exchange and replay the
+  butterfly in the GPU's order, so a reduction combines the same numbers in the same
+  order with 2 barriers instead of 2 per step (each barrier costs milliseconds here).
+* Vector loads/stores are V scalar accesses, and they assert that the address is 16-byte
+  aligned: the simulator's arrays live in host memory at real addresses, so the launcher's
+  alignment checks are exercised too.
+* float16/bfloat16 conversions go through numpy (round to nearest even, as ``cvt.rn``).
+* exp/log/division run on numpy scalars with floating-point errors ignored, so an overflow
+  gives inf and log(0) gives -inf as on the GPU instead of raising like ``math``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import cuda
+
+_F32 = np.float32
+_F64 = np.float64
+
+
+def _h2f(bits):
+    return _F32(np.uint16(bits).view(np.float16))
+
+
+def _f2h(value):
+    return np.float16(_F32(value)).view(np.uint16)
+
+
+def _b2f(bits):
+    return (np.uint32(bits) << np.uint32(16)).view(_F32)
+
+
+def _f2b(value):
+    u = _F32(value).view(np.uint32)
+    if value != value:
+        return np.uint16((u >> np.uint32(16)) | np.uint32(0x40))
+    lsb = (u >> np.uint32(16)) & np.uint32(1)
+    return np.uint16((u + np.uint32(0x7FFF) + lsb) >> np.uint32(16))
+
+
+f32_to_bf16_bits = _f2b
+bf16_bits_to_f32 = _b2f
+
+
+def _address(arr):
+    """Host address of element 0 of a (kernel-side) simulator array."""
+    return arr.__array_interface__["data"][0]
+
+
+@cuda.jit(device=True)
+def shfl_xor(v, lanemask, xch):
+    t = cuda.threadIdx.x
+    cuda.syncthreads()
+    xch[t] = v
+    cuda.syncthreads()
+    return xch[t ^ lanemask]
+
+
+def _fmax(a, b):
+    if a > b or a != a:
+        return a
+    return b
+
+
+def _add(a, b):
+    return a + b
+
+
+@cuda.jit(device=True)
+def _group_reduce(v, width, xch, op):
+    """What ``width``-lane butterfly shuffles compute, from one exchange: every thread reads
+    its group's values and replays the butterfly in the GPU's order (lane l combines
+    op(v[l], v[l ^ off]) for off = width/2 .. 1), so the result is bitwise the GPU's."""
+    t = cuda.threadIdx.x
+    cuda.syncthreads()
+    xch[t] = v
+    cuda.syncthreads()
+    base = t - t % width
+    vals = [xch[base + i] for i in range(width)]
+    off = width // 2
+    while off > 0:
+        vals = [op(vals[i], vals[i ^ off]) for i in range(width)]
+        off //= 2
+    return vals[t - base]
+
+
+def group_max(v, width, xch):
+    return _group_reduce(v, width, xch, _fmax)
+
+
+def group_sum(v, width, xch):
+    return _group_reduce(v, width, xch, _add)
+
+
+def make_primitives(kind):
+    ctype = _F64 if kind == "f8" else _F32
+    from numba import types
+
+    nb_ctype = types.float64 if kind == "f8" else types.float32
+    itemsize = {"f4": 4, "f8": 8, "f2": 2, "bf16": 2}[kind]
+    width = 16 // itemsize
+
+    if kind in ("f4", "f8"):
+        def ld(arr, i):
+            return ctype(arr[i])
+
+        def st(arr, i, v):
+            arr[i] = ctype(v)
+    elif kind == "f2":
+        def ld(arr, i):
+            return _h2f(arr[i])
+
+        def st(arr, i, v):
+            arr[i] = _f2h(v)
+    else:
+        def ld(arr, i):
+            return _b2f(arr[i])
+
+        def st(arr, i, v):
+            arr[i] = _f2b(v)
+
+    def ldv(arr, i, buf, off, step):
+        assert (_address(arr) + i * itemsize) % 16 == 0, "misaligned vector load"
+        for v in range(width):
+            buf[off + v * step] = ld(arr, i + v)
+
+    def stv(arr, i, buf, off, step):
+        assert (_address(arr) + i * itemsize) % 16 == 0, "misaligned vector store"
+        for v in range(width):
+            st(arr, i + v, buf[off + v * step])
+
+    def ldv_raw(arr, i, buf, off, step):
+        assert (_address(arr) + i * itemsize) % 16 == 0, "misaligned vector load"
+        for v in range(width):
+            buf[off + v * step] = arr[i + v]
+
+    def exp(v):
+        return np.exp(v)
+
+    def log(v):
+        return np.log(v)
+
+    def begin():
+        np.seterr(all="ignore")  # per thread: each simulated CUDA thread is a Python thread
+
+    return dict(ctype=nb_ctype, width=width, ldv=ldv, stv=stv, ldv_raw=ldv_raw, ld=ld, st=st,
+                exp=exp, log=log, shfl_xor=shfl_xor, group_max=group_max,
+                group_sum=group_sum, begin=begin, sim=True)

@@ -1,0 +1,384 @@
+"""Dispatch rules, validation and errors, axes and layouts of the GPU path."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import threading
+
+import numpy as np
+import pytest
+from gpu_helpers import SIM, DevView, assert_close, cuda, guarded, to_host, view_of
+
+import numbasoftmax as ns
+from numbasoftmax import reference
+
+pytestmark = pytest.mark.gpu
+
+
+def _is_numba_device_array(obj):
+    return type(obj).__name__ in ("DeviceNDArray", "FakeCUDAArray")
+
+
+def _x(shape=(3, 6), dtype=np.float32, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+
+
+# ---------------------------------------------------------------------------------------
+# array kinds and results
+
+def test_numba_device_array_in_numba_out():
+    x = _x()
+    d = cuda().to_device(x)
+    r = ns.softmax(d)
+    assert _is_numba_device_array(r)
+    assert r.shape == x.shape and r.dtype == x.dtype
+    assert_close("softmax", to_host(r), [x.astype(np.float64)], -1, "float32")
+
+
+def test_generic_cai_object_gives_numba_device_array():
+    x = _x((4, 5), np.float64)
+    v, _ = view_of(x)
+    r = ns.log_softmax(v)
+    assert _is_numba_device_array(r)
+    assert_close("log_softmax", to_host(r), [x], -1, "float64")
+
+
+def test_out_is_returned_and_written():
+    x = _x()
+    d = cuda().to_device(x)
+    out = cuda().device_array_like(d)
+    r = ns.softmax(d, out=out)
+    assert r is out
+    assert_close("softmax", to_host(out), [x.astype(np.float64)], -1, "float32")
+
+
+def test_out_may_be_another_gpu_kind():
+    x = _x((2, 8))
+    v, _ = view_of(x)
+    out = cuda().device_array(x.shape, dtype=x.dtype)
+    assert ns.softmax(v, out=out) is out
+    assert_close("softmax", to_host(out), [x.astype(np.float64)], -1, "float32")
+
+
+def test_float16_and_float64_keep_dtype():
+    for dt, name in ((np.float16, "float16"), (np.float64, "float64")):
+        x = _x((3, 7), dt)
+        r = ns.softmax(cuda().to_device(x))
+        assert r.dtype == np.dtype(dt)
+        assert_close("softmax", to_host(r).astype(np.float64), [x.astype(np.float64)], -1,
+                     name)
+
+
+@pytest.mark.parametrize("dt", [np.int32, np.int64, np.uint8, np.bool_])
+def test_integer_and_bool_give_float64(dt):
+    x = (np.arange(12).reshape(3, 4) % 5).astype(dt)
+    r = ns.softmax(cuda().to_device(x), axis=0)
+    assert r.dtype == np.float64
+    assert_close("softmax", to_host(r), [x.astype(np.float64)], 0, "float64")
+
+
+def test_backward_kinds():
+    x = _x((3, 9), np.float64)
+    y = reference.softmax(x)
+    dy = _x((3, 9), np.float64, 1)
+    r = ns.softmax_backward(cuda().to_device(y), cuda().to_device(dy))
+    assert _is_numba_device_array(r)
+    assert_close("softmax_backward", to_host(r), [y, dy], -1, "float64")
+    z = reference.log_softmax(x)
+    v, _ = view_of(z)
+    r = ns.log_softmax_backward(v, cuda().to_device(dy))
+    assert_close("log_softmax_backward", to_host(r), [z, dy], -1, "float64")
+
+
+# ---------------------------------------------------------------------------------------
+# mixing host and device, validation
+
+def test_device_x_host_out():
+    d = cuda().to_device(_x())
+    with pytest.raises(TypeError, match=r"x is a GPU array.*out is a host array"):
+        ns.softmax(d, out=np.empty((3, 6), np.float32))
+
+
+def test_device_y_host_dy():
+    y = cuda().to_device(_x())
+    with pytest.raises(TypeError, match=r"y is a GPU array.*dy is a host array"):
+        ns.softmax_backward(y, _x())
+
+
+def test_host_z_device_dz():
+    dz = cuda().to_device(_x())
+    with pytest.raises(TypeError, match=r"dz is a GPU array.*z is a host array"):
+        ns.log_softmax_backward(_x(), dz)
+
+
+def test_host_x_device_out():
+    out = cuda().to_device(_x())
+    with pytest.raises(TypeError, match="out"):
+        ns.softmax(_x(), out=out)
+
+
+def test_out_wrong_dtype_shape_readonly():
+    d = cuda().to_device(_x())
+    with pytest.raises(TypeError, match="out must have dtype float32"):
+        ns.softmax(d, out=cuda().device_array((3, 6), np.float64))
+    with pytest.raises(ValueError, match=r"out must have shape \(3, 6\)"):
+        ns.softmax(d, out=cuda().device_array((6, 3), np.float32))
+    base = cuda().to_device(np.zeros(18, np.float32))
+    ro = DevView(base, 0, (3, 6), (6, 1), readonly=True)
+    with pytest.raises(ValueError, match="writeable"):
+        ns.softmax(d, out=ro)
+
+
+def test_backward_mismatches():
+    a = cuda().to_device(_x())
+    with pytest.raises(ValueError, match="y and dy must have the same shape"):
+        ns.softmax_backward(a, cuda().to_device(_x((6, 3))))
+    with pytest.raises(TypeError, match="z and dz must have the same dtype"):
+        ns.log_softmax_backward(a, cuda().to_device(_x(dtype=np.float64)))
+
+
+def test_unsupported_dtype():
+    d = cuda().to_device(np.ones((2, 3), np.complex64))
+    with pytest.raises(TypeError, match="x must have dtype"):
+        ns.softmax(d)
+
+
+def test_bad_axis():
+    d = cuda().to_device(_x())
+    with pytest.raises(np.exceptions.AxisError):
+        ns.softmax(d, axis=2)
+    with pytest.raises(ValueError):
+        ns.softmax(d, axis=(0, 0))
+    with pytest.raises(TypeError):
+        ns.softmax(d, axis=1.5)
+
+
+def test_masked_and_opaque_cai_rejected():
+    class Masked:
+        __cuda_array_interface__ = {"shape": (2,), "typestr": "<f4", "data": (0, False),
+                                    "version": 3, "mask": object()}
+
+    with pytest.raises(TypeError, match="masked"):
+        ns.softmax(Masked())
+
+    class Opaque:
+        __cuda_array_interface__ = {"shape": (2,), "typestr": "<V2", "data": (0, False),
+                                    "version": 3}
+
+    with pytest.raises(TypeError, match="typestr"):
+        ns.softmax(Opaque())
+
+
+# ---------------------------------------------------------------------------------------
+# axes, layouts, edge shapes
+
+@pytest.mark.parametrize("axis", [0, 1, -1, (0, 2), (1, 2), None, ()])
+def test_axes(axis):
+    x = _x((3, 4, 5), np.float64, 3)
+    r = ns.softmax(cuda().to_device(x), axis=axis)
+    assert_close("softmax", to_host(r), [x], axis, "float64")
+
+
+@pytest.mark.parametrize("layout", [
+    dict(order=(1, 0)),                      # Fortran / transposed
+    dict(steps=(2, 3)),                      # stepped
+    dict(flip=(True, False)),                # negative row stride
+    dict(flip=(False, True)),                # negative element stride
+    dict(order=(1, 0), flip=(True, True)),
+])
+@pytest.mark.parametrize("func", ["softmax", "log_softmax_backward"])
+def test_layouts(layout, func):
+    x = _x((4, 6), np.float32, 5)
+    if func == "softmax":
+        host = [x]
+    else:
+        host = [reference.log_softmax(x.astype(np.float64)).astype(np.float32), _x((4, 6))]
+    views = [view_of(h, **layout)[0] for h in host]
+    for axis in (-1, 0):
+        r = getattr(ns, func)(*views, axis=axis)
+        assert_close(func, to_host(r), [h.astype(np.float64) for h in host], axis, "float32")
+        out, check = guarded((4, 6), np.float32, strides=[-1, 5], pad=3)  # scatter path
+        assert getattr(ns, func)(*views, axis=axis, out=out) is out
+        check()
+        assert_close(func, to_host(out), [h.astype(np.float64) for h in host], axis,
+                     "float32")
+
+
+def test_result_keeps_input_layout():
+    x = np.asfortranarray(_x((5, 7)))
+    v, _ = view_of(x, order=(1, 0))
+    r = ns.softmax(v, axis=0)  # softmax axis contiguous in memory: result likewise
+    h = to_host(r)
+    assert_close("softmax", h, [x.astype(np.float64)], 0, "float32")
+    assert r.strides[0] == 4
+
+
+def test_zero_d_and_empty():
+    s = cuda().to_device(np.array(2.5, np.float32))
+    assert float(to_host(ns.softmax(s))) == 1.0
+    assert float(to_host(ns.log_softmax(s))) == 0.0
+    for shape, axis in (((0, 5), -1), ((3, 0), -1), ((3, 0), 0), ((0,), None)):
+        e = cuda().to_device(np.zeros(shape, np.float32))
+        r = ns.softmax(e, axis=axis)
+        assert r.shape == shape
+        r = ns.softmax_backward(e, e, axis=axis)
+        assert r.shape == shape
+
+
+def test_in_place_and_partial_overlap():
+    x = _x((4, 8), np.float32, 9)
+    d = cuda().to_device(x)
+    assert ns.softmax(d, out=d) is d
+    assert_close("softmax", to_host(d), [x.astype(np.float64)], -1, "float32")
+    # out overlaps x shifted by one row: x must be read before it is overwritten
+    buf = cuda().to_device(np.concatenate([x.ravel(), np.zeros(8, np.float32)]))
+    xv = DevView(buf, 0, (4, 8), (8, 1))
+    ov = DevView(buf, 8, (4, 8), (8, 1))
+    ns.log_softmax(xv, out=ov)
+    assert_close("log_softmax", to_host(ov), [x.astype(np.float64)], -1, "float32")
+
+
+def test_deterministic():
+    x = _x((3, 70), np.float32, 4)
+    d = cuda().to_device(x)
+    a = to_host(ns.softmax(d))
+    b = to_host(ns.softmax(d))
+    assert a.tobytes() == b.tobytes()
+
+
+def test_threads():
+    """Calls from several threads (the simulator serializes launches; caches and the
+    compile lock are exercised)."""
+    shapes = [(2, 5), (3, 8), (2, 40)]
+    errors = []
+
+    def work(k):
+        try:
+            for j in range(2):
+                x = _x(shapes[(k + j) % 3], np.float32, k * 10 + j)
+                r = ns.softmax(cuda().to_device(x))
+                assert_close("softmax", to_host(r), [x.astype(np.float64)], -1, "float32")
+        except Exception as err:  # noqa: BLE001
+            errors.append(err)
+
+    ts = [threading.Thread(target=work, args=(k,)) for k in range(3)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not errors, errors
+
+
+# ---------------------------------------------------------------------------------------
+# availability and laziness (subprocesses)
+
+def _run(code, env_sim=True):
+    import os
+
+    env = dict(os.environ)
+    if not env_sim:
+        env.pop("NUMBA_ENABLE_CUDASIM", None)
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, env=env, timeout=120)
+
+
+def test_import_is_lazy():
+    r = _run("""
+        import sys
+        import numpy as np
+        import numbasoftmax
+        numbasoftmax.softmax(np.ones((2, 3)))
+        bad = [m for m in ("numba.cuda", "cupy", "torch") if m in sys.modules]
+        assert not bad, bad
+    """)
+    assert r.returncode == 0, r.stderr
+
+
+def test_clear_error_without_numba_cuda():
+    r = _run("""
+        import sys
+        sys.modules["numba.cuda"] = None   # as if numba-cuda were not installed
+        import numpy as np
+        import numbasoftmax
+
+        class G:
+            __cuda_array_interface__ = {"shape": (2, 3), "typestr": "<f4",
+                                        "data": (1 << 20, False), "version": 3}
+        try:
+            numbasoftmax.softmax(G())
+        except RuntimeError as err:
+            msg = str(err)
+            assert "numba-cuda is not installed" in msg and "x is a GPU array" in msg, msg
+        else:
+            raise SystemExit("no error")
+        print(numbasoftmax.softmax(np.zeros(2)))   # numpy still works
+    """)
+    assert r.returncode == 0, r.stderr + r.stdout
+
+
+def test_clear_error_without_gpu(monkeypatch):
+    from numbasoftmax._cuda import api
+
+    monkeypatch.setattr(api, "_launch", None)
+    monkeypatch.setattr(cuda(), "is_available", lambda: False)
+    with pytest.raises(api.CudaUnavailableError, match="no usable GPU"):
+        ns.softmax(cuda().to_device(_x()))
+
+
+def test_simulator_flag_matches():
+    from numbasoftmax._cuda import launch
+
+    assert launch.SIM == SIM
+
+
+def test_torch_cpu_tensor_is_a_host_array():
+    torch = pytest.importorskip("torch")
+    d = cuda().to_device(_x())
+    with pytest.raises(TypeError, match=r"out is a host array \(torch.Tensor on cpu\)"):
+        ns.softmax(d, out=torch.zeros(3, 6))
+    with pytest.raises(TypeError, match="dy is a host array"):
+        ns.softmax_backward(d, torch.zeros(3, 6))
+
+
+def test_direct_launch_arguments():
+    """The raw-int kernel arguments follow numba's flattened array layout: (meminfo,
+    parent, nitems, itemsize, data, shape, strides) per 1-D array, ints as intptr."""
+    from numbasoftmax._cuda import launch
+
+    b = launch.Buf(4096, 10, np.dtype(np.float32))
+    assert launch._direct_args([b, 7, (1, 2)]) == [0, 0, 10, 4, 4096, 10, 4, 7, 1, 2]
+
+
+@pytest.mark.parametrize("kind", ["f4", "f2"])
+def test_plans(kind):
+    """Strategy thresholds on a GPU-like device (132 SMs, 227 KB shared memory)."""
+    from numbasoftmax._cuda import launch
+
+    saved = dict(launch._props)
+    launch._props[99] = (132, 232448)
+    try:
+        with launch.config.override(block=None, max_grid=None):
+            got = {n: launch.plan("softmax", kind, (1 << 26) // n, n, True, 99,
+                                  sim=False).steps[0].spec
+                   for n in (32, 1024, 2048, 32768, 65536, 262144)}
+            grid = launch.plan("softmax", kind, 1 << 21, 32, True, 99, sim=False).steps[0].grid
+    finally:
+        launch._props.clear()
+        launch._props.update(saved)
+    assert got[32].strategy == "rows" and got[32].V == 16 // launch.STORAGE[kind].itemsize
+    assert got[1024].strategy == "rows"
+    assert got[2048].strategy == got[32768].strategy == "smem"
+    assert got[262144].strategy.startswith("split")  # 256 rows < 2 x 132 SMs
+    # float16 rows of 65536 fit in shared memory as float16 (not as float32)
+    assert got[65536].strategy == ("long" if kind == "f4" else "smem")
+    assert got[65536].cache == "c" if kind == "f4" else got[65536].cache == "s"
+    assert grid == 132 * 32
+
+
+def test_dispatch_without_gpu_array():
+    from numbasoftmax._cuda import api
+
+    with pytest.raises(TypeError, match="no GPU array"):
+        api.dispatch("softmax", (np.zeros(3),), -1, None)

@@ -1,0 +1,152 @@
+"""Property-based tests of the GPU path (hypothesis): random shapes (0-d to 4-D, zero
+sizes), axes (int, negative, tuples, None), layouts (transposed, stepped, negative
+strides), dtypes, forced strategies, values mixing normal, huge, tiny, -inf, +inf and NaN;
+``out`` sometimes a strided view in a poisoned buffer. Compared with the float64 reference.
+
+50 examples per function by default (the simulator runs a Python thread per CUDA thread);
+``--fuzz-long`` or NUMBASOFTMAX_FUZZ_LONG=1 runs 100x more.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from gpu_helpers import FUNCS, assert_close, guarded, layout_strides, strided_view, to_host
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import numbasoftmax as ns
+
+pytestmark = pytest.mark.gpu
+
+BASE_EXAMPLES = 50
+
+
+def _examples(request):
+    long = request.config.getoption("--fuzz-long", default=False) or \
+        os.environ.get("NUMBASOFTMAX_FUZZ_LONG") == "1"
+    factor = 100 if long else int(os.environ.get("NUMBASOFTMAX_FUZZ_MULTIPLIER", "1") or 1)
+    return BASE_EXAMPLES * max(1, factor)
+
+
+HUGE = {"float32": 3e38, "float64": 1e308, "float16": 6e4}
+LARGE = {"float32": 1e15, "float64": 1e150, "float16": 100.0}
+TINY = {"float32": 1e-30, "float64": 1e-300, "float16": 1e-6}
+
+
+@st.composite
+def shapes_axes(draw):
+    nd = draw(st.integers(0, 4))
+    shape = []
+    total = 1
+    for _ in range(nd):
+        s = draw(st.sampled_from([0] + [1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 17, 33] * 3))
+        if total * max(s, 1) > 160:
+            s = 1
+        shape.append(s)
+        total *= max(s, 1)
+    shape = tuple(shape)
+    kind = draw(st.sampled_from(["default", "int", "tuple", "none"]))
+    if kind == "default" or nd == 0:
+        axis = -1 if nd else draw(st.sampled_from([-1, 0, None, ()]))
+    elif kind == "int":
+        axis = draw(st.integers(-nd, nd - 1))
+    elif kind == "none":
+        axis = None
+    else:
+        axs = draw(st.lists(st.integers(0, nd - 1), unique=True, max_size=nd))
+        axis = tuple(a - nd if draw(st.booleans()) else a for a in axs)
+    return shape, axis
+
+
+@st.composite
+def layouts(draw, nd):
+    order = tuple(draw(st.permutations(range(nd)))) if nd else ()
+    steps = tuple(draw(st.sampled_from([1, 1, 2])) for _ in range(nd))
+    flip = tuple(draw(st.booleans()) and draw(st.booleans()) for _ in range(nd))
+    extra = draw(st.sampled_from([0, 0, 1, 4]))
+    return dict(order=order, steps=steps, flip=flip, row_extra=extra)
+
+
+def _values(draw, shape, dtype, role):
+    name = np.dtype(dtype).name
+    size = int(np.prod(shape)) if shape else 1
+    if np.dtype(dtype).kind in "biu":
+        if np.dtype(dtype).kind == "b":
+            return np.array(draw(st.lists(st.booleans(), min_size=size, max_size=size)),
+                            dtype=bool).reshape(shape)
+        return np.array(draw(st.lists(st.integers(-5, 5), min_size=size, max_size=size)),
+                        dtype=dtype).reshape(shape)
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    if role == "x":
+        cats = ["normal"] * 6 + ["huge", "tiny", "-inf", "+inf", "nan"]
+    elif role == "y":  # softmax output-like
+        cats = ["unit"] * 6 + ["tiny", "nan", "+inf", "zero"]
+    elif role == "z":  # log_softmax output-like
+        cats = ["logp"] * 6 + ["-inf", "nan", "large-", "+inf"]
+    else:  # incoming gradient
+        cats = ["normal"] * 6 + ["large", "nan", "+inf", "-inf"]
+    weights = draw(st.lists(st.integers(0, 3), min_size=len(cats), max_size=len(cats)))
+    if sum(weights) == 0:
+        weights[0] = 1
+    p = np.array(weights, dtype=float) / sum(weights)
+    pick = rng.choice(len(cats), size=size, p=p)
+    normal = rng.standard_normal(size) * draw(st.sampled_from([0.1, 1.0, 5.0]))
+    table = {
+        "normal": normal, "unit": rng.random(size), "logp": -np.abs(normal) * 3,
+        "huge": np.sign(normal + 1e-9) * HUGE[name], "tiny": np.sign(normal) * TINY[name],
+        "large": np.sign(normal) * LARGE[name], "large-": -LARGE[name] * np.ones(size),
+        "-inf": -np.inf * np.ones(size), "+inf": np.inf * np.ones(size),
+        "nan": np.nan * np.ones(size), "zero": np.zeros(size),
+    }
+    vals = np.empty(size)
+    for k, c in enumerate(cats):
+        sel = pick == k
+        vals[sel] = table[c][sel]
+    return vals.astype(dtype).reshape(shape)
+
+
+def _fuzz_once(func, data):
+    from numbasoftmax._cuda import launch
+
+    shape, axis = data.draw(shapes_axes())
+    bwd = func in ("softmax_backward", "log_softmax_backward")
+    dtype = data.draw(st.sampled_from(
+        ["float32", "float64", "float16"] * 3 + (["int32", "bool"] if not bwd else ["int64"])))
+    roles = ("x",) if not bwd else (("y", "g") if func == "softmax_backward" else ("z", "g"))
+    host = [_values(data.draw, shape, dtype, r) for r in roles]
+    views = []
+    for h in host:
+        lay = data.draw(layouts(len(shape)))
+        v, _ = strided_view(h, layout_strides(h.shape, **lay), pad=data.draw(st.integers(0, 3)))
+        views.append(v)
+    res_dtype = np.float64 if np.dtype(dtype).kind in "biu" else np.dtype(dtype)
+    out = check = None
+    if data.draw(st.booleans()):
+        lay = data.draw(layouts(len(shape)))
+        out, check = guarded(shape, res_dtype, layout_strides(shape, **lay), pad=2)
+    force = data.draw(st.sampled_from([None, None, "rows", "smem", "smem16", "long",
+                                       "split"]))
+    with launch.config.override(force=force):
+        r = getattr(ns, func)(*views, axis=axis, out=out)
+    if out is not None:
+        assert r is out
+        check()
+    got = to_host(r).astype(np.float64)
+    assert got.shape == shape
+    assert_close(func, got, [h.astype(np.float64) for h in host], axis,
+                 np.dtype(res_dtype).name)
+
+
+@pytest.mark.parametrize("func", FUNCS)
+def test_fuzz(func, request):
+    @settings(max_examples=_examples(request), deadline=None, derandomize=True,
+              suppress_health_check=list(HealthCheck), database=None)
+    @given(data=st.data())
+    def run(data):
+        _fuzz_once(func, data)
+
+    run()

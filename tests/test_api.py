@@ -1,0 +1,294 @@
+"""The four public functions against the float64 reference (numbasoftmax.reference).
+
+Shapes are chosen to hit every CPU code path (see tests/_helpers.py for the thresholds):
+row lengths below, at and above each kernel threshold (BLOCK=1024 lane blocks, CHUNK=8192
+chunks, ROW_TASK_MAX=SOFTMAX_CACHED_ROW=32768: longer rows are split into (row, chunk)
+parallel tasks and float16 rows stop using the float32 scratch row), and total sizes below,
+at and above PARALLEL_MIN_ELEMENTS=32768 (serial vs parallel driver).
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import pytest
+from _helpers import (
+    FLOAT_DTYPES,
+    LAYOUTS,
+    OPS,
+    PARALLEL_MIN_ELEMENTS,
+    assert_bitwise_equal,
+    assert_matches_reference,
+    call,
+    in_layout,
+    inputs_for,
+    num_threads,
+)
+
+import numbasoftmax
+
+
+@pytest.fixture
+def rng(request):
+    return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
+
+
+def _dtype_id(d):
+    return np.dtype(d).name
+
+
+# ---------------------------------------------------------------------------------------
+# row lengths around every threshold, each as one row, as a batch small enough for the
+# serial driver, and as a batch just big enough for the parallel driver
+
+ROW_LENGTHS = (1, 2, 31, 32, 33, 1023, 1024, 1025, 8191, 8192, 8193,
+               32767, 32768, 32769, 70000)
+
+
+def _threshold_shapes():
+    shapes = []
+    for n in ROW_LENGTHS:
+        candidates = [(n,)]
+        if n < PARALLEL_MIN_ELEMENTS:
+            candidates.append(((PARALLEL_MIN_ELEMENTS - 1) // n, n))  # serial driver
+        candidates.append((PARALLEL_MIN_ELEMENTS // n + 1, n))  # parallel driver
+        for s in candidates:
+            if s not in shapes and not (len(s) == 2 and s[0] == 1):
+                shapes.append(s)
+    return shapes
+
+
+THRESHOLD_SHAPES = _threshold_shapes()
+
+
+@pytest.mark.parametrize("shape", THRESHOLD_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=_dtype_id)
+@pytest.mark.parametrize("op", OPS)
+def test_row_length_thresholds(op, dtype, shape, rng):
+    inputs = inputs_for(op, rng, shape, dtype)
+    assert_matches_reference(op, call(op, inputs), inputs)
+
+
+# total elements just below, at and just above the parallel-driver threshold
+DRIVER_SHAPES = [(217, 151), (256, 128), (99, 331)]
+
+
+def test_driver_shapes_straddle_threshold():
+    sizes = [int(np.prod(s)) for s in DRIVER_SHAPES]
+    assert sizes == [PARALLEL_MIN_ELEMENTS - 1, PARALLEL_MIN_ELEMENTS,
+                     PARALLEL_MIN_ELEMENTS + 1]
+
+
+@pytest.mark.parametrize("shape", DRIVER_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=_dtype_id)
+@pytest.mark.parametrize("op", OPS)
+def test_driver_threshold(op, dtype, shape, rng):
+    inputs = inputs_for(op, rng, shape, dtype)
+    assert_matches_reference(op, call(op, inputs), inputs)
+
+
+@pytest.mark.parametrize("shape", [(1, 32769), (3, 40000), (2, 70000), (1, 32768), (5, 8193)],
+                         ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=_dtype_id)
+@pytest.mark.parametrize("op", OPS)
+def test_serial_driver_long_rows(op, dtype, shape, rng):
+    """With one thread the serial driver runs every size, long rows included."""
+    inputs = inputs_for(op, rng, shape, dtype)
+    with num_threads(1):
+        got = call(op, inputs)
+    assert_matches_reference(op, got, inputs)
+
+
+@pytest.mark.parametrize("axis", [-1, 0], ids=lambda a: f"axis{a}")
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=_dtype_id)
+@pytest.mark.parametrize("op", OPS)
+def test_irregular_shape(op, dtype, axis, rng):
+    inputs = inputs_for(op, rng, (1823, 781), dtype, axis=axis)
+    assert_matches_reference(op, call(op, inputs, axis=axis), inputs, axis=axis)
+
+
+# ---------------------------------------------------------------------------------------
+# axes
+
+AXES_4D = [0, 1, 2, 3, -1, -2, -4, (0,), (3,), (0, 2), (1, 3), (2, 0), (-1, 1), (0, 1, 2),
+           (0, 1, 2, 3), None, (), np.int64(2), (np.int32(1), -1)]
+
+
+@pytest.mark.parametrize("axis", AXES_4D, ids=lambda a: repr(a).replace(" ", ""))
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=_dtype_id)
+@pytest.mark.parametrize("op", OPS)
+def test_axes_4d(op, dtype, axis, rng):
+    inputs = inputs_for(op, rng, (3, 4, 5, 6), dtype, axis=axis)
+    assert_matches_reference(op, call(op, inputs, axis=axis), inputs, axis=axis)
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2, -1, (0, 2), (1, 2), None],
+                         ids=lambda a: repr(a).replace(" ", ""))
+@pytest.mark.parametrize("op", OPS)
+def test_axes_3d_parallel(op, axis, rng):
+    """3-D, big enough for the parallel driver whatever the axes."""
+    inputs = inputs_for(op, rng, (40, 33, 31), np.float32, axis=axis)
+    assert_matches_reference(op, call(op, inputs, axis=axis), inputs, axis=axis)
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_default_axis_is_last(op, rng):
+    inputs = inputs_for(op, rng, (4, 5, 6), np.float64)
+    assert_bitwise_equal(getattr(numbasoftmax, op)(*inputs),
+                         call(op, inputs, axis=2))
+    assert_matches_reference(op, call(op, inputs, axis=-1), inputs, axis=-1)
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_axis_none_is_all_axes(op, rng):
+    inputs = inputs_for(op, rng, (3, 4, 5), np.float64, axis=None)
+    assert_bitwise_equal(call(op, inputs, axis=None), call(op, inputs, axis=(0, 1, 2)))
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_axis_tuple_order_irrelevant(op, rng):
+    inputs = inputs_for(op, rng, (6, 5, 4), np.float32, axis=(0, 2))
+    assert_bitwise_equal(call(op, inputs, axis=(2, 0)), call(op, inputs, axis=(0, 2)))
+    assert_bitwise_equal(call(op, inputs, axis=(-1, 0)), call(op, inputs, axis=(0, 2)))
+
+
+# ---------------------------------------------------------------------------------------
+# dtypes
+
+@pytest.mark.parametrize("dtype", [np.bool_, np.int8, np.int16, np.int32, np.int64,
+                                   np.uint8, np.uint64], ids=_dtype_id)
+@pytest.mark.parametrize("op", OPS)
+def test_integer_and_bool_promote_to_float64(op, dtype, rng):
+    inputs = inputs_for(op, rng, (5, 7), dtype)
+    got = call(op, inputs)
+    assert got.dtype == np.float64
+    assert_matches_reference(op, got, inputs)
+    # promotion means computing on the float64 values
+    assert_bitwise_equal(got, call(op, tuple(a.astype(np.float64) for a in inputs)))
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=_dtype_id)
+@pytest.mark.parametrize("op", OPS)
+def test_float_dtype_kept(op, dtype, rng):
+    inputs = inputs_for(op, rng, (3, 10), dtype)
+    assert call(op, inputs).dtype == np.dtype(dtype)
+
+
+# ---------------------------------------------------------------------------------------
+# layouts
+
+LAYOUT_CASES = [((7, 33), -1), ((300, 129), -1), ((300, 129), 0), ((5, 6, 7), (0, 2)),
+                ((2, 40000), -1)]
+
+
+@pytest.mark.parametrize("case", LAYOUT_CASES, ids=lambda c: f"{'x'.join(map(str, c[0]))}-ax{c[1]}")
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=_dtype_id)
+@pytest.mark.parametrize("op", OPS)
+def test_layouts(op, dtype, layout, case, rng):
+    shape, axis = case
+    inputs = inputs_for(op, rng, shape, dtype, axis=axis)
+    laid = tuple(in_layout(a, layout) for a in inputs)
+    got = call(op, laid, axis=axis)
+    assert_matches_reference(op, got, inputs, axis=axis)
+
+
+@pytest.mark.parametrize("layouts", [("C", "F"), ("negative", "stepped"), ("offset", "C"),
+                                     ("transposed", "negative")], ids="-".join)
+@pytest.mark.parametrize("op", ["softmax_backward", "log_softmax_backward"])
+def test_backward_mixed_layouts(op, layouts, rng):
+    """y and dy (z and dz) in different layouts."""
+    inputs = inputs_for(op, rng, (50, 70), np.float32, axis=0)
+    laid = tuple(in_layout(a, lay) for a, lay in zip(inputs, layouts, strict=True))
+    assert_matches_reference(op, call(op, laid, axis=0), inputs, axis=0)
+
+
+# ---------------------------------------------------------------------------------------
+# out=
+
+OUT_KINDS = ("fresh", "F", "stepped", "negative", "view_of_bigger", "inplace", "inplace_second",
+             "inplace_stepped")
+
+
+def _make_out(kind, inputs, dtype, shape):
+    if kind == "fresh":
+        return np.empty(shape, dtype)
+    if kind == "F":
+        return np.empty(shape, dtype, order="F")
+    if kind == "stepped":
+        return in_layout(np.zeros(shape, dtype), "stepped")
+    if kind == "negative":
+        return in_layout(np.zeros(shape, dtype), "negative")
+    if kind == "view_of_bigger":
+        return in_layout(np.zeros(shape, dtype), "offset")
+    if kind == "inplace":
+        return inputs[0]
+    if kind == "inplace_second":
+        return inputs[-1]
+    if kind == "inplace_stepped":
+        return inputs[0]
+    raise ValueError(kind)
+
+
+@pytest.mark.parametrize("shape", [(7, 33), (300, 129), (2, 40000)],
+                         ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("kind", OUT_KINDS)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=_dtype_id)
+@pytest.mark.parametrize("op", OPS)
+def test_out(op, dtype, kind, shape, rng):
+    inputs = inputs_for(op, rng, shape, dtype)
+    expected = call(op, inputs)
+    if kind == "inplace_stepped":
+        inputs = tuple(in_layout(a, "stepped") for a in inputs)
+    work = tuple(a.copy() if kind == "fresh" else a for a in inputs)
+    originals = tuple(a.copy() for a in work)
+    out = _make_out(kind, work, dtype, shape)
+    got = call(op, work, out=out)
+    assert got is out
+    assert_matches_reference(op, got, originals)
+    if not kind.startswith("inplace"):
+        # the same bits as without out=, whatever out's layout (in-place calls:
+        # test_edge_cases.py::test_inplace_bitwise_equal_to_out_of_place)
+        assert_bitwise_equal(np.asarray(got), expected)
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_out_on_integer_input_is_float64(op, rng):
+    inputs = inputs_for(op, rng, (4, 6), np.int32)
+    out = np.empty((4, 6), np.float64)
+    assert call(op, inputs, out=out) is out
+    assert_matches_reference(op, out, inputs)
+
+
+@pytest.mark.parametrize("axis", [0, (0, 1), None], ids=repr)
+@pytest.mark.parametrize("op", OPS)
+def test_out_with_axes(op, axis, rng):
+    inputs = inputs_for(op, rng, (6, 7, 8), np.float64, axis=axis)
+    out = in_layout(np.zeros((6, 7, 8)), "negative")
+    assert call(op, inputs, axis=axis, out=out) is out
+    assert_bitwise_equal(np.asarray(out), call(op, inputs, axis=axis))
+
+
+# ---------------------------------------------------------------------------------------
+# array-likes
+
+@pytest.mark.parametrize("op", OPS)
+def test_lists_accepted(op, rng):
+    inputs = inputs_for(op, rng, (3, 4), np.float64)
+    got = call(op, tuple(a.tolist() for a in inputs))
+    assert type(got) is np.ndarray
+    assert_bitwise_equal(got, call(op, inputs))
+
+
+@pytest.mark.parametrize("op", ["softmax", "log_softmax"])
+def test_python_scalars_accepted(op):
+    got = call(op, (2.5,))
+    assert type(got) is np.ndarray and got.shape == () and got.dtype == np.float64
+    assert got == (1.0 if op == "softmax" else 0.0)
+
+
+@pytest.mark.parametrize("op", ["softmax", "log_softmax"])
+def test_numpy_scalar_keeps_dtype(op):
+    got = call(op, (np.float32(-3.0),))
+    assert got.dtype == np.float32 and got.shape == ()

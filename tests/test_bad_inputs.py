@@ -1,0 +1,158 @@
+"""Bad inputs, table-driven: each class of bad input raises the documented exception type,
+and the message names the offending parameter (and the offending dtype where there is one).
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+import numbasoftmax
+
+X = np.arange(6, dtype=np.float64).reshape(2, 3)
+X32 = X.astype(np.float32)
+AxisError = np.exceptions.AxisError
+
+
+def _readonly(shape=(2, 3), dtype=np.float64):
+    a = np.zeros(shape, dtype)
+    a.setflags(write=False)
+    return a
+
+
+class Unconvertible:
+    """An object whose conversion to an array fails."""
+
+    def __array__(self, dtype=None, copy=None):
+        raise ValueError("no array for you")
+
+
+# (id, positional args, keyword args, exception type, words the message must contain)
+FORWARD_CASES = [
+    # dtypes
+    ("complex64", (X.astype(np.complex64),), {}, TypeError, ["x", "complex64"]),
+    ("complex128", (X.astype(np.complex128),), {}, TypeError, ["x", "complex128"]),
+    ("object_array", (X.astype(object),), {}, TypeError, ["x", "object"]),
+    ("string", (np.array(["a", "b"]),), {}, TypeError, ["x", "<U1"]),
+    ("bytes", (np.array([b"a"]),), {}, TypeError, ["x", "|S1"]),
+    ("datetime", (np.array(["2024-01-01"], dtype="M8[D]"),), {}, TypeError,
+     ["x", "datetime64"]),
+    ("timedelta", (np.array([1], dtype="m8[s]"),), {}, TypeError, ["x", "timedelta64"]),
+    ("longdouble", (X.astype(np.longdouble),), {}, TypeError, ["x"]),
+    ("structured", (np.zeros(3, dtype=[("a", "f8")]),), {}, TypeError, ["x"]),
+    ("string_scalar", ("abc",), {}, TypeError, ["x"]),
+    # not convertible to an array
+    ("ragged_list", ([[1.0, 2.0], [3.0]],), {}, TypeError, ["x"]),
+    ("none", (None,), {}, TypeError, ["x"]),
+    ("plain_object", (object(),), {}, TypeError, ["x"]),
+    ("dict", ({"a": 1},), {}, TypeError, ["x"]),
+    ("array_raises", (Unconvertible(),), {}, TypeError, ["x"]),
+    # axis
+    ("axis_too_big", (X,), {"axis": 2}, AxisError, ["axis"]),
+    ("axis_too_negative", (X,), {"axis": -3}, AxisError, ["axis"]),
+    ("axis_tuple_out_of_range", (X,), {"axis": (0, 5)}, AxisError, ["axis"]),
+    ("axis_0d_out_of_range", (np.float64(1.0),), {"axis": 1}, AxisError, ["axis"]),
+    ("axis_duplicate", (X,), {"axis": (0, 0)}, ValueError, ["axis"]),
+    ("axis_duplicate_negative", (X,), {"axis": (1, -1)}, ValueError, ["axis"]),
+    ("axis_duplicate_0d", (np.float64(1.0),), {"axis": (0, 0)}, ValueError, ["axis"]),
+    # a 0-d array accepts axis 0 or -1 (as torch does); both at once name it twice
+    ("axis_duplicate_0d_mixed_sign", (np.float64(1.0),), {"axis": (0, -1)}, ValueError,
+     ["axis"]),
+    ("axis_float", (X,), {"axis": 1.0}, TypeError, ["axis"]),
+    ("axis_numpy_float", (X,), {"axis": np.float64(1.0)}, TypeError, ["axis"]),
+    ("axis_float_in_tuple", (X,), {"axis": (1.0,)}, TypeError, ["axis"]),
+    ("axis_float_in_tuple_0d", (np.float64(1.0),), {"axis": (0.0,)}, TypeError, ["axis"]),
+    ("axis_nested_tuple", (X,), {"axis": ((0,),)}, TypeError, ["axis"]),
+    ("axis_bool", (X,), {"axis": True}, TypeError, ["axis"]),
+    ("axis_numpy_bool", (X,), {"axis": np.True_}, TypeError, ["axis"]),
+    ("axis_bool_in_tuple", (X,), {"axis": (0, True)}, TypeError, ["axis"]),
+    ("axis_string", (X,), {"axis": "last"}, TypeError, ["axis"]),
+    ("axis_list", (X,), {"axis": [0]}, TypeError, ["axis"]),
+    # out
+    ("out_wrong_shape", (X,), {"out": np.empty((3, 2))}, ValueError, ["out", r"\(2, 3\)"]),
+    ("out_wrong_ndim", (X,), {"out": np.empty(6)}, ValueError, ["out"]),
+    ("out_wrong_dtype", (X,), {"out": np.empty((2, 3), np.float32)}, TypeError,
+     ["out", "float32", "float64"]),
+    ("out_int_for_int_input", (X.astype(np.int64),), {"out": np.empty((2, 3), np.int64)},
+     TypeError, ["out", "float64"]),
+    ("out_float16_for_float32", (X32,), {"out": np.empty((2, 3), np.float16)}, TypeError,
+     ["out"]),
+    ("out_list", (X,), {"out": [[0.0] * 3] * 2}, TypeError, ["out", "list"]),
+    ("out_numpy_scalar", (np.float64(1.0),), {"out": np.float64(0.0)}, TypeError, ["out"]),
+    ("out_readonly", (X,), {"out": _readonly()}, ValueError, ["out"]),
+    ("out_broadcast_readonly", (X,), {"out": np.broadcast_to(np.zeros(3), (2, 3))}, ValueError,
+     ["out"]),
+]
+
+BACKWARD_CASES = [
+    ("shape_mismatch", lambda a, b: (X, X.T), {}, ValueError, ["{a}", "{b}"]),
+    ("no_broadcasting", lambda a, b: (X, X[:1]), {}, ValueError, ["{a}", "{b}"]),
+    ("dtype_mismatch", lambda a, b: (X, X32), {}, TypeError, ["{a}", "{b}", "float32"]),
+    ("dtype_mismatch_f16", lambda a, b: (X.astype(np.float16), X32), {}, TypeError,
+     ["{a}", "{b}", "float16"]),
+    ("first_complex", lambda a, b: (X.astype(complex), X), {}, TypeError, ["{a}", "complex128"]),
+    ("second_complex", lambda a, b: (X, X.astype(complex)), {}, TypeError, ["{b}", "complex128"]),
+    ("first_string", lambda a, b: (np.array(["a"]), np.zeros(1)), {}, TypeError, ["{a}"]),
+    ("second_object", lambda a, b: (X, X.astype(object)), {}, TypeError, ["{b}", "object"]),
+    ("second_ragged", lambda a, b: (np.zeros(2), [[1.0], [1.0, 2.0]]), {}, TypeError, ["{b}"]),
+    ("first_none", lambda a, b: (None, X), {}, TypeError, ["{a}"]),
+    ("axis_out_of_range", lambda a, b: (X, X), {"axis": 3}, AxisError, ["axis"]),
+    ("axis_duplicate", lambda a, b: (X, X), {"axis": (0, -2)}, ValueError, ["axis"]),
+    ("axis_float", lambda a, b: (X, X), {"axis": 0.5}, TypeError, ["axis"]),
+    ("out_wrong_shape", lambda a, b: (X, X), {"out": np.empty((2, 2))}, ValueError, ["out"]),
+    ("out_wrong_dtype", lambda a, b: (X, X), {"out": np.empty((2, 3), np.float32)}, TypeError,
+     ["out"]),
+    ("out_not_array", lambda a, b: (X, X), {"out": (1, 2)}, TypeError, ["out"]),
+    ("out_readonly", lambda a, b: (X, X), {"out": _readonly()}, ValueError, ["out"]),
+]
+
+BACKWARD_NAMES = {"softmax_backward": ("y", "dy"), "log_softmax_backward": ("z", "dz")}
+
+
+def _assert_names(excinfo, words):
+    msg = str(excinfo.value)
+    for w in words:
+        pattern = w if "\\" in w else rf"(?<![\w]){re.escape(w)}(?![\w])"
+        assert re.search(pattern, msg), f"message {msg!r} does not name {w!r}"
+
+
+@pytest.mark.parametrize("case", FORWARD_CASES, ids=lambda c: c[0])
+@pytest.mark.parametrize("op", ["softmax", "log_softmax"])
+def test_bad_forward_input(op, case):
+    _, args, kwargs, exc, words = case
+    with pytest.raises(exc) as excinfo:
+        getattr(numbasoftmax, op)(*args, **kwargs)
+    _assert_names(excinfo, words)
+
+
+@pytest.mark.parametrize("case", BACKWARD_CASES, ids=lambda c: c[0])
+@pytest.mark.parametrize("op", ["softmax_backward", "log_softmax_backward"])
+def test_bad_backward_input(op, case):
+    _, make, kwargs, exc, words = case
+    a, b = BACKWARD_NAMES[op]
+    with pytest.raises(exc) as excinfo:
+        getattr(numbasoftmax, op)(*make(a, b), **kwargs)
+    _assert_names(excinfo, [w.format(a=a, b=b) for w in words])
+
+
+@pytest.mark.parametrize("op", ["softmax", "log_softmax", "softmax_backward",
+                                "log_softmax_backward"])
+def test_out_is_keyword_only(op):
+    args = (X,) if op in ("softmax", "log_softmax") else (X, X)
+    with pytest.raises(TypeError):
+        getattr(numbasoftmax, op)(*args, -1, np.empty((2, 3)))
+
+
+@pytest.mark.parametrize("op", ["softmax", "log_softmax"])
+def test_bad_out_leaves_out_untouched(op):
+    """A rejected call writes nothing."""
+    out = np.full((2, 3), 7.0)
+    out.setflags(write=False)
+    with pytest.raises(ValueError):
+        getattr(numbasoftmax, op)(X, out=out)
+    wrong = np.full((2, 3), 7.0, np.float32)
+    with pytest.raises(TypeError):
+        getattr(numbasoftmax, op)(X, out=wrong)
+    assert (wrong == 7.0).all()

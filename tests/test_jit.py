@@ -1,0 +1,153 @@
+"""numbasoftmax.jit: the row kernels called from a user's own @njit code (serial and
+prange) give the public API's results bit for bit (float32 and float64 rows)."""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+from _helpers import assert_bitwise_equal, assert_matches_reference, inputs_for
+from numba import njit, prange
+
+import numbasoftmax
+from numbasoftmax.jit import (
+    log_softmax_backward_row,
+    log_softmax_row,
+    softmax_backward_row,
+    softmax_row,
+)
+
+
+@njit
+def user_softmax(x):
+    out = np.empty_like(x)
+    for i in range(x.shape[0]):
+        softmax_row(x[i], out[i])
+    return out
+
+
+@njit
+def user_log_softmax(x):
+    out = np.empty_like(x)
+    for i in range(x.shape[0]):
+        log_softmax_row(x[i], out[i])
+    return out
+
+
+@njit
+def user_softmax_backward(y, dy):
+    out = np.empty_like(y)
+    for i in range(y.shape[0]):
+        softmax_backward_row(y[i], dy[i], out[i])
+    return out
+
+
+@njit
+def user_log_softmax_backward(z, dz):
+    out = np.empty_like(z)
+    for i in range(z.shape[0]):
+        log_softmax_backward_row(z[i], dz[i], out[i])
+    return out
+
+
+@njit(parallel=True)
+def user_softmax_prange(x):
+    out = np.empty_like(x)
+    for i in prange(x.shape[0]):
+        softmax_row(x[i], out[i])
+    return out
+
+
+@njit(parallel=True)
+def user_log_softmax_prange(x):
+    out = np.empty_like(x)
+    for i in prange(x.shape[0]):
+        log_softmax_row(x[i], out[i])
+    return out
+
+
+@njit(parallel=True)
+def user_softmax_backward_prange(y, dy):
+    out = np.empty_like(y)
+    for i in prange(y.shape[0]):
+        softmax_backward_row(y[i], dy[i], out[i])
+    return out
+
+
+@njit(parallel=True)
+def user_log_softmax_backward_prange(z, dz):
+    out = np.empty_like(z)
+    for i in prange(z.shape[0]):
+        log_softmax_backward_row(z[i], dz[i], out[i])
+    return out
+
+
+@njit
+def user_attention(scores, values):
+    """A fused user kernel: softmax of each row of scores, then weights @ values."""
+    m, n = scores.shape
+    w = np.empty(n, scores.dtype)
+    out = np.zeros((m, values.shape[1]), scores.dtype)
+    for i in range(m):
+        softmax_row(scores[i], w)
+        for j in range(n):
+            out[i] += w[j] * values[j]
+    return out
+
+
+@njit
+def user_softmax_inplace(x):
+    for i in range(x.shape[0]):
+        softmax_row(x[i], x[i])
+
+
+USERS = {
+    "softmax": (user_softmax, user_softmax_prange),
+    "log_softmax": (user_log_softmax, user_log_softmax_prange),
+    "softmax_backward": (user_softmax_backward, user_softmax_backward_prange),
+    "log_softmax_backward": (user_log_softmax_backward, user_log_softmax_backward_prange),
+}
+
+
+@pytest.mark.parametrize("shape", [(5, 33), (3, 8193), (2, 40000)],
+                         ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("parallel", [False, True], ids=["njit", "prange"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("op", list(USERS))
+def test_user_njit_matches_public_api(op, dtype, parallel, shape):
+    rng = np.random.default_rng(99)
+    inputs = inputs_for(op, rng, shape, dtype)
+    got = USERS[op][parallel](*inputs)
+    expected = getattr(numbasoftmax, op)(*inputs)
+    assert_bitwise_equal(got, expected)
+    assert_matches_reference(op, got, inputs)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf], ids=repr)
+def test_jit_non_finite_rules(value):
+    x = np.array([[0.0, 1.0, value], [-np.inf, -np.inf, -np.inf], [0.0, -np.inf, 1.0]])
+    np.testing.assert_array_equal(user_softmax(x), numbasoftmax.softmax(x))
+    assert np.isnan(user_softmax(x)[1]).all()
+    assert user_softmax(x)[2, 1] == 0.0
+
+
+def test_user_fused_kernel():
+    rng = np.random.default_rng(1)
+    scores = rng.standard_normal((6, 50)).astype(np.float32)
+    values = rng.standard_normal((50, 4)).astype(np.float32)
+    expected = numbasoftmax.softmax(scores).astype(np.float64) @ values.astype(np.float64)
+    np.testing.assert_allclose(user_attention(scores, values), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_row_function_in_place():
+    x = np.random.default_rng(2).standard_normal((4, 100))
+    original = x.copy()
+    user_softmax_inplace(x)
+    assert_matches_reference("softmax", x, (original,))
+
+
+def test_jit_functions_are_numba_dispatchers():
+    for f in (softmax_row, log_softmax_row, softmax_backward_row, log_softmax_backward_row):
+        assert isinstance(f, numba.core.registry.CPUDispatcher)
+    assert set(numbasoftmax.jit.__all__) == {"softmax_row", "log_softmax_row",
+                                              "softmax_backward_row", "log_softmax_backward_row"}

@@ -1,0 +1,71 @@
+"""Every available CPU implementation in numbasoftmax.registry (the one list the tests and
+the benchmarks share) agrees with the float64 reference for its operation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from _helpers import OPS, assert_matches_reference, inputs_for
+
+from numbasoftmax import registry
+
+CPU_IMPLS = registry.implementations(device="cpu")
+
+
+def _impl_id(impl):
+    return f"{impl.key}-{impl.op}"
+
+
+def _run(impl, inputs, axis):
+    native = impl.prepare(*inputs)
+    got = impl.call(*native, axis)
+    impl.sync()
+    return np.asarray(impl.to_numpy(got))
+
+
+def test_registry_lists_ours_and_the_oracle_for_every_op():
+    for op in OPS:
+        names = {i.name for i in registry.implementations(op=op, device="cpu")}
+        assert {"numbasoftmax", "reference"} <= names, (op, names)
+    assert {i.op for i in registry.IMPLEMENTATIONS} == set(OPS)
+    keys = [(i.key, i.op) for i in registry.IMPLEMENTATIONS]
+    assert len(keys) == len(set(keys))
+
+
+def test_unavailable_entries_are_filtered():
+    every = registry.implementations(available_only=False)
+    available = registry.implementations()
+    assert set(map(_impl_id, available)) <= set(map(_impl_id, every))
+    assert all(i.available() for i in available)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("impl", CPU_IMPLS, ids=_impl_id)
+def test_impl_matches_reference_int_axis(impl, dtype):
+    rng = np.random.default_rng(11)
+    for axis in (-1, 0):
+        inputs = inputs_for(impl.op, rng, (6, 9), dtype, axis=axis)
+        got = _run(impl, inputs, axis)
+        assert_matches_reference(impl.op, got.astype(np.dtype(dtype), copy=False), inputs,
+                                 axis=axis)
+
+
+@pytest.mark.parametrize("impl", [i for i in CPU_IMPLS if not i.int_axis_only], ids=_impl_id)
+def test_impl_matches_reference_axis_tuple(impl):
+    rng = np.random.default_rng(12)
+    axis = (0, 2)
+    inputs = inputs_for(impl.op, rng, (3, 4, 5), np.float64, axis=axis)
+    assert_matches_reference(impl.op, _run(impl, inputs, axis), inputs, axis=axis)
+
+
+@pytest.mark.parametrize("impl", [i for i in CPU_IMPLS if getattr(i, "call_out", None)],
+                         ids=_impl_id)
+def test_impl_call_out_writes_out(impl):
+    rng = np.random.default_rng(13)
+    inputs = inputs_for(impl.op, rng, (5, 8), np.float32)
+    native = impl.prepare(*inputs)
+    (out,) = impl.prepare(np.zeros((5, 8), np.float32))
+    got = impl.call_out(*native, axis=-1, out=out)
+    impl.sync()
+    assert got is out
+    assert_matches_reference(impl.op, np.asarray(impl.to_numpy(out)), inputs)
