@@ -12,6 +12,9 @@ whatever the thread count, the number of rows, or which driver ran it.
 
 Sums run in float32 lanes over blocks of ``BLOCK`` elements and are added to a float64
 total: lane sums stay short (error ~1e-7) and the total does not drift over 2^24 elements.
+Only the lane sums may be reordered by fast-math; block totals, chunk combinations and the
+per-element formulas use ``strict_*`` operations, which LLVM may not reorder, so the bits do
+not depend on where LLVM inlines or vectorizes the code (our drivers, users' njit code).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from ._math import (
     load,
     maximum,
     store,
+    strict_add,
     strict_div,
     strict_mul,
     strict_sub,
@@ -69,7 +73,7 @@ def _seg_sum_exp(s, m):
         part = compute_zero(s)
         for i in range(blk.shape[0]):
             part += exp(load(blk[i]) - m)
-        total += part
+        total = strict_add(total, part)
     return total
 
 
@@ -84,7 +88,34 @@ def _seg_max_sum_exp(s):
 
 @njit(**_inl)
 def _seg_softmax_stats(xs, bs):
-    """(max, sum of e) with e = exp(xs - max) kept in ``bs``; all -inf: e = 0, (-inf, 0)."""
+    """(max, sum of e) with e = exp(xs - max) kept in ``bs``; all -inf: e = 0, (-inf, 0).
+
+    ``bs`` must not be ``xs`` itself: LLVM vectorizes this fused loop only after a runtime
+    check that the two do not overlap, and its scalar fallback sums in another order (the
+    callers give in-place rows a scratch buffer)."""
+    m = _seg_max(xs)
+    if m == -math.inf:
+        for i in range(bs.shape[0]):
+            bs[i] = store(0.0, bs)
+        return m, 0.0
+    total = 0.0
+    for b in range(0, xs.shape[0], BLOCK):
+        xb = xs[b:b + BLOCK]
+        bb = bs[b:b + BLOCK]
+        part = compute_zero(xs)
+        for i in range(xb.shape[0]):
+            e = exp(load(xb[i]) - m)
+            bb[i] = store(e, bb)
+            part += e
+        total = strict_add(total, part)
+    return m, total
+
+
+@njit(**_inl)
+def _seg_softmax_stats_any(xs, bs):
+    """``_seg_softmax_stats`` for long rows, where ``bs`` may be ``xs`` (in place): the sum
+    runs in a loop of its own over ``bs``, whose order does not depend on aliasing (a
+    separate pass costs ~20 % on short rows, so they use the fused loop)."""
     m = _seg_max(xs)
     if m == -math.inf:
         for i in range(bs.shape[0]):
@@ -96,12 +127,10 @@ def _seg_softmax_stats(xs, bs):
         bb = bs[b:b + BLOCK]
         for i in range(xb.shape[0]):
             bb[i] = store(exp(load(xb[i]) - m), bb)
-        # summed in a loop of its own: fused with the stores above, the loop vectorizes
-        # differently when ``bs`` is the input itself (in place) and the sum changes bits
         part = compute_zero(xs)
         for i in range(bb.shape[0]):
             part += load(bb[i])
-        total += part
+        total = strict_add(total, part)
     return m, total
 
 
@@ -114,7 +143,7 @@ def _seg_dot(a, b):
         part = compute_zero(a)
         for i in range(ab.shape[0]):
             part += load(ab[i]) * load(bb[i])
-        total += part
+        total = strict_add(total, part)
     return total
 
 
@@ -126,7 +155,7 @@ def _seg_sum(a):
         part = compute_zero(a)
         for i in range(ab.shape[0]):
             part += load(ab[i])
-        total += part
+        total = strict_add(total, part)
     return total
 
 
@@ -144,7 +173,7 @@ def _row_total(maxes, sums, m):
     gives 0 * exp(-inf - -inf) = NaN, so the row becomes NaN as documented."""
     total = 0.0
     for c in range(maxes.shape[0]):
-        total += strict_mul(sums[c], math.exp(strict_sub(maxes[c], m)))
+        total = strict_add(total, strict_mul(sums[c], math.exp(strict_sub(maxes[c], m))))
     return total
 
 
@@ -162,8 +191,17 @@ def _n_chunks(n):
 
 @njit(**_inl)
 def _seg_scale(bs, out, f):
-    for i in range(out.shape[0]):
-        out[i] = store(strict_mul(load(bs[i]), f), out)
+    if _same_start(bs, out):  # the usual case; else LLVM's overlap check sends it scalar
+        for i in range(out.shape[0]):
+            out[i] = store(strict_mul(load(out[i]), f), out)
+    else:
+        for i in range(out.shape[0]):
+            out[i] = store(strict_mul(load(bs[i]), f), out)
+
+
+@njit(**_inl)
+def _same_start(a, b):
+    return a.ctypes.data == b.ctypes.data
 
 
 @njit(**_inl)
@@ -211,7 +249,7 @@ def _softmax_long_row(x, out, buf):
     sums = np.empty(nc, dtype=np.float64)
     for c in range(nc):
         lo, hi = c * CHUNK, min(n, (c + 1) * CHUNK)
-        maxes[c], sums[c] = _seg_softmax_stats(x[lo:hi], buf[lo:hi])
+        maxes[c], sums[c] = _seg_softmax_stats_any(x[lo:hi], buf[lo:hi])
     m = _row_max(maxes)
     total = _row_total(maxes, sums, m)
     for c in range(nc):
@@ -248,7 +286,7 @@ def log_softmax_row(x, out):
 def _dot_row(y, dy):
     s = 0.0
     for lo in range(0, y.shape[0], CHUNK):
-        s += _seg_dot(y[lo:lo + CHUNK], dy[lo:lo + CHUNK])
+        s = strict_add(s, _seg_dot(y[lo:lo + CHUNK], dy[lo:lo + CHUNK]))
     return s
 
 
@@ -256,7 +294,7 @@ def _dot_row(y, dy):
 def _sum_row(dz):
     s = 0.0
     for lo in range(0, dz.shape[0], CHUNK):
-        s += _seg_sum(dz[lo:lo + CHUNK])
+        s = strict_add(s, _seg_sum(dz[lo:lo + CHUNK]))
     return s
 
 
@@ -275,40 +313,44 @@ def log_softmax_backward_row(z, dz, out):
 # x[i*sx : i*sx + N]. A flat C-contiguous buffer (instead of a strided 2-D array) lets
 # numba know that rows are contiguous, which the vectorizer needs.
 
-def _scratch(out, n):
-    """A float32 row that holds exp(x - max) for float16 (uint16) output; for float32 and
-    float64 the output row itself holds it, and this is an unused empty array."""
+def _scratch(out, n, in_place):
+    """The row that holds exp(x - max) when the output row cannot: float32 for float16
+    (uint16) output, and a row of the output's dtype when the call is in place; otherwise
+    an unused empty array."""
 
 
-def _exp_buffer(out_row, scratch):
-    """Where softmax_row_buf keeps exp(x - max): ``scratch`` for float16, else the output."""
+def _exp_buffer(out_row, scratch, in_place):
+    """Where softmax_row_buf keeps exp(x - max): ``scratch`` or the output row."""
 
 
 @overload(_scratch, inline="always")
-def _scratch_impl(out, n):
+def _scratch_impl(out, n, in_place):
     if out.dtype == types.uint16:
-        return lambda out, n: np.empty(n, dtype=np.float32)
-    return lambda out, n: np.empty(0, dtype=np.float32)
+        return lambda out, n, in_place: np.empty(n, dtype=np.float32)
+    return lambda out, n, in_place: np.empty(n if in_place else 0, dtype=out.dtype)
 
 
 @overload(_exp_buffer, inline="always")
-def _exp_buffer_impl(out_row, scratch):
+def _exp_buffer_impl(out_row, scratch, in_place):
     if out_row.dtype == types.uint16:
-        return lambda out_row, scratch: scratch
-    return lambda out_row, scratch: out_row
+        return lambda out_row, scratch, in_place: scratch
+    return lambda out_row, scratch, in_place: scratch if in_place else out_row
 
 
 @njit(**_opts)
 def softmax_row(x, out):
-    softmax_row_buf(x, out, _exp_buffer(out, _scratch(out, x.shape[0])))
+    in_place = _same_start(x, out)
+    softmax_row_buf(x, out, _exp_buffer(out, _scratch(out, x.shape[0], in_place), in_place))
 
 
 @njit(**_opts)
 def _softmax_rows(x, sx, out, so, lo, hi, n):
-    scratch = _scratch(out, n)  # one per task, not one per row
+    # the API copies an input that overlaps ``out`` other than exactly (in place)
+    in_place = _same_start(x, out)
+    scratch = _scratch(out, n, in_place)  # one per task, not one per row
     for i in range(lo, hi):
         row = out[i * so:i * so + n]
-        softmax_row_buf(x[i * sx:i * sx + n], row, _exp_buffer(row, scratch))
+        softmax_row_buf(x[i * sx:i * sx + n], row, _exp_buffer(row, scratch, in_place))
 
 
 @njit(**_opts)
@@ -383,7 +425,8 @@ def softmax_chunks_parallel(x, sx, out, so, m, n):
         i, c = t // nc, t % nc
         lo, hi = c * CHUNK, min(n, (c + 1) * CHUNK)
         orow = out[i * so:i * so + n]
-        maxes[i, c], sums[i, c] = _seg_softmax_stats(x[i * sx + lo:i * sx + hi], orow[lo:hi])
+        maxes[i, c], sums[i, c] = _seg_softmax_stats_any(x[i * sx + lo:i * sx + hi],
+                                                         orow[lo:hi])
     row_max = np.empty(m, dtype=np.float64)
     row_total = np.empty(m, dtype=np.float64)
     for i in prange(m):
@@ -443,7 +486,7 @@ def softmax_backward_chunks_parallel(y, sy, dy, sdy, out, so, m, n):
     for i in prange(m):
         s = 0.0
         for c in range(nc):
-            s += dots[i, c]
+            s = strict_add(s, dots[i, c])
         row_dot[i] = s
     for t in prange(m * nc):
         i, c = t // nc, t % nc
@@ -471,7 +514,7 @@ def log_softmax_backward_chunks_parallel(z, sz, dz, sdz, out, so, m, n):
     for i in prange(m):
         s = 0.0
         for c in range(nc):
-            s += sums[i, c]
+            s = strict_add(s, sums[i, c])
         row_sum[i] = s
     for t in prange(m * nc):
         i, c = t // nc, t % nc

@@ -81,6 +81,7 @@ def _strict(opname):
     return op
 
 
+strict_add = _strict("fadd")
 strict_sub = _strict("fsub")
 strict_mul = _strict("fmul")
 strict_div = _strict("fdiv")
