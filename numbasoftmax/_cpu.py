@@ -65,6 +65,12 @@ def _parallel(kernel, args):
         numba.set_parallel_chunksize(previous)
 
 
+def _row_tasks(m, n, k):
+    """Whole rows per task (second pass from cache) unless there are too few long rows to
+    keep the threads busy. Both drivers do the same arithmetic: the choice changes no bits."""
+    return n <= k.ROW_TASK_MAX or m >= k.ROW_TASK_MIN_ROWS
+
+
 # The driver depends only on the problem size, never on the thread count, so results are
 # bitwise the same with any number of threads (both drivers do the same arithmetic anyway).
 
@@ -73,7 +79,7 @@ def softmax(x, sx, out, so, m, n):
     if m * n < PARALLEL_MIN_ELEMENTS:
         k.softmax_rows_serial(x, sx, out, so, m, n)
     else:
-        _parallel(k.softmax_rows_parallel if n <= k.ROW_TASK_MAX
+        _parallel(k.softmax_rows_parallel if _row_tasks(m, n, k)
                   else k.softmax_chunks_parallel, (x, sx, out, so, m, n))
 
 
@@ -82,7 +88,7 @@ def log_softmax(x, sx, out, so, m, n):
     if m * n < PARALLEL_MIN_ELEMENTS:
         k.log_softmax_rows_serial(x, sx, out, so, m, n)
     else:
-        _parallel(k.log_softmax_rows_parallel if n <= k.ROW_TASK_MAX
+        _parallel(k.log_softmax_rows_parallel if _row_tasks(m, n, k)
                   else k.log_softmax_chunks_parallel, (x, sx, out, so, m, n))
 
 
@@ -91,7 +97,7 @@ def softmax_backward(y, sy, dy, sdy, out, so, m, n):
     if m * n < PARALLEL_MIN_ELEMENTS:
         k.softmax_backward_rows_serial(y, sy, dy, sdy, out, so, m, n)
     else:
-        _parallel(k.softmax_backward_rows_parallel if n <= k.ROW_TASK_MAX
+        _parallel(k.softmax_backward_rows_parallel if _row_tasks(m, n, k)
                   else k.softmax_backward_chunks_parallel, (y, sy, dy, sdy, out, so, m, n))
 
 
@@ -100,7 +106,7 @@ def log_softmax_backward(z, sz, dz, sdz, out, so, m, n):
     if m * n < PARALLEL_MIN_ELEMENTS:
         k.log_softmax_backward_rows_serial(z, sz, dz, sdz, out, so, m, n)
     else:
-        _parallel(k.log_softmax_backward_rows_parallel if n <= k.ROW_TASK_MAX
+        _parallel(k.log_softmax_backward_rows_parallel if _row_tasks(m, n, k)
                   else k.log_softmax_backward_chunks_parallel, (z, sz, dz, sdz, out, so, m, n))
 
 

@@ -41,10 +41,11 @@ from ._math import (
 
 BLOCK = 1024
 CHUNK = 8192
-# Rows up to this length run whole inside one parallel task, so a second pass over the row
-# reads from cache; float16 rows up to it keep exp(x - max) in a float32 scratch row (longer
-# float16 rows keep it in the float16 output: one more rounding, 2 ulp instead of 1).
-SOFTMAX_CACHED_ROW = 32768
+# Rows up to this length always run whole inside one parallel task, so a second pass over
+# the row reads from L2. Longer rows do too when there are at least ROW_TASK_MIN_ROWS of them
+# (the second pass then reads from L3); fewer, longer rows are split into chunk tasks.
+ROW_TASK_MAX = 32768
+ROW_TASK_MIN_ROWS = 16
 # rows per parallel task: enough elements that task overhead and scratch allocation vanish
 TASK_ELEMENTS = 16384
 
@@ -399,8 +400,6 @@ def log_softmax_backward_rows_serial(z, sz, dz, sdz, out, so, m, n):
 # combination, then a writing pass. The arithmetic is the row functions' own. They are
 # separate functions so that a program compiles only the ones its shapes need.
 
-ROW_TASK_MAX = SOFTMAX_CACHED_ROW
-
 _par = dict(_opts, parallel=True)
 
 
@@ -424,9 +423,11 @@ def softmax_chunks_parallel(x, sx, out, so, m, n):
     for t in prange(m * nc):
         i, c = t // nc, t % nc
         lo, hi = c * CHUNK, min(n, (c + 1) * CHUNK)
-        orow = out[i * so:i * so + n]
-        maxes[i, c], sums[i, c] = _seg_softmax_stats_any(x[i * sx + lo:i * sx + hi],
-                                                         orow[lo:hi])
+        oseg = out[i * so + lo:i * so + hi]
+        # float16: exp goes to a float32 scratch chunk and is recomputed when writing (the
+        # same expression, so the same bits as the row functions' float32 scratch row)
+        buf = _exp_buffer(oseg, _scratch(out, hi - lo, False), False)
+        maxes[i, c], sums[i, c] = _seg_softmax_stats_any(x[i * sx + lo:i * sx + hi], buf)
     row_max = np.empty(m, dtype=np.float64)
     row_total = np.empty(m, dtype=np.float64)
     for i in prange(m):
@@ -435,8 +436,27 @@ def softmax_chunks_parallel(x, sx, out, so, m, n):
     for t in prange(m * nc):
         i, c = t // nc, t % nc
         lo, hi = c * CHUNK, min(n, (c + 1) * CHUNK)
-        seg = out[i * so + lo:i * so + hi]
-        _seg_scale(seg, seg, _chunk_factor(maxes[i, c], row_max[i], row_total[i], x))
+        _rescale_chunk(x[i * sx + lo:i * sx + hi], out[i * so + lo:i * so + hi],
+                       compute_cast(maxes[i, c], x),
+                       _chunk_factor(maxes[i, c], row_max[i], row_total[i], x))
+
+
+def _rescale_chunk(xs, out, chunk_max, f):
+    """Last pass of a chunked softmax row: out = exp(xs - chunk max) * f."""
+
+
+@overload(_rescale_chunk, inline="always")
+def _rescale_chunk_impl(xs, out, chunk_max, f):
+    if out.dtype == types.uint16:
+        def recompute(xs, out, chunk_max, f):
+            if chunk_max == -math.inf:  # as _seg_softmax_stats_any: e = 0
+                for i in range(out.shape[0]):
+                    out[i] = store(strict_mul(compute_zero(xs), f), out)
+            else:
+                for i in range(out.shape[0]):
+                    out[i] = store(strict_mul(exp(load(xs[i]) - chunk_max), f), out)
+        return recompute
+    return lambda xs, out, chunk_max, f: _seg_scale(out, out, f)
 
 
 @njit(**_par)

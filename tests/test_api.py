@@ -2,9 +2,9 @@
 
 Shapes are chosen to hit every CPU code path (see tests/_helpers.py for the thresholds):
 row lengths below, at and above each kernel threshold (BLOCK=1024 lane blocks, CHUNK=8192
-chunks, ROW_TASK_MAX=SOFTMAX_CACHED_ROW=32768: longer rows are split into (row, chunk)
-parallel tasks and float16 rows stop using the float32 scratch row), and total sizes below,
-at and above PARALLEL_MIN_ELEMENTS=32768 (serial vs parallel driver).
+chunks, ROW_TASK_MAX=32768: longer rows in batches of fewer than ROW_TASK_MIN_ROWS=16 rows
+are split into (row, chunk) parallel tasks), and total sizes below, at and above
+PARALLEL_MIN_ELEMENTS=32768 (serial vs parallel driver).
 """
 
 from __future__ import annotations
