@@ -42,7 +42,8 @@ _kernels = None
 
 def _load_kernels():
     global _kernels
-    from . import _cpu_kernels  # imported at the first call: ``import numbasoftmax`` compiles nothing
+    # imported at the first call: ``import numbasoftmax`` compiles nothing
+    from . import _cpu_kernels
 
     _kernels = _cpu_kernels
     return _kernels

@@ -73,7 +73,8 @@ def _strict(opname):
         result = types.float64 if types.float64 in (a, b) else types.float32
 
         def codegen(context, builder, sig, args):
-            x, y = (context.cast(builder, v, t, result) for v, t in zip(args, sig.args))
+            x, y = (context.cast(builder, v, t, result)
+                    for v, t in zip(args, sig.args, strict=True))
             return getattr(builder, opname)(x, y, flags=("nsz",))
 
         return result(a, b), codegen

@@ -467,7 +467,8 @@ def test_empty_axis_tuple_is_elementwise(op, rng):
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
-@pytest.mark.parametrize("op", ["softmax", "log_softmax", "softmax_backward", "log_softmax_backward"])
+@pytest.mark.parametrize(
+    "op", ["softmax", "log_softmax", "softmax_backward", "log_softmax_backward"])
 def test_long_rows_same_bits_in_small_and_large_batches(op, dtype):
     """Rows longer than ROW_TASK_MAX run whole per task in batches of >= 16 rows and as
     (row, chunk) tasks in smaller batches; both drivers must give the same bits."""

@@ -8,7 +8,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def _readme_commands():
     text = (ROOT / "README.md").read_text()
     block = text.split("```bash", 1)[1].split("```", 1)[0]
-    return [line.strip() for line in block.splitlines() if line.strip() and not line.startswith("#")]
+    lines = [line.strip() for line in block.splitlines()]
+    return [line for line in lines if line and not line.startswith("#")]
 
 
 def test_readme_starts_with_the_two_commands():
