@@ -34,7 +34,7 @@ def softmax(x, axis=-1, *, out=None):
     """
     fast = _fast_path(x, axis, out)
     if fast is not None:
-        _cpu.softmax(*fast[0])
+        _cpu.run("softmax", fast[0])
         return fast[1]
     return _forward("softmax", x, axis, out)
 
@@ -47,7 +47,7 @@ def log_softmax(x, axis=-1, *, out=None):
     """
     fast = _fast_path(x, axis, out)
     if fast is not None:
-        _cpu.log_softmax(*fast[0])
+        _cpu.run("log_softmax", fast[0])
         return fast[1]
     return _forward("log_softmax", x, axis, out)
 
@@ -60,7 +60,7 @@ def softmax_backward(y, dy, axis=-1, *, out=None):
     """
     fast = _fast_path_pair(y, dy, axis, out)
     if fast is not None:
-        _cpu.softmax_backward(*fast[0])
+        _cpu.run("softmax_backward", fast[0])
         return fast[1]
     return _backward("softmax_backward", ("y", "dy"), y, dy, axis, out)
 
@@ -73,7 +73,7 @@ def log_softmax_backward(z, dz, axis=-1, *, out=None):
     """
     fast = _fast_path_pair(z, dz, axis, out)
     if fast is not None:
-        _cpu.log_softmax_backward(*fast[0])
+        _cpu.run("log_softmax_backward", fast[0])
         return fast[1]
     return _backward("log_softmax_backward", ("z", "dz"), z, dz, axis, out)
 
@@ -230,7 +230,7 @@ def _run_cpu(func, inputs, axes, out):
     args = []
     for r in rows:
         args += [r.flat, r.stride]
-    getattr(_cpu, func)(*args, dest.flat, dest.stride, m, n)
+    _cpu.run(func, (*args, dest.flat, dest.stride, m, n))
     if staged:
         out_2d = as_2d(out_t, m, n)
         if out_2d is None:

@@ -38,14 +38,18 @@ def _launch_pool():
 
 
 _kernels = None
+_drivers = {}  # op -> (serial, rows_parallel, chunks_parallel), bound at the first call
 
 
 def _load_kernels():
     global _kernels
     # imported at the first call: ``import numbasoftmax`` compiles nothing
-    from . import _cpu_kernels
+    from . import _cpu_kernels as k
 
-    _kernels = _cpu_kernels
+    for op in ("softmax", "log_softmax", "softmax_backward", "log_softmax_backward"):
+        _drivers[op] = (getattr(k, f"{op}_rows_serial"), getattr(k, f"{op}_rows_parallel"),
+                        getattr(k, f"{op}_chunks_parallel"))
+    _kernels = k
     return _kernels
 
 
@@ -75,40 +79,16 @@ def _row_tasks(m, n, k):
 # The driver depends only on the problem size, never on the thread count, so results are
 # bitwise the same with any number of threads (both drivers do the same arithmetic anyway).
 
-def softmax(x, sx, out, so, m, n):
+def run(op, args):
+    """Run operation ``op``; ``args`` are the drivers' arguments: flat buffers and row
+    strides, then the number of rows m and the row length n."""
     k = _kernels or _load_kernels()
+    m, n = args[-2], args[-1]
+    serial, rows_parallel, chunks_parallel = _drivers[op]
     if m * n < PARALLEL_MIN_ELEMENTS:
-        k.softmax_rows_serial(x, sx, out, so, m, n)
+        serial(*args)
     else:
-        _parallel(k.softmax_rows_parallel if _row_tasks(m, n, k)
-                  else k.softmax_chunks_parallel, (x, sx, out, so, m, n))
-
-
-def log_softmax(x, sx, out, so, m, n):
-    k = _kernels or _load_kernels()
-    if m * n < PARALLEL_MIN_ELEMENTS:
-        k.log_softmax_rows_serial(x, sx, out, so, m, n)
-    else:
-        _parallel(k.log_softmax_rows_parallel if _row_tasks(m, n, k)
-                  else k.log_softmax_chunks_parallel, (x, sx, out, so, m, n))
-
-
-def softmax_backward(y, sy, dy, sdy, out, so, m, n):
-    k = _kernels or _load_kernels()
-    if m * n < PARALLEL_MIN_ELEMENTS:
-        k.softmax_backward_rows_serial(y, sy, dy, sdy, out, so, m, n)
-    else:
-        _parallel(k.softmax_backward_rows_parallel if _row_tasks(m, n, k)
-                  else k.softmax_backward_chunks_parallel, (y, sy, dy, sdy, out, so, m, n))
-
-
-def log_softmax_backward(z, sz, dz, sdz, out, so, m, n):
-    k = _kernels or _load_kernels()
-    if m * n < PARALLEL_MIN_ELEMENTS:
-        k.log_softmax_backward_rows_serial(z, sz, dz, sdz, out, so, m, n)
-    else:
-        _parallel(k.log_softmax_backward_rows_parallel if _row_tasks(m, n, k)
-                  else k.log_softmax_backward_chunks_parallel, (z, sz, dz, sdz, out, so, m, n))
+        _parallel(rows_parallel if _row_tasks(m, n, k) else chunks_parallel, args)
 
 
 # Below this many elements numpy's own strided copy is as fast and needs no compilation.
