@@ -50,6 +50,10 @@ def _parser():
     bench.add_argument("--prealloc", choices=("auto", "none", "all"), default="auto",
                        help="also time calls with a preallocated out= (auto: CPU softmax "
                             "forward float32 on full runs; all: every cell; none)")
+    bench.add_argument("--pool-off", choices=("auto", "none", "all"), default="auto",
+                       help="also time plain calls with numbasoftmax's result pool off, "
+                            "every result fresh memory (auto: CPU float32 on full runs; all: "
+                            "every CPU cell; none)")
     bench.add_argument("--no-latency", action="store_true",
                        help="leave out the 8x128 per-call latency rows")
     bench.add_argument("--repeats", type=int, default=None,
@@ -109,6 +113,7 @@ def config_from_args(args):
         elements=elements,
         quick=quick,
         prealloc=args.prealloc,
+        pool_off=args.pool_off,
         latency=not args.no_latency,
         repeats=args.repeats or (7 if quick else 11),
         min_repeats=3,

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from . import _cpu
+from . import _cpu, _pool
 from ._layout import Rows, as_2d, contiguous_rows, normalize_axes, permutation, rows_in_place
 
 _FLOATS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
@@ -89,7 +89,7 @@ def _fast_path(x, axis, out):
             and x.ndim and x.size and x.flags.c_contiguous):
         return None
     if out is None:
-        out = np.empty_like(x)
+        out = _pool.empty(x.shape, x.dtype)
     elif not (type(out) is np.ndarray and out.shape == x.shape and out.dtype == x.dtype
               and out.flags.c_contiguous and out.flags.writeable
               and (out is x or not np.may_share_memory(x, out))):
@@ -207,7 +207,7 @@ def _run_cpu(func, inputs, axes, out):
     x = inputs[0]
     fresh = out is None
     if fresh:
-        out = np.empty_like(x)
+        out = _pool.empty(x.shape, x.dtype, order_like=x)
     if x.size == 0:
         return out
     shape = x.shape
@@ -221,12 +221,13 @@ def _run_cpu(func, inputs, axes, out):
                 and not _same_view(a, out)):
             a = a.copy()  # partial overlap with out: read from a private copy
         t = a.view(storage).transpose(perm)
-        rows.append(rows_in_place(t, m, n) or contiguous_rows(t, m, n, _cpu.copy2d))
+        rows.append(rows_in_place(t, m, n)
+                    or contiguous_rows(t, m, n, _cpu.copy2d, _pool.empty))
     out_t = out.view(storage).transpose(perm)
     dest = rows_in_place(out_t, m, n)
     staged = dest is None
     if staged:
-        dest = Rows(np.empty(m * n, dtype=storage), n)
+        dest = Rows(_pool.empty((m * n,), storage), n)
     args = []
     for r in rows:
         args += [r.flat, r.stride]

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from . import registry
+from ._pool import set_result_pool_limit
 
 FORWARD = ("softmax", "log_softmax")
 OP_GROUPS = {
@@ -51,6 +52,10 @@ OP_TITLES = {
     "log_softmax_backward": "log_softmax backward",
 }
 DTYPES = ("float32", "float16", "float64")
+VARIANT_TITLES = {"new": "result allocated per call",
+                  "nopool": "result allocated per call, result pool off",
+                  "out": "preallocated out="}
+VARIANT_TAGS = {"new": "", "nopool": " pool off", "out": " out="}
 
 # Sweeps. CPU: issue 2's sizes; GPU: issue 3's.
 CPU_ELEMENTS = 1 << 24
@@ -109,6 +114,8 @@ class Config:
     elements: int | None = None  # M·N; None: the device's default
     quick: bool = False
     prealloc: str = "auto"  # "auto", "none" or "all": also time calls with out=
+    # "auto", "none" or "all": also time plain calls with numbasoftmax's result pool off
+    pool_off: str = "auto"
     latency: bool = True
     repeats: int = 11  # at most this many timed rounds per cell
     min_repeats: int = 3
@@ -146,6 +153,9 @@ class Config:
                         self.prealloc == "auto" and not self.quick and device == "cpu"
                         and op == "softmax" and dtype == "float32"):
                     cells.append((op, dtype, "out"))
+                if device == "cpu" and (self.pool_off == "all" or (
+                        self.pool_off == "auto" and not self.quick and dtype == "float32")):
+                    cells.append((op, dtype, "nopool"))
         return elements, tuple(sizes), cells
 
 
@@ -648,7 +658,9 @@ class Result:
     device: str
     op: str
     dtype: str
-    variant: str  # "new": the result is allocated by the call; "out": preallocated out=
+    # "new": the result is allocated by the call; "out": preallocated out=; "nopool": as
+    # "new" with numbasoftmax's result pool off (each result is fresh memory)
+    variant: str
     m: int
     n: int
     impl: str
@@ -722,7 +734,7 @@ def _impls(device, op, dtype, variant):
 
 
 def _caller(impl, variant):
-    """fn(*inputs) for variant 'new', fn(*inputs, out) for variant 'out'; axis -1."""
+    """fn(*inputs, out) for variant 'out', else fn(*inputs); axis -1."""
     if variant == "out":
         call_out = impl.call_out
 
@@ -791,7 +803,7 @@ class _Sweep:
             for op, dtype, variant in cells:
                 impls = impls_by_cell[(op, dtype, variant)]
                 self.progress.describe(f"{device.kind} {op} {dtype} N={n}"
-                                       + (" out=" if variant == "out" else ""))
+                                       + VARIANT_TAGS[variant])
                 share = (self.config.sweep_seconds - (time.perf_counter() - t0)) / left
                 # about half of a cell's share goes to warm-up calls and input preparation
                 budget = min(self.config.cell_seconds, max(0.0, 0.5 * share))
@@ -849,6 +861,7 @@ class _Sweep:
                     records[key].status = f"error: {type(err).__name__}: {err}"[:300]
         gc_was = gc.isenabled()
         gc.disable()
+        pool_limit = set_result_pool_limit(0) if variant == "nopool" else None
         try:
             t_start = time.perf_counter()
             rounds = 0
@@ -869,6 +882,8 @@ class _Sweep:
         finally:
             if gc_was:
                 gc.enable()
+            if pool_limit is not None:
+                set_result_pool_limit(pool_limit)
         for key, (_, _, _, times) in state.items():
             if key == BASELINE:
                 rec = records[ours[0]]
@@ -1106,7 +1121,7 @@ def throughput_tables(report):
                         row.append("–")
             rows.append(row)
         elements = report.plans.get(device, {}).get("elements")
-        what = "result allocated per call" if variant == "new" else "preallocated out="
+        what = VARIANT_TITLES[variant]
         title = (f"{device.upper()} · {OP_TITLES[op]} · {dtype} · M·N = "
                  f"{_pow2(elements)} · {what}")
         tables.append((title, header, rows))
@@ -1310,10 +1325,14 @@ def render_markdown(report, plot_name=None):
     out += ["GB/s counts the bytes an ideal kernel moves (forward: read X + write Y; backward: "
             "read Y and dY + write dX). \"× peer\" = our GB/s ÷ the peer's (> 1: numbasoftmax "
             "is faster). \"result allocated per call\" is the plain call users make "
-            "(`softmax(x)`, `torch.softmax(t, -1)`); \"preallocated out=\" passes an output "
-            "buffer (numbasoftmax `out=`, torch's `out=` overloads), which removes the page "
-            "faults of a fresh result (numpy asks the kernel for huge pages on large arrays; "
-            "torch's CPU allocator does not)."]
+            "(`softmax(x)`, `torch.softmax(t, -1)`), each result dropped before the next call; "
+            "numbasoftmax then carves its result from the memory of the previous one (its "
+            "result pool, like cupy's memory pool), while torch's fresh result pays a page "
+            "fault per page. \"result pool off\" times the same calls with "
+            "`numbasoftmax.set_result_pool_limit(0)`: every result is fresh memory for both "
+            "(numpy asks the kernel for huge pages on large arrays; torch's CPU allocator does "
+            "not). \"preallocated out=\" passes an output buffer (numbasoftmax `out=`, torch's "
+            "`out=` overloads): no allocation at all."]
     return "\n".join(out) + "\n"
 
 

@@ -91,12 +91,13 @@ def as_2d(a, m, n):
         return None
 
 
-def contiguous_rows(a, m, n, copy2d):
+def contiguous_rows(a, m, n, copy2d, empty=np.empty):
     """Rows of a C-contiguous copy of ``a`` (in logical order); ``copy2d(src, dst)`` copies
-    2-D views (a tiled kernel: numpy's strided copies of transposed views are slow)."""
+    2-D views (a tiled kernel: numpy's strided copies of transposed views are slow) into
+    ``empty(shape, dtype)``."""
     a2 = as_2d(a, m, n)
     if a2 is None:
         return Rows(np.ascontiguousarray(a).reshape(m * n), n)
-    dst = np.empty((m, n), dtype=a.dtype)
+    dst = empty((m, n), a.dtype)
     copy2d(a2, dst)
     return Rows(dst.reshape(-1), n)
