@@ -42,9 +42,10 @@ class _Owner:
                                     "data": (address, False), "version": 3}
 
     def __del__(self):
-        pool = _POOL
-        if pool is not None:  # None only during interpreter shutdown
-            pool.give_back(self._raw, self._nbytes)
+        try:
+            _POOL.give_back(self._raw, self._nbytes)
+        except Exception:  # noqa: BLE001 - at interpreter shutdown: numpy frees the buffer
+            pass
 
 
 class ResultPool:
