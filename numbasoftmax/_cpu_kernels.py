@@ -30,6 +30,7 @@ from ._math import (
     compute_cast,
     compute_zero,
     exp,
+    exp_nonpos,
     load,
     maximum,
     store,
@@ -80,16 +81,19 @@ def _seg_sum_exp(s, m):
 def _block_sum_exp(blk, m):
     part = compute_zero(blk)
     for i in range(blk.shape[0]):
-        part += exp(load(blk[i]) - m)
+        part += exp_nonpos(load(blk[i]) - m)
     return part
 
 
 @njit(**_inl)
 def _seg_max_sum_exp(s):
-    """(max, sum of exp(s - max)); an all -inf segment contributes (-inf, 0)."""
+    """(max, sum of exp(s - max)); an all -inf segment contributes (-inf, 0), one with a
+    NaN or +inf (max NaN or +inf) (max, NaN), which turns its whole row to NaN."""
     m = _seg_max(s)
     if m == -math.inf:
         return m, 0.0
+    if not m < math.inf:
+        return m, math.nan
     return m, _seg_sum_exp(s, m)
 
 
@@ -105,6 +109,10 @@ def _seg_softmax_stats(xs, bs):
         for i in range(bs.shape[0]):
             bs[i] = store(0.0, bs)
         return m, 0.0
+    if not m < math.inf:  # NaN or +inf: the row's factor is NaN, and so is every output
+        for i in range(bs.shape[0]):
+            bs[i] = store(math.nan, bs)
+        return m, math.nan
     if xs.shape[0] <= BLOCK:  # the loop below with one block, without its overhead
         return m, strict_add(0.0, _block_exp_sum(xs, bs, m))
     total = 0.0
@@ -117,7 +125,7 @@ def _seg_softmax_stats(xs, bs):
 def _block_exp_sum(xb, bb, m):
     part = compute_zero(xb)
     for i in range(xb.shape[0]):
-        e = exp(load(xb[i]) - m)
+        e = exp_nonpos(load(xb[i]) - m)
         bb[i] = store(e, bb)
         part += e
     return part
@@ -133,12 +141,16 @@ def _seg_softmax_stats_any(xs, bs):
         for i in range(bs.shape[0]):
             bs[i] = store(0.0, bs)
         return m, 0.0
+    if not m < math.inf:  # NaN or +inf: the row's factor is NaN, and so is every output
+        for i in range(bs.shape[0]):
+            bs[i] = store(math.nan, bs)
+        return m, math.nan
     total = 0.0
     for b in range(0, xs.shape[0], BLOCK):
         xb = xs[b:b + BLOCK]
         bb = bs[b:b + BLOCK]
         for i in range(xb.shape[0]):
-            bb[i] = store(exp(load(xb[i]) - m), bb)
+            bb[i] = store(exp_nonpos(load(xb[i]) - m), bb)
         part = compute_zero(xs)
         for i in range(bb.shape[0]):
             part += load(bb[i])
@@ -486,7 +498,8 @@ def _rescale_chunk_impl(xs, out, chunk_max, f):
                     out[i] = store(strict_mul(compute_zero(xs), f), out)
             else:
                 for i in range(out.shape[0]):
-                    out[i] = store(strict_mul(exp(load(xs[i]) - chunk_max), f), out)
+                    # a NaN or +inf chunk max makes f NaN: the exp's value does not matter
+                    out[i] = store(strict_mul(exp_nonpos(load(xs[i]) - chunk_max), f), out)
         return recompute
     return lambda xs, out, chunk_max, f: _seg_scale(out, out, f)
 

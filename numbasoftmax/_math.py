@@ -153,11 +153,9 @@ _LN2_HI_64 = 0.6931471803691238  # fdlibm's split
 _LN2_LO_64 = 1.9082149292705877e-10
 
 
-@numba.njit(fastmath=EXP_FASTMATH)
-def exp_f32(t):
-    """exp for float32 in float32 arithmetic, max error about 3 ulp, vectorizable. Results
-    above exp(88.37) (2.5e38) are returned as inf, below exp(-87.33) as 0."""
-    tc = min(max(t, numba.float32(-87.33)), numba.float32(88.37))
+@numba.njit(fastmath=EXP_FASTMATH, inline="always")
+def _exp_poly_f32(tc):
+    """exp(tc) for tc already clamped to the finite range."""
     k = _rint(tc * numba.float32(_LOG2E))
     r = tc - k * numba.float32(_LN2_HI_32)
     r = r - k * numba.float32(_LN2_LO_32)
@@ -168,7 +166,14 @@ def exp_f32(t):
     p = p * r + numba.float32(0.5)
     p = p * r + numba.float32(1.0)
     p = p * r + numba.float32(1.0)
-    res = p * _exp2_int(k)
+    return p * _exp2_int(k)
+
+
+@numba.njit(fastmath=EXP_FASTMATH)
+def exp_f32(t):
+    """exp for float32 in float32 arithmetic, max error about 3 ulp, vectorizable. Results
+    above exp(88.37) (2.5e38) are returned as inf, below exp(-87.33) as 0."""
+    res = _exp_poly_f32(min(max(t, numba.float32(-87.33)), numba.float32(88.37)))
     if t < numba.float32(-87.33):
         res = numba.float32(0.0)
     if t > numba.float32(88.37):
@@ -179,9 +184,19 @@ def exp_f32(t):
 
 
 @numba.njit(fastmath=EXP_FASTMATH)
-def exp_f64(t):
-    """exp for float64, max error about 2 ulp, vectorizable."""
-    tc = min(max(t, -708.39), 709.0)
+def exp_nonpos_f32(t):
+    """``exp_f32`` for t <= 0 (not NaN), bit for bit, with 5 of its ~20 vector operations
+    left out: the upper clamp and the inf and NaN selects. softmax calls it with
+    t = x - max, after sending rows whose max is NaN or +inf to NaN (10-25 % faster
+    forward passes on rows of 128+ elements, measured on the 2-core EPYC)."""
+    res = _exp_poly_f32(max(t, numba.float32(-87.33)))
+    if t < numba.float32(-87.33):
+        res = numba.float32(0.0)
+    return res
+
+
+@numba.njit(fastmath=EXP_FASTMATH, inline="always")
+def _exp_poly_f64(tc):
     k = _rint(tc * _LOG2E)
     r = tc - k * _LN2_HI_64
     r = r - k * _LN2_LO_64
@@ -199,13 +214,28 @@ def exp_f64(t):
     p = p * r + 0.5
     p = p * r + 1.0
     p = p * r + 1.0
-    res = p * _exp2_int(k)
+    return p * _exp2_int(k)
+
+
+@numba.njit(fastmath=EXP_FASTMATH)
+def exp_f64(t):
+    """exp for float64, max error about 2 ulp, vectorizable."""
+    res = _exp_poly_f64(min(max(t, -708.39), 709.0))
     if t < -708.39:
         res = 0.0
     if t > 709.0:
         res = math.inf
     if t != t:
         res = t
+    return res
+
+
+@numba.njit(fastmath=EXP_FASTMATH)
+def exp_nonpos_f64(t):
+    """``exp_f64`` for t <= 0 (not NaN), bit for bit; see ``exp_nonpos_f32``."""
+    res = _exp_poly_f64(max(t, -708.39))
+    if t < -708.39:
+        res = 0.0
     return res
 
 
@@ -238,6 +268,12 @@ def exp(value):
     raise NotImplementedError
 
 
+def exp_nonpos(value):
+    """``exp`` for arguments <= 0 that are not NaN, e.g. x - max of a row whose max is
+    finite (njit only)."""
+    raise NotImplementedError
+
+
 @overload(load, inline="always")
 def _load_impl(value):
     if value == types.uint16:
@@ -265,6 +301,15 @@ def _exp_impl(value):
         return lambda value: exp_f32(value)
     if value == types.float64:
         return lambda value: exp_f64(value)
+    return None
+
+
+@overload(exp_nonpos, inline="always")
+def _exp_nonpos_impl(value):
+    if value == types.float32:
+        return lambda value: exp_nonpos_f32(value)
+    if value == types.float64:
+        return lambda value: exp_nonpos_f64(value)
     return None
 
 
