@@ -162,25 +162,32 @@ def _seg_softmax_stats_any(xs, bs):
 def _seg_dot(a, b):
     total = 0.0
     for k in range(0, a.shape[0], BLOCK):
-        ab = a[k:k + BLOCK]
-        bb = b[k:k + BLOCK]
-        part = compute_zero(a)
-        for i in range(ab.shape[0]):
-            part += load(ab[i]) * load(bb[i])
-        total = strict_add(total, part)
+        total = strict_add(total, _block_dot(a[k:k + BLOCK], b[k:k + BLOCK]))
     return total
+
+
+@njit(**_inl)
+def _block_dot(a, b):
+    part = compute_zero(a)
+    for i in range(a.shape[0]):
+        part += load(a[i]) * load(b[i])
+    return part
 
 
 @njit(**_inl)
 def _seg_sum(a):
     total = 0.0
     for k in range(0, a.shape[0], BLOCK):
-        ab = a[k:k + BLOCK]
-        part = compute_zero(a)
-        for i in range(ab.shape[0]):
-            part += load(ab[i])
-        total = strict_add(total, part)
+        total = strict_add(total, _block_sum(a[k:k + BLOCK]))
     return total
+
+
+@njit(**_inl)
+def _block_sum(a):
+    part = compute_zero(a)
+    for i in range(a.shape[0]):
+        part += load(a[i])
+    return part
 
 
 @njit(**_inl)
@@ -404,18 +411,37 @@ def _log_softmax_rows(x, sx, out, so, lo, hi, n):
                                    compute_cast(math.log(total), xr))
 
 
+# Rows of at most one block skip the chunk and block loops of _dot_row / _sum_row: the same
+# sum (0.0 + 0.0 + block sum, exactly), without the loops' setup. The test sits outside the
+# row loop: inside it, LLVM compiled the whole loop slower (32-element float32 rows,
+# softmax backward: 0.78 ns per element with the nested loops, 1.38 with the test inside,
+# 0.40-0.46 with it outside).
+
 @njit(**_opts)
 def _softmax_backward_rows(y, sy, dy, sdy, out, so, lo, hi, n):
-    for i in range(lo, hi):
-        softmax_backward_row(y[i * sy:i * sy + n], dy[i * sdy:i * sdy + n],
-                             out[i * so:i * so + n])
+    if n <= BLOCK:
+        for i in range(lo, hi):
+            yr, dyr = y[i * sy:i * sy + n], dy[i * sdy:i * sdy + n]
+            s = strict_add(0.0, _block_dot(yr, dyr))
+            _seg_write_softmax_backward(yr, dyr, out[i * so:i * so + n], compute_cast(s, yr))
+    else:
+        for i in range(lo, hi):
+            softmax_backward_row(y[i * sy:i * sy + n], dy[i * sdy:i * sdy + n],
+                                 out[i * so:i * so + n])
 
 
 @njit(**_opts)
 def _log_softmax_backward_rows(z, sz, dz, sdz, out, so, lo, hi, n):
-    for i in range(lo, hi):
-        log_softmax_backward_row(z[i * sz:i * sz + n], dz[i * sdz:i * sdz + n],
-                                 out[i * so:i * so + n])
+    if n <= BLOCK:
+        for i in range(lo, hi):
+            zr, dzr = z[i * sz:i * sz + n], dz[i * sdz:i * sdz + n]
+            s = strict_add(0.0, _block_sum(dzr))
+            _seg_write_log_softmax_backward(zr, dzr, out[i * so:i * so + n],
+                                            compute_cast(s, zr))
+    else:
+        for i in range(lo, hi):
+            log_softmax_backward_row(z[i * sz:i * sz + n], dz[i * sdz:i * sdz + n],
+                                     out[i * so:i * so + n])
 
 
 @njit(**_opts)
