@@ -109,7 +109,10 @@ USERS = {
 }
 
 
-@pytest.mark.parametrize("shape", [(5, 33), (3, 8193), (2, 40000)],
+# (5, 33): the serial driver; (2000, 32), (40, 1024), (40, 1025): the parallel one with rows
+# below, at and above one block (the backward drivers' short-row path); then chunked rows
+@pytest.mark.parametrize("shape", [(5, 33), (2000, 32), (40, 1024), (40, 1025), (3, 8193),
+                                   (2, 40000)],
                          ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("parallel", [False, True], ids=["njit", "prange"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=lambda d: np.dtype(d).name)
