@@ -119,10 +119,13 @@ class Config:
     latency: bool = True
     repeats: int = 11  # at most this many timed rounds per cell
     min_repeats: int = 3
-    cell_seconds: float = 0.25  # time budget per cell after warm-up (all implementations)
+    # time budget per cell after warm-up (all implementations): 0.5 s gives ~10 rounds of
+    # the 2^24-element CPU cells; at 0.25 s a backward cell got 4, too few for a stable
+    # median on a noisy 2-core VM
+    cell_seconds: float = 0.5
     # budget for all throughput cells of a device: when a busy machine makes calls slow, a
     # cell gets at most its share of what is left (never fewer than min_repeats rounds)
-    sweep_seconds: float = 60.0
+    sweep_seconds: float = 150.0
     out: Path = Path("numbasoftmax-bench")
     progress: bool = True
     plot: bool = True
