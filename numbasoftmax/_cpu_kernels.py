@@ -90,20 +90,11 @@ def _seg_max_sum_exp(s):
     """(max, sum of exp(s - max)); an all -inf segment contributes (-inf, 0), one with a
     NaN or +inf (max NaN or +inf) (max, NaN), which turns its whole row to NaN."""
     m = _seg_max(s)
-    total = _seg_sum_exp(s, m)  # before the test of m: see _block_softmax_stats
-    if not -math.inf < m < math.inf:
-        total = 0.0 if m == -math.inf else math.nan
-    return m, total
-
-
-@njit(**_inl)
-def _block_max_sum_exp(s):
-    """``_seg_max_sum_exp`` of a segment of at most one block (see _softmax_block_row)."""
-    m = _seg_max(s)
-    total = strict_add(0.0, _block_sum_exp(s, m))
-    if not -math.inf < m < math.inf:
-        total = 0.0 if m == -math.inf else math.nan
-    return m, total
+    if m == -math.inf:
+        return m, 0.0
+    if not m < math.inf:
+        return m, math.nan
+    return m, _seg_sum_exp(s, m)
 
 
 @njit(**_inl)
@@ -113,43 +104,21 @@ def _seg_softmax_stats(xs, bs):
     ``bs`` must not be ``xs`` itself: LLVM vectorizes this fused loop only after a runtime
     check that the two do not overlap, and its scalar fallback sums in another order (the
     callers give in-place rows a scratch buffer)."""
-    if xs.shape[0] <= BLOCK:
-        return _block_softmax_stats(xs, bs)
     m = _seg_max(xs)
-    total = 0.0
-    for b in range(0, xs.shape[0], BLOCK):
-        total = strict_add(total, _block_exp_sum(xs[b:b + BLOCK], bs[b:b + BLOCK], m))
-    if not -math.inf < m < math.inf:  # after the passes, as in _block_softmax_stats
-        total = _non_finite_max(m, bs)
-    return m, total
-
-
-@njit(**_inl)
-def _block_softmax_stats(xs, bs):
-    """``_seg_softmax_stats`` of a segment of at most one block."""
-    m = _seg_max(xs)
-    # The exp pass runs before m is tested: with the test first, LLVM compiled the row loop
-    # of short rows ~30 % slower (32-element float32 rows: 1.7-1.9 -> 1.15-1.33 ns per
-    # element, with the BLOCK test also out of the row loop). For a max of -inf, NaN or
-    # +inf the pass writes values that _non_finite_max replaces.
-    total = strict_add(0.0, _block_exp_sum(xs, bs, m))
-    if not -math.inf < m < math.inf:
-        total = _non_finite_max(m, bs)
-    return m, total
-
-
-@njit(**_inl)
-def _non_finite_max(m, bs):
-    """Sum of exp for a segment whose max ``m`` is not finite, with ``bs`` set to match: all
-    -inf: e = 0, sum 0; NaN or +inf: NaN, which turns the row's factor, and with it every
-    output of the row, to NaN."""
     if m == -math.inf:
         for i in range(bs.shape[0]):
             bs[i] = store(0.0, bs)
-        return 0.0
-    for i in range(bs.shape[0]):
-        bs[i] = store(math.nan, bs)
-    return math.nan
+        return m, 0.0
+    if not m < math.inf:  # NaN or +inf: the row's factor is NaN, and so is every output
+        for i in range(bs.shape[0]):
+            bs[i] = store(math.nan, bs)
+        return m, math.nan
+    if xs.shape[0] <= BLOCK:  # the loop below with one block, without its overhead
+        return m, strict_add(0.0, _block_exp_sum(xs, bs, m))
+    total = 0.0
+    for b in range(0, xs.shape[0], BLOCK):
+        total = strict_add(total, _block_exp_sum(xs[b:b + BLOCK], bs[b:b + BLOCK], m))
+    return m, total
 
 
 @njit(**_inl)
@@ -168,6 +137,14 @@ def _seg_softmax_stats_any(xs, bs):
     runs in a loop of its own over ``bs``, whose order does not depend on aliasing (a
     separate pass costs ~20 % on short rows, so they use the fused loop)."""
     m = _seg_max(xs)
+    if m == -math.inf:
+        for i in range(bs.shape[0]):
+            bs[i] = store(0.0, bs)
+        return m, 0.0
+    if not m < math.inf:  # NaN or +inf: the row's factor is NaN, and so is every output
+        for i in range(bs.shape[0]):
+            bs[i] = store(math.nan, bs)
+        return m, math.nan
     total = 0.0
     for b in range(0, xs.shape[0], BLOCK):
         xb = xs[b:b + BLOCK]
@@ -178,8 +155,6 @@ def _seg_softmax_stats_any(xs, bs):
         for i in range(bb.shape[0]):
             part += load(bb[i])
         total = strict_add(total, part)
-    if not -math.inf < m < math.inf:  # after the passes, as in _seg_softmax_stats
-        total = _non_finite_max(m, bs)
     return m, total
 
 
@@ -299,26 +274,6 @@ def _softmax_short_row(x, out, buf):
     _seg_scale(buf, out, compute_cast(strict_div(1.0, total), x))
 
 
-@njit(**_inl)
-def _softmax_block_row(x, out, buf):
-    """``_softmax_short_row`` for rows of at most one block, for the batch drivers: the
-    BLOCK test of _seg_softmax_stats inside a row loop made LLVM compile the loop slower.
-    ``buf`` is a scratch row, not ``out``."""
-    m, total = _block_softmax_stats(x, buf)
-    f = compute_cast(strict_div(1.0, total), x)
-    for i in range(out.shape[0]):
-        out[i] = store(strict_mul(load(buf[i]), f), out)
-
-
-@njit(**_inl)
-def _softmax_block_row_in_out(x, out):
-    """``_softmax_block_row`` with exp(x - max) kept in ``out`` itself."""
-    m, total = _block_softmax_stats(x, out)
-    f = compute_cast(strict_div(1.0, total), x)
-    for i in range(out.shape[0]):
-        out[i] = store(strict_mul(load(out[i]), f), out)
-
-
 # Long rows are compiled out of line (``_opts``, not ``_inl``): numba inlining copies code
 # into every caller, and a call per long row costs nothing.
 
@@ -434,12 +389,6 @@ def _softmax_rows(x, sx, out, so, lo, hi, n):
         for i in range(lo, hi):
             row = out[i * so:i * so + n]
             _softmax_long_row(x[i * sx:i * sx + n], row, _exp_buffer(row, scratch, in_place))
-    elif n <= BLOCK and (in_place or out.itemsize == 2):
-        for i in range(lo, hi):
-            _softmax_block_row(x[i * sx:i * sx + n], out[i * so:i * so + n], scratch)
-    elif n <= BLOCK:
-        for i in range(lo, hi):
-            _softmax_block_row_in_out(x[i * sx:i * sx + n], out[i * so:i * so + n])
     elif in_place or out.itemsize == 2:
         for i in range(lo, hi):
             _softmax_short_row(x[i * sx:i * sx + n], out[i * so:i * so + n], scratch)
@@ -454,12 +403,6 @@ def _log_softmax_rows(x, sx, out, so, lo, hi, n):
     if n > CHUNK:
         for i in range(lo, hi):
             log_softmax_row(x[i * sx:i * sx + n], out[i * so:i * so + n])
-    elif n <= BLOCK:  # as the next branch, for rows of one block (see _softmax_block_row)
-        for i in range(lo, hi):
-            xr = x[i * sx:i * sx + n]
-            m, total = _block_max_sum_exp(xr)
-            _seg_write_log_softmax(xr, out[i * so:i * so + n], compute_cast(m, xr),
-                                   compute_cast(math.log(total), xr))
     else:  # the short-row branch of log_softmax_row, hoisted out of the loop
         for i in range(lo, hi):
             xr = x[i * sx:i * sx + n]
