@@ -105,20 +105,25 @@ def _seg_softmax_stats(xs, bs):
     check that the two do not overlap, and its scalar fallback sums in another order (the
     callers give in-place rows a scratch buffer)."""
     m = _seg_max(xs)
-    if m == -math.inf:
-        for i in range(bs.shape[0]):
-            bs[i] = store(0.0, bs)
-        return m, 0.0
-    if not m < math.inf:  # NaN or +inf: the row's factor is NaN, and so is every output
-        for i in range(bs.shape[0]):
-            bs[i] = store(math.nan, bs)
-        return m, math.nan
+    if not -math.inf < m < math.inf:
+        return m, _non_finite_stats(m, bs)
     if xs.shape[0] <= BLOCK:  # the loop below with one block, without its overhead
         return m, strict_add(0.0, _block_exp_sum(xs, bs, m))
     total = 0.0
     for b in range(0, xs.shape[0], BLOCK):
         total = strict_add(total, _block_exp_sum(xs[b:b + BLOCK], bs[b:b + BLOCK], m))
     return m, total
+
+
+@njit(**_inl)
+def _non_finite_stats(m, bs):
+    """Sum of e for a segment whose max ``m`` is not finite, with e written to ``bs``: all
+    -inf: e = 0, sum 0; NaN or +inf: NaN, which turns the row's factor, and with it every
+    output of the row, to NaN."""
+    e = 0.0 if m == -math.inf else math.nan
+    for i in range(bs.shape[0]):
+        bs[i] = store(e, bs)
+    return e
 
 
 @njit(**_inl)
@@ -137,14 +142,8 @@ def _seg_softmax_stats_any(xs, bs):
     runs in a loop of its own over ``bs``, whose order does not depend on aliasing (a
     separate pass costs ~20 % on short rows, so they use the fused loop)."""
     m = _seg_max(xs)
-    if m == -math.inf:
-        for i in range(bs.shape[0]):
-            bs[i] = store(0.0, bs)
-        return m, 0.0
-    if not m < math.inf:  # NaN or +inf: the row's factor is NaN, and so is every output
-        for i in range(bs.shape[0]):
-            bs[i] = store(math.nan, bs)
-        return m, math.nan
+    if not -math.inf < m < math.inf:
+        return m, _non_finite_stats(m, bs)
     total = 0.0
     for b in range(0, xs.shape[0], BLOCK):
         xb = xs[b:b + BLOCK]
