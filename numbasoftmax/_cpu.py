@@ -1,7 +1,9 @@
-"""CPU launcher: picks the serial or the parallel driver and keeps numba's thread pool safe.
+"""CPU launcher: picks the kernel and the serial or parallel driver, and keeps numba's
+thread pool safe.
 
-Inputs here are already flat 1-D buffers with a row stride (see ``_layout``); float16 data
-arrives viewed as uint16.
+Inputs here are flat 1-D buffers with strides (see ``_layout``); float16 data arrives
+viewed as uint16. Every kernel gives the same bits (see ``_cpu_kernels``), so the choice
+below is about speed only.
 """
 
 from __future__ import annotations
@@ -13,6 +15,14 @@ import numba
 # Below this many elements the serial driver runs: waking the thread pool costs more than
 # the work (omp: ~2.7 us per call; a 32K-element float32 softmax takes ~30 us on one core).
 PARALLEL_MIN_ELEMENTS = 1 << 15
+# Rows shorter than this run W at a time, a lane per row (gathered into a tile): the row
+# kernel's per-row cost (two horizontal reductions, a division) dominates short rows.
+SHORT_ROW_MAX = 16
+# Longer rows always run whole inside one parallel task (the second pass over a row then
+# reads from cache); with fewer than ROW_TASK_MIN_ROWS of them they are split into chunks
+# so that every thread has work.
+ROW_TASK_MAX = 32768
+ROW_TASK_MIN_ROWS = 16
 
 _layer_lock = threading.Lock()
 _serialize_lock = None  # a Lock when numba runs on the workqueue layer
@@ -38,18 +48,14 @@ def _launch_pool():
 
 
 _kernels = None
-_drivers = {}  # op -> (serial, rows_parallel, chunks_parallel), bound at the first call
 
 
 def _load_kernels():
     global _kernels
     # imported at the first call: ``import numbasoftmax`` compiles nothing
-    from . import _cpu_kernels as k
+    from . import _cpu_kernels
 
-    for op in ("softmax", "log_softmax", "softmax_backward", "log_softmax_backward"):
-        _drivers[op] = (getattr(k, f"{op}_rows_serial"), getattr(k, f"{op}_rows_parallel"),
-                        getattr(k, f"{op}_chunks_parallel"))
-    _kernels = k
+    _kernels = _cpu_kernels
     return _kernels
 
 
@@ -70,25 +76,26 @@ def _parallel(kernel, args):
         numba.set_parallel_chunksize(previous)
 
 
-def _row_tasks(m, n, k):
-    """Whole rows per task (second pass from cache) unless there are too few long rows to
-    keep the threads busy. Both drivers do the same arithmetic: the choice changes no bits."""
-    return n <= k.ROW_TASK_MAX or m >= k.ROW_TASK_MIN_ROWS
-
-
-# The driver depends only on the problem size, never on the thread count, so results are
-# bitwise the same with any number of threads (both drivers do the same arithmetic anyway).
-
 def run(op, args):
-    """Run operation ``op``; ``args`` are the drivers' arguments: flat buffers and row
-    strides, then the number of rows m and the row length n."""
+    """Run operation ``op`` on M rows of n contiguous elements. ``args``: flat buffers and
+    row strides (``a, sa[, b, sb], out, so``), then M and n."""
     k = _kernels or _load_kernels()
-    m, n = args[-2], args[-1]
-    serial, rows_parallel, chunks_parallel = _drivers[op]
+    *arrays, m, n = args
+    a, sa = arrays[0], arrays[1]
+    b, sb = (arrays[2], arrays[3]) if len(arrays) == 6 else (a, sa)
+    out, so = arrays[-2], arrays[-1]
+    marker = k.OPS[op]
     if m * n < PARALLEL_MIN_ELEMENTS:
-        serial(*args)
+        driver = k.short_rows if n < SHORT_ROW_MAX else k.rows
+        driver(marker, a, sa, 1, b, sb, 1, out, so, 1, 0, m, n, 1)
+        return
+    if n < SHORT_ROW_MAX:
+        driver = k.short_rows_parallel
+    elif n <= ROW_TASK_MAX or m >= ROW_TASK_MIN_ROWS:
+        driver = k.rows_parallel
     else:
-        _parallel(rows_parallel if _row_tasks(m, n, k) else chunks_parallel, args)
+        driver = k.chunks_parallel
+    _parallel(driver, (marker, a, sa, 1, b, sb, 1, out, so, 1, m, n, 1))
 
 
 # Below this many elements numpy's own strided copy is as fast and needs no compilation.

@@ -14,41 +14,53 @@ follow the same non-finite rules as the public functions::
             softmax_row(scores[i], out[i])
         return out
 
-They are the same code the package's batch drivers run, so results are bitwise identical
-to ``numbasoftmax.softmax(x)`` for the same row.
+They run the package's own row kernel, whose summation order is written in the code, so a
+row gives bitwise the same result as ``numbasoftmax.softmax`` on it, whether your function
+was compiled just now or loaded from numba's cache, inlined or not, serial or parallel.
 """
 
 from __future__ import annotations
 
+import numpy as np
 from numba import njit
 
-from . import _cpu_kernels as _k
-from ._math import FASTMATH
+from ._row_kernel import (
+    CHUNK,
+    LOG_SOFTMAX,
+    LOG_SOFTMAX_BACKWARD,
+    OPTIONS,
+    SOFTMAX,
+    SOFTMAX_BACKWARD,
+    row,
+)
 
 __all__ = ["softmax_row", "log_softmax_row", "softmax_backward_row", "log_softmax_backward_row"]
 
-_opts = {"fastmath": FASTMATH, "cache": True, "nogil": True, "error_model": "numpy"}
+
+@njit(**OPTIONS)
+def _scratch(n):
+    return np.empty((2, max(1, (n + CHUNK - 1) // CHUNK)))
 
 
-@njit(**_opts)
+@njit(**OPTIONS)
 def softmax_row(x, out):
     """out[:] = softmax(x) for a 1-D row."""
-    _k.softmax_row(x, out)
+    row(SOFTMAX, x, x, out, _scratch(x.shape[0]))
 
 
-@njit(**_opts)
+@njit(**OPTIONS)
 def log_softmax_row(x, out):
     """out[:] = log_softmax(x) for a 1-D row."""
-    _k.log_softmax_row(x, out)
+    row(LOG_SOFTMAX, x, x, out, _scratch(x.shape[0]))
 
 
-@njit(**_opts)
+@njit(**OPTIONS)
 def softmax_backward_row(y, dy, out):
     """out[:] = y * (dy - sum(y * dy)) for 1-D rows y = softmax(x) and dy = dL/dy."""
-    _k.softmax_backward_row(y, dy, out)
+    row(SOFTMAX_BACKWARD, y, dy, out, _scratch(y.shape[0]))
 
 
-@njit(**_opts)
+@njit(**OPTIONS)
 def log_softmax_backward_row(z, dz, out):
     """out[:] = dz - exp(z) * sum(dz) for 1-D rows z = log_softmax(x) and dz = dL/dz."""
-    _k.log_softmax_backward_row(z, dz, out)
+    row(LOG_SOFTMAX_BACKWARD, z, dz, out, _scratch(z.shape[0]))

@@ -1,0 +1,105 @@
+"""Markers: Python objects whose numba type names an operation or a kernel function.
+
+A marker carries no data. Passed to a compiled function, it makes the choice it names part
+of the compiled signature: one driver compiled per operation, and generic loops
+(``seg_sum(lanes, ...)``) specialized per kernel function, at no run-time cost. (numba's own
+function values would do the same but are compiled in as process-specific addresses, which
+numba's disk cache refuses.)
+
+Functions chosen by a marker are plain Python functions compiled as overload
+implementations: one compile unit each, no forwarding wrapper.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+from llvmlite import ir
+from numba import types
+from numba.core.imputils import impl_ret_borrowed, lower_constant
+from numba.extending import NativeValue, intrinsic, models, overload, register_model, unbox
+
+
+class MarkerType(types.Type):
+    def __init__(self, key):
+        self.key_ = key
+        super().__init__(name=f"Marker({key})")
+
+
+register_model(MarkerType)(models.OpaqueModel)
+
+
+@unbox(MarkerType)
+def _unbox_marker(typ, obj, c):
+    return NativeValue(c.context.get_constant_null(typ))
+
+
+@lower_constant(MarkerType)
+def _marker_constant(context, builder, typ, pyval):
+    return context.get_constant_null(typ)
+
+
+class Marker:
+    def __init__(self, key):
+        self.key = key
+        self._numba_type_ = MarkerType(key)
+
+    def __repr__(self):
+        return f"Marker({self.key!r})"
+
+
+@intrinsic
+def same(typingctx, a, b):
+    """Whether two markers name the same thing: a constant of the compiled code."""
+    if not (isinstance(a, MarkerType) and isinstance(b, MarkerType)):
+        return None
+    value = int(a == b)
+    return types.boolean(a, b), lambda context, builder, sig, args: ir.Constant(ir.IntType(1),
+                                                                                   value)
+
+
+@intrinsic
+def pick(typingctx, a, b, x, y):
+    """``x`` if markers ``a`` and ``b`` name the same thing, else ``y``: chosen when
+    compiling, so ``x`` and ``y`` may have different types."""
+    if not (isinstance(a, MarkerType) and isinstance(b, MarkerType)):
+        return None
+    chosen = 2 if a == b else 3
+
+    def codegen(context, builder, sig, args):
+        return impl_ret_borrowed(context, builder, sig.return_type, args[chosen])
+
+    return (x, y)[chosen - 2](a, b, x, y), codegen
+
+
+def dispatch(stub, table):
+    """Make ``stub(marker, ...)`` run ``table[marker key]`` in compiled code. The table's
+    functions are plain Python functions with the stub's signature."""
+
+    def typer(*args):
+        marker = args[0]
+        if isinstance(marker, MarkerType) and marker.key_ in table:
+            return table[marker.key_]
+        return None
+
+    typer.__signature__ = inspect.signature(stub)  # numba checks it against the table's
+    overload(stub)(typer)
+
+
+_KERNEL_FUNCTIONS = {}
+
+
+def invoke(f, a, b, c, i, k):
+    """Call the kernel function that marker ``f`` names with ``(f, a, b, c, i, k)``
+    (compiled code only)."""
+
+
+dispatch(invoke, _KERNEL_FUNCTIONS)
+
+
+def kernel_fn(py_func):
+    """Register ``py_func(f, a, b, c, i, k)`` (``f``: its own marker) and return its
+    marker, for the generic loops that call it with ``invoke``."""
+    key = f"{py_func.__module__}.{py_func.__qualname__}"
+    _KERNEL_FUNCTIONS[key] = py_func
+    return Marker(key)

@@ -1,0 +1,562 @@
+"""Explicit SIMD for the CPU kernels: a 16-lane vector type for numba and lane-wise IEEE
+operations on it.
+
+Why: the order of a floating-point sum decides its last bits. If the order is left to
+LLVM (fast-math ``reassoc`` lets the vectorizer pick lane counts, unrolling and a combine
+tree), it changes with the compile path: a kernel compiled in this process, loaded from
+numba's disk cache, inlined into a user's function or specialized for a read-only array can
+give different bits for the same input. Without ``reassoc`` LLVM keeps the written order
+but no longer vectorizes reductions. So the kernels write the lanes themselves: a value of
+type ``Vec`` is an LLVM ``<16 x float>`` (or ``<16 x double>``) that numba keeps in
+registers, every operation here is one lane-wise IEEE instruction (no fast-math flags at
+all: LLVM may not reassociate, contract or approximate them), and horizontal sums use one
+fixed halving tree. The result is the same on any compile path and any x86 vector width
+(AVX2 runs a ``<16 x float>`` as two registers, AVX-512 as one; the lanes are the same).
+
+Storage and compute types: float16 arrays reach the kernels viewed as uint16 and are
+computed in float32; float32 in float32; float64 in float64. Loads convert storage ->
+compute type, stores convert back (round to nearest even).
+
+Loads and stores take a count ``k`` of valid lanes: lanes ``k..15`` are not touched in
+memory, loads fill them with ``fill``. With ``k == W`` known at compile time (the main
+loops) LLVM turns the masked access into a plain vector load or store.
+"""
+
+from __future__ import annotations
+
+import math
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.core.imputils import impl_ret_borrowed
+from numba.extending import intrinsic, models, register_model
+
+W = 16  # lanes per vector, for every dtype: the lane structure is part of the result
+
+_I32 = ir.IntType(32)
+_I64 = ir.IntType(64)
+_BOOL = ir.IntType(1)
+
+
+class Vec(types.Type):
+    """W lanes of a compute type (float32 or float64)."""
+
+    def __init__(self, dtype):
+        self.dtype = dtype
+        super().__init__(name=f"Vec{W}({dtype})")
+
+
+class Mask(types.Type):
+    """W booleans: the result of a lane-wise comparison."""
+
+    def __init__(self):
+        super().__init__(name=f"Mask{W}")
+
+
+MASK = Mask()
+
+
+@register_model(Vec)
+class _VecModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        elt = dmm.lookup(fe_type.dtype).get_value_type()
+        super().__init__(dmm, fe_type, ir.VectorType(elt, W))
+
+
+@register_model(Mask)
+class _MaskModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, ir.VectorType(_BOOL, W))
+
+
+def compute_type(dtype):
+    """The compute type of a storage (array) dtype, or None if unsupported."""
+    if dtype in (types.uint16, types.float32):
+        return types.float32
+    if dtype == types.float64:
+        return types.float64
+    return None
+
+
+def _ctype_of(t):
+    """Compute type of an argument: a Vec, an array, or a float scalar."""
+    if isinstance(t, Vec):
+        return t.dtype
+    if isinstance(t, types.Array):
+        return compute_type(t.dtype)
+    if isinstance(t, types.Float):
+        return t
+    return None
+
+
+# ---------------------------------------------------------------------------------------
+# IR helpers
+
+def _splat(builder, value, n=W):
+    vty = ir.VectorType(value.type, n)
+    v = builder.insert_element(ir.Constant(vty, ir.Undefined), value, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, n), [0] * n))
+
+
+def _const(ty, value):
+    """A constant of scalar or vector type ``ty``."""
+    if isinstance(ty, ir.VectorType):
+        return ir.Constant(ty, [ir.Constant(ty.element, value)] * ty.count)
+    return ir.Constant(ty, value)
+
+
+def _call(builder, name, args, ret=None):
+    ty = args[0].type
+    fnty = ir.FunctionType(ret or ty, [a.type for a in args])
+    fn = builder.module.declare_intrinsic(name, fnty=fnty)
+    return builder.call(fn, args)
+
+
+def _suffix(ty):
+    if isinstance(ty, ir.VectorType):
+        return f"v{ty.count}{_suffix(ty.element)}"
+    return {ir.FloatType: "f32", ir.DoubleType: "f64", ir.HalfType: "f16"}.get(
+        type(ty), f"i{getattr(ty, 'width', 0)}")
+
+
+def _intrinsic1(builder, name, x):
+    return _call(builder, f"llvm.{name}.{_suffix(x.type)}", [x])
+
+
+def _intrinsic2(builder, name, x, y):
+    return _call(builder, f"llvm.{name}.{_suffix(x.type)}", [x, y])
+
+
+def _as_compute(context, builder, value, fromty, ctype):
+    """A scalar or Vec argument as an LLVM value of ``ctype`` lanes (scalars splatted)."""
+    if isinstance(fromty, Vec):
+        return value
+    return _splat(builder, context.cast(builder, value, fromty, ctype))
+
+
+def _lane_mask(builder, k):
+    """<W x i1>: lane < k."""
+    idx = ir.Constant(ir.VectorType(_I32, W), list(range(W)))
+    return builder.icmp_unsigned("<", idx, _splat(builder, builder.trunc(k, _I32)))
+
+
+# ---------------------------------------------------------------------------------------
+# loads and stores
+
+def _storage_ir(context, dtype):
+    if dtype == types.uint16:
+        return ir.HalfType()
+    return context.get_value_type(dtype)
+
+
+def _element_ptrs(context, builder, arrty, arr, index, step):
+    """(pointer to element ``index``, None) for a contiguous run of lanes, else
+    (None, <W x i64> addresses of elements ``index + lane*step``)."""
+    a = context.make_array(arrty)(context, builder, arr)
+    if arrty.layout in "CF" and step is None:
+        return builder.gep(a.data, [index]), None
+    lanes = ir.Constant(ir.VectorType(_I64, W), list(range(W)))
+    if step is not None:
+        lanes = builder.mul(lanes, _splat(builder, step))
+    offs = builder.add(_splat(builder, index), lanes)
+    if arrty.layout in "CF":
+        stride = ir.Constant(_I64, arrty.dtype.bitwidth // 8)
+    else:
+        stride = cgutils.unpack_tuple(builder, a.strides, 1)[0]
+    base = builder.ptrtoint(a.data, _I64)
+    return None, builder.add(_splat(builder, base), builder.mul(offs, _splat(builder, stride)))
+
+
+def _load_lanes(context, builder, sig, args, step):
+    arrty = sig.args[0]
+    ctype = compute_type(arrty.dtype)
+    sty = _storage_ir(context, arrty.dtype)
+    vsty = ir.VectorType(sty, W)
+    arr, index = args[0], args[1]
+    stepv = args[2] if step else None
+    k, fill = args[-2], args[-1]
+    mask = _lane_mask(builder, k)
+    align = ir.Constant(_I32, arrty.dtype.bitwidth // 8)
+    ptr, addrs = _element_ptrs(context, builder, arrty, arr, index, stepv)
+    zero = ir.Constant(vsty, None)
+    if ptr is not None:
+        vp = builder.bitcast(ptr, vsty.as_pointer())
+        raw = _call(builder, f"llvm.masked.load.{_suffix(vsty)}.p0", [vp, align, mask, zero],
+                    ret=vsty)
+    else:
+        ptrs = builder.inttoptr(addrs, ir.VectorType(sty.as_pointer(), W))
+        raw = _call(builder, f"llvm.masked.gather.{_suffix(vsty)}.v{W}p0",
+                    [ptrs, align, mask, zero], ret=vsty)
+    cty = context.get_value_type(ctype)
+    value = builder.fpext(raw, ir.VectorType(cty, W)) if sty != cty else raw
+    fillv = _splat(builder, context.cast(builder, fill, sig.args[-1], ctype))
+    return builder.select(mask, value, fillv)
+
+
+def _store_lanes(context, builder, sig, args, step):
+    arrty = sig.args[0]
+    sty = _storage_ir(context, arrty.dtype)
+    vsty = ir.VectorType(sty, W)
+    arr, index = args[0], args[1]
+    stepv = args[2] if step else None
+    k, value = args[-2], args[-1]
+    mask = _lane_mask(builder, k)
+    align = ir.Constant(_I32, arrty.dtype.bitwidth // 8)
+    if value.type.element != sty:
+        value = builder.fptrunc(value, vsty)
+    ptr, addrs = _element_ptrs(context, builder, arrty, arr, index, stepv)
+    if ptr is not None:
+        vp = builder.bitcast(ptr, vsty.as_pointer())
+        fnty = ir.FunctionType(ir.VoidType(), [vsty, vp.type, _I32, mask.type])
+        fn = builder.module.declare_intrinsic(f"llvm.masked.store.{_suffix(vsty)}.p0", fnty=fnty)
+        builder.call(fn, [value, vp, align, mask])
+    else:
+        ptrs = builder.inttoptr(addrs, ir.VectorType(sty.as_pointer(), W))
+        fnty = ir.FunctionType(ir.VoidType(), [vsty, ptrs.type, _I32, mask.type])
+        fn = builder.module.declare_intrinsic(f"llvm.masked.scatter.{_suffix(vsty)}.v{W}p0",
+                                              fnty=fnty)
+        builder.call(fn, [value, ptrs, align, mask])
+    return context.get_dummy_value()
+
+
+def _check_load(arr, k, fill):
+    return (isinstance(arr, types.Array) and arr.ndim == 1 and compute_type(arr.dtype)
+            and isinstance(k, types.Integer) and isinstance(fill, (types.Float, types.Integer)))
+
+
+@intrinsic
+def vload(typingctx, arr, index, k, fill):
+    """Elements ``index .. index+k-1`` of a 1-D array; lanes from k on are ``fill``."""
+    if not _check_load(arr, k, fill):
+        return None
+    sig = Vec(compute_type(arr.dtype))(arr, index, k, fill)
+    return sig, lambda c, b, s, a: _load_lanes(c, b, s, a, step=False)
+
+
+@intrinsic
+def vgather(typingctx, arr, index, step, k, fill):
+    """Elements ``index + lane*step`` for lanes < k; lanes from k on are ``fill``."""
+    if not _check_load(arr, k, fill):
+        return None
+    sig = Vec(compute_type(arr.dtype))(arr, index, step, k, fill)
+    return sig, lambda c, b, s, a: _load_lanes(c, b, s, a, step=True)
+
+
+@intrinsic
+def vstore(typingctx, arr, index, k, value):
+    """Store lanes < k at ``index ..``, converting to the array's storage type."""
+    if not (isinstance(arr, types.Array) and isinstance(value, Vec)
+            and compute_type(arr.dtype) == value.dtype):
+        return None
+    return types.none(arr, index, k, value), lambda c, b, s, a: _store_lanes(c, b, s, a, False)
+
+
+@intrinsic
+def vscatter(typingctx, arr, index, step, k, value):
+    """Store lane l < k at ``index + l*step``."""
+    if not (isinstance(arr, types.Array) and isinstance(value, Vec)
+            and compute_type(arr.dtype) == value.dtype):
+        return None
+    sig = types.none(arr, index, step, k, value)
+    return sig, lambda c, b, s, a: _store_lanes(c, b, s, a, True)
+
+
+# ---------------------------------------------------------------------------------------
+# lane-wise arithmetic: Vec with Vec, or Vec with a scalar (converted to the Vec's type and
+# splatted). Each is one IEEE instruction without fast-math flags.
+
+def _binary(emit):
+    @intrinsic
+    def op(typingctx, a, b):
+        if isinstance(a, types.Float) and a == b:  # the same operation on two scalars
+            return a(a, b), lambda context, builder, sig, args: emit(builder, *args)
+        vt = a if isinstance(a, Vec) else b
+        if not isinstance(vt, Vec) or not all(
+                t == vt or isinstance(t, (types.Float, types.Integer)) for t in (a, b)):
+            return None
+
+        def codegen(context, builder, sig, args):
+            x, y = (_as_compute(context, builder, v, t, vt.dtype)
+                    for v, t in zip(args, sig.args, strict=True))
+            return emit(builder, x, y)
+
+        return vt(a, b), codegen
+
+    return op
+
+
+vadd = _binary(lambda b, x, y: b.fadd(x, y))
+vsub = _binary(lambda b, x, y: b.fsub(x, y))
+vmul = _binary(lambda b, x, y: b.fmul(x, y))
+vdiv = _binary(lambda b, x, y: b.fdiv(x, y))
+# llvm.maximum: NaN-propagating, -0 < +0. The maximum of a set is then independent of the
+# order it is taken in, so max reductions need no fixed tree.
+vmax = _binary(lambda b, x, y: _intrinsic2(b, "maximum", x, y))
+
+
+def _compare(pred):
+    @intrinsic
+    def op(typingctx, a, b):
+        vt = a if isinstance(a, Vec) else b
+        if not isinstance(vt, Vec):
+            return None
+
+        def codegen(context, builder, sig, args):
+            x, y = (_as_compute(context, builder, v, t, vt.dtype)
+                    for v, t in zip(args, sig.args, strict=True))
+            return builder.fcmp_ordered(pred, x, y)
+
+        return MASK(a, b), codegen
+
+    return op
+
+
+vlt = _compare("<")
+veq = _compare("==")
+
+
+@intrinsic
+def visfinite(typingctx, a):
+    """Lanes that are neither NaN nor infinite."""
+    if not isinstance(a, Vec):
+        return None
+
+    def codegen(context, builder, sig, args):
+        x = args[0]
+        mag = _intrinsic1(builder, "fabs", x)
+        return builder.fcmp_ordered("<", mag, _const(x.type, math.inf))
+
+    return MASK(a), codegen
+
+
+@intrinsic
+def vselect(typingctx, mask, a, b):
+    """Lane-wise ``a if mask else b``; a scalar operand is splatted."""
+    vt = a if isinstance(a, Vec) else b
+    if mask != MASK or not isinstance(vt, Vec):
+        return None
+
+    def codegen(context, builder, sig, args):
+        x, y = (_as_compute(context, builder, v, t, vt.dtype)
+                for v, t in zip(args[1:], sig.args[1:], strict=True))
+        return builder.select(args[0], x, y)
+
+    return vt(mask, a, b), codegen
+
+
+@intrinsic
+def vsplat(typingctx, value, like):
+    """``value`` in every lane, in the compute type of ``like`` (array, Vec or float type)."""
+    ctype = _ctype_of(like)
+    if ctype is None or not isinstance(value, (types.Float, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return _splat(builder, context.cast(builder, args[0], sig.args[0], ctype))
+
+    return Vec(ctype)(value, like), codegen
+
+
+@intrinsic
+def to_compute(typingctx, value, like):
+    """A scalar converted to the compute type of ``like`` (array, Vec or float type)."""
+    ctype = _ctype_of(like)
+    if ctype is None or not isinstance(value, (types.Float, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return context.cast(builder, args[0], sig.args[0], ctype)
+
+    return ctype(value, like), codegen
+
+
+@intrinsic
+def vwiden(typingctx, a):
+    """float32 lanes -> float64 lanes (exact)."""
+    if not isinstance(a, Vec):
+        return None
+
+    def codegen(context, builder, sig, args):
+        if sig.args[0].dtype == types.float64:
+            return args[0]
+        return builder.fpext(args[0], ir.VectorType(ir.DoubleType(), W))
+
+    return Vec(types.float64)(a), codegen
+
+
+@intrinsic
+def vnarrow(typingctx, a, like):
+    """float64 lanes -> the compute type of ``like`` (round to nearest even)."""
+    ctype = _ctype_of(like)
+    if not isinstance(a, Vec) or a.dtype != types.float64 or ctype is None:
+        return None
+
+    def codegen(context, builder, sig, args):
+        if ctype == types.float64:
+            return args[0]
+        return builder.fptrunc(args[0], ir.VectorType(ir.FloatType(), W))
+
+    return Vec(ctype)(a, like), codegen
+
+
+@intrinsic
+def vlane(typingctx, a, lane):
+    """One lane as a scalar."""
+    if not isinstance(a, Vec) or not isinstance(lane, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.extract_element(args[0], args[1])
+
+    return a.dtype(a, lane), codegen
+
+
+@intrinsic
+def vwith_lane(typingctx, a, lane, value):
+    """``a`` with one lane replaced by the scalar ``value``."""
+    if not isinstance(a, Vec) or not isinstance(lane, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        v = context.cast(builder, args[2], sig.args[2], a.dtype)
+        return builder.insert_element(args[0], v, args[1])
+
+    return a(a, lane, value), codegen
+
+
+# ---------------------------------------------------------------------------------------
+# horizontal reductions
+
+def _halving(builder, v, combine):
+    """Lanes i and i + h combined for h = W/2, W/4, ..., 1: the package's one tree."""
+    n = v.type.count
+    while n > 1:
+        n //= 2
+        lo = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, n), list(range(n))))
+        hi = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, n),
+                                                       list(range(n, 2 * n))))
+        v = combine(lo, hi)
+    return builder.extract_element(v, ir.Constant(_I32, 0))
+
+
+@intrinsic
+def vsum(typingctx, a):
+    """Sum of the lanes by the halving tree: ((l0+l8)+(l4+l12)) + ((l2+l10)+(l6+l14)) + ..."""
+    if not isinstance(a, Vec):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return _halving(builder, args[0], builder.fadd)
+
+    return a.dtype(a), codegen
+
+
+@intrinsic
+def vmax_all(typingctx, a):
+    """Maximum of the lanes (NaN if any lane is NaN)."""
+    if not isinstance(a, Vec):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return _halving(builder, args[0], lambda x, y: _intrinsic2(builder, "maximum", x, y))
+
+    return a.dtype(a), codegen
+
+
+# ---------------------------------------------------------------------------------------
+# exp: t = k ln2 + r with |r| <= ln2/2, a Taylor polynomial in r by fused multiply-adds,
+# 2^k built from exponent bits. The argument is clamped with maxnum/minnum first, so a NaN
+# never reaches the float -> int conversion (which would be poison in LLVM). Results below
+# the smallest normal number are 0 (an absolute error under 1.2e-38 / 2.3e-308); above the
+# largest finite one, inf; NaN stays NaN. The same IR serves scalars and vectors, so a
+# scalar exp and any lane of a vector exp agree bit for bit.
+
+_LOG2E = 1.4426950408889634
+# ln 2 split so that k * hi is exact: float32 ...; float64 fdlibm's split
+_LN2 = {types.float32: (0.693359375, -2.12194440e-4),
+        types.float64: (0.6931471803691238, 1.9082149292705877e-10)}
+_RANGE = {types.float32: (-87.33, 88.37), types.float64: (-708.39, 709.0)}
+# 1/7! .. 1/0! for float32 (truncation error < 6e-9 relative on |r| <= ln2/2);
+# 1/13! .. 1/0! for float64
+_TAYLOR = {types.float32: [1.0 / math.factorial(i) for i in range(7, -1, -1)],
+           types.float64: [1.0 / math.factorial(i) for i in range(13, -1, -1)]}
+
+
+def _exp2_int(builder, k, ctype):
+    """2**k for integral k in the normal exponent range."""
+    vec = isinstance(k.type, ir.VectorType)
+
+    def ity(bits):
+        return ir.VectorType(ir.IntType(bits), W) if vec else ir.IntType(bits)
+
+    ki = builder.fptosi(k, ity(32))
+    if ctype == types.float32:
+        bits = builder.shl(builder.add(ki, _const(ity(32), 127)), _const(ity(32), 23))
+    else:
+        wide = builder.sext(ki, ity(64))
+        bits = builder.shl(builder.add(wide, _const(ity(64), 1023)), _const(ity(64), 52))
+    return builder.bitcast(bits, k.type)
+
+
+def emit_exp(builder, t, ctype, nonpos):
+    """exp(t) in ``ctype``; ``nonpos``: t <= 0 is promised (or t is NaN, the result then
+    unspecified), which drops the upper clamp and the inf/NaN selects."""
+    ty = t.type
+    lo, hi = _RANGE[ctype]
+    tc = _intrinsic2(builder, "maxnum", t, _const(ty, lo))
+    if not nonpos:
+        tc = _intrinsic2(builder, "minnum", tc, _const(ty, hi))
+    k = _intrinsic1(builder, "rint", builder.fmul(tc, _const(ty, _LOG2E)))
+    ln2_hi, ln2_lo = _LN2[ctype]
+    r = _call(builder, f"llvm.fma.{_suffix(ty)}", [k, _const(ty, -ln2_hi), tc])
+    r = _call(builder, f"llvm.fma.{_suffix(ty)}", [k, _const(ty, -ln2_lo), r])
+    coeffs = _TAYLOR[ctype]
+    p = _const(ty, coeffs[0])
+    for c in coeffs[1:]:
+        p = _call(builder, f"llvm.fma.{_suffix(ty)}", [p, r, _const(ty, c)])
+    res = builder.fmul(p, _exp2_int(builder, k, ctype))
+    res = builder.select(builder.fcmp_ordered("<", t, _const(ty, lo)), _const(ty, 0.0), res)
+    if not nonpos:
+        res = builder.select(builder.fcmp_ordered(">", t, _const(ty, hi)),
+                             _const(ty, math.inf), res)
+        res = builder.select(builder.fcmp_unordered("uno", t, t), t, res)
+    return res
+
+
+def _exp_intrinsic(nonpos):
+    @intrinsic
+    def op(typingctx, t):
+        ctype = _ctype_of(t)
+        if ctype not in (types.float32, types.float64):
+            return None
+
+        def codegen(context, builder, sig, args):
+            return emit_exp(builder, args[0], ctype, nonpos)
+
+        return t(t), codegen
+
+    return op
+
+
+vexp = _exp_intrinsic(nonpos=False)
+vexp.__doc__ = "exp of every lane (or of a float scalar): at most ~2 ulp off."
+vexp_nonpos = _exp_intrinsic(nonpos=True)
+vexp_nonpos.__doc__ = "``vexp`` for arguments <= 0 (x - max): the same bits, fewer operations."
+
+
+@intrinsic
+def exact_store(typingctx, where):
+    """``where`` (an array, or a tuple whose first item is the array) if the array stores
+    its compute type (float32, float64), else None (float16: an intermediate value stored
+    there would be rounded)."""
+    arr = where[0] if isinstance(where, types.BaseTuple) else where
+    if not isinstance(arr, types.Array):
+        return None
+    if arr.dtype == types.uint16:
+        return types.none(where), lambda context, builder, sig, args: context.get_dummy_value()
+
+    def codegen(context, builder, sig, args):
+        return impl_ret_borrowed(context, builder, sig.return_type, args[0])
+
+    return where(where), codegen
