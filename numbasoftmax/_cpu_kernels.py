@@ -31,7 +31,7 @@ from ._row_kernel import (
     stats,
     write,
 )
-from ._simd import W, compute_type, vgather, vload, vscatter, vstore
+from ._simd import ALL, W, compute_type, vgather, vload, vscatter, vstore
 
 # elements per parallel task: enough that task overhead vanishes
 TASK_ELEMENTS = 16384
@@ -78,7 +78,9 @@ def short_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C):
         _gather(a, ao, r0, k, n, ta)
         if gradient:
             _gather(b, bo, r0, k, n, tb)
-        tile(op, (ta, 0, W, k), (tb, 0, W, k), (to, 0, W, k), n, st, T)
+        # all W lanes computed (the gather filled missing rows with 0): constant lane
+        # tuples, so the tile's loads and stores need no masks
+        tile(op, (ta, 0, W, ALL), (tb, 0, W, ALL), (to, 0, W, ALL), n, st, T)
         for j in range(n):
             vscatter(out, r0 * oo + j, oo, k, vload(to, j * W, W, 0.0))
 
@@ -90,9 +92,13 @@ def columns(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C):
     st, T = np.empty(2 * ((n + CHUNK - 1) // CHUNK) * W), _compute_empty(a, W * W)
     for task in range(lo, hi):
         o, c0 = task // tiles, task % tiles * W
-        k = min(W, C - c0)
-        tile(op, (a, o * ao + c0, an, k), (b, o * bo + c0, bn, k),
-             (out, o * oo + c0, on, k), n, st, T)
+        k = C - c0
+        if k >= W:  # a full tile: the lane count a constant, no masked loads and stores
+            tile(op, (a, o * ao + c0, an, ALL), (b, o * bo + c0, bn, ALL),
+                 (out, o * oo + c0, on, ALL), n, st, T)
+        else:
+            tile(op, (a, o * ao + c0, an, k), (b, o * bo + c0, bn, k),
+                 (out, o * oo + c0, on, k), n, st, T)
 
 
 @njit(**_PARALLEL)

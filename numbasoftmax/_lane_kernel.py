@@ -1,9 +1,10 @@
 """The lane kernel: W rows side by side, one row per lane, with the row kernel's arithmetic.
 
-A lane tuple ``(arr, base, step, k)`` holds element j of row r (r < k <= W) at
-``arr[base + j*step + r]``: a vector load reads element j of all W rows. It serves rows of a
-strided axis read in place (softmax over axis 0 of a C-ordered array: ``step`` is the row
-pitch) and short rows gathered into a tile (``step`` = W).
+A lane tuple ``(arr, base, step, k)`` holds element j of row r (r < k <= W, or all W rows
+when k is the marker ``_simd.ALL``) at ``arr[base + j*step + r]``: a vector load reads
+element j of all W rows. It serves rows of a strided axis read in place (softmax over axis 0
+of a C-ordered array: ``step`` is the row pitch) and short rows gathered into a tile
+(``step`` = W).
 
 The row kernel's lane l of a block becomes the vector ``T[l]`` of a W x W scratch tile (a
 lane per row): element j of a block is added to ``T[j mod W]``, in order, starting from
@@ -14,8 +15,6 @@ lane by lane, so the results are bitwise the row kernel's (tests hold them to it
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from numba import njit
 
@@ -23,10 +22,10 @@ from ._markers import dispatch, invoke, kernel_fn, pick, same
 from ._row_kernel import (
     BLOCK,
     CHUNK,
+    INTERNAL,
     LOG_SOFTMAX,
     NAN,
     NEG_INF,
-    OPTIONS,
     SOFTMAX,
     SOFTMAX_BACKWARD,
 )
@@ -34,13 +33,14 @@ from ._simd import (
     W,
     exact_store,
     vadd,
+    vall,
     vdiv,
     veq,
     vexp,
     vexp_nonpos,
     visfinite,
-    vlane,
     vload,
+    vlog,
     vmax,
     vmul,
     vnarrow,
@@ -49,11 +49,10 @@ from ._simd import (
     vstore,
     vsub,
     vwiden,
-    vwith_lane,
 )
 
 
-@njit(**OPTIONS)
+@njit(**INTERNAL)
 def _tree(T, nvalid):
     """The halving tree over the W vectors T[0..W-1]: T[i] + T[i+8], then + T[i+4], ...
     Vectors from ``nvalid`` on hold +0 and are skipped (the same bits)."""
@@ -66,7 +65,7 @@ def _tree(T, nvalid):
     return vload(T, 0, W, 0.0)
 
 
-@njit(**OPTIONS)
+@njit(**INTERNAL)
 def _tile_sum(lanes, a, b, c, lo, hi, T):
     """Per row, the package's sum of ``invoke(lanes, a, b, c, j, 0)`` over the elements
     lo .. hi-1 of one chunk, in float64."""
@@ -83,7 +82,7 @@ def _tile_sum(lanes, a, b, c, lo, hi, T):
     return total
 
 
-@njit(**OPTIONS)
+@njit(**INTERNAL)
 def _tile_max(a, lo, hi):
     arr, base, step, k = a
     acc = vsplat(NEG_INF, arr)
@@ -160,8 +159,7 @@ def _max_and_total(op, st, nc):
                         vexp_nonpos(vsub(vload(st, c * W, W, 0.0), m)))
             total = vadd(total, term)
     if same(op, LOG_SOFTMAX):
-        for r in range(W):  # the row kernel's scalar log, lane by lane
-            total = vwith_lane(total, r, math.log(vlane(total, r)))
+        return m, vlog(total)
     return m, total
 
 
@@ -175,7 +173,12 @@ def _sum_finish(op, st, nc):
 def _softmax_write(op, a, b, out, lo, hi, cmax, m, t):
     arr, base, step, k = a
     oarr, obase, ostep, _ = out
-    factor = vnarrow(vdiv(vexp_nonpos(vsub(cmax, m)), t), arr)
+    # as the row kernel: 1 where the chunk holds the row's max (exp(0) is exactly 1)
+    at_max = veq(cmax, m)
+    if vall(at_max):
+        factor = vnarrow(vdiv(1.0, t), arr)
+    else:
+        factor = vnarrow(vdiv(vselect(at_max, 1.0, vexp_nonpos(vsub(cmax, m))), t), arr)
     ok = visfinite(m)
     shift = vnarrow(vselect(veq(cmax, NEG_INF), 0.0, cmax), arr)
     kept = exact_store(oarr) is not None
@@ -219,7 +222,7 @@ dispatch(write, {"softmax": _softmax_write, "log_softmax": _log_softmax_write,
                  "softmax_backward": _grad_write, "log_softmax_backward": _grad_write})
 
 
-@njit(**OPTIONS)
+@njit(**INTERNAL)
 def tile(op, a, b, out, n, st, T):
     """W rows of n elements (lane tuples ``a``, ``b``, ``out``). ``st``: float64 scratch of
     2 * (number of chunks) * W; ``T``: compute-type scratch of W * W."""

@@ -83,7 +83,8 @@ def dispatch(stub, table):
         return None
 
     typer.__signature__ = inspect.signature(stub)  # numba checks it against the table's
-    overload(stub)(typer)
+    # compiled without reference counting: see ``_row_kernel.INTERNAL``
+    overload(stub, jit_options={"_nrt": False})(typer)
 
 
 _KERNEL_FUNCTIONS = {}

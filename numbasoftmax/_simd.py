@@ -19,7 +19,9 @@ compute type, stores convert back (round to nearest even).
 
 Loads and stores take a count ``k`` of valid lanes: lanes ``k..15`` are not touched in
 memory, loads fill them with ``fill``. With ``k == W`` known at compile time (the main
-loops) LLVM turns the masked access into a plain vector load or store.
+loops), or ``k`` the marker ``ALL`` (a compile-time "all W lanes" that survives calls
+between compiled functions), LLVM turns the masked access into a plain vector load or
+store.
 """
 
 from __future__ import annotations
@@ -32,7 +34,10 @@ from numba.core import cgutils
 from numba.core.imputils import impl_ret_borrowed
 from numba.extending import intrinsic, models, register_model
 
+from ._markers import Marker, MarkerType
+
 W = 16  # lanes per vector, for every dtype: the lane structure is part of the result
+ALL = Marker("all lanes")  # as a lane count: W, known when compiling
 
 _I32 = ir.IntType(32)
 _I64 = ir.IntType(64)
@@ -135,8 +140,10 @@ def _as_compute(context, builder, value, fromty, ctype):
     return _splat(builder, context.cast(builder, value, fromty, ctype))
 
 
-def _lane_mask(builder, k):
-    """<W x i1>: lane < k."""
+def _lane_mask(builder, k, ktype):
+    """<W x i1>: lane < k; all lanes when ``k`` is the ``ALL`` marker."""
+    if isinstance(ktype, MarkerType):
+        return ir.Constant(ir.VectorType(_BOOL, W), [1] * W)
     idx = ir.Constant(ir.VectorType(_I32, W), list(range(W)))
     return builder.icmp_unsigned("<", idx, _splat(builder, builder.trunc(k, _I32)))
 
@@ -176,7 +183,7 @@ def _load_lanes(context, builder, sig, args, step):
     arr, index = args[0], args[1]
     stepv = args[2] if step else None
     k, fill = args[-2], args[-1]
-    mask = _lane_mask(builder, k)
+    mask = _lane_mask(builder, k, sig.args[-2])
     align = ir.Constant(_I32, arrty.dtype.bitwidth // 8)
     ptr, addrs = _element_ptrs(context, builder, arrty, arr, index, stepv)
     zero = ir.Constant(vsty, None)
@@ -201,7 +208,7 @@ def _store_lanes(context, builder, sig, args, step):
     arr, index = args[0], args[1]
     stepv = args[2] if step else None
     k, value = args[-2], args[-1]
-    mask = _lane_mask(builder, k)
+    mask = _lane_mask(builder, k, sig.args[-2])
     align = ir.Constant(_I32, arrty.dtype.bitwidth // 8)
     if value.type.element != sty:
         value = builder.fptrunc(value, vsty)
@@ -222,7 +229,8 @@ def _store_lanes(context, builder, sig, args, step):
 
 def _check_load(arr, k, fill):
     return (isinstance(arr, types.Array) and arr.ndim == 1 and compute_type(arr.dtype)
-            and isinstance(k, types.Integer) and isinstance(fill, (types.Float, types.Integer)))
+            and isinstance(k, (types.Integer, MarkerType))
+            and isinstance(fill, (types.Float, types.Integer)))
 
 
 @intrinsic
@@ -560,3 +568,77 @@ def exact_store(typingctx, where):
         return impl_ret_borrowed(context, builder, sig.return_type, args[0])
 
     return where(where), codegen
+
+
+@intrinsic
+def vall(typingctx, mask):
+    """Whether every lane of a mask is set."""
+    if mask != MASK:
+        return None
+
+    def codegen(context, builder, sig, args):
+        bits = builder.bitcast(args[0], ir.IntType(W))
+        return builder.icmp_unsigned("==", bits, ir.Constant(ir.IntType(W), (1 << W) - 1))
+
+    return types.boolean(mask), codegen
+
+
+# ---------------------------------------------------------------------------------------
+# log for float64, as fdlibm computes it (error < 1 ulp): x = 2^k (1 + f) with
+# sqrt(2)/2 <= 1 + f < sqrt(2), s = f / (2 + f), and log(1 + f) = f - hfsq + s (hfsq + R(s^2))
+# with R a fixed polynomial. No fused operations, so any machine gives the same bits; the
+# same IR serves scalars and vectors.
+
+_LOG_LG = (6.666666666666735130e-01, 3.999999999940941908e-01, 2.857142874366239149e-01,
+           2.222219843214978396e-01, 1.818357216161805012e-01, 1.531383769920937332e-01,
+           1.479819860511658591e-01)
+_LOG_LN2 = (6.93147180369123816490e-01, 1.90821492927058770002e-10)
+
+
+def emit_log(builder, x):
+    ty = x.type
+    vec = isinstance(ty, ir.VectorType)
+    ity = ir.VectorType(_I64, W) if vec else _I64
+    # subnormal x: scaled by 2^54 first
+    tiny = builder.fcmp_ordered("<", x, _const(ty, 2.2250738585072014e-308))
+    xs = builder.select(tiny, builder.fmul(x, _const(ty, 18014398509481984.0)), x)
+    bits = builder.bitcast(xs, ity)
+    k = builder.sub(builder.lshr(bits, _const(ity, 52)), _const(ity, 1023))
+    k = builder.select(tiny, builder.sub(k, _const(ity, 54)), k)
+    mbits = builder.or_(builder.and_(bits, _const(ity, (1 << 52) - 1)),
+                        _const(ity, 0x3FF0000000000000))
+    m = builder.bitcast(mbits, ty)  # in [1, 2)
+    big = builder.fcmp_ordered(">=", m, _const(ty, 1.4142135623730951))
+    m = builder.select(big, builder.fmul(m, _const(ty, 0.5)), m)
+    k = builder.select(big, builder.add(k, _const(ity, 1)), k)
+    dk = builder.sitofp(k, ty)
+    f = builder.fsub(m, _const(ty, 1.0))
+    s = builder.fdiv(f, builder.fadd(_const(ty, 2.0), f))
+    z = builder.fmul(s, s)
+    w = builder.fmul(z, z)
+    lg = [_const(ty, c) for c in _LOG_LG]
+    t1 = builder.fmul(w, builder.fadd(lg[1], builder.fmul(
+        w, builder.fadd(lg[3], builder.fmul(w, lg[5])))))
+    t2 = builder.fmul(z, builder.fadd(lg[0], builder.fmul(w, builder.fadd(
+        lg[2], builder.fmul(w, builder.fadd(lg[4], builder.fmul(w, lg[6])))))))
+    r = builder.fadd(t2, t1)
+    hfsq = builder.fmul(builder.fmul(_const(ty, 0.5), f), f)
+    inner = builder.fadd(builder.fmul(s, builder.fadd(hfsq, r)),
+                         builder.fmul(dk, _const(ty, _LOG_LN2[1])))
+    res = builder.fsub(builder.fmul(dk, _const(ty, _LOG_LN2[0])),
+                       builder.fsub(builder.fsub(hfsq, inner), f))
+    # 0 -> -inf; inf -> inf; negative or NaN -> NaN
+    res = builder.select(builder.fcmp_ordered("==", x, _const(ty, 0.0)),
+                         _const(ty, -math.inf), res)
+    res = builder.select(builder.fcmp_ordered("==", x, _const(ty, math.inf)),
+                         _const(ty, math.inf), res)
+    return builder.select(builder.fcmp_unordered("uge", x, _const(ty, 0.0)), res,
+                          _const(ty, math.nan))
+
+
+@intrinsic
+def vlog(typingctx, x):
+    """Natural log of every lane of a float64 Vec, or of a float64 scalar (< 1 ulp)."""
+    if _ctype_of(x) != types.float64:
+        return None
+    return x(x), lambda context, builder, sig, args: emit_log(builder, args[0])

@@ -1,0 +1,98 @@
+"""The CPU drivers give a row the same bits whichever of them runs it.
+
+The summation order is written in the kernels (``numbasoftmax._row_kernel``), so the row
+kernel (a row at a time), the lane kernel on gathered short rows, the lane kernel on the
+columns of a strided axis, the parallel row driver and the chunk-parallel driver must agree
+bit for bit, NaN included. Shapes sit below, at and above the block (1024) and chunk (8192)
+sizes and the lane width (16); inputs mix -inf, NaN and rows of -inf.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import pytest
+from _helpers import FLOAT_DTYPES, OPS, assert_bitwise_equal, inputs_for
+
+from numbasoftmax import _cpu_kernels as K
+
+SHAPES = [(5, 1), (33, 3), (17, 15), (20, 16), (18, 17), (9, 100), (4, 1024), (3, 1025),
+          (2, 8192), (2, 8193), (2, 20000)]
+
+
+@pytest.fixture
+def rng(request):
+    return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
+
+
+def _storage(a):
+    return a.view(np.uint16) if a.dtype == np.float16 else a
+
+
+def _rows(driver, op, inputs, parallel):
+    """Run ``driver`` on C-contiguous (m, n) inputs read as rows in place."""
+    a = inputs[0]
+    m, n = a.shape
+    out = np.empty_like(a)
+    flat = [_storage(x).reshape(-1) for x in inputs]
+    b = flat[1] if len(flat) == 2 else flat[0]
+    head = (K.OPS[op], flat[0], n, 1, b, n, 1, _storage(out).reshape(-1), n, 1)
+    driver(*head, m, n, 1) if parallel else driver(*head, 0, m, n, 1)
+    return out
+
+
+def _columns(driver, op, inputs, parallel):
+    """Run the lane kernel on the transposed (n, m) arrays: each row a column in place."""
+    t = [np.ascontiguousarray(x.T) for x in inputs]
+    n, m = t[0].shape
+    out = np.empty_like(t[0])
+    flat = [_storage(x).reshape(-1) for x in t]
+    b = flat[1] if len(flat) == 2 else flat[0]
+    head = (K.OPS[op], flat[0], 0, m, b, 0, m, _storage(out).reshape(-1), 0, m)
+    tiles = (m + K.W - 1) // K.W
+    driver(*head, 1, n, m) if parallel else driver(*head, 0, tiles, n, m)
+    return out.T
+
+
+def _inputs(op, rng, shape, dtype):
+    inputs = inputs_for(op, rng, shape, dtype)
+    if op in ("softmax", "log_softmax"):
+        x = inputs[0].copy()
+        m, n = shape
+        x[0, n // 2] = -np.inf
+        if m > 2:
+            x[1, :] = -np.inf
+            x[2, n - 1] = np.nan
+        if m > 3:
+            x[3, 0] = np.inf
+        inputs = (x,)
+    return inputs
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("op", OPS)
+def test_drivers_agree_bitwise(op, dtype, shape, rng):
+    inputs = _inputs(op, rng, shape, dtype)
+    expected = _rows(K.rows, op, inputs, parallel=False)
+    assert_bitwise_equal(_rows(K.short_rows, op, inputs, parallel=False), expected)
+    assert_bitwise_equal(_rows(K.rows_parallel, op, inputs, parallel=True), expected)
+    assert_bitwise_equal(_rows(K.short_rows_parallel, op, inputs, parallel=True), expected)
+    assert_bitwise_equal(_rows(K.chunks_parallel, op, inputs, parallel=True), expected)
+    assert_bitwise_equal(_columns(K.columns, op, inputs, parallel=False), expected)
+    assert_bitwise_equal(_columns(K.columns_parallel, op, inputs, parallel=True), expected)
+
+
+def test_exp_of_zero_is_one():
+    """The kernels skip exp(chunk max - row max) where it is exp(0): exactly 1."""
+    from numba import njit
+
+    from numbasoftmax._simd import vexp, vexp_nonpos
+
+    @njit
+    def exps(x):
+        return vexp(x), vexp_nonpos(x)
+
+    for zero in (np.float32(0.0), 0.0):
+        assert exps(zero) == (1.0, 1.0)
