@@ -25,6 +25,7 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
+from ._config import CACHE
 from ._math import (
     FASTMATH,
     compute_cast,
@@ -50,7 +51,7 @@ ROW_TASK_MIN_ROWS = 16
 # rows per parallel task: enough elements that task overhead and scratch allocation vanish
 TASK_ELEMENTS = 16384
 
-_opts = {"fastmath": FASTMATH, "cache": True, "nogil": True, "error_model": "numpy"}
+_opts = {"fastmath": FASTMATH, "cache": CACHE, "nogil": True, "error_model": "numpy"}
 _inl = dict(_opts, inline="always")
 
 
@@ -622,7 +623,7 @@ def log_softmax_backward_chunks_parallel(z, sz, dz, sdz, out, so, m, n):
 TILE = 64
 
 
-@njit(cache=True, nogil=True, parallel=True)
+@njit(cache=CACHE, nogil=True, parallel=True)
 def copy2d(src, dst):
     m, n = src.shape
     for bi in prange((m + TILE - 1) // TILE):

@@ -23,11 +23,12 @@ from __future__ import annotations
 from numba import njit
 
 from . import _cpu_kernels as _k
+from ._config import CACHE
 from ._math import FASTMATH
 
 __all__ = ["softmax_row", "log_softmax_row", "softmax_backward_row", "log_softmax_backward_row"]
 
-_opts = {"fastmath": FASTMATH, "cache": True, "nogil": True, "error_model": "numpy"}
+_opts = {"fastmath": FASTMATH, "cache": CACHE, "nogil": True, "error_model": "numpy"}
 
 
 @njit(**_opts)
