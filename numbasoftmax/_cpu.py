@@ -6,6 +6,9 @@ arrives viewed as uint16.
 
 from __future__ import annotations
 
+import ctypes
+import os
+import sys
 import threading
 
 import numba
@@ -31,10 +34,59 @@ def _launch_pool():
             return
         from numba.np.ufunc import parallel
 
+        _preload_tbb()
         parallel._launch_threads()
         if numba.threading_layer() == "workqueue":
             _serialize_lock = threading.Lock()
         _layer_checked = True
+
+
+def _preload_tbb():
+    """Let numba find a pip-installed TBB (``numbasoftmax[tbb]``).
+
+    numba tries its TBB layer first (fork-safe, thread-safe) but loads ``libtbb.so.12`` by
+    name, and pip puts it in the environment's ``lib/``, which is not on the loader's
+    search path (conda's is). Loading it once by its full path makes the name resolve."""
+    if not sys.platform.startswith("linux"):
+        return
+    path = os.path.join(sys.prefix, "lib", "libtbb.so.12")
+    if os.path.exists(path):
+        try:
+            ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+        except OSError:
+            pass  # numba then picks OpenMP or workqueue, as without TBB
+
+
+# Fork safety. GNU OpenMP (numba's "omp" layer on Linux builds) cannot run a parallel region
+# in a process forked after the parent started its threads: numba then kills the child
+# ("Terminating: fork() called from a process already using GNU OpenMP") and a
+# multiprocessing pool waits forever. Such a child runs the serial drivers (same bits, one
+# thread). TBB and workqueue children keep the parallel drivers.
+_serial_only = False
+
+
+def _after_fork_in_child():
+    global _serial_only, _serialize_lock
+    if _serialize_lock is not None:
+        _serialize_lock = threading.Lock()  # another thread may have held it at the fork
+    if _serial_only:
+        return
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # the parent never started a thread pool: the child may
+        return
+    omp = sys.modules.get("numba.np.ufunc.omppool")
+    if layer == "omp" and getattr(omp, "openmp_vendor", "GNU") == "GNU":
+        _serial_only = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def parallel_allowed():
+    """False in a child forked after GNU OpenMP threads started in an ancestor."""
+    return not _serial_only
 
 
 _kernels = None
@@ -58,7 +110,8 @@ def _parallel(kernel, args):
         _launch_pool()
     # Tasks are handed out one at a time instead of split evenly up front: when another
     # process holds a core, an even split waits for the descheduled thread (a 1 MiB softmax
-    # went from 0.2 ms to 8 ms). Each task is >= 16K elements, so the extra atomics are free.
+    # went from 0.2 ms to 8 ms). A task is a group of whole rows or a chunk of a row (thousands
+    # of elements, see _cpu_kernels), so the extra atomics cost nothing measurable.
     previous = numba.set_parallel_chunksize(1)
     try:
         if _serialize_lock is None:
@@ -85,7 +138,7 @@ def run(op, args):
     k = _kernels or _load_kernels()
     m, n = args[-2], args[-1]
     serial, rows_parallel, chunks_parallel = _drivers[op]
-    if m * n < PARALLEL_MIN_ELEMENTS:
+    if m * n < PARALLEL_MIN_ELEMENTS or not parallel_allowed():
         serial(*args)
     else:
         _parallel(rows_parallel if _row_tasks(m, n, k) else chunks_parallel, args)
@@ -97,7 +150,7 @@ TILED_COPY_MIN_ELEMENTS = 1 << 16
 
 def copy2d(src, dst):
     """dst[...] = src for 2-D arrays of any strides."""
-    if src.size < TILED_COPY_MIN_ELEMENTS:
+    if src.size < TILED_COPY_MIN_ELEMENTS or not parallel_allowed():
         dst[...] = src
         return
     k = _kernels or _load_kernels()
