@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 FORBIDDEN = ["cupy", "cupyx", "numba.cuda", "dask", "distributed", "torch", "scipy",
              "matplotlib", "tqdm", "psutil", "numbasoftmax._cpu_kernels", "numbasoftmax._math",
-             "numbasoftmax._cuda", "numbasoftmax.dask", "numbasoftmax.jit"]
+             "numbasoftmax._cuda", "numbasoftmax._dask", "numbasoftmax.jit"]
 
 # numba itself imports scipy when scipy is installed (for LowLevelCallable support); what
 # is checked is what ``import numbasoftmax`` loads beyond ``import numpy, numba``
