@@ -102,7 +102,8 @@ def read_only(tmp_path_factory):
     done = _run(prefix, env, cwd, f"open({str(site / 'numbasoftmax' / 'w')!r}, 'w')")
     if done.returncode == 0:
         pytest.skip("cannot make a directory unwritable here (file permissions not enforced)")
-    assert "PermissionError" in done.stderr, done.stderr
+    if "PermissionError" not in done.stderr:  # e.g. setpriv may not drop capabilities here
+        pytest.skip(f"cannot run a child without write access: {done.stderr.strip()[-300:]}")
     # ... and plain numba caching fails there, which is the case under test
     done = _run(prefix, env, cwd, "import cached_probe")
     assert done.returncode != 0 and "no locator available" in done.stderr, done.stderr
