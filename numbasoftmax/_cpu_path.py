@@ -84,7 +84,8 @@ def _rows(a, access, p):
         size = (p.m - 1) * access.stride + p.n
         return as_strided(a, shape=(size,), strides=(a.itemsize,),
                           writeable=a.flags.writeable), access.stride
-    assert access.kind == GATHER, access.kind
+    if access.kind != GATHER:
+        raise NotImplementedError(f"the CPU path has no access kind {access.kind!r}")
     t = a.transpose(p.perm)
     t2 = as_2d(t, p.m, p.n)
     if t2 is None:  # axes that do not merge into a 2-D view: numpy's copy

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._ops import FORWARD
 from ._ops import NAMES as OPS
 
 
@@ -185,7 +186,7 @@ def _entries():
                         prepare=_torch_prepare("cuda"), to_numpy=_torch_to_numpy,
                         available=_torch_cuda_ok, sync=_torch_sync, int_axis_only=True,
                         call_out=torch_out))
-    for op in ("softmax", "log_softmax"):
+    for op in FORWARD:  # scipy and cupyx have no gradients
         out.append(Impl("scipy", op, "cpu", lambda *a, _op=op: _scipy(_op)(*a),
                         available=lambda: _has("scipy")))
         out.append(Impl("cupyx", op, "gpu", lambda *a, _op=op: _cupyx(_op)(*a),
