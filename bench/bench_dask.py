@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numbasoftmax as ns  # noqa: E402
-from numbasoftmax._bench import _cpu_model  # noqa: E402
+from numbasoftmax._bench.environment import cpu_model  # noqa: E402
 
 
 def dask_ops_softmax(x, axis):
@@ -126,7 +126,7 @@ def main():
     print(f"**Dask benchmark** ({n_elements:,} float32 = {x.nbytes / 2**20:.0f} MiB; "
           f"threaded scheduler, {workers} worker threads; median of {args.repeat} runs after "
           "a warm-up; result written with `da.store` into a preallocated numpy array)\n")
-    print(f"- CPU: {_cpu_model()}; {os.cpu_count()} logical cores "
+    print(f"- CPU: {cpu_model()}; {os.cpu_count()} logical cores "
           f"({len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else '?'} "
           f"usable); numba {numba.__version__} ({numba.threading_layer()} layer, "
           f"{numba.config.NUMBA_NUM_THREADS} threads), dask {dask.__version__}, "

@@ -14,23 +14,28 @@ suite. Peers that are not installed, and the GPU without a GPU, are skipped.
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from numbasoftmax import registry
-from numbasoftmax._bench import CPU_ELEMENTS, CPU_SIZES, GPU_ELEMENTS, GPU_SIZES, parse_sizes
+from numbasoftmax._bench import checks
+from numbasoftmax._bench.config import (
+    CPU_ELEMENTS,
+    CPU_SIZES,
+    GPU_ELEMENTS,
+    GPU_SIZES,
+    parse_size,
+    parse_sizes,
+)
 
 DTYPES = ("float32", "float64", "float16")
 SMOKE_SHAPE = (16, 256)
-LATENCY_SHAPE = (8, 128)
-TOL = {"float16": (2e-3, 2e-2), "float32": (1e-6, 2e-4), "float64": (1e-12, 1e-9)}
 
 
 def pytest_addoption(parser):
     group = parser.getgroup("numbasoftmax bench")
     group.addoption("--bench-sizes", default=None,
                     help="row lengths N for the sweep (comma list, e.g. 32,1k,2^18); default: "
-                         "CPU 32,128,1024,4096,16384,262144, GPU issue 3's 13 sizes")
+                         "python -m numbasoftmax bench's sizes for each device")
     group.addoption("--bench-elements", default=None,
                     help="M*N of each array (default CPU 2^24, GPU 2^26)")
     group.addoption("--bench-dtypes", default=",".join(DTYPES),
@@ -47,10 +52,11 @@ def sweep_shapes(config, device):
     if not benchmarking(config):
         return [SMOKE_SHAPE]
     elements = config.getoption("bench_elements")
-    elements = parse_sizes(elements)[0] if elements else (
+    elements = parse_size(elements, "--bench-elements") if elements else (
         CPU_ELEMENTS if device == "cpu" else GPU_ELEMENTS)
     sizes = config.getoption("bench_sizes")
-    sizes = parse_sizes(sizes) if sizes else (CPU_SIZES if device == "cpu" else GPU_SIZES)
+    sizes = (parse_sizes(sizes, "--bench-sizes") if sizes else
+             CPU_SIZES if device == "cpu" else GPU_SIZES)
     return [(max(1, elements // n), n) for n in sizes]
 
 
@@ -71,33 +77,13 @@ def make_inputs(op, shape, dtype, seed=0):
     key = (op, shape, dtype, seed)
     if key not in _DATA:
         _DATA.clear()
-        from numbasoftmax import reference
-
-        rng = np.random.default_rng(seed)
-        x = (rng.standard_normal(shape, dtype=np.float32) * 3).astype(dtype)
-        if op in ("softmax", "log_softmax"):
-            _DATA[key] = (x,)
-        else:
-            dy = rng.standard_normal(shape, dtype=np.float32).astype(dtype)
-            fwd = "softmax" if op == "softmax_backward" else "log_softmax"
-            small = x.size <= 1 << 20
-            y = (getattr(reference, fwd)(x) if small else
-                 getattr(__import__("numbasoftmax"), fwd)(x)).astype(dtype)
-            _DATA[key] = (y, dy)
+        _DATA[key] = checks.make_inputs(op, shape, dtype, seed)
     return _DATA[key]
 
 
 def check_result(impl, op, inputs, result, dtype):
     """Compare a result with the float64 reference (smoke runs only: cheap shapes)."""
-    from numbasoftmax import reference
-
-    got = np.asarray(impl.to_numpy(result))
-    want = getattr(reference, op)(*inputs)
-    atol, rtol = TOL[dtype]
-    if op.endswith("backward"):
-        atol = atol * 10 * (np.abs(want).max() or 1.0) + atol
-    assert got.shape == want.shape and got.dtype == np.dtype(dtype)
-    np.testing.assert_allclose(got, want, atol=atol, rtol=rtol)
+    checks.check_result(op, impl.to_numpy(result), inputs, dtype)
 
 
 def skip_unavailable(impl):

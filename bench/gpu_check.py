@@ -275,31 +275,18 @@ def correctness(quick, tiny=False):
 # ---------------------------------------------------------------------------------------
 # 2. performance
 
-def _timer(cp, fn, min_ms=20.0, max_iters=200):
-    """Mean ms per call over CUDA events (after a warm-up)."""
-    fn()
-    cp.cuda.get_current_stream().synchronize()
-    start, end = cp.cuda.Event(), cp.cuda.Event()
-    iters = 3
-    while True:
-        start.record()
-        for _ in range(iters):
-            fn()
-        end.record()
-        end.synchronize()
-        ms = cp.cuda.get_elapsed_time(start, end)
-        if ms >= min_ms or iters >= max_iters:
-            return ms / iters
-        iters = min(max_iters, max(iters * 2, int(iters * min_ms / max(ms, 1e-3)) + 1))
-
-
 def performance(skip_peers, budget, sizes):
     import cupy as cp
-    import gpu_helpers as H
 
     import numbasoftmax as ns
-    from numbasoftmax import reference
+    from numbasoftmax import registry
+    from numbasoftmax._bench.timing import GpuDevice
     from numbasoftmax._cuda import launch
+
+    device = GpuDevice()  # CUDA events; times numbasoftmax, torch and cupyx alike
+
+    def ms_per_call(fn):
+        return device.per_call(fn) * 1e3
 
     try:
         import torch
@@ -315,10 +302,8 @@ def performance(skip_peers, budget, sizes):
         have_cupyx = False
 
     def copy_gbs(dtype):
-        a = cp.ones(ELEMENTS, dtype=dtype)
-        b = cp.empty_like(a)
-        ms = _timer(cp, lambda: cp.copyto(b, a))
-        return 2 * a.nbytes / ms / 1e6
+        itemsize = np.dtype(dtype).itemsize
+        return device.copy_bandwidth(ELEMENTS * itemsize, 5, dtype)["gbps"]
 
     sections = [("softmax", "float32"), ("softmax_backward", "float32"),
                 ("log_softmax", "float32"), ("softmax", "float16"),
@@ -355,22 +340,22 @@ def performance(skip_peers, budget, sizes):
             out = out.view(dtype)
             ok = check(f"perf {func} {dtype} N={n}",
                        lambda f=func, a=args, o=out, d=dtype, p=poison[item]: _sample_check(
-                           cp, ns, H, reference, f, a, o, d, p))
+                           cp, ns, f, a, o, d, p))
             fn = getattr(ns, func)
-            ours = _timer(cp, lambda f=fn, a=args: f(*a))
+            ours = ms_per_call(lambda f=fn, a=args: f(*a))
             nbytes = passes * m * n * item
             row = [f"  {n:>7} {plan:<26}", _gbs(nbytes, ours, copy[dtype])]
             if have_torch:
                 ta = [torch.as_tensor(a, device="cuda") for a in args]
-                tf = _torch_fn(torch, func)
-                tms = _torch_timer(torch, lambda f=tf, a=ta: f(*a))
+                (tf,) = registry.implementations(op=func, device="gpu", name="torch")
+                tms = ms_per_call(lambda f=tf.call, a=ta: f(*a, -1))
                 row.append(_gbs(nbytes, tms, copy[dtype], 8))
             else:
                 row.append(f"{'-':>8} {'':>6}")
             if have_cupyx and not bwd:
                 cf = getattr(cps, func)
                 try:
-                    cms = _timer(cp, lambda f=cf, a=args[0]: f(a, axis=-1))
+                    cms = ms_per_call(lambda f=cf, a=args[0]: f(a, axis=-1))
                     row.append(_gbs(nbytes, cms, copy[dtype], 8))
                 except Exception:  # noqa: BLE001
                     row.append(f"{'err':>8} {'':>6}")
@@ -388,45 +373,16 @@ def _gbs(nbytes, ms, copy, width=10):
     return f"{g:>{width}.0f} {100 * g / copy:>5.0f}%"
 
 
-def _torch_fn(torch, func):
-    aten = torch.ops.aten
-    if func == "softmax":
-        return lambda x: torch.softmax(x, -1)
-    if func == "log_softmax":
-        return lambda x: torch.log_softmax(x, -1)
-    if func == "softmax_backward":
-        return lambda y, dy: aten._softmax_backward_data(dy, y, -1, y.dtype)
-    return lambda z, dz: aten._log_softmax_backward_data(dz, z, -1, z.dtype)
+def _sample_check(cp, ns, func, args, out, dtype, poison):
+    from numbasoftmax._bench.checks import check_result
 
-
-def _torch_timer(torch, fn, min_ms=20.0):
-    fn()
-    torch.cuda.synchronize()
-    start = torch.cuda.Event(enable_timing=True)
-    end = torch.cuda.Event(enable_timing=True)
-    iters = 3
-    while True:
-        start.record()
-        for _ in range(iters):
-            fn()
-        end.record()
-        end.synchronize()
-        ms = start.elapsed_time(end)
-        if ms >= min_ms or iters >= 200:
-            return ms / iters
-        iters = min(200, max(iters * 2, int(iters * min_ms / max(ms, 1e-3)) + 1))
-
-
-def _sample_check(cp, ns, H, reference, func, args, out, dtype, poison):
     r = getattr(ns, func)(*args, out=out)
     assert r is out
     bits = out.view({2: cp.uint16, 4: cp.uint32}[out.dtype.itemsize])
     assert not bool(cp.any(bits == poison)), "output elements left unwritten"
     m = out.shape[0]
     rows = sorted({0, 1, m // 2, m - 2, m - 1})
-    got = out[rows].get().astype(np.float64)
-    ins = [a[rows].get().astype(np.float64) for a in args]
-    H.assert_close(func, got, ins, -1, dtype)
+    check_result(func, out[rows].get(), [a[rows].get() for a in args], dtype)
 
 
 # ---------------------------------------------------------------------------------------

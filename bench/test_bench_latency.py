@@ -4,9 +4,10 @@ pays per call in a loop of small batches. Group ``op|8x128|float32|device``."""
 from __future__ import annotations
 
 import pytest
-from conftest import LATENCY_SHAPE, check_result, impl_params, make_inputs, skip_unavailable
+from conftest import check_result, impl_params, make_inputs, skip_unavailable
 
 from numbasoftmax import registry
+from numbasoftmax._bench.config import LATENCY_SHAPE
 
 PARAMS = [pytest.param((impl, op, device), id=f"{op}|8x128|float32|{device}|{impl.name}")
           for device in ("cpu", "gpu") for op in registry.OPS

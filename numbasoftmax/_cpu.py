@@ -1,13 +1,16 @@
 """CPU launcher: picks the kernel and the serial or parallel driver, and keeps numba's
-thread pool safe.
+thread pool safe (concurrent callers, forked children).
 
 Inputs here are flat 1-D buffers with strides (see ``_layout``); float16 data arrives
-viewed as uint16. Every kernel gives the same bits (see ``_cpu_kernels``), so the choice
-below is about speed only.
+viewed as uint16. Every kernel gives a row the same bits (see ``_row_kernel``), so the
+choices below are about speed only.
 """
 
 from __future__ import annotations
 
+import ctypes
+import os
+import sys
 import threading
 
 import numba
@@ -15,9 +18,10 @@ import numba
 # Below this many elements the serial driver runs: waking the thread pool costs more than
 # the work (omp: ~2.7 us per call; a 32K-element float32 softmax takes ~30 us on one core).
 PARALLEL_MIN_ELEMENTS = 1 << 15
-# Rows shorter than this run W at a time, a lane per row (gathered into a tile): the row
-# kernel's per-row cost (two horizontal reductions, a division) dominates short rows.
-SHORT_ROW_MAX = 16
+# Rows shorter than this run W at a time, a lane per row, gathered into a tile: the row
+# kernel's fixed cost per row (horizontal reductions, a division, calls) dominates short
+# rows. The gradients, cheap per element, pay more for the gather and scatter.
+SHORT_ROW_MAX = {"forward": 64, "backward": 16}
 # Longer rows always run whole inside one parallel task (the second pass over a row then
 # reads from cache); with fewer than ROW_TASK_MIN_ROWS of them they are split into chunks
 # so that every thread has work.
@@ -41,10 +45,59 @@ def _launch_pool():
             return
         from numba.np.ufunc import parallel
 
+        _preload_tbb()
         parallel._launch_threads()
         if numba.threading_layer() == "workqueue":
             _serialize_lock = threading.Lock()
         _layer_checked = True
+
+
+def _preload_tbb():
+    """Let numba find a pip-installed TBB (``numbasoftmax[tbb]``).
+
+    numba tries its TBB layer first (fork-safe, thread-safe) but loads ``libtbb.so.12`` by
+    name, and pip puts it in the environment's ``lib/``, which is not on the loader's
+    search path (conda's is). Loading it once by its full path makes the name resolve."""
+    if not sys.platform.startswith("linux"):
+        return
+    path = os.path.join(sys.prefix, "lib", "libtbb.so.12")
+    if os.path.exists(path):
+        try:
+            ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+        except OSError:
+            pass  # numba then picks OpenMP or workqueue, as without TBB
+
+
+# Fork safety. GNU OpenMP (numba's "omp" layer on Linux builds) cannot run a parallel region
+# in a process forked after the parent started its threads: numba then kills the child
+# ("Terminating: fork() called from a process already using GNU OpenMP") and a
+# multiprocessing pool waits forever. Such a child runs the serial drivers (same bits, one
+# thread). TBB and workqueue children keep the parallel drivers.
+_serial_only = False
+
+
+def _after_fork_in_child():
+    global _serial_only, _serialize_lock
+    if _serialize_lock is not None:
+        _serialize_lock = threading.Lock()  # another thread may have held it at the fork
+    if _serial_only:
+        return
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # the parent never started a thread pool: the child may
+        return
+    omp = sys.modules.get("numba.np.ufunc.omppool")
+    if layer == "omp" and getattr(omp, "openmp_vendor", "GNU") == "GNU":
+        _serial_only = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def parallel_allowed():
+    """False in a child forked after GNU OpenMP threads started in an ancestor."""
+    return not _serial_only
 
 
 _kernels = None
@@ -64,7 +117,8 @@ def _parallel(kernel, args):
         _launch_pool()
     # Tasks are handed out one at a time instead of split evenly up front: when another
     # process holds a core, an even split waits for the descheduled thread (a 1 MiB softmax
-    # went from 0.2 ms to 8 ms). Each task is >= 16K elements, so the extra atomics are free.
+    # went from 0.2 ms to 8 ms). A task is a group of whole rows, W rows or a chunk of a row
+    # (thousands of elements, see _cpu_kernels), so the extra atomics cost nothing measurable.
     previous = numba.set_parallel_chunksize(1)
     try:
         if _serialize_lock is None:
@@ -84,18 +138,16 @@ def run(op, args):
     a, sa = arrays[0], arrays[1]
     b, sb = (arrays[2], arrays[3]) if len(arrays) == 6 else (a, sa)
     out, so = arrays[-2], arrays[-1]
-    marker = k.OPS[op]
-    if m * n < PARALLEL_MIN_ELEMENTS:
-        driver = k.short_rows if n < SHORT_ROW_MAX else k.rows
-        driver(marker, a, sa, 1, b, sb, 1, out, so, 1, 0, m, n, 1)
-        return
-    if n < SHORT_ROW_MAX:
-        driver = k.short_rows_parallel
+    short = n < SHORT_ROW_MAX["backward" if op.endswith("backward") else "forward"]
+    head = (k.OPS[op], a, sa, 1, b, sb, 1, out, so, 1)
+    if m * n < PARALLEL_MIN_ELEMENTS or not parallel_allowed():
+        (k.short_rows if short else k.rows)(*head, 0, m, n, 1)
+    elif short:
+        _parallel(k.short_rows_parallel, (*head, m, n, 1))
     elif n <= ROW_TASK_MAX or m >= ROW_TASK_MIN_ROWS:
-        driver = k.rows_parallel
+        _parallel(k.rows_parallel, (*head, m, n, 1))
     else:
-        driver = k.chunks_parallel
-    _parallel(driver, (marker, a, sa, 1, b, sb, 1, out, so, 1, m, n, 1))
+        _parallel(k.chunks_parallel, (*head, m, n, 1))
 
 
 # Below this many elements numpy's own strided copy is as fast and needs no compilation.
@@ -104,7 +156,7 @@ TILED_COPY_MIN_ELEMENTS = 1 << 16
 
 def copy2d(src, dst):
     """dst[...] = src for 2-D arrays of any strides."""
-    if src.size < TILED_COPY_MIN_ELEMENTS:
+    if src.size < TILED_COPY_MIN_ELEMENTS or not parallel_allowed():
         dst[...] = src
         return
     k = _kernels or _load_kernels()

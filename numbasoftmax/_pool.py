@@ -1,17 +1,20 @@
-"""Result pool: large CPU results reuse the memory of recently freed results.
+"""Result pool (opt-in): large CPU results reuse the memory of recently freed results.
 
-A fresh multi-megabyte numpy array has never been touched: the first write to each page
-faults, and the OS maps and zeroes it (for numpy's huge-page-advised arrays, sometimes
-after a compaction stall). On the 2-core EPYC this project is measured on, a 2^24 float32
-softmax_backward ran at ~26 GB/s into a reused buffer and at 1.4-17 GB/s into a fresh one;
-the faults, not the kernel, set the speed of a plain ``softmax_backward(y, dy)`` call.
+A fresh large numpy array has never been touched: the first write to each page faults, and
+the OS maps and zeroes it. malloc (glibc) keeps freed blocks below 32 MiB and hands them out
+again without new faults, but every larger result is fresh memory from the OS, and in a
+loop that drops each result before the next call the faults can cost as much as the
+softmax itself.
 
-So a result of ``MIN_BYTES`` or more is carved from a buffer of a result that was freed
-earlier (same byte size), the way cupy's memory pool and torch's CUDA caching allocator
-reuse device memory. Safety rests on one object per buffer, ``_Owner``: it is the numpy
-``base`` of the result, and every view of the result keeps it alive, so its ``__del__``
-(the moment the buffer returns to the pool) runs only when no array can reach the memory.
-At most ``limit`` bytes of free buffers are kept; ``set_result_pool_limit`` changes it.
+With the pool on, a result of ``MIN_BYTES`` or more is carved from a buffer of a result
+that was freed earlier (same byte size), the way cupy's memory pool and torch's CUDA caching
+allocator reuse device memory. Safety rests on one object per buffer, ``_Owner``: it is the
+numpy ``base`` of the result, and every view of the result keeps it alive, so its
+``__del__`` (the moment the buffer returns to the pool) runs only when no array can reach
+the memory. At most ``limit`` bytes of free buffers are kept. The limit is 0 (pool off)
+until ``set_result_pool_limit`` or the ``result_pool`` context manager raises it: memory
+held for reuse is memory the user did not ask to keep (and, in a dask worker, memory the
+worker's monitor counts as unmanaged).
 """
 
 from __future__ import annotations
@@ -22,9 +25,11 @@ import threading
 
 import numpy as np
 
-# Smaller results come from malloc's heap, which glibc reuses without new page faults.
-MIN_BYTES = 1 << 20
-DEFAULT_LIMIT = 512 << 20
+# Smaller results come from malloc's heap, which glibc reuses without new page faults
+# (measured: no difference with the pool on at 4 and 16 MiB; at 32 MiB every fresh result
+# faulted). Read at each allocation.
+MIN_BYTES = 32 << 20
+DEFAULT_LIMIT = 0  # off
 _ALIGN = 64  # cache-line aligned results: full-line vector stores
 
 
@@ -62,7 +67,7 @@ class ResultPool:
         layout of ``order_like`` (numpy's ``empty_like`` order 'K')."""
         dtype = np.dtype(dtype)
         nbytes = math.prod(shape) * dtype.itemsize
-        if nbytes < MIN_BYTES or self.limit <= 0:
+        if self.limit <= 0 or nbytes < MIN_BYTES:
             if order_like is None:
                 return np.empty(shape, dtype)
             return np.empty_like(order_like, dtype=dtype)
@@ -115,20 +120,52 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_POOL._after_fork)
 
 
-def set_result_pool_limit(nbytes):
-    """Keep at most ``nbytes`` of freed CPU results for reuse; returns the previous limit.
-
-    Results of 1 MiB or more are carved from the memory of results freed earlier, which
-    spares each call the page faults of fresh memory (the OS maps and zeroes every page on
-    first touch). The pool holds only memory that no array refers to any more. ``0``
-    disables the pool and releases what it holds. Default: 512 MiB.
-    """
+def _check_nbytes(nbytes, func):
     if isinstance(nbytes, bool) or not isinstance(nbytes, int | np.integer):
-        raise TypeError(f"set_result_pool_limit(): nbytes must be an int; "
-                        f"got {type(nbytes).__name__}")
+        raise TypeError(f"{func}(): nbytes must be an int; got {type(nbytes).__name__}")
     if nbytes < 0:
-        raise ValueError(f"set_result_pool_limit(): nbytes must be >= 0; got {nbytes}")
-    return _POOL.set_limit(int(nbytes))
+        raise ValueError(f"{func}(): nbytes must be >= 0; got {nbytes}")
+    return int(nbytes)
+
+
+def set_result_pool_limit(nbytes):
+    """Keep up to ``nbytes`` of freed CPU results for reuse; returns the previous limit.
+
+    With a limit above 0, results of 32 MiB or more are carved from the memory of results
+    freed earlier (same byte size), which spares each call the page faults of fresh memory
+    (the OS maps and zeroes every page on first touch). It pays off in loops that drop a
+    result of the same size before the next call. The pool holds only memory that no array
+    refers to any more, and is process-wide. ``0`` (the default) turns the pool off and
+    releases what it holds.
+    """
+    return _POOL.set_limit(_check_nbytes(nbytes, "set_result_pool_limit"))
+
+
+class result_pool:  # lower case: used like a function, as numpy's errstate
+    """Context manager: the result pool on with a limit of ``nbytes`` inside the block.
+
+    ::
+
+        with numbasoftmax.result_pool(1 << 30):
+            for batch in batches:
+                loss = step(numbasoftmax.softmax(batch))
+
+    On exit the previous limit comes back (by default 0: the pool's memory is released).
+    The setting is process-wide: other threads' results use the pool while a block runs.
+    Blocks nest.
+    """
+
+    def __init__(self, nbytes):
+        self._nbytes = _check_nbytes(nbytes, "result_pool")
+        self._previous = []
+
+    def __enter__(self):
+        self._previous.append(_POOL.set_limit(self._nbytes))
+        return self
+
+    def __exit__(self, *exc):
+        _POOL.set_limit(self._previous.pop())
+        return False
 
 
 def empty(shape, dtype, order_like=None):

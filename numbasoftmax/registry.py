@@ -23,7 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-OPS = ("softmax", "log_softmax", "softmax_backward", "log_softmax_backward")
+from ._ops import FORWARD
+from ._ops import NAMES as OPS
 
 
 @dataclass(frozen=True)
@@ -75,8 +76,9 @@ def _ours(op):
 
 
 def _ours_gpu_ok():
-    # the GPU path lives in numbasoftmax._cuda; until it exists there is nothing to run
-    return _has("numbasoftmax._cuda") and _has("numba.cuda") and _gpu_ok()
+    # our GPU path needs numba-cuda and a usable GPU (checked through cupy, whose arrays
+    # the registry feeds it)
+    return _has("numba.cuda") and _gpu_ok()
 
 
 def _reference(op):
@@ -184,7 +186,7 @@ def _entries():
                         prepare=_torch_prepare("cuda"), to_numpy=_torch_to_numpy,
                         available=_torch_cuda_ok, sync=_torch_sync, int_axis_only=True,
                         call_out=torch_out))
-    for op in ("softmax", "log_softmax"):
+    for op in FORWARD:  # scipy and cupyx have no gradients
         out.append(Impl("scipy", op, "cpu", lambda *a, _op=op: _scipy(_op)(*a),
                         available=lambda: _has("scipy")))
         out.append(Impl("cupyx", op, "gpu", lambda *a, _op=op: _cupyx(_op)(*a),

@@ -1,32 +1,73 @@
 """Smoke run of the pytest-benchmark suite in bench/: with benchmarking disabled (the
 project default) every benchmark runs once on a small shape and is checked against the
-float64 reference. bench/ has its own conftest, so it runs in its own pytest process."""
+float64 reference. bench/ has its own conftest, so it runs in its own pytest process; its
+JUnit report says which cells ran, passed and were skipped, and why."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
+from numbasoftmax import registry
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
+DTYPES = 3  # bench/conftest.py's default --bench-dtypes
 
 
-def test_bench_suite_smoke():
+def _expected_cases():
+    """(test id suffix -> available) for every registry entry the suite parametrizes."""
+    cases = {}
+    for device in ("cpu", "gpu"):
+        for impl in registry.implementations(device=device, available_only=False):
+            if impl.role != "oracle":
+                cases[(impl.op, device, impl.name)] = impl.available()
+    return cases
+
+
+def test_bench_suite_smoke(tmp_path):
     pytest.importorskip("pytest_benchmark")
     if not (BENCH / "conftest.py").exists():
         pytest.skip("bench/ is not part of this checkout")
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in
                                                        [env.get("PYTHONPATH")] if p])
+    junit = tmp_path / "bench.xml"
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", str(BENCH), "-q", "-p", "no:cacheprovider",
-         "--benchmark-disable", "-rs"],
+         "--benchmark-disable", "-rs", f"--junitxml={junit}"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     tail = proc.stdout[-4000:] + proc.stderr[-2000:]
     assert proc.returncode == 0, tail
-    assert " passed" in proc.stdout, tail
-    assert "failed" not in proc.stdout.splitlines()[-1], tail
+
+    outcome = {}  # (file, test id) -> "passed" | "skipped: reason" | "failed"
+    for case in ET.parse(junit).getroot().iter("testcase"):
+        skipped = case.find("skipped")
+        bad = case.find("failure") if case.find("failure") is not None else case.find("error")
+        state = ("failed" if bad is not None else
+                 f"skipped: {skipped.get('message', '')}" if skipped is not None else "passed")
+        outcome[(case.get("classname"), case.get("name"))] = state
+    assert outcome and not [k for k, v in outcome.items() if v == "failed"]
+
+    expected = _expected_cases()
+    throughput = {k[1]: v for k, v in outcome.items() if k[1].startswith("test_throughput")}
+    latency = {k[1]: v for k, v in outcome.items() if k[1].startswith("test_latency")}
+    # one throughput case per (op, device, implementation, dtype), one latency case per
+    # (op, device, implementation): none missing, none extra
+    assert len(throughput) == DTYPES * len(expected), sorted(throughput)
+    assert len(latency) == len(expected), sorted(latency)
+    for (op, device, name), available in expected.items():
+        mine = [v for k, v in {**throughput, **latency}.items()
+                if f"[{op}|" in k and f"|{device}|{name}]" in k]
+        assert len(mine) == DTYPES + 1, (op, device, name, mine)
+        if available:
+            assert all(v == "passed" for v in mine), (op, device, name, mine)
+        else:  # skipped, saying why (peer not installed, or no GPU)
+            assert all(v.startswith("skipped") and name in v for v in mine), (name, mine)
+    ours_cpu = [v for k, v in throughput.items() if k.endswith("|cpu|numbasoftmax]")]
+    assert ours_cpu and all(v == "passed" for v in ours_cpu)

@@ -8,10 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from numbasoftmax import _bench, registry
-from numbasoftmax.__main__ import main
+from numbasoftmax import registry
+from numbasoftmax._bench import checks, config, progress, report, sweep
+from numbasoftmax._bench.cli import _ops, main
+from numbasoftmax._bench.timing import GpuDevice
+from numbasoftmax._ops import OPS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -50,6 +54,7 @@ def test_quick_cpu_run_writes_report_json_and_plot(tmp_path):
         assert all(r["gbps"] > 0 and r["pct_copy"] > 0 for r in ok)
     ops = {r["op"] for r in data["results"]}
     assert ops == set(registry.OPS)
+    assert data["schema"] == 2 and "targets" not in data
     assert data["copy_bandwidth"]["cpu"]["gbps"] > 0
     assert {r["op"] for r in data["latency"]} == set(registry.OPS)
     assert all(c == "ok" for c in data["checks"].values()), data["checks"]
@@ -61,78 +66,174 @@ def _tiny_config(tmp_path, **kw):
                 repeats=3, min_repeats=2, cell_seconds=0.01, prealloc="all",
                 out=tmp_path, progress=False)
     args.update(kw)
-    return _bench.Config(**args)
+    return config.Config(**args)
 
 
-def test_engine_tables_ratios_and_targets(tmp_path):
-    report = _bench.run(_tiny_config(tmp_path))
-    text, messages = _bench.write_outputs(report, tmp_path)
-    titles = [t for t, _, _ in _bench.throughput_tables(report)]
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny")
+    result = sweep.run(_tiny_config(out, pool="all"))
+    text, messages = report.write_outputs(result, out)
+    return result, text, out
+
+
+def test_engine_tables_and_ratios(tiny_run):
+    result, text, out = tiny_run
+    tables = report.throughput_tables(result)
+    titles = [t for t, _, _ in tables]
     assert any("float16" in t for t in titles)
     assert any("preallocated out=" in t for t in titles)
-    f16 = next(h for t, h, _ in _bench.throughput_tables(report) if "float16" in t)
+    assert any("result pool on" in t for t in titles)
+    f16 = next(h for t, h, _ in tables if "float16" in t)
     assert any(h.startswith("elem/s vs our f32") for h in f16)
     if registry.implementations(device="cpu", name="torch"):
         assert "× torch" in text
-        assert any(t["target"].startswith("softmax forward") for t in report.targets)
-    for r in report.results:
+    for r in result.results:
         if r.status == "ok":
-            moved = (2 if r.op in _bench.FORWARD else 3) * r.m * r.n * (
+            moved = (2 if not OPS[r.op].backward else 3) * r.m * r.n * (
                 2 if r.dtype == "float16" else 4)
             assert r.bytes == moved
             assert r.gbps == pytest.approx(moved / r.seconds / 1e9)
-    assert (tmp_path / "results.json").exists() and (tmp_path / "report.md").exists()
+    assert (out / "results.json").exists() and (out / "report.md").exists()
+
+
+def _bench_targets():
+    """bench/targets.py (outside the package: the project's targets, not a feature)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_targets", ROOT / "bench" / "targets.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_targets_evaluated_from_results_json(tiny_run, capsys):
+    result, _, out = tiny_run
+    targets = _bench_targets()
+    data = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    rows = {r["target"]: r for r in targets.evaluate(data)}
+    # the float16 target: our float16 over our float32 elements/s, worst over N
+    f16 = [r.f32_seconds / r.seconds for r in result.results
+           if r.impl == "numbasoftmax" and r.dtype == "float16" and r.variant == "new"
+           and r.op == "softmax" and r.seconds and r.f32_seconds]
+    f16_target = next(t for t in targets.TARGETS if t.kind == "f16")
+    assert rows[f16_target.text]["worst"] == pytest.approx(min(f16))
+    assert rows[f16_target.text]["met"] == (min(f16) >= f16_target.threshold)
+    if registry.implementations(device="cpu", name="torch"):
+        vs = [t for t in targets.TARGETS if t.device == "cpu" and t.kind == "vs:torch"
+              and t.op == "softmax"]
+        assert all(t.text in rows for t in vs)
+    assert targets.main([str(out / "results.json")]) == 0
+    assert "| CPU |" in capsys.readouterr().out
 
 
 def test_plot_skipped_with_message_without_matplotlib(tmp_path, monkeypatch):
-    report = _bench.run(_tiny_config(tmp_path, ops=("softmax",), dtypes=("float32",),
-                                     prealloc="none", latency=False))
+    result = sweep.run(_tiny_config(tmp_path, ops=("softmax",), dtypes=("float32",),
+                                    prealloc="none", latency=False))
     for mod in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
         monkeypatch.delitem(sys.modules, mod)
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import raises ImportError
-    text, messages = _bench.write_outputs(report, tmp_path / "out")
+    text, messages = report.write_outputs(result, tmp_path / "out")
     assert not (tmp_path / "out" / "bench.png").exists()
     assert (tmp_path / "out" / "report.md").exists()
     assert any("matplotlib is not installed" in m for m in messages)
     assert "bench.png" not in text
 
 
-def test_progress_bar_without_tqdm(monkeypatch, capsys):
+def test_runs_without_tqdm(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "tqdm", None)
     monkeypatch.setitem(sys.modules, "tqdm.auto", None)
-    bar = _bench._Progress(4, enabled=True)
+    assert not progress.Progress(4, enabled=True).active
+    result = sweep.run(_tiny_config(tmp_path, ops=("softmax",), dtypes=("float32",),
+                                    prealloc="none", latency=False, progress=True))
+    assert all(r.status == "ok" for r in result.results if r.impl == "numbasoftmax")
+    assert capsys.readouterr().err == ""
+
+
+def test_progress_bar_with_tqdm(capsys):
+    pytest.importorskip("tqdm")
+    bar = progress.Progress(4, enabled=True)
+    assert bar.active
     bar.describe("cell one")
     bar.step(2)
     bar.close()
-    err = capsys.readouterr().err
-    assert "2/4" in err and "cell one" in err
+    assert "cell one" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("text, expected", [
     ("32,128", (32, 128)), ("1k, 2^18", (1024, 262144)), ("4K,1m", (4096, 1 << 20)),
 ])
 def test_parse_sizes(text, expected):
-    assert _bench.parse_sizes(text) == expected
+    assert config.parse_sizes(text) == expected
 
 
-@pytest.mark.parametrize("argv", [
-    ["bench", "--op", "sideways"], ["bench", "--dtype", "int8"], ["bench", "--sizes", "0"],
+@pytest.mark.parametrize("argv, words", [
+    (["bench", "--op", "sideways"], ["--op", "sideways"]),
+    (["bench", "--dtype", "int8"], ["--dtype", "int8"]),
+    (["bench", "--sizes", "0"], ["--sizes", "positive"]),
+    (["bench", "--sizes", "abc"], ["--sizes", "'abc'", "4k"]),
+    (["bench", "--sizes", "2^x"], ["--sizes", "'2^x'"]),
+    (["bench", "--elements", "lots"], ["--elements", "'lots'"]),
+    (["bench", "--threads", "0"], ["--threads"]),
 ])
-def test_bad_options_exit_2(argv, capsys):
+def test_bad_options_exit_2_naming_the_option(argv, words, capsys):
     assert main(argv) == 2
-    assert "error:" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("error: ")
+    for word in words:
+        assert word in err, err
+    assert "invalid literal" not in err
 
 
 def test_gpu_requested_without_gpu_fails_clearly(tmp_path, capsys):
-    if _bench.GpuDevice.available():
+    if GpuDevice.available():
         pytest.skip("a GPU is available here")
     assert main(["bench", "--device", "gpu", "--out", str(tmp_path), "--no-progress"]) == 2
     assert "no usable GPU" in capsys.readouterr().err
 
 
-def test_op_groups():
-    from numbasoftmax.__main__ import _ops
+class _FakeGpu(GpuDevice):
+    """GpuDevice's call-count logic over a clock where each call takes ``seconds``."""
 
+    def __init__(self, seconds):  # no CUDA
+        self.seconds = seconds
+        self.batches = []
+
+    def sync(self):
+        pass
+
+    def time_calls(self, fn, args, count):
+        for _ in range(count):
+            fn(*args[0])
+        self.batches.append(count)
+        return self.seconds
+
+
+@pytest.mark.parametrize("seconds, rounds", [(1e-3, 2), (1e-2, 1), (1e-6, 2), (1e-4, 2)])
+def test_gpu_per_call_grows_the_batch_to_the_time_budget(seconds, rounds):
+    device = _FakeGpu(seconds)
+    calls = []
+    assert device.per_call(lambda: calls.append(1), min_seconds=0.02, max_calls=200) == seconds
+    *short, last = device.batches
+    assert len(device.batches) == rounds
+    assert all(b * seconds < 0.02 for b in short)
+    assert last * seconds >= 0.02 or last == 200
+    assert len(calls) == 1 + sum(device.batches)  # the warm-up call, then the batches
+
+
+def test_check_result_rejects_a_wrong_result():
+    inputs = checks.make_inputs("softmax_backward", (4, 16), "float32")
+    want = __import__("numbasoftmax").softmax_backward(*inputs)
+    checks.check_result("softmax_backward", want, inputs, "float32")
+    bad = want.copy()
+    bad[1, 3] += 1e-2
+    with pytest.raises(AssertionError, match="max abs error"):
+        checks.check_result("softmax_backward", bad, inputs, "float32")
+    with pytest.raises(AssertionError, match="float64"):
+        checks.check_result("softmax_backward", want.astype(np.float64), inputs, "float32")
+
+
+def test_op_groups():
     assert _ops("fwd") == ("softmax",)
     assert _ops("bwd") == ("softmax_backward",)
     assert _ops("log") == ("log_softmax", "log_softmax_backward")

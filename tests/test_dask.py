@@ -1,4 +1,4 @@
-"""Dask arrays through the four public functions (numbasoftmax/dask.py).
+"""Dask arrays through the four public functions (numbasoftmax/_dask.py).
 
 Results are compared with the numpy path on the computed input; a block holds whole rows
 and runs the same kernels, so they must be bitwise equal. Arrays are small: the cost here is
@@ -279,7 +279,7 @@ def test_import_does_not_import_dask():
         numbasoftmax.softmax(np.ones((2, 3)), axis=(0, 1))
         numbasoftmax.softmax_backward([1.0, 2.0], [0.5, 0.5])
         assert not [m for m in sys.modules if m == "dask" or m.startswith("dask.")], "dask"
-        assert "numbasoftmax.dask" not in sys.modules
+        assert "numbasoftmax._dask" not in sys.modules
     """)
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT,
                    env=dict(os.environ, PYTHONPATH=ROOT), timeout=120)

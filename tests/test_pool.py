@@ -1,9 +1,14 @@
-"""The result pool (numbasoftmax/_pool.py): large results reuse the memory of freed results,
-never the memory of a result (or a view of one) that is still alive."""
+"""The result pool (numbasoftmax/_pool.py), off by default: with it on, large results reuse
+the memory of freed results, never the memory of a result (or a view of one) that is still
+alive; turned off, it gives the memory back.
+
+Most tests lower the pooling threshold to 1 MiB (results of 32 MiB and more are pooled in
+use) so that they stay light; ``test_threshold_*`` check the real one."""
 
 from __future__ import annotations
 
 import gc
+import json
 import pickle
 import subprocess
 import sys
@@ -20,15 +25,18 @@ from numbasoftmax import _pool
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# 1 MiB of float32: the smallest pooled result; one element less is not pooled
+TEST_MIN_BYTES = 1 << 20
+LIMIT = 512 << 20
+# 1 MiB of float32: the smallest pooled result in these tests; one element less is not
 POOLED = (256, 1024)
-BELOW = (1, _pool.MIN_BYTES // 4 - 1)
+BELOW = (1, TEST_MIN_BYTES // 4 - 1)
 
 
 @pytest.fixture(autouse=True)
-def fresh_pool():
+def fresh_pool(monkeypatch):
     previous = numbasoftmax.set_result_pool_limit(0)  # empties the pool
-    numbasoftmax.set_result_pool_limit(_pool.DEFAULT_LIMIT)
+    monkeypatch.setattr(_pool, "MIN_BYTES", TEST_MIN_BYTES)
+    numbasoftmax.set_result_pool_limit(LIMIT)
     yield
     gc.collect()
     numbasoftmax.set_result_pool_limit(0)
@@ -122,15 +130,16 @@ def test_lowering_the_limit_releases_memory():
     r = [numbasoftmax.softmax(_x()) for _ in range(3)]
     del r
     assert _pool._POOL.held_bytes() >= 3 << 20
-    assert numbasoftmax.set_result_pool_limit(1 << 20) == _pool.DEFAULT_LIMIT
+    assert numbasoftmax.set_result_pool_limit(1 << 20) == LIMIT
     assert _pool._POOL.held_bytes() <= 1 << 20
 
 
 @pytest.mark.parametrize("bad, error", [(-1, ValueError), (1.5, TypeError), ("1", TypeError),
                                         (None, TypeError), (True, TypeError)])
-def test_set_result_pool_limit_rejects_bad_values(bad, error):
-    with pytest.raises(error, match="nbytes"):
-        numbasoftmax.set_result_pool_limit(bad)
+@pytest.mark.parametrize("func", ["set_result_pool_limit", "result_pool"])
+def test_pool_settings_reject_bad_values(func, bad, error):
+    with pytest.raises(error, match=rf"{func}\(\): nbytes"):
+        getattr(numbasoftmax, func)(bad)
 
 
 @pytest.mark.parametrize("make", [lambda a: np.asfortranarray(a), lambda a: a.T,
@@ -188,8 +197,9 @@ def test_pool_works_in_a_forked_child():
             q.put(float(sum(a.sum() for a in r)))
 
         if __name__ == "__main__":
-            # the parent's pool holds a buffer at the fork (no kernel runs in the parent:
-            # GNU OpenMP, numba's usual layer, does not survive a fork once started)
+            # the parent's pool holds a buffer at the fork
+            _pool.MIN_BYTES = 1 << 20
+            numbasoftmax.set_result_pool_limit(64 << 20)
             held = _pool.empty((256, 1024), np.float32)
             del held
             assert _pool._POOL.held_bytes() > 0
@@ -207,3 +217,112 @@ def test_pool_works_in_a_forked_child():
     total, exitcode = done.stdout.split()
     assert float(total) == pytest.approx(3 * 256.0)
     assert exitcode == "0"
+
+
+# ---------------------------------------------------------------------------------------
+# opt-in: off by default, a context manager, and memory given back
+
+REAL_MIN_BYTES = 32 << 20
+
+
+def _held():
+    return _pool._POOL.held_bytes()
+
+
+def test_pool_is_off_by_default():
+    code = textwrap.dedent("""
+        import numpy as np
+        import numbasoftmax
+        from numbasoftmax import _pool
+        r = numbasoftmax.softmax(np.ones((64, 1 << 17), np.float32))  # 32 MiB
+        pooled = r.base is not None
+        del r
+        print(numbasoftmax.set_result_pool_limit(0), pooled, _pool._POOL.held_bytes())
+    """)
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["0", "False", "0"]
+
+
+def test_result_pool_turns_the_pool_on_inside_the_block():
+    numbasoftmax.set_result_pool_limit(0)
+    x = _x()
+    with numbasoftmax.result_pool(8 << 20):
+        assert _pool._POOL.limit == 8 << 20
+        first = numbasoftmax.softmax(x)
+        address = _address(first)
+        del first
+        assert _held() > 0
+        assert _address(numbasoftmax.softmax(x)) == address
+    assert _pool._POOL.limit == 0
+    assert _held() == 0  # released on exit
+    r = numbasoftmax.softmax(x)
+    assert r.base is None and r.flags.owndata
+
+
+def test_result_pool_nests_and_restores_after_an_error():
+    numbasoftmax.set_result_pool_limit(0)
+    with pytest.raises(RuntimeError, match="inside"):
+        with numbasoftmax.result_pool(4 << 20):
+            with numbasoftmax.result_pool(16 << 20):
+                assert _pool._POOL.limit == 16 << 20
+            assert _pool._POOL.limit == 4 << 20
+            raise RuntimeError("inside")
+    assert _pool._POOL.limit == 0
+
+
+def test_sizes_that_never_match_again_stay_within_the_limit():
+    """Reuse needs the same byte size: a workload of ever new sizes reuses nothing, and
+    the pool holds at most its limit, and nothing once it is turned off."""
+    numbasoftmax.set_result_pool_limit(0)
+    limit = 5 << 20
+    with numbasoftmax.result_pool(limit):
+        for k in range(12):
+            r = numbasoftmax.softmax(_x((256 + 16 * k, 1024), seed=k))
+            del r
+            assert 0 < _held() <= limit
+    assert _held() == 0
+
+
+def test_threshold_real_size(monkeypatch):
+    monkeypatch.setattr(_pool, "MIN_BYTES", REAL_MIN_BYTES)
+    at = numbasoftmax.softmax(np.zeros(REAL_MIN_BYTES // 4, np.float32))
+    below = numbasoftmax.softmax(np.zeros(REAL_MIN_BYTES // 4 - 1, np.float32))
+    assert at.base is not None  # pooled
+    assert below.base is None and below.flags.owndata
+
+
+def test_memory_is_returned_to_the_os():
+    """Resident memory, measured: a dropped result is returned at once with the pool off
+    (the default), kept inside ``result_pool``, and returned when the block ends."""
+    pytest.importorskip("psutil")
+    code = textwrap.dedent("""
+        import json
+        import numpy as np
+        import psutil
+        import numbasoftmax
+
+        rss = psutil.Process().memory_info
+        x = np.ones((32, 1 << 20), np.float32)  # 128 MiB input, 128 MiB results
+        numbasoftmax.softmax(x)  # compile / load outside the measurement
+        base = rss().rss
+        y = numbasoftmax.softmax(x)
+        live = rss().rss - base
+        del y
+        off = rss().rss - base
+        with numbasoftmax.result_pool(1 << 30):
+            y = numbasoftmax.softmax(x)
+            del y
+            held = rss().rss - base
+        after = rss().rss - base
+        print(json.dumps({"live": live, "off": off, "held": held, "after": after}))
+    """)
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    mib = {k: v / (1 << 20) for k, v in json.loads(done.stdout.splitlines()[-1]).items()}
+    assert mib["live"] > 100, mib  # the measurement sees a live 128 MiB result
+    assert mib["off"] < 32, mib
+    assert mib["held"] > 100, mib
+    assert mib["after"] < 32, mib

@@ -12,11 +12,12 @@ How it works:
   on its block (a numpy block runs the CPU kernels, a cupy block the GPU path): a single
   ``blockwise`` layer with ``meta`` and ``dtype`` set, one task per block. A block holds
   whole rows, so it gives exactly what the in-memory call gives for those rows.
-* The rules are the core API's: ``axis`` is an int, a tuple of ints or None; float16,
-  float32 and float64 keep their dtype; bool and integer inputs give float64 (converted
-  inside each task, no extra layer); other dtypes raise TypeError; for the gradients the two
-  arrays must have the same shape (ValueError) and dtype (TypeError). All of these are
-  checked at call time from the metadata alone.
+* The rules are the core API's (``_inputs``, ``_layout.normalize_axes``): ``axis`` is an
+  int, a tuple of ints or None; float16, float32 and float64 keep their dtype; bool and
+  integer inputs give float64 (converted inside each task, no extra layer); other dtypes
+  and dask arrays of masked blocks raise TypeError; for the gradients the two arrays must
+  have the same shape (ValueError) and dtype (TypeError). All of these are checked at call
+  time from the metadata alone.
 * ``out=`` raises TypeError: dask arrays are immutable. Use the returned array, or write it
   into an existing array with ``dask.array.store(result, target)``.
 * Gradients with one dask and one non-dask operand (numpy array, array_like or cupy array):
@@ -31,8 +32,8 @@ How it works:
   are safe on every threading layer (the CPU launcher serializes the workqueue layer).
 
 Works with the threaded, the processes and the ``dask.distributed`` schedulers: the task
-function is a plain module-level function (pickled by reference) and the workers compile or
-load numba's cached kernels at their first block.
+function and the public function it calls are module-level functions (pickled by
+reference) and the workers compile or load numba's cached kernels at their first block.
 """
 
 from __future__ import annotations
@@ -42,46 +43,27 @@ import math
 import dask.array as da
 import numpy as np
 
-from . import _api
+from . import _cpu
+from ._inputs import array_kind, check_pair, host_array, reject_masked, result_dtype
 from ._layout import normalize_axes
 
 __all__ = ["dispatch"]
 
-_NAMES = {
-    "softmax": ("x",),
-    "log_softmax": ("x",),
-    "softmax_backward": ("y", "dy"),
-    "log_softmax_backward": ("z", "dz"),
-}
 
-
-def dispatch(func, arrays, axis, out):
-    """Run ``func`` (one of the four public function names) lazily on dask arrays.
-
-    ``arrays`` is ``(x,)`` for the forward functions and ``(y, dy)`` / ``(z, dz)`` for the
-    gradients; at least one of them is a dask array. Returns a dask array."""
-    try:
-        names = _NAMES[func]
-    except KeyError:
-        raise ValueError(f"unknown function {func!r}; expected one of {sorted(_NAMES)}") from None
-    if len(arrays) != len(names):
-        raise ValueError(f"{func}() takes {len(names)} array(s); got {len(arrays)}")
+def dispatch(op, arrays, axis, out, per_block):
+    """Run ``op`` (an ``_ops.Op``) lazily on its ``arrays``, at least one of them a dask
+    array; each task calls ``per_block`` (the public function) on one block. Returns a
+    dask array."""
+    func = op.name
+    if len(arrays) != len(op.args):
+        raise ValueError(f"{func}() takes {len(op.args)} array(s); got {len(arrays)}")
 
     # dtypes first (the core checks each input as it converts it), then shapes, then axes
-    checked = [_operand(a, name, func) for a, name in zip(arrays, names, strict=True)]
+    checked = [_operand(a, name, func) for a, name in zip(arrays, op.args, strict=True)]
     arrays = [a for a, _ in checked]
     dtypes = [dtype for _, dtype in checked]
     if len(arrays) == 2:
-        a, b = arrays
-        if not _same_shape(np.shape(a), np.shape(b)):
-            hint = ""
-            if any(isinstance(n, float) and math.isnan(n) for n in (*np.shape(a), *np.shape(b))):
-                hint = " (nan: unknown chunk sizes; call .compute_chunk_sizes() first)"
-            raise ValueError(f"{func}(): {names[0]} and {names[1]} must have the same shape; "
-                             f"got {_shape(a)} and {_shape(b)}{hint}")
-        if dtypes[0] != dtypes[1]:
-            raise TypeError(f"{func}(): {names[0]} and {names[1]} must have the same dtype; "
-                            f"got {dtypes[0]} and {dtypes[1]}")
+        check_pair(func, op.args, [a.shape for a in arrays], dtypes)
     first = next(a for a in arrays if isinstance(a, da.Array))
     axes = normalize_axes(axis, first.ndim)
     if out is not None:
@@ -105,19 +87,14 @@ def dispatch(func, arrays, axis, out):
     dtype = dtypes[0]
     nblocks = math.prod(first.numblocks)
     meta = _meta(first, dtype)
-    return da.map_blocks(_block, func, axes, nblocks, *blocks, dtype=dtype, meta=meta,
+    return da.map_blocks(_block, per_block, axes, nblocks, *blocks, dtype=dtype, meta=meta,
                          token=func)
 
 
-def _block(func, axes, nblocks, *blocks):
-    """One task: the public function on one block (whole rows along ``axes``)."""
-    import numbasoftmax
-
-    f = getattr(numbasoftmax, func)
+def _block(f, axes, nblocks, *blocks):
+    """One task: the public function ``f`` on one block (whole rows along ``axes``)."""
     if nblocks > 1 and isinstance(blocks[0], np.ndarray):
-        from . import _cpu
-
-        if blocks[0].size >= getattr(_cpu, "PARALLEL_MIN_ELEMENTS", 0):
+        if blocks[0].size >= _cpu.PARALLEL_MIN_ELEMENTS:
             import numba
 
             have = numba.get_num_threads()
@@ -134,26 +111,17 @@ def _block(func, axes, nblocks, *blocks):
 def _operand(a, name, func):
     """(operand, result dtype), checked with the core API's rules and messages. A dask or
     GPU array is returned as is; any other array_like becomes a (checked) numpy array."""
-    if isinstance(a, da.Array) or _api._kind(a) == "cuda":
-        probe = np.empty(0, dtype=np.dtype(a.dtype))
-        return a, _api._as_input(probe, name, func).dtype
-    if _api._kind(a) == "dask":  # another dask collection with .chunks
+    if isinstance(a, da.Array):
+        reject_masked(getattr(a, "_meta", None), name, func)
+        return a, result_dtype(np.dtype(a.dtype), name, func)
+    kind = array_kind(a)
+    if kind == "cuda":
+        return a, result_dtype(np.dtype(a.dtype), name, func)
+    if kind == "dask":  # another dask collection with .chunks
         raise TypeError(f"{func}(): {name} must be a dask.array.Array (or array_like); "
                         f"got {type(a).__name__}")
-    a = _api._as_input(a, name, func)
+    a = host_array(a, name, func)
     return a, a.dtype
-
-
-def _shape(a):
-    return tuple(a.shape) if hasattr(a, "shape") else np.shape(a)
-
-
-def _same_shape(p, q):
-    """Shapes equal; an unknown (NaN) dimension matches only another unknown one."""
-    return len(p) == len(q) and all(
-        m == n or (isinstance(m, float) and isinstance(n, float) and math.isnan(m)
-                   and math.isnan(n))
-        for m, n in zip(p, q, strict=True))
 
 
 def _meta(x, dtype):

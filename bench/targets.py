@@ -1,0 +1,126 @@
+#!/usr/bin/env python3
+"""The project's performance targets, checked against a benchmark run's results.json.
+
+    python -m numbasoftmax bench --out run1
+    python bench/targets.py run1/results.json [--strict]
+
+Prints one row per target with the worst measured value over the row lengths N (the plain
+call that allocates its result, as users call it). ``--strict`` exits 1 when a target that
+was measured is not met. Targets need their cells in the run: the "× torch" ones need
+torch installed; GPU targets need a GPU run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import NamedTuple
+
+
+class Target(NamedTuple):
+    device: str
+    op: str
+    dtype: str
+    # "vs:<peer>": our GB/s over the peer's; "pct": % of the copy bandwidth;
+    # "latency:<peer>": the peer's µs per 8x128 call over ours; "f16": our float16
+    # elements/s over our float32 elements/s, timed in the same rounds
+    kind: str
+    threshold: float
+    text: str
+
+
+TARGETS = (
+    Target("cpu", "softmax", "float32", "vs:torch", 2.5, "softmax forward ≥ 2.5× torch at every N"),
+    Target("cpu", "softmax_backward", "float32", "vs:torch", 3.0,
+           "softmax backward ≥ 3× torch at every N"),
+    Target("cpu", "log_softmax", "float32", "vs:torch", 2.0,
+           "log_softmax forward ≥ 2× torch at every N"),
+    Target("cpu", "softmax", "float32", "pct", 60.0, "(stretch) softmax forward ≥ 60 % of copy"),
+    Target("cpu", "softmax", "float32", "latency:torch", 1 / 1.5,
+           "8×128 softmax call within 1.5× of torch's time"),
+    Target("cpu", "softmax", "float16", "f16", 0.6,
+           "float16 forward ≥ 0.6× our float32 (elements/s) at every N"),
+    Target("gpu", "softmax", "float32", "pct", 90.0, "softmax forward ≥ 90 % of copy at every N"),
+    Target("gpu", "softmax_backward", "float32", "pct", 85.0, "softmax backward ≥ 85 % of copy"),
+    Target("gpu", "log_softmax", "float32", "pct", 90.0, "log_softmax forward ≥ 90 % of copy"),
+    Target("gpu", "softmax", "float16", "pct", 80.0, "float16 forward ≥ 80 % of copy"),
+    Target("gpu", "softmax_backward", "float16", "pct", 80.0, "float16 backward ≥ 80 % of copy"),
+    Target("gpu", "softmax", "float32", "vs:torch", 1.0, "softmax forward never slower than torch"),
+    Target("gpu", "softmax_backward", "float32", "vs:torch", 1.0,
+           "softmax backward never slower than torch"),
+)
+
+OURS = "numbasoftmax"
+
+
+def _values(target, data):
+    """[(value, where)] measured for ``target`` in results.json ``data``."""
+    if target.kind.startswith("latency:"):
+        peer = target.kind.split(":")[1]
+        recs = {r["impl"]: r for r in data["latency"]
+                if (r["device"], r["op"]) == (target.device, target.op)}
+        mine, theirs = recs.get(OURS), recs.get(peer)
+        if mine and theirs and mine["us_per_call"] and theirs["us_per_call"]:
+            return [(theirs["us_per_call"] / mine["us_per_call"], "8×128")]
+        return []
+    cells = {}
+    for r in data["results"]:
+        if (r["device"], r["op"], r["dtype"], r["variant"]) == (
+                target.device, target.op, target.dtype, "new") and r["gbps"]:
+            cells.setdefault(r["n"], {})[r["impl"]] = r
+    out = []
+    for n, recs in sorted(cells.items()):
+        mine = recs.get(OURS)
+        if mine is None:
+            continue
+        if target.kind == "pct" and mine["pct_copy"] is not None:
+            out.append((mine["pct_copy"], n))
+        elif target.kind.startswith("vs:") and target.kind[3:] in recs:
+            out.append((mine["gbps"] / recs[target.kind[3:]]["gbps"], n))
+        elif target.kind == "f16" and mine["f32_seconds"]:
+            out.append((mine["f32_seconds"] / mine["seconds"], n))
+    return out
+
+
+def evaluate(data, targets=TARGETS):
+    """One dict per target measured in ``data``: the worst value, where, and whether it
+    meets the threshold."""
+    out = []
+    for t in targets:
+        values = _values(t, data)
+        if not values:
+            continue
+        worst, at = min(values, key=lambda v: v[0])
+        unit = " %" if t.kind == "pct" else "×"
+        where = "8×128 (torch µs / ours µs)" if at == "8×128" else f"N = {at}"
+        out.append({"device": t.device, "target": t.text, "threshold": t.threshold,
+                    "worst": worst, "at": at, "met": worst >= t.threshold,
+                    "text": f"{worst:.2f}{unit} at {where}"})
+    return out
+
+
+def markdown(rows):
+    lines = ["| device | target | worst measured | status |", "|---|---|---|---|"]
+    lines += [f"| {r['device'].upper()} | {r['target']} | {r['text']} | "
+              f"{'met' if r['met'] else 'NOT met'} |" for r in rows]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("results", nargs="?", default="numbasoftmax-bench/results.json",
+                    help="a results.json written by python -m numbasoftmax bench")
+    ap.add_argument("--strict", action="store_true", help="exit 1 when a target is not met")
+    args = ap.parse_args(argv)
+    with open(args.results, encoding="utf-8") as f:
+        rows = evaluate(json.load(f))
+    if not rows:
+        print("no target was measured in this run")
+        return 0
+    print(markdown(rows))
+    return 1 if args.strict and not all(r["met"] for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

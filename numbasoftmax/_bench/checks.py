@@ -1,0 +1,81 @@
+"""Benchmark data and the one correctness check: every implementation is compared with the
+float64 reference (:mod:`numbasoftmax.reference`) before its timings count.
+
+Tolerances are per dtype; a gradient's absolute tolerance scales with its largest value
+(its entries are differences of products and cancel).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import reference
+from .._ops import OPS
+
+TOL = {"float16": (2e-3, 2e-2), "float32": (1e-6, 2e-4), "float64": (1e-12, 1e-9)}
+CHECK_SHAPES = ((8, 128), (16, 4096), (2, 40000))
+_EXACT_FORWARD_MAX = 1 << 20  # elements: above this the forward output comes from ours
+
+
+def logits(shape, dtype, rng):
+    """Random logits (standard normal x 3) in ``dtype``."""
+    return (rng.standard_normal(shape, dtype=np.float32) * 3).astype(dtype)
+
+
+def op_inputs(op, x, dy):
+    """numpy inputs of ``op`` from logits ``x`` and an upstream gradient ``dy``: the
+    forward output (exact from the reference for small inputs, ours for large ones, where
+    the reference would take seconds), rounded to x's dtype."""
+    spec = OPS[op]
+    if not spec.backward:
+        return (x,)
+    if x.size <= _EXACT_FORWARD_MAX:
+        y = getattr(reference, spec.forward)(x)
+    else:
+        import numbasoftmax
+
+        y = getattr(numbasoftmax, spec.forward)(x)
+    return (y.astype(x.dtype), dy)
+
+
+def make_inputs(op, shape, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    x = logits(shape, dtype, rng)
+    dy = rng.standard_normal(shape, dtype=np.float32).astype(dtype)
+    return op_inputs(op, x, dy)
+
+
+def check_result(op, got, inputs, dtype, axis=-1):
+    """AssertionError unless ``got`` (numpy) matches the float64 reference of ``op`` on
+    ``inputs`` (numpy) in shape, dtype and value, within the dtype's tolerance."""
+    want = getattr(reference, op)(*inputs, axis=axis)
+    got = np.asarray(got)
+    if got.shape != want.shape or got.dtype != np.dtype(dtype):
+        raise AssertionError(f"{op}: got {got.shape} {got.dtype}, expected {want.shape} "
+                             f"{np.dtype(dtype)}")
+    atol, rtol = TOL[np.dtype(dtype).name]
+    if OPS[op].backward:
+        atol = atol * 10 * (float(np.abs(want).max()) or 1.0) + atol
+    if not np.allclose(got, want, atol=atol, rtol=rtol):
+        with np.errstate(invalid="ignore"):
+            err = float(np.nanmax(np.abs(got.astype(np.float64) - want)))
+        raise AssertionError(f"{op} {np.dtype(dtype)} {'x'.join(map(str, got.shape))}: max abs "
+                             f"error {err:.3g} (atol {atol:.3g}, rtol {rtol:g})")
+
+
+def check_impl(impl, op, dtype, variant, shapes=CHECK_SHAPES, seed=7):
+    """Run registry entry ``impl`` on small shapes and check each result; with variant
+    'out' the output buffer is poisoned with NaN first."""
+    for k, (m, n) in enumerate(shapes):
+        args = make_inputs(op, (m, n), dtype, seed + k)
+        native = impl.prepare(*args)
+        if variant == "out":
+            out = impl.prepare(np.full((m, n), np.nan, dtype=dtype))[0]
+            got = impl.call_out(*native, axis=-1, out=out)
+        else:
+            got = impl.call(*native, -1)
+        impl.sync()
+        try:
+            check_result(op, impl.to_numpy(got), args, dtype)
+        except AssertionError as err:
+            raise AssertionError(f"{impl.key}: {err}") from None

@@ -1,0 +1,364 @@
+"""The sweep: correctness checks, copy bandwidth, the timed cells and the latency rows.
+
+For each device the run
+
+1. checks every implementation against the reference on small shapes (this is also where
+   numba compiles or loads its cached kernels; the time is reported as "JIT"),
+2. measures the machine's copy bandwidth (CPU: numpy's copy and an all-threads copy;
+   GPU: a device-to-device copy timed with CUDA events), before and after the sweep,
+3. times each (operation, dtype, N, variant) cell, the implementations in round-robin
+   order so that a noisy neighbour hits them alike: one warm-up call each, then the median
+   of repeats, inputs rotated through enough copies that the working set between two uses
+   of a buffer exceeds twice the last-level cache,
+4. times the per-call latency of a tiny 8x128 input (hot cache on purpose).
+
+Every implementation comes from :mod:`numbasoftmax.registry` (ours, torch, scipy, cupyx;
+the float64 reference is the oracle and is not timed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import importlib.util
+import math
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from .. import registry
+from .._ops import OPS
+from .._pool import result_pool
+from .checks import CHECK_SHAPES, check_impl, logits, op_inputs
+from .config import (
+    DTYPES,
+    LATENCY_ROUNDS,
+    LATENCY_SHAPE,
+    POOL_BYTES,
+    SKIP,
+    VARIANT_TAGS,
+    Config,
+)
+from .environment import CpuLoad, environment, threading_layer
+from .progress import Progress
+from .records import Latency, Report, Result
+from .timing import CpuDevice, GpuDevice
+
+BASELINE = "numbasoftmax@float32"
+
+
+def _impls(device, op, dtype, variant):
+    """Timed implementations for a cell: ours first, then the peers; not the oracle."""
+    found = [i for i in registry.implementations(op=op, device=device) if i.role != "oracle"]
+    found.sort(key=lambda i: i.role != "ours")
+    if variant == "out":
+        found = [i for i in found if i.call_out is not None]
+    return found
+
+
+def _caller(impl, variant):
+    """fn(*inputs, out) for variant 'out', else fn(*inputs); axis -1."""
+    if variant == "out":
+        call_out = impl.call_out
+
+        def fn(*args):
+            return call_out(*args[:-1], axis=-1, out=args[-1])
+    else:
+        call = impl.call
+
+        def fn(*args):
+            return call(*args, -1)
+    return fn
+
+
+def _rotation(device, cell_bytes, input_bytes):
+    """How many copies of the inputs to rotate through: enough that the bytes touched
+    between two uses of one copy exceed twice the cache, within the memory cap."""
+    want = math.ceil(2 * device.cache_bytes / max(1, cell_bytes))
+    cap = max(1, device.memory_cap // max(1, input_bytes))
+    return int(max(1, min(want, cap, 64)))
+
+
+def _median(values):
+    return float(np.median(values)) if values else None
+
+
+@contextlib.contextmanager
+def _gc_off():
+    """No garbage collection pauses inside timed rounds."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+class _Sweep:
+    def __init__(self, config, report, progress):
+        self.config = config
+        self.report = report
+        self.progress = progress
+        self.failed = set()  # (device, impl name, op, dtype, variant) whose check failed
+
+    # -- checks (and JIT) ------------------------------------------------------------
+    def check(self, device, impls_by_cell):
+        for (op, dtype, variant), impls in impls_by_cell.items():
+            for impl in impls:
+                self.progress.describe(f"check {device.kind} {impl.name} {op} {dtype}")
+                key = f"{device.kind}:{impl.name}:{op}:{dtype}:{variant}"
+                t0 = time.perf_counter()
+                try:
+                    check_impl(impl, op, dtype, variant, CHECK_SHAPES)
+                    self.report.checks[key] = "ok"
+                except Exception as err:  # noqa: BLE001 - a peer's failure is reported
+                    self.report.checks[key] = f"{type(err).__name__}: {err}"[:300]
+                    self.failed.add((device.kind, impl.name, op, dtype, variant))
+                seconds = time.perf_counter() - t0
+                if impl.role == "ours":
+                    jkey = f"{device.kind}:{impl.name}:{op}:{dtype}"
+                    self.report.jit[jkey] = self.report.jit.get(jkey, 0.0) + seconds
+                self.progress.step()
+
+    # -- throughput -----------------------------------------------------------------
+    def sweep(self, device, elements, sizes, cells, impls_by_cell, copy_gbps):
+        dtypes = sorted({d for _, d, _ in cells}, key=DTYPES.index)
+        if any(d != "float32" for d in dtypes) and "float32" not in dtypes:
+            dtypes.insert(0, "float32")  # our float32 is timed beside other dtypes
+        bases = {d: (logits(elements, d, np.random.default_rng(11)),
+                     logits(elements, d, np.random.default_rng(12)) / np.asarray(3, dtype=d))
+                 for d in dtypes}
+        t0 = time.perf_counter()
+        left = len(sizes) * len(cells)
+        for n in sizes:
+            m = max(1, elements // n)
+            data = {d: (bx[:m * n].reshape(m, n), bdy[:m * n].reshape(m, n))
+                    for d, (bx, bdy) in bases.items()}
+            for op, dtype, variant in cells:
+                impls = impls_by_cell[(op, dtype, variant)]
+                self.progress.describe(f"{device.kind} {op} {dtype} N={n}"
+                                       + VARIANT_TAGS[variant])
+                share = (self.config.sweep_seconds - (time.perf_counter() - t0)) / left
+                # about half of a cell's share goes to warm-up calls and input preparation
+                budget = min(self.config.cell_seconds, max(0.0, 0.5 * share))
+                self._cell(device, op, dtype, variant, m, n, data, impls, copy_gbps, budget)
+                left -= 1
+                self.progress.step()
+        del bases, data
+        gc.collect()
+
+    def _cell(self, device, op, dtype, variant, m, n, data, impls, copy_gbps, budget):
+        """Time one (op, dtype, variant, shape) cell. In a cell of another dtype than
+        float32, our float32 kernel on the same shape is timed in the same rounds, so the
+        elements/s ratio between the two does not depend on when each was measured."""
+        nbytes = OPS[op].bytes_moved(m * n, np.dtype(dtype).itemsize)
+        records = {}
+        participants = []  # (key, impl, dtype)
+        for impl in impls:
+            rec = Result(device.kind, op, dtype, variant, m, n, impl.name, bytes=nbytes)
+            records[impl.name] = rec
+            self.report.results.append(rec)
+            if (impl.name, dtype) in SKIP:
+                rec.status = "skipped: " + SKIP[(impl.name, dtype)]
+                continue
+            if (device.kind, impl.name, op, dtype, variant) in self.failed:
+                rec.status = "skipped: failed the correctness check"
+                continue
+            participants.append((impl.name, impl, dtype))
+        if not participants:
+            return
+        ours = next((p for p in participants if p[1].role == "ours"), None)
+        if ours is not None and dtype != "float32":
+            participants.append((BASELINE, ours[1], "float32"))
+        state = {}
+        for key, impl, pdtype in participants:
+            try:
+                numpy_inputs = op_inputs(op, *data[pdtype])
+                input_bytes = sum(a.nbytes for a in numpy_inputs)
+                copies = _rotation(device, OPS[op].bytes_moved(m * n, np.dtype(pdtype).itemsize),
+                                   input_bytes)
+                numpy_sets = [numpy_inputs] + [tuple(a.copy() for a in numpy_inputs)
+                                               for _ in range(copies - 1)]
+                sets = [tuple(impl.prepare(*s)) for s in numpy_sets]
+                if variant == "out":
+                    outs = [impl.prepare(np.empty((m, n), pdtype))[0] for _ in sets]
+                    sets = [s + (o,) for s, o in zip(sets, outs, strict=True)]
+                fn = _caller(impl, variant)
+                device.sync()
+                first = device.time_calls(fn, sets, 1)  # warm-up
+                state[key] = (fn, sets, device.batch_for(first), [])
+                if first > 2.0:  # far too slow to repeat within the budget
+                    state[key][3].append(first)
+            except Exception as err:  # noqa: BLE001
+                if key in records:
+                    records[key].status = f"error: {type(err).__name__}: {err}"[:300]
+        pool = result_pool(POOL_BYTES) if variant == "pool" else contextlib.nullcontext()
+        with _gc_off(), pool:
+            self._rounds(device, state, records, budget)
+        for key, (_, _, _, times) in state.items():
+            if key == BASELINE:
+                rec = records[ours[0]]
+                if times:
+                    rec.f32_seconds = _median(times)
+                continue
+            rec = records[key]
+            if rec.status != "ok" or not times:
+                continue
+            rec.seconds = _median(times)
+            rec.seconds_min = float(min(times))
+            q1, q3 = np.percentile(times, [25, 75])
+            rec.spread = float((q3 - q1) / rec.seconds)
+            rec.repeats = len(times)
+            rec.gbps = nbytes / rec.seconds / 1e9
+            rec.pct_copy = 100 * rec.gbps / copy_gbps if copy_gbps else None
+            rec.elements_per_s = m * n / rec.seconds
+        del state
+
+    def _rounds(self, device, state, records, budget):
+        """Time the cell's implementations in turn, round after round, until the repeats
+        or the budget run out (never fewer than min_repeats rounds)."""
+        cfg = self.config
+        t_start = time.perf_counter()
+        rounds = 0
+        while rounds < cfg.repeats:
+            if rounds >= cfg.min_repeats and time.perf_counter() - t_start > budget:
+                break
+            for key, (fn, sets, batch, times) in state.items():
+                if times and times[0] > 2.0:
+                    continue
+                # rotate: round r starts at copy r
+                rot = sets[rounds % len(sets):] + sets[:rounds % len(sets)]
+                try:
+                    times.append(device.time_calls(fn, rot, batch))
+                except Exception as err:  # noqa: BLE001
+                    if key in records:
+                        records[key].status = f"error: {type(err).__name__}: {err}"[:300]
+            rounds += 1
+
+    # -- latency --------------------------------------------------------------------
+    def latency(self, device, ops):
+        m, n = LATENCY_SHAPE
+        rng = np.random.default_rng(3)
+        x = logits((m, n), np.float32, rng)
+        dy = rng.standard_normal((m, n), dtype=np.float32)
+        for op in ops:
+            self.progress.describe(f"{device.kind} latency {op} {m}x{n}")
+            state = {}
+            for impl in _impls(device.kind, op, "float32", "new"):
+                rec = Latency(device.kind, op, "float32", (m, n), impl.name)
+                self.report.latency.append(rec)
+                if (device.kind, impl.name, op, "float32", "new") in self.failed:
+                    rec.status = "skipped: failed the correctness check"
+                    continue
+                try:
+                    args = impl.prepare(*op_inputs(op, x, dy))
+                    fn = _caller(impl, "new")
+                    first = device.host_time(fn, args, 3)
+                    inner = int(min(2000, max(5, 3e-3 / max(first, 1e-7))))
+                    state[impl.name] = (fn, args, inner, [], rec)
+                except Exception as err:  # noqa: BLE001
+                    rec.status = f"error: {type(err).__name__}: {err}"[:300]
+            with _gc_off():
+                for _ in range(LATENCY_ROUNDS):
+                    for fn, args, inner, samples, _rec in state.values():
+                        samples += device.latency_samples(fn, args, inner)
+            for *_, samples, rec in state.values():
+                rec.us_per_call = _median(samples) * 1e6
+                rec.us_p90 = float(np.percentile(samples, 90)) * 1e6
+                rec.samples = len(samples)
+            self.progress.step()
+
+
+def _devices(config):
+    out = []
+    notes = []
+    if "cpu" in config.devices:
+        out.append(CpuDevice())
+    if "gpu" in config.devices:
+        if GpuDevice.available():
+            try:
+                out.append(GpuDevice())
+            except Exception as err:  # noqa: BLE001
+                notes.append(f"GPU left out: {type(err).__name__}: {err}")
+        else:
+            notes.append("GPU left out: no CUDA device with cupy or torch found")
+            if config.device_required:
+                raise RuntimeError("--device gpu: no usable GPU (needs a CUDA device and cupy "
+                                   "or a CUDA build of torch)")
+    if "gpu" in config.devices and any(d.kind == "gpu" for d in out):
+        if not registry.implementations(device="gpu", name="numbasoftmax"):
+            notes.append("numbasoftmax's GPU path is not available here (needs "
+                         "numbasoftmax._cuda, numba-cuda and cupy): GPU tables show peers only")
+    return out, notes
+
+
+def _set_threads(n):
+    import numba
+
+    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    if importlib.util.find_spec("torch") is not None:
+        import torch
+
+        torch.set_num_threads(n)
+
+
+def run(config: Config) -> Report:
+    """Run the sweep described by ``config``; returns the :class:`Report` (not written)."""
+    t_wall = time.perf_counter()
+    load = CpuLoad()
+    if config.threads:
+        _set_threads(config.threads)
+    devices, notes = _devices(config)
+    gpu = next((d for d in devices if d.kind == "gpu"), None)
+    cfg_dict = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
+    report = Report(config=cfg_dict, env=environment(gpu), notes=notes)
+
+    plans = {}
+    total = 0
+    for device in devices:
+        elements, sizes, cells = config.plan_for(device.kind)
+        impls_by_cell = {c: _impls(device.kind, *c) for c in cells}
+        lat_ops = [op for op in config.ops if config.latency]
+        n_checks = sum(len(v) for v in impls_by_cell.values())
+        plans[device.kind] = (elements, sizes, cells, impls_by_cell, lat_ops)
+        report.plans[device.kind] = {"elements": elements, "sizes": list(sizes),
+                                     "cells": [list(c) for c in cells],
+                                     "latency_shape": list(LATENCY_SHAPE) if lat_ops else None}
+        total += n_checks + 2 + len(sizes) * len(cells) + len(lat_ops)
+    for (name, dtype), why in SKIP.items():
+        if any(any(d == dtype for _, d, _ in p[2]) for p in plans.values()):
+            report.notes.append(f"{name} {dtype}: {why}")
+
+    progress = Progress(total, config.progress)
+    sweep = _Sweep(config, report, progress)
+    try:
+        for device in devices:
+            elements, sizes, cells, impls_by_cell, lat_ops = plans[device.kind]
+            sweep.check(device, impls_by_cell)
+            if device.kind == "cpu":
+                report.env["numba_threading_layer"] = threading_layer()
+            progress.describe(f"{device.kind} copy bandwidth")
+            # larger than the cache (4x), else the copy runs from cache and flatters it
+            copy_bytes = min(max(elements * 4, 4 * device.cache_bytes), device.memory_cap // 2)
+            start = device.copy_bandwidth(copy_bytes, 9)
+            progress.step()
+            sweep.sweep(device, elements, sizes, cells, impls_by_cell, start["gbps"])
+            if lat_ops:
+                sweep.latency(device, lat_ops)
+            progress.describe(f"{device.kind} copy bandwidth")
+            end = device.copy_bandwidth(copy_bytes, 9)
+            progress.step()
+            report.copy[device.kind] = {"start": start, "end": end, "gbps": start["gbps"]}
+    finally:
+        progress.close()
+    if "torch" in sys.modules:
+        report.env["torch_threads"] = sys.modules["torch"].get_num_threads()
+    report.wall_seconds = time.perf_counter() - t_wall
+    report.load = load.summary()
+    return report
+
+

@@ -1,0 +1,234 @@
+"""Clocks and copy bandwidth, one timing device per kind of hardware.
+
+``CpuDevice`` times with ``perf_counter``; ``GpuDevice`` with CUDA events (through cupy when
+it is installed, else torch), so GPU figures are device time, not launch time. Both give
+seconds per call of a callable over rotated argument sets, a per-call host latency, and the
+machine's copy bandwidth: the line every GB/s figure is compared with.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import time
+
+import numpy as np
+
+from .environment import cpu_model, l3_bytes
+
+_copy_kernel = None
+
+
+def _threaded_copy():
+    """An all-threads copy (numba prange): the CPU roofline a parallel kernel can reach."""
+    global _copy_kernel
+    if _copy_kernel is None:
+        from numba import njit, prange
+
+        from .._config import CACHE
+
+        @njit(parallel=True, cache=CACHE, nogil=True)
+        def copy(src, dst, parts):
+            n = src.shape[0]
+            step = (n + parts - 1) // parts
+            for t in prange(parts):
+                lo = min(n, t * step)
+                hi = min(n, lo + step)
+                dst[lo:hi] = src[lo:hi]
+
+        _copy_kernel = copy
+    return _copy_kernel
+
+
+def _median_seconds(fn, repeats):
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+class CpuDevice:
+    name = "cpu"
+    kind = "cpu"
+
+    def __init__(self):
+        self.cache_bytes = l3_bytes()
+        self.memory_cap = 1 << 30  # bytes of rotated input copies per cell, at most
+
+    def describe(self):
+        return cpu_model()
+
+    def sync(self):
+        pass
+
+    def time_calls(self, fn, args, count):
+        """Seconds per call of ``count`` calls on ``args`` (a list, rotated)."""
+        t0 = time.perf_counter()
+        for i in range(count):
+            fn(*args[i % len(args)])
+        return (time.perf_counter() - t0) / count
+
+    def batch_for(self, first_seconds):
+        return 1  # CPU calls at sweep sizes take milliseconds: time each call
+
+    def host_time(self, fn, args, count):
+        t0 = time.perf_counter()
+        for _ in range(count):
+            fn(*args)
+        return (time.perf_counter() - t0) / count
+
+    def latency_samples(self, fn, args, count):
+        """Each call timed on its own: the median then ignores the calls that a busy
+        machine stalls (a thread pool waiting a scheduler tick for its workers)."""
+        clock = time.perf_counter
+        out = []
+        for _ in range(count):
+            t0 = clock()
+            fn(*args)
+            out.append(clock() - t0)
+        return out
+
+    def copy_bandwidth(self, nbytes, repeats):
+        """{'numpy': GB/s, 'threaded': GB/s, 'gbps': roofline} for an nbytes source."""
+        import numba
+
+        n = max(1, nbytes // 8)
+        src = np.random.default_rng(1).random(n)
+        dst = np.empty_like(src)
+        threads = numba.get_num_threads()
+        kernel = _threaded_copy()
+        kernel(src[:64], dst[:64], threads)  # compile (or load) outside the clock
+        out = {"numpy": 2 * src.nbytes / _median_seconds(lambda: np.copyto(dst, src),
+                                                         repeats) / 1e9,
+               "threaded": 2 * src.nbytes / _median_seconds(lambda: kernel(src, dst, threads),
+                                                            repeats) / 1e9}
+        out["gbps"] = max(out["numpy"], out["threaded"])
+        out["threads"] = threads
+        out["bytes"] = 2 * src.nbytes
+        return out
+
+
+class GpuDevice:
+    """CUDA timing through cupy's events when cupy is there, else torch's.
+
+    Both libraries' default streams are the legacy default stream, so an event recorded by
+    either orders against the kernels of both (and numbasoftmax launches on cupy's current
+    stream): one device times numbasoftmax, cupyx and torch alike."""
+
+    kind = "gpu"
+
+    def __init__(self):
+        self.memory_cap = 4 << 30
+        if importlib.util.find_spec("cupy") is not None:
+            import cupy
+
+            self.backend = "cupy"
+            self._cp = cupy
+            props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+            name = props["name"]
+            self.name = name.decode() if isinstance(name, bytes) else str(name)
+            self.cache_bytes = int(props.get("l2CacheSize", 0)) or (64 << 20)
+        else:
+            import torch
+
+            self.backend = "torch"
+            self._torch = torch
+            self.name = torch.cuda.get_device_name()
+            props = torch.cuda.get_device_properties(torch.cuda.current_device())
+            self.cache_bytes = int(getattr(props, "L2_cache_size", 0)) or (64 << 20)
+
+    @staticmethod
+    def available():
+        from .. import registry
+
+        return any(i.available() for i in registry.implementations(device="gpu",
+                                                                   available_only=False))
+
+    def describe(self):
+        return self.name
+
+    def sync(self):
+        if self.backend == "cupy":
+            self._cp.cuda.Device().synchronize()
+        else:
+            self._torch.cuda.synchronize()
+
+    def _events(self):
+        if self.backend == "cupy":
+            return self._cp.cuda.Event(), self._cp.cuda.Event()
+        return (self._torch.cuda.Event(enable_timing=True),
+                self._torch.cuda.Event(enable_timing=True))
+
+    def _elapsed(self, start, end):
+        end.synchronize()
+        if self.backend == "cupy":
+            return self._cp.cuda.get_elapsed_time(start, end) / 1e3
+        return start.elapsed_time(end) / 1e3
+
+    def time_calls(self, fn, args, count):
+        """Device seconds per call: one untimed call keeps the GPU busy while the start
+        event and the timed calls are queued, so launch overhead is hidden when a kernel
+        outlasts it; then ``count`` back-to-back calls between two CUDA events."""
+        start, end = self._events()
+        fn(*args[-1])
+        start.record()
+        for i in range(count):
+            fn(*args[i % len(args)])
+        end.record()
+        return self._elapsed(start, end) / count
+
+    def per_call(self, fn, min_seconds=0.02, max_calls=200):
+        """Device seconds per call of ``fn()`` after a warm-up: the number of calls grows
+        until they take ``min_seconds`` (or reach ``max_calls``)."""
+        fn()
+        self.sync()
+        calls = 3
+        while True:
+            seconds = self.time_calls(fn, [()], calls)
+            if seconds * calls >= min_seconds or calls >= max_calls:
+                return seconds
+            calls = min(max_calls, max(calls * 2, int(calls * min_seconds
+                                                      / max(seconds * calls, 1e-6)) + 1))
+
+    def batch_for(self, first_seconds):
+        return int(min(50, max(1, math.ceil(2e-3 / max(first_seconds, 1e-6)))))
+
+    def host_time(self, fn, args, count):
+        """Host seconds per call of back-to-back calls, the device drained at both ends."""
+        self.sync()
+        t0 = time.perf_counter()
+        for _ in range(count):
+            fn(*args)
+        self.sync()
+        return (time.perf_counter() - t0) / count
+
+    def latency_samples(self, fn, args, count):
+        """One sample: host seconds per call over ``count`` back-to-back calls (launches
+        are asynchronous, so single calls would time only the launch)."""
+        return [self.host_time(fn, args, count)]
+
+    def copy_bandwidth(self, nbytes, repeats, dtype="float32"):
+        itemsize = np.dtype(dtype).itemsize
+        n = max(1, nbytes // itemsize)
+        if self.backend == "cupy":
+            cp = self._cp
+            src = cp.ones(n, dtype=dtype)
+            dst = cp.empty_like(src)
+
+            def fn():
+                cp.copyto(dst, src)
+        else:
+            torch = self._torch
+            src = torch.ones(n, dtype=getattr(torch, dtype), device="cuda")
+            dst = torch.empty_like(src)
+
+            def fn():
+                dst.copy_(src)
+        fn()
+        self.sync()
+        times = [self.time_calls(fn, [()], 10) for _ in range(repeats)]
+        gbps = 2 * n * itemsize / float(np.median(times)) / 1e9
+        return {"d2d": gbps, "gbps": gbps, "bytes": 2 * n * itemsize, "backend": self.backend}

@@ -1,0 +1,164 @@
+"""Input rules shared by the CPU, GPU and Dask paths, each stated once.
+
+* Array kinds: which backend an argument belongs to ("numpy", "cuda" or "dask"), decided
+  without importing cupy, torch or dask.
+* The dtype rule: float16, float32 and float64 keep their dtype (a byte-swapped float
+  becomes native), bool and integers are computed in float64, anything else is a TypeError
+  naming the parameter. Backends with more float types (the GPU's bfloat16) pass them in.
+* ndarray subclasses: a masked array is refused (its mask would be ignored); any other
+  subclass (``np.memmap``, ``np.matrix``, ...) is computed on its ndarray data and gives a
+  plain ndarray.
+* The pair rule of the gradients: both arrays have the same shape (ValueError) and dtype
+  (TypeError).
+* ``out=``: the result's dtype (TypeError) and shape (ValueError), and writeable
+  (ValueError).
+
+The checks take plain metadata (shapes, dtypes, flags) so that any backend can apply them
+to its own array types; the ``host_*`` functions apply them to numpy inputs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+FLOATS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+
+
+# ---------------------------------------------------------------------------------------
+# array kinds
+
+def array_kind(obj):
+    """'numpy' (numpy arrays and anything else numpy may convert), 'cuda' or 'dask'."""
+    if isinstance(obj, np.ndarray):
+        return "numpy"
+    t = type(obj)
+    module = t.__module__.partition(".")[0]
+    if module == "cupy" or getattr(t, "__cuda_ndarray__", False):
+        return "cuda"  # cupy; numba device arrays (the simulator's have no CAI)
+    if module == "torch":  # before the CAI probe: torch raises RuntimeError there when a
+        return "cuda" if getattr(obj, "is_cuda", False) else "numpy"  # tensor requires grad
+    if module == "dask" and hasattr(obj, "dask") and hasattr(obj, "chunks"):
+        return "dask"
+    if hasattr(obj, "__cuda_array_interface__"):
+        return "cuda"
+    return "numpy"
+
+
+def backend(arrays):
+    """The backend for a call on ``arrays``: the first argument that is not a host array
+    decides ('cuda' or 'dask'); 'numpy' when all are host arrays."""
+    for a in arrays:
+        kind = array_kind(a)
+        if kind != "numpy":
+            return kind
+    return "numpy"
+
+
+# ---------------------------------------------------------------------------------------
+# dtypes
+
+def result_dtype(dtype, name, func, extra=()):
+    """The dtype of the result for an input of ``dtype``, or a TypeError naming ``name``.
+
+    ``extra``: a backend's own float types that are not numpy dtypes (kept as they are)."""
+    if not isinstance(dtype, np.dtype):
+        if dtype in extra:
+            return dtype
+    elif dtype in FLOATS:
+        return dtype
+    elif dtype.kind == "f" and dtype.newbyteorder("=") in FLOATS:  # byte-swapped float
+        return dtype.newbyteorder("=")
+    elif dtype.kind in "biu":
+        return np.dtype(np.float64)
+    floats = ", ".join([str(f) for f in FLOATS] + [str(e) for e in extra])
+    raise TypeError(f"{func}(): {name} must have dtype {floats}, an integer or bool dtype; "
+                    f"got {dtype}")
+
+
+def reject_masked(obj, name, func):
+    """TypeError for a numpy masked array (or a dask array of them): masks are not
+    supported, and computing on the data alone would silently ignore them."""
+    if isinstance(obj, np.ndarray) and type(obj) is not np.ndarray and isinstance(
+            obj, np.ma.MaskedArray):
+        raise TypeError(f"{func}(): {name} must not be a masked array (numpy.ma."
+                        f"{type(obj).__name__}): its mask would be ignored; pass "
+                        f"{name}.filled(value) or {name}.data to compute on the data")
+
+
+# ---------------------------------------------------------------------------------------
+# pairs and out=
+
+def _dims_equal(p, q):
+    """Shapes equal; an unknown (NaN) dimension, as dask reports for unknown chunk sizes,
+    matches only another unknown one."""
+    return len(p) == len(q) and all(
+        a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a)
+                   and math.isnan(b))
+        for a, b in zip(p, q, strict=True))
+
+
+def check_pair(func, names, shapes, dtypes):
+    """A gradient's two arrays: same shape (ValueError), then same dtype (TypeError)."""
+    (p, q), (a, b) = shapes, names
+    if not _dims_equal(p, q):
+        hint = ""
+        if any(isinstance(d, float) and math.isnan(d) for d in (*p, *q)):
+            hint = " (nan: unknown chunk sizes; call .compute_chunk_sizes() first)"
+        raise ValueError(f"{func}(): {a} and {b} must have the same shape; "
+                         f"got {tuple(p)} and {tuple(q)}{hint}")
+    if dtypes[0] != dtypes[1]:
+        raise TypeError(f"{func}(): {a} and {b} must have the same dtype; "
+                        f"got {dtypes[0]} and {dtypes[1]}")
+
+
+def check_out(func, shape, dtype, out_shape, out_dtype, out_writeable):
+    """``out`` must have the result's dtype and shape and be writeable."""
+    if out_dtype != dtype:
+        raise TypeError(f"{func}(): out must have dtype {dtype} (the result's); got {out_dtype}")
+    if tuple(out_shape) != tuple(shape):
+        raise ValueError(f"{func}(): out must have shape {tuple(shape)} (the result's); "
+                         f"got {tuple(out_shape)}")
+    if not out_writeable:
+        raise ValueError(f"{func}(): out must be writeable; got a read-only array")
+
+
+# ---------------------------------------------------------------------------------------
+# numpy (host) arguments
+
+def host_array(obj, name, func):
+    """``obj`` as a numpy array of a supported dtype (a plain ndarray: subclasses are
+    viewed as their ndarray data), converted to the result dtype where needed."""
+    if type(obj) is not np.ndarray:
+        if isinstance(obj, np.ndarray):
+            reject_masked(obj, name, func)
+            obj = obj.view(np.ndarray)
+        else:
+            try:
+                obj = np.asarray(obj)
+            except (TypeError, ValueError) as err:
+                raise TypeError(f"{func}(): {name} must be array-like; got "
+                                f"{type(obj).__name__} that numpy cannot convert ({err})"
+                                ) from None
+    dtype = result_dtype(obj.dtype, name, func)
+    return obj if obj.dtype == dtype else obj.astype(dtype)
+
+
+def host_arrays(op, arrays):
+    """The arguments of ``op`` as checked numpy arrays (dtype rule, then the pair rule)."""
+    arrays = tuple(host_array(a, name, op.name) for a, name in zip(arrays, op.args,
+                                                                    strict=True))
+    if len(arrays) == 2:
+        check_pair(op.name, op.args, [a.shape for a in arrays], [a.dtype for a in arrays])
+    return arrays
+
+
+def host_out(out, shape, dtype, func):
+    """``out`` checked for a numpy result; returned as a plain ndarray view of it."""
+    if not isinstance(out, np.ndarray):
+        where = " (a GPU array; the input is on the CPU)" if array_kind(out) == "cuda" else ""
+        raise TypeError(f"{func}(): out must be a numpy.ndarray; got {type(out).__name__}{where}")
+    reject_masked(out, "out", func)
+    check_out(func, shape, dtype, out.shape, out.dtype, out.flags.writeable)
+    return out if type(out) is np.ndarray else out.view(np.ndarray)
