@@ -150,6 +150,22 @@ def run(op, args):
         _parallel(k.chunks_parallel, (*head, m, n, 1))
 
 
+def run_columns(op, args):
+    """Run ``op`` along a strided axis read in place: ``args`` are, per array (a[, b], out),
+    a flat buffer, its outer stride and its axis stride, then M outer positions, n elements
+    along the axis and C contiguous inner positions."""
+    k = _kernels or _load_kernels()
+    *arrays, m, n, c = args
+    if len(arrays) == 6:  # forward: b is a
+        arrays = arrays[:3] + arrays[:3] + arrays[3:]
+    head = (k.OPS[op], *arrays)
+    tiles = m * ((c + k.W - 1) // k.W)
+    if m * n * c < PARALLEL_MIN_ELEMENTS or not parallel_allowed():
+        k.columns(*head, 0, tiles, n, c)
+    else:
+        _parallel(k.columns_parallel, (*head, m, n, c))
+
+
 # Below this many elements numpy's own strided copy is as fast and needs no compilation.
 TILED_COPY_MIN_ELEMENTS = 1 << 16
 

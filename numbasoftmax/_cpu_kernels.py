@@ -38,8 +38,9 @@ TASK_ELEMENTS = 16384
 
 _PARALLEL = dict(OPTIONS, parallel=True)
 
-__all__ = ["OPS", "rows", "short_rows", "columns", "rows_parallel", "short_rows_parallel",
-           "columns_parallel", "chunks_parallel", "copy2d"]
+__all__ = ["OPS", "W", "rows", "short_rows", "columns", "rows_parallel", "short_rows_parallel",
+           "columns_parallel", "chunks_parallel", "segment_stats", "segment_finish",
+           "segment_write", "copy2d"]
 
 
 def _compute_empty(like, size):
@@ -142,6 +143,41 @@ def chunks_parallel(op, a, ao, an, b, bo, bn, out, oo, on, M, n, C):
         lo, hi = c * CHUNK, min(n, (c + 1) * CHUNK)
         write(op, a[i * ao + lo:i * ao + hi], b[i * bo + lo:i * bo + hi],
               out[i * oo + lo:i * oo + hi], st[i, 0, c], fin[i, 0], fin[i, 1])
+
+
+# ---------------------------------------------------------------------------------------
+# The phases one at a time, for rows whose segments live in different places (the blocks of
+# a dask array along the softmax axis). Rows: a[i*ao : i*ao + n]. Statistics per chunk of
+# CHUNK elements from each segment's start: combined in order by ``segment_finish``, they
+# give the bits of the in-memory call when every segment but the last is a whole number of
+# chunks. Forward softmax runs as ``softmax_split`` (no exps kept between the phases).
+
+@njit(**OPTIONS)
+def segment_stats(op, a, ao, b, bo, M, n, st):
+    """st[i, 0, c], st[i, 1, c] = the (max, sum) statistics of chunk c of row i."""
+    for i in range(M):
+        for c in range((n + CHUNK - 1) // CHUNK):
+            lo, hi = c * CHUNK, min(n, (c + 1) * CHUNK)
+            st[i, 0, c], st[i, 1, c] = stats(op, a[i * ao + lo:i * ao + hi],
+                                             b[i * bo + lo:i * bo + hi],
+                                             a[i * ao + lo:i * ao + hi])
+
+
+@njit(**OPTIONS)
+def segment_finish(op, st, fin):
+    """fin[i] = the (m, t) of row i from all its chunks' statistics st[i], in order."""
+    for i in range(st.shape[0]):
+        fin[i, 0], fin[i, 1] = finish(op, st[i, 0], st[i, 1])
+
+
+@njit(**OPTIONS)
+def segment_write(op, a, ao, b, bo, out, oo, M, n, st, fin):
+    """The outputs of a segment from its chunks' statistics st and its rows' fin."""
+    for i in range(M):
+        for c in range((n + CHUNK - 1) // CHUNK):
+            lo, hi = c * CHUNK, min(n, (c + 1) * CHUNK)
+            write(op, a[i * ao + lo:i * ao + hi], b[i * bo + lo:i * bo + hi],
+                  out[i * oo + lo:i * oo + hi], st[i, 0, c], fin[i, 0], fin[i, 1])
 
 
 # ---------------------------------------------------------------------------------------

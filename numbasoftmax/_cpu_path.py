@@ -1,7 +1,8 @@
 """CPU path: checked numpy arrays -> the buffers a layout plan asks for -> the CPU launcher.
 
 ``run`` follows ``_layout.plan``: rows read and written in place where the plan says
-``ROWS``; gathered into contiguous buffers (from the result pool) with the tiled 2-D copy
+``ROWS``; a strided axis read and written in place, a row per vector lane, where it says
+``COLUMNS``; gathered into contiguous buffers (from the result pool) with the tiled 2-D copy
 where it says ``GATHER``, and a staged result scattered back into ``out``. float16 data is
 handed to the kernels viewed as uint16 (numba has no float16).
 
@@ -17,7 +18,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from . import _cpu, _pool
-from ._layout import GATHER, ROWS, Meta, as_2d, plan
+from ._layout import COLUMNS, GATHER, ROWS, Meta, as_2d, plan
 
 _FAST = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -61,6 +62,9 @@ def run(op, arrays, axes, out=None):
         return result
     p = plan(x.shape, axes, [_meta(a) for a in arrays], _meta(result))
     storage = np.uint16 if x.dtype == np.float16 else x.dtype
+    if p.out.kind == COLUMNS:
+        _columns(op, [a.view(storage) for a in arrays], result.view(storage), p)
+        return result
     args = []
     for a, access in zip(arrays, p.inputs, strict=True):
         flat, stride = _rows(a.view(storage), access, p)
@@ -93,6 +97,18 @@ def _rows(a, access, p):
     dst = _pool.empty((p.m, p.n), a.dtype)
     _cpu.copy2d(t2, dst)  # a tiled kernel: numpy's copies of transposed views are slow
     return dst.reshape(-1), p.n
+
+
+def _columns(op, arrays, out, p):
+    """Every array read in place as (outer, n, inner): flat views from each array's first
+    element with its outer and axis strides (the plan checked they are non-negative)."""
+    outer = p.m // p.inner
+    args = []
+    for a, access in zip((*arrays, out), (*p.inputs, p.out), strict=True):
+        size = (outer - 1) * access.stride + (p.n - 1) * access.axis_stride + p.inner
+        flat = as_strided(a, shape=(size,), strides=(a.itemsize,), writeable=a.flags.writeable)
+        args += [flat, access.stride, access.axis_stride]
+    _cpu.run_columns(op.name, (*args, outer, p.n, p.inner))
 
 
 def _scatter(staged, out_t, p):

@@ -8,13 +8,17 @@ the kernels reach each array's rows; it allocates and copies nothing, so every b
 
 * ``ROWS``: the rows are contiguous and evenly spaced (row stride >= 0): read or written in
   place through a flat view and a row stride.
+* ``COLUMNS``: the softmax axes are not the innermost, but every array is, in place, M
+  outer positions x n elements along the (merged) softmax axes x C contiguous inner
+  positions, at non-negative strides: softmax over axis 0 of a C-ordered matrix, over the
+  channels of an NCHW batch. The kernels then run C rows side by side, one per vector lane,
+  reading along the axis at its stride. Chosen when the rows cannot all be read in place
+  and C >= COLUMNS_MIN_INNER (with fewer columns most lanes would idle: gathering is
+  faster). A plan is all-COLUMNS or has none.
 * ``GATHER``: any other layout. An input is first copied into a contiguous buffer in
   logical order; an output is computed into such a buffer and then copied ("scattered")
   into place. An input that partially overlaps ``out`` is gathered too, so it is read
   before the kernel writes.
-
-Access kinds are strings, so a new one (for example reducing along a strided axis in
-place) is one more constant, one more branch here and one more in each backend.
 """
 
 from __future__ import annotations
@@ -27,7 +31,10 @@ import numpy as np
 from numpy.lib.array_utils import normalize_axis_tuple
 
 ROWS = "rows"
+COLUMNS = "columns"
 GATHER = "gather"
+
+COLUMNS_MIN_INNER = 8
 
 
 def normalize_axes(axis, ndim):
@@ -78,8 +85,10 @@ class Meta(NamedTuple):
 class Access(NamedTuple):
     """How the kernels reach one array's rows."""
 
-    kind: str  # ROWS or GATHER
-    stride: int = 0  # ROWS: elements from the start of one row to the next
+    kind: str  # ROWS, COLUMNS or GATHER
+    stride: int = 0  # ROWS: elements from one row to the next; COLUMNS: from one outer
+    # position to the next
+    axis_stride: int = 1  # COLUMNS: elements from one element of a row to the next
 
 
 class Plan(NamedTuple):
@@ -88,6 +97,7 @@ class Plan(NamedTuple):
     perm: tuple  # axis order of the rows: the other axes, then the softmax axes
     inputs: tuple  # an Access per input
     out: Access
+    inner: int = 1  # COLUMNS: C, the contiguous inner positions (m // C outer positions)
 
 
 def row_stride(shape, strides, itemsize, perm, naxes):
@@ -154,7 +164,58 @@ def plan(shape, axes, inputs, out):
         out_access = Access(GATHER)
     else:
         out_access = Access(ROWS, rs)
+    if out_access.kind == GATHER or any(a.kind == GATHER for a in accesses):
+        columns = _columns(shape, axes, perm, inputs, out)
+        if columns is not None:
+            inner, column_accesses = columns
+            return Plan(m, n, perm, column_accesses[:-1], column_accesses[-1], inner)
     return Plan(m, n, perm, tuple(accesses), out_access)
+
+
+def _merged_stride(shape, meta, axes):
+    """Byte stride of ``axes`` (in this order) merged into one, or None when they do not
+    merge; 0 when they hold one element."""
+    step = None
+    for a in reversed(axes):
+        if shape[a] == 1:
+            continue
+        if step is None:
+            step = meta.strides[a]
+            stride = step
+        elif meta.strides[a] != step:
+            return None
+        step *= shape[a]
+    return 0 if step is None else stride
+
+
+def _columns(shape, axes, perm, inputs, out):
+    """(C, an Access per array, out last) of the COLUMNS plan, or None. The other axes, in
+    ``perm`` order, split into outer ones and inner ones (the innermost, C of them in all);
+    the largest C that every array allows wins."""
+    others = [a for a in perm[:len(perm) - len(axes)] if shape[a] != 1]
+    n = math.prod(shape[a] for a in axes)
+    if any(meta.cast or _partial_overlap(shape, meta, out) for meta in inputs):
+        return None
+    for j in range(len(others), 0, -1):
+        outer_axes, inner_axes = others[:-j], others[-j:]
+        inner = math.prod(shape[a] for a in inner_axes)
+        if inner < COLUMNS_MIN_INNER:
+            return None
+        outer = math.prod(shape[a] for a in outer_axes)
+        accesses = []
+        for meta in (*inputs, out):
+            item = meta.itemsize
+            strides = [_merged_stride(shape, meta, group)
+                       for group in (inner_axes, axes, outer_axes)]
+            if strides[0] != item or any(s is None or s < 0 or s % item for s in strides):
+                break
+            accesses.append(Access(COLUMNS, strides[2] // item, strides[1] // item))
+        else:
+            o = accesses[-1]  # out: its elements must not overlap one another
+            if (n == 1 or o.axis_stride >= inner) and (
+                    outer == 1 or o.stride >= (n - 1) * o.axis_stride + inner):
+                return inner, tuple(accesses)
+    return None
 
 
 def as_2d(a, m, n):

@@ -70,7 +70,12 @@ SOFTMAX = Marker("softmax")
 LOG_SOFTMAX = Marker("log_softmax")
 SOFTMAX_BACKWARD = Marker("softmax_backward")
 LOG_SOFTMAX_BACKWARD = Marker("log_softmax_backward")
-OPS = {m.key: m for m in (SOFTMAX, LOG_SOFTMAX, SOFTMAX_BACKWARD, LOG_SOFTMAX_BACKWARD)}
+# softmax in separate passes (a row's segments in different tasks or processes): the stats
+# phase keeps no exps, the write phase computes them again (the same expression: the same
+# bits as SOFTMAX)
+SOFTMAX_SPLIT = Marker("softmax_split")
+OPS = {m.key: m for m in (SOFTMAX, LOG_SOFTMAX, SOFTMAX_BACKWARD, LOG_SOFTMAX_BACKWARD,
+                          SOFTMAX_SPLIT)}
 
 
 # ---------------------------------------------------------------------------------------
@@ -230,7 +235,8 @@ def _softmax_write(op, a, b, out, cmax, m, t):
         scale = 1.0 if cmax == m else vexp_nonpos(cmax - m)
         factor = to_compute(scale / t, a)
         shift = to_compute(cmax if cmax != NEG_INF else 0.0, a)  # as ``_exp_stats``
-        seg_map(_softmax_lanes, out, a, exact_store(out), (shift, factor))
+        es = pick(op, SOFTMAX, exact_store(out), None)
+        seg_map(_softmax_lanes, out, a, es, (shift, factor))
 
 
 def _log_softmax_write(op, a, b, out, cmax, m, t):
@@ -261,12 +267,14 @@ def _grad_write(op, a, b, out, cmax, m, t):
     seg_map(lanes, out, a, b, to_compute(t, a))
 
 
-dispatch(stats, {"softmax": _exp_stats, "log_softmax": _exp_stats,
+dispatch(stats, {"softmax": _exp_stats, "log_softmax": _exp_stats, "softmax_split": _exp_stats,
                  "softmax_backward": _softmax_grad_stats,
                  "log_softmax_backward": _log_softmax_grad_stats})
 dispatch(finish, {"softmax": _max_and_total, "log_softmax": _max_and_total,
+                  "softmax_split": _max_and_total,
                   "softmax_backward": _sum_finish, "log_softmax_backward": _sum_finish})
 dispatch(write, {"softmax": _softmax_write, "log_softmax": _log_softmax_write,
+                 "softmax_split": _softmax_write,
                  "softmax_backward": _grad_write, "log_softmax_backward": _grad_write})
 
 
