@@ -159,9 +159,8 @@ def run_columns(op, args):
     if len(arrays) == 6:  # forward: b is a
         arrays = arrays[:3] + arrays[:3] + arrays[3:]
     head = (k.OPS[op], *arrays)
-    tiles = m * ((c + k.W - 1) // k.W)
     if m * n * c < PARALLEL_MIN_ELEMENTS or not parallel_allowed():
-        k.columns(*head, 0, tiles, n, c)
+        k.columns(*head, 0, k.column_tasks(m, c), n, c)
     else:
         _parallel(k.columns_parallel, (*head, m, n, c))
 

@@ -1,21 +1,27 @@
-"""The lane kernel: W rows side by side, one row per lane, with the row kernel's arithmetic.
+"""The lane kernel: rows side by side, one row per vector lane, with the row kernel's
+arithmetic.
 
-A lane tuple ``(arr, base, step, k)`` holds element j of row r (r < k <= W, or all W rows
-when k is the marker ``_simd.ALL``) at ``arr[base + j*step + r]``: a vector load reads
-element j of all W rows. It serves rows of a strided axis read in place (softmax over axis 0
-of a C-ordered array: ``step`` is the row pitch) and short rows gathered into a tile
-(``step`` = W).
+A lane tuple ``(arr, base, step, k)`` and a tile count ``nt`` describe a band of nt * W
+rows: element j of row r of tile t is ``arr[base + t*W + j*step + r]`` (r < k <= W, or all
+W rows when k is the marker ``_simd.ALL``; a band with a partial tile has nt = 1). A vector
+load reads element j of the W rows of a tile. Bands serve rows of a strided axis read in
+place (softmax over axis 0 of a C-ordered matrix: ``step`` is the row pitch, and a band
+spans nt * W neighbouring columns, so each visit to a memory row reads nt * W contiguous
+elements) and short rows gathered into a tile (``step`` = W, nt = 1).
 
-The row kernel's lane l of a block becomes the vector ``T[l]`` of a W x W scratch tile (a
-lane per row): element j of a block is added to ``T[j mod W]``, in order, starting from
-+0; the block sum is the same halving tree over T[0..W-1] (``_tree``), widened to float64
-per lane. Per-row statistics are vectors; the phases and formulas are ``_row_kernel``'s,
-lane by lane, so the results are bitwise the row kernel's (tests hold them to it).
+The row kernel's lane l of a block becomes, per tile, the vector ``T[l]`` of a W x W
+scratch tile: element j of a block is added to ``T[j mod W]``, in order, starting from +0;
+the block sum is the same halving tree over T[0..W-1] (``_tree``), widened to float64 per
+lane. The phases and formulas are ``_row_kernel``'s, lane by lane, so the results are
+bitwise the row kernel's (tests hold them to it).
+
+Scratch, per band: ``S`` (float64) holds per tile the chunks' maxima and sums and the
+rows' (m, t) as vectors; ``T`` (compute type, nt * W * W) the block lanes; ``V`` (compute
+type, 2 * nt * W) per-tile vectors of the current phase.
 """
 
 from __future__ import annotations
 
-import numpy as np
 from numba import njit
 
 from ._markers import dispatch, invoke, kernel_fn, pick, same
@@ -53,164 +59,195 @@ from ._simd import (
 
 
 @njit(**INTERNAL)
-def _tree(T, nvalid):
-    """The halving tree over the W vectors T[0..W-1]: T[i] + T[i+8], then + T[i+4], ...
-    Vectors from ``nvalid`` on hold +0 and are skipped (the same bits)."""
+def _tree(T, at, nvalid):
+    """The halving tree over the W vectors T[at + i*W], i < W: T[i] + T[i+8], then
+    + T[i+4], ... Vectors from ``nvalid`` on hold +0 and are skipped (the same bits)."""
     h = W // 2
     while h >= 1:
         for i in range(min(h, max(nvalid - h, 0))):
-            vstore(T, i * W, W, vadd(vload(T, i * W, W, 0.0), vload(T, (i + h) * W, W, 0.0)))
+            lo, hi = at + i * W, at + (i + h) * W
+            vstore(T, lo, W, vadd(vload(T, lo, W, 0.0), vload(T, hi, W, 0.0)))
         nvalid = min(nvalid, h)
         h //= 2
-    return vload(T, 0, W, 0.0)
+    return vload(T, at, W, 0.0)
 
 
 @njit(**INTERNAL)
-def _tile_sum(lanes, a, b, c, lo, hi, T):
-    """Per row, the package's sum of ``invoke(lanes, a, b, c, j, 0)`` over the elements
-    lo .. hi-1 of one chunk, in float64."""
-    total = vsplat(0.0, np.float64(0.0))
+def _band_sum(lanes, a, b, c, nt, lo, hi, T, S, s0):
+    """S[s0 + t*W] = per row of tile t, the package's sum (float64) of
+    ``invoke(lanes, a, b, c, j, t)`` over the elements lo .. hi-1 of one chunk."""
+    for t in range(nt):
+        vstore(S, s0 + t * W, W, vsplat(0.0, S))
+    zero = vsplat(0.0, T)
     for blo in range(lo, hi, BLOCK):
         bhi = min(blo + BLOCK, hi)
-        zero = vsplat(0.0, T)
-        for t in range(W):
-            vstore(T, t * W, W, zero)
+        for v in range(nt * W):
+            vstore(T, v * W, W, zero)
         for j in range(blo, bhi):
-            at = (j - blo) % W * W
-            vstore(T, at, W, vadd(vload(T, at, W, 0.0), invoke(lanes, a, b, c, j, 0)))
-        total = vadd(total, vwiden(_tree(T, bhi - blo)))
-    return total
+            lane = (j - blo) % W
+            for t in range(nt):
+                at = (t * W + lane) * W
+                vstore(T, at, W, vadd(vload(T, at, W, 0.0), invoke(lanes, a, b, c, j, t)))
+        for t in range(nt):
+            s = s0 + t * W
+            vstore(S, s, W, vadd(vload(S, s, W, 0.0), vwiden(_tree(T, t * W * W, bhi - blo))))
 
 
 @njit(**INTERNAL)
-def _tile_max(a, lo, hi):
+def _band_max(a, nt, lo, hi, V):
+    """V[t*W] = per row of tile t, the maximum of the elements lo .. hi-1."""
     arr, base, step, k = a
-    acc = vsplat(NEG_INF, arr)
+    for t in range(nt):
+        vstore(V, t * W, W, vsplat(NEG_INF, V))
     for j in range(lo, hi):
-        acc = vmax(acc, vload(arr, base + j * step, k, NEG_INF))
-    return acc
+        at = base + j * step
+        for t in range(nt):
+            vstore(V, t * W, W, vmax(vload(V, t * W, W, 0.0), vload(arr, at + t * W, k, NEG_INF)))
 
 
-# kernel functions: (marker, a, b, c, i, unused) -> the vector of element i of the rows
-# (lane tuples a and b; the number of rows comes with the tuples)
+# kernel functions: (marker, a, b, c, j, t) -> the vector of element j of tile t's rows
 
 @kernel_fn
 def _exp_lanes(f, a, b, c, i, k):
-    """exp(x - shift) for x in lane tuple ``a``, shift = c; kept in lane tuple ``b``
-    unless it is None."""
+    """exp(x - shift) for x in lane tuple ``a``, the shift of tile k in c[k*W]; kept in
+    lane tuple ``b`` unless it is None."""
     arr, base, step, rows = a
-    e = vexp_nonpos(vsub(vload(arr, base + i * step, rows, NEG_INF), c))
+    e = vexp_nonpos(vsub(vload(arr, base + i * step + k * W, rows, NEG_INF),
+                         vload(c, k * W, W, 0.0)))
     if b is not None:
-        vstore(b[0], b[1] + i * b[2], rows, e)
+        vstore(b[0], b[1] + i * b[2] + k * W, rows, e)
     return e
 
 
 @kernel_fn
 def _product_lanes(f, a, b, c, i, k):
-    return vmul(vload(a[0], a[1] + i * a[2], a[3], 0.0), vload(b[0], b[1] + i * b[2], b[3], 0.0))
+    return vmul(vload(a[0], a[1] + i * a[2] + k * W, a[3], 0.0),
+                vload(b[0], b[1] + i * b[2] + k * W, b[3], 0.0))
 
 
 @kernel_fn
 def _value_lanes(f, a, b, c, i, k):
-    return vload(a[0], a[1] + i * a[2], a[3], 0.0)
+    return vload(a[0], a[1] + i * a[2] + k * W, a[3], 0.0)
 
 
 # ---------------------------------------------------------------------------------------
-# phases, as the row kernel's. ``st`` holds the chunks' statistics, a vector per chunk:
-# maxima at st[c*W], sums at st[(nc + c)*W].
+# phases, as the row kernel's, for a band. S layout (vectors of W float64): chunk c's
+# maxima of tile t at (c*nt + t)*W, its sums at ((nc + c)*nt + t)*W, the rows' m at
+# (2*nc*nt + t)*W and t at ((2*nc + 1)*nt + t)*W.
 
-def stats(op, a, b, out, lo, hi, T):
-    """One chunk: (max, sum) vectors."""
-
-
-def finish(op, st, nc):
-    """(m, t) vectors from the chunks' statistics."""
+def stats(op, a, b, out, nt, lo, hi, T, V, S, smax, ssum):
+    """One chunk: maxima at S[smax + t*W], sums at S[ssum + t*W]."""
 
 
-def write(op, a, b, out, lo, hi, cmax, m, t):
+def finish(op, S, nt, nc):
+    """The rows' (m, t) from the chunks' statistics."""
+
+
+def write(op, a, b, out, nt, lo, hi, S, c, nc, V):
     """One chunk: the outputs."""
 
 
-def _exp_stats(op, a, b, out, lo, hi, T):
-    cm = _tile_max(a, lo, hi)
-    shift = vselect(veq(cm, NEG_INF), 0.0, cm)  # a chunk of -inf: e = exp(-inf) = 0
+def _exp_stats(op, a, b, out, nt, lo, hi, T, V, S, smax, ssum):
+    _band_max(a, nt, lo, hi, V)
+    for t in range(nt):
+        cm = vload(V, t * W, W, 0.0)
+        vstore(S, smax + t * W, W, vwiden(cm))
+        vstore(V, t * W, W, vselect(veq(cm, NEG_INF), 0.0, cm))  # -inf chunk: e = 0
     es = pick(op, SOFTMAX, exact_store(out), None)
-    return vwiden(cm), _tile_sum(_exp_lanes, a, es, shift, lo, hi, T)
+    _band_sum(_exp_lanes, a, es, V, nt, lo, hi, T, S, ssum)
 
 
-def _softmax_grad_stats(op, a, b, out, lo, hi, T):
-    return vsplat(0.0, np.float64(0.0)), _tile_sum(_product_lanes, a, b, None, lo, hi, T)
+def _softmax_grad_stats(op, a, b, out, nt, lo, hi, T, V, S, smax, ssum):
+    _band_sum(_product_lanes, a, b, None, nt, lo, hi, T, S, ssum)
 
 
-def _log_softmax_grad_stats(op, a, b, out, lo, hi, T):
-    return vsplat(0.0, np.float64(0.0)), _tile_sum(_value_lanes, b, None, None, lo, hi, T)
+def _log_softmax_grad_stats(op, a, b, out, nt, lo, hi, T, V, S, smax, ssum):
+    _band_sum(_value_lanes, b, None, None, nt, lo, hi, T, S, ssum)
 
 
-def _max_and_total(op, st, nc):
-    m = vload(st, 0, W, 0.0)
-    for c in range(1, nc):
-        m = vmax(m, vload(st, c * W, W, 0.0))
-    if nc == 1:
-        total = vload(st, nc * W, W, 0.0)
-    else:
-        total = vsplat(0.0, st)
+def _max_and_total(op, S, nt, nc):
+    for t in range(nt):
+        m = vload(S, t * W, W, 0.0)
+        for c in range(1, nc):
+            m = vmax(m, vload(S, (c * nt + t) * W, W, 0.0))
+        if nc == 1:
+            total = vload(S, (nt + t) * W, W, 0.0)
+        else:
+            total = vsplat(0.0, S)
+            for c in range(nc):
+                term = vmul(vload(S, ((nc + c) * nt + t) * W, W, 0.0),
+                            vexp_nonpos(vsub(vload(S, (c * nt + t) * W, W, 0.0), m)))
+                total = vadd(total, term)
+        if same(op, LOG_SOFTMAX):
+            total = vlog(total)
+        vstore(S, (2 * nc * nt + t) * W, W, m)
+        vstore(S, ((2 * nc + 1) * nt + t) * W, W, total)
+
+
+def _sum_finish(op, S, nt, nc):
+    for t in range(nt):
+        total = vsplat(0.0, S)
         for c in range(nc):
-            term = vmul(vload(st, (nc + c) * W, W, 0.0),
-                        vexp_nonpos(vsub(vload(st, c * W, W, 0.0), m)))
-            total = vadd(total, term)
-    if same(op, LOG_SOFTMAX):
-        return m, vlog(total)
-    return m, total
+            total = vadd(total, vload(S, ((nc + c) * nt + t) * W, W, 0.0))
+        vstore(S, ((2 * nc + 1) * nt + t) * W, W, total)
 
 
-def _sum_finish(op, st, nc):
-    total = vsplat(0.0, st)
-    for c in range(nc):
-        total = vadd(total, vload(st, (nc + c) * W, W, 0.0))
-    return total, total
-
-
-def _softmax_write(op, a, b, out, lo, hi, cmax, m, t):
+def _softmax_write(op, a, b, out, nt, lo, hi, S, c, nc, V):
     arr, base, step, k = a
     oarr, obase, ostep, _ = out
-    # as the row kernel: 1 where the chunk holds the row's max (exp(0) is exactly 1)
-    at_max = veq(cmax, m)
-    if vall(at_max):
-        factor = vnarrow(vdiv(1.0, t), arr)
-    else:
-        factor = vnarrow(vdiv(vselect(at_max, 1.0, vexp_nonpos(vsub(cmax, m))), t), arr)
-    ok = visfinite(m)
-    shift = vnarrow(vselect(veq(cmax, NEG_INF), 0.0, cmax), arr)
+    for t in range(nt):
+        cmax = vload(S, (c * nt + t) * W, W, 0.0)
+        m = vload(S, (2 * nc * nt + t) * W, W, 0.0)
+        total = vload(S, ((2 * nc + 1) * nt + t) * W, W, 0.0)
+        # as the row kernel: 1 where the chunk holds the row's max (exp(0) is exactly 1)
+        at_max = veq(cmax, m)
+        if vall(at_max):
+            factor = vdiv(1.0, total)
+        else:
+            factor = vdiv(vselect(at_max, 1.0, vexp_nonpos(vsub(cmax, m))), total)
+        vstore(V, t * W, W, vnarrow(vselect(veq(cmax, NEG_INF), 0.0, cmax), arr))
+        vstore(V, (nt + t) * W, W, vnarrow(factor, arr))
     kept = exact_store(oarr) is not None
     for j in range(lo, hi):
-        if kept:
-            e = vload(oarr, obase + j * ostep, k, 0.0)
-        else:
-            e = vexp_nonpos(vsub(vload(arr, base + j * step, k, NEG_INF), shift))
-        vstore(oarr, obase + j * ostep, k, vselect(ok, vmul(e, factor), NAN))
+        for t in range(nt):
+            if kept:
+                e = vload(oarr, obase + j * ostep + t * W, k, 0.0)
+            else:
+                x = vload(arr, base + j * step + t * W, k, NEG_INF)
+                e = vexp_nonpos(vsub(x, vload(V, t * W, W, 0.0)))
+            ok = visfinite(vload(S, (2 * nc * nt + t) * W, W, 0.0))
+            value = vselect(ok, vmul(e, vload(V, (nt + t) * W, W, 0.0)), NAN)
+            vstore(oarr, obase + j * ostep + t * W, k, value)
 
 
-def _log_softmax_write(op, a, b, out, lo, hi, cmax, m, t):
+def _log_softmax_write(op, a, b, out, nt, lo, hi, S, c, nc, V):
     arr, base, step, k = a
     oarr, obase, ostep, _ = out
-    ok = visfinite(m)
-    mc, lse = vnarrow(m, arr), vnarrow(t, arr)
+    for t in range(nt):
+        vstore(V, t * W, W, vnarrow(vload(S, (2 * nc * nt + t) * W, W, 0.0), arr))
+        vstore(V, (nt + t) * W, W, vnarrow(vload(S, ((2 * nc + 1) * nt + t) * W, W, 0.0), arr))
     for j in range(lo, hi):
-        v = vsub(vsub(vload(arr, base + j * step, k, 0.0), mc), lse)
-        vstore(oarr, obase + j * ostep, k, vselect(ok, v, NAN))
+        for t in range(nt):
+            x = vload(arr, base + j * step + t * W, k, 0.0)
+            v = vsub(vsub(x, vload(V, t * W, W, 0.0)), vload(V, (nt + t) * W, W, 0.0))
+            ok = visfinite(vload(S, (2 * nc * nt + t) * W, W, 0.0))
+            vstore(oarr, obase + j * ostep + t * W, k, vselect(ok, v, NAN))
 
 
-def _grad_write(op, a, b, out, lo, hi, cmax, m, t):
+def _grad_write(op, a, b, out, nt, lo, hi, S, c, nc, V):
     oarr, obase, ostep, k = out
-    s = vnarrow(t, a[0])
+    for t in range(nt):
+        vstore(V, t * W, W, vnarrow(vload(S, ((2 * nc + 1) * nt + t) * W, W, 0.0), a[0]))
     for j in range(lo, hi):
-        u = vload(a[0], a[1] + j * a[2], k, 0.0)
-        v = vload(b[0], b[1] + j * b[2], k, 0.0)
-        if same(op, SOFTMAX_BACKWARD):
-            g = vmul(u, vsub(v, s))
-        else:
-            g = vsub(v, vmul(vexp(u), s))
-        vstore(oarr, obase + j * ostep, k, g)
+        for t in range(nt):
+            u = vload(a[0], a[1] + j * a[2] + t * W, k, 0.0)
+            v = vload(b[0], b[1] + j * b[2] + t * W, k, 0.0)
+            s = vload(V, t * W, W, 0.0)
+            if same(op, SOFTMAX_BACKWARD):
+                g = vmul(u, vsub(v, s))
+            else:
+                g = vsub(v, vmul(vexp(u), s))
+            vstore(oarr, obase + j * ostep + t * W, k, g)
 
 
 dispatch(stats, {"softmax": _exp_stats, "log_softmax": _exp_stats,
@@ -223,16 +260,15 @@ dispatch(write, {"softmax": _softmax_write, "log_softmax": _log_softmax_write,
 
 
 @njit(**INTERNAL)
-def tile(op, a, b, out, n, st, T):
-    """W rows of n elements (lane tuples ``a``, ``b``, ``out``). ``st``: float64 scratch of
-    2 * (number of chunks) * W; ``T``: compute-type scratch of W * W."""
-    nc = max(1, (n + CHUNK - 1) // CHUNK)
+def band(op, a, b, out, nt, n, S, T, V):
+    """nt * W rows of n elements (lane tuples ``a``, ``b``, ``out``). Scratch: ``S``
+    float64 of (2 * chunks + 2) * nt * W, ``T`` of nt * W * W and ``V`` of 2 * nt * W in
+    the compute type."""
+    nc = (n + CHUNK - 1) // CHUNK
     for c in range(nc):
         lo, hi = c * CHUNK, min(n, (c + 1) * CHUNK)
-        cm, s = stats(op, a, b, out, lo, hi, T)
-        vstore(st, c * W, W, cm)
-        vstore(st, (nc + c) * W, W, s)
-    m, t = finish(op, st, nc)
+        stats(op, a, b, out, nt, lo, hi, T, V, S, c * nt * W, (nc + c) * nt * W)
+    finish(op, S, nt, nc)
     for c in range(nc):
         lo, hi = c * CHUNK, min(n, (c + 1) * CHUNK)
-        write(op, a, b, out, lo, hi, vload(st, c * W, W, 0.0), m, t)
+        write(op, a, b, out, nt, lo, hi, S, c, nc, V)

@@ -18,7 +18,7 @@ from _helpers import FLOAT_DTYPES, OPS, assert_bitwise_equal, inputs_for
 from numbasoftmax import _cpu_kernels as K
 
 SHAPES = [(5, 1), (33, 3), (17, 15), (20, 16), (18, 17), (9, 100), (4, 1024), (3, 1025),
-          (2, 8192), (2, 8193), (2, 20000)]
+          (2, 8192), (2, 8193), (2, 20000), (300, 7), (131, 12)]
 
 
 @pytest.fixture
@@ -50,8 +50,7 @@ def _columns(driver, op, inputs, parallel):
     flat = [_storage(x).reshape(-1) for x in t]
     b = flat[1] if len(flat) == 2 else flat[0]
     head = (K.OPS[op], flat[0], 0, m, b, 0, m, _storage(out).reshape(-1), 0, m)
-    tiles = (m + K.W - 1) // K.W
-    driver(*head, 1, n, m) if parallel else driver(*head, 0, tiles, n, m)
+    driver(*head, 1, n, m) if parallel else driver(*head, 0, K.column_tasks(1, m), n, m)
     return out.T
 
 

@@ -1,7 +1,8 @@
-"""Command line: ``python -m numbasoftmax bench [options]``.
+"""Command line: ``python -m numbasoftmax bench [options]`` and ``... warmup``.
 
-Runs the benchmark sweep on the available devices, prints a Markdown report and writes
-report.md, results.json and bench.png into ``--out`` (default ./numbasoftmax-bench/).
+``bench`` runs the benchmark sweep on the available devices, prints a Markdown report and
+writes report.md, results.json and bench.png into ``--out`` (default ./numbasoftmax-bench/).
+``warmup`` compiles every CPU kernel into numba's disk cache (see ``numbasoftmax._warmup``).
 """
 
 from __future__ import annotations
@@ -67,6 +68,13 @@ def _parser():
                        help="output folder (default ./numbasoftmax-bench/)")
     bench.add_argument("--no-plot", action="store_true", help="do not write bench.png")
     bench.add_argument("--no-progress", action="store_true", help="no progress bar")
+    warm = sub.add_parser(
+        "warmup", help="compile every CPU kernel into numba's disk cache",
+        description="Compile (or load) every CPU kernel, for every operation, dtype and "
+                    "driver, into numba's disk cache, so that later processes start without "
+                    "compiling: for container images and CI jobs. Honours NUMBA_CACHE_DIR "
+                    "and NUMBASOFTMAX_CACHE.")
+    warm.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
@@ -154,5 +162,12 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.command == "bench":
         return bench(args)
+    if args.command == "warmup":
+        from .._warmup import warmup
+
+        count, seconds = warmup(progress=not args.no_progress)
+        print(f"numbasoftmax: {count} kernel calls compiled or loaded in {seconds:.1f} s.",
+              file=sys.stderr)
+        return 0
     parser.print_help()
     return 0

@@ -1,0 +1,69 @@
+"""``python -m numbasoftmax warmup``: compile every CPU kernel into numba's disk cache.
+
+A kernel compiles at its first call (seconds); with the cache, later processes load it in
+milliseconds. Warming up once, e.g. when building a container image or at the start of a CI
+job, moves all of that out of the first real call. It calls the public functions on small
+arrays whose shapes reach every driver (short rows, rows, long rows in chunks, a strided
+axis in place, gathered layouts; serial and parallel) for every operation and dtype, so it
+compiles exactly what those calls use.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from ._ops import OPS
+
+DTYPES = (np.float32, np.float64, np.float16)
+
+# (shape, axis, layout): one per driver; sizes above the launcher's parallel threshold
+# where the driver is a parallel one
+SHAPES = (
+    ((4, 3), -1, "C"),  # short rows, serial
+    ((16384, 3), -1, "C"),  # short rows, parallel
+    ((8, 128), -1, "C"),  # rows, serial
+    ((1024, 128), -1, "C"),  # rows, parallel
+    ((2, 40000), -1, "C"),  # few long rows, in chunks
+    ((64, 16), 0, "C"),  # a strided axis in place, serial
+    ((4096, 16), 0, "C"),  # a strided axis in place, parallel
+    ((512, 130), -1, "stepped"),  # gathered rows (tiled copy)
+)
+
+
+def cases():
+    """(operation, dtype, shape, axis, layout) for every kernel the CPU path compiles."""
+    return [(op, dtype, shape, axis, layout) for op in OPS for dtype in DTYPES
+            for shape, axis, layout in SHAPES]
+
+
+def _call(op, dtype, shape, axis, layout):
+    import numbasoftmax
+
+    x = np.full(shape, 0.5, dtype)
+    if layout == "stepped":
+        x = np.repeat(x, 2, axis=-1)[..., ::2]
+    arrays = (x, x) if OPS[op].backward else (x,)
+    getattr(numbasoftmax, op)(*arrays, axis=axis)
+
+
+def warmup(progress=True):
+    """Compile (or load) every CPU kernel; returns (number of calls, seconds)."""
+    todo = cases()
+    bar = None
+    if progress:
+        try:
+            from tqdm import tqdm
+        except ImportError:  # the bench extra is not installed: no bar
+            pass
+        else:
+            bar = tqdm(total=len(todo), desc="numbasoftmax warmup", unit="kernel")
+    t0 = time.perf_counter()
+    for case in todo:
+        _call(*case)
+        if bar is not None:
+            bar.update()
+    if bar is not None:
+        bar.close()
+    return len(todo), time.perf_counter() - t0
