@@ -130,24 +130,37 @@ def _parallel(kernel, args):
         numba.set_parallel_chunksize(previous)
 
 
+_routes = {}  # op name -> (marker, shortest row the row kernel runs), at the first call
+
+
+def _route(op):
+    k = _kernels or _load_kernels()
+    route = _routes[op] = (k.OPS[op], SHORT_ROW_MAX["backward" if "backward" in op
+                                                    else "forward"])
+    return route
+
+
 def run(op, args):
     """Run operation ``op`` on M rows of n contiguous elements. ``args``: flat buffers and
     row strides (``a, sa[, b, sb], out, so``), then M and n."""
-    k = _kernels or _load_kernels()
-    *arrays, m, n = args
-    a, sa = arrays[0], arrays[1]
-    b, sb = (arrays[2], arrays[3]) if len(arrays) == 6 else (a, sa)
-    out, so = arrays[-2], arrays[-1]
-    short = n < SHORT_ROW_MAX["backward" if op.endswith("backward") else "forward"]
-    head = (k.OPS[op], a, sa, 1, b, sb, 1, out, so, 1)
-    if m * n < PARALLEL_MIN_ELEMENTS or not parallel_allowed():
-        (k.short_rows if short else k.rows)(*head, 0, m, n, 1)
-    elif short:
-        _parallel(k.short_rows_parallel, (*head, m, n, 1))
-    elif n <= ROW_TASK_MAX or m >= ROW_TASK_MIN_ROWS:
-        _parallel(k.rows_parallel, (*head, m, n, 1))
+    marker, short_max = _routes.get(op) or _route(op)
+    k = _kernels
+    if len(args) == 6:
+        a, sa, out, so, m, n = args
+        b, sb = a, sa
     else:
-        _parallel(k.chunks_parallel, (*head, m, n, 1))
+        a, sa, b, sb, out, so, m, n = args
+    if m * n < PARALLEL_MIN_ELEMENTS or not parallel_allowed():
+        driver = k.short_rows if n < short_max else k.rows
+        driver(marker, a, sa, 1, b, sb, 1, out, so, 1, 0, m, n, 1)
+        return
+    if n < short_max:
+        driver = k.short_rows_parallel
+    elif n <= ROW_TASK_MAX or m >= ROW_TASK_MIN_ROWS:
+        driver = k.rows_parallel
+    else:
+        driver = k.chunks_parallel
+    _parallel(driver, (marker, a, sa, 1, b, sb, 1, out, so, 1, m, n, 1))
 
 
 def run_columns(op, args):

@@ -41,8 +41,8 @@ def _parser():
                             "forward and backward (GPU); --quick: float32 only")
     bench.add_argument("--sizes", default=None,
                        help="comma list of row lengths N, e.g. 32,128,1k,2^18 (default: "
-                            "CPU 32, 128, 1024, 4096, 16384, 262144; GPU 32, 128, 512, 1000, "
-                            "1024, 2048, 4096, 8192, 12288, 16384, 32768, 65536, 262144; "
+                            "CPU 3, 10, 32, 128, 1024, 4096, 16384, 262144; GPU 32, 128, 512, "
+                            "1000, 1024, 2048, 4096, 8192, 12288, 16384, 32768, 65536, 262144; "
                             "--quick: 128, 4096, 65536)")
     bench.add_argument("--elements", default=None,
                        help="M·N per array, e.g. 2^24 (default CPU 2^24, GPU 2^26; --quick: "
@@ -68,6 +68,10 @@ def _parser():
                        help="output folder (default ./numbasoftmax-bench/)")
     bench.add_argument("--no-plot", action="store_true", help="do not write bench.png")
     bench.add_argument("--no-progress", action="store_true", help="no progress bar")
+    bench.add_argument("--no-startup", action="store_true",
+                       help="leave out the start-up measurement (full runs time, per op, a "
+                            "fresh process's import and first calls with an empty numba "
+                            "cache and with a warm one)")
     warm = sub.add_parser(
         "warmup", help="compile every CPU kernel into numba's disk cache",
         description="Compile (or load) every CPU kernel, for every operation, dtype and "
@@ -127,6 +131,7 @@ def config_from_args(args):
         plot=not args.no_plot,
         device_required=args.device == "gpu",
         threads=args.threads,
+        startup=not args.no_startup,
     )
 
 

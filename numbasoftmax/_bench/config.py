@@ -29,7 +29,8 @@ POOL_BYTES = 1 << 30  # the result pool's limit in "pool" cells
 # Default sweeps: M·N elements per array and the row lengths N. GPU rows cover each kernel
 # strategy's range and the sizes around its thresholds.
 CPU_ELEMENTS = 1 << 24
-CPU_SIZES = (32, 128, 1024, 4096, 16384, 262144)
+# 3 and 10: a few classes per sample, the commonest short rows
+CPU_SIZES = (3, 10, 32, 128, 1024, 4096, 16384, 262144)
 GPU_ELEMENTS = 1 << 26
 GPU_SIZES = (32, 128, 512, 1000, 1024, 2048, 4096, 8192, 12288, 16384, 32768, 65536, 262144)
 QUICK_CPU_ELEMENTS = 1 << 22
@@ -76,6 +77,7 @@ class Config:
     plot: bool = True
     device_required: bool = False  # --device gpu: fail if no GPU
     threads: int | None = None  # set numba's and torch's thread counts (None: leave them)
+    startup: bool = True  # full runs: measure start-up (import + first calls) per op
 
     def plan_for(self, device):
         """(elements, sizes, [(op, dtype, variant)]) for one device."""
@@ -95,9 +97,10 @@ class Config:
                 dtypes = ("float32", "float16") if op in FLOAT16_OPS[device] else ("float32",)
             for dtype in dtypes:
                 cells.append((op, dtype, "new"))
+                # like-for-like (both sides write into a preallocated out=): on full CPU
+                # runs for every cell, the headline comparison
                 if self.prealloc == "all" or (
-                        self.prealloc == "auto" and not self.quick and device == "cpu"
-                        and op == "softmax" and dtype == "float32"):
+                        self.prealloc == "auto" and not self.quick and device == "cpu"):
                     cells.append((op, dtype, "out"))
                 if device == "cpu" and (self.pool == "all" or (
                         self.pool == "auto" and not self.quick and dtype == "float32")):

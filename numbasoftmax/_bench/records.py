@@ -55,6 +55,7 @@ class Report:
     plans: dict = field(default_factory=dict)
     wall_seconds: float = 0.0
     load: dict = field(default_factory=dict)
+    startup: dict = field(default_factory=dict)  # op -> {"cold": {...}, "warm": {...}} s
 
     def to_json(self):
         return {
@@ -69,5 +70,6 @@ class Report:
             "latency": [asdict(r) for r in self.latency],
             "notes": self.notes,
             "load": self.load,
+            "startup": self.startup,
             "wall_seconds": self.wall_seconds,
         }

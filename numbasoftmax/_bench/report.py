@@ -237,6 +237,11 @@ def render_markdown(report, plot_name=None):
     if lat:
         title, header, rows = lat
         out += [f"## {title}", "", markdown_table(header, rows), ""]
+    if report.startup:
+        from .startup import table
+
+        title, header, rows = table(report.startup)
+        out += [f"## {title}", "", markdown_table(header, rows), ""]
     if plot_name:
         out += [f"![GB/s over N]({plot_name})", ""]
     notes = list(report.notes)

@@ -353,6 +353,11 @@ def run(config: Config) -> Report:
             end = device.copy_bandwidth(copy_bytes, 9)
             progress.step()
             report.copy[device.kind] = {"start": start, "end": end, "gbps": start["gbps"]}
+        if config.startup and not config.quick and any(d.kind == "cpu" for d in devices):
+            from .startup import measure
+
+            progress.describe("start-up (fresh processes, empty numba cache)")
+            report.startup = measure(config.ops)
     finally:
         progress.close()
     if "torch" in sys.modules:

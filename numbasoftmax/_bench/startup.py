@@ -1,0 +1,69 @@
+"""Start-up: what a script that runs once waits for before its first results.
+
+Each measurement is a fresh Python process that imports numbasoftmax and makes a first
+8x128 call, then a first 1000x1000 call (float32, the last axis), timed from the start of
+the import to the end of the second call. "cold": numba's disk cache is empty (every kernel
+compiles); "warm": a second process with the cache the first one left.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+SCRIPT = """
+import json, sys, time
+t0 = time.perf_counter()
+import numpy as np
+import numbasoftmax
+t1 = time.perf_counter()
+f = getattr(numbasoftmax, sys.argv[1])
+def args(shape):
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    return (x, x) if sys.argv[1].endswith("backward") else (x,)
+small, large = args((8, 128)), args((1000, 1000))
+t2 = time.perf_counter()
+f(*small)
+t3 = time.perf_counter()
+f(*large)
+t4 = time.perf_counter()
+print(json.dumps({"import": t1 - t0, "small": t3 - t2, "large": t4 - t3,
+                  "total": (t1 - t0) + (t3 - t2) + (t4 - t3)}))
+"""
+
+
+def _once(op, cache_dir):
+    env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir)
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, op], env=env, capture_output=True,
+                          text=True, timeout=600)
+    if proc.returncode:
+        raise RuntimeError(f"start-up measurement of {op} failed: {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def measure(ops):
+    """{op: {"cold": {...}, "warm": {...}}} in seconds, each op with its own empty cache."""
+    out = {}
+    for op in ops:
+        with tempfile.TemporaryDirectory(prefix="numbasoftmax-startup-") as cache:
+            cold = _once(op, cache)
+            warm = _once(op, cache)
+        out[op] = {"cold": cold, "warm": warm}
+    return out
+
+
+def table(startup):
+    """(title, header, rows) for the report."""
+    header = ["op", "cold: import", "cold: first 8x128", "cold: first 1000x1000", "cold total",
+              "warm total"]
+    rows = []
+    for op, r in startup.items():
+        c, w = r["cold"], r["warm"]
+        rows.append([op, f"{c['import']:.2f} s", f"{c['small']:.2f} s", f"{c['large']:.2f} s",
+                     f"{c['total']:.2f} s", f"{w['total']:.2f} s"])
+    title = ("Start-up, CPU (a fresh process: import + first 8x128 + first 1000x1000 call, "
+             "float32; cold = empty numba cache, warm = the cache the cold run left)")
+    return title, header, rows
