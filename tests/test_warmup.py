@@ -34,7 +34,8 @@ def recorded(monkeypatch):
             calls.append((name, op, dtype))
         return record
 
-    fake = types.SimpleNamespace(OPS=real.OPS, W=real.W, copy2d=recorder("copy2d"),
+    fake = types.SimpleNamespace(OPS=real.OPS, W=real.W, column_tasks=real.column_tasks,
+                                 copy2d=recorder("copy2d"),
                                  **{name: recorder(name) for name in DRIVERS})
     monkeypatch.setattr(_cpu, "_kernels", fake)
     monkeypatch.setattr(_cpu, "_layer_checked", True)
