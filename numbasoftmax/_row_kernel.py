@@ -278,7 +278,7 @@ dispatch(write, {"softmax": _softmax_write, "log_softmax": _log_softmax_write,
                  "softmax_backward": _grad_write, "log_softmax_backward": _grad_write})
 
 
-@njit(**INTERNAL)
+@njit(inline="always", **INTERNAL)
 def row(op, a, b, out, st):
     """One row: ``a`` (x, y or z), ``b`` (dy or dz; ``a`` again for the forward
     operations), ``out``, and ``st``, a (2, number of chunks) float64 scratch."""
