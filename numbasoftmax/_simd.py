@@ -175,55 +175,49 @@ def _element_ptrs(context, builder, arrty, arr, index, step):
     return None, builder.add(_splat(builder, base), builder.mul(offs, _splat(builder, stride)))
 
 
-def _load_lanes(context, builder, sig, args, step):
+def _access(context, builder, sig, args, step):
+    """What a load or a store of lanes needs: (storage vector type, lane mask, alignment,
+    pointer or None, addresses or None); see ``_element_ptrs``."""
     arrty = sig.args[0]
-    ctype = compute_type(arrty.dtype)
-    sty = _storage_ir(context, arrty.dtype)
-    vsty = ir.VectorType(sty, W)
-    arr, index = args[0], args[1]
-    stepv = args[2] if step else None
-    k, fill = args[-2], args[-1]
-    mask = _lane_mask(builder, k, sig.args[-2])
+    vsty = ir.VectorType(_storage_ir(context, arrty.dtype), W)
+    mask = _lane_mask(builder, args[-2], sig.args[-2])
     align = ir.Constant(_I32, arrty.dtype.bitwidth // 8)
-    ptr, addrs = _element_ptrs(context, builder, arrty, arr, index, stepv)
+    ptr, addrs = _element_ptrs(context, builder, arrty, args[0], args[1],
+                               args[2] if step else None)
+    return vsty, mask, align, ptr, addrs
+
+
+def _load_lanes(context, builder, sig, args, step):
+    vsty, mask, align, ptr, addrs = _access(context, builder, sig, args, step)
     zero = ir.Constant(vsty, None)
     if ptr is not None:
         vp = builder.bitcast(ptr, vsty.as_pointer())
         raw = _call(builder, f"llvm.masked.load.{_suffix(vsty)}.p0", [vp, align, mask, zero],
                     ret=vsty)
     else:
-        ptrs = builder.inttoptr(addrs, ir.VectorType(sty.as_pointer(), W))
+        ptrs = builder.inttoptr(addrs, ir.VectorType(vsty.element.as_pointer(), W))
         raw = _call(builder, f"llvm.masked.gather.{_suffix(vsty)}.v{W}p0",
                     [ptrs, align, mask, zero], ret=vsty)
-    cty = context.get_value_type(ctype)
-    value = builder.fpext(raw, ir.VectorType(cty, W)) if sty != cty else raw
-    fillv = _splat(builder, context.cast(builder, fill, sig.args[-1], ctype))
+    ctype = compute_type(sig.args[0].dtype)
+    cty = ir.VectorType(context.get_value_type(ctype), W)
+    value = builder.fpext(raw, cty) if vsty != cty else raw
+    fillv = _splat(builder, context.cast(builder, args[-1], sig.args[-1], ctype))
     return builder.select(mask, value, fillv)
 
 
 def _store_lanes(context, builder, sig, args, step):
-    arrty = sig.args[0]
-    sty = _storage_ir(context, arrty.dtype)
-    vsty = ir.VectorType(sty, W)
-    arr, index = args[0], args[1]
-    stepv = args[2] if step else None
-    k, value = args[-2], args[-1]
-    mask = _lane_mask(builder, k, sig.args[-2])
-    align = ir.Constant(_I32, arrty.dtype.bitwidth // 8)
-    if value.type.element != sty:
+    vsty, mask, align, ptr, addrs = _access(context, builder, sig, args, step)
+    value = args[-1]
+    if value.type != vsty:
         value = builder.fptrunc(value, vsty)
-    ptr, addrs = _element_ptrs(context, builder, arrty, arr, index, stepv)
     if ptr is not None:
-        vp = builder.bitcast(ptr, vsty.as_pointer())
-        fnty = ir.FunctionType(ir.VoidType(), [vsty, vp.type, _I32, mask.type])
-        fn = builder.module.declare_intrinsic(f"llvm.masked.store.{_suffix(vsty)}.p0", fnty=fnty)
-        builder.call(fn, [value, vp, align, mask])
+        target = builder.bitcast(ptr, vsty.as_pointer())
+        name = f"llvm.masked.store.{_suffix(vsty)}.p0"
     else:
-        ptrs = builder.inttoptr(addrs, ir.VectorType(sty.as_pointer(), W))
-        fnty = ir.FunctionType(ir.VoidType(), [vsty, ptrs.type, _I32, mask.type])
-        fn = builder.module.declare_intrinsic(f"llvm.masked.scatter.{_suffix(vsty)}.v{W}p0",
-                                              fnty=fnty)
-        builder.call(fn, [value, ptrs, align, mask])
+        target = builder.inttoptr(addrs, ir.VectorType(vsty.element.as_pointer(), W))
+        name = f"llvm.masked.scatter.{_suffix(vsty)}.v{W}p0"
+    fnty = ir.FunctionType(ir.VoidType(), [vsty, target.type, _I32, mask.type])
+    builder.call(builder.module.declare_intrinsic(name, fnty=fnty), [value, target, align, mask])
     return context.get_dummy_value()
 
 
@@ -353,30 +347,27 @@ def vselect(typingctx, mask, a, b):
     return vt(mask, a, b), codegen
 
 
-@intrinsic
-def vsplat(typingctx, value, like):
-    """``value`` in every lane, in the compute type of ``like`` (array, Vec or float type)."""
-    ctype = _ctype_of(like)
-    if ctype is None or not isinstance(value, (types.Float, types.Integer)):
-        return None
+def _converter(splat):
+    @intrinsic
+    def op(typingctx, value, like):
+        ctype = _ctype_of(like)
+        if ctype is None or not isinstance(value, (types.Float, types.Integer)):
+            return None
 
-    def codegen(context, builder, sig, args):
-        return _splat(builder, context.cast(builder, args[0], sig.args[0], ctype))
+        def codegen(context, builder, sig, args):
+            scalar = context.cast(builder, args[0], sig.args[0], ctype)
+            return _splat(builder, scalar) if splat else scalar
 
-    return Vec(ctype)(value, like), codegen
+        return (Vec(ctype) if splat else ctype)(value, like), codegen
+
+    return op
 
 
-@intrinsic
-def to_compute(typingctx, value, like):
-    """A scalar converted to the compute type of ``like`` (array, Vec or float type)."""
-    ctype = _ctype_of(like)
-    if ctype is None or not isinstance(value, (types.Float, types.Integer)):
-        return None
-
-    def codegen(context, builder, sig, args):
-        return context.cast(builder, args[0], sig.args[0], ctype)
-
-    return ctype(value, like), codegen
+vsplat = _converter(splat=True)
+vsplat.__doc__ = ("``value`` in every lane, in the compute type of ``like`` (array, Vec or "
+                  "float type).")
+to_compute = _converter(splat=False)
+to_compute.__doc__ = "A scalar converted to the compute type of ``like``."
 
 
 @intrinsic
