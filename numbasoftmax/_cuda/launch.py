@@ -97,19 +97,24 @@ config = _Config()
 # ---------------------------------------------------------------------------------------
 # devices
 
+# what plans depend on: multiprocessor count, max dynamic shared memory per block (opt-in)
+DeviceProps = namedtuple("DeviceProps", "sms smem_optin")
 _props = {}
 
 
 def device_props(dev):
-    """(multiprocessor count, max dynamic shared memory per block with opt-in) of ``dev``."""
+    """DeviceProps of device ordinal ``dev`` (a DeviceProps is returned as is)."""
+    if isinstance(dev, DeviceProps):
+        return dev
     p = _props.get(dev)
     if p is None:
         if SIM:
-            p = (1, 48 * 1024)
+            p = DeviceProps(1, 48 * 1024)
         else:
             with cuda.gpus[dev]:
                 d = cuda.get_current_device()
-                p = (int(d.MULTIPROCESSOR_COUNT), int(d.MAX_SHARED_MEMORY_PER_BLOCK_OPTIN))
+                p = DeviceProps(int(d.MULTIPROCESSOR_COUNT),
+                                int(d.MAX_SHARED_MEMORY_PER_BLOCK_OPTIN))
         _props[dev] = p
     return p
 
@@ -313,16 +318,16 @@ class Compiled:
         self.max_shmem = nbytes
 
 
-def _compile(key, pyfunc, sig, dev):
+def _compile(key, src, dev):
     with _compile_lock:
         c = _compiled.get(key)
         if c is None:
             if SIM:
-                disp = cuda.jit(pyfunc)
+                disp = cuda.jit(src.pyfunc)
             else:
                 try:
                     with cuda.gpus[dev]:
-                        disp = cuda.jit(sig, fastmath=False, lineinfo=False)(pyfunc)
+                        disp = cuda.jit(src.sig, **src.options)(src.pyfunc)
                 except AttributeError as err:
                     if "row_stack" in str(err):  # numba-cuda 0.30 with numpy >= 2.5
                         raise RuntimeError(
@@ -334,22 +339,40 @@ def _compile(key, pyfunc, sig, dev):
         return c
 
 
+# what ``cuda.jit`` compiles: the kernel's Python function, its signature, the options
+Source = namedtuple("Source", "pyfunc sig options")
+
+
+def kernel_source(spec):
+    """The Source that ``get_kernel`` compiles for ``spec``."""
+    return Source(K.build(spec, primitives(spec.kind)), _signature(spec),
+                  dict(fastmath=False, lineinfo=False))
+
+
 def get_kernel(spec, dev):
     key = (spec, dev)
     c = _compiled.get(key)
     if c is None:
-        c = _compile(key, K.build(spec, primitives(spec.kind)), _signature(spec), dev)
+        c = _compile(key, kernel_source(spec), dev)
     return c
+
+
+COPY_BLOCK = 256
+
+
+def copy_source(ndim, src_dtype, dst_dtype, cast):
+    """The Source of the strided copy kernel (see kernels.make_copy)."""
+    tup = types.UniTuple(_I64, ndim)
+    sig = types.void(_arr(src_dtype), _I64, tup, _arr(dst_dtype), _I64, tup, tup, _I64)
+    return Source(K.make_copy(ndim, _NB[np.dtype(dst_dtype)] if cast else None), sig,
+                  dict(fastmath=False, lineinfo=False))
 
 
 def get_copy_kernel(ndim, src_dtype, dst_dtype, cast, dev):
     key = ("copy", ndim, np.dtype(src_dtype), np.dtype(dst_dtype), cast, dev)
     c = _compiled.get(key)
     if c is None:
-        tup = types.UniTuple(_I64, ndim)
-        sig = types.void(_arr(src_dtype), _I64, tup, _arr(dst_dtype), _I64, tup, tup, _I64)
-        c = _compile(key, K.make_copy(ndim, _NB[np.dtype(dst_dtype)] if cast else None),
-                     sig, dev)
+        c = _compile(key, copy_source(ndim, src_dtype, dst_dtype, cast), dev)
     return c
 
 
@@ -555,7 +578,7 @@ def copy(src, soff, sstrides, dst, doff, dstrides, shape, dev, stream, cast=Fals
         return
     ndim = len(shape)
     c = get_copy_kernel(ndim, src.dtype, dst.dtype, cast, dev)
-    block = (config.block or 32) if SIM else 256
+    block = (config.block or 32) if SIM else COPY_BLOCK
     sms = device_props(dev)[0]
     max_grid = config.max_grid or (2 if SIM else sms * 32)
     grid = min(-(-total // block), max_grid)
