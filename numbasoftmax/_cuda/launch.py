@@ -191,8 +191,9 @@ def plan(op, kind, m, n, vec_ok, dev, sim=None):
         b = smem_block()
         cache = cache or smem_cache()
         grid = min(m, max_grid)
-        # packs per thread loaded before they go to shared memory (loads in flight)
-        ul = 2 if SIM_ else max(1, (8 if kind == "f8" else 16) // V)
+        # packs per thread loaded before they go to shared memory (loads in flight); the
+        # scalar gradients load two arrays: 8 each, or a 1024-thread block spills
+        ul = 2 if SIM_ else max(1, (8 if kind == "f8" or (bwd and V == 1) else 16) // V)
         return Plan([Step(K.Spec("smem", op, kind, V, 1, 1, b, ul, cache), grid, b,
                           smem_bytes(b, cache), ())], 0)
 
@@ -346,7 +347,7 @@ Source = namedtuple("Source", "pyfunc sig options")
 def kernel_source(spec):
     """The Source that ``get_kernel`` compiles for ``spec``."""
     return Source(K.build(spec, primitives(spec.kind)), _signature(spec),
-                  dict(fastmath=False, lineinfo=False))
+                  dict(fastmath=False, lineinfo=False, launch_bounds=(spec.B, 1)))
 
 
 def get_kernel(spec, dev):
@@ -365,7 +366,7 @@ def copy_source(ndim, src_dtype, dst_dtype, cast):
     tup = types.UniTuple(_I64, ndim)
     sig = types.void(_arr(src_dtype), _I64, tup, _arr(dst_dtype), _I64, tup, tup, _I64)
     return Source(K.make_copy(ndim, _NB[np.dtype(dst_dtype)] if cast else None), sig,
-                  dict(fastmath=False, lineinfo=False))
+                  dict(fastmath=False, lineinfo=False, launch_bounds=(COPY_BLOCK, 1)))
 
 
 def get_copy_kernel(ndim, src_dtype, dst_dtype, cast, dev):
