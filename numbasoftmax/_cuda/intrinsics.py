@@ -173,8 +173,9 @@ _dev = {"device": True, "forceinline": True}
 
 
 def make_primitives(kind):
-    """The primitives namespace of ``kernels.py`` for one storage kind (real GPU)."""
-    ctype = types.float64 if kind == "f8" else types.float32
+    """The primitives of ``kernels.py`` for one storage kind (real GPU)."""
+    from .kernels import Primitives
+
     ldv, stv = make_vector_io(kind)
     ldv_raw = make_vector_io("raw16")[0] if kind in ("f2", "bf16") else ldv
 
@@ -206,13 +207,13 @@ def make_primitives(kind):
         return math.log(v)
 
     @cuda.jit(**_dev)
-    def shfl_xor(v, lanemask, xch):
+    def shfl_xor(v, lanemask):
         return cuda.shfl_xor_sync(0xFFFFFFFF, v, lanemask)
 
     @cuda.jit(**_dev)
     def begin():
         pass
 
-    return dict(ctype=ctype, width=16 // (8 if kind == "f8" else 4 if kind == "f4" else 2),
-                ldv=ldv, stv=stv, ldv_raw=ldv_raw, ld=ld, st=st, exp=exp, log=log,
-                shfl_xor=shfl_xor, begin=begin, sim=False)
+    return Primitives(sim=False, ctype=types.float64 if kind == "f8" else types.float32,
+                      ld=ld, st=st, ldv=ldv, stv=stv, ldv_raw=ldv_raw, exp=exp, log=log,
+                      begin=begin, shfl_xor=shfl_xor, group_reduce=None)
