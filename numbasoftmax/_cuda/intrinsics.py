@@ -91,83 +91,75 @@ def make_vector_io(kind):
         return [builder.gep(data, [builder.add(off, builder.mul(step, ir.Constant(_I64, v)))])
                 for v in range(width)]
 
-    @intrinsic
-    def ldv(typingctx, arr, idx, buf, off, step):
-        if not (isinstance(arr, types.Array) and isinstance(buf, types.Array)):
-            return None
+    def pack_intrinsic(emit):
+        """f(arr, i, buf, off, step) whose code ``emit(builder, vector pointer at arr[i:],
+        pointers to the V elements of buf)`` writes."""
+        @intrinsic
+        def f(typingctx, arr, idx, buf, off, step):
+            if not (isinstance(arr, types.Array) and isinstance(buf, types.Array)):
+                return None
 
-        def codegen(context, builder, sig, args):
-            ptr = _elem_ptr(context, builder, sig.args[0], args[0], args[1], sig.args[1])
-            vec = builder.load(builder.bitcast(ptr, vec_ty.as_pointer()), align=16)
-            dst = _buf_ptrs(context, builder, sig, args)
-            if kind in ("f4", "f8"):
-                for v in range(width):
-                    builder.store(builder.extract_element(vec, ir.Constant(_I32, v)), dst[v])
+            def codegen(context, builder, sig, args):
+                ptr = _elem_ptr(context, builder, sig.args[0], args[0], args[1], sig.args[1])
+                emit(builder, builder.bitcast(ptr, vec_ty.as_pointer()),
+                     _buf_ptrs(context, builder, sig, args))
                 return context.get_dummy_value()
-            conv = _TO_F32[kind]
+
+            return types.void(arr, idx, buf, off, step), codegen
+
+        return f
+
+    def load(builder, vptr, dst):
+        vec = builder.load(vptr, align=16)
+        if kind in ("f4", "f8"):
+            for v in range(width):
+                builder.store(builder.extract_element(vec, ir.Constant(_I32, v)), dst[v])
+            return
+        conv = _TO_F32[kind]
+        for w in range(4):
+            word = builder.extract_element(vec, ir.Constant(_I32, w))
+            lo = builder.trunc(word, _I16)
+            hi = builder.trunc(builder.lshr(word, ir.Constant(_I32, 16)), _I16)
+            builder.store(conv(builder, lo), dst[2 * w])
+            builder.store(conv(builder, hi), dst[2 * w + 1])
+
+    def store(builder, vptr, src):
+        vec = ir.Constant(vec_ty, ir.Undefined)
+        if kind in ("f4", "f8"):
+            for v in range(width):
+                vec = builder.insert_element(vec, builder.load(src[v]), ir.Constant(_I32, v))
+        else:
+            conv = _FROM_F32[kind]
             for w in range(4):
-                word = builder.extract_element(vec, ir.Constant(_I32, w))
-                lo = builder.trunc(word, _I16)
-                hi = builder.trunc(builder.lshr(word, ir.Constant(_I32, 16)), _I16)
-                builder.store(conv(builder, lo), dst[2 * w])
-                builder.store(conv(builder, hi), dst[2 * w + 1])
-            return context.get_dummy_value()
+                lo = builder.zext(conv(builder, builder.load(src[2 * w])), _I32)
+                hi = builder.zext(conv(builder, builder.load(src[2 * w + 1])), _I32)
+                word = builder.or_(lo, builder.shl(hi, ir.Constant(_I32, 16)))
+                vec = builder.insert_element(vec, word, ir.Constant(_I32, w))
+        builder.store(vec, vptr, align=16)
 
-        return types.void(arr, idx, buf, off, step), codegen
-
-    @intrinsic
-    def stv(typingctx, arr, idx, buf, off, step):
-        if not (isinstance(arr, types.Array) and isinstance(buf, types.Array)):
-            return None
-
-        def codegen(context, builder, sig, args):
-            ptr = _elem_ptr(context, builder, sig.args[0], args[0], args[1], sig.args[1])
-            src = _buf_ptrs(context, builder, sig, args)
-            vec = ir.Constant(vec_ty, ir.Undefined)
-            if kind in ("f4", "f8"):
-                for v in range(width):
-                    vec = builder.insert_element(vec, builder.load(src[v]), ir.Constant(_I32, v))
-            else:
-                conv = _FROM_F32[kind]
-                for w in range(4):
-                    lo = builder.zext(conv(builder, builder.load(src[2 * w])), _I32)
-                    hi = builder.zext(conv(builder, builder.load(src[2 * w + 1])), _I32)
-                    word = builder.or_(lo, builder.shl(hi, ir.Constant(_I32, 16)))
-                    vec = builder.insert_element(vec, word, ir.Constant(_I32, w))
-            builder.store(vec, builder.bitcast(ptr, vec_ty.as_pointer()), align=16)
-            return context.get_dummy_value()
-
-        return types.void(arr, idx, buf, off, step), codegen
-
+    ldv, stv = pack_intrinsic(load), pack_intrinsic(store)
     return ldv, stv
 
 
-def _make_convert(kind):
+def _conversion(emit, argty, resty):
+    """An intrinsic ``resty(argty)`` whose code ``emit(builder, value)`` writes."""
     @intrinsic
-    def to_f32(typingctx, bits):
-        if bits != types.uint16:
+    def convert(typingctx, value):
+        if value != argty:
             return None
 
         def codegen(context, builder, sig, args):
-            return _TO_F32[kind](builder, args[0])
+            return emit(builder, args[0])
 
-        return types.float32(types.uint16), codegen
+        return resty(argty), codegen
 
-    @intrinsic
-    def from_f32(typingctx, value):
-        if value != types.float32:
-            return None
-
-        def codegen(context, builder, sig, args):
-            return _FROM_F32[kind](builder, args[0])
-
-        return types.uint16(types.float32), codegen
-
-    return to_f32, from_f32
+    return convert
 
 
-h2f, f2h = _make_convert("f2")
-b2f, f2b = _make_convert("bf16")
+h2f = _conversion(_h2f, types.uint16, types.float32)
+f2h = _conversion(_f2h, types.float32, types.uint16)
+b2f = _conversion(_b2f, types.uint16, types.float32)
+f2b = _conversion(_f2b, types.float32, types.uint16)
 
 _dev = {"device": True, "forceinline": True}
 

@@ -44,6 +44,7 @@ Every thread of a block runs every reduction, so the emulation is exact.
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 from collections import namedtuple
@@ -72,6 +73,10 @@ Primitives = namedtuple("Primitives", "sim ctype ld st ldv stv ldv_raw exp log b
                                       "shfl_xor group_reduce")
 
 
+# a strategy's kernel body, (a, sa, b, sb, out, so, ws, m, n, C, L, ba, bb), with the
+# per-thread buffers ba, bb it takes: ``items`` elements of ``dtype`` per input read
+Body = namedtuple("Body", "fn items dtype")
+
 def _device(sim):
     """Decorator for helper device functions in the current mode."""
     if sim:
@@ -82,9 +87,13 @@ def _device(sim):
 # ---------------------------------------------------------------------------------------
 # building blocks shared by every strategy
 
+# The building blocks are made once per primitives (storage kind) and op, so that numba
+# compiles each device function once per process, not once per kernel.
+
 Reductions = namedtuple("Reductions", "fmax group_max group_sum block_max block_sum")
 
 
+@functools.cache
 def _reductions(P):
     dev = _device(P.sim)
 
@@ -151,6 +160,7 @@ def _reductions(P):
 OpMath = namedtuple("OpMath", "term factor factor64 value")
 
 
+@functools.cache
 def _op_math(P, op):
     """The per-element formulas of one op. A row's sum is of ``term(a, b, mx)``; the sum
     gives the row's ``factor`` (``factor64`` from a float64 sum); the output element is
@@ -198,13 +208,15 @@ def _op_math(P, op):
     return OpMath(term, factor, factor64, value)
 
 
-Packs = namedtuple("Packs", "load store load_raw")
+Packs = namedtuple("Packs", "load store load_raw elem")
 
 
+@functools.cache
 def _packs(P, V):
     """Moving packs of V elements between global memory and a per-thread buffer:
     ``load(arr, i, buf, o)`` converts elements arr[i:i+V] into buf[o:o+V]; ``store`` is the
-    reverse; ``load_raw`` copies 2-byte storage bits unconverted."""
+    reverse; ``load_raw`` copies 2-byte storage bits unconverted; ``elem(arr, i)`` is
+    arr[i] as it is."""
     dev = _device(P.sim)
     ld, st, ldv, stv, ldv_raw = P.ld, P.st, P.ldv, P.stv, P.ldv_raw
 
@@ -229,7 +241,11 @@ def _packs(P, V):
         else:
             ldv_raw(arr, i, buf, o, 1)
 
-    return Packs(load, store, load_raw)
+    @dev
+    def elem(arr, i):
+        return arr[i]
+
+    return Packs(load, store, load_raw, elem)
 
 
 # ---------------------------------------------------------------------------------------
@@ -241,7 +257,7 @@ def _rows(P, spec):
     term, factor, value = math_.term, math_.factor, math_.value
     load = io.load
     store = io.store
-    begin, ctype = P.begin, P.ctype
+    ctype = P.ctype
     FWD = spec.op in FORWARD
     KEEP_E = spec.op == "softmax"  # exp(x - max) stays in the buffer for the last pass
     PAD = NEG_INF if FWD else 0.0  # the identity of the row's first reduction
@@ -252,12 +268,7 @@ def _rows(P, spec):
     RPB = GPB * U  # rows per block and step
     XCH = B if P.sim else 1
 
-    def kernel(a, sa, b, sb, out, so, m, n):
-        begin()
-        ba = cuda.local.array(UKV, ctype)
-        bb = ba
-        if not FWD:
-            bb = cuda.local.array(UKV, ctype)
+    def body(a, sa, b, sb, out, so, ws, m, n, C, L, ba, bb):
         xch = cuda.shared.array(XCH, ctype)
         tid = cuda.threadIdx.x
         lane = tid % G
@@ -303,7 +314,7 @@ def _rows(P, spec):
                         store(out, row * so + col, ba, o + k * V)
             base += cuda.gridDim.x * RPB
 
-    return kernel
+    return Body(body, UKV, ctype)
 
 
 # ---------------------------------------------------------------------------------------
@@ -318,31 +329,20 @@ def _smem(P, spec):
     fmax, block_max, block_sum = red.fmax, red.block_max, red.block_sum
     term, factor, value = math_.term, math_.factor, math_.value
     load, store, load_raw = io.load, io.store, io.load_raw
-    begin, ctype, ld = P.begin, P.ctype, P.ld
+    ctype = P.ctype
     FWD = spec.op in FORWARD
     RAW = spec.cache == "s"  # cache the 2-byte storage bits, convert on every read
     KEEP_E = spec.op == "softmax" and not RAW
     cdt = types.uint16 if RAW else ctype
+    value_of = P.ld if RAW else io.elem  # an element of the cache, in the compute type
     V, B, UL = spec.V, spec.B, spec.U
     ULV = UL * V
     XCH = B if P.sim else 1
 
-    @_device(P.sim)
-    def value_of(arr, i):
-        """Element i of a cache or load buffer (of cdt), in the compute type."""
-        if RAW:
-            return ld(arr, i)
-        return arr[i]
-
-    def kernel(a, sa, b, sb, out, so, m, n):
-        begin()
+    def body(a, sa, b, sb, out, so, ws, m, n, C, L, ta, tb):
         cache = cuda.shared.array(0, cdt)
         red = cuda.shared.array(32, ctype)
         xch = cuda.shared.array(XCH, ctype)
-        ta = cuda.local.array(ULV, cdt)
-        tb = ta
-        if not FWD:
-            tb = cuda.local.array(ULV, cdt)
         res = cuda.local.array(V, ctype)
         tid = cuda.threadIdx.x
         npk = n // V
@@ -384,16 +384,13 @@ def _smem(P, spec):
             if FWD:
                 mx = block_max(acc, ctype(NEG_INF), red, xch)
                 acc = ctype(0.0)
-                for j in range(J):
-                    p = j * B + tid
-                    if p < npk:
-                        c = j * V * B + tid
-                        for v in range(V):
-                            av = value_of(cache, c + v * B)
-                            e = term(av, av, mx)
-                            if KEEP_E:
-                                cache[c + v * B] = e
-                            acc += e
+                for k in range(J * V):  # this thread's cached elements: pack k // V
+                    if (k // V) * B + tid < npk:
+                        av = value_of(cache, k * B + tid)
+                        e = term(av, av, mx)
+                        if KEEP_E:
+                            cache[k * B + tid] = e
+                        acc += e
             f = factor(block_sum(acc, ctype(0.0), red, xch))
             for j in range(J):
                 p = j * B + tid
@@ -410,7 +407,7 @@ def _smem(P, spec):
                     store(out, row * so + p * V, res, 0)
             row += cuda.gridDim.x
 
-    return kernel
+    return Body(body, ULV, cdt)
 
 
 # ---------------------------------------------------------------------------------------
@@ -508,115 +505,62 @@ def _long_parts(P, spec):
 
 
 def _long(P, spec):
-    parts, factor64 = _long_parts(P, spec), _op_math(P, spec.op).factor64
-    partial, reduce, write = parts.partial, parts.reduce, parts.write
-    begin, ctype = P.begin, P.ctype
-    FWD = spec.op in FORWARD
-    V, B, U = spec.V, spec.B, spec.U
-    UV = U * V
-    XCH = B if P.sim else 1
-
-    def kernel(a, sa, b, sb, out, so, m, n):
-        begin()
-        bufa = cuda.local.array(UV, ctype)
-        bufb = bufa
-        if not FWD:
-            bufb = cuda.local.array(UV, ctype)
-        red = cuda.shared.array(32, ctype)
-        redd = cuda.shared.array(32, F64)
-        xch = cuda.shared.array(XCH, ctype)
-        xchd = cuda.shared.array(XCH, F64)
-        npk = n // V
-        row = cuda.blockIdx.x
-        while row < m:
-            mt, acc = partial(a, row * sa, b, row * sb, 0, npk, bufa, bufb)
-            mrow, total = reduce(mt, acc, red, redd, xch, xchd)
-            write(a, row * sa, b, row * sb, out, row * so, 0, npk, mrow, factor64(total),
-                  bufa, bufb)
-            row += cuda.gridDim.x
-
-    return kernel
-
-
-# ---------------------------------------------------------------------------------------
-# split long rows: C chunks of L packs per row, block i -> (row, chunk) = divmod(i, C).
-# ws (float64) holds per chunk (max, sum) for the forward, the partial sum for gradients.
-
-def _split_stats(P, spec):
+    """``long``: a block per row. ``split_stats`` / ``split_write``: a block per (row,
+    chunk) = divmod(i, C), chunks of L packs; ws (float64) holds per chunk (max, sum) for
+    the forward, the partial sum for the gradients. The long kernel is the chunk loop with
+    one chunk of the whole row (C = 1)."""
     parts = _long_parts(P, spec)
-    partial, reduce = parts.partial, parts.reduce
-    begin, ctype = P.begin, P.ctype
+    partial, reduce, write = parts.partial, parts.reduce, parts.write
+    fmax, factor64 = _reductions(P).fmax, _op_math(P, spec.op).factor64
+    exp, ctype = P.exp, P.ctype
     FWD = spec.op in FORWARD
+    STATS = spec.strategy != "split_write"  # the chunk's statistics from its data
+    WRITE = spec.strategy != "split_stats"  # the chunk's output
     V, B, U = spec.V, spec.B, spec.U
     UV = U * V
     XCH = B if P.sim else 1
 
-    def kernel(a, sa, b, sb, ws, m, n, C, L):
-        begin()
-        bufa = cuda.local.array(UV, ctype)
-        bufb = bufa
-        if not FWD:
-            bufb = cuda.local.array(UV, ctype)
-        red = cuda.shared.array(32, ctype)
-        redd = cuda.shared.array(32, F64)
-        xch = cuda.shared.array(XCH, ctype)
-        xchd = cuda.shared.array(XCH, F64)
+    def body(a, sa, b, sb, out, so, ws, m, n, C, L, bufa, bufb):
+        if STATS:  # block reductions
+            red = cuda.shared.array(32, ctype)
+            redd = cuda.shared.array(32, F64)
+            xch = cuda.shared.array(XCH, ctype)
+            xchd = cuda.shared.array(XCH, F64)
         npk = n // V
         i = cuda.blockIdx.x
         while i < m * C:
             row = i // C
             plo = (i - row * C) * L
-            mt, acc = partial(a, row * sa, b, row * sb, plo, min(npk, plo + L), bufa, bufb)
-            mc, sc = reduce(mt, acc, red, redd, xch, xchd)
-            if cuda.threadIdx.x == 0:
-                if FWD:
-                    ws[2 * i] = mc
-                    ws[2 * i + 1] = sc
-                else:
-                    ws[i] = sc
-            i += cuda.gridDim.x
-
-    return kernel
-
-
-def _split_write(P, spec):
-    write = _long_parts(P, spec).write
-    fmax = _reductions(P).fmax
-    factor64 = _op_math(P, spec.op).factor64
-    begin, exp, ctype = P.begin, P.exp, P.ctype
-    FWD = spec.op in FORWARD
-    V, U = spec.V, spec.U
-    UV = U * V
-
-    def kernel(a, sa, b, sb, out, so, ws, m, n, C, L):
-        begin()
-        bufa = cuda.local.array(UV, ctype)
-        bufb = bufa
-        if not FWD:
-            bufb = cuda.local.array(UV, ctype)
-        npk = n // V
-        i = cuda.blockIdx.x
-        while i < m * C:
-            row = i // C
-            # every thread combines the row's chunk statistics, in chunk order
-            mrow = ctype(NEG_INF)
-            total = F64(0.0)
-            if FWD:
-                for k in range(C):
-                    mrow = fmax(mrow, ctype(ws[2 * (row * C + k)]))
-                for k in range(C):
-                    mk = ctype(ws[2 * (row * C + k)])
-                    if mk != ctype(NEG_INF):
-                        total += ws[2 * (row * C + k) + 1] * exp(mk - mrow)
+            phi = min(npk, plo + L)
+            if STATS:
+                mt, acc = partial(a, row * sa, b, row * sb, plo, phi, bufa, bufb)
+                mx, total = reduce(mt, acc, red, redd, xch, xchd)
+                if not WRITE and cuda.threadIdx.x == 0:
+                    if FWD:
+                        ws[2 * i] = mx
+                        ws[2 * i + 1] = total
+                    else:
+                        ws[i] = total
             else:
-                for k in range(C):
-                    total += ws[row * C + k]
-            plo = (i - row * C) * L
-            write(a, row * sa, b, row * sb, out, row * so, plo, min(npk, plo + L), mrow,
-                  factor64(total), bufa, bufb)
+                # every thread combines the row's chunk statistics, in chunk order
+                mx = ctype(NEG_INF)
+                total = F64(0.0)
+                if FWD:
+                    for k in range(C):
+                        mx = fmax(mx, ctype(ws[2 * (row * C + k)]))
+                    for k in range(C):
+                        mk = ctype(ws[2 * (row * C + k)])
+                        if mk != ctype(NEG_INF):
+                            total += ws[2 * (row * C + k) + 1] * exp(mk - mx)
+                else:
+                    for k in range(C):
+                        total += ws[row * C + k]
+            if WRITE:
+                write(a, row * sa, b, row * sb, out, row * so, plo, phi, mx, factor64(total),
+                      bufa, bufb)
             i += cuda.gridDim.x
 
-    return kernel
+    return Body(body, UV, ctype)
 
 
 # ---------------------------------------------------------------------------------------
@@ -659,25 +603,49 @@ def make_copy(ndim, cast, sim):
 
 # ---------------------------------------------------------------------------------------
 
-_BODIES = {"rows": _rows, "smem": _smem, "long": _long, "split_stats": _split_stats,
-           "split_write": _split_write}
+_BODIES = {"rows": _rows, "smem": _smem, "long": _long, "split_stats": _long,
+           "split_write": _long}
 
 
 def build(spec, primitives):
-    """The Python function of the kernel for ``spec`` (not yet compiled). The gradients'
-    kernel takes (a, sa, b, sb, ...); the forward kernel takes (x, sx, ...) and runs the
-    same body with x as both inputs."""
-    body = _BODIES[spec.strategy](primitives, spec)
-    if spec.op in BACKWARD:
-        return body
-    inner = _device(primitives.sim)(body)
+    """The Python function of the kernel for ``spec`` (not yet compiled). Every body takes
+    (a, sa, b, sb, out, so, ws, m, n, C, L); each kernel takes what its strategy uses
+    (launch._signature), and the forward kernels one input, passed as both a and b; the
+    gradients' second buffer exists only where a second input is read."""
+    P = primitives
+    dev = _device(P.sim)
+    strategy = _BODIES[spec.strategy](P, spec)
+    inner, items, dtype = dev(strategy.fn), strategy.items, strategy.dtype
+    begin = P.begin
+    fwd = spec.op in FORWARD
+
+    @dev
+    def body(a, sa, b, sb, out, so, ws, m, n, C, L):
+        begin()
+        ba = cuda.local.array(items, dtype)  # the packs in flight: one buffer per input
+        bb = ba
+        if not fwd:
+            bb = cuda.local.array(items, dtype)
+        inner(a, sa, b, sb, out, so, ws, m, n, C, L, ba, bb)
+
     if spec.strategy == "split_stats":
-        def kernel(x, sx, ws, m, n, C, L):
-            inner(x, sx, x, sx, ws, m, n, C, L)
+        if fwd:
+            def kernel(x, sx, ws, m, n, C, L):
+                body(x, sx, x, sx, ws, 0, ws, m, n, C, L)
+        else:
+            def kernel(a, sa, b, sb, ws, m, n, C, L):
+                body(a, sa, b, sb, ws, 0, ws, m, n, C, L)
     elif spec.strategy == "split_write":
-        def kernel(x, sx, out, so, ws, m, n, C, L):
-            inner(x, sx, x, sx, out, so, ws, m, n, C, L)
-    else:
+        if fwd:
+            def kernel(x, sx, out, so, ws, m, n, C, L):
+                body(x, sx, x, sx, out, so, ws, m, n, C, L)
+        else:
+            def kernel(a, sa, b, sb, out, so, ws, m, n, C, L):
+                body(a, sa, b, sb, out, so, ws, m, n, C, L)
+    elif fwd:  # one row per chunk (C = 1, L = n covers the row)
         def kernel(x, sx, out, so, m, n):
-            inner(x, sx, x, sx, out, so, m, n)
+            body(x, sx, x, sx, out, so, out, m, n, 1, n)
+    else:
+        def kernel(a, sa, b, sb, out, so, m, n):
+            body(a, sa, b, sb, out, so, out, m, n, 1, n)
     return kernel

@@ -150,11 +150,8 @@ class _Call:
         self.smem_cap = (config.smem_max if config.smem_max is not None
                          else props.smem_optin - _STATIC_SMEM)
         self.max_grid = config.max_grid or (2 if sim else props.sms * 32)
-        # packs per thread and step in the smem/long/split loops: 16 values in flight per
-        # thread over the arrays it reads (4 float64: their arithmetic needs many more
-        # registers); with more, ptxas spills within the launch bounds
-        values = 4 if kind == "f8" else 16
-        self.unroll = 2 if sim else max(1, values // self.V // (2 if self.bwd else 1))
+        # packs per thread and step in the smem/long/split loops: ~16 values in flight
+        self.unroll = 2 if sim else max(1, (8 if kind == "f8" else 16) // self.V)
 
     def block(self, default):
         """Threads per block: the tunable, else 32 under the simulator, else ``default``.
@@ -177,9 +174,8 @@ def _rows(c):
         g, k = 32, _pow2ceil(-(-packs // 32))
     b = c.block(128)
     # rows per group and step: two when a row is at most 8 values per thread, so that
-    # each thread keeps two loads in flight; the gradients load two arrays: two rows only
-    # of at most 2 packs (with 4 ptxas spills within the launch bounds)
-    u = 2 if k * c.V <= 8 and (k <= 2 or not c.bwd) else 1
+    # each thread keeps two loads in flight
+    u = 2 if k * c.V <= 8 else 1
     grid = min(-(-c.m // (b // g * u)), c.max_grid)
     return Plan([Step(c.spec("rows", b, u, g, k), grid, 0, ())], 0)
 
@@ -207,7 +203,10 @@ def _smem_cache(c):
 def _smem(c, cache=None):
     b = _smem_block(c)
     cache = cache or _smem_cache(c) or "c"
-    return Plan([Step(c.spec("smem", b, c.unroll, cache=cache), min(c.m, c.max_grid),
+    # the gradients load two arrays: half the packs of each in flight (at 1024 threads a
+    # thread has 64 registers; more spill)
+    u = max(1, c.unroll // 2) if c.bwd and not c.sim else c.unroll
+    return Plan([Step(c.spec("smem", b, u, cache=cache), min(c.m, c.max_grid),
                       _smem_bytes(c, b, cache), ())], 0)
 
 
@@ -271,9 +270,10 @@ def plan(op, kind, m, n, vec_ok, dev, sim=None):
 # compilation
 
 # what ``cuda.jit`` compiles: the kernel's Python function, its signature, the options.
-# Launch bounds: the block size, one block per SM, so that ptxas keeps registers x block
-# within the register file (else the launch fails for lack of resources) without trading
-# registers for occupancy (spills).
+# Launch bounds: at most the block size, at least one block per SM. ptxas then keeps
+# registers x block within the register file (else the launch fails for lack of
+# resources). With the block size alone it also aims at several blocks per SM and spills
+# registers for that, by heuristics that move with every code change.
 Source = namedtuple("Source", "pyfunc sig options")
 COPY_BLOCK = 256
 
@@ -315,7 +315,7 @@ def _signature(spec):
 
 
 def _options(block):
-    return dict(fastmath=False, lineinfo=False, launch_bounds=block)
+    return dict(fastmath=False, lineinfo=False, launch_bounds=(block, 1))
 
 
 def kernel_source(spec):
