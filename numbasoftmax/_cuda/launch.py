@@ -85,12 +85,14 @@ class _Config:
             for k, v in kwargs.items():
                 setattr(self, k, v)
             _ready.clear()
+            _fast.clear()
             try:
                 yield self
             finally:
                 for k, v in old.items():
                     setattr(self, k, v)
                 _ready.clear()
+                _fast.clear()
 
 
 config = _Config()
@@ -521,29 +523,38 @@ _tls = threading.local()
 _fallback_warned = False
 
 
-def _kernel_args(step, ins, out, ws, m, n):
-    """The arguments of a plan's kernel, in the kernels' order: each input (Buf, row
-    stride), out (Buf, row stride; not for the split statistics), the split's workspace,
-    m, n, the split's (C, L)."""
+def _kernel_args(step, ins, out, ws, m, n, raw=False):
+    """The arguments of a plan's kernel, in the kernels' order: each input (array, row
+    stride), out (array, row stride; not for the split statistics), the split's workspace,
+    m, n, the split's (C, L). Arrays are Bufs, or with ``raw`` their array structs, spliced
+    in (the direct launch's form, for the fast path)."""
     args = []
-    for buf, stride in ins:
-        args += (buf, stride)
+    put = args.extend if raw else args.append
+    for arr, stride in ins:
+        put(arr)
+        args.append(stride)
     if step.spec.strategy != "split_stats":
-        args += out
+        put(out[0])
+        args.append(out[1])
     if ws is not None:
-        args.append(ws)
+        put(ws)
     args += (m, n)
     args += step.chunks
     return args
 
 
+def _array_struct(ptr, nitems, itemsize):
+    """numba's 1-D C-contiguous array argument as raw ints: (meminfo, parent, nitems,
+    itemsize, data, shape, stride)."""
+    return (0, 0, nitems, itemsize, ptr, nitems, itemsize)
+
+
 def _direct_args(args):
-    """Kernel arguments as raw ints: a Buf as numba's 1-D array struct, tuples flattened."""
+    """Kernel arguments as raw ints: a Buf as numba's array struct, tuples flattened."""
     out = []
     for a in args:
         if type(a) is Buf:
-            size = a.dtype.itemsize
-            out += (0, 0, a.nitems, size, a.ptr, a.nitems, size)
+            out += _array_struct(a.ptr, a.nitems, a.dtype.itemsize)
         elif type(a) is tuple:
             out += a
         else:
@@ -597,16 +608,24 @@ def _context(dev):
 
 
 def _direct_launch(compiled, grid, block, shmem, stream, args):
+    # the per-call path of small calls: plain dict lookups, no helpers
     global _core
     if _core is None:
         import cuda.core
 
         _core = cuda.core
-    _context(compiled.dev)
-    s = _bounded(_streams, stream, _core.Stream.from_handle, 256)
-    cfg = _bounded(_configs, (grid, block, shmem),
-                   lambda k: _core.LaunchConfig(grid=k[0], block=k[1], shmem_size=k[2]), 4096)
-    _core.launch(s, cfg, compiled.kernel.kernel, *_direct_args(args))
+    done = getattr(_tls, "devs", None)
+    if done is None or compiled.dev not in done:
+        _context(compiled.dev)
+    s = _streams.get(stream)
+    if s is None:
+        s = _bounded(_streams, stream, _core.Stream.from_handle, 256)
+    cfg = _configs.get((grid, block, shmem))
+    if cfg is None:
+        cfg = _bounded(_configs, (grid, block, shmem),
+                       lambda k: _core.LaunchConfig(grid=k[0], block=k[1], shmem_size=k[2]),
+                       4096)
+    _core.launch(s, cfg, compiled.kernel.kernel, *args)
 
 
 def launch(compiled, grid, block, shmem, stream, args):
@@ -617,10 +636,11 @@ def launch(compiled, grid, block, shmem, stream, args):
             compiled.dispatcher[grid, block, 0, shmem](
                 *[_sim_array(a) if type(a) is Buf else a for a in args])
         return
-    compiled.ensure_shmem(shmem)
+    if shmem > compiled.max_shmem:
+        compiled.ensure_shmem(shmem)
     if config.launch == "direct":
         try:
-            _direct_launch(compiled, grid, block, shmem, stream, args)
+            _direct_launch(compiled, grid, block, shmem, stream, _direct_args(args))
             return
         except (ImportError, AttributeError, TypeError) as err:
             _use_numba_launch(err)
@@ -655,14 +675,58 @@ def run_rows(op, kind, ins, out, m, n, dev, stream, vec_ok, scratch=None):
     return True
 
 
+# the fast path's launch per (op, kind, m, n, vec_ok, dev, number of inputs): the kernel,
+# its step, its flat arguments (from _kernel_args) with the data pointers left out, and
+# where those go; None where the plan needs a workspace
+_Fast = namedtuple("_Fast", "compiled step args slots")
+_fast = {}
+
+
+def _fast_entry(key):
+    op, kind, m, n, vec_ok, dev, nin = key
+    r = ready(op, kind, m, n, vec_ok, dev)
+    entry = None
+    if not r.ws_items:
+        ((compiled, step),) = r.launches  # plans without workspace have one step
+        total, item = m * n, STORAGE[kind].itemsize
+        marks = [-1 - i for i in range(nin + 1)]  # stand-ins for the data pointers
+        args = _kernel_args(step, [(_array_struct(p, total, item), n) for p in marks[:-1]],
+                            (_array_struct(marks[-1], total, item), n), None, m, n, raw=True)
+        entry = _Fast(compiled, step, args, tuple(args.index(p) for p in marks))
+    with config._lock:
+        if len(_fast) > 4096:
+            _fast.clear()
+        _fast[key] = entry
+    return entry
+
+
 def fast_rows(op, kind, ptrs, optr, m, n, dev, stream, vec_ok):
     """C-contiguous rows at the device pointers ``ptrs`` (inputs) and ``optr`` (result):
-    the per-call fast path of cupy/torch inputs. False when the plan needs a workspace
-    (then the caller takes the general path)."""
-    dt = STORAGE[kind]
-    total = m * n
-    return run_rows(op, kind, [(Buf(p, total, dt), n) for p in ptrs],
-                    (Buf(optr, total, dt), n), m, n, dev, stream, vec_ok)
+    the per-call fast path of cupy/torch inputs. False when it does not apply (a plan with
+    a workspace, the simulator, numba's launch path): then the caller takes the general
+    path."""
+    if SIM or config.launch != "direct":
+        return False
+    key = (op, kind, m, n, vec_ok, dev, len(ptrs))
+    f = _fast.get(key, 0)
+    if f == 0:
+        f = _fast_entry(key)
+    if f is None:
+        return False
+    args = f.args.copy()
+    slots = f.slots
+    for i, ptr in enumerate(ptrs):
+        args[slots[i]] = ptr
+    args[slots[-1]] = optr
+    step = f.step
+    if step.shmem > f.compiled.max_shmem:
+        f.compiled.ensure_shmem(step.shmem)
+    try:
+        _direct_launch(f.compiled, step.grid, step.spec.B, step.shmem, stream, args)
+    except (ImportError, AttributeError, TypeError) as err:  # nothing was launched
+        _use_numba_launch(err)
+        return False
+    return True
 
 
 def copy(src, soff, sstrides, dst, doff, dstrides, shape, dev, stream, cast=False):

@@ -151,6 +151,7 @@ def fake_gpu(monkeypatch):
     monkeypatch.setattr(launch, "_tls", threading.local())
     monkeypatch.setattr(launch, "_streams", {})
     monkeypatch.setattr(launch, "_configs", {})
+    monkeypatch.setattr(launch, "_fast", {})
     monkeypatch.setattr(launch.config, "launch", "direct")
     compiled = object.__new__(launch.Compiled)
     compiled.kernel, compiled.dev, compiled.max_shmem = FakeKernel(), 3, launch.SHMEM_DEFAULT
@@ -201,6 +202,22 @@ def test_fast_path_declines_plans_with_a_workspace(fake_gpu):
     _, core = fake_gpu
     assert not launch.fast_rows("softmax", "f4", [0x1000], 0x2000, 1, 1 << 20, 3, 0, True)
     assert not core.launches
+
+
+def test_incompatible_cuda_core_falls_back_to_numba_launch(fake_gpu, monkeypatch):
+    """A cuda.core whose launch rejects the arguments: the fast path launches nothing,
+    warns once and hands the call to the general path, which uses numba's launch."""
+    _, core = fake_gpu
+
+    def reject(*args):
+        raise TypeError("launch() got an unexpected argument")
+
+    monkeypatch.setattr(core, "launch", reject)
+    monkeypatch.setattr(launch, "_fallback_warned", False)
+    with pytest.warns(RuntimeWarning, match="direct kernel launch unavailable"):
+        assert not _fast()
+    assert launch.config.launch == "numba"
+    assert not _fast()  # numba's launch path is the general path's
 
 
 # ---------------------------------------------------------------------------------------
