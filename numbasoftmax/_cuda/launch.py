@@ -8,8 +8,10 @@ to ``cuda.core.launch`` with the compiled overload's kernel handle: no numba typ
 ``__cuda_array_interface__`` round trip per call (numba's generic dispatch costs tens of
 microseconds per launch). Everything is validated before it gets here (api.py).
 
-``config`` holds the tunables; tests use ``config.override(...)`` to force strategies and
-small blocks under the simulator.
+Sections: tunables (``config``; tests use ``config.override(...)`` to force strategies and
+small blocks under the simulator), devices, plans, compilation, temporary device memory
+(stream-ordered, the host never waits), launching (one builder of kernel arguments; a
+current context per thread for the context-less kernel handles), entry points for api.py.
 """
 
 from __future__ import annotations
@@ -424,16 +426,18 @@ def ready(op, kind, m, n, vec_ok, dev):
 # ---------------------------------------------------------------------------------------
 # temporary device memory
 
-class _HostMemory:
-    """The simulator's device memory is host memory."""
+class _ArrayMemory:
+    """Memory held by arrays until freed: host arrays under the simulator (its device
+    memory is host memory), numba device arrays on a device without memory pools (freed
+    by numba's deferred cuMemFree, which synchronizes: only there)."""
 
-    def __init__(self):
-        self.arrays = {}
+    def __init__(self, make):
+        self.make, self.arrays = make, {}  # make(nbytes) -> (array, pointer)
 
     def alloc(self, nbytes, stream):
-        a = np.empty(max(nbytes, 1), np.uint8)
-        self.arrays[a.ctypes.data] = a
-        return a.ctypes.data
+        a, ptr = self.make(max(nbytes, 1))
+        self.arrays[ptr] = a
+        return ptr
 
     def free(self, ptr, stream):
         del self.arrays[ptr]
@@ -446,21 +450,14 @@ class _AsyncMemory:
     free = staticmethod(driver.free_async)
 
 
-class _NumbaMemory:
-    """numba's allocator (its deferred cuMemFree synchronizes): for devices without memory
-    pools only."""
+def _host_array(nbytes):
+    a = np.empty(nbytes, np.uint8)
+    return a, a.ctypes.data
 
-    def __init__(self):
-        self.arrays = {}
 
-    def alloc(self, nbytes, stream):
-        a = cuda.device_array(max(nbytes, 1), np.uint8)
-        ptr = a.__cuda_array_interface__["data"][0]
-        self.arrays[ptr] = a
-        return ptr
-
-    def free(self, ptr, stream):
-        del self.arrays[ptr]
+def _numba_array(nbytes):
+    a = cuda.device_array(nbytes, np.uint8)
+    return a, a.__cuda_array_interface__["data"][0]
 
 
 _memories = {}
@@ -471,11 +468,11 @@ def device_memory(dev):
     m = _memories.get(dev)
     if m is None:
         if SIM:
-            m = _HostMemory()
+            m = _ArrayMemory(_host_array)
         elif driver.memory_pools_supported(dev):
             m = _AsyncMemory()
         else:
-            m = _NumbaMemory()
+            m = _ArrayMemory(_numba_array)
         _memories[dev] = m
     return m
 

@@ -384,6 +384,6 @@ def test_device_memory_is_stream_ordered_where_the_device_has_pools(monkeypatch,
     monkeypatch.setattr(launch, "_memories", {})
     monkeypatch.setattr(driver, "memory_pools_supported", lambda dev: pools)
     mem = launch.device_memory(0)
-    assert isinstance(mem, launch._AsyncMemory if pools else launch._NumbaMemory)
+    assert isinstance(mem, launch._AsyncMemory if pools else launch._ArrayMemory)
     if pools:
         assert mem.alloc is driver.alloc_async and mem.free is driver.free_async
