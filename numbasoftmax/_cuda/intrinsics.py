@@ -6,10 +6,10 @@ Storage kinds: ``"f4"`` (float32), ``"f8"`` (float64), ``"f2"`` (IEEE half) and 
 (bfloat16); the two 2-byte kinds reach the kernels as uint16 arrays. Arithmetic is float32,
 float64 for ``"f8"``.
 
-numba's own vector types and hand-unrolled code emit scalar loads (shared FACTS.md); these
-intrinsics bitcast the element pointer to a 16-byte vector pointer and load/store it with
-``align 16`` (``ld.global.v4.*`` / ``st.global.v4.*``). The caller guarantees the alignment
-(launch.py checks every base pointer and row stride before choosing a vector kernel).
+numba's own vector types and hand-unrolled code emit scalar loads; these intrinsics
+bitcast the element pointer to a 16-byte vector pointer and load/store it with ``align 16``
+(``ld.global.v4.*`` / ``st.global.v4.*``). The caller guarantees the alignment (api.py
+checks every base pointer and row stride before a vector kernel is planned).
 """
 
 from __future__ import annotations

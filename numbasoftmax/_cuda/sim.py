@@ -1,8 +1,8 @@
 """The CUDA simulator's versions of the device primitives in ``intrinsics.py``.
 
 ``NUMBA_ENABLE_CUDASIM=1`` runs kernels as Python, one thread per CUDA thread, and has no
-warp shuffles, ``syncwarp`` or intrinsics (shared FACTS.md). The kernels in ``kernels.py``
-are the same source in both modes; only these primitives differ:
+warp shuffles, ``syncwarp`` or intrinsics. The kernels in ``kernels.py`` are the same
+source in both modes; only these primitives differ:
 
 * Group reductions (on a GPU, butterflies of log2(width) warp shuffles) become one
   exchange through a block-wide shared array between two ``syncthreads()``, after which
