@@ -77,6 +77,7 @@ Primitives = namedtuple("Primitives", "sim ctype ld st ldv stv ldv_raw exp log b
 # per-thread buffers ba, bb it takes: ``items`` elements of ``dtype`` per input read
 Body = namedtuple("Body", "fn items dtype")
 
+
 def _device(sim):
     """Decorator for helper device functions in the current mode."""
     if sim:
@@ -85,10 +86,8 @@ def _device(sim):
 
 
 # ---------------------------------------------------------------------------------------
-# building blocks shared by every strategy
-
-# The building blocks are made once per primitives (storage kind) and op, so that numba
-# compiles each device function once per process, not once per kernel.
+# building blocks shared by every strategy, made once per primitives (storage kind) and op
+# so that numba compiles each of these device functions once per process, not per kernel
 
 Reductions = namedtuple("Reductions", "fmax group_max group_sum block_max block_sum")
 
@@ -255,8 +254,7 @@ def _rows(P, spec):
     red, math_, io = _reductions(P), _op_math(P, spec.op), _packs(P, spec.V)
     fmax, group_max, group_sum = red.fmax, red.group_max, red.group_sum
     term, factor, value = math_.term, math_.factor, math_.value
-    load = io.load
-    store = io.store
+    load, store = io.load, io.store
     ctype = P.ctype
     FWD = spec.op in FORWARD
     KEEP_E = spec.op == "softmax"  # exp(x - max) stays in the buffer for the last pass
