@@ -49,12 +49,16 @@ def test_readme_starts_with_the_two_commands():
 
 
 def test_ci_runs_the_readme_test_command_in_its_own_environment():
-    """CI's last line is README's test command after README's environment set-up; CI makes
-    its environment in a directory of its own first, and never touches README's."""
+    """CI runs README's test command (after README's environment set-up) right after making
+    its environment in a directory of its own, and never touches README's; a failure of any
+    command of that && list fails CI (set -e alone stops only at the list's last one)."""
     readme_env, command = _split_setup(_readme_commands()[1])
     lines = _ci_lines()
-    assert lines[-1] == command
-    setup = [line for line in lines[:-1] if line.startswith("python3 -m venv ")]
+    assert command in lines
+    at = lines.index(command)
+    assert lines[at + 1:at + 2] == ['status=$?; [ "$status" -eq 0 ] || exit "$status"'] or (
+        at == len(lines) - 1)
+    setup = [line for line in lines[:at] if line.startswith("python3 -m venv ")]
     assert len(setup) == 1, setup
     ci_env = setup[0].split()[3]
     assert setup[0] == f"python3 -m venv {ci_env} && . {ci_env}/bin/activate"

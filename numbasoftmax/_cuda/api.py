@@ -19,6 +19,7 @@ are converted to float64 the same way, as on the CPU.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 
 import numpy as np
@@ -65,10 +66,6 @@ class Desc:
     @property
     def itemsize(self):
         return 2 if self.dtype == BF16 else self.dtype.itemsize
-
-    @property
-    def size(self):
-        return math.prod(self.shape)
 
 
 def _c_strides(shape, itemsize):
@@ -196,10 +193,13 @@ def _load(func, desc, name):
         return _launch
     why = None
     try:
+        # numba still ships a numba.cuda of its own, which is not what runs the kernels
+        if importlib.util.find_spec("numba_cuda") is None:
+            raise ImportError("no module named numba_cuda")
         from numba import cuda
     except ImportError as err:
         why = (f"numba-cuda is not installed ({err}); install numbasoftmax[cuda12] or "
-               "numbasoftmax[cuda13]")
+               "numbasoftmax[cuda13] (the GPU extras), or numba-cuda for the CUDA simulator")
     else:
         try:
             ok = cuda.is_available()
@@ -220,20 +220,10 @@ def _load(func, desc, name):
 # ---------------------------------------------------------------------------------------
 # allocation, streams, devices
 
-def _lib_module(lib):
-    if lib == "cupy":
-        import cupy
-
-        return cupy
-    if lib == "torch":
-        import torch
-
-        return torch
-    return None
-
-
-def _alloc(lib, shape, dtype, dev):
-    """A C-contiguous array of ``shape`` and ``dtype`` (numpy dtype or BF16) on ``dev``."""
+def _alloc(lib, shape, dtype, dev, stream=0):
+    """A C-contiguous array of ``shape`` and ``dtype`` (numpy dtype or BF16) on ``dev``;
+    a numba array is bound to ``stream`` (a raw handle), so that its ``copy_to_host()``
+    waits for the work queued there."""
     if lib == "cupy":
         import cupy
 
@@ -246,10 +236,11 @@ def _alloc(lib, shape, dtype, dev):
         return torch.empty(shape, dtype=tdt, device=f"cuda:{dev}")
     from numba import cuda
 
+    s = _launch.numba_stream(stream)
     if _launch.SIM:
-        return cuda.device_array(shape, dtype=dtype)
+        return cuda.device_array(shape, dtype=dtype, stream=s)
     with cuda.gpus[dev]:
-        return cuda.device_array(shape, dtype=dtype)
+        return cuda.device_array(shape, dtype=dtype, stream=s)
 
 
 def _transpose(lib, arr, axes):
@@ -261,11 +252,11 @@ def _transpose(lib, arr, axes):
     if _launch.SIM:
         from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
 
-        return FakeCUDAArray(arr._ary.transpose(axes))
+        return FakeCUDAArray(arr._ary.transpose(axes), stream=arr.stream)
     from numba.cuda.cudadrv.devicearray import DeviceNDArray
 
     return DeviceNDArray(tuple(arr.shape[a] for a in axes),
-                         tuple(arr.strides[a] for a in axes), arr.dtype,
+                         tuple(arr.strides[a] for a in axes), arr.dtype, stream=arr.stream,
                          gpu_data=arr.gpu_data)
 
 
@@ -586,9 +577,10 @@ def _run(launch, func, descs, odesc, res, axes):
     inv = tuple(int(i) for i in np.argsort(perm))
     pshape = tuple(shape[p] for p in perm)
     naxes = len(axes)
+    stream = _stream(x)
 
     if odesc is None:
-        buf = _alloc(lib, pshape, res, dev)
+        buf = _alloc(lib, pshape, res, dev, stream)
         result = _transpose(lib, buf, inv) if perm != tuple(range(ndim)) else buf
         odesc = describe(result)
         fresh = True
@@ -603,13 +595,11 @@ def _run(launch, func, descs, odesc, res, axes):
     kind = "bf16" if res == BF16 else _KIND[np.dtype(res)]
     storage = _storage_dtype(kind)
     item = storage.itemsize
-    stream = _stream(x)
-    temps = []
-
-    def temp(nitems, dtype):
-        arr = _alloc(lib, (nitems,), dtype, dev)
-        temps.append(arr)
-        return launch.Buf(_data_ptr(lib, arr), nitems, np.dtype(dtype))
+    alloc = None
+    if lib in ("cupy", "torch"):  # their pools release memory in stream order
+        def alloc(nitems, dtype):
+            arr = _alloc(lib, (nitems,), dtype, dev)
+            return arr, _data_ptr(lib, arr)
 
     def strided_view(d):
         """(Buf covering d's extent, element offset of d[0...], element strides in perm
@@ -620,39 +610,38 @@ def _run(launch, func, descs, odesc, res, axes):
         dt = storage if d.dtype == res else d.dtype
         return launch.Buf(d.ptr + lo * d.itemsize, hi - lo + 1, np.dtype(dt)), -lo, st
 
-    inputs = []
-    for d in descs:
-        cast = d.dtype != res
-        rs = None
-        if not cast:
-            rs = _row_stride(shape, d.strides, d.itemsize, perm, naxes)
-            if rs is not None and not fresh and not _same_view(d, odesc) and _overlap(d, odesc):
-                rs = None  # partial overlap with out: read from a private copy
-        if rs is not None:
-            inputs.append((launch.Buf(d.ptr, (m - 1) * rs + n, storage), rs))
-            continue
-        src, soff, sst = strided_view(d)
-        dst = temp(m * n, storage)
-        launch.copy(src, soff, sst, dst, 0, _c_strides(pshape, 1), pshape, dev, stream,
-                    cast=cast)
-        inputs.append((dst, n))
+    with launch.Scratch(dev, stream, alloc) as scratch:
+        inputs = []
+        for d in descs:
+            cast = d.dtype != res
+            rs = None
+            if not cast:
+                rs = _row_stride(shape, d.strides, d.itemsize, perm, naxes)
+                if rs is not None and not fresh and not _same_view(d, odesc) and _overlap(d, odesc):
+                    rs = None  # partial overlap with out: read from a private copy
+            if rs is not None:
+                inputs.append((launch.Buf(d.ptr, (m - 1) * rs + n, storage), rs))
+                continue
+            src, soff, sst = strided_view(d)
+            dst = scratch.buf(m * n, storage)
+            launch.copy(src, soff, sst, dst, 0, _c_strides(pshape, 1), pshape, dev, stream,
+                        cast=cast)
+            inputs.append((dst, n))
 
-    ors = _row_stride(shape, odesc.strides, item, perm, naxes)
-    if ors is not None and m > 1 and ors < n:
-        ors = None  # overlapping output rows
-    if ors is not None:
-        obuf = (launch.Buf(odesc.ptr, (m - 1) * ors + n, storage), ors)
-        staged = False
-    else:
-        obuf = (temp(m * n, storage), n)
-        staged = True
+        ors = _row_stride(shape, odesc.strides, item, perm, naxes)
+        if ors is not None and m > 1 and ors < n:
+            ors = None  # overlapping output rows
+        if ors is not None:
+            obuf = (launch.Buf(odesc.ptr, (m - 1) * ors + n, storage), ors)
+            staged = False
+        else:
+            obuf = (scratch.buf(m * n, storage), n)
+            staged = True
 
-    vec_ok = all(b.ptr % 16 == 0 and (s * item) % 16 == 0 for b, s in inputs + [obuf])
-    keep = launch.run_rows(func, kind, inputs, obuf, m, n, dev, stream,
-                           lambda k: (temp(k, np.float64), None), vec_ok)
-    del keep
-    if staged:
-        dst, doff, dst_st = strided_view(odesc)
-        launch.copy(obuf[0], 0, _c_strides(pshape, 1), dst, doff, dst_st, pshape, dev,
-                    stream)
+        vec_ok = all(b.ptr % 16 == 0 and (s * item) % 16 == 0 for b, s in inputs + [obuf])
+        launch.run_rows(func, kind, inputs, obuf, m, n, dev, stream, vec_ok, scratch)
+        if staged:
+            dst, doff, dst_st = strided_view(odesc)
+            launch.copy(obuf[0], 0, _c_strides(pshape, 1), dst, doff, dst_st, pshape, dev,
+                        stream)
     return result

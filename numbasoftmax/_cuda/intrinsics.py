@@ -6,10 +6,10 @@ Storage kinds: ``"f4"`` (float32), ``"f8"`` (float64), ``"f2"`` (IEEE half) and 
 (bfloat16); the two 2-byte kinds reach the kernels as uint16 arrays. Arithmetic is float32,
 float64 for ``"f8"``.
 
-numba's own vector types and hand-unrolled code emit scalar loads (shared FACTS.md); these
-intrinsics bitcast the element pointer to a 16-byte vector pointer and load/store it with
-``align 16`` (``ld.global.v4.*`` / ``st.global.v4.*``). The caller guarantees the alignment
-(launch.py checks every base pointer and row stride before choosing a vector kernel).
+numba's own vector types and hand-unrolled code emit scalar loads; these intrinsics
+bitcast the element pointer to a 16-byte vector pointer and load/store it with ``align 16``
+(``ld.global.v4.*`` / ``st.global.v4.*``). The caller guarantees the alignment (api.py
+checks every base pointer and row stride before a vector kernel is planned).
 """
 
 from __future__ import annotations
@@ -91,90 +91,83 @@ def make_vector_io(kind):
         return [builder.gep(data, [builder.add(off, builder.mul(step, ir.Constant(_I64, v)))])
                 for v in range(width)]
 
-    @intrinsic
-    def ldv(typingctx, arr, idx, buf, off, step):
-        if not (isinstance(arr, types.Array) and isinstance(buf, types.Array)):
-            return None
+    def pack_intrinsic(emit):
+        """f(arr, i, buf, off, step) whose code ``emit(builder, vector pointer at arr[i:],
+        pointers to the V elements of buf)`` writes."""
+        @intrinsic
+        def f(typingctx, arr, idx, buf, off, step):
+            if not (isinstance(arr, types.Array) and isinstance(buf, types.Array)):
+                return None
 
-        def codegen(context, builder, sig, args):
-            ptr = _elem_ptr(context, builder, sig.args[0], args[0], args[1], sig.args[1])
-            vec = builder.load(builder.bitcast(ptr, vec_ty.as_pointer()), align=16)
-            dst = _buf_ptrs(context, builder, sig, args)
-            if kind in ("f4", "f8"):
-                for v in range(width):
-                    builder.store(builder.extract_element(vec, ir.Constant(_I32, v)), dst[v])
+            def codegen(context, builder, sig, args):
+                ptr = _elem_ptr(context, builder, sig.args[0], args[0], args[1], sig.args[1])
+                emit(builder, builder.bitcast(ptr, vec_ty.as_pointer()),
+                     _buf_ptrs(context, builder, sig, args))
                 return context.get_dummy_value()
-            conv = _TO_F32[kind]
+
+            return types.void(arr, idx, buf, off, step), codegen
+
+        return f
+
+    def load(builder, vptr, dst):
+        vec = builder.load(vptr, align=16)
+        if kind in ("f4", "f8"):
+            for v in range(width):
+                builder.store(builder.extract_element(vec, ir.Constant(_I32, v)), dst[v])
+            return
+        conv = _TO_F32[kind]
+        for w in range(4):
+            word = builder.extract_element(vec, ir.Constant(_I32, w))
+            lo = builder.trunc(word, _I16)
+            hi = builder.trunc(builder.lshr(word, ir.Constant(_I32, 16)), _I16)
+            builder.store(conv(builder, lo), dst[2 * w])
+            builder.store(conv(builder, hi), dst[2 * w + 1])
+
+    def store(builder, vptr, src):
+        vec = ir.Constant(vec_ty, ir.Undefined)
+        if kind in ("f4", "f8"):
+            for v in range(width):
+                vec = builder.insert_element(vec, builder.load(src[v]), ir.Constant(_I32, v))
+        else:
+            conv = _FROM_F32[kind]
             for w in range(4):
-                word = builder.extract_element(vec, ir.Constant(_I32, w))
-                lo = builder.trunc(word, _I16)
-                hi = builder.trunc(builder.lshr(word, ir.Constant(_I32, 16)), _I16)
-                builder.store(conv(builder, lo), dst[2 * w])
-                builder.store(conv(builder, hi), dst[2 * w + 1])
-            return context.get_dummy_value()
+                lo = builder.zext(conv(builder, builder.load(src[2 * w])), _I32)
+                hi = builder.zext(conv(builder, builder.load(src[2 * w + 1])), _I32)
+                word = builder.or_(lo, builder.shl(hi, ir.Constant(_I32, 16)))
+                vec = builder.insert_element(vec, word, ir.Constant(_I32, w))
+        builder.store(vec, vptr, align=16)
 
-        return types.void(arr, idx, buf, off, step), codegen
-
-    @intrinsic
-    def stv(typingctx, arr, idx, buf, off, step):
-        if not (isinstance(arr, types.Array) and isinstance(buf, types.Array)):
-            return None
-
-        def codegen(context, builder, sig, args):
-            ptr = _elem_ptr(context, builder, sig.args[0], args[0], args[1], sig.args[1])
-            src = _buf_ptrs(context, builder, sig, args)
-            vec = ir.Constant(vec_ty, ir.Undefined)
-            if kind in ("f4", "f8"):
-                for v in range(width):
-                    vec = builder.insert_element(vec, builder.load(src[v]), ir.Constant(_I32, v))
-            else:
-                conv = _FROM_F32[kind]
-                for w in range(4):
-                    lo = builder.zext(conv(builder, builder.load(src[2 * w])), _I32)
-                    hi = builder.zext(conv(builder, builder.load(src[2 * w + 1])), _I32)
-                    word = builder.or_(lo, builder.shl(hi, ir.Constant(_I32, 16)))
-                    vec = builder.insert_element(vec, word, ir.Constant(_I32, w))
-            builder.store(vec, builder.bitcast(ptr, vec_ty.as_pointer()), align=16)
-            return context.get_dummy_value()
-
-        return types.void(arr, idx, buf, off, step), codegen
-
+    ldv, stv = pack_intrinsic(load), pack_intrinsic(store)
     return ldv, stv
 
 
-def _make_convert(kind):
+def _conversion(emit, argty, resty):
+    """An intrinsic ``resty(argty)`` whose code ``emit(builder, value)`` writes."""
     @intrinsic
-    def to_f32(typingctx, bits):
-        if bits != types.uint16:
+    def convert(typingctx, value):
+        if value != argty:
             return None
 
         def codegen(context, builder, sig, args):
-            return _TO_F32[kind](builder, args[0])
+            return emit(builder, args[0])
 
-        return types.float32(types.uint16), codegen
+        return resty(argty), codegen
 
-    @intrinsic
-    def from_f32(typingctx, value):
-        if value != types.float32:
-            return None
-
-        def codegen(context, builder, sig, args):
-            return _FROM_F32[kind](builder, args[0])
-
-        return types.uint16(types.float32), codegen
-
-    return to_f32, from_f32
+    return convert
 
 
-h2f, f2h = _make_convert("f2")
-b2f, f2b = _make_convert("bf16")
+h2f = _conversion(_h2f, types.uint16, types.float32)
+f2h = _conversion(_f2h, types.float32, types.uint16)
+b2f = _conversion(_b2f, types.uint16, types.float32)
+f2b = _conversion(_f2b, types.float32, types.uint16)
 
 _dev = {"device": True, "forceinline": True}
 
 
 def make_primitives(kind):
-    """The primitives namespace of ``kernels.py`` for one storage kind (real GPU)."""
-    ctype = types.float64 if kind == "f8" else types.float32
+    """The primitives of ``kernels.py`` for one storage kind (real GPU)."""
+    from .kernels import Primitives
+
     ldv, stv = make_vector_io(kind)
     ldv_raw = make_vector_io("raw16")[0] if kind in ("f2", "bf16") else ldv
 
@@ -206,13 +199,13 @@ def make_primitives(kind):
         return math.log(v)
 
     @cuda.jit(**_dev)
-    def shfl_xor(v, lanemask, xch):
+    def shfl_xor(v, lanemask):
         return cuda.shfl_xor_sync(0xFFFFFFFF, v, lanemask)
 
     @cuda.jit(**_dev)
     def begin():
         pass
 
-    return dict(ctype=ctype, width=16 // (8 if kind == "f8" else 4 if kind == "f4" else 2),
-                ldv=ldv, stv=stv, ldv_raw=ldv_raw, ld=ld, st=st, exp=exp, log=log,
-                shfl_xor=shfl_xor, begin=begin, sim=False)
+    return Primitives(sim=False, ctype=types.float64 if kind == "f8" else types.float32,
+                      ld=ld, st=st, ldv=ldv, stv=stv, ldv_raw=ldv_raw, exp=exp, log=log,
+                      begin=begin, shfl_xor=shfl_xor, group_reduce=None)

@@ -1,25 +1,32 @@
 """numba.cuda kernels for softmax, log_softmax and their gradients, as kernel factories.
 
 Every call is reduced to M rows of N elements (see ``api.py``): row ``r`` of an input ``x``
-is ``x[r*sx : r*sx + N]`` of a flat 1-D buffer. Each factory returns the Python function of
-one specialization; ``launch.py`` compiles it for one explicit signature the first time it
-is needed and caches it. Nothing here compiles at import.
+is ``x[r*sx : r*sx + N]`` of a flat 1-D buffer. ``build(spec, primitives)`` returns the
+Python function of one specialization; ``launch.py`` compiles it for one explicit signature
+the first time it is needed and caches it. Nothing here compiles at import.
 
-Strategies (thresholds in ``launch.plan``):
+Strategies (thresholds in ``launch.plan``), with the global-memory traffic of a row of N
+elements (forward: read X, write Y; gradients: read Y and dY, write dX):
 
 ``rows``   short rows: a group of G threads (G = 1..32, a power of two, a sub-warp or a warp)
            per row, the row held in registers (K packs of V elements per thread), several
            rows per warp when G < 32 and U = 2 rows per group and step when a row is at
            most 8 values per thread (more loads in flight); butterfly-shuffle reductions.
+           Each input is read once: the minimum traffic.
 ``smem``   medium rows: one block per row, the row cached in shared memory (in the compute
            type, or as the 2-byte storage bits for float16/bfloat16 rows that fit only so),
-           so X (and for the gradients Y and dY) is read from global memory once; rows
-           above 48 KB raise the kernel's dynamic shared-memory limit (launch.py).
+           so each input is read from global memory once; rows above 48 KB raise the
+           kernel's dynamic shared-memory limit (launch.py).
 ``long``   long rows: one block per row, online max / rescaled sum (Milakov & Gimelshein
-           2018) in one pass, then a pass that writes: 2 reads + 1 write.
+           2018) in one pass, then a pass that writes: forward 2 reads + 1 write of N.
 ``split``  long rows when there are too few rows to fill the GPU: each row is cut into C
            chunks (one block each); a first kernel writes every chunk's statistics, a second
-           combines them in chunk order and writes its chunk.
+           combines them in chunk order and writes its chunk. Traffic as ``long``.
+
+The forward and gradient kernels of a strategy are one function: the gradients read a
+second input (``b``) and sum a product where the forward functions take a max and sum
+exponentials; the per-element formulas are in ``_op_math``. Forward kernels take one
+input and pass it as both.
 
 Packs: V = 16 bytes / itemsize elements loaded or stored at once (``ld.global.v4``) when
 every row start is 16-byte aligned and N is a multiple of V; V = 1 (scalar) otherwise.
@@ -31,13 +38,15 @@ NaN or +inf gives NaN, an all -inf row gives NaN, -inf among finite values gives
 so results are deterministic for a given shape, dtype and strategy.
 
 Simulator: the same source runs under ``NUMBA_ENABLE_CUDASIM=1`` with the primitives of
-``sim.py`` (shuffles through a shared exchange array between ``syncthreads``). Every thread
-of a block runs every reduction, so the emulation is exact.
+``sim.py`` (group reductions through a shared exchange array between ``syncthreads``).
+Every thread of a block runs every reduction, so the emulation is exact.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 from collections import namedtuple
 
 from numba import cuda, types
@@ -55,18 +64,37 @@ BACKWARD = ("softmax_backward", "log_softmax_backward")
 # the row length fits; exp is then evaluated twice per element).
 Spec = namedtuple("Spec", "strategy op kind V G K B U cache", defaults=("c",))
 
+# The device functions the kernels are made of (intrinsics.py on a GPU, sim.py under the
+# simulator). ctype: the compute type; ld/st(arr, i[, v]): one element, converted; ldv/stv
+# (arr, i, buf, off, step): a 16-byte pack of V elements; ldv_raw: a pack of 2-byte storage
+# bits, unconverted; exp, log; begin(): per-thread set-up; shfl_xor(v, lanemask): a warp
+# shuffle (GPU); group_reduce(v, width, xch, op): a group reduction (simulator).
+Primitives = namedtuple("Primitives", "sim ctype ld st ldv stv ldv_raw exp log begin "
+                                      "shfl_xor group_reduce")
 
-def _dev(P):
+
+# a strategy's kernel body, (a, sa, b, sb, out, so, ws, m, n, C, L, ba, bb), with the
+# per-thread buffers ba, bb it takes: ``items`` elements of ``dtype`` per input read
+Body = namedtuple("Body", "fn items dtype")
+
+
+def _device(sim):
     """Decorator for helper device functions in the current mode."""
-    if P["sim"]:
+    if sim:
         return lambda f: f
     return cuda.jit(device=True, forceinline=True)
 
 
-def _helpers(P):
-    dev = _dev(P)
-    shfl_xor = P["shfl_xor"]
-    ctype = P["ctype"]
+# ---------------------------------------------------------------------------------------
+# building blocks shared by every strategy, made once per primitives (storage kind) and op
+# so that numba compiles each of these device functions once per process, not per kernel
+
+Reductions = namedtuple("Reductions", "fmax group_max group_sum block_max block_sum")
+
+
+@functools.cache
+def _reductions(P):
+    dev = _device(P.sim)
 
     @dev
     def fmax(a, b):
@@ -75,16 +103,24 @@ def _helpers(P):
             return a
         return b
 
-    if P["sim"]:
+    if P.sim:
         # the simulator's exchange-based butterfly: same order, 2 barriers per reduction
-        group_max, group_sum = P["group_max"], P["group_sum"]
+        group_reduce = P.group_reduce
+
+        def group_max(v, width, xch):
+            return group_reduce(v, width, xch, fmax)
+
+        def group_sum(v, width, xch):
+            return group_reduce(v, width, xch, operator.add)
     else:
+        shfl_xor = P.shfl_xor
+
         @dev
         def group_max(v, width, xch):
             """Max over aligned groups of ``width`` lanes (butterfly: every lane gets it)."""
             off = width // 2
             while off > 0:
-                v = fmax(v, shfl_xor(v, off, xch))
+                v = fmax(v, shfl_xor(v, off))
                 off //= 2
             return v
 
@@ -92,720 +128,456 @@ def _helpers(P):
         def group_sum(v, width, xch):
             off = width // 2
             while off > 0:
-                v = v + shfl_xor(v, off, xch)
+                v = v + shfl_xor(v, off)
                 off //= 2
             return v
 
-    @dev
-    def block_max(v, red, xch):
-        """Max over the block (blockDim.x a multiple of 32); every thread gets it."""
-        v = group_max(v, 32, xch)
-        t = cuda.threadIdx.x
-        lane = t & 31
-        if lane == 0:
-            red[t >> 5] = v
-        cuda.syncthreads()
-        r = ctype(NEG_INF)
-        if lane < (cuda.blockDim.x >> 5):
-            r = red[lane]
-        r = group_max(r, 32, xch)
-        cuda.syncthreads()
-        return r
+    def block_reduction(group):
+        @dev
+        def block(v, identity, red, xch):
+            """Over the block (blockDim.x a multiple of 32): each warp, then the warps' results
+            in warp order. Every thread gets the result."""
+            v = group(v, 32, xch)
+            t = cuda.threadIdx.x
+            lane = t & 31
+            if lane == 0:
+                red[t >> 5] = v
+            cuda.syncthreads()
+            r = identity
+            if lane < (cuda.blockDim.x >> 5):
+                r = red[lane]
+            r = group(r, 32, xch)
+            cuda.syncthreads()
+            return r
+
+        return block
+
+    return Reductions(fmax, group_max, group_sum, block_reduction(group_max),
+                      block_reduction(group_sum))
+
+
+OpMath = namedtuple("OpMath", "term factor factor64 value")
+
+
+@functools.cache
+def _op_math(P, op):
+    """The per-element formulas of one op. A row's sum is of ``term(a, b, mx)``; the sum
+    gives the row's ``factor`` (``factor64`` from a float64 sum); the output element is
+    ``value(a, b, mx, factor)``. Forward: a = b = x, mx = the row's max; gradients: a = y
+    (or z), b = dy (or dz), mx unused."""
+    dev = _device(P.sim)
+    ctype, exp, log = P.ctype, P.exp, P.log
+    FWD = op in FORWARD
+    LOG = op in ("log_softmax", "log_softmax_backward")
 
     @dev
-    def block_sum(v, zero, red, xch):
-        """Sum over the block; ``zero`` has v's type. Every thread gets the same sum."""
-        v = group_sum(v, 32, xch)
-        t = cuda.threadIdx.x
-        lane = t & 31
-        if lane == 0:
-            red[t >> 5] = v
-        cuda.syncthreads()
-        r = zero
-        if lane < (cuda.blockDim.x >> 5):
-            r = red[lane]
-        r = group_sum(r, 32, xch)
-        cuda.syncthreads()
-        return r
+    def term(a, b, mx):
+        if FWD:
+            return exp(a - mx)
+        if LOG:
+            return b
+        return a * b
 
-    return fmax, group_max, group_sum, block_max, block_sum
+    @dev
+    def factor(s):
+        if FWD:
+            if LOG:
+                return log(s)
+            return ctype(1.0) / s
+        return s
+
+    @dev
+    def factor64(total):
+        if FWD:
+            if LOG:
+                return ctype(log(total))
+            return ctype(1.0 / total)
+        return ctype(total)
+
+    @dev
+    def value(a, b, mx, f):
+        if FWD:
+            if LOG:
+                return (a - mx) - f
+            return exp(a - mx) * f
+        if LOG:
+            return b - exp(a) * f
+        return a * (b - f)
+
+    return OpMath(term, factor, factor64, value)
+
+
+Packs = namedtuple("Packs", "load store load_raw elem")
+
+
+@functools.cache
+def _packs(P, V):
+    """Moving packs of V elements between global memory and a per-thread buffer:
+    ``load(arr, i, buf, o)`` converts elements arr[i:i+V] into buf[o:o+V]; ``store`` is the
+    reverse; ``load_raw`` copies 2-byte storage bits unconverted; ``elem(arr, i)`` is
+    arr[i] as it is."""
+    dev = _device(P.sim)
+    ld, st, ldv, stv, ldv_raw = P.ld, P.st, P.ldv, P.stv, P.ldv_raw
+
+    @dev
+    def load(arr, i, buf, o):
+        if V == 1:
+            buf[o] = ld(arr, i)
+        else:
+            ldv(arr, i, buf, o, 1)
+
+    @dev
+    def store(arr, i, buf, o):
+        if V == 1:
+            st(arr, i, buf[o])
+        else:
+            stv(arr, i, buf, o, 1)
+
+    @dev
+    def load_raw(arr, i, buf, o):
+        if V == 1:
+            buf[o] = arr[i]
+        else:
+            ldv_raw(arr, i, buf, o, 1)
+
+    @dev
+    def elem(arr, i):
+        return arr[i]
+
+    return Packs(load, store, load_raw, elem)
 
 
 # ---------------------------------------------------------------------------------------
 # short rows: a group of G threads per row, the row in registers
 
-def _rows_forward(P, spec):
-    fmax, group_max, group_sum, _, _ = _helpers(P)
-    ld, st, ldv, stv, exp, log, begin = (P[k] for k in ("ld", "st", "ldv", "stv", "exp", "log",
-                                                         "begin"))
-    ctype = P["ctype"]
-    LOG = spec.op == "log_softmax"
-    V, G, K, B, R = spec.V, spec.G, spec.K, spec.B, spec.U
+def _rows(P, spec):
+    red, math_, io = _reductions(P), _op_math(P, spec.op), _packs(P, spec.V)
+    fmax, group_max, group_sum = red.fmax, red.group_max, red.group_sum
+    term, factor, value = math_.term, math_.factor, math_.value
+    load, store = io.load, io.store
+    ctype = P.ctype
+    FWD = spec.op in FORWARD
+    KEEP_E = spec.op == "softmax"  # exp(x - max) stays in the buffer for the last pass
+    PAD = NEG_INF if FWD else 0.0  # the identity of the row's first reduction
+    V, G, K, B, U = spec.V, spec.G, spec.K, spec.B, spec.U
     KV = K * V
-    RKV = R * KV
+    UKV = U * KV
     GPB = B // G  # groups per block
-    RPB = GPB * R  # rows per block and step
-    XCH = B if P["sim"] else 1
+    RPB = GPB * U  # rows per block and step
+    XCH = B if P.sim else 1
 
-    def kernel(x, sx, out, so, m, n):
-        begin()
-        buf = cuda.local.array(RKV, ctype)
+    def body(a, sa, b, sb, out, so, ws, m, n, C, L, ba, bb):
         xch = cuda.shared.array(XCH, ctype)
         tid = cuda.threadIdx.x
         lane = tid % G
         base = cuda.blockIdx.x * RPB
         while base < m:  # uniform over the block: every thread runs every shuffle
-            # all loads of the step first (R rows x K packs in flight per thread)
-            for r in range(R):
+            # all loads of the step first (U rows x K packs in flight per thread)
+            for r in range(U):
                 row = base + r * GPB + tid // G
                 for k in range(K):
                     col = (k * G + lane) * V
                     o = r * KV + k * V
                     if row < m and col < n:
-                        if V == 1:
-                            buf[o] = ld(x, row * sx + col)
-                        else:
-                            ldv(x, row * sx + col, buf, o, 1)
+                        load(a, row * sa + col, ba, o)
+                        if not FWD:
+                            load(b, row * sb + col, bb, o)
                     else:
                         for v in range(V):
-                            buf[o + v] = ctype(NEG_INF)
-            for r in range(R):
+                            ba[o + v] = ctype(PAD)
+                            bb[o + v] = ctype(PAD)
+            for r in range(U):
                 row = base + r * GPB + tid // G
+                o = r * KV
                 mx = ctype(NEG_INF)
-                for j in range(KV):
-                    mx = fmax(mx, buf[r * KV + j])
-                mx = group_max(mx, G, xch)
+                if FWD:
+                    for j in range(KV):
+                        mx = fmax(mx, ba[o + j])
+                    mx = group_max(mx, G, xch)
                 s = ctype(0.0)
                 for j in range(KV):
-                    e = exp(buf[r * KV + j] - mx)  # padding: exp(-inf - mx) = 0
-                    if not LOG:
-                        buf[r * KV + j] = e
-                    s += e
-                s = group_sum(s, G, xch)
-                if LOG:
-                    lse = log(s)
-                    for j in range(KV):
-                        buf[r * KV + j] = (buf[r * KV + j] - mx) - lse
-                else:
-                    inv = ctype(1.0) / s
-                    for j in range(KV):
-                        buf[r * KV + j] = buf[r * KV + j] * inv
+                    t = term(ba[o + j], bb[o + j], mx)  # padding: exp(-inf - mx) = 0
+                    if KEEP_E:
+                        ba[o + j] = t
+                    s += t
+                f = factor(group_sum(s, G, xch))
+                for j in range(KV):
+                    if KEEP_E:
+                        ba[o + j] = ba[o + j] * f
+                    else:
+                        ba[o + j] = value(ba[o + j], bb[o + j], mx, f)
                 for k in range(K):
                     col = (k * G + lane) * V
                     if row < m and col < n:
-                        if V == 1:
-                            st(out, row * so + col, buf[r * KV + k])
-                        else:
-                            stv(out, row * so + col, buf, r * KV + k * V, 1)
+                        store(out, row * so + col, ba, o + k * V)
             base += cuda.gridDim.x * RPB
 
-    return kernel
-
-
-def _rows_backward(P, spec):
-    _, _, group_sum, _, _ = _helpers(P)
-    ld, st, ldv, stv, exp, begin = (P[k] for k in ("ld", "st", "ldv", "stv", "exp", "begin"))
-    ctype = P["ctype"]
-    LOG = spec.op == "log_softmax_backward"
-    V, G, K, B, R = spec.V, spec.G, spec.K, spec.B, spec.U
-    KV = K * V
-    RKV = R * KV
-    GPB = B // G
-    RPB = GPB * R
-    XCH = B if P["sim"] else 1
-
-    def kernel(a, sa, b, sb, out, so, m, n):
-        # softmax_backward: a = y, b = dy, out = y * (dy - sum(y * dy))
-        # log_softmax_backward: a = z, b = dz, out = dz - exp(z) * sum(dz)
-        begin()
-        ba = cuda.local.array(RKV, ctype)
-        bb = cuda.local.array(RKV, ctype)
-        xch = cuda.shared.array(XCH, ctype)
-        tid = cuda.threadIdx.x
-        lane = tid % G
-        base = cuda.blockIdx.x * RPB
-        while base < m:
-            for r in range(R):
-                row = base + r * GPB + tid // G
-                for k in range(K):
-                    col = (k * G + lane) * V
-                    o = r * KV + k * V
-                    if row < m and col < n:
-                        if V == 1:
-                            ba[o] = ld(a, row * sa + col)
-                            bb[o] = ld(b, row * sb + col)
-                        else:
-                            ldv(a, row * sa + col, ba, o, 1)
-                            ldv(b, row * sb + col, bb, o, 1)
-                    else:
-                        for v in range(V):
-                            ba[o + v] = ctype(0.0)
-                            bb[o + v] = ctype(0.0)
-            for r in range(R):
-                row = base + r * GPB + tid // G
-                s = ctype(0.0)
-                for j in range(KV):
-                    if LOG:
-                        s += bb[r * KV + j]
-                    else:
-                        s += ba[r * KV + j] * bb[r * KV + j]
-                s = group_sum(s, G, xch)
-                for j in range(KV):
-                    if LOG:
-                        ba[r * KV + j] = bb[r * KV + j] - exp(ba[r * KV + j]) * s
-                    else:
-                        ba[r * KV + j] = ba[r * KV + j] * (bb[r * KV + j] - s)
-                for k in range(K):
-                    col = (k * G + lane) * V
-                    if row < m and col < n:
-                        if V == 1:
-                            st(out, row * so + col, ba[r * KV + k])
-                        else:
-                            stv(out, row * so + col, ba, r * KV + k * V, 1)
-            base += cuda.gridDim.x * RPB
-
-    return kernel
+    return Body(body, UKV, ctype)
 
 
 # ---------------------------------------------------------------------------------------
 # medium rows: one block per row, the row cached in shared memory.
 # Layout: pack p = j*B + t of thread t, element v, lives at cache[(j*V + v)*B + t], so
 # that consecutive threads touch consecutive words (no bank conflicts) and every thread
-# reads back only what it wrote itself (no barrier between the passes).
+# reads back only what it wrote itself (no barrier between the passes). The gradients
+# cache b's packs after a's, at offset ``half``.
 
-def _smem_forward(P, spec):
-    fmax, _, _, block_max, block_sum = _helpers(P)
-    ld, st, ldv, stv, exp, log, begin = (P[k] for k in ("ld", "st", "ldv", "stv", "exp", "log",
-                                                         "begin"))
-    ldv_raw = P["ldv_raw"]
-    ctype = P["ctype"]
-    LOG = spec.op == "log_softmax"
+def _smem(P, spec):
+    red, math_, io = _reductions(P), _op_math(P, spec.op), _packs(P, spec.V)
+    fmax, block_max, block_sum = red.fmax, red.block_max, red.block_sum
+    term, factor, value = math_.term, math_.factor, math_.value
+    load, store, load_raw = io.load, io.store, io.load_raw
+    ctype = P.ctype
+    FWD = spec.op in FORWARD
+    RAW = spec.cache == "s"  # cache the 2-byte storage bits, convert on every read
+    KEEP_E = spec.op == "softmax" and not RAW
+    cdt = types.uint16 if RAW else ctype
+    value_of = P.ld if RAW else io.elem  # an element of the cache, in the compute type
     V, B, UL = spec.V, spec.B, spec.U
     ULV = UL * V
-    RAW = spec.cache == "s"  # cache the 2-byte storage bits, convert on every read
-    cdt = types.uint16 if RAW else ctype
-    XCH = B if P["sim"] else 1
+    XCH = B if P.sim else 1
 
-    @_dev(P)
-    def cached(cache, c):
-        if RAW:
-            return ld(cache, c)
-        return cache[c]
-
-    def kernel(x, sx, out, so, m, n):
-        begin()
+    def body(a, sa, b, sb, out, so, ws, m, n, C, L, ta, tb):
         cache = cuda.shared.array(0, cdt)
         red = cuda.shared.array(32, ctype)
         xch = cuda.shared.array(XCH, ctype)
-        tmp = cuda.local.array(ULV, ctype)
-        raw = cuda.local.array(ULV, cdt)
+        res = cuda.local.array(V, ctype)
         tid = cuda.threadIdx.x
         npk = n // V
         J = (npk + B - 1) // B  # packs per thread
+        half = J * V * B
         row = cuda.blockIdx.x
         while row < m:
+            # the first reduction (forward: max; gradients: the sum) while caching the row
             mx = ctype(NEG_INF)
+            acc = ctype(0.0)
+            if FWD:
+                acc = ctype(NEG_INF)
             for j0 in range(0, J, UL):
                 # UL packs in flight per thread, then into shared memory
                 for u in range(UL):
                     p = (j0 + u) * B + tid
                     if p < npk:
                         if RAW:
-                            if V == 1:
-                                raw[u] = x[row * sx + p]
-                            else:
-                                ldv_raw(x, row * sx + p * V, raw, u * V, 1)
-                        elif V == 1:
-                            tmp[u] = ld(x, row * sx + p)
+                            load_raw(a, row * sa + p * V, ta, u * V)
+                            if not FWD:
+                                load_raw(b, row * sb + p * V, tb, u * V)
                         else:
-                            ldv(x, row * sx + p * V, tmp, u * V, 1)
+                            load(a, row * sa + p * V, ta, u * V)
+                            if not FWD:
+                                load(b, row * sb + p * V, tb, u * V)
                 for u in range(UL):
                     p = (j0 + u) * B + tid
                     if p < npk:
                         c = (j0 + u) * V * B + tid
                         for v in range(V):
-                            if RAW:
-                                cache[c + v * B] = raw[u * V + v]
-                                mx = fmax(mx, ld(raw, u * V + v))
+                            i = u * V + v
+                            cache[c + v * B] = ta[i]
+                            av = value_of(ta, i)
+                            if FWD:
+                                acc = fmax(acc, av)
                             else:
-                                cache[c + v * B] = tmp[u * V + v]
-                                mx = fmax(mx, tmp[u * V + v])
-            mx = block_max(mx, red, xch)
-            s = ctype(0.0)
+                                cache[half + c + v * B] = tb[i]
+                                acc += term(av, value_of(tb, i), mx)
+            if FWD:
+                mx = block_max(acc, ctype(NEG_INF), red, xch)
+                acc = ctype(0.0)
+                for k in range(J * V):  # this thread's cached elements: pack k // V
+                    if (k // V) * B + tid < npk:
+                        av = value_of(cache, k * B + tid)
+                        e = term(av, av, mx)
+                        if KEEP_E:
+                            cache[k * B + tid] = e
+                        acc += e
+            f = factor(block_sum(acc, ctype(0.0), red, xch))
             for j in range(J):
                 p = j * B + tid
                 if p < npk:
                     c = j * V * B + tid
                     for v in range(V):
-                        e = exp(cached(cache, c + v * B) - mx)
-                        if not LOG and not RAW:
-                            cache[c + v * B] = e
-                        s += e
-            s = block_sum(s, ctype(0.0), red, xch)
-            if LOG:
-                f = log(s)
-            else:
-                f = ctype(1.0) / s
-            for j in range(J):
-                p = j * B + tid
-                if p < npk:
-                    c = j * V * B + tid
-                    for v in range(V):
-                        if LOG:
-                            tmp[v] = (cached(cache, c + v * B) - mx) - f
-                        elif RAW:
-                            tmp[v] = exp(cached(cache, c + v * B) - mx) * f
+                        av = value_of(cache, c + v * B)
+                        if KEEP_E:
+                            res[v] = av * f
+                        elif FWD:
+                            res[v] = value(av, av, mx, f)
                         else:
-                            tmp[v] = cache[c + v * B] * f
-                    if V == 1:
-                        st(out, row * so + p, tmp[0])
-                    else:
-                        stv(out, row * so + p * V, tmp, 0, 1)
+                            res[v] = value(av, value_of(cache, half + c + v * B), mx, f)
+                    store(out, row * so + p * V, res, 0)
             row += cuda.gridDim.x
 
-    return kernel
-
-
-def _smem_backward(P, spec):
-    _, _, _, _, block_sum = _helpers(P)
-    ld, st, ldv, stv, exp, begin = (P[k] for k in ("ld", "st", "ldv", "stv", "exp", "begin"))
-    ldv_raw = P["ldv_raw"]
-    ctype = P["ctype"]
-    LOG = spec.op == "log_softmax_backward"
-    V, B, UL = spec.V, spec.B, spec.U
-    ULV = UL * V
-    RAW = spec.cache == "s"
-    cdt = types.uint16 if RAW else ctype
-    XCH = B if P["sim"] else 1
-
-    @_dev(P)
-    def cached(cache, c):
-        if RAW:
-            return ld(cache, c)
-        return cache[c]
-
-    def kernel(a, sa, b, sb, out, so, m, n):
-        begin()
-        cache = cuda.shared.array(0, cdt)  # a's packs, then b's at offset half
-        red = cuda.shared.array(32, ctype)
-        xch = cuda.shared.array(XCH, ctype)
-        ta = cuda.local.array(ULV, ctype)
-        tb = cuda.local.array(ULV, ctype)
-        ra = cuda.local.array(ULV, cdt)
-        rb = cuda.local.array(ULV, cdt)
-        tid = cuda.threadIdx.x
-        npk = n // V
-        J = (npk + B - 1) // B
-        half = J * B * V
-        row = cuda.blockIdx.x
-        while row < m:
-            s = ctype(0.0)
-            for j0 in range(0, J, UL):
-                for u in range(UL):
-                    p = (j0 + u) * B + tid
-                    if p < npk:
-                        if RAW:
-                            if V == 1:
-                                ra[u] = a[row * sa + p]
-                                rb[u] = b[row * sb + p]
-                            else:
-                                ldv_raw(a, row * sa + p * V, ra, u * V, 1)
-                                ldv_raw(b, row * sb + p * V, rb, u * V, 1)
-                        elif V == 1:
-                            ta[u] = ld(a, row * sa + p)
-                            tb[u] = ld(b, row * sb + p)
-                        else:
-                            ldv(a, row * sa + p * V, ta, u * V, 1)
-                            ldv(b, row * sb + p * V, tb, u * V, 1)
-                for u in range(UL):
-                    p = (j0 + u) * B + tid
-                    if p < npk:
-                        c = (j0 + u) * V * B + tid
-                        for v in range(V):
-                            if RAW:
-                                cache[c + v * B] = ra[u * V + v]
-                                cache[half + c + v * B] = rb[u * V + v]
-                                av = ld(ra, u * V + v)
-                                bv = ld(rb, u * V + v)
-                            else:
-                                cache[c + v * B] = ta[u * V + v]
-                                cache[half + c + v * B] = tb[u * V + v]
-                                av = ta[u * V + v]
-                                bv = tb[u * V + v]
-                            if LOG:
-                                s += bv
-                            else:
-                                s += av * bv
-            s = block_sum(s, ctype(0.0), red, xch)
-            for j in range(J):
-                p = j * B + tid
-                if p < npk:
-                    c = j * V * B + tid
-                    for v in range(V):
-                        av = cached(cache, c + v * B)
-                        bv = cached(cache, half + c + v * B)
-                        if LOG:
-                            ta[v] = bv - exp(av) * s
-                        else:
-                            ta[v] = av * (bv - s)
-                    if V == 1:
-                        st(out, row * so + p, ta[0])
-                    else:
-                        stv(out, row * so + p * V, ta, 0, 1)
-            row += cuda.gridDim.x
-
-    return kernel
+    return Body(body, ULV, cdt)
 
 
 # ---------------------------------------------------------------------------------------
-# long rows: online max / rescaled sum over [lo, hi) packs, U packs per thread per step
+# long rows: packs [plo, phi) of a row, U packs per thread per step. Forward: online max /
+# rescaled sum; gradients: the sum of term(y, dy). Sums in float64.
+
+LongParts = namedtuple("LongParts", "partial reduce write")
+
 
 def _long_parts(P, spec):
-    """Device functions shared by the long and split kernels."""
-    dev = _dev(P)
-    fmax, _, _, block_max, block_sum = _helpers(P)
-    ld, st, ldv, stv, exp, log = (P[k] for k in ("ld", "st", "ldv", "stv", "exp", "log"))
-    ctype = P["ctype"]
+    dev = _device(P.sim)
+    red, math_, io = _reductions(P), _op_math(P, spec.op), _packs(P, spec.V)
+    fmax, block_max, block_sum = red.fmax, red.block_max, red.block_sum
+    term, value = math_.term, math_.value
+    load, store = io.load, io.store
+    ctype, exp = P.ctype, P.exp
+    FWD = spec.op in FORWARD
+    LOAD_A = spec.op != "log_softmax_backward"  # its sum needs dz only
+    PAD = NEG_INF if FWD else 0.0  # the identity of the first reduction
     V, B, U = spec.V, spec.B, spec.U
     UV = U * V
-    op = spec.op
 
     @dev
-    def online_stats(x, xb, plo, phi, buf):
-        """This thread's (max, sum of exp(x - max) in float64) over packs plo..phi-1 of the
-        row at x[xb:]. A thread that saw only -inf (or nothing) returns (-inf, 0)."""
+    def partial(a, ab, b, bb, plo, phi, bufa, bufb):
+        """This thread's (max, float64 sum) over packs plo..phi-1 of the row at a[ab:]
+        (and b[bb:]). Forward: the sum of exp(x - max); a thread that saw only -inf (or
+        nothing) returns (-inf, 0). Gradients: (-inf, the sum of term)."""
         tid = cuda.threadIdx.x
         mt = ctype(NEG_INF)
         acc = F64(0.0)
         p0 = plo + tid
         while p0 < phi:
-            bm = ctype(NEG_INF)
             for u in range(U):
                 p = p0 + u * B
                 if p < phi:
-                    if V == 1:
-                        buf[u] = ld(x, xb + p)
-                    else:
-                        ldv(x, xb + p * V, buf, u * V, 1)
+                    if LOAD_A:
+                        load(a, ab + p * V, bufa, u * V)
+                    if not FWD:
+                        load(b, bb + p * V, bufb, u * V)
                 else:
                     for v in range(V):
-                        buf[u * V + v] = ctype(NEG_INF)
-            for j in range(UV):
-                bm = fmax(bm, buf[j])
-            mn = fmax(mt, bm)
-            if mn != ctype(NEG_INF):
-                part = ctype(0.0)
+                        bufa[u * V + v] = ctype(PAD)
+                        bufb[u * V + v] = ctype(PAD)
+            part = ctype(0.0)
+            if FWD:
+                bm = ctype(NEG_INF)
                 for j in range(UV):
-                    part += exp(buf[j] - mn)
-                acc = acc * exp(mt - mn) + part
-            mt = mn
+                    bm = fmax(bm, bufa[j])
+                mn = fmax(mt, bm)
+                if mn != ctype(NEG_INF):
+                    for j in range(UV):
+                        part += term(bufa[j], bufa[j], mn)
+                    acc = acc * exp(mt - mn) + part
+                mt = mn
+            else:
+                for j in range(UV):
+                    part += term(bufa[j], bufb[j], mt)
+                acc += part
             p0 += U * B
         return mt, acc
 
     @dev
-    def combine(mt, acc, red, redd, xch, xchd):
-        """Block-wide (max, sum rescaled to that max) from every thread's pair."""
-        mrow = block_max(mt, red, xch)
-        if mt == ctype(NEG_INF):
-            acc = F64(0.0)
-        else:
-            acc = acc * exp(mt - mrow)
-        return mrow, block_sum(acc, F64(0.0), redd, xchd)
+    def reduce(mt, acc, red, redd, xch, xchd):
+        """Block-wide (max, sum) from every thread's pair (forward: each sum rescaled to the
+        block's max first)."""
+        if FWD:
+            mrow = block_max(mt, ctype(NEG_INF), red, xch)
+            if mt == ctype(NEG_INF):
+                acc = F64(0.0)
+            else:
+                acc = acc * exp(mt - mrow)
+            return mrow, block_sum(acc, F64(0.0), redd, xchd)
+        return mt, block_sum(acc, F64(0.0), redd, xchd)
 
     @dev
-    def write_forward(x, xb, out, ob, plo, phi, mrow, total, buf):
-        if op == "log_softmax":
-            f = ctype(log(total))
-        else:
-            f = ctype(1.0 / total)
+    def write(a, ab, b, bb, out, ob, plo, phi, mx, f, bufa, bufb):
         tid = cuda.threadIdx.x
         p0 = plo + tid
         while p0 < phi:
             for u in range(U):
                 p = p0 + u * B
                 if p < phi:
-                    if V == 1:
-                        buf[u] = ld(x, xb + p)
-                    else:
-                        ldv(x, xb + p * V, buf, u * V, 1)
+                    load(a, ab + p * V, bufa, u * V)
+                    if not FWD:
+                        load(b, bb + p * V, bufb, u * V)
             for j in range(UV):
-                if op == "log_softmax":
-                    buf[j] = (buf[j] - mrow) - f
-                else:
-                    buf[j] = exp(buf[j] - mrow) * f
+                bufa[j] = value(bufa[j], bufb[j], mx, f)
             for u in range(U):
                 p = p0 + u * B
                 if p < phi:
-                    if V == 1:
-                        st(out, ob + p, buf[u])
-                    else:
-                        stv(out, ob + p * V, buf, u * V, 1)
+                    store(out, ob + p * V, bufa, u * V)
             p0 += U * B
 
-    @dev
-    def row_dot(a, ab, b, bb, plo, phi, bufa, bufb):
-        """This thread's float64 sum of a*b (softmax_backward) or of b (log) over packs."""
-        tid = cuda.threadIdx.x
-        acc = F64(0.0)
-        p0 = plo + tid
-        while p0 < phi:
-            for u in range(U):
-                p = p0 + u * B
-                if p < phi:
-                    if V == 1:
-                        if op != "log_softmax_backward":
-                            bufa[u] = ld(a, ab + p)
-                        bufb[u] = ld(b, bb + p)
+    return LongParts(partial, reduce, write)
+
+
+def _long(P, spec):
+    """``long``: a block per row. ``split_stats`` / ``split_write``: a block per (row,
+    chunk) = divmod(i, C), chunks of L packs; ws (float64) holds per chunk (max, sum) for
+    the forward, the partial sum for the gradients. The long kernel is the chunk loop with
+    one chunk of the whole row (C = 1)."""
+    parts = _long_parts(P, spec)
+    partial, reduce, write = parts.partial, parts.reduce, parts.write
+    fmax, factor64 = _reductions(P).fmax, _op_math(P, spec.op).factor64
+    exp, ctype = P.exp, P.ctype
+    FWD = spec.op in FORWARD
+    STATS = spec.strategy != "split_write"  # the chunk's statistics from its data
+    WRITE = spec.strategy != "split_stats"  # the chunk's output
+    V, B, U = spec.V, spec.B, spec.U
+    UV = U * V
+    XCH = B if P.sim else 1
+
+    def body(a, sa, b, sb, out, so, ws, m, n, C, L, bufa, bufb):
+        if STATS:  # block reductions
+            red = cuda.shared.array(32, ctype)
+            redd = cuda.shared.array(32, F64)
+            xch = cuda.shared.array(XCH, ctype)
+            xchd = cuda.shared.array(XCH, F64)
+        npk = n // V
+        i = cuda.blockIdx.x
+        while i < m * C:
+            row = i // C
+            plo = (i - row * C) * L
+            phi = min(npk, plo + L)
+            if STATS:
+                mt, acc = partial(a, row * sa, b, row * sb, plo, phi, bufa, bufb)
+                mx, total = reduce(mt, acc, red, redd, xch, xchd)
+                if not WRITE and cuda.threadIdx.x == 0:
+                    if FWD:
+                        ws[2 * i] = mx
+                        ws[2 * i + 1] = total
                     else:
-                        if op != "log_softmax_backward":
-                            ldv(a, ab + p * V, bufa, u * V, 1)
-                        ldv(b, bb + p * V, bufb, u * V, 1)
+                        ws[i] = total
+            else:
+                # every thread combines the row's chunk statistics, in chunk order
+                mx = ctype(NEG_INF)
+                total = F64(0.0)
+                if FWD:
+                    for k in range(C):
+                        mx = fmax(mx, ctype(ws[2 * (row * C + k)]))
+                    for k in range(C):
+                        mk = ctype(ws[2 * (row * C + k)])
+                        if mk != ctype(NEG_INF):
+                            total += ws[2 * (row * C + k) + 1] * exp(mk - mx)
                 else:
-                    for v in range(V):
-                        bufa[u * V + v] = ctype(0.0)
-                        bufb[u * V + v] = ctype(0.0)
-            part = ctype(0.0)
-            for j in range(UV):
-                if op == "log_softmax_backward":
-                    part += bufb[j]
-                else:
-                    part += bufa[j] * bufb[j]
-            acc += part
-            p0 += U * B
-        return acc
-
-    @dev
-    def write_backward(a, ab, b, bb, out, ob, plo, phi, s, bufa, bufb):
-        tid = cuda.threadIdx.x
-        p0 = plo + tid
-        while p0 < phi:
-            for u in range(U):
-                p = p0 + u * B
-                if p < phi:
-                    if V == 1:
-                        bufa[u] = ld(a, ab + p)
-                        bufb[u] = ld(b, bb + p)
-                    else:
-                        ldv(a, ab + p * V, bufa, u * V, 1)
-                        ldv(b, bb + p * V, bufb, u * V, 1)
-            for j in range(UV):
-                if op == "log_softmax_backward":
-                    bufa[j] = bufb[j] - exp(bufa[j]) * s
-                else:
-                    bufa[j] = bufa[j] * (bufb[j] - s)
-            for u in range(U):
-                p = p0 + u * B
-                if p < phi:
-                    if V == 1:
-                        st(out, ob + p, bufa[u])
-                    else:
-                        stv(out, ob + p * V, bufa, u * V, 1)
-            p0 += U * B
-
-    return online_stats, combine, write_forward, row_dot, write_backward
-
-
-def _long_forward(P, spec):
-    online_stats, combine, write_forward, _, _ = _long_parts(P, spec)
-    begin = P["begin"]
-    ctype = P["ctype"]
-    V, B, U = spec.V, spec.B, spec.U
-    UV = U * V
-    XCH = B if P["sim"] else 1
-
-    def kernel(x, sx, out, so, m, n):
-        begin()
-        buf = cuda.local.array(UV, ctype)
-        red = cuda.shared.array(32, ctype)
-        redd = cuda.shared.array(32, F64)
-        xch = cuda.shared.array(XCH, ctype)
-        xchd = cuda.shared.array(XCH, F64)
-        npk = n // V
-        row = cuda.blockIdx.x
-        while row < m:
-            mt, acc = online_stats(x, row * sx, 0, npk, buf)
-            mrow, total = combine(mt, acc, red, redd, xch, xchd)
-            write_forward(x, row * sx, out, row * so, 0, npk, mrow, total, buf)
-            row += cuda.gridDim.x
-
-    return kernel
-
-
-def _long_backward(P, spec):
-    _, combine, _, row_dot, write_backward = _long_parts(P, spec)
-    _, _, _, _, block_sum = _helpers(P)
-    begin = P["begin"]
-    ctype = P["ctype"]
-    V, B, U = spec.V, spec.B, spec.U
-    UV = U * V
-    XCH = B if P["sim"] else 1
-
-    def kernel(a, sa, b, sb, out, so, m, n):
-        begin()
-        bufa = cuda.local.array(UV, ctype)
-        bufb = cuda.local.array(UV, ctype)
-        redd = cuda.shared.array(32, F64)
-        xchd = cuda.shared.array(XCH, F64)
-        npk = n // V
-        row = cuda.blockIdx.x
-        while row < m:
-            acc = row_dot(a, row * sa, b, row * sb, 0, npk, bufa, bufb)
-            s = ctype(block_sum(acc, F64(0.0), redd, xchd))
-            write_backward(a, row * sa, b, row * sb, out, row * so, 0, npk, s, bufa, bufb)
-            row += cuda.gridDim.x
-
-    return kernel
-
-
-# ---------------------------------------------------------------------------------------
-# split long rows: C chunks of L packs per row, block i -> (row, chunk) = divmod(i, C).
-# ws (float64) holds per chunk (max, sum) for the forward, the partial sum for gradients.
-
-def _split_forward_stats(P, spec):
-    online_stats, combine, _, _, _ = _long_parts(P, spec)
-    begin = P["begin"]
-    ctype = P["ctype"]
-    V, B, U = spec.V, spec.B, spec.U
-    UV = U * V
-    XCH = B if P["sim"] else 1
-
-    def kernel(x, sx, ws, m, n, C, L):
-        begin()
-        buf = cuda.local.array(UV, ctype)
-        red = cuda.shared.array(32, ctype)
-        redd = cuda.shared.array(32, F64)
-        xch = cuda.shared.array(XCH, ctype)
-        xchd = cuda.shared.array(XCH, F64)
-        npk = n // V
-        i = cuda.blockIdx.x
-        while i < m * C:
-            row = i // C
-            c = i - row * C
-            plo = c * L
-            phi = min(npk, plo + L)
-            mt, acc = online_stats(x, row * sx, plo, phi, buf)
-            mc, sc = combine(mt, acc, red, redd, xch, xchd)
-            if cuda.threadIdx.x == 0:
-                ws[2 * i] = mc
-                ws[2 * i + 1] = sc
+                    for k in range(C):
+                        total += ws[row * C + k]
+            if WRITE:
+                write(a, row * sa, b, row * sb, out, row * so, plo, phi, mx, factor64(total),
+                      bufa, bufb)
             i += cuda.gridDim.x
 
-    return kernel
-
-
-def _split_forward_write(P, spec):
-    _, _, write_forward, _, _ = _long_parts(P, spec)
-    fmax, _, _, _, _ = _helpers(P)
-    begin, exp = P["begin"], P["exp"]
-    ctype = P["ctype"]
-    V, U = spec.V, spec.U
-    UV = U * V
-
-    def kernel(x, sx, out, so, ws, m, n, C, L):
-        begin()
-        buf = cuda.local.array(UV, ctype)
-        npk = n // V
-        i = cuda.blockIdx.x
-        while i < m * C:
-            row = i // C
-            c = i - row * C
-            # every thread combines the row's chunk statistics, in chunk order
-            mrow = ctype(NEG_INF)
-            for k in range(C):
-                mrow = fmax(mrow, ctype(ws[2 * (row * C + k)]))
-            total = F64(0.0)
-            for k in range(C):
-                mk = ctype(ws[2 * (row * C + k)])
-                if mk != ctype(NEG_INF):
-                    total += ws[2 * (row * C + k) + 1] * exp(mk - mrow)
-            plo = c * L
-            phi = min(npk, plo + L)
-            write_forward(x, row * sx, out, row * so, plo, phi, mrow, total, buf)
-            i += cuda.gridDim.x
-
-    return kernel
-
-
-def _split_backward_stats(P, spec):
-    _, _, _, row_dot, _ = _long_parts(P, spec)
-    _, _, _, _, block_sum = _helpers(P)
-    begin = P["begin"]
-    ctype = P["ctype"]
-    V, B, U = spec.V, spec.B, spec.U
-    UV = U * V
-    XCH = B if P["sim"] else 1
-
-    def kernel(a, sa, b, sb, ws, m, n, C, L):
-        begin()
-        bufa = cuda.local.array(UV, ctype)
-        bufb = cuda.local.array(UV, ctype)
-        redd = cuda.shared.array(32, F64)
-        xchd = cuda.shared.array(XCH, F64)
-        npk = n // V
-        i = cuda.blockIdx.x
-        while i < m * C:
-            row = i // C
-            c = i - row * C
-            plo = c * L
-            phi = min(npk, plo + L)
-            acc = row_dot(a, row * sa, b, row * sb, plo, phi, bufa, bufb)
-            acc = block_sum(acc, F64(0.0), redd, xchd)
-            if cuda.threadIdx.x == 0:
-                ws[i] = acc
-            i += cuda.gridDim.x
-
-    return kernel
-
-
-def _split_backward_write(P, spec):
-    _, _, _, _, write_backward = _long_parts(P, spec)
-    begin = P["begin"]
-    ctype = P["ctype"]
-    V, U = spec.V, spec.U
-    UV = U * V
-
-    def kernel(a, sa, b, sb, out, so, ws, m, n, C, L):
-        begin()
-        bufa = cuda.local.array(UV, ctype)
-        bufb = cuda.local.array(UV, ctype)
-        npk = n // V
-        i = cuda.blockIdx.x
-        while i < m * C:
-            row = i // C
-            c = i - row * C
-            total = F64(0.0)
-            for k in range(C):
-                total += ws[row * C + k]
-            plo = c * L
-            phi = min(npk, plo + L)
-            write_backward(a, row * sa, b, row * sb, out, row * so, plo, phi, ctype(total),
-                           bufa, bufb)
-            i += cuda.gridDim.x
-
-    return kernel
+    return Body(body, UV, ctype)
 
 
 # ---------------------------------------------------------------------------------------
 # strided copy with an optional cast: gathers a strided input into contiguous rows,
 # scatters contiguous rows into a strided ``out``, converts integer/bool input to float64.
 
-def make_copy(ndim, cast):
+def make_copy(ndim, cast, sim):
     """copy(src, soff, sstrides, dst, doff, dstrides, shape, total): element i (C order over
     ``shape``) goes from src[soff + i . sstrides] to dst[doff + i . dstrides] (element
     strides, possibly negative). ``cast`` (a numba type, or None for a plain copy) converts
     the value."""
     ND = ndim
+    CAST = cast
 
-    if cast is None:
-        @_jit_dev_plain
-        def convert(v):
+    @_device(sim)
+    def convert(v):
+        if CAST is None:
             return v
-    else:
-        CAST = cast
-
-        @_jit_dev_plain
-        def convert(v):
-            return CAST(v)
+        return CAST(v)
 
     def kernel(src, soff, sstr, dst, doff, dstr, shape, total):
         i = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
@@ -827,28 +599,51 @@ def make_copy(ndim, cast):
     return kernel
 
 
-def _jit_dev_plain(f):
-    from numba.cuda.core import config
+# ---------------------------------------------------------------------------------------
 
-    if config.ENABLE_CUDASIM:
-        return f
-    return cuda.jit(device=True, forceinline=True)(f)
-
-
-_BUILDERS = {
-    ("rows", True): _rows_forward,
-    ("rows", False): _rows_backward,
-    ("smem", True): _smem_forward,
-    ("smem", False): _smem_backward,
-    ("long", True): _long_forward,
-    ("long", False): _long_backward,
-    ("split_stats", True): _split_forward_stats,
-    ("split_stats", False): _split_backward_stats,
-    ("split_write", True): _split_forward_write,
-    ("split_write", False): _split_backward_write,
-}
+_BODIES = {"rows": _rows, "smem": _smem, "long": _long, "split_stats": _long,
+           "split_write": _long}
 
 
 def build(spec, primitives):
-    """The Python function of the kernel for ``spec`` (not yet compiled)."""
-    return _BUILDERS[spec.strategy, spec.op in FORWARD](primitives, spec)
+    """The Python function of the kernel for ``spec`` (not yet compiled). Every body takes
+    (a, sa, b, sb, out, so, ws, m, n, C, L); each kernel takes what its strategy uses
+    (launch._signature), and the forward kernels one input, passed as both a and b; the
+    gradients' second buffer exists only where a second input is read."""
+    P = primitives
+    dev = _device(P.sim)
+    strategy = _BODIES[spec.strategy](P, spec)
+    inner, items, dtype = dev(strategy.fn), strategy.items, strategy.dtype
+    begin = P.begin
+    fwd = spec.op in FORWARD
+
+    @dev
+    def body(a, sa, b, sb, out, so, ws, m, n, C, L):
+        begin()
+        ba = cuda.local.array(items, dtype)  # the packs in flight: one buffer per input
+        bb = ba
+        if not fwd:
+            bb = cuda.local.array(items, dtype)
+        inner(a, sa, b, sb, out, so, ws, m, n, C, L, ba, bb)
+
+    if spec.strategy == "split_stats":
+        if fwd:
+            def kernel(x, sx, ws, m, n, C, L):
+                body(x, sx, x, sx, ws, 0, ws, m, n, C, L)
+        else:
+            def kernel(a, sa, b, sb, ws, m, n, C, L):
+                body(a, sa, b, sb, ws, 0, ws, m, n, C, L)
+    elif spec.strategy == "split_write":
+        if fwd:
+            def kernel(x, sx, out, so, ws, m, n, C, L):
+                body(x, sx, x, sx, out, so, ws, m, n, C, L)
+        else:
+            def kernel(a, sa, b, sb, out, so, ws, m, n, C, L):
+                body(a, sa, b, sb, out, so, ws, m, n, C, L)
+    elif fwd:  # one row per chunk (C = 1, L = n covers the row)
+        def kernel(x, sx, out, so, m, n):
+            body(x, sx, x, sx, out, so, out, m, n, 1, n)
+    else:
+        def kernel(a, sa, b, sb, out, so, m, n):
+            body(a, sa, b, sb, out, so, out, m, n, 1, n)
+    return kernel

@@ -5,11 +5,13 @@ addresses under the simulator (whose "device" arrays are numpy arrays). Kernels 
 1-D contiguous arrays; on a GPU such an argument is passed as numba's flattened array
 struct ``(meminfo, parent, nitems, itemsize, data, shape, stride)`` of raw ints, straight
 to ``cuda.core.launch`` with the compiled overload's kernel handle: no numba typing, no
-``__cuda_array_interface__`` round trip per call (numba's generic dispatch costs 35-81 us
-per launch; shared FACTS.md). Everything is validated before it gets here (api.py).
+``__cuda_array_interface__`` round trip per call (numba's generic dispatch costs tens of
+microseconds per launch). Everything is validated before it gets here (api.py).
 
-``config`` holds the tunables; tests use ``config.override(...)`` to force strategies and
-small blocks under the simulator.
+Sections: tunables (``config``; tests use ``config.override(...)`` to force strategies and
+small blocks under the simulator), devices, plans, compilation, temporary device memory
+(stream-ordered, the host never waits), launching (one builder of kernel arguments; a
+current context per thread for the context-less kernel handles), entry points for api.py.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import numpy as np
 from numba import cuda, types
 from numba.cuda.core import config as _numba_config
 
+from . import driver
 from . import kernels as K
 
 SIM = bool(_numba_config.ENABLE_CUDASIM)
@@ -47,7 +50,7 @@ _I64 = types.int64
 class _Config:
     """Tunables. ``None`` means the built-in default (which differs under the simulator).
 
-    block      threads per block for every kernel (simulator default 32)
+    block      threads per block for every kernel (a multiple of 32; simulator default 32)
     max_grid   cap on the number of blocks (grid-stride loops cover the rest)
     reg_max    longest row (elements) handled by the register strategy
     smem_max   bytes of dynamic shared memory the ``smem`` strategy may use
@@ -83,12 +86,14 @@ class _Config:
             old = {k: getattr(self, k) for k in kwargs}
             for k, v in kwargs.items():
                 setattr(self, k, v)
+            _ready.clear()
             _fast.clear()
             try:
                 yield self
             finally:
                 for k, v in old.items():
                     setattr(self, k, v)
+                _ready.clear()
                 _fast.clear()
 
 
@@ -97,27 +102,32 @@ config = _Config()
 # ---------------------------------------------------------------------------------------
 # devices
 
+# what plans depend on: multiprocessor count, max dynamic shared memory per block (opt-in)
+DeviceProps = namedtuple("DeviceProps", "sms smem_optin")
 _props = {}
 
 
 def device_props(dev):
-    """(multiprocessor count, max dynamic shared memory per block with opt-in) of ``dev``."""
+    """DeviceProps of device ordinal ``dev`` (a DeviceProps is returned as is)."""
+    if isinstance(dev, DeviceProps):
+        return dev
     p = _props.get(dev)
     if p is None:
         if SIM:
-            p = (1, 48 * 1024)
+            p = DeviceProps(1, 48 * 1024)
         else:
             with cuda.gpus[dev]:
                 d = cuda.get_current_device()
-                p = (int(d.MULTIPROCESSOR_COUNT), int(d.MAX_SHARED_MEMORY_PER_BLOCK_OPTIN))
+                p = DeviceProps(int(d.MULTIPROCESSOR_COUNT),
+                                int(d.MAX_SHARED_MEMORY_PER_BLOCK_OPTIN))
         _props[dev] = p
     return p
 
 
 # ---------------------------------------------------------------------------------------
-# plans
+# plans: which kernels, launched how
 
-Step = namedtuple("Step", "spec grid block shmem extra")
+Step = namedtuple("Step", "spec grid shmem chunks")  # chunks: (C, L) of the split kernels
 Plan = namedtuple("Plan", "steps ws_items")  # ws_items: float64 workspace length (split)
 
 SHMEM_DEFAULT = 48 * 1024
@@ -128,119 +138,148 @@ def _pow2ceil(v):
     return 1 << max(0, (int(v) - 1).bit_length())
 
 
-def _ctsize(kind):
-    return 8 if kind == "f8" else 4
+class _Call:
+    """One planning problem: an (m, n) call of ``op`` on ``kind`` data, with the tunables
+    resolved for the device (``props``) and mode (``sim``)."""
+
+    def __init__(self, op, kind, m, n, vec_ok, props, sim):
+        self.op, self.kind, self.m, self.n, self.sim = op, kind, m, n, sim
+        self.bwd = op in K.BACKWARD
+        self.item = STORAGE[kind].itemsize
+        width = 16 // self.item
+        self.V = width if vec_ok and config.vector and n % width == 0 else 1
+        self.npk = n // self.V  # packs per row
+        self.ctsize = 8 if kind == "f8" else 4  # bytes of the compute type
+        self.sms = props.sms
+        self.smem_cap = (config.smem_max if config.smem_max is not None
+                         else props.smem_optin - _STATIC_SMEM)
+        self.max_grid = config.max_grid or (2 if sim else props.sms * 32)
+        # packs per thread and step in the smem/long/split loops: ~16 values in flight
+        self.unroll = 2 if sim else max(1, (8 if kind == "f8" else 16) // self.V)
+
+    def block(self, default):
+        """Threads per block: the tunable, else 32 under the simulator, else ``default``.
+        A whole number of warps: the reductions shuffle over full warps."""
+        b = config.block or (32 if self.sim else default)
+        if b % 32 or not 32 <= b <= 1024:
+            raise ValueError(f"block size must be a multiple of 32 from 32 to 1024 (whole "
+                             f"warps); got {b}")
+        return b
+
+    def spec(self, strategy, b, u, G=1, K_=1, cache="c"):
+        return K.Spec(strategy, self.op, self.kind, self.V, G, K_, b, u, cache)
+
+
+def _rows(c):
+    packs = max(c.npk, 1)
+    if packs <= 32:
+        g, k = _pow2ceil(packs), 1
+    else:
+        g, k = 32, _pow2ceil(-(-packs // 32))
+    b = c.block(128)
+    # rows per group and step: two when a row is at most 8 values per thread, so that
+    # each thread keeps two loads in flight
+    u = 2 if k * c.V <= 8 else 1
+    grid = min(-(-c.m // (b // g * u)), c.max_grid)
+    return Plan([Step(c.spec("rows", b, u, g, k), grid, 0, ())], 0)
+
+
+def _smem_block(c):
+    # two block sizes only (each is a separate compilation): 1-8 packs per thread
+    return c.block(512 if c.npk <= 4096 else 1024)
+
+
+def _smem_bytes(c, b, cache):
+    per = c.item if cache == "s" else c.ctsize
+    return -(-c.npk // b) * b * c.V * per * (2 if c.bwd else 1)
+
+
+def _smem_cache(c):
+    """"c" (rows cached in the compute type) when the row fits, else "s" (the 2-byte
+    storage type) when that fits; None when neither does."""
+    b = _smem_block(c)
+    for cache in ("c", "s") if c.item == 2 else ("c",):
+        if _smem_bytes(c, b, cache) <= c.smem_cap:
+            return cache
+    return None
+
+
+def _smem(c, cache=None):
+    b = _smem_block(c)
+    cache = cache or _smem_cache(c) or "c"
+    # the gradients load two arrays: half the packs of each in flight (at 1024 threads a
+    # thread has 64 registers; more spill)
+    u = max(1, c.unroll // 2) if c.bwd and not c.sim else c.unroll
+    return Plan([Step(c.spec("smem", b, u, cache=cache), min(c.m, c.max_grid),
+                      _smem_bytes(c, b, cache), ())], 0)
+
+
+def _long(c):
+    b = c.block(512)
+    return Plan([Step(c.spec("long", b, c.unroll), min(c.m, c.max_grid), 0, ())], 0)
+
+
+def _split(c):
+    b = c.block(512)
+    per_step = b * c.unroll
+    target = 4 if c.sim else c.sms * 4  # blocks to fill the device
+    chunks = max(1, min(-(-target // c.m), -(-c.npk // per_step)))
+    L = -(-c.npk // chunks)  # packs per chunk
+    if not c.sim:
+        L = -(-L // per_step) * per_step  # whole steps
+    chunks = -(-c.npk // L)
+    grid = min(c.m * chunks, c.max_grid)
+    # the statistics kernel is the same for softmax and log_softmax: compile it once
+    stats = c.spec("split_stats", b, c.unroll)
+    if not c.bwd:
+        stats = stats._replace(op="softmax")
+    steps = [Step(stats, grid, 0, (chunks, L)),
+             Step(c.spec("split_write", b, c.unroll), grid, 0, (chunks, L))]
+    return Plan(steps, c.m * chunks * (1 if c.bwd else 2))
+
+
+def _choose(c):
+    reg_max = config.reg_max
+    if reg_max is None:
+        reg_max = (512 if c.bwd else 1024) * 4 // c.ctsize  # <= 32 float32 values a thread
+    if c.n <= reg_max:
+        return "rows"
+    if _smem_cache(c):
+        return "smem"
+    split_rows = config.split_rows
+    if split_rows is None:
+        split_rows = 2 if c.sim else c.sms * 2
+    if c.m < split_rows and c.npk >= 2 * c.block(512) * c.unroll:
+        return "split"
+    return "long"
+
+
+_STRATEGIES = {"rows": _rows, "smem": _smem, "long": _long, "split": _split,
+               "smem16": lambda c: _smem(c, "s" if c.item == 2 else "c")}
 
 
 def plan(op, kind, m, n, vec_ok, dev, sim=None):
-    """Kernels, launch shapes and workspace for an (m, n) call; see kernels.py. ``sim``
-    (default: whether the simulator runs) picks the simulator's small defaults."""
-    SIM_ = SIM if sim is None else sim
-    sms, optin = device_props(dev)
-    bwd = op in K.BACKWARD
-    itemsize = STORAGE[kind].itemsize
-    V = 16 // itemsize if (vec_ok and config.vector and n % (16 // itemsize) == 0) else 1
-    npk = n // V
-    ct = _ctsize(kind)
-    narr = 2 if bwd else 1
-    sim_block = config.block or 32
-    max_grid = config.max_grid or (2 if SIM_ else sms * 32)
-
-    reg_max = config.reg_max
-    if reg_max is None:
-        reg_max = (512 if bwd else 1024) * 4 // ct  # <= 32 float32 registers per thread
-    smem_cap = config.smem_max if config.smem_max is not None else optin - _STATIC_SMEM
-
-    def rows():
-        packs = max(npk, 1)
-        if packs <= 32:
-            g, k = _pow2ceil(packs), 1
-        else:
-            g, k = 32, _pow2ceil(-(-packs // 32))
-        b = max(sim_block if SIM_ else (config.block or 128), g)
-        # rows per group and step: two when a row is at most 8 values per thread, so
-        # that each thread keeps two loads in flight
-        r = 2 if k * V <= 8 else 1
-        rpb = b // g * r
-        grid = min(-(-m // rpb), max_grid)
-        return Plan([Step(K.Spec("rows", op, kind, V, g, k, b, r), grid, b, 0, ())], 0)
-
-    def smem_block():
-        if SIM_ or config.block:
-            return sim_block if SIM_ else config.block
-        # two block sizes only (each is a separate compilation): 1-8 packs per thread
-        return 512 if npk <= 4096 else 1024
-
-    def smem_bytes(b, cache="c"):
-        per = itemsize if cache == "s" else ct
-        return -(-npk // b) * b * V * per * narr
-
-    def smem_cache():
-        """"c" (compute type) when the row fits, else "s" (2-byte storage) if that fits."""
-        b = smem_block()
-        if smem_bytes(b) <= smem_cap or itemsize != 2:
-            return "c"
-        return "s" if smem_bytes(b, "s") <= smem_cap else "c"
-
-    def smem(cache=None):
-        b = smem_block()
-        cache = cache or smem_cache()
-        grid = min(m, max_grid)
-        # packs per thread loaded before they go to shared memory (loads in flight)
-        ul = 2 if SIM_ else max(1, (8 if kind == "f8" else 16) // V)
-        return Plan([Step(K.Spec("smem", op, kind, V, 1, 1, b, ul, cache), grid, b,
-                          smem_bytes(b, cache), ())], 0)
-
-    def long_block():
-        return sim_block if SIM_ else (config.block or 512)
-
-    # packs per thread per step in the long/split loops: ~16 values in flight per thread
-    unroll = 2 if SIM_ else max(1, (8 if kind == "f8" else 16) // V)
-
-    def long_():
-        b = long_block()
-        grid = min(m, max_grid)
-        return Plan([Step(K.Spec("long", op, kind, V, 1, 1, b, unroll), grid, b, 0, ())], 0)
-
-    def split():
-        b = long_block()
-        target = (4 if SIM_ else sms * 4)
-        per_step = b * unroll
-        c = max(1, min(-(-target // m), -(-npk // per_step)))
-        L = -(-npk // c)  # packs per chunk
-        if not SIM_:
-            L = -(-L // per_step) * per_step
-        c = -(-npk // L)
-        grid = min(m * c, max_grid)
-        stats = K.Spec("split_stats", op, kind, V, 1, 1, b, unroll)
-        write = K.Spec("split_write", op, kind, V, 1, 1, b, unroll)
-        ws = m * c * (1 if bwd else 2)
-        return Plan([Step(stats, grid, b, 0, (c, L)), Step(write, grid, b, 0, (c, L))], ws)
-
-    force = config.force
-    if force == "rows":
-        return rows()
-    if force == "smem":
-        return smem()
-    if force == "smem16":
-        return smem("s" if itemsize == 2 else "c")
-    if force == "long":
-        return long_()
-    if force == "split":
-        return split()
-    if n <= reg_max:
-        return rows()
-    if smem_bytes(smem_block(), smem_cache()) <= smem_cap:
-        return smem()
-    split_rows = config.split_rows if config.split_rows is not None else (
-        2 if SIM_ else sms * 2)
-    if m < split_rows and npk >= 2 * long_block() * unroll:
-        return split()
-    return long_()
+    """Kernels, launch shapes and workspace for an (m, n) call; see kernels.py. ``dev``: a
+    device ordinal or a DeviceProps (to plan for another device); ``sim`` (default: whether
+    the simulator runs) picks the simulator's small defaults."""
+    c = _Call(op, kind, m, n, vec_ok, device_props(dev), SIM if sim is None else sim)
+    strategy = config.force or _choose(c)
+    if strategy not in _STRATEGIES:
+        raise ValueError(f"config.force must be one of {sorted(_STRATEGIES)}; got "
+                         f"{strategy!r}")
+    return _STRATEGIES[strategy](c)
 
 
 # ---------------------------------------------------------------------------------------
 # compilation
+
+# what ``cuda.jit`` compiles: the kernel's Python function, its signature, the options.
+# Launch bounds: at most the block size, at least one block per SM. ptxas then keeps
+# registers x block within the register file (else the launch fails for lack of
+# resources). With the block size alone it also aims at several blocks per SM and spills
+# registers for that, by heuristics that move with every code change.
+Source = namedtuple("Source", "pyfunc sig options")
+COPY_BLOCK = 256
 
 _prims = {}
 _compiled = {}
@@ -268,61 +307,72 @@ def _arr(dtype):
 
 def _signature(spec):
     a = _arr(STORAGE[spec.kind])
-    w = _arr(np.float64)
     i = _I64
-    fwd = spec.op in K.FORWARD
-    s = spec.strategy
-    if s in ("rows", "smem", "long"):
-        args = (a, i, a, i, i, i) if fwd else (a, i, a, i, a, i, i, i)
-    elif s == "split_stats":
-        args = (a, i, w, i, i, i, i) if fwd else (a, i, a, i, w, i, i, i, i)
+    inputs = (a, i) if spec.op in K.FORWARD else (a, i, a, i)
+    if spec.strategy == "split_stats":
+        rest = (_arr(np.float64), i, i, i, i)
+    elif spec.strategy == "split_write":
+        rest = (a, i, _arr(np.float64), i, i, i, i)
     else:
-        args = (a, i, a, i, w, i, i, i, i) if fwd else (a, i, a, i, a, i, w, i, i, i, i)
-    return types.void(*args)
+        rest = (a, i, i, i)
+    return types.void(*inputs, *rest)
+
+
+def _options(block):
+    return dict(fastmath=False, lineinfo=False, launch_bounds=(block, 1))
+
+
+def kernel_source(spec):
+    """The Source that ``get_kernel`` compiles for ``spec``."""
+    return Source(K.build(spec, primitives(spec.kind)), _signature(spec), _options(spec.B))
+
+
+def copy_source(ndim, src_dtype, dst_dtype, cast):
+    """The Source of the strided copy kernel (see kernels.make_copy)."""
+    tup = types.UniTuple(_I64, ndim)
+    sig = types.void(_arr(src_dtype), _I64, tup, _arr(dst_dtype), _I64, tup, tup, _I64)
+    return Source(K.make_copy(ndim, _NB[np.dtype(dst_dtype)] if cast else None, SIM), sig,
+                  _options(COPY_BLOCK))
+
+
+def _max_threads(kernel):
+    """The most threads per block a compiled kernel can be launched with."""
+    return 1024 if SIM else int(kernel.attrs.maxthreads)
 
 
 class Compiled:
     """One compiled kernel on one device, launchable with raw-int arguments."""
 
-    __slots__ = ("dispatcher", "overload", "kernel", "max_shmem", "dev")
+    __slots__ = ("dispatcher", "kernel", "dev", "max_threads", "max_shmem")
 
     def __init__(self, dispatcher, dev):
         self.dispatcher = dispatcher
         self.dev = dev
         self.max_shmem = SHMEM_DEFAULT
-        self.overload = None
         self.kernel = None
         if not SIM:
-            self.overload = next(iter(dispatcher.overloads.values()))
+            overload = next(iter(dispatcher.overloads.values()))
             with cuda.gpus[dev]:
-                self.kernel = self.overload._codelibrary.get_cufunc()
+                self.kernel = overload._codelibrary.get_cufunc()
+        self.max_threads = _max_threads(self.kernel)
 
     def ensure_shmem(self, nbytes):
-        """Raise the kernel's dynamic shared-memory limit above 48 KB (no public numba API;
-        shared FACTS.md)."""
-        if SIM or nbytes <= self.max_shmem:
-            return
-        from numba.cuda.cudadrv.driver import binding, driver
-
-        attr = binding.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
-        f = self.kernel
-        try:
-            driver.cuKernelSetAttribute(attr, nbytes, f.handle, f.device.id)
-        except Exception:  # noqa: BLE001 - older loaders hand out CUfunction handles
-            driver.cuFuncSetAttribute(f.handle, attr, nbytes)
-        self.max_shmem = nbytes
+        """Raise the kernel's dynamic shared-memory limit when ``nbytes`` exceeds it."""
+        if nbytes > self.max_shmem:
+            driver.set_max_dynamic_shared(self.kernel.handle, self.dev, nbytes)
+            self.max_shmem = nbytes
 
 
-def _compile(key, pyfunc, sig, dev):
+def _compile(key, src, dev):
     with _compile_lock:
         c = _compiled.get(key)
         if c is None:
-            if SIM:
-                disp = cuda.jit(pyfunc)
+            if SIM:  # the simulator rejects the options (launch bounds, lineinfo)
+                disp = cuda.jit(src.pyfunc)
             else:
                 try:
                     with cuda.gpus[dev]:
-                        disp = cuda.jit(sig, fastmath=False, lineinfo=False)(pyfunc)
+                        disp = cuda.jit(src.sig, **src.options)(src.pyfunc)
                 except AttributeError as err:
                     if "row_stack" in str(err):  # numba-cuda 0.30 with numpy >= 2.5
                         raise RuntimeError(
@@ -335,10 +385,15 @@ def _compile(key, pyfunc, sig, dev):
 
 
 def get_kernel(spec, dev):
-    key = (spec, dev)
-    c = _compiled.get(key)
+    """The compiled kernel of ``spec`` on ``dev``; an error (at plan time, not at launch)
+    when it cannot run blocks of the planned size."""
+    c = _compiled.get((spec, dev))
     if c is None:
-        c = _compile(key, K.build(spec, primitives(spec.kind)), _signature(spec), dev)
+        c = _compile((spec, dev), kernel_source(spec), dev)
+    if c.max_threads < spec.B:
+        raise RuntimeError(f"numbasoftmax: the compiled {spec.strategy} kernel {spec} runs "
+                           f"at most {c.max_threads} threads per block on cuda:{dev}, but "
+                           f"its plan launches {spec.B}")
     return c
 
 
@@ -346,21 +401,169 @@ def get_copy_kernel(ndim, src_dtype, dst_dtype, cast, dev):
     key = ("copy", ndim, np.dtype(src_dtype), np.dtype(dst_dtype), cast, dev)
     c = _compiled.get(key)
     if c is None:
-        tup = types.UniTuple(_I64, ndim)
-        sig = types.void(_arr(src_dtype), _I64, tup, _arr(dst_dtype), _I64, tup, tup, _I64)
-        c = _compile(key, K.make_copy(ndim, _NB[np.dtype(dst_dtype)] if cast else None),
-                     sig, dev)
+        c = _compile(key, copy_source(ndim, src_dtype, dst_dtype, cast), dev)
     return c
+
+
+# plans with their compiled kernels, per (op, kind, m, n, vec_ok, dev)
+Ready = namedtuple("Ready", "launches ws_items")  # launches: ((Compiled, Step), ...)
+_ready = {}
+
+
+def ready(op, kind, m, n, vec_ok, dev):
+    key = (op, kind, m, n, vec_ok, dev)
+    r = _ready.get(key)
+    if r is None:
+        p = plan(op, kind, m, n, vec_ok, dev)
+        r = Ready(tuple((get_kernel(s.spec, dev), s) for s in p.steps), p.ws_items)
+        with config._lock:
+            if len(_ready) > 4096:
+                _ready.clear()
+            _ready[key] = r
+    return r
+
+
+# ---------------------------------------------------------------------------------------
+# temporary device memory
+
+class _ArrayMemory:
+    """Memory held by arrays until freed: host arrays under the simulator (its device
+    memory is host memory), numba device arrays on a device without memory pools (freed
+    by numba's deferred cuMemFree, which synchronizes: only there)."""
+
+    def __init__(self, make):
+        self.make, self.arrays = make, {}  # make(nbytes) -> (array, pointer)
+
+    def alloc(self, nbytes, stream):
+        a, ptr = self.make(max(nbytes, 1))
+        self.arrays[ptr] = a
+        return ptr
+
+    def free(self, ptr, stream):
+        del self.arrays[ptr]
+
+
+class _AsyncMemory:
+    """Stream-ordered allocation: freeing never waits for the device."""
+
+    alloc = staticmethod(driver.alloc_async)
+    free = staticmethod(driver.free_async)
+
+
+def _host_array(nbytes):
+    a = np.empty(nbytes, np.uint8)
+    return a, a.ctypes.data
+
+
+def _numba_array(nbytes):
+    a = cuda.device_array(nbytes, np.uint8)
+    return a, a.__cuda_array_interface__["data"][0]
+
+
+_memories = {}
+
+
+def device_memory(dev):
+    """Where Scratch gets the memory of numba / ``__cuda_array_interface__`` calls."""
+    m = _memories.get(dev)
+    if m is None:
+        if SIM:
+            m = _ArrayMemory(_host_array)
+        elif driver.memory_pools_supported(dev):
+            m = _AsyncMemory()
+        else:
+            m = _ArrayMemory(_numba_array)
+        _memories[dev] = m
+    return m
+
+
+class Scratch:
+    """The temporary device buffers of one call, on its stream. ``alloc(nitems, dtype)`` ->
+    (array, pointer): an array library whose pool is stream-ordered (cupy, torch); None:
+    ``device_memory(dev)``, released in stream order when the Scratch is closed, after
+    the call's work is queued."""
+
+    def __init__(self, dev, stream, alloc=None):
+        self.dev, self.stream, self.alloc = dev, stream, alloc
+        self._arrays = []
+        self._ptrs = []
+
+    def buf(self, nitems, dtype):
+        dtype = np.dtype(dtype)
+        if self.alloc is not None:
+            arr, ptr = self.alloc(nitems, dtype)
+            self._arrays.append(arr)
+        else:
+            ptr = device_memory(self.dev).alloc(nitems * dtype.itemsize, self.stream)
+            self._ptrs.append(ptr)
+        return Buf(ptr, nitems, dtype)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        mem = device_memory(self.dev) if self._ptrs else None
+        while self._ptrs:
+            mem.free(self._ptrs.pop(), self.stream)
+        self._arrays.clear()
 
 
 # ---------------------------------------------------------------------------------------
 # launching
 
 _sim_lock = threading.Lock()
+_core = None  # the cuda.core module, imported at the first direct launch
 _streams = {}
+_numba_streams = {}
 _configs = {}
-_core = None
+_tls = threading.local()
 _fallback_warned = False
+
+
+def _kernel_args(step, ins, out, ws, m, n, raw=False):
+    """The arguments of a plan's kernel, in the kernels' order: each input (array, row
+    stride), out (array, row stride; not for the split statistics), the split's workspace,
+    m, n, the split's (C, L). Arrays are Bufs, or with ``raw`` their array structs, spliced
+    in (the direct launch's form, for the fast path)."""
+    args = []
+    put = args.extend if raw else args.append
+    for arr, stride in ins:
+        put(arr)
+        args.append(stride)
+    if step.spec.strategy != "split_stats":
+        put(out[0])
+        args.append(out[1])
+    if ws is not None:
+        put(ws)
+    args += (m, n)
+    args += step.chunks
+    return args
+
+
+def _array_struct(ptr, nitems, itemsize):
+    """numba's 1-D C-contiguous array argument as raw ints: (meminfo, parent, nitems,
+    itemsize, data, shape, stride)."""
+    return (0, 0, nitems, itemsize, ptr, nitems, itemsize)
+
+
+def _direct_args(args):
+    """Kernel arguments as raw ints: a Buf as numba's array struct, tuples flattened."""
+    out = []
+    for a in args:
+        if type(a) is Buf:
+            out += _array_struct(a.ptr, a.nitems, a.dtype.itemsize)
+        elif type(a) is tuple:
+            out += a
+        else:
+            out.append(a)
+    return out
+
+
+def _numba_args(args):
+    return [cuda.from_cuda_array_interface(
+        {"shape": (a.nitems,), "strides": None, "typestr": a.dtype.str,
+         "data": (a.ptr, False), "version": 3}, owner=None, sync=False)
+        if type(a) is Buf else a for a in args]
 
 
 def _sim_array(buf):
@@ -373,78 +576,72 @@ def _sim_array(buf):
     return FakeCUDAArray(np.frombuffer(raw, dtype=buf.dtype, count=buf.nitems))
 
 
-def _direct_args(args):
-    out = []
-    for a in args:
-        if type(a) is Buf:
-            size = a.dtype.itemsize
-            out += (0, 0, a.nitems, size, a.ptr, a.nitems, size)
-        elif type(a) is tuple:
-            out += a
-        else:
-            out.append(a)
-    return out
+def _bounded(cache, key, make, limit):
+    v = cache.get(key)
+    if v is None:
+        v = make(key)
+        if len(cache) >= limit:
+            cache.clear()
+        cache[key] = v
+    return v
 
 
-def _numba_args(args):
-    out = []
-    for a in args:
-        if type(a) is Buf:
-            out.append(cuda.from_cuda_array_interface(
-                {"shape": (a.nitems,), "strides": None, "typestr": a.dtype.str,
-                 "data": (a.ptr, False), "version": 3}, owner=None, sync=False))
-        else:
-            out.append(a)
-    return out
+def numba_stream(handle):
+    """numba's Stream for a raw stream handle (the simulator has only its default)."""
+    if SIM:
+        return cuda.default_stream()
+    return _bounded(_numba_streams, handle,
+                    lambda h: cuda.external_stream(h) if h else cuda.default_stream(), 256)
 
 
-def _core_stream(handle):
-    s = _streams.get(handle)
+def _context(dev):
+    """Once per thread and device: a current context for context-less kernel handles."""
+    done = getattr(_tls, "devs", None)
+    if done is None:
+        done = _tls.devs = set()
+    if dev not in done:
+        driver.ensure_context(dev)
+        done.add(dev)
+
+
+def _direct_launch(compiled, grid, block, shmem, stream, args):
+    # the per-call path of small calls: plain dict lookups, no helpers
+    global _core
+    if _core is None:
+        import cuda.core
+
+        _core = cuda.core
+    done = getattr(_tls, "devs", None)
+    if done is None or compiled.dev not in done:
+        _context(compiled.dev)
+    s = _streams.get(stream)
     if s is None:
-        from cuda.core import Stream
-
-        s = Stream.from_handle(handle)
-        if len(_streams) > 256:
-            _streams.clear()
-        _streams[handle] = s
-    return s
-
-
-def _launch_config(grid, block, shmem):
-    key = (grid, block, shmem)
-    c = _configs.get(key)
-    if c is None:
-        c = _core.LaunchConfig(grid=grid, block=block, shmem_size=shmem)
-        if len(_configs) > 4096:
-            _configs.clear()
-        _configs[key] = c
-    return c
+        s = _bounded(_streams, stream, _core.Stream.from_handle, 256)
+    cfg = _configs.get((grid, block, shmem))
+    if cfg is None:
+        cfg = _bounded(_configs, (grid, block, shmem),
+                       lambda k: _core.LaunchConfig(grid=k[0], block=k[1], shmem_size=k[2]),
+                       4096)
+    _core.launch(s, cfg, compiled.kernel.kernel, *args)
 
 
 def launch(compiled, grid, block, shmem, stream, args):
     """Launch on ``stream`` (a raw CUDA stream handle; 0 = the legacy default stream).
     Never synchronizes the host."""
-    global _core
     if SIM:
         with _sim_lock:
             compiled.dispatcher[grid, block, 0, shmem](
                 *[_sim_array(a) if type(a) is Buf else a for a in args])
         return
-    if shmem > SHMEM_DEFAULT:
+    if shmem > compiled.max_shmem:
         compiled.ensure_shmem(shmem)
     if config.launch == "direct":
         try:
-            if _core is None:
-                import cuda.core as core
-
-                _core = core
-            _core.launch(_core_stream(stream), _launch_config(grid, block, shmem),
-                         compiled.kernel.kernel, *_direct_args(args))
+            _direct_launch(compiled, grid, block, shmem, stream, _direct_args(args))
             return
         except (ImportError, AttributeError, TypeError) as err:
             _use_numba_launch(err)
-    s = _numba_stream(stream)
-    compiled.dispatcher[grid, block, s, shmem](*_numba_args(args))
+    compiled.dispatcher[grid, block, numba_stream(stream), shmem](*_numba_args(args))
 
 
 def _use_numba_launch(err):
@@ -455,97 +652,78 @@ def _use_numba_launch(err):
                       "numba's launch path (slower)", RuntimeWarning, stacklevel=4)
         _fallback_warned = True
     config.launch = "numba"
-    _fast.clear()
-
-
-_numba_streams = {}
-
-
-def _numba_stream(handle):
-    s = _numba_streams.get(handle)
-    if s is None:
-        s = cuda.external_stream(handle) if handle else cuda.default_stream()
-        _numba_streams[handle] = s
-    return s
 
 
 # ---------------------------------------------------------------------------------------
 # entry points used by api.py
 
-_fast = {}
-
-
-def fast_rows(op, kind, ptrs, optr, m, n, dev, stream, vec_ok):
-    """Contiguous rows, no workspace: the per-call fast path (cupy/torch inputs). ``ptrs``:
-    the inputs' device pointers. Returns False when the plan needs more (then the caller
-    takes the general path)."""
-    key = (op, kind, m, n, vec_ok, dev)
-    prep = _fast.get(key)
-    if prep is None:
-        p = plan(op, kind, m, n, vec_ok, dev)
-        if p.ws_items or SIM or config.launch != "direct":
-            return False
-        steps = []
-        for st in p.steps:
-            c = get_kernel(st.spec, dev)
-            if st.shmem > SHMEM_DEFAULT:
-                c.ensure_shmem(st.shmem)
-            steps.append((c, st.grid, st.block, st.shmem))
-        item = STORAGE[kind].itemsize
-        total = m * n
-        prep = (steps, total, item)
-        with config._lock:
-            if len(_fast) > 4096:
-                _fast.clear()
-            _fast[key] = prep
-    steps, total, item = prep
-    global _core
-    if _core is None:
-        import cuda.core as core
-
-        _core = core
-    args = []
-    for ptr in ptrs:
-        args += (0, 0, total, item, ptr, total, item, n)
-    args += (0, 0, total, item, optr, total, item, n, m, n)
-    s = _core_stream(stream)
-    c, grid, block, shmem = steps[0]  # plans without workspace have one step
-    try:
-        _core.launch(s, _launch_config(grid, block, shmem), c.kernel.kernel, *args)
-    except (AttributeError, TypeError) as err:  # an incompatible cuda.core: see launch()
-        _use_numba_launch(err)
+def run_rows(op, kind, ins, out, m, n, dev, stream, vec_ok, scratch=None):
+    """Run ``op`` over m rows of n elements. ``ins``: [(Buf, row stride)] (one for the
+    forward functions, two for the gradients); ``out``: (Buf, row stride). ``scratch``
+    (a Scratch) provides the split kernels' workspace; without one, returns False when
+    the plan needs a workspace (nothing is launched), else True."""
+    r = ready(op, kind, m, n, vec_ok, dev)
+    if r.ws_items and scratch is None:
         return False
+    ws = scratch.buf(r.ws_items, np.float64) if r.ws_items else None
+    for compiled, step in r.launches:
+        launch(compiled, step.grid, step.spec.B, step.shmem, stream,
+               _kernel_args(step, ins, out, ws, m, n))
     return True
 
 
-def reset_caches():
-    """Forget plans (after changing tunables) and compiled kernels."""
-    _fast.clear()
-    _compiled.clear()
+# the fast path's launch per (op, kind, m, n, vec_ok, dev, number of inputs): the kernel,
+# its step, its flat arguments (from _kernel_args) with the data pointers left out, and
+# where those go; None where the plan needs a workspace
+_Fast = namedtuple("_Fast", "compiled step args slots")
+_fast = {}
 
 
-def run_rows(op, kind, inputs, out, m, n, dev, stream, alloc_ws, vec_ok):
-    """``inputs``: [(Buf, row stride)] (1 for forward, 2 for gradients); ``out``: (Buf, row
-    stride). ``alloc_ws(nitems)`` returns (Buf, keepalive) of float64 device memory."""
-    p = plan(op, kind, m, n, vec_ok, dev)
-    keep = None
-    ws = None
-    if p.ws_items:
-        ws, keep = alloc_ws(p.ws_items)
-    for step in p.steps:
-        c = get_kernel(step.spec, dev)
-        s = step.spec.strategy
-        args = []
-        for b, stride in inputs:
-            args += (b, stride)
-        if s == "split_stats":
-            args += (ws, m, n) + step.extra
-        elif s == "split_write":
-            args += (out[0], out[1], ws, m, n) + step.extra
-        else:
-            args += (out[0], out[1], m, n)
-        launch(c, step.grid, step.block, step.shmem, stream, args)
-    return keep
+def _fast_entry(key):
+    op, kind, m, n, vec_ok, dev, nin = key
+    r = ready(op, kind, m, n, vec_ok, dev)
+    entry = None
+    if not r.ws_items:
+        ((compiled, step),) = r.launches  # plans without workspace have one step
+        total, item = m * n, STORAGE[kind].itemsize
+        marks = [-1 - i for i in range(nin + 1)]  # stand-ins for the data pointers
+        args = _kernel_args(step, [(_array_struct(p, total, item), n) for p in marks[:-1]],
+                            (_array_struct(marks[-1], total, item), n), None, m, n, raw=True)
+        entry = _Fast(compiled, step, args, tuple(args.index(p) for p in marks))
+    with config._lock:
+        if len(_fast) > 4096:
+            _fast.clear()
+        _fast[key] = entry
+    return entry
+
+
+def fast_rows(op, kind, ptrs, optr, m, n, dev, stream, vec_ok):
+    """C-contiguous rows at the device pointers ``ptrs`` (inputs) and ``optr`` (result):
+    the per-call fast path of cupy/torch inputs. False when it does not apply (a plan with
+    a workspace, the simulator, numba's launch path): then the caller takes the general
+    path."""
+    if SIM or config.launch != "direct":
+        return False
+    key = (op, kind, m, n, vec_ok, dev, len(ptrs))
+    f = _fast.get(key, 0)
+    if f == 0:
+        f = _fast_entry(key)
+    if f is None:
+        return False
+    args = f.args.copy()
+    slots = f.slots
+    for i, ptr in enumerate(ptrs):
+        args[slots[i]] = ptr
+    args[slots[-1]] = optr
+    step = f.step
+    if step.shmem > f.compiled.max_shmem:
+        f.compiled.ensure_shmem(step.shmem)
+    try:
+        _direct_launch(f.compiled, step.grid, step.spec.B, step.shmem, stream, args)
+    except (ImportError, AttributeError, TypeError) as err:  # nothing was launched
+        _use_numba_launch(err)
+        return False
+    return True
 
 
 def copy(src, soff, sstrides, dst, doff, dstrides, shape, dev, stream, cast=False):
@@ -553,11 +731,8 @@ def copy(src, soff, sstrides, dst, doff, dstrides, shape, dev, stream, cast=Fals
     total = math.prod(shape)
     if total == 0:
         return
-    ndim = len(shape)
-    c = get_copy_kernel(ndim, src.dtype, dst.dtype, cast, dev)
-    block = (config.block or 32) if SIM else 256
-    sms = device_props(dev)[0]
-    max_grid = config.max_grid or (2 if SIM else sms * 32)
-    grid = min(-(-total // block), max_grid)
-    launch(c, grid, block, 0, stream,
+    c = get_copy_kernel(len(shape), src.dtype, dst.dtype, cast, dev)
+    block = (config.block or 32) if SIM else COPY_BLOCK
+    max_grid = config.max_grid or (2 if SIM else device_props(dev).sms * 32)
+    launch(c, min(-(-total // block), max_grid), block, 0, stream,
            [src, soff, tuple(sstrides), dst, doff, tuple(dstrides), tuple(shape), total])

@@ -1,16 +1,16 @@
 """The CUDA simulator's versions of the device primitives in ``intrinsics.py``.
 
 ``NUMBA_ENABLE_CUDASIM=1`` runs kernels as Python, one thread per CUDA thread, and has no
-warp shuffles, ``syncwarp`` or intrinsics (shared FACTS.md). The kernels in ``kernels.py``
-are the same source in both modes; only these primitives differ:
+warp shuffles, ``syncwarp`` or intrinsics. The kernels in ``kernels.py`` are the same
+source in both modes; only these primitives differ:
 
-* Warp shuffles become an exchange through a block-wide shared array between two
-  ``syncthreads()``; that is faithful when the whole block executes the same shuffles,
-  which the kernels guarantee (every thread of a block runs every reduction; threads
-  without a row carry identity values). ``shfl_xor`` is one such exchange; the group
-  reductions (butterflies of log2(width) shuffles) do one exchange and replay the
-  butterfly in the GPU's order, so a reduction combines the same numbers in the same
-  order with 2 barriers instead of 2 per step (each barrier costs milliseconds here).
+* Group reductions (on a GPU, butterflies of log2(width) warp shuffles) become one
+  exchange through a block-wide shared array between two ``syncthreads()``, after which
+  every thread replays the butterfly in the GPU's order: the same numbers combined in the
+  same order, with 2 barriers instead of 2 per step (each barrier costs milliseconds here).
+  That is faithful when the whole block executes the same reductions, which the kernels
+  guarantee (every thread of a block runs every reduction; threads without a row carry
+  identity values).
 * Vector loads/stores are V scalar accesses, and they assert that the address is 16-byte
   aligned: the simulator's arrays live in host memory at real addresses, so the launcher's
   alignment checks are exercised too.
@@ -22,7 +22,7 @@ are the same source in both modes; only these primitives differ:
 from __future__ import annotations
 
 import numpy as np
-from numba import cuda
+from numba import cuda, types
 
 _F32 = np.float32
 _F64 = np.float64
@@ -58,26 +58,7 @@ def _address(arr):
 
 
 @cuda.jit(device=True)
-def shfl_xor(v, lanemask, xch):
-    t = cuda.threadIdx.x
-    cuda.syncthreads()
-    xch[t] = v
-    cuda.syncthreads()
-    return xch[t ^ lanemask]
-
-
-def _fmax(a, b):
-    if a > b or a != a:
-        return a
-    return b
-
-
-def _add(a, b):
-    return a + b
-
-
-@cuda.jit(device=True)
-def _group_reduce(v, width, xch, op):
+def group_reduce(v, width, xch, op):
     """What ``width``-lane butterfly shuffles compute, from one exchange: every thread reads
     its group's values and replays the butterfly in the GPU's order (lane l combines
     op(v[l], v[l ^ off]) for off = width/2 .. 1), so the result is bitwise the GPU's."""
@@ -94,19 +75,11 @@ def _group_reduce(v, width, xch, op):
     return vals[t - base]
 
 
-def group_max(v, width, xch):
-    return _group_reduce(v, width, xch, _fmax)
-
-
-def group_sum(v, width, xch):
-    return _group_reduce(v, width, xch, _add)
-
-
 def make_primitives(kind):
-    ctype = _F64 if kind == "f8" else _F32
-    from numba import types
+    """The primitives of ``kernels.py`` for one storage kind (simulator)."""
+    from .kernels import Primitives
 
-    nb_ctype = types.float64 if kind == "f8" else types.float32
+    ctype = _F64 if kind == "f8" else _F32
     itemsize = {"f4": 4, "f8": 8, "f2": 2, "bf16": 2}[kind]
     width = 16 // itemsize
 
@@ -129,30 +102,27 @@ def make_primitives(kind):
         def st(arr, i, v):
             arr[i] = _f2b(v)
 
+    def aligned(arr, i):
+        assert (_address(arr) + i * itemsize) % 16 == 0, "misaligned vector access"
+
     def ldv(arr, i, buf, off, step):
-        assert (_address(arr) + i * itemsize) % 16 == 0, "misaligned vector load"
+        aligned(arr, i)
         for v in range(width):
             buf[off + v * step] = ld(arr, i + v)
 
     def stv(arr, i, buf, off, step):
-        assert (_address(arr) + i * itemsize) % 16 == 0, "misaligned vector store"
+        aligned(arr, i)
         for v in range(width):
             st(arr, i + v, buf[off + v * step])
 
     def ldv_raw(arr, i, buf, off, step):
-        assert (_address(arr) + i * itemsize) % 16 == 0, "misaligned vector load"
+        aligned(arr, i)
         for v in range(width):
             buf[off + v * step] = arr[i + v]
-
-    def exp(v):
-        return np.exp(v)
-
-    def log(v):
-        return np.log(v)
 
     def begin():
         np.seterr(all="ignore")  # per thread: each simulated CUDA thread is a Python thread
 
-    return dict(ctype=nb_ctype, width=width, ldv=ldv, stv=stv, ldv_raw=ldv_raw, ld=ld, st=st,
-                exp=exp, log=log, shfl_xor=shfl_xor, group_max=group_max,
-                group_sum=group_sum, begin=begin, sim=True)
+    return Primitives(sim=True, ctype=types.float64 if kind == "f8" else types.float32,
+                      ld=ld, st=st, ldv=ldv, stv=stv, ldv_raw=ldv_raw, exp=np.exp, log=np.log,
+                      begin=begin, shfl_xor=None, group_reduce=group_reduce)

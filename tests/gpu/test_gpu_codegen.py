@@ -22,7 +22,8 @@ def test_vector_loads_and_registers(strategy, n, kind):
     spec = p.steps[0].spec
     assert spec.V == 16 // launch.STORAGE[kind].itemsize
     c = launch.get_kernel(spec, 0)
-    ptx = c.overload.inspect_asm(c.kernel.device.compute_capability)
+    assert c.max_threads >= spec.B
+    ptx = next(iter(c.dispatcher.inspect_asm().values()))
     assert re.search(r"ld\.global\.v4\.", ptx), "no 16-byte vector load"
     assert re.search(r"st\.global\.v4\.", ptx), "no 16-byte vector store"
     assert not re.search(r"\.local \.align", ptx), "local memory (register spill?)"

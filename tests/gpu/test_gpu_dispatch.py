@@ -274,12 +274,13 @@ def test_threads():
 # ---------------------------------------------------------------------------------------
 # availability and laziness (subprocesses)
 
-def _run(code, env_sim=True):
+def _run(code, env_sim=None):
+    """Run ``code`` in a fresh interpreter; env_sim: force the simulator on or off."""
     import os
 
     env = dict(os.environ)
-    if not env_sim:
-        env.pop("NUMBA_ENABLE_CUDASIM", None)
+    if env_sim is not None:
+        env["NUMBA_ENABLE_CUDASIM"] = "1" if env_sim else "0"
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
                           text=True, env=env, timeout=120)
 
@@ -296,10 +297,15 @@ def test_import_is_lazy():
     assert r.returncode == 0, r.stderr
 
 
-def test_clear_error_without_numba_cuda():
+@pytest.mark.parametrize("sim", [False, True], ids=["gpu", "simulator"])
+def test_clear_error_without_numba_cuda(sim):
+    """numba still ships a numba.cuda of its own; without numba-cuda the error names the
+    missing package and the extras, with or without the simulator."""
     r = _run("""
         import sys
-        sys.modules["numba.cuda"] = None   # as if numba-cuda were not installed
+        sys.modules["numba_cuda"] = None   # as if numba-cuda were not installed
+        import warnings
+        warnings.simplefilter("ignore")
         import numpy as np
         import numbasoftmax
 
@@ -311,10 +317,11 @@ def test_clear_error_without_numba_cuda():
         except RuntimeError as err:
             msg = str(err)
             assert "numba-cuda is not installed" in msg and "x is a GPU array" in msg, msg
+            assert "numbasoftmax[cuda12]" in msg, msg
         else:
             raise SystemExit("no error")
         print(numbasoftmax.softmax(np.zeros(2)))   # numpy still works
-    """)
+    """, env_sim=sim)
     assert r.returncode == 0, r.stderr + r.stdout
 
 
@@ -356,17 +363,12 @@ def test_plans(kind):
     """Strategy thresholds on a GPU-like device (132 SMs, 227 KB shared memory)."""
     from numbasoftmax._cuda import launch
 
-    saved = dict(launch._props)
-    launch._props[99] = (132, 232448)
-    try:
-        with launch.config.override(block=None, max_grid=None):
-            got = {n: launch.plan("softmax", kind, (1 << 26) // n, n, True, 99,
-                                  sim=False).steps[0].spec
-                   for n in (32, 1024, 2048, 32768, 65536, 262144)}
-            grid = launch.plan("softmax", kind, 1 << 21, 32, True, 99, sim=False).steps[0].grid
-    finally:
-        launch._props.clear()
-        launch._props.update(saved)
+    h100 = launch.DeviceProps(132, 232448)
+    with launch.config.override(block=None, max_grid=None):
+        got = {n: launch.plan("softmax", kind, (1 << 26) // n, n, True, h100,
+                              sim=False).steps[0].spec
+               for n in (32, 1024, 2048, 32768, 65536, 262144)}
+        grid = launch.plan("softmax", kind, 1 << 21, 32, True, h100, sim=False).steps[0].grid
     assert got[32].strategy == "rows" and got[32].V == 16 // launch.STORAGE[kind].itemsize
     assert got[1024].strategy == "rows"
     assert got[2048].strategy == got[32768].strategy == "smem"

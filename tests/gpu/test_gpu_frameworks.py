@@ -156,3 +156,41 @@ def test_torch_bfloat16():
     got = bf16_values(r.contiguous().view(torch.int16).cpu().numpy().view(np.uint16))
     assert_close("softmax", got.astype(np.float64),
                  [bf16_values(bf16_bits(x)).astype(np.float64).T], 0, "bfloat16")
+
+
+def test_cupy_thread_without_a_context():
+    """A thread that only reuses pooled memory has no current CUDA context; the direct
+    launch makes the device's primary context current there (else the launch fails with
+    CUDA_ERROR_INVALID_CONTEXT)."""
+    cp = _cupy()
+    x = _x((8, 128))
+    d = cp.asarray(x)
+    ns.softmax(d)  # compiles, and leaves a block of the result's size in cupy's pool
+    cp.cuda.Device().synchronize()
+    got, errors = [], []
+
+    def work():
+        try:
+            got.append(ns.softmax(d))
+        except Exception as err:  # noqa: BLE001
+            errors.append(err)
+
+    t = threading.Thread(target=work)
+    t.start()
+    t.join()
+    assert not errors, errors
+    assert_close("softmax", got[0].get(), [x.astype(np.float64)], -1, "float32")
+
+
+def test_numba_result_on_a_nonblocking_stream():
+    """A numba result of an input on a non-blocking stream: copy_to_host() waits for the
+    kernel (the result is bound to the input's stream)."""
+    cp = _cupy()
+    from gpu_helpers import DevView, cuda
+
+    x = _x((2048, 8192), seed=3)
+    base = cuda().to_device(x.ravel())
+    s = cp.cuda.Stream(non_blocking=True)
+    v = DevView(base, 0, x.shape, (x.shape[1], 1), stream=s.ptr)
+    r = ns.softmax(v)
+    assert_close("softmax", r.copy_to_host(), [x.astype(np.float64)], -1, "float32")

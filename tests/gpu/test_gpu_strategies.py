@@ -15,7 +15,6 @@ from gpu_helpers import (
     assert_close,
     bf16_bits,
     bf16_values,
-    cuda,
     guarded,
     layout_strides,
     strided_view,
@@ -131,17 +130,8 @@ def _bf16_run(func, strategy, m, n, vec, rng):
     out, check = guarded((m, n), np.uint16, [n + W, 1], pad=W, align=align)
     obuf = (launch.Buf(out.__cuda_array_interface__["data"][0], (m - 1) * (n + W) + n,
                        np.dtype(np.uint16)), n + W)
-    ws_keep = []
-
-    def alloc_ws(k):
-        d = cuda().device_array(k, dtype=np.float64)
-        ws_keep.append(d)
-        from gpu_helpers import device_ptr
-
-        return launch.Buf(device_ptr(d), k, np.dtype(np.float64)), d
-
-    with launch.config.override(force=strategy, vector=vec):
-        launch.run_rows(func, "bf16", bufs, obuf, m, n, 0, 0, alloc_ws, vec)
+    with launch.config.override(force=strategy, vector=vec), launch.Scratch(0, 0) as scratch:
+        launch.run_rows(func, "bf16", bufs, obuf, m, n, 0, 0, vec, scratch)
     check()
     got = bf16_values(out.copy_to_host().view(np.uint16)).astype(np.float64)
     assert_close(func, got, [bf16_values(h).astype(np.float64) for h in host], -1,

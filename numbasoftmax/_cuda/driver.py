@@ -1,0 +1,57 @@
+"""The CUDA driver calls that the launcher makes itself, through numba-cuda's driver wrapper
+(which raises ``CudaAPIError`` on failure). numba-cuda has no public API for them. They live
+here, one function each, so that their use can be tested with a fake ``api()``."""
+
+from __future__ import annotations
+
+
+def api():
+    """(cuda.bindings.driver, numba-cuda's checked driver object)."""
+    from numba.cuda.cudadrv.driver import binding, driver
+
+    return binding, driver
+
+
+def ensure_context(dev):
+    """Make device ``dev``'s primary context current on this thread if no context is.
+
+    Kernels are loaded as context-independent ``CUkernel`` handles; ``cuLaunchKernelEx``
+    on a stream handle without a context of its own (0, 1, 2: the default streams) runs in
+    the calling thread's current context, and a thread that never made one current (e.g.
+    one that only reused pooled memory) has none: CUDA_ERROR_INVALID_CONTEXT. A current
+    context is left alone (cupy, torch and numba make the primary context current)."""
+    binding, driver = api()
+    if int(driver.cuCtxGetCurrent()):
+        return
+    ctx = driver.cuDevicePrimaryCtxRetain(driver.cuDeviceGet(dev))
+    driver.cuCtxSetCurrent(ctx)
+
+
+def set_max_dynamic_shared(handle, dev, nbytes):
+    """Allow ``nbytes`` of dynamic shared memory (above the default 48 KB) for a kernel
+    handle: a ``CUkernel`` (cuda.core's library loader) or a ``CUfunction``."""
+    binding, driver = api()
+    attr = binding.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+    if isinstance(handle, binding.CUkernel):
+        driver.cuKernelSetAttribute(attr, nbytes, handle, dev)
+    else:
+        driver.cuFuncSetAttribute(handle, attr, nbytes)
+
+
+def memory_pools_supported(dev):
+    binding, driver = api()
+    attr = binding.CUdevice_attribute.CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED
+    return bool(driver.cuDeviceGetAttribute(attr, driver.cuDeviceGet(dev)))
+
+
+def alloc_async(nbytes, stream):
+    """Stream-ordered device memory (``cuMemAllocAsync``, the device's default pool)."""
+    binding, driver = api()
+    return int(driver.cuMemAllocAsync(nbytes, binding.CUstream(stream)))
+
+
+def free_async(ptr, stream):
+    """Release memory from ``alloc_async`` once the work queued on ``stream`` before this
+    call is done; the host does not wait (``cuMemFreeAsync``)."""
+    binding, driver = api()
+    driver.cuMemFreeAsync(binding.CUdeviceptr(ptr), binding.CUstream(stream))
