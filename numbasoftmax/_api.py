@@ -1,4 +1,4 @@
-"""Public API: the four functions, each a line over one dispatch.
+"""Public API: the functions, each a line over one dispatch.
 
 ``_call`` tries the CPU fast path, then sends GPU and Dask arguments to their backends
 (imported on first use, so ``import numbasoftmax`` imports neither), and runs everything
@@ -7,15 +7,24 @@ else on the CPU after the input rules of ``_inputs``.
 
 from __future__ import annotations
 
+import numpy as np
+
 from . import _cpu_path, _inputs
 from ._layout import normalize_axes
-from ._ops import LOG_SOFTMAX, LOG_SOFTMAX_BACKWARD, SOFTMAX, SOFTMAX_BACKWARD
+from ._ops import (
+    LOG_SOFTMAX,
+    LOG_SOFTMAX_BACKWARD,
+    LOGSUMEXP,
+    LOGSUMEXP_BACKWARD,
+    SOFTMAX,
+    SOFTMAX_BACKWARD,
+)
 
 # The array-kind rule under its former name here (the GPU tests' simulator set-up probes it).
 _kind = _inputs.array_kind
 
 
-def softmax(x, axis=-1, *, out=None):
+def softmax(x, axis=-1, *, where=None, dtype=None, out=None):
     """Softmax of ``x`` along ``axis``: ``exp(x - max) / sum(exp(x - max))``.
 
     Parameters
@@ -24,9 +33,18 @@ def softmax(x, axis=-1, *, out=None):
         numpy array or anything ``np.asarray`` accepts (CPU path), a GPU array or a dask
         array. float16, float32 and float64 keep their dtype; bool and integers are
         computed in float64. ndarray subclasses (``np.memmap``, ``np.matrix``) are computed
-        on their data and give a plain ndarray; masked arrays raise TypeError.
+        on their data and give a plain ndarray; a masked array's mask acts as
+        ``where=~mask`` and the result is a masked array with the same mask.
     axis : int, tuple of ints or None, default -1
         Axis or axes to normalize over jointly; None means all axes.
+    where : array_like of bool, optional
+        Elements to include: broadcasts to ``x`` (a (N,) or (M, 1) mask is read as it is,
+        not expanded). Excluded elements take no part in the max and the sum and give 0;
+        a row without included elements gives 0 (as jax; torch and scipy would give NaN
+        for the equivalent all -inf row).
+    dtype : float16, float32 or float64, optional
+        The result's dtype, computed as if ``x`` had been cast to it first (in one pass:
+        the input is read and converted by the kernel).
     out : numpy.ndarray, optional
         Array of the result's shape and dtype, any strides, possibly ``x`` itself (an
         array of the input's kind: a GPU array for GPU input; not for dask input).
@@ -34,60 +52,242 @@ def softmax(x, axis=-1, *, out=None):
     Returns
     -------
     numpy.ndarray
-        ``out`` if given. A row holding NaN or +inf, and an all -inf row, give NaN;
-        -inf among finite values gives 0.
+        ``out`` if given. A row holding NaN or +inf, and an all -inf row, give NaN (among
+        the included elements); -inf among finite values gives 0.
     """
-    return _call(SOFTMAX, (x,), axis, out)
+    return _call(SOFTMAX, (x,), axis, out, where, dtype)
 
 
-def log_softmax(x, axis=-1, *, out=None):
+def log_softmax(x, axis=-1, *, where=None, dtype=None, out=None):
     """Log of the softmax of ``x`` along ``axis``: ``x - max - log(sum(exp(x - max)))``.
 
     Same parameters and rules as :func:`softmax`; an all -inf row gives NaN and -inf among
-    finite values gives -inf.
+    finite values gives -inf. Excluded elements (``where`` False) and rows without
+    included elements give -inf.
     """
-    return _call(LOG_SOFTMAX, (x,), axis, out)
+    return _call(LOG_SOFTMAX, (x,), axis, out, where, dtype)
 
 
-def softmax_backward(y, dy, axis=-1, *, out=None):
+def softmax_backward(y, dy, axis=-1, *, where=None, dtype=None, out=None):
     """Gradient of a softmax: ``y * (dy - sum(y * dy))`` with ``y = softmax(x, axis)`` and
     ``dy`` the gradient of the loss with respect to ``y``. Returns dL/dx.
 
-    ``y`` and ``dy`` must have the same shape and dtype.
+    ``y`` and ``dy`` must have the same shape and dtype. ``where`` (the forward call's
+    mask): excluded elements take no part in the sum and get 0 gradient. ``dtype`` as
+    for :func:`softmax`.
     """
-    return _call(SOFTMAX_BACKWARD, (y, dy), axis, out)
+    return _call(SOFTMAX_BACKWARD, (y, dy), axis, out, where, dtype)
 
 
-def log_softmax_backward(z, dz, axis=-1, *, out=None):
+def log_softmax_backward(z, dz, axis=-1, *, where=None, dtype=None, out=None):
     """Gradient of a log-softmax: ``dz - exp(z) * sum(dz)`` with ``z = log_softmax(x, axis)``
     and ``dz`` the gradient of the loss with respect to ``z``. Returns dL/dx.
 
-    ``z`` and ``dz`` must have the same shape and dtype.
+    ``z`` and ``dz`` must have the same shape and dtype. ``where`` and ``dtype`` as for
+    :func:`softmax_backward`.
     """
-    return _call(LOG_SOFTMAX_BACKWARD, (z, dz), axis, out)
+    return _call(LOG_SOFTMAX_BACKWARD, (z, dz), axis, out, where, dtype)
 
 
-def _call(op, arrays, axis, out):
-    result = _cpu_path.fast(op, arrays, axis, out)
-    if result is not None:
-        return result
+def logsumexp(x, axis=-1, *, b=None, keepdims=False, return_sign=False, where=None,
+              dtype=None, out=None):
+    """``log(sum(b * exp(x)))`` along ``axis``, computed as ``m + log(sum(b * exp(x - m)))``
+    with m the max: scipy.special.logsumexp's semantics, over the last axis by default.
+
+    Parameters
+    ----------
+    x : array_like
+        As for :func:`softmax` (a masked array's mask acts as ``where=~mask``; the result
+        is then a masked array, masked where a row has no included element).
+    axis : int, tuple of ints or None, default -1
+        Axis or axes to reduce; None means all axes. The default is the package's (the
+        axis :func:`log_softmax` normalizes: ``log_softmax(x) == x - logsumexp(x,
+        keepdims=True)``), not scipy's None (all axes); torch requires ``dim``.
+    b : array_like, optional
+        Weights, broadcasting to ``x``; may be negative. Elements whose weight is 0 are
+        excluded, whatever ``x`` holds there (as scipy).
+    keepdims : bool, default False
+        Keep the reduced axes as size-1 dimensions.
+    return_sign : bool, default False
+        Also return the sign of the sum (+1, -1, 0, or NaN), and ``log(|sum|)`` as the
+        value. Without it a negative sum gives NaN.
+    where : array_like of bool, optional
+        Elements to include (broadcasting to ``x``); a row without included elements gives
+        -inf (sign 0).
+    dtype : float16, float32 or float64, optional
+        The result's dtype, computed as if ``x`` (and ``b``) had been cast to it. By
+        default the common dtype of ``x`` and ``b`` under the package's dtype rule.
+    out : numpy.ndarray, or a pair of them with ``return_sign``, optional
+        The result (and sign) array(s), of the result's shape and dtype.
+
+    Returns
+    -------
+    numpy.ndarray, or (value, sign)
+        Always arrays (0-d for a full reduction). A row with +inf (positive weight) gives
+        +inf, with NaN gives NaN; infinite terms of both signs give NaN; an empty row or a
+        row of -inf gives -inf.
+    """
+    return _logsumexp(x, axis, b, keepdims, return_sign, where, dtype, out)
+
+
+def logsumexp_backward(x, lse, dlse, axis=-1, *, b=None, sign=None, where=None, dtype=None,
+                       out=None):
+    """Gradient of :func:`logsumexp`: ``dlse * sign * b * exp(x - lse)`` per element, from
+    ``x``, the forward result ``lse`` and its upstream gradient ``dlse`` (both in the
+    reduced shape, with or without the kept axes). Returns dL/dx, shaped like ``x``.
+
+    ``b``, ``where`` and ``axis`` as given to the forward call (excluded elements get 0
+    gradient); ``sign``: the forward call's sign with ``return_sign`` (the gradient of
+    ``log|sum|``), else 1. ``dtype`` and ``out`` as for :func:`softmax`.
+    """
+    return _logsumexp_backward(x, lse, dlse, axis, b, sign, where, dtype, out)
+
+
+def _call(op, arrays, axis, out, where=None, dtype=None):
+    if where is None and dtype is None:
+        result = _cpu_path.fast(op, arrays, axis, out)
+        if result is not None:
+            return result
     kind = _inputs.backend(arrays)
     if kind == "dask":
         from . import _dask
 
+        if where is not None or dtype is not None:
+            from . import _dask_features
+
+            return _dask_features.dispatch(op, arrays, axis, out, where=where, dtype=dtype)
         return _dask.dispatch(op, arrays, axis, out, _PUBLIC[op.name])
     if kind == "cuda":
         from ._cuda import api as _cuda_api
 
+        if where is not None or dtype is not None:
+            from ._cuda import features as _cuda_features
+
+            return _cuda_features.dispatch(op, arrays, axis, out, where=where, dtype=dtype)
         return _cuda_api.dispatch(op.name, arrays, axis, out)
-    arrays = _inputs.host_arrays(op, arrays)
+    arrays, mask, masked = _inputs.host_unmask(arrays)
+    dt = _inputs.requested_dtype(dtype, op.name)
+    arrays = _inputs.host_arrays(op, arrays, dt)
     x = arrays[0]
     axes = normalize_axes(axis, x.ndim)
+    where = _host_where(where, mask, x.shape, op)
+    rdtype = dt or x.dtype
     if out is None:
-        return _cpu_path.run(op, arrays, axes)
-    _cpu_path.run(op, arrays, axes, _inputs.host_out(out, x.shape, x.dtype, op.name))
-    return out
+        result = _cpu_path.run(op, arrays, axes, dtype=rdtype, where=where)
+    else:
+        result = out
+        _cpu_path.run(op, arrays, axes, _inputs.host_out(out, x.shape, rdtype, op.name),
+                      dtype=rdtype, where=where)
+    return np.ma.MaskedArray(result, mask=mask if mask is not None else np.ma.nomask) \
+        if masked else result
+
+
+def _host_where(where, mask, shape, op):
+    """The checked mask of a host call: ``where`` and not ``mask`` (a masked array's)."""
+    if where is not None:
+        where = _inputs.host_where(where, shape, op.args[0], op.name)
+    if mask is not None:
+        where = ~mask if where is None else where & ~mask
+    return where
+
+
+def _weights_and_dtype(x, b, dtype, func):
+    """(x, b or None, result dtype) for logsumexp and its gradient on the host."""
+    dt = _inputs.requested_dtype(dtype, func)
+    x = _inputs.host_array(x, "x", func, dt)
+    if b is not None:
+        b, bmask, _ = _inputs.host_unmask((b,))
+        b = _inputs.host_array(b[0], "b", func, dt)
+        _inputs.check_where(func, None, b.shape, "x", x.shape, name="b")
+        if bmask is not None:  # masked weights: excluded where masked
+            b = np.where(bmask, 0, b)
+    rdtype = dt or (x.dtype if b is None else _inputs.promoted((x.dtype, b.dtype)))
+    return x, b, rdtype
+
+
+def _logsumexp(x, axis, b, keepdims, return_sign, where, dtype, out):
+    func = "logsumexp"
+    kind = _inputs.backend((x,) if b is None else (x, b))
+    if kind != "numpy":
+        return _other_backend(kind, LOGSUMEXP, (x,), axis, out, b=b, keepdims=keepdims,
+                              return_sign=return_sign, where=where, dtype=dtype)
+    (x,), mask, masked = _inputs.host_unmask((x,))
+    x, b, rdtype = _weights_and_dtype(x, b, dtype, func)
+    axes = normalize_axes(axis, x.ndim)
+    where = _host_where(where, mask, x.shape, LOGSUMEXP)
+    shape = _inputs.reduced_shape(x.shape, axes, keepdims)
+    outs = _lse_outs(out, return_sign, shape, rdtype, func)
+    kernel = "logsumexp_sign" if return_sign else "logsumexp"
+    values, signs = _cpu_path.reduce(kernel, (x,), axes, dtype=rdtype, where=where, b=b)
+    results = [values, signs] if return_sign else [values]
+    if not keepdims:
+        results = [r.reshape(shape) for r in results]
+    for k, o in enumerate(outs):
+        if o is not None:
+            np.copyto(o, results[k])
+            results[k] = o
+    if masked:
+        rmask = (np.ones(x.shape, bool) if where is None else
+                 ~np.broadcast_to(where, x.shape)).all(axis=axes, keepdims=keepdims)
+        results = [np.ma.MaskedArray(r, mask=rmask) for r in results]
+    return tuple(results) if return_sign else results[0]
+
+
+def _lse_outs(out, return_sign, shape, dtype, func):
+    """``out=`` of logsumexp checked: [value out or None] (+ [sign out or None])."""
+    if out is None:
+        return [None, None] if return_sign else [None]
+    if return_sign and isinstance(out, tuple):
+        if len(out) != 2:
+            raise ValueError(f"{func}(): out must be an array or, with return_sign, a pair of "
+                             f"arrays (value, sign); got a tuple of {len(out)}")
+        return [None if o is None else _inputs.host_out(o, shape, dtype, func) for o in out]
+    o = _inputs.host_out(out, shape, dtype, func)
+    return [o, None] if return_sign else [o]
+
+
+def _logsumexp_backward(x, lse, dlse, axis, b, sign, where, dtype, out):
+    func = "logsumexp_backward"
+    given = [a for a in (x, lse, dlse, b, sign) if a is not None]
+    kind = _inputs.backend(given)
+    if kind != "numpy":
+        return _other_backend(kind, LOGSUMEXP_BACKWARD, (x, lse, dlse), axis, out, b=b,
+                              sign=sign, where=where, dtype=dtype)
+    (x,), mask, masked = _inputs.host_unmask((x,))
+    x, b, rdtype = _weights_and_dtype(x, b, dtype, func)
+    axes = normalize_axes(axis, x.ndim)
+    where = _host_where(where, mask, x.shape, LOGSUMEXP_BACKWARD)
+    keep = _inputs.reduced_shape(x.shape, axes, True)
+    rows = []
+    for name, v in (("lse", lse), ("dlse", dlse), ("sign", sign)):
+        if v is None:
+            continue
+        v = _inputs.host_array(v, name, func)
+        if v.shape not in (keep, _inputs.reduced_shape(x.shape, axes, False)):
+            raise ValueError(f"{func}(): {name} must have the reduced shape "
+                             f"{_inputs.reduced_shape(x.shape, axes, False)} (or {keep} with "
+                             f"the reduced axes kept); got {v.shape}")
+        rows.append(v.reshape(keep))
+    g = rows[1] if sign is None else rows[1] * rows[2]
+    o = None if out is None else _inputs.host_out(out, x.shape, rdtype, func)
+    result = _cpu_path.run(LOGSUMEXP_BACKWARD, (x,), axes, o, dtype=rdtype, where=where,
+                           values=(rows[0], g), kernel="logsumexp_backward", b=b)
+    result = out if out is not None else result
+    return np.ma.MaskedArray(result, mask=mask if mask is not None else np.ma.nomask) \
+        if masked else result
+
+
+def _other_backend(kind, op, arrays, axis, out, **options):
+    """logsumexp and its gradient on dask or GPU arrays."""
+    if kind == "dask":
+        from . import _dask_features
+
+        return _dask_features.dispatch(op, arrays, axis, out, **options)
+    from ._cuda import features as _cuda_features
+
+    return _cuda_features.dispatch(op, arrays, axis, out, **options)
 
 
 # the function each dask task runs on its block (pickled by reference)
-_PUBLIC = {f.__name__: f for f in (softmax, log_softmax, softmax_backward, log_softmax_backward)}
+_PUBLIC = {f.__name__: f for f in (softmax, log_softmax, softmax_backward, log_softmax_backward,
+                                   logsumexp, logsumexp_backward)}

@@ -131,18 +131,23 @@ def _parallel(kernel, args):
 
 
 _routes = {}  # op name -> (marker, shortest row the row kernel runs), at the first call
+# operations the lane kernel does not run: always on the row drivers
+ROW_DRIVERS_ONLY = ("logsumexp", "logsumexp_sign", "logsumexp_backward")
 
 
 def _route(op):
     k = _kernels or _load_kernels()
-    route = _routes[op] = (k.OPS[op], SHORT_ROW_MAX["backward" if "backward" in op
-                                                    else "forward"])
+    short = 0 if op in ROW_DRIVERS_ONLY else SHORT_ROW_MAX["backward" if "backward" in op
+                                                           else "forward"]
+    route = _routes[op] = (k.OPS[op], short)
     return route
 
 
-def run(op, args):
+def run(op, args, side=None):
     """Run operation ``op`` on M rows of n contiguous elements. ``args``: flat buffers and
-    row strides (``a, sa[, b, sb], out, so``), then M and n."""
+    row strides (``a, sa[, b, sb], out, so``), then M and n; ``b`` may be None
+    (logsumexp without weights). ``side``: None, or the mask and given row values for the
+    row drivers (see ``_cpu_kernels``); then the row kernel runs every row."""
     marker, short_max = _routes.get(op) or _route(op)
     k = _kernels
     if len(args) == 6:
@@ -150,17 +155,22 @@ def run(op, args):
         b, sb = a, sa
     else:
         a, sa, b, sb, out, so, m, n = args
+    if side is not None:
+        short_max = 0
     if m * n < PARALLEL_MIN_ELEMENTS or not parallel_allowed():
-        driver = k.short_rows if n < short_max else k.rows
-        driver(marker, a, sa, 1, b, sb, 1, out, so, 1, 0, m, n, 1)
+        if n < short_max:
+            k.short_rows(marker, a, sa, 1, b, sb, 1, out, so, 1, 0, m, n, 1)
+        else:
+            k.rows(marker, a, sa, 1, b, sb, 1, out, so, 1, 0, m, n, 1, side)
         return
     if n < short_max:
-        driver = k.short_rows_parallel
-    elif n <= ROW_TASK_MAX or m >= ROW_TASK_MIN_ROWS:
+        _parallel(k.short_rows_parallel, (marker, a, sa, 1, b, sb, 1, out, so, 1, m, n, 1))
+        return
+    if n <= ROW_TASK_MAX or m >= ROW_TASK_MIN_ROWS:
         driver = k.rows_parallel
     else:
         driver = k.chunks_parallel
-    _parallel(driver, (marker, a, sa, 1, b, sb, 1, out, so, 1, m, n, 1))
+    _parallel(driver, (marker, a, sa, 1, b, sb, 1, out, so, 1, m, n, 1, side))
 
 
 def run_columns(op, args):

@@ -4,8 +4,15 @@ Every driver takes the same arguments: the operation marker, then for each array
 out) a flat 1-D buffer with its outer and axis strides, then the sizes: M outer positions,
 n elements along the softmax axis, C inner positions. Element j of row (o, i) of ``a`` is
 ``a[o*ao + j*an + i]``. Rows read in place have an = 1 and C = 1; a strided axis read in
-place has C > 1, and the lane kernel runs W inner positions at a time. For the forward
-operations ``b`` is ``a``. The serial drivers take a range of tasks (lo, hi) instead of M.
+place has C > 1, and the lane kernel runs W inner positions at a time. For softmax and
+log_softmax ``b`` is ``a``; for logsumexp it is the weights or None. The serial drivers
+take a range of tasks (lo, hi) instead of M.
+
+The row drivers (``rows``, ``rows_parallel``, ``chunks_parallel``) take one more argument,
+``side``: None, or ``(w, wd, rv)`` with the mask ``w`` (bytes or None), its row offsets
+``wd`` (see ``mask_row``) and the rows' given values ``rv`` ((M, 2) float64 or None).
+Masks, weights, given values and reductions run on these drivers only. A reduction's
+``out`` holds its values per row at stride ``oo``.
 
 The kernels give the same bits for a row whichever driver runs it (``_row_kernel``), so the
 choice of driver, task size and thread count changes no result.
@@ -15,23 +22,27 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange, types
-from numba.extending import overload
+from numba.core.imputils import impl_ret_borrowed
+from numba.extending import intrinsic, overload
 
 from ._config import CACHE
 from ._lane_kernel import band
 from ._markers import same
 from ._row_kernel import (
     CHUNK,
+    INTERNAL,
     LOG_SOFTMAX_BACKWARD,
     OPS,
     OPTIONS,
     SOFTMAX_BACKWARD,
     finish,
+    out_chunk,
+    out_row,
     row,
     stats,
     write,
 )
-from ._simd import ALL, W, compute_type, vgather, vload, vscatter, vstore
+from ._simd import ALL, W, compute_type, seg, vgather, vload, vscatter, vstore
 
 # elements per parallel task: enough that task overhead vanishes
 TASK_ELEMENTS = 16384
@@ -48,6 +59,50 @@ __all__ = ["OPS", "W", "rows", "short_rows", "columns", "column_tasks", "rows_pa
            "segment_finish", "segment_write", "copy2d"]
 
 
+@intrinsic
+def side_mask(typingctx, side):
+    """The mask in ``side`` (an array), or None."""
+    if isinstance(side, types.NoneType) or isinstance(side[0], types.NoneType):
+        return types.none(side), lambda c, b, s, a: c.get_dummy_value()
+
+    def codegen(context, builder, sig, args):
+        return impl_ret_borrowed(context, builder, side[0], builder.extract_value(args[0], 0))
+
+    return side[0](side), codegen
+
+
+def mask_offset(side, i):
+    """Where row i's mask starts in ``side``'s mask (0 without one). ``wd`` holds (size,
+    stride) per outer axis of the rows, innermost first: sum((i // inner) % size * stride)."""
+
+
+@overload(mask_offset, jit_options={"_nrt": False})
+def _mask_offset_impl(side, i):
+    if isinstance(side, types.NoneType) or isinstance(side[0], types.NoneType):
+        return lambda side, i: 0
+
+    def impl(side, i):
+        wd = side[1]
+        off = 0
+        r = i
+        for d in range(wd.shape[0]):
+            off += (r % wd[d, 0]) * wd[d, 1]
+            r //= wd[d, 0]
+        return off
+    return impl
+
+
+def row_values(side, i):
+    """Row i's given values (two float64) in ``side``, or None."""
+
+
+@overload(row_values, jit_options={"_nrt": False})
+def _row_values_impl(side, i):
+    if isinstance(side, types.NoneType) or isinstance(side[2], types.NoneType):
+        return lambda side, i: None
+    return lambda side, i: (side[2][i, 0], side[2][i, 1])
+
+
 def _compute_empty(like, size):
     """An uninitialized 1-D array of the compute type of array ``like``."""
 
@@ -59,11 +114,14 @@ def _compute_empty_impl(like, size):
 
 
 @njit(**OPTIONS)
-def rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C):
+def rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, side):
     """Rows lo..hi-1, one at a time (the row kernel); an = on = 1, C = 1."""
     st = np.empty((2, ((n + CHUNK - 1) // CHUNK)))
+    w = side_mask(side)
     for i in range(lo, hi):
-        row(op, a[i * ao:i * ao + n], b[i * bo:i * bo + n], out[i * oo:i * oo + n], st)
+        off = mask_offset(side, i)
+        row(op, a[i * ao:i * ao + n], seg(b, i * bo, i * bo + n), seg(w, off, off + n),
+            out_row(op, out, i * oo, n), st, row_values(side, i))
 
 
 @njit(**OPTIONS)
@@ -130,10 +188,10 @@ def columns(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C):
 
 
 @njit(**_PARALLEL)
-def rows_parallel(op, a, ao, an, b, bo, bn, out, oo, on, M, n, C):
+def rows_parallel(op, a, ao, an, b, bo, bn, out, oo, on, M, n, C, side):
     g = max(1, TASK_ELEMENTS // n)
     for t in prange((M + g - 1) // g):
-        rows(op, a, ao, an, b, bo, bn, out, oo, on, t * g, min(M, (t + 1) * g), n, C)
+        rows(op, a, ao, an, b, bo, bn, out, oo, on, t * g, min(M, (t + 1) * g), n, C, side)
 
 
 @njit(**_PARALLEL)
@@ -151,25 +209,32 @@ def columns_parallel(op, a, ao, an, b, bo, bn, out, oo, on, M, n, C):
         columns(op, a, ao, an, b, bo, bn, out, oo, on, t * g, min(tasks, (t + 1) * g), n, C)
 
 
+@njit(**INTERNAL)
+def _chunk_phase(op, a, ao, b, bo, out, oo, n, side, i, c, st, fin, writing):
+    """Chunk c of row i: its statistics into st[i, :, c], or its outputs (``writing``)."""
+    lo, hi = c * CHUNK, min(n, (c + 1) * CHUNK)
+    off = mask_offset(side, i)
+    args = (a[i * ao + lo:i * ao + hi], seg(b, i * bo + lo, i * bo + hi),
+            seg(side_mask(side), off + lo, off + hi),
+            out_chunk(op, out_row(op, out, i * oo, n), lo, hi))
+    if writing:
+        write(op, *args, st[i, 0, c], fin[i, 0], fin[i, 1])
+    else:
+        st[i, 0, c], st[i, 1, c] = stats(op, *args)
+
+
 @njit(**_PARALLEL)
-def chunks_parallel(op, a, ao, an, b, bo, bn, out, oo, on, M, n, C):
+def chunks_parallel(op, a, ao, an, b, bo, bn, out, oo, on, M, n, C, side):
     """Few long rows: (row, chunk) tasks run the row kernel's phases; C = 1."""
     nc = ((n + CHUNK - 1) // CHUNK)
     st = np.empty((M, 2, nc))
     fin = np.empty((M, 2))
     for t in prange(M * nc):
-        i, c = t // nc, t % nc
-        lo, hi = c * CHUNK, min(n, (c + 1) * CHUNK)
-        st[i, 0, c], st[i, 1, c] = stats(op, a[i * ao + lo:i * ao + hi],
-                                         b[i * bo + lo:i * bo + hi],
-                                         out[i * oo + lo:i * oo + hi])
+        _chunk_phase(op, a, ao, b, bo, out, oo, n, side, t // nc, t % nc, st, fin, False)
     for i in range(M):
-        fin[i, 0], fin[i, 1] = finish(op, st[i, 0], st[i, 1])
+        fin[i, 0], fin[i, 1] = finish(op, st[i, 0], st[i, 1], row_values(side, i))
     for t in prange(M * nc):
-        i, c = t // nc, t % nc
-        lo, hi = c * CHUNK, min(n, (c + 1) * CHUNK)
-        write(op, a[i * ao + lo:i * ao + hi], b[i * bo + lo:i * bo + hi],
-              out[i * oo + lo:i * oo + hi], st[i, 0, c], fin[i, 0], fin[i, 1])
+        _chunk_phase(op, a, ao, b, bo, out, oo, n, side, t // nc, t % nc, st, fin, True)
 
 
 # ---------------------------------------------------------------------------------------
@@ -186,7 +251,7 @@ def segment_stats(op, a, ao, b, bo, M, n, st):
         for c in range((n + CHUNK - 1) // CHUNK):
             lo, hi = c * CHUNK, min(n, (c + 1) * CHUNK)
             st[i, 0, c], st[i, 1, c] = stats(op, a[i * ao + lo:i * ao + hi],
-                                             b[i * bo + lo:i * bo + hi],
+                                             b[i * bo + lo:i * bo + hi], None,
                                              a[i * ao + lo:i * ao + hi])
 
 
@@ -194,7 +259,7 @@ def segment_stats(op, a, ao, b, bo, M, n, st):
 def segment_finish(op, st, fin):
     """fin[i] = the (m, t) of row i from all its chunks' statistics st[i], in order."""
     for i in range(st.shape[0]):
-        fin[i, 0], fin[i, 1] = finish(op, st[i, 0], st[i, 1])
+        fin[i, 0], fin[i, 1] = finish(op, st[i, 0], st[i, 1], None)
 
 
 @njit(**OPTIONS)
@@ -203,7 +268,7 @@ def segment_write(op, a, ao, b, bo, out, oo, M, n, st, fin):
     for i in range(M):
         for c in range((n + CHUNK - 1) // CHUNK):
             lo, hi = c * CHUNK, min(n, (c + 1) * CHUNK)
-            write(op, a[i * ao + lo:i * ao + hi], b[i * bo + lo:i * bo + hi],
+            write(op, a[i * ao + lo:i * ao + hi], b[i * bo + lo:i * bo + hi], None,
                   out[i * oo + lo:i * oo + hi], st[i, 0, c], fin[i, 0], fin[i, 1])
 
 

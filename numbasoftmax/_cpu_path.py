@@ -6,6 +6,13 @@
 where it says ``GATHER``, and a staged result scattered back into ``out``. float16 data is
 handed to the kernels viewed as uint16 (numba has no float16).
 
+Options of the general path: ``dtype`` (the result dtype; inputs of another float dtype
+are read in place as if cast, through the kernels' storage views), ``where`` (a boolean
+mask broadcasting to the input: read in place by row offsets where each row's bytes are
+contiguous, else its own rows copied once; a mask constant along the rows runs the
+unmasked kernels and fills the excluded rows), given row values (logsumexp's gradient).
+``reduce`` runs logsumexp: one value (and sign) per row.
+
 ``fast`` is the common case without any of that: C-contiguous float32/float64 arrays, the
 last axis, a fresh or C-contiguous non-overlapping ``out``. It checks only what it relies
 on, so an 8x128 call costs a few microseconds; anything else returns None and takes the
@@ -18,7 +25,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from . import _cpu, _pool
-from ._layout import COLUMNS, GATHER, ROWS, Meta, as_2d, plan
+from ._layout import COLUMNS, GATHER, ROWS, Meta, as_2d, mask_rows, plan
 
 _FAST = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -53,31 +60,134 @@ def _meta(a):
     return Meta(a.__array_interface__["data"][0], a.strides, a.itemsize)
 
 
-def run(op, arrays, axes, out=None):
-    """``op`` on checked numpy ``arrays`` (same shape and dtype) along sorted ``axes``,
-    into ``out`` (checked; a plain ndarray) or a fresh result laid out like the input."""
+def _storage(dtype, result):
+    """What the kernels see an array of float ``dtype`` as, for a ``result`` dtype."""
+    if dtype == result:
+        return np.uint16 if dtype == np.float16 else dtype
+    from ._simd import storage_view  # the kernels' table (imported at the first cast)
+
+    return np.dtype(storage_view(dtype.name, np.dtype(result).name))
+
+
+def run(op, arrays, axes, out=None, *, dtype=None, where=None, values=None, kernel=None,
+        b=None):
+    """``op`` on checked numpy ``arrays`` (same shape; the same float dtype, or read as if
+    cast to ``dtype``) along sorted ``axes``, into ``out`` (checked; a plain ndarray) or a
+    fresh result laid out like the input. ``where``: a boolean mask broadcasting to the
+    input; ``values``: per-row values in reduced shape (see ``_row_values``); ``kernel``:
+    the kernels' operation when it is not ``op.name``; ``b``: weights (broadcasting to the
+    input) for an operation that takes them, passed as its second array."""
     x = arrays[0]
-    result = _pool.empty(x.shape, x.dtype, order_like=x) if out is None else out
+    dtype = np.dtype(dtype or x.dtype)
+    result = _pool.empty(x.shape, dtype, order_like=x) if out is None else out
     if x.size == 0:
         return result
-    p = plan(x.shape, axes, [_meta(a) for a in arrays], _meta(result))
-    storage = np.uint16 if x.dtype == np.float16 else x.dtype
+    if b is not None:
+        arrays = (x, np.broadcast_to(b, x.shape))
+    extras = where is not None or values is not None
+    p = plan(x.shape, axes, [_meta(a) for a in arrays], _meta(result), columns=not extras)
+    views = [a.view(_storage(a.dtype, dtype)) for a in arrays]
+    dest = result.view(_storage(dtype, dtype))
     if p.out.kind == COLUMNS:
-        _columns(op, [a.view(storage) for a in arrays], result.view(storage), p)
+        _columns(op, views, dest, p)
         return result
+    side, filled = _side(where, values, x.shape, axes, p)
     args = []
-    for a, access in zip(arrays, p.inputs, strict=True):
-        flat, stride = _rows(a.view(storage), access, p)
+    for a, access in zip(views, p.inputs, strict=True):
+        flat, stride = _rows(a, access, p)
         args += [flat, stride]
-    dest = result.view(storage)
+    if kernel is not None and b is None and len(args) == 2:  # no weights: None in their place
+        args += [None, 0]
+    name = kernel or op.name
     if p.out.kind == ROWS:
         flat, stride = _rows(dest, p.out, p)
-        _cpu.run(op.name, (*args, flat, stride, p.m, p.n))
+        _cpu.run(name, (*args, flat, stride, p.m, p.n), side)
     else:
-        staged = _pool.empty((p.m, p.n), storage)
-        _cpu.run(op.name, (*args, staged.reshape(-1), p.n, p.m, p.n))
+        staged = _pool.empty((p.m, p.n), dest.dtype)
+        _cpu.run(name, (*args, staged.reshape(-1), p.n, p.m, p.n), side)
         _scatter(staged, dest.transpose(p.perm), p)
+    if filled is not None:
+        _fill_rows(result, filled, p, _EXCLUDED[op.name])
     return result
+
+
+# the value of an excluded element (``where`` False), per operation
+_EXCLUDED = {"softmax": 0.0, "log_softmax": -np.inf, "softmax_backward": 0.0,
+             "log_softmax_backward": 0.0, "logsumexp_backward": 0.0}
+
+
+def reduce(kernel, arrays, axes, *, dtype, where=None, b=None):
+    """logsumexp (``kernel``: "logsumexp", or "logsumexp_sign" for value and sign) of
+    checked numpy ``arrays`` (x) along sorted ``axes``, with weights ``b`` broadcasting to
+    x or None. Returns (values, signs or None) in the keepdims shape, fresh arrays of
+    ``dtype`` in the rows' order."""
+    x = arrays[0]
+    dtype = np.dtype(dtype)
+    keep = tuple(1 if a in axes else s for a, s in enumerate(x.shape))
+    inputs = (x,) if b is None else (x, np.broadcast_to(b, x.shape))
+    p = plan(x.shape, axes, [_meta(a) for a in inputs], None)
+    width = 2 if kernel == "logsumexp_sign" else 1
+    flat = np.empty((p.m, width), dtype)
+    if p.m and p.n == 0:  # empty rows: the sum is 0
+        flat[:, 0] = -np.inf
+        flat[:, 1:] = 0.0
+    elif p.m:
+        side, filled = _side(where, None, x.shape, axes, p)
+        args = []
+        for a, access in zip(inputs, p.inputs, strict=True):
+            buf, stride = _rows(a.view(_storage(a.dtype, dtype)), access, p)
+            args += [buf, stride]
+        if b is None:
+            args += [None, 0]
+        _cpu.run(kernel, (*args, flat.view(_storage(dtype, dtype)).reshape(-1), width,
+                          p.m, p.n), side)
+        if filled is not None:
+            flat[~filled.reshape(-1), 0] = -np.inf
+            flat[~filled.reshape(-1), 1:] = 0.0
+    perm_shape = tuple(keep[a] for a in p.perm)
+    inverse = tuple(np.argsort(p.perm))
+    values = flat[:, 0].reshape(perm_shape).transpose(inverse)
+    signs = flat[:, 1].reshape(perm_shape).transpose(inverse) if width == 2 else None
+    return values, signs
+
+
+def _side(where, values, shape, axes, p):
+    """(the kernels' ``side`` or None, per-row mask or None) for ``where`` and the given
+    row ``values`` ((lse, g) arrays broadcasting to the keepdims shape) of a plan. A mask
+    constant along the rows is not given to the kernels: its per-row values (in the rows'
+    order, outer shape) come back for ``_fill_rows``."""
+    rv = None
+    if values is not None:
+        rv = np.empty((p.m, 2))
+        keep = tuple(1 if a in axes else s for a, s in enumerate(shape))
+        for j, v in enumerate(values):
+            rv[:, j] = np.broadcast_to(v, keep).transpose(p.perm).reshape(-1)
+    if where is None:
+        return (None if rv is None else (None, None, rv)), None
+    naxes = len(axes)
+    w = np.broadcast_to(where.view(np.uint8), shape)
+    access = mask_rows(shape, w.strides, p.perm, naxes)
+    if access is None:  # copy the mask's own rows (broadcast outer axes stay broadcast)
+        t = w.transpose(p.perm)
+        own = tuple(slice(0, 1) if st == 0 else slice(None) for st in t.strides[:-naxes or None])
+        base = np.ascontiguousarray(t[own])
+        inverse = tuple(np.argsort(p.perm))
+        w = np.broadcast_to(base, t.shape).transpose(inverse)
+        access = mask_rows(shape, w.strides, p.perm, naxes)
+    if access.kind == "constant":
+        t = w.transpose(p.perm)
+        filled = np.ascontiguousarray(t[(Ellipsis,) + (0,) * naxes]).astype(bool)
+        return (None if rv is None else (None, None, rv)), filled
+    flat = as_strided(w, shape=(access.extent,), strides=(1,))
+    dims = np.array(access.dims, dtype=np.int64).reshape(-1, 2)
+    return (flat, dims, rv), None
+
+
+def _fill_rows(result, filled, p, value):
+    """result rows whose per-row mask ``filled`` is False set to ``value``."""
+    t = result.transpose(p.perm)
+    naxes = t.ndim - filled.ndim
+    t[~np.broadcast_to(filled, t.shape[:t.ndim - naxes])] = value
 
 
 def _rows(a, access, p):

@@ -12,6 +12,12 @@
   (TypeError).
 * ``out=``: the result's dtype (TypeError) and shape (ValueError), and writeable
   (ValueError).
+* ``dtype=``: None or a float dtype (TypeError naming it): the result's dtype, computed as
+  if the inputs had that dtype.
+* ``where=``: a boolean array (TypeError) that broadcasts to the input's shape
+  (ValueError naming both shapes). A masked array's mask acts as ``where=~mask``; the
+  result is a masked array with that mask.
+* Weights (logsumexp's ``b``): the dtype rule, and they broadcast to ``x``'s shape.
 
 The checks take plain metadata (shapes, dtypes, flags) so that any backend can apply them
 to its own array types; the ``host_*`` functions apply them to numpy inputs.
@@ -77,6 +83,25 @@ def result_dtype(dtype, name, func, extra=()):
                     f"got {dtype}")
 
 
+def requested_dtype(dtype, func):
+    """None, or the float dtype that ``dtype=`` names; TypeError naming ``dtype`` else."""
+    if dtype is None:
+        return None
+    try:
+        d = np.dtype(dtype)
+    except TypeError:
+        d = None
+    if d not in FLOATS:
+        raise TypeError(f"{func}(): dtype must be None, float16, float32 or float64; "
+                        f"got {dtype!r}")
+    return d
+
+
+def promoted(dtypes):
+    """The common result dtype of several inputs' result dtypes (e.g. x and weights)."""
+    return np.result_type(*dtypes)
+
+
 def reject_masked(obj, name, func):
     """TypeError for a numpy masked array (or a dask array of them): masks are not
     supported, and computing on the data alone would silently ignore them."""
@@ -124,12 +149,66 @@ def check_out(func, shape, dtype, out_shape, out_dtype, out_writeable):
         raise ValueError(f"{func}(): out must be writeable; got a read-only array")
 
 
+def check_where(func, dtype, shape, target, target_shape, name="where"):
+    """A mask: boolean (TypeError), broadcasting to ``target``'s shape (ValueError naming
+    both shapes). ``name``: the parameter ("where", or "b" for weights, which need not be
+    boolean: pass dtype None)."""
+    if dtype is not None and dtype != np.bool_:
+        raise TypeError(f"{func}(): {name} must be a boolean array; got dtype {dtype}")
+    try:
+        fits = np.broadcast_shapes(tuple(shape), tuple(target_shape)) == tuple(target_shape)
+    except ValueError:
+        fits = False
+    if not fits:
+        raise ValueError(f"{func}(): {name} of shape {tuple(shape)} does not broadcast to "
+                         f"the shape {tuple(target_shape)} of {target}")
+
+
+def reduced_shape(shape, axes, keepdims):
+    """The shape of a reduction over ``axes``."""
+    if keepdims:
+        return tuple(1 if a in axes else s for a, s in enumerate(shape))
+    return tuple(s for a, s in enumerate(shape) if a not in axes)
+
+
 # ---------------------------------------------------------------------------------------
 # numpy (host) arguments
 
-def host_array(obj, name, func):
+def host_unmask(arrays):
+    """(plain arrays, mask or None, whether any was a masked array): numpy masked arrays
+    replaced by their data; their masks (``numpy.ma.nomask`` counts as none) combined
+    with or."""
+    mask, any_masked, plain = None, False, []
+    for a in arrays:
+        if isinstance(a, np.ma.MaskedArray):
+            any_masked = True
+            m = np.ma.getmask(a)
+            if m is not np.ma.nomask:
+                m = np.asarray(m, dtype=bool)
+                mask = m if mask is None else mask | m
+            a = a.data
+        plain.append(a)
+    return tuple(plain), mask, any_masked
+
+
+def host_where(where, shape, target, func):
+    """``where=`` as a numpy boolean array broadcasting to ``shape`` (not broadcast)."""
+    if isinstance(where, np.ma.MaskedArray):
+        where = where.filled(False)
+    try:
+        w = np.asarray(where)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{func}(): where must be a boolean array; got "
+                        f"{type(where).__name__} that numpy cannot convert ({err})") from None
+    check_where(func, w.dtype, w.shape, target, shape)
+    return w
+
+
+def host_array(obj, name, func, dtype=None):
     """``obj`` as a numpy array of a supported dtype (a plain ndarray: subclasses are
-    viewed as their ndarray data), converted to the result dtype where needed."""
+    viewed as their ndarray data), converted to the result dtype where needed: float
+    inputs keep their dtype (the kernels read them as if cast to ``dtype``), integer and
+    bool ones are converted to ``dtype`` (float64 when it is None)."""
     if type(obj) is not np.ndarray:
         if isinstance(obj, np.ndarray):
             reject_masked(obj, name, func)
@@ -141,14 +220,16 @@ def host_array(obj, name, func):
                 raise TypeError(f"{func}(): {name} must be array-like; got "
                                 f"{type(obj).__name__} that numpy cannot convert ({err})"
                                 ) from None
-    dtype = result_dtype(obj.dtype, name, func)
-    return obj if obj.dtype == dtype else obj.astype(dtype)
+    rdtype = result_dtype(obj.dtype, name, func)
+    if dtype is not None and obj.dtype.kind in "biu":
+        rdtype = dtype
+    return obj if obj.dtype == rdtype else obj.astype(rdtype)
 
 
-def host_arrays(op, arrays):
+def host_arrays(op, arrays, dtype=None):
     """The arguments of ``op`` as checked numpy arrays (dtype rule, then the pair rule)."""
-    arrays = tuple(host_array(a, name, op.name) for a, name in zip(arrays, op.args,
-                                                                    strict=True))
+    arrays = tuple(host_array(a, name, op.name, dtype) for a, name in zip(arrays, op.args,
+                                                                           strict=True))
     if len(arrays) == 2:
         check_pair(op.name, op.args, [a.shape for a in arrays], [a.dtype for a in arrays])
     return arrays

@@ -175,9 +175,9 @@ def _max_and_total(op, S, nt, nc):
         else:
             total = vsplat(0.0, S)
             for c in range(nc):
-                term = vmul(vload(S, ((nc + c) * nt + t) * W, W, 0.0),
-                            vexp_nonpos(vsub(vload(S, (c * nt + t) * W, W, 0.0), m)))
-                total = vadd(total, term)
+                cmax = vload(S, (c * nt + t) * W, W, 0.0)
+                scale = vselect(veq(cmax, m), 1.0, vexp_nonpos(vsub(cmax, m)))
+                total = vadd(total, vmul(vload(S, ((nc + c) * nt + t) * W, W, 0.0), scale))
         if same(op, LOG_SOFTMAX):
             total = vlog(total)
         vstore(S, (2 * nc * nt + t) * W, W, m)

@@ -146,9 +146,21 @@ def _partial_overlap(shape, a, out):
     return alo < ohi and olo < ahi
 
 
-def plan(shape, axes, inputs, out):
+def plan(shape, axes, inputs, out, columns=True):
     """The Plan of a call on arrays of ``shape`` along sorted ``axes``; ``inputs`` and
-    ``out`` are ``Meta`` (a fresh result is planned once it is allocated)."""
+    ``out`` are ``Meta`` (a fresh result is planned once it is allocated). ``out`` None:
+    a reduction, whose values the backend keeps in rows order itself (its Plan's ``out``
+    is None). ``columns`` False: no COLUMNS plan (calls the lane kernel cannot run)."""
+    if out is None:
+        n = math.prod(shape[a] for a in axes)
+        m = math.prod(shape) // n if n else 0
+        perm = permutation(shape, inputs[0].strides, axes)
+        accesses = []
+        for meta in inputs:
+            rs = None if meta.cast else row_stride(shape, meta.strides, meta.itemsize, perm,
+                                                   len(axes))
+            accesses.append(Access(GATHER) if rs is None else Access(ROWS, rs))
+        return Plan(m, n, perm, tuple(accesses), None)
     n = math.prod(shape[a] for a in axes)
     m = math.prod(shape) // n if n else 0
     perm = permutation(shape, inputs[0].strides, axes)
@@ -164,7 +176,7 @@ def plan(shape, axes, inputs, out):
         out_access = Access(GATHER)
     else:
         out_access = Access(ROWS, rs)
-    if out_access.kind == GATHER or any(a.kind == GATHER for a in accesses):
+    if columns and (out_access.kind == GATHER or any(a.kind == GATHER for a in accesses)):
         columns = _columns(shape, axes, perm, inputs, out)
         if columns is not None:
             inner, column_accesses = columns
@@ -224,3 +236,45 @@ def as_2d(a, m, n):
         return np.reshape(a, (m, n), copy=False)
     except ValueError:
         return None
+
+
+class MaskRows(NamedTuple):
+    """How the kernels reach a mask that broadcasts to the rows (see ``mask_rows``)."""
+
+    kind: str  # ROWS: a row of n bytes per row at its offset; "constant": one value per row
+    dims: tuple = ()  # ROWS: (size, byte stride) per outer axis of the rows, innermost
+    # first; row i's mask starts at sum((i // inner) % size * stride)
+    extent: int = 0  # ROWS: bytes from the first mask byte to past the last
+
+
+def mask_rows(shape, strides, perm, naxes):
+    """The access of a byte mask broadcast to ``shape`` (``strides``: the broadcast view's,
+    0 along broadcast axes), its axes in ``perm`` order with the ``naxes`` softmax axes
+    last: "constant" when it holds one value per row (the softmax axes all broadcast);
+    ROWS when each row's bytes are contiguous and the outer strides non-negative; None
+    otherwise (the backend then copies the mask's own rows first)."""
+    split = len(perm) - naxes
+    inner = [(shape[a], strides[a]) for a in perm[split:] if shape[a] != 1]
+    if all(st == 0 for _, st in inner):
+        return MaskRows("constant")
+    expect = 1
+    for size, st in reversed(inner):
+        if st != expect:
+            return None
+        expect *= size
+    dims = []
+    for a in reversed(perm[:split]):  # innermost first, merged where they can be
+        size, st = shape[a], strides[a]
+        if st < 0:
+            return None
+        if size == 1:
+            continue
+        if dims and dims[-1][1] * dims[-1][0] == st:  # also two broadcast axes (0 == 0)
+            dims[-1] = (dims[-1][0] * size, dims[-1][1])
+        else:
+            dims.append((size, st))
+    while dims and dims[-1][1] == 0:  # outermost broadcast axes move no offset
+        dims.pop()
+    n = expect
+    extent = sum((size - 1) * st for size, st in dims) + n
+    return MaskRows(ROWS, tuple(dims), extent)

@@ -18,12 +18,23 @@ Each operation has three phases: ``stats`` per chunk (a max and a sum), ``finish
 turn; the chunk-parallel driver runs them as separate tasks; the lane kernel
 (``_lane_kernel``) mirrors them with a lane per row. They all give the same bits.
 
+Optional operands, fixed when compiling (None, or an array): a mask ``w`` (``where=``,
+bytes) and, for logsumexp, weights in ``b``. An element is *valid* where the mask is set
+and the weight is not 0; the others take no part in a max or a sum (the loops select +0
+for their terms and -inf for their maxima, so an all-valid row has the bits of the
+unmasked row) and get the op's value for excluded elements.
+
+Reductions (logsumexp) write one value per row (and its sign: two) from the first chunk's
+write phase; ``out_row`` and ``out_chunk`` give each chunk its part of the output.
+
 Memory traffic per element (ideal, one pass = one read or write of the row):
 softmax reads x twice (max, then exp + sum, keeping exp in out) and out twice, writes out
 twice; the second and later passes of a row of up to ROW_TASK_MAX elements come from cache,
 so memory sees one read of x and one write of out. log_softmax: x read three times
 (max, sum, write), out written once. Gradients: y/z and dy/dz read twice (sum, write), out
-written once.
+written once. logsumexp: x (and the weights) read twice (max, sum), one value per row
+written; its gradient reads x once and writes once. A mask adds one byte per element per
+pass that reads it.
 """
 
 from __future__ import annotations
@@ -33,24 +44,36 @@ import math
 import numpy as np
 from numba import njit
 
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic, overload
+
 from ._config import CACHE
-from ._markers import Marker, dispatch, invoke, kernel_fn, pick, same
+from ._markers import Marker, MarkerType, dispatch, invoke, kernel_fn, pick, same
 from ._simd import (
     W,
+    emit_view,
     exact_store,
     to_compute,
     vadd,
+    vand,
     vexp,
     vexp_nonpos,
     vload,
+    vload_mask,
     vlog,
     vmax,
     vmax_all,
     vmul,
+    vnonzero,
+    vselect,
     vsplat,
     vstore,
     vsub,
+    seg,
     vsum,
+    vwith_lane,
 )
 
 BLOCK = 1024
@@ -74,8 +97,99 @@ LOG_SOFTMAX_BACKWARD = Marker("log_softmax_backward")
 # phase keeps no exps, the write phase computes them again (the same expression: the same
 # bits as SOFTMAX)
 SOFTMAX_SPLIT = Marker("softmax_split")
+# one value per row: log of the sum of (weight *) exp(x); NaN where that sum is negative
+LOGSUMEXP = Marker("logsumexp")
+# two values per row: log of the absolute value of that sum, and the sum's sign
+LOGSUMEXP_SIGN = Marker("logsumexp_sign")
+# (weight *) exp(x - lse) * g per element, from each row's (lse, g)
+LOGSUMEXP_BACKWARD = Marker("logsumexp_backward")
 OPS = {m.key: m for m in (SOFTMAX, LOG_SOFTMAX, SOFTMAX_BACKWARD, LOG_SOFTMAX_BACKWARD,
-                          SOFTMAX_SPLIT)}
+                          SOFTMAX_SPLIT, LOGSUMEXP, LOGSUMEXP_SIGN, LOGSUMEXP_BACKWARD)}
+
+
+# ---------------------------------------------------------------------------------------
+# optional operands: None or an array, chosen when compiling
+
+def valid(b, w, i, k):
+    """Lanes i .. i+k-1 that take part: mask ``w`` set and weight ``b`` not 0 (each when
+    given; lanes from k on never); None when neither is given (all lanes)."""
+
+
+@overload(valid, jit_options={"_nrt": False})
+def _valid_impl(b, w, i, k):
+    nob, now = isinstance(b, types.NoneType), isinstance(w, types.NoneType)
+    if nob and now:
+        return lambda b, w, i, k: None
+    if nob:
+        return lambda b, w, i, k: vload_mask(w, i, k)
+    if now:
+        return lambda b, w, i, k: vnonzero(vload(b, i, k, 0.0))
+    return lambda b, w, i, k: vand(vload_mask(w, i, k), vnonzero(vload(b, i, k, 0.0)))
+
+
+def keep(m, v, other):
+    """``v`` in the lanes of mask ``m`` (all when ``m`` is None), ``other`` elsewhere."""
+
+
+@overload(keep, jit_options={"_nrt": False})
+def _keep_impl(m, v, other):
+    if isinstance(m, types.NoneType):
+        return lambda m, v, other: v
+    return lambda m, v, other: vselect(m, v, other)
+
+
+def weigh(v, b, i, k):
+    """``v`` times the weights ``b`` of lanes i .., or ``v`` when ``b`` is None."""
+
+
+@overload(weigh, jit_options={"_nrt": False})
+def _weigh_impl(v, b, i, k):
+    if isinstance(b, types.NoneType):
+        return lambda v, b, i, k: v
+    return lambda v, b, i, k: vmul(v, vload(b, i, k, 0.0))
+
+
+# how many values per row an operation writes when it reduces the row: 0 for the
+# element-wise ones
+_REDUCED = {"logsumexp": 1, "logsumexp_sign": 2}
+
+
+@intrinsic
+def out_row(typingctx, op, out, start, n):
+    """Row output: ``out[start:start + n]``, or a reduction's 1 or 2 values."""
+    if not isinstance(op, MarkerType):
+        return None
+    width = _REDUCED.get(op.key_, 0)
+
+    def codegen(context, builder, sig, args):
+        start_ = context.cast(builder, args[2], sig.args[2], types.intp)
+        size = (ir.Constant(start_.type, width) if width
+                else context.cast(builder, args[3], sig.args[3], types.intp))
+        return emit_view(context, builder, out, args[1], start_, builder.add(start_, size))
+
+    return out(op, out, start, n), codegen
+
+
+@intrinsic
+def out_chunk(typingctx, op, out, lo, hi):
+    """A chunk's part of a row output: ``out[lo:hi]``; for a reduction its values in the
+    first chunk (lo == 0), nothing in the others."""
+    if not isinstance(op, MarkerType):
+        return None
+    reduced = op.key_ in _REDUCED
+
+    def codegen(context, builder, sig, args):
+        lo_, hi_ = (context.cast(builder, v, t, types.intp)
+                    for v, t in zip(args[2:], sig.args[2:], strict=True))
+        if reduced:
+            size = context.make_array(out)(context, builder, args[1]).shape
+            (size,) = cgutils.unpack_tuple(builder, size, 1)
+            zero = ir.Constant(lo_.type, 0)
+            first = builder.icmp_signed("==", lo_, zero)
+            lo_, hi_ = zero, builder.select(first, size, zero)
+        return emit_view(context, builder, out, args[1], lo_, hi_)
+
+    return out(op, out, lo, hi), codegen
 
 
 # ---------------------------------------------------------------------------------------
@@ -100,18 +214,20 @@ def seg_sum(lanes, a, b, c):
 
 
 @njit(**INTERNAL)
-def seg_max(x):
-    n = x.shape[0]
+def seg_max(lanes, a, b, c):
+    """The maximum of ``invoke(lanes, a, b, c, i, k)`` over a segment (padding lanes:
+    -inf). Any order gives the same maximum."""
+    n = a.shape[0]
     full = n // W * W
-    acc = vsplat(NEG_INF, x)
+    acc = vsplat(NEG_INF, a)
     acc2 = acc  # two chains: a maximum does not depend on the order
     for i in range(0, full - W, 2 * W):
-        acc = vmax(acc, vload(x, i, W, NEG_INF))
-        acc2 = vmax(acc2, vload(x, i + W, W, NEG_INF))
+        acc = vmax(acc, invoke(lanes, a, b, c, i, W))
+        acc2 = vmax(acc2, invoke(lanes, a, b, c, i + W, W))
     if (full // W) % 2:
-        acc = vmax(acc, vload(x, full - W, W, NEG_INF))
+        acc = vmax(acc, invoke(lanes, a, b, c, full - W, W))
     if full < n:
-        acc2 = vmax(acc2, vload(x, full, n - full, NEG_INF))
+        acc2 = vmax(acc2, invoke(lanes, a, b, c, full, n - full))
     return vmax_all(vmax(acc, acc2))
 
 
@@ -127,167 +243,272 @@ def seg_map(f, out, a, b, c):
 
 
 # kernel functions: (marker, a, b, c, i, k) -> the vector for elements i .. i+k-1. In sums,
-# the padding lanes (k .. W-1) give exactly +0.
+# the padding lanes (k .. W-1) give exactly +0; in maxima, -inf. ``w`` is a mask or None,
+# ``wts`` weights or None (see ``valid``).
+
+@kernel_fn
+def _max_lanes(f, a, b, c, i, k):
+    """x = a where valid (b: weights, c: mask), else -inf."""
+    return keep(valid(b, c, i, k), vload(a, i, k, NEG_INF), NEG_INF)
+
 
 @kernel_fn
 def _exp_lanes(f, a, b, c, i, k):
-    """exp(x - shift) for x = a, shift = c; kept in ``b`` unless it is None."""
-    e = vexp_nonpos(vsub(vload(a, i, k, NEG_INF), c))
+    """(weight *) exp(x - shift) where valid, else +0, for x = a and c = (shift, w, wts);
+    kept in ``b`` unless it is None."""
+    shift, w, wts = c
+    e = keep(valid(wts, w, i, k), weigh(vexp_nonpos(vsub(vload(a, i, k, NEG_INF), shift)),
+                                        wts, i, k), 0.0)
     if b is not None:
         vstore(b, i, k, e)
     return e
 
 
 @kernel_fn
+def _direct_exp_lanes(f, a, b, c, i, k):
+    """(weight *) exp(x) where valid, unshifted, for a chunk whose max is +inf; c = (w, wts)."""
+    w, wts = c
+    return keep(valid(wts, w, i, k), weigh(vexp(vload(a, i, k, NEG_INF)), wts, i, k), 0.0)
+
+
+@kernel_fn
+def _count_lanes(f, a, b, c, i, k):
+    """1 where mask c is set, else 0 (zeros kept in ``b`` unless it is None)."""
+    if b is not None:
+        vstore(b, i, k, vsplat(0.0, b))
+    return keep(valid(None, c, i, k), vsplat(1.0, a), 0.0)
+
+
+@kernel_fn
 def _product_lanes(f, a, b, c, i, k):
-    return vmul(vload(a, i, k, 0.0), vload(b, i, k, 0.0))
+    return keep(valid(None, c, i, k), vmul(vload(a, i, k, 0.0), vload(b, i, k, 0.0)), 0.0)
 
 
 @kernel_fn
 def _value_lanes(f, a, b, c, i, k):
-    return vload(a, i, k, 0.0)
+    return keep(valid(None, c, i, k), vload(a, i, k, 0.0), 0.0)
 
 
 @kernel_fn
-def _constant_lanes(f, a, b, c, i, k):
-    """The scalar c in the compute type of array ``a``."""
-    return vsplat(c, a)
+def _fill_lanes(f, a, b, c, i, k):
+    """c = (v, other, w): v where mask w is set (everywhere when it is None), ``other``
+    elsewhere, in the compute type of array ``a``."""
+    return keep(valid(None, c[2], i, k), vsplat(c[0], a), c[1])
 
 
 @kernel_fn
 def _softmax_lanes(f, a, b, c, i, k):
-    """e * factor for c = (shift, factor): e as kept in ``b``, or, when ``b`` is None
-    (float16 output), exp(a - shift) computed again by the same expression."""
+    """e * factor where valid, else 0, for c = (shift, factor, w): e as kept in ``b``, or,
+    when ``b`` is None (float16 output), exp(a - shift) computed again by the same
+    expression."""
     if b is None:
         e = vexp_nonpos(vsub(vload(a, i, k, NEG_INF), c[0]))
     else:
         e = vload(b, i, k, 0.0)
-    return vmul(e, c[1])
+    return keep(valid(None, c[2], i, k), vmul(e, c[1]), 0.0)
 
 
 @kernel_fn
 def _log_softmax_lanes(f, a, b, c, i, k):
-    """(x - m) - lse for c = (m, lse)."""
-    return vsub(vsub(vload(a, i, k, 0.0), c[0]), c[1])
+    """(x - m) - lse where valid, else -inf, for c = (m, lse, w)."""
+    return keep(valid(None, c[2], i, k), vsub(vsub(vload(a, i, k, 0.0), c[0]), c[1]), NEG_INF)
 
 
 @kernel_fn
 def _softmax_grad_lanes(f, a, b, c, i, k):
-    """y * (dy - s)."""
-    return vmul(vload(a, i, k, 0.0), vsub(vload(b, i, k, 0.0), c))
+    """y * (dy - s) where valid, else 0, for c = (s, w)."""
+    return keep(valid(None, c[1], i, k), vmul(vload(a, i, k, 0.0), vsub(vload(b, i, k, 0.0),
+                                                                        c[0])), 0.0)
 
 
 @kernel_fn
 def _log_softmax_grad_lanes(f, a, b, c, i, k):
-    """dz - exp(z) * s for z = a, dz = b."""
-    return vsub(vload(b, i, k, 0.0), vmul(vexp(vload(a, i, k, 0.0)), c))
+    """dz - exp(z) * s where valid, else 0, for z = a, dz = b, c = (s, w)."""
+    return keep(valid(None, c[1], i, k), vsub(vload(b, i, k, 0.0),
+                                              vmul(vexp(vload(a, i, k, 0.0)), c[0])), 0.0)
+
+
+@kernel_fn
+def _logsumexp_grad_lanes(f, a, b, c, i, k):
+    """(weight *) exp(x - lse) * g where valid, else 0, for x = a, weights b,
+    c = (lse, g, w)."""
+    e = weigh(vexp(vsub(vload(a, i, k, 0.0), c[0])), b, i, k)
+    return keep(valid(b, c[2], i, k), vmul(e, c[1]), 0.0)
 
 
 # ---------------------------------------------------------------------------------------
-# the phases of each operation. a: x, y or z; b: dy or dz (a again for the forward ops).
+# the phases of each operation. a: x, y or z; b: dy or dz (a again for softmax and
+# log_softmax; the weights or None for logsumexp); w: the mask or None; r: the row's given
+# values or None (logsumexp_backward: (lse, g)).
 
-def stats(op, a, b, out):
+def stats(op, a, b, w, out):
     """One chunk: (max, sum) in float64."""
 
 
-def finish(op, cmax, csum):
+def finish(op, cmax, csum, r):
     """One row: (m, t) from the chunks' statistics."""
 
 
-def write(op, a, b, out, cmax, m, t):
+def write(op, a, b, w, out, cmax, m, t):
     """One chunk: the outputs."""
 
 
-def _exp_stats(op, a, b, out):
-    """(chunk max, sum of exp(x - chunk max)); softmax keeps the exps in ``out`` when it
-    stores the compute type. A chunk of -inf is shifted by 0 instead: e = exp(-inf) = 0,
-    and it adds 0 to the row."""
-    cm = seg_max(a)
-    shift = cm if cm != NEG_INF else to_compute(0.0, a)
+def _exp_stats(op, a, b, w, out):
+    """(chunk max, sum of exp(x - chunk max)) over the valid elements; softmax keeps the
+    exps in ``out`` when it stores the compute type. A chunk of -inf is shifted by 0
+    instead: e = exp(-inf) = 0, and it adds 0 to the row; with a mask its sum counts the
+    valid elements instead (a row whose max is -inf then tells "no valid element", sum 0,
+    from "valid elements all -inf", sum > 0)."""
+    cm = seg_max(_max_lanes, a, None, w)
     es = pick(op, SOFTMAX, exact_store(out), None)
-    return np.float64(cm), seg_sum(_exp_lanes, a, es, shift)
+    if w is not None:
+        if cm == NEG_INF:
+            return np.float64(cm), seg_sum(_count_lanes, a, es, w)
+    shift = cm if cm != NEG_INF else to_compute(0.0, a)
+    return np.float64(cm), seg_sum(_exp_lanes, a, es, (shift, w, None))
 
 
-def _max_and_total(op, cmax, csum):
+def _lse_stats(op, a, b, w, out):
+    """As ``_exp_stats`` with the weights ``b`` (or None) and no count: (chunk max, sum of
+    weight * exp(x - chunk max)) over the valid elements. A chunk whose max is +inf takes
+    the unshifted sum (as scipy does where the result is infinite): +-inf, or NaN where
+    infinite terms of both signs meet."""
+    cm = seg_max(_max_lanes, a, b, w)
+    if cm == math.inf:
+        return np.float64(cm), seg_sum(_direct_exp_lanes, a, None, (w, b))
+    shift = cm if cm != NEG_INF else to_compute(0.0, a)
+    return np.float64(cm), seg_sum(_exp_lanes, a, None, (shift, w, b))
+
+
+def _max_and_total(op, cmax, csum, r):
     """Row max and sum of exp(x - row max) from the chunks' statistics, in chunk order;
-    log_softmax takes the log of the sum."""
+    log_softmax takes the log of the sum. A chunk whose max is the row's is scaled by 1
+    (exp(0) is exactly 1; also for a max of +-inf, where exp(m - m) would be NaN)."""
     m = cmax[0]
     for c in range(1, cmax.shape[0]):
         m = vmax(m, cmax[c])
     if cmax.shape[0] == 1:
-        total = csum[0]  # 0.0 + csum[0] * exp(0) == csum[0]: exp(0) is exactly 1
+        total = csum[0]  # 0.0 + csum[0] * 1 == csum[0]
     else:
         total = 0.0
         for c in range(cmax.shape[0]):
-            total += csum[c] * vexp_nonpos(cmax[c] - m)
+            total += csum[c] * (1.0 if cmax[c] == m else vexp_nonpos(cmax[c] - m))
     if same(op, LOG_SOFTMAX):
         return m, vlog(total)
     return m, total
 
 
-def _softmax_write(op, a, b, out, cmax, m, t):
-    """exp(x - chunk max) * (exp(chunk max - m) / t). A row whose max is NaN or +inf, or
-    that holds only -inf, is NaN."""
+@njit(inline="always", **INTERNAL)
+def _nan_row(m, t, w):
+    """Whether a row's valid elements give NaN: a max of NaN or +inf, or valid elements
+    that are all -inf (without a mask, a max of -inf; with one, a count t > 0)."""
+    if NEG_INF < m < math.inf:
+        return False
+    return not (m == NEG_INF and w is not None and t == 0.0)
+
+
+def _softmax_write(op, a, b, w, out, cmax, m, t):
+    """exp(x - chunk max) * (exp(chunk max - m) / t) at valid elements, 0 elsewhere. A row
+    whose max is NaN or +inf, or whose valid elements are all -inf, is NaN (at its valid
+    elements); a row without valid elements is 0."""
     if not NEG_INF < m < math.inf:
-        seg_map(_constant_lanes, out, out, None, NAN)
+        seg_map(_fill_lanes, out, out, None, (NAN if _nan_row(m, t, w) else 0.0, 0.0, w))
     else:
         # exp(0) is exactly 1: the chunk holding the max (every one-chunk row) skips it
         scale = 1.0 if cmax == m else vexp_nonpos(cmax - m)
         factor = to_compute(scale / t, a)
         shift = to_compute(cmax if cmax != NEG_INF else 0.0, a)  # as ``_exp_stats``
         es = pick(op, SOFTMAX, exact_store(out), None)
-        seg_map(_softmax_lanes, out, a, es, (shift, factor))
+        seg_map(_softmax_lanes, out, a, es, (shift, factor, w))
 
 
-def _log_softmax_write(op, a, b, out, cmax, m, t):
-    """(x - m) - lse, lse = t; NaN rows as softmax."""
+def _log_softmax_write(op, a, b, w, out, cmax, m, t):
+    """(x - m) - lse at valid elements, -inf elsewhere, lse = t; NaN rows as softmax, a
+    row without valid elements -inf."""
     if not NEG_INF < m < math.inf:
-        seg_map(_constant_lanes, out, out, None, NAN)
+        seg_map(_fill_lanes, out, out, None, (NAN if _nan_row(m, t, w) else NEG_INF,
+                                              NEG_INF, w))
     else:
-        seg_map(_log_softmax_lanes, out, a, None, (to_compute(m, a), to_compute(t, a)))
+        seg_map(_log_softmax_lanes, out, a, None, (to_compute(m, a), to_compute(t, a), w))
 
 
-def _softmax_grad_stats(op, a, b, out):
-    return 0.0, seg_sum(_product_lanes, a, b, None)
+def _logsumexp_write(op, a, b, w, out, cmax, m, t):
+    """The row's value m + log|t| (and the sign of t) from the first chunk: NaN for t < 0
+    without the sign, -inf for t = 0 (no valid element, or terms that cancel)."""
+    if out.shape[0]:
+        if m != m:  # a NaN max: the sum is unspecified (exp of NaN), the row NaN
+            t = NAN
+        value = m + vlog(abs(t))
+        if same(op, LOGSUMEXP_SIGN):
+            sign = 1.0 if t > 0 else (-1.0 if t < 0 else (0.0 if t == 0 else NAN))
+            vstore(out, 0, 2, vwith_lane(vsplat(value, out), 1, sign))
+        else:
+            vstore(out, 0, 1, vsplat(NAN if t < 0 else value, out))
 
 
-def _log_softmax_grad_stats(op, a, b, out):
-    return 0.0, seg_sum(_value_lanes, b, None, None)
+def _softmax_grad_stats(op, a, b, w, out):
+    return 0.0, seg_sum(_product_lanes, a, b, w)
 
 
-def _sum_finish(op, cmax, csum):
+def _log_softmax_grad_stats(op, a, b, w, out):
+    return 0.0, seg_sum(_value_lanes, b, None, w)
+
+
+def _no_stats(op, a, b, w, out):
+    return 0.0, 0.0
+
+
+def _sum_finish(op, cmax, csum, r):
     total = 0.0
     for c in range(csum.shape[0]):
         total += csum[c]
     return 0.0, total
 
 
-def _grad_write(op, a, b, out, cmax, m, t):
+def _given_finish(op, cmax, csum, r):
+    return r[0], r[1]
+
+
+def _grad_write(op, a, b, w, out, cmax, m, t):
     lanes = pick(op, SOFTMAX_BACKWARD, _softmax_grad_lanes, _log_softmax_grad_lanes)
-    seg_map(lanes, out, a, b, to_compute(t, a))
+    seg_map(lanes, out, a, b, (to_compute(t, a), w))
+
+
+def _logsumexp_grad_write(op, a, b, w, out, cmax, m, t):
+    seg_map(_logsumexp_grad_lanes, out, a, b, (to_compute(m, a), to_compute(t, a), w))
 
 
 dispatch(stats, {"softmax": _exp_stats, "log_softmax": _exp_stats, "softmax_split": _exp_stats,
+                 "logsumexp": _lse_stats, "logsumexp_sign": _lse_stats,
                  "softmax_backward": _softmax_grad_stats,
-                 "log_softmax_backward": _log_softmax_grad_stats})
+                 "log_softmax_backward": _log_softmax_grad_stats,
+                 "logsumexp_backward": _no_stats})
 dispatch(finish, {"softmax": _max_and_total, "log_softmax": _max_and_total,
-                  "softmax_split": _max_and_total,
-                  "softmax_backward": _sum_finish, "log_softmax_backward": _sum_finish})
+                  "softmax_split": _max_and_total, "logsumexp": _max_and_total,
+                  "logsumexp_sign": _max_and_total,
+                  "softmax_backward": _sum_finish, "log_softmax_backward": _sum_finish,
+                  "logsumexp_backward": _given_finish})
 dispatch(write, {"softmax": _softmax_write, "log_softmax": _log_softmax_write,
-                 "softmax_split": _softmax_write,
-                 "softmax_backward": _grad_write, "log_softmax_backward": _grad_write})
+                 "softmax_split": _softmax_write, "logsumexp": _logsumexp_write,
+                 "logsumexp_sign": _logsumexp_write,
+                 "softmax_backward": _grad_write, "log_softmax_backward": _grad_write,
+                 "logsumexp_backward": _logsumexp_grad_write})
 
 
 @njit(inline="always", **INTERNAL)
-def row(op, a, b, out, st):
-    """One row: ``a`` (x, y or z), ``b`` (dy or dz; ``a`` again for the forward
-    operations), ``out``, and ``st``, a (2, number of chunks) float64 scratch."""
+def row(op, a, b, w, out, st, r):
+    """One row: ``a`` (x, y or z), ``b`` (dy or dz; ``a`` again for softmax and
+    log_softmax; weights or None for logsumexp), ``w`` (mask or None), ``out`` (the row's
+    output, ``out_row``), ``st``, a (2, number of chunks) float64 scratch, and ``r``
+    (the row's given values or None)."""
     n = a.shape[0]
     nc = st.shape[1]
     for c in range(nc):
         lo, hi = c * CHUNK, min(n, (c + 1) * CHUNK)
-        st[0, c], st[1, c] = stats(op, a[lo:hi], b[lo:hi], out[lo:hi])
-    m, t = finish(op, st[0], st[1])
+        st[0, c], st[1, c] = stats(op, a[lo:hi], seg(b, lo, hi), seg(w, lo, hi),
+                                   out_chunk(op, out, lo, hi))
+    m, t = finish(op, st[0], st[1], r)
     for c in range(nc):
         lo, hi = c * CHUNK, min(n, (c + 1) * CHUNK)
-        write(op, a[lo:hi], b[lo:hi], out[lo:hi], st[0, c], m, t)
+        write(op, a[lo:hi], seg(b, lo, hi), seg(w, lo, hi), out_chunk(op, out, lo, hi),
+              st[0, c], m, t)

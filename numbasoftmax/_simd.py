@@ -15,7 +15,11 @@ fixed halving tree. The result is the same on any compile path and any x86 vecto
 
 Storage and compute types: float16 arrays reach the kernels viewed as uint16 and are
 computed in float32; float32 in float32; float64 in float64. Loads convert storage ->
-compute type, stores convert back (round to nearest even).
+compute type, stores convert back (round to nearest even). An input read "as if cast" to
+another float type (``dtype=``) reaches them viewed as an integer type that names the pair
+(``CAST_VIEWS``): its loads round to the target type and widen to the target's compute
+type in the same instructions, so no cast pass over the input is needed. Masks (``where=``)
+are bytes (numpy bool viewed as uint8), loaded as lane masks.
 
 Loads and stores take a count ``k`` of valid lanes: lanes ``k..15`` are not touched in
 memory, loads fill them with ``fill``. With ``k == W`` known at compile time (the main
@@ -75,13 +79,49 @@ class _MaskModel(models.PrimitiveModel):
         super().__init__(dmm, fe_type, ir.VectorType(_BOOL, W))
 
 
+# (input dtype, result dtype) -> the dtype its data is viewed as when the kernels read it
+# as if cast to the result dtype; each names (storage, rounding, compute) in ``_CODES``
+CAST_VIEWS = {
+    ("float16", "float64"): "int16",
+    ("float32", "float64"): "int32",
+    ("float32", "float16"): "uint32",
+    ("float64", "float32"): "int64",
+    ("float64", "float16"): "uint64",
+}
+# array dtype as the kernels see it -> (stored float type, float type the value is first
+# rounded to or None, compute type). Arrays of the first three are also stored to.
+_CODES = {
+    types.uint16: ("half", None, types.float32),
+    types.float32: ("float", None, types.float32),
+    types.float64: ("double", None, types.float64),
+    types.int16: ("half", None, types.float64),
+    types.int32: ("float", None, types.float64),
+    types.uint32: ("float", "half", types.float32),
+    types.int64: ("double", "float", types.float32),
+    types.uint64: ("double", "half", types.float32),
+}
+_IR_FLOATS = {"half": ir.HalfType(), "float": ir.FloatType(), "double": ir.DoubleType()}
+
+
+def storage_view(dtype, result):
+    """The numpy dtype name that array data of float dtype ``dtype`` is viewed as for the
+    kernels when the result has float dtype ``result`` (names, e.g. "float32")."""
+    if dtype == result:
+        return "uint16" if dtype == "float16" else dtype
+    if (dtype, result) in CAST_VIEWS:
+        return CAST_VIEWS[dtype, result]
+    return "uint16" if dtype == "float16" else dtype  # float16 -> float32: the same loads
+
+
 def compute_type(dtype):
     """The compute type of a storage (array) dtype, or None if unsupported."""
-    if dtype in (types.uint16, types.float32):
-        return types.float32
-    if dtype == types.float64:
-        return types.float64
-    return None
+    code = _CODES.get(dtype)
+    return None if code is None else code[2]
+
+
+def _stored(dtype):
+    """Whether the kernels store into arrays of this dtype (the result types)."""
+    return dtype in (types.uint16, types.float32, types.float64)
 
 
 def _ctype_of(t):
@@ -152,9 +192,37 @@ def _lane_mask(builder, k, ktype):
 # loads and stores
 
 def _storage_ir(context, dtype):
-    if dtype == types.uint16:
-        return ir.HalfType()
-    return context.get_value_type(dtype)
+    return _IR_FLOATS[_CODES[dtype][0]]
+
+
+def _round_to_odd_float(builder, x):
+    """double lanes -> float lanes rounded to odd (truncated, lowest bit set if inexact):
+    rounding that to half then gives the correctly rounded half of ``x`` (a plain
+    double -> float -> half would round twice)."""
+    fty = ir.VectorType(ir.FloatType(), W)
+    ity = ir.VectorType(_I32, W)
+    r = builder.fptrunc(x, fty)
+    back = builder.fpext(r, x.type)
+    inexact = builder.fcmp_ordered("!=", back, x)
+    bits = builder.bitcast(r, ity)
+    away = builder.fcmp_ordered(">", _intrinsic1(builder, "fabs", back),
+                                _intrinsic1(builder, "fabs", x))
+    bits = builder.select(away, builder.sub(bits, _const(ity, 1)), bits)
+    bits = builder.select(inexact, builder.or_(bits, _const(ity, 1)), bits)
+    return builder.bitcast(bits, fty)
+
+
+def _to_compute(builder, raw, dtype, cty):
+    """Loaded storage lanes -> compute lanes, through the rounding type of ``dtype``."""
+    _, rounding, _ = _CODES[dtype]
+    if rounding is not None:
+        rty = ir.VectorType(_IR_FLOATS[rounding], W)
+        if rounding == "half" and isinstance(raw.type.element, ir.DoubleType):
+            raw = _round_to_odd_float(builder, raw)
+        raw = builder.fptrunc(raw, rty)
+    if raw.type == cty:
+        return raw
+    return builder.fpext(raw, cty)
 
 
 def _element_ptrs(context, builder, arrty, arr, index, step):
@@ -200,7 +268,7 @@ def _load_lanes(context, builder, sig, args, step):
                     [ptrs, align, mask, zero], ret=vsty)
     ctype = compute_type(sig.args[0].dtype)
     cty = ir.VectorType(context.get_value_type(ctype), W)
-    value = builder.fpext(raw, cty) if vsty != cty else raw
+    value = _to_compute(builder, raw, sig.args[0].dtype, cty)
     fillv = _splat(builder, context.cast(builder, args[-1], sig.args[-1], ctype))
     return builder.select(mask, value, fillv)
 
@@ -245,11 +313,15 @@ def vgather(typingctx, arr, index, step, k, fill):
     return sig, lambda c, b, s, a: _load_lanes(c, b, s, a, step=True)
 
 
+def _check_store(arr, value):
+    return (isinstance(arr, types.Array) and isinstance(value, Vec) and _stored(arr.dtype)
+            and compute_type(arr.dtype) == value.dtype)
+
+
 @intrinsic
 def vstore(typingctx, arr, index, k, value):
     """Store lanes < k at ``index ..``, converting to the array's storage type."""
-    if not (isinstance(arr, types.Array) and isinstance(value, Vec)
-            and compute_type(arr.dtype) == value.dtype):
+    if not _check_store(arr, value):
         return None
     return types.none(arr, index, k, value), lambda c, b, s, a: _store_lanes(c, b, s, a, False)
 
@@ -257,14 +329,84 @@ def vstore(typingctx, arr, index, k, value):
 @intrinsic
 def vscatter(typingctx, arr, index, step, k, value):
     """Store lane l < k at ``index + l*step``."""
-    if not (isinstance(arr, types.Array) and isinstance(value, Vec)
-            and compute_type(arr.dtype) == value.dtype):
+    if not _check_store(arr, value):
         return None
     sig = types.none(arr, index, step, k, value)
     return sig, lambda c, b, s, a: _store_lanes(c, b, s, a, True)
 
 
+@intrinsic
+def vload_mask(typingctx, arr, index, k):
+    """Lanes < k of a 1-D byte array (a numpy bool mask viewed as uint8) as a lane mask:
+    set where the byte is not 0; lanes from k on are not set."""
+    if not (isinstance(arr, types.Array) and arr.ndim == 1 and arr.dtype == types.uint8
+            and isinstance(k, (types.Integer, MarkerType))):
+        return None
+
+    def codegen(context, builder, sig, args):
+        a = context.make_array(sig.args[0])(context, builder, args[0])
+        vty = ir.VectorType(ir.IntType(8), W)
+        lanes = _lane_mask(builder, args[2], sig.args[2])
+        zero = ir.Constant(vty, None)
+        if sig.args[0].layout in "CF":
+            vp = builder.bitcast(builder.gep(a.data, [args[1]]), vty.as_pointer())
+            raw = _call(builder, f"llvm.masked.load.{_suffix(vty)}.p0",
+                        [vp, ir.Constant(_I32, 1), lanes, zero], ret=vty)
+        else:
+            stride = cgutils.unpack_tuple(builder, a.strides, 1)[0]
+            offs = builder.add(_splat(builder, args[1]),
+                               ir.Constant(ir.VectorType(_I64, W), list(range(W))))
+            base = builder.ptrtoint(a.data, _I64)
+            addrs = builder.add(_splat(builder, base), builder.mul(offs, _splat(builder, stride)))
+            ptrs = builder.inttoptr(addrs, ir.VectorType(ir.IntType(8).as_pointer(), W))
+            raw = _call(builder, f"llvm.masked.gather.{_suffix(vty)}.v{W}p0",
+                        [ptrs, ir.Constant(_I32, 1), lanes, zero], ret=vty)
+        return builder.and_(builder.icmp_unsigned("!=", raw, zero), lanes)
+
+    return MASK(arr, index, k), codegen
+
+
+@intrinsic
+def vand(typingctx, a, b):
+    """Lane-wise and of two lane masks."""
+    if a != MASK or b != MASK:
+        return None
+    return MASK(a, b), lambda context, builder, sig, args: builder.and_(*args)
+
+
+def emit_view(context, builder, arrty, arr, lo, hi):
+    """IR of ``arr[lo:hi]`` for a 1-D array of type ``arrty`` (lo, hi: intp values,
+    0 <= lo <= hi <= len(arr), not checked), sharing its memory without reference counts."""
+    src = context.make_array(arrty)(context, builder, arr)
+    dst = context.make_array(arrty)(context, builder)
+    (stride,) = cgutils.unpack_tuple(builder, src.strides, 1)
+    base = builder.ptrtoint(src.data, _I64)
+    data = builder.inttoptr(builder.add(base, builder.mul(lo, stride)), src.data.type)
+    context.populate_array(dst, data=data, shape=[builder.sub(hi, lo)], strides=[stride],
+                           itemsize=src.itemsize, meminfo=src.meminfo, parent=src.parent)
+    return impl_ret_borrowed(context, builder, arrty, dst._getvalue())
+
+
+@intrinsic
+def seg(typingctx, arr, lo, hi):
+    """``arr[lo:hi]`` of a 1-D array (0 <= lo <= hi <= len(arr), not checked), or None for
+    None. An intrinsic because numba refuses functions compiled without reference counting
+    that return an array they did not receive."""
+    if isinstance(arr, types.NoneType):
+        return types.none(arr, lo, hi), lambda c, b, s, a: c.get_dummy_value()
+    if not (isinstance(arr, types.Array) and arr.ndim == 1):
+        return None
+
+    def codegen(context, builder, sig, args):
+        lo_, hi_ = (context.cast(builder, v, t, types.intp)
+                    for v, t in zip(args[1:], sig.args[1:], strict=True))
+        return emit_view(context, builder, arr, args[0], lo_, hi_)
+
+    return arr(arr, lo, hi), codegen
+
+
 # ---------------------------------------------------------------------------------------
+# lane-wise arithmetic: Vec with Vec# ---------------------------------------------------------------------------------------
 # lane-wise arithmetic: Vec with Vec, or Vec with a scalar (converted to the Vec's type and
 # splatted). Each is one IEEE instruction without fast-math flags.
 
@@ -316,6 +458,18 @@ def _compare(pred):
 
 vlt = _compare("<")
 veq = _compare("==")
+
+
+@intrinsic
+def vnonzero(typingctx, a):
+    """Lanes that are not 0 (NaN counts as not 0, as ``x != 0`` does)."""
+    if not isinstance(a, Vec):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.fcmp_unordered("!=", args[0], _const(args[0].type, 0.0))
+
+    return MASK(a), codegen
 
 
 @intrinsic
@@ -623,7 +777,7 @@ def emit_log(builder, x):
                          _const(ty, -math.inf), res)
     res = builder.select(builder.fcmp_ordered("==", x, _const(ty, math.inf)),
                          _const(ty, math.inf), res)
-    return builder.select(builder.fcmp_unordered("uge", x, _const(ty, 0.0)), res,
+    return builder.select(builder.fcmp_ordered(">=", x, _const(ty, 0.0)), res,
                           _const(ty, math.nan))
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._ops import FORWARD
-from ._ops import NAMES as OPS
+from ._ops import SOFTMAX_NAMES as OPS
 
 
 @dataclass(frozen=True)

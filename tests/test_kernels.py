@@ -38,7 +38,10 @@ def _rows(driver, op, inputs, parallel):
     flat = [_storage(x).reshape(-1) for x in inputs]
     b = flat[1] if len(flat) == 2 else flat[0]
     head = (K.OPS[op], flat[0], n, 1, b, n, 1, _storage(out).reshape(-1), n, 1)
-    driver(*head, m, n, 1) if parallel else driver(*head, 0, m, n, 1)
+    tail = (m, n, 1) if parallel else (0, m, n, 1)
+    if driver in (K.rows, K.rows_parallel, K.chunks_parallel):
+        tail += (None,)  # no mask, no given row values
+    driver(*head, *tail)
     return out
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .._ops import NAMES as OPS
+from .._ops import SOFTMAX_NAMES as OPS
 
 OP_GROUPS = {
     "fwd": ("softmax",),
