@@ -1,4 +1,5 @@
-"""numbasoftmax: softmax, log-softmax, logsumexp and their gradients for numpy and CUDA arrays, in Numba.
+"""numbasoftmax: softmax, log-softmax, logsumexp and their gradients for numpy and CUDA
+arrays, in Numba.
 
 Importing the package compiles nothing and touches no GPU: kernels compile (or load from
 numba's on-disk cache) at their first call.

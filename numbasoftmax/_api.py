@@ -155,7 +155,8 @@ def _call(op, arrays, axis, out, where=None, dtype=None):
         if where is not None or dtype is not None:
             from . import _dask_features
 
-            return _dask_features.dispatch(op, arrays, axis, out, where=where, dtype=dtype)
+            return _dask_features.dispatch(op, arrays, axis, out, _PUBLIC[op.name],
+                                           where=where, dtype=dtype)
         return _dask.dispatch(op, arrays, axis, out, _PUBLIC[op.name])
     if kind == "cuda":
         from ._cuda import api as _cuda_api
@@ -282,7 +283,7 @@ def _other_backend(kind, op, arrays, axis, out, **options):
     if kind == "dask":
         from . import _dask_features
 
-        return _dask_features.dispatch(op, arrays, axis, out, **options)
+        return _dask_features.dispatch(op, arrays, axis, out, _PUBLIC[op.name], **options)
     from ._cuda import features as _cuda_features
 
     return _cuda_features.dispatch(op, arrays, axis, out, **options)

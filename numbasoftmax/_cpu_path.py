@@ -21,6 +21,8 @@ general path (which applies every input rule).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
@@ -127,11 +129,11 @@ def reduce(kernel, arrays, axes, *, dtype, where=None, b=None):
     inputs = (x,) if b is None else (x, np.broadcast_to(b, x.shape))
     p = plan(x.shape, axes, [_meta(a) for a in inputs], None)
     width = 2 if kernel == "logsumexp_sign" else 1
-    flat = np.empty((p.m, width), dtype)
-    if p.m and p.n == 0:  # empty rows: the sum is 0
+    flat = np.empty((math.prod(keep), width), dtype)
+    if flat.size and p.n == 0:  # empty rows: the sum is 0
         flat[:, 0] = -np.inf
         flat[:, 1:] = 0.0
-    elif p.m:
+    elif flat.size:
         side, filled = _side(where, None, x.shape, axes, p)
         args = []
         for a, access in zip(inputs, p.inputs, strict=True):

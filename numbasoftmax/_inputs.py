@@ -91,7 +91,7 @@ def requested_dtype(dtype, func):
         d = np.dtype(dtype)
     except TypeError:
         d = None
-    if d not in FLOATS:
+    if d is None or d not in FLOATS:  # (None == float64 in numpy: test it first)
         raise TypeError(f"{func}(): dtype must be None, float16, float32 or float64; "
                         f"got {dtype!r}")
     return d

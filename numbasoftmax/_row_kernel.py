@@ -42,10 +42,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
-
 from llvmlite import ir
-from numba import types
+from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
@@ -55,9 +53,11 @@ from ._simd import (
     W,
     emit_view,
     exact_store,
+    seg,
     to_compute,
     vadd,
     vand,
+    veq,
     vexp,
     vexp_nonpos,
     vload,
@@ -71,7 +71,6 @@ from ._simd import (
     vsplat,
     vstore,
     vsub,
-    seg,
     vsum,
     vwith_lane,
 )
@@ -265,10 +264,12 @@ def _exp_lanes(f, a, b, c, i, k):
 
 
 @kernel_fn
-def _direct_exp_lanes(f, a, b, c, i, k):
-    """(weight *) exp(x) where valid, unshifted, for a chunk whose max is +inf; c = (w, wts)."""
+def _inf_lanes(f, a, b, c, i, k):
+    """(weight *) inf at the valid +inf elements of x = a, else +0, for a chunk whose max
+    is +inf; c = (w, wts). Finite elements add nothing to such a sum."""
     w, wts = c
-    return keep(valid(wts, w, i, k), weigh(vexp(vload(a, i, k, NEG_INF)), wts, i, k), 0.0)
+    e = vselect(veq(vload(a, i, k, 0.0), math.inf), weigh(vsplat(math.inf, a), wts, i, k), 0.0)
+    return keep(valid(wts, w, i, k), e, 0.0)
 
 
 @kernel_fn
@@ -370,12 +371,12 @@ def _exp_stats(op, a, b, w, out):
 
 def _lse_stats(op, a, b, w, out):
     """As ``_exp_stats`` with the weights ``b`` (or None) and no count: (chunk max, sum of
-    weight * exp(x - chunk max)) over the valid elements. A chunk whose max is +inf takes
-    the unshifted sum (as scipy does where the result is infinite): +-inf, or NaN where
-    infinite terms of both signs meet."""
+    weight * exp(x - chunk max)) over the valid elements. A chunk whose max is +inf sums
+    weight * inf over its +inf elements: +-inf, or NaN where the weights there differ in
+    sign (or one is NaN)."""
     cm = seg_max(_max_lanes, a, b, w)
     if cm == math.inf:
-        return np.float64(cm), seg_sum(_direct_exp_lanes, a, None, (w, b))
+        return np.float64(cm), seg_sum(_inf_lanes, a, None, (w, b))
     shift = cm if cm != NEG_INF else to_compute(0.0, a)
     return np.float64(cm), seg_sum(_exp_lanes, a, None, (shift, w, b))
 

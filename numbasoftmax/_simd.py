@@ -374,6 +374,9 @@ def vand(typingctx, a, b):
     return MASK(a, b), lambda context, builder, sig, args: builder.and_(*args)
 
 
+# ---------------------------------------------------------------------------------------
+# views
+
 def emit_view(context, builder, arrty, arr, lo, hi):
     """IR of ``arr[lo:hi]`` for a 1-D array of type ``arrty`` (lo, hi: intp values,
     0 <= lo <= hi <= len(arr), not checked), sharing its memory without reference counts."""
@@ -406,7 +409,6 @@ def seg(typingctx, arr, lo, hi):
 
 
 # ---------------------------------------------------------------------------------------
-# lane-wise arithmetic: Vec with Vec# ---------------------------------------------------------------------------------------
 # lane-wise arithmetic: Vec with Vec, or Vec with a scalar (converted to the Vec's type and
 # splatted). Each is one IEEE instruction without fast-math flags.
 

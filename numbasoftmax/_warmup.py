@@ -5,7 +5,9 @@ milliseconds. Warming up once, e.g. when building a container image or at the st
 job, moves all of that out of the first real call. It calls the public functions on small
 arrays whose shapes reach every driver (short rows, rows, long rows in chunks, a strided
 axis in place, gathered layouts; serial and parallel) for every operation and dtype, so it
-compiles exactly what those calls use.
+compiles exactly what those calls use. Options that change the kernels' arguments
+(``where=``, ``dtype=`` another than the input's, logsumexp's ``b`` and
+``return_sign``) compile at their first use.
 """
 
 from __future__ import annotations
@@ -44,7 +46,12 @@ def _call(op, dtype, shape, axis, layout):
     x = np.full(shape, 0.5, dtype)
     if layout == "stepped":
         x = np.repeat(x, 2, axis=-1)[..., ::2]
-    arrays = (x, x) if OPS[op].backward else (x,)
+    spec = OPS[op]
+    if spec.row_args:  # logsumexp's gradient: x, then a value per row twice
+        row = np.zeros(np.delete(shape, axis), dtype)
+        arrays = (x, row, row)
+    else:
+        arrays = (x, x) if spec.backward else (x,)
     getattr(numbasoftmax, op)(*arrays, axis=axis)
 
 

@@ -175,15 +175,16 @@ def _axes(axis, ndim):
     return normalize_axes(axis, ndim)
 
 
-def error_bound(op, inputs, axis, ref, dtype):
-    """Element-wise bound on |result - reference| (see the module docstring)."""
+def error_bound(op, inputs, axis, ref, dtype, where=None):
+    """Element-wise bound on |result - reference| (see the module docstring); ``where``:
+    the mask of a masked call (sums and maxima over its elements)."""
     with np.errstate(all="ignore"):
-        bound = _error_bound(op, inputs, axis, ref, dtype)
+        bound = _error_bound(op, inputs, axis, ref, dtype, where)
     # an infinite term times 0 means no precision is promised there
     return np.where(np.isnan(bound), np.inf, bound)
 
 
-def _error_bound(op, inputs, axis, ref, dtype):
+def _error_bound(op, inputs, axis, ref, dtype, where):
     dtype = result_dtype(dtype)
     cdt = compute_dtype(dtype)
     eps_c = float(np.finfo(cdt).eps)
@@ -193,10 +194,11 @@ def _error_bound(op, inputs, axis, ref, dtype):
     a = [np.asarray(v, dtype=np.float64) for v in inputs]
     axes = _axes(axis, a[0].ndim)
     absref = np.abs(ref)
+    valid = np.ones(a[0].shape, bool) if where is None else np.broadcast_to(where, a[0].shape)
     with np.errstate(all="ignore"):
         if op in FORWARD_OPS:
             x = a[0]
-            finite = np.where(np.isfinite(x), x, -np.inf)
+            finite = np.where(np.isfinite(x) & valid, x, -np.inf)
             m = np.max(finite, axis=axes, keepdims=True) if x.size else 0.0
             dist = np.abs(x - m)
             if op == "softmax":
@@ -204,19 +206,20 @@ def _error_bound(op, inputs, axis, ref, dtype):
                 # 0 * inf out of the bound where exp(x - m) underflows to 0
                 dist = np.minimum(dist, 1 / eps_c)
                 return C * (eps_c * (1 + dist) + eps_o) * absref + tiny_c + sub_o
-            lse = np.abs(np.log(np.sum(np.exp(x - m), axis=axes, keepdims=True)))
+            lse = np.abs(np.log(np.sum(np.where(valid, np.exp(x - m), 0.0), axis=axes,
+                                       keepdims=True)))
             return C * (eps_c * (1 + dist + lse) + eps_o * absref) + sub_o
         if op == "softmax_backward":
             y, dy = a
-            tot = np.sum(np.abs(y * dy), axis=axes, keepdims=True)
+            tot = np.sum(np.where(valid, np.abs(y * dy), 0.0), axis=axes, keepdims=True)
             return C * (eps_c * np.abs(y) * (np.abs(dy) + tot) + eps_o * absref) + sub_o
         z, dz = a
-        tot = np.sum(np.abs(dz), axis=axes, keepdims=True)
+        tot = np.sum(np.where(valid, np.abs(dz), 0.0), axis=axes, keepdims=True)
         return (C * (eps_c * (np.abs(dz) + np.exp(z) * tot) + eps_o * absref)
                 + C * tiny_c * tot + sub_o)
 
 
-def expected(op, inputs, axis=-1):
+def expected(op, inputs, axis=-1, where=None):
     """The float64 reference result, evaluated on contiguous rows.
 
     numpy sums pairwise only along a contiguous axis; along a strided axis it accumulates
@@ -224,6 +227,8 @@ def expected(op, inputs, axis=-1):
     package (seen: 16 ulp at n = 1823). So the softmax axes are moved last and made
     contiguous before calling ``numbasoftmax.reference`` over one axis."""
     arrs = [np.asarray(a) for a in inputs]
+    if where is not None:
+        arrs.append(np.broadcast_to(np.asarray(where), arrs[0].shape))
     nd = arrs[0].ndim
     axes = _axes(axis, nd)
     others = tuple(a for a in range(nd) if a not in axes)
@@ -232,21 +237,28 @@ def expected(op, inputs, axis=-1):
     m = int(np.prod(pshape[:len(others)], dtype=np.int64))
     n = int(np.prod(pshape[len(others):], dtype=np.int64))
     rows = [np.ascontiguousarray(a.transpose(perm)).reshape(m, n) for a in arrs]
-    ref = getattr(reference, op)(*rows, axis=-1)
+    if where is not None:
+        *rows, mask = rows
+        ref = getattr(reference, op)(*rows, axis=-1, where=mask)
+    else:
+        ref = getattr(reference, op)(*rows, axis=-1)
     return ref.reshape(pshape).transpose(tuple(np.argsort(perm)))
 
 
-def assert_matches_reference(op, got, inputs, axis=-1, ref=None):
+def assert_matches_reference(op, got, inputs, axis=-1, ref=None, where=None, dtype=None):
     """``got`` has the right shape and dtype and agrees with the reference: identical NaN
     and infinity positions (against the reference rounded to the result dtype), finite
-    values within ``error_bound``."""
+    values within ``error_bound``. ``where``: the call's mask; ``dtype``: the call's
+    ``dtype=`` (the inputs are then rounded to it first, as the call promises)."""
     inputs = tuple(np.asarray(v) for v in inputs)
+    if dtype is not None:
+        inputs = tuple(v.astype(dtype) for v in inputs)
     dtype = result_dtype(inputs[0].dtype)
     assert isinstance(got, np.ndarray), type(got)
     assert got.dtype == dtype, (got.dtype, dtype)
     assert got.shape == inputs[0].shape, (got.shape, inputs[0].shape)
     if ref is None:
-        ref = expected(op, inputs, axis)
+        ref = expected(op, inputs, axis, where)
     with np.errstate(over="ignore"):
         ref_o = ref.astype(dtype)
     g = got.astype(np.float64)
@@ -261,7 +273,7 @@ def assert_matches_reference(op, got, inputs, axis=-1, ref=None):
         f"{op}: infinities differ at {np.argwhere(inf_mismatch)[:5].tolist()}: "
         f"got {g[inf_mismatch][:5]}, expected {ref[inf_mismatch][:5]}")
     fin = np.isfinite(g) & np.isfinite(ref_o)
-    bound = error_bound(op, inputs, axis, ref, dtype)
+    bound = error_bound(op, inputs, axis, ref, dtype, where)
     with np.errstate(invalid="ignore", over="ignore"):
         err = np.abs(g - ref)
         bad = fin & ~(err <= bound)

@@ -16,7 +16,8 @@ PKG = Path(__file__).resolve().parent.parent / "numbasoftmax"
 RULES = {"numbasoftmax._ops", "numbasoftmax._inputs", "numbasoftmax._layout",
          "numbasoftmax._config"}
 # the backends, entered from the public API only
-BACKENDS = {"numbasoftmax._cpu_path", "numbasoftmax._dask", "numbasoftmax._cuda"}
+BACKENDS = {"numbasoftmax._cpu_path", "numbasoftmax._dask", "numbasoftmax._dask_features",
+            "numbasoftmax._cuda"}
 # numba code, and what it may import
 KERNELS = {"numbasoftmax._cpu_kernels", "numbasoftmax._row_kernel", "numbasoftmax._lane_kernel",
            "numbasoftmax._simd", "numbasoftmax._markers"}

@@ -66,8 +66,8 @@ def test_import_loads_only_the_package(import_result):
 
 def test_public_api(import_result):
     assert import_result["api"] == sorted(
-        ["softmax", "log_softmax", "softmax_backward", "log_softmax_backward",
-         "set_result_pool_limit", "result_pool", "__version__"])
+        ["softmax", "log_softmax", "softmax_backward", "log_softmax_backward", "logsumexp",
+         "logsumexp_backward", "set_result_pool_limit", "result_pool", "__version__"])
 
 
 def test_import_jit_compiles_nothing():

@@ -1,6 +1,8 @@
-"""ndarray subclasses: masked arrays are refused (their masks would be ignored); every other
-subclass is computed on its ndarray data and gives a plain ndarray, bitwise the result for
-the same data as a plain array. As ``out=``, a subclass is written through and returned."""
+"""ndarray subclasses: masked arrays as ``out=`` are refused (the mask would be ignored; masked
+inputs act as ``where=~mask``: tests/test_where.py), and so are dask arrays of masked
+blocks; every other subclass is computed on its ndarray data and gives a plain ndarray,
+bitwise the result for the same data as a plain array. As ``out=``, a subclass is written
+through and returned."""
 
 from __future__ import annotations
 
@@ -12,9 +14,6 @@ import numbasoftmax
 
 # np.matrix is pending deprecation; it is tested because users still pass it
 pytestmark = pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")
-
-ARG_NAMES = {"softmax": ("x",), "log_softmax": ("x",), "softmax_backward": ("y", "dy"),
-             "log_softmax_backward": ("z", "dz")}
 
 
 class Tagged(np.ndarray):
@@ -30,24 +29,6 @@ def _inputs(op, shape=(4, 8), dtype=np.float32):
 
 # ---------------------------------------------------------------------------------------
 # masked arrays
-
-@pytest.mark.parametrize("axis", [-1, 0])
-@pytest.mark.parametrize("op", OPS)
-def test_masked_input_raises_naming_the_argument(op, axis):
-    inputs = _inputs(op)
-    for k, name in enumerate(ARG_NAMES[op]):
-        args = list(inputs)
-        args[k] = np.ma.masked_array(args[k], mask=np.zeros(args[k].shape, bool))
-        with pytest.raises(TypeError, match=rf"{op}\(\): {name} must not be a masked array"):
-            call(op, tuple(args), axis=axis)
-
-
-def test_masked_input_of_other_shapes_raises_before_numba():
-    """Shapes that used to reach numba (and fail there) raise the same TypeError."""
-    x = np.ma.masked_invalid(np.array([[1.0, np.nan, 2.0]] * 3, np.float64)[:, ::-1])
-    with pytest.raises(TypeError, match="x must not be a masked array.*filled"):
-        numbasoftmax.softmax(x, axis=(0, 1))
-
 
 @pytest.mark.parametrize("op", ["softmax", "softmax_backward"])
 def test_masked_out_raises(op):

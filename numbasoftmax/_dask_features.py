@@ -1,0 +1,136 @@
+"""Dask support for the options: ``where=``, ``dtype=``, and logsumexp / logsumexp_backward
+(weights, keepdims, signs) on ``dask.array.Array`` inputs.
+
+The plain four functions go through ``_dask`` (its one-pass and two-pass rules); calls with
+these options take the one-pass way here: the softmax axes are merged into one chunk and
+each output block is one task that calls the public function on its blocks, so the
+results are bitwise those of the in-memory call on the same rows (a numpy block runs the
+CPU kernels, a cupy block the GPU path). The mask and the weights are broadcast to the
+input's shape lazily (``dask.array.broadcast_to``: a block of them is a broadcast view,
+not a copy) and chunked like it. logsumexp's blocks hold the reduced axes with size 1, and
+its value and sign come from one task per block (stacked on a last axis of 2).
+
+The rules are the core API's, checked at call time from the metadata: dtypes (``_inputs``),
+``where`` boolean and broadcasting to the input (TypeError / ValueError naming both shapes),
+``b`` broadcasting to ``x``, ``dtype`` a float dtype, ``out=`` refused (dask arrays are
+immutable), and dask arrays of masked blocks refused.
+"""
+
+from __future__ import annotations
+
+import dask.array as da
+import numpy as np
+
+from ._inputs import check_pair, check_where, promoted, reduced_shape, requested_dtype
+from ._layout import normalize_axes
+
+__all__ = ["dispatch"]
+
+
+def dispatch(op, arrays, axis, out, per_block, *, where=None, dtype=None, b=None,
+             keepdims=False, return_sign=False, sign=None):
+    """``op`` (an ``_ops.Op``) on ``arrays`` (at least one a dask array) with the options;
+    each task calls ``per_block`` (the public function) on its blocks. Returns a dask
+    array (a pair with ``return_sign``)."""
+    from . import _dask
+
+    func = op.name
+    if out is not None:
+        raise TypeError(f"{func}(): out is not supported for dask arrays (they are immutable); "
+                        "use the returned dask array, or write it into an existing array with "
+                        "dask.array.store(result, out)")
+    dt = requested_dtype(dtype, func)
+    names = op.args if not op.row_args else op.args[:1]
+    checked = [_dask._operand(a, name, func) for a, name in zip(arrays, names, strict=False)]
+    x = checked[0][0]
+    x = x if isinstance(x, da.Array) else da.from_array(x)
+    dtypes = [d for _, d in checked]
+    if len(names) == 2:
+        check_pair(func, names, [a.shape for a, _ in checked], dtypes)
+    axes = normalize_axes(axis, x.ndim)
+    if b is not None:
+        b, bdtype = _dask._operand(b, "b", func)
+        check_where(func, None, b.shape, "x", x.shape, name="b")
+        dtypes.append(bdtype)
+    if where is not None:
+        where = where if isinstance(where, da.Array) else np.asarray(where)
+        check_where(func, np.dtype(where.dtype), where.shape, names[0], x.shape)
+    rdtype = dt or (promoted(dtypes) if op.name.startswith("logsumexp") else dtypes[0])
+
+    merged = x.rechunk({ax: -1 for ax in axes}) if axes else x
+    chunks = merged.chunks
+    blocks = [merged] + [_like(a, chunks) for a, _ in checked[1:]]
+    options = {"dtype": dt}
+    extra = []  # (keyword, dask array chunked like x)
+    if where is not None:
+        extra.append(("where", _like(where, chunks, broadcast=True)))
+    if b is not None:
+        extra.append(("b", _like(b, chunks, broadcast=True)))
+    f = per_block
+    meta = np.empty((0,) * x.ndim, rdtype)
+
+    if op.name == "logsumexp":
+        keep = reduced_shape(x.shape, axes, True)
+        width = 2 if return_sign else 1
+        out_chunks = tuple((1,) if ax in axes else c for ax, c in enumerate(chunks)) + ((width,),)
+        both = da.map_blocks(_lse_block, f, axes, options, return_sign, [k for k, _ in extra],
+                             *blocks, *[a for _, a in extra], chunks=out_chunks,
+                             new_axis=x.ndim, dtype=rdtype,
+                             meta=np.empty((0,) * (x.ndim + 1), rdtype))
+        shape = keep if keepdims else reduced_shape(x.shape, axes, False)
+        results = tuple(both[..., k].reshape(shape) for k in range(width))
+        return results if return_sign else results[0]
+
+    if op.row_args:  # logsumexp_backward: lse, dlse (and sign) a value per row
+        keep = reduced_shape(x.shape, axes, True)
+        per_row = []
+        for name, v in (("lse", arrays[1]), ("dlse", arrays[2]), ("sign", sign)):
+            if v is None:
+                continue
+            v = v if isinstance(v, da.Array) else da.from_array(np.asarray(v))
+            if v.shape not in (keep, reduced_shape(x.shape, axes, False)):
+                raise ValueError(f"{func}(): {name} must have the reduced shape "
+                                 f"{reduced_shape(x.shape, axes, False)} (or {keep} with the "
+                                 f"reduced axes kept); got {v.shape}")
+            per_row.append(v.reshape(keep).rechunk(
+                tuple((1,) if ax in axes else c for ax, c in enumerate(chunks))))
+        keys = [k for k, _ in extra]
+        return da.map_blocks(_grad_block, f, axes, options, keys, sign is not None, blocks[0],
+                             *per_row, *[a for _, a in extra], dtype=rdtype, meta=meta)
+
+    return da.map_blocks(_block, f, axes, options, [k for k, _ in extra], *blocks,
+                         *[a for _, a in extra], dtype=rdtype, meta=meta, token=func)
+
+
+def _like(a, chunks, broadcast=False):
+    """``a`` as a dask array in ``chunks`` (broadcast to their shape first when asked)."""
+    shape = tuple(sum(c) for c in chunks)
+    if broadcast:
+        own = tuple((1,) if size == 1 else c
+                    for size, c in zip(a.shape, chunks[len(chunks) - a.ndim:], strict=True))
+        a = a.rechunk(own) if isinstance(a, da.Array) else da.from_array(a, chunks=own)
+        return da.broadcast_to(a, shape, chunks=chunks)
+    a = a if isinstance(a, da.Array) else da.from_array(a, chunks=chunks)
+    return a if a.chunks == chunks else a.rechunk(chunks)
+
+
+def _block(f, axes, options, keys, *blocks):
+    """One task: the public function on one block of whole rows."""
+    n = len(blocks) - len(keys)
+    return f(*blocks[:n], axis=axes, **options, **dict(zip(keys, blocks[n:], strict=True)))
+
+
+def _lse_block(f, axes, options, return_sign, keys, x, *extra):
+    """One logsumexp task: the value (and sign) of a block, stacked on a last axis, with
+    the reduced axes kept."""
+    kw = dict(zip(keys, extra, strict=True))
+    results = f(x, axis=axes, keepdims=True, return_sign=return_sign, **options, **kw)
+    return np.stack(results if return_sign else [results], axis=-1)
+
+
+def _grad_block(f, axes, options, keys, with_sign, x, lse, dlse, *extra):
+    sign = None
+    if with_sign:
+        sign, extra = extra[0], extra[1:]
+    kw = dict(zip(keys, extra, strict=True))
+    return f(x, lse, dlse, axis=axes, sign=sign, **options, **kw)

@@ -1,0 +1,100 @@
+"""Dask arrays with the options (numbasoftmax/_dask_features.py): ``where=``, ``dtype=``,
+logsumexp and its gradient. A task holds whole rows and calls the in-memory function, so
+results are bitwise those of the numpy call on the computed inputs; nothing is computed at
+call time. float32, small arrays: the threaded scheduler (the schedulers themselves are
+tested in tests/test_dask.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from _helpers import assert_bitwise_equal
+
+da = pytest.importorskip("dask.array")
+import dask  # noqa: E402
+
+import numbasoftmax as nsm  # noqa: E402
+
+
+def _fail_scheduler(*args, **kwargs):
+    raise AssertionError("something was computed at call time")
+
+
+@pytest.fixture
+def lazy():
+    """Calls must not compute."""
+    with dask.config.set(scheduler=_fail_scheduler):
+        yield
+
+
+def _data(shape, seed=0):
+    return (np.random.default_rng(seed).standard_normal(shape) * 3).astype(np.float32)
+
+
+def _compute(*arrays):
+    with dask.config.set(scheduler="threads"):
+        return dask.compute(*arrays)
+
+
+@pytest.mark.parametrize("axis", [-1, 0, (0, 2)])
+@pytest.mark.parametrize("op", ["softmax", "log_softmax_backward"])
+def test_where(op, axis):
+    x = _data((6, 8, 40))
+    where = np.random.default_rng(1).random((8, 40)) < 0.6
+    args = (x,) if op == "softmax" else (x, _data((6, 8, 40), 2))
+    dargs = tuple(da.from_array(a, chunks=(2, 3, 16)) for a in args)
+    with dask.config.set(scheduler=_fail_scheduler):
+        lazy_result = getattr(nsm, op)(*dargs, axis=axis, where=where)
+    (got,) = _compute(lazy_result)
+    assert_bitwise_equal(got, getattr(nsm, op)(*args, axis=axis, where=where))
+
+
+def test_where_as_dask_array_and_dtype(lazy):
+    x = _data((10, 30)).astype(np.float16)
+    where = np.random.default_rng(3).random((10, 30)) < 0.5
+    res = nsm.softmax(da.from_array(x, chunks=(4, 10)), where=da.from_array(where, chunks=5),
+                      dtype=np.float32)
+    assert res.dtype == np.float32
+    with dask.config.set(scheduler="threads"):
+        got = res.compute()
+    assert_bitwise_equal(got, nsm.softmax(x, where=where, dtype=np.float32))
+
+
+@pytest.mark.parametrize("keepdims", [False, True])
+@pytest.mark.parametrize("axis", [-1, 0, None])
+def test_logsumexp(axis, keepdims):
+    x = _data((12, 50))
+    b = np.random.default_rng(4).standard_normal(50).astype(np.float32)
+    dx = da.from_array(x, chunks=(5, 20))
+    with dask.config.set(scheduler=_fail_scheduler):
+        plain = nsm.logsumexp(dx, axis=axis, keepdims=keepdims)
+        v, s = nsm.logsumexp(dx, axis=axis, keepdims=keepdims, b=b, return_sign=True)
+    got_plain, got_v, got_s = _compute(plain, v, s)
+    assert_bitwise_equal(got_plain, nsm.logsumexp(x, axis=axis, keepdims=keepdims))
+    want_v, want_s = nsm.logsumexp(x, axis=axis, keepdims=keepdims, b=b, return_sign=True)
+    assert_bitwise_equal(got_v, want_v)
+    assert_bitwise_equal(got_s, want_s)
+
+
+def test_logsumexp_backward():
+    x = _data((12, 50))
+    lse = nsm.logsumexp(x, axis=0)
+    g = _data((50,), 5)
+    with dask.config.set(scheduler=_fail_scheduler):
+        res = nsm.logsumexp_backward(da.from_array(x, chunks=(5, 20)), lse, g, axis=0)
+    (got,) = _compute(res)
+    assert_bitwise_equal(got, nsm.logsumexp_backward(x, lse, g, axis=0))
+
+
+def test_errors_at_call_time(lazy):
+    dx = da.from_array(_data((4, 6)), chunks=2)
+    with pytest.raises(TypeError, match="where must be a boolean array"):
+        nsm.softmax(dx, where=np.ones((4, 6)))
+    with pytest.raises(ValueError, match=r"where of shape \(5,\).*\(4, 6\)"):
+        nsm.softmax(dx, where=np.ones(5, bool))
+    with pytest.raises(TypeError, match="dtype must be"):
+        nsm.log_softmax(dx, dtype=np.int16)
+    with pytest.raises(TypeError, match="out is not supported"):
+        nsm.logsumexp(dx, out=np.empty(4))
+    with pytest.raises(ValueError, match="b of shape"):
+        nsm.logsumexp(dx, b=np.ones(4))

@@ -1,0 +1,370 @@
+"""logsumexp and logsumexp_backward on the CPU: against the float64 reference (which states
+scipy's semantics for weights, signs and non-finite values), against scipy.special.logsumexp
+where it is installed, and the package's guarantees (bits independent of layout, driver and
+thread count; results always arrays).
+
+Error bound of a value m + log|s|, s = sum(b * exp(x - m)) over the valid elements: the sum
+is evaluated in the compute type, each term with the relative error of exp of a rounded
+x - m (|x - m| * eps_c) and a few ulp; relative to |s| that is
+``eps_c * sum(|b| e (1 + |x - m|)) / |s|`` (1 + the mean distance for positive weights,
+large where weights of both signs cancel), which log turns into an absolute error; the
+result is rounded to the output dtype once: ``C * (eps_c * that + eps_o * |ref|)``.
+Each dtype, driver and option compiles kernels of its own: the drivers are covered in
+float32, scipy's semantics (weights, signs, non-finite values) in float64, float16 once.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import zlib
+
+import numpy as np
+import pytest
+from _helpers import C, assert_bitwise_equal, compute_dtype, in_layout, num_threads
+
+import numbasoftmax as nsm
+from numbasoftmax import reference
+
+HAS_SCIPY = importlib.util.find_spec("scipy") is not None
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+
+
+@pytest.fixture
+def rng(request):
+    return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
+
+
+def lse_bound(x, axes, ref, dtype, b=None, where=None):
+    """Element-wise bound on |logsumexp - reference| (module docstring), keepdims shape
+    squeezed like ``ref``."""
+    dtype = np.dtype(dtype)
+    eps_c = float(np.finfo(compute_dtype(dtype)).eps)
+    eps_o = float(np.finfo(dtype).eps)
+    x = np.asarray(x, np.float64)
+    bb = np.ones(x.shape) if b is None else np.broadcast_to(np.asarray(b, np.float64), x.shape)
+    valid = bb != 0
+    if where is not None:
+        valid = valid & np.broadcast_to(where, x.shape)
+    with np.errstate(all="ignore"):
+        m = np.max(np.where(valid & np.isfinite(x), x, -np.inf), axis=axes, keepdims=True)
+        e = np.where(valid, np.exp(x - m), 0.0)
+        s = np.abs(np.sum(bb * e, axis=axes, keepdims=True))
+        spread = np.sum(np.abs(bb) * e * (1 + np.abs(x - m)), axis=axes, keepdims=True) / s
+        bound = C * (eps_c * (1 + spread)).reshape(np.shape(ref)) + C * eps_o * np.abs(ref)
+    return np.where(np.isnan(bound), np.inf, bound)
+
+
+def assert_close(got, ref, bound):
+    got = np.asarray(got, np.float64)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(ref), err_msg="NaN positions")
+    inf = np.isinf(got) | np.isinf(ref)
+    np.testing.assert_array_equal(got[inf], ref[inf], err_msg="infinities")
+    fin = ~np.isnan(got) & ~inf
+    err = np.abs(got - ref)
+    bad = fin & ~(err <= bound)
+    assert not bad.any(), (f"{int(bad.sum())} values off: got {got[bad][:5]}, expected "
+                           f"{ref[bad][:5]}, bound {np.broadcast_to(bound, got.shape)[bad][:5]}")
+
+
+def check(x, axis=-1, dtype=None, **kw):
+    """logsumexp against the reference; returns the result."""
+    got = nsm.logsumexp(x, axis=axis, dtype=dtype, **kw)
+    want = reference.logsumexp(x, axis=axis, dtype=dtype, **kw)
+    rdtype = dtype or np.result_type(np.asarray(x).dtype, np.asarray(kw.get("b", x)).dtype)
+    axes = tuple(range(np.ndim(x))) if axis is None else np.atleast_1d(axis) % max(np.ndim(x), 1)
+    if kw.get("return_sign"):
+        np.testing.assert_array_equal(got[1], want[1].astype(got[1].dtype))
+        got, want = got[0], want[0]
+    assert isinstance(got, np.ndarray) and got.dtype == rdtype
+    assert got.shape == want.shape
+    xx = np.asarray(x).astype(rdtype)
+    assert_close(got, want, lse_bound(xx, tuple(axes), want, rdtype, kw.get("b"),
+                                      kw.get("where")))
+    return got
+
+
+# ---------------------------------------------------------------------------------------
+# values along every driver: serial rows, parallel rows, long rows in chunk tasks
+
+SHAPES = [(1,), (5, 1), (7, 3), (9, 31), (4, 33), (3, 1025), (2, 8193), (600, 100),
+          (3, 20000), (2, 40000)]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_matches_reference(shape, rng):
+    check((rng.standard_normal(shape) * 4).astype(np.float32))
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float64], ids=lambda d: np.dtype(d).name)
+def test_other_dtypes(dtype, rng):
+    got = check((rng.standard_normal((9, 310)) * 4).astype(dtype))
+    assert got.dtype == dtype
+
+
+@pytest.mark.parametrize("axis", [0, (0, 2), None, -2, ()])
+def test_axes(axis, rng):
+    check(rng.standard_normal((4, 5, 6)).astype(np.float32), axis=axis)
+
+
+def test_default_axis_is_last_and_log_softmax_identity(rng):
+    x = rng.standard_normal((6, 50)).astype(np.float32)
+    assert_bitwise_equal(nsm.logsumexp(x), nsm.logsumexp(x, axis=-1))
+    lse = nsm.logsumexp(x.astype(np.float64), keepdims=True)
+    np.testing.assert_allclose(nsm.log_softmax(x.astype(np.float64)), x - lse, atol=1e-14)
+
+
+@pytest.mark.parametrize("keepdims", [False, True])
+def test_keepdims_shapes(keepdims, rng):
+    x = rng.standard_normal((3, 4, 5)).astype(np.float32)
+    for axis, shape in [(1, (3, 5)), ((0, 2), (4,)), (None, ())]:
+        got = nsm.logsumexp(x, axis=axis, keepdims=keepdims)
+        want = np.sum(x, axis=axis, keepdims=keepdims).shape
+        assert got.shape == want
+        assert keepdims or got.shape == shape
+
+
+def test_results_are_arrays():
+    got = nsm.logsumexp(np.float64(2.0))
+    assert isinstance(got, np.ndarray) and got.shape == () and got == 2.0
+    v, s = nsm.logsumexp([1.0, 2.0], return_sign=True)
+    assert isinstance(v, np.ndarray) and isinstance(s, np.ndarray) and s == 1.0
+
+
+def test_integer_and_bool_inputs_give_float64():
+    assert nsm.logsumexp(np.arange(6).reshape(2, 3)).dtype == np.float64
+    assert nsm.logsumexp(np.ones((2, 3), bool)).dtype == np.float64
+
+
+def test_empty():
+    np.testing.assert_array_equal(nsm.logsumexp(np.zeros((3, 0))), [-np.inf] * 3)
+    v, s = nsm.logsumexp(np.zeros((3, 0), np.float32), return_sign=True)
+    assert v.dtype == np.float32 and (s == 0).all()
+    assert nsm.logsumexp(np.zeros((0, 3))).shape == (0,)
+
+
+# ---------------------------------------------------------------------------------------
+# weights and signs
+
+def test_weights_and_signs(rng):
+    x = rng.standard_normal((40, 70))
+    b = rng.standard_normal((40, 70))
+    check(x, b=b)
+    check(x, b=b, return_sign=True)
+
+
+@pytest.mark.parametrize("bshape", [(70,), (40, 1), (1, 70), ()], ids=str)
+def test_weights_broadcast(bshape, rng):
+    x = rng.standard_normal((40, 70))
+    b = rng.random(bshape) + 0.5
+    check(x, b=b)
+
+
+def test_weights_promote_like_numpy(rng):
+    x = rng.standard_normal((4, 9)).astype(np.float32)
+    got = nsm.logsumexp(x, b=np.ones(9))
+    assert got.dtype == np.float64  # x read as if cast to float64
+    assert_bitwise_equal(got, nsm.logsumexp(x.astype(np.float64), b=np.ones(9)))
+    assert np.result_type(np.float32, np.float16) == np.float32  # the rule used
+
+
+NONFINITE = [
+    # (x, b): the reference states the rule; scipy agrees on each
+    ([np.inf, 1.0], None),
+    ([np.inf, -np.inf], None),
+    ([np.nan, 1.0], None),
+    ([-np.inf, -np.inf], None),
+    ([np.inf, np.inf], [1.0, -1.0]),
+    ([np.inf, 2.0], [0.0, 1.0]),
+    ([np.nan, 2.0], [0.0, 1.0]),
+    ([1.0, 2.0], [1.0, -1.0]),
+    ([1.0, 1.0], [1.0, -1.0]),
+    ([np.inf, 1.0], [-1.0, 1.0]),
+    ([1.0, 2.0], [np.nan, 1.0]),
+    ([1.0, 2.0], [np.inf, 1.0]),
+    ([-np.inf, -np.inf], [1.0, -1.0]),
+    ([1e308, 1e308], None),
+    ([-1e308, 1e308, 0.0], None),
+]
+
+
+@pytest.mark.parametrize("return_sign", [False, True])
+@pytest.mark.parametrize("case", NONFINITE, ids=lambda c: f"{c[0]}-{c[1]}")
+def test_non_finite(case, return_sign):
+    x, b = (np.array(v, np.float64) if v is not None else None for v in case)
+    got = nsm.logsumexp(x, b=b, return_sign=return_sign)
+    want = reference.logsumexp(x, b=b, return_sign=return_sign)
+    np.testing.assert_array_equal(got, want)
+    if HAS_SCIPY:
+        from scipy.special import logsumexp as scipy_lse
+
+        with np.errstate(over="ignore"):  # scipy: x - max overflows for -1e308 - 1e308
+            want = scipy_lse(x, b=b, return_sign=return_sign)
+        np.testing.assert_array_equal(got, want)
+
+
+def test_non_finite_in_long_rows():
+    """+inf, NaN and cancelling infinities in different chunks of a row."""
+    x = np.zeros((4, 3 * 8192))
+    b = np.ones_like(x)
+    x[0, 100] = np.inf
+    x[1, 9000] = np.nan
+    x[2, [10, 20000]] = np.inf
+    b[2, 20000] = -1.0
+    x[3, :] = -np.inf
+    got = [nsm.logsumexp(x[i], b=b[i], return_sign=True) for i in range(4)]
+    np.testing.assert_array_equal([v for v, _ in got], [np.inf, np.nan, np.nan, -np.inf])
+    np.testing.assert_array_equal([s for _, s in got], [1.0, np.nan, np.nan, 0.0])
+
+
+@pytest.mark.skipif(not HAS_SCIPY, reason="scipy not installed")
+@pytest.mark.parametrize("axis", [-1, 0, None, (0, 2)])
+def test_matches_scipy(axis, rng):
+    from scipy.special import logsumexp as scipy_lse
+
+    x = rng.standard_normal((5, 6, 7)) * 10
+    b = rng.standard_normal((5, 6, 7))
+    for kw in ({}, {"b": b}, {"b": b, "return_sign": True}, {"keepdims": True}):
+        got = nsm.logsumexp(x, axis=axis, **kw)
+        want = scipy_lse(x, axis=axis, **kw)
+        if kw.get("return_sign"):
+            np.testing.assert_array_equal(got[1], want[1])
+            got, want = got[0], want[0]
+        np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-13)
+
+
+# ---------------------------------------------------------------------------------------
+# out=
+
+def test_out(rng):
+    x = rng.standard_normal((6, 50)).astype(np.float32)
+    out = np.full(6, 7.0, np.float32)
+    assert nsm.logsumexp(x, out=out) is out
+    assert_bitwise_equal(out, nsm.logsumexp(x))
+    v, s = np.empty(6), np.empty(6)
+    got = nsm.logsumexp(x.astype(np.float64), b=-np.ones(50), return_sign=True, out=(v, s))
+    assert got[0] is v and got[1] is s and (s == -1).all()
+    out = np.empty((6, 1), np.float32)
+    assert nsm.logsumexp(x, keepdims=True, out=out) is out
+
+
+@pytest.mark.parametrize("out, exc, words", [
+    (np.empty(6, np.float64), TypeError, ["out", "float32"]),
+    (np.empty(5, np.float32), ValueError, ["out", "(6,)"]),
+    (np.empty((6, 50), np.float32), ValueError, ["out"]),
+])
+def test_bad_out(out, exc, words):
+    with pytest.raises(exc) as info:
+        nsm.logsumexp(np.zeros((6, 50), np.float32), out=out)
+    for w in words:
+        assert w in str(info.value)
+
+
+# ---------------------------------------------------------------------------------------
+# guarantees
+
+@pytest.mark.parametrize("layout", ["F", "transposed", "stepped", "negative"])
+def test_layout_independent_bits(layout, rng):
+    x = rng.standard_normal((30, 200)).astype(np.float32)
+    for axis in (-1, 0):
+        assert_bitwise_equal(nsm.logsumexp(in_layout(x, layout), axis=axis),
+                             nsm.logsumexp(x, axis=axis))
+
+
+def test_bits_independent_of_driver_and_threads(rng):
+    """Long rows alone (chunk tasks), in a big batch (row tasks), on one thread (serial)."""
+    x = rng.standard_normal((20, 40000)).astype(np.float32)
+    many = nsm.logsumexp(x)
+    few = np.concatenate([nsm.logsumexp(x[i:i + 2]) for i in range(0, 20, 2)])
+    with num_threads(1):
+        serial = nsm.logsumexp(x)
+    assert_bitwise_equal(few, many)
+    assert_bitwise_equal(serial, many)
+
+
+def test_input_not_modified(rng):
+    x = rng.standard_normal((8, 100))
+    b = rng.standard_normal(100)
+    x0, b0 = x.copy(), b.copy()
+    nsm.logsumexp(x, b=b, return_sign=True)
+    assert_bitwise_equal(x, x0)
+    assert_bitwise_equal(b, b0)
+
+
+# ---------------------------------------------------------------------------------------
+# the gradient
+
+def test_backward_matches_reference(rng):
+    x = rng.standard_normal((30, 300)).astype(np.float32)
+    lse = nsm.logsumexp(x)
+    g = rng.standard_normal(30).astype(np.float32)
+    got = nsm.logsumexp_backward(x, lse, g)
+    want = reference.logsumexp_backward(x, lse, g)
+    assert got.dtype == np.float32 and got.shape == x.shape
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-30)
+    # the gradient of logsumexp is the softmax, scaled by the upstream gradient
+    np.testing.assert_allclose(got, nsm.softmax(x) * g[:, None], rtol=2e-5, atol=1e-12)
+
+
+def test_backward_weights_sign_keepdims_axes(rng):
+    x = rng.standard_normal((6, 7, 8))
+    b = rng.standard_normal((7, 8))
+    v, s = nsm.logsumexp(x, axis=(0, 2), b=b, return_sign=True, keepdims=True)
+    g = rng.standard_normal(v.shape)
+    got = nsm.logsumexp_backward(x, v, g, axis=(0, 2), b=b, sign=s)
+    want = reference.logsumexp_backward(x, v, g, axis=(0, 2), b=b, sign=s)
+    np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-300)
+    # reduced-shape lse and dlse work as well
+    got2 = nsm.logsumexp_backward(x, v.reshape(7), g.reshape(7), axis=(0, 2), b=b, sign=s)
+    assert_bitwise_equal(got2, got)
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="torch not installed")
+def test_backward_matches_torch_autograd(rng):
+    import torch
+
+    x = rng.standard_normal((5, 40))
+    t = torch.tensor(x, requires_grad=True)
+    g = rng.standard_normal(5)
+    torch.logsumexp(t, 1).backward(torch.tensor(g))
+    ones = np.ones(40)  # weights 1: the kernels of the weighted test above
+    got = nsm.logsumexp_backward(x, nsm.logsumexp(x, b=ones), g, b=ones)
+    np.testing.assert_allclose(got, t.grad.numpy(), rtol=1e-12, atol=1e-300)
+
+
+def test_backward_bad_shape():
+    x = np.zeros((3, 4))
+    with pytest.raises(ValueError, match="lse must have the reduced shape"):
+        nsm.logsumexp_backward(x, np.zeros(4), np.zeros(3))
+    with pytest.raises(ValueError, match="dlse"):
+        nsm.logsumexp_backward(x, np.zeros(3), np.zeros((3, 4)))
+
+
+# ---------------------------------------------------------------------------------------
+# bad input: the parameter named, with what was expected and given
+
+X = np.zeros((2, 3))
+BAD = [
+    ("x_complex", (X.astype(complex),), {}, TypeError, ["x", "complex128"]),
+    ("x_string", (np.array(["a"]),), {}, TypeError, ["x"]),
+    ("b_complex", (X,), {"b": X.astype(complex)}, TypeError, ["b", "complex128"]),
+    ("b_not_broadcasting", (X,), {"b": np.ones(2)}, ValueError, ["b", "(2,)", "(2, 3)"]),
+    ("b_bigger_than_x", (X,), {"b": np.ones((4, 2, 3))}, ValueError, ["b", "(4, 2, 3)"]),
+    ("where_float", (X,), {"where": np.ones(3)}, TypeError, ["where", "float64"]),
+    ("where_not_broadcasting", (X,), {"where": np.ones((3, 2), bool)}, ValueError,
+     ["where", "(3, 2)", "(2, 3)"]),
+    ("axis_out_of_range", (X,), {"axis": 2}, np.exceptions.AxisError, ["axis"]),
+    ("axis_float", (X,), {"axis": 1.0}, TypeError, ["axis"]),
+    ("dtype_int", (X,), {"dtype": int}, TypeError, ["dtype"]),
+    ("out_tuple_without_sign", (X,), {"out": (np.empty(2), np.empty(2))}, TypeError, ["out"]),
+    ("out_triple", (X,), {"return_sign": True, "out": (np.empty(2),) * 3}, ValueError,
+     ["out"]),
+]
+
+
+@pytest.mark.parametrize("case", BAD, ids=lambda c: c[0])
+def test_bad_input(case):
+    _, args, kwargs, exc, words = case
+    with pytest.raises(exc) as info:
+        nsm.logsumexp(*args, **kwargs)
+    for w in words:
+        assert w in str(info.value), (w, str(info.value))

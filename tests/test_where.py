@@ -1,0 +1,292 @@
+"""Masked softmax: ``where=`` for the four functions (and logsumexp), and numpy masked
+arrays, against the float64 reference, with the guarantees: an all-True mask gives the
+unmasked bits, a row with a valid finite element gives the bits of the unmasked call on
+``np.where(mask, x, -inf)``, a row without valid elements gives 0 / -inf / 0, broadcast
+masks are read as they are (not expanded to x's shape), and the bits do not depend on the
+driver or thread count. Cases are float32 (few kernel specializations to compile).
+"""
+
+from __future__ import annotations
+
+import tracemalloc
+import zlib
+
+import numpy as np
+import pytest
+from _helpers import (
+    FORWARD_OPS,
+    OPS,
+    assert_bitwise_equal,
+    assert_matches_reference,
+    call,
+    in_layout,
+    inputs_for,
+    num_threads,
+)
+
+import numbasoftmax as nsm
+
+EXCLUDED = {"softmax": 0.0, "log_softmax": -np.inf, "softmax_backward": 0.0,
+            "log_softmax_backward": 0.0}
+
+
+@pytest.fixture
+def rng(request):
+    return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
+
+
+def masked(op, inputs, where, axis=-1, out=None):
+    kw = {} if out is None else {"out": out}
+    return getattr(nsm, op)(*inputs, axis=axis, where=where, **kw)
+
+
+def _mask(rng, shape, p=0.6):
+    return rng.random(shape) < p
+
+
+# ---------------------------------------------------------------------------------------
+# against the reference, on every row driver
+
+# serial rows for every op; the parallel drivers (rows, chunks of long rows) for some: each
+# (op, driver) compiles kernels of its own
+CASES = [(op, shape) for op in OPS for shape in ((5, 7), (40, 33), (3, 9000))] + [
+    ("softmax", (600, 100)), ("log_softmax_backward", (600, 100)),
+    ("log_softmax", (2, 40000))]
+
+
+@pytest.mark.parametrize("op, shape", CASES, ids=str)
+def test_matches_reference(op, shape, rng):
+    inputs = inputs_for(op, rng, shape, np.float32)
+    where = _mask(rng, shape)
+    where[0] = False
+    if shape[0] > 1:
+        where[1] = True
+    got = masked(op, inputs, where)
+    assert_matches_reference(op, got, inputs, where=where)
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_all_true_is_unmasked_bitwise(op, rng):
+    inputs = inputs_for(op, rng, (50, 300), np.float32)
+    if op in FORWARD_OPS:
+        x = inputs[0]
+        x[0, 3], x[1, :], x[2, 7], x[3, 0] = -np.inf, -np.inf, np.nan, np.inf
+    for where in (True, np.ones((50, 300), bool), np.ones(300, bool)):
+        assert_bitwise_equal(masked(op, inputs, where), call(op, inputs))
+
+
+@pytest.mark.parametrize("op", FORWARD_OPS)
+def test_same_bits_as_minus_inf_fill(op, rng):
+    """Rows with a valid finite element: the bits of the call on np.where(w, x, -inf)."""
+    x = rng.standard_normal((16, 2000)).astype(np.float32)
+    where = _mask(rng, x.shape, 0.3)
+    where[:, 0] = True
+    assert_bitwise_equal(masked(op, (x,), where), call(op, (np.where(where, x, -np.inf),)))
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_rows_without_valid_elements(op, rng):
+    inputs = inputs_for(op, rng, (3, 20), np.float32)
+    where = np.ones((3, 20), bool)
+    where[0] = False
+    where[2, ::2] = False
+    got = masked(op, inputs, where)
+    assert (got[0] == EXCLUDED[op]).all()
+    assert (got[2, ::2] == EXCLUDED[op]).all()
+    assert np.isfinite(got[1]).all()
+
+
+def test_excluded_non_finite_values_take_no_part(rng):
+    x = rng.standard_normal((4, 30)).astype(np.float32)
+    where = np.ones((4, 30), bool)
+    where[:, :3] = False
+    poisoned = x.copy()
+    poisoned[:, 0], poisoned[:, 1], poisoned[:, 2] = np.nan, np.inf, 1e30
+    for op in FORWARD_OPS:
+        assert_bitwise_equal(masked(op, (poisoned,), where), masked(op, (x,), where))
+    v, s = nsm.logsumexp(poisoned, where=where, return_sign=True)
+    assert_bitwise_equal(v, nsm.logsumexp(x, where=where))
+    assert (s == 1).all()
+
+
+def test_valid_elements_all_neginf_give_nan():
+    """The unmasked rules apply to the valid elements: only -inf there is NaN."""
+    x = np.array([[-np.inf, -np.inf, 5.0], [1.0, 2.0, 3.0]], np.float32)
+    where = np.array([[True, True, False], [True, True, True]])
+    got = nsm.softmax(x, where=where)
+    assert np.isnan(got[0, :2]).all() and got[0, 2] == 0
+    got = nsm.log_softmax(x, where=where)
+    assert np.isnan(got[0, :2]).all() and got[0, 2] == -np.inf
+    assert nsm.logsumexp(x, where=where)[0] == -np.inf
+
+
+def test_logsumexp_with_mask_and_weights(rng):
+    from numbasoftmax import reference
+
+    x = rng.standard_normal((30, 80))
+    b = rng.standard_normal((30, 80))
+    where = _mask(rng, (30, 80))
+    where[0] = False
+    got, sign = nsm.logsumexp(x, b=b, where=where, return_sign=True)
+    want, wsign = reference.logsumexp(x, b=b, where=where, return_sign=True)
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    np.testing.assert_array_equal(sign, wsign)
+    assert got[0] == -np.inf and sign[0] == 0
+
+
+# ---------------------------------------------------------------------------------------
+# broadcast masks, axes, layouts
+
+BROADCAST = [
+    ((6, 40), (40,)),
+    ((6, 40), (6, 1)),
+    ((6, 40), (1, 40)),
+    ((6, 40), ()),
+    ((2, 3, 5, 5), (5, 5)),  # causal-style: one mask per (query, key)
+    ((2, 3, 5, 5), (2, 1, 1, 5)),  # padding-style: one mask row per batch
+    ((2, 3, 5, 5), (2, 1, 5, 5)),
+    ((2, 3, 5, 5), (3, 1, 5)),
+]
+
+
+@pytest.mark.parametrize("shape, wshape", BROADCAST, ids=str)
+@pytest.mark.parametrize("op", ["softmax", "log_softmax_backward"])
+def test_broadcast_masks(op, shape, wshape, rng):
+    inputs = inputs_for(op, rng, shape, np.float32)
+    where = _mask(rng, wshape)
+    if wshape == (5, 5):
+        where = np.tril(np.ones((5, 5), bool))
+    got = masked(op, inputs, where)
+    assert_matches_reference(op, got, inputs, where=where)
+    assert_bitwise_equal(got, masked(op, inputs, np.broadcast_to(where, shape).copy()))
+
+
+def test_strided_mask_and_negative_strides(rng):
+    x = rng.standard_normal((20, 30)).astype(np.float32)
+    where = _mask(rng, (20, 60))[:, ::2]
+    want = nsm.softmax(x, where=where.copy())
+    assert_bitwise_equal(nsm.softmax(x, where=where), want)
+    flipped = where.copy()[::-1, ::-1]
+    assert_bitwise_equal(nsm.softmax(x, where=flipped), nsm.softmax(x, where=flipped.copy()))
+
+
+@pytest.mark.parametrize("axis", [0, (0, 2), None])
+@pytest.mark.parametrize("op", ["softmax", "softmax_backward"])
+def test_axes(op, axis, rng):
+    inputs = inputs_for(op, rng, (6, 7, 8), np.float32, axis=axis)
+    where = _mask(rng, (6, 7, 8))
+    got = masked(op, inputs, where, axis=axis)
+    assert_matches_reference(op, got, inputs, axis=axis, where=where)
+
+
+@pytest.mark.parametrize("layout", ["F", "stepped", "negative"])
+def test_layout_independent_bits(layout, rng):
+    x = rng.standard_normal((30, 70)).astype(np.float32)
+    where = _mask(rng, x.shape)
+    want = nsm.softmax(x, where=where)
+    assert_bitwise_equal(nsm.softmax(in_layout(x, layout), where=in_layout(where, layout)),
+                         want)
+    out = in_layout(np.zeros_like(x), layout)
+    assert nsm.softmax(x, where=where, out=out) is out
+    assert_bitwise_equal(np.ascontiguousarray(out), want)
+
+
+def test_bits_independent_of_driver_and_threads(rng):
+    x = rng.standard_normal((20, 40000)).astype(np.float32)
+    where = _mask(rng, x.shape)
+    many = nsm.log_softmax(x, where=where)
+    few = np.concatenate([nsm.log_softmax(x[i:i + 2], where=where[i:i + 2])
+                          for i in range(0, 20, 2)])
+    with num_threads(1):
+        serial = nsm.log_softmax(x, where=where)
+    assert_bitwise_equal(few, many)
+    assert_bitwise_equal(serial, many)
+
+
+@pytest.mark.parametrize("wshape", [(2000,), (2000, 1)], ids=str)
+def test_broadcast_mask_is_not_expanded(wshape, rng):
+    """A (N,) or (M, 1) mask is read as it is: the call allocates far less than x's size
+    in bytes (an expanded boolean mask would take 4 MB here)."""
+    x = rng.standard_normal((2000, 2000)).astype(np.float32)
+    out = np.empty_like(x)
+    where = _mask(rng, wshape)
+    nsm.softmax(x, where=where, out=out)  # compiled before measuring
+    tracemalloc.start()
+    try:
+        nsm.softmax(x, where=where, out=out)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 400_000, peak
+
+
+# ---------------------------------------------------------------------------------------
+# numpy masked arrays
+
+@pytest.mark.parametrize("op", OPS)
+def test_masked_array_is_where_not_mask(op, rng):
+    inputs = inputs_for(op, rng, (6, 20), np.float32)
+    mask = _mask(rng, (6, 20), 0.3)
+    args = list(inputs)
+    args[0] = np.ma.masked_array(args[0], mask=mask)
+    got = call(op, tuple(args))
+    assert isinstance(got, np.ma.MaskedArray)
+    np.testing.assert_array_equal(np.ma.getmaskarray(got), mask)
+    assert_bitwise_equal(got.data, masked(op, inputs, ~mask))
+
+
+def test_masked_arrays_masks_combine(rng):
+    y, dy = inputs_for("softmax_backward", rng, (4, 10), np.float32)
+    m1, m2 = _mask(rng, (4, 10), 0.2), _mask(rng, (4, 10), 0.2)
+    got = nsm.softmax_backward(np.ma.masked_array(y, m1), np.ma.masked_array(dy, m2))
+    np.testing.assert_array_equal(np.ma.getmaskarray(got), m1 | m2)
+    assert_bitwise_equal(got.data, nsm.softmax_backward(y, dy, where=~(m1 | m2)))
+
+
+def test_masked_array_without_mask_and_with_where(rng):
+    x = rng.standard_normal((4, 10)).astype(np.float32)
+    got = nsm.softmax(np.ma.masked_array(x))
+    assert isinstance(got, np.ma.MaskedArray) and got.mask is np.ma.nomask
+    assert_bitwise_equal(got.data, nsm.softmax(x))
+    mask = _mask(rng, (4, 10), 0.3)
+    where = _mask(rng, (4, 10), 0.7)
+    got = nsm.log_softmax(np.ma.masked_array(x, mask), where=where)
+    assert_bitwise_equal(got.data, nsm.log_softmax(x, where=where & ~mask))
+
+
+def test_masked_array_logsumexp(rng):
+    x = rng.standard_normal((4, 10)).astype(np.float32)
+    mask = _mask(rng, (4, 10), 0.3)
+    mask[2] = True
+    got = nsm.logsumexp(np.ma.masked_array(x, mask))
+    assert isinstance(got, np.ma.MaskedArray)
+    np.testing.assert_array_equal(np.ma.getmaskarray(got), mask.all(axis=-1))
+    assert_bitwise_equal(got.data, nsm.logsumexp(x, where=~mask))
+
+
+# ---------------------------------------------------------------------------------------
+# bad masks
+
+@pytest.mark.parametrize("op", ["softmax", "log_softmax_backward", "logsumexp"])
+def test_non_boolean_where_raises(op, rng):
+    inputs = inputs_for(op if op != "logsumexp" else "softmax", rng, (3, 4), np.float32)
+    for bad in (np.ones((3, 4)), np.ones((3, 4), np.uint8), [[1, 0, 1, 0]]):
+        with pytest.raises(TypeError, match=r"where must be a boolean array; got dtype"):
+            getattr(nsm, op)(*inputs, where=bad)
+
+
+@pytest.mark.parametrize("op", ["softmax", "softmax_backward", "logsumexp"])
+def test_non_broadcasting_where_raises(op, rng):
+    inputs = inputs_for(op if op != "logsumexp" else "softmax", rng, (3, 4), np.float32)
+    for bad in (np.ones(3, bool), np.ones((2, 3, 4), bool), np.ones((4, 3), bool)):
+        with pytest.raises(ValueError) as info:
+            getattr(nsm, op)(*inputs, where=bad)
+        msg = str(info.value)
+        assert "where" in msg and str(bad.shape) in msg and "(3, 4)" in msg
+
+
+def test_bad_where_leaves_out_untouched():
+    out = np.full((3, 4), 7.0, np.float32)
+    with pytest.raises(ValueError):
+        nsm.softmax(np.zeros((3, 4), np.float32), where=np.ones(3, bool), out=out)
+    assert (out == 7.0).all()
