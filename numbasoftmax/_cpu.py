@@ -132,7 +132,7 @@ def _parallel(kernel, args):
 
 _routes = {}  # op name -> (marker, shortest row the row kernel runs), at the first call
 # operations the lane kernel does not run: always on the row drivers
-ROW_DRIVERS_ONLY = ("logsumexp", "logsumexp_sign", "logsumexp_backward")
+ROW_DRIVERS_ONLY = ("logsumexp_backward",)
 
 
 def _route(op):

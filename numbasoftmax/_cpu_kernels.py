@@ -31,13 +31,13 @@ from ._markers import same
 from ._row_kernel import (
     CHUNK,
     INTERNAL,
-    LOG_SOFTMAX_BACKWARD,
+    LOGSUMEXP_SIGN,
     OPS,
     OPTIONS,
-    SOFTMAX_BACKWARD,
     finish,
     out_chunk,
     out_row,
+    reduces,
     row,
     stats,
     write,
@@ -145,23 +145,64 @@ def _scratch_impl(like, n, nt):
     return make
 
 
+def _second_tile(op, b, n, ta):
+    """The tile of the second operand: its own for a gradient's dy/dz and logsumexp's
+    weights, ``ta`` for softmax and log_softmax (b is a), None without weights."""
+
+
+@overload(_second_tile)
+def _second_tile_impl(op, b, n, ta):
+    if isinstance(b, types.NoneType):
+        return lambda op, b, n, ta: None
+    if op.key_ in ("softmax", "log_softmax"):
+        return lambda op, b, n, ta: ta
+    return lambda op, b, n, ta: _compute_empty(b, n * W)
+
+
+def _gather_second(op, b, bo, r0, k, n, tb):
+    """Gather rows r0 .. of ``b`` into its tile when it has one of its own."""
+
+
+@overload(_gather_second, jit_options={"_nrt": False})
+def _gather_second_impl(op, b, bo, r0, k, n, tb):
+    if isinstance(b, types.NoneType) or op.key_ in ("softmax", "log_softmax"):
+        return lambda op, b, bo, r0, k, n, tb: None
+    return lambda op, b, bo, r0, k, n, tb: _gather(b, bo, r0, k, n, tb)
+
+
+def _tile_lanes(tile):
+    """The lane tuple of a W-row tile, or None."""
+
+
+@overload(_tile_lanes)  # with reference counts: it returns an array inside a tuple
+def _tile_lanes_impl(tile):
+    if isinstance(tile, types.NoneType):
+        return lambda tile: None
+    return lambda tile: (tile, 0, W, ALL)
+
+
 @njit(**OPTIONS)
 def short_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C):
-    """Rows lo..hi-1, W at a time (the lane kernel on rows gathered into tiles)."""
-    gradient = same(op, SOFTMAX_BACKWARD) or same(op, LOG_SOFTMAX_BACKWARD)
+    """Rows lo..hi-1, W at a time (the lane kernel on rows gathered into tiles). A
+    reduction's tile holds the W values (and the W signs after them)."""
     S, T, V = _scratch(a, n, 1)
-    ta, to = _compute_empty(a, n * W), _compute_empty(out, n * W)
-    tb = _compute_empty(b, n * W) if gradient else ta
+    ta = _compute_empty(a, n * W)
+    to = _compute_empty(out, 2 * W if reduces(op) else n * W)
+    tb = _second_tile(op, b, n, ta)
     for r0 in range(lo, hi, W):
         k = min(W, hi - r0)
         _gather(a, ao, r0, k, n, ta)
-        if gradient:
-            _gather(b, bo, r0, k, n, tb)
+        _gather_second(op, b, bo, r0, k, n, tb)
         # all W lanes computed (the gather filled missing rows with 0): constant lane
         # tuples, so the tile's loads and stores need no masks
-        band(op, (ta, 0, W, ALL), (tb, 0, W, ALL), (to, 0, W, ALL), 1, n, S, T, V)
-        for j in range(n):
-            vscatter(out, r0 * oo + j, oo, k, vload(to, j * W, W, 0.0))
+        band(op, (ta, 0, W, ALL), _tile_lanes(tb), (to, 0, W, ALL), 1, n, S, T, V)
+        if reduces(op):
+            vscatter(out, r0 * oo, oo, k, vload(to, 0, W, 0.0))
+            if same(op, LOGSUMEXP_SIGN):
+                vscatter(out, r0 * oo + 1, oo, k, vload(to, W, W, 0.0))
+        else:
+            for j in range(n):
+                vscatter(out, r0 * oo + j, oo, k, vload(to, j * W, W, 0.0))
 
 
 def column_tasks(M, C):

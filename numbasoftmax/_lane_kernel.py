@@ -22,7 +22,10 @@ type, 2 * nt * W) per-tile vectors of the current phase.
 
 from __future__ import annotations
 
-from numba import njit
+import math
+
+from numba import njit, types
+from numba.extending import overload
 
 from ._markers import dispatch, invoke, kernel_fn, pick, same
 from ._row_kernel import (
@@ -30,14 +33,17 @@ from ._row_kernel import (
     CHUNK,
     INTERNAL,
     LOG_SOFTMAX,
+    LOGSUMEXP_SIGN,
     NAN,
     NEG_INF,
     SOFTMAX,
     SOFTMAX_BACKWARD,
+    keep,
 )
 from ._simd import (
     W,
     exact_store,
+    vabs,
     vadd,
     vall,
     vdiv,
@@ -47,9 +53,11 @@ from ._simd import (
     visfinite,
     vload,
     vlog,
+    vlt,
     vmax,
     vmul,
     vnarrow,
+    vnonzero,
     vselect,
     vsplat,
     vstore,
@@ -93,16 +101,41 @@ def _band_sum(lanes, a, b, c, nt, lo, hi, T, S, s0):
             vstore(S, s, W, vadd(vload(S, s, W, 0.0), vwiden(_tree(T, t * W * W, bhi - blo))))
 
 
+def weights_valid(b, j, t):
+    """Lanes of element j of tile t whose weight (lane tuple ``b``) is not 0; None when
+    ``b`` is None (no weights: all lanes)."""
+
+
+@overload(weights_valid, jit_options={"_nrt": False})
+def _weights_valid_impl(b, j, t):
+    if isinstance(b, types.NoneType):
+        return lambda b, j, t: None
+    return lambda b, j, t: vnonzero(vload(b[0], b[1] + j * b[2] + t * W, b[3], 0.0))
+
+
+def weigh(v, b, j, t):
+    """``v`` times the weights of element j of tile t (lane tuple ``b``), or ``v``."""
+
+
+@overload(weigh, jit_options={"_nrt": False})
+def _weigh_impl(v, b, j, t):
+    if isinstance(b, types.NoneType):
+        return lambda v, b, j, t: v
+    return lambda v, b, j, t: vmul(v, vload(b[0], b[1] + j * b[2] + t * W, b[3], 0.0))
+
+
 @njit(**INTERNAL)
-def _band_max(a, nt, lo, hi, V):
-    """V[t*W] = per row of tile t, the maximum of the elements lo .. hi-1."""
+def _band_max(a, b, nt, lo, hi, V):
+    """V[t*W] = per row of tile t, the maximum of the elements lo .. hi-1 (those whose
+    weight in lane tuple ``b`` is not 0; all when it is None)."""
     arr, base, step, k = a
     for t in range(nt):
         vstore(V, t * W, W, vsplat(NEG_INF, V))
     for j in range(lo, hi):
         at = base + j * step
         for t in range(nt):
-            vstore(V, t * W, W, vmax(vload(V, t * W, W, 0.0), vload(arr, at + t * W, k, NEG_INF)))
+            x = keep(weights_valid(b, j, t), vload(arr, at + t * W, k, NEG_INF), NEG_INF)
+            vstore(V, t * W, W, vmax(vload(V, t * W, W, 0.0), x))
 
 
 # kernel functions: (marker, a, b, c, j, t) -> the vector of element j of tile t's rows
@@ -117,6 +150,19 @@ def _exp_lanes(f, a, b, c, i, k):
     if b is not None:
         vstore(b[0], b[1] + i * b[2] + k * W, rows, e)
     return e
+
+
+@kernel_fn
+def _lse_lanes(f, a, b, c, i, k):
+    """weight * exp(x - shift) where the weight (lane tuple ``b``, or None) is not 0, else
+    +0; in lanes whose shift (the chunk max, c[k*W]) is +inf, weight * inf at the +inf
+    elements: the row kernel's terms (``_exp_lanes``, ``_inf_lanes``)."""
+    arr, base, step, rows = a
+    x = vload(arr, base + i * step + k * W, rows, NEG_INF)
+    shift = vload(c, k * W, W, 0.0)
+    e = weigh(vexp_nonpos(vsub(x, shift)), b, i, k)
+    e_inf = vselect(veq(x, math.inf), weigh(vsplat(math.inf, arr), b, i, k), 0.0)
+    return keep(weights_valid(b, i, k), vselect(veq(shift, math.inf), e_inf, e), 0.0)
 
 
 @kernel_fn
@@ -148,13 +194,24 @@ def write(op, a, b, out, nt, lo, hi, S, c, nc, V):
 
 
 def _exp_stats(op, a, b, out, nt, lo, hi, T, V, S, smax, ssum):
-    _band_max(a, nt, lo, hi, V)
+    _band_max(a, None, nt, lo, hi, V)
     for t in range(nt):
         cm = vload(V, t * W, W, 0.0)
         vstore(S, smax + t * W, W, vwiden(cm))
         vstore(V, t * W, W, vselect(veq(cm, NEG_INF), 0.0, cm))  # -inf chunk: e = 0
     es = pick(op, SOFTMAX, exact_store(out), None)
     _band_sum(_exp_lanes, a, es, V, nt, lo, hi, T, S, ssum)
+
+
+def _lse_stats(op, a, b, out, nt, lo, hi, T, V, S, smax, ssum):
+    """As ``_exp_stats`` with the weights ``b`` (lane tuple or None); a lane whose chunk
+    max is +inf keeps +inf as its shift (``_lse_lanes``)."""
+    _band_max(a, b, nt, lo, hi, V)
+    for t in range(nt):
+        cm = vload(V, t * W, W, 0.0)
+        vstore(S, smax + t * W, W, vwiden(cm))
+        vstore(V, t * W, W, vselect(veq(cm, NEG_INF), 0.0, cm))
+    _band_sum(_lse_lanes, a, b, V, nt, lo, hi, T, S, ssum)
 
 
 def _softmax_grad_stats(op, a, b, out, nt, lo, hi, T, V, S, smax, ssum):
@@ -234,6 +291,26 @@ def _log_softmax_write(op, a, b, out, nt, lo, hi, S, c, nc, V):
             vstore(oarr, obase + j * ostep + t * W, k, vselect(ok, v, NAN))
 
 
+def _lse_write(op, a, b, out, nt, lo, hi, S, c, nc, V):
+    """The rows' values m + log|t| (NaN for t < 0 without the sign) from the first chunk,
+    at out[base + t*W] per tile; with the sign, the signs at out[base + step + t*W]."""
+    if c != 0:
+        return
+    oarr, obase, ostep, k = out
+    for t in range(nt):
+        m = vload(S, (2 * nc * nt + t) * W, W, 0.0)
+        total = vselect(veq(m, m), vload(S, ((2 * nc + 1) * nt + t) * W, W, 0.0), NAN)
+        value = vadd(m, vlog(vabs(total)))
+        if same(op, LOGSUMEXP_SIGN):
+            sign = vselect(vlt(0.0, total), 1.0, vselect(vlt(total, 0.0), -1.0,
+                                                        vselect(veq(total, 0.0), vsplat(0.0, total),
+                                                                NAN)))
+            vstore(oarr, obase + ostep + t * W, k, vnarrow(sign, oarr))
+        else:
+            value = vselect(vlt(total, 0.0), NAN, value)
+        vstore(oarr, obase + t * W, k, vnarrow(value, oarr))
+
+
 def _grad_write(op, a, b, out, nt, lo, hi, S, c, nc, V):
     oarr, obase, ostep, k = out
     for t in range(nt):
@@ -252,11 +329,14 @@ def _grad_write(op, a, b, out, nt, lo, hi, S, c, nc, V):
 
 dispatch(stats, {"softmax": _exp_stats, "log_softmax": _exp_stats,
                  "softmax_backward": _softmax_grad_stats,
-                 "log_softmax_backward": _log_softmax_grad_stats})
+                 "log_softmax_backward": _log_softmax_grad_stats,
+                 "logsumexp": _lse_stats, "logsumexp_sign": _lse_stats})
 dispatch(finish, {"softmax": _max_and_total, "log_softmax": _max_and_total,
-                  "softmax_backward": _sum_finish, "log_softmax_backward": _sum_finish})
+                  "softmax_backward": _sum_finish, "log_softmax_backward": _sum_finish,
+                  "logsumexp": _max_and_total, "logsumexp_sign": _max_and_total})
 dispatch(write, {"softmax": _softmax_write, "log_softmax": _log_softmax_write,
-                 "softmax_backward": _grad_write, "log_softmax_backward": _grad_write})
+                 "softmax_backward": _grad_write, "log_softmax_backward": _grad_write,
+                 "logsumexp": _lse_write, "logsumexp_sign": _lse_write})
 
 
 @njit(**INTERNAL)

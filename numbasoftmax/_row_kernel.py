@@ -153,6 +153,12 @@ def _weigh_impl(v, b, i, k):
 _REDUCED = {"logsumexp": 1, "logsumexp_sign": 2}
 
 
+@njit(inline="always", **INTERNAL)
+def reduces(op):
+    """Whether ``op`` writes one value (or value and sign) per row: a compile-time constant."""
+    return same(op, LOGSUMEXP) or same(op, LOGSUMEXP_SIGN)
+
+
 @intrinsic
 def out_row(typingctx, op, out, start, n):
     """Row output: ``out[start:start + n]``, or a reduction's 1 or 2 values."""

@@ -463,6 +463,14 @@ veq = _compare("==")
 
 
 @intrinsic
+def vabs(typingctx, a):
+    """|x| of every lane (the sign bit cleared)."""
+    if not isinstance(a, Vec):
+        return None
+    return a(a), lambda context, builder, sig, args: _intrinsic1(builder, "fabs", args[0])
+
+
+@intrinsic
 def vnonzero(typingctx, a):
     """Lanes that are not 0 (NaN counts as not 0, as ``x != 0`` does)."""
     if not isinstance(a, Vec):

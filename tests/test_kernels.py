@@ -98,3 +98,47 @@ def test_exp_of_zero_is_one():
 
     for zero in (np.float32(0.0), 0.0):
         assert exps(zero) == (1.0, 1.0)
+
+
+# ---------------------------------------------------------------------------------------
+# logsumexp: the row kernel and the lane kernel (short rows) give the same bits per row,
+# with and without weights, value alone or with the sign; non-finite values mixed in
+
+LSE_SHAPES = [(5, 1), (33, 3), (20, 16), (18, 17), (9, 100), (3, 1025), (2, 8193)]
+
+
+def _lse_rows(driver, op, x, b, parallel):
+    m, n = x.shape
+    width = 2 if op == "logsumexp_sign" else 1
+    out = np.full((m, width), 7.0, x.dtype)
+    flat_b = None if b is None else _storage(b).reshape(-1)
+    head = (K.OPS[op], _storage(x).reshape(-1), n, 1, flat_b, 0 if b is None else n, 1,
+            _storage(out).reshape(-1), width, 1)
+    tail = (m, n, 1) if parallel else (0, m, n, 1)
+    if driver in (K.rows, K.rows_parallel, K.chunks_parallel):
+        tail += (None,)
+    driver(*head, *tail)
+    return out
+
+
+@pytest.mark.parametrize("shape", LSE_SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("op, weighted", [("logsumexp", False), ("logsumexp_sign", True)])
+def test_logsumexp_drivers_agree_bitwise(op, weighted, shape, rng):
+    x = (rng.standard_normal(shape) * 3).astype(np.float32)
+    m, n = shape
+    x[0, n // 2] = np.inf
+    if m > 2:
+        x[1, :] = -np.inf
+        x[2, n - 1] = np.nan
+    b = None
+    if weighted:
+        b = rng.standard_normal(shape).astype(np.float32)
+        b[:, 0] = 0.0
+        if m > 3 and n > 2:
+            x[3, :2] = np.inf
+            b[3, 1] = -1.0
+    expected = _lse_rows(K.rows, op, x, b, parallel=False)
+    assert not (expected == 7.0).any()
+    for driver, parallel in ((K.short_rows, False), (K.rows_parallel, True),
+                             (K.short_rows_parallel, True), (K.chunks_parallel, True)):
+        assert_bitwise_equal(_lse_rows(driver, op, x, b, parallel), expected)
