@@ -73,7 +73,8 @@ def side_mask(typingctx, side):
 
 def mask_offset(side, i):
     """Where row i's mask starts in ``side``'s mask (0 without one). ``wd`` holds (size,
-    stride) per outer axis of the rows, innermost first: sum((i // inner) % size * stride)."""
+    stride) per outer axis of the rows, innermost first: sum((i // inner) % size * stride),
+    no modulo for a size of 0 (the last)."""
 
 
 @overload(mask_offset, jit_options={"_nrt": False})
@@ -86,8 +87,11 @@ def _mask_offset_impl(side, i):
         off = 0
         r = i
         for d in range(wd.shape[0]):
-            off += (r % wd[d, 0]) * wd[d, 1]
-            r //= wd[d, 0]
+            size = wd[d, 0]
+            if size == 0:  # the outermost axis of the rows: no wrap
+                return off + r * wd[d, 1]
+            off += (r % size) * wd[d, 1]
+            r //= size
         return off
     return impl
 

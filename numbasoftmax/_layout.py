@@ -243,7 +243,8 @@ class MaskRows(NamedTuple):
 
     kind: str  # ROWS: a row of n bytes per row at its offset; "constant": one value per row
     dims: tuple = ()  # ROWS: (size, byte stride) per outer axis of the rows, innermost
-    # first; row i's mask starts at sum((i // inner) % size * stride)
+    # first; row i's mask starts at sum((i // inner) % size * stride), where a size of 0
+    # (the outermost axis, when it is the rows' own) takes no modulo
     extent: int = 0  # ROWS: bytes from the first mask byte to past the last
 
 
@@ -273,8 +274,9 @@ def mask_rows(shape, strides, perm, naxes):
             dims[-1] = (dims[-1][0] * size, dims[-1][1])
         else:
             dims.append((size, st))
+    extent = sum((size - 1) * st for size, st in dims) + expect
+    if dims and dims[-1][1] != 0:  # the rows' outermost axis: i // inner < its size
+        dims[-1] = (0, dims[-1][1])
     while dims and dims[-1][1] == 0:  # outermost broadcast axes move no offset
         dims.pop()
-    n = expect
-    extent = sum((size - 1) * st for size, st in dims) + n
     return MaskRows(ROWS, tuple(dims), extent)

@@ -305,14 +305,13 @@ def _fill_lanes(f, a, b, c, i, k):
 
 @kernel_fn
 def _softmax_lanes(f, a, b, c, i, k):
-    """e * factor where valid, else 0, for c = (shift, factor, w): e as kept in ``b``, or,
-    when ``b`` is None (float16 output), exp(a - shift) computed again by the same
-    expression."""
+    """e * factor where valid, else 0, for c = (shift, factor, w): e as kept in ``b`` (0
+    where not valid: the mask is not read again), or, when ``b`` is None (float16
+    output), exp(a - shift) computed again by the same expression."""
     if b is None:
         e = vexp_nonpos(vsub(vload(a, i, k, NEG_INF), c[0]))
-    else:
-        e = vload(b, i, k, 0.0)
-    return keep(valid(None, c[2], i, k), vmul(e, c[1]), 0.0)
+        return keep(valid(None, c[2], i, k), vmul(e, c[1]), 0.0)
+    return vmul(vload(b, i, k, 0.0), c[1])  # factor is finite: 0 * factor = 0
 
 
 @kernel_fn
