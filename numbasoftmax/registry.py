@@ -6,7 +6,9 @@ Peers that are not installed report ``available() == False`` and are skipped.
 
 Operations and their arguments (after ``prepare``):
     softmax(x, axis), log_softmax(x, axis),
-    softmax_backward(y, dy, axis), log_softmax_backward(z, dz, axis)
+    softmax_backward(y, dy, axis), log_softmax_backward(z, dz, axis),
+    logsumexp(x, axis), logsumexp_backward(x, lse, dlse, axis)
+(logsumexp's result and lse, dlse hold a value per row).
 
 ``role`` says what an entry is for: "ours" (numbasoftmax), "peer" (a library we compare
 against) or "oracle" (the float64 reference: checked against, never timed by the benchmark).
@@ -23,8 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._ops import FORWARD
-from ._ops import SOFTMAX_NAMES as OPS
+from ._ops import NAMES as OPS
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,11 @@ def _scipy(op):
 def _torch_call(op):
     import torch
 
+    if op == "logsumexp":
+        return lambda x, axis: torch.logsumexp(x, axis)
+    if op == "logsumexp_backward":  # what torch's autograd runs: grad * exp(x - result)
+        return lambda x, lse, dlse, axis: torch.exp(x - lse.unsqueeze(axis)) * dlse.unsqueeze(
+            axis)
     if op == "softmax":
         return lambda x, axis: torch.softmax(x, axis)
     if op == "log_softmax":
@@ -109,6 +115,14 @@ def _torch_call_out(op):
     import torch
 
     aten = torch.ops.aten
+    if op == "logsumexp":
+        return lambda x, axis, out: torch.logsumexp(x, axis, out=out)
+    if op == "logsumexp_backward":
+        def grad(x, lse, dlse, axis, out):
+            torch.sub(x, lse.unsqueeze(axis), out=out)
+            torch.exp(out, out=out)
+            return out.mul_(dlse.unsqueeze(axis))
+        return grad
     if op == "softmax":
         return lambda x, axis, out: torch._softmax(x, axis, False, out=out)
     if op == "log_softmax":
@@ -186,7 +200,7 @@ def _entries():
                         prepare=_torch_prepare("cuda"), to_numpy=_torch_to_numpy,
                         available=_torch_cuda_ok, sync=_torch_sync, int_axis_only=True,
                         call_out=torch_out))
-    for op in FORWARD:  # scipy and cupyx have no gradients
+    for op in ("softmax", "log_softmax", "logsumexp"):  # scipy and cupyx: no gradients
         out.append(Impl("scipy", op, "cpu", lambda *a, _op=op: _scipy(_op)(*a),
                         available=lambda: _has("scipy")))
         out.append(Impl("cupyx", op, "gpu", lambda *a, _op=op: _cupyx(_op)(*a),

@@ -25,7 +25,8 @@ def logits(shape, dtype, rng):
 def op_inputs(op, x, dy):
     """numpy inputs of ``op`` from logits ``x`` and an upstream gradient ``dy``: the
     forward output (exact from the reference for small inputs, ours for large ones, where
-    the reference would take seconds), rounded to x's dtype."""
+    the reference would take seconds), rounded to x's dtype. logsumexp's gradient takes
+    x, its logsumexp and a gradient per row (dy's first column)."""
     spec = OPS[op]
     if not spec.backward:
         return (x,)
@@ -35,7 +36,14 @@ def op_inputs(op, x, dy):
         import numbasoftmax
 
         y = getattr(numbasoftmax, spec.forward)(x)
+    if spec.row_args:
+        return (x, y.astype(x.dtype), np.ascontiguousarray(dy[..., 0]))
     return (y.astype(x.dtype), dy)
+
+
+def out_shape(op, shape):
+    """The result's shape for inputs of ``shape`` (the last axis reduced by logsumexp)."""
+    return tuple(shape[:-1]) if OPS[op].reduces else tuple(shape)
 
 
 def make_inputs(op, shape, dtype, seed=0):
@@ -70,7 +78,7 @@ def check_impl(impl, op, dtype, variant, shapes=CHECK_SHAPES, seed=7):
         args = make_inputs(op, (m, n), dtype, seed + k)
         native = impl.prepare(*args)
         if variant == "out":
-            out = impl.prepare(np.full((m, n), np.nan, dtype=dtype))[0]
+            out = impl.prepare(np.full(out_shape(op, (m, n)), np.nan, dtype=dtype))[0]
             got = impl.call_out(*native, axis=-1, out=out)
         else:
             got = impl.call(*native, -1)

@@ -15,8 +15,9 @@ from pathlib import Path
 from .config import DTYPES, OP_GROUPS, OPS, Config, parse_size, parse_sizes
 
 OPS_HELP = ("fwd = softmax forward; bwd = softmax backward; log = log_softmax forward and "
-            "backward; all = the four (default). Also a comma list of operation names "
-            "(softmax, log_softmax, softmax_backward, log_softmax_backward).")
+            "backward; lse = logsumexp and its gradient; all = the six (default). Also a "
+            "comma list of operation names (softmax, log_softmax, softmax_backward, "
+            "log_softmax_backward, logsumexp, logsumexp_backward).")
 
 
 def _parser():
@@ -90,7 +91,7 @@ def _ops(text):
         elif part in OPS:
             ops.append(part)
         else:
-            raise ValueError(f"--op: unknown operation {part!r}; expected fwd, bwd, log, all "
+            raise ValueError(f"--op: unknown operation {part!r}; expected fwd, bwd, log, lse, all "
                              f"or one of {', '.join(OPS)}")
     return tuple(dict.fromkeys(op for op in OPS if op in ops))
 

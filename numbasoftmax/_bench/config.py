@@ -6,12 +6,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .._ops import SOFTMAX_NAMES as OPS
+from .._ops import NAMES as OPS
 
 OP_GROUPS = {
     "fwd": ("softmax",),
     "bwd": ("softmax_backward",),
     "log": ("log_softmax", "log_softmax_backward"),
+    "lse": ("logsumexp", "logsumexp_backward"),
     "all": OPS,
 }
 DTYPES = ("float32", "float16", "float64")

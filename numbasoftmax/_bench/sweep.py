@@ -32,7 +32,7 @@ import numpy as np
 from .. import registry
 from .._ops import OPS
 from .._pool import result_pool
-from .checks import CHECK_SHAPES, check_impl, logits, op_inputs
+from .checks import CHECK_SHAPES, check_impl, logits, op_inputs, out_shape
 from .config import (
     DTYPES,
     LATENCY_ROUNDS,
@@ -185,7 +185,8 @@ class _Sweep:
                                                for _ in range(copies - 1)]
                 sets = [tuple(impl.prepare(*s)) for s in numpy_sets]
                 if variant == "out":
-                    outs = [impl.prepare(np.empty((m, n), pdtype))[0] for _ in sets]
+                    outs = [impl.prepare(np.empty(out_shape(op, (m, n)), pdtype))[0]
+                            for _ in sets]
                     sets = [s + (o,) for s, o in zip(sets, outs, strict=True)]
                 fn = _caller(impl, variant)
                 device.sync()
