@@ -42,11 +42,8 @@ from ._simd import (
     vall,
     vdiv,
     veq,
-    vexp,
-    vexp_nonpos,
     visfinite,
     vload,
-    vlog,
     vmax,
     vmul,
     vnarrow,
@@ -56,6 +53,7 @@ from ._simd import (
     vsub,
     vwiden,
 )
+from ._vmath import vexp, vexp_nonpos, vlog
 
 
 @njit(**INTERNAL)

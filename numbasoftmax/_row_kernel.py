@@ -40,10 +40,7 @@ from ._simd import (
     exact_store,
     to_compute,
     vadd,
-    vexp,
-    vexp_nonpos,
     vload,
-    vlog,
     vmax,
     vmax_all,
     vmul,
@@ -52,6 +49,7 @@ from ._simd import (
     vsub,
     vsum,
 )
+from ._vmath import vexp, vexp_nonpos, vlog
 
 BLOCK = 1024
 CHUNK = 8192

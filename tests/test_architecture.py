@@ -19,7 +19,7 @@ RULES = {"numbasoftmax._ops", "numbasoftmax._inputs", "numbasoftmax._layout",
 BACKENDS = {"numbasoftmax._cpu_path", "numbasoftmax._dask", "numbasoftmax._cuda"}
 # numba code, and what it may import
 KERNELS = {"numbasoftmax._cpu_kernels", "numbasoftmax._row_kernel", "numbasoftmax._lane_kernel",
-           "numbasoftmax._simd", "numbasoftmax._markers"}
+           "numbasoftmax._simd", "numbasoftmax._vmath", "numbasoftmax._markers"}
 
 
 def _module_name(path):

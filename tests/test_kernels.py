@@ -87,7 +87,7 @@ def test_exp_of_zero_is_one():
     """The kernels skip exp(chunk max - row max) where it is exp(0): exactly 1."""
     from numba import njit
 
-    from numbasoftmax._simd import vexp, vexp_nonpos
+    from numbasoftmax._vmath import vexp, vexp_nonpos
 
     @njit
     def exps(x):
