@@ -3,57 +3,85 @@
 ``numbasoftmax.softmax(x)`` (and ``log_softmax``, ``softmax_backward``,
 ``log_softmax_backward``) with a dask array returns a lazy dask array; nothing is computed at
 call time. This module is imported (and imports dask) only when a dask array is given, so
-``import numbasoftmax`` never imports dask.
+``import numbasoftmax`` never imports dask. The output keeps the input's chunks.
 
-How it works:
+Two ways to run, chosen by the chunk structure alone (the rule, in one place: ``dispatch``):
 
-* The chunks along the softmax axes are merged into one (``rechunk``); the other axes keep
-  their chunking. Every output block is then one task that calls the same public function
-  on its block (a numpy block runs the CPU kernels, a cupy block the GPU path): a single
-  ``blockwise`` layer with ``meta`` and ``dtype`` set, one task per block. A block holds
-  whole rows, so it gives exactly what the in-memory call gives for those rows.
+* **One pass**, when every softmax axis is a single chunk: each block holds whole rows, and
+  each output block is one task that calls the public function on its block (a numpy block
+  runs the CPU kernels, a cupy block the GPU path): a single ``blockwise`` layer, bitwise
+  what the in-memory call gives.
+* **Two passes**, when a softmax axis is split across chunks (no block is ever merged, so
+  no task holds more than one block of each operand):
+
+  1. *statistics*, one task per block: for each row segment in the block, the partial
+     statistics per 8192-element chunk of the segment (max and sum of exp for the forward
+     functions, the sum of y*dy or of dz for the gradients);
+  2. *finish*, one task per group of blocks that share rows: the statistics of all the
+     blocks along the softmax axes, concatenated in block order (C order of the block
+     indices), combined into each row's (max, total);
+  3. *write*, one task per block: the block's outputs from its own statistics and its
+     rows' (max, total).
+
+  Numpy blocks run the CPU kernels' phases (``segment_stats``, ``segment_finish``,
+  ``segment_write``): when every block holds a contiguous run of each row whose length
+  is a multiple of 8192 elements (the row's last run excepted), the chunks and their order
+  are the in-memory call's and so are the bits; otherwise the results differ in the last
+  bits, within the error bounds the in-memory call meets. Other blocks (cupy) compute the
+  same statistics with array operations of their own library (one max and sum per row
+  segment, combined in float64): not bitwise the GPU call's results, same rules.
+
 * The rules are the core API's (``_inputs``, ``_layout.normalize_axes``): ``axis`` is an
   int, a tuple of ints or None; float16, float32 and float64 keep their dtype; bool and
   integer inputs give float64 (converted inside each task, no extra layer); other dtypes
   and dask arrays of masked blocks raise TypeError; for the gradients the two arrays must
   have the same shape (ValueError) and dtype (TypeError). All of these are checked at call
-  time from the metadata alone.
+  time from the metadata alone. The non-finite rules are the kernels' (a NaN or +inf
+  anywhere in a row, in any block, makes the row NaN; so does a row of -inf only).
 * ``out=`` raises TypeError: dask arrays are immutable. Use the returned array, or write it
   into an existing array with ``dask.array.store(result, target)``.
 * Gradients with one dask and one non-dask operand (numpy array, array_like or cupy array):
-  the other operand is wrapped with ``dask.array.from_array`` in the dask operand's chunks
-  (after the rechunk), so the result is lazy too. With two dask operands of different
-  chunking, the second is rechunked to the first's.
-* Threads: dask already runs blocks in parallel, so a numpy block big enough for the
-  parallel driver runs with ``max(1, numba.get_num_threads() // number_of_blocks)`` numba
-  threads (``numba.set_num_threads`` is thread-local; restored afterwards). With at least
-  as many blocks as threads, dask threads x numba threads do not oversubscribe the cores;
-  a single block keeps all numba threads. Parallel calls from several dask threads at once
-  are safe on every threading layer (the CPU launcher serializes the workqueue layer).
+  the other operand is wrapped with ``dask.array.from_array`` in the dask operand's chunks,
+  so the result is lazy too. With two dask operands of different chunking, the second is
+  rechunked to the first's.
+* Threads (one pass): dask already runs blocks in parallel, so a numpy block big enough for
+  the parallel driver runs with ``max(1, numba.get_num_threads() // number_of_blocks)``
+  numba threads (``numba.set_num_threads`` is thread-local; restored afterwards). With at
+  least as many blocks as threads, dask threads x numba threads do not oversubscribe the
+  cores; a single block keeps all numba threads. Parallel calls from several dask threads
+  at once are safe on every threading layer (the CPU launcher serializes the workqueue
+  layer). The two-pass tasks run serial kernels: dask's threads are the parallelism.
 
 Works with the threaded, the processes and the ``dask.distributed`` schedulers: the task
-function and the public function it calls are module-level functions (pickled by
+functions and the public function they call are module-level functions (pickled by
 reference) and the workers compile or load numba's cached kernels at their first block.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
+from typing import NamedTuple
 
 import dask.array as da
 import numpy as np
+from dask.array.utils import meta_from_array
 
 from . import _cpu
 from ._inputs import array_kind, check_pair, host_array, reject_masked, result_dtype
-from ._layout import normalize_axes
+from ._layout import as_2d, normalize_axes
+from ._row_kernel import CHUNK
 
 __all__ = ["dispatch"]
+
+# blocks the two passes give to the CPU kernels; others (cupy) take array operations
+KERNEL_BLOCKS = (np.ndarray,)
 
 
 def dispatch(op, arrays, axis, out, per_block):
     """Run ``op`` (an ``_ops.Op``) lazily on its ``arrays``, at least one of them a dask
-    array; each task calls ``per_block`` (the public function) on one block. Returns a
-    dask array."""
+    array; each one-pass task calls ``per_block`` (the public function) on one block.
+    Returns a dask array."""
     func = op.name
     if len(arrays) != len(op.args):
         raise ValueError(f"{func}() takes {len(op.args)} array(s); got {len(arrays)}")
@@ -71,13 +99,17 @@ def dispatch(op, arrays, axis, out, per_block):
                         "use the returned dask array, or write it into an existing array with "
                         "dask.array.store(result, out)")
 
-    # merge the softmax axes into one chunk; the first dask operand sets the other axes'
-    # chunking, every other operand follows it
-    first = first.rechunk({ax: -1 for ax in axes}) if axes else first
+    # the rule: two passes when a softmax axis is split across chunks (of a non-empty
+    # array), one pass over whole rows otherwise
+    two_pass = any(len(first.chunks[ax]) > 1 for ax in axes) and first.size != 0
+    if two_pass:
+        _check_known(first, axes, func)
+    else:
+        first = first.rechunk({ax: -1 for ax in axes}) if axes else first
+    # the first dask operand sets the chunking, every other operand follows it
     blocks = []
     for a in arrays:
         if isinstance(a, da.Array):
-            a = a.rechunk({ax: -1 for ax in axes}) if axes else a
             if a.chunks != first.chunks:
                 a = a.rechunk(first.chunks)
         else:
@@ -85,10 +117,19 @@ def dispatch(op, arrays, axis, out, per_block):
         blocks.append(a)
 
     dtype = dtypes[0]
-    nblocks = math.prod(first.numblocks)
     meta = _meta(first, dtype)
+    if two_pass:
+        return _two_pass(op, blocks, axes, dtype, meta)
+    nblocks = math.prod(first.numblocks)
     return da.map_blocks(_block, per_block, axes, nblocks, *blocks, dtype=dtype, meta=meta,
                          token=func)
+
+
+def _check_known(x, axes, func):
+    """The two passes size their statistics from the chunks along the softmax axes."""
+    if any(math.isnan(c) for ax in axes for c in x.chunks[ax]):
+        raise ValueError(f"{func}(): the chunk sizes along the softmax axes are unknown "
+                         "(nan); call .compute_chunk_sizes() first")
 
 
 def _block(f, axes, nblocks, *blocks):
@@ -130,3 +171,247 @@ def _meta(x, dtype):
     if meta is None:
         return np.empty((0,) * x.ndim, dtype=dtype)
     return meta.astype(dtype, copy=False) if meta.dtype != dtype else meta
+
+
+# ---------------------------------------------------------------------------------------
+# two passes: statistics per block -> (max, total) per row -> outputs per block
+#
+# Array indices of the graph: 0 .. ndim-1 are the input's axes; the statistics add two
+# axes, S (2: max and sum) and C (chunks of a segment, padded to the most any block has).
+# Statistics blocks keep the input's blocks along the other axes and have size 1 along the
+# softmax axes, so block (i, j, ...) of the statistics is block (i, j, ...)'s.
+
+
+class _Pass(NamedTuple):
+    """What every task of the two passes needs to know."""
+
+    key: str  # the CPU kernels' operation
+    axes: tuple  # the softmax axes
+    kernels: bool  # numpy blocks: the CPU kernels; otherwise array operations
+    dtype: np.dtype  # of the result, and of the blocks as the kernels read them
+    ncmax: int  # statistics entries per row in a statistics block (the most any block has)
+
+
+def _two_pass(op, blocks, axes, dtype, meta):
+    x = blocks[0]
+    ndim = x.ndim
+    ind = tuple(range(ndim))
+    S, C = ndim, ndim + 1
+    others = tuple(ax for ax in ind if ax not in axes)
+    kernels = isinstance(meta, KERNEL_BLOCKS)
+    # entries per block, in the order the finish step concatenates the blocks' statistics
+    # (C order of the block indices along the softmax axes)
+    ncs = tuple(_entries(math.prod(ext), kernels)
+                for ext in itertools.product(*(x.chunks[ax] for ax in axes)))
+    key = "softmax_split" if op.name == "softmax" else op.name  # no exps kept between passes
+    spec = _Pass(key, axes, kernels, dtype, max(ncs))
+    operands = [p for a in blocks for p in (a, ind)]
+
+    stats = da.blockwise(
+        _stats_task, ind + (S, C), spec, None, *operands,
+        new_axes={S: 2, C: spec.ncmax}, adjust_chunks=dict.fromkeys(axes, 1),
+        dtype=np.float64, meta=meta_from_array(meta, ndim + 2, np.float64),
+        token=f"{op.name}-stats")
+    # one task per group of blocks sharing rows: all of the group's statistics blocks,
+    # given as nested lists (blockwise's concatenate=False), combined in block order
+    fin = da.blockwise(
+        _finish_task, others + (S,), spec, None, ncs, None, stats, ind + (S, C),
+        concatenate=False, dtype=np.float64,
+        meta=meta_from_array(meta, len(others) + 1, np.float64), token=f"{op.name}-finish")
+    # the statistics have other chunk sizes than the input along the softmax axes but the
+    # same number of blocks: paired block by block (align_arrays=False), the input first so
+    # that the output takes its chunks
+    return da.blockwise(
+        _write_task, ind, spec, None, *operands, stats, ind + (S, C), fin, others + (S,),
+        align_arrays=False, concatenate=False, dtype=dtype, meta=meta,
+        token=f"{op.name}-write")
+
+
+def _entries(n, kernels):
+    """Statistics entries of a row segment of n elements: one per kernel chunk (numpy
+    blocks), one per segment (array operations)."""
+    if not kernels:
+        return min(n, 1)
+    return -(-n // CHUNK)
+
+
+def _stats_task(spec, *blocks):
+    rows = [_as_rows(b, spec) for b in blocks]
+    m, n = rows[0].shape
+    if spec.kernels:
+        from . import _cpu_kernels as k
+
+        st = np.empty((m, 2, spec.ncmax))
+        k.segment_stats(k.OPS[spec.key], _flat(rows[0]), n, _flat(rows[-1]), n, m, n, st)
+    else:
+        st = _xp_stats(spec.key, rows, spec.ncmax)
+    # rows in C order of the other axes; size 1 along the softmax axes
+    return st.reshape([1 if ax in spec.axes else s for ax, s in enumerate(blocks[0].shape)]
+                      + [2, spec.ncmax])
+
+
+def _finish_task(spec, ncs, nested):
+    parts = list(_leaves(nested))  # the group's statistics blocks, in block order
+    first = parts[0]
+    m = math.prod(first.shape[:-2])
+    st = [p.reshape(m, 2, p.shape[-1])[:, :, :nc] for p, nc in zip(parts, ncs, strict=True)]
+    shape = [s for ax, s in enumerate(first.shape[:-2]) if ax not in spec.axes]
+    if spec.kernels:
+        from . import _cpu_kernels as k
+
+        fin = np.empty((m, 2))
+        k.segment_finish(k.OPS[spec.key], np.ascontiguousarray(np.concatenate(st, axis=2)),
+                         fin)
+    else:
+        fin = _xp_finish(spec.key, _namespace(first).concatenate(st, axis=2))
+    return fin.reshape(*shape, 2)
+
+
+def _write_task(spec, *args):
+    *blocks, st, fin = args
+    st, fin = _leaf(st), _leaf(fin)
+    rows = [_as_rows(b, spec) for b in blocks]
+    m, n = rows[0].shape
+    if spec.kernels:
+        from . import _cpu_kernels as k
+
+        out = np.empty((m, n), spec.dtype)
+        k.segment_write(k.OPS[spec.key], _flat(rows[0]), n, _flat(rows[-1]), n, _flat(out), n,
+                        m, n, np.ascontiguousarray(st).reshape(m, 2, spec.ncmax),
+                        np.ascontiguousarray(fin).reshape(m, 2))
+    else:
+        out = _xp_write(spec.key, rows, fin.reshape(m, 2), spec.dtype)
+    return _from_rows(out, blocks[0].shape, spec.axes)
+
+
+def _leaves(nested):
+    if isinstance(nested, list):
+        for item in nested:
+            yield from _leaves(item)
+    else:
+        yield nested
+
+
+def _leaf(nested):
+    """The one block of a dimension blockwise passed as (nested) lists."""
+    while isinstance(nested, list):
+        (nested,) = nested
+    return nested
+
+
+def _perm(ndim, axes):
+    return tuple(ax for ax in range(ndim) if ax not in axes) + tuple(axes)
+
+
+def _as_rows(block, spec):
+    """The block as a C-contiguous (rows, segment) array of the result dtype: the softmax
+    axes moved last in ascending order (the in-memory call's logical row order)."""
+    axes, dtype = spec.axes, spec.dtype
+    a = block if block.dtype == dtype else block.astype(dtype)
+    n = math.prod(a.shape[ax] for ax in axes)
+    m = math.prod(s for ax, s in enumerate(a.shape) if ax not in axes)
+    perm = _perm(a.ndim, axes)
+    t = a.transpose(perm)
+    if not isinstance(a, np.ndarray):
+        return _namespace(a).ascontiguousarray(t).reshape(m, n)
+    if t.flags.c_contiguous:
+        return t.reshape(m, n)
+    t2 = as_2d(t, m, n)
+    if t2 is None:
+        return np.ascontiguousarray(t).reshape(m, n)
+    rows = np.empty((m, n), dtype)
+    _cpu.copy2d(t2, rows)  # numpy's copies of transposed views are slow
+    return rows
+
+
+def _from_rows(rows, shape, axes):
+    """Inverse of ``_as_rows``: a view of the block's shape (softmax axes innermost in
+    memory)."""
+    perm = _perm(len(shape), axes)
+    return rows.reshape([shape[p] for p in perm]).transpose(np.argsort(perm))
+
+
+def _flat(rows):
+    """The kernels' flat buffer: float16 travels as its uint16 bits (numba has no
+    float16)."""
+    return (rows.view(np.uint16) if rows.dtype == np.float16 else rows).reshape(-1)
+
+
+# ---------------------------------------------------------------------------------------
+# the same three steps with array operations, for blocks the CPU kernels cannot take
+# (cupy): one (max, sum) per row segment; sums and the combination in float64.
+
+_FORWARD_KEYS = ("softmax_split", "log_softmax")
+
+
+def _namespace(a):
+    """The array library of ``a`` (numpy, or cupy for cupy arrays)."""
+    if isinstance(a, np.ndarray):
+        return np
+    import cupy
+
+    return cupy.get_array_module(a)
+
+
+def _compute(a, xp):
+    """Values in the compute type: float64 for float64 data, float32 otherwise."""
+    return a if a.dtype == np.float64 else a.astype(xp.float32)
+
+
+def _xp_stats(key, rows, ncmax):
+    xp = _namespace(rows[0])
+    m, n = rows[0].shape
+    st = xp.zeros((m, 2, ncmax), dtype=xp.float64)
+    if n == 0:
+        st[:, 0, :] = -math.inf if key in _FORWARD_KEYS else 0.0
+        return st
+    if key in _FORWARD_KEYS:
+        x = _compute(rows[0], xp)
+        mx = x.max(axis=1)  # NaN propagates
+        shift = xp.where(mx == -math.inf, 0, mx)  # a segment of -inf adds exp(-inf) = 0
+        st[:, 0, 0] = mx
+        st[:, 1, 0] = xp.exp(x - shift[:, None]).sum(axis=1, dtype=xp.float64)
+    elif key == "softmax_backward":
+        st[:, 1, 0] = (_compute(rows[0], xp) * _compute(rows[1], xp)).sum(axis=1,
+                                                                          dtype=xp.float64)
+    else:
+        st[:, 1, 0] = _compute(rows[1], xp).sum(axis=1, dtype=xp.float64)
+    return st
+
+
+def _xp_finish(key, st):
+    """(m, t) per row from the (rows, 2, segments) statistics."""
+    xp = _namespace(st)
+    fin = xp.zeros((st.shape[0], 2), dtype=xp.float64)
+    if key not in _FORWARD_KEYS:
+        fin[:, 1] = st[:, 1, :].sum(axis=1)
+        return fin
+    cmax, csum = st[:, 0, :], st[:, 1, :]
+    m = cmax.max(axis=1)
+    with np.errstate(invalid="ignore"):  # -inf - -inf: masked out below
+        scaled = xp.where(cmax == -math.inf, 0.0, csum * xp.exp(cmax - m[:, None]))
+    t = scaled.sum(axis=1)
+    fin[:, 0] = m
+    fin[:, 1] = xp.log(t) if key == "log_softmax" else t
+    return fin
+
+
+def _xp_write(key, rows, fin, dtype):
+    xp = _namespace(rows[0])
+    a = _compute(rows[0], xp)
+    ct = a.dtype
+    if key in _FORWARD_KEYS:
+        m, t = fin[:, 0], fin[:, 1]
+        bad = ~((m > -math.inf) & (m < math.inf))  # NaN, +inf or only -inf: a NaN row
+        mc = xp.where(bad, 0, m).astype(ct)[:, None]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            if key == "log_softmax":
+                out = (a - mc) - t.astype(ct)[:, None]
+            else:
+                out = xp.exp(a - mc) / t.astype(ct)[:, None]
+        out = xp.where(bad[:, None], xp.asarray(math.nan, dtype=ct), out)
+    else:
+        b = _compute(rows[1], xp)
+        s = fin[:, 1].astype(ct)[:, None]
+        out = a * (b - s) if key == "softmax_backward" else b - xp.exp(a) * s
+    return out.astype(dtype)
