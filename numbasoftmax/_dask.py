@@ -59,6 +59,7 @@ reference) and the workers compile or load numba's cached kernels at their first
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from typing import NamedTuple
@@ -339,9 +340,20 @@ def _flat(rows):
 
 # ---------------------------------------------------------------------------------------
 # the same three steps with array operations, for blocks the CPU kernels cannot take
-# (cupy): one (max, sum) per row segment; sums and the combination in float64.
+# (cupy): one (max, sum) per row segment; sums and the combination in float64. Like the
+# kernels they follow the non-finite rules silently (numpy would warn about inf - inf and
+# log(0), which the rules turn into NaN rows anyway; cupy does not warn).
 
 _FORWARD_KEYS = ("softmax_split", "log_softmax")
+
+
+def _quiet(f):
+    @functools.wraps(f)
+    def wrapper(*args):
+        with np.errstate(all="ignore"):
+            return f(*args)
+
+    return wrapper
 
 
 def _namespace(a):
@@ -358,6 +370,7 @@ def _compute(a, xp):
     return a if a.dtype == np.float64 else a.astype(xp.float32)
 
 
+@_quiet
 def _xp_stats(key, rows, ncmax):
     xp = _namespace(rows[0])
     m, n = rows[0].shape
@@ -379,6 +392,7 @@ def _xp_stats(key, rows, ncmax):
     return st
 
 
+@_quiet
 def _xp_finish(key, st):
     """(m, t) per row from the (rows, 2, segments) statistics."""
     xp = _namespace(st)
@@ -388,14 +402,15 @@ def _xp_finish(key, st):
         return fin
     cmax, csum = st[:, 0, :], st[:, 1, :]
     m = cmax.max(axis=1)
-    with np.errstate(invalid="ignore"):  # -inf - -inf: masked out below
-        scaled = xp.where(cmax == -math.inf, 0.0, csum * xp.exp(cmax - m[:, None]))
+    # a segment of -inf adds 0 (its exp(-inf - m) is NaN when m = -inf too)
+    scaled = xp.where(cmax == -math.inf, 0.0, csum * xp.exp(cmax - m[:, None]))
     t = scaled.sum(axis=1)
     fin[:, 0] = m
     fin[:, 1] = xp.log(t) if key == "log_softmax" else t
     return fin
 
 
+@_quiet
 def _xp_write(key, rows, fin, dtype):
     xp = _namespace(rows[0])
     a = _compute(rows[0], xp)
@@ -404,11 +419,10 @@ def _xp_write(key, rows, fin, dtype):
         m, t = fin[:, 0], fin[:, 1]
         bad = ~((m > -math.inf) & (m < math.inf))  # NaN, +inf or only -inf: a NaN row
         mc = xp.where(bad, 0, m).astype(ct)[:, None]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            if key == "log_softmax":
-                out = (a - mc) - t.astype(ct)[:, None]
-            else:
-                out = xp.exp(a - mc) / t.astype(ct)[:, None]
+        if key == "log_softmax":
+            out = (a - mc) - t.astype(ct)[:, None]
+        else:
+            out = xp.exp(a - mc) / t.astype(ct)[:, None]
         out = xp.where(bad[:, None], xp.asarray(math.nan, dtype=ct), out)
     else:
         b = _compute(rows[1], xp)
