@@ -321,21 +321,37 @@ def _as_rows(block, spec):
     if t2 is None:
         return np.ascontiguousarray(t).reshape(m, n)
     rows = np.empty((m, n), dtype)
-    _cpu.copy2d(t2, rows)  # numpy's copies of transposed views are slow
+    _cpu.copy2d(_bits(t2), _bits(rows))  # numpy's copies of transposed views are slow
     return rows
 
 
 def _from_rows(rows, shape, axes):
-    """Inverse of ``_as_rows``: a view of the block's shape (softmax axes innermost in
-    memory)."""
+    """Inverse of ``_as_rows``: a C-contiguous block of ``shape`` (as the one-pass tasks
+    give for C-contiguous input blocks, and what ``da.store`` copies fastest)."""
     perm = _perm(len(shape), axes)
-    return rows.reshape([shape[p] for p in perm]).transpose(np.argsort(perm))
+    if perm == tuple(range(len(shape))):
+        return rows.reshape(shape)
+    if not isinstance(rows, np.ndarray):
+        view = rows.reshape([shape[p] for p in perm]).transpose(np.argsort(perm))
+        return _namespace(rows).ascontiguousarray(view)
+    block = np.empty(shape, rows.dtype)
+    dest = block.transpose(perm)
+    dest2 = as_2d(dest, *rows.shape)
+    if dest2 is None:
+        dest[...] = rows.reshape(dest.shape)
+    else:
+        _cpu.copy2d(_bits(rows), _bits(dest2))  # numpy's copies into transposed views are slow
+    return block
+
+
+def _bits(a):
+    """float16 travels to numba code as its uint16 bits (numba has no float16)."""
+    return a.view(np.uint16) if a.dtype == np.float16 else a
 
 
 def _flat(rows):
-    """The kernels' flat buffer: float16 travels as its uint16 bits (numba has no
-    float16)."""
-    return (rows.view(np.uint16) if rows.dtype == np.float16 else rows).reshape(-1)
+    """The kernels' flat buffer."""
+    return _bits(rows).reshape(-1)
 
 
 # ---------------------------------------------------------------------------------------

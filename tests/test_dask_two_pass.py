@@ -90,10 +90,14 @@ def test_whole_kernel_chunks_give_the_in_memory_bits(op, case):
     assert_bitwise_equal(result.compute(scheduler="threads"), call(op, inputs, axis))
 
 
+@pytest.mark.parametrize("case", [
+    ALIGNED[0],
+    ((2 * CHUNK, 8), (CHUNK, 8), 0),  # blocks big enough for the tiled transposing copies
+], ids=_ids)
 @pytest.mark.parametrize("dtype", [np.float16, np.float64])
 @pytest.mark.parametrize("op", OPS)
-def test_whole_kernel_chunks_other_dtypes(op, dtype):
-    shape, chunks, axis = ALIGNED[0]
+def test_whole_kernel_chunks_other_dtypes(op, dtype, case):
+    shape, chunks, axis = case
     inputs = inputs_for(op, np.random.default_rng(1), shape, dtype, axis)
     result = call(op, _dask_inputs(inputs, chunks), axis)
     assert_bitwise_equal(result.compute(scheduler="threads"), call(op, inputs, axis))
