@@ -59,6 +59,7 @@ reference) and the workers compile or load numba's cached kernels at their first
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import math
@@ -68,9 +69,9 @@ import dask.array as da
 import numpy as np
 from dask.array.utils import meta_from_array
 
-from . import _cpu
+from . import _cpu, _cpu_path
 from ._inputs import array_kind, check_pair, host_array, reject_masked, result_dtype
-from ._layout import as_2d, normalize_axes
+from ._layout import normalize_axes
 from ._row_kernel import CHUNK
 
 __all__ = ["dispatch"]
@@ -135,19 +136,27 @@ def _check_known(x, axes, func):
 
 def _block(f, axes, nblocks, *blocks):
     """One task: the public function ``f`` on one block (whole rows along ``axes``)."""
-    if nblocks > 1 and isinstance(blocks[0], np.ndarray):
-        if blocks[0].size >= _cpu.PARALLEL_MIN_ELEMENTS:
-            import numba
+    with _threads(nblocks, blocks[0]):
+        return f(*blocks, axis=axes)
 
-            have = numba.get_num_threads()
-            want = max(1, have // nblocks)
-            if want < have:
-                numba.set_num_threads(want)  # thread-local: only this worker thread
-                try:
-                    return f(*blocks, axis=axes)
-                finally:
-                    numba.set_num_threads(have)
-    return f(*blocks, axis=axes)
+
+@contextlib.contextmanager
+def _threads(nblocks, block):
+    """Run the numba code of a task on ``numba threads // nblocks`` threads (at least one)
+    when it is big enough to go parallel: dask already runs the blocks in parallel."""
+    import numba
+
+    have = numba.get_num_threads()
+    want = max(1, have // nblocks)
+    if want == have or not isinstance(block, np.ndarray) or (
+            block.size < _cpu.PARALLEL_MIN_ELEMENTS):
+        yield
+        return
+    numba.set_num_threads(want)  # thread-local: only this worker thread
+    try:
+        yield
+    finally:
+        numba.set_num_threads(have)
 
 
 def _operand(a, name, func):
@@ -191,6 +200,7 @@ class _Pass(NamedTuple):
     kernels: bool  # numpy blocks: the CPU kernels; otherwise array operations
     dtype: np.dtype  # of the result, and of the blocks as the kernels read them
     ncmax: int  # statistics entries per row in a statistics block (the most any block has)
+    nblocks: int  # blocks of the input (the tasks' copies share the numba threads)
 
 
 def _two_pass(op, blocks, axes, dtype, meta):
@@ -205,7 +215,7 @@ def _two_pass(op, blocks, axes, dtype, meta):
     ncs = tuple(_entries(math.prod(ext), kernels)
                 for ext in itertools.product(*(x.chunks[ax] for ax in axes)))
     key = "softmax_split" if op.name == "softmax" else op.name  # no exps kept between passes
-    spec = _Pass(key, axes, kernels, dtype, max(ncs))
+    spec = _Pass(key, axes, kernels, dtype, max(ncs), x.npartitions)
     operands = [p for a in blocks for p in (a, ind)]
 
     stats = da.blockwise(
@@ -237,15 +247,18 @@ def _entries(n, kernels):
 
 
 def _stats_task(spec, *blocks):
-    rows = [_as_rows(b, spec) for b in blocks]
-    m, n = rows[0].shape
+    blocks = [_converted(b, spec.dtype) for b in blocks]
+    m, n = _sizes(blocks[0].shape, spec.axes)
     if spec.kernels:
-        from . import _cpu_kernels as k
+        st = np.empty((m, 2, spec.ncmax))  # entries past a block's own are never read
+        if m and n:
+            from . import _cpu_kernels as k
 
-        st = np.empty((m, 2, spec.ncmax))
-        k.segment_stats(k.OPS[spec.key], _flat(rows[0]), n, _flat(rows[-1]), n, m, n, st)
+            with _threads(spec.nblocks, blocks[0]):
+                rows = [_kernel_rows(b, spec) for b in blocks]
+            k.segment_stats(k.OPS[spec.key], *rows[0], *rows[-1], m, n, st)
     else:
-        st = _xp_stats(spec.key, rows, spec.ncmax)
+        st = _xp_stats(spec.key, [_xp_rows(b, spec.axes) for b in blocks], spec.ncmax)
     # rows in C order of the other axes; size 1 along the softmax axes
     return st.reshape([1 if ax in spec.axes else s for ax, s in enumerate(blocks[0].shape)]
                       + [2, spec.ncmax])
@@ -271,18 +284,32 @@ def _finish_task(spec, ncs, nested):
 def _write_task(spec, *args):
     *blocks, st, fin = args
     st, fin = _leaf(st), _leaf(fin)
-    rows = [_as_rows(b, spec) for b in blocks]
-    m, n = rows[0].shape
-    if spec.kernels:
+    blocks = [_converted(b, spec.dtype) for b in blocks]
+    shape = blocks[0].shape
+    m, n = _sizes(shape, spec.axes)
+    if not spec.kernels:
+        rows = [_xp_rows(b, spec.axes) for b in blocks]
+        return _xp_block(_xp_write(spec.key, rows, fin.reshape(m, 2), spec.dtype), shape,
+                         spec.axes)
+    # a C-contiguous block, as the one-pass tasks give for C-contiguous input blocks;
+    # written in place where its rows are evenly spaced, else staged and copied
+    out = np.empty(shape, spec.dtype)
+    if m and n:
         from . import _cpu_kernels as k
 
-        out = np.empty((m, n), spec.dtype)
-        k.segment_write(k.OPS[spec.key], _flat(rows[0]), n, _flat(rows[-1]), n, _flat(out), n,
-                        m, n, np.ascontiguousarray(st).reshape(m, 2, spec.ncmax),
+        with _threads(spec.nblocks, blocks[0]):
+            rows = [_kernel_rows(b, spec) for b in blocks]
+        perm = _perm(len(shape), spec.axes)
+        dest = _cpu_path.rows(_bits(out), perm, len(spec.axes), gather=False)
+        staged = np.empty((m, n), _bits(out).dtype) if dest is None else None
+        k.segment_write(k.OPS[spec.key], *rows[0], *rows[-1],
+                        *(dest or (staged.reshape(-1), n)), m, n,
+                        np.ascontiguousarray(st).reshape(m, 2, spec.ncmax),
                         np.ascontiguousarray(fin).reshape(m, 2))
-    else:
-        out = _xp_write(spec.key, rows, fin.reshape(m, 2), spec.dtype)
-    return _from_rows(out, blocks[0].shape, spec.axes)
+        if staged is not None:
+            with _threads(spec.nblocks, out):
+                _cpu_path.scatter(staged, _bits(out).transpose(perm))
+    return out
 
 
 def _leaves(nested):
@@ -300,58 +327,33 @@ def _leaf(nested):
     return nested
 
 
+def _converted(block, dtype):
+    """bool and integer blocks are computed in float64; byte-swapped floats natively."""
+    return block if block.dtype == dtype else block.astype(dtype)
+
+
+def _sizes(shape, axes):
+    """(rows, elements per row segment) of a block."""
+    return (math.prod(s for ax, s in enumerate(shape) if ax not in axes),
+            math.prod(shape[ax] for ax in axes))
+
+
 def _perm(ndim, axes):
+    """The axes of a block in row order: the other axes ascending (so that row i is the
+    same logical row in every operand, output and statistics block), then the softmax axes
+    ascending (the in-memory call's order along a row)."""
     return tuple(ax for ax in range(ndim) if ax not in axes) + tuple(axes)
 
 
-def _as_rows(block, spec):
-    """The block as a C-contiguous (rows, segment) array of the result dtype: the softmax
-    axes moved last in ascending order (the in-memory call's logical row order)."""
-    axes, dtype = spec.axes, spec.dtype
-    a = block if block.dtype == dtype else block.astype(dtype)
-    n = math.prod(a.shape[ax] for ax in axes)
-    m = math.prod(s for ax, s in enumerate(a.shape) if ax not in axes)
-    perm = _perm(a.ndim, axes)
-    t = a.transpose(perm)
-    if not isinstance(a, np.ndarray):
-        return _namespace(a).ascontiguousarray(t).reshape(m, n)
-    if t.flags.c_contiguous:
-        return t.reshape(m, n)
-    t2 = as_2d(t, m, n)
-    if t2 is None:
-        return np.ascontiguousarray(t).reshape(m, n)
-    rows = np.empty((m, n), dtype)
-    _cpu.copy2d(_bits(t2), _bits(rows))  # numpy's copies of transposed views are slow
-    return rows
-
-
-def _from_rows(rows, shape, axes):
-    """Inverse of ``_as_rows``: a C-contiguous block of ``shape`` (as the one-pass tasks
-    give for C-contiguous input blocks, and what ``da.store`` copies fastest)."""
-    perm = _perm(len(shape), axes)
-    if perm == tuple(range(len(shape))):
-        return rows.reshape(shape)
-    if not isinstance(rows, np.ndarray):
-        view = rows.reshape([shape[p] for p in perm]).transpose(np.argsort(perm))
-        return _namespace(rows).ascontiguousarray(view)
-    block = np.empty(shape, rows.dtype)
-    dest = block.transpose(perm)
-    dest2 = as_2d(dest, *rows.shape)
-    if dest2 is None:
-        dest[...] = rows.reshape(dest.shape)
-    else:
-        _cpu.copy2d(_bits(rows), _bits(dest2))  # numpy's copies into transposed views are slow
-    return block
+def _kernel_rows(block, spec):
+    """(flat buffer, row stride) of a numpy block's rows: read in place where they are
+    evenly spaced (row blocks of a C-ordered array), gathered otherwise."""
+    return _cpu_path.rows(_bits(block), _perm(block.ndim, spec.axes), len(spec.axes))
 
 
 def _bits(a):
     """float16 travels to numba code as its uint16 bits (numba has no float16)."""
     return a.view(np.uint16) if a.dtype == np.float16 else a
-
-
-def _flat(rows):
-    """The kernels' flat buffer."""
-    return _bits(rows).reshape(-1)
 
 
 # ---------------------------------------------------------------------------------------
@@ -379,6 +381,19 @@ def _namespace(a):
     import cupy
 
     return cupy.get_array_module(a)
+
+
+def _xp_rows(block, axes):
+    """The block as a C-contiguous (rows, segment) array."""
+    t = block.transpose(_perm(block.ndim, axes))
+    return _namespace(block).ascontiguousarray(t).reshape(_sizes(block.shape, axes))
+
+
+def _xp_block(rows, shape, axes):
+    """Inverse of ``_xp_rows``: a C-contiguous block of ``shape``."""
+    perm = _perm(len(shape), axes)
+    view = rows.reshape([shape[p] for p in perm]).transpose(tuple(np.argsort(perm)))
+    return _namespace(rows).ascontiguousarray(view)
 
 
 def _compute(a, xp):
