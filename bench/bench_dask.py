@@ -95,8 +95,18 @@ def ratio(ours, theirs):
     return med(t / o for o, t in zip(ours, theirs, strict=True))
 
 
-def versions():
-    return (f"numba {numba.__version__} ({numba.threading_layer()} layer, "
+def threading_layer():
+    try:
+        return numba.threading_layer()
+    except ValueError:  # no parallel numba code ran in this process
+        return "no"
+
+
+def versions(layer=None):
+    """Library versions; ``layer``: numba's threading layer where the kernels ran."""
+    if layer is None:
+        layer = threading_layer()
+    return (f"numba {numba.__version__} ({layer} layer, "
             f"{numba.config.NUMBA_NUM_THREADS} threads), dask {dask.__version__}, "
             f"numpy {np.__version__}, Python {platform.python_version()}")
 
@@ -223,7 +233,8 @@ def cluster_part(args):
     results = []
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   memory_limit=limit, dashboard_address=None,
-                                  silence_logs=50) as cluster, distributed.Client(cluster):
+                                  silence_logs=50) as cluster, \
+            distributed.Client(cluster) as client:
         # the workers compile or load the kernels once, outside the timing
         ns.softmax(source()[:, :64], axis=0).sum().compute()
         ns.softmax(source()[:2 * chunk_rows], axis=None).sum().compute()
@@ -234,6 +245,7 @@ def cluster_part(args):
             merge_error = str(err).split(". ")[0]
         t_gen, _ = interleaved([lambda: source().sum(axis=1, dtype=np.float64).compute()],
                                args.cluster_repeat)
+        layers = set(client.run(threading_layer).values())
         for axis in (0, None):
             (ours, theirs), _ = interleaved(
                 [job(lambda x, a: ns.softmax(x, axis=a), axis),
@@ -248,7 +260,8 @@ def cluster_part(args):
           f"memory_limit {args.memory_limit} each (one merged axis: "
           f"{nbytes / 2**30:g} GiB); asked for: the first chunk of rows of the result and "
           f"the row sums; median of {args.cluster_repeat} runs after a warm-up)\n")
-    print(f"- CPU: {machine()}; {versions()}, distributed {distributed.__version__}")
+    print(f"- CPU: {machine()}; {versions(', '.join(sorted(layers)))} in the workers, "
+          f"distributed {distributed.__version__}")
     print(f"- load: {load_line(load)} (the workers count as other processes here)")
     print(f"- merging the softmax axis first (`x.rechunk({{0: -1}})`): "
           f"{'MemoryError: ' + merge_error if merge_error else 'computed (no error)'}")
