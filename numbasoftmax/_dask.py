@@ -201,6 +201,7 @@ class _Pass(NamedTuple):
     dtype: np.dtype  # of the result, and of the blocks as the kernels read them
     ncmax: int  # statistics entries per row in a statistics block (the most any block has)
     nblocks: int  # blocks of the input (the tasks' copies share the numba threads)
+    run_axes: int  # the last softmax axes, over which a block's runs of a row extend
 
 
 def _two_pass(op, blocks, axes, dtype, meta):
@@ -210,12 +211,19 @@ def _two_pass(op, blocks, axes, dtype, meta):
     S, C = ndim, ndim + 1
     others = tuple(ax for ax in ind if ax not in axes)
     kernels = isinstance(meta, KERNEL_BLOCKS)
+    # A block holds, of each row, runs: contiguous pieces of the row (in its logical order,
+    # the softmax axes ascending) that extend over the softmax axes from the last split one
+    # on (the later ones are whole). The kernels' statistics are per 8192 elements from a
+    # run's start; the finish puts all runs' entries in the row's order.
+    last_split = max(i for i, ax in enumerate(axes) if len(x.chunks[ax]) > 1)
+    run_axes = len(axes) - last_split
+    grid = tuple(x.chunks[ax] for ax in axes)
     # entries per block, in the order the finish step concatenates the blocks' statistics
     # (C order of the block indices along the softmax axes)
-    ncs = tuple(_entries(math.prod(ext), kernels)
-                for ext in itertools.product(*(x.chunks[ax] for ax in axes)))
+    ncs = tuple(_entries(ext, run_axes, kernels) for ext in itertools.product(*grid))
+    order = (grid, run_axes) if kernels and run_axes < len(axes) else None
     key = "softmax_split" if op.name == "softmax" else op.name  # no exps kept between passes
-    spec = _Pass(key, axes, kernels, dtype, max(ncs), x.npartitions)
+    spec = _Pass(key, axes, kernels, dtype, max(ncs), x.npartitions, run_axes)
     operands = [p for a in blocks for p in (a, ind)]
 
     stats = da.blockwise(
@@ -224,9 +232,9 @@ def _two_pass(op, blocks, axes, dtype, meta):
         dtype=np.float64, meta=meta_from_array(meta, ndim + 2, np.float64),
         token=f"{op.name}-stats")
     # one task per group of blocks sharing rows: all of the group's statistics blocks,
-    # given as nested lists (blockwise's concatenate=False), combined in block order
+    # given as nested lists (blockwise's concatenate=False), combined in the row's order
     fin = da.blockwise(
-        _finish_task, others + (S,), spec, None, ncs, None, stats, ind + (S, C),
+        _finish_task, others + (S,), spec, None, ncs, None, order, None, stats, ind + (S, C),
         concatenate=False, dtype=np.float64,
         meta=meta_from_array(meta, len(others) + 1, np.float64), token=f"{op.name}-finish")
     # the statistics have other chunk sizes than the input along the softmax axes but the
@@ -238,33 +246,74 @@ def _two_pass(op, blocks, axes, dtype, meta):
         token=f"{op.name}-write")
 
 
-def _entries(n, kernels):
-    """Statistics entries of a row segment of n elements: one per kernel chunk (numpy
-    blocks), one per segment (array operations)."""
+def _runs(extents, run_axes):
+    """(runs, elements per run) of a row in a block of these extents along the softmax
+    axes."""
+    split = len(extents) - run_axes
+    return math.prod(extents[:split]), math.prod(extents[split:])
+
+
+def _entries(extents, run_axes, kernels):
+    """Statistics entries per row of a block: one per 8192 elements of each run (CPU
+    kernels), one per block (array operations)."""
     if not kernels:
-        return min(n, 1)
-    return -(-n // CHUNK)
+        return min(math.prod(extents), 1)
+    runs, length = _runs(extents, run_axes)
+    return runs * -(-length // CHUNK)
+
+
+@functools.lru_cache(maxsize=16)
+def _row_order(grid, run_axes):
+    """Where each statistics entry goes in the row's order: the entries of all blocks (in
+    block order; per block run by run, 8192-element chunk by chunk) sorted by the position
+    of their run in the row, then by chunk."""
+    full = [sum(c) for c in grid]
+    strides = [math.prod(full[i + 1:]) for i in range(len(full))]  # of the row's axes
+    split = len(grid) - run_axes
+    starts, chunk = [], []
+    for index in itertools.product(*(range(len(c)) for c in grid)):
+        offsets = [sum(c[:b]) for c, b in zip(grid, index, strict=True)]
+        extents = [c[b] for c, b in zip(grid, index, strict=True)]
+        runs, length = _runs(extents, run_axes)
+        nc = -(-length // CHUNK)
+        if not runs * nc:
+            continue
+        # run starts: the block's positions along the outer softmax axes, in C order
+        start = sum(offsets[i] * strides[i] for i in range(split, len(grid)))
+        for i in range(split):
+            start = np.add.outer(start, (offsets[i] + np.arange(extents[i])) * strides[i])
+        starts.append(np.repeat(np.ravel(start), nc))
+        chunk.append(np.tile(np.arange(nc), runs))
+    return np.lexsort((np.concatenate(chunk), np.concatenate(starts)))
 
 
 def _stats_task(spec, *blocks):
     blocks = [_converted(b, spec.dtype) for b in blocks]
-    m, n = _sizes(blocks[0].shape, spec.axes)
+    shape = blocks[0].shape
+    m, n = _sizes(shape, spec.axes)
     if spec.kernels:
         st = np.empty((m, 2, spec.ncmax))  # entries past a block's own are never read
+        runs, length = _runs([shape[ax] for ax in spec.axes], spec.run_axes)
         if m and n:
             from . import _cpu_kernels as k
 
             with _threads(spec.nblocks, blocks[0]):
                 rows = [_kernel_rows(b, spec) for b in blocks]
-            k.segment_stats(k.OPS[spec.key], *rows[0], *rows[-1], m, n, st)
+            nc = -(-length // CHUNK)
+            # the kernels' rows are the runs: (row, run) -> the row's entries run by run
+            part = st if runs == 1 else np.empty((m * runs, 2, nc))
+            k.segment_stats(k.OPS[spec.key], *rows[0], *rows[-1], m * runs, length, part)
+            if runs > 1:
+                st[:, :, :runs * nc] = (part.reshape(m, runs, 2, nc).transpose(0, 2, 1, 3)
+                                        .reshape(m, 2, runs * nc))
     else:
         st = _xp_stats(spec.key, [_xp_rows(b, spec.axes) for b in blocks], spec.ncmax)
     # rows in C order of the other axes; size 1 along the softmax axes
-    return st.reshape([1 if ax in spec.axes else s for ax, s in enumerate(blocks[0].shape)]
+    return st.reshape([1 if ax in spec.axes else s for ax, s in enumerate(shape)]
                       + [2, spec.ncmax])
 
 
-def _finish_task(spec, ncs, nested):
+def _finish_task(spec, ncs, order, nested):
     parts = list(_leaves(nested))  # the group's statistics blocks, in block order
     first = parts[0]
     m = math.prod(first.shape[:-2])
@@ -273,9 +322,11 @@ def _finish_task(spec, ncs, nested):
     if spec.kernels:
         from . import _cpu_kernels as k
 
+        st = np.concatenate(st, axis=2)
+        if order is not None:
+            st = st[:, :, _row_order(*order)]
         fin = np.empty((m, 2))
-        k.segment_finish(k.OPS[spec.key], np.ascontiguousarray(np.concatenate(st, axis=2)),
-                         fin)
+        k.segment_finish(k.OPS[spec.key], np.ascontiguousarray(st), fin)
     else:
         fin = _xp_finish(spec.key, _namespace(first).concatenate(st, axis=2))
     return fin.reshape(*shape, 2)
@@ -292,20 +343,27 @@ def _write_task(spec, *args):
         return _xp_block(_xp_write(spec.key, rows, fin.reshape(m, 2), spec.dtype), shape,
                          spec.axes)
     # a C-contiguous block, as the one-pass tasks give for C-contiguous input blocks;
-    # written in place where its rows are evenly spaced, else staged and copied
+    # written in place where its runs are evenly spaced, else staged and copied
     out = np.empty(shape, spec.dtype)
     if m and n:
         from . import _cpu_kernels as k
 
         with _threads(spec.nblocks, blocks[0]):
             rows = [_kernel_rows(b, spec) for b in blocks]
+        runs, length = _runs([shape[ax] for ax in spec.axes], spec.run_axes)
+        nc = -(-length // CHUNK)
+        st = st.reshape(m, 2, spec.ncmax)
+        fin = np.ascontiguousarray(fin).reshape(m, 2)
+        if runs > 1:  # the kernels' rows are the runs
+            st = st[:, :, :runs * nc].reshape(m, 2, runs, nc).transpose(0, 2, 1, 3)
+            st = st.reshape(m * runs, 2, nc)
+            fin = np.repeat(fin, runs, axis=0)
         perm = _perm(len(shape), spec.axes)
-        dest = _cpu_path.rows(_bits(out), perm, len(spec.axes), gather=False)
-        staged = np.empty((m, n), _bits(out).dtype) if dest is None else None
+        dest = _cpu_path.rows(_bits(out), perm, spec.run_axes, gather=False)
+        staged = np.empty((m * runs, length), _bits(out).dtype) if dest is None else None
         k.segment_write(k.OPS[spec.key], *rows[0], *rows[-1],
-                        *(dest or (staged.reshape(-1), n)), m, n,
-                        np.ascontiguousarray(st).reshape(m, 2, spec.ncmax),
-                        np.ascontiguousarray(fin).reshape(m, 2))
+                        *(dest or (staged.reshape(-1), length)), m * runs, length,
+                        np.ascontiguousarray(st), fin)
         if staged is not None:
             with _threads(spec.nblocks, out):
                 _cpu_path.scatter(staged, _bits(out).transpose(perm))
@@ -346,9 +404,10 @@ def _perm(ndim, axes):
 
 
 def _kernel_rows(block, spec):
-    """(flat buffer, row stride) of a numpy block's rows: read in place where they are
-    evenly spaced (row blocks of a C-ordered array), gathered otherwise."""
-    return _cpu_path.rows(_bits(block), _perm(block.ndim, spec.axes), len(spec.axes))
+    """(flat buffer, row stride) of a numpy block's runs, as the kernels' rows: read in
+    place where they are evenly spaced (row blocks of a C-ordered array), gathered
+    otherwise."""
+    return _cpu_path.rows(_bits(block), _perm(block.ndim, spec.axes), spec.run_axes)
 
 
 def _bits(a):
