@@ -78,22 +78,20 @@ def run(op, arrays, axes, out=None):
     else:
         staged = _pool.empty((p.m, p.n), storage)
         _cpu.run(op.name, (*args, staged.reshape(-1), p.n, p.m, p.n))
-        scatter(staged, dest.transpose(p.perm))
+        _scatter(staged, dest.transpose(p.perm), p)
     return result
 
 
-def rows(a, perm, naxes, gather=True):
-    """(flat 1-D view, row stride) of the m rows of n elements of non-empty ``a`` (float16
-    viewed as uint16), its axes in ``perm`` order with the ``naxes`` softmax axes last:
-    ``a`` itself where its rows are evenly spaced; otherwise a contiguous copy, or None if
-    not ``gather``. (The two passes of the Dask backend reach a block's rows through it.)"""
+def rows_in_place(a, perm, naxes):
+    """(flat 1-D view, row stride) of the m rows of n elements of non-empty ``a``, its axes
+    in ``perm`` order with the ``naxes`` softmax axes last, when they are evenly spaced
+    (at a non-negative stride); None otherwise. (The Dask backend's two passes reach a
+    block's rows through it.)"""
     n = math.prod(a.shape[ax] for ax in perm[len(perm) - naxes:])
-    m = a.size // n
     stride = row_stride(a.shape, a.strides, a.itemsize, perm, naxes)
-    if stride is None and not gather:
+    if stride is None:
         return None
-    access = Access(GATHER) if stride is None else Access(ROWS, stride)
-    return _rows(a, access, m, n, perm)
+    return _rows(a, Access(ROWS, stride), a.size // n, n, perm)
 
 
 def _rows(a, access, m, n, perm):
@@ -127,9 +125,9 @@ def _columns(op, arrays, out, p):
     _cpu.run_columns(op.name, (*args, outer, p.n, p.inner))
 
 
-def scatter(staged, out_t):
+def _scatter(staged, out_t, p):
     """Copy the staged (m, n) result into ``out`` (axes already in plan order)."""
-    out_2d = as_2d(out_t, *staged.shape)
+    out_2d = as_2d(out_t, p.m, p.n)
     if out_2d is None:
         out_t[...] = staged.reshape(out_t.shape)
     else:

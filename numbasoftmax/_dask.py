@@ -71,7 +71,7 @@ from dask.array.utils import meta_from_array
 
 from . import _cpu, _cpu_path
 from ._inputs import array_kind, check_pair, host_array, reject_masked, result_dtype
-from ._layout import normalize_axes
+from ._layout import as_2d, normalize_axes
 from ._row_kernel import CHUNK
 
 __all__ = ["dispatch"]
@@ -297,12 +297,12 @@ def _stats_task(spec, *blocks):
         if m and n:
             from . import _cpu_kernels as k
 
-            with _threads(spec.nblocks, blocks[0]):
-                rows = [_kernel_rows(b, spec) for b in blocks]
             nc = -(-length // CHUNK)
             # the kernels' rows are the runs: (row, run) -> the row's entries run by run
             part = st if runs == 1 else np.empty((m * runs, 2, nc))
-            k.segment_stats(k.OPS[spec.key], *rows[0], *rows[-1], m * runs, length, part)
+            for lo, hi, rows in _panels(spec, blocks):
+                k.segment_stats(k.OPS[spec.key], *rows[0], *rows[-1], hi - lo, length,
+                                part[lo:hi])
             if runs > 1:
                 st[:, :, :runs * nc] = (part.reshape(m, runs, 2, nc).transpose(0, 2, 1, 3)
                                         .reshape(m, 2, runs * nc))
@@ -342,14 +342,11 @@ def _write_task(spec, *args):
         rows = [_xp_rows(b, spec.axes) for b in blocks]
         return _xp_block(_xp_write(spec.key, rows, fin.reshape(m, 2), spec.dtype), shape,
                          spec.axes)
-    # a C-contiguous block, as the one-pass tasks give for C-contiguous input blocks;
-    # written in place where its runs are evenly spaced, else staged and copied
+    # a C-contiguous block, as the one-pass tasks give for C-contiguous input blocks
     out = np.empty(shape, spec.dtype)
     if m and n:
         from . import _cpu_kernels as k
 
-        with _threads(spec.nblocks, blocks[0]):
-            rows = [_kernel_rows(b, spec) for b in blocks]
         runs, length = _runs([shape[ax] for ax in spec.axes], spec.run_axes)
         nc = -(-length // CHUNK)
         st = st.reshape(m, 2, spec.ncmax)
@@ -358,16 +355,66 @@ def _write_task(spec, *args):
             st = st[:, :, :runs * nc].reshape(m, 2, runs, nc).transpose(0, 2, 1, 3)
             st = st.reshape(m * runs, 2, nc)
             fin = np.repeat(fin, runs, axis=0)
-        perm = _perm(len(shape), spec.axes)
-        dest = _cpu_path.rows(_bits(out), perm, spec.run_axes, gather=False)
-        staged = np.empty((m * runs, length), _bits(out).dtype) if dest is None else None
-        k.segment_write(k.OPS[spec.key], *rows[0], *rows[-1],
-                        *(dest or (staged.reshape(-1), length)), m * runs, length,
-                        np.ascontiguousarray(st), fin)
-        if staged is not None:
-            with _threads(spec.nblocks, out):
-                _cpu_path.scatter(staged, _bits(out).transpose(perm))
+        st = np.ascontiguousarray(st)
+        for lo, hi, rows in _panels(spec, blocks, out):
+            k.segment_write(k.OPS[spec.key], *rows[0], *rows[-2], *rows[-1], hi - lo, length,
+                            st[lo:hi], fin[lo:hi])
     return out
+
+
+# A block's rows (its runs) that are not evenly spaced in memory (softmax over axis 0 of
+# C-ordered blocks, ...) are copied into and out of contiguous rows in panels of this
+# many bytes: a task then holds no second copy of its blocks, and the tiled copies ran as
+# fast as copies of whole blocks (1024 x 8192 float32: 32 ms either way, 2 threads).
+PANEL_BYTES = 8 << 20
+
+
+def _panels(spec, blocks, out=None):
+    """The kernels' rows of numpy ``blocks`` (and of ``out``), panel by panel: yields
+    (lo, hi, [(flat buffer, row stride) per block (and out)]) for rows lo .. hi-1. Rows
+    evenly spaced in memory are reached in place; others are gathered into contiguous
+    panels, and ``out``'s panel is copied into place once the caller has written it (when
+    it asks for the next panel)."""
+    arrays = [_bits(a) for a in (*blocks, *([] if out is None else [out]))]
+    perm = _perm(arrays[0].ndim, spec.axes)
+    length = math.prod(arrays[0].shape[ax] for ax in perm[arrays[0].ndim - spec.run_axes:])
+    nrows = arrays[0].size // length
+    views, panels, whole_out = [], [], None
+    for i, a in enumerate(arrays):
+        view, rows2d = _cpu_path.rows_in_place(a, perm, spec.run_axes), None
+        if view is None:
+            rows2d = as_2d(a.transpose(perm), nrows, length)
+        if view is None and rows2d is None:  # axes that do not merge: whole copies
+            if out is not None and i == len(arrays) - 1:
+                whole_out = np.empty((nrows, length), a.dtype)
+                view = (whole_out.reshape(-1), length)
+            else:
+                view = (np.ascontiguousarray(a.transpose(perm)).reshape(-1), length)
+        views.append(view)
+        panels.append(rows2d)
+    step = nrows if all(p is None for p in panels) else max(
+        1, PANEL_BYTES // (length * arrays[0].itemsize))
+    buffers = [None if p is None else np.empty((min(step, nrows), length), p.dtype)
+               for p in panels]
+    written = out is not None and panels[-1] is not None
+    with _threads(spec.nblocks, arrays[0]):
+        for lo in range(0, nrows, step):
+            hi = min(nrows, lo + step)
+            args = []
+            for i, (view, rows2d, buf) in enumerate(zip(views, panels, buffers, strict=True)):
+                if view is not None:
+                    flat, stride = view
+                    args.append((flat[lo * stride:], stride))
+                    continue
+                if not (written and i == len(arrays) - 1):
+                    _cpu.copy2d(rows2d[lo:hi], buf[:hi - lo])
+                args.append((buf[:hi - lo].reshape(-1), length))
+            yield lo, hi, args
+            if written:
+                _cpu.copy2d(buffers[-1][:hi - lo], panels[-1][lo:hi])
+    if whole_out is not None:
+        arrays[-1].transpose(perm)[...] = whole_out.reshape(
+            [arrays[-1].shape[ax] for ax in perm])
 
 
 def _leaves(nested):
@@ -401,13 +448,6 @@ def _perm(ndim, axes):
     same logical row in every operand, output and statistics block), then the softmax axes
     ascending (the in-memory call's order along a row)."""
     return tuple(ax for ax in range(ndim) if ax not in axes) + tuple(axes)
-
-
-def _kernel_rows(block, spec):
-    """(flat buffer, row stride) of a numpy block's runs, as the kernels' rows: read in
-    place where they are evenly spaced (row blocks of a C-ordered array), gathered
-    otherwise."""
-    return _cpu_path.rows(_bits(block), _perm(block.ndim, spec.axes), spec.run_axes)
 
 
 def _bits(a):

@@ -116,6 +116,27 @@ def test_other_boundaries_within_the_error_bound(op, case):
     assert_bitwise_equal(result.compute(scheduler="sync"), got)
 
 
+@pytest.mark.parametrize("case", [
+    ((2 * CHUNK, 40), (CHUNK, 15), 0),           # rows gathered into panels, bitwise
+    ((6, 50, 40), (4, 20, 15), (0, 2)),          # axes that do not merge: whole copies
+    ((6, 50, 40), (4, 20, 40), (1, 2)),          # rows in place
+], ids=_ids)
+@pytest.mark.parametrize("op", OPS)
+def test_rows_copied_in_panels(op, case, monkeypatch):
+    """Rows that are not evenly spaced in a block are copied in and out in panels: panels
+    of a few rows give the bits of a single panel."""
+    shape, chunks, axis = case
+    inputs = inputs_for(op, np.random.default_rng(7), shape, np.float32, axis)
+    whole = call(op, _dask_inputs(inputs, chunks), axis).compute(scheduler="sync")
+    monkeypatch.setattr(_dask, "PANEL_BYTES", 3 * 15 * 4)  # 3 rows of 15 elements
+    got = call(op, _dask_inputs(inputs, chunks), axis).compute(scheduler="sync")
+    assert_bitwise_equal(got, whole)
+    if axis == 0:
+        assert_bitwise_equal(got, call(op, inputs, axis))
+    else:
+        assert_matches_reference(op, got, inputs, axis)
+
+
 def _non_finite_rows(n):
     """Rows of n float32 logits (n > 2 * 16384) with special values in different blocks
     of chunks (.., 16384) and (.., 10000)."""
