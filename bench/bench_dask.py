@@ -13,10 +13,11 @@ alternative), column chunks for axis 0 (one pass). Each result is written into a
 preallocated numpy array with ``dask.array.store`` (the same for all, and no 512 MiB
 concatenation in the timing).
 
-LocalCluster (``--part cluster``): the issue's set-up scaled to a 24 GiB machine: a float32
-array of 2**28 elements (1 GiB) generated on the workers by ``da.random`` in row chunks of
-64 MiB (16 along axis 0), 2 worker processes with one thread each and ``memory_limit``
-768 MiB, below one merged softmax axis for axis 0 and axis None (the whole 1 GiB array).
+LocalCluster (``--part cluster``): the issue's set-up (2 GiB, 2 workers of 1.5 GiB) halved
+for a 24 GiB, 2-core machine: a float32 array of 2**28 elements (1 GiB, uniform in [0, 1)
+as the issue's) generated on the workers by ``da.random`` in row chunks of 64 MiB (16 along
+axis 0), 2 worker processes with one thread each and ``memory_limit`` 768 MiB, below one
+merged softmax axis for axis 0 and axis None (the whole 1 GiB array).
 Asked for: the first chunk's rows of the result and the sums of its rows (which needs every
 block). Merging the axis is refused by the scheduler there (its MemoryError is printed).
 Also timed: the same generation and row sums without a softmax.
@@ -223,8 +224,8 @@ def cluster_part(args):
     nbytes = n_elements * 4
 
     def source():
-        return da.random.default_rng(0).standard_normal(
-            (rows, cols), chunks=(chunk_rows, cols), dtype=np.float32)
+        return da.random.default_rng(0).random((rows, cols), chunks=(chunk_rows, cols),
+                                               dtype=np.float32)
 
     def job(make, axis):
         r = make(source(), axis)
