@@ -14,22 +14,26 @@ Two ways to run, chosen by the chunk structure alone (the rule, in one place: ``
 * **Two passes**, when a softmax axis is split across chunks (no block is ever merged, so
   no task holds more than one block of each operand):
 
-  1. *statistics*, one task per block: for each row segment in the block, the partial
-     statistics per 8192-element chunk of the segment (max and sum of exp for the forward
+  A block holds, of each row, *runs*: pieces contiguous in the row (in its logical order,
+  the softmax axes ascending), over the softmax axes from the last split one on.
+
+  1. *statistics*, one task per block: for each run, the partial statistics per
+     8192-element chunk from the run's start (max and sum of exp for the forward
      functions, the sum of y*dy or of dz for the gradients);
   2. *finish*, one task per group of blocks that share rows: the statistics of all the
-     blocks along the softmax axes, concatenated in block order (C order of the block
-     indices), combined into each row's (max, total);
+     group's runs put in the row's order and combined into each row's (max, total);
   3. *write*, one task per block: the block's outputs from its own statistics and its
      rows' (max, total).
 
   Numpy blocks run the CPU kernels' phases (``segment_stats``, ``segment_finish``,
-  ``segment_write``): when every block holds a contiguous run of each row whose length
-  is a multiple of 8192 elements (the row's last run excepted), the chunks and their order
-  are the in-memory call's and so are the bits; otherwise the results differ in the last
-  bits, within the error bounds the in-memory call meets. Other blocks (cupy) compute the
-  same statistics with array operations of their own library (one max and sum per row
-  segment, combined in float64): not bitwise the GPU call's results, same rules.
+  ``segment_write``) with the runs as the kernels' rows: read in place where they are
+  evenly spaced in memory, otherwise copied in and out in panels. When every run starts
+  at a multiple of 8192 elements of the row and is a multiple of 8192 long (or ends the
+  row), the chunks and their order are the in-memory call's and so are the bits;
+  otherwise the results differ in the last bits, within the error bounds the in-memory
+  call meets. Other blocks (cupy) compute the statistics with array operations of their
+  own library (one max and sum per row piece in a block, combined in float64): not
+  bitwise the GPU call's results, same rules.
 
 * The rules are the core API's (``_inputs``, ``_layout.normalize_axes``): ``axis`` is an
   int, a tuple of ints or None; float16, float32 and float64 keep their dtype; bool and
@@ -50,7 +54,8 @@ Two ways to run, chosen by the chunk structure alone (the rule, in one place: ``
   least as many blocks as threads, dask threads x numba threads do not oversubscribe the
   cores; a single block keeps all numba threads. Parallel calls from several dask threads
   at once are safe on every threading layer (the CPU launcher serializes the workqueue
-  layer). The two-pass tasks run serial kernels: dask's threads are the parallelism.
+  layer). The two-pass tasks run serial kernels (dask's threads are the parallelism); their
+  copies follow the same thread rule.
 
 Works with the threaded, the processes and the ``dask.distributed`` schedulers: the task
 functions and the public function they call are module-level functions (pickled by
@@ -187,7 +192,8 @@ def _meta(x, dtype):
 # two passes: statistics per block -> (max, total) per row -> outputs per block
 #
 # Array indices of the graph: 0 .. ndim-1 are the input's axes; the statistics add two
-# axes, S (2: max and sum) and C (chunks of a segment, padded to the most any block has).
+# axes, S (2: max and sum) and C (a row's entries in the block: per run, per 8192 elements;
+# padded to the most any block has).
 # Statistics blocks keep the input's blocks along the other axes and have size 1 along the
 # softmax axes, so block (i, j, ...) of the statistics is block (i, j, ...)'s.
 
