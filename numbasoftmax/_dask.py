@@ -315,8 +315,8 @@ def _stats_task(spec, *blocks):
     else:
         st = _xp_stats(spec.key, [_xp_rows(b, spec.axes) for b in blocks], spec.ncmax)
     # rows in C order of the other axes; size 1 along the softmax axes
-    return st.reshape([1 if ax in spec.axes else s for ax, s in enumerate(shape)]
-                      + [2, spec.ncmax])
+    return st.reshape(tuple(1 if ax in spec.axes else s for ax, s in enumerate(shape))
+                      + (2, spec.ncmax))
 
 
 def _finish_task(spec, ncs, order, nested):
@@ -497,7 +497,8 @@ def _xp_rows(block, axes):
 def _xp_block(rows, shape, axes):
     """Inverse of ``_xp_rows``: a C-contiguous block of ``shape``."""
     perm = _perm(len(shape), axes)
-    view = rows.reshape([shape[p] for p in perm]).transpose(tuple(np.argsort(perm)))
+    view = rows.reshape(tuple(shape[p] for p in perm)).transpose(
+        tuple(perm.index(ax) for ax in range(len(shape))))
     return _namespace(rows).ascontiguousarray(view)
 
 
