@@ -22,6 +22,7 @@ from ._lane_kernel import band
 from ._markers import same
 from ._row_kernel import (
     CHUNK,
+    INTERNAL,
     LOG_SOFTMAX_BACKWARD,
     OPS,
     OPTIONS,
@@ -66,7 +67,7 @@ def rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C):
         row(op, a[i * ao:i * ao + n], b[i * bo:i * bo + n], out[i * oo:i * oo + n], st)
 
 
-@njit(**OPTIONS)
+@njit(**INTERNAL)
 def _gather(src, stride, r0, k, n, dst):
     for j in range(n):
         vstore(dst, j * W, W, vgather(src, r0 * stride + j, stride, k, 0.0))
@@ -87,6 +88,12 @@ def _scratch_impl(like, n, nt):
     return make
 
 
+@njit(**INTERNAL)
+def _scatter(src, dst, stride, r0, k, n):
+    for j in range(n):
+        vscatter(dst, r0 * stride + j, stride, k, vload(src, j * W, W, 0.0))
+
+
 @njit(**OPTIONS)
 def short_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C):
     """Rows lo..hi-1, W at a time (the lane kernel on rows gathered into tiles)."""
@@ -94,16 +101,16 @@ def short_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C):
     S, T, V = _scratch(a, n, 1)
     ta, to = _compute_empty(a, n * W), _compute_empty(out, n * W)
     tb = _compute_empty(b, n * W) if gradient else ta
+    # all W lanes computed (the gather fills missing rows with 0): constant lane tuples, so
+    # the tile's loads and stores need no masks
+    la, lb, lo_ = (ta, 0, W, ALL), (tb, 0, W, ALL), (to, 0, W, ALL)
     for r0 in range(lo, hi, W):
         k = min(W, hi - r0)
         _gather(a, ao, r0, k, n, ta)
         if gradient:
             _gather(b, bo, r0, k, n, tb)
-        # all W lanes computed (the gather filled missing rows with 0): constant lane
-        # tuples, so the tile's loads and stores need no masks
-        band(op, (ta, 0, W, ALL), (tb, 0, W, ALL), (to, 0, W, ALL), 1, n, S, T, V)
-        for j in range(n):
-            vscatter(out, r0 * oo + j, oo, k, vload(to, j * W, W, 0.0))
+        band(op, la, lb, lo_, 1, n, S, T, V)
+        _scatter(to, out, oo, r0, k, n)
 
 
 def column_tasks(M, C):
