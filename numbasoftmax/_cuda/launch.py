@@ -28,6 +28,7 @@ import numpy as np
 from numba import cuda, types
 from numba.cuda.core import config as _numba_config
 
+from .._ops import OPS
 from . import driver
 from . import kernels as K
 
@@ -144,7 +145,7 @@ class _Call:
 
     def __init__(self, op, kind, m, n, vec_ok, props, sim):
         self.op, self.kind, self.m, self.n, self.sim = op, kind, m, n, sim
-        self.bwd = op in K.BACKWARD
+        self.bwd = OPS[op].backward
         self.item = STORAGE[kind].itemsize
         width = 16 // self.item
         self.V = width if vec_ok and config.vector and n % width == 0 else 1
@@ -308,7 +309,7 @@ def _arr(dtype):
 def _signature(spec):
     a = _arr(STORAGE[spec.kind])
     i = _I64
-    inputs = (a, i) if spec.op in K.FORWARD else (a, i, a, i)
+    inputs = (a, i, a, i) if OPS[spec.op].backward else (a, i)
     if spec.strategy == "split_stats":
         rest = (_arr(np.float64), i, i, i, i)
     elif spec.strategy == "split_write":
@@ -426,13 +427,14 @@ def ready(op, kind, m, n, vec_ok, dev):
 # ---------------------------------------------------------------------------------------
 # temporary device memory
 
-class _ArrayMemory:
-    """Memory held by arrays until freed: host arrays under the simulator (its device
-    memory is host memory), numba device arrays on a device without memory pools (freed
-    by numba's deferred cuMemFree, which synchronizes: only there)."""
+class ArrayMemory:
+    """Memory held by arrays until freed: an array library's pool (cupy, torch: stream
+    ordered), host arrays under the simulator (its device memory is host memory), numba
+    device arrays on a device without memory pools (freed by numba's deferred cuMemFree,
+    which synchronizes: only there). ``make(nbytes)`` -> (array, pointer)."""
 
     def __init__(self, make):
-        self.make, self.arrays = make, {}  # make(nbytes) -> (array, pointer)
+        self.make, self.arrays = make, {}
 
     def alloc(self, nbytes, stream):
         a, ptr = self.make(max(nbytes, 1))
@@ -464,48 +466,39 @@ _memories = {}
 
 
 def device_memory(dev):
-    """Where Scratch gets the memory of numba / ``__cuda_array_interface__`` calls."""
+    """Where Scratch gets memory when the array library has no pool of its own."""
     m = _memories.get(dev)
     if m is None:
         if SIM:
-            m = _ArrayMemory(_host_array)
+            m = ArrayMemory(_host_array)
         elif driver.memory_pools_supported(dev):
             m = _AsyncMemory()
         else:
-            m = _ArrayMemory(_numba_array)
+            m = ArrayMemory(_numba_array)
         _memories[dev] = m
     return m
 
 
 class Scratch:
-    """The temporary device buffers of one call, on its stream. ``alloc(nitems, dtype)`` ->
-    (array, pointer): an array library whose pool is stream-ordered (cupy, torch); None:
-    ``device_memory(dev)``, released in stream order when the Scratch is closed, after
-    the call's work is queued."""
+    """The temporary device buffers of one call, on its stream, from ``memory`` (an
+    ArrayMemory of the array library's pool; None: ``device_memory(dev)``), released in
+    stream order when the Scratch is closed, after the call's work is queued."""
 
-    def __init__(self, dev, stream, alloc=None):
-        self.dev, self.stream, self.alloc = dev, stream, alloc
-        self._arrays = []
+    def __init__(self, dev, stream, memory=None):
+        self.stream, self.mem = stream, memory or device_memory(dev)
         self._ptrs = []
 
     def buf(self, nitems, dtype):
         dtype = np.dtype(dtype)
-        if self.alloc is not None:
-            arr, ptr = self.alloc(nitems, dtype)
-            self._arrays.append(arr)
-        else:
-            ptr = device_memory(self.dev).alloc(nitems * dtype.itemsize, self.stream)
-            self._ptrs.append(ptr)
-        return Buf(ptr, nitems, dtype)
+        self._ptrs.append(self.mem.alloc(nitems * dtype.itemsize, self.stream))
+        return Buf(self._ptrs[-1], nitems, dtype)
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
-        mem = device_memory(self.dev) if self._ptrs else None
         while self._ptrs:
-            mem.free(self._ptrs.pop(), self.stream)
-        self._arrays.clear()
+            self.mem.free(self._ptrs.pop(), self.stream)
 
 
 # ---------------------------------------------------------------------------------------
@@ -657,19 +650,22 @@ def _use_numba_launch(err):
 # ---------------------------------------------------------------------------------------
 # entry points used by api.py
 
-def run_rows(op, kind, ins, out, m, n, dev, stream, vec_ok, scratch=None):
+def _aligned(ptrs, n, item):
+    """Whether 16-byte vector loads may be planned: every row start 16-byte aligned."""
+    return (n * item) % 16 == 0 and all(p % 16 == 0 for p in ptrs)
+
+
+def run_rows(op, kind, ins, out, m, n, dev, stream, scratch):
     """Run ``op`` over m rows of n elements. ``ins``: [(Buf, row stride)] (one for the
-    forward functions, two for the gradients); ``out``: (Buf, row stride). ``scratch``
-    (a Scratch) provides the split kernels' workspace; without one, returns False when
-    the plan needs a workspace (nothing is launched), else True."""
+    forward functions, two for the gradients); ``out``: (Buf, row stride); ``scratch`` (a
+    Scratch) provides the split kernels' workspace."""
+    item = STORAGE[kind].itemsize
+    vec_ok = all(_aligned((b.ptr,), stride, item) for b, stride in (*ins, out))
     r = ready(op, kind, m, n, vec_ok, dev)
-    if r.ws_items and scratch is None:
-        return False
     ws = scratch.buf(r.ws_items, np.float64) if r.ws_items else None
     for compiled, step in r.launches:
         launch(compiled, step.grid, step.spec.B, step.shmem, stream,
                _kernel_args(step, ins, out, ws, m, n))
-    return True
 
 
 # the fast path's launch per (op, kind, m, n, vec_ok, dev, number of inputs): the kernel,
@@ -697,14 +693,14 @@ def _fast_entry(key):
     return entry
 
 
-def fast_rows(op, kind, ptrs, optr, m, n, dev, stream, vec_ok):
+def fast_rows(op, kind, ptrs, optr, m, n, dev, stream):
     """C-contiguous rows at the device pointers ``ptrs`` (inputs) and ``optr`` (result):
     the per-call fast path of cupy/torch inputs. False when it does not apply (a plan with
     a workspace, the simulator, numba's launch path): then the caller takes the general
     path."""
     if SIM or config.launch != "direct":
         return False
-    key = (op, kind, m, n, vec_ok, dev, len(ptrs))
+    key = (op, kind, m, n, _aligned((*ptrs, optr), n, STORAGE[kind].itemsize), dev, len(ptrs))
     f = _fast.get(key, 0)
     if f == 0:
         f = _fast_entry(key)

@@ -165,7 +165,7 @@ def fake_gpu(monkeypatch):
 
 
 def _fast(m=8, n=128):
-    return launch.fast_rows("softmax", "f4", [0x1000], 0x2000, m, n, 3, 0, True)
+    return launch.fast_rows("softmax", "f4", [0x1000], 0x2000, m, n, 3, 0)
 
 
 def test_fast_launch_makes_a_context_current_once_per_thread(fake_gpu):
@@ -200,7 +200,7 @@ def test_fast_launch_arguments(fake_gpu):
 
 def test_fast_path_declines_plans_with_a_workspace(fake_gpu):
     _, core = fake_gpu
-    assert not launch.fast_rows("softmax", "f4", [0x1000], 0x2000, 1, 1 << 20, 3, 0, True)
+    assert not launch.fast_rows("softmax", "f4", [0x1000], 0x2000, 1, 1 << 20, 3, 0)
     assert not core.launches
 
 
@@ -384,7 +384,7 @@ def test_device_memory_is_stream_ordered_where_the_device_has_pools(monkeypatch,
     monkeypatch.setattr(launch, "_memories", {})
     monkeypatch.setattr(driver, "memory_pools_supported", lambda dev: pools)
     mem = launch.device_memory(0)
-    assert isinstance(mem, launch._AsyncMemory if pools else launch._ArrayMemory)
+    assert isinstance(mem, launch._AsyncMemory if pools else launch.ArrayMemory)
     if pools:
         assert mem.alloc is driver.alloc_async and mem.free is driver.free_async
 
