@@ -356,15 +356,6 @@ def test_torch_cpu_tensor_is_a_host_array():
         ns.softmax_backward(d, torch.zeros(3, 6))
 
 
-def test_direct_launch_arguments():
-    """The raw-int kernel arguments follow numba's flattened array layout: (meminfo,
-    parent, nitems, itemsize, data, shape, strides) per 1-D array, ints as intptr."""
-    from numbasoftmax._cuda import launch
-
-    b = launch.Buf(4096, 10, np.dtype(np.float32))
-    assert launch._direct_args([b, 7, (1, 2)]) == [0, 0, 10, 4, 4096, 10, 4, 7, 1, 2]
-
-
 @pytest.mark.parametrize("kind", ["f4", "f2"])
 def test_plans(kind):
     """Strategy thresholds on a GPU-like device (132 SMs, 227 KB shared memory)."""
