@@ -166,9 +166,9 @@ def plan(shape, axes, inputs, out, columns=True):
     else:
         out_access = Access(ROWS, rs)
     if columns and (out_access.kind == GATHER or any(a.kind == GATHER for a in accesses)):
-        columns = _columns(shape, axes, perm, inputs, out)
-        if columns is not None:
-            inner, column_accesses = columns
+        found = _columns(shape, axes, perm, inputs, out)
+        if found is not None:
+            inner, column_accesses = found
             return Plan(m, n, perm, column_accesses[:-1], column_accesses[-1], inner)
     return Plan(m, n, perm, tuple(accesses), out_access)
 

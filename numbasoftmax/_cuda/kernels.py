@@ -56,7 +56,6 @@ from .._ops import FORWARD, OPS
 NEG_INF = -math.inf
 F64 = types.float64
 
-
 # One specialization. op: an operation's name (``_ops``); kind: storage ("f4","f8","f2","bf16");
 # V: pack width; G, K: threads per row and packs per thread (rows); B: block size;
 # U: rows per group and step (rows), packs loaded per step (smem, long, split);
