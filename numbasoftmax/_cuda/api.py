@@ -68,21 +68,30 @@ _fast_libs = {}  # array type -> its adapter with a fast path, or None
 def dispatch(op, arrays, axis, out):
     """Run ``op`` (an ``_ops.Op``) on GPU ``arrays`` along ``axis``; see the module doc."""
     if out is None and type(axis) is int and _launch is not None:
-        x = arrays[0]
-        t = type(x)
-        lib = _fast_libs.get(t, 0)
-        if lib == 0:
-            lib = _fast_libs[t] = fast_adapter(t)
-        if lib is not None and x.ndim and (axis == -1 or axis == x.ndim - 1) and all(
-                type(a) is t and a.shape == x.shape and a.dtype == x.dtype for a in arrays):
-            res = lib.fast(_launch, op, arrays)
-            if res is not None:
-                return res
+        res = _fast(op, arrays, axis)
+        if res is not None:
+            return res
     launch, xs, o, res = _check(op, arrays, out)
     x = xs[0]
     axes = normalize_axes(axis, len(x.shape))
     with x.lib.device(x.dev):
         return _run(launch, op, xs, o, res, axes)
+
+
+def _fast(op, arrays, axis):
+    """The result from the adapter's fast path, or None: what it relies on beyond that is
+    arrays of one type, shape and dtype, reduced along their last axis."""
+    x = arrays[0]
+    t = type(x)
+    lib = _fast_libs.get(t, 0)
+    if lib == 0:
+        lib = _fast_libs[t] = fast_adapter(t)
+    if lib is None or not x.ndim or (axis != -1 and axis != x.ndim - 1):
+        return None
+    for a in arrays[1:]:
+        if type(a) is not t or a.shape != x.shape or a.dtype != x.dtype:
+            return None
+    return lib.fast(_launch, op, arrays)
 
 
 def _check(op, arrays, out):

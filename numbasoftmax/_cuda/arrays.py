@@ -80,9 +80,8 @@ def _typename(obj):
 
 def host_where(obj):
     """Where a host array lives, for error messages."""
-    if type(obj).__module__.partition(".")[0] == "torch":
-        return f"torch.Tensor on {obj.device}"
-    return f"{_typename(obj)} (host memory)"
+    device = getattr(obj, "device", None) if _typename(obj).startswith("torch.") else None
+    return f"{_typename(obj)} " + ("(host memory)" if device is None else f"on {device}")
 
 
 def describe(obj, name, func):
@@ -226,11 +225,13 @@ class _Torch(_Library):
         torch = self.mod
         x = arrays[0]
         kind = KIND.get(self.dtype(x.dtype))
-        dev = x.device.index  # None on the CPU
-        if kind is None or dev is None or dev != torch.cuda.current_device():
+        if kind is None or not x.is_cuda:
+            return None
+        dev = x.device.index
+        if dev != torch.cuda.current_device():
             return None
         for a in arrays:
-            if not a.is_contiguous() or a.requires_grad or a.device.index != dev:
+            if not (a.is_cuda and a.is_contiguous()) or a.requires_grad or a.device.index != dev:
                 return None
         size = x.numel()
         if not size:

@@ -614,7 +614,12 @@ def _use_numba_launch(err):
 
 def _aligned(ptrs, n, item):
     """Whether 16-byte vector loads may be planned: every row start 16-byte aligned."""
-    return (n * item) % 16 == 0 and all(p % 16 == 0 for p in ptrs)
+    if (n * item) % 16:
+        return False
+    for p in ptrs:
+        if p % 16:
+            return False
+    return True
 
 
 def run_rows(op, kind, ins, out, m, n, dev, stream, scratch):
