@@ -86,11 +86,9 @@ def host_where(obj):
 
 def describe(obj, name, func):
     """The Array of GPU array ``obj`` (argument ``name`` of ``func``), None for a host one."""
-    module = type(obj).__module__.partition(".")[0]
-    if module == "cupy" and isinstance(obj, CUPY.mod.ndarray):
-        return CUPY.describe(obj, name, func)
-    if module == "torch" and isinstance(obj, TORCH.mod.Tensor):
-        return TORCH.describe(obj, name, func)
+    lib = _library(type(obj))
+    if lib is not None and isinstance(obj, lib.array_type):
+        return lib.describe(obj, name, func)
     if _is_sim_array(obj) or hasattr(obj, "__cuda_array_interface__"):
         return NUMBA.describe(obj, name, func)
     return None
@@ -98,12 +96,15 @@ def describe(obj, name, func):
 
 def fast_adapter(t):
     """The adapter with a fast path for arrays of type ``t`` (exactly), or None."""
+    lib = _library(t)
+    return lib if lib is not None and t is lib.array_type else None
+
+
+def _library(t):
+    """cupy's or torch's adapter for a type of that library (known by its module, so that
+    neither is imported for anything else), else None."""
     module = t.__module__.partition(".")[0]
-    if module == "cupy" and t is CUPY.mod.ndarray:
-        return CUPY
-    if module == "torch" and t is TORCH.mod.Tensor:
-        return TORCH
-    return None
+    return CUPY if module == "cupy" else TORCH if module == "torch" else None
 
 
 def _is_sim_array(obj):
@@ -114,6 +115,7 @@ class _Library:
     """An array library, imported at first use."""
 
     module_name = ""
+    type_name = ""  # of its array type
     _mod = None
 
     @property
@@ -121,6 +123,10 @@ class _Library:
         if self._mod is None:
             self._mod = importlib.import_module(self.module_name)
         return self._mod
+
+    @property
+    def array_type(self):
+        return getattr(self.mod, self.type_name)
 
     def memory(self, dev, stream):
         """Temporaries from the library's pool (stream-ordered; see ``empty``)."""
@@ -134,7 +140,7 @@ class _Library:
 
 
 class _Cupy(_Library):
-    module_name = "cupy"
+    module_name, type_name = "cupy", "ndarray"
 
     def describe(self, obj, name, func):
         return Array(self, obj, obj.data.ptr, obj.shape, obj.strides, obj.dtype, obj.itemsize,
@@ -174,7 +180,7 @@ class _Cupy(_Library):
 
 
 class _Torch(_Library):
-    module_name = "torch"
+    module_name, type_name = "torch", "Tensor"
 
     def __init__(self):
         self._dtypes = {}
