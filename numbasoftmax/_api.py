@@ -11,9 +11,6 @@ from . import _cpu_path, _inputs
 from ._layout import normalize_axes
 from ._ops import LOG_SOFTMAX, LOG_SOFTMAX_BACKWARD, SOFTMAX, SOFTMAX_BACKWARD
 
-# The array-kind rule under its former name here (the GPU tests' simulator set-up probes it).
-_kind = _inputs.array_kind
-
 
 def softmax(x, axis=-1, *, out=None):
     """Softmax of ``x`` along ``axis``: ``exp(x - max) / sum(exp(x - max))``.
@@ -79,7 +76,7 @@ def _call(op, arrays, axis, out):
     if kind == "cuda":
         from ._cuda import api as _cuda_api
 
-        return _cuda_api.dispatch(op.name, arrays, axis, out)
+        return _cuda_api.dispatch(op, arrays, axis, out)
     arrays = _inputs.host_arrays(op, arrays)
     x = arrays[0]
     axes = normalize_axes(axis, x.ndim)

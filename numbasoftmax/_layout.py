@@ -146,9 +146,10 @@ def _partial_overlap(shape, a, out):
     return alo < ohi and olo < ahi
 
 
-def plan(shape, axes, inputs, out):
+def plan(shape, axes, inputs, out, columns=True):
     """The Plan of a call on arrays of ``shape`` along sorted ``axes``; ``inputs`` and
-    ``out`` are ``Meta`` (a fresh result is planned once it is allocated)."""
+    ``out`` are ``Meta`` (a fresh result is planned once it is allocated). ``columns``:
+    whether the backend has COLUMNS kernels (else such layouts are gathered)."""
     n = math.prod(shape[a] for a in axes)
     m = math.prod(shape) // n if n else 0
     perm = permutation(shape, inputs[0].strides, axes)
@@ -164,10 +165,10 @@ def plan(shape, axes, inputs, out):
         out_access = Access(GATHER)
     else:
         out_access = Access(ROWS, rs)
-    if out_access.kind == GATHER or any(a.kind == GATHER for a in accesses):
-        columns = _columns(shape, axes, perm, inputs, out)
-        if columns is not None:
-            inner, column_accesses = columns
+    if columns and (out_access.kind == GATHER or any(a.kind == GATHER for a in accesses)):
+        found = _columns(shape, axes, perm, inputs, out)
+        if found is not None:
+            inner, column_accesses = found
             return Plan(m, n, perm, column_accesses[:-1], column_accesses[-1], inner)
     return Plan(m, n, perm, tuple(accesses), out_access)
 
