@@ -1,13 +1,30 @@
 """numbasoftmax on dask arrays vs the same softmax written in dask.array operations.
 
-    python bench/bench_dask.py [--log2-elements 27] [--repeat 5] [--workers N]
+    python bench/bench_dask.py [--part threads|cluster|all] [--log2-elements 27]
+                               [--repeat 5] [--workers N]
+                               [--cluster-log2-elements 28] [--cluster-repeat 3]
+                               [--memory-limit 768MiB]
 
-A float32 array of 2**27 elements (512 MB) in 16+ chunks, threaded scheduler. Each result
-is written into a preallocated numpy array with ``dask.array.store`` (the same for both, and
-no 512 MB concatenation in the timing). The input is an in-memory numpy array wrapped with
-``da.from_array``, so the timing is the softmax, not the data generation. Median of
-``--repeat`` runs after one warm-up run (which compiles or loads numba's kernels). Prints a
-Markdown table with the machine facts.
+Threaded scheduler (``--part threads``): a float32 array of 2**27 elements (512 MiB), an
+in-memory numpy array wrapped with ``da.from_array`` (so the timing is the softmax, not the
+data generation), in 16+ chunks: row chunks (one pass), chunks split along the softmax axis
+for axis -1, 0 and None (two passes; also timed merged into one chunk first, the one-pass
+alternative), column chunks for axis 0 (one pass). Each result is written into a
+preallocated numpy array with ``dask.array.store`` (the same for all, and no 512 MiB
+concatenation in the timing).
+
+LocalCluster (``--part cluster``): the issue's set-up (2 GiB, 2 workers of 1.5 GiB) halved
+for a 24 GiB, 2-core machine: a float32 array of 2**28 elements (1 GiB, uniform in [0, 1)
+as the issue's) generated on the workers by ``da.random`` in row chunks of 64 MiB (16 along
+axis 0), 2 worker processes with one thread each and ``memory_limit`` 768 MiB, below one
+merged softmax axis for axis 0 and axis None (the whole 1 GiB array).
+Asked for: the first chunk's rows of the result and the sums of its rows (which needs every
+block). Merging the axis is refused by the scheduler there (its MemoryError is printed).
+Also timed: the same generation and row sums without a softmax.
+
+Median of ``--repeat`` runs after one warm-up run (which compiles or loads numba's
+kernels); the implementations take turns so that noise on a shared machine hits them
+alike. Prints Markdown tables with the machine facts.
 """
 
 from __future__ import annotations
@@ -28,7 +45,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numbasoftmax as ns  # noqa: E402
-from numbasoftmax._bench.environment import cpu_model  # noqa: E402
+from numbasoftmax._bench.environment import CpuLoad, cpu_model  # noqa: E402
+
+med = statistics.median
 
 
 def dask_ops_softmax(x, axis):
@@ -41,80 +60,129 @@ def dask_ops_log_softmax(x, axis):
     return s - da.log(da.exp(s).sum(axis, keepdims=True))
 
 
+def merged(f):
+    """The one-pass alternative: the softmax axes merged into one chunk first."""
+    def run(x, axis):
+        axes = range(x.ndim) if axis is None else [axis % x.ndim]
+        return f(x.rechunk({ax: -1 for ax in axes}), axis=axis)
+    return run
+
+
 def cpu_seconds():
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
 
 
-def timed(makers, out, repeat, workers, check=None):
-    """(wall, cpu) seconds of ``repeat`` runs of store(make(), out) for each maker, after
-    one warm-up run each; the makers take turns so that noise on a shared machine hits all
-    of them alike."""
-    walls = [[] for _ in makers]
-    cpus = [[] for _ in makers]
+def interleaved(runs, repeat, check=None):
+    """(wall, cpu) seconds of ``repeat`` calls of each run, after one warm-up call each;
+    the runs take turns."""
+    walls = [[] for _ in runs]
+    cpus = [[] for _ in runs]
     for i in range(repeat + 1):
-        for make, wall, cpu in zip(makers, walls, cpus, strict=True):
+        for run, wall, cpu in zip(runs, walls, cpus, strict=True):
             c0, t0 = cpu_seconds(), time.perf_counter()
-            da.store(make(), out, lock=False, scheduler="threads", num_workers=workers)
+            run()
             t1, c1 = time.perf_counter(), cpu_seconds()
             if i:
                 wall.append(t1 - t0)
                 cpu.append(c1 - c0)
-            if check is not None and i == 0:
+            elif check is not None:
                 check()
     return walls, cpus
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--log2-elements", type=int, default=27)
-    p.add_argument("--repeat", type=int, default=5)
-    p.add_argument("--workers", type=int, default=None,
-                   help="threads of the threaded scheduler (default: dask's, the core count)")
-    args = p.parse_args()
+def ratio(ours, theirs):
+    """Median of the ratios of back-to-back runs."""
+    return med(t / o for o, t in zip(ours, theirs, strict=True))
 
+
+def threading_layer():
+    try:
+        return numba.threading_layer()
+    except ValueError:  # no parallel numba code ran in this process
+        return "no"
+
+
+def versions(layer=None):
+    """Library versions; ``layer``: numba's threading layer where the kernels ran."""
+    if layer is None:
+        layer = threading_layer()
+    return (f"numba {numba.__version__} ({layer} layer, "
+            f"{numba.config.NUMBA_NUM_THREADS} threads), dask {dask.__version__}, "
+            f"numpy {np.__version__}, Python {platform.python_version()}")
+
+
+def machine():
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else "?"
+    return f"{cpu_model()}; {os.cpu_count()} logical cores ({usable} usable)"
+
+
+def load_line(load):
+    s = load.summary()
+    if "others_pct_of_machine" not in s:
+        return f"load average at start {s['loadavg_start']}"
+    return (f"other processes used {s['others_pct_of_machine']:.0f} % of the machine's "
+            f"{s['cpus']} CPUs during this part (load average at start "
+            f"{s['loadavg_start']})")
+
+
+# ---------------------------------------------------------------------------------------
+# threaded scheduler
+
+
+def threads_part(args):
+    load = CpuLoad()
     n_elements = 1 << args.log2_elements
     cols = 1 << 14
     rows = n_elements // cols
     rng = np.random.default_rng(0)
     x = rng.standard_normal((rows, cols), dtype=np.float32)
     out = np.zeros_like(x)
-    expected = ns.softmax(x[:4])
+    expected = {axis: ns.softmax(x, axis=axis) for axis in (-1, 0, None)}
 
-    # (label, chunks, axis, functions): row blocks (no rechunk needed) of 32 and 8 MiB;
-    # 8x2 blocks, split along the axis as well (the rechunk merges them into 8 row blocks);
-    # 16 column blocks with axis 0 (rows of the softmax are strided in memory)
-    sm, lsm = ("softmax", ns.softmax, dask_ops_softmax), ("log_softmax", ns.log_softmax,
-                                                          dask_ops_log_softmax)
+    sm = ("softmax", ns.softmax, dask_ops_softmax)
+    lsm = ("log_softmax", ns.log_softmax, dask_ops_log_softmax)
+    split = (rows // 8, cols // 2)
+    # (label, chunks, axis, functions)
     cases = [
         ("16 row chunks, axis -1", (rows // 16, cols), -1, [sm, lsm]),
         ("64 row chunks, axis -1", (rows // 64, cols), -1, [sm, lsm]),
-        ("8x2 chunks (split along the axis), axis -1", (rows // 8, cols // 2), -1, [sm]),
         ("16 column chunks, axis 0", (rows, cols // 16), 0, [sm]),
+        ("8x2 chunks, axis -1", split, -1, [sm, lsm]),
+        ("8x2 chunks, axis 0", split, 0, [sm]),
+        ("16 row chunks, axis None", (rows // 16, cols), None, [sm]),
+        ("8x2 chunks, axis None", split, None, [sm]),
     ]
 
-    rows_out = []
+    def store(make):
+        return lambda: da.store(make(), out, lock=False, scheduler="threads",
+                                num_workers=args.workers)
+
+    table = []
     for label, chunks, axis, funcs in cases:
         dx = da.from_array(x, chunks=chunks)
+        axes = range(x.ndim) if axis is None else [axis % x.ndim]
+        two = any(len(dx.chunks[ax]) > 1 for ax in axes)
         for name, ours, theirs in funcs:
+            makers = [lambda f=ours, d=dx, a=axis: f(d, axis=a),
+                      lambda f=theirs, d=dx, a=axis: f(d, a)]
+            if two:
+                makers.append(lambda f=merged(ours), d=dx, a=axis: f(d, a))
             check = None
-            if name == "softmax" and axis == -1:
-                def check():
-                    np.testing.assert_allclose(out[:4], expected, rtol=1e-5, atol=1e-12)
-            (all_ours, all_theirs), (cpu_ours, cpu_theirs) = timed(
-                [lambda f=ours, d=dx, a=axis: f(d, axis=a),
-                 lambda f=theirs, d=dx, a=axis: f(d, a)],
-                out, args.repeat, args.workers, check)
-            med = statistics.median
-            ratio = med(t / o for o, t in zip(all_ours, all_theirs, strict=True))
-            chunk_mib = math.prod(chunks) * x.itemsize / 2**20
-            rows_out.append((f"{label}, {chunk_mib:g} MiB chunks", name, dx.npartitions,
-                             med(all_ours), med(cpu_ours), med(all_theirs), med(cpu_theirs),
-                             ratio))
-            print(f"  {label} {name}: numbasoftmax {[f'{t:.3f}' for t in all_ours]} "
-                  f"dask ops {[f'{t:.3f}' for t in all_theirs]}", file=sys.stderr)
+            if name == "softmax":
+                def check(a=axis):
+                    np.testing.assert_allclose(out, expected[a], rtol=1e-5, atol=1e-30)
+            walls, cpus = interleaved([store(m) for m in makers], args.repeat, check)
+            mib = math.prod(chunks) * x.itemsize / 2**20
+            cells = [f"{med(w):.3f} ({med(c):.2f})" for w, c in zip(walls, cpus, strict=True)]
+            if not two:
+                cells.append("–")
+            table.append((f"{label}, {mib:g} MiB chunks", name, "two" if two else "one",
+                          dx.npartitions, *cells, f"{ratio(walls[0], walls[1]):.1f}x",
+                          f"{ratio(walls[0], walls[2]):.1f}x" if two else "–"))
+            print(f"  {label} {name}: " + "; ".join(
+                f"{[f'{t:.3f}' for t in w]}" for w in walls), file=sys.stderr)
 
-    # reference: numbasoftmax on the whole in-memory numpy array (numba's own threads)
     ns.softmax(x, out=out)
     t_np = []
     for _ in range(args.repeat):
@@ -123,26 +191,105 @@ def main():
         t_np.append(time.perf_counter() - t0)
 
     workers = args.workers or dask.system.CPU_COUNT
-    print(f"**Dask benchmark** ({n_elements:,} float32 = {x.nbytes / 2**20:.0f} MiB; "
-          f"threaded scheduler, {workers} worker threads; median of {args.repeat} runs after "
-          "a warm-up; result written with `da.store` into a preallocated numpy array)\n")
-    print(f"- CPU: {cpu_model()}; {os.cpu_count()} logical cores "
-          f"({len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else '?'} "
-          f"usable); numba {numba.__version__} ({numba.threading_layer()} layer, "
-          f"{numba.config.NUMBA_NUM_THREADS} threads), dask {dask.__version__}, "
-          f"numpy {np.__version__}, Python {platform.python_version()}")
+    print(f"**Threaded scheduler** ({n_elements:,} float32 = {x.nbytes / 2**20:.0f} MiB, "
+          f"{rows}x{cols}; {workers} worker threads; median of {args.repeat} runs after a "
+          "warm-up; result written with `da.store` into a preallocated numpy array)\n")
+    print(f"- CPU: {machine()}; {versions()}")
     print(f"- in-memory reference, `numbasoftmax.softmax(x)` on the numpy array: "
-          f"{statistics.median(t_np):.3f} s ({2 * x.nbytes / 1e9 / statistics.median(t_np):.1f}"
-          " GB/s)\n")
-    print(f"{rows}x{cols} float32 array:\n")
-    print("| chunks, axis | function | blocks in | numbasoftmax on dask: wall s (CPU s) "
-          "| dask.array ops: wall s (CPU s) | speed-up (wall) |")
-    print("|---|---|---:|---:|---:|---:|")
-    for label, name, nb, t_ours, c_ours, t_theirs, c_theirs, ratio in rows_out:
-        print(f"| {label} | {name} | {nb} | {t_ours:.3f} ({c_ours:.2f}) "
-              f"| {t_theirs:.3f} ({c_theirs:.2f}) | {ratio:.1f}x |")
-    print("\nwall: median of the runs; CPU: user + system time of the process; speed-up: "
-          "median of the ratios of back-to-back runs.")
+          f"{med(t_np):.3f} s ({2 * x.nbytes / 1e9 / med(t_np):.1f} GB/s)")
+    print(f"- load: {load_line(load)}\n")
+    print("| chunks, axis | function | passes | blocks | numbasoftmax: wall s (CPU s) "
+          "| dask.array ops: wall s (CPU s) | merged first, then numbasoftmax: wall s "
+          "(CPU s) | × dask ops | × merged |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
+    for row in table:
+        print("| " + " | ".join(str(c) for c in row) + " |")
+    print("\nwall: median of the runs; CPU: user + system time of the process; ×: median "
+          "of the ratios of back-to-back runs (their time / ours).\n")
+
+
+# ---------------------------------------------------------------------------------------
+# LocalCluster
+
+
+def cluster_part(args):
+    import distributed
+
+    load = CpuLoad()
+    n_elements = 1 << args.cluster_log2_elements
+    cols = 8192
+    rows = n_elements // cols
+    chunk_rows = rows // 16
+    limit = dask.utils.parse_bytes(args.memory_limit)
+    nbytes = n_elements * 4
+
+    def source():
+        return da.random.default_rng(0).random((rows, cols), chunks=(chunk_rows, cols),
+                                               dtype=np.float32)
+
+    def job(make, axis):
+        r = make(source(), axis)
+        return lambda: dask.compute(r[:chunk_rows], r.sum(axis=1, dtype=np.float64))
+
+    results = []
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  memory_limit=limit, dashboard_address=None,
+                                  silence_logs=50) as cluster, \
+            distributed.Client(cluster) as client:
+        # the workers compile or load the kernels once, outside the timing
+        ns.softmax(source()[:, :64], axis=0).sum().compute()
+        ns.softmax(source()[:2 * chunk_rows], axis=None).sum().compute()
+        merge_error = None
+        try:
+            merged(ns.softmax)(source(), 0)[:chunk_rows].compute()
+        except MemoryError as err:
+            merge_error = str(err).split(". ")[0]
+        t_gen, _ = interleaved([lambda: source().sum(axis=1, dtype=np.float64).compute()],
+                               args.cluster_repeat)
+        layers = set(client.run(threading_layer).values())
+        for axis in (0, None):
+            (ours, theirs), _ = interleaved(
+                [job(lambda x, a: ns.softmax(x, axis=a), axis),
+                 job(dask_ops_softmax, axis)], args.cluster_repeat)
+            results.append((axis, ours, theirs))
+            print(f"  cluster axis {axis}: {[f'{t:.2f}' for t in ours]} "
+                  f"{[f'{t:.2f}' for t in theirs]}", file=sys.stderr)
+
+    print(f"**LocalCluster** ({n_elements:,} float32 = {nbytes / 2**30:g} GiB, {rows}x{cols}, "
+          f"generated on the workers by `da.random` in 16 row chunks of "
+          f"{chunk_rows * cols * 4 / 2**20:g} MiB; 2 worker processes x 1 thread, "
+          f"memory_limit {args.memory_limit} each (one merged axis: "
+          f"{nbytes / 2**30:g} GiB); asked for: the first chunk of rows of the result and "
+          f"the row sums; median of {args.cluster_repeat} runs after a warm-up)\n")
+    print(f"- CPU: {machine()}; {versions(', '.join(sorted(layers)))} in the workers, "
+          f"distributed {distributed.__version__}")
+    print(f"- load: {load_line(load)} (the workers count as other processes here)")
+    print(f"- merging the softmax axis first (`x.rechunk({{0: -1}})`): "
+          f"{'MemoryError: ' + merge_error if merge_error else 'computed (no error)'}")
+    print(f"- generation and row sums alone (no softmax): {med(t_gen[0]):.2f} s\n")
+    print("| axis | numbasoftmax (two passes): wall s | dask.array ops: wall s | × dask ops |")
+    print("|---|---:|---:|---:|")
+    for axis, ours, theirs in results:
+        print(f"| {axis} | {med(ours):.2f} | {med(theirs):.2f} | {ratio(ours, theirs):.1f}x |")
+    print()
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--part", choices=("threads", "cluster", "all"), default="all")
+    p.add_argument("--log2-elements", type=int, default=27)
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--workers", type=int, default=None,
+                   help="threads of the threaded scheduler (default: dask's, the core count)")
+    p.add_argument("--cluster-log2-elements", type=int, default=28)
+    p.add_argument("--cluster-repeat", type=int, default=3)
+    p.add_argument("--memory-limit", default="768MiB",
+                   help="memory_limit of each of the 2 LocalCluster workers")
+    args = p.parse_args()
+    if args.part in ("threads", "all"):
+        threads_part(args)
+    if args.part in ("cluster", "all"):
+        cluster_part(args)
 
 
 if __name__ == "__main__":

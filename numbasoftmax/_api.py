@@ -20,9 +20,6 @@ from ._ops import (
     SOFTMAX_BACKWARD,
 )
 
-# The array-kind rule under its former name here (the GPU tests' simulator set-up probes it).
-_kind = _inputs.array_kind
-
 
 def softmax(x, axis=-1, *, where=None, dtype=None, out=None):
     """Softmax of ``x`` along ``axis``: ``exp(x - max) / sum(exp(x - max))``.
@@ -165,7 +162,7 @@ def _call(op, arrays, axis, out, where=None, dtype=None):
             from ._cuda import features as _cuda_features
 
             return _cuda_features.dispatch(op, arrays, axis, out, where=where, dtype=dtype)
-        return _cuda_api.dispatch(op.name, arrays, axis, out)
+        return _cuda_api.dispatch(op, arrays, axis, out)
     arrays, mask, masked = _inputs.host_unmask(arrays)
     dt = _inputs.requested_dtype(dtype, op.name)
     arrays = _inputs.host_arrays(op, arrays, dt)

@@ -128,7 +128,7 @@ def rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, side):
             out_row(op, out, i * oo, n), st, row_values(side, i))
 
 
-@njit(**OPTIONS)
+@njit(**INTERNAL)
 def _gather(src, stride, r0, k, n, dst):
     for j in range(n):
         vstore(dst, j * W, W, vgather(src, r0 * stride + j, stride, k, 0.0))
@@ -185,6 +185,12 @@ def _tile_lanes_impl(tile):
     return lambda tile: (tile, 0, W, ALL)
 
 
+@njit(**INTERNAL)
+def _scatter(src, dst, stride, r0, k, n):
+    for j in range(n):
+        vscatter(dst, r0 * stride + j, stride, k, vload(src, j * W, W, 0.0))
+
+
 @njit(**OPTIONS)
 def short_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C):
     """Rows lo..hi-1, W at a time (the lane kernel on rows gathered into tiles). A
@@ -193,20 +199,20 @@ def short_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C):
     ta = _compute_empty(a, n * W)
     to = _compute_empty(out, 2 * W if reduces(op) else n * W)
     tb = _second_tile(op, b, n, ta)
+    # all W lanes computed (the gather fills missing rows with 0): constant lane tuples, so
+    # the tile's loads and stores need no masks
+    la, lb, lo_ = (ta, 0, W, ALL), _tile_lanes(tb), (to, 0, W, ALL)
     for r0 in range(lo, hi, W):
         k = min(W, hi - r0)
         _gather(a, ao, r0, k, n, ta)
         _gather_second(op, b, bo, r0, k, n, tb)
-        # all W lanes computed (the gather filled missing rows with 0): constant lane
-        # tuples, so the tile's loads and stores need no masks
-        band(op, (ta, 0, W, ALL), _tile_lanes(tb), (to, 0, W, ALL), 1, n, S, T, V)
+        band(op, la, lb, lo_, 1, n, S, T, V)
         if reduces(op):
             vscatter(out, r0 * oo, oo, k, vload(to, 0, W, 0.0))
             if same(op, LOGSUMEXP_SIGN):
                 vscatter(out, r0 * oo + 1, oo, k, vload(to, W, W, 0.0))
         else:
-            for j in range(n):
-                vscatter(out, r0 * oo + j, oo, k, vload(to, j * W, W, 0.0))
+            _scatter(to, out, oo, r0, k, n)
 
 
 def column_tasks(M, C):

@@ -27,7 +27,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from . import _cpu, _pool
-from ._layout import COLUMNS, GATHER, ROWS, Meta, as_2d, mask_rows, plan
+from ._layout import COLUMNS, GATHER, ROWS, Access, Meta, as_2d, mask_rows, plan, row_stride
 
 _FAST = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -96,13 +96,13 @@ def run(op, arrays, axes, out=None, *, dtype=None, where=None, values=None, kern
     side, filled = _side(where, values, x.shape, axes, p)
     args = []
     for a, access in zip(views, p.inputs, strict=True):
-        flat, stride = _rows(a, access, p)
+        flat, stride = _rows(a, access, p.m, p.n, p.perm)
         args += [flat, stride]
     if kernel is not None and b is None and len(args) == 2:  # no weights: None in their place
         args += [None, 0]
     name = kernel or op.name
     if p.out.kind == ROWS:
-        flat, stride = _rows(dest, p.out, p)
+        flat, stride = _rows(dest, p.out, p.m, p.n, p.perm)
         _cpu.run(name, (*args, flat, stride, p.m, p.n), side)
     else:
         staged = _pool.empty((p.m, p.n), dest.dtype)
@@ -137,7 +137,7 @@ def reduce(kernel, arrays, axes, *, dtype, where=None, b=None):
         side, filled = _side(where, None, x.shape, axes, p)
         args = []
         for a, access in zip(inputs, p.inputs, strict=True):
-            buf, stride = _rows(a.view(_storage(a.dtype, dtype)), access, p)
+            buf, stride = _rows(a.view(_storage(a.dtype, dtype)), access, p.m, p.n, p.perm)
             args += [buf, stride]
         if b is None:
             args += [None, 0]
@@ -192,23 +192,35 @@ def _fill_rows(result, filled, p, value):
     t[~np.broadcast_to(filled, t.shape[:t.ndim - naxes])] = value
 
 
-def _rows(a, access, p):
+def rows_in_place(a, perm, naxes):
+    """(flat 1-D view, row stride) of the m rows of n elements of non-empty ``a``, its axes
+    in ``perm`` order with the ``naxes`` softmax axes last, when they are evenly spaced
+    (at a non-negative stride); None otherwise. (The Dask backend's two passes reach a
+    block's rows through it.)"""
+    n = math.prod(a.shape[ax] for ax in perm[len(perm) - naxes:])
+    stride = row_stride(a.shape, a.strides, a.itemsize, perm, naxes)
+    if stride is None:
+        return None
+    return _rows(a, Access(ROWS, stride), a.size // n, n, perm)
+
+
+def _rows(a, access, m, n, perm):
     """(flat 1-D view, row stride) through which the kernels reach the rows of ``a``."""
     if access.kind == ROWS:
         # the plan found the rows evenly spaced at a non-negative stride: element (i, j)
         # of the rows is flat[i * stride + j], starting at a's first element
-        size = (p.m - 1) * access.stride + p.n
+        size = (m - 1) * access.stride + n
         return as_strided(a, shape=(size,), strides=(a.itemsize,),
                           writeable=a.flags.writeable), access.stride
     if access.kind != GATHER:
         raise NotImplementedError(f"the CPU path has no access kind {access.kind!r}")
-    t = a.transpose(p.perm)
-    t2 = as_2d(t, p.m, p.n)
+    t = a.transpose(perm)
+    t2 = as_2d(t, m, n)
     if t2 is None:  # axes that do not merge into a 2-D view: numpy's copy
-        return np.ascontiguousarray(t).reshape(-1), p.n
-    dst = _pool.empty((p.m, p.n), a.dtype)
+        return np.ascontiguousarray(t).reshape(-1), n
+    dst = _pool.empty((m, n), a.dtype)
     _cpu.copy2d(t2, dst)  # a tiled kernel: numpy's copies of transposed views are slow
-    return dst.reshape(-1), p.n
+    return dst.reshape(-1), n
 
 
 def _columns(op, arrays, out, p):

@@ -3,57 +3,92 @@
 ``numbasoftmax.softmax(x)`` (and ``log_softmax``, ``softmax_backward``,
 ``log_softmax_backward``) with a dask array returns a lazy dask array; nothing is computed at
 call time. This module is imported (and imports dask) only when a dask array is given, so
-``import numbasoftmax`` never imports dask.
+``import numbasoftmax`` never imports dask. The output keeps the input's chunks.
 
-How it works:
+Two ways to run, chosen by the chunk structure alone (the rule, in one place: ``dispatch``):
 
-* The chunks along the softmax axes are merged into one (``rechunk``); the other axes keep
-  their chunking. Every output block is then one task that calls the same public function
-  on its block (a numpy block runs the CPU kernels, a cupy block the GPU path): a single
-  ``blockwise`` layer with ``meta`` and ``dtype`` set, one task per block. A block holds
-  whole rows, so it gives exactly what the in-memory call gives for those rows.
+* **One pass**, when every softmax axis is a single chunk: each block holds whole rows, and
+  each output block is one task that calls the public function on its block (a numpy block
+  runs the CPU kernels, a cupy block the GPU path): a single ``blockwise`` layer, bitwise
+  what the in-memory call gives.
+* **Two passes**, when a softmax axis is split across chunks (no block is ever merged, so
+  no task holds more than one block of each operand):
+
+  A block holds, of each row, *runs*: pieces contiguous in the row (in its logical order,
+  the softmax axes ascending), over the softmax axes from the last split one on.
+
+  1. *statistics*, one task per block: for each run, the partial statistics per
+     8192-element chunk from the run's start (max and sum of exp for the forward
+     functions, the sum of y*dy or of dz for the gradients);
+  2. *finish*, one task per group of blocks that share rows: the statistics of all the
+     group's runs put in the row's order and combined into each row's (max, total);
+  3. *write*, one task per block: the block's outputs from its own statistics and its
+     rows' (max, total).
+
+  Numpy blocks run the CPU kernels' phases (``segment_stats``, ``segment_finish``,
+  ``segment_write``) with the runs as the kernels' rows: read in place where they are
+  evenly spaced in memory, otherwise copied in and out in panels. When every run starts
+  at a multiple of 8192 elements of the row and is a multiple of 8192 long (or ends the
+  row), the chunks and their order are the in-memory call's and so are the bits;
+  otherwise the results differ in the last bits, within the error bounds the in-memory
+  call meets. Other blocks (cupy) compute the statistics with array operations of their
+  own library (one max and sum per row piece in a block, combined in float64): not
+  bitwise the GPU call's results, same rules.
+
 * The rules are the core API's (``_inputs``, ``_layout.normalize_axes``): ``axis`` is an
   int, a tuple of ints or None; float16, float32 and float64 keep their dtype; bool and
   integer inputs give float64 (converted inside each task, no extra layer); other dtypes
   and dask arrays of masked blocks raise TypeError; for the gradients the two arrays must
   have the same shape (ValueError) and dtype (TypeError). All of these are checked at call
-  time from the metadata alone.
+  time from the metadata alone. The non-finite rules are the kernels' (a NaN or +inf
+  anywhere in a row, in any block, makes the row NaN; so does a row of -inf only).
 * ``out=`` raises TypeError: dask arrays are immutable. Use the returned array, or write it
   into an existing array with ``dask.array.store(result, target)``.
 * Gradients with one dask and one non-dask operand (numpy array, array_like or cupy array):
-  the other operand is wrapped with ``dask.array.from_array`` in the dask operand's chunks
-  (after the rechunk), so the result is lazy too. With two dask operands of different
-  chunking, the second is rechunked to the first's.
-* Threads: dask already runs blocks in parallel, so a numpy block big enough for the
-  parallel driver runs with ``max(1, numba.get_num_threads() // number_of_blocks)`` numba
-  threads (``numba.set_num_threads`` is thread-local; restored afterwards). With at least
-  as many blocks as threads, dask threads x numba threads do not oversubscribe the cores;
-  a single block keeps all numba threads. Parallel calls from several dask threads at once
-  are safe on every threading layer (the CPU launcher serializes the workqueue layer).
+  the other operand is wrapped with ``dask.array.from_array`` in the dask operand's chunks,
+  so the result is lazy too. With two dask operands of different chunking, the second is
+  rechunked to the first's.
+* Threads (one pass): dask already runs blocks in parallel, so a numpy block big enough for
+  the parallel driver runs with ``max(1, numba.get_num_threads() // number_of_blocks)``
+  numba threads (``numba.set_num_threads`` is thread-local; restored afterwards). With at
+  least as many blocks as threads, dask threads x numba threads do not oversubscribe the
+  cores; a single block keeps all numba threads. Parallel calls from several dask threads
+  at once are safe on every threading layer (the CPU launcher serializes the workqueue
+  layer). The two-pass tasks run serial kernels (dask's threads are the parallelism); their
+  copies follow the same thread rule.
 
 Works with the threaded, the processes and the ``dask.distributed`` schedulers: the task
-function and the public function it calls are module-level functions (pickled by
+functions and the public function they call are module-level functions (pickled by
 reference) and the workers compile or load numba's cached kernels at their first block.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import itertools
 import math
+from typing import NamedTuple
 
 import dask.array as da
 import numpy as np
+from dask.array.utils import meta_from_array
 
-from . import _cpu
+from . import _cpu, _cpu_path
 from ._inputs import array_kind, check_pair, host_array, reject_masked, result_dtype
-from ._layout import normalize_axes
+from ._layout import as_2d, normalize_axes
+from ._row_kernel import CHUNK
 
 __all__ = ["dispatch"]
+
+# blocks the two passes give to the CPU kernels; others (cupy) take array operations
+KERNEL_BLOCKS = (np.ndarray,)
 
 
 def dispatch(op, arrays, axis, out, per_block):
     """Run ``op`` (an ``_ops.Op``) lazily on its ``arrays``, at least one of them a dask
-    array; each task calls ``per_block`` (the public function) on one block. Returns a
-    dask array."""
+    array; each one-pass task calls ``per_block`` (the public function) on one block.
+    Returns a dask array."""
     func = op.name
     if len(arrays) != len(op.args):
         raise ValueError(f"{func}() takes {len(op.args)} array(s); got {len(arrays)}")
@@ -71,13 +106,17 @@ def dispatch(op, arrays, axis, out, per_block):
                         "use the returned dask array, or write it into an existing array with "
                         "dask.array.store(result, out)")
 
-    # merge the softmax axes into one chunk; the first dask operand sets the other axes'
-    # chunking, every other operand follows it
-    first = first.rechunk({ax: -1 for ax in axes}) if axes else first
+    # the rule: two passes when a softmax axis is split across chunks (of a non-empty
+    # array), one pass over whole rows otherwise
+    two_pass = any(len(first.chunks[ax]) > 1 for ax in axes) and first.size != 0
+    if two_pass:
+        _check_known(first, axes, func)
+    else:
+        first = first.rechunk({ax: -1 for ax in axes}) if axes else first
+    # the first dask operand sets the chunking, every other operand follows it
     blocks = []
     for a in arrays:
         if isinstance(a, da.Array):
-            a = a.rechunk({ax: -1 for ax in axes}) if axes else a
             if a.chunks != first.chunks:
                 a = a.rechunk(first.chunks)
         else:
@@ -85,27 +124,44 @@ def dispatch(op, arrays, axis, out, per_block):
         blocks.append(a)
 
     dtype = dtypes[0]
-    nblocks = math.prod(first.numblocks)
     meta = _meta(first, dtype)
+    if two_pass:
+        return _two_pass(op, blocks, axes, dtype, meta)
+    nblocks = math.prod(first.numblocks)
     return da.map_blocks(_block, per_block, axes, nblocks, *blocks, dtype=dtype, meta=meta,
                          token=func)
 
 
+def _check_known(x, axes, func):
+    """The two passes size their statistics from the chunks along the softmax axes."""
+    if any(math.isnan(c) for ax in axes for c in x.chunks[ax]):
+        raise ValueError(f"{func}(): the chunk sizes along the softmax axes are unknown "
+                         "(nan); call .compute_chunk_sizes() first")
+
+
 def _block(f, axes, nblocks, *blocks):
     """One task: the public function ``f`` on one block (whole rows along ``axes``)."""
-    if nblocks > 1 and isinstance(blocks[0], np.ndarray):
-        if blocks[0].size >= _cpu.PARALLEL_MIN_ELEMENTS:
-            import numba
+    with _threads(nblocks, blocks[0]):
+        return f(*blocks, axis=axes)
 
-            have = numba.get_num_threads()
-            want = max(1, have // nblocks)
-            if want < have:
-                numba.set_num_threads(want)  # thread-local: only this worker thread
-                try:
-                    return f(*blocks, axis=axes)
-                finally:
-                    numba.set_num_threads(have)
-    return f(*blocks, axis=axes)
+
+@contextlib.contextmanager
+def _threads(nblocks, block):
+    """Run the numba code of a task on ``numba threads // nblocks`` threads (at least one)
+    when it is big enough to go parallel: dask already runs the blocks in parallel."""
+    import numba
+
+    have = numba.get_num_threads()
+    want = max(1, have // nblocks)
+    if want == have or not isinstance(block, np.ndarray) or (
+            block.size < _cpu.PARALLEL_MIN_ELEMENTS):
+        yield
+        return
+    numba.set_num_threads(want)  # thread-local: only this worker thread
+    try:
+        yield
+    finally:
+        numba.set_num_threads(have)
 
 
 def _operand(a, name, func):
@@ -130,3 +186,383 @@ def _meta(x, dtype):
     if meta is None:
         return np.empty((0,) * x.ndim, dtype=dtype)
     return meta.astype(dtype, copy=False) if meta.dtype != dtype else meta
+
+
+# ---------------------------------------------------------------------------------------
+# two passes: statistics per block -> (max, total) per row -> outputs per block
+#
+# Array indices of the graph: 0 .. ndim-1 are the input's axes; the statistics add two
+# axes, S (2: max and sum) and C (a row's entries in the block: per run, per 8192 elements;
+# padded to the most any block has).
+# Statistics blocks keep the input's blocks along the other axes and have size 1 along the
+# softmax axes, so block (i, j, ...) of the statistics is block (i, j, ...)'s.
+
+
+class _Pass(NamedTuple):
+    """What every task of the two passes needs to know."""
+
+    key: str  # the CPU kernels' operation
+    axes: tuple  # the softmax axes
+    kernels: bool  # numpy blocks: the CPU kernels; otherwise array operations
+    dtype: np.dtype  # of the result, and of the blocks as the kernels read them
+    ncmax: int  # statistics entries per row in a statistics block (the most any block has)
+    nblocks: int  # blocks of the input (the tasks' copies share the numba threads)
+    run_axes: int  # the last softmax axes, over which a block's runs of a row extend
+
+
+def _two_pass(op, blocks, axes, dtype, meta):
+    x = blocks[0]
+    ndim = x.ndim
+    ind = tuple(range(ndim))
+    S, C = ndim, ndim + 1
+    others = tuple(ax for ax in ind if ax not in axes)
+    kernels = isinstance(meta, KERNEL_BLOCKS)
+    # A block holds, of each row, runs: contiguous pieces of the row (in its logical order,
+    # the softmax axes ascending) that extend over the softmax axes from the last split one
+    # on (the later ones are whole). The kernels' statistics are per 8192 elements from a
+    # run's start; the finish puts all runs' entries in the row's order.
+    last_split = max(i for i, ax in enumerate(axes) if len(x.chunks[ax]) > 1)
+    run_axes = len(axes) - last_split
+    grid = tuple(x.chunks[ax] for ax in axes)
+    # entries per block, in the order the finish step concatenates the blocks' statistics
+    # (C order of the block indices along the softmax axes)
+    ncs = tuple(_entries(ext, run_axes, kernels) for ext in itertools.product(*grid))
+    order = (grid, run_axes) if kernels and run_axes < len(axes) else None
+    key = "softmax_split" if op.name == "softmax" else op.name  # no exps kept between passes
+    spec = _Pass(key, axes, kernels, dtype, max(ncs), x.npartitions, run_axes)
+    operands = [p for a in blocks for p in (a, ind)]
+
+    stats = da.blockwise(
+        _stats_task, ind + (S, C), spec, None, *operands,
+        new_axes={S: 2, C: spec.ncmax}, adjust_chunks=dict.fromkeys(axes, 1),
+        dtype=np.float64, meta=meta_from_array(meta, ndim + 2, np.float64),
+        token=f"{op.name}-stats")
+    # one task per group of blocks sharing rows: all of the group's statistics blocks,
+    # given as nested lists (blockwise's concatenate=False), combined in the row's order
+    fin = da.blockwise(
+        _finish_task, others + (S,), spec, None, ncs, None, order, None, stats, ind + (S, C),
+        concatenate=False, dtype=np.float64,
+        meta=meta_from_array(meta, len(others) + 1, np.float64), token=f"{op.name}-finish")
+    # the statistics have other chunk sizes than the input along the softmax axes but the
+    # same number of blocks: paired block by block (align_arrays=False), the input first so
+    # that the output takes its chunks
+    return da.blockwise(
+        _write_task, ind, spec, None, *operands, stats, ind + (S, C), fin, others + (S,),
+        align_arrays=False, concatenate=False, dtype=dtype, meta=meta,
+        token=f"{op.name}-write")
+
+
+def _runs(extents, run_axes):
+    """(runs, elements per run) of a row in a block of these extents along the softmax
+    axes."""
+    split = len(extents) - run_axes
+    return math.prod(extents[:split]), math.prod(extents[split:])
+
+
+def _entries(extents, run_axes, kernels):
+    """Statistics entries per row of a block: one per 8192 elements of each run (CPU
+    kernels), one per block (array operations)."""
+    if not kernels:
+        return min(math.prod(extents), 1)
+    runs, length = _runs(extents, run_axes)
+    return runs * -(-length // CHUNK)
+
+
+@functools.lru_cache(maxsize=16)
+def _row_order(grid, run_axes):
+    """Where each statistics entry goes in the row's order: the entries of all blocks (in
+    block order; per block run by run, 8192-element chunk by chunk) sorted by the position
+    of their run in the row, then by chunk."""
+    full = [sum(c) for c in grid]
+    strides = [math.prod(full[i + 1:]) for i in range(len(full))]  # of the row's axes
+    split = len(grid) - run_axes
+    starts, chunk = [], []
+    for index in itertools.product(*(range(len(c)) for c in grid)):
+        offsets = [sum(c[:b]) for c, b in zip(grid, index, strict=True)]
+        extents = [c[b] for c, b in zip(grid, index, strict=True)]
+        runs, length = _runs(extents, run_axes)
+        nc = -(-length // CHUNK)
+        if not runs * nc:
+            continue
+        # run starts: the block's positions along the outer softmax axes, in C order
+        start = sum(offsets[i] * strides[i] for i in range(split, len(grid)))
+        for i in range(split):
+            start = np.add.outer(start, (offsets[i] + np.arange(extents[i])) * strides[i])
+        starts.append(np.repeat(np.ravel(start), nc))
+        chunk.append(np.tile(np.arange(nc), runs))
+    return np.lexsort((np.concatenate(chunk), np.concatenate(starts)))
+
+
+def _stats_task(spec, *blocks):
+    blocks = [_converted(b, spec.dtype) for b in blocks]
+    shape = blocks[0].shape
+    m, n = _sizes(shape, spec.axes)
+    if spec.kernels:
+        st = np.empty((m, 2, spec.ncmax))  # entries past a block's own are never read
+        runs, length = _runs([shape[ax] for ax in spec.axes], spec.run_axes)
+        if m and n:
+            from . import _cpu_kernels as k
+
+            nc = -(-length // CHUNK)
+            # the kernels' rows are the runs: (row, run) -> the row's entries run by run
+            part = st if runs == 1 else np.empty((m * runs, 2, nc))
+            for lo, hi, rows in _panels(spec, blocks):
+                k.segment_stats(k.OPS[spec.key], *rows[0], *rows[-1], hi - lo, length,
+                                part[lo:hi])
+            if runs > 1:
+                st[:, :, :runs * nc] = (part.reshape(m, runs, 2, nc).transpose(0, 2, 1, 3)
+                                        .reshape(m, 2, runs * nc))
+    else:
+        st = _xp_stats(spec.key, [_xp_rows(b, spec.axes) for b in blocks], spec.ncmax)
+    # rows in C order of the other axes; size 1 along the softmax axes
+    return st.reshape(tuple(1 if ax in spec.axes else s for ax, s in enumerate(shape))
+                      + (2, spec.ncmax))
+
+
+def _finish_task(spec, ncs, order, nested):
+    parts = list(_leaves(nested))  # the group's statistics blocks, in block order
+    first = parts[0]
+    m = math.prod(first.shape[:-2])
+    st = [p.reshape(m, 2, p.shape[-1])[:, :, :nc] for p, nc in zip(parts, ncs, strict=True)]
+    shape = [s for ax, s in enumerate(first.shape[:-2]) if ax not in spec.axes]
+    if spec.kernels:
+        from . import _cpu_kernels as k
+
+        st = np.concatenate(st, axis=2)
+        if order is not None:
+            st = st[:, :, _row_order(*order)]
+        fin = np.empty((m, 2))
+        k.segment_finish(k.OPS[spec.key], np.ascontiguousarray(st), fin)
+    else:
+        fin = _xp_finish(spec.key, _namespace(first).concatenate(st, axis=2))
+    return fin.reshape(*shape, 2)
+
+
+def _write_task(spec, *args):
+    *blocks, st, fin = args
+    st, fin = _leaf(st), _leaf(fin)
+    blocks = [_converted(b, spec.dtype) for b in blocks]
+    shape = blocks[0].shape
+    m, n = _sizes(shape, spec.axes)
+    if not spec.kernels:
+        rows = [_xp_rows(b, spec.axes) for b in blocks]
+        return _xp_block(_xp_write(spec.key, rows, fin.reshape(m, 2), spec.dtype), shape,
+                         spec.axes)
+    # a C-contiguous block, as the one-pass tasks give for C-contiguous input blocks
+    out = np.empty(shape, spec.dtype)
+    if m and n:
+        from . import _cpu_kernels as k
+
+        runs, length = _runs([shape[ax] for ax in spec.axes], spec.run_axes)
+        nc = -(-length // CHUNK)
+        st = st.reshape(m, 2, spec.ncmax)
+        fin = np.ascontiguousarray(fin).reshape(m, 2)
+        if runs > 1:  # the kernels' rows are the runs
+            st = st[:, :, :runs * nc].reshape(m, 2, runs, nc).transpose(0, 2, 1, 3)
+            st = st.reshape(m * runs, 2, nc)
+            fin = np.repeat(fin, runs, axis=0)
+        st = np.ascontiguousarray(st)
+        for lo, hi, rows in _panels(spec, blocks, out):
+            k.segment_write(k.OPS[spec.key], *rows[0], *rows[-2], *rows[-1], hi - lo, length,
+                            st[lo:hi], fin[lo:hi])
+    return out
+
+
+# A block's rows (its runs) that are not evenly spaced in memory (softmax over axis 0 of
+# C-ordered blocks, ...) are copied into and out of contiguous rows in panels of this
+# many bytes: a task then holds no second copy of its blocks, and the tiled copies ran as
+# fast as copies of whole blocks (1024 x 8192 float32: 32 ms either way, 2 threads).
+PANEL_BYTES = 8 << 20
+
+
+def _panels(spec, blocks, out=None):
+    """The kernels' rows of numpy ``blocks`` (and of ``out``), panel by panel: yields
+    (lo, hi, [(flat buffer, row stride) per block (and out)]) for rows lo .. hi-1. Rows
+    evenly spaced in memory are reached in place; others are gathered into contiguous
+    panels, and ``out``'s panel is copied into place once the caller has written it (when
+    it asks for the next panel)."""
+    arrays = [_bits(a) for a in (*blocks, *([] if out is None else [out]))]
+    perm = _perm(arrays[0].ndim, spec.axes)
+    length = math.prod(arrays[0].shape[ax] for ax in perm[arrays[0].ndim - spec.run_axes:])
+    nrows = arrays[0].size // length
+    views, panels, whole_out = [], [], None
+    for i, a in enumerate(arrays):
+        view, rows2d = _cpu_path.rows_in_place(a, perm, spec.run_axes), None
+        if view is None:
+            rows2d = as_2d(a.transpose(perm), nrows, length)
+        if view is None and rows2d is None:  # axes that do not merge: whole copies
+            if out is not None and i == len(arrays) - 1:
+                whole_out = np.empty((nrows, length), a.dtype)
+                view = (whole_out.reshape(-1), length)
+            else:
+                view = (np.ascontiguousarray(a.transpose(perm)).reshape(-1), length)
+        views.append(view)
+        panels.append(rows2d)
+    step = nrows if all(p is None for p in panels) else max(
+        1, PANEL_BYTES // (length * arrays[0].itemsize))
+    buffers = [None if p is None else np.empty((min(step, nrows), length), p.dtype)
+               for p in panels]
+    written = out is not None and panels[-1] is not None
+    with _threads(spec.nblocks, arrays[0]):
+        for lo in range(0, nrows, step):
+            hi = min(nrows, lo + step)
+            args = []
+            for i, (view, rows2d, buf) in enumerate(zip(views, panels, buffers, strict=True)):
+                if view is not None:
+                    flat, stride = view
+                    args.append((flat[lo * stride:], stride))
+                    continue
+                if not (written and i == len(arrays) - 1):
+                    _cpu.copy2d(rows2d[lo:hi], buf[:hi - lo])
+                args.append((buf[:hi - lo].reshape(-1), length))
+            yield lo, hi, args
+            if written:
+                _cpu.copy2d(buffers[-1][:hi - lo], panels[-1][lo:hi])
+    if whole_out is not None:
+        arrays[-1].transpose(perm)[...] = whole_out.reshape(
+            [arrays[-1].shape[ax] for ax in perm])
+
+
+def _leaves(nested):
+    if isinstance(nested, list):
+        for item in nested:
+            yield from _leaves(item)
+    else:
+        yield nested
+
+
+def _leaf(nested):
+    """The one block of a dimension blockwise passed as (nested) lists."""
+    while isinstance(nested, list):
+        (nested,) = nested
+    return nested
+
+
+def _converted(block, dtype):
+    """bool and integer blocks are computed in float64; byte-swapped floats natively."""
+    return block if block.dtype == dtype else block.astype(dtype)
+
+
+def _sizes(shape, axes):
+    """(rows, elements per row segment) of a block."""
+    return (math.prod(s for ax, s in enumerate(shape) if ax not in axes),
+            math.prod(shape[ax] for ax in axes))
+
+
+def _perm(ndim, axes):
+    """The axes of a block in row order: the other axes ascending (so that row i is the
+    same logical row in every operand, output and statistics block), then the softmax axes
+    ascending (the in-memory call's order along a row)."""
+    return tuple(ax for ax in range(ndim) if ax not in axes) + tuple(axes)
+
+
+def _bits(a):
+    """float16 travels to numba code as its uint16 bits (numba has no float16)."""
+    return a.view(np.uint16) if a.dtype == np.float16 else a
+
+
+# ---------------------------------------------------------------------------------------
+# the same three steps with array operations, for blocks the CPU kernels cannot take
+# (cupy): one (max, sum) per row segment; sums and the combination in float64. Like the
+# kernels they follow the non-finite rules silently (numpy would warn about inf - inf and
+# log(0), which the rules turn into NaN rows anyway; cupy does not warn).
+
+_FORWARD_KEYS = ("softmax_split", "log_softmax")
+
+
+def _quiet(f):
+    @functools.wraps(f)
+    def wrapper(*args):
+        with np.errstate(all="ignore"):
+            return f(*args)
+
+    return wrapper
+
+
+def _namespace(a):
+    """The array library of ``a`` (numpy, or cupy for cupy arrays)."""
+    if isinstance(a, np.ndarray):
+        return np
+    import cupy
+
+    return cupy.get_array_module(a)
+
+
+def _xp_rows(block, axes):
+    """The block as a C-contiguous (rows, segment) array."""
+    t = block.transpose(_perm(block.ndim, axes))
+    return _namespace(block).ascontiguousarray(t).reshape(_sizes(block.shape, axes))
+
+
+def _xp_block(rows, shape, axes):
+    """Inverse of ``_xp_rows``: a C-contiguous block of ``shape``."""
+    perm = _perm(len(shape), axes)
+    view = rows.reshape(tuple(shape[p] for p in perm)).transpose(
+        tuple(perm.index(ax) for ax in range(len(shape))))
+    return _namespace(rows).ascontiguousarray(view)
+
+
+def _compute(a, xp):
+    """Values in the compute type: float64 for float64 data, float32 otherwise."""
+    return a if a.dtype == np.float64 else a.astype(xp.float32)
+
+
+@_quiet
+def _xp_stats(key, rows, ncmax):
+    xp = _namespace(rows[0])
+    m, n = rows[0].shape
+    st = xp.zeros((m, 2, ncmax), dtype=xp.float64)
+    if n == 0:
+        st[:, 0, :] = -math.inf if key in _FORWARD_KEYS else 0.0
+        return st
+    if key in _FORWARD_KEYS:
+        x = _compute(rows[0], xp)
+        mx = x.max(axis=1)  # NaN propagates
+        shift = xp.where(mx == -math.inf, 0, mx)  # a segment of -inf adds exp(-inf) = 0
+        st[:, 0, 0] = mx
+        st[:, 1, 0] = xp.exp(x - shift[:, None]).sum(axis=1, dtype=xp.float64)
+    elif key == "softmax_backward":
+        st[:, 1, 0] = (_compute(rows[0], xp) * _compute(rows[1], xp)).sum(axis=1,
+                                                                          dtype=xp.float64)
+    else:
+        st[:, 1, 0] = _compute(rows[1], xp).sum(axis=1, dtype=xp.float64)
+    return st
+
+
+@_quiet
+def _xp_finish(key, st):
+    """(m, t) per row from the (rows, 2, segments) statistics."""
+    xp = _namespace(st)
+    fin = xp.zeros((st.shape[0], 2), dtype=xp.float64)
+    if key not in _FORWARD_KEYS:
+        fin[:, 1] = st[:, 1, :].sum(axis=1)
+        return fin
+    cmax, csum = st[:, 0, :], st[:, 1, :]
+    m = cmax.max(axis=1)
+    # a segment of -inf adds 0 (its exp(-inf - m) is NaN when m = -inf too)
+    scaled = xp.where(cmax == -math.inf, 0.0, csum * xp.exp(cmax - m[:, None]))
+    t = scaled.sum(axis=1)
+    fin[:, 0] = m
+    fin[:, 1] = xp.log(t) if key == "log_softmax" else t
+    return fin
+
+
+@_quiet
+def _xp_write(key, rows, fin, dtype):
+    xp = _namespace(rows[0])
+    a = _compute(rows[0], xp)
+    ct = a.dtype
+    if key in _FORWARD_KEYS:
+        m, t = fin[:, 0], fin[:, 1]
+        bad = ~((m > -math.inf) & (m < math.inf))  # NaN, +inf or only -inf: a NaN row
+        mc = xp.where(bad, 0, m).astype(ct)[:, None]
+        if key == "log_softmax":
+            out = (a - mc) - t.astype(ct)[:, None]
+        else:
+            out = xp.exp(a - mc) / t.astype(ct)[:, None]
+        out = xp.where(bad[:, None], xp.asarray(math.nan, dtype=ct), out)
+    else:
+        b = _compute(rows[1], xp)
+        s = fin[:, 1].astype(ct)[:, None]
+        out = a * (b - s) if key == "softmax_backward" else b - xp.exp(a) * s
+    return out.astype(dtype)

@@ -48,11 +48,8 @@ from ._simd import (
     vall,
     vdiv,
     veq,
-    vexp,
-    vexp_nonpos,
     visfinite,
     vload,
-    vlog,
     vlt,
     vmax,
     vmul,
@@ -64,6 +61,7 @@ from ._simd import (
     vsub,
     vwiden,
 )
+from ._vmath import vexp, vexp_nonpos, vlog
 
 
 @njit(**INTERNAL)

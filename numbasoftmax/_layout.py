@@ -150,20 +150,18 @@ def plan(shape, axes, inputs, out, columns=True):
     """The Plan of a call on arrays of ``shape`` along sorted ``axes``; ``inputs`` and
     ``out`` are ``Meta`` (a fresh result is planned once it is allocated). ``out`` None:
     a reduction, whose values the backend keeps in rows order itself (its Plan's ``out``
-    is None). ``columns`` False: no COLUMNS plan (calls the lane kernel cannot run)."""
+    is None). ``columns``: whether the backend has COLUMNS kernels for this call (else
+    such layouts are gathered)."""
+    n = math.prod(shape[a] for a in axes)
+    m = math.prod(shape) // n if n else 0
+    perm = permutation(shape, inputs[0].strides, axes)
     if out is None:
-        n = math.prod(shape[a] for a in axes)
-        m = math.prod(shape) // n if n else 0
-        perm = permutation(shape, inputs[0].strides, axes)
         accesses = []
         for meta in inputs:
             rs = None if meta.cast else row_stride(shape, meta.strides, meta.itemsize, perm,
                                                    len(axes))
             accesses.append(Access(GATHER) if rs is None else Access(ROWS, rs))
         return Plan(m, n, perm, tuple(accesses), None)
-    n = math.prod(shape[a] for a in axes)
-    m = math.prod(shape) // n if n else 0
-    perm = permutation(shape, inputs[0].strides, axes)
     naxes = len(axes)
     accesses = []
     for meta in inputs:
@@ -177,9 +175,9 @@ def plan(shape, axes, inputs, out, columns=True):
     else:
         out_access = Access(ROWS, rs)
     if columns and (out_access.kind == GATHER or any(a.kind == GATHER for a in accesses)):
-        columns = _columns(shape, axes, perm, inputs, out)
-        if columns is not None:
-            inner, column_accesses = columns
+        found = _columns(shape, axes, perm, inputs, out)
+        if found is not None:
+            inner, column_accesses = found
             return Plan(m, n, perm, column_accesses[:-1], column_accesses[-1], inner)
     return Plan(m, n, perm, tuple(accesses), out_access)
 

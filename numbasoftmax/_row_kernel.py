@@ -58,11 +58,8 @@ from ._simd import (
     vadd,
     vand,
     veq,
-    vexp,
-    vexp_nonpos,
     vload,
     vload_mask,
-    vlog,
     vmax,
     vmax_all,
     vmul,
@@ -74,6 +71,7 @@ from ._simd import (
     vsum,
     vwith_lane,
 )
+from ._vmath import vexp, vexp_nonpos, vlog
 
 BLOCK = 1024
 CHUNK = 8192

@@ -154,3 +154,30 @@ def test_jit_functions_are_numba_dispatchers():
         assert isinstance(f, numba.core.registry.CPUDispatcher)
     assert set(numbasoftmax.jit.__all__) == {"softmax_row", "log_softmax_row",
                                               "softmax_backward_row", "log_softmax_backward_row"}
+
+
+@njit
+def user_softmax_columns(x):
+    out = np.empty_like(x)
+    for j in range(x.shape[1]):
+        softmax_row(x[:, j], out[:, j])
+    return out
+
+
+@njit
+def user_log_softmax_backward_columns(z, dz):
+    out = np.empty_like(z)
+    for j in range(z.shape[1]):
+        log_softmax_backward_row(z[:, j], dz[:, j], out[:, j])
+    return out
+
+
+def test_strided_rows_give_the_api_bits():
+    """Rows that are columns of a C-ordered matrix (non-contiguous 1-D views) take a slower
+    load path in the row kernel, with the same bits as the API along axis 0."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1500, 7)).astype(np.float32)
+    assert_bitwise_equal(user_softmax_columns(x), numbasoftmax.softmax(x, axis=0))
+    z = numbasoftmax.log_softmax(x, axis=0)
+    assert_bitwise_equal(user_log_softmax_backward_columns(z, x),
+                         numbasoftmax.log_softmax_backward(z, x, axis=0))

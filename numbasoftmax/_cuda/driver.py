@@ -55,3 +55,10 @@ def free_async(ptr, stream):
     call is done; the host does not wait (``cuMemFreeAsync``)."""
     binding, driver = api()
     driver.cuMemFreeAsync(binding.CUdeviceptr(ptr), binding.CUstream(stream))
+
+
+def pointer_device(ptr):
+    """The ordinal of the device that holds device pointer ``ptr``."""
+    binding, driver = api()
+    attr = binding.CUpointer_attribute.CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL
+    return int(driver.cuPointerGetAttribute(attr, ptr))

@@ -51,13 +51,12 @@ from collections import namedtuple
 
 from numba import cuda, types
 
+from .._ops import FORWARD, OPS
+
 NEG_INF = -math.inf
 F64 = types.float64
 
-FORWARD = ("softmax", "log_softmax")
-BACKWARD = ("softmax_backward", "log_softmax_backward")
-
-# One specialization. op: one of FORWARD + BACKWARD; kind: storage ("f4","f8","f2","bf16");
+# One specialization. op: an operation's name (``_ops``); kind: storage ("f4","f8","f2","bf16");
 # V: pack width; G, K: threads per row and packs per thread (rows); B: block size;
 # U: rows per group and step (rows), packs loaded per step (smem, long, split);
 # cache (smem): "c" caches rows in the compute type, "s" in the 2-byte storage type (twice
@@ -168,7 +167,7 @@ def _op_math(P, op):
     dev = _device(P.sim)
     ctype, exp, log = P.ctype, P.exp, P.log
     FWD = op in FORWARD
-    LOG = op in ("log_softmax", "log_softmax_backward")
+    LOG = OPS[op].forward == "log_softmax"
 
     @dev
     def term(a, b, mx):

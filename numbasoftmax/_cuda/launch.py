@@ -18,16 +18,20 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import math
 import os
 import threading
 import warnings
 from collections import namedtuple
+from typing import NamedTuple
 
 import numpy as np
 from numba import cuda, types
 from numba.cuda.core import config as _numba_config
+from numba.np.numpy_support import from_dtype
 
+from .._ops import OPS
 from . import driver
 from . import kernels as K
 
@@ -38,12 +42,6 @@ Buf = namedtuple("Buf", "ptr nitems dtype")  # dtype: numpy dtype of the kernel'
 # numpy dtype each storage kind is viewed as inside the kernels
 STORAGE = {"f4": np.dtype(np.float32), "f8": np.dtype(np.float64),
            "f2": np.dtype(np.uint16), "bf16": np.dtype(np.uint16)}
-_NB = {np.dtype(np.float32): types.float32, np.dtype(np.float64): types.float64,
-       np.dtype(np.uint16): types.uint16, np.dtype(np.uint8): types.uint8,
-       np.dtype(np.uint32): types.uint32, np.dtype(np.uint64): types.uint64,
-       np.dtype(np.int8): types.int8, np.dtype(np.int16): types.int16,
-       np.dtype(np.int32): types.int32, np.dtype(np.int64): types.int64,
-       np.dtype(np.bool_): types.boolean}
 _I64 = types.int64
 
 
@@ -66,35 +64,27 @@ class _Config:
                "launch")
 
     def __init__(self):
-        self.block = None
-        self.max_grid = None
-        self.reg_max = None
-        self.smem_max = None
-        self.split_rows = None
-        self.force = None
-        self.vector = True
-        self.launch = os.environ.get("NUMBASOFTMAX_CUDA_LAUNCH", "direct")
+        self.__dict__.update(dict.fromkeys(self._fields), vector=True,
+                             launch=os.environ.get("NUMBASOFTMAX_CUDA_LAUNCH", "direct"))
         self._lock = threading.RLock()
 
     @contextlib.contextmanager
     def override(self, **kwargs):
         """Temporarily set tunables (not thread-safe against concurrent calls)."""
-        for k in kwargs:
-            if k not in self._fields:
-                raise TypeError(f"unknown tunable {k!r}")
+        unknown = sorted(set(kwargs) - set(self._fields))
+        if unknown:
+            raise TypeError(f"unknown tunable(s) {unknown}")
         with self._lock:
             old = {k: getattr(self, k) for k in kwargs}
-            for k, v in kwargs.items():
-                setattr(self, k, v)
-            _ready.clear()
-            _fast.clear()
+            self._set(kwargs)
             try:
                 yield self
             finally:
-                for k, v in old.items():
-                    setattr(self, k, v)
-                _ready.clear()
-                _fast.clear()
+                self._set(old)
+
+    def _set(self, values):
+        self.__dict__.update(values)
+        ready.cache_clear()  # plans depend on the tunables
 
 
 config = _Config()
@@ -144,7 +134,7 @@ class _Call:
 
     def __init__(self, op, kind, m, n, vec_ok, props, sim):
         self.op, self.kind, self.m, self.n, self.sim = op, kind, m, n, sim
-        self.bwd = op in K.BACKWARD
+        self.bwd = OPS[op].backward
         self.item = STORAGE[kind].itemsize
         width = 16 // self.item
         self.V = width if vec_ok and config.vector and n % width == 0 else 1
@@ -281,34 +271,29 @@ def plan(op, kind, m, n, vec_ok, dev, sim=None):
 Source = namedtuple("Source", "pyfunc sig options")
 COPY_BLOCK = 256
 
-_prims = {}
 _compiled = {}
 _compile_lock = threading.RLock()
 
 
+@functools.cache
 def primitives(kind):
-    p = _prims.get(kind)
-    if p is None:
-        if SIM:
-            from . import sim
+    if SIM:
+        from . import sim
 
-            p = sim.make_primitives(kind)
-        else:
-            from . import intrinsics
+        return sim.make_primitives(kind)
+    from . import intrinsics
 
-            p = intrinsics.make_primitives(kind)
-        _prims[kind] = p
-    return p
+    return intrinsics.make_primitives(kind)
 
 
 def _arr(dtype):
-    return types.Array(_NB[np.dtype(dtype)], 1, "C")
+    return types.Array(from_dtype(np.dtype(dtype)), 1, "C")
 
 
 def _signature(spec):
     a = _arr(STORAGE[spec.kind])
     i = _I64
-    inputs = (a, i) if spec.op in K.FORWARD else (a, i, a, i)
+    inputs = (a, i, a, i) if OPS[spec.op].backward else (a, i)
     if spec.strategy == "split_stats":
         rest = (_arr(np.float64), i, i, i, i)
     elif spec.strategy == "split_write":
@@ -331,7 +316,7 @@ def copy_source(ndim, src_dtype, dst_dtype, cast):
     """The Source of the strided copy kernel (see kernels.make_copy)."""
     tup = types.UniTuple(_I64, ndim)
     sig = types.void(_arr(src_dtype), _I64, tup, _arr(dst_dtype), _I64, tup, tup, _I64)
-    return Source(K.make_copy(ndim, _NB[np.dtype(dst_dtype)] if cast else None, SIM), sig,
+    return Source(K.make_copy(ndim, from_dtype(np.dtype(dst_dtype)) if cast else None, SIM), sig,
                   _options(COPY_BLOCK))
 
 
@@ -363,10 +348,15 @@ class Compiled:
             self.max_shmem = nbytes
 
 
-def _compile(key, src, dev):
+def _compiled_kernel(key, source, dev):
+    """The Compiled kernel cached under ``key``, compiled from ``source()`` the first time."""
+    c = _compiled.get(key)
+    if c is not None:
+        return c
     with _compile_lock:
         c = _compiled.get(key)
         if c is None:
+            src = source()
             if SIM:  # the simulator rejects the options (launch bounds, lineinfo)
                 disp = cuda.jit(src.pyfunc)
             else:
@@ -379,17 +369,14 @@ def _compile(key, src, dev):
                             f"numba-cuda cannot compile with numpy {np.__version__} ({err}); "
                             "install numpy<2.5 next to numba-cuda") from err
                     raise
-            c = Compiled(disp, dev)
-            _compiled[key] = c
+            c = _compiled[key] = Compiled(disp, dev)
         return c
 
 
 def get_kernel(spec, dev):
     """The compiled kernel of ``spec`` on ``dev``; an error (at plan time, not at launch)
     when it cannot run blocks of the planned size."""
-    c = _compiled.get((spec, dev))
-    if c is None:
-        c = _compile((spec, dev), kernel_source(spec), dev)
+    c = _compiled_kernel((spec, dev), lambda: kernel_source(spec), dev)
     if c.max_threads < spec.B:
         raise RuntimeError(f"numbasoftmax: the compiled {spec.strategy} kernel {spec} runs "
                            f"at most {c.max_threads} threads per block on cuda:{dev}, but "
@@ -397,42 +384,41 @@ def get_kernel(spec, dev):
     return c
 
 
-def get_copy_kernel(ndim, src_dtype, dst_dtype, cast, dev):
-    key = ("copy", ndim, np.dtype(src_dtype), np.dtype(dst_dtype), cast, dev)
-    c = _compiled.get(key)
-    if c is None:
-        c = _compile(key, copy_source(ndim, src_dtype, dst_dtype, cast), dev)
-    return c
+class Ready(NamedTuple):
+    """A plan with its compiled kernels. For a one-step plan without workspace, also the
+    fast path's raw kernel arguments for contiguous rows (``_kernel_args``), the data
+    pointers left out, and the ``slots`` they go to (inputs, then out)."""
+
+    launches: tuple  # ((Compiled, Step), ...)
+    ws_items: int
+    args: list | None = None
+    slots: tuple = ()
 
 
-# plans with their compiled kernels, per (op, kind, m, n, vec_ok, dev)
-Ready = namedtuple("Ready", "launches ws_items")  # launches: ((Compiled, Step), ...)
-_ready = {}
-
-
+@functools.lru_cache(maxsize=4096)
 def ready(op, kind, m, n, vec_ok, dev):
-    key = (op, kind, m, n, vec_ok, dev)
-    r = _ready.get(key)
-    if r is None:
-        p = plan(op, kind, m, n, vec_ok, dev)
-        r = Ready(tuple((get_kernel(s.spec, dev), s) for s in p.steps), p.ws_items)
-        with config._lock:
-            if len(_ready) > 4096:
-                _ready.clear()
-            _ready[key] = r
-    return r
+    p = plan(op, kind, m, n, vec_ok, dev)
+    launches = tuple((get_kernel(s.spec, dev), s) for s in p.steps)
+    if p.ws_items:
+        return Ready(launches, p.ws_items)
+    marks = [-1 - i for i in range(len(OPS[op].args) + 1)]  # stand-ins for the pointers
+    rows = [(Buf(mark, m * n, STORAGE[kind]), n) for mark in marks]
+    (step,) = p.steps  # plans without workspace have one step
+    args = _direct_args(_kernel_args(step, rows[:-1], rows[-1], None, m, n))
+    return Ready(launches, 0, args, tuple(args.index(mark) for mark in marks))
 
 
 # ---------------------------------------------------------------------------------------
 # temporary device memory
 
-class _ArrayMemory:
-    """Memory held by arrays until freed: host arrays under the simulator (its device
-    memory is host memory), numba device arrays on a device without memory pools (freed
-    by numba's deferred cuMemFree, which synchronizes: only there)."""
+class ArrayMemory:
+    """Memory held by arrays until freed: an array library's pool (cupy, torch: stream
+    ordered), host arrays under the simulator (its device memory is host memory), numba
+    device arrays on a device without memory pools (freed by numba's deferred cuMemFree,
+    which synchronizes: only there). ``make(nbytes)`` -> (array, pointer)."""
 
     def __init__(self, make):
-        self.make, self.arrays = make, {}  # make(nbytes) -> (array, pointer)
+        self.make, self.arrays = make, {}
 
     def alloc(self, nbytes, stream):
         a, ptr = self.make(max(nbytes, 1))
@@ -460,52 +446,36 @@ def _numba_array(nbytes):
     return a, a.__cuda_array_interface__["data"][0]
 
 
-_memories = {}
-
-
+@functools.cache
 def device_memory(dev):
-    """Where Scratch gets the memory of numba / ``__cuda_array_interface__`` calls."""
-    m = _memories.get(dev)
-    if m is None:
-        if SIM:
-            m = _ArrayMemory(_host_array)
-        elif driver.memory_pools_supported(dev):
-            m = _AsyncMemory()
-        else:
-            m = _ArrayMemory(_numba_array)
-        _memories[dev] = m
-    return m
+    """Where Scratch gets memory when the array library has no pool of its own."""
+    if SIM:
+        return ArrayMemory(_host_array)
+    if driver.memory_pools_supported(dev):
+        return _AsyncMemory()
+    return ArrayMemory(_numba_array)
 
 
 class Scratch:
-    """The temporary device buffers of one call, on its stream. ``alloc(nitems, dtype)`` ->
-    (array, pointer): an array library whose pool is stream-ordered (cupy, torch); None:
-    ``device_memory(dev)``, released in stream order when the Scratch is closed, after
-    the call's work is queued."""
+    """The temporary device buffers of one call, on its stream, from ``memory`` (an
+    ArrayMemory of the array library's pool; None: ``device_memory(dev)``), released in
+    stream order when the Scratch is closed, after the call's work is queued."""
 
-    def __init__(self, dev, stream, alloc=None):
-        self.dev, self.stream, self.alloc = dev, stream, alloc
-        self._arrays = []
+    def __init__(self, dev, stream, memory=None):
+        self.stream, self.mem = stream, memory or device_memory(dev)
         self._ptrs = []
 
     def buf(self, nitems, dtype):
         dtype = np.dtype(dtype)
-        if self.alloc is not None:
-            arr, ptr = self.alloc(nitems, dtype)
-            self._arrays.append(arr)
-        else:
-            ptr = device_memory(self.dev).alloc(nitems * dtype.itemsize, self.stream)
-            self._ptrs.append(ptr)
-        return Buf(ptr, nitems, dtype)
+        self._ptrs.append(self.mem.alloc(nitems * dtype.itemsize, self.stream))
+        return Buf(self._ptrs[-1], nitems, dtype)
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
-        mem = device_memory(self.dev) if self._ptrs else None
         while self._ptrs:
-            mem.free(self._ptrs.pop(), self.stream)
-        self._arrays.clear()
+            self.mem.free(self._ptrs.pop(), self.stream)
 
 
 # ---------------------------------------------------------------------------------------
@@ -513,31 +483,20 @@ class Scratch:
 
 _sim_lock = threading.Lock()
 _core = None  # the cuda.core module, imported at the first direct launch
-_streams = {}
-_numba_streams = {}
-_configs = {}
 _tls = threading.local()
 _fallback_warned = False
 
 
-def _kernel_args(step, ins, out, ws, m, n, raw=False):
+def _kernel_args(step, ins, out, ws, m, n):
     """The arguments of a plan's kernel, in the kernels' order: each input (array, row
     stride), out (array, row stride; not for the split statistics), the split's workspace,
-    m, n, the split's (C, L). Arrays are Bufs, or with ``raw`` their array structs, spliced
-    in (the direct launch's form, for the fast path)."""
-    args = []
-    put = args.extend if raw else args.append
-    for arr, stride in ins:
-        put(arr)
-        args.append(stride)
+    m, n, the split's (C, L). Arrays are Bufs."""
+    args = [v for arr_stride in ins for v in arr_stride]
     if step.spec.strategy != "split_stats":
-        put(out[0])
-        args.append(out[1])
+        args += out
     if ws is not None:
-        put(ws)
-    args += (m, n)
-    args += step.chunks
-    return args
+        args.append(ws)
+    return args + [m, n, *step.chunks]
 
 
 def _array_struct(ptr, nitems, itemsize):
@@ -576,22 +535,12 @@ def _sim_array(buf):
     return FakeCUDAArray(np.frombuffer(raw, dtype=buf.dtype, count=buf.nitems))
 
 
-def _bounded(cache, key, make, limit):
-    v = cache.get(key)
-    if v is None:
-        v = make(key)
-        if len(cache) >= limit:
-            cache.clear()
-        cache[key] = v
-    return v
-
-
+@functools.lru_cache(maxsize=256)
 def numba_stream(handle):
     """numba's Stream for a raw stream handle (the simulator has only its default)."""
-    if SIM:
+    if SIM or not handle:
         return cuda.default_stream()
-    return _bounded(_numba_streams, handle,
-                    lambda h: cuda.external_stream(h) if h else cuda.default_stream(), 256)
+    return cuda.external_stream(handle)
 
 
 def _context(dev):
@@ -604,25 +553,35 @@ def _context(dev):
         done.add(dev)
 
 
-def _direct_launch(compiled, grid, block, shmem, stream, args):
-    # the per-call path of small calls: plain dict lookups, no helpers
-    global _core
-    if _core is None:
-        import cuda.core
+@functools.lru_cache(maxsize=256)
+def _core_stream(handle):
+    return _core.Stream.from_handle(handle)
 
-        _core = cuda.core
-    done = getattr(_tls, "devs", None)
-    if done is None or compiled.dev not in done:
-        _context(compiled.dev)
-    s = _streams.get(stream)
-    if s is None:
-        s = _bounded(_streams, stream, _core.Stream.from_handle, 256)
-    cfg = _configs.get((grid, block, shmem))
-    if cfg is None:
-        cfg = _bounded(_configs, (grid, block, shmem),
-                       lambda k: _core.LaunchConfig(grid=k[0], block=k[1], shmem_size=k[2]),
-                       4096)
-    _core.launch(s, cfg, compiled.kernel.kernel, *args)
+
+@functools.lru_cache(maxsize=4096)
+def _core_config(grid, block, shmem):
+    return _core.LaunchConfig(grid=grid, block=block, shmem_size=shmem)
+
+
+def _direct_launch(compiled, grid, block, shmem, stream, args):
+    """cuda.core's launch of the compiled kernel with raw-int ``args``. False when
+    cuda.core is incompatible: nothing was launched, and numba's launch path is used from
+    now on."""
+    global _core
+    try:
+        if _core is None:
+            import cuda.core
+
+            _core = cuda.core
+        done = getattr(_tls, "devs", None)
+        if done is None or compiled.dev not in done:
+            _context(compiled.dev)
+        _core.launch(_core_stream(stream), _core_config(grid, block, shmem),
+                     compiled.kernel.kernel, *args)
+    except (ImportError, AttributeError, TypeError) as err:
+        _use_numba_launch(err)
+        return False
+    return True
 
 
 def launch(compiled, grid, block, shmem, stream, args):
@@ -635,13 +594,9 @@ def launch(compiled, grid, block, shmem, stream, args):
         return
     if shmem > compiled.max_shmem:
         compiled.ensure_shmem(shmem)
-    if config.launch == "direct":
-        try:
-            _direct_launch(compiled, grid, block, shmem, stream, _direct_args(args))
-            return
-        except (ImportError, AttributeError, TypeError) as err:
-            _use_numba_launch(err)
-    compiled.dispatcher[grid, block, numba_stream(stream), shmem](*_numba_args(args))
+    if config.launch != "direct" or not _direct_launch(compiled, grid, block, shmem, stream,
+                                                       _direct_args(args)):
+        compiled.dispatcher[grid, block, numba_stream(stream), shmem](*_numba_args(args))
 
 
 def _use_numba_launch(err):
@@ -657,73 +612,46 @@ def _use_numba_launch(err):
 # ---------------------------------------------------------------------------------------
 # entry points used by api.py
 
-def run_rows(op, kind, ins, out, m, n, dev, stream, vec_ok, scratch=None):
-    """Run ``op`` over m rows of n elements. ``ins``: [(Buf, row stride)] (one for the
-    forward functions, two for the gradients); ``out``: (Buf, row stride). ``scratch``
-    (a Scratch) provides the split kernels' workspace; without one, returns False when
-    the plan needs a workspace (nothing is launched), else True."""
-    r = ready(op, kind, m, n, vec_ok, dev)
-    if r.ws_items and scratch is None:
+def _aligned(ptrs, n, item):
+    """Whether 16-byte vector loads may be planned: every row start 16-byte aligned."""
+    if (n * item) % 16:
         return False
+    for p in ptrs:
+        if p % 16:
+            return False
+    return True
+
+
+def run_rows(op, kind, ins, out, m, n, dev, stream, scratch):
+    """Run ``op`` over m rows of n elements. ``ins``: [(Buf, row stride)] (one for the
+    forward functions, two for the gradients); ``out``: (Buf, row stride); ``scratch`` (a
+    Scratch) provides the split kernels' workspace."""
+    item = STORAGE[kind].itemsize
+    vec_ok = all(_aligned((b.ptr,), stride, item) for b, stride in (*ins, out))
+    r = ready(op, kind, m, n, vec_ok, dev)
     ws = scratch.buf(r.ws_items, np.float64) if r.ws_items else None
     for compiled, step in r.launches:
         launch(compiled, step.grid, step.spec.B, step.shmem, stream,
                _kernel_args(step, ins, out, ws, m, n))
-    return True
 
 
-# the fast path's launch per (op, kind, m, n, vec_ok, dev, number of inputs): the kernel,
-# its step, its flat arguments (from _kernel_args) with the data pointers left out, and
-# where those go; None where the plan needs a workspace
-_Fast = namedtuple("_Fast", "compiled step args slots")
-_fast = {}
-
-
-def _fast_entry(key):
-    op, kind, m, n, vec_ok, dev, nin = key
-    r = ready(op, kind, m, n, vec_ok, dev)
-    entry = None
-    if not r.ws_items:
-        ((compiled, step),) = r.launches  # plans without workspace have one step
-        total, item = m * n, STORAGE[kind].itemsize
-        marks = [-1 - i for i in range(nin + 1)]  # stand-ins for the data pointers
-        args = _kernel_args(step, [(_array_struct(p, total, item), n) for p in marks[:-1]],
-                            (_array_struct(marks[-1], total, item), n), None, m, n, raw=True)
-        entry = _Fast(compiled, step, args, tuple(args.index(p) for p in marks))
-    with config._lock:
-        if len(_fast) > 4096:
-            _fast.clear()
-        _fast[key] = entry
-    return entry
-
-
-def fast_rows(op, kind, ptrs, optr, m, n, dev, stream, vec_ok):
+def fast_rows(op, kind, ptrs, optr, m, n, dev, stream):
     """C-contiguous rows at the device pointers ``ptrs`` (inputs) and ``optr`` (result):
     the per-call fast path of cupy/torch inputs. False when it does not apply (a plan with
     a workspace, the simulator, numba's launch path): then the caller takes the general
     path."""
     if SIM or config.launch != "direct":
         return False
-    key = (op, kind, m, n, vec_ok, dev, len(ptrs))
-    f = _fast.get(key, 0)
-    if f == 0:
-        f = _fast_entry(key)
-    if f is None:
+    r = ready(op, kind, m, n, _aligned((*ptrs, optr), n, STORAGE[kind].itemsize), dev)
+    if r.args is None:
         return False
-    args = f.args.copy()
-    slots = f.slots
-    for i, ptr in enumerate(ptrs):
-        args[slots[i]] = ptr
-    args[slots[-1]] = optr
-    step = f.step
-    if step.shmem > f.compiled.max_shmem:
-        f.compiled.ensure_shmem(step.shmem)
-    try:
-        _direct_launch(f.compiled, step.grid, step.spec.B, step.shmem, stream, args)
-    except (ImportError, AttributeError, TypeError) as err:  # nothing was launched
-        _use_numba_launch(err)
-        return False
-    return True
+    args = r.args.copy()
+    for slot, ptr in zip(r.slots, (*ptrs, optr), strict=True):
+        args[slot] = ptr
+    ((compiled, step),) = r.launches
+    if step.shmem > compiled.max_shmem:
+        compiled.ensure_shmem(step.shmem)
+    return _direct_launch(compiled, step.grid, step.spec.B, step.shmem, stream, args)
 
 
 def copy(src, soff, sstrides, dst, doff, dstrides, shape, dev, stream, cast=False):
@@ -731,7 +659,8 @@ def copy(src, soff, sstrides, dst, doff, dstrides, shape, dev, stream, cast=Fals
     total = math.prod(shape)
     if total == 0:
         return
-    c = get_copy_kernel(len(shape), src.dtype, dst.dtype, cast, dev)
+    key = ("copy", len(shape), src.dtype, dst.dtype, cast, dev)
+    c = _compiled_kernel(key, lambda: copy_source(len(shape), src.dtype, dst.dtype, cast), dev)
     block = (config.block or 32) if SIM else COPY_BLOCK
     max_grid = config.max_grid or (2 if SIM else device_props(dev).sms * 32)
     launch(c, min(-(-total // block), max_grid), block, 0, stream,

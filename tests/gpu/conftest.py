@@ -91,38 +91,6 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason="needs a real GPU"))
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _sim_routing():
-    """Route the simulator's device arrays to the GPU path.
-
-    ``numbasoftmax._api._kind`` recognizes ``__cuda_array_interface__``; the simulator's
-    FakeCUDAArray has none (it has ``__cuda_ndarray__``). Until ``_kind`` also checks
-    ``__cuda_ndarray__`` (the requested one-line hook), wrap it for this test process."""
-    if not SIM:
-        yield
-        return
-    from numba import cuda
-
-    import numbasoftmax._api as napi
-
-    probe = cuda.to_device(__import__("numpy").zeros(1))
-    if napi._kind(probe) == "cuda":
-        yield
-        return
-    orig = napi._kind
-
-    def _kind(obj):
-        if getattr(type(obj), "__cuda_ndarray__", False):
-            return "cuda"
-        return orig(obj)
-
-    napi._kind = _kind
-    try:
-        yield
-    finally:
-        napi._kind = orig
-
-
 @pytest.fixture(autouse=True)
 def _fresh_config():
     """Every test starts from the default tunables."""

@@ -160,15 +160,22 @@ def test_masked_and_opaque_cai_rejected():
         __cuda_array_interface__ = {"shape": (2,), "typestr": "<f4", "data": (0, False),
                                     "version": 3, "mask": object()}
 
-    with pytest.raises(TypeError, match="masked"):
+    with pytest.raises(TypeError, match=r"softmax\(\): x is a masked"):
         ns.softmax(Masked())
 
     class Opaque:
         __cuda_array_interface__ = {"shape": (2,), "typestr": "<V2", "data": (0, False),
                                     "version": 3}
 
-    with pytest.raises(TypeError, match="typestr"):
+    with pytest.raises(TypeError, match=r"x must have dtype .*; got \|V2"):
         ns.softmax(Opaque())
+
+    class Swapped:
+        __cuda_array_interface__ = {"shape": (2,), "typestr": ">f4", "data": (0, False),
+                                    "version": 3}
+
+    with pytest.raises(TypeError, match=r"dy has a non-native byte order"):
+        ns.softmax_backward(cuda().to_device(np.zeros(2, np.float32)), Swapped())
 
 
 # ---------------------------------------------------------------------------------------
@@ -204,6 +211,24 @@ def test_layouts(layout, func):
         check()
         assert_close(func, to_host(out), [h.astype(np.float64) for h in host], axis,
                      "float32")
+
+
+def test_strided_axis_is_gathered(monkeypatch):
+    """The GPU has no column kernels: a strided softmax axis, which the CPU path reads in
+    place as columns (axis 0 of a C-ordered matrix), is gathered into rows."""
+    from numbasoftmax._cuda import api
+    from numbasoftmax._layout import COLUMNS, GATHER, ROWS, Meta
+
+    plans = []
+    real = api.plan
+    monkeypatch.setattr(api, "plan", lambda *a, **k: plans.append(real(*a, **k)) or plans[-1])
+    x = _x((5, 16))
+    r = ns.softmax(cuda().to_device(x), axis=0)
+    assert_close("softmax", to_host(r), [x.astype(np.float64)], 0, "float32")
+    (p,) = plans
+    assert p.inputs[0].kind == GATHER and p.out.kind == ROWS
+    host = [Meta(a.ctypes.data, a.strides, a.itemsize) for a in (x, np.empty_like(x))]
+    assert real(x.shape, (0,), host[:1], host[1]).out.kind == COLUMNS  # the CPU's plan
 
 
 def test_result_keeps_input_layout():
@@ -349,15 +374,6 @@ def test_torch_cpu_tensor_is_a_host_array():
         ns.softmax_backward(d, torch.zeros(3, 6))
 
 
-def test_direct_launch_arguments():
-    """The raw-int kernel arguments follow numba's flattened array layout: (meminfo,
-    parent, nitems, itemsize, data, shape, strides) per 1-D array, ints as intptr."""
-    from numbasoftmax._cuda import launch
-
-    b = launch.Buf(4096, 10, np.dtype(np.float32))
-    assert launch._direct_args([b, 7, (1, 2)]) == [0, 0, 10, 4, 4096, 10, 4, 7, 1, 2]
-
-
 @pytest.mark.parametrize("kind", ["f4", "f2"])
 def test_plans(kind):
     """Strategy thresholds on a GPU-like device (132 SMs, 227 KB shared memory)."""
@@ -381,6 +397,46 @@ def test_plans(kind):
 
 def test_dispatch_without_gpu_array():
     from numbasoftmax._cuda import api
+    from numbasoftmax._ops import SOFTMAX
 
     with pytest.raises(TypeError, match="no GPU array"):
-        api.dispatch("softmax", (np.zeros(3),), -1, None)
+        api.dispatch(SOFTMAX, (np.zeros(3),), -1, None)
+
+
+# ---------------------------------------------------------------------------------------
+# the array adapters (cupy and torch themselves need a GPU: test_gpu_frameworks.py)
+
+def test_adapters_by_type():
+    from numbasoftmax._cuda import arrays
+
+    torch = pytest.importorskip("torch")
+    assert arrays.fast_adapter(torch.Tensor) is arrays.TORCH
+    assert arrays.fast_adapter(torch.nn.Parameter) is None  # subclasses: the general path
+    assert arrays.fast_adapter(np.ndarray) is None
+    assert arrays.describe(torch.zeros(2), "x", "softmax") is None  # a CPU tensor: host
+    d = arrays.describe(cuda().to_device(np.zeros((2, 3), np.float32)), "x", "softmax")
+    assert d.lib is arrays.NUMBA and d.shape == (2, 3) and d.strides == (12, 4)
+    assert d.located().where == "numba device array on cuda:0"
+
+
+def test_torch_dtypes():
+    from numbasoftmax._cuda import arrays
+
+    torch = pytest.importorskip("torch")
+    assert arrays.TORCH.dtype(torch.bfloat16) is arrays.BF16
+    assert arrays.TORCH.dtype(torch.float16) == np.float16
+    assert arrays.TORCH.dtype(torch.bool) == np.bool_
+    assert arrays.TORCH.dtype(torch.float8_e4m3fn) == "torch.float8_e4m3fn"  # numpy has none
+    from numbasoftmax._inputs import result_dtype
+
+    with pytest.raises(TypeError, match=r"x must have dtype .*bfloat16.*got torch.float8"):
+        result_dtype(arrays.TORCH.dtype(torch.float8_e4m3fn), "x", "softmax",
+                     extra=(arrays.BF16,))
+
+
+def test_torch_fast_path_declines_cpu_tensors():
+    from numbasoftmax._cuda import arrays, launch
+    from numbasoftmax._ops import SOFTMAX
+
+    torch = pytest.importorskip("torch")
+    assert arrays.TORCH.fast(launch, SOFTMAX, (torch.zeros(2, 8),)) is None

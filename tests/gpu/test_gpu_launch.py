@@ -142,30 +142,29 @@ class FakeKernel:
 
 @pytest.fixture
 def fake_gpu(monkeypatch):
-    """The launcher as on a GPU, with fake driver and cuda.core."""
+    """The launcher as on a GPU (device 3, an H100), with fake driver, cuda.core and
+    compiled kernels."""
     drv = FakeDriver()
     core = FakeCore(drv)
     monkeypatch.setattr(driver, "api", lambda: (None, drv))
     monkeypatch.setattr(launch, "SIM", False)
     monkeypatch.setattr(launch, "_core", core)
     monkeypatch.setattr(launch, "_tls", threading.local())
-    monkeypatch.setattr(launch, "_streams", {})
-    monkeypatch.setattr(launch, "_configs", {})
-    monkeypatch.setattr(launch, "_fast", {})
     monkeypatch.setattr(launch.config, "launch", "direct")
+    monkeypatch.setitem(launch._props, 3, H100)
     compiled = object.__new__(launch.Compiled)
     compiled.kernel, compiled.dev, compiled.max_shmem = FakeKernel(), 3, launch.SHMEM_DEFAULT
-
-    def ready(op, kind, m, n, vec_ok, dev):
-        p = launch.plan(op, kind, m, n, vec_ok, H100, sim=False)
-        return launch.Ready(tuple((compiled, s) for s in p.steps), p.ws_items)
-
-    monkeypatch.setattr(launch, "ready", ready)
-    return drv, core
+    monkeypatch.setattr(launch, "get_kernel", lambda spec, dev: compiled)
+    caches = (launch.ready, launch._core_stream, launch._core_config)
+    for cache in caches:
+        cache.cache_clear()
+    yield drv, core
+    for cache in caches:
+        cache.cache_clear()
 
 
 def _fast(m=8, n=128):
-    return launch.fast_rows("softmax", "f4", [0x1000], 0x2000, m, n, 3, 0, True)
+    return launch.fast_rows("softmax", "f4", [0x1000], 0x2000, m, n, 3, 0)
 
 
 def test_fast_launch_makes_a_context_current_once_per_thread(fake_gpu):
@@ -200,7 +199,7 @@ def test_fast_launch_arguments(fake_gpu):
 
 def test_fast_path_declines_plans_with_a_workspace(fake_gpu):
     _, core = fake_gpu
-    assert not launch.fast_rows("softmax", "f4", [0x1000], 0x2000, 1, 1 << 20, 3, 0, True)
+    assert not launch.fast_rows("softmax", "f4", [0x1000], 0x2000, 1, 1 << 20, 3, 0)
     assert not core.launches
 
 
@@ -300,10 +299,11 @@ def test_numba_result_is_bound_to_the_input_stream(monkeypatch, axis):
     assert_close("softmax", r.copy_to_host(), [x.astype(np.float64)], axis, "float32")
 
 
-def test_numba_stream_of_a_raw_handle(monkeypatch):
+def test_numba_stream_of_a_raw_handle(monkeypatch, request):
     monkeypatch.setattr(launch, "SIM", False)
-    monkeypatch.setattr(launch, "_numba_streams", {})
     monkeypatch.setattr(cuda(), "external_stream", Marker)
+    launch.numba_stream.cache_clear()
+    request.addfinalizer(launch.numba_stream.cache_clear)
     assert launch.numba_stream(0x77).handle == 0x77
     assert launch.numba_stream(0x77) is launch.numba_stream(0x77)
 
@@ -379,12 +379,14 @@ def test_stream_ordered_memory_uses_the_async_driver_calls(monkeypatch):
 
 
 @pytest.mark.parametrize("pools", [True, False])
-def test_device_memory_is_stream_ordered_where_the_device_has_pools(monkeypatch, pools):
+def test_device_memory_is_stream_ordered_where_the_device_has_pools(monkeypatch, request,
+                                                                    pools):
     monkeypatch.setattr(launch, "SIM", False)
-    monkeypatch.setattr(launch, "_memories", {})
     monkeypatch.setattr(driver, "memory_pools_supported", lambda dev: pools)
+    launch.device_memory.cache_clear()
+    request.addfinalizer(launch.device_memory.cache_clear)
     mem = launch.device_memory(0)
-    assert isinstance(mem, launch._AsyncMemory if pools else launch._ArrayMemory)
+    assert isinstance(mem, launch._AsyncMemory if pools else launch.ArrayMemory)
     if pools:
         assert mem.alloc is driver.alloc_async and mem.free is driver.free_async
 

@@ -131,7 +131,7 @@ def _bf16_run(func, strategy, m, n, vec, rng):
     obuf = (launch.Buf(out.__cuda_array_interface__["data"][0], (m - 1) * (n + W) + n,
                        np.dtype(np.uint16)), n + W)
     with launch.config.override(force=strategy, vector=vec), launch.Scratch(0, 0) as scratch:
-        launch.run_rows(func, "bf16", bufs, obuf, m, n, 0, 0, vec, scratch)
+        launch.run_rows(func, "bf16", bufs, obuf, m, n, 0, 0, scratch)
     check()
     got = bf16_values(out.copy_to_host().view(np.uint16)).astype(np.float64)
     assert_close(func, got, [bf16_values(h).astype(np.float64) for h in host], -1,

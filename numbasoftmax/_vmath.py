@@ -1,0 +1,157 @@
+"""exp and log on ``_simd`` vectors (and on scalars: the same IR, so a scalar result and
+any lane of a vector result agree bit for bit).
+
+Both are written out in IEEE operations (fused multiply-adds where the code says so), with
+no call into the C library: the bits do not depend on the machine's libm.
+"""
+
+from __future__ import annotations
+
+import math
+
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
+
+from ._simd import _I64, W, _call, _const, _ctype_of, _intrinsic1, _intrinsic2, _suffix
+
+# ---------------------------------------------------------------------------------------
+# exp: t = k ln2 + r with |r| <= ln2/2, a Taylor polynomial in r by fused multiply-adds,
+# 2^k built from exponent bits. The argument is clamped with maxnum/minnum first, so a NaN
+# never reaches the float -> int conversion (which would be poison in LLVM). Results below
+# the smallest normal number are 0 (an absolute error under 1.2e-38 / 2.3e-308); above the
+# largest finite one, inf; NaN stays NaN. The same IR serves scalars and vectors, so a
+# scalar exp and any lane of a vector exp agree bit for bit.
+
+_LOG2E = 1.4426950408889634
+# ln 2 split so that k * hi is exact: float32 ...; float64 fdlibm's split
+_LN2 = {types.float32: (0.693359375, -2.12194440e-4),
+        types.float64: (0.6931471803691238, 1.9082149292705877e-10)}
+_RANGE = {types.float32: (-87.33, 88.37), types.float64: (-708.39, 709.0)}
+# 1/7! .. 1/0! for float32 (truncation error < 6e-9 relative on |r| <= ln2/2);
+# 1/13! .. 1/0! for float64
+_TAYLOR = {types.float32: [1.0 / math.factorial(i) for i in range(7, -1, -1)],
+           types.float64: [1.0 / math.factorial(i) for i in range(13, -1, -1)]}
+
+
+def _exp2_int(builder, k, ctype):
+    """2**k for integral k in the normal exponent range."""
+    vec = isinstance(k.type, ir.VectorType)
+
+    def ity(bits):
+        return ir.VectorType(ir.IntType(bits), W) if vec else ir.IntType(bits)
+
+    ki = builder.fptosi(k, ity(32))
+    if ctype == types.float32:
+        bits = builder.shl(builder.add(ki, _const(ity(32), 127)), _const(ity(32), 23))
+    else:
+        wide = builder.sext(ki, ity(64))
+        bits = builder.shl(builder.add(wide, _const(ity(64), 1023)), _const(ity(64), 52))
+    return builder.bitcast(bits, k.type)
+
+
+def emit_exp(builder, t, ctype, nonpos):
+    """exp(t) in ``ctype``; ``nonpos``: t <= 0 is promised (or t is NaN, the result then
+    unspecified), which drops the upper clamp and the inf/NaN selects."""
+    ty = t.type
+    lo, hi = _RANGE[ctype]
+    tc = _intrinsic2(builder, "maxnum", t, _const(ty, lo))
+    if not nonpos:
+        tc = _intrinsic2(builder, "minnum", tc, _const(ty, hi))
+    k = _intrinsic1(builder, "rint", builder.fmul(tc, _const(ty, _LOG2E)))
+    ln2_hi, ln2_lo = _LN2[ctype]
+    r = _call(builder, f"llvm.fma.{_suffix(ty)}", [k, _const(ty, -ln2_hi), tc])
+    r = _call(builder, f"llvm.fma.{_suffix(ty)}", [k, _const(ty, -ln2_lo), r])
+    coeffs = _TAYLOR[ctype]
+    p = _const(ty, coeffs[0])
+    for c in coeffs[1:]:
+        p = _call(builder, f"llvm.fma.{_suffix(ty)}", [p, r, _const(ty, c)])
+    res = builder.fmul(p, _exp2_int(builder, k, ctype))
+    res = builder.select(builder.fcmp_ordered("<", t, _const(ty, lo)), _const(ty, 0.0), res)
+    if not nonpos:
+        res = builder.select(builder.fcmp_ordered(">", t, _const(ty, hi)),
+                             _const(ty, math.inf), res)
+        res = builder.select(builder.fcmp_unordered("uno", t, t), t, res)
+    return res
+
+
+def _exp_intrinsic(nonpos):
+    @intrinsic
+    def op(typingctx, t):
+        ctype = _ctype_of(t)
+        if ctype not in (types.float32, types.float64):
+            return None
+
+        def codegen(context, builder, sig, args):
+            return emit_exp(builder, args[0], ctype, nonpos)
+
+        return t(t), codegen
+
+    return op
+
+
+vexp = _exp_intrinsic(nonpos=False)
+vexp.__doc__ = "exp of every lane (or of a float scalar): at most ~2 ulp off."
+vexp_nonpos = _exp_intrinsic(nonpos=True)
+vexp_nonpos.__doc__ = "``vexp`` for arguments <= 0 (x - max): the same bits, fewer operations."
+
+
+# ---------------------------------------------------------------------------------------
+# log for float64, as fdlibm computes it (error < 1 ulp): x = 2^k (1 + f) with
+# sqrt(2)/2 <= 1 + f < sqrt(2), s = f / (2 + f), and log(1 + f) = f - hfsq + s (hfsq + R(s^2))
+# with R a fixed polynomial. No fused operations, so any machine gives the same bits; the
+# same IR serves scalars and vectors.
+
+_LOG_LG = (6.666666666666735130e-01, 3.999999999940941908e-01, 2.857142874366239149e-01,
+           2.222219843214978396e-01, 1.818357216161805012e-01, 1.531383769920937332e-01,
+           1.479819860511658591e-01)
+_LOG_LN2 = (6.93147180369123816490e-01, 1.90821492927058770002e-10)
+
+
+def emit_log(builder, x):
+    ty = x.type
+    vec = isinstance(ty, ir.VectorType)
+    ity = ir.VectorType(_I64, W) if vec else _I64
+    # subnormal x: scaled by 2^54 first
+    tiny = builder.fcmp_ordered("<", x, _const(ty, 2.2250738585072014e-308))
+    xs = builder.select(tiny, builder.fmul(x, _const(ty, 18014398509481984.0)), x)
+    bits = builder.bitcast(xs, ity)
+    k = builder.sub(builder.lshr(bits, _const(ity, 52)), _const(ity, 1023))
+    k = builder.select(tiny, builder.sub(k, _const(ity, 54)), k)
+    mbits = builder.or_(builder.and_(bits, _const(ity, (1 << 52) - 1)),
+                        _const(ity, 0x3FF0000000000000))
+    m = builder.bitcast(mbits, ty)  # in [1, 2)
+    big = builder.fcmp_ordered(">=", m, _const(ty, 1.4142135623730951))
+    m = builder.select(big, builder.fmul(m, _const(ty, 0.5)), m)
+    k = builder.select(big, builder.add(k, _const(ity, 1)), k)
+    dk = builder.sitofp(k, ty)
+    f = builder.fsub(m, _const(ty, 1.0))
+    s = builder.fdiv(f, builder.fadd(_const(ty, 2.0), f))
+    z = builder.fmul(s, s)
+    w = builder.fmul(z, z)
+    lg = [_const(ty, c) for c in _LOG_LG]
+    t1 = builder.fmul(w, builder.fadd(lg[1], builder.fmul(
+        w, builder.fadd(lg[3], builder.fmul(w, lg[5])))))
+    t2 = builder.fmul(z, builder.fadd(lg[0], builder.fmul(w, builder.fadd(
+        lg[2], builder.fmul(w, builder.fadd(lg[4], builder.fmul(w, lg[6])))))))
+    r = builder.fadd(t2, t1)
+    hfsq = builder.fmul(builder.fmul(_const(ty, 0.5), f), f)
+    inner = builder.fadd(builder.fmul(s, builder.fadd(hfsq, r)),
+                         builder.fmul(dk, _const(ty, _LOG_LN2[1])))
+    res = builder.fsub(builder.fmul(dk, _const(ty, _LOG_LN2[0])),
+                       builder.fsub(builder.fsub(hfsq, inner), f))
+    # 0 -> -inf; inf -> inf; negative or NaN -> NaN
+    res = builder.select(builder.fcmp_ordered("==", x, _const(ty, 0.0)),
+                         _const(ty, -math.inf), res)
+    res = builder.select(builder.fcmp_ordered("==", x, _const(ty, math.inf)),
+                         _const(ty, math.inf), res)
+    return builder.select(builder.fcmp_ordered(">=", x, _const(ty, 0.0)), res,
+                          _const(ty, math.nan))
+
+
+@intrinsic
+def vlog(typingctx, x):
+    """Natural log of every lane of a float64 Vec, or of a float64 scalar (< 1 ulp)."""
+    if _ctype_of(x) != types.float64:
+        return None
+    return x(x), lambda context, builder, sig, args: emit_log(builder, args[0])

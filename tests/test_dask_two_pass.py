@@ -1,0 +1,301 @@
+"""Softmax axes split across chunks: the two passes of numbasoftmax/_dask.py.
+
+* Bits: when every block holds runs of each row that are whole 8192-element kernel chunks
+  (the row's last run excepted), the two passes combine the in-memory call's chunk
+  statistics in its order: bitwise equal to it. Otherwise the results are held to the
+  reference's error bounds (tests/_helpers.py), and the same graph gives the same bits on
+  every scheduler.
+* Non-finite values in different blocks of one row follow the in-memory rules.
+* The graph: no task reads more than one block of each operand, nothing is rechunked, the
+  output keeps the input's chunks.
+* A LocalCluster whose workers' memory_limit is below one merged softmax axis computes
+  axis=0 and axis=None (merging the axis there is refused by the scheduler).
+* Blocks that are not numpy arrays (cupy) take array operations instead of the kernels:
+  run here on numpy blocks.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+da = pytest.importorskip("dask.array")
+import dask  # noqa: E402
+from _helpers import (  # noqa: E402
+    CHUNK,
+    OPS,
+    assert_bitwise_equal,
+    assert_matches_reference,
+    call,
+    inputs_for,
+)
+from dask.core import flatten  # noqa: E402
+
+from numbasoftmax import _dask  # noqa: E402
+
+# (shape, chunks, axis) where every block's runs of a row are whole kernel chunks
+ALIGNED = [
+    ((3, 5 * CHUNK - 960), (2, 2 * CHUNK), -1),                    # rows cut at 16384, 32768
+    ((3, 5 * CHUNK - 960), ((1, 2), (CHUNK, 3 * CHUNK, CHUNK - 960)), -1),  # uneven chunks
+    ((3 * CHUNK, 5), (CHUNK, 2), 0),                               # down the columns
+    ((6, CHUNK // 2, 4), (2, CHUNK // 2, 4), None),                # runs of 4 chunks
+    ((5, 3, CHUNK), (2, 1, CHUNK), (1, 2)),                        # one chunk per block
+    # runs of a row in a block are not contiguous with each other: the statistics are put
+    # in the row's order
+    ((4, 3 * CHUNK), (2, CHUNK), None),                            # 2 runs per block
+    ((3, 5, 2 * CHUNK), (2, (2, 3), (CHUNK, CHUNK)), (1, 2)),      # 2 and 3 runs per block
+    ((3, 4, 3, CHUNK), (3, 3, 2, CHUNK), None),                    # 3, 2, 1 ... runs
+]
+# ... and where they are not
+UNALIGNED = [
+    ((3, 5 * CHUNK - 960), (2, 10000), -1),                        # cut at 10000, 20000, ...
+    ((3, 5 * CHUNK - 960), ((2, 1), (20000, CHUNK, 11808)), -1),   # uneven, one cut on 8192k
+    ((300, 7), (64, 3), 0),                                        # short runs
+    ((6, 50, 40), (4, 20, 15), None),                              # runs not contiguous
+    ((6, 50, 40), (6, 17, 40), (0, 1)),
+]
+
+
+def _ids(case):
+    shape, chunks, axis = case
+    return f"{'x'.join(map(str, shape))}-c{chunks}-axis{axis}".replace(" ", "")
+
+
+def _dask_inputs(inputs, chunks):
+    return [da.from_array(a, chunks=chunks) for a in inputs]
+
+
+def _two_pass_layers(result):
+    """Names of the statistics, finish and write layers (blockwise names: token-hash)."""
+    steps = ("stats", "finish", "write")
+    names = {name.split("-")[-2]: name for name in result.dask.layers
+             if name.split("-")[-2] in steps}
+    return [names[step] for step in steps]
+
+
+def _axes(axis, ndim):
+    from numbasoftmax._layout import normalize_axes
+
+    return normalize_axes(axis, ndim)
+
+
+# ---------------------------------------------------------------------------------------
+# results
+
+
+# float32 on every aligned case; float16 and float64 on row chunks, and on axis-0 blocks big
+# enough for the tiled transposing copies; float64 where the order of a row's statistics
+# shows (float32 chunk sums add up exactly in float64 in almost any order)
+BITWISE = [(case, np.float32) for case in ALIGNED] + [
+    (case, dtype) for case in (ALIGNED[0], ((2 * CHUNK, 8), (CHUNK, 8), 0))
+    for dtype in (np.float16, np.float64)] + [(case, np.float64) for case in ALIGNED[-3:]]
+
+
+@pytest.mark.parametrize("case, dtype", BITWISE,
+                         ids=[f"{_ids(c)}-{np.dtype(d)}" for c, d in BITWISE])
+@pytest.mark.parametrize("op", OPS)
+def test_whole_kernel_chunks_give_the_in_memory_bits(op, case, dtype):
+    shape, chunks, axis = case
+    inputs = inputs_for(op, np.random.default_rng(0), shape, dtype, axis)
+    result = call(op, _dask_inputs(inputs, chunks), axis)
+    assert result.chunks == da.from_array(inputs[0], chunks=chunks).chunks
+    assert_bitwise_equal(result.compute(scheduler="threads"), call(op, inputs, axis))
+
+
+@pytest.mark.parametrize("case", UNALIGNED, ids=_ids)
+@pytest.mark.parametrize("op", OPS)
+def test_other_boundaries_within_the_error_bound(op, case):
+    shape, chunks, axis = case
+    inputs = inputs_for(op, np.random.default_rng(2), shape, np.float32, axis)
+    result = call(op, _dask_inputs(inputs, chunks), axis)
+    got = result.compute(scheduler="threads")
+    assert_matches_reference(op, got, inputs, axis)
+    # the order is the graph's, not the scheduler's
+    assert_bitwise_equal(result.compute(scheduler="sync"), got)
+
+
+@pytest.mark.parametrize("case", [
+    ((2 * CHUNK, 40), (CHUNK, 15), 0),           # rows gathered into panels, bitwise
+    ((6, 50, 40), (4, 20, 15), (0, 2)),          # axes that do not merge: whole copies
+    ((6, 50, 40), (4, 20, 40), (1, 2)),          # rows in place
+], ids=_ids)
+@pytest.mark.parametrize("op", OPS)
+def test_rows_copied_in_panels(op, case, monkeypatch):
+    """Rows that are not evenly spaced in a block are copied in and out in panels: panels
+    of a few rows give the bits of a single panel."""
+    shape, chunks, axis = case
+    inputs = inputs_for(op, np.random.default_rng(7), shape, np.float32, axis)
+    whole = call(op, _dask_inputs(inputs, chunks), axis).compute(scheduler="sync")
+    monkeypatch.setattr(_dask, "PANEL_BYTES", 3 * 15 * 4)  # 3 rows of 15 elements
+    got = call(op, _dask_inputs(inputs, chunks), axis).compute(scheduler="sync")
+    assert_bitwise_equal(got, whole)
+    if axis == 0:
+        assert_bitwise_equal(got, call(op, inputs, axis))
+    else:
+        assert_matches_reference(op, got, inputs, axis)
+
+
+def _non_finite_rows(n):
+    """Rows of n float32 logits (n > 2 * 16384) with special values in different blocks
+    of chunks (.., 16384) and (.., 10000)."""
+    x = np.random.default_rng(3).standard_normal((6, n)).astype(np.float32)
+    x[0, n - 100] = np.nan                         # NaN in the last block: a NaN row
+    x[1, 20000] = np.inf                           # +inf in a middle block: a NaN row
+    x[2] = -np.inf                                 # only -inf: a NaN row
+    x[3, [100, 17000, n - 5]] = -np.inf            # -inf among finite values, every block
+    x[4, 2 * CHUNK:4 * CHUNK] = -np.inf            # a whole block of -inf
+    x[5, 5], x[5, 30000] = -3e38, 3e38             # huge values in different blocks
+    return x
+
+
+@pytest.mark.parametrize("chunks", [(6, 2 * CHUNK), (4, 10000)], ids=["aligned", "unaligned"])
+@pytest.mark.parametrize("op", ["softmax", "log_softmax"])
+def test_non_finite_values_in_different_blocks_of_a_row(op, chunks):
+    x = _non_finite_rows(5 * CHUNK - 960)
+    got = call(op, [da.from_array(x, chunks=chunks)]).compute(scheduler="threads")
+    if chunks[1] % CHUNK == 0:
+        assert_bitwise_equal(got, call(op, [x]))
+    assert_matches_reference(op, got, (x,))
+    assert np.isnan(got[:3]).all() and not np.isnan(got[3:]).any()
+    zero = 0.0 if op == "softmax" else -np.inf
+    assert (got[3:5] == -np.inf).sum() == (0 if op == "softmax" else 3 + 2 * CHUNK)
+    assert (got[3, [100, 17000, x.shape[1] - 5]] == zero).all()
+    assert (got[4, 2 * CHUNK:4 * CHUNK] == zero).all()
+    if op == "softmax":
+        np.testing.assert_allclose(got[3:].sum(axis=1, dtype=np.float64), 1.0, rtol=1e-5)
+        assert got[5, 30000] == 1.0 and got[5, 5] == 0.0
+
+
+@pytest.mark.parametrize("chunks", [(6, 2 * CHUNK), (4, 10000)], ids=["aligned", "unaligned"])
+@pytest.mark.parametrize("op", ["softmax_backward", "log_softmax_backward"])
+def test_non_finite_gradients_in_different_blocks_of_a_row(op, chunks):
+    n = 5 * CHUNK - 960
+    y, dy = inputs_for(op, np.random.default_rng(4), (6, n), np.float32)
+    dy[0, n - 100] = np.nan                        # the row's sum is NaN: a NaN row
+    dy[1, 20000] = np.inf
+    got = call(op, _dask_inputs((y, dy), chunks)).compute(scheduler="threads")
+    if chunks[1] % CHUNK == 0:
+        assert_bitwise_equal(got, call(op, (y, dy)))
+    assert_matches_reference(op, got, (y, dy))
+    assert np.isnan(got[0]).all() and np.isfinite(got[2:]).all()
+
+
+# ---------------------------------------------------------------------------------------
+# the graph
+
+
+@pytest.mark.parametrize("case", [
+    ((64, 48), (16, 12), 0),
+    ((64, 48), (16, 12), None),
+    ((4, 6, 8), (2, 3, 4), (0, 2)),
+], ids=_ids)
+@pytest.mark.parametrize("op", OPS)
+def test_graph_no_task_holds_more_than_a_block_of_each_operand(op, case):
+    shape, chunks, axis = case
+    inputs = _dask_inputs(inputs_for(op, np.random.default_rng(5), shape, np.float32, axis),
+                          chunks)
+    result = call(op, inputs, axis)
+    x = inputs[0]
+    assert result.chunks == x.chunks
+    assert not [name for name in result.dask.layers if "rechunk" in name]
+
+    graph = result.__dask_graph__()
+    deps = graph.get_all_dependencies()
+    blocks = {key for a in inputs for key in flatten(a.__dask_keys__())}
+    per_task = [len(d & blocks) for d in deps.values()]
+    assert max(per_task) == len(inputs)  # the statistics and the write read one of each
+    # three layers on top of the inputs: statistics and write one task per block, finish
+    # one task per group of blocks along the softmax axes
+    stats, finish, write = _two_pass_layers(result)
+    groups = math.prod(n for ax, n in enumerate(x.numblocks)
+                       if ax not in _axes(axis, x.ndim))
+    sizes = {name: len(graph.layers[name]) for name in (stats, finish, write)}
+    assert sizes == {stats: x.npartitions, finish: groups, write: x.npartitions}
+    for key in graph.layers[finish]:
+        assert not deps[key] & blocks  # the finish reads statistics only
+
+
+# ---------------------------------------------------------------------------------------
+# a cluster whose workers cannot hold a merged softmax axis
+
+
+def test_local_cluster_memory_limit_below_a_merged_axis():
+    """32 MiB of float32 in four 8 MiB blocks along axis 0; workers' memory_limit 24 MiB.
+    The scheduler refuses a task whose inputs exceed the limit: merging axis 0 (32 MiB in
+    one task) fails, the two passes (one block per task) compute. Memory management
+    (spill, pause) is off: in-process workers count the whole test process's memory."""
+    distributed = pytest.importorskip("distributed")
+    limit = 24 * 2**20
+    x = da.random.default_rng(0).standard_normal((4 * CHUNK, 256), chunks=(CHUNK, 256),
+                                                  dtype=np.float32)
+    xn = x.compute(scheduler="threads")
+    assert xn.nbytes > limit and x.blocks[0].nbytes < limit / 2
+    import numbasoftmax as ns
+
+    quiet = {"distributed.worker.memory.target": False,
+             "distributed.worker.memory.spill": False,
+             "distributed.worker.memory.pause": False}
+    with dask.config.set(quiet), distributed.LocalCluster(
+            n_workers=2, processes=False, threads_per_worker=1, memory_limit=limit,
+            dashboard_address=None, silence_logs=50) as cluster, distributed.Client(
+            cluster, set_as_default=False) as client:
+        merged = ns.softmax(x.rechunk({0: -1}), axis=0)[:, :16]
+        with pytest.raises(MemoryError, match="memory_limit"):
+            client.compute(merged).result()
+
+        by_column = ns.softmax(x, axis=0)
+        whole = ns.softmax(x, axis=None)
+        z = ns.log_softmax(x, axis=None)
+        grad = ns.log_softmax_backward(z, x, axis=None)
+        futures = client.compute([by_column[:, :16], by_column.sum(axis=0, dtype=np.float64),
+                                  whole[:100], whole.sum(dtype=np.float64), grad[-3:]])
+        cols, col_sums, head, total, grad_tail = client.gather(futures)
+
+    # runs of 8192 elements of every row: the in-memory call's bits
+    assert_bitwise_equal(cols, ns.softmax(xn, axis=0)[:, :16])
+    assert_bitwise_equal(head, ns.softmax(xn, axis=None)[:100])
+    zn = ns.log_softmax(xn, axis=None)
+    assert_bitwise_equal(grad_tail, ns.log_softmax_backward(zn, xn, axis=None)[-3:])
+    np.testing.assert_allclose(col_sums, 1.0, rtol=1e-5)
+    np.testing.assert_allclose(total, 1.0, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------
+# blocks the kernels do not take (cupy): array operations, run here on numpy blocks
+
+
+@pytest.fixture
+def array_operations(monkeypatch):
+    """numpy blocks through the array operations; yields the list of blocks written."""
+    written = []
+    xp_write = _dask._xp_write
+
+    def spy(key, rows, fin, dtype):
+        written.append(rows[0].shape)
+        return xp_write(key, rows, fin, dtype)
+
+    monkeypatch.setattr(_dask, "KERNEL_BLOCKS", ())
+    monkeypatch.setattr(_dask, "_xp_write", spy)
+    return written
+
+
+@pytest.mark.parametrize("case", [ALIGNED[0], UNALIGNED[2], UNALIGNED[3]], ids=_ids)
+@pytest.mark.parametrize("op", OPS)
+def test_array_operations_within_the_error_bound(op, case, array_operations):
+    shape, chunks, axis = case
+    inputs = inputs_for(op, np.random.default_rng(6), shape, np.float32, axis)
+    result = call(op, _dask_inputs(inputs, chunks), axis)
+    assert_matches_reference(op, result.compute(scheduler="threads"), inputs, axis)
+    assert len(array_operations) == result.npartitions
+
+
+@pytest.mark.parametrize("op", ["softmax", "log_softmax"])
+def test_array_operations_non_finite_rules(op, array_operations):
+    x = _non_finite_rows(5 * CHUNK - 960)
+    result = call(op, [da.from_array(x, chunks=(4, 10000))])
+    got = result.compute(scheduler="threads")
+    assert len(array_operations) == result.npartitions
+    assert_matches_reference(op, got, (x,))
+    assert np.isnan(got[:3]).all() and not np.isnan(got[3:]).any()
