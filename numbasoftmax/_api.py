@@ -146,6 +146,10 @@ def _call(op, arrays, axis, out, where=None, dtype=None):
         if result is not None:
             return result
     kind = _inputs.backend(arrays)
+    if (where is not None or (dtype is not None and kind != "numpy")) and _inputs.gpu_options(
+            op.name, [*zip(op.args, arrays, strict=True), ("where", where)], where=where,
+            dtype=dtype):
+        dtype = None  # on a GPU (where= refused): dtype= is the result's own
     if kind == "dask":
         from . import _dask
 
@@ -158,10 +162,6 @@ def _call(op, arrays, axis, out, where=None, dtype=None):
     if kind == "cuda":
         from ._cuda import api as _cuda_api
 
-        if where is not None or dtype is not None:
-            from ._cuda import features as _cuda_features
-
-            return _cuda_features.dispatch(op, arrays, axis, out, where=where, dtype=dtype)
         return _cuda_api.dispatch(op, arrays, axis, out)
     arrays, mask, masked = _inputs.host_unmask(arrays)
     dt = _inputs.requested_dtype(dtype, op.name)
@@ -207,7 +207,7 @@ def _logsumexp(x, axis, b, keepdims, return_sign, where, dtype, out):
     func = "logsumexp"
     kind = _inputs.backend((x,) if b is None else (x, b))
     if kind != "numpy":
-        return _other_backend(kind, LOGSUMEXP, (x,), axis, out, b=b, keepdims=keepdims,
+        return _other_backend(LOGSUMEXP, (x,), axis, out, b=b, keepdims=keepdims,
                               return_sign=return_sign, where=where, dtype=dtype)
     (x,), mask, masked = _inputs.host_unmask((x,))
     x, b, rdtype = _weights_and_dtype(x, b, dtype, func)
@@ -249,7 +249,7 @@ def _logsumexp_backward(x, lse, dlse, axis, b, sign, where, dtype, out):
     given = [a for a in (x, lse, dlse, b, sign) if a is not None]
     kind = _inputs.backend(given)
     if kind != "numpy":
-        return _other_backend(kind, LOGSUMEXP_BACKWARD, (x, lse, dlse), axis, out, b=b,
+        return _other_backend(LOGSUMEXP_BACKWARD, (x, lse, dlse), axis, out, b=b,
                               sign=sign, where=where, dtype=dtype)
     (x,), mask, masked = _inputs.host_unmask((x,))
     x, b, rdtype = _weights_and_dtype(x, b, dtype, func)
@@ -275,15 +275,14 @@ def _logsumexp_backward(x, lse, dlse, axis, b, sign, where, dtype, out):
         if masked else result
 
 
-def _other_backend(kind, op, arrays, axis, out, **options):
-    """logsumexp and its gradient on dask or GPU arrays."""
-    if kind == "dask":
-        from . import _dask_features
+def _other_backend(op, arrays, axis, out, **options):
+    """logsumexp and its gradient on dask arrays (of numpy blocks; not on GPU arrays yet)."""
+    named = [*zip(op.args, arrays, strict=True),
+             *((k, options.get(k)) for k in ("b", "sign", "where"))]
+    _inputs.gpu_options(op.name, named, supported=False)
+    from . import _dask_features
 
-        return _dask_features.dispatch(op, arrays, axis, out, _PUBLIC[op.name], **options)
-    from ._cuda import features as _cuda_features
-
-    return _cuda_features.dispatch(op, arrays, axis, out, **options)
+    return _dask_features.dispatch(op, arrays, axis, out, _PUBLIC[op.name], **options)
 
 
 # the function each dask task runs on its block (pickled by reference)

@@ -18,6 +18,9 @@
   (ValueError naming both shapes). A masked array's mask acts as ``where=~mask``; the
   result is a masked array with that mask.
 * Weights (logsumexp's ``b``): the dtype rule, and they broadcast to ``x``'s shape.
+* Not on GPU arrays yet (GPU arrays, and dask arrays of GPU blocks): ``where=``, a
+  ``dtype=`` other than the result's own, and logsumexp and its gradient
+  (NotImplementedError naming the parameter or the operation).
 
 The checks take plain metadata (shapes, dtypes, flags) so that any backend can apply them
 to its own array types; the ``host_*`` functions apply them to numpy inputs.
@@ -60,6 +63,65 @@ def backend(arrays):
         if kind != "numpy":
             return kind
     return "numpy"
+
+
+def _typename(obj):
+    t = type(obj)
+    return f"{t.__module__.partition('.')[0]}.{t.__name__}"
+
+
+def _on_gpu(named):
+    """(name, description) of the first of the (name, argument) pairs that lives on a GPU
+    (a GPU array, or a dask array of GPU blocks), or None."""
+    for name, a in named:
+        kind = array_kind(a)
+        if kind == "cuda":
+            return name, f"a {_typename(a)}"
+        if kind == "dask":
+            meta = getattr(a, "_meta", None)
+            if meta is not None and array_kind(meta) == "cuda":
+                return name, f"a dask array of {_typename(meta)} blocks"
+    return None
+
+
+def _gpu_result_dtype(obj, name, func):
+    """The numpy dtype of the result for GPU array ``obj``, or None where numpy has none
+    (bfloat16) or the dtype rule refuses it (the GPU path then says why)."""
+    dt = getattr(obj, "dtype", None)
+    if type(obj).__module__.partition(".")[0] == "torch":  # torch.float32 -> float32
+        dt = str(dt).removeprefix("torch.")
+    elif dt is None:
+        dt = obj.__cuda_array_interface__["typestr"]
+    try:
+        return result_dtype(np.dtype(dt), name, func)
+    except TypeError:
+        return None
+
+
+def gpu_options(func, named, *, where=None, dtype=None, supported=True):
+    """Whether an argument lives on a GPU (``named``: (name, argument) pairs, x first),
+    after the options the GPU path does not run yet are refused with a
+    NotImplementedError: ``where=``, a ``dtype=`` other than the dtype the result has
+    anyway, and (``supported`` False) the operation itself. ``dtype`` is checked
+    (TypeError) first, as on the CPU."""
+    found = _on_gpu(named)
+    if found is None:
+        return False
+    name, desc = found
+    given = f"{name} is {desc}; numpy arrays and dask arrays of numpy blocks support it"
+    if not supported:
+        raise NotImplementedError(f"{func}() is not supported on GPU arrays yet ({given})")
+    if where is not None:
+        raise NotImplementedError(f"{func}(): where= is not supported on GPU arrays yet "
+                                  f"({given})")
+    dt = requested_dtype(dtype, func)
+    if dt is not None:
+        own = _gpu_result_dtype(named[0][1], named[0][0], func)
+        if dt != own:
+            raise NotImplementedError(
+                f"{func}(): dtype={dt} is not supported on GPU arrays yet: only None or the "
+                f"result's own dtype{'' if own is None else f' ({own})'} ({given})")
+    return True
 
 
 # ---------------------------------------------------------------------------------------

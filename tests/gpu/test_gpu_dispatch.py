@@ -440,3 +440,105 @@ def test_torch_fast_path_declines_cpu_tensors():
 
     torch = pytest.importorskip("torch")
     assert arrays.TORCH.fast(launch, SOFTMAX, (torch.zeros(2, 8),)) is None
+
+
+# ---------------------------------------------------------------------------------------
+# where=, dtype= and logsumexp: not on GPU arrays yet (refused by the shared API layer,
+# naming the parameter or the operation, before anything is launched)
+
+NOT_YET = "not supported on GPU arrays yet"
+
+
+def _gpu_kinds():
+    """A numba device array and a generic CAI object of the same (4, 6) float32 data."""
+    x = _x((4, 6))
+    return x, [cuda().to_device(x), view_of(x)[0]]
+
+
+@pytest.mark.parametrize("func", ["softmax", "log_softmax", "softmax_backward",
+                                  "log_softmax_backward"])
+def test_where_not_on_gpu_yet(func):
+    x, kinds = _gpu_kinds()
+    for d in kinds:
+        args = (d, d) if func.endswith("backward") else (d,)
+        with pytest.raises(NotImplementedError, match=f"{func}\\(\\): where= is {NOT_YET}"):
+            getattr(ns, func)(*args, where=np.ones(6, bool))
+    # a GPU mask with a host x: refused the same way, naming where
+    with pytest.raises(NotImplementedError, match=f"where= is {NOT_YET} \\(where is a numba"):
+        getattr(ns, func)(*((x, x) if func.endswith("backward") else (x,)),
+                          where=cuda().to_device(np.ones(6, bool)))
+
+
+def test_dtype_not_on_gpu_yet_unless_the_results_own():
+    x, kinds = _gpu_kinds()
+    for d in kinds:
+        for dt in ("float64", np.float16):
+            with pytest.raises(NotImplementedError,
+                               match=rf"dtype={np.dtype(dt)} is {NOT_YET}.*own dtype \(float32\)"):
+                ns.softmax(d, dtype=dt)
+        with pytest.raises(NotImplementedError, match=f"dtype=float64 is {NOT_YET}"):
+            ns.softmax_backward(d, d, dtype=np.float64)
+        with pytest.raises(TypeError, match="dtype must be None, float16, float32 or float64"):
+            ns.softmax(d, dtype="int32")
+    # the result's own dtype is no change: the GPU path runs (integers give float64)
+    r = ns.log_softmax(kinds[0], dtype=np.float32)
+    assert_close("log_softmax", to_host(r), [x.astype(np.float64)], -1, "float32")
+    i = cuda().to_device(np.arange(12, dtype=np.int32).reshape(2, 6))
+    assert to_host(ns.softmax(i, dtype="float64")).dtype == np.float64
+
+
+def test_dtype_rule_reads_torch_and_cai_dtypes():
+    """The own dtype of a torch tensor (torch.float16 -> float16) and of an object with
+    nothing but __cuda_array_interface__ (its typestr)."""
+    from numbasoftmax import _inputs
+
+    tensor = type("Tensor", (), {"__module__": "torch", "is_cuda": True,
+                                 "dtype": "torch.float16"})()
+    assert _inputs.gpu_options("softmax", [("x", tensor)], dtype="float16")
+    with pytest.raises(NotImplementedError, match=r"own dtype \(float16\).*x is a torch.Tensor"):
+        _inputs.gpu_options("softmax", [("x", tensor)], dtype="float32")
+    bf16 = type("Tensor", (), {"__module__": "torch", "is_cuda": True,
+                               "dtype": "torch.bfloat16"})()
+    with pytest.raises(NotImplementedError, match=r"only None or the result's own dtype \("):
+        _inputs.gpu_options("softmax", [("x", bf16)], dtype="float32")
+    cai = type("Buffer", (), {"__cuda_array_interface__": {"typestr": "<f8"}})()
+    assert _inputs.gpu_options("softmax", [("x", cai)], dtype="float64")
+    with pytest.raises(NotImplementedError, match=r"own dtype \(float64\)"):
+        _inputs.gpu_options("softmax", [("x", cai)], dtype="float32")
+    assert not _inputs.gpu_options("softmax", [("x", np.zeros(3))], where=np.ones(3, bool))
+
+
+def test_logsumexp_not_on_gpu_yet():
+    x, kinds = _gpu_kinds()
+    row = np.zeros(4, np.float32)
+    for d in kinds:
+        with pytest.raises(NotImplementedError, match=f"logsumexp\\(\\) is {NOT_YET}"):
+            ns.logsumexp(d)
+        with pytest.raises(NotImplementedError, match=f"logsumexp_backward\\(\\) is {NOT_YET}"):
+            ns.logsumexp_backward(d, row, row)
+    # a GPU array in any argument: named
+    with pytest.raises(NotImplementedError, match=f"{NOT_YET} \\(b is a numba"):
+        ns.logsumexp(x, b=kinds[0])
+    with pytest.raises(NotImplementedError, match=f"{NOT_YET} \\(dlse is a numba"):
+        ns.logsumexp_backward(x, row, cuda().to_device(row))
+
+
+def test_dask_of_gpu_blocks_options_not_yet():
+    da = pytest.importorskip("dask.array")
+    x = _x((4, 6))
+    meta = cuda().to_device(np.empty((0, 0), np.float32))
+    dx = da.from_array(x, chunks=(2, 6)).map_blocks(cuda().to_device, meta=meta)
+    pattern = f"{NOT_YET} \\(x is a dask array of numba.\\w+ blocks"
+    with pytest.raises(NotImplementedError, match=f"where= is {pattern}"):
+        ns.softmax(dx, where=np.ones(6, bool))
+    with pytest.raises(NotImplementedError, match=f"dtype=float64 is {NOT_YET}"):
+        ns.log_softmax(dx, dtype="float64")
+    with pytest.raises(NotImplementedError, match=f"logsumexp\\(\\) is {pattern}"):
+        ns.logsumexp(dx)
+    with pytest.raises(NotImplementedError, match=f"logsumexp_backward\\(\\) is {pattern}"):
+        ns.logsumexp_backward(dx, np.zeros(4, np.float32), np.zeros(4, np.float32))
+    # a mask of GPU blocks with numpy blocks of x: refused too, naming where
+    dw = da.from_array(np.ones((4, 6), bool), chunks=(2, 6)).map_blocks(
+        cuda().to_device, meta=cuda().to_device(np.empty((0, 0), bool)))
+    with pytest.raises(NotImplementedError, match=f"where= is {NOT_YET} \\(where is a dask"):
+        ns.softmax(da.from_array(x, chunks=(2, 6)), where=dw)
