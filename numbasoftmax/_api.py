@@ -203,16 +203,22 @@ def _weights_and_dtype(x, b, dtype, func):
     return x, b, rdtype
 
 
+def _lse_host(op, x, b, axis, where, dtype):
+    """The host arguments of logsumexp or its gradient, checked: (x, b, result dtype, axes,
+    the mask of included elements or None, a masked array's mask, whether x was one)."""
+    (x,), mask, masked = _inputs.host_unmask((x,))
+    x, b, rdtype = _weights_and_dtype(x, b, dtype, op.name)
+    axes = normalize_axes(axis, x.ndim)
+    return x, b, rdtype, axes, _host_where(where, mask, x.shape, op), mask, masked
+
+
 def _logsumexp(x, axis, b, keepdims, return_sign, where, dtype, out):
     func = "logsumexp"
     kind = _inputs.backend((x,) if b is None else (x, b))
     if kind != "numpy":
         return _other_backend(LOGSUMEXP, (x,), axis, out, b=b, keepdims=keepdims,
                               return_sign=return_sign, where=where, dtype=dtype)
-    (x,), mask, masked = _inputs.host_unmask((x,))
-    x, b, rdtype = _weights_and_dtype(x, b, dtype, func)
-    axes = normalize_axes(axis, x.ndim)
-    where = _host_where(where, mask, x.shape, LOGSUMEXP)
+    x, b, rdtype, axes, where, mask, masked = _lse_host(LOGSUMEXP, x, b, axis, where, dtype)
     shape = _inputs.reduced_shape(x.shape, axes, keepdims)
     outs = _lse_outs(out, return_sign, shape, rdtype, func)
     kernel = "logsumexp_sign" if return_sign else "logsumexp"
@@ -251,10 +257,8 @@ def _logsumexp_backward(x, lse, dlse, axis, b, sign, where, dtype, out):
     if kind != "numpy":
         return _other_backend(LOGSUMEXP_BACKWARD, (x, lse, dlse), axis, out, b=b,
                               sign=sign, where=where, dtype=dtype)
-    (x,), mask, masked = _inputs.host_unmask((x,))
-    x, b, rdtype = _weights_and_dtype(x, b, dtype, func)
-    axes = normalize_axes(axis, x.ndim)
-    where = _host_where(where, mask, x.shape, LOGSUMEXP_BACKWARD)
+    x, b, rdtype, axes, where, mask, masked = _lse_host(LOGSUMEXP_BACKWARD, x, b, axis, where,
+                                                         dtype)
     keep = _inputs.reduced_shape(x.shape, axes, True)
     rows = []
     for name, v in (("lse", lse), ("dlse", dlse), ("sign", sign)):
