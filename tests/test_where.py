@@ -19,10 +19,13 @@ from _helpers import (
     assert_bitwise_equal,
     assert_matches_reference,
     call,
+    fuzz_examples,
     in_layout,
     inputs_for,
     num_threads,
 )
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import numbasoftmax as nsm
 
@@ -290,3 +293,38 @@ def test_bad_where_leaves_out_untouched():
     with pytest.raises(ValueError):
         nsm.softmax(np.zeros((3, 4), np.float32), where=np.ones(3, bool), out=out)
     assert (out == 7.0).all()
+
+
+# ---------------------------------------------------------------------------------------
+# property test: random masks (all-False and all-True rows included), shapes, axes and
+# broadcast mask shapes, against the reference and the documented excluded values
+
+@st.composite
+def _masked_case(draw):
+    shape = tuple(draw(st.lists(st.integers(1, 9), min_size=1, max_size=3)))
+    nd = len(shape)
+    axis = draw(st.one_of(st.integers(-nd, nd - 1), st.just(None),
+                          st.lists(st.integers(0, nd - 1), unique=True, min_size=1,
+                                   max_size=nd).map(tuple)))
+    # the mask's own shape: x's, with some axes broadcast (size 1) and leading ones dropped
+    wshape = tuple(s if draw(st.booleans()) else 1 for s in shape)[draw(st.integers(0, nd)):]
+    kind = draw(st.sampled_from(["random", "random", "all False", "all True"]))
+    seed = draw(st.integers(0, 2**32 - 1))
+    return shape, axis, wshape, kind, seed
+
+
+@settings(max_examples=fuzz_examples(150), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(case=_masked_case(), op=st.sampled_from(OPS))
+def test_random_masks_property(case, op):
+    shape, axis, wshape, kind, seed = case
+    rng = np.random.default_rng(seed)
+    inputs = inputs_for(op, rng, shape, np.float32)
+    if kind == "random":
+        where = rng.random(wshape) < rng.random()
+    else:
+        where = np.full(wshape, kind == "all True")
+    got = masked(op, inputs, where, axis=axis)
+    assert_matches_reference(op, got, inputs, axis=axis, where=where)
+    excluded = ~np.broadcast_to(where, shape)
+    assert (got[excluded] == EXCLUDED[op]).all()
