@@ -104,13 +104,19 @@ def short_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C):
     # all W lanes computed (the gather fills missing rows with 0): constant lane tuples, so
     # the tile's loads and stores need no masks
     la, lb, lo_ = (ta, 0, W, ALL), (tb, 0, W, ALL), (to, 0, W, ALL)
-    for r0 in range(lo, hi, W):
-        k = min(W, hi - r0)
-        _gather(a, ao, r0, k, n, ta)
+    full = lo + (hi - lo) // W * W
+    for r0 in range(lo, full, W):  # whole tiles: the lane count a constant, no masks
+        _gather(a, ao, r0, ALL, n, ta)
         if gradient:
-            _gather(b, bo, r0, k, n, tb)
+            _gather(b, bo, r0, ALL, n, tb)
         band(op, la, lb, lo_, 1, n, S, T, V)
-        _scatter(to, out, oo, r0, k, n)
+        _scatter(to, out, oo, r0, ALL, n)
+    if full < hi:
+        _gather(a, ao, full, hi - full, n, ta)
+        if gradient:
+            _gather(b, bo, full, hi - full, n, tb)
+        band(op, la, lb, lo_, 1, n, S, T, V)
+        _scatter(to, out, oo, full, hi - full, n)
 
 
 def column_tasks(M, C):
