@@ -191,6 +191,18 @@ def _scatter(src, dst, stride, r0, k, n):
         vscatter(dst, r0 * stride + j, stride, k, vload(src, j * W, W, 0.0))
 
 
+@njit(**INTERNAL)
+def _put(op, to, out, oo, r0, k, n):
+    """A tile's results into rows r0 .. r0+k-1 of ``out``: a reduction's values (and signs),
+    else the tile's rows."""
+    if reduces(op):
+        vscatter(out, r0 * oo, oo, k, vload(to, 0, W, 0.0))
+        if same(op, LOGSUMEXP_SIGN):
+            vscatter(out, r0 * oo + 1, oo, k, vload(to, W, W, 0.0))
+    else:
+        _scatter(to, out, oo, r0, k, n)
+
+
 @njit(**OPTIONS)
 def short_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C):
     """Rows lo..hi-1, W at a time (the lane kernel on rows gathered into tiles). A
@@ -202,17 +214,17 @@ def short_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C):
     # all W lanes computed (the gather fills missing rows with 0): constant lane tuples, so
     # the tile's loads and stores need no masks
     la, lb, lo_ = (ta, 0, W, ALL), _tile_lanes(tb), (to, 0, W, ALL)
-    for r0 in range(lo, hi, W):
-        k = min(W, hi - r0)
-        _gather(a, ao, r0, k, n, ta)
-        _gather_second(op, b, bo, r0, k, n, tb)
+    full = lo + (hi - lo) // W * W
+    for r0 in range(lo, full, W):  # whole tiles: the lane count a constant, no masks
+        _gather(a, ao, r0, ALL, n, ta)
+        _gather_second(op, b, bo, r0, ALL, n, tb)
         band(op, la, lb, lo_, 1, n, S, T, V)
-        if reduces(op):
-            vscatter(out, r0 * oo, oo, k, vload(to, 0, W, 0.0))
-            if same(op, LOGSUMEXP_SIGN):
-                vscatter(out, r0 * oo + 1, oo, k, vload(to, W, W, 0.0))
-        else:
-            _scatter(to, out, oo, r0, k, n)
+        _put(op, to, out, oo, r0, ALL, n)
+    if full < hi:
+        _gather(a, ao, full, hi - full, n, ta)
+        _gather_second(op, b, bo, full, hi - full, n, tb)
+        band(op, la, lb, lo_, 1, n, S, T, V)
+        _put(op, to, out, oo, full, hi - full, n)
 
 
 def column_tasks(M, C):

@@ -87,8 +87,9 @@ def _band_sum(lanes, a, b, c, nt, lo, hi, T, S, s0):
     zero = vsplat(0.0, T)
     for blo in range(lo, hi, BLOCK):
         bhi = min(blo + BLOCK, hi)
-        for v in range(nt * W):
-            vstore(T, v * W, W, zero)
+        for t in range(nt):  # the lanes this block uses; the tree reads no others
+            for lane in range(min(W, bhi - blo)):
+                vstore(T, (t * W + lane) * W, W, zero)
         for j in range(blo, bhi):
             lane = (j - blo) % W
             for t in range(nt):

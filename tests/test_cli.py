@@ -143,9 +143,11 @@ def test_startup_table_in_the_report(tiny_run):
     from numbasoftmax._bench import startup
 
     result, _, _ = tiny_run
-    measured = {"softmax": {"cold": {"import": 0.3, "small": 2.0, "large": 1.0, "total": 3.3},
-                            "warm": {"import": 0.3, "small": 0.3, "large": 0.01,
-                                     "total": 0.61}}}
+    measured = {"softmax": {"cold": {"import": 0.3, "setup": 0.2, "small": 2.0, "large": 1.0,
+                                     "total": 3.5, "cpu": 3.4, "llvm": 1.5,
+                                     "compiled": {"rows": 1.9, "rows_parallel": 0.9}},
+                            "warm": {"import": 0.3, "setup": 0.2, "small": 0.1, "large": 0.01,
+                                     "total": 0.61, "cpu": 0.6, "llvm": 0.0, "compiled": {}}}}
     result.startup = measured
     try:
         text = report.render_markdown(result)
@@ -154,7 +156,8 @@ def test_startup_table_in_the_report(tiny_run):
     assert startup.table(measured)[0] in text
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines()
             if line.startswith("| softmax")]
-    assert ["softmax", "0.30 s", "2.00 s", "1.00 s", "3.30 s", "0.61 s"] in rows
+    assert ["softmax", "0.30 s", "0.20 s", "2.00 s", "1.00 s", "3.50 s", "3.40 s", "1.50 s",
+            "rows 1.9, rows_parallel 0.9", "0.61 s", "0.30 s", "0.20 s"] in rows
 
 
 def test_plot_skipped_with_message_without_matplotlib(tmp_path, monkeypatch):

@@ -4,6 +4,12 @@ Each measurement is a fresh Python process that imports numbasoftmax and makes a
 8x128 call, then a first 1000x1000 call (float32, the last axis), timed from the start of
 the import to the end of the second call. "cold": numba's disk cache is empty (every kernel
 compiles); "warm": a second process with the cache the first one left.
+
+Where the time goes: "import" is numpy + numba + numbasoftmax; "numba set-up" is numba's
+one-time registration of its implementations before the first compile or cache load (it
+imports most of numba, and scipy.linalg when scipy is installed); the rest of a cold call is
+compiling the drivers it runs, split into LLVM's optimization and code generation and
+numba's own typing and lowering (from numba's compile timers).
 """
 
 from __future__ import annotations
@@ -17,9 +23,13 @@ import tempfile
 SCRIPT = """
 import json, sys, time
 t0 = time.perf_counter()
+c0 = time.process_time()
 import numpy as np
 import numbasoftmax
 t1 = time.perf_counter()
+from numba.core.registry import cpu_target
+cpu_target.target_context.refresh()  # what the first call would otherwise do
+t1b = time.perf_counter()
 f = getattr(numbasoftmax, sys.argv[1])
 def args(shape):
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
@@ -32,8 +42,21 @@ f(*small)
 t3 = time.perf_counter()
 f(*large)
 t4 = time.perf_counter()
-print(json.dumps({"import": t1 - t0, "small": t3 - t2, "large": t4 - t3,
-                  "total": (t1 - t0) + (t3 - t2) + (t4 - t3)}))
+from numba.core.dispatcher import Dispatcher
+from numbasoftmax import _cpu_kernels
+compiled, llvm = {}, 0.0
+for name in _cpu_kernels.__all__:
+    d = getattr(_cpu_kernels, name)
+    if not isinstance(d, Dispatcher):
+        continue
+    for cres in d.overloads.values():
+        timers = (cres.metadata or {}).get("timers", {})
+        if timers:  # compiled in this process (a cache load has no timers)
+            compiled[name] = compiled.get(name, 0.0) + timers.get("compiler_lock", 0.0)
+            llvm += timers.get("llvm_lock", 0.0)
+print(json.dumps({"import": t1 - t0, "setup": t1b - t1, "small": t3 - t2, "large": t4 - t3,
+                  "total": (t1b - t0) + (t3 - t2) + (t4 - t3), "compiled": compiled,
+                  "llvm": llvm, "cpu": time.process_time() - c0}))
 """
 
 
@@ -59,13 +82,18 @@ def measure(ops):
 
 def table(startup):
     """(title, header, rows) for the report."""
-    header = ["op", "cold: import", "cold: first 8x128", "cold: first 1000x1000", "cold total",
-              "warm total"]
+    header = ["op", "cold: import", "numba set-up", "first 8x128", "first 1000x1000",
+              "cold total", "cold CPU time", "of which LLVM", "drivers compiled (s)", "warm total",
+              "warm: import", "warm: set-up"]
     rows = []
     for op, r in startup.items():
         c, w = r["cold"], r["warm"]
-        rows.append([op, f"{c['import']:.2f} s", f"{c['small']:.2f} s", f"{c['large']:.2f} s",
-                     f"{c['total']:.2f} s", f"{w['total']:.2f} s"])
+        drivers = ", ".join(f"{k} {v:.1f}" for k, v in c.get("compiled", {}).items())
+        rows.append([op, f"{c['import']:.2f} s", f"{c.get('setup', 0):.2f} s",
+                     f"{c['small']:.2f} s", f"{c['large']:.2f} s", f"{c['total']:.2f} s",
+                     f"{c.get('cpu', 0):.2f} s", f"{c.get('llvm', 0):.2f} s", drivers or "–",
+                     f"{w['total']:.2f} s", f"{w['import']:.2f} s", f"{w.get('setup', 0):.2f} s"])
     title = ("Start-up, CPU (a fresh process: import + first 8x128 + first 1000x1000 call, "
-             "float32; cold = empty numba cache, warm = the cache the cold run left)")
+             "float32; cold = empty numba cache, warm = the cache the cold run left; wall-clock "
+             "times except the CPU time, which other processes do not inflate)")
     return title, header, rows
