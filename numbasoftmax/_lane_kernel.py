@@ -39,6 +39,7 @@ from ._row_kernel import (
     SOFTMAX,
     SOFTMAX_BACKWARD,
     keep,
+    reduces,
 )
 from ._simd import (
     W,
@@ -232,7 +233,13 @@ def _max_and_total(op, S, nt, nc):
             total = vsplat(0.0, S)
             for c in range(nc):
                 cmax = vload(S, (c * nt + t) * W, W, 0.0)
-                scale = vselect(veq(cmax, m), 1.0, vexp_nonpos(vsub(cmax, m)))
+                scale = vexp_nonpos(vsub(cmax, m))
+                if reduces(op):
+                    # a row's chunk whose max is the row's infinite max (-inf: no included
+                    # term; +inf) counts with scale 1, not exp(NaN). Only logsumexp needs
+                    # it (a softmax row with an infinite max is NaN anyway); the softmax
+                    # operations keep the shorter code, which compiles to a faster kernel.
+                    scale = vselect(veq(cmax, m), 1.0, scale)
                 total = vadd(total, vmul(vload(S, ((nc + c) * nt + t) * W, W, 0.0), scale))
         if same(op, LOG_SOFTMAX):
             total = vlog(total)
