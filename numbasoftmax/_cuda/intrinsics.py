@@ -1,15 +1,10 @@
-"""Device primitives of the real (GPU) path: 16-byte vector loads/stores, half and bfloat16
-conversions, warp shuffles. Imported only when the CUDA simulator is off; the simulator
-gets the same functions, written in Python, from ``sim.py``.
+"""Device primitives of the real GPU path (the simulator's are in ``sim.py``): 16-byte
+vector loads/stores, float16 and bfloat16 conversions (both stored as uint16), shuffles.
 
-Storage kinds: ``"f4"`` (float32), ``"f8"`` (float64), ``"f2"`` (IEEE half) and ``"bf16"``
-(bfloat16); the two 2-byte kinds reach the kernels as uint16 arrays. Arithmetic is float32,
-float64 for ``"f8"``.
-
-numba's own vector types and hand-unrolled code emit scalar loads; these intrinsics
-bitcast the element pointer to a 16-byte vector pointer and load/store it with ``align 16``
-(``ld.global.v4.*`` / ``st.global.v4.*``). The caller guarantees the alignment (api.py
-checks every base pointer and row stride before a vector kernel is planned).
+numba's own vector types and hand-unrolled code emit scalar loads; these intrinsics bitcast
+the element pointer to a 16-byte vector pointer and load/store it with ``align 16``
+(``ld.global.v4.*`` / ``st.global.v4.*``). The launcher plans vector kernels only where
+every row start is 16-byte aligned.
 """
 
 from __future__ import annotations

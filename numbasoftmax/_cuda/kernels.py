@@ -382,24 +382,28 @@ def _smem(P, spec):
 
 
 # ---------------------------------------------------------------------------------------
-# long rows: packs [plo, phi) of a row, U packs per thread per step. Forward: online max /
-# rescaled sum; gradients: the sum of term(y, dy). Sums in float64.
+# long rows, and their split: packs [plo, phi) of a row, U packs per thread per step.
+# Forward: online max / rescaled sum; gradients: the sum of term(y, dy). Sums in float64.
 
-LongParts = namedtuple("LongParts", "partial reduce write")
-
-
-def _long_parts(P, spec):
+def _long(P, spec):
+    """``long``: a block per row. ``split_stats`` / ``split_write``: a block per (row,
+    chunk) = divmod(i, C), chunks of L packs; ws (float64) holds per chunk (max, sum) for
+    the forward, the partial sum for the gradients. The long kernel is the chunk loop with
+    one chunk of the whole row (C = 1)."""
     dev = _device(P.sim)
     red, math_, io = _reductions(P), _op_math(P, spec.op), _packs(P, spec.V)
     fmax, block_max, block_sum = red.fmax, red.block_max, red.block_sum
-    term, value = math_.term, math_.value
+    term, value, factor64 = math_.term, math_.value, math_.factor64
     load, store = io.load, io.store
     ctype, exp = P.ctype, P.exp
     FWD = spec.op in FORWARD
     LOAD_A = spec.op != "log_softmax_backward"  # its sum needs dz only
     PAD = NEG_INF if FWD else 0.0  # the identity of the first reduction
+    STATS = spec.strategy != "split_write"  # the chunk's statistics from its data
+    WRITE = spec.strategy != "split_stats"  # the chunk's output
     V, B, U = spec.V, spec.B, spec.U
     UV = U * V
+    XCH = B if P.sim else 1
 
     @dev
     def partial(a, ab, b, bb, plo, phi, bufa, bufb):
@@ -471,25 +475,6 @@ def _long_parts(P, spec):
                 if p < phi:
                     store(out, ob + p * V, bufa, u * V)
             p0 += U * B
-
-    return LongParts(partial, reduce, write)
-
-
-def _long(P, spec):
-    """``long``: a block per row. ``split_stats`` / ``split_write``: a block per (row,
-    chunk) = divmod(i, C), chunks of L packs; ws (float64) holds per chunk (max, sum) for
-    the forward, the partial sum for the gradients. The long kernel is the chunk loop with
-    one chunk of the whole row (C = 1)."""
-    parts = _long_parts(P, spec)
-    partial, reduce, write = parts.partial, parts.reduce, parts.write
-    fmax, factor64 = _reductions(P).fmax, _op_math(P, spec.op).factor64
-    exp, ctype = P.exp, P.ctype
-    FWD = spec.op in FORWARD
-    STATS = spec.strategy != "split_write"  # the chunk's statistics from its data
-    WRITE = spec.strategy != "split_stats"  # the chunk's output
-    V, B, U = spec.V, spec.B, spec.U
-    UV = U * V
-    XCH = B if P.sim else 1
 
     def body(a, sa, b, sb, out, so, ws, m, n, C, L, bufa, bufb):
         if STATS:  # block reductions

@@ -394,13 +394,14 @@ class ArrayMemory:
     """Memory held by arrays until freed: an array library's pool (cupy, torch: stream
     ordered), host arrays under the simulator, or numba device arrays on a device without
     memory pools (numba's deferred cuMemFree synchronizes: only there). ``make(nbytes)``
-    returns (array, pointer)."""
+    returns an array of uint8, ``pointer(array)`` its address."""
 
-    def __init__(self, make):
-        self.make, self.arrays = make, {}
+    def __init__(self, make, pointer):
+        self.make, self.pointer, self.arrays = make, pointer, {}
 
     def alloc(self, nbytes, stream):
-        a, ptr = self.make(max(nbytes, 1))
+        a = self.make(max(nbytes, 1))
+        ptr = self.pointer(a)
         self.arrays[ptr] = a
         return ptr
 
@@ -415,22 +416,15 @@ class _AsyncMemory:
     free = staticmethod(driver.free_async)
 
 
-def _host_array(nbytes):
-    a = np.empty(nbytes, np.uint8)
-    return a, a.ctypes.data
-
-
-def _numba_array(nbytes):
-    a = cuda.device_array(nbytes, np.uint8)
-    return a, a.__cuda_array_interface__["data"][0]
-
-
 @functools.cache
 def device_memory(dev):
     """Where Scratch gets memory when the array library has no pool of its own."""
     if SIM:
-        return ArrayMemory(_host_array)
-    return _AsyncMemory() if driver.memory_pools_supported(dev) else ArrayMemory(_numba_array)
+        return ArrayMemory(lambda nbytes: np.empty(nbytes, np.uint8), lambda a: a.ctypes.data)
+    if driver.memory_pools_supported(dev):
+        return _AsyncMemory()
+    return ArrayMemory(lambda nbytes: cuda.device_array(nbytes, np.uint8),
+                       lambda a: a.__cuda_array_interface__["data"][0])
 
 
 class Scratch:

@@ -1,22 +1,16 @@
 """The CUDA simulator's versions of the device primitives in ``intrinsics.py``.
 
-``NUMBA_ENABLE_CUDASIM=1`` runs kernels as Python, one thread per CUDA thread, and has no
-warp shuffles, ``syncwarp`` or intrinsics. The kernels in ``kernels.py`` are the same
-source in both modes; only these primitives differ:
+``NUMBA_ENABLE_CUDASIM=1`` runs kernels as Python, a thread per CUDA thread, without warp
+shuffles or intrinsics; ``kernels.py`` is the same source in both modes, only these differ:
 
-* Group reductions (on a GPU, butterflies of log2(width) warp shuffles) become one
-  exchange through a block-wide shared array between two ``syncthreads()``, after which
-  every thread replays the butterfly in the GPU's order: the same numbers combined in the
-  same order, with 2 barriers instead of 2 per step (each barrier costs milliseconds here).
-  That is faithful when the whole block executes the same reductions, which the kernels
-  guarantee (every thread of a block runs every reduction; threads without a row carry
-  identity values).
-* Vector loads/stores are V scalar accesses, and they assert that the address is 16-byte
-  aligned: the simulator's arrays live in host memory at real addresses, so the launcher's
-  alignment checks are exercised too.
-* float16/bfloat16 conversions go through numpy (round to nearest even, as ``cvt.rn``).
-* exp/log/division run on numpy scalars with floating-point errors ignored, so an overflow
-  gives inf and log(0) gives -inf as on the GPU instead of raising like ``math``.
+* Group reductions become one exchange through a block-wide shared array between two
+  ``syncthreads()``, after which every thread replays the GPU's butterfly in its order:
+  the same numbers combined in the same order, 2 barriers instead of 2 per step (each
+  costs milliseconds here). Faithful because every thread of a block runs every reduction.
+* Vector loads/stores are V scalar accesses that assert 16-byte alignment (the simulator's
+  arrays have real host addresses), so the launcher's alignment checks are exercised too.
+* float16/bfloat16 conversions go through numpy (round to nearest even, as ``cvt.rn``);
+  exp/log/division run on numpy scalars with errors ignored (inf, -inf as on the GPU).
 """
 
 from __future__ import annotations
