@@ -55,7 +55,7 @@ F64 = types.float64
 Spec = namedtuple("Spec", "strategy op kind V G K B U cache", defaults=("c",))
 
 # The device functions the kernels are made of (intrinsics.py on a GPU, sim.py under the
-# simulator). ld/st(arr, i[, v]): one element, converted; ldv/stv(arr, i, buf, off, step): a
+# simulator). ld/st(arr, i[, v]): one element, converted; ldv/stv(arr, i, buf, off): a
 # 16-byte pack of V elements; ldv_raw: a pack of 2-byte bits, unconverted; begin(): per-thread
 # set-up; shfl_xor (GPU) or group_reduce(v, width, xch, op) (simulator) for the reductions.
 Primitives = namedtuple("Primitives", "sim ctype ld st ldv stv ldv_raw exp log begin "
@@ -195,32 +195,26 @@ def _packs(P, V):
     buf, o)`` converts arr[i:i+V] into buf[o:o+V], ``store`` the reverse, ``load_raw``
     copies 2-byte bits unconverted; ``elem(arr, i)`` is arr[i] as it is."""
     dev = _device(P.sim)
-    ld, st, ldv, stv, ldv_raw = P.ld, P.st, P.ldv, P.stv, P.ldv_raw
-
-    @dev
-    def load(arr, i, buf, o):
-        if V == 1:
-            buf[o] = ld(arr, i)
-        else:
-            ldv(arr, i, buf, o, 1)
-
-    @dev
-    def store(arr, i, buf, o):
-        if V == 1:
-            st(arr, i, buf[o])
-        else:
-            stv(arr, i, buf, o, 1)
-
-    @dev
-    def load_raw(arr, i, buf, o):
-        if V == 1:
-            buf[o] = arr[i]
-        else:
-            ldv_raw(arr, i, buf, o, 1)
+    ld, st = P.ld, P.st
 
     @dev
     def elem(arr, i):
         return arr[i]
+
+    if V > 1:  # 16-byte packs: the vector primitives themselves
+        return Packs(P.ldv, P.stv, P.ldv_raw, elem)
+
+    @dev
+    def load(arr, i, buf, o):
+        buf[o] = ld(arr, i)
+
+    @dev
+    def store(arr, i, buf, o):
+        st(arr, i, buf[o])
+
+    @dev
+    def load_raw(arr, i, buf, o):
+        buf[o] = arr[i]
 
     return Packs(load, store, load_raw, elem)
 

@@ -99,20 +99,20 @@ def make_primitives(kind):
     def aligned(arr, i):
         assert (_address(arr) + i * itemsize) % 16 == 0, "misaligned vector access"
 
-    def ldv(arr, i, buf, off, step):
+    def ldv(arr, i, buf, off):
         aligned(arr, i)
         for v in range(width):
-            buf[off + v * step] = ld(arr, i + v)
+            buf[off + v] = ld(arr, i + v)
 
-    def stv(arr, i, buf, off, step):
+    def stv(arr, i, buf, off):
         aligned(arr, i)
         for v in range(width):
-            st(arr, i + v, buf[off + v * step])
+            st(arr, i + v, buf[off + v])
 
-    def ldv_raw(arr, i, buf, off, step):
+    def ldv_raw(arr, i, buf, off):
         aligned(arr, i)
         for v in range(width):
-            buf[off + v * step] = arr[i + v]
+            buf[off + v] = arr[i + v]
 
     def begin():
         np.seterr(all="ignore")  # per thread: each simulated CUDA thread is a Python thread
