@@ -558,10 +558,9 @@ _BODIES = {"rows": _rows, "smem": _smem, "long": _long, "split_stats": _long,
 
 
 def build(spec, primitives):
-    """The Python function of the kernel for ``spec`` (not yet compiled). Every body takes
-    (a, sa, b, sb, out, so, ws, m, n, C, L); each kernel takes what its strategy uses
-    (launch._signature), and the forward kernels one input, passed as both a and b; the
-    gradients' second buffer exists only where a second input is read."""
+    """The Python function of the kernel for ``spec`` (not yet compiled). Each kernel takes
+    what its strategy uses (launch._signature); forward kernels pass their input as both a
+    and b of the body, and have one per-thread buffer."""
     P = primitives
     dev = _device(P.sim)
     strategy = _BODIES[spec.strategy](P, spec)

@@ -121,8 +121,7 @@ def _pow2ceil(v):
 
 
 class _Call:
-    """One planning problem: an (m, n) call of ``op`` on ``kind`` data, with the tunables
-    resolved for the device (``props``) and mode (``sim``)."""
+    """An (m, n) call of ``op`` on ``kind`` data, tunables resolved for device and mode."""
 
     def __init__(self, op, kind, m, n, vec_ok, props, sim):
         self.op, self.kind, self.m, self.n, self.sim = op, kind, m, n, sim
@@ -365,9 +364,8 @@ def get_kernel(spec, dev):
 
 
 class Ready(NamedTuple):
-    """A plan with its compiled kernels. Without workspace (one step), also the fast
-    path's raw kernel arguments for contiguous rows, with the ``slots`` of the data
-    pointers (inputs, then out) left to fill."""
+    """A plan with its compiled kernels; without workspace (one step), also the fast path's
+    raw arguments for contiguous rows, the data pointers' ``slots`` (inputs, out) to fill."""
 
     launches: tuple  # ((Compiled, Step), ...)
     ws_items: int
@@ -429,8 +427,7 @@ def device_memory(dev):
 
 class Scratch:
     """The temporary buffers of one call on its stream, from ``memory`` (default:
-    ``device_memory(dev)``), freed when the Scratch closes, after the call's work is
-    queued."""
+    ``device_memory(dev)``), freed when it closes, after the call's work is queued."""
 
     def __init__(self, dev, stream, memory=None):
         self.stream, self.mem, self._ptrs = stream, memory or device_memory(dev), []
@@ -519,9 +516,8 @@ def _core_config(grid, block, shmem):
 
 
 def _direct_launch(compiled, grid, block, shmem, stream, args):
-    """cuda.core's launch of the compiled kernel with raw-int ``args``. False when
-    cuda.core is incompatible: nothing was launched, and numba's launch path is used from
-    now on."""
+    """cuda.core's launch of the compiled kernel with raw-int ``args``. False when cuda.core
+    is incompatible: nothing was launched, and numba's launch path is used from now on."""
     global _core
     try:
         if _core is None:
@@ -571,9 +567,8 @@ def _aligned(ptrs, n, item):
 
 
 def run_rows(op, kind, ins, out, m, n, dev, stream, scratch):
-    """Run ``op`` over m rows of n elements. ``ins``: [(Buf, row stride)] (one for the
-    forward functions, two for the gradients); ``out``: (Buf, row stride); ``scratch`` (a
-    Scratch) provides the split kernels' workspace."""
+    """Run ``op`` over m rows of n elements. ``ins``: [(Buf, row stride)] per input; ``out``:
+    (Buf, row stride); ``scratch`` (a Scratch) holds the split kernels' workspace."""
     item = STORAGE[kind].itemsize
     vec_ok = all(_aligned((b.ptr,), stride, item) for b, stride in (*ins, out))
     r = ready(op, kind, m, n, vec_ok, dev)
@@ -584,10 +579,9 @@ def run_rows(op, kind, ins, out, m, n, dev, stream, scratch):
 
 
 def fast_rows(op, kind, ptrs, optr, m, n, dev, stream):
-    """C-contiguous rows at the device pointers ``ptrs`` (inputs) and ``optr`` (result):
-    the per-call fast path of cupy/torch inputs. False when it does not apply (a plan with
-    a workspace, the simulator, numba's launch path): then the caller takes the general
-    path."""
+    """The fast path of cupy/torch inputs: C-contiguous rows at device pointers ``ptrs``
+    (inputs) and ``optr`` (result). False when it does not apply (a plan with a workspace,
+    the simulator, numba's launch path): then the caller takes the general path."""
     if SIM or config.launch != "direct":
         return False
     r = ready(op, kind, m, n, _aligned((*ptrs, optr), n, STORAGE[kind].itemsize), dev)

@@ -73,28 +73,17 @@ def make_primitives(kind):
     """The primitives of ``kernels.py`` for one storage kind (simulator)."""
     from .kernels import Primitives
 
-    ctype = _F64 if kind == "f8" else _F32
     itemsize = {"f4": 4, "f8": 8, "f2": 2, "bf16": 2}[kind]
     width = 16 // itemsize
+    # storage -> compute type, and back
+    to_c, from_c = {"f4": (_F32, _F32), "f8": (_F64, _F64), "f2": (_h2f, _f2h),
+                    "bf16": (_b2f, _f2b)}[kind]
 
-    if kind in ("f4", "f8"):
-        def ld(arr, i):
-            return ctype(arr[i])
+    def ld(arr, i):
+        return to_c(arr[i])
 
-        def st(arr, i, v):
-            arr[i] = ctype(v)
-    elif kind == "f2":
-        def ld(arr, i):
-            return _h2f(arr[i])
-
-        def st(arr, i, v):
-            arr[i] = _f2h(v)
-    else:
-        def ld(arr, i):
-            return _b2f(arr[i])
-
-        def st(arr, i, v):
-            arr[i] = _f2b(v)
+    def st(arr, i, v):
+        arr[i] = from_c(v)
 
     def aligned(arr, i):
         assert (_address(arr) + i * itemsize) % 16 == 0, "misaligned vector access"
