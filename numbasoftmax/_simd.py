@@ -255,13 +255,49 @@ def _access(context, builder, sig, args, step):
     return vsty, mask, align, ptr, addrs
 
 
+def _all_lanes(builder, sig, args):
+    """i1: all W lanes valid, for a run-time lane count; None for the ``ALL`` marker.
+
+    A run-time count reaches the loads and stores of kernel functions that LLVM did not
+    inline. Masked with it, a float16 access has no vector instruction on AVX2 and becomes
+    one branch per lane, and a masked float32 store is microcoded on AMD cores; the whole
+    vector, the common case, then takes a plain access instead (the same values).
+    """
+    if isinstance(sig.args[-2], MarkerType):
+        return None
+    k = args[-2]
+    return builder.icmp_signed(">=", k, ir.Constant(k.type, W))
+
+
+def _either(builder, cond, full, partial):
+    """``full()`` if ``cond`` else ``partial()``, as a branch (``cond`` None: partial);
+    their value, or None for code that makes none."""
+    if cond is None:
+        return partial()
+    with builder.if_else(cond, likely=True) as (whole, part):
+        with whole:
+            a = full()
+            a_block = builder.block
+        with part:
+            b = partial()
+            b_block = builder.block
+    if a is None:
+        return None
+    phi = builder.phi(a.type)
+    phi.add_incoming(a, a_block)
+    phi.add_incoming(b, b_block)
+    return phi
+
+
 def _load_lanes(context, builder, sig, args, step):
     vsty, mask, align, ptr, addrs = _access(context, builder, sig, args, step)
     zero = ir.Constant(vsty, None)
     if ptr is not None:
         vp = builder.bitcast(ptr, vsty.as_pointer())
-        raw = _call(builder, f"llvm.masked.load.{_suffix(vsty)}.p0", [vp, align, mask, zero],
-                    ret=vsty)
+        raw = _either(builder, _all_lanes(builder, sig, args),
+                      lambda: builder.load(vp, align=align.constant),
+                      lambda: _call(builder, f"llvm.masked.load.{_suffix(vsty)}.p0",
+                                    [vp, align, mask, zero], ret=vsty))
     else:
         ptrs = builder.inttoptr(addrs, ir.VectorType(vsty.element.as_pointer(), W))
         raw = _call(builder, f"llvm.masked.gather.{_suffix(vsty)}.v{W}p0",
@@ -285,7 +321,16 @@ def _store_lanes(context, builder, sig, args, step):
         target = builder.inttoptr(addrs, ir.VectorType(vsty.element.as_pointer(), W))
         name = f"llvm.masked.scatter.{_suffix(vsty)}.v{W}p0"
     fnty = ir.FunctionType(ir.VoidType(), [vsty, target.type, _I32, mask.type])
-    builder.call(builder.module.declare_intrinsic(name, fnty=fnty), [value, target, align, mask])
+    fn = builder.module.declare_intrinsic(name, fnty=fnty)
+
+    def whole():
+        builder.store(value, target, align=align.constant)
+
+    def masked():
+        builder.call(fn, [value, target, align, mask])
+
+    _either(builder, _all_lanes(builder, sig, args) if ptr is not None else None, whole,
+            masked)
     return context.get_dummy_value()
 
 

@@ -27,7 +27,8 @@ def pow2(n):
 
 def write_plot(report, path):
     """GB/s over N (log2), one line per implementation (float16 dashed), the copy
-    bandwidth as a roofline. Returns the path, or None with a reason if matplotlib is
+    bandwidth as a roofline; the calls with a preallocated ``out=`` when the run timed
+    them, else the plain calls. Returns the path, or None with a reason if matplotlib is
     missing."""
     try:
         import matplotlib
@@ -37,8 +38,10 @@ def write_plot(report, path):
     except ImportError:
         return None, ("matplotlib is not installed: no plot written "
                       "(pip install 'numbasoftmax[bench]' or matplotlib)")
+    # like-for-like first: the preallocated out= calls where the run timed them
+    variant = "out" if any(r.variant == "out" for r in report.results) else "new"
     panels = list(dict.fromkeys((r.device, r.op) for r in report.results
-                                if r.variant == "new"))
+                                if r.variant == variant))
     if not panels:
         return None, "nothing to plot"
     cols = min(2, len(panels))
@@ -48,7 +51,7 @@ def write_plot(report, path):
     for ax, (device, op) in zip(axes.flat, panels, strict=False):
         lines = {}
         for r in report.results:
-            if (r.device, r.op, r.variant) == (device, op, "new") and r.gbps:
+            if (r.device, r.op, r.variant) == (device, op, variant) and r.gbps:
                 lines.setdefault((r.impl, r.dtype), []).append((r.n, r.gbps))
         for (impl, dtype), pts in lines.items():
             pts.sort()
@@ -71,7 +74,8 @@ def write_plot(report, path):
         ax.set_xlabel(f"row length N (M·N = {pow2(elements)})")
         ax.set_ylabel("GB/s (bytes an ideal kernel moves)")
         ax.set_ylim(bottom=0)
-        ax.set_title(f"{device.upper()} · {OPS[op].title}")
+        calls = "out= on both sides" if variant == "out" else "result allocated per call"
+        ax.set_title(f"{device.upper()} · {OPS[op].title} · {calls}")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7, loc="best")
     for ax in list(axes.flat)[len(panels):]:

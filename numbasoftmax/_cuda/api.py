@@ -1,17 +1,13 @@
 """GPU entry point: ``dispatch(op, arrays, axis, out)``, called by ``numbasoftmax._api`` for
 inputs that live on a GPU.
 
-Arrays reach the GPU path through the adapters of ``arrays.py`` (cupy, torch, numba and
-any ``__cuda_array_interface__`` object); the result is an array of the input's library
-(numba for generic objects), on the input's device, laid out like the input (the softmax
-axes innermost), so its rows are contiguous. Work is queued on the caller's stream and the
-host never waits for it.
-
-The input rules are the package's (``_inputs``: dtypes, gradient pairs, ``out=``), the
-layout plan is ``_layout.plan``: rows read and written in place where they are evenly
-spaced, otherwise gathered into a contiguous temporary by a copy kernel (and ``out``
-written through one) on the same stream. Integer and bool inputs are converted to float64
-by that copy, as on the CPU.
+The result is an array of the input's library (``arrays.py``; numba for generic
+``__cuda_array_interface__`` objects) on the input's device, laid out like the input with
+the softmax axes innermost, so its rows are contiguous. Work is queued on the caller's
+stream; the host never waits for it. Input rules are the package's (``_inputs``), the
+layout plan is ``_layout.plan``: rows in place where they are evenly spaced, otherwise
+gathered into a contiguous temporary by a copy kernel (which converts integer and bool
+input to float64, as on the CPU), and ``out`` written through one.
 """
 
 from __future__ import annotations

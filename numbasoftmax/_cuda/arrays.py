@@ -1,19 +1,16 @@
 """GPU arrays: one adapter per array library, behind one interface.
 
-* ``CUPY``: ``cupy.ndarray``. Results are cupy arrays; work goes on cupy's current stream;
-  temporaries come from cupy's memory pool.
-* ``TORCH``: torch CUDA tensors, bfloat16 included. Results are tensors; torch's current
-  stream and caching allocator.
-* ``NUMBA``: numba device arrays (the simulator's too) and any other object with
-  ``__cuda_array_interface__``. Results are numba device arrays bound to the stream named in
-  the interface (else the default stream); temporaries come from ``launch.device_memory``.
+* ``CUPY``: ``cupy.ndarray``; cupy's current stream and memory pool.
+* ``TORCH``: torch CUDA tensors, bfloat16 included; torch's current stream and allocator.
+* ``NUMBA``: numba device arrays (the simulator's too) and any other
+  ``__cuda_array_interface__`` object; results are numba device arrays bound to the stream
+  the interface names (else the default), temporaries from ``launch.device_memory``.
 
-An adapter ``describe``s an array (an ``Array``: pointer, shape, byte strides, dtype, device,
-stream; None for a host object), allocates (``empty``, ``memory`` for temporaries: the
-libraries' pools release memory in stream order), views (``permute``), makes a device
-current (``device``) and names the stream to launch on (``stream``). cupy and torch also have
-the per-call fast path (``fast``): C-contiguous arrays on the current device along their last
-axis, checked for only what it relies on; anything else returns None.
+An adapter ``describe``s an array (an ``Array``; None for a host object), allocates
+(``empty``; ``memory`` for temporaries, released in stream order), views (``permute``),
+makes a device current (``device``) and names the stream to launch on (``stream``). cupy
+and torch also have the per-call fast path (``fast``): C-contiguous arrays on the current
+device along their last axis, checked for only what it relies on; else None.
 """
 
 from __future__ import annotations
@@ -133,10 +130,9 @@ class _Library:
         from . import launch
 
         def make(nbytes):
-            a = self.empty((nbytes,), np.dtype(np.uint8), dev, stream)
-            return a, self.pointer(a)
+            return self.empty((nbytes,), np.dtype(np.uint8), dev, stream)
 
-        return launch.ArrayMemory(make)
+        return launch.ArrayMemory(make, self.pointer)
 
 
 class _Cupy(_Library):

@@ -1,15 +1,10 @@
-"""Device primitives of the real (GPU) path: 16-byte vector loads/stores, half and bfloat16
-conversions, warp shuffles. Imported only when the CUDA simulator is off; the simulator
-gets the same functions, written in Python, from ``sim.py``.
+"""Device primitives of the real GPU path (the simulator's are in ``sim.py``): 16-byte
+vector loads/stores, float16 and bfloat16 conversions (both stored as uint16), shuffles.
 
-Storage kinds: ``"f4"`` (float32), ``"f8"`` (float64), ``"f2"`` (IEEE half) and ``"bf16"``
-(bfloat16); the two 2-byte kinds reach the kernels as uint16 arrays. Arithmetic is float32,
-float64 for ``"f8"``.
-
-numba's own vector types and hand-unrolled code emit scalar loads; these intrinsics
-bitcast the element pointer to a 16-byte vector pointer and load/store it with ``align 16``
-(``ld.global.v4.*`` / ``st.global.v4.*``). The caller guarantees the alignment (api.py
-checks every base pointer and row stride before a vector kernel is planned).
+numba's own vector types and hand-unrolled code emit scalar loads; these intrinsics bitcast
+the element pointer to a 16-byte vector pointer and load/store it with ``align 16``
+(``ld.global.v4.*`` / ``st.global.v4.*``). The launcher plans vector kernels only where
+every row start is 16-byte aligned.
 """
 
 from __future__ import annotations
@@ -71,10 +66,8 @@ def _elem_ptr(context, builder, aryty, ary, index, index_ty):
 def make_vector_io(kind):
     """(ldv, stv) intrinsics for one storage kind ("raw16": 2-byte bits, unconverted).
 
-    ``ldv(arr, i, buf, off, step)``: load the 16 bytes at ``arr[i:]`` (16-byte aligned) and
-    write the V converted values to ``buf[off + v*step]``.
-    ``stv(arr, i, buf, off, step)``: convert ``buf[off + v*step]`` and store them as 16
-    bytes at ``arr[i:]``."""
+    ``ldv(arr, i, buf, off)``: load the 16 bytes at ``arr[i:]`` (16-byte aligned) and write
+    the V converted values to ``buf[off:off + V]``; ``stv(arr, i, buf, off)``: the reverse."""
 
     if kind == "f4":
         vec_ty, width = ir.VectorType(_F32, 4), 4
@@ -84,18 +77,16 @@ def make_vector_io(kind):
         vec_ty, width = ir.VectorType(_I32, 4), 8
 
     def _buf_ptrs(context, builder, sig, args):
-        bufty, offty, stepty = sig.args[2], sig.args[3], sig.args[4]
-        data = context.make_array(bufty)(context, builder, args[2]).data
-        off = _to_i64(builder, args[3], offty)
-        step = _to_i64(builder, args[4], stepty)
-        return [builder.gep(data, [builder.add(off, builder.mul(step, ir.Constant(_I64, v)))])
+        data = context.make_array(sig.args[2])(context, builder, args[2]).data
+        off = _to_i64(builder, args[3], sig.args[3])
+        return [builder.gep(data, [builder.add(off, ir.Constant(_I64, v))])
                 for v in range(width)]
 
     def pack_intrinsic(emit):
-        """f(arr, i, buf, off, step) whose code ``emit(builder, vector pointer at arr[i:],
+        """f(arr, i, buf, off) whose code ``emit(builder, vector pointer at arr[i:],
         pointers to the V elements of buf)`` writes."""
         @intrinsic
-        def f(typingctx, arr, idx, buf, off, step):
+        def f(typingctx, arr, idx, buf, off):
             if not (isinstance(arr, types.Array) and isinstance(buf, types.Array)):
                 return None
 
@@ -105,7 +96,7 @@ def make_vector_io(kind):
                      _buf_ptrs(context, builder, sig, args))
                 return context.get_dummy_value()
 
-            return types.void(arr, idx, buf, off, step), codegen
+            return types.void(arr, idx, buf, off), codegen
 
         return f
 
@@ -191,14 +182,6 @@ def make_primitives(kind):
             arr[i] = from_f32(types.float32(v))
 
     @cuda.jit(**_dev)
-    def exp(v):
-        return math.exp(v)
-
-    @cuda.jit(**_dev)
-    def log(v):
-        return math.log(v)
-
-    @cuda.jit(**_dev)
     def shfl_xor(v, lanemask):
         return cuda.shfl_xor_sync(0xFFFFFFFF, v, lanemask)
 
@@ -207,5 +190,5 @@ def make_primitives(kind):
         pass
 
     return Primitives(sim=False, ctype=types.float64 if kind == "f8" else types.float32,
-                      ld=ld, st=st, ldv=ldv, stv=stv, ldv_raw=ldv_raw, exp=exp, log=log,
+                      ld=ld, st=st, ldv=ldv, stv=stv, ldv_raw=ldv_raw, exp=math.exp, log=math.log,
                       begin=begin, shfl_xor=shfl_xor, group_reduce=None)

@@ -1,52 +1,44 @@
 """numba.cuda kernels for softmax, log_softmax and their gradients, as kernel factories.
 
-Every call is reduced to M rows of N elements (see ``api.py``): row ``r`` of an input ``x``
-is ``x[r*sx : r*sx + N]`` of a flat 1-D buffer. ``build(spec, primitives)`` returns the
-Python function of one specialization; ``launch.py`` compiles it for one explicit signature
-the first time it is needed and caches it. Nothing here compiles at import.
+A call is M rows of N elements: row ``r`` of input ``x`` is ``x[r*sx : r*sx + N]`` of a flat
+1-D buffer. ``build(spec, primitives)`` returns the Python function of one specialization;
+``launch.py`` compiles it the first time it is needed. Nothing compiles at import.
 
-Strategies (thresholds in ``launch.plan``), with the global-memory traffic of a row of N
+Strategies (thresholds in ``launch.plan``) and the global-memory traffic of a row of N
 elements (forward: read X, write Y; gradients: read Y and dY, write dX):
 
-``rows``   short rows: a group of G threads (G = 1..32, a power of two, a sub-warp or a warp)
-           per row, the row held in registers (K packs of V elements per thread), several
-           rows per warp when G < 32 and U = 2 rows per group and step when a row is at
-           most 8 values per thread (more loads in flight); butterfly-shuffle reductions.
-           Each input is read once: the minimum traffic.
-``smem``   medium rows: one block per row, the row cached in shared memory (in the compute
-           type, or as the 2-byte storage bits for float16/bfloat16 rows that fit only so),
-           so each input is read from global memory once; rows above 48 KB raise the
-           kernel's dynamic shared-memory limit (launch.py).
-``long``   long rows: one block per row, online max / rescaled sum (Milakov & Gimelshein
-           2018) in one pass, then a pass that writes: forward 2 reads + 1 write of N.
-``split``  long rows when there are too few rows to fill the GPU: each row is cut into C
-           chunks (one block each); a first kernel writes every chunk's statistics, a second
-           combines them in chunk order and writes its chunk. Traffic as ``long``.
+``rows``   short rows: G threads (1..32, a power of two) per row, the row in registers (K
+           packs of V elements per thread), U = 2 rows per group and step when a row is at
+           most 8 values per thread; butterfly-shuffle reductions. Each input read once.
+``smem``   medium rows: a block per row, the row cached in shared memory (compute type, or
+           the 2-byte storage bits for float16/bfloat16 rows that fit only so); each input
+           read once.
+``long``   long rows: a block per row, online max / rescaled sum (Milakov & Gimelshein
+           2018), then a pass that writes: forward 2 reads + 1 write of N.
+``split``  long rows, too few to fill the GPU: C chunks per row (a block each); one kernel
+           writes each chunk's statistics, a second combines them in chunk order and writes
+           its chunk. Traffic as ``long``.
 
-The forward and gradient kernels of a strategy are one function: the gradients read a
-second input (``b``) and sum a product where the forward functions take a max and sum
-exponentials; the per-element formulas are in ``_op_math``. Forward kernels take one
-input and pass it as both.
+Forward and gradient kernels of a strategy are one function: the gradients read a second
+input (``b``) and sum a product where the forward functions take a max and sum
+exponentials (formulas in ``_op_math``); forward kernels pass their input as both.
 
-Packs: V = 16 bytes / itemsize elements loaded or stored at once (``ld.global.v4``) when
-every row start is 16-byte aligned and N is a multiple of V; V = 1 (scalar) otherwise.
+Packs: V = 16 bytes / itemsize elements per load or store (``ld.global.v4``) when every
+row start is 16-byte aligned and N is a multiple of V; V = 1 otherwise.
 
-Arithmetic is float32 (float64 for float64 data). The long/split sums and dot products
-accumulate in float64. Non-finite rules are the CPU path's: max propagates NaN, a row with
-NaN or +inf gives NaN, an all -inf row gives NaN, -inf among finite values gives 0 (log:
--inf). Reductions have a fixed order (butterfly, then warps in order, then chunks in order),
-so results are deterministic for a given shape, dtype and strategy.
-
-Simulator: the same source runs under ``NUMBA_ENABLE_CUDASIM=1`` with the primitives of
-``sim.py`` (group reductions through a shared exchange array between ``syncthreads``).
-Every thread of a block runs every reduction, so the emulation is exact.
+Arithmetic is float32 (float64 for float64 data); long/split sums accumulate in float64.
+Non-finite rules are the CPU path's: max propagates NaN, a row with NaN or +inf gives NaN,
+an all -inf row gives NaN, -inf among finite values gives 0 (log: -inf). Every reduction
+has a fixed order (butterfly, warps in order, chunks in order): results are deterministic
+for a given shape, dtype and strategy. Under the simulator the same source runs with the
+primitives of ``sim.py``; every thread of a block runs every reduction, so the emulation
+of the shuffles is exact.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-import operator
 from collections import namedtuple
 
 from numba import cuda, types
@@ -56,37 +48,33 @@ from .._ops import FORWARD, OPS
 NEG_INF = -math.inf
 F64 = types.float64
 
-# One specialization. op: an operation's name (``_ops``); kind: storage ("f4","f8","f2","bf16");
-# V: pack width; G, K: threads per row and packs per thread (rows); B: block size;
-# U: rows per group and step (rows), packs loaded per step (smem, long, split);
-# cache (smem): "c" caches rows in the compute type, "s" in the 2-byte storage type (twice
-# the row length fits; exp is then evaluated twice per element).
+# One specialization. kind: storage ("f4", "f8", "f2", "bf16"); V: pack width; G, K:
+# threads per row and packs per thread (rows); B: block size; U: rows per group and step
+# (rows), packs loaded per step (smem, long, split); cache (smem): "c" rows in the compute
+# type, "s" in the 2-byte storage type (twice the row fits; exp then runs twice an element).
 Spec = namedtuple("Spec", "strategy op kind V G K B U cache", defaults=("c",))
 
 # The device functions the kernels are made of (intrinsics.py on a GPU, sim.py under the
-# simulator). ctype: the compute type; ld/st(arr, i[, v]): one element, converted; ldv/stv
-# (arr, i, buf, off, step): a 16-byte pack of V elements; ldv_raw: a pack of 2-byte storage
-# bits, unconverted; exp, log; begin(): per-thread set-up; shfl_xor(v, lanemask): a warp
-# shuffle (GPU); group_reduce(v, width, xch, op): a group reduction (simulator).
+# simulator). ld/st(arr, i[, v]): one element, converted; ldv/stv(arr, i, buf, off): a
+# 16-byte pack of V elements; ldv_raw: a pack of 2-byte bits, unconverted; begin(): per-thread
+# set-up; shfl_xor (GPU) or group_reduce(v, width, xch, op) (simulator) for the reductions.
 Primitives = namedtuple("Primitives", "sim ctype ld st ldv stv ldv_raw exp log begin "
                                       "shfl_xor group_reduce")
 
 
-# a strategy's kernel body, (a, sa, b, sb, out, so, ws, m, n, C, L, ba, bb), with the
-# per-thread buffers ba, bb it takes: ``items`` elements of ``dtype`` per input read
+# a strategy's kernel body (a, sa, b, sb, out, so, ws, m, n, C, L, ba, bb) and its
+# per-thread buffers ba, bb: ``items`` elements of ``dtype`` per input read
 Body = namedtuple("Body", "fn items dtype")
 
 
 def _device(sim):
     """Decorator for helper device functions in the current mode."""
-    if sim:
-        return lambda f: f
-    return cuda.jit(device=True, forceinline=True)
+    return (lambda f: f) if sim else cuda.jit(device=True, forceinline=True)
 
 
 # ---------------------------------------------------------------------------------------
-# building blocks shared by every strategy, made once per primitives (storage kind) and op
-# so that numba compiles each of these device functions once per process, not per kernel
+# building blocks of every strategy, made once per primitives (storage kind) and op, so
+# that numba compiles each device function once per process, not once per kernel
 
 Reductions = namedtuple("Reductions", "fmax group_max group_sum block_max block_sum")
 
@@ -94,6 +82,7 @@ Reductions = namedtuple("Reductions", "fmax group_max group_sum block_max block_
 @functools.cache
 def _reductions(P):
     dev = _device(P.sim)
+    shfl_xor = P.shfl_xor
 
     @dev
     def fmax(a, b):
@@ -102,34 +91,24 @@ def _reductions(P):
             return a
         return b
 
-    if P.sim:
-        # the simulator's exchange-based butterfly: same order, 2 barriers per reduction
-        group_reduce = P.group_reduce
+    @dev
+    def add(a, b):
+        return a + b
 
-        def group_max(v, width, xch):
-            return group_reduce(v, width, xch, fmax)
-
-        def group_sum(v, width, xch):
-            return group_reduce(v, width, xch, operator.add)
-    else:
-        shfl_xor = P.shfl_xor
+    def group(combine):
+        if P.sim:  # the simulator's exchange: the same order, 2 barriers per reduction
+            return lambda v, width, xch: P.group_reduce(v, width, xch, combine)
 
         @dev
-        def group_max(v, width, xch):
-            """Max over aligned groups of ``width`` lanes (butterfly: every lane gets it)."""
+        def reduce(v, width, xch):
+            """Over aligned groups of ``width`` lanes (butterfly: every lane gets it)."""
             off = width // 2
             while off > 0:
-                v = fmax(v, shfl_xor(v, off))
+                v = combine(v, shfl_xor(v, off))
                 off //= 2
             return v
 
-        @dev
-        def group_sum(v, width, xch):
-            off = width // 2
-            while off > 0:
-                v = v + shfl_xor(v, off)
-                off //= 2
-            return v
+        return reduce
 
     def block_reduction(group):
         @dev
@@ -151,6 +130,7 @@ def _reductions(P):
 
         return block
 
+    group_max, group_sum = group(fmax), group(add)
     return Reductions(fmax, group_max, group_sum, block_reduction(group_max),
                       block_reduction(group_sum))
 
@@ -211,37 +191,30 @@ Packs = namedtuple("Packs", "load store load_raw elem")
 
 @functools.cache
 def _packs(P, V):
-    """Moving packs of V elements between global memory and a per-thread buffer:
-    ``load(arr, i, buf, o)`` converts elements arr[i:i+V] into buf[o:o+V]; ``store`` is the
-    reverse; ``load_raw`` copies 2-byte storage bits unconverted; ``elem(arr, i)`` is
-    arr[i] as it is."""
+    """Packs of V elements between global memory and a per-thread buffer: ``load(arr, i,
+    buf, o)`` converts arr[i:i+V] into buf[o:o+V], ``store`` the reverse, ``load_raw``
+    copies 2-byte bits unconverted; ``elem(arr, i)`` is arr[i] as it is."""
     dev = _device(P.sim)
-    ld, st, ldv, stv, ldv_raw = P.ld, P.st, P.ldv, P.stv, P.ldv_raw
-
-    @dev
-    def load(arr, i, buf, o):
-        if V == 1:
-            buf[o] = ld(arr, i)
-        else:
-            ldv(arr, i, buf, o, 1)
-
-    @dev
-    def store(arr, i, buf, o):
-        if V == 1:
-            st(arr, i, buf[o])
-        else:
-            stv(arr, i, buf, o, 1)
-
-    @dev
-    def load_raw(arr, i, buf, o):
-        if V == 1:
-            buf[o] = arr[i]
-        else:
-            ldv_raw(arr, i, buf, o, 1)
+    ld, st = P.ld, P.st
 
     @dev
     def elem(arr, i):
         return arr[i]
+
+    if V > 1:  # 16-byte packs: the vector primitives themselves
+        return Packs(P.ldv, P.stv, P.ldv_raw, elem)
+
+    @dev
+    def load(arr, i, buf, o):
+        buf[o] = ld(arr, i)
+
+    @dev
+    def store(arr, i, buf, o):
+        st(arr, i, buf[o])
+
+    @dev
+    def load_raw(arr, i, buf, o):
+        buf[o] = arr[i]
 
     return Packs(load, store, load_raw, elem)
 
@@ -325,10 +298,10 @@ def _smem(P, spec):
     red, math_, io = _reductions(P), _op_math(P, spec.op), _packs(P, spec.V)
     fmax, block_max, block_sum = red.fmax, red.block_max, red.block_sum
     term, factor, value = math_.term, math_.factor, math_.value
-    load, store, load_raw = io.load, io.store, io.load_raw
-    ctype = P.ctype
+    ctype, store = P.ctype, io.store
     FWD = spec.op in FORWARD
     RAW = spec.cache == "s"  # cache the 2-byte storage bits, convert on every read
+    fetch = io.load_raw if RAW else io.load  # global memory -> the cache's staging buffers
     KEEP_E = spec.op == "softmax" and not RAW
     cdt = types.uint16 if RAW else ctype
     value_of = P.ld if RAW else io.elem  # an element of the cache, in the compute type
@@ -357,14 +330,9 @@ def _smem(P, spec):
                 for u in range(UL):
                     p = (j0 + u) * B + tid
                     if p < npk:
-                        if RAW:
-                            load_raw(a, row * sa + p * V, ta, u * V)
-                            if not FWD:
-                                load_raw(b, row * sb + p * V, tb, u * V)
-                        else:
-                            load(a, row * sa + p * V, ta, u * V)
-                            if not FWD:
-                                load(b, row * sb + p * V, tb, u * V)
+                        fetch(a, row * sa + p * V, ta, u * V)
+                        if not FWD:
+                            fetch(b, row * sb + p * V, tb, u * V)
                 for u in range(UL):
                     p = (j0 + u) * B + tid
                     if p < npk:
@@ -408,24 +376,28 @@ def _smem(P, spec):
 
 
 # ---------------------------------------------------------------------------------------
-# long rows: packs [plo, phi) of a row, U packs per thread per step. Forward: online max /
-# rescaled sum; gradients: the sum of term(y, dy). Sums in float64.
+# long rows, and their split: packs [plo, phi) of a row, U packs per thread per step.
+# Forward: online max / rescaled sum; gradients: the sum of term(y, dy). Sums in float64.
 
-LongParts = namedtuple("LongParts", "partial reduce write")
-
-
-def _long_parts(P, spec):
+def _long(P, spec):
+    """``long``: a block per row. ``split_stats`` / ``split_write``: a block per (row,
+    chunk) = divmod(i, C), chunks of L packs; ws (float64) holds per chunk (max, sum) for
+    the forward, the partial sum for the gradients. The long kernel is the chunk loop with
+    one chunk of the whole row (C = 1)."""
     dev = _device(P.sim)
     red, math_, io = _reductions(P), _op_math(P, spec.op), _packs(P, spec.V)
     fmax, block_max, block_sum = red.fmax, red.block_max, red.block_sum
-    term, value = math_.term, math_.value
+    term, value, factor64 = math_.term, math_.value, math_.factor64
     load, store = io.load, io.store
     ctype, exp = P.ctype, P.exp
     FWD = spec.op in FORWARD
     LOAD_A = spec.op != "log_softmax_backward"  # its sum needs dz only
     PAD = NEG_INF if FWD else 0.0  # the identity of the first reduction
+    STATS = spec.strategy != "split_write"  # the chunk's statistics from its data
+    WRITE = spec.strategy != "split_stats"  # the chunk's output
     V, B, U = spec.V, spec.B, spec.U
     UV = U * V
+    XCH = B if P.sim else 1
 
     @dev
     def partial(a, ab, b, bb, plo, phi, bufa, bufb):
@@ -497,25 +469,6 @@ def _long_parts(P, spec):
                 if p < phi:
                     store(out, ob + p * V, bufa, u * V)
             p0 += U * B
-
-    return LongParts(partial, reduce, write)
-
-
-def _long(P, spec):
-    """``long``: a block per row. ``split_stats`` / ``split_write``: a block per (row,
-    chunk) = divmod(i, C), chunks of L packs; ws (float64) holds per chunk (max, sum) for
-    the forward, the partial sum for the gradients. The long kernel is the chunk loop with
-    one chunk of the whole row (C = 1)."""
-    parts = _long_parts(P, spec)
-    partial, reduce, write = parts.partial, parts.reduce, parts.write
-    fmax, factor64 = _reductions(P).fmax, _op_math(P, spec.op).factor64
-    exp, ctype = P.exp, P.ctype
-    FWD = spec.op in FORWARD
-    STATS = spec.strategy != "split_write"  # the chunk's statistics from its data
-    WRITE = spec.strategy != "split_stats"  # the chunk's output
-    V, B, U = spec.V, spec.B, spec.U
-    UV = U * V
-    XCH = B if P.sim else 1
 
     def body(a, sa, b, sb, out, so, ws, m, n, C, L, bufa, bufb):
         if STATS:  # block reductions
@@ -605,10 +558,9 @@ _BODIES = {"rows": _rows, "smem": _smem, "long": _long, "split_stats": _long,
 
 
 def build(spec, primitives):
-    """The Python function of the kernel for ``spec`` (not yet compiled). Every body takes
-    (a, sa, b, sb, out, so, ws, m, n, C, L); each kernel takes what its strategy uses
-    (launch._signature), and the forward kernels one input, passed as both a and b; the
-    gradients' second buffer exists only where a second input is read."""
+    """The Python function of the kernel for ``spec`` (not yet compiled). Each kernel takes
+    what its strategy uses (launch._signature); forward kernels pass their input as both a
+    and b of the body, and have one per-thread buffer."""
     P = primitives
     dev = _device(P.sim)
     strategy = _BODIES[spec.strategy](P, spec)

@@ -1,17 +1,10 @@
 """Strategy choice, lazy compilation and low-overhead launching of the kernels.
 
-Buffers are described by ``Buf(ptr, nitems, dtype)``: device pointers on a GPU, host
-addresses under the simulator (whose "device" arrays are numpy arrays). Kernels take flat
-1-D contiguous arrays; on a GPU such an argument is passed as numba's flattened array
-struct ``(meminfo, parent, nitems, itemsize, data, shape, stride)`` of raw ints, straight
-to ``cuda.core.launch`` with the compiled overload's kernel handle: no numba typing, no
-``__cuda_array_interface__`` round trip per call (numba's generic dispatch costs tens of
-microseconds per launch). Everything is validated before it gets here (api.py).
-
-Sections: tunables (``config``; tests use ``config.override(...)`` to force strategies and
-small blocks under the simulator), devices, plans, compilation, temporary device memory
-(stream-ordered, the host never waits), launching (one builder of kernel arguments; a
-current context per thread for the context-less kernel handles), entry points for api.py.
+Buffers are ``Buf(ptr, nitems, dtype)``: device pointers on a GPU, host addresses under
+the simulator. Kernels take flat 1-D contiguous arrays; on a GPU such an argument goes to
+``cuda.core.launch`` as numba's flattened array struct of raw ints, with the compiled
+kernel's handle: numba's generic dispatch (typing, ``__cuda_array_interface__``) costs tens
+of microseconds per launch. Inputs are validated before they get here (api.py).
 """
 
 from __future__ import annotations
@@ -46,18 +39,18 @@ _I64 = types.int64
 
 
 class _Config:
-    """Tunables. ``None`` means the built-in default (which differs under the simulator).
+    """Tunables; ``None`` is the built-in default (smaller under the simulator).
 
-    block      threads per block for every kernel (a multiple of 32; simulator default 32)
+    block      threads per block of every kernel (whole warps; simulator default 32)
     max_grid   cap on the number of blocks (grid-stride loops cover the rest)
-    reg_max    longest row (elements) handled by the register strategy
+    reg_max    longest row (elements) of the register strategy
     smem_max   bytes of dynamic shared memory the ``smem`` strategy may use
     split_rows a long-row call with fewer rows than this is split into chunks
     force      "rows" | "smem" | "smem16" | "long" | "split": use that strategy ("smem16":
-               the shared-memory row cache in the 2-byte storage type; float16/bfloat16)
+               the shared-memory row cache in the 2-byte storage type)
     vector     False: never use 16-byte vector loads (for tests)
-    launch     "direct" (cuda.core launch of the compiled kernel) or "numba" (numba's own
-               launch path; slower, kept as a cross-check and as the fallback)
+    launch     "direct" (cuda.core launch) or "numba" (numba's launch path: slower, kept as
+               a cross-check and as the fallback)
     """
 
     _fields = ("block", "max_grid", "reg_max", "smem_max", "split_rows", "force", "vector",
@@ -90,10 +83,9 @@ class _Config:
 config = _Config()
 
 # ---------------------------------------------------------------------------------------
-# devices
+# devices: what plans depend on
 
-# what plans depend on: multiprocessor count, max dynamic shared memory per block (opt-in)
-DeviceProps = namedtuple("DeviceProps", "sms smem_optin")
+DeviceProps = namedtuple("DeviceProps", "sms smem_optin")  # smem_optin: bytes per block
 _props = {}
 
 
@@ -129,8 +121,7 @@ def _pow2ceil(v):
 
 
 class _Call:
-    """One planning problem: an (m, n) call of ``op`` on ``kind`` data, with the tunables
-    resolved for the device (``props``) and mode (``sim``)."""
+    """An (m, n) call of ``op`` on ``kind`` data, tunables resolved for device and mode."""
 
     def __init__(self, op, kind, m, n, vec_ok, props, sim):
         self.op, self.kind, self.m, self.n, self.sim = op, kind, m, n, sim
@@ -148,30 +139,27 @@ class _Call:
         self.unroll = 2 if sim else max(1, (8 if kind == "f8" else 16) // self.V)
 
     def block(self, default):
-        """Threads per block: the tunable, else 32 under the simulator, else ``default``.
-        A whole number of warps: the reductions shuffle over full warps."""
+        """Threads per block: whole warps, since the reductions shuffle over full warps."""
         b = config.block or (32 if self.sim else default)
         if b % 32 or not 32 <= b <= 1024:
             raise ValueError(f"block size must be a multiple of 32 from 32 to 1024 (whole "
                              f"warps); got {b}")
         return b
 
-    def spec(self, strategy, b, u, G=1, K_=1, cache="c"):
-        return K.Spec(strategy, self.op, self.kind, self.V, G, K_, b, u, cache)
+    def step(self, strategy, b, u, grid, shmem=0, chunks=(), G=1, K_=1, cache="c"):
+        spec = K.Spec(strategy, self.op, self.kind, self.V, G, K_, b, u, cache)
+        return Step(spec, grid, shmem, chunks)
 
 
 def _rows(c):
     packs = max(c.npk, 1)
-    if packs <= 32:
-        g, k = _pow2ceil(packs), 1
-    else:
-        g, k = 32, _pow2ceil(-(-packs // 32))
+    g, k = (_pow2ceil(packs), 1) if packs <= 32 else (32, _pow2ceil(-(-packs // 32)))
     b = c.block(128)
-    # rows per group and step: two when a row is at most 8 values per thread, so that
+    # two rows per group and step when a row is at most 8 values per thread, so that
     # each thread keeps two loads in flight
     u = 2 if k * c.V <= 8 else 1
     grid = min(-(-c.m // (b // g * u)), c.max_grid)
-    return Plan([Step(c.spec("rows", b, u, g, k), grid, 0, ())], 0)
+    return Plan([c.step("rows", b, u, grid, G=g, K_=k)], 0)
 
 
 def _smem_block(c):
@@ -200,13 +188,12 @@ def _smem(c, cache=None):
     # the gradients load two arrays: half the packs of each in flight (at 1024 threads a
     # thread has 64 registers; more spill)
     u = max(1, c.unroll // 2) if c.bwd and not c.sim else c.unroll
-    return Plan([Step(c.spec("smem", b, u, cache=cache), min(c.m, c.max_grid),
-                      _smem_bytes(c, b, cache), ())], 0)
+    return Plan([c.step("smem", b, u, min(c.m, c.max_grid), _smem_bytes(c, b, cache),
+                        cache=cache)], 0)
 
 
 def _long(c):
-    b = c.block(512)
-    return Plan([Step(c.spec("long", b, c.unroll), min(c.m, c.max_grid), 0, ())], 0)
+    return Plan([c.step("long", c.block(512), c.unroll, min(c.m, c.max_grid))], 0)
 
 
 def _split(c):
@@ -219,13 +206,11 @@ def _split(c):
         L = -(-L // per_step) * per_step  # whole steps
     chunks = -(-c.npk // L)
     grid = min(c.m * chunks, c.max_grid)
-    # the statistics kernel is the same for softmax and log_softmax: compile it once
-    stats = c.spec("split_stats", b, c.unroll)
-    if not c.bwd:
-        stats = stats._replace(op="softmax")
-    steps = [Step(stats, grid, 0, (chunks, L)),
-             Step(c.spec("split_write", b, c.unroll), grid, 0, (chunks, L))]
-    return Plan(steps, c.m * chunks * (1 if c.bwd else 2))
+    stats = c.step("split_stats", b, c.unroll, grid, chunks=(chunks, L))
+    if not c.bwd:  # the same statistics for softmax and log_softmax: compile them once
+        stats = stats._replace(spec=stats.spec._replace(op="softmax"))
+    write = c.step("split_write", b, c.unroll, grid, chunks=(chunks, L))
+    return Plan([stats, write], c.m * chunks * (1 if c.bwd else 2))
 
 
 def _choose(c):
@@ -263,11 +248,10 @@ def plan(op, kind, m, n, vec_ok, dev, sim=None):
 # ---------------------------------------------------------------------------------------
 # compilation
 
-# what ``cuda.jit`` compiles: the kernel's Python function, its signature, the options.
-# Launch bounds: at most the block size, at least one block per SM. ptxas then keeps
-# registers x block within the register file (else the launch fails for lack of
-# resources). With the block size alone it also aims at several blocks per SM and spills
-# registers for that, by heuristics that move with every code change.
+# what ``cuda.jit`` compiles. Launch bounds: at most the block size, at least one block
+# per SM, so that ptxas keeps registers x block within the register file (else the launch
+# fails for lack of resources). With the block size alone it also aims at several blocks
+# per SM and spills registers for that, by heuristics that move with every code change.
 Source = namedtuple("Source", "pyfunc sig options")
 COPY_BLOCK = 256
 
@@ -291,16 +275,13 @@ def _arr(dtype):
 
 
 def _signature(spec):
-    a = _arr(STORAGE[spec.kind])
-    i = _I64
+    """The kernel's arguments, in the order ``_kernel_args`` gives them."""
+    a, i = _arr(STORAGE[spec.kind]), _I64
     inputs = (a, i, a, i) if OPS[spec.op].backward else (a, i)
-    if spec.strategy == "split_stats":
-        rest = (_arr(np.float64), i, i, i, i)
-    elif spec.strategy == "split_write":
-        rest = (a, i, _arr(np.float64), i, i, i, i)
-    else:
-        rest = (a, i, i, i)
-    return types.void(*inputs, *rest)
+    out = () if spec.strategy == "split_stats" else (a, i)
+    ws = (_arr(np.float64),) if spec.strategy.startswith("split") else ()
+    chunks = (i, i) if ws else ()
+    return types.void(*inputs, *out, *ws, i, i, *chunks)
 
 
 def _options(block):
@@ -331,9 +312,7 @@ class Compiled:
     __slots__ = ("dispatcher", "kernel", "dev", "max_threads", "max_shmem")
 
     def __init__(self, dispatcher, dev):
-        self.dispatcher = dispatcher
-        self.dev = dev
-        self.max_shmem = SHMEM_DEFAULT
+        self.dispatcher, self.dev, self.max_shmem = dispatcher, dev, SHMEM_DEFAULT
         self.kernel = None
         if not SIM:
             overload = next(iter(dispatcher.overloads.values()))
@@ -385,9 +364,8 @@ def get_kernel(spec, dev):
 
 
 class Ready(NamedTuple):
-    """A plan with its compiled kernels. For a one-step plan without workspace, also the
-    fast path's raw kernel arguments for contiguous rows (``_kernel_args``), the data
-    pointers left out, and the ``slots`` they go to (inputs, then out)."""
+    """A plan with its compiled kernels; without workspace (one step), also the fast path's
+    raw arguments for contiguous rows, the data pointers' ``slots`` (inputs, out) to fill."""
 
     launches: tuple  # ((Compiled, Step), ...)
     ws_items: int
@@ -403,25 +381,25 @@ def ready(op, kind, m, n, vec_ok, dev):
         return Ready(launches, p.ws_items)
     marks = [-1 - i for i in range(len(OPS[op].args) + 1)]  # stand-ins for the pointers
     rows = [(Buf(mark, m * n, STORAGE[kind]), n) for mark in marks]
-    (step,) = p.steps  # plans without workspace have one step
-    args = _direct_args(_kernel_args(step, rows[:-1], rows[-1], None, m, n))
+    args = _direct_args(_kernel_args(p.steps[0], rows[:-1], rows[-1], None, m, n))
     return Ready(launches, 0, args, tuple(args.index(mark) for mark in marks))
 
 
 # ---------------------------------------------------------------------------------------
-# temporary device memory
+# temporary device memory: released in stream order, the host never waits
 
 class ArrayMemory:
     """Memory held by arrays until freed: an array library's pool (cupy, torch: stream
-    ordered), host arrays under the simulator (its device memory is host memory), numba
-    device arrays on a device without memory pools (freed by numba's deferred cuMemFree,
-    which synchronizes: only there). ``make(nbytes)`` -> (array, pointer)."""
+    ordered), host arrays under the simulator, or numba device arrays on a device without
+    memory pools (numba's deferred cuMemFree synchronizes: only there). ``make(nbytes)``
+    returns an array of uint8, ``pointer(array)`` its address."""
 
-    def __init__(self, make):
-        self.make, self.arrays = make, {}
+    def __init__(self, make, pointer):
+        self.make, self.pointer, self.arrays = make, pointer, {}
 
     def alloc(self, nbytes, stream):
-        a, ptr = self.make(max(nbytes, 1))
+        a = self.make(max(nbytes, 1))
+        ptr = self.pointer(a)
         self.arrays[ptr] = a
         return ptr
 
@@ -430,40 +408,29 @@ class ArrayMemory:
 
 
 class _AsyncMemory:
-    """Stream-ordered allocation: freeing never waits for the device."""
+    """The device's default pool: ``cuMemAllocAsync`` / ``cuMemFreeAsync``."""
 
     alloc = staticmethod(driver.alloc_async)
     free = staticmethod(driver.free_async)
-
-
-def _host_array(nbytes):
-    a = np.empty(nbytes, np.uint8)
-    return a, a.ctypes.data
-
-
-def _numba_array(nbytes):
-    a = cuda.device_array(nbytes, np.uint8)
-    return a, a.__cuda_array_interface__["data"][0]
 
 
 @functools.cache
 def device_memory(dev):
     """Where Scratch gets memory when the array library has no pool of its own."""
     if SIM:
-        return ArrayMemory(_host_array)
+        return ArrayMemory(lambda nbytes: np.empty(nbytes, np.uint8), lambda a: a.ctypes.data)
     if driver.memory_pools_supported(dev):
         return _AsyncMemory()
-    return ArrayMemory(_numba_array)
+    return ArrayMemory(lambda nbytes: cuda.device_array(nbytes, np.uint8),
+                       lambda a: a.__cuda_array_interface__["data"][0])
 
 
 class Scratch:
-    """The temporary device buffers of one call, on its stream, from ``memory`` (an
-    ArrayMemory of the array library's pool; None: ``device_memory(dev)``), released in
-    stream order when the Scratch is closed, after the call's work is queued."""
+    """The temporary buffers of one call on its stream, from ``memory`` (default:
+    ``device_memory(dev)``), freed when it closes, after the call's work is queued."""
 
     def __init__(self, dev, stream, memory=None):
-        self.stream, self.mem = stream, memory or device_memory(dev)
-        self._ptrs = []
+        self.stream, self.mem, self._ptrs = stream, memory or device_memory(dev), []
 
     def buf(self, nitems, dtype):
         dtype = np.dtype(dtype)
@@ -488,9 +455,9 @@ _fallback_warned = False
 
 
 def _kernel_args(step, ins, out, ws, m, n):
-    """The arguments of a plan's kernel, in the kernels' order: each input (array, row
-    stride), out (array, row stride; not for the split statistics), the split's workspace,
-    m, n, the split's (C, L). Arrays are Bufs."""
+    """The one builder of kernel arguments, in the order of ``_signature``: each input
+    (Buf, row stride), out (Buf, row stride; not for the split statistics), the split's
+    workspace, m, n, the split's (C, L)."""
     args = [v for arr_stride in ins for v in arr_stride]
     if step.spec.strategy != "split_stats":
         args += out
@@ -499,18 +466,14 @@ def _kernel_args(step, ins, out, ws, m, n):
     return args + [m, n, *step.chunks]
 
 
-def _array_struct(ptr, nitems, itemsize):
-    """numba's 1-D C-contiguous array argument as raw ints: (meminfo, parent, nitems,
-    itemsize, data, shape, stride)."""
-    return (0, 0, nitems, itemsize, ptr, nitems, itemsize)
-
-
 def _direct_args(args):
-    """Kernel arguments as raw ints: a Buf as numba's array struct, tuples flattened."""
+    """Kernel arguments as raw ints: a Buf as numba's 1-D C-contiguous array struct
+    (meminfo, parent, nitems, itemsize, data, shape, stride), tuples flattened."""
     out = []
     for a in args:
         if type(a) is Buf:
-            out += _array_struct(a.ptr, a.nitems, a.dtype.itemsize)
+            item = a.dtype.itemsize
+            out += (0, 0, a.nitems, item, a.ptr, a.nitems, item)
         elif type(a) is tuple:
             out += a
         else:
@@ -530,8 +493,7 @@ def _sim_array(buf):
 
     if buf.nitems == 0:
         return FakeCUDAArray(np.zeros(1, dtype=buf.dtype))
-    nbytes = buf.nitems * buf.dtype.itemsize
-    raw = (ctypes.c_byte * nbytes).from_address(buf.ptr)
+    raw = (ctypes.c_byte * (buf.nitems * buf.dtype.itemsize)).from_address(buf.ptr)
     return FakeCUDAArray(np.frombuffer(raw, dtype=buf.dtype, count=buf.nitems))
 
 
@@ -541,16 +503,6 @@ def numba_stream(handle):
     if SIM or not handle:
         return cuda.default_stream()
     return cuda.external_stream(handle)
-
-
-def _context(dev):
-    """Once per thread and device: a current context for context-less kernel handles."""
-    done = getattr(_tls, "devs", None)
-    if done is None:
-        done = _tls.devs = set()
-    if dev not in done:
-        driver.ensure_context(dev)
-        done.add(dev)
 
 
 @functools.lru_cache(maxsize=256)
@@ -564,22 +516,30 @@ def _core_config(grid, block, shmem):
 
 
 def _direct_launch(compiled, grid, block, shmem, stream, args):
-    """cuda.core's launch of the compiled kernel with raw-int ``args``. False when
-    cuda.core is incompatible: nothing was launched, and numba's launch path is used from
-    now on."""
+    """cuda.core's launch of the compiled kernel with raw-int ``args``. False when cuda.core
+    is incompatible: nothing was launched, and numba's launch path is used from now on."""
     global _core
     try:
         if _core is None:
             import cuda.core
 
             _core = cuda.core
+        # once per thread and device: a current context for the context-less kernel handle
         done = getattr(_tls, "devs", None)
-        if done is None or compiled.dev not in done:
-            _context(compiled.dev)
+        if done is None:
+            done = _tls.devs = set()
+        if compiled.dev not in done:
+            driver.ensure_context(compiled.dev)
+            done.add(compiled.dev)
         _core.launch(_core_stream(stream), _core_config(grid, block, shmem),
                      compiled.kernel.kernel, *args)
     except (ImportError, AttributeError, TypeError) as err:
-        _use_numba_launch(err)
+        global _fallback_warned
+        if not _fallback_warned:
+            warnings.warn(f"numbasoftmax: direct kernel launch unavailable ({err!r}); using "
+                          "numba's launch path (slower)", RuntimeWarning, stacklevel=3)
+            _fallback_warned = True
+        config.launch = "numba"
         return False
     return True
 
@@ -592,40 +552,23 @@ def launch(compiled, grid, block, shmem, stream, args):
             compiled.dispatcher[grid, block, 0, shmem](
                 *[_sim_array(a) if type(a) is Buf else a for a in args])
         return
-    if shmem > compiled.max_shmem:
-        compiled.ensure_shmem(shmem)
+    compiled.ensure_shmem(shmem)
     if config.launch != "direct" or not _direct_launch(compiled, grid, block, shmem, stream,
                                                        _direct_args(args)):
         compiled.dispatcher[grid, block, numba_stream(stream), shmem](*_numba_args(args))
 
 
-def _use_numba_launch(err):
-    """An incompatible cuda.core: use numba's own launch path from now on."""
-    global _fallback_warned
-    if not _fallback_warned:
-        warnings.warn(f"numbasoftmax: direct kernel launch unavailable ({err!r}); using "
-                      "numba's launch path (slower)", RuntimeWarning, stacklevel=4)
-        _fallback_warned = True
-    config.launch = "numba"
-
-
 # ---------------------------------------------------------------------------------------
-# entry points used by api.py
+# entry points used by api.py and arrays.py
 
 def _aligned(ptrs, n, item):
     """Whether 16-byte vector loads may be planned: every row start 16-byte aligned."""
-    if (n * item) % 16:
-        return False
-    for p in ptrs:
-        if p % 16:
-            return False
-    return True
+    return not (n * item) % 16 and not any(p % 16 for p in ptrs)
 
 
 def run_rows(op, kind, ins, out, m, n, dev, stream, scratch):
-    """Run ``op`` over m rows of n elements. ``ins``: [(Buf, row stride)] (one for the
-    forward functions, two for the gradients); ``out``: (Buf, row stride); ``scratch`` (a
-    Scratch) provides the split kernels' workspace."""
+    """Run ``op`` over m rows of n elements. ``ins``: [(Buf, row stride)] per input; ``out``:
+    (Buf, row stride); ``scratch`` (a Scratch) holds the split kernels' workspace."""
     item = STORAGE[kind].itemsize
     vec_ok = all(_aligned((b.ptr,), stride, item) for b, stride in (*ins, out))
     r = ready(op, kind, m, n, vec_ok, dev)
@@ -636,10 +579,9 @@ def run_rows(op, kind, ins, out, m, n, dev, stream, scratch):
 
 
 def fast_rows(op, kind, ptrs, optr, m, n, dev, stream):
-    """C-contiguous rows at the device pointers ``ptrs`` (inputs) and ``optr`` (result):
-    the per-call fast path of cupy/torch inputs. False when it does not apply (a plan with
-    a workspace, the simulator, numba's launch path): then the caller takes the general
-    path."""
+    """The fast path of cupy/torch inputs: C-contiguous rows at device pointers ``ptrs``
+    (inputs) and ``optr`` (result). False when it does not apply (a plan with a workspace,
+    the simulator, numba's launch path): then the caller takes the general path."""
     if SIM or config.launch != "direct":
         return False
     r = ready(op, kind, m, n, _aligned((*ptrs, optr), n, STORAGE[kind].itemsize), dev)
@@ -649,8 +591,7 @@ def fast_rows(op, kind, ptrs, optr, m, n, dev, stream):
     for slot, ptr in zip(r.slots, (*ptrs, optr), strict=True):
         args[slot] = ptr
     ((compiled, step),) = r.launches
-    if step.shmem > compiled.max_shmem:
-        compiled.ensure_shmem(step.shmem)
+    compiled.ensure_shmem(step.shmem)
     return _direct_launch(compiled, step.grid, step.spec.B, step.shmem, stream, args)
 
 

@@ -1,22 +1,16 @@
 """The CUDA simulator's versions of the device primitives in ``intrinsics.py``.
 
-``NUMBA_ENABLE_CUDASIM=1`` runs kernels as Python, one thread per CUDA thread, and has no
-warp shuffles, ``syncwarp`` or intrinsics. The kernels in ``kernels.py`` are the same
-source in both modes; only these primitives differ:
+``NUMBA_ENABLE_CUDASIM=1`` runs kernels as Python, a thread per CUDA thread, without warp
+shuffles or intrinsics; ``kernels.py`` is the same source in both modes, only these differ:
 
-* Group reductions (on a GPU, butterflies of log2(width) warp shuffles) become one
-  exchange through a block-wide shared array between two ``syncthreads()``, after which
-  every thread replays the butterfly in the GPU's order: the same numbers combined in the
-  same order, with 2 barriers instead of 2 per step (each barrier costs milliseconds here).
-  That is faithful when the whole block executes the same reductions, which the kernels
-  guarantee (every thread of a block runs every reduction; threads without a row carry
-  identity values).
-* Vector loads/stores are V scalar accesses, and they assert that the address is 16-byte
-  aligned: the simulator's arrays live in host memory at real addresses, so the launcher's
-  alignment checks are exercised too.
-* float16/bfloat16 conversions go through numpy (round to nearest even, as ``cvt.rn``).
-* exp/log/division run on numpy scalars with floating-point errors ignored, so an overflow
-  gives inf and log(0) gives -inf as on the GPU instead of raising like ``math``.
+* Group reductions become one exchange through a block-wide shared array between two
+  ``syncthreads()``, after which every thread replays the GPU's butterfly in its order:
+  the same numbers combined in the same order, 2 barriers instead of 2 per step (each
+  costs milliseconds here). Faithful because every thread of a block runs every reduction.
+* Vector loads/stores are V scalar accesses that assert 16-byte alignment (the simulator's
+  arrays have real host addresses), so the launcher's alignment checks are exercised too.
+* float16/bfloat16 conversions go through numpy (round to nearest even, as ``cvt.rn``);
+  exp/log/division run on numpy scalars with errors ignored (inf, -inf as on the GPU).
 """
 
 from __future__ import annotations
@@ -79,46 +73,35 @@ def make_primitives(kind):
     """The primitives of ``kernels.py`` for one storage kind (simulator)."""
     from .kernels import Primitives
 
-    ctype = _F64 if kind == "f8" else _F32
     itemsize = {"f4": 4, "f8": 8, "f2": 2, "bf16": 2}[kind]
     width = 16 // itemsize
+    # storage -> compute type, and back
+    to_c, from_c = {"f4": (_F32, _F32), "f8": (_F64, _F64), "f2": (_h2f, _f2h),
+                    "bf16": (_b2f, _f2b)}[kind]
 
-    if kind in ("f4", "f8"):
-        def ld(arr, i):
-            return ctype(arr[i])
+    def ld(arr, i):
+        return to_c(arr[i])
 
-        def st(arr, i, v):
-            arr[i] = ctype(v)
-    elif kind == "f2":
-        def ld(arr, i):
-            return _h2f(arr[i])
-
-        def st(arr, i, v):
-            arr[i] = _f2h(v)
-    else:
-        def ld(arr, i):
-            return _b2f(arr[i])
-
-        def st(arr, i, v):
-            arr[i] = _f2b(v)
+    def st(arr, i, v):
+        arr[i] = from_c(v)
 
     def aligned(arr, i):
         assert (_address(arr) + i * itemsize) % 16 == 0, "misaligned vector access"
 
-    def ldv(arr, i, buf, off, step):
+    def ldv(arr, i, buf, off):
         aligned(arr, i)
         for v in range(width):
-            buf[off + v * step] = ld(arr, i + v)
+            buf[off + v] = ld(arr, i + v)
 
-    def stv(arr, i, buf, off, step):
+    def stv(arr, i, buf, off):
         aligned(arr, i)
         for v in range(width):
-            st(arr, i + v, buf[off + v * step])
+            st(arr, i + v, buf[off + v])
 
-    def ldv_raw(arr, i, buf, off, step):
+    def ldv_raw(arr, i, buf, off):
         aligned(arr, i)
         for v in range(width):
-            buf[off + v * step] = arr[i + v]
+            buf[off + v] = arr[i + v]
 
     def begin():
         np.seterr(all="ignore")  # per thread: each simulated CUDA thread is a Python thread
