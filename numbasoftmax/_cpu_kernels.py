@@ -42,7 +42,8 @@ from ._row_kernel import (
     stats,
     write,
 )
-from ._simd import ALL, W, compute_type, seg, vgather, vload, vscatter, vstore
+from ._simd import ALL, W, compute_type
+from ._vmem import seg, vgather, vload, vscatter, vstore
 
 # elements per parallel task: enough that task overhead vanishes
 TASK_ELEMENTS = 16384

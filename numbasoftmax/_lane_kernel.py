@@ -50,7 +50,6 @@ from ._simd import (
     vdiv,
     veq,
     visfinite,
-    vload,
     vlt,
     vmax,
     vmul,
@@ -58,11 +57,11 @@ from ._simd import (
     vnonzero,
     vselect,
     vsplat,
-    vstore,
     vsub,
     vwiden,
 )
 from ._vmath import vexp, vexp_nonpos, vlog
+from ._vmem import vload, vstore
 
 
 @njit(**INTERNAL)

@@ -51,27 +51,22 @@ from ._config import CACHE
 from ._markers import Marker, MarkerType, dispatch, invoke, kernel_fn, pick, same
 from ._simd import (
     W,
-    emit_view,
     exact_store,
-    seg,
     to_compute,
     vadd,
-    vand,
     veq,
-    vload,
-    vload_mask,
     vmax,
     vmax_all,
     vmul,
     vnonzero,
     vselect,
     vsplat,
-    vstore,
     vsub,
     vsum,
     vwith_lane,
 )
 from ._vmath import vexp, vexp_nonpos, vlog
+from ._vmem import emit_view, seg, vand, vload, vload_mask, vstore
 
 BLOCK = 1024
 CHUNK = 8192

@@ -20,7 +20,8 @@ BACKENDS = {"numbasoftmax._cpu_path", "numbasoftmax._dask", "numbasoftmax._dask_
             "numbasoftmax._cuda"}
 # numba code, and what it may import
 KERNELS = {"numbasoftmax._cpu_kernels", "numbasoftmax._row_kernel", "numbasoftmax._lane_kernel",
-           "numbasoftmax._simd", "numbasoftmax._vmath", "numbasoftmax._markers"}
+           "numbasoftmax._simd", "numbasoftmax._vmem", "numbasoftmax._vmath",
+           "numbasoftmax._markers"}
 
 
 def _module_name(path):

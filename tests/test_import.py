@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FORBIDDEN = ["cupy", "cupyx", "numba.cuda", "dask", "distributed", "torch", "scipy",
              "matplotlib", "tqdm", "psutil", "numbasoftmax._cpu_kernels",
              "numbasoftmax._row_kernel", "numbasoftmax._lane_kernel", "numbasoftmax._simd",
-             "numbasoftmax._vmath", "numbasoftmax._markers",
+             "numbasoftmax._vmem", "numbasoftmax._vmath", "numbasoftmax._markers",
              "numbasoftmax._cuda", "numbasoftmax._dask", "numbasoftmax.jit"]
 
 # numba itself imports scipy when scipy is installed (for LowLevelCallable support); what

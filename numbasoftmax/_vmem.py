@@ -1,0 +1,299 @@
+"""Vector loads and stores for the CPU kernels: memory <-> ``_simd.Vec``.
+
+Contiguous runs of lanes (masked loads and stores), strided lanes (gathers and scatters),
+lane masks from boolean arrays (``where=``), and 1-D views built in compiled code. Each
+access converts between the array's storage type and the compute type (see ``_simd``:
+float16 viewed as uint16, inputs read "as if cast" viewed as the integer type naming the
+pair), so a kernel never handles storage types itself.
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.core.imputils import impl_ret_borrowed
+from numba.extending import intrinsic
+
+from ._markers import MarkerType
+from ._simd import (
+    _CODES,
+    _I32,
+    _I64,
+    _IR_FLOATS,
+    MASK,
+    Vec,
+    W,
+    _call,
+    _const,
+    _intrinsic1,
+    _lane_mask,
+    _splat,
+    _stored,
+    _suffix,
+    compute_type,
+)
+
+# ---------------------------------------------------------------------------------------
+# loads and stores
+
+def _storage_ir(context, dtype):
+    return _IR_FLOATS[_CODES[dtype][0]]
+
+
+def _round_to_odd_float(builder, x):
+    """double lanes -> float lanes rounded to odd (truncated, lowest bit set if inexact):
+    rounding that to half then gives the correctly rounded half of ``x`` (a plain
+    double -> float -> half would round twice)."""
+    fty = ir.VectorType(ir.FloatType(), W)
+    ity = ir.VectorType(_I32, W)
+    r = builder.fptrunc(x, fty)
+    back = builder.fpext(r, x.type)
+    inexact = builder.fcmp_ordered("!=", back, x)
+    bits = builder.bitcast(r, ity)
+    away = builder.fcmp_ordered(">", _intrinsic1(builder, "fabs", back),
+                                _intrinsic1(builder, "fabs", x))
+    bits = builder.select(away, builder.sub(bits, _const(ity, 1)), bits)
+    bits = builder.select(inexact, builder.or_(bits, _const(ity, 1)), bits)
+    return builder.bitcast(bits, fty)
+
+
+def _to_compute(builder, raw, dtype, cty):
+    """Loaded storage lanes -> compute lanes, through the rounding type of ``dtype``."""
+    _, rounding, _ = _CODES[dtype]
+    if rounding is not None:
+        rty = ir.VectorType(_IR_FLOATS[rounding], W)
+        if rounding == "half" and isinstance(raw.type.element, ir.DoubleType):
+            raw = _round_to_odd_float(builder, raw)
+        raw = builder.fptrunc(raw, rty)
+    if raw.type == cty:
+        return raw
+    return builder.fpext(raw, cty)
+
+
+def _element_ptrs(context, builder, arrty, arr, index, step):
+    """(pointer to element ``index``, None) for a contiguous run of lanes, else
+    (None, <W x i64> addresses of elements ``index + lane*step``)."""
+    a = context.make_array(arrty)(context, builder, arr)
+    if arrty.layout in "CF" and step is None:
+        return builder.gep(a.data, [index]), None
+    lanes = ir.Constant(ir.VectorType(_I64, W), list(range(W)))
+    if step is not None:
+        lanes = builder.mul(lanes, _splat(builder, step))
+    offs = builder.add(_splat(builder, index), lanes)
+    if arrty.layout in "CF":
+        stride = ir.Constant(_I64, arrty.dtype.bitwidth // 8)
+    else:
+        stride = cgutils.unpack_tuple(builder, a.strides, 1)[0]
+    base = builder.ptrtoint(a.data, _I64)
+    return None, builder.add(_splat(builder, base), builder.mul(offs, _splat(builder, stride)))
+
+
+def _access(context, builder, sig, args, step):
+    """What a load or a store of lanes needs: (storage vector type, lane mask, alignment,
+    pointer or None, addresses or None); see ``_element_ptrs``."""
+    arrty = sig.args[0]
+    vsty = ir.VectorType(_storage_ir(context, arrty.dtype), W)
+    mask = _lane_mask(builder, args[-2], sig.args[-2])
+    align = ir.Constant(_I32, arrty.dtype.bitwidth // 8)
+    ptr, addrs = _element_ptrs(context, builder, arrty, args[0], args[1],
+                               args[2] if step else None)
+    return vsty, mask, align, ptr, addrs
+
+
+def _all_lanes(builder, sig, args):
+    """i1: all W lanes valid, for a run-time lane count; None for the ``ALL`` marker.
+
+    A run-time count reaches the loads and stores of kernel functions that LLVM did not
+    inline. Masked with it, a float16 access has no vector instruction on AVX2 and becomes
+    one branch per lane, and a masked float32 store is microcoded on AMD cores; the whole
+    vector, the common case, then takes a plain access instead (the same values).
+    """
+    if isinstance(sig.args[-2], MarkerType):
+        return None
+    k = args[-2]
+    return builder.icmp_signed(">=", k, ir.Constant(k.type, W))
+
+
+def _either(builder, cond, full, partial):
+    """``full()`` if ``cond`` else ``partial()``, as a branch (``cond`` None: partial);
+    their value, or None for code that makes none."""
+    if cond is None:
+        return partial()
+    with builder.if_else(cond, likely=True) as (whole, part):
+        with whole:
+            a = full()
+            a_block = builder.block
+        with part:
+            b = partial()
+            b_block = builder.block
+    if a is None:
+        return None
+    phi = builder.phi(a.type)
+    phi.add_incoming(a, a_block)
+    phi.add_incoming(b, b_block)
+    return phi
+
+
+def _load_lanes(context, builder, sig, args, step):
+    vsty, mask, align, ptr, addrs = _access(context, builder, sig, args, step)
+    zero = ir.Constant(vsty, None)
+    if ptr is not None:
+        vp = builder.bitcast(ptr, vsty.as_pointer())
+        raw = _either(builder, _all_lanes(builder, sig, args),
+                      lambda: builder.load(vp, align=align.constant),
+                      lambda: _call(builder, f"llvm.masked.load.{_suffix(vsty)}.p0",
+                                    [vp, align, mask, zero], ret=vsty))
+    else:
+        ptrs = builder.inttoptr(addrs, ir.VectorType(vsty.element.as_pointer(), W))
+        raw = _call(builder, f"llvm.masked.gather.{_suffix(vsty)}.v{W}p0",
+                    [ptrs, align, mask, zero], ret=vsty)
+    ctype = compute_type(sig.args[0].dtype)
+    cty = ir.VectorType(context.get_value_type(ctype), W)
+    value = _to_compute(builder, raw, sig.args[0].dtype, cty)
+    fillv = _splat(builder, context.cast(builder, args[-1], sig.args[-1], ctype))
+    return builder.select(mask, value, fillv)
+
+
+def _store_lanes(context, builder, sig, args, step):
+    vsty, mask, align, ptr, addrs = _access(context, builder, sig, args, step)
+    value = args[-1]
+    if value.type != vsty:
+        value = builder.fptrunc(value, vsty)
+    if ptr is not None:
+        target = builder.bitcast(ptr, vsty.as_pointer())
+        name = f"llvm.masked.store.{_suffix(vsty)}.p0"
+    else:
+        target = builder.inttoptr(addrs, ir.VectorType(vsty.element.as_pointer(), W))
+        name = f"llvm.masked.scatter.{_suffix(vsty)}.v{W}p0"
+    fnty = ir.FunctionType(ir.VoidType(), [vsty, target.type, _I32, mask.type])
+    fn = builder.module.declare_intrinsic(name, fnty=fnty)
+
+    def whole():
+        builder.store(value, target, align=align.constant)
+
+    def masked():
+        builder.call(fn, [value, target, align, mask])
+
+    _either(builder, _all_lanes(builder, sig, args) if ptr is not None else None, whole,
+            masked)
+    return context.get_dummy_value()
+
+
+def _check_load(arr, k, fill):
+    return (isinstance(arr, types.Array) and arr.ndim == 1 and compute_type(arr.dtype)
+            and isinstance(k, (types.Integer, MarkerType))
+            and isinstance(fill, (types.Float, types.Integer)))
+
+
+@intrinsic
+def vload(typingctx, arr, index, k, fill):
+    """Elements ``index .. index+k-1`` of a 1-D array; lanes from k on are ``fill``."""
+    if not _check_load(arr, k, fill):
+        return None
+    sig = Vec(compute_type(arr.dtype))(arr, index, k, fill)
+    return sig, lambda c, b, s, a: _load_lanes(c, b, s, a, step=False)
+
+
+@intrinsic
+def vgather(typingctx, arr, index, step, k, fill):
+    """Elements ``index + lane*step`` for lanes < k; lanes from k on are ``fill``."""
+    if not _check_load(arr, k, fill):
+        return None
+    sig = Vec(compute_type(arr.dtype))(arr, index, step, k, fill)
+    return sig, lambda c, b, s, a: _load_lanes(c, b, s, a, step=True)
+
+
+def _check_store(arr, value):
+    return (isinstance(arr, types.Array) and isinstance(value, Vec) and _stored(arr.dtype)
+            and compute_type(arr.dtype) == value.dtype)
+
+
+@intrinsic
+def vstore(typingctx, arr, index, k, value):
+    """Store lanes < k at ``index ..``, converting to the array's storage type."""
+    if not _check_store(arr, value):
+        return None
+    return types.none(arr, index, k, value), lambda c, b, s, a: _store_lanes(c, b, s, a, False)
+
+
+@intrinsic
+def vscatter(typingctx, arr, index, step, k, value):
+    """Store lane l < k at ``index + l*step``."""
+    if not _check_store(arr, value):
+        return None
+    sig = types.none(arr, index, step, k, value)
+    return sig, lambda c, b, s, a: _store_lanes(c, b, s, a, True)
+
+
+@intrinsic
+def vload_mask(typingctx, arr, index, k):
+    """Lanes < k of a 1-D byte array (a numpy bool mask viewed as uint8) as a lane mask:
+    set where the byte is not 0; lanes from k on are not set."""
+    if not (isinstance(arr, types.Array) and arr.ndim == 1 and arr.dtype == types.uint8
+            and isinstance(k, (types.Integer, MarkerType))):
+        return None
+
+    def codegen(context, builder, sig, args):
+        a = context.make_array(sig.args[0])(context, builder, args[0])
+        vty = ir.VectorType(ir.IntType(8), W)
+        lanes = _lane_mask(builder, args[2], sig.args[2])
+        zero = ir.Constant(vty, None)
+        if sig.args[0].layout in "CF":
+            vp = builder.bitcast(builder.gep(a.data, [args[1]]), vty.as_pointer())
+            raw = _call(builder, f"llvm.masked.load.{_suffix(vty)}.p0",
+                        [vp, ir.Constant(_I32, 1), lanes, zero], ret=vty)
+        else:
+            stride = cgutils.unpack_tuple(builder, a.strides, 1)[0]
+            offs = builder.add(_splat(builder, args[1]),
+                               ir.Constant(ir.VectorType(_I64, W), list(range(W))))
+            base = builder.ptrtoint(a.data, _I64)
+            addrs = builder.add(_splat(builder, base), builder.mul(offs, _splat(builder, stride)))
+            ptrs = builder.inttoptr(addrs, ir.VectorType(ir.IntType(8).as_pointer(), W))
+            raw = _call(builder, f"llvm.masked.gather.{_suffix(vty)}.v{W}p0",
+                        [ptrs, ir.Constant(_I32, 1), lanes, zero], ret=vty)
+        return builder.and_(builder.icmp_unsigned("!=", raw, zero), lanes)
+
+    return MASK(arr, index, k), codegen
+
+
+@intrinsic
+def vand(typingctx, a, b):
+    """Lane-wise and of two lane masks."""
+    if a != MASK or b != MASK:
+        return None
+    return MASK(a, b), lambda context, builder, sig, args: builder.and_(*args)
+
+
+# ---------------------------------------------------------------------------------------
+# views
+
+def emit_view(context, builder, arrty, arr, lo, hi):
+    """IR of ``arr[lo:hi]`` for a 1-D array of type ``arrty`` (lo, hi: intp values,
+    0 <= lo <= hi <= len(arr), not checked), sharing its memory without reference counts."""
+    src = context.make_array(arrty)(context, builder, arr)
+    dst = context.make_array(arrty)(context, builder)
+    (stride,) = cgutils.unpack_tuple(builder, src.strides, 1)
+    base = builder.ptrtoint(src.data, _I64)
+    data = builder.inttoptr(builder.add(base, builder.mul(lo, stride)), src.data.type)
+    context.populate_array(dst, data=data, shape=[builder.sub(hi, lo)], strides=[stride],
+                           itemsize=src.itemsize, meminfo=src.meminfo, parent=src.parent)
+    return impl_ret_borrowed(context, builder, arrty, dst._getvalue())
+
+
+@intrinsic
+def seg(typingctx, arr, lo, hi):
+    """``arr[lo:hi]`` of a 1-D array (0 <= lo <= hi <= len(arr), not checked), or None for
+    None. An intrinsic because numba refuses functions compiled without reference counting
+    that return an array they did not receive."""
+    if isinstance(arr, types.NoneType):
+        return types.none(arr, lo, hi), lambda c, b, s, a: c.get_dummy_value()
+    if not (isinstance(arr, types.Array) and arr.ndim == 1):
+        return None
+
+    def codegen(context, builder, sig, args):
+        lo_, hi_ = (context.cast(builder, v, t, types.intp)
+                    for v, t in zip(args[1:], sig.args[1:], strict=True))
+        return emit_view(context, builder, arr, args[0], lo_, hi_)
+
+    return arr(arr, lo, hi), codegen
