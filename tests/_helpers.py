@@ -351,3 +351,8 @@ class num_threads:
         import numba
 
         numba.set_num_threads(self.old)
+
+
+def fail_scheduler(*args, **kwargs):
+    """A dask scheduler that fails: for checking that calls stay lazy."""
+    raise AssertionError("something was computed at call time")

@@ -44,3 +44,13 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "soak" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def no_compute():
+    """Any dask compute while active fails the test: the functions must stay lazy."""
+    import dask
+    from _helpers import fail_scheduler
+
+    with dask.config.set(scheduler=fail_scheduler):
+        yield

@@ -23,7 +23,7 @@ import pytest
 
 da = pytest.importorskip("dask.array")
 import dask  # noqa: E402
-from _helpers import assert_matches_reference  # noqa: E402
+from _helpers import assert_matches_reference, fail_scheduler  # noqa: E402
 
 import numbasoftmax as ns  # noqa: E402
 
@@ -64,17 +64,6 @@ def _axes(axis, ndim):
         return tuple(range(ndim))
     axis = axis if isinstance(axis, tuple) else (axis,)
     return tuple(sorted(a % ndim for a in axis))
-
-
-def _fail_scheduler(*args, **kwargs):
-    raise AssertionError("something was computed at call time")
-
-
-@pytest.fixture
-def no_compute():
-    """Any compute while active fails the test: the functions must stay lazy."""
-    with dask.config.set(scheduler=_fail_scheduler):
-        yield
 
 
 def _one_pass(source, axes):
@@ -120,7 +109,7 @@ def test_forward_matches_numpy(func, case):
     shape, chunks, axis = case
     x = _data(shape, np.float32 if len(shape) % 2 else np.float64)
     dx = da.from_array(x, chunks=chunks)
-    with dask.config.set(scheduler=_fail_scheduler):
+    with dask.config.set(scheduler=fail_scheduler):
         result = func(dx, axis=axis)
     assert isinstance(result, da.Array)
     assert result.shape == x.shape and result.dtype == x.dtype
@@ -143,7 +132,7 @@ def test_backward_matches_numpy(func, case):
     dyd = da.from_array(y, chunks=chunks)
     # the gradient in other chunks than y: rechunked to y's
     ddy = da.from_array(dy, chunks=tuple(max(1, s // 2) for s in shape))
-    with dask.config.set(scheduler=_fail_scheduler):
+    with dask.config.set(scheduler=fail_scheduler):
         both = func(dyd, ddy, axis=axis)
         left = func(dyd, dy, axis=axis)              # dask y, numpy dy
         right = func(y, ddy, axis=axis)              # numpy y, dask dy

@@ -8,23 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _helpers import assert_bitwise_equal
+from _helpers import assert_bitwise_equal, fail_scheduler
 
 da = pytest.importorskip("dask.array")
 import dask  # noqa: E402
 
 import numbasoftmax as nsm  # noqa: E402
-
-
-def _fail_scheduler(*args, **kwargs):
-    raise AssertionError("something was computed at call time")
-
-
-@pytest.fixture
-def lazy():
-    """Calls must not compute."""
-    with dask.config.set(scheduler=_fail_scheduler):
-        yield
 
 
 def _data(shape, seed=0):
@@ -43,13 +32,13 @@ def test_where(op, axis):
     where = np.random.default_rng(1).random((8, 40)) < 0.6
     args = (x,) if op == "softmax" else (x, _data((6, 8, 40), 2))
     dargs = tuple(da.from_array(a, chunks=(2, 3, 16)) for a in args)
-    with dask.config.set(scheduler=_fail_scheduler):
+    with dask.config.set(scheduler=fail_scheduler):
         lazy_result = getattr(nsm, op)(*dargs, axis=axis, where=where)
     (got,) = _compute(lazy_result)
     assert_bitwise_equal(got, getattr(nsm, op)(*args, axis=axis, where=where))
 
 
-def test_where_as_dask_array_and_dtype(lazy):
+def test_where_as_dask_array_and_dtype(no_compute):
     x = _data((10, 30)).astype(np.float16)
     where = np.random.default_rng(3).random((10, 30)) < 0.5
     res = nsm.softmax(da.from_array(x, chunks=(4, 10)), where=da.from_array(where, chunks=5),
@@ -66,7 +55,7 @@ def test_logsumexp(axis, keepdims):
     x = _data((12, 50))
     b = np.random.default_rng(4).standard_normal(50).astype(np.float32)
     dx = da.from_array(x, chunks=(5, 20))
-    with dask.config.set(scheduler=_fail_scheduler):
+    with dask.config.set(scheduler=fail_scheduler):
         plain = nsm.logsumexp(dx, axis=axis, keepdims=keepdims)
         v, s = nsm.logsumexp(dx, axis=axis, keepdims=keepdims, b=b, return_sign=True)
     got_plain, got_v, got_s = _compute(plain, v, s)
@@ -80,13 +69,13 @@ def test_logsumexp_backward():
     x = _data((12, 50))
     lse = nsm.logsumexp(x, axis=0)
     g = _data((50,), 5)
-    with dask.config.set(scheduler=_fail_scheduler):
+    with dask.config.set(scheduler=fail_scheduler):
         res = nsm.logsumexp_backward(da.from_array(x, chunks=(5, 20)), lse, g, axis=0)
     (got,) = _compute(res)
     assert_bitwise_equal(got, nsm.logsumexp_backward(x, lse, g, axis=0))
 
 
-def test_errors_at_call_time(lazy):
+def test_errors_at_call_time(no_compute):
     dx = da.from_array(_data((4, 6)), chunks=2)
     with pytest.raises(TypeError, match="where must be a boolean array"):
         nsm.softmax(dx, where=np.ones((4, 6)))
