@@ -101,10 +101,7 @@ def dispatch(op, arrays, axis, out, per_block):
         check_pair(func, op.args, [a.shape for a in arrays], dtypes)
     first = next(a for a in arrays if isinstance(a, da.Array))
     axes = normalize_axes(axis, first.ndim)
-    if out is not None:
-        raise TypeError(f"{func}(): out is not supported for dask arrays (they are immutable); "
-                        "use the returned dask array, or write it into an existing array with "
-                        "dask.array.store(result, out)")
+    _refuse_out(func, out)
 
     # the rule: two passes when a softmax axis is split across chunks (of a non-empty
     # array), one pass over whole rows otherwise
@@ -130,6 +127,13 @@ def dispatch(op, arrays, axis, out, per_block):
     nblocks = math.prod(first.numblocks)
     return da.map_blocks(_block, per_block, axes, nblocks, *blocks, dtype=dtype, meta=meta,
                          token=func)
+
+
+def _refuse_out(func, out):
+    if out is not None:
+        raise TypeError(f"{func}(): out is not supported for dask arrays (they are immutable); "
+                        "use the returned dask array, or write it into an existing array with "
+                        "dask.array.store(result, out)")
 
 
 def _check_known(x, axes, func):

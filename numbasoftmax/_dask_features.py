@@ -18,6 +18,9 @@ immutable), and dask arrays of masked blocks refused.
 
 from __future__ import annotations
 
+import functools
+import math
+
 import dask.array as da
 import numpy as np
 
@@ -35,10 +38,7 @@ def dispatch(op, arrays, axis, out, per_block, *, where=None, dtype=None, b=None
     from . import _dask
 
     func = op.name
-    if out is not None:
-        raise TypeError(f"{func}(): out is not supported for dask arrays (they are immutable); "
-                        "use the returned dask array, or write it into an existing array with "
-                        "dask.array.store(result, out)")
+    _dask._refuse_out(func, out)
     dt = requested_dtype(dtype, func)
     names = op.args if not op.row_args else op.args[:1]
     checked = [_dask._operand(a, name, func) for a, name in zip(arrays, names, strict=False)]
@@ -66,7 +66,8 @@ def dispatch(op, arrays, axis, out, per_block, *, where=None, dtype=None, b=None
         extra.append(("where", _like(where, chunks, broadcast=True)))
     if b is not None:
         extra.append(("b", _like(b, chunks, broadcast=True)))
-    f = per_block
+    # each task on numba threads // blocks, as the plain functions' one-pass tasks
+    f = functools.partial(_on_shared_threads, per_block, math.prod(merged.numblocks))
     meta = np.empty((0,) * x.ndim, rdtype)
 
     if op.name == "logsumexp":
@@ -100,6 +101,13 @@ def dispatch(op, arrays, axis, out, per_block, *, where=None, dtype=None, b=None
 
     return da.map_blocks(_block, f, axes, options, [k for k, _ in extra], *blocks,
                          *[a for _, a in extra], dtype=rdtype, meta=meta, token=func)
+
+
+def _on_shared_threads(f, nblocks, *args, **kwargs):
+    from . import _dask
+
+    with _dask._threads(nblocks, args[0]):
+        return f(*args, **kwargs)
 
 
 def _like(a, chunks, broadcast=False):
