@@ -27,7 +27,7 @@ from numba.extending import intrinsic, overload
 
 from ._config import CACHE
 from ._lane_kernel import band
-from ._markers import same
+from ._markers import INLINE, same
 from ._row_kernel import (
     CHUNK,
     INTERNAL,
@@ -78,7 +78,7 @@ def mask_offset(side, i):
     no modulo for a size of 0 (the last)."""
 
 
-@overload(mask_offset, jit_options={"_nrt": False})
+@overload(mask_offset, jit_options=INLINE)
 def _mask_offset_impl(side, i):
     if isinstance(side, types.NoneType) or isinstance(side[0], types.NoneType):
         return lambda side, i: 0
@@ -101,7 +101,7 @@ def row_values(side, i):
     """Row i's given values (two float64) in ``side``, or None."""
 
 
-@overload(row_values, jit_options={"_nrt": False})
+@overload(row_values, jit_options=INLINE)
 def _row_values_impl(side, i):
     if isinstance(side, types.NoneType) or isinstance(side[2], types.NoneType):
         return lambda side, i: None
@@ -168,7 +168,7 @@ def _gather_second(op, b, bo, r0, k, n, tb):
     """Gather rows r0 .. of ``b`` into its tile when it has one of its own."""
 
 
-@overload(_gather_second, jit_options={"_nrt": False})
+@overload(_gather_second, jit_options=INLINE)
 def _gather_second_impl(op, b, bo, r0, k, n, tb):
     if isinstance(b, types.NoneType) or op.key_ in ("softmax", "log_softmax"):
         return lambda op, b, bo, r0, k, n, tb: None

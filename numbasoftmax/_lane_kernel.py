@@ -27,7 +27,7 @@ import math
 from numba import njit, types
 from numba.extending import overload
 
-from ._markers import dispatch, invoke, kernel_fn, pick, same
+from ._markers import INLINE, dispatch, invoke, kernel_fn, pick, same
 from ._row_kernel import (
     BLOCK,
     CHUNK,
@@ -105,7 +105,7 @@ def weights_valid(b, j, t):
     ``b`` is None (no weights: all lanes)."""
 
 
-@overload(weights_valid, jit_options={"_nrt": False})
+@overload(weights_valid, jit_options=INLINE)
 def _weights_valid_impl(b, j, t):
     if isinstance(b, types.NoneType):
         return lambda b, j, t: None
@@ -116,7 +116,7 @@ def weigh(v, b, j, t):
     """``v`` times the weights of element j of tile t (lane tuple ``b``), or ``v``."""
 
 
-@overload(weigh, jit_options={"_nrt": False})
+@overload(weigh, jit_options=INLINE)
 def _weigh_impl(v, b, j, t):
     if isinstance(b, types.NoneType):
         return lambda v, b, j, t: v

@@ -48,7 +48,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from ._config import CACHE
-from ._markers import Marker, MarkerType, dispatch, invoke, kernel_fn, pick, same
+from ._markers import INLINE, Marker, MarkerType, dispatch, invoke, kernel_fn, pick, same
 from ._simd import (
     W,
     exact_store,
@@ -76,10 +76,8 @@ NAN = math.nan
 
 OPTIONS = {"cache": CACHE, "nogil": True, "error_model": "numpy", "boundscheck": False}
 # For functions called only from compiled code that allocate nothing: no Python wrapper to
-# build, and no reference counting (numba counts an array's references with atomic
-# operations at every slice and call, ~0.2 us per short row here; the callers keep the
-# arrays alive).
-INTERNAL = dict(OPTIONS, no_cpython_wrapper=True, no_cfunc_wrapper=True, _nrt=False)
+# build, and ``INLINE``'s options.
+INTERNAL = dict(OPTIONS, no_cpython_wrapper=True, no_cfunc_wrapper=True, **INLINE)
 
 SOFTMAX = Marker("softmax")
 LOG_SOFTMAX = Marker("log_softmax")
@@ -107,7 +105,7 @@ def valid(b, w, i, k):
     given; lanes from k on never); None when neither is given (all lanes)."""
 
 
-@overload(valid, jit_options={"_nrt": False})
+@overload(valid, jit_options=INLINE)
 def _valid_impl(b, w, i, k):
     nob, now = isinstance(b, types.NoneType), isinstance(w, types.NoneType)
     if nob and now:
@@ -123,7 +121,7 @@ def keep(m, v, other):
     """``v`` in the lanes of mask ``m`` (all when ``m`` is None), ``other`` elsewhere."""
 
 
-@overload(keep, jit_options={"_nrt": False})
+@overload(keep, jit_options=INLINE)
 def _keep_impl(m, v, other):
     if isinstance(m, types.NoneType):
         return lambda m, v, other: v
@@ -134,7 +132,7 @@ def weigh(v, b, i, k):
     """``v`` times the weights ``b`` of lanes i .., or ``v`` when ``b`` is None."""
 
 
-@overload(weigh, jit_options={"_nrt": False})
+@overload(weigh, jit_options=INLINE)
 def _weigh_impl(v, b, i, k):
     if isinstance(b, types.NoneType):
         return lambda v, b, i, k: v
