@@ -1,5 +1,5 @@
-"""What a benchmark run measures: devices, operations, dtypes, row lengths, variants, and
-the time budgets."""
+"""What a benchmark run measures: devices, operations, dtypes, row lengths, variants, the
+feature cells (where=, dtype=) and the time budgets."""
 
 from __future__ import annotations
 
