@@ -199,8 +199,9 @@ class _Sweep:
             try:
                 numpy_inputs = inputs if feature else op_inputs(op, *data[pdtype])
                 input_bytes = sum(a.nbytes for a in numpy_inputs)
-                copies = _rotation(device, OPS[op].bytes_moved(m * n, np.dtype(pdtype).itemsize),
-                                   input_bytes)
+                cell_bytes = nbytes if feature else OPS[op].bytes_moved(
+                    m * n, np.dtype(pdtype).itemsize)
+                copies = _rotation(device, cell_bytes, input_bytes)
                 numpy_sets = [numpy_inputs] + [tuple(a.copy() for a in numpy_inputs)
                                                for _ in range(copies - 1)]
                 sets = [tuple(impl.prepare(*s)) for s in numpy_sets]
