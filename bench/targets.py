@@ -22,7 +22,8 @@ class Target(NamedTuple):
     device: str
     op: str
     dtype: str
-    # "vs:<peer>": our GB/s over the peer's; "pct": % of the copy bandwidth;
+    # "vs:<peer>": our GB/s over the peer's; "time:<peer>": our time over the peer's
+    # (lower is better: the threshold is a maximum); "pct": % of the copy bandwidth;
     # "latency:<peer>": the peer's µs per 8x128 call over ours; "f16": our float16
     # elements/s over our float32 elements/s, timed in the same rounds; "startup:cold" /
     # "startup:warm": seconds for import + first 8x128 + first 1000x1000 call (lower is
@@ -32,10 +33,12 @@ class Target(NamedTuple):
     text: str
     variant: str = "new"  # "out": both sides write into a preallocated out= (like-for-like)
     rows: str = "all"  # "short": N < 32 only; "long": N >= 32 only
+    feature: str = ""  # the benchmark's feature cells (where=, dtype=): a key of FEATURES
 
 
 # The CPU targets compare like-for-like (out= on both sides, the same threads, one run).
 _FWD, _BWD = ("softmax", "log_softmax"), ("softmax_backward", "log_softmax_backward")
+_MASKS = (("where-full", "a mask of x's shape"), ("where-row", "a (N,) mask"))
 TARGETS = (
     *(Target("cpu", op, "float32", "vs:torch", 1.3, f"{op} ≥ 1.3× torch (out=), N ≥ 32",
              "out", "long") for op in _FWD),
@@ -59,6 +62,17 @@ TARGETS = (
              f"{op}: import + first calls ≤ 3 s, empty numba cache") for op in _FWD + _BWD),
     *(Target("cpu", op, "float32", "startup:warm", 0.3,
              f"{op}: import + first calls ≤ 0.3 s, warm cache") for op in _FWD + _BWD),
+    # masked softmax, logsumexp
+    *(Target("cpu", "softmax", "float32", "time:unmasked", 1.2,
+             f"masked softmax ({what}) ≤ 1.2× the unmasked call's time (out=)", "out",
+             feature=feature) for feature, what in _MASKS),
+    *(Target("cpu", "softmax", "float32", "vs:np.where+numbasoftmax", 1.5,
+             f"masked softmax ({what}) ≥ 1.5× np.where + our unmasked call (out=)", "out",
+             feature=feature) for feature, what in _MASKS),
+    Target("cpu", "logsumexp", "float32", "vs:scipy", 5.0,
+           "logsumexp ≥ 5× scipy.special.logsumexp (plain calls: scipy has no out=)"),
+    Target("cpu", "logsumexp", "float32", "vs:torch", 1.3, "logsumexp ≥ 1.3× torch.logsumexp "
+           "(out=)", "out"),
     Target("gpu", "softmax", "float32", "pct", 90.0, "softmax forward ≥ 90 % of copy at every N"),
     Target("gpu", "softmax_backward", "float32", "pct", 85.0, "softmax backward ≥ 85 % of copy"),
     Target("gpu", "log_softmax", "float32", "pct", 90.0, "log_softmax forward ≥ 90 % of copy"),
@@ -95,8 +109,9 @@ def _values(target, data):
         return []
     cells = {}
     for r in data["results"]:
-        if (r["device"], r["op"], r["dtype"], r["variant"]) == (
-                target.device, target.op, target.dtype, target.variant) and r["gbps"]:
+        if (r["device"], r["op"], r["dtype"], r["variant"], r.get("feature", "")) == (
+                target.device, target.op, target.dtype, target.variant,
+                target.feature) and r["gbps"]:
             if target.rows == "short" and r["n"] >= 32 or target.rows == "long" and r["n"] < 32:
                 continue
             cells.setdefault(r["n"], {})[r["impl"]] = r
@@ -109,6 +124,8 @@ def _values(target, data):
             out.append((mine["pct_copy"], n))
         elif target.kind.startswith("vs:") and target.kind[3:] in recs:
             out.append((mine["gbps"] / recs[target.kind[3:]]["gbps"], n))
+        elif target.kind.startswith("time:") and target.kind[5:] in recs:
+            out.append((mine["seconds"] / recs[target.kind[5:]]["seconds"], n))
         elif target.kind == "f16" and mine["f32_seconds"]:
             out.append((mine["f32_seconds"] / mine["seconds"], n))
     return out
@@ -122,11 +139,13 @@ def evaluate(data, targets=TARGETS):
         values = _values(t, data)
         if not values:
             continue
-        if t.kind.startswith("startup:"):  # seconds: lower is better
+        if t.kind.startswith(("startup:", "time:")):  # lower is better
             worst, at = max(values, key=lambda v: v[0])
+            text = f"{worst:.2f} s" if t.kind.startswith("startup:") else (
+                f"{worst:.2f}× at N = {at}")
             out.append({"device": t.device, "target": t.text, "threshold": t.threshold,
                         "worst": worst, "at": at, "met": worst <= t.threshold,
-                        "text": f"{worst:.2f} s"})
+                        "text": text})
             continue
         worst, at = min(values, key=lambda v: v[0])
         unit = " %" if t.kind == "pct" else "×"

@@ -15,10 +15,25 @@ against) or "oracle" (the float64 reference: checked against, never timed by the
 ``call_out(*inputs, axis, out)``, where given, writes into a preallocated native ``out``
 (made with ``prepare``) and returns it; the benchmark uses it to time calls without the
 allocation of the result.
+
+``form`` says how an entry is called. "plain": the operation's own arguments, as above.
+The forward operations also come in two optional forms, each with the peers' way of
+getting the same result:
+    "where": (x, mask, axis), mask a boolean array broadcastable to x (True: included):
+        ours with ``where=``, ours without a mask ("unmasked", role "baseline": what the
+        mask costs), ``np.where(mask, x, -inf)`` then ours, torch's ``masked_fill`` then
+        its softmax;
+    "dtype": (x, axis) with float16 x and a float32 result: ours with ``dtype=``,
+        ``x.astype(float32)`` then ours, torch with ``dtype=torch.float32``.
+The peers' out= forms write the masked or cast input into ``out`` and then run the
+softmax there in place: no allocation, the best that way of computing it can do.
+Rows must keep at least one included element: the "np.where" and torch forms give NaN
+for a row without one (ours gives 0, or -inf for log_softmax).
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,8 +54,9 @@ class Impl:
     available: Callable[[], bool] = lambda: True
     sync: Callable[[], None] = lambda: None  # wait for the device before reading a clock
     int_axis_only: bool = False  # torch takes one int dim
-    role: str = "peer"  # "ours", "peer" or "oracle"
+    role: str = "peer"  # "ours", "peer", "baseline" (ours, another call) or "oracle"
     call_out: Callable | None = None  # call_out(*native_inputs, axis, out) -> out
+    form: str = "plain"  # a key of FORMS
 
     @property
     def key(self):
@@ -209,11 +225,116 @@ def _entries():
     return tuple(out)
 
 
-IMPLEMENTATIONS = _entries()
+FORMS = {"plain": "the operation's own arguments",
+         "where": "x and a boolean mask (where=)",
+         "dtype": "float16 x, float32 result (dtype=)"}
+FORM_OPS = ("softmax", "log_softmax")  # the operations with "where" and "dtype" entries
+RESULT_DTYPE = np.float32  # the "dtype" form's result
 
 
-def implementations(op=None, device=None, name=None, available_only=True):
-    """Entries matching the filters, in registry order."""
+def _torch_fill_mask(*arrays):
+    """torch tensors, a boolean mask inverted: masked_fill fills where its mask is True."""
+    import torch
+
+    return tuple(torch.from_numpy(~a if a.dtype == bool else np.ascontiguousarray(a))
+                 for a in arrays)
+
+
+def _torch_softmax_out(op):
+    import torch
+
+    return torch._softmax if op == "softmax" else torch._log_softmax
+
+
+def _where_entries(op):
+    f = functools.partial(_ours, op)
+
+    def ours(x, mask, axis):
+        return f()(x, axis, where=mask)
+
+    def ours_out(x, mask, axis, out):
+        return f()(x, axis, where=mask, out=out)
+
+    def unmasked(x, mask, axis):
+        return f()(x, axis)
+
+    def unmasked_out(x, mask, axis, out):
+        return f()(x, axis, out=out)
+
+    def np_where(x, mask, axis):
+        return f()(np.where(mask, x, -np.inf), axis)
+
+    def np_where_out(x, mask, axis, out):  # np.where has no out=: its two copies
+        np.copyto(out, -np.inf)
+        np.copyto(out, x, where=mask)
+        return f()(out, axis, out=out)
+
+    def torch_fill(x, fill, axis):
+        import torch
+
+        return getattr(torch, op)(x.masked_fill(fill, -np.inf), axis)
+
+    def torch_fill_out(x, fill, axis, out):
+        import torch
+
+        torch.ops.aten.masked_fill.Scalar_out(x, fill, -np.inf, out=out)
+        return _torch_softmax_out(op)(out, axis, False, out=out)
+
+    return (
+        Impl("numbasoftmax", op, "cpu", ours, role="ours", call_out=ours_out, form="where"),
+        Impl("unmasked", op, "cpu", unmasked, role="baseline", call_out=unmasked_out,
+             form="where"),
+        Impl("np.where+numbasoftmax", op, "cpu", np_where, call_out=np_where_out,
+             form="where"),
+        Impl("torch", op, "cpu", torch_fill, prepare=_torch_fill_mask,
+             to_numpy=_torch_to_numpy, available=lambda: _has("torch"), int_axis_only=True,
+             call_out=torch_fill_out, form="where"),
+    )
+
+
+def _dtype_entries(op):
+    f = functools.partial(_ours, op)
+
+    def ours(x, axis):
+        return f()(x, axis, dtype=RESULT_DTYPE)
+
+    def ours_out(x, axis, out):
+        return f()(x, axis, dtype=RESULT_DTYPE, out=out)
+
+    def astype(x, axis):
+        return f()(x.astype(RESULT_DTYPE), axis)
+
+    def astype_out(x, axis, out):
+        np.copyto(out, x)
+        return f()(out, axis, out=out)
+
+    def torch_dtype(x, axis):
+        import torch
+
+        return getattr(torch, op)(x, axis, dtype=torch.float32)
+
+    def torch_dtype_out(x, axis, out):
+        import torch
+
+        return getattr(torch.ops.aten, op).int_out(x, axis, torch.float32, out=out)
+
+    return (
+        Impl("numbasoftmax", op, "cpu", ours, role="ours", call_out=ours_out, form="dtype"),
+        Impl("astype+numbasoftmax", op, "cpu", astype, call_out=astype_out, form="dtype"),
+        Impl("torch", op, "cpu", torch_dtype, prepare=_torch_prepare("cpu"),
+             to_numpy=_torch_to_numpy, available=lambda: _has("torch"), int_axis_only=True,
+             call_out=torch_dtype_out, form="dtype"),
+    )
+
+
+IMPLEMENTATIONS = _entries() + tuple(e for op in FORM_OPS
+                                     for e in _where_entries(op) + _dtype_entries(op))
+
+
+def implementations(op=None, device=None, name=None, available_only=True, form="plain"):
+    """Entries matching the filters, in registry order (by default the plain form only;
+    ``form=None``: every form)."""
     return [i for i in IMPLEMENTATIONS
             if (op is None or i.op == op) and (device is None or i.device == device)
-            and (name is None or i.name == name) and (not available_only or i.available())]
+            and (name is None or i.name == name) and (form is None or i.form == form)
+            and (not available_only or i.available())]

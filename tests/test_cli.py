@@ -72,7 +72,7 @@ def _tiny_config(tmp_path, **kw):
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny")
-    result = sweep.run(_tiny_config(out, pool="all"))
+    result = sweep.run(_tiny_config(out, pool="all", features="all"))
     text, messages = report.write_outputs(result, out)
     return result, text, out
 
@@ -89,12 +89,43 @@ def test_engine_tables_and_ratios(tiny_run):
     if registry.implementations(device="cpu", name="torch"):
         assert "× torch" in text
     for r in result.results:
-        if r.status == "ok":
+        if r.status == "ok" and not r.feature:
             moved = (2 if not OPS[r.op].backward else 3) * r.m * r.n * (
                 2 if r.dtype == "float16" else 4)
             assert r.bytes == moved
             assert r.gbps == pytest.approx(moved / r.seconds / 1e9)
     assert (out / "results.json").exists() and (out / "report.md").exists()
+
+
+def test_feature_tables_time_every_form_entry_like_for_like(tiny_run):
+    """where= (both masks) and dtype= cells: out= on both sides, every registry entry of
+    the form timed, GB/s over the bytes of the inputs (mask included) and the result."""
+    result, text, _ = tiny_run
+    cells = [r for r in result.results if r.feature]
+    assert {r.feature for r in cells} == set(config.FEATURES)
+    assert {r.variant for r in cells} == {"out"} and {r.op for r in cells} == {"softmax"}
+    for name, feature in config.FEATURES.items():
+        assert f"· {feature.title}" in text
+        timed = {r.impl for r in cells if r.feature == name and r.status == "ok"}
+        assert timed == {i.name for i in registry.implementations(
+            op="softmax", device="cpu", form=feature.form)}, (name, timed)
+    for r in cells:
+        mask = {"full": r.m * r.n, "row": r.n, None: 0}[config.FEATURES[r.feature].mask]
+        assert r.bytes == r.m * r.n * (2 if r.dtype == "float16" else 4) + mask + 4 * r.m * r.n
+    assert "× unmasked" in text and "× np.where+numbasoftmax" in text
+    assert "× astype+numbasoftmax" in text
+    assert all(v == "ok" for v in result.checks.values()), result.checks
+
+
+def test_feature_cells_by_default_only_on_full_cpu_runs():
+    plan = config.Config().plan_for
+    features = [c for c in plan("cpu")[2] if c.feature]
+    assert {(c.op, c.variant, c.sizes) for c in features} == {
+        ("softmax", "out", config.FEATURE_SIZES)}
+    assert not [c for c in config.Config(quick=True).plan_for("cpu")[2] if c.feature]
+    assert not [c for c in plan("gpu")[2] if c.feature]
+    assert not [c for c in config.Config(features="none").plan_for("cpu")[2] if c.feature]
+    assert not [c for c in config.Config(sizes=(64,)).plan_for("cpu")[2] if c.feature]
 
 
 def _bench_targets():
@@ -118,7 +149,8 @@ def test_targets_evaluated_from_results_json(tiny_run, capsys):
                       and t.dtype == "float32" and t.kind == "vs:torch" and t.rows == "long")
         cells = {}
         for r in result.results:
-            if (r.op, r.dtype, r.variant) == ("softmax", "float32", "out") and r.gbps:
+            if (r.op, r.dtype, r.variant, r.feature) == ("softmax", "float32", "out", "") and (
+                    r.gbps):
                 cells.setdefault(r.n, {})[r.impl] = r.gbps
         ratios = [c["numbasoftmax"] / c["torch"] for c in cells.values()
                   if "numbasoftmax" in c and "torch" in c]
@@ -126,6 +158,28 @@ def test_targets_evaluated_from_results_json(tiny_run, capsys):
         assert rows[target.text]["met"] == (min(ratios) >= target.threshold)
     assert targets.main([str(out / "results.json")]) == 0
     assert "| CPU |" in capsys.readouterr().out
+
+
+def test_time_targets_are_maxima():
+    """"time:<peer>" targets (masked within 1.2× of unmasked) take the worst, largest, time
+    ratio over N and are met at or below the threshold."""
+    targets = _bench_targets()
+
+    def rec(impl, n, seconds):
+        return {"device": "cpu", "op": "softmax", "dtype": "float32", "variant": "out",
+                "feature": "where-row", "n": n, "impl": impl, "seconds": seconds,
+                "gbps": 1 / seconds, "pct_copy": None, "f32_seconds": None}
+
+    data = {"latency": [], "results": [rec("numbasoftmax", 32, 1.3), rec("unmasked", 32, 1.0),
+                                       rec("numbasoftmax", 1024, 1.1),
+                                       rec("unmasked", 1024, 1.0)]}
+    (row,) = [r for r in targets.evaluate(data) if "(N,) mask" in r["target"]
+              and "unmasked" in r["target"]]
+    assert row["worst"] == pytest.approx(1.3) and row["at"] == 32 and not row["met"]
+    data["results"][0]["seconds"] = 1.2
+    (row,) = [r for r in targets.evaluate(data) if "(N,) mask" in r["target"]
+              and "unmasked" in r["target"]]
+    assert row["met"]
 
 
 def test_startup_targets_are_maxima():

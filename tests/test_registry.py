@@ -3,11 +3,14 @@ the benchmarks share) agrees with the float64 reference for its operation."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from _helpers import OPS, assert_matches_reference, inputs_for
 
 from numbasoftmax import registry
+from numbasoftmax._bench.config import FEATURES
 
 CPU_IMPLS = [i for i in registry.implementations(device="cpu") if i.op in OPS]
 LSE_IMPLS = [i for i in registry.implementations(device="cpu") if i.op not in OPS]
@@ -30,7 +33,7 @@ def test_registry_lists_ours_and_the_oracle_for_every_op():
         assert {"numbasoftmax", "reference"} <= names, (op, names)
     assert {i.op for i in registry.IMPLEMENTATIONS} == set(registry.OPS)
     assert set(OPS) < set(registry.OPS)
-    keys = [(i.key, i.op) for i in registry.IMPLEMENTATIONS]
+    keys = [(i.key, i.op, i.form) for i in registry.IMPLEMENTATIONS]
     assert len(keys) == len(set(keys))
 
 
@@ -71,6 +74,49 @@ def test_impl_call_out_writes_out(impl):
     impl.sync()
     assert got is out
     assert_matches_reference(impl.op, np.asarray(impl.to_numpy(out)), inputs)
+
+
+def test_forms_are_opt_in():
+    """The where= and dtype= entries take other inputs: only a caller asking for their
+    form gets them."""
+    assert {i.form for i in registry.implementations(available_only=False)} == {"plain"}
+    for form in ("where", "dtype"):
+        entries = registry.implementations(form=form, available_only=False)
+        assert {i.op for i in entries} == set(registry.FORM_OPS)
+        assert all(i.call_out is not None for i in entries)
+        assert [i.name for i in entries if i.role == "ours"] == ["numbasoftmax"] * len(
+            registry.FORM_OPS)
+    assert {i.form for i in registry.implementations(form=None)} == set(registry.FORMS)
+
+
+FEATURE_CASES = [pytest.param(impl, name, id=f"{_impl_id(impl)}-{name}")
+                 for name, feature in FEATURES.items()
+                 for impl in registry.implementations(device="cpu", form=feature.form)]
+
+
+@pytest.mark.parametrize(("impl", "feature"), FEATURE_CASES)
+def test_feature_impls_match_reference(impl, feature):
+    """Each where= / dtype= entry (ours, the unmasked baseline, the two-pass peers,
+    torch) gives the reference's result with the feature's argument, plain and out=, the
+    out= buffer poisoned with NaN; the baseline gives the unmasked result."""
+    from numbasoftmax._bench import checks
+
+    spec = FEATURES[feature]
+    for variant in ("new", "out"):
+        checks.check_impl(impl, impl.op, spec.dtype, variant, shapes=((6, 9), (3, 100)),
+                          feature=spec)
+
+
+def test_feature_check_rejects_the_unmasked_result():
+    """The feature check can fail: the plain call's result is not the masked one."""
+    from numbasoftmax._bench import checks
+
+    (plain,) = registry.implementations(op="softmax", device="cpu", name="numbasoftmax")
+    wrong = dataclasses.replace(plain, call=lambda x, mask, axis: plain.call(x, axis),
+                                form="where")
+    with pytest.raises(AssertionError, match="max abs error"):
+        checks.check_impl(wrong, "softmax", "float32", "new", shapes=((6, 9),),
+                          feature=FEATURES["where-full"])
 
 
 @pytest.mark.parametrize("impl", LSE_IMPLS, ids=_impl_id)

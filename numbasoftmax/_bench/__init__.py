@@ -1,6 +1,7 @@
 """The benchmark behind ``python -m numbasoftmax bench``, one module per job:
 
-* ``config``: what a run measures (devices, operations, dtypes, sizes, variants, budgets);
+* ``config``: what a run measures (devices, operations, dtypes, sizes, variants, the
+  where=/dtype= feature cells, budgets);
 * ``environment``: the machine and library versions, and the load of other processes;
 * ``timing``: clocks and copy bandwidth, one timing device per kind of hardware;
 * ``checks``: benchmark data and the correctness check against the float64 reference;

@@ -71,19 +71,67 @@ def check_result(op, got, inputs, dtype, axis=-1):
                              f"error {err:.3g} (atol {atol:.3g}, rtol {rtol:g})")
 
 
-def check_impl(impl, op, dtype, variant, shapes=CHECK_SHAPES, seed=7):
+def mask(kind, shape, rng):
+    """A feature cell's mask: "full": x's shape, random, 3 in 4 elements included and the
+    first of each row always (a row without included elements is NaN for the peers);
+    "row": (N,), the first 3/4 included (padding)."""
+    m, n = shape
+    if kind == "row":
+        return np.arange(n) < max(1, 3 * n // 4)
+    full = rng.random((m, n)) < 0.75
+    full[:, 0] = True
+    return full
+
+
+def feature_inputs(feature, x, seed=5):
+    """numpy inputs of a feature cell (see ``config.FEATURES``) from logits ``x`` of the
+    feature's dtype."""
+    if feature.mask is None:
+        return (x,)
+    return (x, mask(feature.mask, x.shape, np.random.default_rng(seed)))
+
+
+def check_feature_result(op, feature, got, inputs):
+    """AssertionError unless ``got`` matches the float64 reference of ``op`` called with
+    the feature's argument (``where=`` or ``dtype=``), in the result dtype's tolerance."""
+    kw = {"where": inputs[1]} if feature.mask else {"dtype": feature.result_dtype}
+    want = getattr(reference, op)(inputs[0], axis=-1, **kw)
+    got = np.asarray(got)
+    if got.shape != want.shape or got.dtype != np.dtype(feature.result_dtype):
+        raise AssertionError(f"{op}: got {got.shape} {got.dtype}, expected {want.shape} "
+                             f"{feature.result_dtype}")
+    atol, rtol = TOL[feature.result_dtype]
+    if not np.allclose(got, want, atol=atol, rtol=rtol):
+        raise AssertionError(f"{op} {feature.title}: max abs error "
+                             f"{float(np.nanmax(np.abs(got - want))):.3g}")
+
+
+def check_impl(impl, op, dtype, variant, shapes=CHECK_SHAPES, seed=7, feature=None):
     """Run registry entry ``impl`` on small shapes and check each result; with variant
-    'out' the output buffer is poisoned with NaN first."""
+    'out' the output buffer is poisoned with NaN first. ``feature`` (a ``config.Feature``)
+    checks a feature entry: its inputs, its argument, its result dtype (a "baseline"
+    entry, the call without that argument, against the plain reference)."""
     for k, (m, n) in enumerate(shapes):
-        args = make_inputs(op, (m, n), dtype, seed + k)
+        if feature is None:
+            args = make_inputs(op, (m, n), dtype, seed + k)
+            rdtype = dtype
+        else:
+            x = logits((m, n), dtype, np.random.default_rng(seed + k))
+            args = feature_inputs(feature, x, seed + k)
+            rdtype = feature.result_dtype
         native = impl.prepare(*args)
         if variant == "out":
-            out = impl.prepare(np.full(out_shape(op, (m, n)), np.nan, dtype=dtype))[0]
+            out = impl.prepare(np.full(out_shape(op, (m, n)), np.nan, dtype=rdtype))[0]
             got = impl.call_out(*native, axis=-1, out=out)
         else:
             got = impl.call(*native, -1)
         impl.sync()
         try:
-            check_result(op, impl.to_numpy(got), args, dtype)
+            if feature is None:
+                check_result(op, impl.to_numpy(got), args, dtype)
+            elif impl.role == "baseline":  # the call without the feature's argument
+                check_result(op, impl.to_numpy(got), args[:1], rdtype)
+            else:
+                check_feature_result(op, feature, impl.to_numpy(got), args)
         except AssertionError as err:
             raise AssertionError(f"{impl.key}: {err}") from None

@@ -12,7 +12,16 @@ import sys
 import time
 from pathlib import Path
 
-from .config import DTYPES, OP_GROUPS, OPS, Config, parse_size, parse_sizes
+from .config import (
+    DTYPES,
+    FEATURE_OPS,
+    FEATURE_SIZES,
+    OP_GROUPS,
+    OPS,
+    Config,
+    parse_size,
+    parse_sizes,
+)
 
 OPS_HELP = ("fwd = softmax forward; bwd = softmax backward; log = log_softmax forward and "
             "backward; lse = logsumexp and its gradient; all = the six (default). Also a "
@@ -58,6 +67,13 @@ def _parser():
                        help="also time plain calls with numbasoftmax's result pool on "
                             "(numbasoftmax.result_pool; auto: CPU float32 on full runs; all: "
                             "every CPU cell; none)")
+    bench.add_argument("--features", choices=("auto", "none", "all"), default="auto",
+                       help="also time masked calls (where=: a mask of x's shape and a (N,) "
+                            "mask) and dtype= calls (float16 in, float32 out), out= on both "
+                            "sides, against their two-pass peers and torch (auto: "
+                            f"{', '.join(FEATURE_OPS)} at N = "
+                            f"{', '.join(map(str, FEATURE_SIZES))} on full CPU runs; all: "
+                            "softmax and log_softmax at every size, also with --quick; none)")
     bench.add_argument("--no-latency", action="store_true",
                        help="leave out the 8x128 per-call latency rows")
     bench.add_argument("--repeats", type=int, default=None,
@@ -133,6 +149,7 @@ def config_from_args(args):
         device_required=args.device == "gpu",
         threads=args.threads,
         startup=not args.no_startup,
+        features=args.features,
     )
 
 

@@ -1,10 +1,11 @@
-"""What a benchmark run measures: devices, operations, dtypes, row lengths, variants, and
-the time budgets."""
+"""What a benchmark run measures: devices, operations, dtypes, row lengths, variants, the
+feature cells (where=, dtype=) and the time budgets."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from .._ops import NAMES as OPS
 
@@ -26,6 +27,44 @@ VARIANTS = {"new": "result allocated per call",
             "out": "preallocated out="}
 VARIANT_TAGS = {"new": "", "pool": " pool", "out": " out="}
 POOL_BYTES = 1 << 30  # the result pool's limit in "pool" cells
+
+
+
+class Feature(NamedTuple):
+    """An optional argument timed in cells of its own: the registry form that calls it,
+    the input dtype, the result dtype and the mask (None, "full": x's shape, "row": (N,)
+    broadcast over the rows)."""
+    form: str
+    dtype: str
+    result_dtype: str
+    mask: str | None
+    title: str
+
+
+FEATURES = {
+    "where-full": Feature("where", "float32", "float32", "full",
+                          "where= mask of x's shape (random, 3 in 4 included)"),
+    "where-row": Feature("where", "float32", "float32", "row",
+                         "where= (N,) mask broadcast over the rows (padding: the first 3/4 "
+                         "included)"),
+    "dtype": Feature("dtype", "float16", "float32", None, "float16 in, float32 out (dtype=)"),
+}
+# The feature cells on full CPU runs ("auto"): softmax forward, a short, a medium and a
+# long row, like-for-like only: 9 cells, about a tenth of the default run's cells.
+FEATURE_OPS = ("softmax",)
+FEATURE_SIZES = (32, 1024, 16384)
+
+
+class Cell(NamedTuple):
+    """One table of the sweep: an operation, a dtype, how the result memory is got
+    (a key of VARIANTS), an optional feature (a key of FEATURES, "" for none) and the row
+    lengths it is timed at (None: all of the sweep's)."""
+    op: str
+    dtype: str
+    variant: str
+    feature: str = ""
+    sizes: tuple | None = None
+
 
 # Default sweeps: M·N elements per array and the row lengths N. GPU rows cover each kernel
 # strategy's range and the sizes around its thresholds.
@@ -79,9 +118,13 @@ class Config:
     device_required: bool = False  # --device gpu: fail if no GPU
     threads: int | None = None  # set numba's and torch's thread counts (None: leave them)
     startup: bool = True  # full runs: measure start-up (import + first calls) per op
+    # "auto", "none" or "all": also time the where= and dtype= calls (FEATURES), out= on
+    # both sides. auto: FEATURE_OPS at FEATURE_SIZES on full CPU runs; all: every forward
+    # operation with those forms, at every size, on the CPU
+    features: str = "auto"
 
     def plan_for(self, device):
-        """(elements, sizes, [(op, dtype, variant)]) for one device."""
+        """(elements, sizes, [Cell]) for one device."""
         if device == "cpu":
             elements = self.elements or (QUICK_CPU_ELEMENTS if self.quick else CPU_ELEMENTS)
             sizes = self.sizes or (QUICK_CPU_SIZES if self.quick else CPU_SIZES)
@@ -97,16 +140,30 @@ class Config:
             else:
                 dtypes = ("float32", "float16") if op in FLOAT16_OPS[device] else ("float32",)
             for dtype in dtypes:
-                cells.append((op, dtype, "new"))
+                cells.append(Cell(op, dtype, "new"))
                 # like-for-like (both sides write into a preallocated out=): on full CPU
                 # runs for every cell, the headline comparison
                 if self.prealloc == "all" or (
                         self.prealloc == "auto" and not self.quick and device == "cpu"):
-                    cells.append((op, dtype, "out"))
+                    cells.append(Cell(op, dtype, "out"))
                 if device == "cpu" and (self.pool == "all" or (
                         self.pool == "auto" and not self.quick and dtype == "float32")):
-                    cells.append((op, dtype, "pool"))
-        return elements, tuple(sizes), cells
+                    cells.append(Cell(op, dtype, "pool"))
+        return elements, tuple(sizes), cells + self._feature_cells(device, sizes)
+
+    def _feature_cells(self, device, sizes):
+        from ..registry import FORM_OPS
+
+        if device != "cpu" or self.features == "none" or (
+                self.features == "auto" and self.quick):
+            return []
+        ops, at = FORM_OPS, None
+        if self.features == "auto":
+            ops, at = FEATURE_OPS, tuple(n for n in sizes if n in FEATURE_SIZES)
+            if not at:
+                return []
+        return [Cell(op, f.dtype, "out", name, at) for op in self.ops if op in ops
+                for name, f in FEATURES.items()]
 
 
 def parse_size(part, option="--sizes"):

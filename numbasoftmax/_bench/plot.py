@@ -40,8 +40,8 @@ def write_plot(report, path):
                       "(pip install 'numbasoftmax[bench]' or matplotlib)")
     # like-for-like first: the preallocated out= calls where the run timed them
     variant = "out" if any(r.variant == "out" for r in report.results) else "new"
-    panels = list(dict.fromkeys((r.device, r.op) for r in report.results
-                                if r.variant == variant))
+    plain = [r for r in report.results if not r.feature]
+    panels = list(dict.fromkeys((r.device, r.op) for r in plain if r.variant == variant))
     if not panels:
         return None, "nothing to plot"
     cols = min(2, len(panels))
@@ -50,7 +50,7 @@ def write_plot(report, path):
     colors = {"numbasoftmax": "C0", "torch": "C3", "scipy": "C2", "cupyx": "C4"}
     for ax, (device, op) in zip(axes.flat, panels, strict=False):
         lines = {}
-        for r in report.results:
+        for r in plain:
             if (r.device, r.op, r.variant) == (device, op, variant) and r.gbps:
                 lines.setdefault((r.impl, r.dtype), []).append((r.n, r.gbps))
         for (impl, dtype), pts in lines.items():

@@ -27,6 +27,7 @@ class Result:
     # dtypes other than float32, ours only: our float32 kernel's median on the same shape,
     # timed in the same rounds (for the elements/s ratio)
     f32_seconds: float | None = None
+    feature: str = ""  # a key of config.FEATURES: where= or dtype= calls; "" for none
 
 
 @dataclass

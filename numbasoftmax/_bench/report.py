@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .._ops import OPS
-from .config import BUSY_WARNING, LATENCY_ROUNDS, NOISY, VARIANTS
+from .config import BUSY_WARNING, FEATURES, LATENCY_ROUNDS, NOISY, VARIANTS
 from .plot import pow2, write_plot
 
 
@@ -32,7 +32,7 @@ def _size_label(n):
 def _lookup(report):
     table = {}
     for r in report.results:
-        table[(r.device, r.op, r.dtype, r.variant, r.n, r.impl)] = r
+        table[(r.device, r.op, r.dtype, r.variant, r.feature, r.n, r.impl)] = r
     return table
 
 
@@ -48,17 +48,17 @@ def _status_cell(rec):
 
 
 def throughput_tables(report):
-    """[(title, header, rows)] — one table per device, op, dtype and variant."""
+    """[(title, header, rows)] — one table per device, op, dtype, variant and feature."""
     look = _lookup(report)
     keys = []
     for r in report.results:
-        k = (r.device, r.op, r.dtype, r.variant)
+        k = (r.device, r.op, r.dtype, r.variant, r.feature)
         if k not in keys:
             keys.append(k)
     tables = []
-    for device, op, dtype, variant in keys:
-        recs = [r for r in report.results if (r.device, r.op, r.dtype, r.variant)
-                == (device, op, dtype, variant)]
+    for device, op, dtype, variant, feature in keys:
+        recs = [r for r in report.results if (r.device, r.op, r.dtype, r.variant, r.feature)
+                == (device, op, dtype, variant, feature)]
         names = list(dict.fromkeys(r.impl for r in recs))
         ours = "numbasoftmax" if "numbasoftmax" in names else None
         peers = [n for n in names if n != ours]
@@ -69,7 +69,7 @@ def throughput_tables(report):
         header = ["N", "M"]
         for name in names:
             header += [f"{name} GB/s", "% copy"]
-        if dtype != "float32" and ours:
+        if dtype != "float32" and ours and not feature:
             header += ["Gelem/s"]
             if f32:
                 header += ["elem/s vs our f32 (same rounds)"]
@@ -78,11 +78,11 @@ def throughput_tables(report):
         for n in sizes:
             row = [_size_label(n), str(m_of[n])]
             for name in names:
-                rec = look.get((device, op, dtype, variant, n, name))
+                rec = look.get((device, op, dtype, variant, feature, n, name))
                 row += [_status_cell(rec),
                         _fmt(rec.pct_copy, 0) if rec is not None and rec.gbps else "–"]
-            if dtype != "float32" and ours:
-                rec = look.get((device, op, dtype, variant, n, ours))
+            if dtype != "float32" and ours and not feature:
+                rec = look.get((device, op, dtype, variant, feature, n, ours))
                 eps = rec.elements_per_s if rec is not None else None
                 row.append(_fmt(eps / 1e9 if eps else None))
                 if f32:
@@ -91,16 +91,16 @@ def throughput_tables(report):
                     else:
                         row.append("–")
             if ours:
-                mine = look.get((device, op, dtype, variant, n, ours))
+                mine = look.get((device, op, dtype, variant, feature, n, ours))
                 for p in peers:
-                    theirs = look.get((device, op, dtype, variant, n, p))
+                    theirs = look.get((device, op, dtype, variant, feature, n, p))
                     if mine is not None and theirs is not None and mine.gbps and theirs.gbps:
                         row.append(_fmt(mine.gbps / theirs.gbps) + "×")
                     else:
                         row.append("–")
             rows.append(row)
         elements = report.plans.get(device, {}).get("elements")
-        what = VARIANTS[variant]
+        what = VARIANTS[variant] + (f" · {FEATURES[feature].title}" if feature else "")
         title = (f"{device.upper()} · {OPS[op].title} · {dtype} · M·N = "
                  f"{pow2(elements)} · {what}")
         tables.append((title, header, rows))
@@ -260,7 +260,11 @@ def render_markdown(report, plot_name=None):
             "`numbasoftmax.result_pool(...)`: numbasoftmax then carves its result from the "
             "memory of the dropped one (peers are unaffected). \"preallocated out=\" passes an "
             "output buffer (numbasoftmax `out=`, torch's `out=` overloads): no allocation at "
-            "all."]
+            "all. In the where= and dtype= tables GB/s counts the bytes of the inputs (mask "
+            "included) and of the result, for every column: their ratios are ratios of time. "
+            "\"unmasked\" is our call without the mask; the two-pass peers "
+            "(`np.where(mask, x, -inf)`, `x.astype(float32)`, torch's `masked_fill`) write "
+            "their first pass into out= and run the softmax there in place."]
     return "\n".join(out) + "\n"
 
 

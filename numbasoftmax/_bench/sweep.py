@@ -32,14 +32,16 @@ import numpy as np
 from .. import registry
 from .._ops import OPS
 from .._pool import result_pool
-from .checks import CHECK_SHAPES, check_impl, logits, op_inputs, out_shape
+from .checks import CHECK_SHAPES, check_impl, feature_inputs, logits, op_inputs, out_shape
 from .config import (
     DTYPES,
+    FEATURES,
     LATENCY_ROUNDS,
     LATENCY_SHAPE,
     POOL_BYTES,
     SKIP,
     VARIANT_TAGS,
+    Cell,
     Config,
 )
 from .environment import CpuLoad, environment, threading_layer
@@ -50,11 +52,13 @@ from .timing import CpuDevice, GpuDevice
 BASELINE = "numbasoftmax@float32"
 
 
-def _impls(device, op, dtype, variant):
+def _impls(device, cell):
     """Timed implementations for a cell: ours first, then the peers; not the oracle."""
-    found = [i for i in registry.implementations(op=op, device=device) if i.role != "oracle"]
+    form = FEATURES[cell.feature].form if cell.feature else "plain"
+    found = [i for i in registry.implementations(op=cell.op, device=device, form=form)
+             if i.role != "oracle"]
     found.sort(key=lambda i: i.role != "ours")
-    if variant == "out":
+    if cell.variant == "out":
         found = [i for i in found if i.call_out is not None]
     return found
 
@@ -103,89 +107,107 @@ class _Sweep:
         self.config = config
         self.report = report
         self.progress = progress
-        self.failed = set()  # (device, impl name, op, dtype, variant) whose check failed
+        self.failed = set()  # (device, impl name, Cell) whose check failed
 
     # -- checks (and JIT) ------------------------------------------------------------
     def check(self, device, impls_by_cell):
-        for (op, dtype, variant), impls in impls_by_cell.items():
+        for cell, impls in impls_by_cell.items():
+            op, dtype, variant = cell.op, cell.dtype, cell.variant
+            feature = FEATURES[cell.feature] if cell.feature else None
             for impl in impls:
-                self.progress.describe(f"check {device.kind} {impl.name} {op} {dtype}")
-                key = f"{device.kind}:{impl.name}:{op}:{dtype}:{variant}"
+                self.progress.describe(f"check {device.kind} {impl.name} {op} {dtype} "
+                                       f"{cell.feature}")
+                key = f"{device.kind}:{impl.name}:{op}:{dtype}:{variant}" + (
+                    f":{cell.feature}" if cell.feature else "")
                 t0 = time.perf_counter()
                 try:
-                    check_impl(impl, op, dtype, variant, CHECK_SHAPES)
+                    check_impl(impl, op, dtype, variant, CHECK_SHAPES, feature=feature)
                     self.report.checks[key] = "ok"
                 except Exception as err:  # noqa: BLE001 - a peer's failure is reported
                     self.report.checks[key] = f"{type(err).__name__}: {err}"[:300]
-                    self.failed.add((device.kind, impl.name, op, dtype, variant))
+                    self.failed.add((device.kind, impl.name, cell))
                 seconds = time.perf_counter() - t0
-                if impl.role == "ours":
+                if impl.role == "ours" and not feature:
                     jkey = f"{device.kind}:{impl.name}:{op}:{dtype}"
                     self.report.jit[jkey] = self.report.jit.get(jkey, 0.0) + seconds
                 self.progress.step()
 
     # -- throughput -----------------------------------------------------------------
     def sweep(self, device, elements, sizes, cells, impls_by_cell, copy_gbps):
-        dtypes = sorted({d for _, d, _ in cells}, key=DTYPES.index)
+        dtypes = sorted({c.dtype for c in cells}, key=DTYPES.index)
         if any(d != "float32" for d in dtypes) and "float32" not in dtypes:
             dtypes.insert(0, "float32")  # our float32 is timed beside other dtypes
         bases = {d: (logits(elements, d, np.random.default_rng(11)),
                      logits(elements, d, np.random.default_rng(12)) / np.asarray(3, dtype=d))
                  for d in dtypes}
         t0 = time.perf_counter()
-        left = len(sizes) * len(cells)
+        left = cell_count(sizes, cells)
         for n in sizes:
             m = max(1, elements // n)
             data = {d: (bx[:m * n].reshape(m, n), bdy[:m * n].reshape(m, n))
                     for d, (bx, bdy) in bases.items()}
-            for op, dtype, variant in cells:
-                impls = impls_by_cell[(op, dtype, variant)]
-                self.progress.describe(f"{device.kind} {op} {dtype} N={n}"
-                                       + VARIANT_TAGS[variant])
+            for cell in cells:
+                if cell.sizes is not None and n not in cell.sizes:
+                    continue
+                self.progress.describe(f"{device.kind} {cell.op} {cell.dtype} N={n}"
+                                       + VARIANT_TAGS[cell.variant]
+                                       + (f" {cell.feature}" if cell.feature else ""))
                 share = (self.config.sweep_seconds - (time.perf_counter() - t0)) / left
                 # about half of a cell's share goes to warm-up calls and input preparation
                 budget = min(self.config.cell_seconds, max(0.0, 0.5 * share))
-                self._cell(device, op, dtype, variant, m, n, data, impls, copy_gbps, budget)
+                self._cell(device, cell, m, n, data, impls_by_cell[cell], copy_gbps, budget)
                 left -= 1
                 self.progress.step()
         del bases, data
         gc.collect()
 
-    def _cell(self, device, op, dtype, variant, m, n, data, impls, copy_gbps, budget):
-        """Time one (op, dtype, variant, shape) cell. In a cell of another dtype than
-        float32, our float32 kernel on the same shape is timed in the same rounds, so the
-        elements/s ratio between the two does not depend on when each was measured."""
-        nbytes = OPS[op].bytes_moved(m * n, np.dtype(dtype).itemsize)
+    def _cell(self, device, cell, m, n, data, impls, copy_gbps, budget):
+        """Time one cell at one shape. In a cell of another dtype than float32, our
+        float32 kernel on the same shape is timed in the same rounds, so the elements/s
+        ratio between the two does not depend on when each was measured. A feature cell
+        (where=, dtype=) counts the bytes its inputs and its result take: every column
+        (the unmasked call too) moves those bytes, so its ratios are ratios of time."""
+        op, dtype, variant = cell.op, cell.dtype, cell.variant
+        feature = FEATURES[cell.feature] if cell.feature else None
+        out_dtype = feature.result_dtype if feature else dtype
+        if feature:
+            inputs = feature_inputs(feature, data[dtype][0])
+            nbytes = sum(a.nbytes for a in inputs) + m * n * np.dtype(out_dtype).itemsize
+        else:
+            nbytes = OPS[op].bytes_moved(m * n, np.dtype(dtype).itemsize)
         records = {}
         participants = []  # (key, impl, dtype)
         for impl in impls:
-            rec = Result(device.kind, op, dtype, variant, m, n, impl.name, bytes=nbytes)
+            rec = Result(device.kind, op, dtype, variant, m, n, impl.name, bytes=nbytes,
+                         feature=cell.feature)
             records[impl.name] = rec
             self.report.results.append(rec)
             if (impl.name, dtype) in SKIP:
                 rec.status = "skipped: " + SKIP[(impl.name, dtype)]
                 continue
-            if (device.kind, impl.name, op, dtype, variant) in self.failed:
+            if (device.kind, impl.name, cell) in self.failed:
                 rec.status = "skipped: failed the correctness check"
                 continue
             participants.append((impl.name, impl, dtype))
         if not participants:
             return
         ours = next((p for p in participants if p[1].role == "ours"), None)
-        if ours is not None and dtype != "float32":
+        if ours is not None and dtype != "float32" and not feature:
             participants.append((BASELINE, ours[1], "float32"))
         state = {}
         for key, impl, pdtype in participants:
             try:
-                numpy_inputs = op_inputs(op, *data[pdtype])
+                numpy_inputs = inputs if feature else op_inputs(op, *data[pdtype])
                 input_bytes = sum(a.nbytes for a in numpy_inputs)
-                copies = _rotation(device, OPS[op].bytes_moved(m * n, np.dtype(pdtype).itemsize),
-                                   input_bytes)
+                cell_bytes = nbytes if feature else OPS[op].bytes_moved(
+                    m * n, np.dtype(pdtype).itemsize)
+                copies = _rotation(device, cell_bytes, input_bytes)
                 numpy_sets = [numpy_inputs] + [tuple(a.copy() for a in numpy_inputs)
                                                for _ in range(copies - 1)]
                 sets = [tuple(impl.prepare(*s)) for s in numpy_sets]
                 if variant == "out":
-                    outs = [impl.prepare(np.empty(out_shape(op, (m, n)), pdtype))[0]
+                    odtype = out_dtype if feature else pdtype
+                    outs = [impl.prepare(np.empty(out_shape(op, (m, n)), odtype))[0]
                             for _ in sets]
                     sets = [s + (o,) for s, o in zip(sets, outs, strict=True)]
                 fn = _caller(impl, variant)
@@ -251,10 +273,10 @@ class _Sweep:
         for op in ops:
             self.progress.describe(f"{device.kind} latency {op} {m}x{n}")
             state = {}
-            for impl in _impls(device.kind, op, "float32", "new"):
+            for impl in _impls(device.kind, Cell(op, "float32", "new")):
                 rec = Latency(device.kind, op, "float32", (m, n), impl.name)
                 self.report.latency.append(rec)
-                if (device.kind, impl.name, op, "float32", "new") in self.failed:
+                if (device.kind, impl.name, Cell(op, "float32", "new")) in self.failed:
                     rec.status = "skipped: failed the correctness check"
                     continue
                 try:
@@ -274,6 +296,12 @@ class _Sweep:
                 rec.us_p90 = float(np.percentile(samples, 90)) * 1e6
                 rec.samples = len(samples)
             self.progress.step()
+
+
+def cell_count(sizes, cells):
+    """Timed (cell, N) pairs of a device's sweep."""
+    return sum(len(sizes) if c.sizes is None else len([n for n in sizes if n in c.sizes])
+               for c in cells)
 
 
 def _devices(config):
@@ -324,16 +352,16 @@ def run(config: Config) -> Report:
     total = 0
     for device in devices:
         elements, sizes, cells = config.plan_for(device.kind)
-        impls_by_cell = {c: _impls(device.kind, *c) for c in cells}
+        impls_by_cell = {c: _impls(device.kind, c) for c in cells}
         lat_ops = [op for op in config.ops if config.latency]
         n_checks = sum(len(v) for v in impls_by_cell.values())
         plans[device.kind] = (elements, sizes, cells, impls_by_cell, lat_ops)
         report.plans[device.kind] = {"elements": elements, "sizes": list(sizes),
-                                     "cells": [list(c) for c in cells],
+                                     "cells": [c._asdict() for c in cells],
                                      "latency_shape": list(LATENCY_SHAPE) if lat_ops else None}
-        total += n_checks + 2 + len(sizes) * len(cells) + len(lat_ops)
+        total += n_checks + 2 + cell_count(sizes, cells) + len(lat_ops)
     for (name, dtype), why in SKIP.items():
-        if any(any(d == dtype for _, d, _ in p[2]) for p in plans.values()):
+        if any(any(c.dtype == dtype for c in p[2]) for p in plans.values()):
             report.notes.append(f"{name} {dtype}: {why}")
 
     progress = Progress(total, config.progress)
