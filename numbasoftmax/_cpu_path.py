@@ -225,15 +225,34 @@ def _rows(a, access, m, n, perm):
 
 
 def _columns(op, arrays, out, p):
-    """Every array read in place as (outer, n, inner): flat views from each array's first
-    element with its outer and axis strides (the plan checked they are non-negative)."""
+    _cpu.run_columns(op.name, (*_column_views((*arrays, out), p), p.m // p.inner, p.n,
+                               p.inner))
+
+
+def _column_views(arrays, p):
+    """Every array of a COLUMNS plan (its inputs, then out) read in place as (outer, n,
+    inner): flat views from each array's first element with its outer and axis strides
+    (the plan checked they are non-negative)."""
     outer = p.m // p.inner
     args = []
-    for a, access in zip((*arrays, out), (*p.inputs, p.out), strict=True):
+    for a, access in zip(arrays, (*p.inputs, p.out), strict=True):
         size = (outer - 1) * access.stride + (p.n - 1) * access.axis_stride + p.inner
         flat = as_strided(a, shape=(size,), strides=(a.itemsize,), writeable=a.flags.writeable)
         args += [flat, access.stride, access.axis_stride]
-    _cpu.run_columns(op.name, (*args, outer, p.n, p.inner))
+    return args
+
+
+def columns_in_place(arrays, out, axes):
+    """(the plan, per array of ``arrays`` and ``out``: flat view, outer stride, axis stride)
+    when non-empty numpy ``arrays`` (same shape and dtype; ``out`` may be ``arrays[0]``
+    when nothing is written) are read and written in place along a strided axis (a COLUMNS
+    plan along sorted ``axes``); None when the plan is another one. The rows are the
+    plan's: C order of the other axes in ``plan.perm`` order. (The Dask backend's two
+    passes reach a block's rows through it where ``rows_in_place`` cannot.)"""
+    p = plan(arrays[0].shape, axes, [_meta(a) for a in arrays], _meta(out))
+    if p.out.kind != COLUMNS:
+        return None
+    return p, _column_views((*arrays, out), p)
 
 
 def _scatter(staged, out_t, p):

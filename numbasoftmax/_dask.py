@@ -26,8 +26,12 @@ Two ways to run, chosen by the chunk structure alone (the rule, in one place: ``
      rows' (max, total).
 
   Numpy blocks run the CPU kernels' phases (``segment_stats``, ``segment_finish``,
-  ``segment_write``) with the runs as the kernels' rows: read in place where they are
-  evenly spaced in memory, otherwise copied in and out in panels. When every run starts
+  ``segment_write``) with the runs as the kernels' rows, read in place where they are
+  evenly spaced in memory; where the runs lie along a strided axis (softmax over axis 0
+  of C-ordered blocks: the layout plan's COLUMNS) the lane kernel's phases
+  (``segment_columns_stats``, ``segment_columns_write``) read and write them in place, a
+  run per vector lane, with the same bits; otherwise they are copied in and out in
+  panels. When every run starts
   at a multiple of 8192 elements of the row and is a multiple of 8192 long (or ends the
   row), the chunks and their order are the in-memory call's and so are the bits;
   otherwise the results differ in the last bits, within the error bounds the in-memory
@@ -297,6 +301,11 @@ def _row_order(grid, run_axes):
     return np.lexsort((np.concatenate(chunk), np.concatenate(starts)))
 
 
+# log_softmax's statistics are softmax's (max and sum of exp per chunk, no exps kept): one
+# compiled statistics kernel for both
+_STATS_KEYS = {"log_softmax": "softmax_split"}
+
+
 def _stats_task(spec, *blocks):
     blocks = [_converted(b, spec.dtype) for b in blocks]
     shape = blocks[0].shape
@@ -308,11 +317,17 @@ def _stats_task(spec, *blocks):
             from . import _cpu_kernels as k
 
             nc = -(-length // CHUNK)
+            op = k.OPS[_STATS_KEYS.get(spec.key, spec.key)]
             # the kernels' rows are the runs: (row, run) -> the row's entries run by run
             part = st if runs == 1 else np.empty((m * runs, 2, nc))
-            for lo, hi, rows in _panels(spec, blocks):
-                k.segment_stats(k.OPS[spec.key], *rows[0], *rows[-1], hi - lo, length,
-                                part[lo:hi])
+            columns = _columns(spec, blocks)
+            if columns is not None:
+                tasks, views, order = columns
+                cst = np.empty((m * runs, 2, nc))
+                k.segment_columns_stats(op, *views[0], *views[-2], 0, *tasks, cst)
+                part[:, :, :nc] = order.to_rows(cst)
+            for lo, hi, rows in () if columns is not None else _panels(spec, blocks):
+                k.segment_stats(op, *rows[0], *rows[-1], hi - lo, length, part[lo:hi])
             if runs > 1:
                 st[:, :, :runs * nc] = (part.reshape(m, runs, 2, nc).transpose(0, 2, 1, 3)
                                         .reshape(m, 2, runs * nc))
@@ -366,6 +381,12 @@ def _write_task(spec, *args):
             st = st.reshape(m * runs, 2, nc)
             fin = np.repeat(fin, runs, axis=0)
         st = np.ascontiguousarray(st)
+        columns = _columns(spec, blocks, out)
+        if columns is not None:
+            tasks, views, order = columns
+            k.segment_columns_write(k.OPS[spec.key], *views[0], *views[-2], *views[-1], 0,
+                                    *tasks, order.from_rows(st), order.from_rows(fin))
+            return out
         for lo, hi, rows in _panels(spec, blocks, out):
             k.segment_write(k.OPS[spec.key], *rows[0], *rows[-2], *rows[-1], hi - lo, length,
                             st[lo:hi], fin[lo:hi])
@@ -425,6 +446,56 @@ def _panels(spec, blocks, out=None):
     if whole_out is not None:
         arrays[-1].transpose(perm)[...] = whole_out.reshape(
             [arrays[-1].shape[ax] for ax in perm])
+
+
+class _Order(NamedTuple):
+    """The kernels' rows of a block read in place along a strided axis are in C order of
+    the axes ``kernel`` (the layout plan's); the statistics are in C order of ``rows`` (the
+    other axes ascending, then the softmax axes before the run axes)."""
+
+    shape: tuple  # of the block
+    kernel: tuple
+    rows: tuple
+
+    def to_rows(self, a):
+        return _reordered(a, self.shape, self.kernel, self.rows)
+
+    def from_rows(self, a):
+        return _reordered(a, self.shape, self.rows, self.kernel)
+
+
+def _reordered(a, shape, src, dst):
+    """``a`` (one row per leading index, in C order of the block's axes ``src``) with its
+    rows in C order of the axes ``dst``."""
+    if [ax for ax in src if shape[ax] != 1] == [ax for ax in dst if shape[ax] != 1]:
+        return a
+    tail = a.shape[1:]
+    t = a.reshape(tuple(shape[ax] for ax in src) + tail).transpose(
+        [src.index(ax) for ax in dst] + list(range(len(src), len(src) + len(tail))))
+    return np.ascontiguousarray(t).reshape((-1,) + tail)
+
+
+def _columns(spec, blocks, out=None):
+    """How the kernels read the runs of numpy ``blocks`` (and write ``out``) in place when
+    the run axes are not the contiguous ones (softmax over axis 0 of C-ordered blocks): a
+    row per vector lane, along the axis at its stride, as the one-pass path does; no copy.
+    Returns ((outer positions' tasks, n, C), [(flat, outer stride, axis stride) per block
+    (then out, or the first block again)], _Order), or None where the layout plan has no
+    such access (rows in place, or layouts that are copied in panels)."""
+    arrays = [_bits(b) for b in blocks]
+    ndim = arrays[0].ndim
+    split = ndim - spec.run_axes
+    found = _cpu_path.columns_in_place(arrays, arrays[0] if out is None else _bits(out),
+                                       _perm(ndim, spec.axes)[split:])
+    if found is None:
+        return None
+    p, flat = found
+    views = [tuple(flat[i:i + 3]) for i in range(0, len(flat), 3)]
+    from . import _cpu_kernels as k
+
+    outer = p.m // p.inner
+    tasks = (k.column_tasks(outer, p.inner), p.n, p.inner)
+    return tasks, views, _Order(arrays[0].shape, p.perm[:split], _perm(ndim, spec.axes)[:split])
 
 
 def _leaves(nested):

@@ -269,7 +269,8 @@ def _softmax_write(op, a, b, out, nt, lo, hi, S, c, nc, V):
             factor = vdiv(vselect(at_max, 1.0, vexp_nonpos(vsub(cmax, m))), total)
         vstore(V, t * W, W, vnarrow(vselect(veq(cmax, NEG_INF), 0.0, cmax), arr))
         vstore(V, (nt + t) * W, W, vnarrow(factor, arr))
-    kept = exact_store(oarr) is not None
+    # the exps softmax kept in out (not softmax_split: its write computes them again)
+    kept = pick(op, SOFTMAX, exact_store(oarr), None) is not None
     for j in range(lo, hi):
         for t in range(nt):
             if kept:
@@ -333,13 +334,16 @@ def _grad_write(op, a, b, out, nt, lo, hi, S, c, nc, V):
 
 
 dispatch(stats, {"softmax": _exp_stats, "log_softmax": _exp_stats,
+                 "softmax_split": _exp_stats,
                  "softmax_backward": _softmax_grad_stats,
                  "log_softmax_backward": _log_softmax_grad_stats,
                  "logsumexp": _lse_stats, "logsumexp_sign": _lse_stats})
 dispatch(finish, {"softmax": _max_and_total, "log_softmax": _max_and_total,
+                  "softmax_split": _max_and_total,
                   "softmax_backward": _sum_finish, "log_softmax_backward": _sum_finish,
                   "logsumexp": _max_and_total, "logsumexp_sign": _max_and_total})
 dispatch(write, {"softmax": _softmax_write, "log_softmax": _log_softmax_write,
+                 "softmax_split": _softmax_write,
                  "softmax_backward": _grad_write, "log_softmax_backward": _grad_write,
                  "logsumexp": _lse_write, "logsumexp_sign": _lse_write})
 
@@ -354,6 +358,47 @@ def band(op, a, b, out, nt, n, S, T, V):
         lo, hi = c * CHUNK, min(n, (c + 1) * CHUNK)
         stats(op, a, b, out, nt, lo, hi, T, V, S, c * nt * W, (nc + c) * nt * W)
     finish(op, S, nt, nc)
+    for c in range(nc):
+        lo, hi = c * CHUNK, min(n, (c + 1) * CHUNK)
+        write(op, a, b, out, nt, lo, hi, S, c, nc, V)
+
+
+# ---------------------------------------------------------------------------------------
+# The phases of ``band`` apart, for rows whose segments are in different places (the blocks
+# of a dask array along the softmax axis): the chunks' statistics go out to, and the
+# statistics and the rows' (m, t) come in from, per-row arrays in the layout of
+# ``_cpu_kernels.segment_stats``: st[r, 0, c] and st[r, 1, c] (chunk c's max and sum of
+# row r), fin[r] = (m, t). Row r0 + i is lane i % W of tile i // W; ``rows`` of the band's
+# nt * W lanes are real (the others of a partial tile are computed and never stored).
+
+
+@njit(**INTERNAL)
+def band_stats(op, a, b, nt, n, S, T, V, st, r0, rows):
+    """The statistics of each chunk of the band's rows into st[r0 .. r0+rows-1]."""
+    nc = (n + CHUNK - 1) // CHUNK
+    for c in range(nc):
+        lo, hi = c * CHUNK, min(n, (c + 1) * CHUNK)
+        for t in range(nt):  # the gradients have no maxima: 0, as the row kernel's
+            vstore(S, (c * nt + t) * W, W, vsplat(0.0, S))
+        stats(op, a, b, a, nt, lo, hi, T, V, S, c * nt * W, (nc + c) * nt * W)
+        for i in range(rows):
+            t, lane = i // W, i % W
+            st[r0 + i, 0, c] = S[(c * nt + t) * W + lane]
+            st[r0 + i, 1, c] = S[((nc + c) * nt + t) * W + lane]
+
+
+@njit(**INTERNAL)
+def band_write(op, a, b, out, nt, n, S, V, st, fin, r0, rows):
+    """The outputs of the band's rows from st and fin of rows r0 .. r0+rows-1."""
+    nc = (n + CHUNK - 1) // CHUNK
+    for i in range(nt * W):
+        t, lane = i // W, i % W
+        r = r0 + min(i, rows - 1)  # the lanes past the rows repeat the last one
+        for c in range(nc):
+            S[(c * nt + t) * W + lane] = st[r, 0, c]
+            S[((nc + c) * nt + t) * W + lane] = st[r, 1, c]
+        S[(2 * nc * nt + t) * W + lane] = fin[r, 0]
+        S[((2 * nc + 1) * nt + t) * W + lane] = fin[r, 1]
     for c in range(nc):
         lo, hi = c * CHUNK, min(n, (c + 1) * CHUNK)
         write(op, a, b, out, nt, lo, hi, S, c, nc, V)

@@ -85,11 +85,12 @@ def _axes(axis, ndim):
 # results
 
 
-# float32 on every aligned case; float16 and float64 on row chunks, and on axis-0 blocks big
-# enough for the tiled transposing copies; float64 where the order of a row's statistics
-# shows (float32 chunk sums add up exactly in float64 in almost any order)
+# float32 on every aligned case; float16 and float64 on row chunks, and on axis-0 blocks
+# copied in panels (fewer than 8 columns: not read in place) big enough for the tiled
+# transposing copies; float64 where the order of a row's statistics shows (float32 chunk
+# sums add up exactly in float64 in almost any order)
 BITWISE = [(case, np.float32) for case in ALIGNED] + [
-    (case, dtype) for case in (ALIGNED[0], ((2 * CHUNK, 8), (CHUNK, 8), 0))
+    (case, dtype) for case in (ALIGNED[0], ((4 * CHUNK, 7), (2 * CHUNK, 7), 0))
     for dtype in (np.float16, np.float64)] + [(case, np.float64) for case in ALIGNED[-3:]]
 
 
@@ -117,7 +118,7 @@ def test_other_boundaries_within_the_error_bound(op, case):
 
 
 @pytest.mark.parametrize("case", [
-    ((2 * CHUNK, 40), (CHUNK, 15), 0),           # rows gathered into panels, bitwise
+    ((2 * CHUNK, 20), (CHUNK, 5), 0),            # rows gathered into panels, bitwise
     ((6, 50, 40), (4, 20, 15), (0, 2)),          # axes that do not merge: whole copies
     ((6, 50, 40), (4, 20, 40), (1, 2)),          # rows in place
 ], ids=_ids)
@@ -299,3 +300,69 @@ def test_array_operations_non_finite_rules(op, array_operations):
     assert len(array_operations) == result.npartitions
     assert_matches_reference(op, got, (x,))
     assert np.isnan(got[:3]).all() and not np.isnan(got[3:]).any()
+
+
+# ---------------------------------------------------------------------------------------
+# runs read in place along a strided axis (a row per vector lane) against the runs copied
+# into row order in panels: the same bits. Chunks off the kernel's chunk size (the panels
+# are then the oracle, not the in-memory call) except where said.
+
+IN_PLACE = [
+    ((600, 150), ((250, 350), (128, 22)), 0),      # whole bands; one tile and a partial one
+    ((2 * CHUNK + 100, 20), (2 * CHUNK, 20), 0),   # runs of two kernel chunks (aligned)
+    ((6, 50, 40), (4, 20, 40), (0, 1)),            # runs of several rows, reordered
+    ((40, 300), (16, 120), 1),                     # Fortran-ordered blocks
+]
+
+
+def _in_place_blocks(inputs, case):
+    blocks = _dask_inputs(inputs, case[1])
+    if case is IN_PLACE[-1]:  # the statistics read in place, the write copies in panels
+        blocks = [b.map_blocks(np.asfortranarray) for b in blocks]
+    return blocks
+
+
+def _in_place_inputs(op, case, dtype):
+    """Inputs with non-finite values: x with a NaN, a +inf, -inf scattered and -inf at
+    index 1 of the last axis (a whole row for axis 0); dy or dz with a NaN."""
+    shape, _, axis = case
+    inputs = inputs_for(op, np.random.default_rng(8), shape, dtype, axis)
+    if op in ("softmax", "log_softmax"):
+        x = inputs[0]
+        x.reshape(-1)[::97] = -np.inf
+        x.reshape(-1)[[7, x.size // 2]] = np.nan, np.inf
+        x[..., 1] = -np.inf
+    else:
+        inputs[1].reshape(-1)[7] = np.nan
+    return inputs
+
+
+# every operation in float32 and float16 (stored as its bits, no exps kept in the output);
+# float64 once (each operation and dtype is a kernel to compile)
+IN_PLACE_RUNS = [(op, case, dtype) for op in OPS for case in IN_PLACE
+                 for dtype in (np.float32, np.float16)] + [("softmax", IN_PLACE[0], np.float64)]
+
+
+@pytest.mark.parametrize("op, case, dtype", IN_PLACE_RUNS,
+                         ids=[f"{op}-{_ids(c)}-{np.dtype(d)}" for op, c, d in IN_PLACE_RUNS])
+def test_runs_read_in_place_give_the_bits_of_runs_in_row_order(op, case, dtype,
+                                                               monkeypatch):
+    shape, _, axis = case
+    inputs = _in_place_inputs(op, case, dtype)
+    in_place = []
+    columns = _dask._columns
+
+    def spy(*args):
+        found = columns(*args)
+        in_place.append(found is not None)
+        return found
+
+    monkeypatch.setattr(_dask, "_columns", spy)
+    got = call(op, _in_place_blocks(inputs, case), axis).compute(scheduler="sync")
+    assert any(in_place)
+    monkeypatch.setattr(_dask, "_columns", lambda *args: None)
+    assert_bitwise_equal(got, call(op, _in_place_blocks(inputs, case), axis).compute(
+        scheduler="sync"))
+    if shape[0] == 2 * CHUNK + 100:
+        assert_bitwise_equal(got, call(op, inputs, axis))
+    assert_matches_reference(op, got, inputs, axis)
