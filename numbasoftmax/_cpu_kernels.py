@@ -355,14 +355,15 @@ def segment_write(op, a, ao, b, bo, out, oo, M, n, st, fin):
 # block: ~10 ms statistics, ~14 ms write either way, one thread).
 
 @njit(inline="always", **INTERNAL)
-def _band_part(part, c0, full, C):
-    """(first inner position, tiles, lanes per tile) of part 0 (the whole tiles) or part 1
-    (a partial last tile) of the band of ``columns`` at c0 with ``full`` whole tiles; no
-    tiles when the part is empty. The lane count is a run-time value for both."""
-    if part == 0:
-        return c0, full, min(W, C - c0)
+def _band_part(t, C):
+    """Part t % 2 of task t // 2 of ``columns``: (outer position, first inner position,
+    tiles, lanes per tile) of its whole tiles (part 0) or of its partial last tile (part
+    1); no tiles when the part is empty. The lane count is a run-time value for both."""
+    o, c0, full = _band_task(t // 2, C)
+    if t % 2 == 0:
+        return o, c0, full, min(W, C - c0)
     c1 = c0 + full * W
-    return c1, int(full < BAND_TILES and c1 < C), C - c1
+    return o, c1, int(full < BAND_TILES and c1 < C), C - c1
 
 
 @njit(**OPTIONS)
@@ -370,13 +371,11 @@ def segment_columns_stats(op, a, ao, an, b, bo, bn, lo, hi, n, C, st):
     """Tasks lo..hi-1 of ``columns``: st[o * C + i, :, c] = the (max, sum) statistics of
     chunk c of row (o, i)."""
     S, T, V = _scratch(a, n, BAND_TILES)
-    for task in range(lo, hi):
-        o, c0, full = _band_task(task, C)
-        for part in range(2):
-            at, nt, k = _band_part(part, c0, full, C)
-            if nt:
-                band_stats(op, (a, o * ao + at, an, k), (b, o * bo + at, bn, k), nt, n,
-                           S, T, V, st, o * C + at, nt * k)
+    for t in range(2 * lo, 2 * hi):
+        o, at, nt, k = _band_part(t, C)
+        if nt:
+            band_stats(op, (a, o * ao + at, an, k), (b, o * bo + at, bn, k), nt, n, S, T, V,
+                       st, o * C + at, nt * k)
 
 
 @njit(**OPTIONS)
@@ -384,14 +383,11 @@ def segment_columns_write(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, s
     """Tasks lo..hi-1 of ``columns``: the outputs of the segments from their chunks'
     statistics st and their rows' fin."""
     S, T, V = _scratch(a, n, BAND_TILES)
-    for task in range(lo, hi):
-        o, c0, full = _band_task(task, C)
-        for part in range(2):
-            at, nt, k = _band_part(part, c0, full, C)
-            if nt:
-                band_write(op, (a, o * ao + at, an, k), (b, o * bo + at, bn, k),
-                           (out, o * oo + at, on, k), nt, n, S, V, st, fin, o * C + at,
-                           nt * k)
+    for t in range(2 * lo, 2 * hi):
+        o, at, nt, k = _band_part(t, C)
+        if nt:
+            band_write(op, (a, o * ao + at, an, k), (b, o * bo + at, bn, k),
+                       (out, o * oo + at, on, k), nt, n, S, V, st, fin, o * C + at, nt * k)
 
 
 # ---------------------------------------------------------------------------------------
