@@ -326,8 +326,9 @@ def _stats_task(spec, *blocks):
                 cst = np.empty((m * runs, 2, nc))
                 k.segment_columns_stats(op, *views[0], *views[-2], 0, *tasks, cst)
                 part[:, :, :nc] = order.to_rows(cst)
-            for lo, hi, rows in () if columns is not None else _panels(spec, blocks):
-                k.segment_stats(op, *rows[0], *rows[-1], hi - lo, length, part[lo:hi])
+            else:
+                for lo, hi, rows in _panels(spec, blocks):
+                    k.segment_stats(op, *rows[0], *rows[-1], hi - lo, length, part[lo:hi])
             if runs > 1:
                 st[:, :, :runs * nc] = (part.reshape(m, runs, 2, nc).transpose(0, 2, 1, 3)
                                         .reshape(m, 2, runs * nc))
