@@ -349,18 +349,32 @@ dispatch(write, {"softmax": _softmax_write, "log_softmax": _log_softmax_write,
 
 
 @njit(**INTERNAL)
-def band(op, a, b, out, nt, n, S, T, V):
-    """nt * W rows of n elements (lane tuples ``a``, ``b``, ``out``). Scratch: ``S``
-    float64 of (2 * chunks + 2) * nt * W, ``T`` of nt * W * W and ``V`` of 2 * nt * W in
-    the compute type."""
+def _stats_phase(op, a, b, out, nt, n, S, T, V):
+    """Every chunk's statistics into S (chunk c's maxima at S[c * nt * W ..], its sums at
+    S[(chunks + c) * nt * W ..])."""
     nc = (n + CHUNK - 1) // CHUNK
     for c in range(nc):
         lo, hi = c * CHUNK, min(n, (c + 1) * CHUNK)
         stats(op, a, b, out, nt, lo, hi, T, V, S, c * nt * W, (nc + c) * nt * W)
-    finish(op, S, nt, nc)
+
+
+@njit(**INTERNAL)
+def _write_phase(op, a, b, out, nt, n, S, V):
+    """Every chunk's outputs from the statistics and the rows' (m, t) in S."""
+    nc = (n + CHUNK - 1) // CHUNK
     for c in range(nc):
         lo, hi = c * CHUNK, min(n, (c + 1) * CHUNK)
         write(op, a, b, out, nt, lo, hi, S, c, nc, V)
+
+
+@njit(**INTERNAL)
+def band(op, a, b, out, nt, n, S, T, V):
+    """nt * W rows of n elements (lane tuples ``a``, ``b``, ``out``). Scratch: ``S``
+    float64 of (2 * chunks + 2) * nt * W, ``T`` of nt * W * W and ``V`` of 2 * nt * W in
+    the compute type."""
+    _stats_phase(op, a, b, out, nt, n, S, T, V)
+    finish(op, S, nt, (n + CHUNK - 1) // CHUNK)
+    _write_phase(op, a, b, out, nt, n, S, V)
 
 
 # ---------------------------------------------------------------------------------------
@@ -376,11 +390,10 @@ def band(op, a, b, out, nt, n, S, T, V):
 def band_stats(op, a, b, nt, n, S, T, V, st, r0, rows):
     """The statistics of each chunk of the band's rows into st[r0 .. r0+rows-1]."""
     nc = (n + CHUNK - 1) // CHUNK
+    for t in range(nc * nt):  # the gradients have no maxima: 0, as the row kernel's
+        vstore(S, t * W, W, vsplat(0.0, S))
+    _stats_phase(op, a, b, a, nt, n, S, T, V)
     for c in range(nc):
-        lo, hi = c * CHUNK, min(n, (c + 1) * CHUNK)
-        for t in range(nt):  # the gradients have no maxima: 0, as the row kernel's
-            vstore(S, (c * nt + t) * W, W, vsplat(0.0, S))
-        stats(op, a, b, a, nt, lo, hi, T, V, S, c * nt * W, (nc + c) * nt * W)
         for i in range(rows):
             t, lane = i // W, i % W
             st[r0 + i, 0, c] = S[(c * nt + t) * W + lane]
@@ -399,6 +412,4 @@ def band_write(op, a, b, out, nt, n, S, V, st, fin, r0, rows):
             S[((nc + c) * nt + t) * W + lane] = st[r, 1, c]
         S[(2 * nc * nt + t) * W + lane] = fin[r, 0]
         S[((2 * nc + 1) * nt + t) * W + lane] = fin[r, 1]
-    for c in range(nc):
-        lo, hi = c * CHUNK, min(n, (c + 1) * CHUNK)
-        write(op, a, b, out, nt, lo, hi, S, c, nc, V)
+    _write_phase(op, a, b, out, nt, n, S, V)
