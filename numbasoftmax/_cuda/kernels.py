@@ -1,38 +1,30 @@
-"""numba.cuda kernels for softmax, log_softmax and their gradients, as kernel factories.
+"""numba.cuda kernels of the four ops, as factories: ``build(spec, primitives)`` returns the
+Python function of one specialization, which ``launch.py`` compiles when first needed.
 
-A call is M rows of N elements: row ``r`` of input ``x`` is ``x[r*sx : r*sx + N]`` of a flat
-1-D buffer. ``build(spec, primitives)`` returns the Python function of one specialization;
-``launch.py`` compiles it the first time it is needed. Nothing compiles at import.
+A call is M rows of N elements; row r of input x is x[r*sx : r*sx + N] of a flat buffer.
+Strategies (chosen in ``launch.plan``), with the global-memory traffic of a row (forward:
+read X, write Y; gradients: read Y and dY, write dX):
 
-Strategies (thresholds in ``launch.plan``) and the global-memory traffic of a row of N
-elements (forward: read X, write Y; gradients: read Y and dY, write dX):
+``rows``   short rows: G threads per row (a power of two up to 32) hold it in registers
+           (K packs each), U = 2 rows per group and step when that is at most 8 values per
+           thread; butterfly-shuffle reductions. Each input read once.
+``smem``   medium rows: a block per row, cached in shared memory (compute type, or the
+           2-byte storage bits when only those fit); each input read once.
+``long``   long rows: a block per row, online max and rescaled sum (Milakov & Gimelshein
+           2018), then a pass that writes: forward reads X twice.
+``split``  long rows, too few to fill the GPU: C chunks per row, a block each; one kernel
+           writes each chunk's statistics, a second combines them in chunk order and
+           writes its chunk. Traffic as ``long``.
 
-``rows``   short rows: G threads (1..32, a power of two) per row, the row in registers (K
-           packs of V elements per thread), U = 2 rows per group and step when a row is at
-           most 8 values per thread; butterfly-shuffle reductions. Each input read once.
-``smem``   medium rows: a block per row, the row cached in shared memory (compute type, or
-           the 2-byte storage bits for float16/bfloat16 rows that fit only so); each input
-           read once.
-``long``   long rows: a block per row, online max / rescaled sum (Milakov & Gimelshein
-           2018), then a pass that writes: forward 2 reads + 1 write of N.
-``split``  long rows, too few to fill the GPU: C chunks per row (a block each); one kernel
-           writes each chunk's statistics, a second combines them in chunk order and writes
-           its chunk. Traffic as ``long``.
-
-Forward and gradient kernels of a strategy are one function: the gradients read a second
-input (``b``) and sum a product where the forward functions take a max and sum
-exponentials (formulas in ``_op_math``); forward kernels pass their input as both.
-
-Packs: V = 16 bytes / itemsize elements per load or store (``ld.global.v4``) when every
-row start is 16-byte aligned and N is a multiple of V; V = 1 otherwise.
-
-Arithmetic is float32 (float64 for float64 data); long/split sums accumulate in float64.
-Non-finite rules are the CPU path's: max propagates NaN, a row with NaN or +inf gives NaN,
-an all -inf row gives NaN, -inf among finite values gives 0 (log: -inf). Every reduction
-has a fixed order (butterfly, warps in order, chunks in order): results are deterministic
-for a given shape, dtype and strategy. Under the simulator the same source runs with the
-primitives of ``sim.py``; every thread of a block runs every reduction, so the emulation
-of the shuffles is exact.
+One body per strategy serves all four ops (formulas in ``_op_math``): the gradients read
+a second input and sum a product where the forward ops take a max and sum exponentials.
+Packs are V = 16 bytes / itemsize elements (``ld.global.v4``) where every row start is
+16-byte aligned and N a multiple of V, else single elements. Arithmetic is float32
+(float64 for float64 data); long/split sums are float64. Non-finite rules are the CPU
+path's. Every reduction has a fixed order (butterfly, warps in order, chunks in order), so
+results are deterministic for a shape, dtype and strategy. Under the simulator the same
+source runs with ``sim.py``'s primitives; every thread of a block runs every reduction,
+so its emulation of the shuffles is exact.
 """
 
 from __future__ import annotations
@@ -135,14 +127,14 @@ def _reductions(P):
                       block_reduction(group_sum))
 
 
-OpMath = namedtuple("OpMath", "term factor factor64 value")
+OpMath = namedtuple("OpMath", "term factor value")
 
 
 @functools.cache
 def _op_math(P, op):
     """The per-element formulas of one op. A row's sum is of ``term(a, b, mx)``; the sum
-    gives the row's ``factor`` (``factor64`` from a float64 sum); the output element is
-    ``value(a, b, mx, factor)``. Forward: a = b = x, mx = the row's max; gradients: a = y
+    (compute type, or float64 in long rows) gives the row's ``factor``; the output element
+    is ``value(a, b, mx, factor)``. Forward: a = b = x, mx = the row's max; gradients: a = y
     (or z), b = dy (or dz), mx unused."""
     dev = _device(P.sim)
     ctype, exp, log = P.ctype, P.exp, P.log
@@ -161,17 +153,9 @@ def _op_math(P, op):
     def factor(s):
         if FWD:
             if LOG:
-                return log(s)
-            return ctype(1.0) / s
-        return s
-
-    @dev
-    def factor64(total):
-        if FWD:
-            if LOG:
-                return ctype(log(total))
-            return ctype(1.0 / total)
-        return ctype(total)
+                return ctype(log(s))
+            return ctype(ctype(1.0) / s)
+        return ctype(s)
 
     @dev
     def value(a, b, mx, f):
@@ -183,7 +167,7 @@ def _op_math(P, op):
             return b - exp(a) * f
         return a * (b - f)
 
-    return OpMath(term, factor, factor64, value)
+    return OpMath(term, factor, value)
 
 
 Packs = namedtuple("Packs", "load store load_raw elem")
@@ -387,7 +371,7 @@ def _long(P, spec):
     dev = _device(P.sim)
     red, math_, io = _reductions(P), _op_math(P, spec.op), _packs(P, spec.V)
     fmax, block_max, block_sum = red.fmax, red.block_max, red.block_sum
-    term, value, factor64 = math_.term, math_.value, math_.factor64
+    term, value, factor = math_.term, math_.value, math_.factor
     load, store = io.load, io.store
     ctype, exp = P.ctype, P.exp
     FWD = spec.op in FORWARD
@@ -506,7 +490,7 @@ def _long(P, spec):
                     for k in range(C):
                         total += ws[row * C + k]
             if WRITE:
-                write(a, row * sa, b, row * sb, out, row * so, plo, phi, mx, factor64(total),
+                write(a, row * sa, b, row * sb, out, row * so, plo, phi, mx, factor(total),
                       bufa, bufb)
             i += cuda.gridDim.x
 
