@@ -249,6 +249,14 @@ def _max_lanes(f, a, b, c, i, k):
 
 
 @kernel_fn
+def _masked_lanes(f, a, b, c, i, k):
+    """x = a where mask c is set, else -inf; kept in ``b``."""
+    v = keep(valid(None, c, i, k), vload(a, i, k, NEG_INF), NEG_INF)
+    vstore(b, i, k, v)
+    return v
+
+
+@kernel_fn
 def _exp_lanes(f, a, b, c, i, k):
     """(weight *) exp(x - shift) where valid, else +0, for x = a and c = (shift, w, wts);
     kept in ``b`` unless it is None."""
@@ -355,12 +363,20 @@ def _exp_stats(op, a, b, w, out):
     exps in ``out`` when it stores the compute type. A chunk of -inf is shifted by 0
     instead: e = exp(-inf) = 0, and it adds 0 to the row; with a mask its sum counts the
     valid elements instead (a row whose max is -inf then tells "no valid element", sum 0,
-    from "valid elements all -inf", sum > 0)."""
-    cm = seg_max(_max_lanes, a, None, w)
+    from "valid elements all -inf", sum > 0).
+
+    With a mask the max pass keeps the masked row (-inf where excluded) in ``out``, and
+    the later passes read it there instead of reading x and the mask again: exp(-inf -
+    shift) is already the +0 an excluded element adds, (-inf - m) - lse the -inf it
+    gets. A mask byte is then read once per element, and the exp loop has the mask's
+    pointer and lane conversions out of its registers."""
     es = pick(op, SOFTMAX, exact_store(out), None)
     if w is not None:
+        cm = seg_max(_masked_lanes, a, out, w)
         if cm == NEG_INF:
             return np.float64(cm), seg_sum(_count_lanes, a, es, w)
+        return np.float64(cm), seg_sum(_exp_lanes, out, es, (cm, None, None))
+    cm = seg_max(_max_lanes, a, None, w)
     shift = cm if cm != NEG_INF else to_compute(0.0, a)
     return np.float64(cm), seg_sum(_exp_lanes, a, es, (shift, w, None))
 
@@ -416,7 +432,10 @@ def _softmax_write(op, a, b, w, out, cmax, m, t):
         factor = to_compute(scale / t, a)
         shift = to_compute(cmax if cmax != NEG_INF else 0.0, a)  # as ``_exp_stats``
         es = pick(op, SOFTMAX, exact_store(out), None)
-        seg_map(_softmax_lanes, out, a, es, (shift, factor, w))
+        if w is None:
+            seg_map(_softmax_lanes, out, a, es, (shift, factor, w))
+        else:  # the masked row in ``out`` (``_exp_stats``)
+            seg_map(_softmax_lanes, out, out, es, (shift, factor, None))
 
 
 def _log_softmax_write(op, a, b, w, out, cmax, m, t):
@@ -425,8 +444,11 @@ def _log_softmax_write(op, a, b, w, out, cmax, m, t):
     if not NEG_INF < m < math.inf:
         seg_map(_fill_lanes, out, out, None, (NAN if _nan_row(m, t, w) else NEG_INF,
                                               NEG_INF, w))
-    else:
+    elif w is None:
         seg_map(_log_softmax_lanes, out, a, None, (to_compute(m, a), to_compute(t, a), w))
+    else:  # the masked row in ``out`` (``_exp_stats``)
+        seg_map(_log_softmax_lanes, out, out, None, (to_compute(m, a), to_compute(t, a),
+                                                      None))
 
 
 def _logsumexp_write(op, a, b, w, out, cmax, m, t):
