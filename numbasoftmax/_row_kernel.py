@@ -45,6 +45,7 @@ import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
+from numba.core.imputils import impl_ret_borrowed
 from numba.extending import intrinsic, overload
 
 from ._config import CACHE
@@ -249,6 +250,14 @@ def _max_lanes(f, a, b, c, i, k):
 
 
 @kernel_fn
+def _masked_lanes(f, a, b, c, i, k):
+    """x = a where mask c is set, else -inf; kept in ``b``."""
+    v = keep(valid(None, c, i, k), vload(a, i, k, NEG_INF), NEG_INF)
+    vstore(b, i, k, v)
+    return v
+
+
+@kernel_fn
 def _exp_lanes(f, a, b, c, i, k):
     """(weight *) exp(x - shift) where valid, else +0, for x = a and c = (shift, w, wts);
     kept in ``b`` unless it is None."""
@@ -355,14 +364,48 @@ def _exp_stats(op, a, b, w, out):
     exps in ``out`` when it stores the compute type. A chunk of -inf is shifted by 0
     instead: e = exp(-inf) = 0, and it adds 0 to the row; with a mask its sum counts the
     valid elements instead (a row whose max is -inf then tells "no valid element", sum 0,
-    from "valid elements all -inf", sum > 0)."""
-    cm = seg_max(_max_lanes, a, None, w)
-    es = pick(op, SOFTMAX, exact_store(out), None)
-    if w is not None:
+    from "valid elements all -inf", sum > 0).
+
+    With a mask the max pass keeps the masked row (-inf where excluded) in ``out``, and
+    the later passes read it there (``row_source``) instead of reading x and the mask
+    again: exp(-inf - shift) is already the +0 an excluded element adds, (-inf - m) - lse
+    the -inf it gets. A mask byte is then read once per element, and the exp loop has the
+    mask's pointer and lane conversions out of its registers."""
+    return _exp_stats_of(a, w, out, pick(op, SOFTMAX, exact_store(out), None))
+
+
+def _exp_stats_of(a, w, out, es):
+    """``_exp_stats`` without a mask or with one (chosen when compiling: numba types
+    both sides of an ``if`` on an array)."""
+
+
+@overload(_exp_stats_of, jit_options=INLINE)
+def _exp_stats_of_impl(a, w, out, es):
+    if isinstance(w, types.NoneType):
+        def plain(a, w, out, es):
+            cm = seg_max(_max_lanes, a, None, w)
+            shift = cm if cm != NEG_INF else to_compute(0.0, a)
+            return np.float64(cm), seg_sum(_exp_lanes, a, es, (shift, w, None))
+        return plain
+
+    def masked(a, w, out, es):
+        cm = seg_max(_masked_lanes, a, out, w)
         if cm == NEG_INF:
             return np.float64(cm), seg_sum(_count_lanes, a, es, w)
-    shift = cm if cm != NEG_INF else to_compute(0.0, a)
-    return np.float64(cm), seg_sum(_exp_lanes, a, es, (shift, w, None))
+        return np.float64(cm), seg_sum(_exp_lanes, out, es, (cm, None, None))
+    return masked
+
+
+@intrinsic
+def row_source(typingctx, w, a, out):
+    """Where the write phase reads a row's values: ``a``, or ``out`` when there is a mask
+    ``w`` (the masked row ``_exp_stats`` kept there); chosen when compiling."""
+    chosen = 1 if isinstance(w, types.NoneType) else 2
+
+    def codegen(context, builder, sig, args):
+        return impl_ret_borrowed(context, builder, sig.return_type, args[chosen])
+
+    return (a, out)[chosen - 1](w, a, out), codegen
 
 
 def _lse_stats(op, a, b, w, out):
@@ -416,7 +459,7 @@ def _softmax_write(op, a, b, w, out, cmax, m, t):
         factor = to_compute(scale / t, a)
         shift = to_compute(cmax if cmax != NEG_INF else 0.0, a)  # as ``_exp_stats``
         es = pick(op, SOFTMAX, exact_store(out), None)
-        seg_map(_softmax_lanes, out, a, es, (shift, factor, w))
+        seg_map(_softmax_lanes, out, row_source(w, a, out), es, (shift, factor, None))
 
 
 def _log_softmax_write(op, a, b, w, out, cmax, m, t):
@@ -426,7 +469,8 @@ def _log_softmax_write(op, a, b, w, out, cmax, m, t):
         seg_map(_fill_lanes, out, out, None, (NAN if _nan_row(m, t, w) else NEG_INF,
                                               NEG_INF, w))
     else:
-        seg_map(_log_softmax_lanes, out, a, None, (to_compute(m, a), to_compute(t, a), w))
+        seg_map(_log_softmax_lanes, out, row_source(w, a, out), None,
+                (to_compute(m, a), to_compute(t, a), None))
 
 
 def _logsumexp_write(op, a, b, w, out, cmax, m, t):
