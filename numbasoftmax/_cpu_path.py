@@ -36,26 +36,38 @@ def fast(op, arrays, axis, out):
     """The result of ``op`` for the common case, or None when the general path must run."""
     x = arrays[0]
     if not (type(x) is np.ndarray and type(axis) is int and axis == -1 and x.dtype in _FAST
-            and x.ndim and x.size and x.flags.c_contiguous):
+            and x.ndim and x.size):
         return None
+    flags = x.flags
+    if not flags.c_contiguous:
+        return None
+    direct = flags.carray  # aligned and writable too: see _cpu.run
     b = arrays[1] if len(arrays) == 2 else None
-    if b is not None and not (type(b) is np.ndarray and b.shape == x.shape
-                              and b.dtype == x.dtype and b.flags.c_contiguous):
-        return None
+    if b is not None:
+        if not (type(b) is np.ndarray and b.shape == x.shape and b.dtype == x.dtype):
+            return None
+        flags = b.flags
+        if not flags.c_contiguous:
+            return None
+        direct = direct and flags.carray
     if out is None:
         out = _pool.empty(x.shape, x.dtype)
-    elif not (type(out) is np.ndarray and out.shape == x.shape and out.dtype == x.dtype
-              and out.flags.c_contiguous and out.flags.writeable
-              and (out is x or not np.may_share_memory(x, out))
-              and (b is None or out is b or not np.may_share_memory(b, out))):
-        return None
+    else:
+        if not (type(out) is np.ndarray and out.shape == x.shape and out.dtype == x.dtype):
+            return None
+        flags = out.flags
+        if not (flags.c_contiguous and flags.writeable
+                and (out is x or not np.may_share_memory(x, out))
+                and (b is None or out is b or not np.may_share_memory(b, out))):
+            return None
+        direct = direct and flags.aligned
     n = x.shape[-1]
     m = x.size // n
     # ravel: a view of a C-contiguous array, at half reshape(-1)'s cost
     if b is None:
-        _cpu.run(op.name, (x.ravel(), n, out.ravel(), n, m, n))
+        _cpu.run(op.name, (x.ravel(), n, out.ravel(), n, m, n), direct=direct)
     else:
-        _cpu.run(op.name, (x.ravel(), n, b.ravel(), n, out.ravel(), n, m, n))
+        _cpu.run(op.name, (x.ravel(), n, b.ravel(), n, out.ravel(), n, m, n), direct=direct)
     return out
 
 

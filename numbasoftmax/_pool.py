@@ -53,6 +53,11 @@ class _Owner:
             pass
 
 
+def _plain(shape, dtype, order_like):
+    return np.empty(shape, dtype) if order_like is None else np.empty_like(order_like,
+                                                                           dtype=dtype)
+
+
 class ResultPool:
     def __init__(self, limit):
         self.limit = limit
@@ -65,12 +70,12 @@ class ResultPool:
     def empty(self, shape, dtype, order_like=None):
         """An uninitialized array like ``np.empty(shape, dtype)``, or with the memory
         layout of ``order_like`` (numpy's ``empty_like`` order 'K')."""
+        if self.limit <= 0:  # off (the default): nothing to compute on a small call's path
+            return _plain(shape, dtype, order_like)
         dtype = np.dtype(dtype)
         nbytes = math.prod(shape) * dtype.itemsize
-        if self.limit <= 0 or nbytes < MIN_BYTES:
-            if order_like is None:
-                return np.empty(shape, dtype)
-            return np.empty_like(order_like, dtype=dtype)
+        if nbytes < MIN_BYTES:
+            return _plain(shape, dtype, order_like)
         raw = self._take(nbytes)
         if raw is None:
             raw = np.empty(nbytes + _ALIGN, np.uint8)

@@ -419,6 +419,19 @@ def test_readonly_input(op, rng):
     assert_bitwise_equal(got, expected)
 
 
+@pytest.mark.parametrize("op", OPS)
+def test_small_contiguous_calls_repeat_their_bits(op, rng):
+    """From the second call on, a small C-contiguous call runs the row driver's compiled
+    entry without numba's dispatcher: the same bits as the first call, and as a read-only
+    input, which the dispatcher runs."""
+    inputs = inputs_for(op, rng, (8, 128), np.float32)
+    first = call(op, inputs)
+    assert_bitwise_equal(call(op, inputs), first)
+    for a in inputs:
+        a.setflags(write=False)
+    assert_bitwise_equal(call(op, inputs), first)
+
+
 def test_broadcast_rows_input():
     """Rows broadcast with a zero stride (read in place, read-only)."""
     row = np.random.default_rng(0).standard_normal(10)

@@ -32,6 +32,10 @@ def recorded(monkeypatch):
             op = args[0].key if hasattr(args[0], "key") else None
             dtype = next((a.dtype for a in args if isinstance(a, np.ndarray)), None)
             calls.append((name, op, dtype))
+
+        # as numba's dispatchers: the small contiguous calls run a driver's compiled entry
+        record.typeof_pyval = lambda value: type(value)
+        record.get_overload = lambda signature: record
         return record
 
     fake = types.SimpleNamespace(OPS=real.OPS, W=real.W, column_tasks=real.column_tasks,
