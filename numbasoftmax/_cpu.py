@@ -133,8 +133,8 @@ def _parallel(kernel, args):
 
 
 # op name -> (marker, shortest row the row kernel runs, direct entries), at the first call.
-# Direct entries: the serial row driver as compiled for 1-D C-contiguous, aligned, writable
-# arrays, per dtype, called without numba's dispatcher, which types all 15 arguments at
+# Direct entries: the serial drivers as compiled for 1-D C-contiguous, aligned, writable
+# arrays, per (driver, dtype), called without numba's dispatcher, which types all 15 arguments at
 # every call (the operation's marker in Python): ~1 us of a ~4.8 us 8x128 softmax.
 _routes = {}
 # operations the lane kernel does not run: always on the row drivers
@@ -166,11 +166,13 @@ def run(op, args, side=None, direct=False):
         short_max = 0
     if m * n < PARALLEL_MIN_ELEMENTS or not parallel_allowed():
         if n < short_max:
-            k.short_rows(marker, a, sa, 1, b, sb, 1, out, so, 1, 0, m, n, 1)
-        elif direct and side is None:
-            _rows_direct(entries, (marker, a, sa, 1, b, sb, 1, out, so, 1, 0, m, n, 1, None))
+            driver, call = k.short_rows, (marker, a, sa, 1, b, sb, 1, out, so, 1, 0, m, n, 1)
         else:
-            k.rows(marker, a, sa, 1, b, sb, 1, out, so, 1, 0, m, n, 1, side)
+            driver, call = k.rows, (marker, a, sa, 1, b, sb, 1, out, so, 1, 0, m, n, 1, side)
+        if direct and side is None:
+            _call_direct(entries, driver, call)
+        else:
+            driver(*call)
         return
     if n < short_max:
         _parallel(k.short_rows_parallel, (marker, a, sa, 1, b, sb, 1, out, so, 1, m, n, 1))
@@ -182,15 +184,14 @@ def run(op, args, side=None, direct=False):
     _parallel(driver, (marker, a, sa, 1, b, sb, 1, out, so, 1, m, n, 1, side))
 
 
-def _rows_direct(entries, call):
-    dtype = call[1].dtype.char
-    entry = entries.get(dtype)
+def _call_direct(entries, driver, call):
+    key = (driver, call[1].dtype.char)
+    entry = entries.get(key)
     if entry is not None:
         entry(*call)
         return
-    rows = _kernels.rows
-    rows(*call)  # compiles, or loads from the cache, the specialization for these types
-    entries[dtype] = rows.get_overload(tuple(rows.typeof_pyval(v) for v in call))
+    driver(*call)  # compiles, or loads from the cache, the specialization for these types
+    entries[key] = driver.get_overload(tuple(driver.typeof_pyval(v) for v in call))
 
 
 def run_columns(op, args):

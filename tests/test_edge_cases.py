@@ -419,12 +419,13 @@ def test_readonly_input(op, rng):
     assert_bitwise_equal(got, expected)
 
 
+@pytest.mark.parametrize("n", [3, 128])  # the lane kernel's short rows, the row kernel
 @pytest.mark.parametrize("op", OPS)
-def test_small_contiguous_calls_repeat_their_bits(op, rng):
-    """From the second call on, a small C-contiguous call runs the row driver's compiled
+def test_small_contiguous_calls_repeat_their_bits(op, n, rng):
+    """From the second call on, a small C-contiguous call runs the serial driver's compiled
     entry without numba's dispatcher: the same bits as the first call, and as a read-only
     input, which the dispatcher runs."""
-    inputs = inputs_for(op, rng, (8, 128), np.float32)
+    inputs = inputs_for(op, rng, (8, n), np.float32)
     first = call(op, inputs)
     assert_bitwise_equal(call(op, inputs), first)
     for a in inputs:
