@@ -191,7 +191,9 @@ def _call_direct(entries, driver, call):
         entry(*call)
         return
     driver(*call)  # compiles, or loads from the cache, the specialization for these types
-    entries[key] = driver.get_overload(tuple(driver.typeof_pyval(v) for v in call))
+    # (the dispatcher itself where it ran another specialization, converting the arguments)
+    compiled = driver.overloads.get(tuple(driver.typeof_pyval(v) for v in call))
+    entries[key] = driver if compiled is None else compiled.entry_point
 
 
 def run_columns(op, args):

@@ -33,9 +33,9 @@ def recorded(monkeypatch):
             dtype = next((a.dtype for a in args if isinstance(a, np.ndarray)), None)
             calls.append((name, op, dtype))
 
-        # as numba's dispatchers: the small contiguous calls run a driver's compiled entry
+        # as numba's dispatchers, which small contiguous calls ask for a compiled entry
         record.typeof_pyval = lambda value: type(value)
-        record.get_overload = lambda signature: record
+        record.overloads = {}
         return record
 
     fake = types.SimpleNamespace(OPS=real.OPS, W=real.W, column_tasks=real.column_tasks,
