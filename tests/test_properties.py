@@ -103,7 +103,8 @@ def values(draw, dtype, shape, huge, with_nonfinite=True, with_inf=True):
     scale = draw(_SCALES) or huge / 4
     share = draw(_SHARES)
     rng = np.random.default_rng(seed)
-    a = np.asarray(rng.standard_normal(shape) * scale)
+    # clipped: a normal draw beyond ~4.5 sigma of scale huge / 4 would overflow to inf
+    a = np.asarray(np.clip(rng.standard_normal(shape) * scale, -huge, huge))
     specials = np.array(_specials(dtype, huge, with_nonfinite, with_inf))
     pick = np.asarray(rng.random(shape) < share)
     a[pick] = specials[rng.integers(0, specials.size, size=int(pick.sum()))]
