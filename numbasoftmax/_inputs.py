@@ -65,7 +65,9 @@ def backend(arrays):
     return "numpy"
 
 
-def _typename(obj):
+def typename(obj):
+    """``library.Type`` of an object, for error messages (``numpy.ndarray``, ``cupy.ndarray``,
+    ``torch.Tensor``)."""
     t = type(obj)
     return f"{t.__module__.partition('.')[0]}.{t.__name__}"
 
@@ -76,11 +78,11 @@ def _on_gpu(named):
     for name, a in named:
         kind = array_kind(a)
         if kind == "cuda":
-            return name, f"a {_typename(a)}"
+            return name, f"a {typename(a)}"
         if kind == "dask":
             meta = getattr(a, "_meta", None)
             if meta is not None and array_kind(meta) == "cuda":
-                return name, f"a dask array of {_typename(meta)} blocks"
+                return name, f"a dask array of {typename(meta)} blocks"
     return None
 
 

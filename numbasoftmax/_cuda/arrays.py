@@ -21,6 +21,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .._inputs import typename
 from .._layout import Meta
 
 BF16 = "bfloat16"  # the dtype of torch's bfloat16 tensors (numpy has none)
@@ -70,15 +71,10 @@ def c_strides(shape, itemsize):
     return tuple(reversed(strides))
 
 
-def _typename(obj):
-    t = type(obj)
-    return f"{t.__module__.partition('.')[0]}.{t.__name__}"
-
-
 def host_where(obj):
     """Where a host array lives, for error messages."""
-    device = getattr(obj, "device", None) if _typename(obj).startswith("torch.") else None
-    return f"{_typename(obj)} " + ("(host memory)" if device is None else f"on {device}")
+    device = getattr(obj, "device", None) if typename(obj).startswith("torch.") else None
+    return f"{typename(obj)} " + ("(host memory)" if device is None else f"on {device}")
 
 
 def describe(obj, name, func):
@@ -261,7 +257,7 @@ class _Numba(_Library):
                          "numba device array")
         cai = obj.__cuda_array_interface__
         label = ("numba device array" if getattr(type(obj), "__cuda_ndarray__", False)
-                 else _typename(obj))
+                 else typename(obj))
         if cai.get("mask") is not None:
             raise TypeError(f"{func}(): {name} is a masked __cuda_array_interface__ array "
                             f"({label}); masks are not supported")
