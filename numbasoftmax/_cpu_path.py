@@ -16,7 +16,8 @@ unmasked kernels and fills the excluded rows), given row values (logsumexp's gra
 ``fast`` is the common case without any of that: C-contiguous float32/float64 arrays, the
 last axis, a fresh or C-contiguous non-overlapping ``out``. It checks only what it relies
 on, so an 8x128 call costs a few microseconds; anything else returns None and takes the
-general path (which applies every input rule).
+general path (which applies every input rule). ``fast_logsumexp`` is the same for
+logsumexp without options.
 """
 
 from __future__ import annotations
@@ -69,6 +70,21 @@ def fast(op, arrays, axis, out):
     else:
         _cpu.run(op.name, (x.ravel(), n, b.ravel(), n, out.ravel(), n, m, n), direct=direct)
     return out
+
+
+def fast_logsumexp(x, axis, keepdims):
+    """logsumexp of ``x`` in the common case of ``fast`` (no options), or None."""
+    if not (type(x) is np.ndarray and type(axis) is int and axis == -1 and x.dtype in _FAST
+            and x.ndim and x.size):
+        return None
+    flags = x.flags
+    if not flags.c_contiguous:
+        return None
+    n = x.shape[-1]
+    values = np.empty(x.shape[:-1] + ((1,) if keepdims else ()), x.dtype)
+    _cpu.run("logsumexp", (x.ravel(), n, None, 0, values.reshape(-1), 1, x.size // n, n),
+             direct=flags.carray)
+    return values
 
 
 def _meta(a):

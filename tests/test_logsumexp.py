@@ -270,6 +270,23 @@ def test_layout_independent_bits(layout, rng):
                              nsm.logsumexp(x, axis=axis))
 
 
+@pytest.mark.parametrize("n", [3, 128, 20000])  # short rows, the row kernel, chunked rows
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fast_path_gives_the_general_paths_bits(dtype, n, rng):
+    """A C-contiguous array along its last axis without options takes a fast path (from
+    its second call on, the serial driver's compiled entry): the bits of the general path,
+    here the same rows read through a Fortran-ordered copy."""
+    x = (rng.standard_normal((6, n)) * 5).astype(dtype)
+    x[0, 1], x[1, :], x[2, 2] = np.inf, -np.inf, np.nan
+    general = nsm.logsumexp(np.asfortranarray(x))
+    assert_bitwise_equal(nsm.logsumexp(x), general)
+    assert_bitwise_equal(nsm.logsumexp(x), general)
+    assert_bitwise_equal(nsm.logsumexp(x, keepdims=True), general[:, None])
+    one = nsm.logsumexp(x[3])
+    assert isinstance(one, np.ndarray) and one.shape == ()
+    assert_bitwise_equal(one, general[3:4].reshape(()))
+
+
 def test_bits_independent_of_driver_and_threads(rng):
     """Long rows alone (chunk tasks), in a big batch (row tasks), on one thread (serial)."""
     x = rng.standard_normal((20, 40000)).astype(np.float32)
