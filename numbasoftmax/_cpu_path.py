@@ -33,14 +33,21 @@ from ._layout import COLUMNS, GATHER, ROWS, Access, Meta, as_2d, mask_rows, plan
 _FAST = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-def fast(op, arrays, axis, out):
-    """The result of ``op`` for the common case, or None when the general path must run."""
-    x = arrays[0]
+def _last_axis_flags(x, axis):
+    """The flags of ``x`` when the fast paths take it (a non-empty C-contiguous float32 or
+    float64 ndarray, reduced along its last axis), else None."""
     if not (type(x) is np.ndarray and type(axis) is int and axis == -1 and x.dtype in _FAST
             and x.ndim and x.size):
         return None
     flags = x.flags
-    if not flags.c_contiguous:
+    return flags if flags.c_contiguous else None
+
+
+def fast(op, arrays, axis, out):
+    """The result of ``op`` for the common case, or None when the general path must run."""
+    x = arrays[0]
+    flags = _last_axis_flags(x, axis)
+    if flags is None:
         return None
     direct = flags.carray  # aligned and writable too: see _cpu.run
     b = arrays[1] if len(arrays) == 2 else None
@@ -74,11 +81,8 @@ def fast(op, arrays, axis, out):
 
 def fast_logsumexp(x, axis, keepdims):
     """logsumexp of ``x`` in the common case of ``fast`` (no options), or None."""
-    if not (type(x) is np.ndarray and type(axis) is int and axis == -1 and x.dtype in _FAST
-            and x.ndim and x.size):
-        return None
-    flags = x.flags
-    if not flags.c_contiguous:
+    flags = _last_axis_flags(x, axis)
+    if flags is None:
         return None
     n = x.shape[-1]
     values = np.empty(x.shape[:-1] + ((1,) if keepdims else ()), x.dtype)
