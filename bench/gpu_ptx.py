@@ -14,9 +14,10 @@ Checks per kernel:
   of the planned size fits the register file (else CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES);
 * 16-byte ``ld.global.v4`` / ``st.global.v4`` where the plan chose the vector path.
 
-NVVM and ptxas from pip, no GPU or CUDA install needed:
+NVVM and ptxas from pip, no GPU or CUDA install needed (the ``ptx`` extra: numba-cuda and
+cuda-toolkit's ptxas, NVVM and libdevice; or ``tox -e ptx``):
 
-    pip install --target DIR "cuda-toolkit[nvcc,nvrtc]==13.*"   # ptxas, NVVM, libdevice
+    pip install --target DIR ".[ptx]"
     PYTHONPATH=DIR LD_LIBRARY_PATH=DIR/nvidia/cu13/lib python bench/gpu_ptx.py
 
 Options: ``--filter SUBSTRING`` (kernels whose name contains it), ``--jobs N`` (compile

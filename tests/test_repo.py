@@ -120,7 +120,7 @@ def test_changelog_covers_the_current_version():
     assert versions[0] in ("Unreleased", numbasoftmax.__version__)
 
 
-@pytest.mark.parametrize("extra", ["cuda12", "cuda13", "test"])
+@pytest.mark.parametrize("extra", ["cuda12", "cuda13", "test", "ptx"])
 def test_numpy_cap_only_where_numba_cuda_is(extra):
     deps = PYPROJECT["project"]["optional-dependencies"][extra]
     assert any(d.startswith("numba-cuda") for d in deps)
