@@ -196,19 +196,23 @@ def _call_direct(entries, driver, call):
     entries[key] = driver if compiled is None else compiled.entry_point
 
 
-def run_columns(op, args):
+def run_columns(op, args, direct=False):
     """Run ``op`` along a strided axis read in place: ``args`` are, per array (a[, b], out),
     a flat buffer, its outer stride and its axis stride, then M outer positions, n elements
-    along the axis and C contiguous inner positions."""
+    along the axis and C contiguous inner positions. ``direct`` as for ``run``."""
     k = _kernels or _load_kernels()
     *arrays, m, n, c = args
     if len(arrays) == 6:  # forward: b is a
         arrays = arrays[:3] + arrays[:3] + arrays[3:]
-    head = (k.OPS[op], *arrays)
+    marker, _, entries = _routes.get(op) or _route(op)
     if m * n * c < PARALLEL_MIN_ELEMENTS or not parallel_allowed():
-        k.columns(*head, 0, k.column_tasks(m, c), n, c)
+        call = (marker, *arrays, 0, k.column_tasks(m, c), n, c)
+        if direct:
+            _call_direct(entries, k.columns, call)
+        else:
+            k.columns(*call)
     else:
-        _parallel(k.columns_parallel, (*head, m, n, c))
+        _parallel(k.columns_parallel, (marker, *arrays, m, n, c))
 
 
 # Below this many elements numpy's own strided copy is as fast and needs no compilation.

@@ -13,8 +13,9 @@ contiguous, else its own rows copied once; a mask constant along the rows runs t
 unmasked kernels and fills the excluded rows), given row values (logsumexp's gradient).
 ``reduce`` runs logsumexp: one value (and sign) per row.
 
-``fast`` is the common case without any of that: C-contiguous float32/float64 arrays, the
-last axis, a fresh or C-contiguous non-overlapping ``out``. It checks only what it relies
+``fast`` is the common case without any of that: C-contiguous float32/float64 arrays along
+one axis (rows, or columns read in place as the plan would), a fresh or C-contiguous
+non-overlapping ``out``. It checks only what it relies
 on, so an 8x128 call costs a few microseconds; anything else returns None and takes the
 general path (which applies every input rule). ``fast_logsumexp`` is the same for
 logsumexp without options.
@@ -28,27 +29,48 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from . import _cpu, _pool
-from ._layout import COLUMNS, GATHER, ROWS, Access, Meta, as_2d, mask_rows, plan, row_stride
+from ._layout import (
+    COLUMNS,
+    COLUMNS_MIN_INNER,
+    GATHER,
+    ROWS,
+    Access,
+    Meta,
+    as_2d,
+    mask_rows,
+    plan,
+    row_stride,
+)
 
 _FAST = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-def _last_axis_flags(x, axis):
-    """The flags of ``x`` when the fast paths take it (a non-empty C-contiguous float32 or
-    float64 ndarray, reduced along its last axis), else None."""
-    if not (type(x) is np.ndarray and type(axis) is int and axis == -1 and x.dtype in _FAST
-            and x.ndim and x.size):
+def _fast_layout(x, axis):
+    """(flags, inner) of ``x`` when the fast paths take it, else None: a non-empty
+    C-contiguous float32 or float64 ndarray along an int ``axis``, whose rows are then
+    contiguous (the last axis: inner = 1) or columns read in place (another axis: inner =
+    the elements after it, at least ``COLUMNS_MIN_INNER``, as ``_layout.plan`` decides)."""
+    if not (type(x) is np.ndarray and type(axis) is int and x.dtype in _FAST and x.size):
+        return None
+    ndim = x.ndim
+    if not -ndim <= axis < ndim:
         return None
     flags = x.flags
-    return flags if flags.c_contiguous else None
+    if not flags.c_contiguous:
+        return None
+    if axis == -1 or axis == ndim - 1:
+        return flags, 1
+    inner = math.prod(x.shape[axis % ndim + 1:])
+    return (flags, inner) if inner >= COLUMNS_MIN_INNER else None
 
 
 def fast(op, arrays, axis, out):
     """The result of ``op`` for the common case, or None when the general path must run."""
     x = arrays[0]
-    flags = _last_axis_flags(x, axis)
-    if flags is None:
+    layout = _fast_layout(x, axis)
+    if layout is None:
         return None
+    flags, inner = layout
     direct = flags.carray  # aligned and writable too: see _cpu.run
     b = arrays[1] if len(arrays) == 2 else None
     if b is not None:
@@ -69,21 +91,25 @@ def fast(op, arrays, axis, out):
                 and (b is None or out is b or not np.may_share_memory(b, out))):
             return None
         direct = direct and flags.aligned
-    n = x.shape[-1]
-    m = x.size // n
+    n = x.shape[axis]
     # ravel: a view of a C-contiguous array, at half reshape(-1)'s cost
-    if b is None:
-        _cpu.run(op.name, (x.ravel(), n, out.ravel(), n, m, n), direct=direct)
-    else:
-        _cpu.run(op.name, (x.ravel(), n, b.ravel(), n, out.ravel(), n, m, n), direct=direct)
+    flat = [x.ravel()] if b is None else [x.ravel(), b.ravel()]
+    flat.append(out.ravel())
+    if inner == 1:
+        args = [v for a in flat for v in (a, n)]
+        _cpu.run(op.name, (*args, x.size // n, n), direct=direct)
+    else:  # the plan's COLUMNS: outer, axis and inner strides of a C-contiguous array
+        args = [v for a in flat for v in (a, n * inner, inner)]
+        _cpu.run_columns(op.name, (*args, x.size // (n * inner), n, inner), direct=direct)
     return out
 
 
 def fast_logsumexp(x, axis, keepdims):
     """logsumexp of ``x`` in the common case of ``fast`` (no options), or None."""
-    flags = _last_axis_flags(x, axis)
-    if flags is None:
+    layout = _fast_layout(x, axis)
+    if layout is None or layout[1] != 1:
         return None
+    flags = layout[0]
     n = x.shape[-1]
     values = np.empty(x.shape[:-1] + ((1,) if keepdims else ()), x.dtype)
     _cpu.run("logsumexp", (x.ravel(), n, None, 0, values.reshape(-1), 1, x.size // n, n),

@@ -433,6 +433,35 @@ def test_small_contiguous_calls_repeat_their_bits(op, n, rng):
     assert_bitwise_equal(call(op, inputs), first)
 
 
+@pytest.mark.parametrize(("shape", "axis"), [
+    ((8, 128), 0),  # serial column driver (its compiled entry from the second call on)
+    ((3, 64, 40), 1),  # outer x axis x inner
+    ((600, 100), 0),  # parallel column driver
+    ((5, 7, 3), 0),  # 21 inner positions: the plan's COLUMNS threshold is 8
+    ((40, 5), 0),  # 5 inner positions: the general path gathers the rows
+])
+@pytest.mark.parametrize("op", OPS)
+def test_contiguous_calls_along_another_axis_give_the_general_paths_bits(op, shape, axis,
+                                                                         rng):
+    """A C-contiguous call along an axis that is not the last skips the layout plan: the
+    bits of the general path (the same kernels, planned), first call and repeat, with a
+    read-only input and into a C-contiguous ``out``."""
+    from numbasoftmax import _cpu_path
+    from numbasoftmax._ops import OPS as OP_TABLE
+
+    inputs = inputs_for(op, rng, shape, np.float32, axis=axis)
+    inputs[0].reshape(-1)[:3] = [np.inf, -np.inf, np.nan]
+    general = _cpu_path.run(OP_TABLE[op], inputs, (axis,))
+    assert_bitwise_equal(call(op, inputs, axis=axis), general)
+    assert_bitwise_equal(call(op, inputs, axis=axis), general)
+    out = np.empty(shape, np.float32)
+    assert call(op, inputs, axis=axis, out=out) is out
+    assert_bitwise_equal(out, general)
+    for a in inputs:
+        a.setflags(write=False)
+    assert_bitwise_equal(call(op, inputs, axis=axis), general)
+
+
 def test_broadcast_rows_input():
     """Rows broadcast with a zero stride (read in place, read-only)."""
     row = np.random.default_rng(0).standard_normal(10)
