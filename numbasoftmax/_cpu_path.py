@@ -13,7 +13,7 @@ contiguous, else its own rows copied once; a mask constant along the rows runs t
 unmasked kernels and fills the excluded rows), given row values (logsumexp's gradient).
 ``reduce`` runs logsumexp: one value (and sign) per row.
 
-``fast`` is the common case without any of that: C-contiguous float32/float64 arrays along
+``fast`` is the common case without any of that: C-contiguous float arrays along
 one axis (rows, or columns read in place as the plan would), a fresh or C-contiguous
 non-overlapping ``out``. It checks only what it relies
 on, so an 8x128 call costs a few microseconds; anything else returns None and takes the
@@ -42,12 +42,13 @@ from ._layout import (
     row_stride,
 )
 
-_FAST = (np.dtype(np.float32), np.dtype(np.float64))
+_FAST = (np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.float16))
+_F16 = np.dtype(np.float16)
 
 
 def _fast_layout(x, axis):
     """(flags, inner) of ``x`` when the fast paths take it, else None: a non-empty
-    C-contiguous float32 or float64 ndarray along an int ``axis``, whose rows are then
+    C-contiguous float16, float32 or float64 ndarray along an int ``axis``, whose rows are then
     contiguous (the last axis: inner = 1) or columns read in place (another axis: inner =
     the elements after it, at least ``COLUMNS_MIN_INNER``, as ``_layout.plan`` decides)."""
     if not (type(x) is np.ndarray and type(axis) is int and x.dtype in _FAST and x.size):
@@ -95,6 +96,8 @@ def fast(op, arrays, axis, out):
     # ravel: a view of a C-contiguous array, at half reshape(-1)'s cost
     flat = [x.ravel()] if b is None else [x.ravel(), b.ravel()]
     flat.append(out.ravel())
+    if x.dtype == _F16:
+        flat = [a.view(np.uint16) for a in flat]
     if inner == 1:
         args = [v for a in flat for v in (a, n)]
         _cpu.run(op.name, (*args, x.size // n, n), direct=direct)
@@ -112,8 +115,10 @@ def fast_logsumexp(x, axis, keepdims):
     flags = layout[0]
     n = x.shape[-1]
     values = np.empty(x.shape[:-1] + ((1,) if keepdims else ()), x.dtype)
-    _cpu.run("logsumexp", (x.ravel(), n, None, 0, values.reshape(-1), 1, x.size // n, n),
-             direct=flags.carray)
+    a, v = x.ravel(), values.reshape(-1)
+    if x.dtype == _F16:
+        a, v = a.view(np.uint16), v.view(np.uint16)
+    _cpu.run("logsumexp", (a, n, None, 0, v, 1, x.size // n, n), direct=flags.carray)
     return values
 
 

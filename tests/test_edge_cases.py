@@ -462,6 +462,20 @@ def test_contiguous_calls_along_another_axis_give_the_general_paths_bits(op, sha
     assert_bitwise_equal(call(op, inputs, axis=axis), general)
 
 
+@pytest.mark.parametrize("axis", [-1, 0])
+@pytest.mark.parametrize("op", ["softmax", "log_softmax_backward"])
+def test_contiguous_float16_calls_give_the_general_paths_bits(op, axis, rng):
+    """float16 takes the fast path too (viewed as uint16, as the general path does)."""
+    from numbasoftmax import _cpu_path
+    from numbasoftmax._ops import OPS as OP_TABLE
+
+    inputs = inputs_for(op, rng, (8, 128), np.float16, axis=axis)
+    general = _cpu_path.run(OP_TABLE[op], inputs, (axis % 2,))
+    assert general.dtype == np.float16
+    assert_bitwise_equal(call(op, inputs, axis=axis), general)
+    assert_bitwise_equal(call(op, inputs, axis=axis), general)
+
+
 def test_broadcast_rows_input():
     """Rows broadcast with a zero stride (read in place, read-only)."""
     row = np.random.default_rng(0).standard_normal(10)

@@ -287,6 +287,14 @@ def test_fast_path_gives_the_general_paths_bits(dtype, n, rng):
     assert_bitwise_equal(one, general[3:4].reshape(()))
 
 
+def test_fast_path_float16(rng):
+    x = (rng.standard_normal((6, 128)) * 5).astype(np.float16)
+    general = nsm.logsumexp(np.asfortranarray(x))
+    assert general.dtype == np.float16
+    assert_bitwise_equal(nsm.logsumexp(x), general)
+    assert_bitwise_equal(nsm.logsumexp(x), general)
+
+
 def test_bits_independent_of_driver_and_threads(rng):
     """Long rows alone (chunk tasks), in a big batch (row tasks), on one thread (serial)."""
     x = rng.standard_normal((20, 40000)).astype(np.float32)
