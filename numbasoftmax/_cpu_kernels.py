@@ -21,11 +21,12 @@ choice of driver, task size and thread count changes no result.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange, types
+from numba import prange, types
 from numba.core.imputils import impl_ret_borrowed
 from numba.extending import intrinsic, overload
 
 from ._config import CACHE
+from ._disk_cache import njit
 from ._lane_kernel import band, band_stats, band_write
 from ._markers import INLINE, same
 from ._row_kernel import (

@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import math
 
-from numba import njit, types
+from numba import types
 from numba.extending import overload
 
+from ._disk_cache import njit
 from ._markers import INLINE, dispatch, invoke, kernel_fn, pick, same
 from ._row_kernel import (
     BLOCK,

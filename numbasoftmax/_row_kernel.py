@@ -43,12 +43,13 @@ import math
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, types
+from numba import types
 from numba.core import cgutils
 from numba.core.imputils import impl_ret_borrowed
 from numba.extending import intrinsic, overload
 
 from ._config import CACHE
+from ._disk_cache import njit
 from ._markers import INLINE, Marker, MarkerType, dispatch, invoke, kernel_fn, pick, same
 from ._simd import (
     W,

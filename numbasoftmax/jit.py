@@ -22,8 +22,8 @@ was compiled just now or loaded from numba's cache, inlined or not, serial or pa
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
+from ._disk_cache import njit
 from ._row_kernel import (
     CHUNK,
     LOG_SOFTMAX,

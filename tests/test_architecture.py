@@ -88,8 +88,14 @@ def test_rule_modules_import_nothing_of_the_package(graph):
 
 
 def test_kernels_import_only_kernels_and_settings(graph):
+    """Kernels, the settings and the locked disk cache their decorator comes from."""
+    allowed = KERNELS | {"numbasoftmax._config", "numbasoftmax._disk_cache"}
     for module in KERNELS:
-        assert graph[module] <= KERNELS | {"numbasoftmax._config"}, (module, graph[module])
+        assert graph[module] <= allowed, (module, graph[module])
+
+
+def test_the_disk_cache_imports_nothing_of_the_package(graph):
+    assert graph["numbasoftmax._disk_cache"] == set()
 
 
 def test_backends_are_entered_from_the_public_api_only(graph):

@@ -1,0 +1,81 @@
+"""numba's on-disk cache, safe when several processes compile into it at once.
+
+numba saves a compiled specialization by reading the function's cache index, taking the
+first data-file number the index does not list, writing the index and then the data file,
+with no lock. Two processes that compile different specializations of one function at the
+same time (dask workers on their first tasks, a multiprocessing pool, two test workers)
+can both take number 1: the index then names one specialization and the data file holds
+the other's machine code, and every later process that loads it gets the wrong code
+(``TypeError: can't unbox array`` at best, wrong results at worst).
+
+``njit`` here is numba's, except that a function compiled with ``cache=True`` gets a cache
+that holds an advisory lock on a file in its cache directory: exclusive while it saves,
+shared while it loads an index and its data file. Processes that cache this package's
+kernels therefore never interleave those steps. Where ``fcntl`` is missing (Windows) or the
+lock file cannot be opened, the cache works as numba's own, unlocked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+
+import numba
+from numba.core.caching import FunctionCache
+
+try:
+    import fcntl
+except ImportError:  # not on POSIX: numba's cache as it is
+    fcntl = None
+
+LOCK_NAME = "numbasoftmax.lock"
+_held = threading.local()  # depth of this thread's locks: a nested save or load (a callee
+# compiled while a caller loads) must not wait for the lock its own thread holds
+
+
+@contextlib.contextmanager
+def locked(directory, exclusive):
+    """Hold the lock file of cache ``directory`` (shared or exclusive) while inside."""
+    fd = None
+    depth = getattr(_held, "depth", 0)
+    if fcntl is not None and not depth:
+        try:
+            if exclusive:
+                os.makedirs(directory, exist_ok=True)
+            fd = os.open(os.path.join(directory, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError:  # no directory yet (nothing to load), or not writable
+            fd = None
+    _held.depth = depth + 1
+    try:
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        _held.depth = depth
+        if fd is not None:
+            os.close(fd)  # releases the lock
+
+
+class LockedCache(FunctionCache):
+    """numba's FunctionCache with its loads and saves under the cache directory's lock."""
+
+    def load_overload(self, sig, target_context):
+        with locked(self._cache_path, exclusive=False):
+            return super().load_overload(sig, target_context)
+
+    def save_overload(self, sig, data):
+        with locked(self._cache_path, exclusive=True):
+            super().save_overload(sig, data)
+
+
+def njit(**options):
+    """``numba.njit(**options)``, with a LockedCache where ``options`` turn caching on."""
+
+    def decorate(func):
+        dispatcher = numba.njit(**options)(func)
+        if type(getattr(dispatcher, "_cache", None)) is FunctionCache:
+            dispatcher._cache = LockedCache(dispatcher.py_func)
+        return dispatcher
+
+    return decorate

@@ -1,0 +1,137 @@
+"""numba's on-disk cache under concurrent processes (``numbasoftmax._disk_cache``): every
+cached kernel of the package saves and loads under its cache directory's lock, so that two
+processes compiling different specializations at once cannot pair one specialization's
+index entry with the other's machine code."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import textwrap
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from _helpers import Background, assert_bitwise_equal
+
+from numbasoftmax import _disk_cache
+
+ROOT = Path(__file__).resolve().parent.parent
+
+fcntl = pytest.importorskip("fcntl")
+
+
+def _dispatchers():
+    from numba.core.registry import CPUDispatcher
+
+    import numbasoftmax._cpu_kernels as cpu_kernels
+    import numbasoftmax._lane_kernel as lane_kernel
+    import numbasoftmax._row_kernel as row_kernel
+    import numbasoftmax.jit as jit
+
+    for module in (cpu_kernels, lane_kernel, row_kernel, jit):
+        for name, value in vars(module).items():
+            if isinstance(value, CPUDispatcher):
+                yield f"{module.__name__}.{name}", value
+
+
+def test_every_cached_kernel_saves_and_loads_under_the_lock():
+    from numbasoftmax._config import CACHE
+
+    found = dict(_dispatchers())
+    assert len(found) > 20
+    locked = {name for name, d in found.items() if type(d._cache) is _disk_cache.LockedCache}
+    assert locked == (set(found) if CACHE else set())
+
+
+def test_the_lock_excludes_loads_while_a_save_holds_it(tmp_path):
+    acquired = threading.Event()
+
+    def load():
+        with _disk_cache.locked(str(tmp_path), exclusive=False):
+            acquired.set()
+
+    with _disk_cache.locked(str(tmp_path), exclusive=True):
+        reader = threading.Thread(target=load)
+        reader.start()
+        assert not acquired.wait(0.5)
+    assert acquired.wait(30)
+    reader.join()
+
+
+def test_loads_share_the_lock(tmp_path):
+    with _disk_cache.locked(str(tmp_path), exclusive=False):
+        with _disk_cache.locked(str(tmp_path), exclusive=False):
+            pass
+
+
+def test_a_thread_does_not_wait_for_its_own_lock(tmp_path):
+    with _disk_cache.locked(str(tmp_path), exclusive=False):
+        with _disk_cache.locked(str(tmp_path), exclusive=True):
+            pass
+
+
+def test_no_directory_and_nothing_to_load(tmp_path):
+    missing = tmp_path / "not-there"
+    with _disk_cache.locked(str(missing), exclusive=False):
+        pass
+    assert not missing.exists()
+
+
+# Two processes compile different specializations (float32, float64) of the same kernels
+# into one empty cache directory at the same time; a third loads both from it and must
+# reproduce their results bit for bit (and nobody waits forever). Without the lock the
+# pair collides only when two saves of one function fall within about a millisecond, so
+# this is the scenario end to end, not a reliable reproduction of the race: the lock's
+# exclusion is tested above.
+SCRIPT = textwrap.dedent("""
+    import sys
+    import numpy as np
+    import numbasoftmax as nsm
+
+    out, dtypes = sys.argv[1], sys.argv[2].split(",")
+    results = {}
+    for dt in dtypes:
+        x = (np.random.default_rng(1).standard_normal((8, 128)) * 3).astype(dt)
+        results[f"softmax-{dt}"] = nsm.softmax(x)
+        results[f"axis0-{dt}"] = nsm.softmax(x, axis=0)
+        results[f"lsm_bwd-{dt}"] = nsm.log_softmax_backward(x, x)
+    np.savez(out, **results)
+""")
+
+_job = None
+
+
+def start_background():
+    """Both compiling processes at once, then the loading one (see conftest)."""
+    global _job
+    if _job is None:
+        base = Path(tempfile.mkdtemp(prefix="numbasoftmax-disk-cache-"))
+        env = dict(os.environ, NUMBA_CACHE_DIR=str(base / "cache"), PYTHONPATH=str(ROOT))
+        env.pop("NUMBASOFTMAX_CACHE", None)
+        run = [sys.executable, "-c", SCRIPT]
+        pair = [Background([[*run, str(base / f"{dt}.npz"), dt]], env=env, cwd=base)
+                for dt in ("float32", "float64")]
+        _job = pair, base, env
+    return _job
+
+
+def test_concurrent_processes_share_one_cache():
+    pair, base, env = start_background()
+    try:
+        for job in pair:
+            job.wait(timeout=900)
+        loader = Background([[sys.executable, "-c", SCRIPT, str(base / "both.npz"),
+                              "float32,float64"]], env=env, cwd=base)
+        loader.wait(timeout=900)
+        both = np.load(base / "both.npz")
+        assert list((base / "cache").rglob("*.nbi"))
+        for dt in ("float32", "float64"):
+            alone = np.load(base / f"{dt}.npz")
+            for key in alone.files:
+                assert_bitwise_equal(both[key], alone[key])
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
