@@ -23,6 +23,7 @@ the kernels reach each array's rows; it allocates and copies nothing, so every b
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 from typing import NamedTuple
@@ -180,6 +181,16 @@ def plan(shape, axes, inputs, out, columns=True):
             inner, column_accesses = found
             return Plan(m, n, perm, column_accesses[:-1], column_accesses[-1], inner)
     return Plan(m, n, perm, tuple(accesses), out_access)
+
+
+@functools.lru_cache(maxsize=1024)
+def fresh_plan(shape, axes, inputs, out, columns=True):
+    """``plan`` when ``out`` is freshly allocated, so it overlaps no input: a function of
+    the layouts alone, cached (``inputs``: a (strides, itemsize) pair per input; ``out``:
+    the result's pair)."""
+    far = 1 << 62  # out's stand-in address, past every input's extent
+    return plan(shape, axes, [Meta(0, *layout) for layout in inputs], Meta(far, *out),
+                columns)
 
 
 def _merged_stride(shape, meta, axes):
