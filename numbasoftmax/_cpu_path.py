@@ -198,7 +198,7 @@ def reduce(kernel, arrays, axes, *, dtype, where=None, b=None):
     dtype = np.dtype(dtype)
     keep = tuple(1 if a in axes else s for a, s in enumerate(x.shape))
     inputs = (x,) if b is None else (x, np.broadcast_to(b, x.shape))
-    p = plan(x.shape, axes, [_meta(a) for a in inputs], None)
+    p = fresh_plan(x.shape, axes, tuple((a.strides, a.itemsize) for a in inputs), None)
     width = 2 if kernel == "logsumexp_sign" else 1
     flat = np.empty((math.prod(keep), width), dtype)
     if flat.size and p.n == 0:  # empty rows: the sum is 0
@@ -218,7 +218,7 @@ def reduce(kernel, arrays, axes, *, dtype, where=None, b=None):
             flat[~filled.reshape(-1), 0] = -np.inf
             flat[~filled.reshape(-1), 1:] = 0.0
     perm_shape = tuple(keep[a] for a in p.perm)
-    inverse = tuple(np.argsort(p.perm))
+    inverse = tuple(sorted(range(len(p.perm)), key=p.perm.__getitem__))
     values = flat[:, 0].reshape(perm_shape).transpose(inverse)
     signs = flat[:, 1].reshape(perm_shape).transpose(inverse) if width == 2 else None
     return values, signs

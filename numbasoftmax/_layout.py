@@ -185,12 +185,12 @@ def plan(shape, axes, inputs, out, columns=True):
 
 @functools.lru_cache(maxsize=1024)
 def fresh_plan(shape, axes, inputs, out, columns=True):
-    """``plan`` when ``out`` is freshly allocated, so it overlaps no input: a function of
-    the layouts alone, cached (``inputs``: a (strides, itemsize) pair per input; ``out``:
-    the result's pair)."""
+    """``plan`` when ``out`` is freshly allocated (it overlaps no input) or None (a
+    reduction): a function of the layouts alone, cached. ``inputs``: a (strides, itemsize)
+    pair per input; ``out``: the result's pair, or None."""
     far = 1 << 62  # out's stand-in address, past every input's extent
-    return plan(shape, axes, [Meta(0, *layout) for layout in inputs], Meta(far, *out),
-                columns)
+    return plan(shape, axes, [Meta(0, *layout) for layout in inputs],
+                None if out is None else Meta(far, *out), columns)
 
 
 def _merged_stride(shape, meta, axes):
