@@ -40,9 +40,6 @@ is NaN, and the same infinity where it is infinite.
 
 from __future__ import annotations
 
-import subprocess
-import threading
-
 import numpy as np
 
 import numbasoftmax
@@ -360,52 +357,3 @@ def fail_scheduler(*args, **kwargs):
     """A dask scheduler that fails: for checking that calls stay lazy."""
     raise AssertionError("something was computed at call time")
 
-
-class Background:
-    """Subprocesses that a test module runs one after another in a thread of their own,
-    started when the suite is collected (conftest: a module's ``start_background()``) and
-    waited for by the tests that need them. Most of this suite's time is numba compiling on
-    one core, so a long subprocess (one with a numba cache directory of its own) runs on
-    the core the test process leaves idle. ``stop_all()`` ends what is still running."""
-
-    _all = []
-
-    def __init__(self, commands, **kwargs):
-        self.commands, self.kwargs, self.error, self.proc = commands, kwargs, None, None
-        self._stopped = False
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        Background._all.append(self)
-
-    def _run(self):
-        try:
-            for argv in self.commands:
-                if self._stopped:
-                    return
-                self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE,
-                                             stderr=subprocess.STDOUT, **self.kwargs)
-                out, _ = self.proc.communicate()
-                if self.proc.returncode:
-                    self.error = (f"{argv} exited with {self.proc.returncode}:\n"
-                                  f"{out.decode(errors='replace')}")
-                    return
-        except Exception as err:  # noqa: BLE001 - reported by wait()
-            self.error = repr(err)
-
-    def wait(self, timeout):
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            self.stop()
-            raise TimeoutError(f"background subprocesses still running after {timeout} s")
-        if self.error is not None:
-            raise RuntimeError(self.error)
-
-    def stop(self):
-        self._stopped = True
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-
-    @classmethod
-    def stop_all(cls):
-        for job in cls._all:
-            job.stop()

@@ -6,8 +6,6 @@
   the multiplier through ``tests/_helpers.fuzz_examples``; it also reaches subprocesses as
   the environment variable NUMBASOFTMAX_FUZZ_MULTIPLIER).
 * Tests marked ``soak`` are skipped unless selected with ``-m soak`` (or ``--soak``).
-* A collected test module's ``start_background()`` runs once the suite is collected, so that
-  its long subprocesses overlap the rest of the suite (``_helpers.Background``).
 """
 
 from __future__ import annotations
@@ -46,21 +44,6 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "soak" in item.keywords:
             item.add_marker(skip)
-
-
-def pytest_collection_finish(session):
-    started = set()
-    for item in session.items:
-        module = getattr(item, "module", None)
-        if module is not None and module not in started and hasattr(module, "start_background"):
-            started.add(module)
-            module.start_background()
-
-
-def pytest_sessionfinish(session):
-    from _helpers import Background
-
-    Background.stop_all()
 
 
 @pytest.fixture

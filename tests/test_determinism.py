@@ -11,15 +11,13 @@ for bit; this process (whatever its cache held) must agree with both.
 from __future__ import annotations
 
 import os
-import shutil
+import subprocess
 import sys
-import tempfile
 import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
-from _helpers import Background
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -122,41 +120,27 @@ def _bits(a):
     return a.view(np.dtype(f"u{a.itemsize}"))
 
 
-_job = None  # (Background, its directory)
-
-
-def start_background():
-    """Both subprocesses (compile and save, then load and compare), started at collection:
-    they compile every driver into a cache of their own, which takes a while."""
-    global _job
-    if _job is None:
-        base = Path(tempfile.mkdtemp(prefix="numbasoftmax-determinism-"))
-        (base / "determinism_cases.py").write_text(CASES_SOURCE)
-        user = base / "user"
-        user.mkdir()
-        (user / "user_kernels.py").write_text(USER_MODULE)
-        env = dict(os.environ, NUMBA_CACHE_DIR=str(base / "numba-cache"),
-                   PYTHONPATH=str(ROOT))
-        commands = [[sys.executable, "-c", SCRIPT, str(base / f"{name}.npz"), str(base),
-                     str(user)] for name in ("fresh", "cached")]
-        _job = Background(commands, env=env, cwd=base), base
-    return _job
-
-
 @pytest.fixture(scope="module")
-def runs():
-    job, base = start_background()
+def runs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("determinism")
+    (base / "determinism_cases.py").write_text(CASES_SOURCE)
+    user = base / "user"
+    user.mkdir()
+    (user / "user_kernels.py").write_text(USER_MODULE)
+    cache = base / "numba-cache"
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(cache), PYTHONPATH=str(ROOT))
+    files = []
+    for name in ("fresh", "cached"):
+        path = base / f"{name}.npz"
+        subprocess.run([sys.executable, "-c", SCRIPT, str(path), str(base), str(user)],
+                       env=env, cwd=base, check=True, timeout=900)
+        files.append(dict(np.load(path)))
+    sys.path.insert(0, str(base))
     try:
-        job.wait(timeout=1800)
-        files = [dict(np.load(base / f"{name}.npz")) for name in ("fresh", "cached")]
-        sys.path.insert(0, str(base))
-        try:
-            import determinism_cases as dc
-        finally:
-            sys.path.remove(str(base))
-        yield dc, files, base / "numba-cache"
+        import determinism_cases as dc
     finally:
-        shutil.rmtree(base, ignore_errors=True)
+        sys.path.remove(str(base))
+    return dc, files, cache
 
 
 def test_cache_was_used(runs):

@@ -6,16 +6,15 @@ index entry with the other's machine code."""
 from __future__ import annotations
 
 import os
-import shutil
+import subprocess
 import sys
-import tempfile
 import textwrap
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
-from _helpers import Background, assert_bitwise_equal
+from _helpers import assert_bitwise_equal
 
 from numbasoftmax import _disk_cache
 
@@ -102,36 +101,26 @@ SCRIPT = textwrap.dedent("""
     np.savez(out, **results)
 """)
 
-_job = None
+def test_concurrent_processes_share_one_cache(tmp_path):
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"), PYTHONPATH=str(ROOT))
+    env.pop("NUMBASOFTMAX_CACHE", None)
 
+    def start(name, dtypes):
+        return subprocess.Popen([sys.executable, "-c", SCRIPT, str(tmp_path / name), dtypes],
+                                env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT)
 
-def start_background():
-    """Both compiling processes at once, then the loading one (see conftest)."""
-    global _job
-    if _job is None:
-        base = Path(tempfile.mkdtemp(prefix="numbasoftmax-disk-cache-"))
-        env = dict(os.environ, NUMBA_CACHE_DIR=str(base / "cache"), PYTHONPATH=str(ROOT))
-        env.pop("NUMBASOFTMAX_CACHE", None)
-        run = [sys.executable, "-c", SCRIPT]
-        pair = [Background([[*run, str(base / f"{dt}.npz"), dt]], env=env, cwd=base)
-                for dt in ("float32", "float64")]
-        _job = pair, base, env
-    return _job
+    def finish(proc):
+        out, _ = proc.communicate(timeout=900)
+        assert proc.returncode == 0, out.decode(errors="replace")
 
-
-def test_concurrent_processes_share_one_cache():
-    pair, base, env = start_background()
-    try:
-        for job in pair:
-            job.wait(timeout=900)
-        loader = Background([[sys.executable, "-c", SCRIPT, str(base / "both.npz"),
-                              "float32,float64"]], env=env, cwd=base)
-        loader.wait(timeout=900)
-        both = np.load(base / "both.npz")
-        assert list((base / "cache").rglob("*.nbi"))
-        for dt in ("float32", "float64"):
-            alone = np.load(base / f"{dt}.npz")
-            for key in alone.files:
-                assert_bitwise_equal(both[key], alone[key])
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
+    pair = [start(f"{dt}.npz", dt) for dt in ("float32", "float64")]
+    for proc in pair:
+        finish(proc)
+    finish(start("both.npz", "float32,float64"))
+    assert list((tmp_path / "cache").rglob("*.nbi"))
+    both = np.load(tmp_path / "both.npz")
+    for dt in ("float32", "float64"):
+        alone = np.load(tmp_path / f"{dt}.npz")
+        for key in alone.files:
+            assert_bitwise_equal(both[key], alone[key])
