@@ -200,11 +200,13 @@ def run_columns(op, args, direct=False):
     """Run ``op`` along a strided axis read in place: ``args`` are, per array (a[, b], out),
     a flat buffer, its outer stride and its axis stride, then M outer positions, n elements
     along the axis and C contiguous inner positions. ``direct`` as for ``run``."""
-    k = _kernels or _load_kernels()
-    *arrays, m, n, c = args
-    if len(arrays) == 6:  # forward: b is a
-        arrays = arrays[:3] + arrays[:3] + arrays[3:]
     marker, _, entries = _routes.get(op) or _route(op)
+    k = _kernels
+    if len(args) == 9:  # forward: b is a
+        a, sa, ia, out, so, io, m, n, c = args
+        arrays = (a, sa, ia, a, sa, ia, out, so, io)
+    else:
+        *arrays, m, n, c = args
     if m * n * c < PARALLEL_MIN_ELEMENTS or not parallel_allowed():
         call = (marker, *arrays, 0, k.column_tasks(m, c), n, c)
         if direct:

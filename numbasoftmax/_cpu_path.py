@@ -96,16 +96,16 @@ def fast(op, arrays, axis, out):
         direct = direct and flags.aligned
     n = x.shape[axis]
     # ravel: a view of a C-contiguous array, at half reshape(-1)'s cost
-    flat = [x.ravel()] if b is None else [x.ravel(), b.ravel()]
-    flat.append(out.ravel())
+    a, o = x.ravel(), out.ravel()
+    bf = a if b is None else b.ravel()
     if x.dtype == _F16:
-        flat = [a.view(np.uint16) for a in flat]
+        a, bf, o = a.view(np.uint16), bf.view(np.uint16), o.view(np.uint16)
     if inner == 1:
-        args = [v for a in flat for v in (a, n)]
-        _cpu.run(op.name, (*args, x.size // n, n), direct=direct)
+        _cpu.run(op.name, (a, n, bf, n, o, n, x.size // n, n), direct=direct)
     else:  # the plan's COLUMNS: outer, axis and inner strides of a C-contiguous array
-        args = [v for a in flat for v in (a, n * inner, inner)]
-        _cpu.run_columns(op.name, (*args, x.size // (n * inner), n, inner), direct=direct)
+        s = n * inner
+        _cpu.run_columns(op.name, (a, s, inner, bf, s, inner, o, s, inner, x.size // s, n,
+                                   inner), direct=direct)
     return out
 
 
