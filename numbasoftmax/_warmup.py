@@ -8,15 +8,10 @@ axis in place, gathered layouts; serial and parallel) for every operation and dt
 compiles exactly what those calls use. Options that change the kernels' arguments
 (``where=``, ``dtype=`` another than the input's, logsumexp's ``b`` and
 ``return_sign``) compile at their first use.
-
-With ``jobs`` > 1 the calls are shared out among that many processes, which compile into
-the same cache at once (the package's cache saves under a lock: see ``_disk_cache``).
 """
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -60,9 +55,8 @@ def _call(op, dtype, shape, axis, layout):
     getattr(numbasoftmax, op)(*arrays, axis=axis)
 
 
-def warmup(progress=True, jobs=1):
-    """Compile (or load) every CPU kernel, in ``jobs`` processes; returns (number of
-    calls, seconds)."""
+def warmup(progress=True):
+    """Compile (or load) every CPU kernel; returns (number of calls, seconds)."""
     todo = cases()
     bar = None
     if progress:
@@ -73,29 +67,10 @@ def warmup(progress=True, jobs=1):
         else:
             bar = tqdm(total=len(todo), desc="numbasoftmax warmup", unit="kernel")
     t0 = time.perf_counter()
-    if jobs <= 1:
-        for case in todo:
-            _call(*case)
-            if bar is not None:
-                bar.update()
-    else:
-        _in_processes(len(todo), jobs, bar)
+    for case in todo:
+        _call(*case)
+        if bar is not None:
+            bar.update()
     if bar is not None:
         bar.close()
     return len(todo), time.perf_counter() - t0
-
-
-def _in_processes(count, jobs, bar):
-    """Cases i, i + jobs, i + 2 jobs, ... in process i; each prints a line per case done."""
-    code = ("import sys\nfrom numbasoftmax._warmup import _call, cases\n"
-            "todo = cases()\nfor i in range(int(sys.argv[1]), len(todo), int(sys.argv[2])):\n"
-            "    _call(*todo[i])\n    print(i, flush=True)\n")
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(i), str(jobs)],
-                              stdout=subprocess.PIPE, text=True) for i in range(jobs)]
-    for proc in procs:
-        for _ in proc.stdout:
-            if bar is not None:
-                bar.update()
-    failed = [proc.wait() for proc in procs]
-    if any(failed):
-        raise RuntimeError(f"numbasoftmax warmup: a process exited with {max(failed)}")

@@ -96,8 +96,6 @@ def _parser():
                     "compiling: for container images and CI jobs. Honours NUMBA_CACHE_DIR "
                     "and NUMBASOFTMAX_CACHE.")
     warm.add_argument("--no-progress", action="store_true", help="no progress bar")
-    warm.add_argument("--jobs", type=int, default=1,
-                      help="processes compiling at once (default 1)")
     return parser
 
 
@@ -190,9 +188,7 @@ def main(argv=None):
     if args.command == "warmup":
         from .._warmup import warmup
 
-        if args.jobs < 1:
-            parser.error(f"--jobs must be at least 1; got {args.jobs}")
-        count, seconds = warmup(progress=not args.no_progress, jobs=args.jobs)
+        count, seconds = warmup(progress=not args.no_progress)
         print(f"numbasoftmax: {count} kernel calls compiled or loaded in {seconds:.1f} s.",
               file=sys.stderr)
         return 0
