@@ -15,10 +15,13 @@ Checks per kernel:
 * 16-byte ``ld.global.v4`` / ``st.global.v4`` where the plan chose the vector path.
 
 NVVM and ptxas from pip, no GPU or CUDA install needed (the ``ptx`` extra: numba-cuda and
-cuda-toolkit's ptxas, NVVM and libdevice; or ``tox -e ptx``):
+cuda-toolkit's ptxas, NVVM and libdevice; or ``tox -e ptx``), in a virtual environment
+(numba-cuda takes over ``numba.cuda`` through a ``.pth`` file, which a ``--target`` folder
+on PYTHONPATH does not run):
 
-    pip install --target DIR ".[ptx]"
-    PYTHONPATH=DIR LD_LIBRARY_PATH=DIR/nvidia/cu13/lib python bench/gpu_ptx.py
+    pip install -e ".[ptx]"
+    SITE=$(python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+    LD_LIBRARY_PATH=$SITE/nvidia/cu13/lib python bench/gpu_ptx.py
 
 Options: ``--filter SUBSTRING`` (kernels whose name contains it), ``--jobs N`` (compile
 processes; default: CPU count), ``--out DIR`` (keep the PTX), ``--list`` (only print what
@@ -238,8 +241,7 @@ def main():
         return 0
     ptxas = _ptxas()
     if ptxas is None:
-        sys.exit("ptxas not found: pip install --target DIR 'cuda-toolkit[nvcc,nvrtc]==13.*' and "
-                 "put DIR on PYTHONPATH")
+        sys.exit("ptxas not found: pip install -e '.[ptx]' (see this script's docstring)")
     from numba.cuda.cuda_paths import get_cuda_paths
 
     paths = get_cuda_paths()
