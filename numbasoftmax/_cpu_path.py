@@ -32,7 +32,6 @@ from numpy.lib.stride_tricks import as_strided
 from . import _cpu, _pool
 from ._layout import (
     COLUMNS,
-    COLUMNS_MIN_INNER,
     GATHER,
     ROWS,
     Access,
@@ -48,11 +47,11 @@ _FAST = (np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.float16))
 _F16 = np.dtype(np.float16)
 
 
-def _fast_layout(x, axis):
-    """(flags, inner) of ``x`` when the fast paths take it, else None: a non-empty
-    C-contiguous float16, float32 or float64 ndarray along an int ``axis``, whose rows are then
-    contiguous (the last axis: inner = 1) or columns read in place (another axis: inner =
-    the elements after it, at least ``COLUMNS_MIN_INNER``, as ``_layout.plan`` decides)."""
+def _fast_layout(x, axis, count=1):
+    """(flags, plan) of ``x`` when the fast paths take it, else None: a non-empty
+    C-contiguous float16, float32 or float64 ndarray along an int ``axis``, whose rows are
+    then contiguous (the last axis: plan None) or, for ``count`` arrays laid out like it and
+    a result laid out like it, columns read in place (``_layout``'s COLUMNS plan)."""
     if not (type(x) is np.ndarray and type(axis) is int and x.dtype in _FAST and x.size):
         return None
     ndim = x.ndim
@@ -62,18 +61,19 @@ def _fast_layout(x, axis):
     if not flags.c_contiguous:
         return None
     if axis == -1 or axis == ndim - 1:
-        return flags, 1
-    inner = math.prod(x.shape[axis % ndim + 1:])
-    return (flags, inner) if inner >= COLUMNS_MIN_INNER else None
+        return flags, None
+    layout = (x.strides, x.itemsize)
+    p = fresh_plan(x.shape, (axis % ndim,), (layout,) * count, layout)
+    return (flags, p) if p.out.kind == COLUMNS else None
 
 
 def fast(op, arrays, axis, out):
     """The result of ``op`` for the common case, or None when the general path must run."""
     x = arrays[0]
-    layout = _fast_layout(x, axis)
+    layout = _fast_layout(x, axis, len(arrays))
     if layout is None:
         return None
-    flags, inner = layout
+    flags, p = layout
     direct = flags.carray  # aligned and writable too: see _cpu.run
     b = arrays[1] if len(arrays) == 2 else None
     if b is not None:
@@ -100,19 +100,19 @@ def fast(op, arrays, axis, out):
     bf = a if b is None else b.ravel()
     if x.dtype == _F16:
         a, bf, o = a.view(np.uint16), bf.view(np.uint16), o.view(np.uint16)
-    if inner == 1:
+    if p is None:
         _cpu.run(op.name, (a, n, bf, n, o, n, x.size // n, n), direct=direct)
-    else:  # the plan's COLUMNS: outer, axis and inner strides of a C-contiguous array
-        s = n * inner
-        _cpu.run_columns(op.name, (a, s, inner, bf, s, inner, o, s, inner, x.size // s, n,
-                                   inner), direct=direct)
+    else:  # every array has the layout of x: one outer stride and one axis stride
+        s, i = p.out.stride, p.out.axis_stride
+        _cpu.run_columns(op.name, (a, s, i, bf, s, i, o, s, i, p.m // p.inner, p.n, p.inner),
+                         direct=direct)
     return out
 
 
 def fast_logsumexp(x, axis, keepdims):
     """logsumexp of ``x`` in the common case of ``fast`` (no options), or None."""
     layout = _fast_layout(x, axis)
-    if layout is None or layout[1] != 1:
+    if layout is None or layout[1] is not None:
         return None
     flags = layout[0]
     n = x.shape[-1]
