@@ -379,6 +379,7 @@ def _long(P, spec):
     PAD = NEG_INF if FWD else 0.0  # the identity of the first reduction
     STATS = spec.strategy != "split_write"  # the chunk's statistics from its data
     WRITE = spec.strategy != "split_stats"  # the chunk's output
+    SPLIT = spec.strategy != "long"
     V, B, U = spec.V, spec.B, spec.U
     UV = U * V
     XCH = B if P.sim else 1
@@ -455,6 +456,8 @@ def _long(P, spec):
             p0 += U * B
 
     def body(a, sa, b, sb, out, so, ws, m, n, C, L, bufa, bufb):
+        if not SPLIT:  # constants, so that the chunk arithmetic folds away
+            C, L = 1, n
         if STATS:  # block reductions
             red = cuda.shared.array(32, ctype)
             redd = cuda.shared.array(32, F64)
@@ -542,18 +545,17 @@ _BODIES = {"rows": _rows, "smem": _smem, "long": _long, "split_stats": _long,
 
 
 def build(spec, primitives):
-    """The Python function of the kernel for ``spec`` (not yet compiled). Each kernel takes
-    what its strategy uses (launch._signature); forward kernels pass their input as both a
-    and b of the body, and have one per-thread buffer."""
+    """The Python function of the kernel for ``spec`` (not yet compiled). Every kernel takes
+    (a, sa, b, sb, out, so, ws, m, n, C, L): flat inputs and out with their row strides
+    (forward ops: b is a), the split's float64 workspace and chunks (C of L packs per row;
+    else a placeholder workspace, C = 1, L = n); each strategy reads what it uses."""
     P = primitives
-    dev = _device(P.sim)
-    strategy = _BODIES[spec.strategy](P, spec)
-    inner, items, dtype = dev(strategy.fn), strategy.items, strategy.dtype
+    fn, items, dtype = _BODIES[spec.strategy](P, spec)
+    inner = _device(P.sim)(fn)
     begin = P.begin
     fwd = spec.op in FORWARD
 
-    @dev
-    def body(a, sa, b, sb, out, so, ws, m, n, C, L):
+    def kernel(a, sa, b, sb, out, so, ws, m, n, C, L):
         begin()
         ba = cuda.local.array(items, dtype)  # the packs in flight: one buffer per input
         bb = ba
@@ -561,24 +563,4 @@ def build(spec, primitives):
             bb = cuda.local.array(items, dtype)
         inner(a, sa, b, sb, out, so, ws, m, n, C, L, ba, bb)
 
-    if spec.strategy == "split_stats":
-        if fwd:
-            def kernel(x, sx, ws, m, n, C, L):
-                body(x, sx, x, sx, ws, 0, ws, m, n, C, L)
-        else:
-            def kernel(a, sa, b, sb, ws, m, n, C, L):
-                body(a, sa, b, sb, ws, 0, ws, m, n, C, L)
-    elif spec.strategy == "split_write":
-        if fwd:
-            def kernel(x, sx, out, so, ws, m, n, C, L):
-                body(x, sx, x, sx, out, so, ws, m, n, C, L)
-        else:
-            def kernel(a, sa, b, sb, out, so, ws, m, n, C, L):
-                body(a, sa, b, sb, out, so, ws, m, n, C, L)
-    elif fwd:  # one row per chunk (C = 1, L = n covers the row)
-        def kernel(x, sx, out, so, m, n):
-            body(x, sx, x, sx, out, so, out, m, n, 1, n)
-    else:
-        def kernel(a, sa, b, sb, out, so, m, n):
-            body(a, sa, b, sb, out, so, out, m, n, 1, n)
     return kernel

@@ -275,13 +275,9 @@ def _arr(dtype):
 
 
 def _signature(spec):
-    """The kernel's arguments, in the order ``_kernel_args`` gives them."""
+    """The arguments of every kernel (kernels.build), in the order ``_kernel_args`` gives."""
     a, i = _arr(STORAGE[spec.kind]), _I64
-    inputs = (a, i, a, i) if OPS[spec.op].backward else (a, i)
-    out = () if spec.strategy == "split_stats" else (a, i)
-    ws = (_arr(np.float64),) if spec.strategy.startswith("split") else ()
-    chunks = (i, i) if ws else ()
-    return types.void(*inputs, *out, *ws, i, i, *chunks)
+    return types.void(a, i, a, i, a, i, _arr(np.float64), i, i, i, i)
 
 
 def _options(block):
@@ -365,7 +361,8 @@ def get_kernel(spec, dev):
 
 class Ready(NamedTuple):
     """A plan with its compiled kernels; without workspace (one step), also the fast path's
-    raw arguments for contiguous rows, the data pointers' ``slots`` (inputs, out) to fill."""
+    raw arguments for contiguous rows, with ``slots``: (position, k) where the k-th data
+    pointer (inputs, then out) goes."""
 
     launches: tuple  # ((Compiled, Step), ...)
     ws_items: int
@@ -382,7 +379,8 @@ def ready(op, kind, m, n, vec_ok, dev):
     marks = [-1 - i for i in range(len(OPS[op].args) + 1)]  # stand-ins for the pointers
     rows = [(Buf(mark, m * n, STORAGE[kind]), n) for mark in marks]
     args = _direct_args(_kernel_args(p.steps[0], rows[:-1], rows[-1], None, m, n))
-    return Ready(launches, 0, args, tuple(args.index(mark) for mark in marks))
+    return Ready(launches, 0, args, tuple((i, -1 - v) for i, v in enumerate(args)
+                                          if v in marks))
 
 
 # ---------------------------------------------------------------------------------------
@@ -454,16 +452,14 @@ _tls = threading.local()
 _fallback_warned = False
 
 
+_NO_WS = Buf(0, 0, np.dtype(np.float64))
+
+
 def _kernel_args(step, ins, out, ws, m, n):
-    """The one builder of kernel arguments, in the order of ``_signature``: each input
-    (Buf, row stride), out (Buf, row stride; not for the split statistics), the split's
-    workspace, m, n, the split's (C, L)."""
-    args = [v for arr_stride in ins for v in arr_stride]
-    if step.spec.strategy != "split_stats":
-        args += out
-    if ws is not None:
-        args.append(ws)
-    return args + [m, n, *step.chunks]
+    """The one builder of kernel arguments, in the order of ``_signature``: the inputs as
+    (Buf, row stride) (a forward op's input twice), out (Buf, row stride), the split's
+    workspace (else a placeholder), m, n and the split's (C, L) (else 1, n)."""
+    return [*ins[0], *ins[-1], *out, ws or _NO_WS, m, n, *(step.chunks or (1, n))]
 
 
 def _direct_args(args):
@@ -587,9 +583,9 @@ def fast_rows(op, kind, ptrs, optr, m, n, dev, stream):
     r = ready(op, kind, m, n, _aligned((*ptrs, optr), n, STORAGE[kind].itemsize), dev)
     if r.args is None:
         return False
-    args = r.args.copy()
-    for slot, ptr in zip(r.slots, (*ptrs, optr), strict=True):
-        args[slot] = ptr
+    args, ptrs = r.args.copy(), (*ptrs, optr)
+    for slot, k in r.slots:
+        args[slot] = ptrs[k]
     ((compiled, step),) = r.launches
     compiled.ensure_shmem(step.shmem)
     return _direct_launch(compiled, step.grid, step.spec.B, step.shmem, stream, args)

@@ -192,8 +192,10 @@ def test_fast_launch_arguments(fake_gpu):
     assert _fast(m, n)
     (only,) = core.launches
     total = m * n
-    assert only["args"] == (0, 0, total, 4, 0x1000, total, 4, n,
-                            0, 0, total, 4, 0x2000, total, 4, n, m, n)
+    x = (0, 0, total, 4, 0x1000, total, 4, n)  # the input, as a and as b
+    no_ws = (0, 0, 0, 8, 0, 0, 8)  # the placeholder workspace
+    assert only["args"] == (*x, *x, 0, 0, total, 4, 0x2000, total, 4, n, *no_ws,
+                            m, n, 1, n)
     assert only["kernel"] == "the CUkernel" and only["stream"] == ("stream", 0)
 
 
