@@ -25,7 +25,9 @@ on PYTHONPATH does not run):
 
 Options: ``--filter SUBSTRING`` (kernels whose name contains it), ``--jobs N`` (compile
 processes; default: CPU count), ``--out DIR`` (keep the PTX), ``--list`` (only print what
-would be compiled), ``--verbose`` (a line per kernel). Do not set NUMBA_ENABLE_CUDASIM.
+would be compiled), ``--verbose`` (a line per kernel), ``--kinds same|pairs|all`` (the
+kernels of inputs in the result's kind, the default and CI's set; those of ``dtype=`` with
+inputs of another kind; both). Do not set NUMBA_ENABLE_CUDASIM.
 Exit status 1 when a check fails.
 """
 
@@ -54,6 +56,8 @@ OPS = ("softmax", "log_softmax", "softmax_backward", "log_softmax_backward")
 KINDS = ("f4", "f8", "f2", "bf16")
 MANY_ROWS = 1 << 20
 N_MAX = 1 << 21  # above every threshold of the plan
+# dtype=: (result kind, the inputs' kind) pairs; the result is never bfloat16 (numpy has none)
+DTYPE_PAIRS = [(k, s) for k in ("f4", "f8", "f2") for s in KINDS if s != k]
 
 
 def _stub_device():
@@ -69,9 +73,9 @@ def _stub_device():
 # ---------------------------------------------------------------------------------------
 # what the plan can return
 
-def _plan_specs(launch, op, kind, m, n, vec):
+def _plan_specs(launch, op, kind, m, n, vec, src):
     return tuple(s.spec for s in launch.plan(op, kind, m, n, vec, _profile(launch),
-                                             sim=False).steps)
+                                             sim=False, src=src).steps)
 
 
 def _profile(launch):
@@ -90,21 +94,24 @@ def _changes(f, lo, hi, found):
     _changes(f, mid, hi, found)
 
 
-def enumerate_specs():
-    """{spec: (op, kind, m, n, vec_ok) of one call that plans it}."""
+def enumerate_specs(kinds="same"):
+    """{spec: (op, kind, m, n, vec_ok) of one call that plans it}. ``kinds``: "same" (the
+    inputs of the result's kind), "pairs" (``dtype=``: DTYPE_PAIRS) or "all"."""
     from numbasoftmax._cuda import launch
 
     specs = {}
     for op in OPS:
-        for kind in KINDS:
+        for kind, src in ([(k, None) for k in KINDS] if kinds != "pairs" else []) + (
+                DTYPE_PAIRS if kinds != "same" else []):
             width = 16 // launch.STORAGE[kind].itemsize
             for m in (1, MANY_ROWS):
                 # vector path: n = width * q; scalar path: any n with vec_ok False
                 for vec, step in ((True, width), (False, 1)):
                     example = {}
 
-                    def f(q, op=op, kind=kind, m=m, vec=vec, step=step, example=example):
-                        got = _plan_specs(launch, op, kind, m, q * step, vec)
+                    def f(q, op=op, kind=kind, m=m, vec=vec, step=step, example=example,
+                          src=src):
+                        got = _plan_specs(launch, op, kind, m, q * step, vec, src)
                         example.setdefault(got, (op, kind, m, q * step, vec))
                         return got
 
@@ -136,7 +143,7 @@ def kernel_name(item):
     if isinstance(item, tuple) and item and isinstance(item[0], int):  # a copy kernel
         ndim, src, dst, cast = item
         return f"copy_{ndim}d_{src.name}_{dst.name}{'_cast' if cast else ''}"
-    return "_".join(map(str, item))
+    return "_".join(str(v) for v in item if v is not None)
 
 
 # ---------------------------------------------------------------------------------------
@@ -214,7 +221,8 @@ def _init_worker():
 def _family(item):
     if isinstance(item[0], int):
         return ("copy", "-", "-", "-")
-    return (item.strategy, item.op, item.kind, "vector" if item.V > 1 else "scalar")
+    kind = item.kind if item.src is None else f"{item.kind}<{item.src}"  # dtype=: from src
+    return (item.strategy, item.op, kind, "vector" if item.V > 1 else "scalar")
 
 
 def main():
@@ -224,12 +232,14 @@ def main():
     ap.add_argument("--out", help="write each kernel's PTX into this folder")
     ap.add_argument("--list", action="store_true", help="print the kernels, compile nothing")
     ap.add_argument("--verbose", "-v", action="store_true", help="a line per kernel")
+    ap.add_argument("--kinds", choices=("same", "pairs", "all"), default="same",
+                    help="inputs of the result's kind (default), the dtype= pairs, or both")
     a = ap.parse_args()
     if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0"):
         sys.exit("gpu_ptx.py compiles real kernels: unset NUMBA_ENABLE_CUDASIM")
     t0 = time.perf_counter()
-    specs = enumerate_specs()
-    items = [s for s in sorted(specs) if a.filter in kernel_name(s)]
+    specs = enumerate_specs(a.kinds)
+    items = [s for s in sorted(specs, key=kernel_name) if a.filter in kernel_name(s)]
     items += [c for c in copy_kernels() if a.filter in kernel_name(c)]
     print(f"{len(specs)} distinct kernels in the plans for {H100} "
           f"(enumerated in {time.perf_counter() - t0:.1f} s); checking {len(items)}",

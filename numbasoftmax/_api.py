@@ -148,8 +148,8 @@ def _call(op, arrays, axis, out, where=None, dtype=None):
     kind = _inputs.backend(arrays)
     if (where is not None or (dtype is not None and kind != "numpy")) and _inputs.gpu_options(
             op.name, [*zip(op.args, arrays, strict=True), ("where", where)], where=where,
-            dtype=dtype):
-        dtype = None  # on a GPU (where= refused): dtype= is the result's own
+            dtype=dtype) and kind == "dask":
+        dtype = None  # dask of GPU blocks (where= refused): dtype= is the result's own
     if kind == "dask":
         from . import _dask
 
@@ -162,7 +162,8 @@ def _call(op, arrays, axis, out, where=None, dtype=None):
     if kind == "cuda":
         from ._cuda import api as _cuda_api
 
-        return _cuda_api.dispatch(op, arrays, axis, out)
+        return _cuda_api.dispatch(op, arrays, axis, out,
+                                  _inputs.requested_dtype(dtype, op.name))
     arrays, mask, masked = _inputs.host_unmask(arrays)
     dt = _inputs.requested_dtype(dtype, op.name)
     arrays = _inputs.host_arrays(op, arrays, dt)

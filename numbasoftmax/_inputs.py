@@ -86,26 +86,13 @@ def _on_gpu(named):
     return None
 
 
-def _gpu_result_dtype(obj, name, func):
-    """The numpy dtype of the result for GPU array ``obj``, or None where numpy has none
-    (bfloat16) or the dtype rule refuses it (the GPU path then says why)."""
-    dt = getattr(obj, "dtype", None)
-    if type(obj).__module__.partition(".")[0] == "torch":  # torch.float32 -> float32
-        dt = str(dt).removeprefix("torch.")
-    elif dt is None:
-        dt = obj.__cuda_array_interface__["typestr"]
-    try:
-        return result_dtype(np.dtype(dt), name, func)
-    except TypeError:
-        return None
-
-
 def gpu_options(func, named, *, where=None, dtype=None, supported=True):
     """Whether an argument lives on a GPU (``named``: (name, argument) pairs, x first),
     after the options the GPU path does not run yet are refused with a
-    NotImplementedError: ``where=``, a ``dtype=`` other than the dtype the result has
-    anyway, and (``supported`` False) the operation itself. ``dtype`` is checked
-    (TypeError) first, as on the CPU."""
+    NotImplementedError: ``where=``, on dask arrays of GPU blocks a ``dtype=`` other than
+    the dtype the result has anyway (GPU arrays themselves take any ``dtype=``), and
+    (``supported`` False) the operation itself. ``dtype`` is checked (TypeError) first, as
+    on the CPU."""
     found = _on_gpu(named)
     if found is None:
         return False
@@ -117,12 +104,14 @@ def gpu_options(func, named, *, where=None, dtype=None, supported=True):
         raise NotImplementedError(f"{func}(): where= is not supported on GPU arrays yet "
                                   f"({given})")
     dt = requested_dtype(dtype, func)
-    if dt is not None:
-        own = _gpu_result_dtype(named[0][1], named[0][0], func)
+    x = named[0][1]
+    if dt is not None and array_kind(x) == "dask":
+        own = result_dtype(np.dtype(x.dtype), named[0][0], func)
         if dt != own:
+            given = f"{name} is {desc}; GPU arrays and dask arrays of numpy blocks support it"
             raise NotImplementedError(
-                f"{func}(): dtype={dt} is not supported on GPU arrays yet: only None or the "
-                f"result's own dtype{'' if own is None else f' ({own})'} ({given})")
+                f"{func}(): dtype={dt} is not supported on dask arrays of GPU blocks yet: "
+                f"only None or the result's own dtype ({own}) ({given})")
     return True
 
 

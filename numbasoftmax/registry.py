@@ -24,7 +24,8 @@ getting the same result:
         mask costs), ``np.where(mask, x, -inf)`` then ours, torch's ``masked_fill`` then
         its softmax;
     "dtype": (x, axis) with float16 x and a float32 result: ours with ``dtype=``,
-        ``x.astype(float32)`` then ours, torch with ``dtype=torch.float32``.
+        ``x.astype(float32)`` then ours, torch with ``dtype=torch.float32`` (on the CPU and
+        on the GPU, where ``where=`` does not run yet).
 The peers' out= forms write the masked or cast input into ``out`` and then run the
 softmax there in place: no allocation, the best that way of computing it can do.
 Rows must keep at least one included element: the "np.where" and torch forms give NaN
@@ -305,7 +306,7 @@ def _dtype_entries(op):
         return f()(x.astype(RESULT_DTYPE), axis)
 
     def astype_out(x, axis, out):
-        np.copyto(out, x)
+        out[...] = x  # numpy or cupy: a converting copy
         return f()(out, axis, out=out)
 
     def torch_dtype(x, axis):
@@ -318,12 +319,19 @@ def _dtype_entries(op):
 
         return getattr(torch.ops.aten, op).int_out(x, axis, torch.float32, out=out)
 
+    gpu = dict(prepare=_cupy_prepare, to_numpy=_cupy_to_numpy, available=_ours_gpu_ok,
+               sync=_cupy_sync, form="dtype")
     return (
         Impl("numbasoftmax", op, "cpu", ours, role="ours", call_out=ours_out, form="dtype"),
         Impl("astype+numbasoftmax", op, "cpu", astype, call_out=astype_out, form="dtype"),
         Impl("torch", op, "cpu", torch_dtype, prepare=_torch_prepare("cpu"),
              to_numpy=_torch_to_numpy, available=lambda: _has("torch"), int_axis_only=True,
              call_out=torch_dtype_out, form="dtype"),
+        Impl("numbasoftmax", op, "gpu", ours, role="ours", call_out=ours_out, **gpu),
+        Impl("astype+numbasoftmax", op, "gpu", astype, call_out=astype_out, **gpu),
+        Impl("torch", op, "gpu", torch_dtype, prepare=_torch_prepare("cuda"),
+             to_numpy=_torch_to_numpy, available=_torch_cuda_ok, sync=_torch_sync,
+             int_axis_only=True, call_out=torch_dtype_out, form="dtype"),
     )
 
 

@@ -152,18 +152,19 @@ class Config:
         return elements, tuple(sizes), cells + self._feature_cells(device, sizes)
 
     def _feature_cells(self, device, sizes):
-        from ..registry import FORM_OPS
+        from ..registry import FORM_OPS, implementations
 
-        if device != "cpu" or self.features == "none" or (
-                self.features == "auto" and self.quick):
+        if self.features == "none" or (self.features == "auto" and self.quick):
             return []
         ops, at = FORM_OPS, None
         if self.features == "auto":
             ops, at = FEATURE_OPS, tuple(n for n in sizes if n in FEATURE_SIZES)
             if not at:
                 return []
+        # the features with an implementation of ours on this device (where=: CPU only)
         return [Cell(op, f.dtype, "out", name, at) for op in self.ops if op in ops
-                for name, f in FEATURES.items()]
+                for name, f in FEATURES.items()
+                if implementations(op, device, "numbasoftmax", False, form=f.form)]
 
 
 def parse_size(part, option="--sizes"):

@@ -61,13 +61,14 @@ def _load(func, desc, name):
 _fast_libs = {}  # array type -> its adapter with a fast path, or None
 
 
-def dispatch(op, arrays, axis, out):
-    """Run ``op`` (an ``_ops.Op``) on GPU ``arrays`` along ``axis``; see the module doc."""
-    if out is None and type(axis) is int and _launch is not None:
+def dispatch(op, arrays, axis, out, dtype=None):
+    """Run ``op`` (an ``_ops.Op``) on GPU ``arrays`` along ``axis``; see the module doc.
+    ``dtype``: None or the result's numpy float dtype (``dtype=``)."""
+    if out is None and dtype is None and type(axis) is int and _launch is not None:
         res = _fast(op, arrays, axis)
         if res is not None:
             return res
-    launch, xs, o, res = _check(op, arrays, out)
+    launch, xs, o, res = _check(op, arrays, out, dtype)
     x = xs[0]
     axes = normalize_axes(axis, len(x.shape))
     with x.lib.device(x.dev):
@@ -90,7 +91,7 @@ def _fast(op, arrays, axis):
     return lib.fast(_launch, op, arrays)
 
 
-def _check(op, arrays, out):
+def _check(op, arrays, out, dtype):
     """(launch module, an Array per argument, out's Array or None, result dtype), once every
     input rule holds."""
     func, names = op.name, op.args
@@ -120,6 +121,8 @@ def _check(op, arrays, out):
     if len(xs) == 2:
         check_pair(func, names, [d.shape for d in xs], [d.dtype for d in xs])
     res = result_dtype(x.dtype, names[0], func, extra=(BF16,))
+    if dtype is not None:
+        res = dtype
     for name, d in everything:
         if any(st % d.itemsize for st in d.strides):
             raise ValueError(f"{func}(): {name} has strides {d.strides} that are not "
@@ -145,21 +148,27 @@ def _run(launch, op, xs, o, res, axes):
     if not math.prod(shape):
         return result
     kind = KIND[res]
-    storage = launch.STORAGE[kind]
-    p = plan(shape, axes, [d.meta(cast=d.dtype != res) for d in xs], o.meta(), columns=False)
+    # float inputs are read as they are stored and converted by the kernels (dtype=); others
+    # (integers, bool) are gathered into a converting copy of the result's dtype
+    src = KIND.get(x.dtype, kind)
+    cast = x.dtype not in KIND
+    p = plan(shape, axes, [d.meta(cast=cast) for d in xs], o.meta(), columns=False)
     pshape = tuple(shape[a] for a in p.perm)
     rows = c_strides(pshape, 1)  # of a contiguous (m, n) buffer, in plan order
+
+    def storage(d):
+        """The dtype the kernels see ``d`` as (2-byte floats as their bits)."""
+        return launch.STORAGE[KIND[d.dtype]] if d.dtype in KIND else d.dtype
 
     def strided(d):
         """(Buf over d's extent, element offset of d's first element, element strides in
         plan order): d as the copy kernel reads or writes it."""
         lo, hi = extent(shape, d.meta())
-        dtype = storage if d.dtype == res else d.dtype
-        return (launch.Buf(lo, (hi - lo) // d.itemsize, dtype), (d.ptr - lo) // d.itemsize,
+        return (launch.Buf(lo, (hi - lo) // d.itemsize, storage(d)), (d.ptr - lo) // d.itemsize,
                 tuple(d.strides[a] // d.itemsize for a in p.perm))
 
     def in_place(d, access):
-        return launch.Buf(d.ptr, (p.m - 1) * access.stride + p.n, storage), access.stride
+        return launch.Buf(d.ptr, (p.m - 1) * access.stride + p.n, storage(d)), access.stride
 
     with launch.Scratch(dev, stream, lib.memory(dev, stream)) as scratch:
         ins = []
@@ -167,15 +176,15 @@ def _run(launch, op, xs, o, res, axes):
             if access.kind == ROWS:
                 ins.append(in_place(d, access))
             else:
-                buf = scratch.buf(p.m * p.n, storage)
-                launch.copy(*strided(d), buf, 0, rows, pshape, dev, stream,
-                            cast=d.dtype != res)
+                buf = scratch.buf(p.m * p.n, launch.STORAGE[src])
+                launch.copy(*strided(d), buf, 0, rows, pshape, dev, stream, cast=cast)
                 ins.append((buf, p.n))
         if p.out.kind == ROWS:
             launch.run_rows(op.name, kind, ins, in_place(o, p.out), p.m, p.n, dev, stream,
-                            scratch)
+                            scratch, src)
         else:
-            staged = scratch.buf(p.m * p.n, storage)
-            launch.run_rows(op.name, kind, ins, (staged, p.n), p.m, p.n, dev, stream, scratch)
+            staged = scratch.buf(p.m * p.n, launch.STORAGE[kind])
+            launch.run_rows(op.name, kind, ins, (staged, p.n), p.m, p.n, dev, stream, scratch,
+                            src)
             launch.copy(staged, 0, rows, *strided(o), pshape, dev, stream)
     return result

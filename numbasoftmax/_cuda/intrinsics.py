@@ -38,6 +38,12 @@ def _f2h(builder, value):
     return builder.call(ir.InlineAsm(fnty, "cvt.rn.f16.f32 $0, $1;", "=h,f"), [value])
 
 
+def _d2h(builder, value):
+    """float64 -> float16 bits, rounded once (as numpy's astype), not through float32."""
+    fnty = ir.FunctionType(_I16, [_F64])
+    return builder.call(ir.InlineAsm(fnty, "cvt.rn.f16.f64 $0, $1;", "=h,d"), [value])
+
+
 def _b2f(builder, bits):
     return builder.bitcast(builder.shl(builder.zext(bits, _I32), ir.Constant(_I32, 16)), _F32)
 
@@ -151,12 +157,14 @@ h2f = _conversion(_h2f, types.uint16, types.float32)
 f2h = _conversion(_f2h, types.float32, types.uint16)
 b2f = _conversion(_b2f, types.uint16, types.float32)
 f2b = _conversion(_f2b, types.float32, types.uint16)
+d2h = _conversion(_d2h, types.float64, types.uint16)
 
 _dev = {"device": True, "forceinline": True}
 
 
-def make_primitives(kind):
-    """The primitives of ``kernels.py`` for one storage kind (real GPU)."""
+def make_primitives(kind, src=None):
+    """The primitives of ``kernels.py`` for one storage kind (real GPU); ``src``: the
+    inputs' kind where it differs (see ``_cast_load``)."""
     from .kernels import Primitives
 
     ldv, stv = make_vector_io(kind)
@@ -181,6 +189,9 @@ def make_primitives(kind):
         def st(arr, i, v):
             arr[i] = from_f32(types.float32(v))
 
+    if src is not None:
+        ld = _cast_load(kind, src)
+
     @cuda.jit(**_dev)
     def shfl_xor(v, lanemask):
         return cuda.shfl_xor_sync(0xFFFFFFFF, v, lanemask)
@@ -192,3 +203,31 @@ def make_primitives(kind):
     return Primitives(sim=False, ctype=types.float64 if kind == "f8" else types.float32,
                       ld=ld, st=st, ldv=ldv, stv=stv, ldv_raw=ldv_raw, exp=math.exp, log=math.log,
                       begin=begin, shfl_xor=shfl_xor, group_reduce=None)
+
+
+def _cast_load(kind, src):
+    """``ld(arr, i)`` of a ``kind`` kernel for inputs stored as ``src`` (``dtype=``): the
+    element as if the input had been cast to ``kind`` (rounded once), in the compute type."""
+    @cuda.jit(**_dev)
+    def same(v):
+        return v
+
+    widen = {"f4": same, "f8": same, "f2": h2f, "bf16": b2f}[src]  # exact
+    if kind == "f2":
+        to_half = d2h if src == "f8" else f2h
+
+        @cuda.jit(**_dev)
+        def narrow(v):
+            return h2f(to_half(v))
+    else:
+        ctype = types.float64 if kind == "f8" else types.float32
+
+        @cuda.jit(**_dev)
+        def narrow(v):
+            return ctype(v)
+
+    @cuda.jit(**_dev)
+    def ld(arr, i):
+        return narrow(widen(arr[i]))
+
+    return ld

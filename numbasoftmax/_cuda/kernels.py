@@ -43,8 +43,10 @@ F64 = types.float64
 # One specialization. kind: storage ("f4", "f8", "f2", "bf16"); V: pack width; G, K:
 # threads per row and packs per thread (rows); B: block size; U: rows per group and step
 # (rows), packs loaded per step (smem, long, split); cache (smem): "c" rows in the compute
-# type, "s" in the 2-byte storage type (twice the row fits; exp then runs twice an element).
-Spec = namedtuple("Spec", "strategy op kind V G K B U cache", defaults=("c",))
+# type, "s" in the 2-byte storage type (twice the row fits; exp then runs twice an element);
+# src: the inputs' storage kind when it is not ``kind`` (``dtype=``: read as if cast to
+# ``kind``, single elements, cache "c"), else None.
+Spec = namedtuple("Spec", "strategy op kind V G K B U cache src", defaults=("c", None))
 
 # The device functions the kernels are made of (intrinsics.py on a GPU, sim.py under the
 # simulator). ld/st(arr, i[, v]): one element, converted; ldv/stv(arr, i, buf, off): a

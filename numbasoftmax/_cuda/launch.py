@@ -123,12 +123,13 @@ def _pow2ceil(v):
 class _Call:
     """An (m, n) call of ``op`` on ``kind`` data, tunables resolved for device and mode."""
 
-    def __init__(self, op, kind, m, n, vec_ok, props, sim):
-        self.op, self.kind, self.m, self.n, self.sim = op, kind, m, n, sim
+    def __init__(self, op, kind, m, n, vec_ok, props, sim, src):
+        self.op, self.kind, self.m, self.n, self.sim, self.src = op, kind, m, n, sim, src
         self.bwd = OPS[op].backward
         self.item = STORAGE[kind].itemsize
         width = 16 // self.item
-        self.V = width if vec_ok and config.vector and n % width == 0 else 1
+        # inputs of another kind (dtype=) are read an element at a time
+        self.V = width if vec_ok and src is None and config.vector and n % width == 0 else 1
         self.npk = n // self.V  # packs per row
         self.ctsize = 8 if kind == "f8" else 4  # bytes of the compute type
         self.sms = props.sms
@@ -147,7 +148,7 @@ class _Call:
         return b
 
     def step(self, strategy, b, u, grid, shmem=0, chunks=(), G=1, K_=1, cache="c"):
-        spec = K.Spec(strategy, self.op, self.kind, self.V, G, K_, b, u, cache)
+        spec = K.Spec(strategy, self.op, self.kind, self.V, G, K_, b, u, cache, self.src)
         return Step(spec, grid, shmem, chunks)
 
 
@@ -176,7 +177,7 @@ def _smem_cache(c):
     """"c" (rows cached in the compute type) when the row fits, else "s" (the 2-byte
     storage type) when that fits; None when neither does."""
     b = _smem_block(c)
-    for cache in ("c", "s") if c.item == 2 else ("c",):
+    for cache in ("c", "s") if _storage_cache(c) else ("c",):
         if _smem_bytes(c, b, cache) <= c.smem_cap:
             return cache
     return None
@@ -229,15 +230,22 @@ def _choose(c):
     return "long"
 
 
+def _storage_cache(c):
+    """Whether rows may be cached as their 2-byte storage bits (the inputs' own kind)."""
+    return c.item == 2 and c.src is None
+
+
 _STRATEGIES = {"rows": _rows, "smem": _smem, "long": _long, "split": _split,
-               "smem16": lambda c: _smem(c, "s" if c.item == 2 else "c")}
+               "smem16": lambda c: _smem(c, "s" if _storage_cache(c) else "c")}
 
 
-def plan(op, kind, m, n, vec_ok, dev, sim=None):
+def plan(op, kind, m, n, vec_ok, dev, sim=None, src=None):
     """Kernels, launch shapes and workspace for an (m, n) call; see kernels.py. ``dev``: a
     device ordinal or a DeviceProps (to plan for another device); ``sim`` (default: whether
-    the simulator runs) picks the simulator's small defaults."""
-    c = _Call(op, kind, m, n, vec_ok, device_props(dev), SIM if sim is None else sim)
+    the simulator runs) picks the simulator's small defaults; ``src``: the inputs' storage
+    kind where it is not ``kind`` (``dtype=``)."""
+    c = _Call(op, kind, m, n, vec_ok, device_props(dev), SIM if sim is None else sim,
+              None if src == kind else src)
     strategy = config.force or _choose(c)
     if strategy not in _STRATEGIES:
         raise ValueError(f"config.force must be one of {sorted(_STRATEGIES)}; got "
@@ -260,14 +268,14 @@ _compile_lock = threading.RLock()
 
 
 @functools.cache
-def primitives(kind):
+def primitives(kind, src=None):
     if SIM:
         from . import sim
 
-        return sim.make_primitives(kind)
+        return sim.make_primitives(kind, src)
     from . import intrinsics
 
-    return intrinsics.make_primitives(kind)
+    return intrinsics.make_primitives(kind, src)
 
 
 def _arr(dtype):
@@ -276,8 +284,8 @@ def _arr(dtype):
 
 def _signature(spec):
     """The arguments of every kernel (kernels.build), in the order ``_kernel_args`` gives."""
-    a, i = _arr(STORAGE[spec.kind]), _I64
-    return types.void(a, i, a, i, a, i, _arr(np.float64), i, i, i, i)
+    a, o, i = _arr(STORAGE[spec.src or spec.kind]), _arr(STORAGE[spec.kind]), _I64
+    return types.void(a, i, a, i, o, i, _arr(np.float64), i, i, i, i)
 
 
 def _options(block):
@@ -286,7 +294,8 @@ def _options(block):
 
 def kernel_source(spec):
     """The Source that ``get_kernel`` compiles for ``spec``."""
-    return Source(K.build(spec, primitives(spec.kind)), _signature(spec), _options(spec.B))
+    return Source(K.build(spec, primitives(spec.kind, spec.src)), _signature(spec),
+                  _options(spec.B))
 
 
 def copy_source(ndim, src_dtype, dst_dtype, cast):
@@ -360,9 +369,9 @@ def get_kernel(spec, dev):
 
 
 class Ready(NamedTuple):
-    """A plan with its compiled kernels; without workspace (one step), also the fast path's
-    raw arguments for contiguous rows, with ``slots``: (position, k) where the k-th data
-    pointer (inputs, then out) goes."""
+    """A plan with its compiled kernels; without workspace (one step) and of one storage
+    kind, also the fast path's raw arguments for contiguous rows, with ``slots``: (position,
+    k) where the k-th data pointer (inputs, then out) goes."""
 
     launches: tuple  # ((Compiled, Step), ...)
     ws_items: int
@@ -371,10 +380,10 @@ class Ready(NamedTuple):
 
 
 @functools.lru_cache(maxsize=4096)
-def ready(op, kind, m, n, vec_ok, dev):
-    p = plan(op, kind, m, n, vec_ok, dev)
+def ready(op, kind, m, n, vec_ok, dev, src=None):
+    p = plan(op, kind, m, n, vec_ok, dev, src=src)
     launches = tuple((get_kernel(s.spec, dev), s) for s in p.steps)
-    if p.ws_items:
+    if p.ws_items or src is not None:
         return Ready(launches, p.ws_items)
     marks = [-1 - i for i in range(len(OPS[op].args) + 1)]  # stand-ins for the pointers
     rows = [(Buf(mark, m * n, STORAGE[kind]), n) for mark in marks]
@@ -562,12 +571,13 @@ def _aligned(ptrs, n, item):
     return not (n * item) % 16 and not any(p % 16 for p in ptrs)
 
 
-def run_rows(op, kind, ins, out, m, n, dev, stream, scratch):
+def run_rows(op, kind, ins, out, m, n, dev, stream, scratch, src=None):
     """Run ``op`` over m rows of n elements. ``ins``: [(Buf, row stride)] per input; ``out``:
-    (Buf, row stride); ``scratch`` (a Scratch) holds the split kernels' workspace."""
+    (Buf, row stride); ``scratch`` (a Scratch) holds the split kernels' workspace; ``src``:
+    the inputs' storage kind where it is not ``kind`` (``dtype=``)."""
     item = STORAGE[kind].itemsize
     vec_ok = all(_aligned((b.ptr,), stride, item) for b, stride in (*ins, out))
-    r = ready(op, kind, m, n, vec_ok, dev)
+    r = ready(op, kind, m, n, vec_ok, dev, None if src == kind else src)
     ws = scratch.buf(r.ws_items, np.float64) if r.ws_items else None
     for compiled, step in r.launches:
         launch(compiled, step.grid, step.spec.B, step.shmem, stream,

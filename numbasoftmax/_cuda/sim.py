@@ -69,8 +69,9 @@ def group_reduce(v, width, xch, op):
     return vals[t - base]
 
 
-def make_primitives(kind):
-    """The primitives of ``kernels.py`` for one storage kind (simulator)."""
+def make_primitives(kind, src=None):
+    """The primitives of ``kernels.py`` for one storage kind (simulator); ``src``: the
+    inputs' kind where it differs (``dtype=``: each element as if cast to ``kind``)."""
     from .kernels import Primitives
 
     itemsize = {"f4": 4, "f8": 8, "f2": 2, "bf16": 2}[kind]
@@ -81,6 +82,13 @@ def make_primitives(kind):
 
     def ld(arr, i):
         return to_c(arr[i])
+
+    if src is not None:
+        widen = {"f4": _F32, "f8": _F64, "f2": _h2f, "bf16": _b2f}[src]  # exact
+        narrow = {"f4": _F32, "f8": _F64, "f2": lambda v: _F32(np.float16(v))}[kind]
+
+        def ld(arr, i):  # noqa: F811 - the converting load replaces the plain one
+            return narrow(widen(arr[i]))
 
     def st(arr, i, v):
         arr[i] = from_c(v)

@@ -469,43 +469,95 @@ def test_where_not_on_gpu_yet(func):
                           where=cuda().to_device(np.ones(6, bool)))
 
 
-def test_dtype_not_on_gpu_yet_unless_the_results_own():
+FUNCS4 = ("softmax", "log_softmax", "softmax_backward", "log_softmax_backward")
+# dtype= pairs (input, result), each on one strategy, so that every strategy reads
+# converted inputs: upcasts, downcasts, and float64 -> float16 (rounded once, not through
+# float32)
+DTYPE_CASES = [("float16", "float32", "rows"), ("float32", "float64", "smem"),
+               ("float64", "float32", "long"), ("float32", "float16", "split"),
+               ("float64", "float16", "rows"), ("float16", "float64", "smem")]
+
+
+def _dtype_args(func, src, shape=(3, 37), seed=0):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(shape) * 4).astype(src)
+    x[0, 1] = -np.inf
+    if func.endswith("backward"):
+        return [np.abs(x) / 8, rng.standard_normal(shape).astype(src)]
+    return [x]
+
+
+@pytest.mark.parametrize("src, dst, strategy", DTYPE_CASES,
+                         ids=[f"{a}-to-{b}-{c}" for a, b, c in DTYPE_CASES])
+def test_dtype_is_the_cast_input_bitwise(src, dst, strategy):
+    """dtype= reads the input as stored and converts as it reads: bitwise the result of
+    casting first (with the scalar loads the converting kernels use), in the result's
+    dtype."""
+    from numbasoftmax._cuda import launch
+
+    for func in FUNCS4:
+        args = _dtype_args(func, src)
+        with launch.config.override(force=strategy, vector=False):
+            got = to_host(getattr(ns, func)(*[cuda().to_device(a) for a in args], dtype=dst))
+            cast = to_host(getattr(ns, func)(*[cuda().to_device(a.astype(dst)) for a in args]))
+        assert got.dtype == np.dtype(dst), func
+        assert np.array_equal(got.view(np.uint8), cast.view(np.uint8)), func
+
+
+def test_dtype_with_gathered_and_staged_layouts():
+    """Inputs gathered (F order, strided) in their own dtype, results staged (axis 0), out=
+    of the requested dtype; integers take the converting copy."""
+    x = _x((4, 6), np.float16, 3)
+    for view in (view_of(x, order=(1, 0))[0], view_of(x, steps=(1, 2))[0]):
+        host = view.copy_to_host()
+        for axis in (-1, 0):
+            got = to_host(ns.log_softmax(view, axis=axis, dtype=np.float32))
+            assert got.dtype == np.float32
+            assert_close("log_softmax", got.astype(np.float64), [host.astype(np.float64)],
+                         axis, "float32")
+    out = cuda().device_array((4, 6), np.float64)
+    assert ns.softmax(cuda().to_device(x), dtype="float64", out=out) is out
+    assert_close("softmax", out.copy_to_host(), [x.astype(np.float64)], -1, "float64")
+    with pytest.raises(TypeError, match="out"):
+        ns.softmax(cuda().to_device(x), dtype="float64",
+                   out=cuda().device_array((4, 6), np.float32))
+    i = cuda().to_device(np.arange(12, dtype=np.int32).reshape(2, 6))
+    got = to_host(ns.softmax(i, dtype="float32"))
+    assert got.dtype == np.float32
+    assert_close("softmax", got.astype(np.float64), [np.arange(12.0).reshape(2, 6)], -1,
+                 "float32")
+
+
+def test_dtype_bad_values_on_gpu():
     x, kinds = _gpu_kinds()
     for d in kinds:
-        for dt in ("float64", np.float16):
-            with pytest.raises(NotImplementedError,
-                               match=rf"dtype={np.dtype(dt)} is {NOT_YET}.*own dtype \(float32\)"):
-                ns.softmax(d, dtype=dt)
-        with pytest.raises(NotImplementedError, match=f"dtype=float64 is {NOT_YET}"):
-            ns.softmax_backward(d, d, dtype=np.float64)
         with pytest.raises(TypeError, match="dtype must be None, float16, float32 or float64"):
             ns.softmax(d, dtype="int32")
-    # the result's own dtype is no change: the GPU path runs (integers give float64)
-    r = ns.log_softmax(kinds[0], dtype=np.float32)
-    assert_close("log_softmax", to_host(r), [x.astype(np.float64)], -1, "float32")
-    i = cuda().to_device(np.arange(12, dtype=np.int32).reshape(2, 6))
-    assert to_host(ns.softmax(i, dtype="float64")).dtype == np.float64
+        assert to_host(ns.softmax(d, dtype=np.float32)).dtype == np.float32
 
 
-def test_dtype_rule_reads_torch_and_cai_dtypes():
-    """The own dtype of a torch tensor (torch.float16 -> float16) and of an object with
-    nothing but __cuda_array_interface__ (its typestr)."""
-    from numbasoftmax import _inputs
+def test_bfloat16_inputs_converted_as_read():
+    """torch's bfloat16 (launcher level under the simulator): read as bfloat16, computed
+    and written as float32, bitwise the float32 run on the (exactly) widened values."""
+    from gpu_helpers import bf16_bits, bf16_values
 
-    tensor = type("Tensor", (), {"__module__": "torch", "is_cuda": True,
-                                 "dtype": "torch.float16"})()
-    assert _inputs.gpu_options("softmax", [("x", tensor)], dtype="float16")
-    with pytest.raises(NotImplementedError, match=r"own dtype \(float16\).*x is a torch.Tensor"):
-        _inputs.gpu_options("softmax", [("x", tensor)], dtype="float32")
-    bf16 = type("Tensor", (), {"__module__": "torch", "is_cuda": True,
-                               "dtype": "torch.bfloat16"})()
-    with pytest.raises(NotImplementedError, match=r"only None or the result's own dtype \("):
-        _inputs.gpu_options("softmax", [("x", bf16)], dtype="float32")
-    cai = type("Buffer", (), {"__cuda_array_interface__": {"typestr": "<f8"}})()
-    assert _inputs.gpu_options("softmax", [("x", cai)], dtype="float64")
-    with pytest.raises(NotImplementedError, match=r"own dtype \(float64\)"):
-        _inputs.gpu_options("softmax", [("x", cai)], dtype="float32")
-    assert not _inputs.gpu_options("softmax", [("x", np.zeros(3))], where=np.ones(3, bool))
+    from numbasoftmax._cuda import launch
+
+    rng = np.random.default_rng(4)
+    m, n = 3, 37
+    bits = bf16_bits(rng.standard_normal((m, n)) * 3)
+    wide = bf16_values(bits).astype(np.float32)
+
+    def run(host, src):
+        out = np.zeros((m, n), np.float32)
+        buf = launch.Buf(host.ctypes.data, m * n, launch.STORAGE[src])
+        with launch.Scratch(0, 0) as scratch:
+            launch.run_rows("softmax", "f4", [(buf, n)],
+                            (launch.Buf(out.ctypes.data, m * n, np.dtype(np.float32)), n),
+                            m, n, 0, 0, scratch, src)
+        return out
+
+    assert np.array_equal(run(bits, "bf16"), run(wide, "f4"))
 
 
 def test_logsumexp_not_on_gpu_yet():
@@ -531,8 +583,11 @@ def test_dask_of_gpu_blocks_options_not_yet():
     pattern = f"{NOT_YET} \\(x is a dask array of numba.\\w+ blocks"
     with pytest.raises(NotImplementedError, match=f"where= is {pattern}"):
         ns.softmax(dx, where=np.ones(6, bool))
-    with pytest.raises(NotImplementedError, match=f"dtype=float64 is {NOT_YET}"):
+    with pytest.raises(NotImplementedError, match=r"dtype=float64 is not supported on dask "
+                                                  r"arrays of GPU blocks yet: only None or "
+                                                  r"the result's own dtype \(float32\)"):
         ns.log_softmax(dx, dtype="float64")
+    assert ns.log_softmax(dx, dtype="float32").dtype == np.float32  # its own: no change
     with pytest.raises(NotImplementedError, match=f"logsumexp\\(\\) is {pattern}"):
         ns.logsumexp(dx)
     with pytest.raises(NotImplementedError, match=f"logsumexp_backward\\(\\) is {pattern}"):

@@ -196,16 +196,18 @@ def test_numba_result_on_a_nonblocking_stream():
 
 @pytest.mark.parametrize("lib", ["cupy", "torch"])
 def test_options_not_on_gpu_yet(lib):
-    """where=, a dtype= other than the result's own, and logsumexp: NotImplementedError
-    naming them (the simulator tests cover the rule; this checks cupy's and torch's own
-    arrays reach it)."""
+    """where= and logsumexp: NotImplementedError naming them (the simulator tests cover the
+    rule; this checks cupy's and torch's own arrays reach it); dtype= runs, into an array
+    of the library in the requested dtype."""
     x = _x((4, 6))
     d = _cupy().asarray(x) if lib == "cupy" else _torch().from_numpy(x).cuda()
     for call, what in ((lambda: ns.softmax(d, where=np.ones(6, bool)), "where="),
-                       (lambda: ns.log_softmax(d, dtype="float64"), "dtype=float64"),
                        (lambda: ns.logsumexp(d), "logsumexp\\(\\)")):
         with pytest.raises(NotImplementedError, match=f"{what} is not supported on GPU"):
             call()
-    r = ns.softmax(d, dtype="float32")
-    host = r.get() if lib == "cupy" else r.cpu().numpy()
-    assert_close("softmax", host.astype(np.float64), [x.astype(np.float64)], -1, "float32")
+    for dt in ("float32", "float64", "float16"):
+        r = ns.softmax(d, dtype=dt)
+        host = r.get() if lib == "cupy" else r.cpu().numpy()
+        assert host.dtype == np.dtype(dt)
+        assert_close("softmax", host.astype(np.float64), [x.astype(dt).astype(np.float64)],
+                     -1, dt)
