@@ -6,13 +6,16 @@
      bfloat16) x path (16-byte vector, scalar) x function, on generic
      __cuda_array_interface__ views with guard bands (nothing outside ``out`` written,
      every element inside written, inputs unmodified);
-   * the cupy fast path at each benchmark N, strided/transposed cupy views, torch tensors
-     (float32, float16, bfloat16), a non-default cupy stream;
+   * the cupy fast path at each benchmark N, strided/transposed cupy views, dtype= (as
+     if the input had been cast), torch tensors (float32, float16, bfloat16), a
+     non-default cupy stream;
    * the direct launch path against numba's own launch path (bitwise).
 2. Performance, M*N = 2^26, N in {32, ..., 262144}: numbasoftmax / torch / cupyx GB/s and
    % of the same-run device-to-device copy bandwidth (CUDA events), for softmax, softmax
-   backward, log_softmax (float32) and softmax forward/backward in float16. Every timed
-   configuration is first run once into a poisoned output and sampled rows are checked.
+   backward, log_softmax (float32) and softmax forward/backward in float16, and float16
+   input into a float32 result (dtype=, N = 128, 4096, 65536). Every timed configuration
+   of the main tables is first run once into a poisoned output and sampled rows are
+   checked.
 3. Host time per call for an 8x128 float32 input (cupy and torch inputs; torch, cupyx).
 
 Run from the repository root on a machine with cupy and torch (see bench/GPU.md):
@@ -264,7 +267,26 @@ def correctness(quick, tiny=False):
                 c = ns.softmax(x).get()
                 assert a.tobytes() == c.tobytes(), "not deterministic"
 
+        def cupy_dtype():
+            """dtype=: bitwise the cast input with scalar loads where both plan the same
+            strategy (n <= 4096), within tolerance on long rows."""
+            for src, dst in (("float16", "float32"), ("float32", "float16"),
+                             ("float64", "float16"), ("float32", "float64")):
+                for n in (100, 4096, 70000):
+                    xh = (rng.standard_normal((3, n)) * 3).astype(src)
+                    x = cp.asarray(xh)
+                    for func in ("softmax", "log_softmax"):
+                        r = getattr(ns, func)(x, dtype=dst)
+                        assert isinstance(r, cp.ndarray) and r.dtype == dst, (src, dst)
+                        if n <= 4096:
+                            with launch.config.override(vector=False):
+                                e = getattr(ns, func)(x.astype(dst))
+                            assert r.get().tobytes() == e.get().tobytes(), (src, dst, n, func)
+                        H.assert_close(func, r.get().astype(np.float64),
+                                       [xh.astype(dst).astype(np.float64)], -1, dst)
+
         for name, fn in (("cupy layouts / axes / ints", cupy_layouts),
+                         ("cupy dtype= (one pass, as if cast)", cupy_dtype),
                          ("cupy non-default stream", cupy_stream),
                          ("direct launch == numba launch, deterministic", launch_paths_agree)):
             ncheck += 1
@@ -366,6 +388,35 @@ def performance(skip_peers, budget, sizes):
             x = args = out = None
             cp.get_default_memory_pool().free_all_blocks()
         log(f"  ({elapsed():.0f} s)")
+    if elapsed() <= budget:
+        check("dtype= performance", lambda: _dtype_performance(
+            cp, ns, ms_per_call, copy["float32"], have_torch and torch,
+            [n for n in sizes if n in DTYPE_SIZES]))
+
+
+DTYPE_SIZES = (128, 4096, 65536)
+
+
+def _dtype_performance(cp, ns, ms_per_call, copy, torch, sizes):
+    """softmax of float16 input into a float32 result: ours (dtype=, one pass) and torch's
+    softmax(dtype=torch.float32); GB/s of 2 + 4 bytes per element."""
+    log("-- softmax float16 -> float32 (dtype=)")
+    log(f"  {'N':>7} {'ours GB/s':>10} {'%copy':>6} {'torch':>8} {'%copy':>6}")
+    rng = np.random.default_rng(3)
+    for n in sizes:
+        m = ELEMENTS // n
+        x = cp.asarray(rng.standard_normal((m, n), dtype=np.float32)).astype(cp.float16)
+        nbytes = m * n * (2 + 4)
+        ours = ms_per_call(lambda a=x: ns.softmax(a, dtype=cp.float32))
+        row = [f"  {n:>7}", _gbs(nbytes, ours, copy)]
+        if torch:
+            t = torch.as_tensor(x, device="cuda")
+            tms = ms_per_call(lambda a=t: torch.softmax(a, -1, dtype=torch.float32))
+            row.append(_gbs(nbytes, tms, copy, 8))
+        log(" ".join(row))
+        x = None
+        cp.get_default_memory_pool().free_all_blocks()
+    log(f"  ({elapsed():.0f} s)")
 
 
 def _gbs(nbytes, ms, copy, width=10):
