@@ -7,7 +7,7 @@
      __cuda_array_interface__ views with guard bands (nothing outside ``out`` written,
      every element inside written, inputs unmodified);
    * the cupy fast path at each benchmark N, strided/transposed cupy views, dtype= (as
-     if the input had been cast), torch tensors (float32, float16, bfloat16), a
+     if the input had been cast), where= masks, torch tensors (float32, float16, bfloat16), a
      non-default cupy stream;
    * the direct launch path against numba's own launch path (bitwise).
 2. Performance, M*N = 2^26, N in {32, ..., 262144}: numbasoftmax / torch / cupyx GB/s and
@@ -285,8 +285,22 @@ def correctness(quick, tiny=False):
                         H.assert_close(func, r.get().astype(np.float64),
                                        [xh.astype(dst).astype(np.float64)], -1, dst)
 
+        def cupy_where():
+            """where=: (N,) masks read in place, masks of x's shape, a row without
+            included elements; every strategy's row lengths."""
+            for n in (100, 4096, 70000):
+                xh = (rng.standard_normal((4, n)) * 3).astype(np.float32)
+                full = rng.random((4, n)) > 0.3
+                full[2] = False
+                for wh in (rng.random(n) > 0.3, full):
+                    for func in ("softmax", "log_softmax"):
+                        r = getattr(ns, func)(cp.asarray(xh), where=cp.asarray(wh))
+                        H.assert_close(func, r.get().astype(np.float64),
+                                       [xh.astype(np.float64)], -1, "float32", where=wh)
+
         for name, fn in (("cupy layouts / axes / ints", cupy_layouts),
                          ("cupy dtype= (one pass, as if cast)", cupy_dtype),
+                         ("cupy where= (masks)", cupy_where),
                          ("cupy non-default stream", cupy_stream),
                          ("direct launch == numba launch, deterministic", launch_paths_agree)):
             ncheck += 1

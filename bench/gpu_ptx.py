@@ -25,9 +25,10 @@ on PYTHONPATH does not run):
 
 Options: ``--filter SUBSTRING`` (kernels whose name contains it), ``--jobs N`` (compile
 processes; default: CPU count), ``--out DIR`` (keep the PTX), ``--list`` (only print what
-would be compiled), ``--verbose`` (a line per kernel), ``--kinds same|pairs|all`` (the
-kernels of inputs in the result's kind, the default and CI's set; those of ``dtype=`` with
-inputs of another kind; both). Do not set NUMBA_ENABLE_CUDASIM.
+would be compiled), ``--verbose`` (a line per kernel), ``--kinds same|pairs|masked|all``
+(the kernels of inputs in the result's kind, the default and CI's set; those of ``dtype=``
+with inputs of another kind; those reading a ``where=`` mask; all). Do not set
+NUMBA_ENABLE_CUDASIM.
 Exit status 1 when a check fails.
 """
 
@@ -73,9 +74,9 @@ def _stub_device():
 # ---------------------------------------------------------------------------------------
 # what the plan can return
 
-def _plan_specs(launch, op, kind, m, n, vec, src):
+def _plan_specs(launch, op, kind, m, n, vec, src, mask):
     return tuple(s.spec for s in launch.plan(op, kind, m, n, vec, _profile(launch),
-                                             sim=False, src=src).steps)
+                                             sim=False, src=src, mask=mask).steps)
 
 
 def _profile(launch):
@@ -96,13 +97,17 @@ def _changes(f, lo, hi, found):
 
 def enumerate_specs(kinds="same"):
     """{spec: (op, kind, m, n, vec_ok) of one call that plans it}. ``kinds``: "same" (the
-    inputs of the result's kind), "pairs" (``dtype=``: DTYPE_PAIRS) or "all"."""
+    inputs of the result's kind), "pairs" (``dtype=``: DTYPE_PAIRS), "masked" (``where=``,
+    inputs of the result's kind) or "all"."""
+    variants = {"same": [(k, None, False) for k in KINDS],
+                "pairs": [(k, s, False) for k, s in DTYPE_PAIRS],
+                "masked": [(k, None, True) for k in KINDS]}
+    chosen = [v for name, vs in variants.items() if kinds in (name, "all") for v in vs]
     from numbasoftmax._cuda import launch
 
     specs = {}
     for op in OPS:
-        for kind, src in ([(k, None) for k in KINDS] if kinds != "pairs" else []) + (
-                DTYPE_PAIRS if kinds != "same" else []):
+        for kind, src, mask in chosen:
             width = 16 // launch.STORAGE[kind].itemsize
             for m in (1, MANY_ROWS):
                 # vector path: n = width * q; scalar path: any n with vec_ok False
@@ -110,8 +115,8 @@ def enumerate_specs(kinds="same"):
                     example = {}
 
                     def f(q, op=op, kind=kind, m=m, vec=vec, step=step, example=example,
-                          src=src):
-                        got = _plan_specs(launch, op, kind, m, q * step, vec, src)
+                          src=src, mask=mask):
+                        got = _plan_specs(launch, op, kind, m, q * step, vec, src, mask)
                         example.setdefault(got, (op, kind, m, q * step, vec))
                         return got
 
@@ -128,12 +133,13 @@ def enumerate_specs(kinds="same"):
 
 
 def copy_kernels():
-    """The strided copy kernels: gather/scatter up to 4 axes, and an int64 -> float64 cast."""
+    """The strided copy kernels: gather/scatter up to 4 axes (uint8: where= masks), and an
+    int64 -> float64 cast."""
     import numpy as np
 
     out = []
     for ndim in (1, 2, 3, 4):
-        for dt in (np.float32, np.float64, np.uint16):
+        for dt in (np.float32, np.float64, np.uint16, np.uint8):
             out.append((ndim, np.dtype(dt), np.dtype(dt), False))
     out.append((2, np.dtype(np.int64), np.dtype(np.float64), True))
     return out
@@ -143,7 +149,8 @@ def kernel_name(item):
     if isinstance(item, tuple) and item and isinstance(item[0], int):  # a copy kernel
         ndim, src, dst, cast = item
         return f"copy_{ndim}d_{src.name}_{dst.name}{'_cast' if cast else ''}"
-    return "_".join(str(v) for v in item if v is not None)
+    return "_".join("mask" if v is True else str(v) for v in item
+                    if v is not None and v is not False)
 
 
 # ---------------------------------------------------------------------------------------
@@ -222,6 +229,7 @@ def _family(item):
     if isinstance(item[0], int):
         return ("copy", "-", "-", "-")
     kind = item.kind if item.src is None else f"{item.kind}<{item.src}"  # dtype=: from src
+    kind += "+w" if item.mask else ""  # where=
     return (item.strategy, item.op, kind, "vector" if item.V > 1 else "scalar")
 
 
@@ -232,8 +240,9 @@ def main():
     ap.add_argument("--out", help="write each kernel's PTX into this folder")
     ap.add_argument("--list", action="store_true", help="print the kernels, compile nothing")
     ap.add_argument("--verbose", "-v", action="store_true", help="a line per kernel")
-    ap.add_argument("--kinds", choices=("same", "pairs", "all"), default="same",
-                    help="inputs of the result's kind (default), the dtype= pairs, or both")
+    ap.add_argument("--kinds", choices=("same", "pairs", "masked", "all"), default="same",
+                    help="inputs of the result's kind (default), the dtype= pairs, the "
+                         "where= kernels, or all")
     a = ap.parse_args()
     if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0"):
         sys.exit("gpu_ptx.py compiles real kernels: unset NUMBA_ENABLE_CUDASIM")

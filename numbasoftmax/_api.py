@@ -163,7 +163,7 @@ def _call(op, arrays, axis, out, where=None, dtype=None):
         from ._cuda import api as _cuda_api
 
         return _cuda_api.dispatch(op, arrays, axis, out,
-                                  _inputs.requested_dtype(dtype, op.name))
+                                  _inputs.requested_dtype(dtype, op.name), where)
     arrays, mask, masked = _inputs.host_unmask(arrays)
     dt = _inputs.requested_dtype(dtype, op.name)
     arrays = _inputs.host_arrays(op, arrays, dt)

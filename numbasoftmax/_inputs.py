@@ -88,11 +88,10 @@ def _on_gpu(named):
 
 def gpu_options(func, named, *, where=None, dtype=None, supported=True):
     """Whether an argument lives on a GPU (``named``: (name, argument) pairs, x first),
-    after the options the GPU path does not run yet are refused with a
-    NotImplementedError: ``where=``, on dask arrays of GPU blocks a ``dtype=`` other than
-    the dtype the result has anyway (GPU arrays themselves take any ``dtype=``), and
-    (``supported`` False) the operation itself. ``dtype`` is checked (TypeError) first, as
-    on the CPU."""
+    after what the GPU path does not run yet is refused with a NotImplementedError: on dask
+    arrays of GPU blocks ``where=`` and a ``dtype=`` other than the dtype the result has
+    anyway, and (``supported`` False) the operation itself; a GPU mask for host arrays is
+    a TypeError. ``dtype`` is checked (TypeError) first, as on the CPU."""
     found = _on_gpu(named)
     if found is None:
         return False
@@ -100,15 +99,19 @@ def gpu_options(func, named, *, where=None, dtype=None, supported=True):
     given = f"{name} is {desc}; numpy arrays and dask arrays of numpy blocks support it"
     if not supported:
         raise NotImplementedError(f"{func}() is not supported on GPU arrays yet ({given})")
-    if where is not None:
-        raise NotImplementedError(f"{func}(): where= is not supported on GPU arrays yet "
-                                  f"({given})")
+    x_name, x = named[0]
+    if array_kind(x) == "numpy":  # only the mask is on a GPU
+        raise TypeError(f"{func}(): {name} is {desc} but {x_name} is a host array "
+                        f"({typename(x)}); pass both on the same device")
+    dask = array_kind(x) == "dask"
+    given = f"{name} is {desc}; GPU arrays and dask arrays of numpy blocks support it"
+    if where is not None and dask:
+        raise NotImplementedError(f"{func}(): where= is not supported on dask arrays of GPU "
+                                  f"blocks yet ({given})")
     dt = requested_dtype(dtype, func)
-    x = named[0][1]
-    if dt is not None and array_kind(x) == "dask":
-        own = result_dtype(np.dtype(x.dtype), named[0][0], func)
+    if dt is not None and dask:
+        own = result_dtype(np.dtype(x.dtype), x_name, func)
         if dt != own:
-            given = f"{name} is {desc}; GPU arrays and dask arrays of numpy blocks support it"
             raise NotImplementedError(
                 f"{func}(): dtype={dt} is not supported on dask arrays of GPU blocks yet: "
                 f"only None or the result's own dtype ({own}) ({given})")

@@ -24,8 +24,8 @@ getting the same result:
         mask costs), ``np.where(mask, x, -inf)`` then ours, torch's ``masked_fill`` then
         its softmax;
     "dtype": (x, axis) with float16 x and a float32 result: ours with ``dtype=``,
-        ``x.astype(float32)`` then ours, torch with ``dtype=torch.float32`` (on the CPU and
-        on the GPU, where ``where=`` does not run yet).
+        ``x.astype(float32)`` then ours, torch with ``dtype=torch.float32``.
+Both forms have CPU and GPU (cupy, torch CUDA) entries.
 The peers' out= forms write the masked or cast input into ``out`` and then run the
 softmax there in place: no allocation, the best that way of computing it can do.
 Rows must keep at least one included element: the "np.where" and torch forms give NaN
@@ -247,6 +247,19 @@ def _torch_softmax_out(op):
     return torch._softmax if op == "softmax" else torch._log_softmax
 
 
+def _xp(a):
+    """The array module of ``a``: cupy for cupy arrays, else numpy."""
+    if type(a).__module__.partition(".")[0] == "cupy":
+        import cupy
+
+        return cupy
+    return np
+
+
+def _torch_fill_mask_cuda(*arrays):
+    return tuple(t.to("cuda") for t in _torch_fill_mask(*arrays))
+
+
 def _where_entries(op):
     f = functools.partial(_ours, op)
 
@@ -263,11 +276,12 @@ def _where_entries(op):
         return f()(x, axis, out=out)
 
     def np_where(x, mask, axis):
-        return f()(np.where(mask, x, -np.inf), axis)
+        return f()(_xp(x).where(mask, x, -np.inf), axis)
 
     def np_where_out(x, mask, axis, out):  # np.where has no out=: its two copies
-        np.copyto(out, -np.inf)
-        np.copyto(out, x, where=mask)
+        xp = _xp(x)
+        xp.copyto(out, -np.inf)
+        xp.copyto(out, x, where=mask)
         return f()(out, axis, out=out)
 
     def torch_fill(x, fill, axis):
@@ -281,6 +295,8 @@ def _where_entries(op):
         torch.ops.aten.masked_fill.Scalar_out(x, fill, -np.inf, out=out)
         return _torch_softmax_out(op)(out, axis, False, out=out)
 
+    gpu = dict(prepare=_cupy_prepare, to_numpy=_cupy_to_numpy, available=_ours_gpu_ok,
+               sync=_cupy_sync, form="where")
     return (
         Impl("numbasoftmax", op, "cpu", ours, role="ours", call_out=ours_out, form="where"),
         Impl("unmasked", op, "cpu", unmasked, role="baseline", call_out=unmasked_out,
@@ -290,6 +306,12 @@ def _where_entries(op):
         Impl("torch", op, "cpu", torch_fill, prepare=_torch_fill_mask,
              to_numpy=_torch_to_numpy, available=lambda: _has("torch"), int_axis_only=True,
              call_out=torch_fill_out, form="where"),
+        Impl("numbasoftmax", op, "gpu", ours, role="ours", call_out=ours_out, **gpu),
+        Impl("unmasked", op, "gpu", unmasked, role="baseline", call_out=unmasked_out, **gpu),
+        Impl("cupy.where+numbasoftmax", op, "gpu", np_where, call_out=np_where_out, **gpu),
+        Impl("torch", op, "gpu", torch_fill, prepare=_torch_fill_mask_cuda,
+             to_numpy=_torch_to_numpy, available=_torch_cuda_ok, sync=_torch_sync,
+             int_axis_only=True, call_out=torch_fill_out, form="where"),
     )
 
 

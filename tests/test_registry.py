@@ -84,9 +84,8 @@ def test_forms_are_opt_in():
         entries = registry.implementations(form=form, available_only=False)
         assert {i.op for i in entries} == set(registry.FORM_OPS)
         assert all(i.call_out is not None for i in entries)
-        devices = ("cpu", "gpu") if form == "dtype" else ("cpu",)  # where=: not on GPU yet
         assert sorted((i.op, i.device) for i in entries if i.role == "ours") == sorted(
-            (op, d) for op in registry.FORM_OPS for d in devices)
+            (op, d) for op in registry.FORM_OPS for d in ("cpu", "gpu"))
         assert {i.name for i in entries if i.role == "ours"} == {"numbasoftmax"}
     assert {i.form for i in registry.implementations(form=None)} == set(registry.FORMS)
 

@@ -161,7 +161,7 @@ class Config:
             ops, at = FEATURE_OPS, tuple(n for n in sizes if n in FEATURE_SIZES)
             if not at:
                 return []
-        # the features with an implementation of ours on this device (where=: CPU only)
+        # the features with an implementation of ours on this device
         return [Cell(op, f.dtype, "out", name, at) for op in self.ops if op in ops
                 for name, f in FEATURES.items()
                 if implementations(op, device, "numbasoftmax", False, form=f.form)]

@@ -45,8 +45,10 @@ F64 = types.float64
 # (rows), packs loaded per step (smem, long, split); cache (smem): "c" rows in the compute
 # type, "s" in the 2-byte storage type (twice the row fits; exp then runs twice an element);
 # src: the inputs' storage kind when it is not ``kind`` (``dtype=``: read as if cast to
-# ``kind``, single elements, cache "c"), else None.
-Spec = namedtuple("Spec", "strategy op kind V G K B U cache src", defaults=("c", None))
+# ``kind``, single elements, cache "c"), else None; mask: whether a ``where=`` mask is read
+# (cache "c").
+Spec = namedtuple("Spec", "strategy op kind V G K B U cache src mask",
+                  defaults=("c", None, False))
 
 # The device functions the kernels are made of (intrinsics.py on a GPU, sim.py under the
 # simulator). ld/st(arr, i[, v]): one element, converted; ldv/stv(arr, i, buf, off): a
@@ -205,11 +207,61 @@ def _packs(P, V):
     return Packs(load, store, load_raw, elem)
 
 
+Masking = namedtuple("Masking", "row_base hide reveal")
+NO_MASK = (1, 0, 1, 0, 1, 0)  # the mask dims of unmasked kernels: every row at offset 0
+
+
+@functools.cache
+def _masking(P, op, V):
+    """``where=`` masks (uint8, 0 = excluded) read by the kernels: ``row_base(row, wd)``
+    is the byte offset of a row's mask, wd holding three (size, byte stride) pairs as
+    ``_layout.MaskRows.dims`` (padded with (1, 0)); the element at column c is at
+    base + c * wn (wn 0: one value per row). ``hide(w, wb, wn, col, bufa, bufb, o)``: the
+    excluded elements of a pack of V become the first reduction's identity (forward: -inf,
+    so that exp adds +0; gradients: 0 in both inputs); ``reveal(w, wb, wn, col, buf, o)``:
+    their output becomes 0 (log_softmax: -inf), whatever the row's statistics."""
+    dev = _device(P.sim)
+    ctype = P.ctype
+    PAD = NEG_INF if op in FORWARD else 0.0
+    OUT = NEG_INF if op == "log_softmax" else 0.0
+
+    @dev
+    def row_base(row, wd):
+        q = row
+        off = 0
+        for k in range(3):
+            size, st = wd[2 * k], wd[2 * k + 1]
+            if size == 0:  # the rows' outermost axis: no modulo
+                off += q * st
+                q = 0
+            else:
+                off += (q % size) * st
+                q //= size
+        return off
+
+    @dev
+    def hide(w, wb, wn, col, bufa, bufb, o):
+        for v in range(V):
+            if w[wb + (col + v) * wn] == 0:
+                bufa[o + v] = ctype(PAD)
+                bufb[o + v] = ctype(PAD)
+
+    @dev
+    def reveal(w, wb, wn, col, buf, o):
+        for v in range(V):
+            if w[wb + (col + v) * wn] == 0:
+                buf[o + v] = ctype(OUT)
+
+    return Masking(row_base, hide, reveal)
+
+
 # ---------------------------------------------------------------------------------------
 # short rows: a group of G threads per row, the row in registers
 
 def _rows(P, spec):
     red, math_, io = _reductions(P), _op_math(P, spec.op), _packs(P, spec.V)
+    row_base, hide, reveal = _masking(P, spec.op, spec.V)
+    MASK = spec.mask
     fmax, group_max, group_sum = red.fmax, red.group_max, red.group_sum
     term, factor, value = math_.term, math_.factor, math_.value
     load, store = io.load, io.store
@@ -224,7 +276,7 @@ def _rows(P, spec):
     RPB = GPB * U  # rows per block and step
     XCH = B if P.sim else 1
 
-    def body(a, sa, b, sb, out, so, ws, m, n, C, L, ba, bb):
+    def body(a, sa, b, sb, out, so, ws, m, n, C, L, w, wn, wd, ba, bb):
         xch = cuda.shared.array(XCH, ctype)
         tid = cuda.threadIdx.x
         lane = tid % G
@@ -233,6 +285,7 @@ def _rows(P, spec):
             # all loads of the step first (U rows x K packs in flight per thread)
             for r in range(U):
                 row = base + r * GPB + tid // G
+                wb = row_base(row, wd) if MASK else 0
                 for k in range(K):
                     col = (k * G + lane) * V
                     o = r * KV + k * V
@@ -240,6 +293,8 @@ def _rows(P, spec):
                         load(a, row * sa + col, ba, o)
                         if not FWD:
                             load(b, row * sb + col, bb, o)
+                        if MASK:
+                            hide(w, wb, wn, col, ba, bb, o)
                     else:
                         for v in range(V):
                             ba[o + v] = ctype(PAD)
@@ -264,9 +319,12 @@ def _rows(P, spec):
                         ba[o + j] = ba[o + j] * f
                     else:
                         ba[o + j] = value(ba[o + j], bb[o + j], mx, f)
+                wb = row_base(row, wd) if MASK else 0
                 for k in range(K):
                     col = (k * G + lane) * V
                     if row < m and col < n:
+                        if MASK:
+                            reveal(w, wb, wn, col, ba, o + k * V)
                         store(out, row * so + col, ba, o + k * V)
             base += cuda.gridDim.x * RPB
 
@@ -282,6 +340,8 @@ def _rows(P, spec):
 
 def _smem(P, spec):
     red, math_, io = _reductions(P), _op_math(P, spec.op), _packs(P, spec.V)
+    row_base, hide, reveal = _masking(P, spec.op, spec.V)
+    MASK = spec.mask
     fmax, block_max, block_sum = red.fmax, red.block_max, red.block_sum
     term, factor, value = math_.term, math_.factor, math_.value
     ctype, store = P.ctype, io.store
@@ -295,7 +355,7 @@ def _smem(P, spec):
     ULV = UL * V
     XCH = B if P.sim else 1
 
-    def body(a, sa, b, sb, out, so, ws, m, n, C, L, ta, tb):
+    def body(a, sa, b, sb, out, so, ws, m, n, C, L, w, wn, wd, ta, tb):
         cache = cuda.shared.array(0, cdt)
         red = cuda.shared.array(32, ctype)
         xch = cuda.shared.array(XCH, ctype)
@@ -306,6 +366,7 @@ def _smem(P, spec):
         half = J * V * B
         row = cuda.blockIdx.x
         while row < m:
+            wb = row_base(row, wd) if MASK else 0
             # the first reduction (forward: max; gradients: the sum) while caching the row
             mx = ctype(NEG_INF)
             acc = ctype(0.0)
@@ -319,6 +380,8 @@ def _smem(P, spec):
                         fetch(a, row * sa + p * V, ta, u * V)
                         if not FWD:
                             fetch(b, row * sb + p * V, tb, u * V)
+                        if MASK:
+                            hide(w, wb, wn, p * V, ta, tb, u * V)
                 for u in range(UL):
                     p = (j0 + u) * B + tid
                     if p < npk:
@@ -355,6 +418,8 @@ def _smem(P, spec):
                             res[v] = value(av, av, mx, f)
                         else:
                             res[v] = value(av, value_of(cache, half + c + v * B), mx, f)
+                    if MASK:
+                        reveal(w, wb, wn, p * V, res, 0)
                     store(out, row * so + p * V, res, 0)
             row += cuda.gridDim.x
 
@@ -372,6 +437,8 @@ def _long(P, spec):
     one chunk of the whole row (C = 1)."""
     dev = _device(P.sim)
     red, math_, io = _reductions(P), _op_math(P, spec.op), _packs(P, spec.V)
+    row_base, hide, reveal = _masking(P, spec.op, spec.V)
+    MASK = spec.mask
     fmax, block_max, block_sum = red.fmax, red.block_max, red.block_sum
     term, value, factor = math_.term, math_.value, math_.factor
     load, store = io.load, io.store
@@ -387,10 +454,11 @@ def _long(P, spec):
     XCH = B if P.sim else 1
 
     @dev
-    def partial(a, ab, b, bb, plo, phi, bufa, bufb):
+    def partial(a, ab, b, bb, w, wb, wn, plo, phi, bufa, bufb):
         """This thread's (max, float64 sum) over packs plo..phi-1 of the row at a[ab:]
-        (and b[bb:]). Forward: the sum of exp(x - max); a thread that saw only -inf (or
-        nothing) returns (-inf, 0). Gradients: (-inf, the sum of term)."""
+        (and b[bb:]; its mask at w[wb:]). Forward: the sum of exp(x - max); a thread that
+        saw only -inf (or nothing) returns (-inf, 0). Gradients: (-inf, the sum of
+        term)."""
         tid = cuda.threadIdx.x
         mt = ctype(NEG_INF)
         acc = F64(0.0)
@@ -403,6 +471,8 @@ def _long(P, spec):
                         load(a, ab + p * V, bufa, u * V)
                     if not FWD:
                         load(b, bb + p * V, bufb, u * V)
+                    if MASK:
+                        hide(w, wb, wn, p * V, bufa, bufb, u * V)
                 else:
                     for v in range(V):
                         bufa[u * V + v] = ctype(PAD)
@@ -439,7 +509,7 @@ def _long(P, spec):
         return mt, block_sum(acc, F64(0.0), redd, xchd)
 
     @dev
-    def write(a, ab, b, bb, out, ob, plo, phi, mx, f, bufa, bufb):
+    def write(a, ab, b, bb, out, ob, w, wb, wn, plo, phi, mx, f, bufa, bufb):
         tid = cuda.threadIdx.x
         p0 = plo + tid
         while p0 < phi:
@@ -454,10 +524,12 @@ def _long(P, spec):
             for u in range(U):
                 p = p0 + u * B
                 if p < phi:
+                    if MASK:
+                        reveal(w, wb, wn, p * V, bufa, u * V)
                     store(out, ob + p * V, bufa, u * V)
             p0 += U * B
 
-    def body(a, sa, b, sb, out, so, ws, m, n, C, L, bufa, bufb):
+    def body(a, sa, b, sb, out, so, ws, m, n, C, L, w, wn, wd, bufa, bufb):
         if not SPLIT:  # constants, so that the chunk arithmetic folds away
             C, L = 1, n
         if STATS:  # block reductions
@@ -471,8 +543,9 @@ def _long(P, spec):
             row = i // C
             plo = (i - row * C) * L
             phi = min(npk, plo + L)
+            wb = row_base(row, wd) if MASK else 0
             if STATS:
-                mt, acc = partial(a, row * sa, b, row * sb, plo, phi, bufa, bufb)
+                mt, acc = partial(a, row * sa, b, row * sb, w, wb, wn, plo, phi, bufa, bufb)
                 mx, total = reduce(mt, acc, red, redd, xch, xchd)
                 if not WRITE and cuda.threadIdx.x == 0:
                     if FWD:
@@ -495,8 +568,8 @@ def _long(P, spec):
                     for k in range(C):
                         total += ws[row * C + k]
             if WRITE:
-                write(a, row * sa, b, row * sb, out, row * so, plo, phi, mx, factor(total),
-                      bufa, bufb)
+                write(a, row * sa, b, row * sb, out, row * so, w, wb, wn, plo, phi, mx,
+                      factor(total), bufa, bufb)
             i += cuda.gridDim.x
 
     return Body(body, UV, ctype)
@@ -550,19 +623,29 @@ def build(spec, primitives):
     """The Python function of the kernel for ``spec`` (not yet compiled). Every kernel takes
     (a, sa, b, sb, out, so, ws, m, n, C, L): flat inputs and out with their row strides
     (forward ops: b is a), the split's float64 workspace and chunks (C of L packs per row;
-    else a placeholder workspace, C = 1, L = n); each strategy reads what it uses."""
+    else a placeholder workspace, C = 1, L = n); each strategy reads what it uses. Masked
+    kernels also take the mask (w, wn, wd), see ``_masking``."""
     P = primitives
     fn, items, dtype = _BODIES[spec.strategy](P, spec)
-    inner = _device(P.sim)(fn)
+    dev = _device(P.sim)
+    inner = dev(fn)
     begin = P.begin
     fwd = spec.op in FORWARD
 
-    def kernel(a, sa, b, sb, out, so, ws, m, n, C, L):
+    @dev
+    def run(a, sa, b, sb, out, so, ws, m, n, C, L, w, wn, wd):
         begin()
         ba = cuda.local.array(items, dtype)  # the packs in flight: one buffer per input
         bb = ba
         if not fwd:
             bb = cuda.local.array(items, dtype)
-        inner(a, sa, b, sb, out, so, ws, m, n, C, L, ba, bb)
+        inner(a, sa, b, sb, out, so, ws, m, n, C, L, w, wn, wd, ba, bb)
+
+    if spec.mask:
+        def kernel(a, sa, b, sb, out, so, ws, m, n, C, L, w, wn, wd):
+            run(a, sa, b, sb, out, so, ws, m, n, C, L, w, wn, wd)
+    else:  # the mask arguments unused (a stands in for the mask array)
+        def kernel(a, sa, b, sb, out, so, ws, m, n, C, L):
+            run(a, sa, b, sb, out, so, ws, m, n, C, L, a, 0, NO_MASK)
 
     return kernel

@@ -123,8 +123,9 @@ def _pow2ceil(v):
 class _Call:
     """An (m, n) call of ``op`` on ``kind`` data, tunables resolved for device and mode."""
 
-    def __init__(self, op, kind, m, n, vec_ok, props, sim, src):
-        self.op, self.kind, self.m, self.n, self.sim, self.src = op, kind, m, n, sim, src
+    def __init__(self, op, kind, m, n, vec_ok, props, sim, src, mask):
+        self.op, self.kind, self.m, self.n, self.sim = op, kind, m, n, sim
+        self.src, self.mask = src, mask
         self.bwd = OPS[op].backward
         self.item = STORAGE[kind].itemsize
         width = 16 // self.item
@@ -137,7 +138,9 @@ class _Call:
                          else props.smem_optin - _STATIC_SMEM)
         self.max_grid = config.max_grid or (2 if sim else props.sms * 32)
         # packs per thread and step in the smem/long/split loops: ~16 values in flight
-        self.unroll = 2 if sim else max(1, (8 if kind == "f8" else 16) // self.V)
+        # (float64: 8; masked float64: 4, else the masked long-row kernels spill)
+        values = 16 if kind != "f8" else 4 if mask else 8
+        self.unroll = 2 if sim else max(1, values // self.V)
 
     def block(self, default):
         """Threads per block: whole warps, since the reductions shuffle over full warps."""
@@ -148,7 +151,8 @@ class _Call:
         return b
 
     def step(self, strategy, b, u, grid, shmem=0, chunks=(), G=1, K_=1, cache="c"):
-        spec = K.Spec(strategy, self.op, self.kind, self.V, G, K_, b, u, cache, self.src)
+        spec = K.Spec(strategy, self.op, self.kind, self.V, G, K_, b, u, cache, self.src,
+                      self.mask)
         return Step(spec, grid, shmem, chunks)
 
 
@@ -231,21 +235,23 @@ def _choose(c):
 
 
 def _storage_cache(c):
-    """Whether rows may be cached as their 2-byte storage bits (the inputs' own kind)."""
-    return c.item == 2 and c.src is None
+    """Whether rows may be cached as their 2-byte storage bits (the inputs' own kind, no
+    mask: excluded elements are replaced in the compute type)."""
+    return c.item == 2 and c.src is None and not c.mask
 
 
 _STRATEGIES = {"rows": _rows, "smem": _smem, "long": _long, "split": _split,
                "smem16": lambda c: _smem(c, "s" if _storage_cache(c) else "c")}
 
 
-def plan(op, kind, m, n, vec_ok, dev, sim=None, src=None):
+def plan(op, kind, m, n, vec_ok, dev, sim=None, src=None, mask=False):
     """Kernels, launch shapes and workspace for an (m, n) call; see kernels.py. ``dev``: a
     device ordinal or a DeviceProps (to plan for another device); ``sim`` (default: whether
     the simulator runs) picks the simulator's small defaults; ``src``: the inputs' storage
-    kind where it is not ``kind`` (``dtype=``)."""
+    kind where it is not ``kind`` (``dtype=``); ``mask``: whether a ``where=`` mask is
+    read."""
     c = _Call(op, kind, m, n, vec_ok, device_props(dev), SIM if sim is None else sim,
-              None if src == kind else src)
+              None if src == kind else src, mask)
     strategy = config.force or _choose(c)
     if strategy not in _STRATEGIES:
         raise ValueError(f"config.force must be one of {sorted(_STRATEGIES)}; got "
@@ -285,7 +291,8 @@ def _arr(dtype):
 def _signature(spec):
     """The arguments of every kernel (kernels.build), in the order ``_kernel_args`` gives."""
     a, o, i = _arr(STORAGE[spec.src or spec.kind]), _arr(STORAGE[spec.kind]), _I64
-    return types.void(a, i, a, i, o, i, _arr(np.float64), i, i, i, i)
+    mask = (_arr(np.uint8), i, types.UniTuple(i, 6)) if spec.mask else ()
+    return types.void(a, i, a, i, o, i, _arr(np.float64), i, i, i, i, *mask)
 
 
 def _options(block):
@@ -380,10 +387,10 @@ class Ready(NamedTuple):
 
 
 @functools.lru_cache(maxsize=4096)
-def ready(op, kind, m, n, vec_ok, dev, src=None):
-    p = plan(op, kind, m, n, vec_ok, dev, src=src)
+def ready(op, kind, m, n, vec_ok, dev, src=None, mask=False):
+    p = plan(op, kind, m, n, vec_ok, dev, src=src, mask=mask)
     launches = tuple((get_kernel(s.spec, dev), s) for s in p.steps)
-    if p.ws_items or src is not None:
+    if p.ws_items or src is not None or mask:
         return Ready(launches, p.ws_items)
     marks = [-1 - i for i in range(len(OPS[op].args) + 1)]  # stand-ins for the pointers
     rows = [(Buf(mark, m * n, STORAGE[kind]), n) for mark in marks]
@@ -464,11 +471,15 @@ _fallback_warned = False
 _NO_WS = Buf(0, 0, np.dtype(np.float64))
 
 
-def _kernel_args(step, ins, out, ws, m, n):
+def _kernel_args(step, ins, out, ws, m, n, mask=None):
     """The one builder of kernel arguments, in the order of ``_signature``: the inputs as
     (Buf, row stride) (a forward op's input twice), out (Buf, row stride), the split's
-    workspace (else a placeholder), m, n and the split's (C, L) (else 1, n)."""
-    return [*ins[0], *ins[-1], *out, ws or _NO_WS, m, n, *(step.chunks or (1, n))]
+    workspace (else a placeholder), m, n, the split's (C, L) (else 1, n), and for a masked
+    kernel ``mask``: a Mask."""
+    args = [*ins[0], *ins[-1], *out, ws or _NO_WS, m, n, *(step.chunks or (1, n))]
+    if step.spec.mask:
+        args += mask
+    return args
 
 
 def _direct_args(args):
@@ -571,17 +582,26 @@ def _aligned(ptrs, n, item):
     return not (n * item) % 16 and not any(p % 16 for p in ptrs)
 
 
-def run_rows(op, kind, ins, out, m, n, dev, stream, scratch, src=None):
+class Mask(NamedTuple):
+    """A ``where=`` mask as the kernels read it (kernels._masking): uint8 bytes (0:
+    excluded), the element stride (1, or 0 for one value per row) and the rows' dims."""
+
+    buf: Buf
+    step: int
+    dims: tuple  # three (size, byte stride) pairs, flattened
+
+
+def run_rows(op, kind, ins, out, m, n, dev, stream, scratch, src=None, mask=None):
     """Run ``op`` over m rows of n elements. ``ins``: [(Buf, row stride)] per input; ``out``:
     (Buf, row stride); ``scratch`` (a Scratch) holds the split kernels' workspace; ``src``:
-    the inputs' storage kind where it is not ``kind`` (``dtype=``)."""
+    the inputs' storage kind where it is not ``kind`` (``dtype=``); ``mask``: a Mask."""
     item = STORAGE[kind].itemsize
     vec_ok = all(_aligned((b.ptr,), stride, item) for b, stride in (*ins, out))
-    r = ready(op, kind, m, n, vec_ok, dev, None if src == kind else src)
+    r = ready(op, kind, m, n, vec_ok, dev, None if src == kind else src, mask is not None)
     ws = scratch.buf(r.ws_items, np.float64) if r.ws_items else None
     for compiled, step in r.launches:
         launch(compiled, step.grid, step.spec.B, step.shmem, stream,
-               _kernel_args(step, ins, out, ws, m, n))
+               _kernel_args(step, ins, out, ws, m, n, mask))
 
 
 def fast_rows(op, kind, ptrs, optr, m, n, dev, stream):

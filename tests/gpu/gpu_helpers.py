@@ -182,13 +182,14 @@ TINY = {"float64": 1e-300, "float32": 2.4e-38, "float16": 6e-8, "bfloat16": 2.4e
 BIG = {"float64": 1.7e308, "float32": 3.4e38, "float16": 65504.0, "bfloat16": 3.38e38}
 
 
-def expected(func, inputs, axis, dtype_name):
-    """(reference float64 result, per-element tolerance) for float64 ``inputs``."""
+def expected(func, inputs, axis, dtype_name, where=None):
+    """(reference float64 result, per-element tolerance) for float64 ``inputs`` (and a
+    ``where=`` mask; the tolerances of the unmasked call bound the masked one's)."""
     from numbasoftmax._layout import normalize_axes
 
     a = inputs[0]
     axes = normalize_axes(axis, a.ndim)
-    ref = getattr(reference, func)(*inputs, axis=axis)
+    ref = getattr(reference, func)(*inputs, axis=axis, where=where)
     rtol = RTOL[dtype_name]
     tiny = TINY[dtype_name]
     n = max(1, int(np.prod([a.shape[k] for k in axes])) if a.ndim else 1)
@@ -212,11 +213,11 @@ def expected(func, inputs, axis, dtype_name):
     return ref, tol
 
 
-def assert_close(func, got, inputs, axis, dtype_name):
+def assert_close(func, got, inputs, axis, dtype_name, where=None):
     """``got`` (float64 values of the result) against the float64 reference: NaN exactly
     where the reference has NaN, infinities where it overflows the dtype, the rest within
     error bounds derived from the inputs."""
-    ref, tol = expected(func, inputs, axis, dtype_name)
+    ref, tol = expected(func, inputs, axis, dtype_name, where)
     got = np.asarray(got, dtype=np.float64)
     assert got.shape == ref.shape, (got.shape, ref.shape)
     big = BIG[dtype_name]

@@ -455,18 +455,99 @@ def _gpu_kinds():
     return x, [cuda().to_device(x), view_of(x)[0]]
 
 
-@pytest.mark.parametrize("func", ["softmax", "log_softmax", "softmax_backward",
-                                  "log_softmax_backward"])
-def test_where_not_on_gpu_yet(func):
+# where= cases: (strategy, 16-byte vector loads, dtype, mask), every strategy reading a mask
+WHERE_CASES = [("rows", True, "float32", "full"), ("rows", False, "float16", "row"),
+               ("smem", True, "float64", "col"), ("smem", False, "float32", "full"),
+               ("long", True, "float32", "row"), ("split", False, "float32", "full")]
+
+
+def _mask(kind, m, n, rng):
+    if kind == "row":  # (N,): broadcast over the rows, read in place
+        return rng.random(n) > 0.3
+    if kind == "col":  # (M, 1): a value per row
+        return np.array([[True], [False], [True], [True]])[:m]
+    w = rng.random((m, n)) > 0.3
+    w[2] = False  # a row without included elements
+    return w
+
+
+def _masked_args(func, m, n, dtype, rng):
+    x = (rng.standard_normal((m, n)) * 3).astype(dtype)
+    x[0, 1] = -np.inf
+    if func.endswith("backward"):
+        return [np.abs(x) / 8, rng.standard_normal((m, n)).astype(dtype)]
+    return [x]
+
+
+@pytest.mark.parametrize("strategy, vec, dtype, mask", WHERE_CASES,
+                         ids=["-".join(map(str, c)) for c in WHERE_CASES])
+def test_where_matches_the_reference(strategy, vec, dtype, mask):
+    """Excluded elements leave the max and the sums and give 0 (log_softmax: -inf) and 0
+    gradient; a row without included elements gives 0 / -inf."""
+    from numbasoftmax._cuda import launch
+
+    rng = np.random.default_rng(len(strategy) + len(mask))
+    m, n = 4, 40 if vec else 37
+    w = _mask(mask, m, n, rng)
+    for func in FUNCS4:
+        args = _masked_args(func, m, n, dtype, rng)
+        with launch.config.override(force=strategy, vector=vec):
+            got = to_host(getattr(ns, func)(*[cuda().to_device(a) for a in args],
+                                            where=cuda().to_device(w)))
+        want = getattr(reference, func)(*[a.astype(np.float64) for a in args], where=w)
+        assert got.dtype == np.dtype(dtype)
+        assert_close(func, got.astype(np.float64), [a.astype(np.float64) for a in args], -1,
+                     dtype, where=w)
+        excluded = ~np.broadcast_to(w, (m, n))
+        assert np.array_equal(got[excluded], want[excluded]), func  # exactly 0 / -inf
+
+
+def test_where_all_true_is_the_unmasked_result_bitwise():
+    rng = np.random.default_rng(2)
+    for n in (37, 300):
+        x = cuda().to_device((rng.standard_normal((3, n)) * 3).astype(np.float32))
+        w = cuda().to_device(np.ones(n, bool))
+        for func in ("softmax", "log_softmax"):
+            a = to_host(getattr(ns, func)(x, where=w))
+            b = to_host(getattr(ns, func)(x))
+            assert a.tobytes() == b.tobytes(), (func, n)
+
+
+def test_where_mask_layouts():
+    """Masks the kernels read in place, a byte per row, and layouts gathered first: a
+    transposed mask, a 3-D call along a middle axis, a transposed x along axis 0."""
+    rng = np.random.default_rng(6)
+    x = (rng.standard_normal((4, 5, 6)) * 2).astype(np.float32)
+    masks = [rng.random((4, 5, 6)) > 0.4, rng.random((5, 1)) > 0.4,
+             rng.random((4, 1, 6)) > 0.4, np.asfortranarray(rng.random((4, 5, 6)) > 0.4)]
+    for w in masks:
+        for axis in (-1, 1):
+            got = to_host(ns.log_softmax(cuda().to_device(x), axis=axis,
+                                         where=cuda().to_device(w)))
+            want = reference.log_softmax(x.astype(np.float64), axis=axis, where=w)
+            assert np.array_equal(np.isinf(got), np.isinf(want)), (w.shape, axis)
+            fin = np.isfinite(want)
+            assert np.allclose(got[fin], want[fin], rtol=1e-5, atol=1e-5), (w.shape, axis)
+    x2 = _x((6, 8))
+    w2 = rng.random((6, 8)) > 0.3
+    got = to_host(ns.softmax(view_of(x2, order=(1, 0))[0], axis=0,
+                             where=view_of(w2, order=(1, 0))[0]))
+    assert np.allclose(got, reference.softmax(x2.astype(np.float64), axis=0, where=w2),
+                       rtol=1e-5, atol=1e-7)
+
+
+def test_where_bad_masks_on_gpu():
     x, kinds = _gpu_kinds()
-    for d in kinds:
-        args = (d, d) if func.endswith("backward") else (d,)
-        with pytest.raises(NotImplementedError, match=f"{func}\\(\\): where= is {NOT_YET}"):
-            getattr(ns, func)(*args, where=np.ones(6, bool))
-    # a GPU mask with a host x: refused the same way, naming where
-    with pytest.raises(NotImplementedError, match=f"where= is {NOT_YET} \\(where is a numba"):
-        getattr(ns, func)(*((x, x) if func.endswith("backward") else (x,)),
-                          where=cuda().to_device(np.ones(6, bool)))
+    d = kinds[0]
+    with pytest.raises(TypeError, match="where must be a boolean array; got dtype int32"):
+        ns.softmax(d, where=cuda().to_device(np.ones(6, np.int32)))
+    with pytest.raises(ValueError, match=r"where of shape \(5,\) does not broadcast to the "
+                                         r"shape \(4, 6\) of x"):
+        ns.softmax(d, where=cuda().to_device(np.ones(5, bool)))
+    with pytest.raises(TypeError, match="where is a host array"):
+        ns.softmax(d, where=np.ones(6, bool))
+    with pytest.raises(TypeError, match="where is a numba.* but x is a host array"):
+        ns.softmax(x, where=cuda().to_device(np.ones(6, bool)))
 
 
 FUNCS4 = ("softmax", "log_softmax", "softmax_backward", "log_softmax_backward")
@@ -581,7 +662,8 @@ def test_dask_of_gpu_blocks_options_not_yet():
     meta = cuda().to_device(np.empty((0, 0), np.float32))
     dx = da.from_array(x, chunks=(2, 6)).map_blocks(cuda().to_device, meta=meta)
     pattern = f"{NOT_YET} \\(x is a dask array of numba.\\w+ blocks"
-    with pytest.raises(NotImplementedError, match=f"where= is {pattern}"):
+    with pytest.raises(NotImplementedError, match="where= is not supported on dask arrays "
+                                                  "of GPU blocks yet"):
         ns.softmax(dx, where=np.ones(6, bool))
     with pytest.raises(NotImplementedError, match=r"dtype=float64 is not supported on dask "
                                                   r"arrays of GPU blocks yet: only None or "
@@ -595,5 +677,6 @@ def test_dask_of_gpu_blocks_options_not_yet():
     # a mask of GPU blocks with numpy blocks of x: refused too, naming where
     dw = da.from_array(np.ones((4, 6), bool), chunks=(2, 6)).map_blocks(
         cuda().to_device, meta=cuda().to_device(np.empty((0, 0), bool)))
-    with pytest.raises(NotImplementedError, match=f"where= is {NOT_YET} \\(where is a dask"):
+    with pytest.raises(NotImplementedError, match="where= is not supported on dask arrays "
+                                                  "of GPU blocks yet \\(where is a dask"):
         ns.softmax(da.from_array(x, chunks=(2, 6)), where=dw)

@@ -195,16 +195,20 @@ def test_numba_result_on_a_nonblocking_stream():
 
 
 @pytest.mark.parametrize("lib", ["cupy", "torch"])
-def test_options_not_on_gpu_yet(lib):
-    """where= and logsumexp: NotImplementedError naming them (the simulator tests cover the
-    rule; this checks cupy's and torch's own arrays reach it); dtype= runs, into an array
-    of the library in the requested dtype."""
+def test_options_on_gpu_arrays(lib):
+    """logsumexp: NotImplementedError naming it (the simulator tests cover the rule; this
+    checks cupy's and torch's own arrays reach it); where= (a mask of the same library)
+    and dtype= run, into an array of the library."""
     x = _x((4, 6))
     d = _cupy().asarray(x) if lib == "cupy" else _torch().from_numpy(x).cuda()
-    for call, what in ((lambda: ns.softmax(d, where=np.ones(6, bool)), "where="),
-                       (lambda: ns.logsumexp(d), "logsumexp\\(\\)")):
-        with pytest.raises(NotImplementedError, match=f"{what} is not supported on GPU"):
-            call()
+    with pytest.raises(NotImplementedError, match="logsumexp\\(\\) is not supported on GPU"):
+        ns.logsumexp(d)
+    w = np.array([True, False, True, True, False, True])
+    dw = _cupy().asarray(w) if lib == "cupy" else _torch().from_numpy(w).cuda()
+    r = ns.softmax(d, where=dw)
+    host = r.get() if lib == "cupy" else r.cpu().numpy()
+    assert_close("softmax", host.astype(np.float64), [x.astype(np.float64)], -1, "float32",
+                 where=w)
     for dt in ("float32", "float64", "float16"):
         r = ns.softmax(d, dtype=dt)
         host = r.get() if lib == "cupy" else r.cpu().numpy()
