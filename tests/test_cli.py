@@ -117,13 +117,15 @@ def test_feature_tables_time_every_form_entry_like_for_like(tiny_run):
     assert all(v == "ok" for v in result.checks.values()), result.checks
 
 
-def test_feature_cells_by_default_only_on_full_cpu_runs():
+def test_feature_cells_by_default_only_on_full_runs():
     plan = config.Config().plan_for
-    features = [c for c in plan("cpu")[2] if c.feature]
-    assert {(c.op, c.variant, c.sizes) for c in features} == {
-        ("softmax", "out", config.FEATURE_SIZES)}
+    for device in ("cpu", "gpu"):  # where= and dtype= run on both
+        features = [c for c in plan(device)[2] if c.feature]
+        assert {(c.op, c.variant, c.sizes) for c in features} == {
+            ("softmax", "out", config.FEATURE_SIZES)}, device
+        assert {c.feature for c in features} == set(config.FEATURES), device
     assert not [c for c in config.Config(quick=True).plan_for("cpu")[2] if c.feature]
-    assert not [c for c in plan("gpu")[2] if c.feature]
+    assert not [c for c in config.Config(quick=True).plan_for("gpu")[2] if c.feature]
     assert not [c for c in config.Config(features="none").plan_for("cpu")[2] if c.feature]
     assert not [c for c in config.Config(sizes=(64,)).plan_for("cpu")[2] if c.feature]
 
