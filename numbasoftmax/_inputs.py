@@ -100,7 +100,7 @@ def gpu_options(func, named, *, where=None, dtype=None, supported=True):
     if not supported:
         raise NotImplementedError(f"{func}() is not supported on GPU arrays yet ({given})")
     x_name, x = named[0]
-    if array_kind(x) == "numpy":  # only the mask is on a GPU
+    if array_kind(x) == "numpy":  # x on the host, the mask (or another argument) on a GPU
         raise TypeError(f"{func}(): {name} is {desc} but {x_name} is a host array "
                         f"({typename(x)}); pass both on the same device")
     dask = array_kind(x) == "dask"

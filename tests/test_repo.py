@@ -58,10 +58,9 @@ def test_ci_runs_the_readme_test_command_in_its_own_environment():
     at = lines.index(command)
     assert lines[at + 1:at + 2] == ['status=$?; [ "$status" -eq 0 ] || exit "$status"'] or (
         at == len(lines) - 1)
-    setup = [line for line in lines[:at] if line.startswith("python3 -m venv ")]
-    assert len(setup) == 1, setup
-    ci_env = setup[0].split()[3]
-    assert setup[0] == f"python3 -m venv {ci_env} && . {ci_env}/bin/activate"
+    # its environment is made right before it (the machine-code check has another one)
+    ci_env = lines[at - 1].split()[3]
+    assert lines[at - 1] == f"python3 -m venv {ci_env} && . {ci_env}/bin/activate"
     assert _dirname(ci_env) != _dirname(readme_env)
     assert f"rm -rf {ci_env}" in lines  # a fresh environment every run ...
     commands = "\n".join(lines)
