@@ -18,9 +18,9 @@
   (ValueError naming both shapes). A masked array's mask acts as ``where=~mask``; the
   result is a masked array with that mask.
 * Weights (logsumexp's ``b``): the dtype rule, and they broadcast to ``x``'s shape.
-* Not on GPU arrays yet (GPU arrays, and dask arrays of GPU blocks): ``where=``, a
-  ``dtype=`` other than the result's own, and logsumexp and its gradient
-  (NotImplementedError naming the parameter or the operation).
+* Not on GPU arrays yet: logsumexp and its gradient, and on dask arrays of GPU blocks
+  ``where=`` and a ``dtype=`` other than the result's own (NotImplementedError naming the
+  parameter or the operation). A GPU mask for host arrays is a TypeError.
 
 The checks take plain metadata (shapes, dtypes, flags) so that any backend can apply them
 to its own array types; the ``host_*`` functions apply them to numpy inputs.
