@@ -96,9 +96,10 @@ def gpu_options(func, named, *, where=None, dtype=None, supported=True):
     if found is None:
         return False
     name, desc = found
-    given = f"{name} is {desc}; numpy arrays and dask arrays of numpy blocks support it"
     if not supported:
-        raise NotImplementedError(f"{func}() is not supported on GPU arrays yet ({given})")
+        raise NotImplementedError(f"{func}() is not supported on GPU arrays yet ({name} is "
+                                  f"{desc}; numpy arrays and dask arrays of numpy blocks "
+                                  "support it)")
     x_name, x = named[0]
     if array_kind(x) == "numpy":  # x on the host, the mask (or another argument) on a GPU
         raise TypeError(f"{func}(): {name} is {desc} but {x_name} is a host array "

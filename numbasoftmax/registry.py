@@ -194,6 +194,12 @@ def _cupyx(op):
     return getattr(cupyx.scipy.special, op)
 
 
+def _ours_gpu(**kw):
+    """Keyword arguments of an entry on cupy arrays run by our GPU path."""
+    return dict(prepare=_cupy_prepare, to_numpy=_cupy_to_numpy, available=_ours_gpu_ok,
+                sync=_cupy_sync, **kw)
+
+
 def _entries():
     out = []
     for op in OPS:
@@ -211,8 +217,7 @@ def _entries():
                         prepare=_torch_prepare("cpu"), to_numpy=_torch_to_numpy,
                         available=lambda: _has("torch"), int_axis_only=True, call_out=torch_out))
         out.append(Impl("numbasoftmax", op, "gpu", lambda *a, _op=op: _ours(_op)(*a),
-                        prepare=_cupy_prepare, to_numpy=_cupy_to_numpy, available=_ours_gpu_ok,
-                        sync=_cupy_sync, role="ours", call_out=ours_out))
+                        **_ours_gpu(role="ours", call_out=ours_out)))
         out.append(Impl("torch", op, "gpu", lambda *a, _op=op: _torch_call(_op)(*a),
                         prepare=_torch_prepare("cuda"), to_numpy=_torch_to_numpy,
                         available=_torch_cuda_ok, sync=_torch_sync, int_axis_only=True,
@@ -295,8 +300,7 @@ def _where_entries(op):
         torch.ops.aten.masked_fill.Scalar_out(x, fill, -np.inf, out=out)
         return _torch_softmax_out(op)(out, axis, False, out=out)
 
-    gpu = dict(prepare=_cupy_prepare, to_numpy=_cupy_to_numpy, available=_ours_gpu_ok,
-               sync=_cupy_sync, form="where")
+    gpu = _ours_gpu(form="where")
     return (
         Impl("numbasoftmax", op, "cpu", ours, role="ours", call_out=ours_out, form="where"),
         Impl("unmasked", op, "cpu", unmasked, role="baseline", call_out=unmasked_out,
@@ -341,8 +345,7 @@ def _dtype_entries(op):
 
         return getattr(torch.ops.aten, op).int_out(x, axis, torch.float32, out=out)
 
-    gpu = dict(prepare=_cupy_prepare, to_numpy=_cupy_to_numpy, available=_ours_gpu_ok,
-               sync=_cupy_sync, form="dtype")
+    gpu = _ours_gpu(form="dtype")
     return (
         Impl("numbasoftmax", op, "cpu", ours, role="ours", call_out=ours_out, form="dtype"),
         Impl("astype+numbasoftmax", op, "cpu", astype, call_out=astype_out, form="dtype"),

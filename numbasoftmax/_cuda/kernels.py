@@ -63,6 +63,12 @@ Primitives = namedtuple("Primitives", "sim ctype ld st ldv stv ldv_raw exp log b
 Body = namedtuple("Body", "fn items dtype")
 
 
+def _identity(op):
+    """The identity of a row's first reduction: -inf for the forward max, 0 for the
+    gradients' sum (what padding and excluded elements become)."""
+    return NEG_INF if op in FORWARD else 0.0
+
+
 def _device(sim):
     """Decorator for helper device functions in the current mode."""
     return (lambda f: f) if sim else cuda.jit(device=True, forceinline=True)
@@ -222,7 +228,7 @@ def _masking(P, op, V):
     their output becomes 0 (log_softmax: -inf), whatever the row's statistics."""
     dev = _device(P.sim)
     ctype = P.ctype
-    PAD = NEG_INF if op in FORWARD else 0.0
+    PAD = _identity(op)
     OUT = NEG_INF if op == "log_softmax" else 0.0
 
     @dev
@@ -268,7 +274,7 @@ def _rows(P, spec):
     ctype = P.ctype
     FWD = spec.op in FORWARD
     KEEP_E = spec.op == "softmax"  # exp(x - max) stays in the buffer for the last pass
-    PAD = NEG_INF if FWD else 0.0  # the identity of the row's first reduction
+    PAD = _identity(spec.op)
     V, G, K, B, U = spec.V, spec.G, spec.K, spec.B, spec.U
     KV = K * V
     UKV = U * KV
@@ -319,6 +325,8 @@ def _rows(P, spec):
                         ba[o + j] = ba[o + j] * f
                     else:
                         ba[o + j] = value(ba[o + j], bb[o + j], mx, f)
+                # recomputed, not kept from the loads: registers are what these kernels
+                # run short of
                 wb = row_base(row, wd) if MASK else 0
                 for k in range(K):
                     col = (k * G + lane) * V
@@ -445,7 +453,7 @@ def _long(P, spec):
     ctype, exp = P.ctype, P.exp
     FWD = spec.op in FORWARD
     LOAD_A = spec.op != "log_softmax_backward"  # its sum needs dz only
-    PAD = NEG_INF if FWD else 0.0  # the identity of the first reduction
+    PAD = _identity(spec.op)
     STATS = spec.strategy != "split_write"  # the chunk's statistics from its data
     WRITE = spec.strategy != "split_stats"  # the chunk's output
     SPLIT = spec.strategy != "long"

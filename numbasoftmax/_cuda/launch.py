@@ -250,8 +250,8 @@ def plan(op, kind, m, n, vec_ok, dev, sim=None, src=None, mask=False):
     the simulator runs) picks the simulator's small defaults; ``src``: the inputs' storage
     kind where it is not ``kind`` (``dtype=``); ``mask``: whether a ``where=`` mask is
     read."""
-    c = _Call(op, kind, m, n, vec_ok, device_props(dev), SIM if sim is None else sim,
-              None if src == kind else src, mask)
+    c = _Call(op, kind, m, n, vec_ok, device_props(dev), SIM if sim is None else sim, src,
+              mask)
     strategy = config.force or _choose(c)
     if strategy not in _STRATEGIES:
         raise ValueError(f"config.force must be one of {sorted(_STRATEGIES)}; got "

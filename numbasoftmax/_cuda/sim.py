@@ -42,6 +42,12 @@ def _f2b(value):
     return np.uint16((u + np.uint32(0x7FFF) + lsb) >> np.uint32(16))
 
 
+# storage -> compute type (exact), and back
+_TO_C = {"f4": _F32, "f8": _F64, "f2": _h2f, "bf16": _b2f}
+_FROM_C = {"f4": _F32, "f8": _F64, "f2": _f2h, "bf16": _f2b}
+# a value rounded once to a result kind (dtype=), as numpy's astype, in the compute type
+_ROUND = {"f4": _F32, "f8": _F64, "f2": lambda v: _F32(np.float16(v))}
+
 f32_to_bf16_bits = _f2b
 bf16_bits_to_f32 = _b2f
 
@@ -76,19 +82,13 @@ def make_primitives(kind, src=None):
 
     itemsize = {"f4": 4, "f8": 8, "f2": 2, "bf16": 2}[kind]
     width = 16 // itemsize
-    # storage -> compute type, and back
-    to_c, from_c = {"f4": (_F32, _F32), "f8": (_F64, _F64), "f2": (_h2f, _f2h),
-                    "bf16": (_b2f, _f2b)}[kind]
+    to_c, from_c = _TO_C[kind], _FROM_C[kind]
+    widen, rounded = _TO_C[src or kind], _ROUND.get(kind)
 
     def ld(arr, i):
-        return to_c(arr[i])
-
-    if src is not None:
-        widen = {"f4": _F32, "f8": _F64, "f2": _h2f, "bf16": _b2f}[src]  # exact
-        narrow = {"f4": _F32, "f8": _F64, "f2": lambda v: _F32(np.float16(v))}[kind]
-
-        def ld(arr, i):  # noqa: F811 - the converting load replaces the plain one
-            return narrow(widen(arr[i]))
+        if src is None:
+            return to_c(arr[i])
+        return rounded(widen(arr[i]))
 
     def st(arr, i, v):
         arr[i] = from_c(v)

@@ -471,11 +471,12 @@ def _mask(kind, m, n, rng):
     return w
 
 
-def _masked_args(func, m, n, dtype, rng):
-    x = (rng.standard_normal((m, n)) * 3).astype(dtype)
+def _op_args(func, shape, dtype, rng, scale):
+    """The arguments of ``func``: logits (x[0, 1] = -inf), or a gradient's pair."""
+    x = (rng.standard_normal(shape) * scale).astype(dtype)
     x[0, 1] = -np.inf
     if func.endswith("backward"):
-        return [np.abs(x) / 8, rng.standard_normal((m, n)).astype(dtype)]
+        return [np.abs(x) / 8, rng.standard_normal(shape).astype(dtype)]
     return [x]
 
 
@@ -490,7 +491,7 @@ def test_where_matches_the_reference(strategy, vec, dtype, mask):
     m, n = 4, 40 if vec else 37
     w = _mask(mask, m, n, rng)
     for func in FUNCS4:
-        args = _masked_args(func, m, n, dtype, rng)
+        args = _op_args(func, (m, n), dtype, rng, 3)
         with launch.config.override(force=strategy, vector=vec):
             got = to_host(getattr(ns, func)(*[cuda().to_device(a) for a in args],
                                             where=cuda().to_device(w)))
@@ -565,15 +566,6 @@ DTYPE_CASES = [("float16", "float32", "rows"), ("float32", "float64", "smem"),
                ("float64", "float16", "rows"), ("float16", "float64", "smem")]
 
 
-def _dtype_args(func, src, shape=(3, 37), seed=0):
-    rng = np.random.default_rng(seed)
-    x = (rng.standard_normal(shape) * 4).astype(src)
-    x[0, 1] = -np.inf
-    if func.endswith("backward"):
-        return [np.abs(x) / 8, rng.standard_normal(shape).astype(src)]
-    return [x]
-
-
 @pytest.mark.parametrize("src, dst, strategy", DTYPE_CASES,
                          ids=[f"{a}-to-{b}-{c}" for a, b, c in DTYPE_CASES])
 def test_dtype_is_the_cast_input_bitwise(src, dst, strategy):
@@ -583,7 +575,7 @@ def test_dtype_is_the_cast_input_bitwise(src, dst, strategy):
     from numbasoftmax._cuda import launch
 
     for func in FUNCS4:
-        args = _dtype_args(func, src)
+        args = _op_args(func, (3, 37), src, np.random.default_rng(0), 4)
         with launch.config.override(force=strategy, vector=False):
             got = to_host(getattr(ns, func)(*[cuda().to_device(a) for a in args], dtype=dst))
             cast = to_host(getattr(ns, func)(*[cuda().to_device(a.astype(dst)) for a in args]))
