@@ -7,13 +7,14 @@
      __cuda_array_interface__ views with guard bands (nothing outside ``out`` written,
      every element inside written, inputs unmodified);
    * the cupy fast path at each benchmark N, strided/transposed cupy views, dtype= (as
-     if the input had been cast), where= masks, torch tensors (float32, float16, bfloat16), a
-     non-default cupy stream;
+     if the input had been cast), where= masks, logsumexp and its gradient, torch tensors
+     (float32, float16, bfloat16), a non-default cupy stream;
    * the direct launch path against numba's own launch path (bitwise).
 2. Performance, M*N = 2^26, N in {32, ..., 262144}: numbasoftmax / torch / cupyx GB/s and
    % of the same-run device-to-device copy bandwidth (CUDA events), for softmax, softmax
    backward, log_softmax (float32) and softmax forward/backward in float16, and float16
-   input into a float32 result (dtype=, N = 128, 4096, 65536). Every timed configuration
+   input into a float32 result (dtype=, N = 128, 4096, 65536), logsumexp (float32, N = 32,
+   128, 4096, 65536; against torch.logsumexp and cupyx's). Every timed configuration
    of the main tables is first run once into a poisoned output and sampled rows are
    checked.
 3. Host time per call for an 8x128 float32 input (cupy and torch inputs; torch, cupyx).
@@ -298,9 +299,32 @@ def correctness(quick, tiny=False):
                         H.assert_close(func, r.get().astype(np.float64),
                                        [xh.astype(np.float64)], -1, "float32", where=wh)
 
+        def cupy_logsumexp():
+            """logsumexp (weights, masks, signs) and its gradient at every strategy's row
+            lengths (rows, long, split), against the float64 reference."""
+            from numbasoftmax import reference
+
+            for m, n in ((1000, 100), (300, 5000), (2, 300000)):
+                xh = (rng.standard_normal((m, n)) * 3).astype(np.float32)
+                bh = (rng.random((m, n)) + 0.1).astype(np.float32)
+                wh = rng.random((m, n)) > 0.3
+                wh[1] = False
+                x, b, w = cp.asarray(xh), cp.asarray(bh), cp.asarray(wh)
+                v = ns.logsumexp(x, b=b, where=w)
+                rv = reference.logsumexp(xh, b=bh, where=wh)
+                assert np.allclose(v.get(), rv, rtol=1e-5, atol=1e-4), (m, n)
+                g = ns.logsumexp_backward(x, v, cp.ones(m, np.float32), b=b, where=w)
+                ref = reference.logsumexp_backward(xh, rv, np.ones(m), b=bh, where=wh)
+                assert np.allclose(g.get(), ref, rtol=1e-4, atol=1e-6), (m, n)
+                neg = -b  # a negative sum: NaN, or sign -1 with return_sign
+                assert bool(cp.all(cp.isnan(ns.logsumexp(x, b=neg)[2:])))
+                _, s = ns.logsumexp(x, b=neg, return_sign=True)
+                assert bool(cp.all(s == -1)), (m, n)
+
         for name, fn in (("cupy layouts / axes / ints", cupy_layouts),
                          ("cupy dtype= (one pass, as if cast)", cupy_dtype),
                          ("cupy where= (masks)", cupy_where),
+                         ("cupy logsumexp and its gradient", cupy_logsumexp),
                          ("cupy non-default stream", cupy_stream),
                          ("direct launch == numba launch, deterministic", launch_paths_agree)):
             ncheck += 1
@@ -406,6 +430,10 @@ def performance(skip_peers, budget, sizes):
         check("dtype= performance", lambda: _dtype_performance(
             cp, ns, ms_per_call, copy["float32"], have_torch and torch,
             [n for n in sizes if n in DTYPE_SIZES]))
+    if elapsed() <= budget:
+        check("logsumexp performance", lambda: _lse_performance(
+            cp, ns, ms_per_call, copy["float32"], have_torch and torch,
+            have_cupyx and cps, [n for n in sizes if n in DTYPE_SIZES or n == 32]))
 
 
 DTYPE_SIZES = (128, 4096, 65536)
@@ -427,6 +455,30 @@ def _dtype_performance(cp, ns, ms_per_call, copy, torch, sizes):
             t = torch.as_tensor(x, device="cuda")
             tms = ms_per_call(lambda a=t: torch.softmax(a, -1, dtype=torch.float32))
             row.append(_gbs(nbytes, tms, copy, 8))
+        log(" ".join(row))
+        x = None
+        cp.get_default_memory_pool().free_all_blocks()
+    log(f"  ({elapsed():.0f} s)")
+
+
+def _lse_performance(cp, ns, ms_per_call, copy, torch, cps, sizes):
+    """logsumexp, float32: ours, torch.logsumexp and cupyx's; GB/s of the 4 bytes per
+    element read (a value per row written)."""
+    log("-- logsumexp float32 (read once)")
+    log(f"  {'N':>7} {'ours GB/s':>10} {'%copy':>6} {'torch':>8} {'%copy':>6} {'cupyx':>8} "
+        f"{'%copy':>6}")
+    rng = np.random.default_rng(4)
+    for n in sizes:
+        m = ELEMENTS // n
+        x = cp.asarray(rng.standard_normal((m, n), dtype=np.float32))
+        nbytes = m * n * 4
+        row = [f"  {n:>7}", _gbs(nbytes, ms_per_call(lambda a=x: ns.logsumexp(a)), copy)]
+        if torch:
+            t = torch.as_tensor(x, device="cuda")
+            row.append(_gbs(nbytes, ms_per_call(lambda a=t: torch.logsumexp(a, -1)), copy, 8))
+        if cps and hasattr(cps, "logsumexp"):
+            row.append(_gbs(nbytes, ms_per_call(lambda a=x: cps.logsumexp(a, axis=-1)), copy,
+                            8))
         log(" ".join(row))
         x = None
         cp.get_default_memory_pool().free_all_blocks()

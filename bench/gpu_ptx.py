@@ -25,9 +25,10 @@ on PYTHONPATH does not run):
 
 Options: ``--filter SUBSTRING`` (kernels whose name contains it), ``--jobs N`` (compile
 processes; default: CPU count), ``--out DIR`` (keep the PTX), ``--list`` (only print what
-would be compiled), ``--verbose`` (a line per kernel), ``--kinds same|pairs|masked|all``
-(the kernels of inputs in the result's kind, the default and CI's set; those of ``dtype=``
-with inputs of another kind; those reading a ``where=`` mask; all). Do not set
+would be compiled), ``--verbose`` (a line per kernel), ``--kinds
+same|pairs|masked|lse|all`` (the softmax operations' kernels of inputs in the result's kind,
+the default and CI's set; those of ``dtype=`` with inputs of another kind; those reading a
+``where=`` mask; logsumexp's and its gradient's; all). Do not set
 NUMBA_ENABLE_CUDASIM.
 Exit status 1 when a check fails.
 """
@@ -54,6 +55,9 @@ CC = (9, 0)
 REGISTER_FILE = 65536  # 32-bit registers per SM (and per block) on sm_90
 H100 = dict(sms=132, smem_optin=232448)
 OPS = ("softmax", "log_softmax", "softmax_backward", "log_softmax_backward")
+LSE_OPS = ("logsumexp", "logsumexp_backward")
+# logsumexp's kernels without and with weights (b=) and sign (return_sign=)
+LSE_FLAGS = ((False, False), (True, True))
 KINDS = ("f4", "f8", "f2", "bf16")
 MANY_ROWS = 1 << 20
 N_MAX = 1 << 21  # above every threshold of the plan
@@ -74,9 +78,11 @@ def _stub_device():
 # ---------------------------------------------------------------------------------------
 # what the plan can return
 
-def _plan_specs(launch, op, kind, m, n, vec, src, mask):
+def _plan_specs(launch, op, kind, m, n, vec, src, mask, flags=(False, False)):
+    weights, signed = flags
     return tuple(s.spec for s in launch.plan(op, kind, m, n, vec, _profile(launch),
-                                             sim=False, src=src, mask=mask).steps)
+                                             sim=False, src=src, mask=mask, weights=weights,
+                                             signed=signed).steps)
 
 
 def _profile(launch):
@@ -97,59 +103,69 @@ def _changes(f, lo, hi, found):
 
 def enumerate_specs(kinds="same"):
     """{spec: (op, kind, m, n, vec_ok) of one call that plans it}. ``kinds``: "same" (the
-    inputs of the result's kind), "pairs" (``dtype=``: DTYPE_PAIRS), "masked" (``where=``,
-    inputs of the result's kind) or "all"."""
-    variants = {"same": [(k, None, False) for k in KINDS],
-                "pairs": [(k, s, False) for k, s in DTYPE_PAIRS],
-                "masked": [(k, None, True) for k in KINDS]}
+    four softmax operations, inputs of the result's kind), "pairs" (``dtype=``:
+    DTYPE_PAIRS), "masked" (``where=``, inputs of the result's kind), "lse" (logsumexp and
+    its gradient, inputs of the result's kind, LSE_FLAGS) or "all"."""
+    same = [(k, None, False, LSE_FLAGS[0]) for k in KINDS]
+    variants = {"same": [(op, v) for op in OPS for v in same],
+                "pairs": [(op, (k, s, False, LSE_FLAGS[0])) for op in OPS
+                          for k, s in DTYPE_PAIRS],
+                "masked": [(op, (k, None, True, LSE_FLAGS[0])) for op in OPS for k in KINDS],
+                "lse": [(op, (k, None, False, f)) for op in LSE_OPS for k in KINDS
+                        for f in LSE_FLAGS]}
     chosen = [v for name, vs in variants.items() if kinds in (name, "all") for v in vs]
     from numbasoftmax._cuda import launch
 
     specs = {}
-    for op in OPS:
-        for kind, src, mask in chosen:
-            width = 16 // launch.STORAGE[kind].itemsize
-            for m in (1, MANY_ROWS):
-                # vector path: n = width * q; scalar path: any n with vec_ok False
-                for vec, step in ((True, width), (False, 1)):
-                    example = {}
+    for op, (kind, src, mask, flags) in chosen:
+        width = 16 // launch.STORAGE[kind].itemsize
+        for m in (1, MANY_ROWS):
+            # vector path: n = width * q; scalar path: any n with vec_ok False
+            for vec, step in ((True, width), (False, 1)):
+                example = {}
 
-                    def f(q, op=op, kind=kind, m=m, vec=vec, step=step, example=example,
-                          src=src, mask=mask):
-                        got = _plan_specs(launch, op, kind, m, q * step, vec, src, mask)
-                        example.setdefault(got, (op, kind, m, q * step, vec))
-                        return got
+                def f(q, op=op, kind=kind, m=m, vec=vec, step=step, example=example,
+                      src=src, mask=mask, flags=flags):
+                    got = _plan_specs(launch, op, kind, m, q * step, vec, src, mask, flags)
+                    example.setdefault(got, (op, kind, m, q * step, vec))
+                    return got
 
-                    qmax = N_MAX // step
-                    grid = sorted({1, 2, 3} | {int(1.02 ** i) for i in range(800)
-                                               if 1.02 ** i <= qmax} | {qmax})
-                    found = set()
-                    for lo, hi in zip(grid, grid[1:], strict=False):
-                        _changes(f, lo, hi, found)
-                    for got in found:
-                        for spec in got:
-                            specs.setdefault(spec, example[got])
+                qmax = N_MAX // step
+                grid = sorted({1, 2, 3} | {int(1.02 ** i) for i in range(800)
+                                           if 1.02 ** i <= qmax} | {qmax})
+                found = set()
+                for lo, hi in zip(grid, grid[1:], strict=False):
+                    _changes(f, lo, hi, found)
+                for got in found:
+                    for spec in got:
+                        specs.setdefault(spec, example[got])
     return specs
 
 
 def copy_kernels():
-    """The strided copy kernels: gather/scatter up to 4 axes (uint8: where= masks), and an
-    int64 -> float64 cast."""
+    """The strided copy kernels: gather/scatter up to 4 axes (uint8: where= masks), an
+    int64 -> float64 cast, and float conversions (logsumexp's mixed weights and per-row
+    values): (ndim, source dtype, destination dtype, cast, (destination kind, source
+    kind) or None)."""
     import numpy as np
 
+    f2, f4, f8 = (np.dtype(t) for t in ("uint16", "float32", "float64"))
     out = []
     for ndim in (1, 2, 3, 4):
         for dt in (np.float32, np.float64, np.uint16, np.uint8):
-            out.append((ndim, np.dtype(dt), np.dtype(dt), False))
-    out.append((2, np.dtype(np.int64), np.dtype(np.float64), True))
+            out.append((ndim, np.dtype(dt), np.dtype(dt), False, None))
+    out.append((2, np.dtype(np.int64), f8, True, None))
+    out += [(2, f2, f8, False, ("f8", "f2")), (2, f4, f8, False, ("f8", "f4")),
+            (2, f2, f4, False, ("f4", "f2")), (2, f8, f2, False, ("f2", "f8"))]
     return out
 
 
 def kernel_name(item):
     if isinstance(item, tuple) and item and isinstance(item[0], int):  # a copy kernel
-        ndim, src, dst, cast = item
-        return f"copy_{ndim}d_{src.name}_{dst.name}{'_cast' if cast else ''}"
-    return "_".join("mask" if v is True else str(v) for v in item
+        ndim, src, dst, cast, kinds = item
+        return (f"copy_{ndim}d_{src.name}_{dst.name}{'_cast' if cast else ''}"
+                + ("" if kinds is None else f"_{kinds[1]}_to_{kinds[0]}"))
+    return "_".join(f if v is True else str(v) for f, v in zip(item._fields, item, strict=True)
                     if v is not None and v is not False)
 
 
@@ -215,7 +231,9 @@ def check_kernel(item, ptxas, out_dir):
     if need > REGISTER_FILE:
         r["problems"].append(f"{r['registers']} registers x {block} threads > "
                              f"{REGISTER_FILE}: cannot launch")
-    if vector and not (r["v4ld"] and (r["v4st"] or strategy == "split_stats")):
+    # what writes rows stores packs: not the split's statistics, nor logsumexp's values
+    writes_rows = strategy == "copy" or (strategy != "split_stats" and item.op != "logsumexp")
+    if vector and not (r["v4ld"] and (r["v4st"] or not writes_rows)):
         r["problems"].append("vector path without ld/st.global.v4")
     r["secs"] = time.perf_counter() - t0
     return r
@@ -230,6 +248,7 @@ def _family(item):
         return ("copy", "-", "-", "-")
     kind = item.kind if item.src is None else f"{item.kind}<{item.src}"  # dtype=: from src
     kind += "+w" if item.mask else ""  # where=
+    kind += "+b" if item.weights else ""  # logsumexp's b=
     return (item.strategy, item.op, kind, "vector" if item.V > 1 else "scalar")
 
 
@@ -240,9 +259,9 @@ def main():
     ap.add_argument("--out", help="write each kernel's PTX into this folder")
     ap.add_argument("--list", action="store_true", help="print the kernels, compile nothing")
     ap.add_argument("--verbose", "-v", action="store_true", help="a line per kernel")
-    ap.add_argument("--kinds", choices=("same", "pairs", "masked", "all"), default="same",
-                    help="inputs of the result's kind (default), the dtype= pairs, the "
-                         "where= kernels, or all")
+    ap.add_argument("--kinds", choices=("same", "pairs", "masked", "lse", "all"),
+                    default="same", help="inputs of the result's kind (default), the dtype= "
+                    "pairs, the where= kernels, logsumexp's, or all")
     a = ap.parse_args()
     if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0"):
         sys.exit("gpu_ptx.py compiles real kernels: unset NUMBA_ENABLE_CUDASIM")

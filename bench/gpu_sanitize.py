@@ -154,6 +154,31 @@ def workload(tool):
     if not launch.SIM:
         for func in funcs_two:
             run(func, "float32", 5, 37, None, True, layout="transposed")
+
+    def run_lse(m, n, force, vec):
+        """logsumexp (weights, mask, sign) and its gradient, float32."""
+        nonlocal launches
+        try:
+            xh = rng.standard_normal((m, n)).astype(np.float32)
+            bh = (rng.random((m, n)) + 0.1).astype(np.float32)
+            wh = rng.random((m, n)) > 0.3
+            x, b, w = dev(xh), dev(bh), dev(wh)
+            with launch.config.override(force=force, vector=vec):
+                v, sign = ns.logsumexp(x, b=b, where=w, return_sign=True)
+                g = ns.logsumexp_backward(x, v, sign, b=b, where=w)
+            rv = reference.logsumexp(xh, b=bh, where=wh)
+            assert np.allclose(host(v), rv, rtol=1e-5, atol=1e-5)
+            ref = reference.logsumexp_backward(xh, rv, np.ones(m), b=bh, where=wh)
+            assert np.allclose(host(g), ref, rtol=1e-4, atol=1e-6)
+            launches += 2
+        except Exception as err:  # noqa: BLE001
+            failures.append(f"logsumexp {m}x{n} {force or 'auto'}: {type(err).__name__}: "
+                            f"{str(err)[:300]}")
+
+    if tool == "memcheck":
+        for force, m, n in [("rows", 3, 40), ("long", 2, 20000), (None, 2, 100000)]:
+            for vec in (True, False):
+                run_lse(m, min(n, 72) if launch.SIM else n + (0 if vec else 1), force, vec)
     cuda.synchronize()
     print(f"child checks: {launches} passed, {len(failures)} failed", flush=True)
     for f in failures:

@@ -146,10 +146,9 @@ def _call(op, arrays, axis, out, where=None, dtype=None):
         if result is not None:
             return result
     kind = _inputs.backend(arrays)
-    if (where is not None or (dtype is not None and kind != "numpy")) and _inputs.gpu_options(
-            op.name, [*zip(op.args, arrays, strict=True), ("where", where)], where=where,
-            dtype=dtype) and kind == "dask":
-        dtype = None  # dask of GPU blocks (where= refused): dtype= is the result's own
+    if where is not None:
+        _inputs.requested_dtype(dtype, op.name)  # checked first, as on the CPU
+        _inputs.same_side(op.name, [*zip(op.args, arrays, strict=True), ("where", where)])
     if kind == "dask":
         from . import _dask
 
@@ -219,7 +218,7 @@ def _logsumexp(x, axis, b, keepdims, return_sign, where, dtype, out):
         if result is not None:
             return result
     func = "logsumexp"
-    kind = _inputs.backend((x,) if b is None else (x, b))
+    kind = _inputs.backend([a for a in (x, b, where) if a is not None])
     if kind != "numpy":
         return _other_backend(LOGSUMEXP, (x,), axis, out, b=b, keepdims=keepdims,
                               return_sign=return_sign, where=where, dtype=dtype)
@@ -257,7 +256,7 @@ def _lse_outs(out, return_sign, shape, dtype, func):
 
 def _logsumexp_backward(x, lse, dlse, axis, b, sign, where, dtype, out):
     func = "logsumexp_backward"
-    given = [a for a in (x, lse, dlse, b, sign) if a is not None]
+    given = [a for a in (x, lse, dlse, b, sign, where) if a is not None]
     kind = _inputs.backend(given)
     if kind != "numpy":
         return _other_backend(LOGSUMEXP_BACKWARD, (x, lse, dlse), axis, out, b=b,
@@ -270,10 +269,7 @@ def _logsumexp_backward(x, lse, dlse, axis, b, sign, where, dtype, out):
         if v is None:
             continue
         v = _inputs.host_array(v, name, func)
-        if v.shape not in (keep, _inputs.reduced_shape(x.shape, axes, False)):
-            raise ValueError(f"{func}(): {name} must have the reduced shape "
-                             f"{_inputs.reduced_shape(x.shape, axes, False)} (or {keep} with "
-                             f"the reduced axes kept); got {v.shape}")
+        _inputs.check_per_row(func, name, v.shape, x.shape, axes)
         rows.append(v.reshape(keep))
     g = rows[1] if sign is None else rows[1] * rows[2]
     o = None if out is None else _inputs.host_out(out, x.shape, rdtype, func)
@@ -285,10 +281,21 @@ def _logsumexp_backward(x, lse, dlse, axis, b, sign, where, dtype, out):
 
 
 def _other_backend(op, arrays, axis, out, **options):
-    """logsumexp and its gradient on dask arrays (of numpy blocks; not on GPU arrays yet)."""
+    """logsumexp and its gradient on GPU arrays and on dask arrays (of numpy or GPU
+    blocks)."""
     named = [*zip(op.args, arrays, strict=True),
              *((k, options.get(k)) for k in ("b", "sign", "where"))]
-    _inputs.gpu_options(op.name, named, supported=False)
+    _inputs.requested_dtype(options["dtype"], op.name)  # checked first, as on the CPU
+    _inputs.same_side(op.name, named)
+    if _inputs.backend([arrays[0]]) == "cuda":
+        from ._cuda import api as _cuda_api
+
+        dtype = _inputs.requested_dtype(options.pop("dtype"), op.name)
+        if op is LOGSUMEXP:
+            return _cuda_api.logsumexp(arrays[0], options["b"], axis, options["keepdims"],
+                                       options["return_sign"], options["where"], dtype, out)
+        return _cuda_api.logsumexp_backward(*arrays, axis, options["b"], options["sign"],
+                                            options["where"], dtype, out)
     from . import _dask_features
 
     return _dask_features.dispatch(op, arrays, axis, out, _PUBLIC[op.name], **options)

@@ -24,7 +24,14 @@ import math
 import dask.array as da
 import numpy as np
 
-from ._inputs import check_pair, check_where, promoted, reduced_shape, requested_dtype
+from ._inputs import (
+    check_pair,
+    check_per_row,
+    check_where,
+    promoted,
+    reduced_shape,
+    requested_dtype,
+)
 from ._layout import normalize_axes
 
 __all__ = ["dispatch"]
@@ -68,16 +75,16 @@ def dispatch(op, arrays, axis, out, per_block, *, where=None, dtype=None, b=None
         extra.append(("b", _like(b, chunks, broadcast=True)))
     # each task on numba threads // blocks, as the plain functions' one-pass tasks
     f = functools.partial(_on_shared_threads, per_block, math.prod(merged.numblocks))
-    meta = np.empty((0,) * x.ndim, rdtype)
+    meta = _dask._meta(x, rdtype)
 
     if op.name == "logsumexp":
         keep = reduced_shape(x.shape, axes, True)
         width = 2 if return_sign else 1
         out_chunks = tuple((1,) if ax in axes else c for ax, c in enumerate(chunks)) + ((width,),)
-        both = da.map_blocks(_lse_block, f, axes, options, return_sign, [k for k, _ in extra],
-                             *blocks, *[a for _, a in extra], chunks=out_chunks,
-                             new_axis=x.ndim, dtype=rdtype,
-                             meta=np.empty((0,) * (x.ndim + 1), rdtype))
+        both = da.map_blocks(_lse_block, f, axes, options, return_sign, rdtype,
+                             [k for k, _ in extra], *blocks, *[a for _, a in extra],
+                             chunks=out_chunks, new_axis=x.ndim, dtype=rdtype,
+                             meta=meta.reshape((*meta.shape, 1)))
         shape = keep if keepdims else reduced_shape(x.shape, axes, False)
         results = tuple(both[..., k].reshape(shape) for k in range(width))
         return results if return_sign else results[0]
@@ -89,10 +96,7 @@ def dispatch(op, arrays, axis, out, per_block, *, where=None, dtype=None, b=None
             if v is None:
                 continue
             v = v if isinstance(v, da.Array) else da.from_array(np.asarray(v))
-            if v.shape not in (keep, reduced_shape(x.shape, axes, False)):
-                raise ValueError(f"{func}(): {name} must have the reduced shape "
-                                 f"{reduced_shape(x.shape, axes, False)} (or {keep} with the "
-                                 f"reduced axes kept); got {v.shape}")
+            check_per_row(func, name, v.shape, x.shape, axes)
             per_row.append(v.reshape(keep).rechunk(
                 tuple((1,) if ax in axes else c for ax, c in enumerate(chunks))))
         keys = [k for k, _ in extra]
@@ -128,12 +132,27 @@ def _block(f, axes, options, keys, *blocks):
     return f(*blocks[:n], axis=axes, **options, **dict(zip(keys, blocks[n:], strict=True)))
 
 
-def _lse_block(f, axes, options, return_sign, keys, x, *extra):
-    """One logsumexp task: the value (and sign) of a block, stacked on a last axis, with
-    the reduced axes kept."""
+def _lse_block(f, axes, options, return_sign, dtype, keys, x, *extra):
+    """One logsumexp task: the value (and sign) of a block, written into a last axis of an
+    array of the block's library, with the reduced axes kept."""
     kw = dict(zip(keys, extra, strict=True))
-    results = f(x, axis=axes, keepdims=True, return_sign=return_sign, **options, **kw)
-    return np.stack(results if return_sign else [results], axis=-1)
+    shape = tuple(1 if ax in axes else s for ax, s in enumerate(x.shape))
+    width = 2 if return_sign else 1
+    both = _empty_like(x, (*shape, width), dtype)
+    outs = tuple(both[(slice(None),) * x.ndim + (k,)] for k in range(width))
+    f(x, axis=axes, keepdims=True, return_sign=return_sign, out=outs if return_sign else
+      outs[0], **options, **kw)
+    return both
+
+
+def _empty_like(block, shape, dtype):
+    """An uninitialized array of ``block``'s library (numpy, or a GPU array library)."""
+    if isinstance(block, np.ndarray):
+        return np.empty(shape, dtype)
+    from ._cuda.arrays import describe
+
+    d = describe(block, "x", "logsumexp")
+    return d.lib.empty(shape, dtype, d.dev or 0, d.lib.stream(d))
 
 
 def _grad_block(f, axes, options, keys, with_sign, x, lse, dlse, *extra):

@@ -86,37 +86,32 @@ def _on_gpu(named):
     return None
 
 
-def gpu_options(func, named, *, where=None, dtype=None, supported=True):
-    """Whether an argument lives on a GPU (``named``: (name, argument) pairs, x first),
-    after what the GPU path does not run yet is refused with a NotImplementedError: on dask
-    arrays of GPU blocks ``where=`` and a ``dtype=`` other than the dtype the result has
-    anyway, and (``supported`` False) the operation itself; a GPU mask for host arrays is
-    a TypeError. ``dtype`` is checked (TypeError) first, as on the CPU."""
-    found = _on_gpu(named)
-    if found is None:
-        return False
-    name, desc = found
-    if not supported:
-        raise NotImplementedError(f"{func}() is not supported on GPU arrays yet ({name} is "
-                                  f"{desc}; numpy arrays and dask arrays of numpy blocks "
-                                  "support it)")
+def same_side(func, named):
+    """Whether x lives on a GPU (``named``: (name, argument) pairs, x first; None arguments
+    are left out), once its arguments are known to live on the same side: a GPU argument
+    with x on the host (numpy, or a dask array of numpy blocks), or a host one with x a
+    dask array of GPU blocks, is a TypeError naming it. (The GPU path checks an in-memory GPU
+    x's arguments, devices included.)"""
     x_name, x = named[0]
-    if array_kind(x) == "numpy":  # x on the host, the mask (or another argument) on a GPU
-        raise TypeError(f"{func}(): {name} is {desc} but {x_name} is a host array "
-                        f"({typename(x)}); pass both on the same device")
-    dask = array_kind(x) == "dask"
-    given = f"{name} is {desc}; GPU arrays and dask arrays of numpy blocks support it"
-    if where is not None and dask:
-        raise NotImplementedError(f"{func}(): where= is not supported on dask arrays of GPU "
-                                  f"blocks yet ({given})")
-    dt = requested_dtype(dtype, func)
-    if dt is not None and dask:
-        own = result_dtype(np.dtype(x.dtype), x_name, func)
-        if dt != own:
-            raise NotImplementedError(
-                f"{func}(): dtype={dt} is not supported on dask arrays of GPU blocks yet: "
-                f"only None or the result's own dtype ({own}) ({given})")
-    return True
+    x_gpu = _on_gpu([named[0]])
+    if array_kind(x) == "cuda":
+        return True
+    for name, a in named[1:]:
+        if a is None:
+            continue
+        a_gpu = _on_gpu([(name, a)])
+        if a_gpu and not x_gpu:
+            raise TypeError(f"{func}(): {name} is {a_gpu[1]} but {x_name} is a host array "
+                            f"({_host(x)}); pass both on the same device")
+        if x_gpu and not a_gpu:
+            raise TypeError(f"{func}(): {x_name} is {x_gpu[1]} but {name} is a host array "
+                            f"({_host(a)}); pass both on the same device")
+    return x_gpu is not None
+
+
+def _host(a):
+    meta = getattr(a, "_meta", None) if array_kind(a) == "dask" else None
+    return typename(a) if meta is None else f"a dask array of {typename(meta)} blocks"
 
 
 # ---------------------------------------------------------------------------------------
@@ -219,6 +214,19 @@ def check_where(func, dtype, shape, target, target_shape, name="where"):
     if not fits:
         raise ValueError(f"{func}(): {name} of shape {tuple(shape)} does not broadcast to "
                          f"the shape {tuple(target_shape)} of {target}")
+
+
+def check_per_row(func, name, shape, x_shape, axes):
+    """An argument of one value per row (logsumexp's gradient's ``lse``, ``dlse``,
+    ``sign``): of the reduced shape, with or without the reduced axes kept (ValueError
+    naming both). Returns whether they are kept."""
+    keep = reduced_shape(x_shape, axes, True)
+    flat = reduced_shape(x_shape, axes, False)
+    shape = tuple(shape)
+    if shape not in (keep, flat):
+        raise ValueError(f"{func}(): {name} must have the reduced shape {flat} (or {keep} "
+                         f"with the reduced axes kept); got {shape}")
+    return shape == keep
 
 
 def reduced_shape(shape, axes, keepdims):

@@ -1,5 +1,6 @@
-"""GPU entry point: ``dispatch(op, arrays, axis, out)``, called by ``numbasoftmax._api`` for
-inputs that live on a GPU.
+"""GPU entry points: ``dispatch(op, arrays, axis, out)`` for the four softmax operations,
+``logsumexp`` and ``logsumexp_backward``, called by ``numbasoftmax._api`` for inputs that
+live on a GPU.
 
 The result is an array of the input's library (``arrays.py``; numba for generic
 ``__cuda_array_interface__`` objects) on the input's device, laid out like the input with
@@ -9,7 +10,10 @@ layout plan is ``_layout.plan``: rows in place where they are evenly spaced, oth
 gathered into a contiguous temporary by a copy kernel (which converts integer and bool
 input to float64, as on the CPU), and ``out`` written through one. A ``where=`` mask is read
 in place where its rows allow it (``_layout.mask_rows``: a (N,) mask, one of x's layout,
-...), else its rows (or its one value per row) are gathered first.
+...), else its rows (or its one value per row) are gathered first. logsumexp's weights are
+read like an input (broadcast ones gathered), its values (and signs) written through a
+(m, 1 or 2) temporary; its gradient's per-row arguments are gathered into the float64
+workspace.
 """
 
 from __future__ import annotations
@@ -19,8 +23,17 @@ import math
 
 import numpy as np
 
-from .._inputs import check_out, check_pair, check_where, result_dtype
+from .._inputs import (
+    check_out,
+    check_pair,
+    check_per_row,
+    check_where,
+    promoted,
+    reduced_shape,
+    result_dtype,
+)
 from .._layout import ROWS, Meta, extent, mask_rows, normalize_axes, permutation, plan
+from .._ops import LOGSUMEXP_BACKWARD
 from .arrays import BF16, KIND, c_strides, describe, fast_adapter, host_where
 
 
@@ -97,135 +110,290 @@ def _fast(op, arrays, axis):
     return lib.fast(_launch, op, arrays)
 
 
+def _located(func, named, inputs):
+    """(launch module, {name: Array}) for (name, argument) pairs, None arguments left out:
+    every array on the GPU (a host one is a TypeError) and on one device, strides whole
+    elements; the first pair is the one errors name for the device. ``inputs``: the
+    names of the data arguments (the others are out, where, ...)."""
+    given = [(name, obj, describe(obj, name, func)) for name, obj in named if obj is not None]
+    gpu = next(((name, d) for name, _, d in given if d is not None), None)
+    if gpu is None:
+        raise TypeError(f"{func}(): the GPU path got no GPU array (types: "
+                        f"{', '.join(type(obj).__name__ for _, obj, _ in given)})")
+    gname, g = gpu
+    for name, obj, d in given:
+        if d is None:
+            raise TypeError(f"{func}(): {gname} is a GPU array ({g.where}) but {name} is a "
+                            f"host array ({host_where(obj)}); pass "
+                            f"{'both' if name in inputs else 'a GPU array'} on the same "
+                            "device")
+    launch = _load(func, g, gname)
+    arrays = {name: d.located() for name, _, d in given}
+    first, x = named[0][0], arrays[named[0][0]]
+    for name, d in arrays.items():
+        if d.dev != x.dev:
+            raise ValueError(f"{func}(): {name} is on cuda:{d.dev} but {first} is on "
+                             f"cuda:{x.dev}; the arguments and out must share a device")
+        if any(st % d.itemsize for st in d.strides):
+            raise ValueError(f"{func}(): {name} has strides {d.strides} that are not "
+                             f"multiples of its itemsize {d.itemsize}")
+    return launch, arrays
+
+
+def _result_dtype(func, arrays, names, dtype):
+    """``dtype=``, else the common result dtype of the named inputs (bfloat16 kept)."""
+    if dtype is not None:
+        return dtype
+    kinds = {result_dtype(arrays[k].dtype, k, func, extra=(BF16,)) for k in names
+             if k in arrays}
+    if len(kinds) == 1:
+        return kinds.pop()
+    return promoted([np.float32 if k == BF16 else k for k in kinds])
+
+
 def _check(op, arrays, out, dtype, where):
     """(launch module, an Array per argument, out's Array or None, result dtype, the mask's
     Array or None), once every input rule holds."""
     func, names = op.name, op.args
-    xs = [describe(a, name, func) for a, name in zip(arrays, names, strict=True)]
-    o = None if out is None else describe(out, "out", func)
-    w = None if where is None else describe(where, "where", func)
-    k = next((i for i, d in enumerate(xs) if d is not None), None)
-    if k is None:
-        raise TypeError(f"{func}(): the GPU path got no GPU array (types: "
-                        f"{', '.join(type(a).__name__ for a in arrays)})")
-    gpu, gname = xs[k], names[k]
-    for obj, name, d in zip((*arrays, out, where), (*names, "out", "where"), (*xs, o, w),
-                            strict=True):
-        if d is None and obj is not None:
-            raise TypeError(f"{func}(): {gname} is a GPU array ({gpu.where}) but {name} is a "
-                            f"host array ({host_where(obj)}); pass "
-                            f"{'both' if name in names else 'a GPU array'} on the same "
-                            "device")
-    launch = _load(func, gpu, gname)
-    xs = [d.located() for d in xs]
-    x = xs[0]
-    everything = list(zip(names, xs, strict=True))
-    if o is not None:
-        o = o.located()
-        everything.append(("out", o))
+    launch, found = _located(func, [*zip(names, arrays, strict=True), ("out", out),
+                                    ("where", where)], names)
+    xs = [found[name] for name in names]
+    x, o, w = xs[0], found.get("out"), found.get("where")
     if w is not None:
-        w = w.located()
-        everything.append(("where", w))
         check_where(func, w.dtype, w.shape, names[0], x.shape)
-    for name, d in everything:
-        if d.dev != x.dev:
-            raise ValueError(f"{func}(): {name} is on cuda:{d.dev} but {names[0]} is on "
-                             f"cuda:{x.dev}; the arguments and out must share a device")
     if len(xs) == 2:
         check_pair(func, names, [d.shape for d in xs], [d.dtype for d in xs])
-    res = result_dtype(x.dtype, names[0], func, extra=(BF16,))
-    if dtype is not None:
-        res = dtype
-    for name, d in everything:
-        if any(st % d.itemsize for st in d.strides):
-            raise ValueError(f"{func}(): {name} has strides {d.strides} that are not "
-                             f"multiples of its itemsize {d.itemsize}")
+    res = _result_dtype(func, found, names[:1], dtype)
     if o is not None:
         check_out(func, x.shape, res, o.shape, o.dtype, not o.readonly)
     return launch, xs, o, res, w
 
 
-def _run(launch, op, xs, o, res, axes, w):
-    """The plan of ``_layout`` with device buffers: rows in place, or gathered and staged."""
+class _Call:
+    """One call's rows on the device: the plan of ``_layout`` over x's shape and axes,
+    with its buffers (``scratch``), on x's stream."""
+
+    def __init__(self, launch, xs, res, axes, scratch, out=None):
+        x = xs[0]
+        self.launch, self.res, self.kind, self.scratch = launch, res, KIND[res], scratch
+        self.shape, self.dev, self.stream, self.naxes = x.shape, x.dev, scratch.stream, len(axes)
+        # inputs of one float kind are read as stored and converted by the kernels
+        # (dtype=); others (integers, bool, mixed kinds) are gathered converted first
+        same = all(d.dtype == x.dtype for d in xs) and x.dtype in KIND
+        self.src = KIND[x.dtype] if same else self.kind
+        self.conv = [None if same or d.dtype == res else
+                     (True, None) if d.dtype not in KIND else (False, (self.kind, KIND[d.dtype]))
+                     for d in xs]
+        self.p = plan(x.shape, axes, [self.meta(d, c) for d, c in zip(xs, self.conv, strict=True)],
+                      None if out is None else out.meta(), columns=False)
+        self.pshape = tuple(x.shape[a] for a in self.p.perm)
+        self.rows = c_strides(self.pshape, 1)  # of a contiguous (m, n) buffer, in plan order
+        # no elements (n == 0): nothing is read, the rows' results come from padding
+        self.ins = [self.row_access(d, access, c) if self.p.n else
+                    (launch.Buf(d.ptr, 0, self.storage(d)), 0)
+                    for d, access, c in zip(xs, self.p.inputs, self.conv, strict=True)]
+
+    def meta(self, d, conv=None):
+        """d's Meta over x's shape (broadcast axes: stride 0)."""
+        lead = len(self.shape) - len(d.shape)
+        strides = tuple(0 if k < lead or d.shape[k - lead] < self.shape[k] else
+                        d.strides[k - lead] for k in range(len(self.shape)))
+        return Meta(d.ptr, strides, d.itemsize, conv is not None)
+
+    def storage(self, d):
+        """The dtype the kernels see ``d`` as (2-byte floats as their bits, masks as
+        bytes)."""
+        if d.dtype in KIND:
+            return self.launch.STORAGE[KIND[d.dtype]]
+        return np.dtype(np.uint8) if d.dtype == np.bool_ else d.dtype
+
+    def view(self, d, shape, meta, axes):
+        """(Buf over d's extent, element offset of its first element, element strides
+        along ``axes``): d as the copy kernel reads or writes it."""
+        lo, hi = extent(shape, meta)
+        return (self.launch.Buf(lo, (hi - lo) // d.itemsize, self.storage(d)),
+                (d.ptr - lo) // d.itemsize, tuple(meta.strides[a] // d.itemsize for a in axes))
+
+    def in_place(self, d, access):
+        return (self.launch.Buf(d.ptr, (self.p.m - 1) * access.stride + self.p.n,
+                                self.storage(d)), access.stride)
+
+    def row_access(self, d, access, conv):
+        """(Buf, row stride) of input d's rows: in place, or gathered (and converted)."""
+        if access.kind == ROWS:
+            return self.in_place(d, access)
+        launch, p = self.launch, self.p
+        buf = self.scratch.buf(p.m * p.n, launch.STORAGE[self.src])
+        cast, kinds = conv or (False, None)
+        launch.copy(*self.view(d, self.shape, self.meta(d), p.perm), buf, 0, self.rows,
+                    self.pshape, self.dev, self.stream, cast=cast, kinds=kinds)
+        return buf, p.n
+
+    def mask(self, w):
+        """The launch.Mask of mask ``w`` (an Array broadcasting to x), or None: its own
+        bytes where ``_layout.mask_rows`` finds each row's contiguous (at most three outer
+        dims), else gathered in rows order: one byte per row when it is constant along the
+        rows, else the whole (m, n) mask (a layout the kernels cannot follow)."""
+        if w is None:
+            return None
+        launch, p = self.launch, self.p
+        meta = self.meta(w)
+        access = mask_rows(self.shape, meta.strides, p.perm, self.naxes)
+        u8 = np.dtype(np.uint8)
+        if access is not None and access.kind == ROWS and len(access.dims) <= 3:
+            buf, step, dims = launch.Buf(w.ptr, access.extent, u8), 1, access.dims
+        else:
+            pshape = self.pshape
+            step = 0 if access is not None and access.kind != ROWS else 1  # 0: byte per row
+            if not step:
+                pshape = pshape[:len(pshape) - self.naxes] + (1,) * self.naxes
+            buf = self.scratch.buf(math.prod(pshape), u8)
+            launch.copy(*self.view(w, self.shape, meta, p.perm), buf, 0, c_strides(pshape, 1),
+                        pshape, self.dev, self.stream)
+            dims = ((0, p.n if step else 1),)
+        flat = tuple(v for d in dims for v in d) + (1, 0) * (3 - len(dims))
+        return launch.Mask(buf, step, flat)
+
+    def per_row(self, d, kept):
+        """(Buf, offset, element strides over the rows' outer axes in plan order) of an
+        array of one value per row: of the reduced shape, ``kept`` its reduced axes as 1."""
+        outer = self.p.perm[:len(self.p.perm) - self.naxes]
+        axes = range(len(self.shape)) if kept else sorted(outer)
+        strides = dict(zip(axes, d.strides, strict=True))
+        buf, off, _ = self.view(d, d.shape, Meta(d.ptr, d.strides, d.itemsize), ())
+        return buf, off, tuple(strides[a] // d.itemsize for a in outer) or (0,)
+
+    def outer(self):
+        """The rows' outer shape in plan order (at least one axis), and its C strides in
+        an (m, 1) buffer."""
+        shape = self.pshape[:len(self.pshape) - self.naxes] or (1,)
+        return shape, c_strides(shape, 1)
+
+
+def _result(lib, x, axes, res, func):
+    """A fresh result laid out like x: the softmax axes innermost, the others as in x."""
+    shape = x.shape
+    perm = permutation(shape, x.strides, axes)
+    result = lib.empty(tuple(shape[a] for a in perm), res, x.dev, lib.stream(x))
+    if perm != tuple(range(len(shape))):
+        result = lib.permute(result, tuple(perm.index(a) for a in range(len(shape))))
+    return result, lib.describe(result, "out", func)
+
+
+def _run(launch, op, xs, o, res, axes, w, rows=None, **options):
+    """The plan of ``_layout`` with device buffers: rows in place, or gathered and staged.
+    ``rows``: the per-row arrays of logsumexp's gradient ((name, Array) pairs)."""
     x = xs[0]
-    lib, dev, shape = x.lib, x.dev, x.shape
-    stream = lib.stream(x)
-    if o is None:  # laid out like x: the softmax axes innermost, the others as in x
-        perm = permutation(shape, x.strides, axes)
-        result = lib.empty(tuple(shape[a] for a in perm), res, dev, stream)
-        if perm != tuple(range(len(shape))):
-            result = lib.permute(result, tuple(perm.index(a) for a in range(len(shape))))
-        o = lib.describe(result, "out", op.name)
+    lib = x.lib
+    if o is None:
+        result, o = _result(lib, x, axes, res, op.name)
     else:
         result = o.obj
-    if not math.prod(shape):
+    if not math.prod(x.shape):
         return result
-    kind = KIND[res]
-    # float inputs are read as they are stored and converted by the kernels (dtype=); others
-    # (integers, bool) are gathered into a converting copy of the result's dtype
-    src = KIND.get(x.dtype, kind)
-    cast = x.dtype not in KIND
-    p = plan(shape, axes, [d.meta(cast=cast) for d in xs], o.meta(), columns=False)
-    pshape = tuple(shape[a] for a in p.perm)
-    rows = c_strides(pshape, 1)  # of a contiguous (m, n) buffer, in plan order
-
-    def storage(d):
-        """The dtype the kernels see ``d`` as (2-byte floats as their bits)."""
-        return launch.STORAGE[KIND[d.dtype]] if d.dtype in KIND else d.dtype
-
-    def strided(d):
-        """(Buf over d's extent, element offset of d's first element, element strides in
-        plan order): d as the copy kernel reads or writes it."""
-        lo, hi = extent(shape, d.meta())
-        return (launch.Buf(lo, (hi - lo) // d.itemsize, storage(d)), (d.ptr - lo) // d.itemsize,
-                tuple(d.strides[a] // d.itemsize for a in p.perm))
-
-    def in_place(d, access):
-        return launch.Buf(d.ptr, (p.m - 1) * access.stride + p.n, storage(d)), access.stride
-
-    with launch.Scratch(dev, stream, lib.memory(dev, stream)) as scratch:
-        ins = []
-        for d, access in zip(xs, p.inputs, strict=True):
-            if access.kind == ROWS:
-                ins.append(in_place(d, access))
-            else:
-                buf = scratch.buf(p.m * p.n, launch.STORAGE[src])
-                launch.copy(*strided(d), buf, 0, rows, pshape, dev, stream, cast=cast)
-                ins.append((buf, p.n))
-        mask = None if w is None else _mask(launch, w, shape, p, len(axes), scratch, dev,
-                                            stream)
-        if p.out.kind == ROWS:
-            launch.run_rows(op.name, kind, ins, in_place(o, p.out), p.m, p.n, dev, stream,
-                            scratch, src, mask)
-        else:
-            staged = scratch.buf(p.m * p.n, launch.STORAGE[kind])
-            launch.run_rows(op.name, kind, ins, (staged, p.n), p.m, p.n, dev, stream, scratch,
-                            src, mask)
-            launch.copy(staged, 0, rows, *strided(o), pshape, dev, stream)
+    with launch.Scratch(x.dev, lib.stream(x), lib.memory(x.dev, lib.stream(x))) as scratch:
+        c = _Call(launch, xs, res, axes, scratch, o)
+        p = c.p
+        ws = None if rows is None else _row_values(c, rows)
+        in_place = p.out.kind == ROWS
+        rows_out = (c.in_place(o, p.out) if in_place else
+                    (scratch.buf(p.m * p.n, launch.STORAGE[c.kind]), p.n))
+        launch.run_rows(op.name, c.kind, c.ins, rows_out, p.m, p.n, c.dev, c.stream, scratch,
+                        c.src, c.mask(w), ws, **options)
+        if not in_place:
+            launch.copy(rows_out[0], 0, c.rows, *c.view(o, x.shape, o.meta(), p.perm),
+                        c.pshape, c.dev, c.stream)
     return result
 
 
-def _mask(launch, w, shape, p, naxes, scratch, dev, stream):
-    """The launch.Mask of mask ``w`` (an Array broadcasting to ``shape``) for plan ``p``:
-    its own bytes where ``_layout.mask_rows`` finds each row's contiguous (at most three
-    outer dims), else gathered in rows order: one byte per row when it is constant along
-    the rows, else the whole (m, n) mask (a layout the kernels cannot follow)."""
-    lead = len(shape) - len(w.shape)
-    strides = tuple(0 if k < lead or w.shape[k - lead] == 1 else w.strides[k - lead]
-                    for k in range(len(shape)))
-    access = mask_rows(shape, strides, p.perm, naxes)
-    u8 = np.dtype(np.uint8)
-    if access is not None and access.kind == ROWS and len(access.dims) <= 3:
-        buf, step, dims = launch.Buf(w.ptr, access.extent, u8), 1, access.dims
-    else:
-        pshape = tuple(shape[a] for a in p.perm)
-        step = 0 if access is not None and access.kind != ROWS else 1  # 0: a byte per row
-        if not step:
-            pshape = pshape[:len(pshape) - naxes] + (1,) * naxes
-        buf = scratch.buf(math.prod(pshape), u8)
-        lo, hi = extent(shape, Meta(w.ptr, strides, 1))
-        launch.copy(launch.Buf(lo, hi - lo, u8), w.ptr - lo, tuple(strides[a] for a in p.perm),
-                    buf, 0, c_strides(pshape, 1), pshape, dev, stream)
-        dims = ((0, p.n if step else 1),)
-    flat = tuple(v for d in dims for v in d) + (1, 0) * (3 - len(dims))
-    return launch.Mask(buf, step, flat)
+def _row_values(c, rows):
+    """The float64 workspace of logsumexp's gradient: (lse, dlse[, sign]) per row."""
+    launch = c.launch
+    shape, strides = c.outer()
+    nv = len(rows)
+    ws = c.scratch.buf(c.p.m * nv, np.float64)
+    for k, (kept, d) in enumerate(rows):
+        cast = d.dtype not in KIND
+        launch.copy(*c.per_row(d, kept), ws, k, tuple(nv * s for s in strides), shape, c.dev,
+                    c.stream, cast=cast, kinds=None if cast else ("f8", KIND[d.dtype]))
+    return ws
+
+
+def _lse_checked(func, named, inputs, dtype, axis):
+    """(launch module, {name: Array}, [x(, b)], the mask's Array or None, result dtype,
+    axes) of logsumexp or its gradient, once the rules they share hold."""
+    launch, found = _located(func, named, inputs)
+    x, b, w = found["x"], found.get("b"), found.get("where")
+    if b is not None:
+        check_where(func, None, b.shape, "x", x.shape, name="b")
+    if w is not None:
+        check_where(func, w.dtype, w.shape, "x", x.shape)
+    return (launch, found, [x] if b is None else [x, b], w,
+            _result_dtype(func, found, ("x", "b"), dtype), normalize_axes(axis, len(x.shape)))
+
+
+def logsumexp(x, b, axis, keepdims, return_sign, where, dtype, out):
+    """logsumexp on GPU arrays (``numbasoftmax.logsumexp``'s arguments; ``out`` a tuple of
+    (value, sign) outs with ``return_sign``)."""
+    func = "logsumexp"
+    if return_sign and isinstance(out, tuple) and len(out) != 2:
+        raise ValueError(f"{func}(): out must be an array or, with return_sign, a pair of "
+                         f"arrays (value, sign); got a tuple of {len(out)}")
+    outs = (out if isinstance(out, tuple) else (out, None)) if return_sign else (out,)
+    names = ("out", "out[1]")[:len(outs)]
+    launch, found, xs, w, res, axes = _lse_checked(
+        func, [("x", x), ("b", b), ("where", where), *zip(names, outs, strict=True)],
+        ("x", "b"), dtype, axis)
+    x = xs[0]
+    shape = reduced_shape(x.shape, axes, keepdims)
+    for o in (found.get(name) for name in names):
+        if o is not None:
+            check_out(func, shape, res, o.shape, o.dtype, not o.readonly)
+    lib = x.lib
+    with lib.device(x.dev):
+        results = [found.get(name) or lib.describe(lib.empty(shape, res, x.dev, lib.stream(x)),
+                                                   name, func) for name in names]
+        _reduce(launch, xs, results, res, axes, w, keepdims)
+    values = tuple(r.obj for r in results)
+    return values if return_sign else values[0]
+
+
+def _reduce(launch, xs, results, res, axes, w, keepdims):
+    """logsumexp's kernel into a (m, 1 or 2) buffer, copied to the results (value, sign)."""
+    x = xs[0]
+    lib = x.lib
+    m = math.prod(s for a, s in enumerate(x.shape) if a not in axes)
+    if not m:
+        return
+    with launch.Scratch(x.dev, lib.stream(x), lib.memory(x.dev, lib.stream(x))) as scratch:
+        c = _Call(launch, xs, res, axes, scratch)
+        so = len(results)
+        staged = scratch.buf(m * so, launch.STORAGE[c.kind])
+        launch.run_rows("logsumexp", c.kind, c.ins, (staged, so), m, c.p.n, c.dev, c.stream,
+                        scratch, c.src, c.mask(w) if c.p.n else None, weights=len(xs) == 2,
+                        signed=so == 2)
+        shape, strides = c.outer()
+        for k, r in enumerate(results):
+            launch.copy(staged, k, tuple(so * s for s in strides), *c.per_row(r, keepdims),
+                        shape, c.dev, c.stream)
+
+
+def logsumexp_backward(x, lse, dlse, axis, b, sign, where, dtype, out):
+    """The gradient of logsumexp on GPU arrays (``numbasoftmax.logsumexp_backward``'s
+    arguments)."""
+    func = "logsumexp_backward"
+    launch, found, xs, w, res, axes = _lse_checked(
+        func, [("x", x), ("b", b), ("lse", lse), ("dlse", dlse), ("sign", sign),
+               ("where", where), ("out", out)], ("x", "b", "lse", "dlse", "sign"), dtype, axis)
+    x, o = xs[0], found.get("out")
+    rows = []
+    for name in ("lse", "dlse", "sign"):
+        d = found.get(name)
+        if d is not None:
+            result_dtype(d.dtype, name, func, extra=(BF16,))
+            rows.append((check_per_row(func, name, d.shape, x.shape, axes), d))
+    if o is not None:
+        check_out(func, x.shape, res, o.shape, o.dtype, not o.readonly)
+    with x.lib.device(x.dev):
+        return _run(launch, LOGSUMEXP_BACKWARD, xs, o, res, axes, w, rows,
+                    weights=len(xs) == 2, signed=len(rows) == 3)

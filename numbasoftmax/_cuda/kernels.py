@@ -1,4 +1,4 @@
-"""numba.cuda kernels of the four ops, as factories: ``build(spec, primitives)`` returns the
+"""numba.cuda kernels of the six ops, as factories: ``build(spec, primitives)`` returns the
 Python function of one specialization, which ``launch.py`` compiles when first needed.
 
 A call is M rows of N elements; row r of input x is x[r*sx : r*sx + N] of a flat buffer.
@@ -16,8 +16,12 @@ read X, write Y; gradients: read Y and dY, write dX):
            writes each chunk's statistics, a second combines them in chunk order and
            writes its chunk. Traffic as ``long``.
 
-One body per strategy serves all four ops (formulas in ``_op_math``): the gradients read
-a second input and sum a product where the forward ops take a max and sum exponentials.
+One body per strategy serves every op (formulas in ``_op_math``): the gradients read a
+second input and sum a product where the forward ops take a max and sum exponentials.
+logsumexp runs on ``rows``, ``long`` and ``split`` (it reads X once either way, with its
+weights as the second input) and writes one value (and sign) per row instead of the
+write pass; its gradient is the write pass alone, from each row's (lse, dlse, sign) in the
+workspace (``rows`` and ``long``): traffic of X (and the weights) read once, dX written.
 Packs are V = 16 bytes / itemsize elements (``ld.global.v4``) where every row start is
 16-byte aligned and N a multiple of V, else single elements. Arithmetic is float32
 (float64 for float64 data); long/split sums are float64. Non-finite rules are the CPU
@@ -38,6 +42,7 @@ from numba import cuda, types
 from .._ops import FORWARD, OPS
 
 NEG_INF = -math.inf
+NAN = math.nan
 F64 = types.float64
 
 # One specialization. kind: storage ("f4", "f8", "f2", "bf16"); V: pack width; G, K:
@@ -46,9 +51,11 @@ F64 = types.float64
 # type, "s" in the 2-byte storage type (twice the row fits; exp then runs twice an element);
 # src: the inputs' storage kind when it is not ``kind`` (``dtype=``: read as if cast to
 # ``kind``, single elements, cache "c"), else None; mask: whether a ``where=`` mask is read
-# (cache "c").
-Spec = namedtuple("Spec", "strategy op kind V G K B U cache src mask",
-                  defaults=("c", None, False))
+# (cache "c"); weights: whether logsumexp (or its gradient) reads weights (``b=``) as its
+# second input; signed: logsumexp writes each row's sign after its value, its gradient
+# reads the sign with each row's (lse, dlse).
+Spec = namedtuple("Spec", "strategy op kind V G K B U cache src mask weights signed",
+                  defaults=("c", None, False, False, False))
 
 # The device functions the kernels are made of (intrinsics.py on a GPU, sim.py under the
 # simulator). ld/st(arr, i[, v]): one element, converted; ldv/stv(arr, i, buf, off): a
@@ -67,6 +74,14 @@ def _identity(op):
     """The identity of a row's first reduction: -inf for the forward max, 0 for the
     gradients' sum (what padding and excluded elements become)."""
     return NEG_INF if op in FORWARD else 0.0
+
+
+def _reads_b(spec):
+    """Whether a kernel reads its second input: the gradients' upstream gradient,
+    logsumexp's weights."""
+    if OPS[spec.op].forward == "logsumexp":
+        return spec.weights
+    return spec.op not in FORWARD
 
 
 def _device(sim):
@@ -141,18 +156,33 @@ OpMath = namedtuple("OpMath", "term factor value")
 
 
 @functools.cache
-def _op_math(P, op):
+def _op_math(P, op, weights=False):
     """The per-element formulas of one op. A row's sum is of ``term(a, b, mx)``; the sum
     (compute type, or float64 in long rows) gives the row's ``factor``; the output element
     is ``value(a, b, mx, factor)``. Forward: a = b = x, mx = the row's max; gradients: a = y
-    (or z), b = dy (or dz), mx unused."""
+    (or z), b = dy (or dz), mx unused. logsumexp: a = x, b = its weight (``weights``), the
+    row's result from its max and sum (``_lse_store``); its gradient: a = x, b = the weight,
+    mx = the row's lse, factor = its dlse (times its sign)."""
     dev = _device(P.sim)
     ctype, exp, log = P.ctype, P.exp, P.log
     FWD = op in FORWARD
     LOG = OPS[op].forward == "log_softmax"
+    LSE = OPS[op].forward == "logsumexp"
+    W = weights
+    INF = math.inf
 
     @dev
     def term(a, b, mx):
+        if LSE:
+            # a row whose max is +inf sums its +inf terms (so that weights of both signs
+            # give NaN); a row of -inf (or nothing) sums exp(-inf) = 0 from a shift of 0
+            if mx == ctype(INF):
+                t = ctype(INF) if a == ctype(INF) else ctype(0.0)
+            else:
+                t = exp(a - (mx if mx != ctype(NEG_INF) else ctype(0.0)))
+            if W:
+                return b * t
+            return t
         if FWD:
             return exp(a - mx)
         if LOG:
@@ -169,6 +199,12 @@ def _op_math(P, op):
 
     @dev
     def value(a, b, mx, f):
+        if LSE:  # the gradient; a zero weight excludes the element
+            if W:
+                if b == ctype(0.0):
+                    return ctype(0.0)
+                return b * exp(a - mx) * f
+            return exp(a - mx) * f
         if FWD:
             if LOG:
                 return (a - mx) - f
@@ -178,6 +214,34 @@ def _op_math(P, op):
         return a * (b - f)
 
     return OpMath(term, factor, value)
+
+
+@functools.cache
+def _lse_store(P, signed):
+    """``put(out, i, mx, s)``: logsumexp's result for a row of max mx and sum s at out[i]:
+    mx + log|s| (NaN for a negative sum), or with ``signed`` that value and the sign of s
+    (1, -1, 0 or NaN) at out[i + 1]."""
+    dev = _device(P.sim)
+    ctype, log, st = P.ctype, P.log, P.st
+
+    @dev
+    def put(out, i, mx, s):
+        v = ctype(mx + log(abs(s)))
+        if s > 0:
+            sign = ctype(1.0)
+        elif s < 0:
+            sign = ctype(-1.0)
+            if not signed:
+                v = ctype(NAN)
+        elif s == 0:
+            sign = ctype(0.0)
+        else:
+            sign = ctype(NAN)
+        st(out, i, v)
+        if signed:
+            st(out, i + 1, sign)
+
+    return put
 
 
 Packs = namedtuple("Packs", "load store load_raw elem")
@@ -213,18 +277,21 @@ def _packs(P, V):
     return Packs(load, store, load_raw, elem)
 
 
-Masking = namedtuple("Masking", "row_base hide reveal")
+Masking = namedtuple("Masking", "row_base hide reveal pad drop_zero_weights")
 NO_MASK = (1, 0, 1, 0, 1, 0)  # the mask dims of unmasked kernels: every row at offset 0
 
 
 @functools.cache
-def _masking(P, op, V):
-    """``where=`` masks (uint8, 0 = excluded) read by the kernels: ``row_base(row, wd)``
-    is the byte offset of a row's mask, wd holding three (size, byte stride) pairs as
-    ``_layout.MaskRows.dims`` (padded with (1, 0)); the element at column c is at
-    base + c * wn (wn 0: one value per row). ``hide(w, wb, wn, col, bufa, bufb, o)``: the
-    excluded elements of a pack of V become the first reduction's identity (forward: -inf,
-    so that exp adds +0; gradients: 0 in both inputs); ``reveal(w, wb, wn, col, buf, o)``:
+def _masking(P, op, V, second=False):
+    """Excluded elements: ``where=`` masks (uint8, 0 = excluded), padding, zero weights.
+    ``row_base(row, wd)`` is the byte offset of a row's mask, wd holding three (size, byte
+    stride) pairs as ``_layout.MaskRows.dims`` (padded with (1, 0)); the element at column c
+    is at base + c * wn (wn 0: one value per row). ``hide(w, wb, wn, col, bufa, bufb, o)``:
+    the excluded elements of a pack of V become the first reduction's identity (forward:
+    -inf, so that exp adds +0; gradients: 0), and 0 in the second input where it is read
+    (``second``: the upstream gradient, logsumexp's weights); ``pad(bufa, bufb, o)`` does
+    the same to a whole pack (past a row's end); ``drop_zero_weights(bufa, bufb, o)``
+    excludes the elements of zero weight (logsumexp); ``reveal(w, wb, wn, col, buf, o)``:
     their output becomes 0 (log_softmax: -inf), whatever the row's statistics."""
     dev = _device(P.sim)
     ctype = P.ctype
@@ -246,11 +313,27 @@ def _masking(P, op, V):
         return off
 
     @dev
+    def exclude(bufa, bufb, i):
+        bufa[i] = ctype(PAD)
+        if second:
+            bufb[i] = ctype(0.0)
+
+    @dev
     def hide(w, wb, wn, col, bufa, bufb, o):
         for v in range(V):
             if w[wb + (col + v) * wn] == 0:
-                bufa[o + v] = ctype(PAD)
-                bufb[o + v] = ctype(PAD)
+                exclude(bufa, bufb, o + v)
+
+    @dev
+    def pad(bufa, bufb, o):
+        for v in range(V):
+            exclude(bufa, bufb, o + v)
+
+    @dev
+    def drop_zero_weights(bufa, bufb, o):
+        for v in range(V):
+            if bufb[o + v] == ctype(0.0):
+                bufa[o + v] = ctype(NEG_INF)
 
     @dev
     def reveal(w, wb, wn, col, buf, o):
@@ -258,23 +341,39 @@ def _masking(P, op, V):
             if w[wb + (col + v) * wn] == 0:
                 buf[o + v] = ctype(OUT)
 
-    return Masking(row_base, hide, reveal)
+    return Masking(row_base, hide, reveal, pad, drop_zero_weights)
+
+
+def _parts(P, spec):
+    """The building blocks of a strategy's kernel: (Reductions, OpMath, Packs, Masking)."""
+    return (_reductions(P), _op_math(P, spec.op, spec.weights), _packs(P, spec.V),
+            _masking(P, spec.op, spec.V, _reads_b(spec)))
+
+
+def _lse_flags(spec):
+    """(LSE: a value per row is written, GIVEN: the row statistics are read from the
+    workspace (logsumexp's gradient), LOAD_B: the second input is read, DROP: zero weights
+    are excluded from the reduction, NV: float64 values per row in the workspace)."""
+    lse = spec.op == "logsumexp"
+    return (lse, spec.op == "logsumexp_backward", _reads_b(spec), lse and spec.weights,
+            3 if spec.signed else 2)
 
 
 # ---------------------------------------------------------------------------------------
 # short rows: a group of G threads per row, the row in registers
 
 def _rows(P, spec):
-    red, math_, io = _reductions(P), _op_math(P, spec.op), _packs(P, spec.V)
-    row_base, hide, reveal = _masking(P, spec.op, spec.V)
+    red, math_, io, ex = _parts(P, spec)
+    row_base, hide, reveal, pad, drop_zero_weights = ex
     MASK = spec.mask
     fmax, group_max, group_sum = red.fmax, red.group_max, red.group_sum
     term, factor, value = math_.term, math_.factor, math_.value
     load, store = io.load, io.store
     ctype = P.ctype
     FWD = spec.op in FORWARD
+    LSE, GIVEN, LOAD_B, DROP, NV = _lse_flags(spec)
+    put = _lse_store(P, spec.signed)
     KEEP_E = spec.op == "softmax"  # exp(x - max) stays in the buffer for the last pass
-    PAD = _identity(spec.op)
     V, G, K, B, U = spec.V, spec.G, spec.K, spec.B, spec.U
     KV = K * V
     UKV = U * KV
@@ -297,43 +396,55 @@ def _rows(P, spec):
                     o = r * KV + k * V
                     if row < m and col < n:
                         load(a, row * sa + col, ba, o)
-                        if not FWD:
+                        if LOAD_B:
                             load(b, row * sb + col, bb, o)
-                        if MASK:
+                        if MASK and not GIVEN:
                             hide(w, wb, wn, col, ba, bb, o)
+                        if DROP:
+                            drop_zero_weights(ba, bb, o)
                     else:
-                        for v in range(V):
-                            ba[o + v] = ctype(PAD)
-                            bb[o + v] = ctype(PAD)
+                        pad(ba, bb, o)
             for r in range(U):
                 row = base + r * GPB + tid // G
                 o = r * KV
                 mx = ctype(NEG_INF)
-                if FWD:
+                f = ctype(0.0)
+                if GIVEN:  # the gradient of logsumexp: the row's lse and dlse (x sign)
+                    if row < m:
+                        mx = ctype(ws[NV * row])
+                        f = ctype(ws[NV * row + 1] * (ws[NV * row + 2] if NV == 3 else 1.0))
+                else:
+                    if FWD:
+                        for j in range(KV):
+                            mx = fmax(mx, ba[o + j])
+                        mx = group_max(mx, G, xch)
+                    s = ctype(0.0)
                     for j in range(KV):
-                        mx = fmax(mx, ba[o + j])
-                    mx = group_max(mx, G, xch)
-                s = ctype(0.0)
-                for j in range(KV):
-                    t = term(ba[o + j], bb[o + j], mx)  # padding: exp(-inf - mx) = 0
-                    if KEEP_E:
-                        ba[o + j] = t
-                    s += t
-                f = factor(group_sum(s, G, xch))
-                for j in range(KV):
-                    if KEEP_E:
-                        ba[o + j] = ba[o + j] * f
+                        t = term(ba[o + j], bb[o + j], mx)  # padding: exp(-inf - mx) = 0
+                        if KEEP_E:
+                            ba[o + j] = t
+                        s += t
+                    s = group_sum(s, G, xch)
+                    if LSE:
+                        if lane == 0 and row < m:
+                            put(out, row * so, mx, s)
                     else:
-                        ba[o + j] = value(ba[o + j], bb[o + j], mx, f)
-                # recomputed, not kept from the loads: registers are what these kernels
-                # run short of
-                wb = row_base(row, wd) if MASK else 0
-                for k in range(K):
-                    col = (k * G + lane) * V
-                    if row < m and col < n:
-                        if MASK:
-                            reveal(w, wb, wn, col, ba, o + k * V)
-                        store(out, row * so + col, ba, o + k * V)
+                        f = factor(s)
+                if not LSE:
+                    for j in range(KV):
+                        if KEEP_E:
+                            ba[o + j] = ba[o + j] * f
+                        else:
+                            ba[o + j] = value(ba[o + j], bb[o + j], mx, f)
+                    # recomputed, not kept from the loads: registers are what these
+                    # kernels run short of
+                    wb = row_base(row, wd) if MASK else 0
+                    for k in range(K):
+                        col = (k * G + lane) * V
+                        if row < m and col < n:
+                            if MASK:
+                                reveal(w, wb, wn, col, ba, o + k * V)
+                            store(out, row * so + col, ba, o + k * V)
             base += cuda.gridDim.x * RPB
 
     return Body(body, UKV, ctype)
@@ -347,8 +458,8 @@ def _rows(P, spec):
 # cache b's packs after a's, at offset ``half``.
 
 def _smem(P, spec):
-    red, math_, io = _reductions(P), _op_math(P, spec.op), _packs(P, spec.V)
-    row_base, hide, reveal = _masking(P, spec.op, spec.V)
+    red, math_, io, ex = _parts(P, spec)
+    row_base, hide, reveal = ex.row_base, ex.hide, ex.reveal
     MASK = spec.mask
     fmax, block_max, block_sum = red.fmax, red.block_max, red.block_sum
     term, factor, value = math_.term, math_.factor, math_.value
@@ -442,24 +553,35 @@ def _long(P, spec):
     """``long``: a block per row. ``split_stats`` / ``split_write``: a block per (row,
     chunk) = divmod(i, C), chunks of L packs; ws (float64) holds per chunk (max, sum) for
     the forward, the partial sum for the gradients. The long kernel is the chunk loop with
-    one chunk of the whole row (C = 1)."""
+    one chunk of the whole row (C = 1). logsumexp writes a value per row (thread 0 of the
+    row's first chunk); its gradient reads each row's statistics from ws (``GIVEN``)."""
     dev = _device(P.sim)
-    red, math_, io = _reductions(P), _op_math(P, spec.op), _packs(P, spec.V)
-    row_base, hide, reveal = _masking(P, spec.op, spec.V)
+    red, math_, io, ex = _parts(P, spec)
+    row_base, hide, reveal, pad, drop_zero_weights = ex
     MASK = spec.mask
     fmax, block_max, block_sum = red.fmax, red.block_max, red.block_sum
     term, value, factor = math_.term, math_.value, math_.factor
     load, store = io.load, io.store
     ctype, exp = P.ctype, P.exp
     FWD = spec.op in FORWARD
+    LSE, GIVEN, LOAD_B, DROP, NV = _lse_flags(spec)
+    put = _lse_store(P, spec.signed)
     LOAD_A = spec.op != "log_softmax_backward"  # its sum needs dz only
-    PAD = _identity(spec.op)
-    STATS = spec.strategy != "split_write"  # the chunk's statistics from its data
+    STATS = spec.strategy != "split_write" and not GIVEN  # the chunk's statistics
     WRITE = spec.strategy != "split_stats"  # the chunk's output
     SPLIT = spec.strategy != "long"
     V, B, U = spec.V, spec.B, spec.U
     UV = U * V
     XCH = B if P.sim else 1
+
+    @dev
+    def rescale(mt, mx):
+        """exp(mt - mx), the factor from a sum at max mt to one at max mx >= mt; for
+        logsumexp 1 where they are equal, +inf too (it sums that row's infinite terms; the
+        softmax functions' +inf rows are NaN either way)."""
+        if LSE and mt == mx:
+            return ctype(1.0)
+        return exp(mt - mx)
 
     @dev
     def partial(a, ab, b, bb, w, wb, wn, plo, phi, bufa, bufb):
@@ -477,14 +599,14 @@ def _long(P, spec):
                 if p < phi:
                     if LOAD_A:
                         load(a, ab + p * V, bufa, u * V)
-                    if not FWD:
+                    if LOAD_B:
                         load(b, bb + p * V, bufb, u * V)
                     if MASK:
                         hide(w, wb, wn, p * V, bufa, bufb, u * V)
+                    if DROP:
+                        drop_zero_weights(bufa, bufb, u * V)
                 else:
-                    for v in range(V):
-                        bufa[u * V + v] = ctype(PAD)
-                        bufb[u * V + v] = ctype(PAD)
+                    pad(bufa, bufb, u * V)
             part = ctype(0.0)
             if FWD:
                 bm = ctype(NEG_INF)
@@ -493,8 +615,8 @@ def _long(P, spec):
                 mn = fmax(mt, bm)
                 if mn != ctype(NEG_INF):
                     for j in range(UV):
-                        part += term(bufa[j], bufa[j], mn)
-                    acc = acc * exp(mt - mn) + part
+                        part += term(bufa[j], bufb[j], mn)
+                    acc = acc * rescale(mt, mn) + part
                 mt = mn
             else:
                 for j in range(UV):
@@ -512,7 +634,7 @@ def _long(P, spec):
             if mt == ctype(NEG_INF):
                 acc = F64(0.0)
             else:
-                acc = acc * exp(mt - mrow)
+                acc = acc * rescale(mt, mrow)
             return mrow, block_sum(acc, F64(0.0), redd, xchd)
         return mt, block_sum(acc, F64(0.0), redd, xchd)
 
@@ -525,7 +647,7 @@ def _long(P, spec):
                 p = p0 + u * B
                 if p < phi:
                     load(a, ab + p * V, bufa, u * V)
-                    if not FWD:
+                    if LOAD_B:
                         load(b, bb + p * V, bufb, u * V)
             for j in range(UV):
                 bufa[j] = value(bufa[j], bufb[j], mx, f)
@@ -552,7 +674,11 @@ def _long(P, spec):
             plo = (i - row * C) * L
             phi = min(npk, plo + L)
             wb = row_base(row, wd) if MASK else 0
-            if STATS:
+            f = ctype(0.0)
+            if GIVEN:  # the gradient of logsumexp: the row's lse and dlse (x sign)
+                mx = ctype(ws[NV * row])
+                f = ctype(ws[NV * row + 1] * (ws[NV * row + 2] if NV == 3 else 1.0))
+            elif STATS:
                 mt, acc = partial(a, row * sa, b, row * sb, w, wb, wn, plo, phi, bufa, bufb)
                 mx, total = reduce(mt, acc, red, redd, xch, xchd)
                 if not WRITE and cuda.threadIdx.x == 0:
@@ -571,35 +697,49 @@ def _long(P, spec):
                     for k in range(C):
                         mk = ctype(ws[2 * (row * C + k)])
                         if mk != ctype(NEG_INF):
-                            total += ws[2 * (row * C + k) + 1] * exp(mk - mx)
+                            total += ws[2 * (row * C + k) + 1] * rescale(mk, mx)
                 else:
                     for k in range(C):
                         total += ws[row * C + k]
-            if WRITE:
-                write(a, row * sa, b, row * sb, out, row * so, w, wb, wn, plo, phi, mx,
-                      factor(total), bufa, bufb)
+            if WRITE and LSE:
+                if cuda.threadIdx.x == 0 and i == row * C:
+                    put(out, row * so, mx, total)
+            elif WRITE:
+                if not GIVEN:
+                    f = factor(total)
+                write(a, row * sa, b, row * sb, out, row * so, w, wb, wn, plo, phi, mx, f,
+                      bufa, bufb)
             i += cuda.gridDim.x
 
     return Body(body, UV, ctype)
 
 
 # ---------------------------------------------------------------------------------------
-# strided copy with an optional cast: gathers a strided input into contiguous rows,
-# scatters contiguous rows into a strided ``out``, converts integer/bool input to float64.
+# strided copy with an optional conversion: gathers a strided input into contiguous rows,
+# scatters contiguous rows into a strided ``out``, converts integer/bool input to float64,
+# and one float kind to another.
 
-def make_copy(ndim, cast, sim):
+def make_copy(ndim, sim, cast=None, P=None):
     """copy(src, soff, sstrides, dst, doff, dstrides, shape, total): element i (C order over
     ``shape``) goes from src[soff + i . sstrides] to dst[doff + i . dstrides] (element
-    strides, possibly negative). ``cast`` (a numba type, or None for a plain copy) converts
-    the value."""
+    strides, possibly negative). ``cast`` (a numba type) converts the value; ``P``
+    (primitives of the destination's kind, reading the source's) converts a float kind,
+    rounding once."""
     ND = ndim
     CAST = cast
+    dev = _device(sim)
 
-    @_device(sim)
-    def convert(v):
+    @dev
+    def read(arr, i):
         if CAST is None:
-            return v
-        return CAST(v)
+            return arr[i]
+        return CAST(arr[i])
+
+    @dev
+    def write(arr, i, v):
+        arr[i] = v
+
+    ld, st = (read, write) if P is None else (P.ld, P.st)
 
     def kernel(src, soff, sstr, dst, doff, dstr, shape, total):
         i = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
@@ -615,7 +755,7 @@ def make_copy(ndim, cast, sim):
                 s += r * sstr[ax]
                 d += r * dstr[ax]
                 rem = q
-            dst[d] = convert(src[s])
+            st(dst, d, ld(src, s))
             i += step
 
     return kernel
@@ -630,22 +770,24 @@ _BODIES = {"rows": _rows, "smem": _smem, "long": _long, "split_stats": _long,
 def build(spec, primitives):
     """The Python function of the kernel for ``spec`` (not yet compiled). Every kernel takes
     (a, sa, b, sb, out, so, ws, m, n, C, L): flat inputs and out with their row strides
-    (forward ops: b is a), the split's float64 workspace and chunks (C of L packs per row;
-    else a placeholder workspace, C = 1, L = n); each strategy reads what it uses. Masked
-    kernels also take the mask (w, wn, wd), see ``_masking``."""
+    (forward ops: b is a; logsumexp: its weights, else a), the split's float64 workspace
+    (logsumexp's gradient: each row's lse, dlse and sign) and chunks (C of L packs per row;
+    else a placeholder workspace, C = 1, L = n); each strategy reads what it uses.
+    logsumexp writes a row's value (and sign) at out[row * so] (and the next element).
+    Masked kernels also take the mask (w, wn, wd), see ``_masking``."""
     P = primitives
     fn, items, dtype = _BODIES[spec.strategy](P, spec)
     dev = _device(P.sim)
     inner = dev(fn)
     begin = P.begin
-    fwd = spec.op in FORWARD
+    second = _reads_b(spec)
 
     @dev
     def run(a, sa, b, sb, out, so, ws, m, n, C, L, w, wn, wd):
         begin()
         ba = cuda.local.array(items, dtype)  # the packs in flight: one buffer per input
         bb = ba
-        if not fwd:
+        if second:
             bb = cuda.local.array(items, dtype)
         inner(a, sa, b, sb, out, so, ws, m, n, C, L, w, wn, wd, ba, bb)
 

@@ -123,10 +123,12 @@ def _pow2ceil(v):
 class _Call:
     """An (m, n) call of ``op`` on ``kind`` data, tunables resolved for device and mode."""
 
-    def __init__(self, op, kind, m, n, vec_ok, props, sim, src, mask):
+    def __init__(self, op, kind, m, n, vec_ok, props, sim, src, mask, weights, signed):
         self.op, self.kind, self.m, self.n, self.sim = op, kind, m, n, sim
-        self.src, self.mask = src, mask
+        self.src, self.mask, self.weights, self.signed = src, mask, weights, signed
         self.bwd = OPS[op].backward
+        # logsumexp reads a row once (no smem cache needed), its gradient has no reduction
+        self.lse = OPS[op].forward == "logsumexp"
         self.item = STORAGE[kind].itemsize
         width = 16 // self.item
         # inputs of another kind (dtype=) are read an element at a time
@@ -152,7 +154,7 @@ class _Call:
 
     def step(self, strategy, b, u, grid, shmem=0, chunks=(), G=1, K_=1, cache="c"):
         spec = K.Spec(strategy, self.op, self.kind, self.V, G, K_, b, u, cache, self.src,
-                      self.mask)
+                      self.mask, self.weights, self.signed)
         return Step(spec, grid, shmem, chunks)
 
 
@@ -212,24 +214,28 @@ def _split(c):
     chunks = -(-c.npk // L)
     grid = min(c.m * chunks, c.max_grid)
     stats = c.step("split_stats", b, c.unroll, grid, chunks=(chunks, L))
-    if not c.bwd:  # the same statistics for softmax and log_softmax: compile them once
+    if c.op in ("softmax", "log_softmax"):  # the same statistics: compile them once
         stats = stats._replace(spec=stats.spec._replace(op="softmax"))
     write = c.step("split_write", b, c.unroll, grid, chunks=(chunks, L))
+    if c.lse:  # it combines the statistics and reads no data: one kernel for every pack
+        write = write._replace(spec=write.spec._replace(V=1, U=1))
     return Plan([stats, write], c.m * chunks * (1 if c.bwd else 2))
 
 
 def _choose(c):
     reg_max = config.reg_max
     if reg_max is None:
-        reg_max = (512 if c.bwd else 1024) * 4 // c.ctsize  # <= 32 float32 values a thread
+        # <= 32 float32 values a thread (16 of each of two inputs)
+        reg_max = (512 if c.bwd or c.weights else 1024) * 4 // c.ctsize
     if c.n <= reg_max:
         return "rows"
-    if _smem_cache(c):
+    if not c.lse and _smem_cache(c):
         return "smem"
     split_rows = config.split_rows
     if split_rows is None:
         split_rows = 2 if c.sim else c.sms * 2
-    if c.m < split_rows and c.npk >= 2 * c.block(512) * c.unroll:
+    if (c.m < split_rows and c.npk >= 2 * c.block(512) * c.unroll
+            and c.op != "logsumexp_backward"):
         return "split"
     return "long"
 
@@ -244,18 +250,21 @@ _STRATEGIES = {"rows": _rows, "smem": _smem, "long": _long, "split": _split,
                "smem16": lambda c: _smem(c, "s" if _storage_cache(c) else "c")}
 
 
-def plan(op, kind, m, n, vec_ok, dev, sim=None, src=None, mask=False):
+def plan(op, kind, m, n, vec_ok, dev, sim=None, src=None, mask=False, weights=False,
+         signed=False):
     """Kernels, launch shapes and workspace for an (m, n) call; see kernels.py. ``dev``: a
     device ordinal or a DeviceProps (to plan for another device); ``sim`` (default: whether
     the simulator runs) picks the simulator's small defaults; ``src``: the inputs' storage
     kind where it is not ``kind`` (``dtype=``); ``mask``: whether a ``where=`` mask is
-    read."""
+    read; ``weights``, ``signed``: logsumexp's ``b=`` and sign (see kernels.Spec)."""
     c = _Call(op, kind, m, n, vec_ok, device_props(dev), SIM if sim is None else sim, src,
-              mask)
+              mask, weights, signed)
     strategy = config.force or _choose(c)
     if strategy not in _STRATEGIES:
         raise ValueError(f"config.force must be one of {sorted(_STRATEGIES)}; got "
                          f"{strategy!r}")
+    if c.lse and (strategy.startswith("smem") or strategy == "split" and c.bwd):
+        strategy = "long"  # what logsumexp and its gradient have instead
     return _STRATEGIES[strategy](c)
 
 
@@ -305,12 +314,16 @@ def kernel_source(spec):
                   _options(spec.B))
 
 
-def copy_source(ndim, src_dtype, dst_dtype, cast):
-    """The Source of the strided copy kernel (see kernels.make_copy)."""
+def copy_source(ndim, src_dtype, dst_dtype, cast, kinds=None):
+    """The Source of the strided copy kernel (see kernels.make_copy); ``kinds``: (the
+    destination's storage kind, the source's) for a float conversion."""
     tup = types.UniTuple(_I64, ndim)
     sig = types.void(_arr(src_dtype), _I64, tup, _arr(dst_dtype), _I64, tup, tup, _I64)
-    return Source(K.make_copy(ndim, from_dtype(np.dtype(dst_dtype)) if cast else None, SIM), sig,
-                  _options(COPY_BLOCK))
+    P = None
+    if kinds is not None:
+        P = primitives(kinds[0], None if kinds[1] == kinds[0] else kinds[1])
+    return Source(K.make_copy(ndim, SIM, from_dtype(np.dtype(dst_dtype)) if cast else None, P),
+                  sig, _options(COPY_BLOCK))
 
 
 def _max_threads(kernel):
@@ -387,10 +400,10 @@ class Ready(NamedTuple):
 
 
 @functools.lru_cache(maxsize=4096)
-def ready(op, kind, m, n, vec_ok, dev, src=None, mask=False):
-    p = plan(op, kind, m, n, vec_ok, dev, src=src, mask=mask)
+def ready(op, kind, m, n, vec_ok, dev, src=None, mask=False, weights=False, signed=False):
+    p = plan(op, kind, m, n, vec_ok, dev, src=src, mask=mask, weights=weights, signed=signed)
     launches = tuple((get_kernel(s.spec, dev), s) for s in p.steps)
-    if p.ws_items or src is not None or mask:
+    if p.ws_items or src is not None or mask or OPS[op].forward == "logsumexp":
         return Ready(launches, p.ws_items)
     marks = [-1 - i for i in range(len(OPS[op].args) + 1)]  # stand-ins for the pointers
     rows = [(Buf(mark, m * n, STORAGE[kind]), n) for mark in marks]
@@ -591,14 +604,21 @@ class Mask(NamedTuple):
     dims: tuple  # three (size, byte stride) pairs, flattened
 
 
-def run_rows(op, kind, ins, out, m, n, dev, stream, scratch, src=None, mask=None):
+def run_rows(op, kind, ins, out, m, n, dev, stream, scratch, src=None, mask=None,
+             ws=None, weights=False, signed=False):
     """Run ``op`` over m rows of n elements. ``ins``: [(Buf, row stride)] per input; ``out``:
-    (Buf, row stride); ``scratch`` (a Scratch) holds the split kernels' workspace; ``src``:
-    the inputs' storage kind where it is not ``kind`` (``dtype=``); ``mask``: a Mask."""
+    (Buf, row stride; logsumexp: a value, or value and sign, per row); ``scratch`` (a
+    Scratch) holds the split kernels' workspace; ``src``: the inputs' storage kind where it
+    is not ``kind`` (``dtype=``); ``mask``: a Mask; ``ws``: logsumexp's gradient's row
+    statistics (a float64 Buf of (lse, dlse[, sign]) per row); ``weights``: ``ins[1]`` is
+    logsumexp's ``b``; ``signed``: logsumexp's sign is written or read."""
     item = STORAGE[kind].itemsize
-    vec_ok = all(_aligned((b.ptr,), stride, item) for b, stride in (*ins, out))
-    r = ready(op, kind, m, n, vec_ok, dev, None if src == kind else src, mask is not None)
-    ws = scratch.buf(r.ws_items, np.float64) if r.ws_items else None
+    rows = ins if OPS[op].reduces else (*ins, out)
+    vec_ok = all(_aligned((b.ptr,), stride, item) for b, stride in rows)
+    r = ready(op, kind, m, n, vec_ok, dev, None if src == kind else src, mask is not None,
+              weights, signed)
+    if r.ws_items:
+        ws = scratch.buf(r.ws_items, np.float64)
     for compiled, step in r.launches:
         launch(compiled, step.grid, step.spec.B, step.shmem, stream,
                _kernel_args(step, ins, out, ws, m, n, mask))
@@ -621,13 +641,17 @@ def fast_rows(op, kind, ptrs, optr, m, n, dev, stream):
     return _direct_launch(compiled, step.grid, step.spec.B, step.shmem, stream, args)
 
 
-def copy(src, soff, sstrides, dst, doff, dstrides, shape, dev, stream, cast=False):
-    """Strided element copy (see kernels.make_copy); strides and offsets in elements."""
+def copy(src, soff, sstrides, dst, doff, dstrides, shape, dev, stream, cast=False,
+         kinds=None):
+    """Strided element copy (see kernels.make_copy); strides and offsets in elements.
+    ``cast``: convert to the destination's dtype (integers, bool); ``kinds``: (the
+    destination's storage kind, the source's): convert one float kind to another."""
     total = math.prod(shape)
     if total == 0:
         return
-    key = ("copy", len(shape), src.dtype, dst.dtype, cast, dev)
-    c = _compiled_kernel(key, lambda: copy_source(len(shape), src.dtype, dst.dtype, cast), dev)
+    key = ("copy", len(shape), src.dtype, dst.dtype, cast, kinds, dev)
+    c = _compiled_kernel(key, lambda: copy_source(len(shape), src.dtype, dst.dtype, cast,
+                                                  kinds), dev)
     block = (config.block or 32) if SIM else COPY_BLOCK
     max_grid = config.max_grid or (2 if SIM else device_props(dev).sms * 32)
     launch(c, min(-(-total // block), max_grid), block, 0, stream,

@@ -443,8 +443,8 @@ def test_torch_fast_path_declines_cpu_tensors():
 
 
 # ---------------------------------------------------------------------------------------
-# where=, dtype= and logsumexp: not on GPU arrays yet (refused by the shared API layer,
-# naming the parameter or the operation, before anything is launched)
+# where=, dtype= and logsumexp on dask arrays of GPU blocks: not yet (refused by the shared
+# API layer, naming the parameter or the operation, before anything is launched)
 
 NOT_YET = "not supported on GPU arrays yet"
 
@@ -639,42 +639,55 @@ def test_bfloat16_inputs_converted_as_read():
     assert np.array_equal(run(bits, "bf16"), run(wide, "f4"))
 
 
-def test_logsumexp_not_on_gpu_yet():
-    x, kinds = _gpu_kinds()
-    row = np.zeros(4, np.float32)
-    for d in kinds:
-        with pytest.raises(NotImplementedError, match=f"logsumexp\\(\\) is {NOT_YET}"):
-            ns.logsumexp(d)
-        with pytest.raises(NotImplementedError, match=f"logsumexp_backward\\(\\) is {NOT_YET}"):
-            ns.logsumexp_backward(d, row, row)
-    # a GPU array in any argument: named
-    with pytest.raises(NotImplementedError, match=f"{NOT_YET} \\(b is a numba"):
-        ns.logsumexp(x, b=kinds[0])
-    with pytest.raises(NotImplementedError, match=f"{NOT_YET} \\(dlse is a numba"):
-        ns.logsumexp_backward(x, row, cuda().to_device(row))
+def _dask_of_device(host, chunks):
+    """A dask array of numba device arrays (the simulator's too)."""
+    da = pytest.importorskip("dask.array")
+    meta = cuda().to_device(np.empty((0,) * host.ndim, host.dtype))
+    return da.from_array(host, chunks=chunks).map_blocks(
+        lambda b: cuda().to_device(np.ascontiguousarray(b)), meta=meta)
 
 
-def test_dask_of_gpu_blocks_options_not_yet():
+def _computed(d):
+    """A dask result on the host (dask joins numba device arrays' blocks into numpy)."""
+    r = d.compute(scheduler="synchronous")
+    return r if isinstance(r, np.ndarray) else to_host(r)
+
+
+def test_dask_of_gpu_blocks_where_and_dtype():
+    """where= and dtype= on dask arrays of GPU blocks: each task runs the GPU path on its
+    blocks (rows whole in a block: numba device arrays cannot be concatenated)."""
+    x = _x((4, 6))
+    w = np.random.default_rng(1).random((4, 6)) > 0.3
+    w[1] = False
+    dx, dw = _dask_of_device(x, (2, 6)), _dask_of_device(w, (2, 6))
+    got = ns.softmax(dx, where=dw)
+    assert _is_numba_device_array(got._meta)
+    assert_close("softmax", _computed(got), [x.astype(np.float64)], -1, "float32", where=w)
+    got = ns.log_softmax(dx, dtype="float64")
+    assert got.dtype == np.float64
+    assert_close("log_softmax", _computed(got), [x.astype(np.float64)], -1, "float64")
+
+
+def test_dask_of_gpu_blocks_logsumexp():
+    x = _x((4, 6))
+    v, sign = ns.logsumexp(_dask_of_device(x, (4, 3)), axis=0, return_sign=True)
+    assert np.allclose(_computed(v), reference.logsumexp(x, axis=0), rtol=1e-5)
+    assert np.array_equal(_computed(sign), np.ones(6, np.float32))
+    lse = reference.logsumexp(x).astype(np.float32)
+    g = ns.logsumexp_backward(_dask_of_device(x, (2, 6)), _dask_of_device(lse, 2),
+                              _dask_of_device(lse, 2))
+    assert np.allclose(_computed(g), reference.logsumexp_backward(x, lse, lse), rtol=1e-5)
+
+
+def test_dask_of_gpu_blocks_host_mask_refused():
+    """The mask lives where x does: a host mask for GPU blocks, and GPU blocks of a mask
+    for numpy blocks of x, are TypeErrors naming where, at call time."""
     da = pytest.importorskip("dask.array")
     x = _x((4, 6))
-    meta = cuda().to_device(np.empty((0, 0), np.float32))
-    dx = da.from_array(x, chunks=(2, 6)).map_blocks(cuda().to_device, meta=meta)
-    pattern = f"{NOT_YET} \\(x is a dask array of numba.\\w+ blocks"
-    with pytest.raises(NotImplementedError, match="where= is not supported on dask arrays "
-                                                  "of GPU blocks yet"):
-        ns.softmax(dx, where=np.ones(6, bool))
-    with pytest.raises(NotImplementedError, match=r"dtype=float64 is not supported on dask "
-                                                  r"arrays of GPU blocks yet: only None or "
-                                                  r"the result's own dtype \(float32\)"):
-        ns.log_softmax(dx, dtype="float64")
-    assert ns.log_softmax(dx, dtype="float32").dtype == np.float32  # its own: no change
-    with pytest.raises(NotImplementedError, match=f"logsumexp\\(\\) is {pattern}"):
-        ns.logsumexp(dx)
-    with pytest.raises(NotImplementedError, match=f"logsumexp_backward\\(\\) is {pattern}"):
-        ns.logsumexp_backward(dx, np.zeros(4, np.float32), np.zeros(4, np.float32))
-    # a mask of GPU blocks with numpy blocks of x: refused too, naming where
-    dw = da.from_array(np.ones((4, 6), bool), chunks=(2, 6)).map_blocks(
-        cuda().to_device, meta=cuda().to_device(np.empty((0, 0), bool)))
-    with pytest.raises(NotImplementedError, match="where= is not supported on dask arrays "
-                                                  "of GPU blocks yet \\(where is a dask"):
+    with pytest.raises(TypeError, match=r"x is a dask array of numba.\w+ blocks but where is "
+                                        r"a host array \(numpy.ndarray\)"):
+        ns.softmax(_dask_of_device(x, (2, 6)), where=np.ones(6, bool))
+    dw = _dask_of_device(np.ones((4, 6), bool), (2, 6))
+    with pytest.raises(TypeError, match=r"where is a dask array of numba.\w+ blocks but x is "
+                                        r"a host array \(a dask array of numpy.ndarray"):
         ns.softmax(da.from_array(x, chunks=(2, 6)), where=dw)

@@ -196,13 +196,18 @@ def test_numba_result_on_a_nonblocking_stream():
 
 @pytest.mark.parametrize("lib", ["cupy", "torch"])
 def test_options_on_gpu_arrays(lib):
-    """logsumexp: NotImplementedError naming it (the simulator tests cover the rule; this
-    checks cupy's and torch's own arrays reach it); where= (a mask of the same library)
-    and dtype= run, into an array of the library."""
+    """logsumexp (with a sign), its gradient, where= (a mask of the same library) and
+    dtype= run, into arrays of the library."""
     x = _x((4, 6))
     d = _cupy().asarray(x) if lib == "cupy" else _torch().from_numpy(x).cuda()
-    with pytest.raises(NotImplementedError, match="logsumexp\\(\\) is not supported on GPU"):
-        ns.logsumexp(d)
+    v, sign = ns.logsumexp(d, return_sign=True)
+    assert type(v) is type(d) and type(sign) is type(d)
+    ref = reference.logsumexp(x)
+    lse = v.get() if lib == "cupy" else v.cpu().numpy()
+    assert np.allclose(lse, ref, rtol=1e-5)
+    g = ns.logsumexp_backward(d, v, sign)
+    host = g.get() if lib == "cupy" else g.cpu().numpy()
+    assert np.allclose(host, reference.logsumexp_backward(x, ref, np.ones(4)), rtol=1e-5)
     w = np.array([True, False, True, True, False, True])
     dw = _cupy().asarray(w) if lib == "cupy" else _torch().from_numpy(w).cuda()
     r = ns.softmax(d, where=dw)

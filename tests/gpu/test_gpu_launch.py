@@ -397,8 +397,9 @@ def test_device_memory_is_stream_ordered_where_the_device_has_pools(monkeypatch,
 # bench/gpu_ptx.py
 
 def test_ptx_check_enumerates_every_kernel_the_plan_can_choose():
-    """The compile check in CI covers every kernel plan() can return on an H100: its
-    bisection over row lengths finds every kernel that a scan of row lengths finds."""
+    """The compile check covers every kernel plan() can return on an H100: its bisection
+    over row lengths finds every kernel that a scan of row lengths finds (CI's set, and
+    logsumexp's)."""
     import importlib.util
     import pathlib
 
@@ -406,12 +407,15 @@ def test_ptx_check_enumerates_every_kernel_the_plan_can_choose():
     spec = importlib.util.spec_from_file_location("gpu_ptx", path)
     gpu_ptx = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gpu_ptx)
-    found = gpu_ptx.enumerate_specs()
     ns_ = list(range(1, 5000)) + list(range(5000, 300000, 97))
-    for op in ("softmax", "log_softmax_backward"):
+    for kinds, op, flags in (("same", "softmax", {}), ("same", "log_softmax_backward", {}),
+                             ("lse", "logsumexp", dict(weights=True, signed=True)),
+                             ("lse", "logsumexp_backward", {})):
+        found = gpu_ptx.enumerate_specs(kinds)
         for kind in ("f4", "f2"):
             for m in (1, 1 << 20):
                 for vec in (True, False):
                     for n in ns_:
-                        for step in launch.plan(op, kind, m, n, vec, H100, sim=False).steps:
+                        for step in launch.plan(op, kind, m, n, vec, H100, sim=False,
+                                                **flags).steps:
                             assert step.spec in found, (op, kind, m, n, vec)
