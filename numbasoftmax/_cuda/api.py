@@ -368,14 +368,18 @@ def _reduce(launch, xs, results, res, axes, w, keepdims):
     with launch.Scratch(x.dev, lib.stream(x), lib.memory(x.dev, lib.stream(x))) as scratch:
         c = _Call(launch, xs, res, axes, scratch)
         so = len(results)
-        staged = scratch.buf(m * so, launch.STORAGE[c.kind])
+        shape, strides = c.outer()
+        views = [c.per_row(r, keepdims) for r in results]
+        # a value per row, its results contiguous in rows order: written in place
+        direct = so == 1 and views[0][2] == strides
+        staged = (launch.Buf(results[0].ptr, m, c.storage(results[0])) if direct else
+                  scratch.buf(m * so, launch.STORAGE[c.kind]))
         launch.run_rows("logsumexp", c.kind, c.ins, (staged, so), m, c.p.n, c.dev, c.stream,
                         scratch, c.src, c.mask(w) if c.p.n else None, weights=len(xs) == 2,
                         signed=so == 2)
-        shape, strides = c.outer()
-        for k, r in enumerate(results):
-            launch.copy(staged, k, tuple(so * s for s in strides), *c.per_row(r, keepdims),
-                        shape, c.dev, c.stream)
+        for k, view in enumerate([] if direct else views):
+            launch.copy(staged, k, tuple(so * s for s in strides), *view, shape, c.dev,
+                        c.stream)
 
 
 def logsumexp_backward(x, lse, dlse, axis, b, sign, where, dtype, out):
