@@ -249,7 +249,7 @@ def _side(where, values, shape, axes, p):
         access = mask_rows(shape, w.strides, p.perm, naxes)
     if access.kind == "constant":
         t = w.transpose(p.perm)
-        filled = np.ascontiguousarray(t[(Ellipsis,) + (0,) * naxes]).astype(bool)
+        filled = np.array(t[(Ellipsis,) + (0,) * naxes], dtype=bool)  # 0-d stays 0-d
         return (None if rv is None else (None, None, rv)), filled
     flat = as_strided(w, shape=(access.extent,), strides=(1,))
     dims = np.array(access.dims, dtype=np.int64).reshape(-1, 2)

@@ -99,6 +99,20 @@ def test_rows_without_valid_elements(op, rng):
     assert np.isfinite(got[1]).all()
 
 
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("keep", [True, False])
+def test_zero_dim_input_with_a_mask(op, keep, rng):
+    """A 0-d input is one row of one element: a 0-d mask includes or excludes it (this
+    raised ValueError from the rows' fill)."""
+    inputs = tuple(np.asarray(a) for a in inputs_for(op, rng, (), np.float32))
+    got = masked(op, inputs, np.array(keep))
+    assert got.shape == ()
+    if keep:
+        assert_bitwise_equal(got, getattr(nsm, op)(*inputs))
+    else:
+        assert got == EXCLUDED[op]
+
+
 def test_excluded_non_finite_values_take_no_part(rng):
     x = rng.standard_normal((4, 30)).astype(np.float32)
     where = np.ones((4, 30), bool)

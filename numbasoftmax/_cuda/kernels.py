@@ -42,6 +42,7 @@ from numba import cuda, types
 from .._ops import FORWARD, OPS
 
 NEG_INF = -math.inf
+INF = math.inf
 NAN = math.nan
 F64 = types.float64
 
@@ -169,15 +170,17 @@ def _op_math(P, op, weights=False):
     LOG = OPS[op].forward == "log_softmax"
     LSE = OPS[op].forward == "logsumexp"
     W = weights
-    INF = math.inf
 
     @dev
     def term(a, b, mx):
         if LSE:
             # a row whose max is +inf sums its +inf terms (so that weights of both signs
             # give NaN); a row of -inf (or nothing) sums exp(-inf) = 0 from a shift of 0
+            # (its finite elements add 0, whatever their weight)
             if mx == ctype(INF):
-                t = ctype(INF) if a == ctype(INF) else ctype(0.0)
+                if a != ctype(INF):
+                    return ctype(0.0)
+                t = ctype(INF)
             else:
                 t = exp(a - (mx if mx != ctype(NEG_INF) else ctype(0.0)))
             if W:
@@ -575,13 +578,18 @@ def _long(P, spec):
     XCH = B if P.sim else 1
 
     @dev
-    def rescale(mt, mx):
-        """exp(mt - mx), the factor from a sum at max mt to one at max mx >= mt; for
-        logsumexp 1 where they are equal, +inf too (it sums that row's infinite terms; the
-        softmax functions' +inf rows are NaN either way)."""
-        if LSE and mt == mx:
-            return ctype(1.0)
-        return exp(mt - mx)
+    def carry(acc, mt, mx):
+        """``acc``, a sum at max mt, as a sum at max mx >= mt: times exp(mt - mx). For
+        logsumexp, unchanged where the maxima are equal, +inf too (it sums that row's
+        infinite terms; the softmax functions' +inf rows are NaN either way), and nothing
+        below a max of +inf: there every other element adds 0 whatever its weight, as in
+        ``term`` (a NaN or infinite weight would make acc * 0 NaN)."""
+        if LSE:
+            if mt == mx:
+                return acc
+            if mx == ctype(INF):
+                return F64(0.0)
+        return acc * exp(mt - mx)
 
     @dev
     def partial(a, ab, b, bb, w, wb, wn, plo, phi, bufa, bufb):
@@ -613,10 +621,11 @@ def _long(P, spec):
                 for j in range(UV):
                     bm = fmax(bm, bufa[j])
                 mn = fmax(mt, bm)
-                if mn != ctype(NEG_INF):
+                # logsumexp sums rows of -inf too: a NaN or infinite weight there is NaN
+                if LSE or mn != ctype(NEG_INF):
                     for j in range(UV):
                         part += term(bufa[j], bufb[j], mn)
-                    acc = acc * rescale(mt, mn) + part
+                    acc = carry(acc, mt, mn) + part
                 mt = mn
             else:
                 for j in range(UV):
@@ -631,10 +640,10 @@ def _long(P, spec):
         block's max first)."""
         if FWD:
             mrow = block_max(mt, ctype(NEG_INF), red, xch)
-            if mt == ctype(NEG_INF):
+            if mt == ctype(NEG_INF) and not LSE:
                 acc = F64(0.0)
             else:
-                acc = acc * rescale(mt, mrow)
+                acc = carry(acc, mt, mrow)
             return mrow, block_sum(acc, F64(0.0), redd, xchd)
         return mt, block_sum(acc, F64(0.0), redd, xchd)
 
@@ -696,8 +705,8 @@ def _long(P, spec):
                         mx = fmax(mx, ctype(ws[2 * (row * C + k)]))
                     for k in range(C):
                         mk = ctype(ws[2 * (row * C + k)])
-                        if mk != ctype(NEG_INF):
-                            total += ws[2 * (row * C + k) + 1] * rescale(mk, mx)
+                        if LSE or mk != ctype(NEG_INF):
+                            total += carry(ws[2 * (row * C + k) + 1], mk, mx)
                 else:
                     for k in range(C):
                         total += ws[row * C + k]

@@ -265,6 +265,8 @@ def plan(op, kind, m, n, vec_ok, dev, sim=None, src=None, mask=False, weights=Fa
                          f"{strategy!r}")
     if c.lse and (strategy.startswith("smem") or strategy == "split" and c.bwd):
         strategy = "long"  # what logsumexp and its gradient have instead
+    if not n:  # logsumexp of empty rows: every row is padding
+        strategy = "rows"
     return _STRATEGIES[strategy](c)
 
 

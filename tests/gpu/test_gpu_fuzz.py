@@ -150,3 +150,75 @@ def test_fuzz(func, request):
         _fuzz_once(func, data)
 
     run()
+
+
+def _close_to_cpu(got, want, dtype_name, n):
+    """GPU against the CPU path's logsumexp results: NaN and infinities where the CPU has
+    them, finite values within the dtype's tolerance of a log-sum-exp over n elements."""
+    from gpu_helpers import RTOL
+
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    assert got.shape == want.shape
+    assert np.array_equal(np.isnan(got), np.isnan(want)), (got, want)
+    inf = np.isinf(want)
+    assert np.array_equal(got[inf], want[inf]), (got, want)
+    fin = np.isfinite(want)
+    tol = 8 * RTOL[dtype_name] * (np.abs(want) + np.log(max(n, 1)) + 1)
+    with np.errstate(invalid="ignore"):  # inf - inf where both are the same infinity
+        assert np.all(np.abs(got - want)[fin] <= tol[fin]), (got, want)
+
+
+def _fuzz_lse_once(data):
+    from numbasoftmax._cuda import launch
+    from numbasoftmax._layout import normalize_axes
+
+    shape, axis = data.draw(shapes_axes())
+    dtype = data.draw(st.sampled_from(["float32", "float64", "float16", "int32"]))
+    x = _values(data.draw, shape, dtype, "x")
+    res = "float64" if dtype == "int32" else dtype
+    options = dict(keepdims=data.draw(st.booleans()), return_sign=data.draw(st.booleans()))
+    host_b = host_w = None
+    if data.draw(st.booleans()) and dtype != "int32":  # non-negative weights, zeros included
+        bshape = shape[data.draw(st.integers(0, len(shape))):]
+        host_b = np.abs(_values(data.draw, bshape, dtype, "y"))
+    if data.draw(st.booleans()):
+        host_w = _values(data.draw, shape, "bool", "x")
+    dev = {}
+    for name, h in (("x", x), ("b", host_b), ("where", host_w)):
+        if h is not None:
+            lay = data.draw(layouts(h.ndim))
+            dev[name], _ = strided_view(h, layout_strides(h.shape, **lay))
+    force = data.draw(st.sampled_from([None, "rows", "long", "split"]))
+    with launch.config.override(force=force):
+        got = ns.logsumexp(dev["x"], axis=axis, b=dev.get("b"), where=dev.get("where"),
+                           **options)
+    want = ns.logsumexp(x, axis=axis, b=host_b, where=host_w, **options)
+    got, want = (got, want) if options["return_sign"] else ((got,), (want,))
+    axes = normalize_axes(axis, len(shape))
+    n = int(np.prod([shape[a] for a in axes])) if shape else 1
+    for g, w in zip(got, want, strict=True):
+        _close_to_cpu(to_host(g), w, res, n)
+    # the gradient, from the CPU's lse and a random upstream gradient
+    lse = np.asarray(ns.logsumexp(x, axis=axis, b=host_b, where=host_w))
+    if not np.all(np.isfinite(lse)) or dtype == "int32":
+        return
+    dlse = np.random.default_rng(n).standard_normal(lse.shape).astype(res)
+    lse = lse.astype(res)
+    with launch.config.override(force=None if force == "split" else force):
+        grad = ns.logsumexp_backward(dev["x"], *(strided_view(v, layout_strides(v.shape))[0]
+                                                 for v in (lse, dlse)),
+                                     axis=axis, b=dev.get("b"), where=dev.get("where"))
+    want = ns.logsumexp_backward(x, lse, dlse, axis=axis, b=host_b, where=host_w)
+    _close_to_cpu(to_host(grad), want, res, 1)
+
+
+def test_fuzz_logsumexp(request):
+    """logsumexp and its gradient on the GPU path against the CPU path: random shapes,
+    axes, layouts, weights, masks, signs, keepdims and non-finite values."""
+    @settings(max_examples=_examples(request), deadline=None, derandomize=True,
+              suppress_health_check=list(HealthCheck), database=None)
+    @given(data=st.data())
+    def run(data):
+        _fuzz_lse_once(data)
+
+    run()

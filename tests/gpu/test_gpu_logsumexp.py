@@ -77,6 +77,32 @@ def test_logsumexp_strategies(strategy, shape, dtype):
     _close(to_host(plain), reference.logsumexp(x), dtype, np.log(shape[1]))
 
 
+@pytest.mark.parametrize(("strategy", "shape"), STRATEGIES)
+def test_logsumexp_infinite_weights_below_an_infinite_max(strategy, shape):
+    """A row whose max is +inf sums its +inf terms only: its other elements add 0 whatever
+    their weight (inf, NaN), also where the long and split kernels met them first at a
+    lower max (a part sum of inf * 0 would be NaN). Below a finite max, or in a row of
+    -inf, they are NaN."""
+    from numbasoftmax._cuda import launch
+
+    x = np.full(shape, 2.0, np.float32)
+    b = np.ones(shape, np.float32)
+    x[:, -1] = np.inf  # the row's max comes last, after parts summed at 2 and at -inf
+    b[0, :-1] = np.inf
+    b[1, :-1] = np.nan
+    x[2, :-1], b[2, :-1] = -np.inf, np.inf
+    x[3, -1] = 3.0  # a finite max: inf * exp(2 - 3) = inf; below it, inf * 0 = NaN
+    b[3, :2] = np.inf
+    x[3, 0] = -np.inf
+    x[4], b[4, 0] = -np.inf, np.inf  # a row of -inf: inf * exp(-inf) = NaN, as on the CPU
+    with launch.config.override(force=strategy):
+        got = to_host(ns.logsumexp(_dev(x), b=_dev(b)))
+    with np.errstate(all="ignore"):
+        want = ns.logsumexp(x, b=b)  # the CPU path's rule
+    assert np.isposinf(want[:3]).all() and np.isnan(want[3:5]).all()
+    _close(got, want, "float32", np.log(shape[1]))
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
 @pytest.mark.parametrize(("strategy", "shape"), [STRATEGIES[0], STRATEGIES[1]])
 def test_logsumexp_backward_strategies(strategy, shape, dtype):
@@ -151,8 +177,14 @@ def test_logsumexp_backward_out_and_layouts():
     _close(out.copy_to_host(), reference.logsumexp_backward(x, lse, g), "float32")
 
 
-def test_logsumexp_empty_rows_and_no_rows():
-    v, sign = ns.logsumexp(_dev(np.zeros((3, 0), np.float32)), return_sign=True)
+@pytest.mark.parametrize("strategy", [None, "long", "split"])
+def test_logsumexp_empty_rows_and_no_rows(strategy):
+    """Empty rows give -inf with sign 0 whatever strategy is asked for (a forced split
+    of zero-length rows divided by zero in the plan)."""
+    from numbasoftmax._cuda import launch
+
+    with launch.config.override(force=strategy):
+        v, sign = ns.logsumexp(_dev(np.zeros((3, 0), np.float32)), return_sign=True)
     assert np.array_equal(to_host(v), np.full(3, -np.inf, np.float32))
     assert np.array_equal(to_host(sign), np.zeros(3, np.float32))
     assert to_host(ns.logsumexp(_dev(np.zeros((0, 4), np.float32)))).shape == (0,)
