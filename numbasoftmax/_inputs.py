@@ -18,9 +18,8 @@
   (ValueError naming both shapes). A masked array's mask acts as ``where=~mask``; the
   result is a masked array with that mask.
 * Weights (logsumexp's ``b``): the dtype rule, and they broadcast to ``x``'s shape.
-* Not on GPU arrays yet: logsumexp and its gradient, and on dask arrays of GPU blocks
-  ``where=`` and a ``dtype=`` other than the result's own (NotImplementedError naming the
-  parameter or the operation). A GPU mask for host arrays is a TypeError.
+* A mask, weights or per-row arguments on the other side from ``x`` (a GPU mask for host
+  arrays, a host one for GPU arrays) are a TypeError naming the parameter.
 
 The checks take plain metadata (shapes, dtypes, flags) so that any backend can apply them
 to its own array types; the ``host_*`` functions apply them to numpy inputs.

@@ -222,3 +222,64 @@ def test_fuzz_logsumexp(request):
         _fuzz_lse_once(data)
 
     run()
+
+
+EXCLUDED = {"softmax": 0.0, "log_softmax": -np.inf, "softmax_backward": 0.0,
+            "log_softmax_backward": 0.0}
+
+
+def _mask_shape(draw, shape):
+    """x's shape, its trailing dims, or x's shape with some dims 1 (all broadcast)."""
+    kind = draw(st.sampled_from(["full", "trailing", "ones"]))
+    if kind == "trailing":
+        return shape[draw(st.integers(0, len(shape))):]
+    if kind == "ones":
+        return tuple(1 if draw(st.booleans()) else s for s in shape)
+    return shape
+
+
+def _fuzz_features_once(func, data):
+    from numbasoftmax._cuda import launch
+
+    shape, axis = data.draw(shapes_axes())
+    bwd = func in ("softmax_backward", "log_softmax_backward")
+    dtype = data.draw(st.sampled_from(["float32", "float64", "float16"]))
+    roles = ("x",) if not bwd else (("y", "g") if func == "softmax_backward" else ("z", "g"))
+    host = [_values(data.draw, shape, dtype, r) for r in roles]
+    views = [strided_view(h, layout_strides(h.shape, **data.draw(layouts(h.ndim))))[0]
+             for h in host]
+    host_w = None
+    if data.draw(st.integers(0, 3)):  # a mask 3 times in 4
+        host_w = _values(data.draw, _mask_shape(data.draw, shape), "bool", "x")
+    result = data.draw(st.sampled_from([None, "float32", "float64", "float16"]))
+    options = {} if result is None else {"dtype": result}
+    if host_w is not None:
+        options["where"] = strided_view(
+            host_w, layout_strides(host_w.shape, **data.draw(layouts(host_w.ndim))))[0]
+    force = data.draw(st.sampled_from([None, "rows", "smem", "smem16", "long", "split"]))
+    with launch.config.override(force=force):
+        r = getattr(ns, func)(*views, axis=axis, **options)
+    name = result or dtype
+    got = to_host(r)
+    assert got.dtype == np.dtype(name) and got.shape == shape
+    # as if cast first: the inputs rounded to the result's dtype, then in float64
+    with np.errstate(over="ignore"):  # a huge float64 cast to float16 is inf, as on the GPU
+        inputs = [h.astype(name).astype(np.float64) for h in host]
+    assert_close(func, got.astype(np.float64), inputs, axis, name, where=host_w)
+    if host_w is not None:
+        excluded = ~np.broadcast_to(host_w, shape)
+        assert np.all(got[excluded] == EXCLUDED[func]), (got, host_w)
+
+
+@pytest.mark.parametrize("func", FUNCS)
+def test_fuzz_where_and_dtype(func, request):
+    """where= (masks of x's shape and broadcast ones, in any layout) and dtype= on the GPU
+    path against the float64 reference of the masked call on the cast inputs; excluded
+    elements exactly 0 (log_softmax: -inf)."""
+    @settings(max_examples=_examples(request), deadline=None, derandomize=True,
+              suppress_health_check=list(HealthCheck), database=None)
+    @given(data=st.data())
+    def run(data):
+        _fuzz_features_once(func, data)
+
+    run()
