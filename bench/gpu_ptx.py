@@ -143,8 +143,8 @@ def enumerate_specs(kinds="same"):
 
 
 def copy_kernels():
-    """The strided copy kernels: gather/scatter up to 4 axes (uint8: where= masks), an
-    int64 -> float64 cast, and float conversions (logsumexp's mixed weights and per-row
+    """The strided copy kernels: gather/scatter up to 4 axes (uint8: where= masks),
+    integer and bool casts, and float conversions (logsumexp's mixed weights and per-row
     values): (ndim, source dtype, destination dtype, cast, (destination kind, source
     kind) or None)."""
     import numpy as np
@@ -154,7 +154,11 @@ def copy_kernels():
     for ndim in (1, 2, 3, 4):
         for dt in (np.float32, np.float64, np.uint16, np.uint8):
             out.append((ndim, np.dtype(dt), np.dtype(dt), False, None))
-    out.append((2, np.dtype(np.int64), f8, True, None))
+    out.append((2, np.dtype(np.int64), f8, True, None))  # per-row values into float64
+    # integer and bool inputs, stored as the result's kind (dtype=float16 too)
+    out += [(2, np.dtype(np.int64), f8, True, ("f8", "f8")),
+            (2, np.dtype(np.int32), f2, True, ("f2", "f2")),
+            (2, np.dtype(np.uint8), f4, True, ("f4", "f4"))]
     out += [(2, f2, f8, False, ("f8", "f2")), (2, f4, f8, False, ("f8", "f4")),
             (2, f2, f4, False, ("f4", "f2")), (2, f8, f2, False, ("f2", "f8"))]
     return out

@@ -182,7 +182,7 @@ class _Call:
         same = all(d.dtype == x.dtype for d in xs) and x.dtype in KIND
         self.src = KIND[x.dtype] if same else self.kind
         self.conv = [None if same or d.dtype == res else
-                     (True, None) if d.dtype not in KIND else (False, (self.kind, KIND[d.dtype]))
+                     (d.dtype not in KIND, (self.kind, KIND.get(d.dtype, self.kind)))
                      for d in xs]
         self.p = plan(x.shape, axes, [self.meta(d, c) for d, c in zip(xs, self.conv, strict=True)],
                       None if out is None else out.meta(), columns=False)

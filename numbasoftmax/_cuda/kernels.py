@@ -733,7 +733,7 @@ def make_copy(ndim, sim, cast=None, P=None):
     ``shape``) goes from src[soff + i . sstrides] to dst[doff + i . dstrides] (element
     strides, possibly negative). ``cast`` (a numba type) converts the value; ``P``
     (primitives of the destination's kind, reading the source's) converts a float kind,
-    rounding once."""
+    rounding once, or with ``cast`` (its compute type) stores the converted value."""
     ND = ndim
     CAST = cast
     dev = _device(sim)
@@ -748,7 +748,8 @@ def make_copy(ndim, sim, cast=None, P=None):
     def write(arr, i, v):
         arr[i] = v
 
-    ld, st = (read, write) if P is None else (P.ld, P.st)
+    ld = P.ld if P is not None and CAST is None else read
+    st = write if P is None else P.st
 
     def kernel(src, soff, sstr, dst, doff, dstr, shape, total):
         i = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x

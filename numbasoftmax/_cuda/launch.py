@@ -318,14 +318,18 @@ def kernel_source(spec):
 
 def copy_source(ndim, src_dtype, dst_dtype, cast, kinds=None):
     """The Source of the strided copy kernel (see kernels.make_copy); ``kinds``: (the
-    destination's storage kind, the source's) for a float conversion."""
+    destination's storage kind, the source's) for a float conversion, or with ``cast``
+    (integer or bool values) the destination's kind twice: the values are converted to
+    its compute type and stored as its bits (a 2-byte float is not its storage integer)."""
     tup = types.UniTuple(_I64, ndim)
     sig = types.void(_arr(src_dtype), _I64, tup, _arr(dst_dtype), _I64, tup, tup, _I64)
     P = None
     if kinds is not None:
         P = primitives(kinds[0], None if kinds[1] == kinds[0] else kinds[1])
-    return Source(K.make_copy(ndim, SIM, from_dtype(np.dtype(dst_dtype)) if cast else None, P),
-                  sig, _options(COPY_BLOCK))
+    convert = None
+    if cast:
+        convert = from_dtype(np.dtype(dst_dtype)) if P is None else P.ctype
+    return Source(K.make_copy(ndim, SIM, convert, P), sig, _options(COPY_BLOCK))
 
 
 def _max_threads(kernel):

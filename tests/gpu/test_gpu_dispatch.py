@@ -607,6 +607,19 @@ def test_dtype_with_gathered_and_staged_layouts():
                  "float32")
 
 
+@pytest.mark.parametrize("op", ["softmax", "log_softmax", "logsumexp"])
+@pytest.mark.parametrize("src", ["int32", "int64", "bool"])
+def test_integer_and_bool_inputs_with_dtype_float16(op, src):
+    """Integer and bool inputs converted to float16 values as numpy's astype does (they
+    were stored as the integer's low bits: 1 became 6e-8 and -1 NaN), then bitwise the
+    float16 call on those values."""
+    host = (np.arange(-6, 6).reshape(2, 6) % 5 - 2).astype(src)
+    got = to_host(getattr(ns, op)(cuda().to_device(host), dtype="float16"))
+    want = to_host(getattr(ns, op)(cuda().to_device(host.astype(np.float16))))
+    assert got.dtype == np.float16
+    assert np.array_equal(got.view(np.uint16), want.view(np.uint16))
+
+
 def test_dtype_bad_values_on_gpu():
     x, kinds = _gpu_kinds()
     for d in kinds:

@@ -141,15 +141,20 @@ def _fuzz_once(func, data):
                  np.dtype(res_dtype).name)
 
 
-@pytest.mark.parametrize("func", FUNCS)
-def test_fuzz(func, request):
+def _run(request, once, *args):
+    """once(*args, data) for each example, from hypothesis's fixed seed."""
     @settings(max_examples=_examples(request), deadline=None, derandomize=True,
               suppress_health_check=list(HealthCheck), database=None)
     @given(data=st.data())
     def run(data):
-        _fuzz_once(func, data)
+        once(*args, data)
 
     run()
+
+
+@pytest.mark.parametrize("func", FUNCS)
+def test_fuzz(func, request):
+    _run(request, _fuzz_once, func)
 
 
 def _close_to_cpu(got, want, dtype_name, n):
@@ -177,6 +182,8 @@ def _fuzz_lse_once(data):
     x = _values(data.draw, shape, dtype, "x")
     res = "float64" if dtype == "int32" else dtype
     options = dict(keepdims=data.draw(st.booleans()), return_sign=data.draw(st.booleans()))
+    if data.draw(st.booleans()):  # dtype=: computed as if x (and b) had been cast
+        res = options["dtype"] = data.draw(st.sampled_from(["float16", "float32", "float64"]))
     host_b = host_w = None
     if data.draw(st.booleans()) and dtype != "int32":  # non-negative weights, zeros included
         bshape = shape[data.draw(st.integers(0, len(shape))):]
@@ -192,14 +199,17 @@ def _fuzz_lse_once(data):
     with launch.config.override(force=force):
         got = ns.logsumexp(dev["x"], axis=axis, b=dev.get("b"), where=dev.get("where"),
                            **options)
-    want = ns.logsumexp(x, axis=axis, b=host_b, where=host_w, **options)
+    with np.errstate(over="ignore"):  # a huge value cast to float16: inf on both paths
+        want = ns.logsumexp(x, axis=axis, b=host_b, where=host_w, **options)
     got, want = (got, want) if options["return_sign"] else ((got,), (want,))
     axes = normalize_axes(axis, len(shape))
     n = int(np.prod([shape[a] for a in axes])) if shape else 1
     for g, w in zip(got, want, strict=True):
         _close_to_cpu(to_host(g), w, res, n)
     # the gradient, from the CPU's lse and a random upstream gradient
-    lse = np.asarray(ns.logsumexp(x, axis=axis, b=host_b, where=host_w))
+    with np.errstate(over="ignore"):
+        lse = np.asarray(ns.logsumexp(x, axis=axis, b=host_b, where=host_w,
+                                      dtype=options.get("dtype")))
     if not np.all(np.isfinite(lse)) or dtype == "int32":
         return
     dlse = np.random.default_rng(n).standard_normal(lse.shape).astype(res)
@@ -207,21 +217,17 @@ def _fuzz_lse_once(data):
     with launch.config.override(force=None if force == "split" else force):
         grad = ns.logsumexp_backward(dev["x"], *(strided_view(v, layout_strides(v.shape))[0]
                                                  for v in (lse, dlse)),
-                                     axis=axis, b=dev.get("b"), where=dev.get("where"))
-    want = ns.logsumexp_backward(x, lse, dlse, axis=axis, b=host_b, where=host_w)
+                                     axis=axis, b=dev.get("b"), where=dev.get("where"),
+                                     dtype=options.get("dtype"))
+    want = ns.logsumexp_backward(x, lse, dlse, axis=axis, b=host_b, where=host_w,
+                                 dtype=options.get("dtype"))
     _close_to_cpu(to_host(grad), want, res, 1)
 
 
 def test_fuzz_logsumexp(request):
     """logsumexp and its gradient on the GPU path against the CPU path: random shapes,
     axes, layouts, weights, masks, signs, keepdims and non-finite values."""
-    @settings(max_examples=_examples(request), deadline=None, derandomize=True,
-              suppress_health_check=list(HealthCheck), database=None)
-    @given(data=st.data())
-    def run(data):
-        _fuzz_lse_once(data)
-
-    run()
+    _run(request, _fuzz_lse_once)
 
 
 EXCLUDED = {"softmax": 0.0, "log_softmax": -np.inf, "softmax_backward": 0.0,
@@ -276,10 +282,4 @@ def test_fuzz_where_and_dtype(func, request):
     """where= (masks of x's shape and broadcast ones, in any layout) and dtype= on the GPU
     path against the float64 reference of the masked call on the cast inputs; excluded
     elements exactly 0 (log_softmax: -inf)."""
-    @settings(max_examples=_examples(request), deadline=None, derandomize=True,
-              suppress_health_check=list(HealthCheck), database=None)
-    @given(data=st.data())
-    def run(data):
-        _fuzz_features_once(func, data)
-
-    run()
+    _run(request, _fuzz_features_once, func)
