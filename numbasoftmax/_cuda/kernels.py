@@ -583,12 +583,15 @@ def _long(P, spec):
         logsumexp, unchanged where the maxima are equal, +inf too (it sums that row's
         infinite terms; the softmax functions' +inf rows are NaN either way), and nothing
         below a max of +inf: there every other element adds 0 whatever its weight, as in
-        ``term`` (a NaN or infinite weight would make acc * 0 NaN)."""
+        ``term`` (a NaN or infinite weight would make acc * 0 NaN). The softmax functions'
+        part that saw only -inf summed nothing (exp(-inf - -inf) would be NaN)."""
         if LSE:
             if mt == mx:
                 return acc
             if mx == ctype(INF):
                 return F64(0.0)
+        elif mt == ctype(NEG_INF):
+            return F64(0.0)
         return acc * exp(mt - mx)
 
     @dev
@@ -640,11 +643,7 @@ def _long(P, spec):
         block's max first)."""
         if FWD:
             mrow = block_max(mt, ctype(NEG_INF), red, xch)
-            if mt == ctype(NEG_INF) and not LSE:
-                acc = F64(0.0)
-            else:
-                acc = carry(acc, mt, mrow)
-            return mrow, block_sum(acc, F64(0.0), redd, xchd)
+            return mrow, block_sum(carry(acc, mt, mrow), F64(0.0), redd, xchd)
         return mt, block_sum(acc, F64(0.0), redd, xchd)
 
     @dev
@@ -704,9 +703,8 @@ def _long(P, spec):
                     for k in range(C):
                         mx = fmax(mx, ctype(ws[2 * (row * C + k)]))
                     for k in range(C):
-                        mk = ctype(ws[2 * (row * C + k)])
-                        if LSE or mk != ctype(NEG_INF):
-                            total += carry(ws[2 * (row * C + k) + 1], mk, mx)
+                        total += carry(ws[2 * (row * C + k) + 1], ctype(ws[2 * (row * C + k)]),
+                                       mx)
                 else:
                     for k in range(C):
                         total += ws[row * C + k]
