@@ -227,6 +227,32 @@ def vscatter(typingctx, arr, index, step, k, value):
 
 
 @intrinsic
+def vprefetch(typingctx, arr, index):
+    """A hint that element ``index`` of a 1-D array is read soon: its cache line is
+    fetched ahead (no effect on any result; the hint never faults, even past the end)."""
+    if not (isinstance(arr, types.Array) and arr.ndim == 1
+            and isinstance(index, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        a = context.make_array(sig.args[0])(context, builder, args[0])
+        if sig.args[0].layout in "CF":
+            ptr = builder.gep(a.data, [args[1]])
+        else:
+            stride = cgutils.unpack_tuple(builder, a.strides, 1)[0]
+            addr = builder.add(builder.ptrtoint(a.data, _I64), builder.mul(args[1], stride))
+            ptr = builder.inttoptr(addr, a.data.type)
+        fnty = ir.FunctionType(ir.VoidType(), [ptr.type, _I32, _I32, _I32])
+        fn = builder.module.declare_intrinsic("llvm.prefetch.p0", fnty=fnty)
+        # read, high locality, data cache
+        builder.call(fn, [ptr, ir.Constant(_I32, 0), ir.Constant(_I32, 3),
+                          ir.Constant(_I32, 1)])
+        return context.get_dummy_value()
+
+    return types.none(arr, index), codegen
+
+
+@intrinsic
 def vload_mask(typingctx, arr, index, k):
     """Lanes < k of a 1-D byte array (a numpy bool mask viewed as uint8) as a lane mask:
     set where the byte is not 0; lanes from k on are not set."""
