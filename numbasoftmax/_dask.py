@@ -78,7 +78,7 @@ import dask.array as da
 import numpy as np
 from dask.array.utils import meta_from_array
 
-from . import _cpu, _cpu_path
+from . import _cpu, _cpu_path, _pool
 from ._inputs import array_kind, check_pair, host_array, reject_masked, result_dtype
 from ._layout import as_2d, normalize_axes
 from ._row_kernel import CHUNK
@@ -369,7 +369,7 @@ def _write_task(spec, *args):
         return _xp_block(_xp_write(spec.key, rows, fin.reshape(m, 2), spec.dtype), shape,
                          spec.axes)
     # a C-contiguous block, as the one-pass tasks give for C-contiguous input blocks
-    out = np.empty(shape, spec.dtype)
+    out = _pool.empty(shape, spec.dtype)
     if m and n:
         from . import _cpu_kernels as k
 

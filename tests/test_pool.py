@@ -326,3 +326,20 @@ def test_memory_is_returned_to_the_os():
     assert mib["off"] < 32, mib
     assert mib["held"] > 100, mib
     assert mib["after"] < 32, mib
+
+
+@pytest.mark.parametrize("axis", [0, -1], ids=["split-axis-0", "split-axis-last"])
+def test_dask_two_pass_blocks_come_from_the_pool(axis):
+    da = pytest.importorskip("dask.array")
+    x = _x((512, 2048))
+    d = da.from_array(x, chunks=(256, 1024))  # the softmax axis split: two passes
+    first = numbasoftmax.softmax(d, axis=axis).to_delayed()[0, 0].compute(scheduler="sync")
+    assert isinstance(first.base, _pool._Owner)
+    address, expected = _address(first), first.copy()
+    del first
+    second = numbasoftmax.softmax(d, axis=axis).to_delayed()[0, 0].compute(scheduler="sync")
+    assert _address(second) == address
+    np.testing.assert_array_equal(second, expected)
+    # chunk boundaries off the kernels' 8192-element chunks: equal within rounding
+    np.testing.assert_allclose(second, numbasoftmax.softmax(x, axis=axis)[:256, :1024],
+                               rtol=1e-5)
