@@ -1,7 +1,7 @@
 """numbasoftmax on dask arrays vs the same softmax written in dask.array operations.
 
     python bench/bench_dask.py [--part threads|cluster|all] [--log2-elements 27]
-                               [--repeat 5] [--workers N]
+                               [--repeat 5] [--workers N] [--result-pool 0]
                                [--cluster-log2-elements 28] [--cluster-repeat 3]
                                [--memory-limit 768MiB]
 
@@ -11,7 +11,9 @@ data generation), in 16+ chunks: row chunks (one pass), chunks split along the s
 for axis -1, 0 and None (two passes; also timed merged into one chunk first, the one-pass
 alternative), column chunks for axis 0 (one pass). Each result is written into a
 preallocated numpy array with ``dask.array.store`` (the same for all, and no 512 MiB
-concatenation in the timing).
+concatenation in the timing). ``--result-pool 1GiB`` runs this part inside
+``numbasoftmax.result_pool`` (numbasoftmax's blocks then reuse the memory of blocks dask
+has dropped, without page faults; the dask.array version allocates as always).
 
 LocalCluster (``--part cluster``): the issue's set-up (2 GiB, 2 workers of 1.5 GiB) halved
 for a 24 GiB, 2-core machine: a float32 array of 2**28 elements (1 GiB, uniform in [0, 1)
@@ -30,6 +32,7 @@ alike. Prints Markdown tables with the machine facts.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import platform
@@ -131,6 +134,12 @@ def load_line(load):
 
 
 def threads_part(args):
+    pool = dask.utils.parse_bytes(args.result_pool)
+    with ns.result_pool(pool) if pool else contextlib.nullcontext():
+        _threads_part(args, pool)
+
+
+def _threads_part(args, pool):
     load = CpuLoad()
     n_elements = 1 << args.log2_elements
     cols = 1 << 14
@@ -197,6 +206,8 @@ def threads_part(args):
     print(f"- CPU: {machine()}; {versions()}")
     print(f"- in-memory reference, `numbasoftmax.softmax(x)` on the numpy array: "
           f"{med(t_np):.3f} s ({2 * x.nbytes / 1e9 / med(t_np):.1f} GB/s)")
+    print(f"- numbasoftmax's result pool: "
+          f"{f'on, limit {args.result_pool}' if pool else 'off (the default)'}")
     print(f"- load: {load_line(load)}\n")
     print("| chunks, axis | function | passes | blocks | numbasoftmax: wall s (CPU s) "
           "| dask.array ops: wall s (CPU s) | merged first, then numbasoftmax: wall s "
@@ -281,6 +292,8 @@ def main():
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--workers", type=int, default=None,
                    help="threads of the threaded scheduler (default: dask's, the core count)")
+    p.add_argument("--result-pool", default="0",
+                   help="threaded part: numbasoftmax's result pool limit (e.g. 1GiB; 0: off)")
     p.add_argument("--cluster-log2-elements", type=int, default=28)
     p.add_argument("--cluster-repeat", type=int, default=3)
     p.add_argument("--memory-limit", default="768MiB",
