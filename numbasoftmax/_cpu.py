@@ -200,14 +200,14 @@ def _call_direct(entries, driver, call):
 # them in ``out`` between the passes (same bits): a band's kept exps are written to memory
 # and read back, a larger cost than the exps where the band outgrows the cache ((8192, 2048)
 # float32 along axis 0, 2 threads: 22-28 ms kept, 16-19 ms recomputed), and no loss below.
-_COLUMN_OPS = {"softmax": "softmax_split"}
+COLUMN_OPS = {"softmax": "softmax_split"}
 
 
 def run_columns(op, args, direct=False):
     """Run ``op`` along a strided axis read in place: ``args`` are, per array (a[, b], out),
     a flat buffer, its outer stride and its axis stride, then M outer positions, n elements
     along the axis and C contiguous inner positions. ``direct`` as for ``run``."""
-    op = _COLUMN_OPS.get(op, op)
+    op = COLUMN_OPS.get(op, op)
     marker, _, entries = _routes.get(op) or _route(op)
     k = _kernels
     if len(args) == 9:  # forward: b is a
