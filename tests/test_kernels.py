@@ -16,9 +16,13 @@ import pytest
 from _helpers import OPS, assert_bitwise_equal, inputs_for
 
 from numbasoftmax import _cpu_kernels as K
+from numbasoftmax._cpu import COLUMN_OPS
+from numbasoftmax._lane_kernel import PREFETCH_MIN_STEP
 
+# (1030, 9): read as columns, rows 1030 elements apart, where the lane kernel fetches rows
+# ahead (PREFETCH_MIN_STEP), with a partial last tile
 SHAPES = [(5, 1), (33, 3), (17, 15), (20, 16), (18, 17), (9, 100), (4, 1024), (3, 1025),
-          (2, 8192), (2, 8193), (2, 20000), (300, 7), (131, 12)]
+          (2, 8192), (2, 8193), (2, 20000), (300, 7), (131, 12), (1030, 9)]
 
 
 @pytest.fixture
@@ -57,6 +61,10 @@ def _columns(driver, op, inputs, parallel):
     return out.T
 
 
+def test_a_shape_reaches_the_prefetch():
+    assert any(m >= PREFETCH_MIN_STEP for m, _ in SHAPES)
+
+
 def _inputs(op, rng, shape, dtype):
     inputs = inputs_for(op, rng, shape, dtype)
     if op in ("softmax", "log_softmax"):
@@ -89,8 +97,11 @@ def test_drivers_agree_bitwise(op, dtype, shape, rng):
     assert_bitwise_equal(_rows(K.rows_parallel, op, inputs, parallel=True), expected)
     assert_bitwise_equal(_rows(K.short_rows_parallel, op, inputs, parallel=True), expected)
     assert_bitwise_equal(_rows(K.chunks_parallel, op, inputs, parallel=True), expected)
-    assert_bitwise_equal(_columns(K.columns, op, inputs, parallel=False), expected)
-    assert_bitwise_equal(_columns(K.columns_parallel, op, inputs, parallel=True), expected)
+    # along a strided axis softmax runs as softmax_split (exps recomputed): both agree
+    for kernel in {op, COLUMN_OPS.get(op, op)}:
+        assert_bitwise_equal(_columns(K.columns, kernel, inputs, parallel=False), expected)
+        assert_bitwise_equal(_columns(K.columns_parallel, kernel, inputs, parallel=True),
+                             expected)
 
 
 def test_exp_of_zero_is_one():
