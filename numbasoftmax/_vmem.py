@@ -1,10 +1,10 @@
 """Vector loads and stores for the CPU kernels: memory <-> ``_simd.Vec``.
 
 Contiguous runs of lanes (masked loads and stores), strided lanes (gathers and scatters),
-lane masks from boolean arrays (``where=``), and 1-D views built in compiled code. Each
-access converts between the array's storage type and the compute type (see ``_simd``:
-float16 viewed as uint16, inputs read "as if cast" viewed as the integer type naming the
-pair), so a kernel never handles storage types itself.
+lane masks from boolean arrays (``where=``), prefetch hints, and 1-D views built in
+compiled code. Each access converts between the array's storage type and the compute type
+(see ``_simd``: float16 viewed as uint16, inputs read "as if cast" viewed as the integer
+type naming the pair), so a kernel never handles storage types itself.
 """
 
 from __future__ import annotations
@@ -236,11 +236,12 @@ def vprefetch(typingctx, arr, index):
 
     def codegen(context, builder, sig, args):
         a = context.make_array(sig.args[0])(context, builder, args[0])
+        index = context.cast(builder, args[1], sig.args[1], types.intp)
         if sig.args[0].layout in "CF":
-            ptr = builder.gep(a.data, [args[1]])
+            ptr = builder.gep(a.data, [index])
         else:
             stride = cgutils.unpack_tuple(builder, a.strides, 1)[0]
-            addr = builder.add(builder.ptrtoint(a.data, _I64), builder.mul(args[1], stride))
+            addr = builder.add(builder.ptrtoint(a.data, _I64), builder.mul(index, stride))
             ptr = builder.inttoptr(addr, a.data.type)
         fnty = ir.FunctionType(ir.VoidType(), [ptr.type, _I32, _I32, _I32])
         fn = builder.module.declare_intrinsic("llvm.prefetch.p0", fnty=fnty)

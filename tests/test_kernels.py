@@ -61,6 +61,24 @@ def _columns(driver, op, inputs, parallel):
     return out.T
 
 
+def test_prefetch_hint_changes_nothing_and_never_faults():
+    """The hint takes any integer index, a strided array, and addresses past the end."""
+    from numba import njit
+
+    from numbasoftmax._vmem import vprefetch
+
+    @njit
+    def hinted(a, i):
+        vprefetch(a, i)
+        vprefetch(a[::3], np.int32(2))
+        vprefetch(a, i + (1 << 40))
+        return a.copy()
+
+    a = np.arange(100.0)
+    assert_bitwise_equal(hinted(a, np.int32(7)), a)
+    assert_bitwise_equal(hinted(a, 99), a)
+
+
 def test_a_shape_reaches_the_prefetch():
     assert any(m >= PREFETCH_MIN_STEP for m, _ in SHAPES)
 
