@@ -235,15 +235,14 @@ def vprefetch(typingctx, arr, index):
         return None
 
     def codegen(context, builder, sig, args):
-        a = context.make_array(sig.args[0])(context, builder, args[0])
         index = context.cast(builder, args[1], sig.args[1], types.intp)
-        if sig.args[0].layout in "CF":
-            ptr = builder.gep(a.data, [index])
-        else:
-            stride = cgutils.unpack_tuple(builder, a.strides, 1)[0]
-            addr = builder.add(builder.ptrtoint(a.data, _I64), builder.mul(index, stride))
-            ptr = builder.inttoptr(addr, a.data.type)
-        fnty = ir.FunctionType(ir.VoidType(), [ptr.type, _I32, _I32, _I32])
+        ptr, addrs = _element_ptrs(context, builder, sig.args[0], args[0], index, None)
+        bytes_ptr = ir.IntType(8).as_pointer()  # one declaration for every element type
+        if ptr is None:  # a strided array: lane 0's address
+            ptr = builder.inttoptr(builder.extract_element(addrs, ir.Constant(_I32, 0)),
+                                   bytes_ptr)
+        ptr = builder.bitcast(ptr, bytes_ptr)
+        fnty = ir.FunctionType(ir.VoidType(), [bytes_ptr, _I32, _I32, _I32])
         fn = builder.module.declare_intrinsic("llvm.prefetch.p0", fnty=fnty)
         # read, high locality, data cache
         builder.call(fn, [ptr, ir.Constant(_I32, 0), ir.Constant(_I32, 3),
