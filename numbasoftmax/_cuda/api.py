@@ -1,19 +1,14 @@
-"""GPU entry points: ``dispatch(op, arrays, axis, out)`` for the four softmax operations,
-``logsumexp`` and ``logsumexp_backward``, called by ``numbasoftmax._api`` for inputs that
-live on a GPU.
+"""GPU entry points, called by ``numbasoftmax._api`` for inputs that live on a GPU:
+``dispatch`` (the four softmax operations), ``logsumexp`` and ``logsumexp_backward``.
 
-The result is an array of the input's library (``arrays.py``; numba for generic
-``__cuda_array_interface__`` objects) on the input's device, laid out like the input with
-the softmax axes innermost, so its rows are contiguous. Work is queued on the caller's
-stream; the host never waits for it. Input rules are the package's (``_inputs``), the
-layout plan is ``_layout.plan``: rows in place where they are evenly spaced, otherwise
-gathered into a contiguous temporary by a copy kernel (which converts integer and bool
-input to float64, as on the CPU), and ``out`` written through one. A ``where=`` mask is read
-in place where its rows allow it (``_layout.mask_rows``: a (N,) mask, one of x's layout,
-...), else its rows (or its one value per row) are gathered first. logsumexp's weights are
-read like an input (broadcast ones gathered), its values (and signs) written through a
-(m, 1 or 2) temporary; its gradient's per-row arguments are gathered into the float64
-workspace.
+Results are arrays of the input's library (``arrays.py``) on its device, laid out like the
+input with the softmax axes innermost (rows contiguous). Work is queued on the caller's
+stream; the host never waits. The layout plan is ``_layout.plan``: rows read in place where
+they are evenly spaced, else gathered (integer and bool input converted to float64, as on
+the CPU) by a copy kernel, and ``out`` written through one. A ``where=`` mask is read in
+place where ``_layout.mask_rows`` allows, else gathered (a byte per row where it is constant
+along the rows). logsumexp writes through an (m, 1 or 2) buffer; its gradient's per-row
+arguments are gathered into a float64 workspace.
 """
 
 from __future__ import annotations
@@ -33,7 +28,7 @@ from .._inputs import (
     result_dtype,
 )
 from .._layout import ROWS, Meta, extent, mask_rows, normalize_axes, permutation, plan
-from .._ops import LOGSUMEXP_BACKWARD
+from .._ops import LOGSUMEXP, LOGSUMEXP_BACKWARD
 from .arrays import BF16, KIND, c_strides, describe, fast_adapter, host_where
 
 
@@ -42,6 +37,7 @@ class CudaUnavailableError(RuntimeError):
 
 
 _launch = None
+_fast_libs = {}  # array type -> its adapter with a fast path, or None
 
 
 def _load(func, desc, name):
@@ -60,11 +56,10 @@ def _load(func, desc, name):
                "numbasoftmax[cuda13] (the GPU extras), or numba-cuda for the CUDA simulator")
     else:
         try:
-            ok = cuda.is_available()
+            if not cuda.is_available():
+                why = "numba-cuda finds no usable GPU or CUDA driver"
         except Exception as err:  # noqa: BLE001 - any driver failure means no GPU
-            ok, why = False, f"CUDA is not usable ({err})"
-        if not ok and why is None:
-            why = "numba-cuda finds no usable GPU or CUDA driver"
+            why = f"CUDA is not usable ({err})"
     if why is not None:
         raise CudaUnavailableError(f"{func}(): {name} is a GPU array ({desc.where}) but the "
                                    f"GPU path is unavailable: {why}. numpy arrays still "
@@ -75,46 +70,44 @@ def _load(func, desc, name):
     return launch
 
 
-_fast_libs = {}  # array type -> its adapter with a fast path, or None
-
-
 def dispatch(op, arrays, axis, out, dtype=None, where=None):
-    """Run ``op`` (an ``_ops.Op``) on GPU ``arrays`` along ``axis``; see the module doc.
-    ``dtype``: None or the result's numpy float dtype (``dtype=``); ``where``: None or a
-    boolean GPU array broadcasting to the input (``where=``)."""
+    """Run ``op`` (an ``_ops.Op``) on GPU ``arrays`` along ``axis``. ``dtype``: None or the
+    result's numpy float dtype; ``where``: None or a boolean GPU array broadcasting to x."""
     if out is None and dtype is None and where is None and type(axis) is int and (
             _launch is not None):
         res = _fast(op, arrays, axis)
         if res is not None:
             return res
-    launch, xs, o, res, w = _check(op, arrays, out, dtype, where)
-    x = xs[0]
-    axes = normalize_axes(axis, len(x.shape))
+    names = op.args
+    launch, found, res = _checked(op.name, [*zip(names, arrays, strict=True), ("out", out),
+                                            ("where", where)], names[:1], dtype)
+    xs = [found[name] for name in names]
+    x, o = xs[0], _checked_out(op.name, found, "out", xs[0].shape, res)
     with x.lib.device(x.dev):
-        return _run(launch, op, xs, o, res, axes, w)
+        return _run(launch, op, xs, o, res, normalize_axes(axis, len(x.shape)),
+                    found.get("where"))
 
 
 def _fast(op, arrays, axis):
     """The result from the adapter's fast path, or None: what it relies on beyond that is
     arrays of one type, shape and dtype, reduced along their last axis."""
-    x = arrays[0]
-    t = type(x)
+    x, t = arrays[0], type(arrays[0])
     lib = _fast_libs.get(t, 0)
     if lib == 0:
         lib = _fast_libs[t] = fast_adapter(t)
-    if lib is None or not x.ndim or (axis != -1 and axis != x.ndim - 1):
+    if lib is None or not x.ndim or axis not in (-1, x.ndim - 1) or any(
+            type(a) is not t or a.shape != x.shape or a.dtype != x.dtype for a in arrays):
         return None
-    for a in arrays[1:]:
-        if type(a) is not t or a.shape != x.shape or a.dtype != x.dtype:
-            return None
     return lib.fast(_launch, op, arrays)
 
 
-def _located(func, named, inputs):
-    """(launch module, {name: Array}) for (name, argument) pairs, None arguments left out:
-    every array on the GPU (a host one is a TypeError) and on one device, strides whole
-    elements; the first pair is the one errors name for the device. ``inputs``: the
-    names of the data arguments (the others are out, where, ...)."""
+def _checked(func, named, typed, dtype):
+    """(launch module, {name: Array} of the (name, argument) pairs given, result dtype),
+    once the rules every entry point shares hold: all on one GPU (a host array is a
+    TypeError), strides whole elements; logsumexp's ``b`` and a boolean ``where``
+    broadcasting to the first pair's array; the softmax gradients' two inputs alike.
+    ``typed``: the inputs whose dtypes give the result's unless ``dtype`` is given."""
+    inputs = [k for k, _ in named if k != "where" and not k.startswith("out")]
     given = [(name, obj, describe(obj, name, func)) for name, obj in named if obj is not None]
     gpu = next(((name, d) for name, _, d in given if d is not None), None)
     if gpu is None:
@@ -128,45 +121,36 @@ def _located(func, named, inputs):
                             f"{'both' if name in inputs else 'a GPU array'} on the same "
                             "device")
     launch = _load(func, g, gname)
-    arrays = {name: d.located() for name, _, d in given}
-    first, x = named[0][0], arrays[named[0][0]]
-    for name, d in arrays.items():
+    found = {name: d.located() for name, _, d in given}
+    first, x = named[0][0], found[named[0][0]]
+    for name, d in found.items():
         if d.dev != x.dev:
             raise ValueError(f"{func}(): {name} is on cuda:{d.dev} but {first} is on "
                              f"cuda:{x.dev}; the arguments and out must share a device")
         if any(st % d.itemsize for st in d.strides):
             raise ValueError(f"{func}(): {name} has strides {d.strides} that are not "
                              f"multiples of its itemsize {d.itemsize}")
-    return launch, arrays
-
-
-def _result_dtype(func, arrays, names, dtype):
-    """``dtype=``, else the common result dtype of the named inputs (bfloat16 kept)."""
-    if dtype is not None:
-        return dtype
-    kinds = {result_dtype(arrays[k].dtype, k, func, extra=(BF16,)) for k in names
-             if k in arrays}
-    if len(kinds) == 1:
-        return kinds.pop()
-    return promoted([np.float32 if k == BF16 else k for k in kinds])
-
-
-def _check(op, arrays, out, dtype, where):
-    """(launch module, an Array per argument, out's Array or None, result dtype, the mask's
-    Array or None), once every input rule holds."""
-    func, names = op.name, op.args
-    launch, found = _located(func, [*zip(names, arrays, strict=True), ("out", out),
-                                    ("where", where)], names)
-    xs = [found[name] for name in names]
-    x, o, w = xs[0], found.get("out"), found.get("where")
+    b, w = found.get("b"), found.get("where")
+    if b is not None:
+        check_where(func, None, b.shape, "x", x.shape, name="b")
     if w is not None:
-        check_where(func, w.dtype, w.shape, names[0], x.shape)
-    if len(xs) == 2:
-        check_pair(func, names, [d.shape for d in xs], [d.dtype for d in xs])
-    res = _result_dtype(func, found, names[:1], dtype)
+        check_where(func, w.dtype, w.shape, first, x.shape)
+    if len(inputs) == 2 and len(typed) == 1:  # y and dy (z and dz): one shape, one dtype
+        xs = [found[k] for k in inputs]
+        check_pair(func, inputs, [d.shape for d in xs], [d.dtype for d in xs])
+    if dtype is None:
+        kinds = {result_dtype(found[k].dtype, k, func, extra=(BF16,)) for k in typed
+                 if k in found}
+        dtype = kinds.pop() if len(kinds) == 1 else promoted(
+            [np.float32 if k == BF16 else k for k in kinds])
+    return launch, found, dtype
+
+
+def _checked_out(func, found, name, shape, res):
+    o = found.get(name)
     if o is not None:
-        check_out(func, x.shape, res, o.shape, o.dtype, not o.readonly)
-    return launch, xs, o, res, w
+        check_out(func, shape, res, o.shape, o.dtype, not o.readonly)
+    return o
 
 
 class _Call:
@@ -218,16 +202,20 @@ class _Call:
         return (self.launch.Buf(d.ptr, (self.p.m - 1) * access.stride + self.p.n,
                                 self.storage(d)), access.stride)
 
+    def gather(self, d, meta, pshape, dtype, cast=False, kinds=None):
+        """d (its ``meta``) copied in plan order into a fresh contiguous ``pshape`` buffer."""
+        buf = self.scratch.buf(math.prod(pshape), dtype)
+        self.launch.copy(*self.view(d, self.shape, meta, self.p.perm), buf, 0,
+                         c_strides(pshape, 1), pshape, self.dev, self.stream, cast=cast,
+                         kinds=kinds)
+        return buf
+
     def row_access(self, d, access, conv):
         """(Buf, row stride) of input d's rows: in place, or gathered (and converted)."""
         if access.kind == ROWS:
             return self.in_place(d, access)
-        launch, p = self.launch, self.p
-        buf = self.scratch.buf(p.m * p.n, launch.STORAGE[self.src])
-        cast, kinds = conv or (False, None)
-        launch.copy(*self.view(d, self.shape, self.meta(d), p.perm), buf, 0, self.rows,
-                    self.pshape, self.dev, self.stream, cast=cast, kinds=kinds)
-        return buf, p.n
+        return self.gather(d, self.meta(d), self.pshape, self.launch.STORAGE[self.src],
+                           *(conv or ())), self.p.n
 
     def mask(self, w):
         """The launch.Mask of mask ``w`` (an Array broadcasting to x), or None: its own
@@ -236,20 +224,15 @@ class _Call:
         rows, else the whole (m, n) mask (a layout the kernels cannot follow)."""
         if w is None:
             return None
-        launch, p = self.launch, self.p
-        meta = self.meta(w)
+        launch, p, meta = self.launch, self.p, self.meta(w)
         access = mask_rows(self.shape, meta.strides, p.perm, self.naxes)
-        u8 = np.dtype(np.uint8)
         if access is not None and access.kind == ROWS and len(access.dims) <= 3:
-            buf, step, dims = launch.Buf(w.ptr, access.extent, u8), 1, access.dims
+            buf, step, dims = launch.Buf(w.ptr, access.extent, np.dtype(np.uint8)), 1, access.dims
         else:
-            pshape = self.pshape
             step = 0 if access is not None and access.kind != ROWS else 1  # 0: byte per row
-            if not step:
-                pshape = pshape[:len(pshape) - self.naxes] + (1,) * self.naxes
-            buf = self.scratch.buf(math.prod(pshape), u8)
-            launch.copy(*self.view(w, self.shape, meta, p.perm), buf, 0, c_strides(pshape, 1),
-                        pshape, self.dev, self.stream)
+            pshape = self.pshape if step else (self.pshape[:len(self.pshape) - self.naxes]
+                                               + (1,) * self.naxes)
+            buf = self.gather(w, meta, pshape, np.uint8)
             dims = ((0, p.n if step else 1),)
         flat = tuple(v for d in dims for v in d) + (1, 0) * (3 - len(dims))
         return launch.Mask(buf, step, flat)
@@ -270,28 +253,26 @@ class _Call:
         return shape, c_strides(shape, 1)
 
 
-def _result(lib, x, axes, res, func):
-    """A fresh result laid out like x: the softmax axes innermost, the others as in x."""
-    shape = x.shape
-    perm = permutation(shape, x.strides, axes)
-    result = lib.empty(tuple(shape[a] for a in perm), res, x.dev, lib.stream(x))
-    if perm != tuple(range(len(shape))):
-        result = lib.permute(result, tuple(perm.index(a) for a in range(len(shape))))
-    return result, lib.describe(result, "out", func)
+def _scratch(launch, x):
+    lib = x.lib
+    return launch.Scratch(x.dev, lib.stream(x), lib.memory(x.dev, lib.stream(x)))
 
 
 def _run(launch, op, xs, o, res, axes, w, rows=None, **options):
-    """The plan of ``_layout`` with device buffers: rows in place, or gathered and staged.
-    ``rows``: the per-row arrays of logsumexp's gradient ((name, Array) pairs)."""
+    """The rows of ``_layout``'s plan in device buffers; the result (``o``'s, else a fresh
+    one laid out like x: the softmax axes innermost). ``rows``: the per-row arrays of
+    logsumexp's gradient ((kept, Array) pairs)."""
     x = xs[0]
     lib = x.lib
     if o is None:
-        result, o = _result(lib, x, axes, res, op.name)
-    else:
-        result = o.obj
+        perm = permutation(x.shape, x.strides, axes)
+        result = lib.empty(tuple(x.shape[a] for a in perm), res, x.dev, lib.stream(x))
+        if perm != tuple(range(len(x.shape))):
+            result = lib.permute(result, tuple(perm.index(a) for a in range(len(x.shape))))
+        o = lib.describe(result, "out", op.name)
     if not math.prod(x.shape):
-        return result
-    with launch.Scratch(x.dev, lib.stream(x), lib.memory(x.dev, lib.stream(x))) as scratch:
+        return o.obj
+    with _scratch(launch, x) as scratch:
         c = _Call(launch, xs, res, axes, scratch, o)
         p = c.p
         ws = None if rows is None else _row_values(c, rows)
@@ -303,101 +284,86 @@ def _run(launch, op, xs, o, res, axes, w, rows=None, **options):
         if not in_place:
             launch.copy(rows_out[0], 0, c.rows, *c.view(o, x.shape, o.meta(), p.perm),
                         c.pshape, c.dev, c.stream)
-    return result
+    return o.obj
 
 
 def _row_values(c, rows):
     """The float64 workspace of logsumexp's gradient: (lse, dlse[, sign]) per row."""
-    launch = c.launch
     shape, strides = c.outer()
     nv = len(rows)
     ws = c.scratch.buf(c.p.m * nv, np.float64)
     for k, (kept, d) in enumerate(rows):
         cast = d.dtype not in KIND
-        launch.copy(*c.per_row(d, kept), ws, k, tuple(nv * s for s in strides), shape, c.dev,
-                    c.stream, cast=cast, kinds=None if cast else ("f8", KIND[d.dtype]))
+        c.launch.copy(*c.per_row(d, kept), ws, k, tuple(nv * s for s in strides), shape,
+                      c.dev, c.stream, cast=cast, kinds=None if cast else ("f8", KIND[d.dtype]))
     return ws
 
 
-def _lse_checked(func, named, inputs, dtype, axis):
-    """(launch module, {name: Array}, [x(, b)], the mask's Array or None, result dtype,
-    axes) of logsumexp or its gradient, once the rules they share hold."""
-    launch, found = _located(func, named, inputs)
-    x, b, w = found["x"], found.get("b"), found.get("where")
-    if b is not None:
-        check_where(func, None, b.shape, "x", x.shape, name="b")
-    if w is not None:
-        check_where(func, w.dtype, w.shape, "x", x.shape)
-    return (launch, found, [x] if b is None else [x, b], w,
-            _result_dtype(func, found, ("x", "b"), dtype), normalize_axes(axis, len(x.shape)))
+def _lse_checked(func, named, dtype, axis):
+    """(launch module, {name: Array}, [x(, b)], result dtype, axes) of logsumexp or its
+    gradient."""
+    launch, found, res = _checked(func, named, ("x", "b"), dtype)
+    x, b = found["x"], found.get("b")
+    return launch, found, [x] if b is None else [x, b], res, normalize_axes(axis, len(x.shape))
 
 
 def logsumexp(x, b, axis, keepdims, return_sign, where, dtype, out):
     """logsumexp on GPU arrays (``numbasoftmax.logsumexp``'s arguments; ``out`` a tuple of
     (value, sign) outs with ``return_sign``)."""
-    func = "logsumexp"
+    func = LOGSUMEXP.name
     if return_sign and isinstance(out, tuple) and len(out) != 2:
         raise ValueError(f"{func}(): out must be an array or, with return_sign, a pair of "
                          f"arrays (value, sign); got a tuple of {len(out)}")
     outs = (out if isinstance(out, tuple) else (out, None)) if return_sign else (out,)
     names = ("out", "out[1]")[:len(outs)]
-    launch, found, xs, w, res, axes = _lse_checked(
-        func, [("x", x), ("b", b), ("where", where), *zip(names, outs, strict=True)],
-        ("x", "b"), dtype, axis)
+    launch, found, xs, res, axes = _lse_checked(
+        func, [("x", x), ("b", b), ("where", where), *zip(names, outs, strict=True)], dtype,
+        axis)
     x = xs[0]
-    shape = reduced_shape(x.shape, axes, keepdims)
-    for o in (found.get(name) for name in names):
-        if o is not None:
-            check_out(func, shape, res, o.shape, o.dtype, not o.readonly)
-    lib = x.lib
+    lib, shape = x.lib, reduced_shape(x.shape, axes, keepdims)
     with lib.device(x.dev):
-        results = [found.get(name) or lib.describe(lib.empty(shape, res, x.dev, lib.stream(x)),
-                                                   name, func) for name in names]
-        _reduce(launch, xs, results, res, axes, w, keepdims)
+        results = [_checked_out(func, found, name, shape, res) or lib.describe(
+            lib.empty(shape, res, x.dev, lib.stream(x)), name, func) for name in names]
+        m = math.prod(s for a, s in enumerate(x.shape) if a not in axes)
+        if m:
+            with _scratch(launch, x) as scratch:
+                _reduce(_Call(launch, xs, res, axes, scratch), m, results, keepdims,
+                        found.get("where"))
     values = tuple(r.obj for r in results)
     return values if return_sign else values[0]
 
 
-def _reduce(launch, xs, results, res, axes, w, keepdims):
-    """logsumexp's kernel into a (m, 1 or 2) buffer, copied to the results (value, sign)."""
-    x = xs[0]
-    lib = x.lib
-    m = math.prod(s for a, s in enumerate(x.shape) if a not in axes)
-    if not m:
-        return
-    with launch.Scratch(x.dev, lib.stream(x), lib.memory(x.dev, lib.stream(x))) as scratch:
-        c = _Call(launch, xs, res, axes, scratch)
-        so = len(results)
-        shape, strides = c.outer()
-        views = [c.per_row(r, keepdims) for r in results]
-        # a value per row, its results contiguous in rows order: written in place
-        direct = so == 1 and views[0][2] == strides
-        staged = (launch.Buf(results[0].ptr, m, c.storage(results[0])) if direct else
-                  scratch.buf(m * so, launch.STORAGE[c.kind]))
-        launch.run_rows("logsumexp", c.kind, c.ins, (staged, so), m, c.p.n, c.dev, c.stream,
-                        scratch, c.src, c.mask(w) if c.p.n else None, weights=len(xs) == 2,
-                        signed=so == 2)
-        for k, view in enumerate([] if direct else views):
-            launch.copy(staged, k, tuple(so * s for s in strides), *view, shape, c.dev,
-                        c.stream)
+def _reduce(c, m, results, keepdims, w):
+    """logsumexp's kernel into a (m, 1 or 2) buffer, copied to the results (value, sign);
+    written in place where there is one result, contiguous in rows order."""
+    launch, so = c.launch, len(results)
+    shape, strides = c.outer()
+    views = [c.per_row(r, keepdims) for r in results]
+    direct = so == 1 and views[0][2] == strides
+    staged = (launch.Buf(results[0].ptr, m, c.storage(results[0])) if direct else
+              c.scratch.buf(m * so, launch.STORAGE[c.kind]))
+    launch.run_rows(LOGSUMEXP.name, c.kind, c.ins, (staged, so), m, c.p.n, c.dev, c.stream,
+                    c.scratch, c.src, c.mask(w) if c.p.n else None, weights=len(c.ins) == 2,
+                    signed=so == 2)
+    for k, view in enumerate([] if direct else views):
+        launch.copy(staged, k, tuple(so * s for s in strides), *view, shape, c.dev, c.stream)
 
 
 def logsumexp_backward(x, lse, dlse, axis, b, sign, where, dtype, out):
     """The gradient of logsumexp on GPU arrays (``numbasoftmax.logsumexp_backward``'s
     arguments)."""
-    func = "logsumexp_backward"
-    launch, found, xs, w, res, axes = _lse_checked(
+    func = LOGSUMEXP_BACKWARD.name
+    launch, found, xs, res, axes = _lse_checked(
         func, [("x", x), ("b", b), ("lse", lse), ("dlse", dlse), ("sign", sign),
-               ("where", where), ("out", out)], ("x", "b", "lse", "dlse", "sign"), dtype, axis)
-    x, o = xs[0], found.get("out")
+               ("where", where), ("out", out)], dtype, axis)
+    x = xs[0]
     rows = []
     for name in ("lse", "dlse", "sign"):
         d = found.get(name)
         if d is not None:
             result_dtype(d.dtype, name, func, extra=(BF16,))
             rows.append((check_per_row(func, name, d.shape, x.shape, axes), d))
-    if o is not None:
-        check_out(func, x.shape, res, o.shape, o.dtype, not o.readonly)
+    o = _checked_out(func, found, "out", x.shape, res)
     with x.lib.device(x.dev):
-        return _run(launch, LOGSUMEXP_BACKWARD, xs, o, res, axes, w, rows,
+        return _run(launch, LOGSUMEXP_BACKWARD, xs, o, res, axes, found.get("where"), rows,
                     weights=len(xs) == 2, signed=len(rows) == 3)

@@ -31,7 +31,6 @@ from . import kernels as K
 SIM = bool(_numba_config.ENABLE_CUDASIM)
 
 Buf = namedtuple("Buf", "ptr nitems dtype")  # dtype: numpy dtype of the kernel's view
-
 # numpy dtype each storage kind is viewed as inside the kernels
 STORAGE = {"f4": np.dtype(np.float32), "f8": np.dtype(np.float64),
            "f2": np.dtype(np.uint16), "bf16": np.dtype(np.uint16)}
@@ -39,19 +38,13 @@ _I64 = types.int64
 
 
 class _Config:
-    """Tunables; ``None`` is the built-in default (smaller under the simulator).
-
-    block      threads per block of every kernel (whole warps; simulator default 32)
-    max_grid   cap on the number of blocks (grid-stride loops cover the rest)
-    reg_max    longest row (elements) of the register strategy
-    smem_max   bytes of dynamic shared memory the ``smem`` strategy may use
-    split_rows a long-row call with fewer rows than this is split into chunks
-    force      "rows" | "smem" | "smem16" | "long" | "split": use that strategy ("smem16":
-               the shared-memory row cache in the 2-byte storage type)
-    vector     False: never use 16-byte vector loads (for tests)
-    launch     "direct" (cuda.core launch) or "numba" (numba's launch path: slower, kept as
-               a cross-check and as the fallback)
-    """
+    """Tunables; ``None`` is the built-in default (smaller under the simulator). block:
+    threads per block (whole warps); max_grid: cap on the blocks (grid-stride loops cover
+    the rest); reg_max: longest row of ``rows``; smem_max: bytes of dynamic shared memory
+    for ``smem``; split_rows: a long-row call with fewer rows is split into chunks; force:
+    a strategy of ``_STRATEGIES`` ("smem16": the row cache in the 2-byte storage type);
+    vector: False never plans 16-byte loads (tests); launch: "direct" (cuda.core) or
+    "numba" (numba's launch path: slower, the cross-check and the fallback)."""
 
     _fields = ("block", "max_grid", "reg_max", "smem_max", "split_rows", "force", "vector",
                "launch")
@@ -83,7 +76,7 @@ class _Config:
 config = _Config()
 
 # ---------------------------------------------------------------------------------------
-# devices: what plans depend on
+# plans: which kernels, launched how
 
 DeviceProps = namedtuple("DeviceProps", "sms smem_optin")  # smem_optin: bytes per block
 _props = {}
@@ -93,31 +86,21 @@ def device_props(dev):
     """DeviceProps of device ordinal ``dev`` (a DeviceProps is returned as is)."""
     if isinstance(dev, DeviceProps):
         return dev
-    p = _props.get(dev)
-    if p is None:
+    if dev not in _props:
         if SIM:
-            p = DeviceProps(1, 48 * 1024)
+            _props[dev] = DeviceProps(1, 48 * 1024)
         else:
             with cuda.gpus[dev]:
                 d = cuda.get_current_device()
-                p = DeviceProps(int(d.MULTIPROCESSOR_COUNT),
-                                int(d.MAX_SHARED_MEMORY_PER_BLOCK_OPTIN))
-        _props[dev] = p
-    return p
+                _props[dev] = DeviceProps(int(d.MULTIPROCESSOR_COUNT),
+                                          int(d.MAX_SHARED_MEMORY_PER_BLOCK_OPTIN))
+    return _props[dev]
 
-
-# ---------------------------------------------------------------------------------------
-# plans: which kernels, launched how
 
 Step = namedtuple("Step", "spec grid shmem chunks")  # chunks: (C, L) of the split kernels
 Plan = namedtuple("Plan", "steps ws_items")  # ws_items: float64 workspace length (split)
-
 SHMEM_DEFAULT = 48 * 1024
 _STATIC_SMEM = 1024  # reduction scratch and friends, below the opt-in limit
-
-
-def _pow2ceil(v):
-    return 1 << max(0, (int(v) - 1).bit_length())
 
 
 class _Call:
@@ -136,13 +119,16 @@ class _Call:
         self.npk = n // self.V  # packs per row
         self.ctsize = 8 if kind == "f8" else 4  # bytes of the compute type
         self.sms = props.sms
-        self.smem_cap = (config.smem_max if config.smem_max is not None
-                         else props.smem_optin - _STATIC_SMEM)
+        self.smem_cap = (props.smem_optin - _STATIC_SMEM if config.smem_max is None
+                         else config.smem_max)
         self.max_grid = config.max_grid or (2 if sim else props.sms * 32)
         # packs per thread and step in the smem/long/split loops: ~16 values in flight
         # (float64: 8; masked float64: 4, else the masked long-row kernels spill)
         values = 16 if kind != "f8" else 4 if mask else 8
         self.unroll = 2 if sim else max(1, values // self.V)
+        # rows cached as their 2-byte storage bits: the inputs' own kind, no mask (excluded
+        # elements are replaced in the compute type)
+        self.raw_ok = self.item == 2 and src is None and not mask
 
     def block(self, default):
         """Threads per block: whole warps, since the reductions shuffle over full warps."""
@@ -157,10 +143,26 @@ class _Call:
                       self.mask, self.weights, self.signed)
         return Step(spec, grid, shmem, chunks)
 
+    def smem_block(self):
+        # two block sizes only (each is a separate compilation): 1-8 packs per thread
+        return self.block(512 if self.npk <= 4096 else 1024)
+
+    def smem_bytes(self, cache):
+        b = self.smem_block()
+        per = self.item if cache == "s" else self.ctsize
+        return -(-self.npk // b) * b * self.V * per * (2 if self.bwd else 1)
+
+    def smem_cache(self):
+        """"c" (rows cached in the compute type) when the row fits, else "s" (the 2-byte
+        storage type) when that fits; None when neither does."""
+        return next((c for c in ("c", "s")[:1 + self.raw_ok]
+                     if self.smem_bytes(c) <= self.smem_cap), None)
+
 
 def _rows(c):
     packs = max(c.npk, 1)
-    g, k = (_pow2ceil(packs), 1) if packs <= 32 else (32, _pow2ceil(-(-packs // 32)))
+    g = min(1 << max(0, (packs - 1).bit_length()), 32)  # threads per row
+    k = 1 << max(0, (-(-packs // g) - 1).bit_length())  # packs per thread
     b = c.block(128)
     # two rows per group and step when a row is at most 8 values per thread, so that
     # each thread keeps two loads in flight
@@ -169,34 +171,13 @@ def _rows(c):
     return Plan([c.step("rows", b, u, grid, G=g, K_=k)], 0)
 
 
-def _smem_block(c):
-    # two block sizes only (each is a separate compilation): 1-8 packs per thread
-    return c.block(512 if c.npk <= 4096 else 1024)
-
-
-def _smem_bytes(c, b, cache):
-    per = c.item if cache == "s" else c.ctsize
-    return -(-c.npk // b) * b * c.V * per * (2 if c.bwd else 1)
-
-
-def _smem_cache(c):
-    """"c" (rows cached in the compute type) when the row fits, else "s" (the 2-byte
-    storage type) when that fits; None when neither does."""
-    b = _smem_block(c)
-    for cache in ("c", "s") if _storage_cache(c) else ("c",):
-        if _smem_bytes(c, b, cache) <= c.smem_cap:
-            return cache
-    return None
-
-
 def _smem(c, cache=None):
-    b = _smem_block(c)
-    cache = cache or _smem_cache(c) or "c"
+    cache = cache or c.smem_cache() or "c"
     # the gradients load two arrays: half the packs of each in flight (at 1024 threads a
     # thread has 64 registers; more spill)
     u = max(1, c.unroll // 2) if c.bwd and not c.sim else c.unroll
-    return Plan([c.step("smem", b, u, min(c.m, c.max_grid), _smem_bytes(c, b, cache),
-                        cache=cache)], 0)
+    return Plan([c.step("smem", c.smem_block(), u, min(c.m, c.max_grid),
+                        c.smem_bytes(cache), cache=cache)], 0)
 
 
 def _long(c):
@@ -223,13 +204,13 @@ def _split(c):
 
 
 def _choose(c):
+    # ``rows`` up to 32 float32 values a thread (16 of each of two inputs)
     reg_max = config.reg_max
     if reg_max is None:
-        # <= 32 float32 values a thread (16 of each of two inputs)
         reg_max = (512 if c.bwd or c.weights else 1024) * 4 // c.ctsize
     if c.n <= reg_max:
         return "rows"
-    if not c.lse and _smem_cache(c):
+    if not c.lse and c.smem_cache():
         return "smem"
     split_rows = config.split_rows
     if split_rows is None:
@@ -240,14 +221,8 @@ def _choose(c):
     return "long"
 
 
-def _storage_cache(c):
-    """Whether rows may be cached as their 2-byte storage bits (the inputs' own kind, no
-    mask: excluded elements are replaced in the compute type)."""
-    return c.item == 2 and c.src is None and not c.mask
-
-
 _STRATEGIES = {"rows": _rows, "smem": _smem, "long": _long, "split": _split,
-               "smem16": lambda c: _smem(c, "s" if _storage_cache(c) else "c")}
+               "smem16": lambda c: _smem(c, "s" if c.raw_ok else "c")}
 
 
 def plan(op, kind, m, n, vec_ok, dev, sim=None, src=None, mask=False, weights=False,
@@ -265,21 +240,14 @@ def plan(op, kind, m, n, vec_ok, dev, sim=None, src=None, mask=False, weights=Fa
                          f"{strategy!r}")
     if c.lse and (strategy.startswith("smem") or strategy == "split" and c.bwd):
         strategy = "long"  # what logsumexp and its gradient have instead
-    if not n:  # logsumexp of empty rows: every row is padding
-        strategy = "rows"
-    return _STRATEGIES[strategy](c)
+    return _STRATEGIES[strategy if n else "rows"](c)  # empty rows: every row is padding
 
 
 # ---------------------------------------------------------------------------------------
 # compilation
 
-# what ``cuda.jit`` compiles. Launch bounds: at most the block size, at least one block
-# per SM, so that ptxas keeps registers x block within the register file (else the launch
-# fails for lack of resources). With the block size alone it also aims at several blocks
-# per SM and spills registers for that, by heuristics that move with every code change.
-Source = namedtuple("Source", "pyfunc sig options")
+Source = namedtuple("Source", "pyfunc sig options")  # what ``cuda.jit`` compiles
 COPY_BLOCK = 256
-
 _compiled = {}
 _compile_lock = threading.RLock()
 
@@ -307,6 +275,10 @@ def _signature(spec):
 
 
 def _options(block):
+    # Launch bounds: at most the block size, at least one block per SM, so that ptxas keeps
+    # registers x block within the register file (else the launch fails for lack of
+    # resources). With the block size alone it also aims at several blocks per SM and
+    # spills registers for that, by heuristics that move with every code change.
     return dict(fastmath=False, lineinfo=False, launch_bounds=(block, 1))
 
 
@@ -323,12 +295,9 @@ def copy_source(ndim, src_dtype, dst_dtype, cast, kinds=None):
     its compute type and stored as its bits (a 2-byte float is not its storage integer)."""
     tup = types.UniTuple(_I64, ndim)
     sig = types.void(_arr(src_dtype), _I64, tup, _arr(dst_dtype), _I64, tup, tup, _I64)
-    P = None
-    if kinds is not None:
-        P = primitives(kinds[0], None if kinds[1] == kinds[0] else kinds[1])
-    convert = None
-    if cast:
-        convert = from_dtype(np.dtype(dst_dtype)) if P is None else P.ctype
+    P = None if kinds is None else primitives(kinds[0], None if kinds[1] == kinds[0]
+                                              else kinds[1])
+    convert = (from_dtype(np.dtype(dst_dtype)) if P is None else P.ctype) if cast else None
     return Source(K.make_copy(ndim, SIM, convert, P), sig, _options(COPY_BLOCK))
 
 
@@ -346,9 +315,8 @@ class Compiled:
         self.dispatcher, self.dev, self.max_shmem = dispatcher, dev, SHMEM_DEFAULT
         self.kernel = None
         if not SIM:
-            overload = next(iter(dispatcher.overloads.values()))
             with cuda.gpus[dev]:
-                self.kernel = overload._codelibrary.get_cufunc()
+                self.kernel = next(iter(dispatcher.overloads.values()))._codelibrary.get_cufunc()
         self.max_threads = _max_threads(self.kernel)
 
     def ensure_shmem(self, nbytes):
@@ -358,29 +326,28 @@ class Compiled:
             self.max_shmem = nbytes
 
 
+def _compile(src, dev):
+    if SIM:  # the simulator rejects the options (launch bounds, lineinfo)
+        return cuda.jit(src.pyfunc)
+    try:
+        with cuda.gpus[dev]:
+            return cuda.jit(src.sig, **src.options)(src.pyfunc)
+    except AttributeError as err:
+        if "row_stack" in str(err):  # numba-cuda 0.30 with numpy >= 2.5
+            raise RuntimeError(f"numba-cuda cannot compile with numpy {np.__version__} "
+                               f"({err}); install numpy<2.5 next to numba-cuda") from err
+        raise
+
+
 def _compiled_kernel(key, source, dev):
     """The Compiled kernel cached under ``key``, compiled from ``source()`` the first time."""
     c = _compiled.get(key)
-    if c is not None:
-        return c
-    with _compile_lock:
-        c = _compiled.get(key)
-        if c is None:
-            src = source()
-            if SIM:  # the simulator rejects the options (launch bounds, lineinfo)
-                disp = cuda.jit(src.pyfunc)
-            else:
-                try:
-                    with cuda.gpus[dev]:
-                        disp = cuda.jit(src.sig, **src.options)(src.pyfunc)
-                except AttributeError as err:
-                    if "row_stack" in str(err):  # numba-cuda 0.30 with numpy >= 2.5
-                        raise RuntimeError(
-                            f"numba-cuda cannot compile with numpy {np.__version__} ({err}); "
-                            "install numpy<2.5 next to numba-cuda") from err
-                    raise
-            c = _compiled[key] = Compiled(disp, dev)
-        return c
+    if c is None:
+        with _compile_lock:
+            c = _compiled.get(key)
+            if c is None:
+                c = _compiled[key] = Compiled(_compile(source(), dev), dev)
+    return c
 
 
 def get_kernel(spec, dev):
@@ -432,9 +399,8 @@ class ArrayMemory:
 
     def alloc(self, nbytes, stream):
         a = self.make(max(nbytes, 1))
-        ptr = self.pointer(a)
-        self.arrays[ptr] = a
-        return ptr
+        self.arrays[self.pointer(a)] = a
+        return self.pointer(a)
 
     def free(self, ptr, stream):
         del self.arrays[ptr]
@@ -443,8 +409,7 @@ class ArrayMemory:
 class _AsyncMemory:
     """The device's default pool: ``cuMemAllocAsync`` / ``cuMemFreeAsync``."""
 
-    alloc = staticmethod(driver.alloc_async)
-    free = staticmethod(driver.free_async)
+    alloc, free = staticmethod(driver.alloc_async), staticmethod(driver.free_async)
 
 
 @functools.cache
@@ -485,8 +450,6 @@ _sim_lock = threading.Lock()
 _core = None  # the cuda.core module, imported at the first direct launch
 _tls = threading.local()
 _fallback_warned = False
-
-
 _NO_WS = Buf(0, 0, np.dtype(np.float64))
 
 
@@ -496,9 +459,7 @@ def _kernel_args(step, ins, out, ws, m, n, mask=None):
     workspace (else a placeholder), m, n, the split's (C, L) (else 1, n), and for a masked
     kernel ``mask``: a Mask."""
     args = [*ins[0], *ins[-1], *out, ws or _NO_WS, m, n, *(step.chunks or (1, n))]
-    if step.spec.mask:
-        args += mask
-    return args
+    return args + list(mask) if step.spec.mask else args
 
 
 def _direct_args(args):
@@ -509,35 +470,34 @@ def _direct_args(args):
         if type(a) is Buf:
             item = a.dtype.itemsize
             out += (0, 0, a.nitems, item, a.ptr, a.nitems, item)
-        elif type(a) is tuple:
-            out += a
         else:
-            out.append(a)
+            out += a if type(a) is tuple else (a,)
     return out
 
 
-def _numba_args(args):
-    return [cuda.from_cuda_array_interface(
+def _numba_arg(a):
+    if type(a) is not Buf:
+        return a
+    return cuda.from_cuda_array_interface(
         {"shape": (a.nitems,), "strides": None, "typestr": a.dtype.str,
          "data": (a.ptr, False), "version": 3}, owner=None, sync=False)
-        if type(a) is Buf else a for a in args]
 
 
-def _sim_array(buf):
+def _sim_arg(a):
+    if type(a) is not Buf:
+        return a
     from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
 
-    if buf.nitems == 0:
-        return FakeCUDAArray(np.zeros(1, dtype=buf.dtype))
-    raw = (ctypes.c_byte * (buf.nitems * buf.dtype.itemsize)).from_address(buf.ptr)
-    return FakeCUDAArray(np.frombuffer(raw, dtype=buf.dtype, count=buf.nitems))
+    if a.nitems == 0:
+        return FakeCUDAArray(np.zeros(1, dtype=a.dtype))
+    raw = (ctypes.c_byte * (a.nitems * a.dtype.itemsize)).from_address(a.ptr)
+    return FakeCUDAArray(np.frombuffer(raw, dtype=a.dtype, count=a.nitems))
 
 
 @functools.lru_cache(maxsize=256)
 def numba_stream(handle):
     """numba's Stream for a raw stream handle (the simulator has only its default)."""
-    if SIM or not handle:
-        return cuda.default_stream()
-    return cuda.external_stream(handle)
+    return cuda.default_stream() if SIM or not handle else cuda.external_stream(handle)
 
 
 @functools.lru_cache(maxsize=256)
@@ -553,23 +513,20 @@ def _core_config(grid, block, shmem):
 def _direct_launch(compiled, grid, block, shmem, stream, args):
     """cuda.core's launch of the compiled kernel with raw-int ``args``. False when cuda.core
     is incompatible: nothing was launched, and numba's launch path is used from now on."""
-    global _core
+    global _core, _fallback_warned
     try:
         if _core is None:
             import cuda.core
 
             _core = cuda.core
         # once per thread and device: a current context for the context-less kernel handle
-        done = getattr(_tls, "devs", None)
-        if done is None:
-            done = _tls.devs = set()
+        done = _tls.__dict__.setdefault("devs", set())
         if compiled.dev not in done:
             driver.ensure_context(compiled.dev)
             done.add(compiled.dev)
         _core.launch(_core_stream(stream), _core_config(grid, block, shmem),
                      compiled.kernel.kernel, *args)
     except (ImportError, AttributeError, TypeError) as err:
-        global _fallback_warned
         if not _fallback_warned:
             warnings.warn(f"numbasoftmax: direct kernel launch unavailable ({err!r}); using "
                           "numba's launch path (slower)", RuntimeWarning, stacklevel=3)
@@ -584,13 +541,12 @@ def launch(compiled, grid, block, shmem, stream, args):
     Never synchronizes the host."""
     if SIM:
         with _sim_lock:
-            compiled.dispatcher[grid, block, 0, shmem](
-                *[_sim_array(a) if type(a) is Buf else a for a in args])
+            compiled.dispatcher[grid, block, 0, shmem](*map(_sim_arg, args))
         return
     compiled.ensure_shmem(shmem)
     if config.launch != "direct" or not _direct_launch(compiled, grid, block, shmem, stream,
                                                        _direct_args(args)):
-        compiled.dispatcher[grid, block, numba_stream(stream), shmem](*_numba_args(args))
+        compiled.dispatcher[grid, block, numba_stream(stream), shmem](*map(_numba_arg, args))
 
 
 # ---------------------------------------------------------------------------------------
@@ -618,9 +574,8 @@ def run_rows(op, kind, ins, out, m, n, dev, stream, scratch, src=None, mask=None
     is not ``kind`` (``dtype=``); ``mask``: a Mask; ``ws``: logsumexp's gradient's row
     statistics (a float64 Buf of (lse, dlse[, sign]) per row); ``weights``: ``ins[1]`` is
     logsumexp's ``b``; ``signed``: logsumexp's sign is written or read."""
-    item = STORAGE[kind].itemsize
     rows = ins if OPS[op].reduces else (*ins, out)
-    vec_ok = all(_aligned((b.ptr,), stride, item) for b, stride in rows)
+    vec_ok = all(_aligned((b.ptr,), stride, STORAGE[kind].itemsize) for b, stride in rows)
     r = ready(op, kind, m, n, vec_ok, dev, None if src == kind else src, mask is not None,
               weights, signed)
     if r.ws_items:
