@@ -1,22 +1,21 @@
-"""GPU arrays: one adapter per array library, behind one interface.
-
-* ``CUPY``: ``cupy.ndarray``; cupy's current stream and memory pool.
-* ``TORCH``: torch CUDA tensors, bfloat16 included; torch's current stream and allocator.
-* ``NUMBA``: numba device arrays (the simulator's too) and any other
-  ``__cuda_array_interface__`` object; results are numba device arrays bound to the stream
-  the interface names (else the default), temporaries from ``launch.device_memory``.
+"""GPU arrays: one adapter per array library. ``CUPY`` (cupy's current stream and memory
+pool), ``TORCH`` (CUDA tensors, bfloat16 included; torch's current stream and allocator),
+``NUMBA`` (numba device arrays, the simulator's too, and any other
+``__cuda_array_interface__`` object: results bound to the stream the interface names,
+temporaries from ``launch.device_memory``).
 
 An adapter ``describe``s an array (an ``Array``; None for a host object), allocates
-(``empty``; ``memory`` for temporaries, released in stream order), views (``permute``),
-makes a device current (``device``) and names the stream to launch on (``stream``). cupy
-and torch also have the per-call fast path (``fast``): C-contiguous arrays on the current
-device along their last axis, checked for only what it relies on; else None.
+(``empty``; ``memory``: temporaries released in stream order), views (``permute``), makes a
+device current (``device``) and names the stream to launch on (``stream``). cupy's and
+torch's ``fast`` path takes C-contiguous arrays on the current device along their last
+axis, checked for only what it relies on (else None).
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -64,11 +63,8 @@ class Array(NamedTuple):
 
 
 def c_strides(shape, itemsize):
-    strides, acc = [], itemsize
-    for s in reversed(shape):
-        strides.append(acc)
-        acc *= max(s, 1)
-    return tuple(reversed(strides))
+    return tuple(itemsize * math.prod(max(s, 1) for s in shape[k + 1:])
+                 for k in range(len(shape)))
 
 
 def host_where(obj):
@@ -96,8 +92,7 @@ def fast_adapter(t):
 def _library(t):
     """cupy's or torch's adapter for a type of that library (known by its module, so that
     neither is imported for anything else), else None."""
-    module = t.__module__.partition(".")[0]
-    return CUPY if module == "cupy" else TORCH if module == "torch" else None
+    return {"cupy": CUPY, "torch": TORCH}.get(t.__module__.partition(".")[0])
 
 
 def _is_sim_array(obj):
@@ -125,10 +120,8 @@ class _Library:
         """Temporaries from the library's pool (stream-ordered; see ``empty``)."""
         from . import launch
 
-        def make(nbytes):
-            return self.empty((nbytes,), np.dtype(np.uint8), dev, stream)
-
-        return launch.ArrayMemory(make, self.pointer)
+        return launch.ArrayMemory(lambda nbytes: self.empty((nbytes,), np.dtype(np.uint8), dev,
+                                                            stream), self.pointer)
 
 
 class _Cupy(_Library):

@@ -1,6 +1,6 @@
-"""The CUDA driver calls that the launcher makes itself, through numba-cuda's driver wrapper
-(which raises ``CudaAPIError`` on failure). numba-cuda has no public API for them. They live
-here, one function each, so that their use can be tested with a fake ``api()``."""
+"""The CUDA driver calls the launcher makes itself (numba-cuda has no public API for them),
+through numba-cuda's checked driver wrapper; one function each, testable with a fake
+``api()``."""
 
 from __future__ import annotations
 
@@ -13,13 +13,10 @@ def api():
 
 
 def ensure_context(dev):
-    """Make device ``dev``'s primary context current on this thread if no context is.
-
-    Kernels are loaded as context-independent ``CUkernel`` handles; ``cuLaunchKernelEx``
-    on a stream handle without a context of its own (0, 1, 2: the default streams) runs in
-    the calling thread's current context, and a thread that never made one current (e.g.
-    one that only reused pooled memory) has none: CUDA_ERROR_INVALID_CONTEXT. A current
-    context is left alone (cupy, torch and numba make the primary context current)."""
+    """Make device ``dev``'s primary context current on this thread if no context is:
+    kernels are context-independent ``CUkernel`` handles, and a launch on a default stream
+    (0, 1, 2) runs in the thread's current context; a thread that never made one current
+    (e.g. one that only reused pooled memory) gets CUDA_ERROR_INVALID_CONTEXT."""
     binding, driver = api()
     if int(driver.cuCtxGetCurrent()):
         return
