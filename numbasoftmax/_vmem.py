@@ -148,7 +148,7 @@ def _load_lanes(context, builder, sig, args, step):
     else:
         ptrs = builder.inttoptr(addrs, ir.VectorType(vsty.element.as_pointer(), W))
         raw = _either(builder, _all_lanes(builder, sig, args, True),
-                      lambda: _lanewise_load(builder, vsty, ptrs, align),
+                      lambda: _lanewise_load(context, builder, sig, args, vsty, align),
                       lambda: _call(builder, f"llvm.masked.gather.{_suffix(vsty)}.v{W}p0",
                                     [ptrs, align, mask, zero], ret=vsty))
     ctype = compute_type(sig.args[0].dtype)
@@ -162,21 +162,33 @@ def _load_lanes(context, builder, sig, args, step):
 # stores when every lane is valid, not LLVM's masked gather and scatter: for AVX-512 those
 # become vgather / vscatter instructions, which made the short-row kernel 1.6-2.8x slower
 # on an AMD Zen 4 core (float32, rows of 4 to 31 elements, one thread); the values are the
-# same either way.
-def _lanewise_load(builder, vsty, ptrs, align):
+# same either way. Each lane's address is computed as a scalar (extracting it from the
+# address vector would cost three instructions a lane).
+def _lane_ptrs(context, builder, sig, args, elty):
+    """Pointers (to ``elty``) to elements ``index + lane*step``, one per lane."""
+    arrty = sig.args[0]
+    a = context.make_array(arrty)(context, builder, args[0])
+    index, step = (context.cast(builder, args[k], sig.args[k], types.intp) for k in (1, 2))
+    if arrty.layout in "CF":
+        size, base = None, a.data
+    else:
+        size = cgutils.unpack_tuple(builder, a.strides, 1)[0]
+        base = builder.ptrtoint(a.data, _I64)
+    ptrs = []
+    for lane in range(W):
+        i = builder.add(index, builder.mul(step, ir.Constant(_I64, lane)))
+        p = (builder.gep(base, [i]) if size is None else
+             builder.inttoptr(builder.add(base, builder.mul(i, size)), elty.as_pointer()))
+        ptrs.append(builder.bitcast(p, elty.as_pointer()))
+    return ptrs
+
+
+def _lanewise_load(context, builder, sig, args, vsty, align):
     v = ir.Constant(vsty, None)
-    for lane in range(W):
-        i = ir.Constant(_I32, lane)
-        v = builder.insert_element(v, builder.load(builder.extract_element(ptrs, i),
-                                                   align=align.constant), i)
+    for lane, p in enumerate(_lane_ptrs(context, builder, sig, args, vsty.element)):
+        v = builder.insert_element(v, builder.load(p, align=align.constant),
+                                   ir.Constant(_I32, lane))
     return v
-
-
-def _lanewise_store(builder, value, ptrs, align):
-    for lane in range(W):
-        i = ir.Constant(_I32, lane)
-        builder.store(builder.extract_element(value, i), builder.extract_element(ptrs, i),
-                      align=align.constant)
 
 
 def _store_lanes(context, builder, sig, args, step):
@@ -194,10 +206,12 @@ def _store_lanes(context, builder, sig, args, step):
     fn = builder.module.declare_intrinsic(name, fnty=fnty)
 
     def whole():
-        if ptr is None:
-            _lanewise_store(builder, value, target, align)
-        else:
+        if ptr is not None:
             builder.store(value, target, align=align.constant)
+            return
+        for lane, p in enumerate(_lane_ptrs(context, builder, sig, args, vsty.element)):
+            builder.store(builder.extract_element(value, ir.Constant(_I32, lane)), p,
+                          align=align.constant)
 
     def masked():
         builder.call(fn, [value, target, align, mask])
