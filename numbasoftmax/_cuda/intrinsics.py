@@ -15,11 +15,8 @@ from llvmlite import ir
 from numba import cuda, types
 from numba.cuda.extending import intrinsic
 
-_I16 = ir.IntType(16)
-_I32 = ir.IntType(32)
-_I64 = ir.IntType(64)
-_F32 = ir.FloatType()
-_F64 = ir.DoubleType()
+_I16, _I32, _I64 = ir.IntType(16), ir.IntType(32), ir.IntType(64)
+_F32, _F64 = ir.FloatType(), ir.DoubleType()
 
 
 def _to_i64(builder, value, ty):
@@ -28,20 +25,16 @@ def _to_i64(builder, value, ty):
     return value
 
 
-def _h2f(builder, bits):
-    fnty = ir.FunctionType(_F32, [_I16])
-    return builder.call(ir.InlineAsm(fnty, "cvt.f32.f16 $0, $1;", "=f,h"), [bits])
+def _cvt(asm, constraints, res, arg):
+    """The emitter of one PTX ``cvt`` instruction: emit(builder, value)."""
+    return lambda builder, value: builder.call(
+        ir.InlineAsm(ir.FunctionType(res, [arg]), asm, constraints), [value])
 
 
-def _f2h(builder, value):
-    fnty = ir.FunctionType(_I16, [_F32])
-    return builder.call(ir.InlineAsm(fnty, "cvt.rn.f16.f32 $0, $1;", "=h,f"), [value])
-
-
-def _d2h(builder, value):
-    """float64 -> float16 bits, rounded once (as numpy's astype), not through float32."""
-    fnty = ir.FunctionType(_I16, [_F64])
-    return builder.call(ir.InlineAsm(fnty, "cvt.rn.f16.f64 $0, $1;", "=h,d"), [value])
+_h2f = _cvt("cvt.f32.f16 $0, $1;", "=f,h", _F32, _I16)
+_f2h = _cvt("cvt.rn.f16.f32 $0, $1;", "=h,f", _I16, _F32)
+# float64 -> float16 bits rounded once (as numpy's astype), not through float32
+_d2h = _cvt("cvt.rn.f16.f64 $0, $1;", "=h,d", _I16, _F64)
 
 
 def _b2f(builder, bits):
@@ -64,29 +57,14 @@ _TO_F32 = {"f2": _h2f, "bf16": _b2f, "raw16": lambda builder, bits: bits}
 _FROM_F32 = {"f2": _f2h, "bf16": _f2b}
 
 
-def _elem_ptr(context, builder, aryty, ary, index, index_ty):
-    data = context.make_array(aryty)(context, builder, ary).data
-    return builder.gep(data, [_to_i64(builder, index, index_ty)])
-
-
 def make_vector_io(kind):
-    """(ldv, stv) intrinsics for one storage kind ("raw16": 2-byte bits, unconverted).
-
-    ``ldv(arr, i, buf, off)``: load the 16 bytes at ``arr[i:]`` (16-byte aligned) and write
-    the V converted values to ``buf[off:off + V]``; ``stv(arr, i, buf, off)``: the reverse."""
-
-    if kind == "f4":
-        vec_ty, width = ir.VectorType(_F32, 4), 4
-    elif kind == "f8":
-        vec_ty, width = ir.VectorType(_F64, 2), 2
-    else:
-        vec_ty, width = ir.VectorType(_I32, 4), 8
-
-    def _buf_ptrs(context, builder, sig, args):
-        data = context.make_array(sig.args[2])(context, builder, args[2]).data
-        off = _to_i64(builder, args[3], sig.args[3])
-        return [builder.gep(data, [builder.add(off, ir.Constant(_I64, v))])
-                for v in range(width)]
+    """(ldv, stv) intrinsics for one storage kind ("raw16": 2-byte bits, unconverted):
+    ``ldv(arr, i, buf, off)`` loads the 16 bytes at ``arr[i:]`` (16-byte aligned) and writes
+    the V converted values to ``buf[off:off + V]``; ``stv(arr, i, buf, off)`` the reverse."""
+    # 16 bytes: 4 float32, 2 float64, or 4 words of two 2-byte values (width: values)
+    lane, lanes, width = {"f4": (_F32, 4, 4), "f8": (_F64, 2, 2)}.get(kind, (_I32, 4, 8))
+    vec_ty = ir.VectorType(lane, lanes)
+    native = kind in ("f4", "f8")
 
     def pack_intrinsic(emit):
         """f(arr, i, buf, off) whose code ``emit(builder, vector pointer at arr[i:],
@@ -97,23 +75,27 @@ def make_vector_io(kind):
                 return None
 
             def codegen(context, builder, sig, args):
-                ptr = _elem_ptr(context, builder, sig.args[0], args[0], args[1], sig.args[1])
-                emit(builder, builder.bitcast(ptr, vec_ty.as_pointer()),
-                     _buf_ptrs(context, builder, sig, args))
+                def data(k):  # the data pointer of array argument k
+                    return context.make_array(sig.args[k])(context, builder, args[k]).data
+
+                ptr = builder.gep(data(0), [_to_i64(builder, args[1], sig.args[1])])
+                vptr = builder.bitcast(ptr, vec_ty.as_pointer())
+                buf, o = data(2), _to_i64(builder, args[3], sig.args[3])
+                emit(builder, vptr, [builder.gep(buf, [builder.add(o, ir.Constant(_I64, v))])
+                                     for v in range(width)])
                 return context.get_dummy_value()
 
             return types.void(arr, idx, buf, off), codegen
-
         return f
 
     def load(builder, vptr, dst):
         vec = builder.load(vptr, align=16)
-        if kind in ("f4", "f8"):
+        if native:
             for v in range(width):
                 builder.store(builder.extract_element(vec, ir.Constant(_I32, v)), dst[v])
             return
         conv = _TO_F32[kind]
-        for w in range(4):
+        for w in range(4):  # two 2-byte values a word, the first in the low half
             word = builder.extract_element(vec, ir.Constant(_I32, w))
             lo = builder.trunc(word, _I16)
             hi = builder.trunc(builder.lshr(word, ir.Constant(_I32, 16)), _I16)
@@ -122,7 +104,7 @@ def make_vector_io(kind):
 
     def store(builder, vptr, src):
         vec = ir.Constant(vec_ty, ir.Undefined)
-        if kind in ("f4", "f8"):
+        if native:
             for v in range(width):
                 vec = builder.insert_element(vec, builder.load(src[v]), ir.Constant(_I32, v))
         else:
@@ -134,8 +116,7 @@ def make_vector_io(kind):
                 vec = builder.insert_element(vec, word, ir.Constant(_I32, w))
         builder.store(vec, vptr, align=16)
 
-    ldv, stv = pack_intrinsic(load), pack_intrinsic(store)
-    return ldv, stv
+    return pack_intrinsic(load), pack_intrinsic(store)
 
 
 def _conversion(emit, argty, resty):
@@ -144,12 +125,7 @@ def _conversion(emit, argty, resty):
     def convert(typingctx, value):
         if value != argty:
             return None
-
-        def codegen(context, builder, sig, args):
-            return emit(builder, args[0])
-
-        return resty(argty), codegen
-
+        return resty(argty), lambda context, builder, sig, args: emit(builder, args[0])
     return convert
 
 
@@ -169,7 +145,6 @@ def make_primitives(kind, src=None):
 
     ldv, stv = make_vector_io(kind)
     ldv_raw = make_vector_io("raw16")[0] if kind in ("f2", "bf16") else ldv
-
     if kind in ("f4", "f8"):
         @cuda.jit(**_dev)
         def ld(arr, i):
@@ -188,7 +163,6 @@ def make_primitives(kind, src=None):
         @cuda.jit(**_dev)
         def st(arr, i, v):
             arr[i] = from_f32(types.float32(v))
-
     if src is not None:
         ld = _cast_load(kind, src)
 

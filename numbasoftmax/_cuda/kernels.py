@@ -16,19 +16,16 @@ read X, write Y; gradients: read Y and dY, write dX):
            writes each chunk's statistics, a second combines them in chunk order and
            writes its chunk. Traffic as ``long``.
 
-One body per strategy serves every op (formulas in ``_op_math``): the gradients read a
-second input and sum a product where the forward ops take a max and sum exponentials.
-logsumexp runs on ``rows``, ``long`` and ``split`` (it reads X once either way, with its
-weights as the second input) and writes one value (and sign) per row instead of the
-write pass; its gradient is the write pass alone, from each row's (lse, dlse, sign) in the
-workspace (``rows`` and ``long``): traffic of X (and the weights) read once, dX written.
-Packs are V = 16 bytes / itemsize elements (``ld.global.v4``) where every row start is
-16-byte aligned and N a multiple of V, else single elements. Arithmetic is float32
-(float64 for float64 data); long/split sums are float64. Non-finite rules are the CPU
-path's. Every reduction has a fixed order (butterfly, warps in order, chunks in order), so
-results are deterministic for a shape, dtype and strategy. Under the simulator the same
-source runs with ``sim.py``'s primitives; every thread of a block runs every reduction,
-so its emulation of the shuffles is exact.
+One body per strategy serves every op (formulas in ``_op_math``). logsumexp (``rows``,
+``long``, ``split``; X and its weights read once) writes a value (and sign) per row instead
+of the write pass; its gradient (``rows``, ``long``) is the write pass alone, from each
+row's (lse, dlse, sign) in the workspace: X (and the weights) read once, dX written. Packs
+are V = 16 bytes / itemsize elements (``ld.global.v4``) where every row start is 16-byte
+aligned and N a multiple of V, else single elements. Arithmetic is float32 (float64 for
+float64 data), long/split sums float64; non-finite rules are the CPU path's. Every
+reduction has a fixed order (butterfly, warps in order, chunks in order), so results are
+deterministic for a shape, dtype and strategy. The simulator runs the same source with
+``sim.py``'s primitives.
 """
 
 from __future__ import annotations
@@ -41,52 +38,42 @@ from numba import cuda, types
 
 from .._ops import FORWARD, OPS
 
-NEG_INF = -math.inf
-INF = math.inf
-NAN = math.nan
+NEG_INF, INF, NAN = -math.inf, math.inf, math.nan
 F64 = types.float64
 
 # One specialization. kind: storage ("f4", "f8", "f2", "bf16"); V: pack width; G, K:
 # threads per row and packs per thread (rows); B: block size; U: rows per group and step
 # (rows), packs loaded per step (smem, long, split); cache (smem): "c" rows in the compute
-# type, "s" in the 2-byte storage type (twice the row fits; exp then runs twice an element);
-# src: the inputs' storage kind when it is not ``kind`` (``dtype=``: read as if cast to
-# ``kind``, single elements, cache "c"), else None; mask: whether a ``where=`` mask is read
-# (cache "c"); weights: whether logsumexp (or its gradient) reads weights (``b=``) as its
-# second input; signed: logsumexp writes each row's sign after its value, its gradient
-# reads the sign with each row's (lse, dlse).
+# type, "s" in the 2-byte storage type (twice the row fits; exp then runs twice an
+# element); src: the inputs' storage kind when it is not ``kind`` (``dtype=``: read as if
+# cast to ``kind``, single elements, cache "c"), else None; mask: a ``where=`` mask is read
+# (cache "c"); weights: logsumexp (or its gradient) reads weights (``b=``) as its second
+# input; signed: logsumexp writes each row's sign after its value, its gradient reads it.
 Spec = namedtuple("Spec", "strategy op kind V G K B U cache src mask weights signed",
                   defaults=("c", None, False, False, False))
 
 # The device functions the kernels are made of (intrinsics.py on a GPU, sim.py under the
 # simulator). ld/st(arr, i[, v]): one element, converted; ldv/stv(arr, i, buf, off): a
-# 16-byte pack of V elements; ldv_raw: a pack of 2-byte bits, unconverted; begin(): per-thread
-# set-up; shfl_xor (GPU) or group_reduce(v, width, xch, op) (simulator) for the reductions.
+# 16-byte pack of V elements; ldv_raw: a pack of 2-byte bits, unconverted; begin():
+# per-thread set-up; shfl_xor (GPU) or group_reduce(v, width, xch, op) (simulator).
 Primitives = namedtuple("Primitives", "sim ctype ld st ldv stv ldv_raw exp log begin "
                                       "shfl_xor group_reduce")
 
-
-# a strategy's kernel body (a, sa, b, sb, out, so, ws, m, n, C, L, ba, bb) and its
-# per-thread buffers ba, bb: ``items`` elements of ``dtype`` per input read
-Body = namedtuple("Body", "fn items dtype")
-
-
-def _identity(op):
-    """The identity of a row's first reduction: -inf for the forward max, 0 for the
-    gradients' sum (what padding and excluded elements become)."""
-    return NEG_INF if op in FORWARD else 0.0
+# fwd: a forward op; lse: logsumexp (a value per row is written); given: its gradient (row
+# statistics read from the workspace); load_b: the second input is read (the gradients'
+# upstream gradient, logsumexp's weights); drop: zero weights are excluded; nv: float64
+# values per row in the workspace
+Flags = namedtuple("Flags", "fwd lse given load_b drop nv")
 
 
-def _reads_b(spec):
-    """Whether a kernel reads its second input: the gradients' upstream gradient,
-    logsumexp's weights."""
-    if OPS[spec.op].forward == "logsumexp":
-        return spec.weights
-    return spec.op not in FORWARD
+def _flags(spec):
+    fwd, lse = spec.op in FORWARD, spec.op == "logsumexp"
+    load_b = spec.weights if OPS[spec.op].forward == "logsumexp" else not fwd
+    return Flags(fwd, lse, spec.op == "logsumexp_backward", load_b, lse and spec.weights,
+                 3 if spec.signed else 2)
 
 
 def _device(sim):
-    """Decorator for helper device functions in the current mode."""
     return (lambda f: f) if sim else cuda.jit(device=True, forceinline=True)
 
 
@@ -94,18 +81,18 @@ def _device(sim):
 # building blocks of every strategy, made once per primitives (storage kind) and op, so
 # that numba compiles each device function once per process, not once per kernel
 
-Reductions = namedtuple("Reductions", "fmax group_max group_sum block_max block_sum")
-
-
 @functools.cache
 def _reductions(P):
+    """(fmax, group_max, group_sum, block_max, block_sum). group_*(v, width, xch): over
+    aligned groups of ``width`` lanes (butterfly: every lane gets it); block_*(v, identity,
+    red, xch): over the block (blockDim.x a multiple of 32), each warp, then the warps'
+    results in warp order; every thread gets the result."""
     dev = _device(P.sim)
     shfl_xor = P.shfl_xor
 
     @dev
     def fmax(a, b):
-        # NaN-propagating maximum (fmaxf would drop NaN)
-        if a > b or a != a:
+        if a > b or a != a:  # NaN-propagating maximum (fmaxf would drop NaN)
             return a
         return b
 
@@ -119,20 +106,16 @@ def _reductions(P):
 
         @dev
         def reduce(v, width, xch):
-            """Over aligned groups of ``width`` lanes (butterfly: every lane gets it)."""
             off = width // 2
             while off > 0:
                 v = combine(v, shfl_xor(v, off))
                 off //= 2
             return v
-
         return reduce
 
     def block_reduction(group):
         @dev
         def block(v, identity, red, xch):
-            """Over the block (blockDim.x a multiple of 32): each warp, then the warps' results
-            in warp order. Every thread gets the result."""
             v = group(v, 32, xch)
             t = cuda.threadIdx.x
             lane = t & 31
@@ -145,25 +128,19 @@ def _reductions(P):
             r = group(r, 32, xch)
             cuda.syncthreads()
             return r
-
         return block
 
     group_max, group_sum = group(fmax), group(add)
-    return Reductions(fmax, group_max, group_sum, block_reduction(group_max),
-                      block_reduction(group_sum))
-
-
-OpMath = namedtuple("OpMath", "term factor value")
+    return fmax, group_max, group_sum, block_reduction(group_max), block_reduction(group_sum)
 
 
 @functools.cache
 def _op_math(P, op, weights=False):
-    """The per-element formulas of one op. A row's sum is of ``term(a, b, mx)``; the sum
-    (compute type, or float64 in long rows) gives the row's ``factor``; the output element
-    is ``value(a, b, mx, factor)``. Forward: a = b = x, mx = the row's max; gradients: a = y
-    (or z), b = dy (or dz), mx unused. logsumexp: a = x, b = its weight (``weights``), the
-    row's result from its max and sum (``_lse_store``); its gradient: a = x, b = the weight,
-    mx = the row's lse, factor = its dlse (times its sign)."""
+    """(term, factor, value): the per-element formulas of one op. A row's sum is of
+    ``term(a, b, mx)``; the sum (compute type, or float64 in long rows) gives the row's
+    ``factor``; the output element is ``value(a, b, mx, factor)``. Forward: a = b = x, mx =
+    the row's max; gradients: a = y (or z), b = dy (or dz), mx unused. logsumexp: a = x, b
+    = its weight; its gradient: mx = the row's lse, factor = its dlse (times its sign)."""
     dev = _device(P.sim)
     ctype, exp, log = P.ctype, P.exp, P.log
     FWD = op in FORWARD
@@ -216,7 +193,7 @@ def _op_math(P, op, weights=False):
             return b - exp(a) * f
         return a * (b - f)
 
-    return OpMath(term, factor, value)
+    return term, factor, value
 
 
 @functools.cache
@@ -247,14 +224,11 @@ def _lse_store(P, signed):
     return put
 
 
-Packs = namedtuple("Packs", "load store load_raw elem")
-
-
 @functools.cache
 def _packs(P, V):
-    """Packs of V elements between global memory and a per-thread buffer: ``load(arr, i,
-    buf, o)`` converts arr[i:i+V] into buf[o:o+V], ``store`` the reverse, ``load_raw``
-    copies 2-byte bits unconverted; ``elem(arr, i)`` is arr[i] as it is."""
+    """(load, store, load_raw, elem): ``load(arr, i, buf, o)`` converts the pack arr[i:i+V]
+    into a per-thread buffer's buf[o:o+V], ``store`` the reverse, ``load_raw`` copies 2-byte
+    bits unconverted; ``elem(arr, i)`` is arr[i] as it is."""
     dev = _device(P.sim)
     ld, st = P.ld, P.st
 
@@ -263,7 +237,7 @@ def _packs(P, V):
         return arr[i]
 
     if V > 1:  # 16-byte packs: the vector primitives themselves
-        return Packs(P.ldv, P.stv, P.ldv_raw, elem)
+        return P.ldv, P.stv, P.ldv_raw, elem
 
     @dev
     def load(arr, i, buf, o):
@@ -277,28 +251,26 @@ def _packs(P, V):
     def load_raw(arr, i, buf, o):
         buf[o] = arr[i]
 
-    return Packs(load, store, load_raw, elem)
+    return load, store, load_raw, elem
 
 
-Masking = namedtuple("Masking", "row_base hide reveal pad drop_zero_weights")
 NO_MASK = (1, 0, 1, 0, 1, 0)  # the mask dims of unmasked kernels: every row at offset 0
 
 
 @functools.cache
 def _masking(P, op, V, second=False):
-    """Excluded elements: ``where=`` masks (uint8, 0 = excluded), padding, zero weights.
-    ``row_base(row, wd)`` is the byte offset of a row's mask, wd holding three (size, byte
-    stride) pairs as ``_layout.MaskRows.dims`` (padded with (1, 0)); the element at column c
-    is at base + c * wn (wn 0: one value per row). ``hide(w, wb, wn, col, bufa, bufb, o)``:
-    the excluded elements of a pack of V become the first reduction's identity (forward:
-    -inf, so that exp adds +0; gradients: 0), and 0 in the second input where it is read
-    (``second``: the upstream gradient, logsumexp's weights); ``pad(bufa, bufb, o)`` does
-    the same to a whole pack (past a row's end); ``drop_zero_weights(bufa, bufb, o)``
-    excludes the elements of zero weight (logsumexp); ``reveal(w, wb, wn, col, buf, o)``:
-    their output becomes 0 (log_softmax: -inf), whatever the row's statistics."""
+    """(row_base, hide, reveal, pad, drop_zero_weights) of excluded elements: ``where=``
+    masks (uint8, 0 = excluded), padding, zero weights. ``row_base(row, wd)``: the byte
+    offset of a row's mask, wd holding three (size, byte stride) pairs as
+    ``_layout.MaskRows.dims`` (padded with (1, 0)); column c at base + c * wn (wn 0: one
+    value per row). ``hide(w, wb, wn, col, bufa, bufb, o)``: a pack's excluded elements
+    become the first reduction's identity (forward: -inf, so that exp adds +0; gradients:
+    0), and 0 in the second input where it is read (``second``); ``pad``: a whole pack
+    (past a row's end); ``drop_zero_weights`` (logsumexp); ``reveal(w, wb, wn, col, buf,
+    o)``: their output becomes 0 (log_softmax: -inf), whatever the row's statistics."""
     dev = _device(P.sim)
     ctype = P.ctype
-    PAD = _identity(op)
+    PAD = NEG_INF if op in FORWARD else 0.0
     OUT = NEG_INF if op == "log_softmax" else 0.0
 
     @dev
@@ -344,42 +316,28 @@ def _masking(P, op, V, second=False):
             if w[wb + (col + v) * wn] == 0:
                 buf[o + v] = ctype(OUT)
 
-    return Masking(row_base, hide, reveal, pad, drop_zero_weights)
+    return row_base, hide, reveal, pad, drop_zero_weights
 
 
 def _parts(P, spec):
-    """The building blocks of a strategy's kernel: (Reductions, OpMath, Packs, Masking)."""
+    """The building blocks of a strategy's kernel: reductions, op math, packs, masking."""
     return (_reductions(P), _op_math(P, spec.op, spec.weights), _packs(P, spec.V),
-            _masking(P, spec.op, spec.V, _reads_b(spec)))
-
-
-def _lse_flags(spec):
-    """(LSE: a value per row is written, GIVEN: the row statistics are read from the
-    workspace (logsumexp's gradient), LOAD_B: the second input is read, DROP: zero weights
-    are excluded from the reduction, NV: float64 values per row in the workspace)."""
-    lse = spec.op == "logsumexp"
-    return (lse, spec.op == "logsumexp_backward", _reads_b(spec), lse and spec.weights,
-            3 if spec.signed else 2)
+            _masking(P, spec.op, spec.V, _flags(spec).load_b))
 
 
 # ---------------------------------------------------------------------------------------
+# Each strategy returns (body, items, dtype): the kernel body (a, sa, b, sb, out, so, ws,
+# m, n, C, L, w, wn, wd, ba, bb), its per-thread buffers ba, bb: ``items`` of ``dtype``.
 # short rows: a group of G threads per row, the row in registers
 
 def _rows(P, spec):
-    red, math_, io, ex = _parts(P, spec)
-    row_base, hide, reveal, pad, drop_zero_weights = ex
-    MASK = spec.mask
-    fmax, group_max, group_sum = red.fmax, red.group_max, red.group_sum
-    term, factor, value = math_.term, math_.factor, math_.value
-    load, store = io.load, io.store
-    ctype = P.ctype
-    FWD = spec.op in FORWARD
-    LSE, GIVEN, LOAD_B, DROP, NV = _lse_flags(spec)
-    put = _lse_store(P, spec.signed)
+    ((fmax, group_max, group_sum, _, _), (term, factor, value), (load, store, _, _),
+     (row_base, hide, reveal, pad, drop_zero_weights)) = _parts(P, spec)
+    FWD, LSE, GIVEN, LOAD_B, DROP, NV = _flags(spec)
+    MASK, V, G, K, B, U = spec.mask, spec.V, spec.G, spec.K, spec.B, spec.U
+    ctype, put = P.ctype, _lse_store(P, spec.signed)
     KEEP_E = spec.op == "softmax"  # exp(x - max) stays in the buffer for the last pass
-    V, G, K, B, U = spec.V, spec.G, spec.K, spec.B, spec.U
     KV = K * V
-    UKV = U * KV
     GPB = B // G  # groups per block
     RPB = GPB * U  # rows per block and step
     XCH = B if P.sim else 1
@@ -450,7 +408,7 @@ def _rows(P, spec):
                             store(out, row * so + col, ba, o + k * V)
             base += cuda.gridDim.x * RPB
 
-    return Body(body, UKV, ctype)
+    return body, U * KV, ctype
 
 
 # ---------------------------------------------------------------------------------------
@@ -461,20 +419,15 @@ def _rows(P, spec):
 # cache b's packs after a's, at offset ``half``.
 
 def _smem(P, spec):
-    red, math_, io, ex = _parts(P, spec)
-    row_base, hide, reveal = ex.row_base, ex.hide, ex.reveal
-    MASK = spec.mask
-    fmax, block_max, block_sum = red.fmax, red.block_max, red.block_sum
-    term, factor, value = math_.term, math_.factor, math_.value
-    ctype, store = P.ctype, io.store
-    FWD = spec.op in FORWARD
+    ((fmax, _, _, block_max, block_sum), (term, factor, value), (load, store, load_raw, elem),
+     (row_base, hide, reveal, _, _)) = _parts(P, spec)
+    FWD, MASK, V, B, UL = spec.op in FORWARD, spec.mask, spec.V, spec.B, spec.U
+    ctype = P.ctype
     RAW = spec.cache == "s"  # cache the 2-byte storage bits, convert on every read
-    fetch = io.load_raw if RAW else io.load  # global memory -> the cache's staging buffers
+    fetch = load_raw if RAW else load  # global memory -> the cache's staging buffers
     KEEP_E = spec.op == "softmax" and not RAW
     cdt = types.uint16 if RAW else ctype
-    value_of = P.ld if RAW else io.elem  # an element of the cache, in the compute type
-    V, B, UL = spec.V, spec.B, spec.U
-    ULV = UL * V
+    value_of = P.ld if RAW else elem  # an element of the cache, in the compute type
     XCH = B if P.sim else 1
 
     def body(a, sa, b, sb, out, so, ws, m, n, C, L, w, wn, wd, ta, tb):
@@ -491,9 +444,7 @@ def _smem(P, spec):
             wb = row_base(row, wd) if MASK else 0
             # the first reduction (forward: max; gradients: the sum) while caching the row
             mx = ctype(NEG_INF)
-            acc = ctype(0.0)
-            if FWD:
-                acc = ctype(NEG_INF)
+            acc = ctype(NEG_INF) if FWD else ctype(0.0)
             for j0 in range(0, J, UL):
                 # UL packs in flight per thread, then into shared memory
                 for u in range(UL):
@@ -545,7 +496,7 @@ def _smem(P, spec):
                     store(out, row * so + p * V, res, 0)
             row += cuda.gridDim.x
 
-    return Body(body, ULV, cdt)
+    return body, UL * V, cdt
 
 
 # ---------------------------------------------------------------------------------------
@@ -559,32 +510,26 @@ def _long(P, spec):
     one chunk of the whole row (C = 1). logsumexp writes a value per row (thread 0 of the
     row's first chunk); its gradient reads each row's statistics from ws (``GIVEN``)."""
     dev = _device(P.sim)
-    red, math_, io, ex = _parts(P, spec)
-    row_base, hide, reveal, pad, drop_zero_weights = ex
-    MASK = spec.mask
-    fmax, block_max, block_sum = red.fmax, red.block_max, red.block_sum
-    term, value, factor = math_.term, math_.value, math_.factor
-    load, store = io.load, io.store
-    ctype, exp = P.ctype, P.exp
-    FWD = spec.op in FORWARD
-    LSE, GIVEN, LOAD_B, DROP, NV = _lse_flags(spec)
-    put = _lse_store(P, spec.signed)
+    ((fmax, _, _, block_max, block_sum), (term, factor, value), (load, store, _, _),
+     (row_base, hide, reveal, pad, drop_zero_weights)) = _parts(P, spec)
+    FWD, LSE, GIVEN, LOAD_B, DROP, NV = _flags(spec)
+    MASK, V, B, U = spec.mask, spec.V, spec.B, spec.U
+    ctype, exp, put = P.ctype, P.exp, _lse_store(P, spec.signed)
     LOAD_A = spec.op != "log_softmax_backward"  # its sum needs dz only
     STATS = spec.strategy != "split_write" and not GIVEN  # the chunk's statistics
     WRITE = spec.strategy != "split_stats"  # the chunk's output
     SPLIT = spec.strategy != "long"
-    V, B, U = spec.V, spec.B, spec.U
     UV = U * V
     XCH = B if P.sim else 1
 
     @dev
     def carry(acc, mt, mx):
-        """``acc``, a sum at max mt, as a sum at max mx >= mt: times exp(mt - mx). For
-        logsumexp, unchanged where the maxima are equal, +inf too (it sums that row's
-        infinite terms; the softmax functions' +inf rows are NaN either way), and nothing
-        below a max of +inf: there every other element adds 0 whatever its weight, as in
-        ``term`` (a NaN or infinite weight would make acc * 0 NaN). The softmax functions'
-        part that saw only -inf summed nothing (exp(-inf - -inf) would be NaN)."""
+        """``acc``, a sum at max mt, as a sum at max mx >= mt: times exp(mt - mx). logsumexp:
+        unchanged where the maxima are equal, +inf too (it sums that row's infinite terms;
+        the softmax functions' +inf rows are NaN either way), and nothing below a max of
+        +inf, where every other element adds 0 whatever its weight, as in ``term`` (a NaN or
+        infinite weight would make acc * 0 NaN). The softmax functions: a part that saw
+        only -inf summed nothing (exp(-inf - -inf) would be NaN)."""
         if LSE:
             if mt == mx:
                 return acc
@@ -596,14 +541,12 @@ def _long(P, spec):
 
     @dev
     def partial(a, ab, b, bb, w, wb, wn, plo, phi, bufa, bufb):
-        """This thread's (max, float64 sum) over packs plo..phi-1 of the row at a[ab:]
-        (and b[bb:]; its mask at w[wb:]). Forward: the sum of exp(x - max); a thread that
-        saw only -inf (or nothing) returns (-inf, 0). Gradients: (-inf, the sum of
-        term)."""
-        tid = cuda.threadIdx.x
+        """This thread's (max, float64 sum) over packs plo..phi-1 of the row at a[ab:] (and
+        b[bb:]; its mask at w[wb:]). Forward: the sum of exp(x - max), (-inf, 0) where it
+        saw only -inf (or nothing); gradients: (-inf, the sum of term)."""
         mt = ctype(NEG_INF)
         acc = F64(0.0)
-        p0 = plo + tid
+        p0 = plo + cuda.threadIdx.x
         while p0 < phi:
             for u in range(U):
                 p = p0 + u * B
@@ -639,8 +582,7 @@ def _long(P, spec):
 
     @dev
     def reduce(mt, acc, red, redd, xch, xchd):
-        """Block-wide (max, sum) from every thread's pair (forward: each sum rescaled to the
-        block's max first)."""
+        # block-wide (max, sum) of every thread's (forward: each sum rescaled to the max)
         if FWD:
             mrow = block_max(mt, ctype(NEG_INF), red, xch)
             return mrow, block_sum(carry(acc, mt, mrow), F64(0.0), redd, xchd)
@@ -648,8 +590,7 @@ def _long(P, spec):
 
     @dev
     def write(a, ab, b, bb, out, ob, w, wb, wn, plo, phi, mx, f, bufa, bufb):
-        tid = cuda.threadIdx.x
-        p0 = plo + tid
+        p0 = plo + cuda.threadIdx.x
         while p0 < phi:
             for u in range(U):
                 p = p0 + u * B
@@ -718,35 +659,31 @@ def _long(P, spec):
                       bufa, bufb)
             i += cuda.gridDim.x
 
-    return Body(body, UV, ctype)
+    return body, UV, ctype
 
 
 # ---------------------------------------------------------------------------------------
-# strided copy with an optional conversion: gathers a strided input into contiguous rows,
-# scatters contiguous rows into a strided ``out``, converts integer/bool input to float64,
-# and one float kind to another.
 
 def make_copy(ndim, sim, cast=None, P=None):
-    """copy(src, soff, sstrides, dst, doff, dstrides, shape, total): element i (C order over
-    ``shape``) goes from src[soff + i . sstrides] to dst[doff + i . dstrides] (element
-    strides, possibly negative). ``cast`` (a numba type) converts the value; ``P``
-    (primitives of the destination's kind, reading the source's) converts a float kind,
-    rounding once, or with ``cast`` (its compute type) stores the converted value."""
-    ND = ndim
-    CAST = cast
+    """Strided copy (gathers, scatters, converts integer/bool input to float64 and one float
+    kind to another): copy(src, soff, sstrides, dst, doff, dstrides, shape, total) moves
+    element i (C order over ``shape``) from src[soff + i . sstrides] to dst[doff + i .
+    dstrides] (element strides, possibly negative). ``cast`` (a numba type) converts the
+    value; ``P`` (primitives of the destination's kind, reading the source's) converts a
+    float kind, rounding once, or with ``cast`` (its compute type) stores the value."""
     dev = _device(sim)
 
     @dev
     def read(arr, i):
-        if CAST is None:
+        if cast is None:
             return arr[i]
-        return CAST(arr[i])
+        return cast(arr[i])
 
     @dev
     def write(arr, i, v):
         arr[i] = v
 
-    ld = P.ld if P is not None and CAST is None else read
+    ld = P.ld if P is not None and cast is None else read
     st = write if P is None else P.st
 
     def kernel(src, soff, sstr, dst, doff, dstr, shape, total):
@@ -756,8 +693,8 @@ def make_copy(ndim, sim, cast=None, P=None):
             rem = i
             s = soff
             d = doff
-            for k in range(ND):
-                ax = ND - 1 - k
+            for k in range(ndim):
+                ax = ndim - 1 - k
                 q = rem // shape[ax]
                 r = rem - q * shape[ax]
                 s += r * sstr[ax]
@@ -768,8 +705,6 @@ def make_copy(ndim, sim, cast=None, P=None):
 
     return kernel
 
-
-# ---------------------------------------------------------------------------------------
 
 _BODIES = {"rows": _rows, "smem": _smem, "long": _long, "split_stats": _long,
            "split_write": _long}
@@ -785,18 +720,14 @@ def build(spec, primitives):
     Masked kernels also take the mask (w, wn, wd), see ``_masking``."""
     P = primitives
     fn, items, dtype = _BODIES[spec.strategy](P, spec)
-    dev = _device(P.sim)
+    dev, begin, second = _device(P.sim), P.begin, _flags(spec).load_b
     inner = dev(fn)
-    begin = P.begin
-    second = _reads_b(spec)
 
     @dev
     def run(a, sa, b, sb, out, so, ws, m, n, C, L, w, wn, wd):
         begin()
         ba = cuda.local.array(items, dtype)  # the packs in flight: one buffer per input
-        bb = ba
-        if second:
-            bb = cuda.local.array(items, dtype)
+        bb = cuda.local.array(items, dtype) if second else ba
         inner(a, sa, b, sb, out, so, ws, m, n, C, L, w, wn, wd, ba, bb)
 
     if spec.mask:

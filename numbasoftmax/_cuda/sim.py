@@ -18,8 +18,7 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda, types
 
-_F32 = np.float32
-_F64 = np.float64
+_F32, _F64 = np.float32, np.float64
 
 
 def _h2f(bits):
@@ -36,7 +35,7 @@ def _b2f(bits):
 
 def _f2b(value):
     u = _F32(value).view(np.uint32)
-    if value != value:
+    if value != value:  # a quiet NaN, sign kept
         return np.uint16((u >> np.uint32(16)) | np.uint32(0x40))
     lsb = (u >> np.uint32(16)) & np.uint32(1)
     return np.uint16((u + np.uint32(0x7FFF) + lsb) >> np.uint32(16))
@@ -47,14 +46,7 @@ _TO_C = {"f4": _F32, "f8": _F64, "f2": _h2f, "bf16": _b2f}
 _FROM_C = {"f4": _F32, "f8": _F64, "f2": _f2h, "bf16": _f2b}
 # a value rounded once to a result kind (dtype=), as numpy's astype, in the compute type
 _ROUND = {"f4": _F32, "f8": _F64, "f2": lambda v: _F32(np.float16(v))}
-
-f32_to_bf16_bits = _f2b
-bf16_bits_to_f32 = _b2f
-
-
-def _address(arr):
-    """Host address of element 0 of a (kernel-side) simulator array."""
-    return arr.__array_interface__["data"][0]
+f32_to_bf16_bits, bf16_bits_to_f32 = _f2b, _b2f
 
 
 @cuda.jit(device=True)
@@ -93,22 +85,21 @@ def make_primitives(kind, src=None):
     def st(arr, i, v):
         arr[i] = from_c(v)
 
-    def aligned(arr, i):
-        assert (_address(arr) + i * itemsize) % 16 == 0, "misaligned vector access"
+    def pack(arr, i):  # the element offsets of the 16-byte pack at arr[i:], once aligned
+        assert (arr.__array_interface__["data"][0] + i * itemsize) % 16 == 0, \
+            "misaligned vector access"
+        return range(width)
 
     def ldv(arr, i, buf, off):
-        aligned(arr, i)
-        for v in range(width):
+        for v in pack(arr, i):
             buf[off + v] = ld(arr, i + v)
 
     def stv(arr, i, buf, off):
-        aligned(arr, i)
-        for v in range(width):
+        for v in pack(arr, i):
             st(arr, i + v, buf[off + v])
 
     def ldv_raw(arr, i, buf, off):
-        aligned(arr, i)
-        for v in range(width):
+        for v in pack(arr, i):
             buf[off + v] = arr[i + v]
 
     def begin():
