@@ -81,9 +81,15 @@ def _device(sim):
 # building blocks of every strategy, made once per primitives (storage kind) and op, so
 # that numba compiles each device function once per process, not once per kernel
 
+Reductions = namedtuple("Reductions", "fmax group_max group_sum block_max block_sum")
+OpMath = namedtuple("OpMath", "term factor value")
+Packs = namedtuple("Packs", "load store load_raw elem")
+Masking = namedtuple("Masking", "row_base hide reveal pad drop_zero_weights")
+
+
 @functools.cache
 def _reductions(P):
-    """(fmax, group_max, group_sum, block_max, block_sum). group_*(v, width, xch): over
+    """Reductions: fmax, and group_*(v, width, xch): over
     aligned groups of ``width`` lanes (butterfly: every lane gets it); block_*(v, identity,
     red, xch): over the block (blockDim.x a multiple of 32), each warp, then the warps'
     results in warp order; every thread gets the result."""
@@ -131,12 +137,13 @@ def _reductions(P):
         return block
 
     group_max, group_sum = group(fmax), group(add)
-    return fmax, group_max, group_sum, block_reduction(group_max), block_reduction(group_sum)
+    return Reductions(fmax, group_max, group_sum, block_reduction(group_max),
+                      block_reduction(group_sum))
 
 
 @functools.cache
 def _op_math(P, op, weights=False):
-    """(term, factor, value): the per-element formulas of one op. A row's sum is of
+    """OpMath: the per-element formulas of one op. A row's sum is of
     ``term(a, b, mx)``; the sum (compute type, or float64 in long rows) gives the row's
     ``factor``; the output element is ``value(a, b, mx, factor)``. Forward: a = b = x, mx =
     the row's max; gradients: a = y (or z), b = dy (or dz), mx unused. logsumexp: a = x, b
@@ -193,7 +200,7 @@ def _op_math(P, op, weights=False):
             return b - exp(a) * f
         return a * (b - f)
 
-    return term, factor, value
+    return OpMath(term, factor, value)
 
 
 @functools.cache
@@ -226,7 +233,7 @@ def _lse_store(P, signed):
 
 @functools.cache
 def _packs(P, V):
-    """(load, store, load_raw, elem): ``load(arr, i, buf, o)`` converts the pack arr[i:i+V]
+    """Packs: ``load(arr, i, buf, o)`` converts the pack arr[i:i+V]
     into a per-thread buffer's buf[o:o+V], ``store`` the reverse, ``load_raw`` copies 2-byte
     bits unconverted; ``elem(arr, i)`` is arr[i] as it is."""
     dev = _device(P.sim)
@@ -237,7 +244,7 @@ def _packs(P, V):
         return arr[i]
 
     if V > 1:  # 16-byte packs: the vector primitives themselves
-        return P.ldv, P.stv, P.ldv_raw, elem
+        return Packs(P.ldv, P.stv, P.ldv_raw, elem)
 
     @dev
     def load(arr, i, buf, o):
@@ -251,7 +258,7 @@ def _packs(P, V):
     def load_raw(arr, i, buf, o):
         buf[o] = arr[i]
 
-    return load, store, load_raw, elem
+    return Packs(load, store, load_raw, elem)
 
 
 NO_MASK = (1, 0, 1, 0, 1, 0)  # the mask dims of unmasked kernels: every row at offset 0
@@ -259,7 +266,7 @@ NO_MASK = (1, 0, 1, 0, 1, 0)  # the mask dims of unmasked kernels: every row at 
 
 @functools.cache
 def _masking(P, op, V, second=False):
-    """(row_base, hide, reveal, pad, drop_zero_weights) of excluded elements: ``where=``
+    """Masking of excluded elements: ``where=``
     masks (uint8, 0 = excluded), padding, zero weights. ``row_base(row, wd)``: the byte
     offset of a row's mask, wd holding three (size, byte stride) pairs as
     ``_layout.MaskRows.dims`` (padded with (1, 0)); column c at base + c * wn (wn 0: one
@@ -316,7 +323,7 @@ def _masking(P, op, V, second=False):
             if w[wb + (col + v) * wn] == 0:
                 buf[o + v] = ctype(OUT)
 
-    return row_base, hide, reveal, pad, drop_zero_weights
+    return Masking(row_base, hide, reveal, pad, drop_zero_weights)
 
 
 def _parts(P, spec):
