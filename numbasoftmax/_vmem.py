@@ -148,7 +148,7 @@ def _load_lanes(context, builder, sig, args, step):
     else:
         ptrs = builder.inttoptr(addrs, ir.VectorType(vsty.element.as_pointer(), W))
         raw = _either(builder, _all_lanes(builder, sig, args, True),
-                      lambda: _lanewise_load(context, builder, sig, args, vsty, align),
+                      lambda: _lanewise_load(context, builder, sig, args, vsty, align, step),
                       lambda: _call(builder, f"llvm.masked.gather.{_suffix(vsty)}.v{W}p0",
                                     [ptrs, align, mask, zero], ret=vsty))
     ctype = compute_type(sig.args[0].dtype)
@@ -164,11 +164,14 @@ def _load_lanes(context, builder, sig, args, step):
 # on an AMD Zen 4 core (float32, rows of 4 to 31 elements, one thread); the values are the
 # same either way. Each lane's address is computed as a scalar (extracting it from the
 # address vector would cost three instructions a lane).
-def _lane_ptrs(context, builder, sig, args, elty):
-    """Pointers (to ``elty``) to elements ``index + lane*step``, one per lane."""
+def _lane_ptrs(context, builder, sig, args, elty, step):
+    """Pointers (to ``elty``) to elements ``index + lane*step`` (``step``: whether the
+    access has one; else consecutive elements of a strided array), one per lane."""
     arrty = sig.args[0]
     a = context.make_array(arrty)(context, builder, args[0])
-    index, step = (context.cast(builder, args[k], sig.args[k], types.intp) for k in (1, 2))
+    index = context.cast(builder, args[1], sig.args[1], types.intp)
+    step = (context.cast(builder, args[2], sig.args[2], types.intp) if step else
+            ir.Constant(_I64, 1))
     if arrty.layout in "CF":
         size, base = None, a.data
     else:
@@ -183,9 +186,9 @@ def _lane_ptrs(context, builder, sig, args, elty):
     return ptrs
 
 
-def _lanewise_load(context, builder, sig, args, vsty, align):
+def _lanewise_load(context, builder, sig, args, vsty, align, step):
     v = ir.Constant(vsty, None)
-    for lane, p in enumerate(_lane_ptrs(context, builder, sig, args, vsty.element)):
+    for lane, p in enumerate(_lane_ptrs(context, builder, sig, args, vsty.element, step)):
         v = builder.insert_element(v, builder.load(p, align=align.constant),
                                    ir.Constant(_I32, lane))
     return v
@@ -209,7 +212,7 @@ def _store_lanes(context, builder, sig, args, step):
         if ptr is not None:
             builder.store(value, target, align=align.constant)
             return
-        for lane, p in enumerate(_lane_ptrs(context, builder, sig, args, vsty.element)):
+        for lane, p in enumerate(_lane_ptrs(context, builder, sig, args, vsty.element, step)):
             builder.store(builder.extract_element(value, ir.Constant(_I32, lane)), p,
                           align=align.constant)
 
