@@ -1,0 +1,89 @@
+"""The vector loads and stores of ``numbasoftmax._vmem`` move the elements numpy indexing
+names: contiguous and strided arrays, a gather or scatter with a step, all W lanes (the
+compile-time ``ALL`` marker or a run-time count) or fewer. Whole vectors of a strided
+array are lane-wise scalar accesses, partial ones masked intrinsics: both are checked."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from _helpers import assert_bitwise_equal
+from numba import njit
+
+from numbasoftmax._simd import ALL, W
+from numbasoftmax._vmem import vgather, vload, vscatter, vstore
+
+DTYPES = [np.float16, np.float32, np.float64]
+
+
+def _storage(a):
+    return a.view(np.uint16) if a.dtype == np.float16 else a
+
+
+@njit
+def _load_store(src, dst, i, k):
+    """dst[:k] = src[i:i+k] (0 past k), a vector through a strided view for each."""
+    vstore(dst, 0, W, vload(src, i, k, 0.0))
+
+
+@njit
+def _load_store_all(src, dst, i):
+    vstore(dst, 0, ALL, vload(src, i, ALL, 0.0))
+
+
+@njit
+def _gather_scatter(src, i, step, k, dst, j, dstep):
+    vscatter(dst, j, dstep, k, vgather(src, i, step, k, 0.0))
+
+
+@njit
+def _gather_scatter_all(src, i, step, dst, j, dstep):
+    vscatter(dst, j, dstep, ALL, vgather(src, i, step, ALL, 0.0))
+
+
+def _data(dtype, size, seed):
+    return np.random.default_rng(seed).standard_normal(size).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k", [W, 5, "all"])
+def test_strided_load_and_store_move_consecutive_elements(dtype, k):
+    """vload / vstore on non-contiguous 1-D views (a column of a C-ordered matrix)."""
+    base = _data(dtype, 7 * 40, 1).reshape(40, 7)
+    src = _storage(base)[:, 3]  # elements 7 apart
+    dst_base = np.zeros((W, 5), dtype)
+    dst = _storage(dst_base)[:, 2]
+    if k == "all":
+        _load_store_all(src, dst, 4)
+        n = W
+    else:
+        _load_store(src, dst, 4, k)
+        n = k
+    expected = np.zeros(W, dtype)
+    expected[:n] = base[4:4 + n, 3]
+    assert_bitwise_equal(dst_base[:, 2], expected)
+    others = np.delete(dst_base, 2, axis=1)
+    assert not others.any(), "a store wrote outside its lanes"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("strided", [False, True], ids=["contiguous", "strided"])
+@pytest.mark.parametrize("k", [W, 11, "all"])
+def test_gather_and_scatter_move_stepped_elements(dtype, strided, k):
+    """vgather / vscatter: lane l reads src[i + l*step] and writes dst[j + l*dstep]."""
+    src_base = _data(dtype, 400, 2)
+    src = _storage(src_base)[::2] if strided else _storage(src_base)
+    dst_base = np.zeros(600, dtype)
+    dst = _storage(dst_base)[::3] if strided else _storage(dst_base)
+    i, step, j, dstep = 5, 9, 3, 4
+    if k == "all":
+        _gather_scatter_all(src, i, step, dst, j, dstep)
+        n = W
+    else:
+        _gather_scatter(src, i, step, k, dst, j, dstep)
+        n = k
+    src_view = src_base[::2] if strided else src_base
+    dst_view = np.zeros_like(dst_base)
+    dst_sub = dst_view[::3] if strided else dst_view
+    dst_sub[j + dstep * np.arange(n)] = src_view[i + step * np.arange(n)]
+    assert_bitwise_equal(dst_base, dst_view)
