@@ -147,8 +147,9 @@ def _load_lanes(context, builder, sig, args, step):
                                     [vp, align, mask, zero], ret=vsty))
     else:
         ptrs = builder.inttoptr(addrs, ir.VectorType(vsty.element.as_pointer(), W))
-        raw = _either(builder, _all_lanes(builder, sig, args, True),
-                      lambda: _lanewise_load(context, builder, sig, args, vsty, align, step),
+        # a strided array's consecutive elements (no step) keep the masked gather
+        raw = _either(builder, _all_lanes(builder, sig, args, True) if step else None,
+                      lambda: _lanewise_load(context, builder, sig, args, vsty, align),
                       lambda: _call(builder, f"llvm.masked.gather.{_suffix(vsty)}.v{W}p0",
                                     [ptrs, align, mask, zero], ret=vsty))
     ctype = compute_type(sig.args[0].dtype)
@@ -158,20 +159,19 @@ def _load_lanes(context, builder, sig, args, step):
     return builder.select(mask, value, fillv)
 
 
-# Strided lanes (short rows gathered into a tile and scattered back) are W scalar loads or
-# stores when every lane is valid, not LLVM's masked gather and scatter: for AVX-512 those
+# A gather or scatter with a step (short rows gathered into a tile and scattered back) is W
+# scalar loads or stores when every lane is valid, not LLVM's masked gather and scatter
+# (which the consecutive elements of a strided array still take): for AVX-512 those
 # become vgather / vscatter instructions, which made the short-row kernel 1.6-2.8x slower
 # on an AMD Zen 4 core (float32, rows of 4 to 31 elements, one thread); the values are the
 # same either way. Each lane's address is computed as a scalar (extracting it from the
 # address vector would cost three instructions a lane).
-def _lane_ptrs(context, builder, sig, args, elty, step):
-    """Pointers (to ``elty``) to elements ``index + lane*step`` (``step``: whether the
-    access has one; else consecutive elements of a strided array), one per lane."""
+def _lane_ptrs(context, builder, sig, args, elty):
+    """Pointers (to ``elty``) to elements ``index + lane*step`` of a gather or scatter
+    (arguments: array, index, step, ...), one per lane."""
     arrty = sig.args[0]
     a = context.make_array(arrty)(context, builder, args[0])
-    index = context.cast(builder, args[1], sig.args[1], types.intp)
-    step = (context.cast(builder, args[2], sig.args[2], types.intp) if step else
-            ir.Constant(_I64, 1))
+    index, step = (context.cast(builder, args[k], sig.args[k], types.intp) for k in (1, 2))
     if arrty.layout in "CF":
         size, base = None, a.data
     else:
@@ -186,9 +186,9 @@ def _lane_ptrs(context, builder, sig, args, elty, step):
     return ptrs
 
 
-def _lanewise_load(context, builder, sig, args, vsty, align, step):
+def _lanewise_load(context, builder, sig, args, vsty, align):
     v = ir.Constant(vsty, None)
-    for lane, p in enumerate(_lane_ptrs(context, builder, sig, args, vsty.element, step)):
+    for lane, p in enumerate(_lane_ptrs(context, builder, sig, args, vsty.element)):
         v = builder.insert_element(v, builder.load(p, align=align.constant),
                                    ir.Constant(_I32, lane))
     return v
@@ -212,14 +212,16 @@ def _store_lanes(context, builder, sig, args, step):
         if ptr is not None:
             builder.store(value, target, align=align.constant)
             return
-        for lane, p in enumerate(_lane_ptrs(context, builder, sig, args, vsty.element, step)):
+        for lane, p in enumerate(_lane_ptrs(context, builder, sig, args, vsty.element)):
             builder.store(builder.extract_element(value, ir.Constant(_I32, lane)), p,
                           align=align.constant)
 
     def masked():
         builder.call(fn, [value, target, align, mask])
 
-    _either(builder, _all_lanes(builder, sig, args, ptr is None), whole, masked)
+    whole_cond = (_all_lanes(builder, sig, args) if ptr is not None else
+                  _all_lanes(builder, sig, args, True) if step else None)
+    _either(builder, whole_cond, whole, masked)
     return context.get_dummy_value()
 
 
