@@ -71,12 +71,21 @@ def _to_compute(builder, raw, dtype, cty):
     return builder.fpext(raw, cty)
 
 
+def _element_ptr(builder, arrty, a, index):
+    """Pointer to element ``index`` (intp) of the 1-D array struct ``a``, any layout."""
+    if arrty.layout in "CF":
+        return builder.gep(a.data, [index])
+    stride = cgutils.unpack_tuple(builder, a.strides, 1)[0]
+    addr = builder.add(builder.ptrtoint(a.data, _I64), builder.mul(index, stride))
+    return builder.inttoptr(addr, a.data.type)
+
+
 def _element_ptrs(context, builder, arrty, arr, index, step):
     """(pointer to element ``index``, None) for a contiguous run of lanes, else
     (None, <W x i64> addresses of elements ``index + lane*step``)."""
     a = context.make_array(arrty)(context, builder, arr)
     if arrty.layout in "CF" and step is None:
-        return builder.gep(a.data, [index]), None
+        return _element_ptr(builder, arrty, a, index), None
     lanes = ir.Constant(ir.VectorType(_I64, W), list(range(W)))
     if step is not None:
         lanes = builder.mul(lanes, _splat(builder, step))
@@ -101,9 +110,8 @@ def _access(context, builder, sig, args, step):
     return vsty, mask, align, ptr, addrs
 
 
-def _all_lanes(builder, sig, args, const=False):
-    """i1: all W lanes valid, for a run-time lane count; for the ``ALL`` marker None, or
-    with ``const`` a constant true (a branch LLVM folds away).
+def _all_lanes(builder, sig, args):
+    """i1: all W lanes valid, for a run-time lane count; None for the ``ALL`` marker.
 
     A run-time count reaches the loads and stores of kernel functions that LLVM did not
     inline. Masked with it, a float16 access has no vector instruction on AVX2 and becomes
@@ -111,9 +119,21 @@ def _all_lanes(builder, sig, args, const=False):
     vector, the common case, then takes a plain access instead (the same values).
     """
     if isinstance(sig.args[-2], MarkerType):
-        return ir.Constant(ir.IntType(1), 1) if const else None
+        return None
     k = args[-2]
     return builder.icmp_signed(">=", k, ir.Constant(k.type, W))
+
+
+def _whole(builder, sig, args, ptr, step):
+    """When an access takes its whole-vector form (see ``_either``): a contiguous run when
+    ``_all_lanes`` says so; a gather or scatter with a step whenever all W lanes are valid
+    (always for the ``ALL`` marker: a constant LLVM folds away); never for the
+    consecutive elements of a strided array."""
+    if ptr is not None:
+        return _all_lanes(builder, sig, args)
+    if not step:
+        return None
+    return _all_lanes(builder, sig, args) or ir.Constant(ir.IntType(1), 1)
 
 
 def _either(builder, cond, full, partial):
@@ -147,8 +167,7 @@ def _load_lanes(context, builder, sig, args, step):
                                     [vp, align, mask, zero], ret=vsty))
     else:
         ptrs = builder.inttoptr(addrs, ir.VectorType(vsty.element.as_pointer(), W))
-        # a strided array's consecutive elements (no step) keep the masked gather
-        raw = _either(builder, _all_lanes(builder, sig, args, True) if step else None,
+        raw = _either(builder, _whole(builder, sig, args, ptr, step),
                       lambda: _lanewise_load(context, builder, sig, args, vsty, align),
                       lambda: _call(builder, f"llvm.masked.gather.{_suffix(vsty)}.v{W}p0",
                                     [ptrs, align, mask, zero], ret=vsty))
@@ -172,18 +191,9 @@ def _lane_ptrs(context, builder, sig, args, elty):
     arrty = sig.args[0]
     a = context.make_array(arrty)(context, builder, args[0])
     index, step = (context.cast(builder, args[k], sig.args[k], types.intp) for k in (1, 2))
-    if arrty.layout in "CF":
-        size, base = None, a.data
-    else:
-        size = cgutils.unpack_tuple(builder, a.strides, 1)[0]
-        base = builder.ptrtoint(a.data, _I64)
-    ptrs = []
-    for lane in range(W):
-        i = builder.add(index, builder.mul(step, ir.Constant(_I64, lane)))
-        p = (builder.gep(base, [i]) if size is None else
-             builder.inttoptr(builder.add(base, builder.mul(i, size)), elty.as_pointer()))
-        ptrs.append(builder.bitcast(p, elty.as_pointer()))
-    return ptrs
+    return [builder.bitcast(_element_ptr(builder, arrty, a, builder.add(
+        index, builder.mul(step, ir.Constant(_I64, lane)))), elty.as_pointer())
+        for lane in range(W)]
 
 
 def _lanewise_load(context, builder, sig, args, vsty, align):
@@ -219,9 +229,7 @@ def _store_lanes(context, builder, sig, args, step):
     def masked():
         builder.call(fn, [value, target, align, mask])
 
-    whole_cond = (_all_lanes(builder, sig, args) if ptr is not None else
-                  _all_lanes(builder, sig, args, True) if step else None)
-    _either(builder, whole_cond, whole, masked)
+    _either(builder, _whole(builder, sig, args, ptr, step), whole, masked)
     return context.get_dummy_value()
 
 
@@ -281,12 +289,9 @@ def vprefetch(typingctx, arr, index):
 
     def codegen(context, builder, sig, args):
         index = context.cast(builder, args[1], sig.args[1], types.intp)
-        ptr, addrs = _element_ptrs(context, builder, sig.args[0], args[0], index, None)
+        a = context.make_array(sig.args[0])(context, builder, args[0])
         bytes_ptr = ir.IntType(8).as_pointer()  # one declaration for every element type
-        if ptr is None:  # a strided array: lane 0's address
-            ptr = builder.inttoptr(builder.extract_element(addrs, ir.Constant(_I32, 0)),
-                                   bytes_ptr)
-        ptr = builder.bitcast(ptr, bytes_ptr)
+        ptr = builder.bitcast(_element_ptr(builder, sig.args[0], a, index), bytes_ptr)
         fnty = ir.FunctionType(ir.VoidType(), [bytes_ptr, _I32, _I32, _I32])
         fn = builder.module.declare_intrinsic("llvm.prefetch.p0", fnty=fnty)
         # read, high locality, data cache
