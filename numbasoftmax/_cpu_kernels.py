@@ -127,7 +127,7 @@ def rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, side):
     w = side_mask(side)
     for i in range(lo, hi):
         off = mask_offset(side, i)
-        row(op, a[i * ao:i * ao + n], seg(b, i * bo, i * bo + n), seg(w, off, off + n),
+        row(op, seg(a, i * ao, i * ao + n), seg(b, i * bo, i * bo + n), seg(w, off, off + n),
             out_row(op, out, i * oo, n), st, row_values(side, i))
 
 
@@ -289,7 +289,7 @@ def _chunk_phase(op, a, ao, b, bo, out, oo, n, side, i, c, st, fin, writing):
     """Chunk c of row i: its statistics into st[i, :, c], or its outputs (``writing``)."""
     lo, hi = c * CHUNK, min(n, (c + 1) * CHUNK)
     off = mask_offset(side, i)
-    args = (a[i * ao + lo:i * ao + hi], seg(b, i * bo + lo, i * bo + hi),
+    args = (seg(a, i * ao + lo, i * ao + hi), seg(b, i * bo + lo, i * bo + hi),
             seg(side_mask(side), off + lo, off + hi),
             out_chunk(op, out_row(op, out, i * oo, n), lo, hi))
     if writing:

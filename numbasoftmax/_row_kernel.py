@@ -198,17 +198,24 @@ def seg_sum(lanes, a, b, c):
     """The package's sum of ``invoke(lanes, a, b, c, i, k)`` (the vector of elements
     i .. i+k-1) over a segment of at most CHUNK elements, in float64."""
     n = a.shape[0]
+    if n <= BLOCK:  # no block loop around a short row's one block (its set-up per row)
+        return 0.0 + block_sum(lanes, a, b, c, 0, n)
     total = 0.0
     for lo in range(0, n, BLOCK):
-        hi = min(lo + BLOCK, n)
-        full = lo + (hi - lo) // W * W
-        acc = vsplat(0.0, a)
-        for i in range(lo, full, W):
-            acc = vadd(acc, invoke(lanes, a, b, c, i, W))
-        if full < hi:
-            acc = vadd(acc, invoke(lanes, a, b, c, full, hi - full))
-        total += np.float64(vsum(acc))
+        total += block_sum(lanes, a, b, c, lo, min(lo + BLOCK, n))
     return total
+
+
+@njit(**INTERNAL)
+def block_sum(lanes, a, b, c, lo, hi):
+    """The lanes of elements lo .. hi-1 (at most BLOCK), combined by ``vsum``, in float64."""
+    full = lo + (hi - lo) // W * W
+    acc = vsplat(0.0, a)
+    for i in range(lo, full, W):
+        acc = vadd(acc, invoke(lanes, a, b, c, i, W))
+    if full < hi:
+        acc = vadd(acc, invoke(lanes, a, b, c, full, hi - full))
+    return np.float64(vsum(acc))
 
 
 @njit(**INTERNAL)
@@ -547,10 +554,10 @@ def row(op, a, b, w, out, st, r):
     nc = st.shape[1]
     for c in range(nc):
         lo, hi = c * CHUNK, min(n, (c + 1) * CHUNK)
-        st[0, c], st[1, c] = stats(op, a[lo:hi], seg(b, lo, hi), seg(w, lo, hi),
+        st[0, c], st[1, c] = stats(op, seg(a, lo, hi), seg(b, lo, hi), seg(w, lo, hi),
                                    out_chunk(op, out, lo, hi))
     m, t = finish(op, st[0], st[1], r)
     for c in range(nc):
         lo, hi = c * CHUNK, min(n, (c + 1) * CHUNK)
-        write(op, a[lo:hi], seg(b, lo, hi), seg(w, lo, hi), out_chunk(op, out, lo, hi),
+        write(op, seg(a, lo, hi), seg(b, lo, hi), seg(w, lo, hi), out_chunk(op, out, lo, hi),
               st[0, c], m, t)
