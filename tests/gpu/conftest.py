@@ -15,6 +15,7 @@ import os
 import pathlib
 import sys
 
+import numpy as np
 import pytest
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -77,6 +78,43 @@ def pytest_configure(config):
         # The simulator runs a Python thread per CUDA thread and a polling loop per block;
         # a short switch interval makes its barriers several times faster.
         sys.setswitchinterval(2e-4)
+        if not _gpu_reason():
+            _lock_static_shared_arrays()
+
+
+def _lock_static_shared_arrays():
+    """numba-cuda's simulator creates a block's static shared array on the first call at
+    each source line, with an unlocked get-then-set on a dict: two of the block's threads
+    that interleave there each get an array of their own, and a reduction through it then
+    loses one thread's values (NaN or wrong results in a random test, rarely, more often
+    with a short switch interval and a busy machine). The same allocation under a lock,
+    keyed by the caller's file and line as the simulator keys it; dynamic shared memory
+    (shape 0) and the error for an alignment stay the simulator's own."""
+    import threading
+
+    from numba.cuda.simulator import kernelapi
+
+    cls = kernelapi.FakeCUDAShared
+    if getattr(cls.array, "locked", False):
+        return
+    original = cls.array
+    lock = threading.Lock()
+
+    def array(self, shape, dtype, alignment=None):
+        if shape == 0 or alignment is not None:
+            return original(self, shape, dtype, alignment)
+        caller = sys._getframe(1)
+        key = (caller.f_code.co_filename, caller.f_lineno)
+        with lock:
+            res = self._allocations.get(key)
+            if res is None:
+                if isinstance(dtype, kernelapi.types.Type):  # as the simulator converts
+                    dtype = kernelapi.numpy_support.as_dtype(dtype)
+                res = self._allocations[key] = np.empty(shape, dtype)
+        return res
+
+    array.locked = True
+    cls.array = array
 
 
 def pytest_collection_modifyitems(config, items):
