@@ -22,8 +22,9 @@ PARALLEL_MIN_ELEMENTS = 1 << 15
 # kernel's fixed cost per row (horizontal reductions, a division, the exp's latency)
 # dominates short rows, and the gather and scatter cost ~2 ns per element whatever the
 # row length. Measured single-threaded, float32: from 32 elements the row kernel is as
-# fast or faster for the forward operations, from 16 for the gradients.
-SHORT_ROW_MAX = {"forward": 32, "backward": 16}
+# fast or faster for the forward operations, from 10 for the gradients (float16 from 10,
+# float64 from 12).
+SHORT_ROW_MAX = {"forward": 32, "backward": 10}
 # Longer rows always run whole inside one parallel task (the second pass over a row then
 # reads from cache); with fewer than ROW_TASK_MIN_ROWS of them they are split into chunks
 # so that every thread has work.
