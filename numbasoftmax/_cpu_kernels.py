@@ -325,9 +325,9 @@ def segment_stats(op, a, ao, b, bo, M, n, st):
     for i in range(M):
         for c in range((n + CHUNK - 1) // CHUNK):
             lo, hi = c * CHUNK, min(n, (c + 1) * CHUNK)
-            st[i, 0, c], st[i, 1, c] = stats(op, a[i * ao + lo:i * ao + hi],
-                                             b[i * bo + lo:i * bo + hi], None,
-                                             a[i * ao + lo:i * ao + hi])
+            seg_a = seg(a, i * ao + lo, i * ao + hi)
+            st[i, 0, c], st[i, 1, c] = stats(op, seg_a, seg(b, i * bo + lo, i * bo + hi), None,
+                                             seg_a)
 
 
 @njit(**OPTIONS)
@@ -343,8 +343,8 @@ def segment_write(op, a, ao, b, bo, out, oo, M, n, st, fin):
     for i in range(M):
         for c in range((n + CHUNK - 1) // CHUNK):
             lo, hi = c * CHUNK, min(n, (c + 1) * CHUNK)
-            write(op, a[i * ao + lo:i * ao + hi], b[i * bo + lo:i * bo + hi], None,
-                  out[i * oo + lo:i * oo + hi], st[i, 0, c], fin[i, 0], fin[i, 1])
+            write(op, seg(a, i * ao + lo, i * ao + hi), seg(b, i * bo + lo, i * bo + hi), None,
+                  seg(out, i * oo + lo, i * oo + hi), st[i, 0, c], fin[i, 0], fin[i, 1])
 
 
 # The same two phases for segments of a strided axis read in place (as ``columns``): the
