@@ -25,8 +25,10 @@ DTYPES = (np.float32, np.float64, np.float16)
 SHAPES = (
     ((4, 3), -1, "C"),  # short rows, serial
     ((16384, 3), -1, "C"),  # short rows, parallel
-    ((8, 128), -1, "C"),  # rows, serial
-    ((1024, 128), -1, "C"),  # rows, parallel
+    ((8, 40), -1, "C"),  # rows in groups, serial
+    ((1024, 40), -1, "C"),  # rows in groups, parallel
+    ((1, 8200), -1, "C"),  # rows, serial
+    ((4, 8200), -1, "C"),  # rows, parallel
     ((2, 40000), -1, "C"),  # few long rows, in chunks
     ((64, 16), 0, "C"),  # a strided axis in place, serial
     ((4096, 16), 0, "C"),  # a strided axis in place, parallel

@@ -65,6 +65,9 @@ PARALLEL_MIN_ELEMENTS = 32768
 BLOCK = 1024
 CHUNK = 8192
 ROW_TASK_MAX = 32768
+# the lane kernel below SHORT_ROW_MAX, rows in groups below GROUPED_ROW_MAX
+SHORT_ROW_MAX = {"forward": 32, "backward": 10}
+GROUPED_ROW_MAX = {"forward": 8192, "backward": 64}
 
 
 def func(op):
@@ -184,12 +187,25 @@ def error_bound(op, inputs, axis, ref, dtype, where=None):
     return np.where(np.isnan(bound), np.inf, bound)
 
 
+def _exp_flush(cdt):
+    """The largest result the kernels' exp rounds to 0, in compute dtype ``cdt``."""
+    from numba import types
+
+    from numbasoftmax._vmath import _RANGE
+
+    lowest = _RANGE[types.float64 if cdt == np.float64 else types.float32][0]
+    return float(np.exp(np.float64(lowest)))
+
+
 def _error_bound(op, inputs, axis, ref, dtype, where):
     dtype = result_dtype(dtype)
     cdt = compute_dtype(dtype)
     eps_c = float(np.finfo(cdt).eps)
     eps_o = float(np.finfo(dtype).eps)
     tiny_c = float(np.finfo(cdt).tiny)
+    # the kernels' exp returns 0 below its range: an absolute error up to exp(lowest
+    # argument), just above the smallest normal number (1.1799e-38 against 1.1755e-38)
+    flush_c = _exp_flush(cdt)
     sub_o = float(np.finfo(dtype).smallest_subnormal)
     a = [np.asarray(v, dtype=np.float64) for v in inputs]
     axes = _axes(axis, a[0].ndim)
@@ -205,7 +221,7 @@ def _error_bound(op, inputs, axis, ref, dtype, where):
                 # past 1/eps_c the relative error promise is void anyway; clipping keeps
                 # 0 * inf out of the bound where exp(x - m) underflows to 0
                 dist = np.minimum(dist, 1 / eps_c)
-                return C * (eps_c * (1 + dist) + eps_o) * absref + tiny_c + sub_o
+                return C * (eps_c * (1 + dist) + eps_o) * absref + flush_c + sub_o
             lse = np.abs(np.log(np.sum(np.where(valid, np.exp(x - m), 0.0), axis=axes,
                                        keepdims=True)))
             return C * (eps_c * (1 + dist + lse) + eps_o * absref) + sub_o

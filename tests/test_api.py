@@ -1,10 +1,11 @@
 """The four public functions against the float64 reference (numbasoftmax.reference).
 
 Shapes are chosen to hit every CPU code path (see tests/_helpers.py for the thresholds):
-row lengths below, at and above each kernel threshold (BLOCK=1024 lane blocks, CHUNK=8192
-chunks, ROW_TASK_MAX=32768: longer rows in batches of fewer than ROW_TASK_MIN_ROWS=16 rows
-are split into (row, chunk) parallel tasks), and total sizes below, at and above
-PARALLEL_MIN_ELEMENTS=32768 (serial vs parallel driver).
+row lengths below, at and above each kernel threshold (SHORT_ROW_MAX: the lane kernel
+below 10 or 32 elements; GROUPED_ROW_MAX: rows in groups below 64 or 8192; BLOCK=1024 lane
+blocks, CHUNK=8192 chunks, ROW_TASK_MAX=32768: longer rows in batches of fewer than
+ROW_TASK_MIN_ROWS=16 rows are split into (row, chunk) parallel tasks), and total sizes
+below, at and above PARALLEL_MIN_ELEMENTS=32768 (serial vs parallel driver).
 """
 
 from __future__ import annotations
@@ -14,10 +15,13 @@ import zlib
 import numpy as np
 import pytest
 from _helpers import (
+    CHUNK,
     FLOAT_DTYPES,
+    GROUPED_ROW_MAX,
     LAYOUTS,
     OPS,
     PARALLEL_MIN_ELEMENTS,
+    SHORT_ROW_MAX,
     assert_bitwise_equal,
     assert_matches_reference,
     call,
@@ -42,7 +46,7 @@ def _dtype_id(d):
 # row lengths around every threshold, each as one row, as a batch small enough for the
 # serial driver, and as a batch just big enough for the parallel driver
 
-ROW_LENGTHS = (1, 2, 31, 32, 33, 1023, 1024, 1025, 8191, 8192, 8193,
+ROW_LENGTHS = (1, 2, 9, 10, 31, 32, 33, 63, 64, 1023, 1024, 1025, 8191, 8192, 8193,
                32767, 32768, 32769, 70000)
 
 
@@ -60,6 +64,18 @@ def _threshold_shapes():
 
 
 THRESHOLD_SHAPES = _threshold_shapes()
+
+
+def test_row_lengths_straddle_the_launchers_thresholds():
+    """The thresholds restated in tests/_helpers.py are the launcher's, and ROW_LENGTHS has
+    a row on each side of every one; grouped rows are rows of one chunk."""
+    from numbasoftmax import _cpu
+
+    assert (_cpu.SHORT_ROW_MAX, _cpu.GROUPED_ROW_MAX) == (SHORT_ROW_MAX, GROUPED_ROW_MAX)
+    assert (_cpu.PARALLEL_MIN_ELEMENTS, _cpu.ROW_TASK_MAX) == (PARALLEL_MIN_ELEMENTS, 32768)
+    for t in (*SHORT_ROW_MAX.values(), *GROUPED_ROW_MAX.values(), CHUNK):
+        assert t - 1 in ROW_LENGTHS and t in ROW_LENGTHS
+    assert max(GROUPED_ROW_MAX.values()) <= CHUNK
 
 
 @pytest.mark.parametrize("shape", THRESHOLD_SHAPES, ids=lambda s: "x".join(map(str, s)))

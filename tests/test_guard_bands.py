@@ -22,7 +22,9 @@ SENTINEL = 1234.5
 PATHS = [
     ("serial_short_rows", (7, 9), None),  # below every operation's SHORT_ROW_MAX
     ("serial_one_row_chunks", (1, 8193), None),
-    ("parallel_short_rows", (300, 129), None),
+    ("serial_grouped_rows", (7, 41), None),  # groups of rows, the last one partial
+    ("parallel_grouped_rows", (1000, 41), None),
+    ("parallel_rows", (5, 8193), None),  # above every operation's GROUPED_ROW_MAX
     ("parallel_f16_scratch_limit", (2, 32768), None),  # float16: last scratch-row length
     ("parallel_long_rows", (2, 40000), None),  # (row, chunk) tasks; float16 keeps exp in out
     ("serial_long_rows", (2, 40000), 1),

@@ -1,7 +1,8 @@
 """The CPU drivers give a row the same bits whichever of them runs it.
 
 The summation order is written in the kernels (``numbasoftmax._row_kernel``), so the row
-kernel (a row at a time), the lane kernel on gathered short rows, the lane kernel on the
+kernel (a row at a time, or a group of rows through each phase), the lane kernel on
+gathered short rows, the lane kernel on the
 columns of a strided axis, the parallel row driver and the chunk-parallel driver must agree
 bit for bit, NaN included. Shapes sit below, at and above the block (1024) and chunk (8192)
 sizes and the lane width (16); inputs mix -inf, NaN and rows of -inf.
@@ -13,16 +14,17 @@ import zlib
 
 import numpy as np
 import pytest
-from _helpers import OPS, assert_bitwise_equal, inputs_for
+from _helpers import CHUNK, OPS, assert_bitwise_equal, inputs_for
 
 from numbasoftmax import _cpu_kernels as K
 from numbasoftmax._cpu import COLUMN_OPS
 from numbasoftmax._lane_kernel import PREFETCH_MIN_STEP
 
 # (1030, 9): read as columns, rows 1030 elements apart, where the lane kernel fetches rows
-# ahead (PREFETCH_MIN_STEP), with a partial last tile
+# ahead (PREFETCH_MIN_STEP), with a partial last tile; (21, 40): groups of rows, the last
+# one partial
 SHAPES = [(5, 1), (33, 3), (17, 15), (20, 16), (18, 17), (9, 100), (4, 1024), (3, 1025),
-          (2, 8192), (2, 8193), (2, 20000), (300, 7), (131, 12), (1030, 9)]
+          (2, 8192), (2, 8193), (2, 20000), (300, 7), (131, 12), (1030, 9), (21, 40)]
 
 
 @pytest.fixture
@@ -115,6 +117,10 @@ def test_drivers_agree_bitwise(op, dtype, shape, rng):
     assert_bitwise_equal(_rows(K.rows_parallel, op, inputs, parallel=True), expected)
     assert_bitwise_equal(_rows(K.short_rows_parallel, op, inputs, parallel=True), expected)
     assert_bitwise_equal(_rows(K.chunks_parallel, op, inputs, parallel=True), expected)
+    if shape[1] <= CHUNK:  # the grouped drivers take rows of one chunk
+        assert_bitwise_equal(_rows(K.grouped_rows, op, inputs, parallel=False), expected)
+        assert_bitwise_equal(_rows(K.grouped_rows_parallel, op, inputs, parallel=True),
+                             expected)
     # along a strided axis softmax runs as softmax_split (exps recomputed): both agree
     for kernel in {op, COLUMN_OPS.get(op, op)}:
         assert_bitwise_equal(_columns(K.columns, kernel, inputs, parallel=False), expected)
@@ -175,6 +181,9 @@ def test_logsumexp_drivers_agree_bitwise(op, weighted, shape, rng):
             b[3, 1] = -1.0
     expected = _lse_rows(K.rows, op, x, b, parallel=False)
     assert not (expected == 7.0).any()
-    for driver, parallel in ((K.short_rows, False), (K.rows_parallel, True),
-                             (K.short_rows_parallel, True), (K.chunks_parallel, True)):
+    drivers = [(K.short_rows, False), (K.rows_parallel, True), (K.short_rows_parallel, True),
+               (K.chunks_parallel, True)]
+    if n <= CHUNK:
+        drivers += [(K.grouped_rows, False), (K.grouped_rows_parallel, True)]
+    for driver, parallel in drivers:
         assert_bitwise_equal(_lse_rows(driver, op, x, b, parallel), expected)

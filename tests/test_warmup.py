@@ -17,8 +17,8 @@ from numbasoftmax import _cpu, _warmup
 from numbasoftmax._ops import OPS
 
 ROOT = Path(__file__).resolve().parent.parent
-DRIVERS = ("rows", "short_rows", "columns", "rows_parallel", "short_rows_parallel",
-           "columns_parallel", "chunks_parallel")
+DRIVERS = ("rows", "grouped_rows", "short_rows", "columns", "rows_parallel",
+           "grouped_rows_parallel", "short_rows_parallel", "columns_parallel", "chunks_parallel")
 
 
 @pytest.fixture
