@@ -25,9 +25,10 @@ PARALLEL_MIN_ELEMENTS = 1 << 15
 # fast or faster for the forward operations, from 10 for the gradients (float16 from 10,
 # float64 from 12).
 SHORT_ROW_MAX = {"forward": 32, "backward": 10}
-# From there, rows shorter than this without a mask or given values run in groups through
-# each phase of the row kernel (``grouped_rows``): a short row's phases are one chain of
-# dependent steps, and a group's chains fill each other's waits. Measured single-threaded,
+# From there (masked rows, which the lane kernel does not take, from 1 element), rows
+# shorter than this run in groups through each phase of the row kernel (``grouped_rows``):
+# a short row's phases are one chain of dependent steps, and a group's chains fill each
+# other's waits. Measured single-threaded,
 # float16/32/64, against a row at a time: the forward operations ahead up to ~200 elements
 # (float32 at 32: 1.1-1.4x), level from 256 to a chunk (so they run in groups throughout,
 # and their first calls compile these drivers only); the gradients ahead up to 64 (float32
@@ -176,13 +177,13 @@ def run(op, args, side=None, direct=False):
     else:
         a, sa, b, sb, out, so, m, n = args
     if side is not None:
-        short_max = grouped_max = 0
+        short_max = 0
     arrays = (marker, a, sa, 1, b, sb, 1, out, so, 1)
     if m * n < PARALLEL_MIN_ELEMENTS or not parallel_allowed():
         if n < short_max:
             driver, call = k.short_rows, (*arrays, 0, m, n, 1)
         elif n < grouped_max:
-            driver, call = k.grouped_rows, (*arrays, 0, m, n, 1)
+            driver, call = k.grouped_rows, (*arrays, 0, m, n, 1, side)
         else:
             driver, call = k.rows, (*arrays, 0, m, n, 1, side)
         if direct and side is None:
@@ -194,7 +195,7 @@ def run(op, args, side=None, direct=False):
         _parallel(k.short_rows_parallel, (*arrays, m, n, 1))
         return
     if n < grouped_max:
-        _parallel(k.grouped_rows_parallel, (*arrays, m, n, 1))
+        _parallel(k.grouped_rows_parallel, (*arrays, m, n, 1, side))
         return
     if n <= ROW_TASK_MAX or m >= ROW_TASK_MIN_ROWS:
         driver = k.rows_parallel

@@ -8,9 +8,10 @@ place has C > 1, and the lane kernel runs W inner positions at a time. For softm
 log_softmax ``b`` is ``a``; for logsumexp it is the weights or None. The serial drivers
 take a range of tasks (lo, hi) instead of M.
 
-The row drivers (``rows``, ``rows_parallel``, ``chunks_parallel``) take one more argument,
-``side``: None, or ``(w, wd, rv)`` with the mask ``w`` (bytes or None), its row offsets
-``wd`` (see ``mask_offset``) and the rows' given values ``rv`` ((M, 2) float64 or None).
+The row drivers (``rows``, ``grouped_rows``, their parallel forms and ``chunks_parallel``)
+take one more argument, ``side``: None, or ``(w, wd, rv)`` with the mask ``w`` (bytes or
+None), its row offsets ``wd`` (see ``mask_offset``) and the rows' given values ``rv`` ((M,
+2) float64 or None).
 Masks and given values run on these drivers only. A reduction's (logsumexp's) ``out``
 holds its values per row at stride ``oo``.
 
@@ -131,8 +132,8 @@ def rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, side):
             out_row(op, out, i * oo, n), st, row_values(side, i))
 
 
-# Rows of one chunk without a mask or given values run in groups through each phase: the
-# statistics of the group's rows, then their finish, then their writes. A short row's
+# Rows of one chunk run in groups through each phase: the statistics of the group's rows,
+# then their finish, then their writes. A short row's
 # phases are one chain of dependent steps (the max tree, the exps, the sum tree, a division
 # or a log: ~140 cycles for 32 float32 elements on one core); the chains of a group's rows
 # in one loop are independent and fill each other's waits. A group holds up to GROUP rows
@@ -148,24 +149,28 @@ def group_size(n):
 
 
 @njit(**OPTIONS)
-def grouped_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C):
+def grouped_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, side):
     """Rows lo..hi-1 of at most CHUNK elements, in groups through each phase of the row
     kernel; an = on = 1, C = 1."""
     size = group_size(n)
     cmax, csum = np.empty(size), np.empty(size)
     m, t = np.empty(size), np.empty(size)
+    w = side_mask(side)
     for g in range(lo, hi, size):
         k = min(size, hi - g)
         for r in range(k):
             i = g + r
+            off = mask_offset(side, i)
             cmax[r], csum[r] = stats(op, seg(a, i * ao, i * ao + n), seg(b, i * bo, i * bo + n),
-                                     None, out_row(op, out, i * oo, n))
+                                     seg(w, off, off + n), out_row(op, out, i * oo, n))
         for r in range(k):
-            m[r], t[r] = finish(op, seg(cmax, r, r + 1), seg(csum, r, r + 1), None)
+            m[r], t[r] = finish(op, seg(cmax, r, r + 1), seg(csum, r, r + 1),
+                                row_values(side, g + r))
         for r in range(k):
             i = g + r
-            write(op, seg(a, i * ao, i * ao + n), seg(b, i * bo, i * bo + n), None,
-                  out_row(op, out, i * oo, n), cmax[r], m[r], t[r])
+            off = mask_offset(side, i)
+            write(op, seg(a, i * ao, i * ao + n), seg(b, i * bo, i * bo + n),
+                  seg(w, off, off + n), out_row(op, out, i * oo, n), cmax[r], m[r], t[r])
 
 
 @njit(**INTERNAL)
@@ -307,11 +312,12 @@ def rows_parallel(op, a, ao, an, b, bo, bn, out, oo, on, M, n, C, side):
 
 
 @njit(**_PARALLEL)
-def grouped_rows_parallel(op, a, ao, an, b, bo, bn, out, oo, on, M, n, C):
+def grouped_rows_parallel(op, a, ao, an, b, bo, bn, out, oo, on, M, n, C, side):
     size = group_size(n)
     g = (max(1, TASK_ELEMENTS // n) + size - 1) // size * size  # whole groups
     for t in prange((M + g - 1) // g):
-        grouped_rows(op, a, ao, an, b, bo, bn, out, oo, on, t * g, min(M, (t + 1) * g), n, C)
+        grouped_rows(op, a, ao, an, b, bo, bn, out, oo, on, t * g, min(M, (t + 1) * g), n, C,
+                     side)
 
 
 @njit(**_PARALLEL)

@@ -36,8 +36,14 @@ def _storage(a):
     return a.view(np.uint16) if a.dtype == np.float16 else a
 
 
-def _rows(driver, op, inputs, parallel):
-    """Run ``driver`` on C-contiguous (m, n) inputs read as rows in place."""
+# the drivers that take masks and given row values (``side``)
+ROW_DRIVERS = (K.rows, K.rows_parallel, K.grouped_rows, K.grouped_rows_parallel,
+               K.chunks_parallel)
+
+
+def _rows(driver, op, inputs, parallel, side=None):
+    """Run ``driver`` on C-contiguous (m, n) inputs read as rows in place; ``side``: the
+    row drivers' mask and given values (None: neither)."""
     a = inputs[0]
     m, n = a.shape
     out = np.empty_like(a)
@@ -45,8 +51,8 @@ def _rows(driver, op, inputs, parallel):
     b = flat[1] if len(flat) == 2 else flat[0]
     head = (K.OPS[op], flat[0], n, 1, b, n, 1, _storage(out).reshape(-1), n, 1)
     tail = (m, n, 1) if parallel else (0, m, n, 1)
-    if driver in (K.rows, K.rows_parallel, K.chunks_parallel):
-        tail += (None,)  # no mask, no given row values
+    if driver in ROW_DRIVERS:
+        tail += (side,)
     driver(*head, *tail)
     return out
 
@@ -128,6 +134,23 @@ def test_drivers_agree_bitwise(op, dtype, shape, rng):
                              expected)
 
 
+@pytest.mark.parametrize("shape", [(21, 40), (9, 100), (3, 1025)], ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("op", ["softmax", "log_softmax", "softmax_backward",
+                                "log_softmax_backward"])
+def test_masked_drivers_agree_bitwise(op, shape, rng):
+    """A mask of x's shape (its rows n bytes apart), rows without valid elements included:
+    rows in groups give the bits of a row at a time."""
+    inputs = _inputs(op, rng, shape, np.float32)
+    m, n = shape
+    w = rng.random(shape) < 0.7
+    w[0] = False
+    side = (w.view(np.uint8).reshape(-1), np.array([[0, n]], np.int64), None)
+    expected = _rows(K.rows, op, inputs, parallel=False, side=side)
+    for driver, parallel in ((K.grouped_rows, False), (K.grouped_rows_parallel, True),
+                             (K.rows_parallel, True)):
+        assert_bitwise_equal(_rows(driver, op, inputs, parallel, side=side), expected)
+
+
 def test_exp_of_zero_is_one():
     """The kernels skip exp(chunk max - row max) where it is exp(0): exactly 1."""
     from numba import njit
@@ -157,7 +180,7 @@ def _lse_rows(driver, op, x, b, parallel):
     head = (K.OPS[op], _storage(x).reshape(-1), n, 1, flat_b, 0 if b is None else n, 1,
             _storage(out).reshape(-1), width, 1)
     tail = (m, n, 1) if parallel else (0, m, n, 1)
-    if driver in (K.rows, K.rows_parallel, K.chunks_parallel):
+    if driver in ROW_DRIVERS:
         tail += (None,)
     driver(*head, *tail)
     return out
