@@ -28,11 +28,11 @@ SHORT_ROW_MAX = {"forward": 32, "backward": 10}
 # From there (masked rows, which the lane kernel does not take, from 1 element), rows
 # shorter than this run in groups through each phase of the row kernel (``grouped_rows``):
 # a short row's phases are one chain of dependent steps, and a group's chains fill each
-# other's waits. Measured single-threaded,
-# float16/32/64, against a row at a time: the forward operations ahead up to ~200 elements
-# (float32 at 32: 1.1-1.4x), level from 256 to a chunk (so they run in groups throughout,
-# and their first calls compile these drivers only); the gradients ahead up to 64 (float32
-# at 16: 1.3-1.6x), behind from 96 (float32 at 128-512: 0.8x).
+# other's waits. Measured single-threaded, float16/32/64, against a row at a time: the
+# forward operations ahead up to ~200 elements (float32 at 32: 1.1-1.4x) and level from
+# 256 to a chunk (so they run in groups throughout, and their first calls compile these
+# drivers only); the gradients ahead up to 64 (float32 at 16: 1.3-1.6x), behind from 96
+# (float32 at 128-512: 0.8x).
 GROUPED_ROW_MAX = {"forward": 8192, "backward": 64}
 # Longer rows always run whole inside one parallel task (the second pass over a row then
 # reads from cache); with fewer than ROW_TASK_MIN_ROWS of them they are split into chunks

@@ -11,9 +11,8 @@ take a range of tasks (lo, hi) instead of M.
 The row drivers (``rows``, ``grouped_rows``, their parallel forms and ``chunks_parallel``)
 take one more argument, ``side``: None, or ``(w, wd, rv)`` with the mask ``w`` (bytes or
 None), its row offsets ``wd`` (see ``mask_offset``) and the rows' given values ``rv`` ((M,
-2) float64 or None).
-Masks and given values run on these drivers only. A reduction's (logsumexp's) ``out``
-holds its values per row at stride ``oo``.
+2) float64 or None). Masks and given values run on these drivers only. A reduction's
+(logsumexp's) ``out`` holds its values per row at stride ``oo``.
 
 The kernels give the same bits for a row whichever driver runs it (``_row_kernel``), so the
 choice of driver, task size and thread count changes no result.
@@ -133,10 +132,10 @@ def rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, side):
 
 
 # Rows of one chunk run in groups through each phase: the statistics of the group's rows,
-# then their finish, then their writes. A short row's
-# phases are one chain of dependent steps (the max tree, the exps, the sum tree, a division
-# or a log: ~140 cycles for 32 float32 elements on one core); the chains of a group's rows
-# in one loop are independent and fill each other's waits. A group holds up to GROUP rows
+# then their finish, then their writes. A short row's phases are one chain of dependent
+# steps (the max tree, the exps, the sum tree, a division or a log: ~140 cycles for 32
+# float32 elements on one core); the chains of a group's rows in one loop are independent
+# and fill each other's waits. A group holds up to GROUP rows
 # and GROUP_ELEMENTS elements (at least one row), so that its rows stay in the L1 cache
 # between the phases. The same phases: the same bits.
 GROUP = 8
