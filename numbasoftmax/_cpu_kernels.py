@@ -135,9 +135,9 @@ def rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, side):
 # then their finish, then their writes. A short row's phases are one chain of dependent
 # steps (the max tree, the exps, the sum tree, a division or a log: ~140 cycles for 32
 # float32 elements on one core); the chains of a group's rows in one loop are independent
-# and fill each other's waits. A group holds up to GROUP rows
-# and GROUP_ELEMENTS elements (at least one row), so that its rows stay in the L1 cache
-# between the phases. The same phases: the same bits.
+# and fill each other's waits. A group holds up to GROUP rows and GROUP_ELEMENTS elements
+# (at least one row), so that its rows stay in the L1 cache between the phases. The same
+# phases: the same bits.
 GROUP = 8
 GROUP_ELEMENTS = 2048
 
@@ -154,12 +154,13 @@ def grouped_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, side):
     size = group_size(n)
     cmax, csum = np.empty(size), np.empty(size)
     m, t = np.empty(size), np.empty(size)
+    offs = np.empty(size, np.int64)  # the rows' mask offsets, for both passes over them
     w = side_mask(side)
     for g in range(lo, hi, size):
         k = min(size, hi - g)
         for r in range(k):
             i = g + r
-            off = mask_offset(side, i)
+            offs[r] = off = mask_offset(side, i)
             cmax[r], csum[r] = stats(op, seg(a, i * ao, i * ao + n), seg(b, i * bo, i * bo + n),
                                      seg(w, off, off + n), out_row(op, out, i * oo, n))
         for r in range(k):
@@ -167,9 +168,9 @@ def grouped_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, side):
                                 row_values(side, g + r))
         for r in range(k):
             i = g + r
-            off = mask_offset(side, i)
             write(op, seg(a, i * ao, i * ao + n), seg(b, i * bo, i * bo + n),
-                  seg(w, off, off + n), out_row(op, out, i * oo, n), cmax[r], m[r], t[r])
+                  seg(w, offs[r], offs[r] + n), out_row(op, out, i * oo, n), cmax[r], m[r],
+                  t[r])
 
 
 @njit(**INTERNAL)

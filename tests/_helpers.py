@@ -8,14 +8,15 @@ computed, instead of one rtol per dtype: a flat rtol is either too loose for mos
 or too tight for the ill-conditioned ones. Notation: ``eps_c`` is the machine epsilon of the
 compute type (float32 for float16 and float32 inputs, float64 for float64), ``eps_o`` the
 one of the output dtype (float16 results are rounded once more when stored), ``tiny_c`` the
-smallest normal number of the compute type (the vectorized exp flushes results below it to
-0), ``sub_o`` the spacing of subnormal numbers of the output dtype (what a correctly rounded
-store can lose near 0). With ``m`` the max and ``lse`` the log-sum-exp over the softmax axes:
+smallest normal number of the compute type, ``flush_c`` the largest result the vectorized
+exp returns as 0 (exp of the bottom of its range, just above ``tiny_c``), ``sub_o`` the
+spacing of subnormal numbers of the output dtype (what a correctly rounded store can lose
+near 0). With ``m`` the max and ``lse`` the log-sum-exp over the softmax axes:
 
 * softmax: ``exp(x - m)`` is evaluated on a rounded ``x - m`` (relative error of the
   result ``|x - m| * eps_c``, the conditioning of exp, which the float64 reference has too)
   plus a few ulp for exp, the sum and the division:
-  ``|err| <= C * ((eps_c * (1 + |x - m|) + eps_o) * |ref|) + tiny_c + sub_o``.
+  ``|err| <= C * ((eps_c * (1 + |x - m|) + eps_o) * |ref|) + flush_c + sub_o``.
 * log_softmax: ``(x - m) - lse`` is a difference of rounded terms:
   ``|err| <= C * (eps_c * (1 + |x - m| + |lse|) + eps_o * |ref|) + sub_o`` (the 1: the sum
   of exp is rounded in the compute type, an absolute error of a few eps_c in lse).
