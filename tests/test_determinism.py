@@ -21,18 +21,19 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# The cases: (op, dtype, shape, variant). Shapes pick the drivers: short rows serial (33x3)
-# and parallel (4000x10), rows serial (64x96) and parallel (40x3000), few long rows in
-# chunks (2x40000), the lane kernel on a strided axis (axis 0, Fortran order).
+# The cases: (op, dtype, shape, variant). Shapes pick the drivers: the lane kernel on short
+# rows serial (33x3) and parallel (4000x10: the gradients' rows in groups, parallel), rows
+# in groups serial (64x40) and for the forward operations 64x96 (serial) and 40x3000
+# (parallel), where the gradients run a row at a time; few long rows in chunks (2x40000);
+# the lane kernel on a strided axis (axis 0, Fortran order).
 CASES_SOURCE = textwrap.dedent("""
     import zlib
 
     import numpy as np
     import numbasoftmax as nsm
 
-    # one shape per driver: short rows serial and parallel, rows serial and parallel, few
-    # long rows in chunks
-    SHAPES = [(33, 3), (4000, 10), (64, 96), (40, 3000), (2, 40000)]
+    # shapes for every driver (see the comment above the cases)
+    SHAPES = [(33, 3), (4000, 10), (64, 96), (40, 3000), (2, 40000), (64, 40)]
     OPS = ("softmax", "log_softmax", "softmax_backward", "log_softmax_backward")
 
     def inputs(op, dtype, shape, seed):
