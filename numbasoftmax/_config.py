@@ -1,5 +1,8 @@
 """Package settings read once, when the kernels are first imported (at the first call).
 
+``STREAM_MIN_BYTES`` (see the end of this module): from what output size the CPU kernels
+write with non-temporal stores.
+
 ``CACHE``: whether the ``@njit`` kernels use numba's on-disk cache (``cache=True``), which
 spares every new process the compilation (seconds per kernel family). Two things switch it
 off:
@@ -73,3 +76,33 @@ def _cache_setting():
 
 
 CACHE: bool = _cache_setting()
+
+
+STREAM_ENV_VAR = "NUMBASOFTMAX_STREAM_BYTES"
+# Larger than the last-level cache a core shares on most CPUs, so that an output read soon
+# after (by a caller, or the next layer) still comes from the cache when it can fit.
+STREAM_DEFAULT_BYTES = 32 << 20
+
+
+def _stream_setting():
+    text = os.environ.get(STREAM_ENV_VAR, "").strip().lower()
+    if text == "":
+        return STREAM_DEFAULT_BYTES
+    if text in ("off", "never", "false", "no"):
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ValueError(f"environment variable {STREAM_ENV_VAR} must be a number of bytes "
+                         f"(0: always) or 'off'; got {os.environ[STREAM_ENV_VAR]!r}")
+    return value
+
+
+STREAM_MIN_BYTES: int | None = _stream_setting()
+"""Outputs of at least this many bytes are written past the caches (non-temporal stores,
+see ``_vmem``): the write pass then costs memory one stream instead of two (a plain store
+first reads the line it writes), as a large ``memcpy`` does. Same values either way.
+``NUMBASOFTMAX_STREAM_BYTES``: a byte count (``0``: every output) or ``off`` (never);
+unset: 32 MiB."""

@@ -15,6 +15,8 @@ import threading
 
 import numba
 
+from ._config import STREAM_MIN_BYTES
+
 # Below this many elements the serial driver runs: waking the thread pool costs more than
 # the work (omp: ~2.7 us per call; a 32K-element float32 softmax takes ~30 us on one core).
 PARALLEL_MIN_ELEMENTS = 1 << 15
@@ -34,6 +36,13 @@ SHORT_ROW_MAX = {"forward": 32, "backward": 10}
 # drivers only); the gradients ahead up to 64 (float32 at 16: 1.3-1.6x), behind from 96
 # (float32 at 128-512: 0.8x).
 GROUPED_ROW_MAX = {"forward": 8192, "backward": 64}
+# Rows of at least this many bytes write a large output (``_config.STREAM_MIN_BYTES``)
+# with non-temporal stores, unmasked: a row's first and last partial cache lines take
+# masked plain stores, and below this that cost outweighs the traffic saved. float32,
+# 2^24 elements, 2 threads, against plain stores: log_softmax and the gradients 1.1-1.4x
+# faster at N = 1024-262144, 0.86-1.0x at N = 128. A masked row keeps its masked values in
+# ``out`` between the passes (the lines are in the cache): it never streams.
+STREAM_MIN_ROW_BYTES = 2048
 # Longer rows always run whole inside one parallel task (the second pass over a row then
 # reads from cache); with fewer than ROW_TASK_MIN_ROWS of them they are split into chunks
 # so that every thread has work.
@@ -178,14 +187,17 @@ def run(op, args, side=None, direct=False):
         a, sa, b, sb, out, so, m, n = args
     if side is not None:
         short_max = 0
+    stream = (side is None and STREAM_MIN_BYTES is not None
+              and n * out.itemsize >= STREAM_MIN_ROW_BYTES
+              and m * n * out.itemsize >= STREAM_MIN_BYTES)
     arrays = (marker, a, sa, 1, b, sb, 1, out, so, 1)
     if m * n < PARALLEL_MIN_ELEMENTS or not parallel_allowed():
         if n < short_max:
             driver, call = k.short_rows, (*arrays, 0, m, n, 1)
         elif n < grouped_max:
-            driver, call = k.grouped_rows, (*arrays, 0, m, n, 1, side)
+            driver, call = k.grouped_rows, (*arrays, 0, m, n, 1, side, stream)
         else:
-            driver, call = k.rows, (*arrays, 0, m, n, 1, side)
+            driver, call = k.rows, (*arrays, 0, m, n, 1, side, stream)
         if direct and side is None:
             _call_direct(entries, driver, call)
         else:
@@ -195,13 +207,13 @@ def run(op, args, side=None, direct=False):
         _parallel(k.short_rows_parallel, (*arrays, m, n, 1))
         return
     if n < grouped_max:
-        _parallel(k.grouped_rows_parallel, (*arrays, m, n, 1, side))
+        _parallel(k.grouped_rows_parallel, (*arrays, m, n, 1, side, stream))
         return
     if n <= ROW_TASK_MAX or m >= ROW_TASK_MIN_ROWS:
         driver = k.rows_parallel
     else:
         driver = k.chunks_parallel
-    _parallel(driver, (*arrays, m, n, 1, side))
+    _parallel(driver, (*arrays, m, n, 1, side, stream))
 
 
 def _call_direct(entries, driver, call):

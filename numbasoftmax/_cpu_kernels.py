@@ -9,9 +9,11 @@ log_softmax ``b`` is ``a``; for logsumexp it is the weights or None. The serial 
 take a range of tasks (lo, hi) instead of M.
 
 The row drivers (``rows``, ``grouped_rows``, their parallel forms and ``chunks_parallel``)
-take one more argument, ``side``: None, or ``(w, wd, rv)`` with the mask ``w`` (bytes or
+take two more arguments. ``side``: None, or ``(w, wd, rv)`` with the mask ``w`` (bytes or
 None), its row offsets ``wd`` (see ``mask_offset``) and the rows' given values ``rv`` ((M,
-2) float64 or None). Masks and given values run on these drivers only. A reduction's
+2) float64 or None). Masks and given values run on these drivers only. ``stream``: write
+``out`` with non-temporal stores (``_row_kernel.seg_map``), each serial driver fencing them
+before it returns. A reduction's
 (logsumexp's) ``out`` holds its values per row at stride ``oo``.
 
 The kernels give the same bits for a row whichever driver runs it (``_row_kernel``), so the
@@ -44,7 +46,7 @@ from ._row_kernel import (
     write,
 )
 from ._simd import ALL, W, compute_type
-from ._vmem import seg, vgather, vload, vscatter, vstore
+from ._vmem import seg, vfence, vgather, vload, vscatter, vstore
 
 # elements per parallel task: enough that task overhead vanishes
 TASK_ELEMENTS = 16384
@@ -121,14 +123,16 @@ def _compute_empty_impl(like, size):
 
 
 @njit(**OPTIONS)
-def rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, side):
+def rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, side, stream):
     """Rows lo..hi-1, one at a time (the row kernel); an = on = 1, C = 1."""
     st = np.empty((2, ((n + CHUNK - 1) // CHUNK)))
     w = side_mask(side)
     for i in range(lo, hi):
         off = mask_offset(side, i)
         row(op, seg(a, i * ao, i * ao + n), seg(b, i * bo, i * bo + n), seg(w, off, off + n),
-            out_row(op, out, i * oo, n), st, row_values(side, i))
+            out_row(op, out, i * oo, n), st, row_values(side, i), stream)
+    if stream:
+        vfence()
 
 
 # Rows of one chunk run in groups through each phase: the statistics of the group's rows,
@@ -148,7 +152,7 @@ def group_size(n):
 
 
 @njit(**OPTIONS)
-def grouped_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, side):
+def grouped_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, side, stream):
     """Rows lo..hi-1 of at most CHUNK elements, in groups through each phase of the row
     kernel; an = on = 1, C = 1."""
     size = group_size(n)
@@ -170,7 +174,9 @@ def grouped_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, side):
             i = g + r
             write(op, seg(a, i * ao, i * ao + n), seg(b, i * bo, i * bo + n),
                   seg(w, offs[r], offs[r] + n), out_row(op, out, i * oo, n), cmax[r], m[r],
-                  t[r])
+                  t[r], stream)
+    if stream:
+        vfence()
 
 
 @njit(**INTERNAL)
@@ -305,19 +311,20 @@ def columns(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C):
 
 
 @njit(**_PARALLEL)
-def rows_parallel(op, a, ao, an, b, bo, bn, out, oo, on, M, n, C, side):
+def rows_parallel(op, a, ao, an, b, bo, bn, out, oo, on, M, n, C, side, stream):
     g = max(1, TASK_ELEMENTS // n)
     for t in prange((M + g - 1) // g):
-        rows(op, a, ao, an, b, bo, bn, out, oo, on, t * g, min(M, (t + 1) * g), n, C, side)
+        rows(op, a, ao, an, b, bo, bn, out, oo, on, t * g, min(M, (t + 1) * g), n, C, side,
+             stream)
 
 
 @njit(**_PARALLEL)
-def grouped_rows_parallel(op, a, ao, an, b, bo, bn, out, oo, on, M, n, C, side):
+def grouped_rows_parallel(op, a, ao, an, b, bo, bn, out, oo, on, M, n, C, side, stream):
     size = group_size(n)
     g = (max(1, TASK_ELEMENTS // n) + size - 1) // size * size  # whole groups
     for t in prange((M + g - 1) // g):
         grouped_rows(op, a, ao, an, b, bo, bn, out, oo, on, t * g, min(M, (t + 1) * g), n, C,
-                     side)
+                     side, stream)
 
 
 @njit(**_PARALLEL)
@@ -336,7 +343,7 @@ def columns_parallel(op, a, ao, an, b, bo, bn, out, oo, on, M, n, C):
 
 
 @njit(**INTERNAL)
-def _chunk_phase(op, a, ao, b, bo, out, oo, n, side, i, c, st, fin, writing):
+def _chunk_phase(op, a, ao, b, bo, out, oo, n, side, i, c, st, fin, writing, stream):
     """Chunk c of row i: its statistics into st[i, :, c], or its outputs (``writing``)."""
     lo, hi = c * CHUNK, min(n, (c + 1) * CHUNK)
     off = mask_offset(side, i)
@@ -344,23 +351,27 @@ def _chunk_phase(op, a, ao, b, bo, out, oo, n, side, i, c, st, fin, writing):
             seg(side_mask(side), off + lo, off + hi),
             out_chunk(op, out_row(op, out, i * oo, n), lo, hi))
     if writing:
-        write(op, *args, st[i, 0, c], fin[i, 0], fin[i, 1])
+        write(op, *args, st[i, 0, c], fin[i, 0], fin[i, 1], stream)
+        if stream:
+            vfence()
     else:
         st[i, 0, c], st[i, 1, c] = stats(op, *args)
 
 
 @njit(**_PARALLEL)
-def chunks_parallel(op, a, ao, an, b, bo, bn, out, oo, on, M, n, C, side):
+def chunks_parallel(op, a, ao, an, b, bo, bn, out, oo, on, M, n, C, side, stream):
     """Few long rows: (row, chunk) tasks run the row kernel's phases; C = 1."""
     nc = ((n + CHUNK - 1) // CHUNK)
     st = np.empty((M, 2, nc))
     fin = np.empty((M, 2))
     for t in prange(M * nc):
-        _chunk_phase(op, a, ao, b, bo, out, oo, n, side, t // nc, t % nc, st, fin, False)
+        _chunk_phase(op, a, ao, b, bo, out, oo, n, side, t // nc, t % nc, st, fin, False,
+                     False)
     for i in range(M):
         fin[i, 0], fin[i, 1] = finish(op, st[i, 0], st[i, 1], row_values(side, i))
     for t in prange(M * nc):
-        _chunk_phase(op, a, ao, b, bo, out, oo, n, side, t // nc, t % nc, st, fin, True)
+        _chunk_phase(op, a, ao, b, bo, out, oo, n, side, t // nc, t % nc, st, fin, True,
+                     stream)
 
 
 # ---------------------------------------------------------------------------------------
@@ -395,7 +406,8 @@ def segment_write(op, a, ao, b, bo, out, oo, M, n, st, fin):
         for c in range((n + CHUNK - 1) // CHUNK):
             lo, hi = c * CHUNK, min(n, (c + 1) * CHUNK)
             write(op, seg(a, i * ao + lo, i * ao + hi), seg(b, i * bo + lo, i * bo + hi), None,
-                  seg(out, i * oo + lo, i * oo + hi), st[i, 0, c], fin[i, 0], fin[i, 1])
+                  seg(out, i * oo + lo, i * oo + hi), st[i, 0, c], fin[i, 0], fin[i, 1],
+                  False)
 
 
 # The same two phases for segments of a strided axis read in place (as ``columns``): the

@@ -68,7 +68,7 @@ from ._simd import (
     vwith_lane,
 )
 from ._vmath import vexp, vexp_nonpos, vlog
-from ._vmem import emit_view, seg, vand, vload, vload_mask, vstore
+from ._vmem import emit_view, seg, stream_head, vand, vload, vload_mask, vstore, vstream
 
 BLOCK = 1024
 CHUNK = 8192
@@ -237,9 +237,25 @@ def seg_max(lanes, a, b, c):
 
 
 @njit(**INTERNAL)
-def seg_map(f, out, a, b, c):
-    """out = ``invoke(f, a, b, c, i, k)``, element-wise."""
+def seg_map(f, out, a, b, c, stream):
+    """out = ``invoke(f, a, b, c, i, k)``, element-wise; ``stream``: the whole cache lines
+    of ``out`` with non-temporal stores (see ``_vmem``; the caller fences). The values do
+    not depend on which lanes a vector holds, so the stores may start at any element."""
     n = out.shape[0]
+    h = stream_head(out) if stream else -1
+    if h >= 0:
+        h = min(h, n)
+        i = 0
+        while i < h:  # a cache line holds up to two vectors (float16)
+            k = min(W, h - i)
+            vstore(out, i, k, invoke(f, a, b, c, i, k))
+            i += k
+        while i + W <= n:
+            vstream(out, i, invoke(f, a, b, c, i, W))
+            i += W
+        if i < n:
+            vstore(out, i, n - i, invoke(f, a, b, c, i, n - i))
+        return
     full = n // W * W
     for i in range(0, full, W):
         vstore(out, i, W, invoke(f, a, b, c, i, W))
@@ -363,8 +379,9 @@ def finish(op, cmax, csum, r):
     """One row: (m, t) from the chunks' statistics."""
 
 
-def write(op, a, b, w, out, cmax, m, t):
-    """One chunk: the outputs."""
+def write(op, a, b, w, out, cmax, m, t, stream):
+    """One chunk: the outputs; ``stream``: with non-temporal stores where the operation
+    writes ``out`` only here (``seg_map``)."""
 
 
 def _exp_stats(op, a, b, w, out):
@@ -455,33 +472,36 @@ def _nan_row(m, t, w):
     return not (m == NEG_INF and w is not None and t == 0.0)
 
 
-def _softmax_write(op, a, b, w, out, cmax, m, t):
+def _softmax_write(op, a, b, w, out, cmax, m, t, stream):
     """exp(x - chunk max) * (exp(chunk max - m) / t) at valid elements, 0 elsewhere. A row
     whose max is NaN or +inf, or whose valid elements are all -inf, is NaN (at its valid
     elements); a row without valid elements is 0."""
     if not NEG_INF < m < math.inf:
-        seg_map(_fill_lanes, out, out, None, (NAN if _nan_row(m, t, w) else 0.0, 0.0, w))
+        seg_map(_fill_lanes, out, out, None, (NAN if _nan_row(m, t, w) else 0.0, 0.0, w),
+                stream)
     else:
         # exp(0) is exactly 1: the chunk holding the max (every one-chunk row) skips it
         scale = 1.0 if cmax == m else vexp_nonpos(cmax - m)
         factor = to_compute(scale / t, a)
         shift = to_compute(cmax if cmax != NEG_INF else 0.0, a)  # as ``_exp_stats``
         es = pick(op, SOFTMAX, exact_store(out), None)
-        seg_map(_softmax_lanes, out, row_source(w, a, out), es, (shift, factor, None))
+        # where the stats kept the exps in ``out``, its lines are in the cache already
+        seg_map(_softmax_lanes, out, row_source(w, a, out), es, (shift, factor, None),
+                stream if es is None else False)
 
 
-def _log_softmax_write(op, a, b, w, out, cmax, m, t):
+def _log_softmax_write(op, a, b, w, out, cmax, m, t, stream):
     """(x - m) - lse at valid elements, -inf elsewhere, lse = t; NaN rows as softmax, a
     row without valid elements -inf."""
     if not NEG_INF < m < math.inf:
         seg_map(_fill_lanes, out, out, None, (NAN if _nan_row(m, t, w) else NEG_INF,
-                                              NEG_INF, w))
+                                              NEG_INF, w), stream)
     else:
         seg_map(_log_softmax_lanes, out, row_source(w, a, out), None,
-                (to_compute(m, a), to_compute(t, a), None))
+                (to_compute(m, a), to_compute(t, a), None), stream)
 
 
-def _logsumexp_write(op, a, b, w, out, cmax, m, t):
+def _logsumexp_write(op, a, b, w, out, cmax, m, t, stream):
     """The row's value m + log|t| (and the sign of t) from the first chunk: NaN for t < 0
     without the sign, -inf for t = 0 (no valid element, or terms that cancel)."""
     if out.shape[0]:
@@ -518,13 +538,14 @@ def _given_finish(op, cmax, csum, r):
     return r[0], r[1]
 
 
-def _grad_write(op, a, b, w, out, cmax, m, t):
+def _grad_write(op, a, b, w, out, cmax, m, t, stream):
     lanes = pick(op, SOFTMAX_BACKWARD, _softmax_grad_lanes, _log_softmax_grad_lanes)
-    seg_map(lanes, out, a, b, (to_compute(t, a), w))
+    seg_map(lanes, out, a, b, (to_compute(t, a), w), stream)
 
 
-def _logsumexp_grad_write(op, a, b, w, out, cmax, m, t):
-    seg_map(_logsumexp_grad_lanes, out, a, b, (to_compute(m, a), to_compute(t, a), w))
+def _logsumexp_grad_write(op, a, b, w, out, cmax, m, t, stream):
+    seg_map(_logsumexp_grad_lanes, out, a, b, (to_compute(m, a), to_compute(t, a), w),
+            stream)
 
 
 dispatch(stats, {"softmax": _exp_stats, "log_softmax": _exp_stats, "softmax_split": _exp_stats,
@@ -545,11 +566,11 @@ dispatch(write, {"softmax": _softmax_write, "log_softmax": _log_softmax_write,
 
 
 @njit(inline="always", **INTERNAL)
-def row(op, a, b, w, out, st, r):
+def row(op, a, b, w, out, st, r, stream):
     """One row: ``a`` (x, y or z), ``b`` (dy or dz; ``a`` again for softmax and
     log_softmax; weights or None for logsumexp), ``w`` (mask or None), ``out`` (the row's
-    output, ``out_row``), ``st``, a (2, number of chunks) float64 scratch, and ``r``
-    (the row's given values or None)."""
+    output, ``out_row``), ``st``, a (2, number of chunks) float64 scratch, ``r``
+    (the row's given values or None) and ``stream`` (see ``write``)."""
     n = a.shape[0]
     nc = st.shape[1]
     for c in range(nc):
@@ -560,4 +581,4 @@ def row(op, a, b, w, out, st, r):
     for c in range(nc):
         lo, hi = c * CHUNK, min(n, (c + 1) * CHUNK)
         write(op, seg(a, lo, hi), seg(b, lo, hi), seg(w, lo, hi), out_chunk(op, out, lo, hi),
-              st[0, c], m, t)
+              st[0, c], m, t, stream)

@@ -1,10 +1,11 @@
 """Vector loads and stores for the CPU kernels: memory <-> ``_simd.Vec``.
 
 Contiguous runs of lanes (masked loads and stores), strided lanes (gathers and scatters),
-lane masks from boolean arrays (``where=``), prefetch hints, and 1-D views built in
-compiled code. Each access converts between the array's storage type and the compute type
-(see ``_simd``: float16 viewed as uint16, inputs read "as if cast" viewed as the integer
-type naming the pair), so a kernel never handles storage types itself.
+streaming (non-temporal) stores, lane masks from boolean arrays (``where=``), prefetch
+hints, and 1-D views built in compiled code. Each access converts between the array's
+storage type and the compute type (see ``_simd``: float16 viewed as uint16, inputs read
+"as if cast" viewed as the integer type naming the pair), so a kernel never handles
+storage types itself.
 """
 
 from __future__ import annotations
@@ -373,3 +374,71 @@ def seg(typingctx, arr, lo, hi):
         return emit_view(context, builder, arr, args[0], lo_, hi_)
 
     return arr(arr, lo, hi), codegen
+
+
+# ---------------------------------------------------------------------------------------
+# streaming stores: a row's outputs written past the caches (non-temporal stores). A store
+# to a line not in the cache first reads the line from memory ("read for ownership"); a
+# whole-line non-temporal store does not, so a write pass costs one stream of memory
+# traffic instead of two. Only for outputs too large to be read back from the cache, and
+# only for whole aligned lines (a partial line written this way is a slow partial write).
+
+STREAM_ALIGN = 64  # bytes: a cache line
+
+
+@intrinsic
+def stream_head(typingctx, arr):
+    """Elements of a contiguous 1-D array before its first cache-line-aligned element, or
+    -1 where no element is aligned (an address not a multiple of the item size, or an
+    array of any layout, whose elements may not be consecutive)."""
+    if not (isinstance(arr, types.Array) and arr.ndim == 1):
+        return None
+
+    def codegen(context, builder, sig, args):
+        if sig.args[0].layout not in "CF":
+            return ir.Constant(_I64, -1)
+        a = context.make_array(sig.args[0])(context, builder, args[0])
+        size = sig.args[0].dtype.bitwidth // 8
+        addr = builder.ptrtoint(a.data, _I64)
+        gap = builder.and_(builder.sub(ir.Constant(_I64, 0), addr),
+                           ir.Constant(_I64, STREAM_ALIGN - 1))
+        odd = builder.icmp_unsigned("!=", builder.urem(addr, ir.Constant(_I64, size)),
+                                    ir.Constant(_I64, 0))
+        return builder.select(odd, ir.Constant(_I64, -1),
+                              builder.udiv(gap, ir.Constant(_I64, size)))
+
+    return types.intp(arr), codegen
+
+
+@intrinsic
+def vstream(typingctx, arr, index, value):
+    """Store all W lanes at ``index ..`` bypassing the caches (a non-temporal store): the
+    element's address must be cache-line aligned. Followed by ``vfence`` before another
+    thread reads the memory."""
+    if not _check_store(arr, value):
+        return None
+
+    def codegen(context, builder, sig, args):
+        arrty = sig.args[0]
+        a = context.make_array(arrty)(context, builder, args[0])
+        vsty = ir.VectorType(_storage_ir(context, arrty.dtype), W)
+        v = args[2]
+        if v.type != vsty:
+            v = builder.fptrunc(v, vsty)
+        ptr = builder.bitcast(_element_ptr(builder, arrty, a, args[1]), vsty.as_pointer())
+        st = builder.store(v, ptr, align=min(STREAM_ALIGN, W * arrty.dtype.bitwidth // 8))
+        st.set_metadata("nontemporal", builder.module.add_metadata([ir.Constant(_I32, 1)]))
+        return context.get_dummy_value()
+
+    return types.none(arr, index, value), codegen
+
+
+@intrinsic
+def vfence(typingctx):
+    """A full memory fence: the non-temporal stores before it are visible to every thread
+    before any later access (they are weakly ordered; an mfence on x86)."""
+    def codegen(context, builder, sig, args):
+        builder.fence("seq_cst")
+        return context.get_dummy_value()
+
+    return types.none(), codegen

@@ -45,22 +45,22 @@ def _scratch(n):
 @njit(**OPTIONS)
 def softmax_row(x, out):
     """out[:] = softmax(x) for a 1-D row."""
-    row(SOFTMAX, x, x, None, out, _scratch(x.shape[0]), None)
+    row(SOFTMAX, x, x, None, out, _scratch(x.shape[0]), None, False)
 
 
 @njit(**OPTIONS)
 def log_softmax_row(x, out):
     """out[:] = log_softmax(x) for a 1-D row."""
-    row(LOG_SOFTMAX, x, x, None, out, _scratch(x.shape[0]), None)
+    row(LOG_SOFTMAX, x, x, None, out, _scratch(x.shape[0]), None, False)
 
 
 @njit(**OPTIONS)
 def softmax_backward_row(y, dy, out):
     """out[:] = y * (dy - sum(y * dy)) for 1-D rows y = softmax(x) and dy = dL/dy."""
-    row(SOFTMAX_BACKWARD, y, dy, None, out, _scratch(y.shape[0]), None)
+    row(SOFTMAX_BACKWARD, y, dy, None, out, _scratch(y.shape[0]), None, False)
 
 
 @njit(**OPTIONS)
 def log_softmax_backward_row(z, dz, out):
     """out[:] = dz - exp(z) * sum(dz) for 1-D rows z = log_softmax(x) and dz = dL/dz."""
-    row(LOG_SOFTMAX_BACKWARD, z, dz, None, out, _scratch(z.shape[0]), None)
+    row(LOG_SOFTMAX_BACKWARD, z, dz, None, out, _scratch(z.shape[0]), None, False)

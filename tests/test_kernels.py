@@ -36,23 +36,24 @@ def _storage(a):
     return a.view(np.uint16) if a.dtype == np.float16 else a
 
 
-# the drivers that take masks and given row values (``side``)
+# the drivers that take masks and given row values (``side``), and write with
+# non-temporal stores on request (``stream``)
 ROW_DRIVERS = (K.rows, K.rows_parallel, K.grouped_rows, K.grouped_rows_parallel,
                K.chunks_parallel)
 
 
-def _rows(driver, op, inputs, parallel, side=None):
+def _rows(driver, op, inputs, parallel, side=None, stream=False, out=None):
     """Run ``driver`` on C-contiguous (m, n) inputs read as rows in place; ``side``: the
-    row drivers' mask and given values (None: neither)."""
+    row drivers' mask and given values (None: neither); ``stream``: theirs too."""
     a = inputs[0]
     m, n = a.shape
-    out = np.empty_like(a)
+    out = np.empty_like(a) if out is None else out
     flat = [_storage(x).reshape(-1) for x in inputs]
     b = flat[1] if len(flat) == 2 else flat[0]
     head = (K.OPS[op], flat[0], n, 1, b, n, 1, _storage(out).reshape(-1), n, 1)
     tail = (m, n, 1) if parallel else (0, m, n, 1)
     if driver in ROW_DRIVERS:
-        tail += (side,)
+        tail += (side, stream)
     driver(*head, *tail)
     return out
 
@@ -134,6 +135,44 @@ def test_drivers_agree_bitwise(op, dtype, shape, rng):
                              expected)
 
 
+STREAM_SHAPES = [(21, 40), (9, 100), (4, 1024), (3, 1025), (2, 8193), (2, 20000)]
+
+
+def _placed(like, offset, guard=64):
+    """An empty array like ``like`` starting ``offset`` elements past a cache line, inside
+    a buffer whose other elements hold a sentinel; (array, buffer, sentinel)."""
+    size = like.size + 2 * guard
+    raw = np.empty(size * like.itemsize + 64, np.uint8)
+    start = (-raw.ctypes.data) % 64
+    buf = raw[start:start + size * like.itemsize].view(like.dtype)
+    sentinel = like.dtype.type(-7.0)
+    buf[:] = sentinel
+    lo = guard + offset
+    return buf[lo:lo + like.size].reshape(like.shape), buf, sentinel
+
+
+@pytest.mark.parametrize("offset", [0, 1, 5], ids=lambda k: f"line+{k}")
+@pytest.mark.parametrize("shape", STREAM_SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize(("op", "dtype"), OP_DTYPES,
+                         ids=[f"{op}-{np.dtype(d).name}" for op, d in OP_DTYPES])
+def test_streamed_writes_agree_bitwise(op, dtype, shape, offset, rng):
+    """Non-temporal stores (whole cache lines, the partial lines of each row stored plainly)
+    give the same bits as plain stores, for every row driver and any placement of the
+    output, and write nothing outside it."""
+    inputs = _inputs(op, rng, shape, dtype)
+    expected = _rows(K.rows, op, inputs, parallel=False)
+    drivers = [(K.rows, False), (K.rows_parallel, True), (K.chunks_parallel, True)]
+    if shape[1] <= CHUNK:
+        drivers += [(K.grouped_rows, False), (K.grouped_rows_parallel, True)]
+    for driver, parallel in drivers:
+        out, buf, sentinel = _placed(expected, offset)
+        _rows(driver, op, inputs, parallel, stream=True, out=out)
+        assert_bitwise_equal(out, expected)
+        outside = np.ones(buf.size, bool)
+        outside[64 + offset:64 + offset + out.size] = False
+        assert (_storage(buf[outside]) == _storage(np.array([sentinel]))[0]).all()
+
+
 @pytest.mark.parametrize("shape", [(21, 40), (9, 100), (3, 1025)], ids=lambda s: f"{s[0]}x{s[1]}")
 @pytest.mark.parametrize("op", ["softmax", "log_softmax", "softmax_backward",
                                 "log_softmax_backward"])
@@ -181,7 +220,7 @@ def _lse_rows(driver, op, x, b, parallel):
             _storage(out).reshape(-1), width, 1)
     tail = (m, n, 1) if parallel else (0, m, n, 1)
     if driver in ROW_DRIVERS:
-        tail += (None,)
+        tail += (None, False)
     driver(*head, *tail)
     return out
 
