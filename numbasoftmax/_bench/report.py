@@ -179,9 +179,10 @@ def header_lines(report):
             lines.append(
                 f"- CPU copy bandwidth (read + write, {s['bytes'] >> 21} MiB copied): "
                 f"numpy 1 thread {_fmt(s['numpy'])} GB/s, all {s['threads']} threads "
-                f"{_fmt(s['threaded'])} GB/s at the start; {_fmt(e['numpy'])} / "
-                f"{_fmt(e['threaded'])} GB/s at the end. \"% copy\" is against "
-                f"{_fmt(c['gbps'])} GB/s (the start's best).")
+                f"{_fmt(s['threaded'])} GB/s, with non-temporal stores "
+                f"{_fmt(s.get('streamed'))} GB/s at the start; {_fmt(e['numpy'])} / "
+                f"{_fmt(e['threaded'])} / {_fmt(e.get('streamed'))} GB/s at the end. "
+                f"\"% copy\" is against {_fmt(c['gbps'])} GB/s (the start's best).")
         else:
             s, e = c["start"], c["end"]
             lines.append(f"- GPU device-to-device copy (read + write, {s['bytes'] >> 21} MiB "
