@@ -39,10 +39,19 @@ GROUPED_ROW_MAX = {"forward": 8192, "backward": 64}
 # Rows of at least this many bytes write a large output (``_config.STREAM_MIN_BYTES``)
 # with non-temporal stores, unmasked: a row's first and last partial cache lines take
 # masked plain stores, and below this that cost outweighs the traffic saved. float32,
-# 2^24 elements, 2 threads, against plain stores: log_softmax and the gradients 1.1-1.4x
-# faster at N = 1024-262144, 0.86-1.0x at N = 128. A masked row keeps its masked values in
-# ``out`` between the passes (the lines are in the cache): it never streams.
+# 2^24 elements, 2 threads, against plain stores: log_softmax and the gradients 0.96-1.42x
+# as fast at N = 512-262144 (most 1.1-1.3x), 0.86-1.0x at N = 128. A masked row keeps its
+# masked values in ``out`` between the passes (its lines are in the cache then): it never
+# streams. Nor, unmeasured so far, do rows with given values (logsumexp's gradient).
 STREAM_MIN_ROW_BYTES = 2048
+
+
+def streams(m, n, itemsize, side):
+    """Whether m rows of n outputs of ``itemsize`` bytes are written past the caches."""
+    return (side is None and STREAM_MIN_BYTES is not None
+            and n * itemsize >= STREAM_MIN_ROW_BYTES and m * n * itemsize >= STREAM_MIN_BYTES)
+
+
 # Longer rows always run whole inside one parallel task (the second pass over a row then
 # reads from cache); with fewer than ROW_TASK_MIN_ROWS of them they are split into chunks
 # so that every thread has work.
@@ -187,9 +196,7 @@ def run(op, args, side=None, direct=False):
         a, sa, b, sb, out, so, m, n = args
     if side is not None:
         short_max = 0
-    stream = (side is None and STREAM_MIN_BYTES is not None
-              and n * out.itemsize >= STREAM_MIN_ROW_BYTES
-              and m * n * out.itemsize >= STREAM_MIN_BYTES)
+    stream = streams(m, n, out.itemsize, side)
     arrays = (marker, a, sa, 1, b, sb, 1, out, so, 1)
     if m * n < PARALLEL_MIN_ELEMENTS or not parallel_allowed():
         if n < short_max:

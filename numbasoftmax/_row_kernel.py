@@ -34,7 +34,12 @@ so memory sees one read of x and one write of out. log_softmax: x read three tim
 (max, sum, write), out written once. Gradients: y/z and dy/dz read twice (sum, write), out
 written once. logsumexp: x (and the weights) read twice (max, sum), one value per row
 written; its gradient reads x once and writes once. A mask adds one byte per element per
-pass that reads it.
+pass that reads it. A plain store to a line not in the cache reads the line first; where
+the output is large (``_cpu.STREAM_MIN_ROW_BYTES``, ``_config.STREAM_MIN_BYTES``) the
+write phase stores whole cache lines past the caches instead (``seg_map``), so memory sees
+the write once: every operation but softmax, whose kept exps have put ``out``'s lines in
+the cache already (computing them again, or keeping them in a scratch row copied out
+afterwards, measured slower).
 """
 
 from __future__ import annotations

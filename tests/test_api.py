@@ -86,6 +86,39 @@ def test_row_length_thresholds(op, dtype, shape, rng):
     assert_matches_reference(op, call(op, inputs), inputs)
 
 
+# Non-temporal stores (large outputs): rows on each side of STREAM_MIN_ROW_BYTES, serial
+# and parallel, with every output streamed against none: the same bits.
+STREAM_ROWS = [(40, 511), (40, 512), (40, 513), (100, 1000), (3, 40000)]
+
+
+def test_stream_rule():
+    from numbasoftmax import _cpu
+
+    assert _cpu.STREAM_MIN_ROW_BYTES == 2048
+    big = _cpu.STREAM_MIN_BYTES
+    assert big is None or not _cpu.streams(big // 2048 - 1, 512, 4, None)
+    assert big is None or _cpu.streams(big // 2048, 512, 4, None)
+    assert big is None or not _cpu.streams(big // 2044 + 1, 511, 4, None)
+    assert big is None or not _cpu.streams(big // 2048, 512, 4, ("mask", None, None))
+
+
+@pytest.mark.parametrize("shape", STREAM_ROWS, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=_dtype_id)
+@pytest.mark.parametrize("op", OPS)
+def test_streamed_outputs_have_the_plain_bits(op, dtype, shape, rng, monkeypatch):
+    from numbasoftmax import _cpu
+
+    inputs = inputs_for(op, rng, shape, dtype)
+    monkeypatch.setattr(_cpu, "STREAM_MIN_BYTES", None)
+    plain = call(op, inputs)
+    monkeypatch.setattr(_cpu, "STREAM_MIN_BYTES", 0)
+    n, size = shape[-1], np.dtype(dtype).itemsize
+    assert _cpu.streams(shape[0], n, size, None) is (n * size >= 2048)
+    streamed = call(op, inputs)
+    assert_bitwise_equal(streamed, plain)
+    assert_matches_reference(op, streamed, inputs)
+
+
 # total elements just below, at and just above the parallel-driver threshold
 DRIVER_SHAPES = [(217, 151), (256, 128), (99, 331)]
 

@@ -33,6 +33,21 @@ def test_env_var_bad_value_names_the_variable(monkeypatch):
         _config._from_env()
 
 
+@pytest.mark.parametrize("value, expected", [("", _config.STREAM_DEFAULT_BYTES), ("0", 0),
+                                             ("1048576", 1 << 20), ("off", None),
+                                             ("Never", None)])
+def test_stream_env_var_values(monkeypatch, value, expected):
+    monkeypatch.setenv(_config.STREAM_ENV_VAR, value)
+    assert _config._stream_setting() == expected
+
+
+@pytest.mark.parametrize("value", ["-1", "lots", "1.5"])
+def test_stream_env_var_bad_value_names_the_variable(monkeypatch, value):
+    monkeypatch.setenv(_config.STREAM_ENV_VAR, value)
+    with pytest.raises(ValueError, match=rf"NUMBASOFTMAX_STREAM_BYTES must be .*'{value}'"):
+        _config._stream_setting()
+
+
 # ---------------------------------------------------------------------------------------
 # a read-only install, in subprocesses
 
