@@ -31,22 +31,23 @@ def _threaded_copies():
         from .._simd import ALL, W
         from .._vmem import stream_head, vfence, vload, vstream
 
+        @njit(inline="always")
+        def part(n, parts, t):
+            """Elements lo..hi-1 of n, part t of ``parts`` equal parts."""
+            step = (n + parts - 1) // parts
+            lo = min(n, t * step)
+            return lo, min(n, lo + step)
+
         @njit(parallel=True, cache=CACHE, nogil=True)
         def copy(src, dst, parts):
-            n = src.shape[0]
-            step = (n + parts - 1) // parts
             for t in prange(parts):
-                lo = min(n, t * step)
-                hi = min(n, lo + step)
+                lo, hi = part(src.shape[0], parts, t)
                 dst[lo:hi] = src[lo:hi]
 
         @njit(parallel=True, cache=CACHE, nogil=True)
         def streamed_copy(src, dst, parts):
-            n = src.shape[0]
-            step = (n + parts - 1) // parts
             for t in prange(parts):
-                lo = min(n, t * step)
-                hi = min(n, lo + step)
+                lo, hi = part(src.shape[0], parts, t)
                 d, s = dst[lo:hi], src[lo:hi]
                 i = min(max(stream_head(d), 0), hi - lo)
                 d[:i] = s[:i]
