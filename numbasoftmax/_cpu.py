@@ -40,16 +40,15 @@ GROUPED_ROW_MAX = {"forward": 8192, "backward": 64}
 # with non-temporal stores, unmasked: a row's first and last partial cache lines take
 # masked plain stores, and below this that cost outweighs the traffic saved. float32,
 # 2^24 elements, 2 threads, against plain stores: log_softmax and the gradients 0.96-1.42x
-# as fast at N = 512-262144 (most 1.1-1.3x), 0.86-1.0x at N = 128. A masked row keeps its
-# masked values in ``out`` between the passes (its lines are in the cache then): it never
-# streams. Nor, unmeasured so far, do rows with given values (logsumexp's gradient).
+# as fast at N = 512-262144 (most 1.1-1.3x), 0.86-1.0x at N = 128. The kernel streams only
+# where its first passes kept nothing in ``out`` (``_row_kernel.keeps_nothing``).
 STREAM_MIN_ROW_BYTES = 2048
 
 
-def streams(m, n, itemsize, side):
+def streams(m, n, itemsize):
     """Whether m rows of n outputs of ``itemsize`` bytes are written past the caches."""
-    return (side is None and STREAM_MIN_BYTES is not None
-            and n * itemsize >= STREAM_MIN_ROW_BYTES and m * n * itemsize >= STREAM_MIN_BYTES)
+    return (STREAM_MIN_BYTES is not None and n * itemsize >= STREAM_MIN_ROW_BYTES
+            and m * n * itemsize >= STREAM_MIN_BYTES)
 
 
 # Longer rows always run whole inside one parallel task (the second pass over a row then
@@ -196,7 +195,7 @@ def run(op, args, side=None, direct=False):
         a, sa, b, sb, out, so, m, n = args
     if side is not None:
         short_max = 0
-    stream = streams(m, n, out.itemsize, side)
+    stream = streams(m, n, out.itemsize)
     arrays = (marker, a, sa, 1, b, sb, 1, out, so, 1)
     if m * n < PARALLEL_MIN_ELEMENTS or not parallel_allowed():
         if n < short_max:

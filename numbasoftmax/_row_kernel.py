@@ -385,8 +385,8 @@ def finish(op, cmax, csum, r):
 
 
 def write(op, a, b, w, out, cmax, m, t, stream):
-    """One chunk: the outputs; ``stream``: with non-temporal stores where the operation
-    writes ``out`` only here (``seg_map``)."""
+    """One chunk: the outputs; ``stream``: with non-temporal stores where the statistics
+    kept nothing in ``out`` (``seg_map``, ``keeps_nothing``)."""
 
 
 def _exp_stats(op, a, b, w, out):
@@ -477,6 +477,13 @@ def _nan_row(m, t, w):
     return not (m == NEG_INF and w is not None and t == 0.0)
 
 
+@njit(inline="always", **INTERNAL)
+def keeps_nothing(w, es):
+    """Whether the statistics left ``out`` untouched (no masked row, no kept exps), so that
+    its write may stream: otherwise its lines are in the cache, owned, already."""
+    return w is None and es is None
+
+
 def _softmax_write(op, a, b, w, out, cmax, m, t, stream):
     """exp(x - chunk max) * (exp(chunk max - m) / t) at valid elements, 0 elsewhere. A row
     whose max is NaN or +inf, or whose valid elements are all -inf, is NaN (at its valid
@@ -490,9 +497,8 @@ def _softmax_write(op, a, b, w, out, cmax, m, t, stream):
         factor = to_compute(scale / t, a)
         shift = to_compute(cmax if cmax != NEG_INF else 0.0, a)  # as ``_exp_stats``
         es = pick(op, SOFTMAX, exact_store(out), None)
-        # where the stats kept the exps in ``out``, its lines are in the cache already
         seg_map(_softmax_lanes, out, row_source(w, a, out), es, (shift, factor, None),
-                stream if es is None else False)
+                stream and keeps_nothing(w, es))
 
 
 def _log_softmax_write(op, a, b, w, out, cmax, m, t, stream):
@@ -503,7 +509,7 @@ def _log_softmax_write(op, a, b, w, out, cmax, m, t, stream):
                                               NEG_INF, w), stream)
     else:
         seg_map(_log_softmax_lanes, out, row_source(w, a, out), None,
-                (to_compute(m, a), to_compute(t, a), None), stream)
+                (to_compute(m, a), to_compute(t, a), None), stream and keeps_nothing(w, None))
 
 
 def _logsumexp_write(op, a, b, w, out, cmax, m, t, stream):

@@ -178,7 +178,7 @@ def test_streamed_writes_agree_bitwise(op, dtype, shape, offset, rng):
                                 "log_softmax_backward"])
 def test_masked_drivers_agree_bitwise(op, shape, rng):
     """A mask of x's shape (its rows n bytes apart), rows without valid elements included:
-    rows in groups give the bits of a row at a time."""
+    rows in groups give the bits of a row at a time, and so do streamed writes."""
     inputs = _inputs(op, rng, shape, np.float32)
     m, n = shape
     w = rng.random(shape) < 0.7
@@ -188,6 +188,11 @@ def test_masked_drivers_agree_bitwise(op, shape, rng):
     for driver, parallel in ((K.grouped_rows, False), (K.grouped_rows_parallel, True),
                              (K.rows_parallel, True)):
         assert_bitwise_equal(_rows(driver, op, inputs, parallel, side=side), expected)
+    # streamed (the gradients; forward rows keep the masked row in out and store plainly)
+    for driver, parallel in ((K.rows, False), (K.grouped_rows, False),
+                             (K.rows_parallel, True)):
+        assert_bitwise_equal(_rows(driver, op, inputs, parallel, side=side, stream=True),
+                             expected)
 
 
 def test_exp_of_zero_is_one():
