@@ -244,23 +244,25 @@ def seg_max(lanes, a, b, c):
 @njit(**INTERNAL)
 def seg_map(f, out, a, b, c, stream):
     """out = ``invoke(f, a, b, c, i, k)``, element-wise; ``stream``: the whole cache lines
-    of ``out`` with non-temporal stores (see ``_vmem``; the caller fences). The values do
-    not depend on which lanes a vector holds, so the stores may start at any element."""
+    of ``out`` with non-temporal stores (see ``_vmem``; the caller fences), or None: never
+    (that code is then not compiled at all). The values do not depend on which lanes a
+    vector holds, so the stores may start at any element."""
     n = out.shape[0]
-    h = stream_head(out) if stream else -1
-    if h >= 0:
-        h = min(h, n)
-        i = 0
-        while i < h:  # a cache line holds up to two vectors (float16)
-            k = min(W, h - i)
-            vstore(out, i, k, invoke(f, a, b, c, i, k))
-            i += k
-        while i + W <= n:
-            vstream(out, i, invoke(f, a, b, c, i, W))
-            i += W
-        if i < n:
-            vstore(out, i, n - i, invoke(f, a, b, c, i, n - i))
-        return
+    if stream is not None:
+        h = stream_head(out) if stream else -1
+        if h >= 0:
+            # one loop: the partial vectors up to the first line boundary (a line holds up
+            # to two vectors: float16), then whole vectors streamed, then the last part
+            i = 0
+            while i < n:
+                k = min(W, n - i, h - i) if i < h else min(W, n - i)
+                v = invoke(f, a, b, c, i, k)
+                if k == W and i >= h:
+                    vstream(out, i, v)
+                else:
+                    vstore(out, i, k, v)
+                i += k
+            return
     full = n // W * W
     for i in range(0, full, W):
         vstore(out, i, W, invoke(f, a, b, c, i, W))
@@ -386,7 +388,8 @@ def finish(op, cmax, csum, r):
 
 def write(op, a, b, w, out, cmax, m, t, stream):
     """One chunk: the outputs; ``stream``: with non-temporal stores where the statistics
-    kept nothing in ``out`` (``seg_map``, ``keeps_nothing``)."""
+    kept nothing in ``out`` (``seg_map``, ``may_stream``; rows of NaN, 0 or -inf, the
+    rare rows, store plainly)."""
 
 
 def _exp_stats(op, a, b, w, out):
@@ -477,11 +480,17 @@ def _nan_row(m, t, w):
     return not (m == NEG_INF and w is not None and t == 0.0)
 
 
-@njit(inline="always", **INTERNAL)
-def keeps_nothing(w, es):
-    """Whether the statistics left ``out`` untouched (no masked row, no kept exps), so that
-    its write may stream: otherwise its lines are in the cache, owned, already."""
-    return w is None and es is None
+def may_stream(stream, w, es):
+    """``stream`` where the statistics left ``out`` untouched (no mask ``w``, whose masked
+    row they keep there, and no kept exps ``es``), else None: then ``out``'s lines are in
+    the cache, owned, already, and streaming them gains nothing."""
+
+
+@overload(may_stream, jit_options=INLINE)
+def _may_stream_impl(stream, w, es):
+    if isinstance(w, types.NoneType) and isinstance(es, types.NoneType):
+        return lambda stream, w, es: stream
+    return lambda stream, w, es: None
 
 
 def _softmax_write(op, a, b, w, out, cmax, m, t, stream):
@@ -490,7 +499,7 @@ def _softmax_write(op, a, b, w, out, cmax, m, t, stream):
     elements); a row without valid elements is 0."""
     if not NEG_INF < m < math.inf:
         seg_map(_fill_lanes, out, out, None, (NAN if _nan_row(m, t, w) else 0.0, 0.0, w),
-                stream)
+                None)
     else:
         # exp(0) is exactly 1: the chunk holding the max (every one-chunk row) skips it
         scale = 1.0 if cmax == m else vexp_nonpos(cmax - m)
@@ -498,7 +507,7 @@ def _softmax_write(op, a, b, w, out, cmax, m, t, stream):
         shift = to_compute(cmax if cmax != NEG_INF else 0.0, a)  # as ``_exp_stats``
         es = pick(op, SOFTMAX, exact_store(out), None)
         seg_map(_softmax_lanes, out, row_source(w, a, out), es, (shift, factor, None),
-                stream and keeps_nothing(w, es))
+                may_stream(stream, w, es))
 
 
 def _log_softmax_write(op, a, b, w, out, cmax, m, t, stream):
@@ -506,10 +515,10 @@ def _log_softmax_write(op, a, b, w, out, cmax, m, t, stream):
     row without valid elements -inf."""
     if not NEG_INF < m < math.inf:
         seg_map(_fill_lanes, out, out, None, (NAN if _nan_row(m, t, w) else NEG_INF,
-                                              NEG_INF, w), stream)
+                                              NEG_INF, w), None)
     else:
         seg_map(_log_softmax_lanes, out, row_source(w, a, out), None,
-                (to_compute(m, a), to_compute(t, a), None), stream and keeps_nothing(w, None))
+                (to_compute(m, a), to_compute(t, a), None), may_stream(stream, w, None))
 
 
 def _logsumexp_write(op, a, b, w, out, cmax, m, t, stream):
