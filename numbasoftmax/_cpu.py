@@ -37,7 +37,7 @@ SHORT_ROW_MAX = {"forward": 32, "backward": 10}
 # (float32 at 128-512: 0.8x).
 GROUPED_ROW_MAX = {"forward": 8192, "backward": 64}
 # Rows of at least this many bytes write a large output (``_config.STREAM_MIN_BYTES``)
-# with non-temporal stores, unmasked: a row's first and last partial cache lines take
+# with non-temporal stores: a row's first and last partial cache lines take
 # masked plain stores, and below this that cost outweighs the traffic saved. float32,
 # 2^24 elements, 2 threads, against plain stores: log_softmax and the gradients 0.96-1.42x
 # as fast at N = 512-262144 (most 1.1-1.3x), 0.86-1.0x at N = 128. The kernel streams only

@@ -12,9 +12,9 @@ The row drivers (``rows``, ``grouped_rows``, their parallel forms and ``chunks_p
 take two more arguments. ``side``: None, or ``(w, wd, rv)`` with the mask ``w`` (bytes or
 None), its row offsets ``wd`` (see ``mask_offset``) and the rows' given values ``rv`` ((M,
 2) float64 or None). Masks and given values run on these drivers only. ``stream``: write
-``out`` with non-temporal stores (``_row_kernel.seg_map``), each serial driver fencing them
-before it returns. A reduction's
-(logsumexp's) ``out`` holds its values per row at stride ``oo``.
+``out`` with non-temporal stores where the kernel may (``_row_kernel.may_stream``), each
+serial driver fencing them before it returns. A reduction's (logsumexp's) ``out`` holds
+its values per row at stride ``oo``.
 
 The kernels give the same bits for a row whichever driver runs it (``_row_kernel``), so the
 choice of driver, task size and thread count changes no result.

@@ -37,9 +37,10 @@ written; its gradient reads x once and writes once. A mask adds one byte per ele
 pass that reads it. A plain store to a line not in the cache reads the line first; where
 the output is large (``_cpu.STREAM_MIN_ROW_BYTES``, ``_config.STREAM_MIN_BYTES``) the
 write phase stores whole cache lines past the caches instead (``seg_map``), so memory sees
-the write once: every operation but softmax, whose kept exps have put ``out``'s lines in
-the cache already (computing them again, or keeping them in a scratch row copied out
-afterwards, measured slower).
+the write once: every operation but softmax and masked log_softmax, whose first passes
+have put ``out``'s lines in the cache already (the kept exps, the masked row). For
+softmax, computing the exps again, or keeping them in a scratch row copied out afterwards,
+measured slower.
 """
 
 from __future__ import annotations
