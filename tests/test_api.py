@@ -118,27 +118,6 @@ def test_streamed_outputs_have_the_plain_bits(op, dtype, shape, rng, monkeypatch
     assert_matches_reference(op, streamed, inputs)
 
 
-@pytest.mark.parametrize("masked", [False, True], ids=["plain", "where"])
-@pytest.mark.parametrize("shape", [(40, 600), (3, 40000)], ids=lambda s: "x".join(map(str, s)))
-def test_streamed_logsumexp_backward_has_the_plain_bits(shape, masked, rng, monkeypatch):
-    """Rows with given values (and a mask) stream too."""
-    from numbasoftmax import _cpu
-
-    x = rng.standard_normal(shape).astype(np.float32)
-    where = rng.random(shape) < 0.7 if masked else None
-    lse = numbasoftmax.logsumexp(x, where=where)
-    g = rng.standard_normal(shape[0]).astype(np.float32)
-    monkeypatch.setattr(_cpu, "STREAM_MIN_BYTES", None)
-    plain = numbasoftmax.logsumexp_backward(x, lse, g, where=where)
-    monkeypatch.setattr(_cpu, "STREAM_MIN_BYTES", 0)
-    streamed = numbasoftmax.logsumexp_backward(x, lse, g, where=where)
-    assert_bitwise_equal(streamed, plain)
-    expected = np.exp(x.astype(np.float64) - lse[:, None]) * g[:, None]
-    if masked:
-        expected[~where] = 0.0
-    np.testing.assert_allclose(streamed, expected, rtol=1e-5, atol=1e-30)
-
-
 # total elements just below, at and just above the parallel-driver threshold
 DRIVER_SHAPES = [(217, 151), (256, 128), (99, 331)]
 
