@@ -328,6 +328,13 @@ def _value_lanes(f, a, b, c, i, k):
     return keep(valid(None, c, i, k), vload(a, i, k, 0.0), 0.0)
 
 
+@njit(**INTERNAL)
+def stream_copy(out, src):
+    """out = src (one storage type; values pass the compute type exactly) through the write
+    phase's streamed loop (``seg_map``; the caller fences): the benchmark's copy line."""
+    seg_map(_value_lanes, out, src, None, None, True)
+
+
 @kernel_fn
 def _fill_lanes(f, a, b, c, i, k):
     """c = (v, other, w): v where mask w is set (everywhere when it is None), ``other``

@@ -28,8 +28,8 @@ def _threaded_copies():
         from numba import njit, prange
 
         from .._config import CACHE
-        from .._simd import ALL, W
-        from .._vmem import stream_head, vfence, vload, vstream
+        from .._row_kernel import stream_copy
+        from .._vmem import vfence
 
         @njit(inline="always")
         def part(n, parts, t):
@@ -48,13 +48,7 @@ def _threaded_copies():
         def streamed_copy(src, dst, parts):
             for t in prange(parts):
                 lo, hi = part(src.shape[0], parts, t)
-                d, s = dst[lo:hi], src[lo:hi]
-                i = min(max(stream_head(d), 0), hi - lo)
-                d[:i] = s[:i]
-                while i + W <= hi - lo:
-                    vstream(d, i, vload(s, i, ALL, 0.0))
-                    i += W
-                d[i:] = s[i:]
+                stream_copy(dst[lo:hi], src[lo:hi])
                 vfence()
 
         _copy_kernels = {"threaded": copy, "streamed": streamed_copy}
