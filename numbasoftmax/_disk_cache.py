@@ -23,6 +23,7 @@ import threading
 
 import numba
 from numba.core.caching import FunctionCache
+from numba.core.runtime import rtsys
 
 try:
     import fcntl
@@ -61,8 +62,15 @@ class LockedCache(FunctionCache):
     """numba's FunctionCache with its loads and saves under the cache directory's lock."""
 
     def load_overload(self, sig, target_context):
-        with locked(self._cache_path, exclusive=False):
-            return super().load_overload(sig, target_context)
+        # numba's own load refreshes the whole target context first: it imports every
+        # lowering registry numba has (numba.np.linalg imports scipy.linalg to find a BLAS),
+        # which is most of a warm process's first call. Machine code loaded from the cache
+        # needs none of them, only numba's runtime (NRT) set up; a miss compiles, and
+        # numba's compiler refreshes the context itself.
+        rtsys.initialize(target_context)
+        with locked(self._cache_path, exclusive=False), \
+                self._guard_against_spurious_io_errors():
+            return self._load_overload(sig, target_context)
 
     def save_overload(self, sig, data):
         with locked(self._cache_path, exclusive=True):

@@ -124,3 +124,32 @@ def test_concurrent_processes_share_one_cache(tmp_path):
         alone = np.load(tmp_path / f"{dt}.npz")
         for key in alone.files:
             assert_bitwise_equal(both[key], alone[key])
+
+
+# A process that finds its kernels in the cache loads their machine code without numba's
+# full set-up (its implementation registries, which import scipy.linalg where scipy is
+# installed): that set-up is most of a warm start, and only a compile needs it.
+WARM_SCRIPT = textwrap.dedent("""
+    import sys
+    import numpy as np
+    import numbasoftmax as nsm
+
+    x = (np.random.default_rng(2).standard_normal((8, 128)) * 3).astype(np.float32)
+    y = nsm.log_softmax(x)
+    np.savez(sys.argv[1], y=y, set_up=np.array("numba.np.linalg" in sys.modules))
+""")
+
+
+def test_a_warm_process_loads_without_numbas_set_up(tmp_path):
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"), PYTHONPATH=str(ROOT))
+    env.pop("NUMBASOFTMAX_CACHE", None)
+    runs = []
+    for name in ("cold.npz", "warm.npz"):
+        proc = subprocess.run([sys.executable, "-c", WARM_SCRIPT, str(tmp_path / name)],
+                              env=env, cwd=tmp_path, capture_output=True, text=True,
+                              timeout=600)
+        assert proc.returncode == 0, proc.stderr
+        runs.append(np.load(tmp_path / name))
+    cold, warm = runs
+    assert cold["set_up"] and not warm["set_up"]
+    assert_bitwise_equal(warm["y"], cold["y"])

@@ -5,11 +5,13 @@ Each measurement is a fresh Python process that imports numbasoftmax and makes a
 the import to the end of the second call. "cold": numba's disk cache is empty (every kernel
 compiles); "warm": a second process with the cache the first one left.
 
-Where the time goes: "import" is numpy + numba + numbasoftmax; "numba set-up" is numba's
-one-time registration of its implementations before the first compile or cache load (it
-imports most of numba, and scipy.linalg when scipy is installed); the rest of a cold call is
+Where the time goes: "import" is numpy + numba + numbasoftmax; "numba set-up" (cold only)
+is numba's one-time registration of its implementations before its first compile (it
+imports most of numba, and scipy.linalg when scipy is installed), which a warm process
+skips: loading machine code from the cache needs none of it; the rest of a cold call is
 compiling the drivers it runs, split into LLVM's optimization and code generation and
-numba's own typing and lowering (from numba's compile timers).
+numba's own typing and lowering (from numba's compile timers). Python writes and reuses its
+bytecode files as a user's installation does, whatever ``PYTHONDONTWRITEBYTECODE`` says.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ c0 = time.process_time()
 import numpy as np
 import numbasoftmax
 t1 = time.perf_counter()
-from numba.core.registry import cpu_target
-cpu_target.target_context.refresh()  # what the first call would otherwise do
+if sys.argv[2] == "cold":  # what its first compile would do anyway
+    from numba.core.registry import cpu_target
+    cpu_target.target_context.refresh()
 t1b = time.perf_counter()
 f = getattr(numbasoftmax, sys.argv[1])
 def args(shape):
@@ -60,9 +63,10 @@ print(json.dumps({"import": t1 - t0, "setup": t1b - t1, "small": t3 - t2, "large
 """
 
 
-def _once(op, cache_dir):
+def _once(op, cache_dir, kind):
     env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir)
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, op], env=env, capture_output=True,
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, op, kind], env=env, capture_output=True,
                           text=True, timeout=600)
     if proc.returncode:
         raise RuntimeError(f"start-up measurement of {op} failed: {proc.stderr[-2000:]}")
@@ -74,8 +78,8 @@ def measure(ops):
     out = {}
     for op in ops:
         with tempfile.TemporaryDirectory(prefix="numbasoftmax-startup-") as cache:
-            cold = _once(op, cache)
-            warm = _once(op, cache)
+            cold = _once(op, cache, "cold")
+            warm = _once(op, cache, "warm")
         out[op] = {"cold": cold, "warm": warm}
     return out
 
@@ -84,7 +88,7 @@ def table(startup):
     """(title, header, rows) for the report."""
     header = ["op", "cold: import", "numba set-up", "first 8x128", "first 1000x1000",
               "cold total", "cold CPU time", "of which LLVM", "drivers compiled (s)", "warm total",
-              "warm: import", "warm: set-up"]
+              "warm: import"]
     rows = []
     for op, r in startup.items():
         c, w = r["cold"], r["warm"]
@@ -92,7 +96,7 @@ def table(startup):
         rows.append([op, f"{c['import']:.2f} s", f"{c.get('setup', 0):.2f} s",
                      f"{c['small']:.2f} s", f"{c['large']:.2f} s", f"{c['total']:.2f} s",
                      f"{c.get('cpu', 0):.2f} s", f"{c.get('llvm', 0):.2f} s", drivers or "–",
-                     f"{w['total']:.2f} s", f"{w['import']:.2f} s", f"{w.get('setup', 0):.2f} s"])
+                     f"{w['total']:.2f} s", f"{w['import']:.2f} s"])
     title = ("Start-up, CPU (a fresh process: import + first 8x128 + first 1000x1000 call, "
              "float32; cold = empty numba cache, warm = the cache the cold run left; wall-clock "
              "times except the CPU time, which other processes do not inflate)")
