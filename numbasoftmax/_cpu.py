@@ -254,14 +254,18 @@ def run_columns(op, args, direct=False):
         arrays = (a, sa, ia, a, sa, ia, out, so, io)
     else:
         *arrays, m, n, c = args
+        out, so, io = arrays[6:]
+    # runs of C contiguous outputs, m * n of them
+    lead = k.column_lead(out, so, io) if streams(m * n, c, out.itemsize) else -1
+    stream, lead = lead >= 0, max(lead, 0)
     if m * n * c < PARALLEL_MIN_ELEMENTS or not parallel_allowed():
-        call = (marker, *arrays, 0, k.column_tasks(m, c), n, c)
+        call = (marker, *arrays, 0, k.column_tasks(m, c, lead), n, c, lead, stream)
         if direct:
             _call_direct(entries, k.columns, call)
         else:
             k.columns(*call)
     else:
-        _parallel(k.columns_parallel, (marker, *arrays, m, n, c))
+        _parallel(k.columns_parallel, (marker, *arrays, m, n, c, lead, stream))
 
 
 # Below this many elements numpy's own strided copy is as fast and needs no compilation.

@@ -46,7 +46,7 @@ from ._row_kernel import (
     write,
 )
 from ._simd import ALL, W, compute_type
-from ._vmem import seg, vfence, vgather, vload, vscatter, vstore
+from ._vmem import STREAM_ALIGN, seg, vfence, vgather, vload, vscatter, vstore
 
 # elements per parallel task: enough that task overhead vanishes
 TASK_ELEMENTS = 16384
@@ -59,6 +59,7 @@ BAND_TILES = 8
 _PARALLEL = dict(OPTIONS, parallel=True)
 
 __all__ = ["OPS", "W", "rows", "grouped_rows", "short_rows", "columns", "column_tasks",
+           "column_lead",
            "rows_parallel", "grouped_rows_parallel", "short_rows_parallel", "columns_parallel",
            "chunks_parallel", "segment_stats", "segment_finish", "segment_write",
            "segment_columns_stats", "segment_columns_write", "copy2d"]
@@ -269,45 +270,68 @@ def short_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C):
     for r0 in range(lo, full, W):  # whole tiles: the lane count a constant, no masks
         _gather(a, ao, r0, ALL, n, ta)
         _gather_second(op, b, bo, r0, ALL, n, tb)
-        band(op, la, lb, lo_, 1, n, S, T, V)
+        band(op, la, lb, lo_, 1, n, S, T, V, None)
         _put(op, to, out, oo, r0, ALL, n)
     if full < hi:
         _gather(a, ao, full, hi - full, n, ta)
         _gather_second(op, b, bo, full, hi - full, n, tb)
-        band(op, la, lb, lo_, 1, n, S, T, V)
+        band(op, la, lb, lo_, 1, n, S, T, V, None)
         _put(op, to, out, oo, full, hi - full, n)
 
 
-def column_tasks(M, C):
-    """The number of tasks (outer position, band) of ``columns`` for M x C positions."""
-    return M * ((C + BAND_TILES * W - 1) // (BAND_TILES * W))
+def column_tasks(M, C, lead=0):
+    """The number of tasks (outer position, band) of ``columns`` for M x C positions, the
+    first ``lead`` inner positions a band of their own."""
+    return M * ((lead > 0) + (C - lead + BAND_TILES * W - 1) // (BAND_TILES * W))
+
+
+def column_lead(out, so, io):
+    """The inner positions before the first whose outputs start a cache line in every run
+    of ``out`` (flat buffer, outer and axis strides), so that ``columns`` can store whole
+    tiles past the caches (a float16 tile, half a line, starts one of its halves); -1 where
+    the runs lie differently against the lines."""
+    item = out.itemsize
+    align = min(STREAM_ALIGN, W * item)
+    addr = out.__array_interface__["data"][0]
+    if addr % item or (so * item) % align or (io * item) % align:
+        return -1
+    return (-addr % align) // item
 
 
 @njit(inline="always", **INTERNAL)
-def _band_task(task, C):
-    """(outer position o, first inner position c0, whole tiles) of a task of ``columns``:
-    the band of inner positions c0 .. c0 + BAND_TILES * W - 1 at o. A partial last tile
-    (when whole tiles < BAND_TILES and c0 + whole tiles * W < C) runs as a band of its
-    own."""
-    bands = (C + BAND_TILES * W - 1) // (BAND_TILES * W)
-    c0 = task % bands * BAND_TILES * W
-    return task // bands, c0, min(BAND_TILES, (C - c0) // W)
+def _band_task(task, C, lead):
+    """(outer position o, first inner position c0, whole tiles, c1, k1) of a task of
+    ``columns``: the whole tiles of the band of inner positions c0 .. c0 + BAND_TILES * W
+    - 1 at o, then a partial tile of k1 positions from c1 (k1 = 0: none). Bands start
+    ``lead`` positions in (so that the driver can place whole tiles on line boundaries);
+    positions 0 .. lead-1 are a task of their own, a partial tile."""
+    bands = (lead > 0) + (C - lead + BAND_TILES * W - 1) // (BAND_TILES * W)
+    o, band = task // bands, task % bands - (lead > 0)
+    if band < 0:
+        return o, 0, 0, 0, lead
+    c0 = lead + band * BAND_TILES * W
+    full = min(BAND_TILES, (C - c0) // W)
+    c1 = c0 + full * W
+    return o, c0, full, c1, (C - c1 if full < BAND_TILES else 0)
 
 
 @njit(**OPTIONS)
-def columns(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C):
+def columns(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, lead, stream):
     """Tasks lo..hi-1 of (outer position, band of BAND_TILES * W inner positions): the
-    lane kernel in place. A partial last tile runs as a band of its own."""
+    lane kernel in place. A partial last tile runs as a band of its own, and so do the
+    first ``lead`` positions. ``stream``: whole tiles of ``out`` stored past the caches
+    (the caller sets ``lead`` so that each starts a cache line), fenced at the end."""
     S, T, V = _scratch(a, n, BAND_TILES)
     for task in range(lo, hi):
-        o, c0, full = _band_task(task, C)
+        o, c0, full, c1, k1 = _band_task(task, C, lead)
         if full:  # the lane count a constant: no masked loads and stores
             band(op, (a, o * ao + c0, an, ALL), (b, o * bo + c0, bn, ALL),
-                 (out, o * oo + c0, on, ALL), full, n, S, T, V)
-        c1 = c0 + full * W
-        if full < BAND_TILES and c1 < C:
-            band(op, (a, o * ao + c1, an, C - c1), (b, o * bo + c1, bn, C - c1),
-                 (out, o * oo + c1, on, C - c1), 1, n, S, T, V)
+                 (out, o * oo + c0, on, ALL), full, n, S, T, V, stream)
+        if k1:
+            band(op, (a, o * ao + c1, an, k1), (b, o * bo + c1, bn, k1),
+                 (out, o * oo + c1, on, k1), 1, n, S, T, V, stream)
+    if stream:
+        vfence()
 
 
 @njit(**_PARALLEL)
@@ -335,11 +359,13 @@ def short_rows_parallel(op, a, ao, an, b, bo, bn, out, oo, on, M, n, C):
 
 
 @njit(**_PARALLEL)
-def columns_parallel(op, a, ao, an, b, bo, bn, out, oo, on, M, n, C):
-    tasks = M * ((C + BAND_TILES * W - 1) // (BAND_TILES * W))  # column_tasks(M, C)
+def columns_parallel(op, a, ao, an, b, bo, bn, out, oo, on, M, n, C, lead, stream):
+    # column_tasks(M, C, lead)
+    tasks = M * ((lead > 0) + (C - lead + BAND_TILES * W - 1) // (BAND_TILES * W))
     g = max(1, TASK_ELEMENTS // (n * BAND_TILES * W))
     for t in prange((tasks + g - 1) // g):
-        columns(op, a, ao, an, b, bo, bn, out, oo, on, t * g, min(tasks, (t + 1) * g), n, C)
+        columns(op, a, ao, an, b, bo, bn, out, oo, on, t * g, min(tasks, (t + 1) * g), n, C,
+                lead, stream)
 
 
 @njit(**INTERNAL)
@@ -400,14 +426,17 @@ def segment_finish(op, st, fin):
 
 
 @njit(**OPTIONS)
-def segment_write(op, a, ao, b, bo, out, oo, M, n, st, fin):
-    """The outputs of a segment from its chunks' statistics st and its rows' fin."""
+def segment_write(op, a, ao, b, bo, out, oo, M, n, st, fin, stream):
+    """The outputs of a segment from its chunks' statistics st and its rows' fin;
+    ``stream`` as for ``rows``."""
     for i in range(M):
         for c in range((n + CHUNK - 1) // CHUNK):
             lo, hi = c * CHUNK, min(n, (c + 1) * CHUNK)
             write(op, seg(a, i * ao + lo, i * ao + hi), seg(b, i * bo + lo, i * bo + hi), None,
                   seg(out, i * oo + lo, i * oo + hi), st[i, 0, c], fin[i, 0], fin[i, 1],
-                  False)
+                  stream)
+    if stream:
+        vfence()
 
 
 # The same two phases for segments of a strided axis read in place (as ``columns``): the
@@ -419,15 +448,14 @@ def segment_write(op, a, ao, b, bo, out, oo, M, n, st, fin):
 # block: ~10 ms statistics, ~14 ms write either way, one thread).
 
 @njit(inline="always", **INTERNAL)
-def _band_part(t, C):
+def _band_part(t, C, lead):
     """Part t % 2 of task t // 2 of ``columns``: (outer position, first inner position,
-    tiles, lanes per tile) of its whole tiles (part 0) or of its partial last tile (part
-    1); no tiles when the part is empty. The lane count is a run-time value for both."""
-    o, c0, full = _band_task(t // 2, C)
+    tiles, lanes per tile) of its whole tiles (part 0) or of its partial tile (part 1); no
+    tiles when the part is empty. The lane count is a run-time value for both."""
+    o, c0, full, c1, k1 = _band_task(t // 2, C, lead)
     if t % 2 == 0:
         return o, c0, full, min(W, C - c0)
-    c1 = c0 + full * W
-    return o, c1, int(full < BAND_TILES and c1 < C), C - c1
+    return o, c1, int(k1 > 0), k1
 
 
 @njit(**OPTIONS)
@@ -436,22 +464,26 @@ def segment_columns_stats(op, a, ao, an, b, bo, bn, lo, hi, n, C, st):
     chunk c of row (o, i)."""
     S, T, V = _scratch(a, n, BAND_TILES)
     for t in range(2 * lo, 2 * hi):
-        o, at, nt, k = _band_part(t, C)
+        o, at, nt, k = _band_part(t, C, 0)
         if nt:
             band_stats(op, (a, o * ao + at, an, k), (b, o * bo + at, bn, k), nt, n, S, T, V,
                        st, o * C + at, nt * k)
 
 
 @njit(**OPTIONS)
-def segment_columns_write(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, st, fin):
-    """Tasks lo..hi-1 of ``columns``: the outputs of the segments from their chunks'
-    statistics st and their rows' fin."""
+def segment_columns_write(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, st, fin,
+                          lead, stream):
+    """Tasks lo..hi-1 of ``columns`` (``lead`` as there): the outputs of the segments from
+    their chunks' statistics st and their rows' fin; ``stream`` as for ``columns``."""
     S, T, V = _scratch(a, n, BAND_TILES)
     for t in range(2 * lo, 2 * hi):
-        o, at, nt, k = _band_part(t, C)
+        o, at, nt, k = _band_part(t, C, lead)
         if nt:
             band_write(op, (a, o * ao + at, an, k), (b, o * bo + at, bn, k),
-                       (out, o * oo + at, on, k), nt, n, S, V, st, fin, o * C + at, nt * k)
+                       (out, o * oo + at, on, k), nt, n, S, V, st, fin, o * C + at, nt * k,
+                       stream)
+    if stream:
+        vfence()
 
 
 # ---------------------------------------------------------------------------------------

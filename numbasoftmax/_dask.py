@@ -322,7 +322,7 @@ def _stats_task(spec, *blocks):
             part = st if runs == 1 else np.empty((m * runs, 2, nc))
             columns = _columns(spec, blocks)
             if columns is not None:
-                tasks, views, order = columns
+                tasks, views, order, _ = columns
                 cst = np.empty((m * runs, 2, nc))
                 k.segment_columns_stats(op, *views[0], *views[-2], 0, *tasks, cst)
                 part[:, :, :nc] = order.to_rows(cst)
@@ -384,13 +384,22 @@ def _write_task(spec, *args):
         st = np.ascontiguousarray(st)
         columns = _columns(spec, blocks, out)
         if columns is not None:
-            tasks, views, order = columns
+            (_, along, inner), views, order, outer = columns
+            # the block's runs of ``inner`` contiguous outputs, past the caches when large
+            runs_out = out.size // inner
+            lead = (k.column_lead(*views[-1]) if _cpu.streams(runs_out, inner, out.itemsize)
+                    else -1)
+            stream, lead = lead >= 0, max(lead, 0)
             k.segment_columns_write(k.OPS[spec.key], *views[0], *views[-2], *views[-1], 0,
-                                    *tasks, order.from_rows(st), order.from_rows(fin))
+                                    k.column_tasks(outer, inner, lead), along, inner,
+                                    order.from_rows(st), order.from_rows(fin), lead, stream)
             return out
+        # written past the caches when large and in place (a panel is read back at once)
+        stream = (_cpu.streams(m * runs, length, out.itemsize) and _cpu_path.rows_in_place(
+            _bits(out), _perm(out.ndim, spec.axes), spec.run_axes) is not None)
         for lo, hi, rows in _panels(spec, blocks, out):
             k.segment_write(k.OPS[spec.key], *rows[0], *rows[-2], *rows[-1], hi - lo, length,
-                            st[lo:hi], fin[lo:hi])
+                            st[lo:hi], fin[lo:hi], stream)
     return out
 
 
@@ -481,8 +490,9 @@ def _columns(spec, blocks, out=None):
     the run axes are not the contiguous ones (softmax over axis 0 of C-ordered blocks): a
     row per vector lane, along the axis at its stride, as the one-pass path does; no copy.
     Returns ((outer positions' tasks, n, C), [(flat, outer stride, axis stride) per block
-    (then out, or the first block again)], _Order), or None where the layout plan has no
-    such access (rows in place, or layouts that are copied in panels)."""
+    (then out, or the first block again)], _Order, outer positions), or None where the
+    layout plan has no such access (rows in place, or layouts that are copied in
+    panels)."""
     arrays = [_bits(b) for b in blocks]
     ndim = arrays[0].ndim
     split = ndim - spec.run_axes
@@ -496,7 +506,8 @@ def _columns(spec, blocks, out=None):
 
     outer = p.m // p.inner
     tasks = (k.column_tasks(outer, p.inner), p.n, p.inner)
-    return tasks, views, _Order(arrays[0].shape, p.perm[:split], _perm(ndim, spec.axes)[:split])
+    order = _Order(arrays[0].shape, p.perm[:split], _perm(ndim, spec.axes)[:split])
+    return tasks, views, order, outer
 
 
 def _leaves(nested):

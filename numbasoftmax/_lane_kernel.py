@@ -28,7 +28,7 @@ from numba import types
 from numba.extending import overload
 
 from ._disk_cache import njit
-from ._markers import INLINE, dispatch, invoke, kernel_fn, pick, same
+from ._markers import INLINE, MarkerType, dispatch, invoke, kernel_fn, pick, same
 from ._row_kernel import (
     BLOCK,
     CHUNK,
@@ -62,7 +62,7 @@ from ._simd import (
     vwiden,
 )
 from ._vmath import vexp, vexp_nonpos, vlog
-from ._vmem import vload, vprefetch, vstore
+from ._vmem import vload, vprefetch, vstore, vstream
 
 # A band read in place along a strided axis visits each memory row for its nt * W elements
 # only, too short a run for the hardware prefetchers (which follow runs within a page), so
@@ -92,6 +92,33 @@ def _prefetch_impl(lanes, nt, j, hi):
                 vprefetch(arr, at + t * W)
                 vprefetch(arr, at + t * W + W - 1)
     return impl
+
+
+def lane_store(arr, index, k, value, stream):
+    """Store a tile's lanes < k at ``index``: ``vstore``, or, where ``stream`` is set and
+    the tile is whole (k the ``ALL`` marker, or a run-time k of W), a non-temporal store:
+    the driver has then placed the element on a line boundary. ``stream`` None: never
+    (that code is then not compiled)."""
+
+
+@overload(lane_store, jit_options=INLINE)
+def _lane_store_impl(arr, index, k, value, stream):
+    if isinstance(stream, types.NoneType):
+        return lambda arr, index, k, value, stream: vstore(arr, index, k, value)
+    if isinstance(k, MarkerType):
+        def whole_tile(arr, index, k, value, stream):
+            if stream:
+                vstream(arr, index, value)
+            else:
+                vstore(arr, index, k, value)
+        return whole_tile
+
+    def any_tile(arr, index, k, value, stream):
+        if stream and k == W:
+            vstream(arr, index, value)
+        else:
+            vstore(arr, index, k, value)
+    return any_tile
 
 
 @njit(**INTERNAL)
@@ -222,8 +249,8 @@ def finish(op, S, nt, nc):
     """The rows' (m, t) from the chunks' statistics."""
 
 
-def write(op, a, b, out, nt, lo, hi, S, c, nc, V):
-    """One chunk: the outputs."""
+def write(op, a, b, out, nt, lo, hi, S, c, nc, V, stream):
+    """One chunk: the outputs (whole tiles streamed where ``stream`` is set)."""
 
 
 def _exp_stats(op, a, b, out, nt, lo, hi, T, V, S, smax, ssum):
@@ -288,7 +315,7 @@ def _sum_finish(op, S, nt, nc):
         vstore(S, ((2 * nc + 1) * nt + t) * W, W, total)
 
 
-def _softmax_write(op, a, b, out, nt, lo, hi, S, c, nc, V):
+def _softmax_write(op, a, b, out, nt, lo, hi, S, c, nc, V, stream):
     arr, base, step, k = a
     oarr, obase, ostep, _ = out
     for t in range(nt):
@@ -316,10 +343,10 @@ def _softmax_write(op, a, b, out, nt, lo, hi, S, c, nc, V):
                 e = vexp_nonpos(vsub(x, vload(V, t * W, W, 0.0)))
             ok = visfinite(vload(S, (2 * nc * nt + t) * W, W, 0.0))
             value = vselect(ok, vmul(e, vload(V, (nt + t) * W, W, 0.0)), NAN)
-            vstore(oarr, obase + j * ostep + t * W, k, value)
+            lane_store(oarr, obase + j * ostep + t * W, k, value, stream)
 
 
-def _log_softmax_write(op, a, b, out, nt, lo, hi, S, c, nc, V):
+def _log_softmax_write(op, a, b, out, nt, lo, hi, S, c, nc, V, stream):
     arr, base, step, k = a
     oarr, obase, ostep, _ = out
     for t in range(nt):
@@ -332,10 +359,10 @@ def _log_softmax_write(op, a, b, out, nt, lo, hi, S, c, nc, V):
             x = vload(arr, base + j * step + t * W, k, 0.0)
             v = vsub(vsub(x, vload(V, t * W, W, 0.0)), vload(V, (nt + t) * W, W, 0.0))
             ok = visfinite(vload(S, (2 * nc * nt + t) * W, W, 0.0))
-            vstore(oarr, obase + j * ostep + t * W, k, vselect(ok, v, NAN))
+            lane_store(oarr, obase + j * ostep + t * W, k, vselect(ok, v, NAN), stream)
 
 
-def _lse_write(op, a, b, out, nt, lo, hi, S, c, nc, V):
+def _lse_write(op, a, b, out, nt, lo, hi, S, c, nc, V, stream):
     """The rows' values m + log|t| (NaN for t < 0 without the sign) from the first chunk,
     at out[base + t*W] per tile; with the sign, the signs at out[base + step + t*W]."""
     if c != 0:
@@ -355,7 +382,7 @@ def _lse_write(op, a, b, out, nt, lo, hi, S, c, nc, V):
         vstore(oarr, obase + t * W, k, vnarrow(value, oarr))
 
 
-def _grad_write(op, a, b, out, nt, lo, hi, S, c, nc, V):
+def _grad_write(op, a, b, out, nt, lo, hi, S, c, nc, V, stream):
     oarr, obase, ostep, k = out
     for t in range(nt):
         vstore(V, t * W, W, vnarrow(vload(S, ((2 * nc + 1) * nt + t) * W, W, 0.0), a[0]))
@@ -371,7 +398,7 @@ def _grad_write(op, a, b, out, nt, lo, hi, S, c, nc, V):
                 g = vmul(u, vsub(v, s))
             else:
                 g = vsub(v, vmul(vexp(u), s))
-            vstore(oarr, obase + j * ostep + t * W, k, g)
+            lane_store(oarr, obase + j * ostep + t * W, k, g, stream)
 
 
 dispatch(stats, {"softmax": _exp_stats, "log_softmax": _exp_stats,
@@ -400,22 +427,22 @@ def _stats_phase(op, a, b, out, nt, n, S, T, V):
 
 
 @njit(**INTERNAL)
-def _write_phase(op, a, b, out, nt, n, S, V):
+def _write_phase(op, a, b, out, nt, n, S, V, stream):
     """Every chunk's outputs from the statistics and the rows' (m, t) in S."""
     nc = (n + CHUNK - 1) // CHUNK
     for c in range(nc):
         lo, hi = c * CHUNK, min(n, (c + 1) * CHUNK)
-        write(op, a, b, out, nt, lo, hi, S, c, nc, V)
+        write(op, a, b, out, nt, lo, hi, S, c, nc, V, stream)
 
 
 @njit(**INTERNAL)
-def band(op, a, b, out, nt, n, S, T, V):
+def band(op, a, b, out, nt, n, S, T, V, stream):
     """nt * W rows of n elements (lane tuples ``a``, ``b``, ``out``). Scratch: ``S``
     float64 of (2 * chunks + 2) * nt * W, ``T`` of nt * W * W and ``V`` of 2 * nt * W in
-    the compute type."""
+    the compute type. ``stream``: see ``lane_store`` (the caller fences)."""
     _stats_phase(op, a, b, out, nt, n, S, T, V)
     finish(op, S, nt, (n + CHUNK - 1) // CHUNK)
-    _write_phase(op, a, b, out, nt, n, S, V)
+    _write_phase(op, a, b, out, nt, n, S, V, stream)
 
 
 # ---------------------------------------------------------------------------------------
@@ -442,8 +469,9 @@ def band_stats(op, a, b, nt, n, S, T, V, st, r0, rows):
 
 
 @njit(**INTERNAL)
-def band_write(op, a, b, out, nt, n, S, V, st, fin, r0, rows):
-    """The outputs of the band's rows from st and fin of rows r0 .. r0+rows-1."""
+def band_write(op, a, b, out, nt, n, S, V, st, fin, r0, rows, stream):
+    """The outputs of the band's rows from st and fin of rows r0 .. r0+rows-1; ``stream``
+    as for ``band``."""
     nc = (n + CHUNK - 1) // CHUNK
     for i in range(nt * W):
         t, lane = i // W, i % W
@@ -453,4 +481,4 @@ def band_write(op, a, b, out, nt, n, S, V, st, fin, r0, rows):
             S[((nc + c) * nt + t) * W + lane] = st[r, 1, c]
         S[(2 * nc * nt + t) * W + lane] = fin[r, 0]
         S[((2 * nc + 1) * nt + t) * W + lane] = fin[r, 1]
-    _write_phase(op, a, b, out, nt, n, S, V)
+    _write_phase(op, a, b, out, nt, n, S, V, stream)

@@ -118,6 +118,33 @@ def test_streamed_outputs_have_the_plain_bits(op, dtype, shape, rng, monkeypatch
     assert_matches_reference(op, streamed, inputs)
 
 
+# along a strided axis read in place: runs of C contiguous outputs, every run placed alike
+# against the cache lines (C x itemsize a multiple of 64 bytes) and from 2048 bytes long
+# (every dtype at 1024, float32 and float64 at 640), serial and parallel
+STREAM_COLUMNS = [((7, 1024), 0), ((40, 1024), 0), ((5, 17, 640), 1)]
+
+
+@pytest.mark.parametrize("case", STREAM_COLUMNS, ids=lambda c: "x".join(map(str, c[0])))
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=_dtype_id)
+@pytest.mark.parametrize("op", OPS)
+def test_streamed_strided_axes_have_the_plain_bits(op, dtype, case, rng, monkeypatch):
+    from numbasoftmax import _cpu, _cpu_kernels
+
+    shape, axis = case
+    inputs = inputs_for(op, rng, shape, dtype, axis)
+    monkeypatch.setattr(_cpu, "STREAM_MIN_BYTES", None)
+    plain = call(op, inputs, axis)
+    leads = []
+    lead = _cpu_kernels.column_lead
+    monkeypatch.setattr(_cpu_kernels, "column_lead", lambda *a: leads.append(lead(*a)) or leads[-1])
+    monkeypatch.setattr(_cpu, "STREAM_MIN_BYTES", 0)
+    streamed = call(op, inputs, axis)
+    runs = shape[-1] * np.dtype(dtype).itemsize
+    assert [k >= 0 for k in leads] == ([True] if runs >= 2048 else [])
+    assert_bitwise_equal(streamed, plain)
+    assert_matches_reference(op, streamed, inputs, axis)
+
+
 # total elements just below, at and just above the parallel-driver threshold
 DRIVER_SHAPES = [(217, 151), (256, 128), (99, 331)]
 

@@ -366,3 +366,37 @@ def test_runs_read_in_place_give_the_bits_of_runs_in_row_order(op, case, dtype,
     if shape[0] == 2 * CHUNK + 100:
         assert_bitwise_equal(got, call(op, inputs, axis))
     assert_matches_reference(op, got, inputs, axis)
+
+
+# runs of 64-byte multiples from 2048 bytes: along a strided axis (read in place, whole
+# tiles streamed after a lead) and along the last axis (rows in place)
+STREAMED = [(((600, 1040), ((250, 350), (1040,)), 0), "segment_columns_write"),
+            (((6, 2 * CHUNK + 512), (3, (CHUNK, CHUNK + 512)), -1), "segment_write")]
+
+
+@pytest.mark.parametrize("case, kernel", STREAMED, ids=[k for _, k in STREAMED])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16], ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("op", OPS)
+def test_streamed_writes_have_the_plain_bits(op, dtype, case, kernel, monkeypatch):
+    """Write tasks of large outputs store past the caches (forced here for small blocks):
+    the bits of plain stores."""
+    from numbasoftmax import _cpu, _cpu_kernels
+
+    inputs = _in_place_inputs(op, case, dtype)
+    streamed = []
+    write = getattr(_cpu_kernels, kernel)
+
+    def spy(*args):
+        streamed.append(args[-1])
+        return write(*args)
+
+    monkeypatch.setattr(_cpu_kernels, kernel, spy)
+    monkeypatch.setattr(_cpu, "STREAM_MIN_BYTES", None)
+    plain = call(op, _dask_inputs(inputs, case[1]), case[2]).compute(scheduler="sync")
+    writes = len(streamed)
+    assert writes >= 2 and not any(streamed)
+    monkeypatch.setattr(_cpu, "STREAM_MIN_BYTES", 0)
+    got = call(op, _dask_inputs(inputs, case[1]), case[2]).compute(scheduler="sync")
+    assert streamed[writes:] == [True] * writes
+    assert_bitwise_equal(got, plain)
+    assert_matches_reference(op, got, inputs, case[2])

@@ -15,6 +15,7 @@ import zlib
 import numpy as np
 import pytest
 from _helpers import CHUNK, OPS, assert_bitwise_equal, inputs_for
+from numpy.lib.stride_tricks import as_strided
 
 from numbasoftmax import _cpu_kernels as K
 from numbasoftmax._cpu import COLUMN_OPS
@@ -58,15 +59,24 @@ def _rows(driver, op, inputs, parallel, side=None, stream=False, out=None):
     return out
 
 
-def _columns(driver, op, inputs, parallel):
-    """Run the lane kernel on the transposed (n, m) arrays: each row a column in place."""
+def _columns(driver, op, inputs, parallel, stream=False, out=None):
+    """Run the lane kernel on the transposed (n, m) arrays: each row a column in place.
+    ``stream``: whole tiles of ``out`` (an (n, m) C-ordered array) stored past the caches,
+    the bands placed by ``column_lead``."""
     t = [np.ascontiguousarray(x.T) for x in inputs]
     n, m = t[0].shape
-    out = np.empty_like(t[0])
+    out = np.empty_like(t[0]) if out is None else out  # its rows may lie farther apart
     flat = [_storage(x).reshape(-1) for x in t]
     b = flat[1] if len(flat) == 2 else flat[0]
-    head = (K.OPS[op], flat[0], 0, m, b, 0, m, _storage(out).reshape(-1), 0, m)
-    driver(*head, 1, n, m) if parallel else driver(*head, 0, K.column_tasks(1, m), n, m)
+    step = out.strides[0] // out.itemsize
+    o = as_strided(_storage(out), shape=((n - 1) * step + m,), strides=(out.itemsize,))
+    lead = K.column_lead(o, 0, step) if stream else 0
+    assert lead >= 0
+    head = (K.OPS[op], flat[0], 0, m, b, 0, m, o, 0, step)
+    if parallel:
+        driver(*head, 1, n, m, lead, stream)
+    else:
+        driver(*head, 0, K.column_tasks(1, m, lead), n, m, lead, stream)
     return out.T
 
 
@@ -171,6 +181,52 @@ def test_streamed_writes_agree_bitwise(op, dtype, shape, offset, rng):
         outside = np.ones(buf.size, bool)
         outside[64 + offset:64 + offset + out.size] = False
         assert (_storage(buf[outside]) == _storage(np.array([sentinel]))[0]).all()
+
+
+# (rows along the axis, columns): a lead and whole bands; a lead and a partial band; rows
+# 32 columns apart: a line per row for float16 tiles, half a line for float32, two lines
+# (a tile) for float64
+COLUMN_STREAM_SHAPES = [(300, 7), (40, 33), (1030, 9)]
+
+
+@pytest.mark.parametrize("offset", [0, 1, 5], ids=lambda k: f"line+{k}")
+@pytest.mark.parametrize("shape", COLUMN_STREAM_SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize(("op", "dtype"), OP_DTYPES,
+                         ids=[f"{op}-{np.dtype(d).name}" for op, d in OP_DTYPES])
+def test_streamed_columns_agree_bitwise(op, dtype, shape, offset, rng):
+    """Along a strided axis, whole tiles stored past the caches after a lead of partial
+    tiles (its width from the output's placement) give the row kernel's bits, serial and
+    parallel, and write nothing outside the output."""
+    inputs = _inputs(op, rng, shape, dtype)
+    expected = _rows(K.rows, op, inputs, parallel=False)
+    m, n = shape
+    width = 32 if np.dtype(dtype).itemsize == 2 else 16  # a tile of 16 from a line start
+    for kernel in {op, COLUMN_OPS.get(op, op)}:
+        for driver, parallel in ((K.columns, False), (K.columns_parallel, True)):
+            # (n, m') rows of m' >= m columns, a line apart: every row placed alike
+            cols = -(-m // width) * width
+            big, buf, sentinel = _placed(np.empty((n, cols), dtype), offset)
+            out = big[:, :m]
+            _columns(driver, kernel, inputs, parallel, stream=True, out=out)
+            assert_bitwise_equal(out.T, expected)
+            outside = np.ones(buf.size, bool)
+            inside = outside[64 + offset:64 + offset + big.size].reshape(big.shape)
+            inside[:, :m] = False
+            assert (_storage(buf[outside]) == _storage(np.array([sentinel]))[0]).all()
+
+
+def test_column_lead_places_whole_tiles_on_lines():
+    for dtype in (np.float16, np.float32, np.float64):
+        item = np.dtype(dtype).itemsize
+        for offset in range(20):
+            out, _, _ = _placed(np.empty(64 * 64, dtype), offset)
+            lead = K.column_lead(out, 0, 64)
+            assert 0 <= lead < K.W
+            assert (out[lead:].ctypes.data) % min(64, K.W * item) == 0
+        odd = np.empty(64 * 64 + 1, np.uint8)[1:].view(np.float32)[:64 * 63]
+        assert K.column_lead(odd, 0, 64) == -1  # misaligned elements
+        out, _, _ = _placed(np.empty(64 * 64, dtype), 0)
+        assert K.column_lead(out, 0, 65) == -1  # runs placed differently
 
 
 @pytest.mark.parametrize("shape", [(21, 40), (9, 100), (3, 1025)], ids=lambda s: f"{s[0]}x{s[1]}")
