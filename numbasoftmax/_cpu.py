@@ -41,7 +41,9 @@ GROUPED_ROW_MAX = {"forward": 8192, "backward": 64}
 # masked plain stores, and below this that cost outweighs the traffic saved. float32,
 # 2^24 elements, 2 threads, against plain stores: log_softmax and the gradients 0.96-1.42x
 # as fast at N = 512-262144 (most 1.1-1.3x), 0.86-1.0x at N = 128. The kernel streams only
-# where its first passes kept nothing in ``out`` (``_row_kernel.may_stream``).
+# where its first passes kept nothing in ``out`` (``_row_kernel.may_stream``). Along a
+# strided axis read in place the rule applies to the runs of contiguous outputs (the inner
+# positions), whose whole column tiles then stream (``run_columns``).
 STREAM_MIN_ROW_BYTES = 2048
 
 

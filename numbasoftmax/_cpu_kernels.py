@@ -14,7 +14,10 @@ None), its row offsets ``wd`` (see ``mask_offset``) and the rows' given values `
 2) float64 or None). Masks and given values run on these drivers only. ``stream``: write
 ``out`` with non-temporal stores where the kernel may (``_row_kernel.may_stream``), each
 serial driver fencing them before it returns. A reduction's (logsumexp's) ``out`` holds
-its values per row at stride ``oo``.
+its values per row at stride ``oo``. ``columns`` and its parallel form take ``lead`` and
+``stream``: whole tiles of ``out`` stored past the caches, the first ``lead`` inner
+positions a partial tile of their own so that the whole ones start cache lines
+(``column_lead``).
 
 The kernels give the same bits for a row whichever driver runs it (``_row_kernel``), so the
 choice of driver, task size and thread count changes no result.
