@@ -307,11 +307,12 @@ def _band_task(task, C, lead):
     ``columns``: the whole tiles of the band of inner positions c0 .. c0 + BAND_TILES * W
     - 1 at o, then a partial tile of k1 positions from c1 (k1 = 0: none). Bands start
     ``lead`` positions in (so that the driver can place whole tiles on line boundaries);
-    positions 0 .. lead-1 are a task of their own, a partial tile."""
+    positions 0 .. lead-1 are a task of their own, a partial tile (all C of them when C
+    <= lead < W)."""
     bands = (lead > 0) + (C - lead + BAND_TILES * W - 1) // (BAND_TILES * W)
     o, band = task // bands, task % bands - (lead > 0)
     if band < 0:
-        return o, 0, 0, 0, lead
+        return o, 0, 0, 0, min(lead, C)
     c0 = lead + band * BAND_TILES * W
     full = min(BAND_TILES, (C - c0) // W)
     c1 = c0 + full * W

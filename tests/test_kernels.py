@@ -59,7 +59,7 @@ def _rows(driver, op, inputs, parallel, side=None, stream=False, out=None):
     return out
 
 
-def _columns(driver, op, inputs, parallel, stream=False, out=None):
+def _columns(driver, op, inputs, parallel, stream=False, out=None, lead=None):
     """Run the lane kernel on the transposed (n, m) arrays: each row a column in place.
     ``stream``: whole tiles of ``out`` (an (n, m) C-ordered array) stored past the caches,
     the bands placed by ``column_lead``."""
@@ -70,7 +70,8 @@ def _columns(driver, op, inputs, parallel, stream=False, out=None):
     b = flat[1] if len(flat) == 2 else flat[0]
     step = out.strides[0] // out.itemsize
     o = as_strided(_storage(out), shape=((n - 1) * step + m,), strides=(out.itemsize,))
-    lead = K.column_lead(o, 0, step) if stream else 0
+    if lead is None:
+        lead = K.column_lead(o, 0, step) if stream else 0
     assert lead >= 0
     head = (K.OPS[op], flat[0], 0, m, b, 0, m, o, 0, step)
     if parallel:
@@ -213,6 +214,20 @@ def test_streamed_columns_agree_bitwise(op, dtype, shape, offset, rng):
             inside = outside[64 + offset:64 + offset + big.size].reshape(big.shape)
             inside[:, :m] = False
             assert (_storage(buf[outside]) == _storage(np.array([sentinel]))[0]).all()
+
+
+@pytest.mark.parametrize("lead", [3, 9, 15])
+def test_a_lead_of_every_column_or_more(lead, rng):
+    """A lead that reaches or passes the last column is a partial tile of every column."""
+    inputs = _inputs("log_softmax", rng, (9, 30), np.float32)
+    expected = _rows(K.rows, "log_softmax", inputs, parallel=False)
+    for driver, parallel in ((K.columns, False), (K.columns_parallel, True)):
+        out, buf, sentinel = _placed(np.empty((30, 9), np.float32), 0)
+        _columns(driver, "log_softmax", inputs, parallel, out=out, lead=lead)
+        assert_bitwise_equal(out.T, expected)
+        outside = np.ones(buf.size, bool)
+        outside[64:64 + out.size] = False
+        assert (buf[outside] == sentinel).all()
 
 
 def test_column_lead_places_whole_tiles_on_lines():
