@@ -141,8 +141,8 @@ def logsumexp_backward(x, lse, dlse, axis=-1, *, b=None, sign=None, where=None, 
 
 
 def _call(op, arrays, axis, out, where=None, dtype=None):
-    if where is None and dtype is None:
-        result = _cpu_path.fast(op, arrays, axis, out)
+    if dtype is None:
+        result = _cpu_path.fast(op, arrays, axis, out, where)
         if result is not None:
             return result
     kind = _inputs.backend(arrays)

@@ -45,6 +45,7 @@ from ._layout import (
 
 _FAST = (np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.float16))
 _F16 = np.dtype(np.float16)
+_BOOL = np.dtype(np.bool_)
 
 
 def _fast_layout(x, axis, count=1):
@@ -67,13 +68,19 @@ def _fast_layout(x, axis, count=1):
     return (flags, p) if p.out.kind == COLUMNS else None
 
 
-def fast(op, arrays, axis, out):
-    """The result of ``op`` for the common case, or None when the general path must run."""
+def fast(op, arrays, axis, out, where=None):
+    """The result of ``op`` for the common case, or None when the general path must run.
+    ``where``: None, or a mask the fast path takes along the last axis (``_fast_side``)."""
     x = arrays[0]
     layout = _fast_layout(x, axis, len(arrays))
     if layout is None:
         return None
     flags, p = layout
+    side = None
+    if where is not None:
+        side = _fast_side(where, x) if p is None else None
+        if side is None:
+            return None
     direct = flags.carray  # aligned and writable too: see _cpu.run
     b = arrays[1] if len(arrays) == 2 else None
     if b is not None:
@@ -101,12 +108,34 @@ def fast(op, arrays, axis, out):
     if x.dtype == _F16:
         a, bf, o = a.view(np.uint16), bf.view(np.uint16), o.view(np.uint16)
     if p is None:
-        _cpu.run(op.name, (a, n, bf, n, o, n, x.size // n, n), direct=direct)
+        _cpu.run(op.name, (a, n, bf, n, o, n, x.size // n, n), side, direct=direct)
     else:  # every array has the layout of x: one outer stride and one axis stride
         s, i = p.out.stride, p.out.axis_stride
         _cpu.run_columns(op.name, (a, s, i, bf, s, i, o, s, i, p.m // p.inner, p.n, p.inner),
                          direct=direct)
     return out
+
+
+_ROW_DIMS = {}  # n -> the mask's row offsets for C-ordered rows of n (``_side``'s dims)
+
+
+def _fast_side(where, x):
+    """The kernels' ``side`` for ``where`` when it is a C-contiguous boolean ndarray of the
+    shape of ``x`` (C-contiguous, rows along the last axis) with rows of two or more
+    elements, else None. It is what ``_side`` gives for such a mask, the mask's bytes
+    read-only as there (one compiled specialization for both)."""
+    if not (type(where) is np.ndarray and where.dtype == _BOOL and where.shape == x.shape
+            and where.flags.c_contiguous):
+        return None
+    n = x.shape[-1]
+    if n < 2:  # rows of one element: ``_side`` takes the mask as constant along them
+        return None
+    dims = _ROW_DIMS.get(n)
+    if dims is None:
+        dims = _ROW_DIMS[n] = np.array([[0, n]], np.int64)
+    flat = where.view(np.uint8).reshape(-1)
+    flat.flags.writeable = False  # a view: the caller's mask stays as it is
+    return flat, dims, None
 
 
 def fast_logsumexp(x, axis, keepdims):

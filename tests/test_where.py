@@ -113,6 +113,52 @@ def test_zero_dim_input_with_a_mask(op, keep, rng):
         assert got == EXCLUDED[op]
 
 
+# the fast path's masks (C-ordered, x's shape, rows along the last axis of two or more)
+# and masks it leaves to the general path
+FAST_MASKS = {"same shape": True, "rows of one": False, "Fortran order": False,
+              "a row's mask": False, "not last axis": False}
+
+
+@pytest.mark.parametrize("case", list(FAST_MASKS))
+@pytest.mark.parametrize("op", OPS)
+def test_the_fast_path_takes_a_mask_of_xs_shape(op, case, rng, monkeypatch):
+    """A C-ordered boolean mask of x's shape runs on the fast path, with the general
+    path's bits and kernels; others take the general path. The mask is not touched."""
+    from numbasoftmax import _cpu_path
+
+    shape, axis = ((5, 1), -1) if case == "rows of one" else ((6, 40), -1)
+    if case == "not last axis":
+        axis = 0
+    inputs = inputs_for(op, rng, shape, np.float32, axis)
+    w = rng.random(shape) < 0.7
+    w[1] = False
+    if case == "Fortran order":
+        w = np.asfortranarray(w)
+    elif case == "a row's mask":
+        w = w[:1]
+    before = w.copy()
+    taken = []
+    fast = _cpu_path.fast
+
+    def spy(*args):
+        taken.append(fast(*args) is not None)
+        return None if not taken[-1] else fast(*args)
+
+    f = getattr(nsm, op)
+    monkeypatch.setattr(_cpu_path, "fast", spy)
+    got = f(*inputs, axis=axis, where=w)
+    assert taken == [FAST_MASKS[case]]
+    assert_bitwise_equal(w, before)
+    assert w.flags.writeable
+    monkeypatch.setattr(_cpu_path, "fast", lambda *args: None)
+    assert_bitwise_equal(got, f(*inputs, axis=axis, where=w))
+    assert_matches_reference(op, got, inputs, axis, where=w)
+    out = np.full_like(got, 7.0)
+    monkeypatch.setattr(_cpu_path, "fast", fast)
+    assert f(*inputs, axis=axis, where=w, out=out) is out
+    assert_bitwise_equal(out, got)
+
+
 def test_excluded_non_finite_values_take_no_part(rng):
     x = rng.standard_normal((4, 30)).astype(np.float32)
     where = np.ones((4, 30), bool)
