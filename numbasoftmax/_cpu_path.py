@@ -15,7 +15,8 @@ unmasked kernels and fills the excluded rows), given row values (logsumexp's gra
 
 ``fast`` is the common case without any of that: C-contiguous float arrays along
 one axis (rows, or columns read in place as the plan would), a fresh or C-contiguous
-non-overlapping ``out``. It checks only what it relies
+non-overlapping ``out``, and no mask or a C-contiguous boolean mask of the input's shape
+along the last axis. It checks only what it relies
 on, so an 8x128 call costs a few microseconds; anything else returns None and takes the
 general path (which applies every input rule). ``fast_logsumexp`` is the same for
 logsumexp without options.
