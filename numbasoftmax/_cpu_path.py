@@ -16,7 +16,7 @@ unmasked kernels and fills the excluded rows), given row values (logsumexp's gra
 ``fast`` is the common case without any of that: C-contiguous float arrays along
 one axis (rows, or columns read in place as the plan would), a fresh or C-contiguous
 non-overlapping ``out``, and no mask or a C-contiguous boolean mask of the input's shape
-along the last axis. It checks only what it relies
+(or of its rows' shape) along the last axis. It checks only what it relies
 on, so an 8x128 call costs a few microseconds; anything else returns None and takes the
 general path (which applies every input rule). ``fast_logsumexp`` is the same for
 logsumexp without options.
@@ -117,23 +117,30 @@ def fast(op, arrays, axis, out, where=None):
     return out
 
 
-_ROW_DIMS = {}  # n -> the mask's row offsets for C-ordered rows of n (``_side``'s dims)
+_ROW_DIMS = {0: np.empty((0, 2), np.int64)}  # row pitch -> the mask's row offsets
+# (``_side``'s dims): C-ordered rows of n at n, one row for every row at 0
 
 
 def _fast_side(where, x):
     """The kernels' ``side`` for ``where`` when it is a C-contiguous boolean ndarray of the
-    shape of ``x`` (C-contiguous, rows along the last axis) with rows of two or more
-    elements, else None. It is what ``_side`` gives for such a mask, the mask's bytes
-    read-only as there (one compiled specialization for both)."""
-    if not (type(where) is np.ndarray and where.dtype == _BOOL and where.shape == x.shape
-            and where.flags.c_contiguous):
+    shape of ``x`` (C-contiguous, rows along the last axis), or of its rows' shape (one
+    mask for every row), with rows of two or more elements; else None. It is what
+    ``_side`` gives for such a mask, the mask's bytes read-only as there (one compiled
+    specialization for both)."""
+    if not (type(where) is np.ndarray and where.dtype == _BOOL and where.flags.c_contiguous):
         return None
     n = x.shape[-1]
+    if where.shape == x.shape:
+        pitch = n
+    elif where.shape == (n,):
+        pitch = 0
+    else:
+        return None
     if n < 2:  # rows of one element: ``_side`` takes the mask as constant along them
         return None
-    dims = _ROW_DIMS.get(n)
+    dims = _ROW_DIMS.get(pitch)
     if dims is None:
-        dims = _ROW_DIMS[n] = np.array([[0, n]], np.int64)
+        dims = _ROW_DIMS[pitch] = np.array([[0, pitch]], np.int64)
     flat = where.view(np.uint8).reshape(-1)
     flat.flags.writeable = False  # a view: the caller's mask stays as it is
     return flat, dims, None

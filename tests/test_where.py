@@ -115,8 +115,8 @@ def test_zero_dim_input_with_a_mask(op, keep, rng):
 
 # the fast path's masks (C-ordered, x's shape, rows along the last axis of two or more)
 # and masks it leaves to the general path
-FAST_MASKS = {"same shape": True, "rows of one": False, "Fortran order": False,
-              "a row's mask": False, "not last axis": False}
+FAST_MASKS = {"same shape": True, "one row's shape": True, "rows of one": False,
+              "Fortran order": False, "a column's mask": False, "not last axis": False}
 
 
 @pytest.mark.parametrize("case", list(FAST_MASKS))
@@ -134,8 +134,10 @@ def test_the_fast_path_takes_a_mask_of_xs_shape(op, case, rng, monkeypatch):
     w[1] = False
     if case == "Fortran order":
         w = np.asfortranarray(w)
-    elif case == "a row's mask":
-        w = w[:1]
+    elif case == "one row's shape":
+        w = w[0]
+    elif case == "a column's mask":  # (M, 1): constant along the rows
+        w = w[:, :1]
     before = w.copy()
     taken = []
     fast = _cpu_path.fast
