@@ -257,9 +257,7 @@ def run_columns(op, args, direct=False):
     else:
         *arrays, m, n, c = args
         out, so, io = arrays[6:]
-    # runs of C contiguous outputs, m * n of them
-    lead = k.column_lead(out, so, io) if streams(m * n, c, out.itemsize) else -1
-    stream, lead = lead >= 0, max(lead, 0)
+    lead, stream = column_stream(out, so, io, m * n, c)
     if m * n * c < PARALLEL_MIN_ELEMENTS or not parallel_allowed():
         call = (marker, *arrays, 0, k.column_tasks(m, c, lead), n, c, lead, stream)
         if direct:
@@ -268,6 +266,17 @@ def run_columns(op, args, direct=False):
             k.columns(*call)
     else:
         _parallel(k.columns_parallel, (marker, *arrays, m, n, c, lead, stream))
+
+
+def column_stream(out, so, io, runs, c):
+    """(lead, stream) of the column drivers for ``runs`` runs of c contiguous outputs in
+    flat ``out`` (outer and axis strides so, io): stream where ``streams`` says so and
+    ``_cpu_kernels.column_lead`` can place whole tiles on line boundaries (then ``lead``
+    is its lead, else 0)."""
+    from . import _cpu_kernels
+
+    lead = _cpu_kernels.column_lead(out, so, io) if streams(runs, c, out.itemsize) else -1
+    return max(lead, 0), lead >= 0
 
 
 # Below this many elements numpy's own strided copy is as fast and needs no compilation.

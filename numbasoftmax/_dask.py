@@ -322,9 +322,10 @@ def _stats_task(spec, *blocks):
             part = st if runs == 1 else np.empty((m * runs, 2, nc))
             columns = _columns(spec, blocks)
             if columns is not None:
-                tasks, views, order, _ = columns
+                (outer, along, inner), views, order = columns
                 cst = np.empty((m * runs, 2, nc))
-                k.segment_columns_stats(op, *views[0], *views[-2], 0, *tasks, cst)
+                k.segment_columns_stats(op, *views[0], *views[-2], 0,
+                                        k.column_tasks(outer, inner), along, inner, cst)
                 part[:, :, :nc] = order.to_rows(cst)
             else:
                 for lo, hi, rows in _panels(spec, blocks):
@@ -384,12 +385,8 @@ def _write_task(spec, *args):
         st = np.ascontiguousarray(st)
         columns = _columns(spec, blocks, out)
         if columns is not None:
-            (_, along, inner), views, order, outer = columns
-            # the block's runs of ``inner`` contiguous outputs, past the caches when large
-            runs_out = out.size // inner
-            lead = (k.column_lead(*views[-1]) if _cpu.streams(runs_out, inner, out.itemsize)
-                    else -1)
-            stream, lead = lead >= 0, max(lead, 0)
+            (outer, along, inner), views, order = columns
+            lead, stream = _cpu.column_stream(*views[-1], out.size // inner, inner)
             k.segment_columns_write(k.OPS[spec.key], *views[0], *views[-2], *views[-1], 0,
                                     k.column_tasks(outer, inner, lead), along, inner,
                                     order.from_rows(st), order.from_rows(fin), lead, stream)
@@ -489,10 +486,9 @@ def _columns(spec, blocks, out=None):
     """How the kernels read the runs of numpy ``blocks`` (and write ``out``) in place when
     the run axes are not the contiguous ones (softmax over axis 0 of C-ordered blocks): a
     row per vector lane, along the axis at its stride, as the one-pass path does; no copy.
-    Returns ((outer positions' tasks, n, C), [(flat, outer stride, axis stride) per block
-    (then out, or the first block again)], _Order, outer positions), or None where the
-    layout plan has no such access (rows in place, or layouts that are copied in
-    panels)."""
+    Returns ((outer positions, n, C), [(flat, outer stride, axis stride) per block (then
+    out, or the first block again)], _Order), or None where the layout plan has no such
+    access (rows in place, or layouts that are copied in panels)."""
     arrays = [_bits(b) for b in blocks]
     ndim = arrays[0].ndim
     split = ndim - spec.run_axes
@@ -502,12 +498,8 @@ def _columns(spec, blocks, out=None):
         return None
     p, flat = found
     views = [tuple(flat[i:i + 3]) for i in range(0, len(flat), 3)]
-    from . import _cpu_kernels as k
-
-    outer = p.m // p.inner
-    tasks = (k.column_tasks(outer, p.inner), p.n, p.inner)
     order = _Order(arrays[0].shape, p.perm[:split], _perm(ndim, spec.axes)[:split])
-    return tasks, views, order, outer
+    return (p.m // p.inner, p.n, p.inner), views, order
 
 
 def _leaves(nested):
