@@ -6,7 +6,9 @@ n elements along the softmax axis, C inner positions. Element j of row (o, i) of
 ``a[o*ao + j*an + i]``. Rows read in place have an = 1 and C = 1; a strided axis read in
 place has C > 1, and the lane kernel runs W inner positions at a time. For softmax and
 log_softmax ``b`` is ``a``; for logsumexp it is the weights or None. The serial drivers
-take a range of tasks (lo, hi) instead of M.
+take a range of tasks (lo, hi) instead of M; their parallel forms (``*_parallel``) run
+them on tasks of TASK_ELEMENTS elements or more, calling their compiled code by address
+(``_serial_call``).
 
 The row drivers (``rows``, ``grouped_rows``, their parallel forms and ``chunks_parallel``)
 take two more arguments. ``side``: None, or ``(w, wd, rv)`` with the mask ``w`` (bytes or
@@ -48,6 +50,7 @@ from ._row_kernel import (
     stats,
     write,
 )
+from ._serial_call import ParallelDriver
 from ._simd import ALL, W, compute_type
 from ._vmem import STREAM_ALIGN, seg, vfence, vgather, vload, vscatter, vstore
 
@@ -338,38 +341,35 @@ def columns(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, lead, stream):
         vfence()
 
 
-@njit(**_PARALLEL)
-def rows_parallel(op, a, ao, an, b, bo, bn, out, oo, on, M, n, C, side, stream):
-    g = max(1, TASK_ELEMENTS // n)
-    for t in prange((M + g - 1) // g):
-        rows(op, a, ao, an, b, bo, bn, out, oo, on, t * g, min(M, (t + 1) * g), n, C, side,
-             stream)
+# The parallel forms of the serial drivers: tasks of TASK_ELEMENTS elements or more, each a
+# call of the serial driver's own compiled code (``_serial_call``). Each gives (tasks,
+# tasks per call) for its arguments; M sits at position 10.
+
+def _row_tasks(args):
+    M, n = args[10], args[11]
+    return M, max(1, TASK_ELEMENTS // n)
 
 
-@njit(**_PARALLEL)
-def grouped_rows_parallel(op, a, ao, an, b, bo, bn, out, oo, on, M, n, C, side, stream):
-    size = group_size(n)
-    g = (max(1, TASK_ELEMENTS // n) + size - 1) // size * size  # whole groups
-    for t in prange((M + g - 1) // g):
-        grouped_rows(op, a, ao, an, b, bo, bn, out, oo, on, t * g, min(M, (t + 1) * g), n, C,
-                     side, stream)
+def _group_tasks(args):
+    M, n = args[10], args[11]
+    size = group_size.py_func(n)
+    return M, (max(1, TASK_ELEMENTS // n) + size - 1) // size * size  # whole groups
 
 
-@njit(**_PARALLEL)
-def short_rows_parallel(op, a, ao, an, b, bo, bn, out, oo, on, M, n, C):
-    g = (max(1, TASK_ELEMENTS // n) + W - 1) // W * W
-    for t in prange((M + g - 1) // g):
-        short_rows(op, a, ao, an, b, bo, bn, out, oo, on, t * g, min(M, (t + 1) * g), n, C)
+def _tile_tasks(args):
+    M, n = args[10], args[11]
+    return M, (max(1, TASK_ELEMENTS // n) + W - 1) // W * W  # whole tiles
 
 
-@njit(**_PARALLEL)
-def columns_parallel(op, a, ao, an, b, bo, bn, out, oo, on, M, n, C, lead, stream):
-    # column_tasks(M, C, lead)
-    tasks = M * ((lead > 0) + (C - lead + BAND_TILES * W - 1) // (BAND_TILES * W))
-    g = max(1, TASK_ELEMENTS // (n * BAND_TILES * W))
-    for t in prange((tasks + g - 1) // g):
-        columns(op, a, ao, an, b, bo, bn, out, oo, on, t * g, min(tasks, (t + 1) * g), n, C,
-                lead, stream)
+def _band_tasks(args):
+    M, n, C, lead = args[10:14]
+    return column_tasks(M, C, lead), max(1, TASK_ELEMENTS // (n * BAND_TILES * W))
+
+
+rows_parallel = ParallelDriver(rows, _row_tasks)
+grouped_rows_parallel = ParallelDriver(grouped_rows, _group_tasks)
+short_rows_parallel = ParallelDriver(short_rows, _tile_tasks)
+columns_parallel = ParallelDriver(columns, _band_tasks)
 
 
 @njit(**INTERNAL)

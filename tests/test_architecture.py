@@ -21,7 +21,7 @@ BACKENDS = {"numbasoftmax._cpu_path", "numbasoftmax._dask", "numbasoftmax._dask_
 # numba code, and what it may import
 KERNELS = {"numbasoftmax._cpu_kernels", "numbasoftmax._row_kernel", "numbasoftmax._lane_kernel",
            "numbasoftmax._simd", "numbasoftmax._vmem", "numbasoftmax._vmath",
-           "numbasoftmax._markers"}
+           "numbasoftmax._markers", "numbasoftmax._serial_call"}
 
 
 def _module_name(path):

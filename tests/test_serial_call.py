@@ -1,0 +1,112 @@
+"""The parallel drivers call the serial drivers' own machine code by address."""
+
+from __future__ import annotations
+
+import itertools
+
+import numba
+import numpy as np
+import pytest
+from numba import typeof
+
+from numbasoftmax import _cpu_kernels as K
+from numbasoftmax import _serial_call as S
+
+
+def _unaligned(n, dtype):
+    """A writable 1-D array of ``dtype`` one byte past an aligned address."""
+    raw = np.zeros(n * np.dtype(dtype).itemsize + 1, np.uint8)
+    a = raw[1:].view(dtype)
+    assert not a.flags.aligned
+    return a
+
+
+def _readonly(a):
+    a = a.copy()
+    a.flags.writeable = False
+    return a
+
+
+def _row_args(a, b, out, side=None, stream=False, ints=(64, 1, 64, 1, 64, 1, 4, 64, 1)):
+    sa, an, sb, bn, so, on, m, n, c = ints
+    return (K.OPS["softmax_backward"], a, sa, an, b, sb, bn, out, so, on, m, n, c, side,
+            stream)
+
+
+def _variants():
+    f4 = np.zeros(256, np.float32)
+    f8 = np.zeros(256, np.float64)
+    mask = np.ones(256, np.uint8)
+    dims = np.zeros((1, 2), np.int64)
+    return {
+        "plain": _row_args(f4, f4, f4),
+        "float64": _row_args(f8, f8, f8),
+        "read-only b": _row_args(f4, _readonly(f4), f4),
+        "unaligned a": _row_args(_unaligned(256, np.float32), f4, f4),
+        "strided out": _row_args(f4, f4, np.zeros(512, np.float32)[::2]),
+        "2-D a": _row_args(f4.reshape(16, 16), f4, f4),
+        "masked": _row_args(f4, f4, f4, side=(mask, dims, None)),
+        "masked, read-only mask": _row_args(f4, f4, f4, side=(_readonly(mask), dims, None)),
+        "masked, unaligned values": _row_args(f4, f4, f4, side=(mask, dims,
+                                                                _unaligned(8, np.float64))),
+        "streamed": _row_args(f4, f4, f4, stream=True),
+        "numpy int strides": _row_args(f4, f4, f4, ints=(np.int32(64), 1, 64, 1, 64, 1, 4,
+                                                        64, 1)),
+        "other op": (K.OPS["log_softmax_backward"], *_row_args(f4, f4, f4)[1:]),
+    }
+
+
+@pytest.mark.parametrize("first, second", list(itertools.combinations(_variants(), 2)))
+def test_type_keys_tell_numbas_types_apart(first, second):
+    """Two argument lists share a key exactly when numba gives them the same types: a key
+    shared by different types would call code compiled for other arguments."""
+    v = _variants()
+    types_equal = tuple(map(typeof, v[first])) == tuple(map(typeof, v[second]))
+    assert types_equal == (S._type_key(v[first]) == S._type_key(v[second]))
+
+
+def test_equal_arguments_share_a_key():
+    a = np.zeros(256, np.float32)
+    assert S._type_key(_row_args(a, a, a)) == S._type_key(_row_args(a.copy(), a[:128], a))
+
+
+def test_the_tasks_loop_holds_none_of_the_serial_code():
+    """The loop calls the serial driver through its address: numba did not link the
+    driver's code into it (which cost ~1 s of LLVM per first large call). Compiled here
+    afresh, so that its IR is at hand whatever the disk cache holds."""
+    x = np.random.default_rng(0).standard_normal((64, 512)).astype(np.float32)
+    out = np.empty_like(x)
+    head = (K.OPS["softmax"], x.ravel(), 512, 1, x.ravel(), 512, 1, out.ravel(), 512, 1)
+    loop = numba.njit(**dict(S._LOOP, cache=False))(S._tasks.py_func)
+    address = K.grouped_rows_parallel.address(*head, 64, 512, 1, None, False)
+    loop(address, 64, 32, *head, 512, 1, None, False)
+    (ir,) = loop.inspect_llvm().values()
+    assert "inttoptr" in ir
+    assert "grouped_rows" not in ir  # in the mangled name of a linked or called driver
+
+
+@pytest.mark.parametrize("layout", ["unaligned", "read-only"])
+def test_each_specialization_gets_its_own_serial_code(layout):
+    """Arguments of other numba types reach the serial driver compiled for them, with the
+    bits of the serial call."""
+    rng = np.random.default_rng(1)
+    m, n = 80, 512
+    y = rng.random((m, n)).astype(np.float32)
+    dy = rng.standard_normal((m, n)).astype(np.float32)
+    if layout == "unaligned":
+        flat = _unaligned(m * n, np.float32)
+        flat[:] = y.ravel()
+    else:
+        flat = _readonly(y.ravel())
+    expected = np.empty(m * n, np.float32)
+    K.rows(K.OPS["softmax_backward"], y.ravel(), n, 1, dy.ravel(), n, 1, expected, n, 1, 0, m,
+           n, 1, None, False)
+    got = np.empty(m * n, np.float32)
+    args = (K.OPS["softmax_backward"], flat, n, 1, dy.ravel(), n, 1, got, n, 1, m, n, 1, None,
+            False)
+    K.rows_parallel(*args)
+    assert got.tobytes() == expected.tobytes()
+    # numba types an unaligned array as an aligned one (and runs the same code on it)
+    plain = (K.OPS["softmax_backward"], y.ravel(), *args[2:])
+    same = K.rows_parallel.address(*args) == K.rows_parallel.address(*plain)
+    assert same == (layout == "unaligned")
