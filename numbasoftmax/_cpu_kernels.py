@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange, types
 from numba.core.imputils import impl_ret_borrowed
-from numba.extending import intrinsic, overload
+from numba.extending import intrinsic, overload, register_jitable
 
 from ._config import CACHE
 from ._disk_cache import njit
@@ -50,7 +50,7 @@ from ._row_kernel import (
     stats,
     write,
 )
-from ._serial_call import ParallelDriver
+from ._serial_call import ParallelDriver, call_address
 from ._simd import ALL, W, compute_type
 from ._vmem import STREAM_ALIGN, seg, vfence, vgather, vload, vscatter, vstore
 
@@ -285,6 +285,7 @@ def short_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C):
         _put(op, to, out, oo, full, hi - full, n)
 
 
+@register_jitable
 def column_tasks(M, C, lead=0):
     """The number of tasks (outer position, band) of ``columns`` for M x C positions, the
     first ``lead`` inner positions a band of their own."""
@@ -342,34 +343,57 @@ def columns(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, lead, stream):
 
 
 # The parallel forms of the serial drivers: tasks of TASK_ELEMENTS elements or more, each a
-# call of the serial driver's own compiled code (``_serial_call``). Each gives (tasks,
-# tasks per call) for its arguments; M sits at position 10.
-
-def _row_tasks(args):
-    M, n = args[10], args[11]
-    return M, max(1, TASK_ELEMENTS // n)
+# call of the serial driver's own compiled code by address (``_serial_call``). One loop for
+# the drivers of 16 arguments, one for ``short_rows``; ``kind`` says how tasks are counted.
+ROW_TASKS, GROUP_TASKS, TILE_TASKS, BAND_TASKS = range(4)
 
 
-def _group_tasks(args):
-    M, n = args[10], args[11]
-    size = group_size.py_func(n)
-    return M, (max(1, TASK_ELEMENTS // n) + size - 1) // size * size  # whole groups
+def _lead(x):
+    """``columns``' lead where the last-but-one argument is one, else 0."""
 
 
-def _tile_tasks(args):
-    M, n = args[10], args[11]
-    return M, (max(1, TASK_ELEMENTS // n) + W - 1) // W * W  # whole tiles
+@overload(_lead, jit_options=INLINE)
+def _lead_impl(x):
+    if isinstance(x, types.Integer):
+        return lambda x: x
+    return lambda x: 0
 
 
-def _band_tasks(args):
-    M, n, C, lead = args[10:14]
-    return column_tasks(M, C, lead), max(1, TASK_ELEMENTS // (n * BAND_TILES * W))
+@njit(inline="always", **INTERNAL)
+def _task_split(kind, M, n, C, lead):
+    """(tasks, tasks per call): rows, whole groups of rows, whole tiles of W rows, or
+    bands of ``columns``."""
+    if kind == BAND_TASKS:
+        return column_tasks(M, C, lead), max(1, TASK_ELEMENTS // (n * BAND_TILES * W))
+    per = max(1, TASK_ELEMENTS // n)
+    if kind == GROUP_TASKS:
+        size = group_size(n)
+        per = (per + size - 1) // size * size
+    elif kind == TILE_TASKS:
+        per = (per + W - 1) // W * W
+    return M, per
 
 
-rows_parallel = ParallelDriver(rows, _row_tasks)
-grouped_rows_parallel = ParallelDriver(grouped_rows, _group_tasks)
-short_rows_parallel = ParallelDriver(short_rows, _tile_tasks)
-columns_parallel = ParallelDriver(columns, _band_tasks)
+@njit(**_PARALLEL)
+def _tasks(serial, kind, op, a, ao, an, b, bo, bn, out, oo, on, M, n, C, x, y):
+    total, per = _task_split(kind, M, n, C, _lead(x))
+    for t in prange((total + per - 1) // per):
+        lo, hi = np.int64(t * per), np.int64(min(total, (t + 1) * per))
+        call_address(serial, (op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, x, y))
+
+
+@njit(**_PARALLEL)
+def _tasks_short(serial, kind, op, a, ao, an, b, bo, bn, out, oo, on, M, n, C):
+    total, per = _task_split(kind, M, n, C, 0)
+    for t in prange((total + per - 1) // per):
+        lo, hi = np.int64(t * per), np.int64(min(total, (t + 1) * per))
+        call_address(serial, (op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C))
+
+
+rows_parallel = ParallelDriver(rows, _tasks, ROW_TASKS)
+grouped_rows_parallel = ParallelDriver(grouped_rows, _tasks, GROUP_TASKS)
+short_rows_parallel = ParallelDriver(short_rows, _tasks_short, TILE_TASKS)
+columns_parallel = ParallelDriver(columns, _tasks, BAND_TASKS)
 
 
 @njit(**INTERNAL)

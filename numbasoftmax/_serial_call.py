@@ -4,24 +4,22 @@ A parallel driver is a ``prange`` over tasks, each a call of a serial driver on 
 tasks (rows, tiles or bands). Calling the serial driver directly, numba links its code into
 the parallel one and optimizes it again inside each parfor library it makes: ~1 s of LLVM
 on a user's first large call (float32 softmax over 1000 x 1000 compiled its parallel
-driver in 1.2-1.6 s). Here one loop, ``_tasks``, gets the address of the serial driver's
-specialization as an integer argument and calls through it (``call_address``): it
-compiles on its own, in a fraction of that, and holds no process-specific constant, so
-numba's disk cache keeps it. Every task runs the code a serial call runs: the same bits
-by construction.
+driver in 1.2-1.6 s). Here the loop gets the address of the serial driver's specialization
+as an integer argument and calls through it (``call_address``): it compiles on its own, in
+a fraction of that, and holds no process-specific constant, so numba's disk cache keeps it.
+Every task runs the code a serial call runs: the same bits by construction.
+
+The loops (``_cpu_kernels``) take their arguments flat: numba's dispatcher types a tuple
+argument, or ``*args``, in Python (~50 us a call).
 """
 
 from __future__ import annotations
 
-import numpy as np
-from numba import prange, types
+from numba import types
 from numba._dispatcher import compute_fingerprint as fingerprint
 from numba.core import cgutils
 from numba.core.callconv import excinfo_ptr_t
 from numba.extending import intrinsic
-
-from ._config import CACHE
-from ._disk_cache import njit
 
 
 @intrinsic
@@ -58,48 +56,24 @@ def _type_key(args):
     return args[0].key, fingerprint(args[1:])
 
 
-# the serial drivers' task bounds as ``_tasks`` passes them: numba's int64
+# the serial drivers' task bounds as the loops pass them: numba's int64
 _TASK_RANGE = (0, 0)
-
-
-_LOOP = dict(cache=CACHE, nogil=True, parallel=True, error_model="numpy", boundscheck=False)
-
-
-# Tasks 0 .. total-1, ``per`` a call: serial(op, a.., b.., out.., lo, hi, n, C[, x, y]). The
-# arguments come flat, one loop per arity: numba's dispatcher types a tuple, or ``*args``,
-# in Python (~50 us a call).
-
-@njit(**_LOOP)
-def _tasks(serial, total, per, op, a, ao, an, b, bo, bn, out, oo, on, n, C, x, y):
-    for t in prange((total + per - 1) // per):
-        lo, hi = np.int64(t * per), np.int64(min(total, (t + 1) * per))
-        call_address(serial, (op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, x, y))
-
-
-@njit(**_LOOP)
-def _tasks_short(serial, total, per, op, a, ao, an, b, bo, bn, out, oo, on, n, C):
-    for t in prange((total + per - 1) // per):
-        lo, hi = np.int64(t * per), np.int64(min(total, (t + 1) * per))
-        call_address(serial, (op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C))
+AT = 10  # where the loops' arguments have M and the serial drivers' lo, hi
 
 
 class ParallelDriver:
-    """The parallel form of serial driver ``serial``, called with its arguments with M (at
-    position ``AT``) in place of its task range lo, hi; ``tasks(args)`` gives (tasks,
-    tasks per call)."""
+    """The parallel form of serial driver ``serial``: called with its arguments, M in
+    place of its task range lo, hi (at position ``AT``), it runs ``loop(address, kind,
+    *args)``, a ``prange`` over the tasks (counted as ``kind`` says) that calls ``serial``
+    at ``address`` for each."""
 
-    AT = 10  # as in ``_tasks``
-
-    def __init__(self, serial, tasks):
-        self.serial, self.tasks = serial, tasks
+    def __init__(self, serial, loop, kind):
+        self.serial, self.loop, self.kind = serial, loop, kind
         self._addresses = {}
 
     def __call__(self, *args):
-        address = self._addresses.get(_type_key(args)) or self.address(*args)
-        total, per = self.tasks(args)
-        at = self.AT
-        (_tasks if len(args) == 15 else _tasks_short)(address, total, per, *args[:at],
-                                                      *args[at + 1:])
+        self.loop(self._addresses.get(_type_key(args)) or self.address(*args), self.kind,
+                  *args)
 
     def address(self, *args):
         """The address of the serial driver's specialization for these arguments (compiled,
@@ -108,8 +82,8 @@ class ParallelDriver:
         address = self._addresses.get(key)
         if address is not None:
             return address
-        serial, at = self.serial, self.AT
-        sig = tuple(serial.typeof_pyval(v) for v in (*args[:at], *_TASK_RANGE, *args[at + 1:]))
+        serial = self.serial
+        sig = tuple(serial.typeof_pyval(v) for v in (*args[:AT], *_TASK_RANGE, *args[AT + 1:]))
         compiled = serial.overloads.get(sig)
         if compiled is None:
             serial.compile(sig)  # numba's compiler lock serializes concurrent callers

@@ -77,9 +77,9 @@ def test_the_tasks_loop_holds_none_of_the_serial_code():
     x = np.random.default_rng(0).standard_normal((64, 512)).astype(np.float32)
     out = np.empty_like(x)
     head = (K.OPS["softmax"], x.ravel(), 512, 1, x.ravel(), 512, 1, out.ravel(), 512, 1)
-    loop = numba.njit(**dict(S._LOOP, cache=False))(S._tasks.py_func)
+    loop = numba.njit(**dict(K._PARALLEL, cache=False))(K._tasks.py_func)
     address = K.grouped_rows_parallel.address(*head, 64, 512, 1, None, False)
-    loop(address, 64, 32, *head, 512, 1, None, False)
+    loop(address, K.GROUP_TASKS, *head, 64, 512, 1, None, False)
     (ir,) = loop.inspect_llvm().values()
     assert "inttoptr" in ir
     assert "grouped_rows" not in ir  # in the mangled name of a linked or called driver
