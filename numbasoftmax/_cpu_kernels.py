@@ -30,12 +30,12 @@ from __future__ import annotations
 import numpy as np
 from numba import prange, types
 from numba.core.imputils import impl_ret_borrowed
-from numba.extending import intrinsic, overload, register_jitable
+from numba.extending import intrinsic, overload
 
 from ._config import CACHE
 from ._disk_cache import njit
 from ._lane_kernel import band, band_stats, band_write
-from ._markers import INLINE, same
+from ._markers import INLINE, Marker, same
 from ._row_kernel import (
     CHUNK,
     INTERNAL,
@@ -285,7 +285,6 @@ def short_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C):
         _put(op, to, out, oo, full, hi - full, n)
 
 
-@register_jitable
 def column_tasks(M, C, lead=0):
     """The number of tasks (outer position, band) of ``columns`` for M x C positions, the
     first ``lead`` inner positions a band of their own."""
@@ -344,56 +343,53 @@ def columns(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, lead, stream):
 
 # The parallel forms of the serial drivers: tasks of TASK_ELEMENTS elements or more, each a
 # call of the serial driver's own compiled code by address (``_serial_call``). One loop for
-# the drivers of 16 arguments, one for ``short_rows``; ``kind`` says how tasks are counted.
-ROW_TASKS, GROUP_TASKS, TILE_TASKS, BAND_TASKS = range(4)
+# the drivers of 16 arguments, one for ``short_rows``, given the number of tasks and the
+# tasks per call (counted here in Python: in the loops, the arithmetic's typing and
+# inlining made their first compile 0.2-0.3 s longer). M comes along unused.
+
+def _row_tasks(args):
+    return args[10], max(1, TASK_ELEMENTS // args[11])
 
 
-def _lead(x):
-    """``columns``' lead where the last-but-one argument is one, else 0."""
+def _group_tasks(args):
+    n = args[11]
+    size = group_size.py_func(n)
+    return args[10], (max(1, TASK_ELEMENTS // n) + size - 1) // size * size  # whole groups
 
 
-@overload(_lead, jit_options=INLINE)
-def _lead_impl(x):
-    if isinstance(x, types.Integer):
-        return lambda x: x
-    return lambda x: 0
+def _tile_tasks(args):
+    return args[10], (max(1, TASK_ELEMENTS // args[11]) + W - 1) // W * W  # whole tiles
 
 
-@njit(inline="always", **INTERNAL)
-def _task_split(kind, M, n, C, lead):
-    """(tasks, tasks per call): rows, whole groups of rows, whole tiles of W rows, or
-    bands of ``columns``."""
-    if kind == BAND_TASKS:
-        return column_tasks(M, C, lead), max(1, TASK_ELEMENTS // (n * BAND_TILES * W))
-    per = max(1, TASK_ELEMENTS // n)
-    if kind == GROUP_TASKS:
-        size = group_size(n)
-        per = (per + size - 1) // size * size
-    elif kind == TILE_TASKS:
-        per = (per + W - 1) // W * W
-    return M, per
+def _band_tasks(args):
+    M, n, C, lead = args[10:14]
+    return column_tasks(M, C, lead), max(1, TASK_ELEMENTS // (n * BAND_TILES * W))
 
 
-@njit(**_PARALLEL)
-def _tasks(serial, kind, op, a, ao, an, b, bo, bn, out, oo, on, M, n, C, x, y):
-    total, per = _task_split(kind, M, n, C, _lead(x))
-    for t in prange((total + per - 1) // per):
-        lo, hi = np.int64(t * per), np.int64(min(total, (t + 1) * per))
-        call_address(serial, (op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, x, y))
+# The loops do not take the operation: the address has chosen its code, and a marker
+# carries no data (every marker is the same null pointer to compiled code), so ANY_OP
+# stands in for it and one loop serves every operation of a dtype.
+ANY_OP = Marker("any operation")
 
 
 @njit(**_PARALLEL)
-def _tasks_short(serial, kind, op, a, ao, an, b, bo, bn, out, oo, on, M, n, C):
-    total, per = _task_split(kind, M, n, C, 0)
+def _tasks(serial, total, per, a, ao, an, b, bo, bn, out, oo, on, M, n, C, x, y):
     for t in prange((total + per - 1) // per):
         lo, hi = np.int64(t * per), np.int64(min(total, (t + 1) * per))
-        call_address(serial, (op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C))
+        call_address(serial, (ANY_OP, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, x, y))
 
 
-rows_parallel = ParallelDriver(rows, _tasks, ROW_TASKS)
-grouped_rows_parallel = ParallelDriver(grouped_rows, _tasks, GROUP_TASKS)
-short_rows_parallel = ParallelDriver(short_rows, _tasks_short, TILE_TASKS)
-columns_parallel = ParallelDriver(columns, _tasks, BAND_TASKS)
+@njit(**_PARALLEL)
+def _tasks_short(serial, total, per, a, ao, an, b, bo, bn, out, oo, on, M, n, C):
+    for t in prange((total + per - 1) // per):
+        lo, hi = np.int64(t * per), np.int64(min(total, (t + 1) * per))
+        call_address(serial, (ANY_OP, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C))
+
+
+rows_parallel = ParallelDriver(rows, _tasks, _row_tasks)
+grouped_rows_parallel = ParallelDriver(grouped_rows, _tasks, _group_tasks)
+short_rows_parallel = ParallelDriver(short_rows, _tasks_short, _tile_tasks)
+columns_parallel = ParallelDriver(columns, _tasks, _band_tasks)
 
 
 @njit(**INTERNAL)

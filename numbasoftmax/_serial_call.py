@@ -63,17 +63,18 @@ AT = 10  # where the loops' arguments have M and the serial drivers' lo, hi
 
 class ParallelDriver:
     """The parallel form of serial driver ``serial``: called with its arguments, M in
-    place of its task range lo, hi (at position ``AT``), it runs ``loop(address, kind,
-    *args)``, a ``prange`` over the tasks (counted as ``kind`` says) that calls ``serial``
-    at ``address`` for each."""
+    place of its task range lo, hi (at position ``AT``), it runs ``loop(address, total,
+    per, *args[1:])``, a ``prange`` over ``total`` tasks, ``per`` a call of ``serial`` at
+    ``address``, as ``tasks(args)`` gives them (the address stands for the operation, the
+    first argument)."""
 
-    def __init__(self, serial, loop, kind):
-        self.serial, self.loop, self.kind = serial, loop, kind
+    def __init__(self, serial, loop, tasks):
+        self.serial, self.loop, self.tasks = serial, loop, tasks
         self._addresses = {}
 
     def __call__(self, *args):
-        self.loop(self._addresses.get(_type_key(args)) or self.address(*args), self.kind,
-                  *args)
+        address = self._addresses.get(_type_key(args)) or self.address(*args)
+        self.loop(address, *self.tasks(args), *args[1:])
 
     def address(self, *args):
         """The address of the serial driver's specialization for these arguments (compiled,

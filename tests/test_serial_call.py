@@ -79,7 +79,7 @@ def test_the_tasks_loop_holds_none_of_the_serial_code():
     head = (K.OPS["softmax"], x.ravel(), 512, 1, x.ravel(), 512, 1, out.ravel(), 512, 1)
     loop = numba.njit(**dict(K._PARALLEL, cache=False))(K._tasks.py_func)
     address = K.grouped_rows_parallel.address(*head, 64, 512, 1, None, False)
-    loop(address, K.GROUP_TASKS, *head, 64, 512, 1, None, False)
+    loop(address, 64, 32, *head[1:], 64, 512, 1, None, False)
     (ir,) = loop.inspect_llvm().values()
     assert "inttoptr" in ir
     assert "grouped_rows" not in ir  # in the mangled name of a linked or called driver
@@ -110,3 +110,22 @@ def test_each_specialization_gets_its_own_serial_code(layout):
     plain = (K.OPS["softmax_backward"], y.ravel(), *args[2:])
     same = K.rows_parallel.address(*args) == K.rows_parallel.address(*plain)
     assert same == (layout == "unaligned")
+
+
+def test_one_loop_serves_every_operation():
+    """The loops take no operation: log_softmax rows run on the loop softmax rows of the
+    same arrays compiled, each operation with its own serial code."""
+    x = np.random.default_rng(2).standard_normal((64, 512)).astype(np.float32)
+    results, loops = {}, []
+    for op in ("softmax", "log_softmax"):
+        out = np.empty_like(x)
+        K.grouped_rows_parallel(K.OPS[op], x.ravel(), 512, 1, x.ravel(), 512, 1, out.ravel(),
+                                512, 1, 64, 512, 1, None, False)
+        loops.append(set(K._tasks.signatures))
+        expected = np.empty_like(x)
+        K.grouped_rows(K.OPS[op], x.ravel(), 512, 1, x.ravel(), 512, 1, expected.ravel(), 512,
+                       1, 0, 64, 512, 1, None, False)
+        assert out.tobytes() == expected.tobytes()
+        results[op] = out
+    assert not np.array_equal(results["softmax"], results["log_softmax"])
+    assert loops[1] == loops[0]
