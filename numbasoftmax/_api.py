@@ -255,6 +255,10 @@ def _lse_outs(out, return_sign, shape, dtype, func):
 
 
 def _logsumexp_backward(x, lse, dlse, axis, b, sign, where, dtype, out):
+    if b is None and sign is None and where is None and dtype is None and out is None:
+        result = _cpu_path.fast_logsumexp_backward(x, lse, dlse, axis)
+        if result is not None:
+            return result
     func = "logsumexp_backward"
     given = [a for a in (x, lse, dlse, b, sign, where) if a is not None]
     kind = _inputs.backend(given)

@@ -18,8 +18,8 @@ one axis (rows, or columns read in place as the plan would), a fresh or C-contig
 non-overlapping ``out``, and no mask or a C-contiguous boolean mask of the input's shape
 (or of its rows' shape) along the last axis. It checks only what it relies
 on, so an 8x128 call costs a few microseconds; anything else returns None and takes the
-general path (which applies every input rule). ``fast_logsumexp`` is the same for
-logsumexp without options.
+general path (which applies every input rule). ``fast_logsumexp`` and
+``fast_logsumexp_backward`` are the same for logsumexp and its gradient without options.
 """
 
 from __future__ import annotations
@@ -159,6 +159,30 @@ def fast_logsumexp(x, axis, keepdims):
         a, v = a.view(np.uint16), v.view(np.uint16)
     _cpu.run("logsumexp", (a, n, None, 0, v, 1, x.size // n, n), direct=flags.carray)
     return values
+
+
+def fast_logsumexp_backward(x, lse, dlse, axis):
+    """logsumexp's gradient in the common case of ``fast`` (no options; ``lse`` and
+    ``dlse`` float ndarrays of the rows' shape, with or without the reduced axis kept), or
+    None. The rows' given values as the general path gives them (``_side``)."""
+    layout = _fast_layout(x, axis)
+    if layout is None or layout[1] is not None:
+        return None
+    rows = x.shape[:-1]
+    for v in (lse, dlse):
+        if not (type(v) is np.ndarray and v.dtype in _FAST and v.shape in (rows, (*rows, 1))):
+            return None
+    n = x.shape[-1]
+    m = x.size // n
+    rv = np.empty((m, 2))
+    rv[:, 0] = lse.reshape(-1)
+    rv[:, 1] = dlse.reshape(-1)
+    out = _pool.empty(x.shape, x.dtype)
+    a, o = x.ravel(), out.ravel()
+    if x.dtype == _F16:
+        a, o = a.view(np.uint16), o.view(np.uint16)
+    _cpu.run("logsumexp_backward", (a, n, None, 0, o, n, m, n), (None, None, rv))
+    return out
 
 
 def _meta(a):

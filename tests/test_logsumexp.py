@@ -23,7 +23,7 @@ import pytest
 from _helpers import C, assert_bitwise_equal, compute_dtype, in_layout, num_threads
 
 import numbasoftmax as nsm
-from numbasoftmax import reference
+from numbasoftmax import _cpu_path, reference
 
 HAS_SCIPY = importlib.util.find_spec("scipy") is not None
 HAS_TORCH = importlib.util.find_spec("torch") is not None
@@ -354,6 +354,41 @@ def test_backward_matches_torch_autograd(rng):
     ones = np.ones(40)  # weights 1: the kernels of the weighted test above
     got = nsm.logsumexp_backward(x, nsm.logsumexp(x, b=ones), g, b=ones)
     np.testing.assert_allclose(got, t.grad.numpy(), rtol=1e-12, atol=1e-300)
+
+
+@pytest.mark.parametrize("n", [3, 128, 20000])  # short rows, the row kernel, chunked rows
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_backward_fast_path_gives_the_general_paths_bits(dtype, n, rng, monkeypatch):
+    """The gradient of a C-contiguous array along its last axis, without options, takes a
+    fast path: the bits of the general path (the same rows read through a Fortran-ordered
+    copy), with lse and dlse in the reduced shape or with the axis kept."""
+    x = (rng.standard_normal((6, n)) * 5).astype(dtype)
+    x[0, 1], x[1, :], x[2, 2] = np.inf, -np.inf, np.nan
+    lse = nsm.logsumexp(x)
+    g = rng.standard_normal(6).astype(np.float32)
+    real, taken = _cpu_path.fast_logsumexp_backward, []
+    monkeypatch.setattr(_cpu_path, "fast_logsumexp_backward",
+                        lambda *a: taken.append(real(*a)) or taken[-1])
+    general = nsm.logsumexp_backward(np.asfortranarray(x), lse, g)
+    assert taken == [None]
+    assert general.dtype == dtype
+    assert_bitwise_equal(nsm.logsumexp_backward(x, lse, g), general)
+    assert_bitwise_equal(nsm.logsumexp_backward(x, lse[:, None], g[:, None]), general)
+    assert_bitwise_equal(nsm.logsumexp_backward(x[3], lse[3:4], g[3:4]), general[3])
+    assert all(t is not None for t in taken[1:]) and len(taken) == 4
+
+
+def test_backward_fast_path_declines_what_it_does_not_check(rng):
+    """Lists, another row shape or a masked x go to the general path, with its rules."""
+    x = rng.standard_normal((4, 16)).astype(np.float32)
+    lse, g = nsm.logsumexp(x), np.ones(4, np.float32)
+    assert _cpu_path.fast_logsumexp_backward(x, list(lse), g, -1) is None
+    assert _cpu_path.fast_logsumexp_backward(x, lse[:2], g, -1) is None
+    assert _cpu_path.fast_logsumexp_backward(np.ma.masked_array(x), lse, g, -1) is None
+    assert_bitwise_equal(nsm.logsumexp_backward(x, list(lse), g),
+                         nsm.logsumexp_backward(x, lse, g))
+    with pytest.raises(ValueError, match="lse"):
+        nsm.logsumexp_backward(x, lse[:2], g)
 
 
 def test_backward_bad_shape():
