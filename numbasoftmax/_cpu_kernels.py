@@ -13,12 +13,13 @@ them on tasks of TASK_ELEMENTS elements or more, calling their compiled code by 
 The row drivers (``rows``, ``grouped_rows``, their parallel forms and ``chunks_parallel``)
 take two more arguments. ``side``: None, or ``(w, wd, rv)`` with the mask ``w`` (bytes or
 None), its row offsets ``wd`` (see ``mask_offset``) and the rows' given values ``rv`` ((M,
-2) float64 or None). Masks and given values run on these drivers only. ``stream``: write
-``out`` with non-temporal stores where the kernel may (``_row_kernel.may_stream``), each
-serial driver fencing them before it returns. A reduction's (logsumexp's) ``out`` holds
-its values per row at stride ``oo``. ``columns`` and its parallel form take ``lead`` and
-``stream``: whole tiles of ``out`` stored past the caches, the first ``lead`` inner
-positions a partial tile of their own so that the whole ones start cache lines
+2) float64 or None). Masks and given values run on these drivers only. ``stream``: the
+output is large: written with non-temporal stores where the kernel may
+(``_row_kernel.may_stream``), each serial driver fencing them before it returns; masked
+softmax reads its rows as ``_row_kernel._exp_stats`` says. A reduction's (logsumexp's)
+``out`` holds its values per row at stride ``oo``. ``columns`` and its parallel form take
+``lead`` and ``stream``: whole tiles of ``out`` stored past the caches, the first ``lead``
+inner positions a partial tile of their own so that the whole ones start cache lines
 (``column_lead``).
 
 The kernels give the same bits for a row whichever driver runs it (``_row_kernel``), so the
@@ -173,7 +174,8 @@ def grouped_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, side, stre
             i = g + r
             offs[r] = off = mask_offset(side, i)
             cmax[r], csum[r] = stats(op, seg(a, i * ao, i * ao + n), seg(b, i * bo, i * bo + n),
-                                     seg(w, off, off + n), out_row(op, out, i * oo, n))
+                                     seg(w, off, off + n), out_row(op, out, i * oo, n),
+                                     stream)
         for r in range(k):
             m[r], t[r] = finish(op, seg(cmax, r, r + 1), seg(csum, r, r + 1),
                                 row_values(side, g + r))
@@ -405,7 +407,7 @@ def _chunk_phase(op, a, ao, b, bo, out, oo, n, side, i, c, st, fin, writing, str
         if stream:
             vfence()
     else:
-        st[i, 0, c], st[i, 1, c] = stats(op, *args)
+        st[i, 0, c], st[i, 1, c] = stats(op, *args, stream)
 
 
 @njit(**_PARALLEL)
@@ -416,7 +418,7 @@ def chunks_parallel(op, a, ao, an, b, bo, bn, out, oo, on, M, n, C, side, stream
     fin = np.empty((M, 2))
     for t in prange(M * nc):
         _chunk_phase(op, a, ao, b, bo, out, oo, n, side, t // nc, t % nc, st, fin, False,
-                     False)
+                     stream)
     for i in range(M):
         fin[i, 0], fin[i, 1] = finish(op, st[i, 0], st[i, 1], row_values(side, i))
     for t in prange(M * nc):
@@ -439,7 +441,7 @@ def segment_stats(op, a, ao, b, bo, M, n, st):
             lo, hi = c * CHUNK, min(n, (c + 1) * CHUNK)
             seg_a = seg(a, i * ao + lo, i * ao + hi)
             st[i, 0, c], st[i, 1, c] = stats(op, seg_a, seg(b, i * bo + lo, i * bo + hi), None,
-                                             seg_a)
+                                             seg_a, False)
 
 
 @njit(**OPTIONS)

@@ -268,6 +268,33 @@ def test_bits_independent_of_driver_and_threads(rng):
     assert_bitwise_equal(serial, many)
 
 
+# rows below, at and above the stream rule's row length (float32: 512), on the serial,
+# grouped, row-parallel and chunk-parallel drivers
+STREAMED = [(40, 511), (40, 512), (100, 1000), (5, 40000)]
+
+
+@pytest.mark.parametrize("shape", STREAMED, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("op", ["softmax", "log_softmax"])
+def test_masked_large_outputs_have_the_plain_bits(op, shape, rng, monkeypatch):
+    """A large output changes how masked softmax reads its row (x and the mask in both
+    passes instead of the masked row kept in the output): the same bits, also for rows
+    without valid elements and rows whose valid elements are all -inf."""
+    from numbasoftmax import _cpu
+
+    x = rng.standard_normal(shape).astype(np.float32)
+    where = _mask(rng, shape)
+    where[0] = False
+    x[1, where[1]] = -np.inf
+    x[2, 5] = np.inf
+    monkeypatch.setattr(_cpu, "STREAM_MIN_BYTES", None)
+    plain = masked(op, (x,), where)
+    monkeypatch.setattr(_cpu, "STREAM_MIN_BYTES", 0)
+    assert _cpu.streams(shape[0], shape[1], 4) is (shape[1] >= 512)
+    assert_bitwise_equal(masked(op, (x,), where), plain)
+    assert_bitwise_equal(masked(op, (x,), np.ones(shape, bool)), call(op, (x,)))
+    assert_matches_reference(op, plain, (x,), where=where)
+
+
 @pytest.mark.parametrize("wshape", [(2000,), (2000, 1)], ids=str)
 def test_broadcast_mask_is_not_expanded(wshape, rng):
     """A (N,) or (M, 1) mask is read as it is: the call allocates far less than x's size
