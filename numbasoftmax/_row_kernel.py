@@ -412,14 +412,22 @@ def _exp_stats(op, a, b, w, out, stream):
     again: exp(-inf - shift) is already the +0 an excluded element adds, (-inf - m) - lse
     the -inf it gets. A mask byte is then read once per element, and the exp loop has the
     mask's pointer and lane conversions out of its registers. Except for softmax keeping
-    its exps when the output is large (``stream``): out's lines then miss the caches, and
-    the max pass, whose stores would take those misses with little arithmetic to hide
-    them, only loads (as the unmasked one does); the exp pass reads x and the mask again
-    (from L1) and takes the misses behind the exp's arithmetic. float32, 2 threads,
-    median masked over unmasked time, N = 32 to 262144: at 2^24 elements 1.01-1.18x this
-    way, 1.04-1.25x keeping the masked row; at 2^20 (in cache) the other way round,
-    1.05-1.19x against 1.02-1.11x. Same bits either way: an excluded element adds +0."""
+    its exps when the output is large (``stream``) and the chunk long
+    (``MASK_REREAD_MIN``): out's lines then miss the caches, and the max pass, whose
+    stores would take those misses with little arithmetic to hide them, only loads (as
+    the unmasked one does); the exp pass reads x and the mask again (from L1) and takes
+    the misses behind the exp's arithmetic. float32, 2^24 elements, 2 threads, median of
+    31 masked over unmasked times per process, processes of both forms alternating: this
+    way 1.09-1.12x against 1.20-1.24x keeping the masked row at N = 2048 (3 each), on
+    average 1.14-1.15x against 1.19-1.20x at 4096, 16384 and 262144 (11-12 each); the
+    other way round at 512 and 1024 (1.11-1.17x against 1.04-1.13x) and in cache (2^20
+    elements). Same bits either way: an excluded element adds +0."""
     return _exp_stats_of(a, w, out, pick(op, SOFTMAX, exact_store(out), None), stream)
+
+
+# chunks of at least this many elements (a row's, or a long row's chunks) read x and the
+# mask again in masked softmax's exp pass where the output is large (see ``_exp_stats``)
+MASK_REREAD_MIN = 2048
 
 
 def _exp_stats_of(a, w, out, es, stream):
@@ -439,7 +447,7 @@ def _exp_stats_of_impl(a, w, out, es, stream):
     row_kept_always = isinstance(es, types.NoneType)
 
     def masked(a, w, out, es, stream):
-        row_kept = row_kept_always or not stream
+        row_kept = row_kept_always or not stream or a.shape[0] < MASK_REREAD_MIN
         if row_kept:
             cm = seg_max(_masked_lanes, a, out, w)
         else:

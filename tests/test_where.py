@@ -268,9 +268,10 @@ def test_bits_independent_of_driver_and_threads(rng):
     assert_bitwise_equal(serial, many)
 
 
-# rows below, at and above the stream rule's row length (float32: 512), on the serial,
-# grouped, row-parallel and chunk-parallel drivers
-STREAMED = [(40, 511), (40, 512), (100, 1000), (5, 40000)]
+# rows below and at the stream rule's row length (float32: 512) and the re-read rule's
+# chunk length (``_row_kernel.MASK_REREAD_MIN``), in groups (serial and parallel), a row at
+# a time (a long chunk and a short one) and in chunks
+STREAMED = [(40, 511), (40, 512), (100, 2047), (100, 2048), (4, 9000), (5, 40000)]
 
 
 @pytest.mark.parametrize("shape", STREAMED, ids=lambda s: "x".join(map(str, s)))
@@ -279,8 +280,9 @@ def test_masked_large_outputs_have_the_plain_bits(op, shape, rng, monkeypatch):
     """A large output changes how masked softmax reads its row (x and the mask in both
     passes instead of the masked row kept in the output): the same bits, also for rows
     without valid elements and rows whose valid elements are all -inf."""
-    from numbasoftmax import _cpu
+    from numbasoftmax import _cpu, _row_kernel
 
+    assert _row_kernel.MASK_REREAD_MIN == 2048
     x = rng.standard_normal(shape).astype(np.float32)
     where = _mask(rng, shape)
     where[0] = False
