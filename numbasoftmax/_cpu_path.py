@@ -83,6 +83,9 @@ def fast(op, arrays, axis, out, where=None):
         if side is None:
             return None
     direct = flags.carray  # aligned and writable too: see _cpu.run
+    # arrays that each allocated their own memory cannot overlap: numpy's bounds check
+    # (~0.25 us of a ~3.5 us small call) only where one is a view
+    owned = flags.owndata
     b = arrays[1] if len(arrays) == 2 else None
     if b is not None:
         if not (type(b) is np.ndarray and b.shape == x.shape and b.dtype == x.dtype):
@@ -91,6 +94,7 @@ def fast(op, arrays, axis, out, where=None):
         if not flags.c_contiguous:
             return None
         direct = direct and flags.carray
+        owned = owned and flags.owndata
     if out is None:
         out = _pool.empty(x.shape, x.dtype)
     else:
@@ -98,8 +102,9 @@ def fast(op, arrays, axis, out, where=None):
             return None
         flags = out.flags
         if not (flags.c_contiguous and flags.writeable
-                and (out is x or not np.may_share_memory(x, out))
-                and (b is None or out is b or not np.may_share_memory(b, out))):
+                and (owned and flags.owndata
+                     or (out is x or not np.may_share_memory(x, out))
+                     and (b is None or out is b or not np.may_share_memory(b, out)))):
             return None
         direct = direct and flags.aligned
     n = x.shape[axis]
