@@ -59,6 +59,7 @@ from ._disk_cache import njit
 from ._markers import INLINE, Marker, MarkerType, dispatch, invoke, kernel_fn, pick, same
 from ._simd import (
     W,
+    compute_type,
     exact_store,
     to_compute,
     vadd,
@@ -412,22 +413,24 @@ def _exp_stats(op, a, b, w, out, stream):
     again: exp(-inf - shift) is already the +0 an excluded element adds, (-inf - m) - lse
     the -inf it gets. A mask byte is then read once per element, and the exp loop has the
     mask's pointer and lane conversions out of its registers. Except for softmax keeping
-    its exps when the output is large (``stream``) and the chunk long
+    its exps when the output is large (``stream``) and the chunk long enough
     (``MASK_REREAD_MIN``): out's lines then miss the caches, and the max pass, whose
     stores would take those misses with little arithmetic to hide them, only loads (as
     the unmasked one does); the exp pass reads x and the mask again (from L1) and takes
-    the misses behind the exp's arithmetic. float32, 2^24 elements, 2 threads, median of
-    31 masked over unmasked times per process, processes of both forms alternating: this
-    way 1.09-1.12x against 1.20-1.24x keeping the masked row at N = 2048 (3 each), on
-    average 1.14-1.15x against 1.19-1.20x at 4096, 16384 and 262144 (11-12 each); the
+    the misses behind the exp's arithmetic. 2^24 elements, 2 threads, median of 31
+    masked over unmasked times per process, processes of both forms alternating: float32
+    this way 1.09-1.12x against 1.20-1.24x keeping the masked row at N = 2048 (3 each), on
+    average 1.14-1.15x against 1.19-1.20x at 4096, 16384 and 262144 (11-12 each), the
     other way round at 512 and 1024 (1.11-1.17x against 1.04-1.13x) and in cache (2^20
-    elements). Same bits either way: an excluded element adds +0."""
+    elements); float64 0.99-1.10x against 1.01-1.26x (mostly 1.2) at N = 256-65536.
+    Same bits either way: an excluded element adds +0."""
     return _exp_stats_of(a, w, out, pick(op, SOFTMAX, exact_store(out), None), stream)
 
 
-# chunks of at least this many elements (a row's, or a long row's chunks) read x and the
-# mask again in masked softmax's exp pass where the output is large (see ``_exp_stats``)
-MASK_REREAD_MIN = 2048
+# per compute type: chunks of at least this many elements (a row's, or a long row's
+# chunks) read x and the mask again in masked softmax's exp pass where the output is large
+# (see ``_exp_stats``); float64 always does (its rows then have 256 elements or more)
+MASK_REREAD_MIN = {types.float32: 2048, types.float64: 0}
 
 
 def _exp_stats_of(a, w, out, es, stream):
@@ -445,9 +448,10 @@ def _exp_stats_of_impl(a, w, out, es, stream):
         return plain
 
     row_kept_always = isinstance(es, types.NoneType)
+    reread_min = MASK_REREAD_MIN.get(compute_type(a.dtype), 0)
 
     def masked(a, w, out, es, stream):
-        row_kept = row_kept_always or not stream or a.shape[0] < MASK_REREAD_MIN
+        row_kept = row_kept_always or not stream or a.shape[0] < reread_min
         if row_kept:
             cm = seg_max(_masked_lanes, a, out, w)
         else:

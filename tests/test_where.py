@@ -268,22 +268,28 @@ def test_bits_independent_of_driver_and_threads(rng):
     assert_bitwise_equal(serial, many)
 
 
-# rows below and at the stream rule's row length (float32: 512) and the re-read rule's
-# chunk length (``_row_kernel.MASK_REREAD_MIN``), in groups (serial and parallel), a row at
-# a time (a long chunk and a short one) and in chunks
-STREAMED = [(40, 511), (40, 512), (100, 2047), (100, 2048), (4, 9000), (5, 40000)]
+# rows below and at the stream rule's row length (float32: 512, float64: 256) and the
+# re-read rule's chunk length (``_row_kernel.MASK_REREAD_MIN``), in groups (serial and
+# parallel), a row at a time (a long chunk and a short one) and in chunks
+STREAMED = [(np.float32, (40, 511)), (np.float32, (40, 512)), (np.float32, (100, 2047)),
+            (np.float32, (100, 2048)), (np.float32, (4, 9000)), (np.float32, (5, 40000)),
+            (np.float64, (40, 255)), (np.float64, (40, 256))]
 
 
-@pytest.mark.parametrize("shape", STREAMED, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype, shape", STREAMED,
+                         ids=lambda c: "x".join(map(str, c)) if isinstance(c, tuple)
+                         else np.dtype(c).name)
 @pytest.mark.parametrize("op", ["softmax", "log_softmax"])
-def test_masked_large_outputs_have_the_plain_bits(op, shape, rng, monkeypatch):
+def test_masked_large_outputs_have_the_plain_bits(op, dtype, shape, rng, monkeypatch):
     """A large output changes how masked softmax reads its row (x and the mask in both
     passes instead of the masked row kept in the output): the same bits, also for rows
     without valid elements and rows whose valid elements are all -inf."""
+    from numba import types
+
     from numbasoftmax import _cpu, _row_kernel
 
-    assert _row_kernel.MASK_REREAD_MIN == 2048
-    x = rng.standard_normal(shape).astype(np.float32)
+    assert _row_kernel.MASK_REREAD_MIN == {types.float32: 2048, types.float64: 0}
+    x = rng.standard_normal(shape).astype(dtype)
     where = _mask(rng, shape)
     where[0] = False
     x[1, where[1]] = -np.inf
@@ -291,7 +297,8 @@ def test_masked_large_outputs_have_the_plain_bits(op, shape, rng, monkeypatch):
     monkeypatch.setattr(_cpu, "STREAM_MIN_BYTES", None)
     plain = masked(op, (x,), where)
     monkeypatch.setattr(_cpu, "STREAM_MIN_BYTES", 0)
-    assert _cpu.streams(shape[0], shape[1], 4) is (shape[1] >= 512)
+    size = np.dtype(dtype).itemsize
+    assert _cpu.streams(shape[0], shape[1], size) is (shape[1] * size >= 2048)
     assert_bitwise_equal(masked(op, (x,), where), plain)
     assert_bitwise_equal(masked(op, (x,), np.ones(shape, bool)), call(op, (x,)))
     assert_matches_reference(op, plain, (x,), where=where)
