@@ -44,11 +44,13 @@ from ._row_kernel import (
     OPS,
     OPTIONS,
     finish,
+    log_sums,
     out_chunk,
     out_row,
     reduces,
     row,
     stats,
+    unlogged,
     write,
 )
 from ._serial_call import ParallelDriver, call_address
@@ -177,8 +179,9 @@ def grouped_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, side, stre
                                      seg(w, off, off + n), out_row(op, out, i * oo, n),
                                      stream)
         for r in range(k):
-            m[r], t[r] = finish(op, seg(cmax, r, r + 1), seg(csum, r, r + 1),
+            m[r], t[r] = finish(unlogged(op), seg(cmax, r, r + 1), seg(csum, r, r + 1),
                                 row_values(side, g + r))
+        log_sums(op, t, k)
         for r in range(k):
             i = g + r
             write(op, seg(a, i * ao, i * ao + n), seg(b, i * bo, i * bo + n),

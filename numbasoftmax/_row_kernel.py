@@ -491,8 +491,9 @@ def _lse_stats(op, a, b, w, out, stream):
 
 def _max_and_total(op, cmax, csum, r):
     """Row max and sum of exp(x - row max) from the chunks' statistics, in chunk order;
-    log_softmax takes the log of the sum. A chunk whose max is the row's is scaled by 1
-    (exp(0) is exactly 1; also for a max of +-inf, where exp(m - m) would be NaN)."""
+    log_softmax takes the log of the sum (``unlogged``). A chunk whose max is the row's is
+    scaled by 1 (exp(0) is exactly 1; also for a max of +-inf, where exp(m - m) would be
+    NaN)."""
     m = cmax[0]
     for c in range(1, cmax.shape[0]):
         m = vmax(m, cmax[c])
@@ -505,6 +506,32 @@ def _max_and_total(op, cmax, csum, r):
     if same(op, LOG_SOFTMAX):
         return m, vlog(total)
     return m, total
+
+
+@njit(inline="always", **INTERNAL)
+def unlogged(op):
+    """The marker whose ``finish`` gives what ``op``'s gives, but a log_softmax row's sum
+    instead of its log (softmax's): ``log_sums`` then takes the logs of a group's rows."""
+    return pick(op, LOG_SOFTMAX, SOFTMAX, op)
+
+
+def log_sums(op, t, k):
+    """log_softmax: t[:k] = log(t[:k]), the ``unlogged`` sums of a group's rows, as lanes of
+    one vector. A log alone is a ~60-cycle chain (a division among ~25 dependent steps);
+    one per row cost a third of a 32-element row's time. A lane's log is the scalar's bits
+    (``_vmath``). Other operations: nothing."""
+
+
+@overload(log_sums, jit_options=INLINE)
+def _log_sums_impl(op, t, k):
+    if op.key_ != LOG_SOFTMAX.key:
+        return lambda op, t, k: None
+
+    def logs(op, t, k):
+        for i in range(0, k, W):
+            j = min(W, k - i)
+            vstore(t, i, j, vlog(vload(t, i, j, 1.0)))
+    return logs
 
 
 @njit(inline="always", **INTERNAL)
