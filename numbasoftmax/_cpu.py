@@ -182,35 +182,34 @@ def _route(op):
     return route
 
 
-def run(op, args, side=None, direct=False):
-    """Run operation ``op`` on M rows of n contiguous elements. ``args``: flat buffers and
-    row strides (``a, sa[, b, sb], out, so``), then M and n; ``b`` may be None
-    (logsumexp without weights). ``side``: None, or the mask and given row values for the
-    row drivers (see ``_cpu_kernels``); then the row kernel runs every row. ``direct``:
-    the buffers are 1-D C-contiguous, aligned and writable arrays of one dtype."""
+def run(op, a, sa, b, sb, out, so, m, n, side=None, direct=False):
+    """Run operation ``op`` on M rows of n contiguous elements: flat buffers and their row
+    strides (``a, sa, b, sb, out, so``), then M and n; ``b`` is the second input (a
+    gradient's), or ``a`` again for a forward operation, or None (logsumexp without
+    weights). ``side``: None, or the mask and given row values for the row drivers (see
+    ``_cpu_kernels``); then the row kernel runs every row. ``direct``: the buffers are 1-D
+    C-contiguous, aligned and writable arrays of one dtype."""
     marker, short_max, grouped_max, entries = _routes.get(op) or _route(op)
     k = _kernels
-    if len(args) == 6:
-        a, sa, out, so, m, n = args
-        b, sb = a, sa
-    else:
-        a, sa, b, sb, out, so, m, n = args
     if side is not None:
         short_max = 0
     stream = streams(m, n, out.itemsize)
-    arrays = (marker, a, sa, 1, b, sb, 1, out, so, 1)
-    if m * n < PARALLEL_MIN_ELEMENTS or not parallel_allowed():
+    if m * n < PARALLEL_MIN_ELEMENTS or _serial_only:
         if n < short_max:
-            driver, call = k.short_rows, (*arrays, 0, m, n, 1)
-        elif n < grouped_max:
-            driver, call = k.grouped_rows, (*arrays, 0, m, n, 1, side, stream)
+            driver, call = k.short_rows, (marker, a, sa, 1, b, sb, 1, out, so, 1, 0, m, n, 1)
         else:
-            driver, call = k.rows, (*arrays, 0, m, n, 1, side, stream)
+            driver = k.grouped_rows if n < grouped_max else k.rows
+            call = (marker, a, sa, 1, b, sb, 1, out, so, 1, 0, m, n, 1, side, stream)
         if direct and side is None:
-            _call_direct(entries, driver, call)
+            entry = entries.get((driver, a.dtype))
+            if entry is not None:
+                entry(*call)
+                return
+            _first_direct(entries, driver, call)
         else:
             driver(*call)
         return
+    arrays = (marker, a, sa, 1, b, sb, 1, out, so, 1)
     if n < short_max:
         _parallel(k.short_rows_parallel, (*arrays, m, n, 1))
         return
@@ -224,16 +223,13 @@ def run(op, args, side=None, direct=False):
     _parallel(driver, (*arrays, m, n, 1, side, stream))
 
 
-def _call_direct(entries, driver, call):
-    key = (driver, call[1].dtype.char)
-    entry = entries.get(key)
-    if entry is not None:
-        entry(*call)
-        return
+def _first_direct(entries, driver, call):
+    """Run the first direct call of ``driver`` for ``call``'s dtype (keyed by it: a direct
+    call's other types are fixed) and keep its entry."""
     driver(*call)  # compiles, or loads from the cache, the specialization for these types
     # (the dispatcher itself where it ran another specialization, converting the arguments)
     compiled = driver.overloads.get(tuple(driver.typeof_pyval(v) for v in call))
-    entries[key] = driver if compiled is None else compiled.entry_point
+    entries[driver, call[1].dtype] = driver if compiled is None else compiled.entry_point
 
 
 # Along a strided axis softmax computes its exps again in the write pass instead of keeping
@@ -260,10 +256,11 @@ def run_columns(op, args, direct=False):
     lead, stream = column_stream(out, so, io, m * n, c)
     if m * n * c < PARALLEL_MIN_ELEMENTS or not parallel_allowed():
         call = (marker, *arrays, 0, k.column_tasks(m, c, lead), n, c, lead, stream)
-        if direct:
-            _call_direct(entries, k.columns, call)
+        entry = entries.get((k.columns, arrays[0].dtype)) if direct else k.columns
+        if entry is not None:
+            entry(*call)
         else:
-            k.columns(*call)
+            _first_direct(entries, k.columns, call)
     else:
         _parallel(k.columns_parallel, (marker, *arrays, m, n, c, lead, stream))
 

@@ -54,13 +54,13 @@ def _fast_layout(x, axis, count=1):
     C-contiguous float16, float32 or float64 ndarray along an int ``axis``, whose rows are
     then contiguous (the last axis: plan None) or, for ``count`` arrays laid out like it and
     a result laid out like it, columns read in place (``_layout``'s COLUMNS plan)."""
-    if not (type(x) is np.ndarray and type(axis) is int and x.dtype in _FAST and x.size):
+    if not (type(x) is np.ndarray and type(axis) is int):
+        return None
+    flags = x.flags
+    if not (flags.c_contiguous and x.dtype in _FAST and x.size):
         return None
     ndim = x.ndim
     if not -ndim <= axis < ndim:
-        return None
-    flags = x.flags
-    if not flags.c_contiguous:
         return None
     if axis == -1 or axis == ndim - 1:
         return flags, None
@@ -82,13 +82,16 @@ def fast(op, arrays, axis, out, where=None):
         side = _fast_side(where, x) if p is None else None
         if side is None:
             return None
-    direct = flags.carray  # aligned and writable too: see _cpu.run
+    # direct: every buffer C-contiguous, aligned and writable (see _cpu.run)
+    direct = flags.carray
     # arrays that each allocated their own memory cannot overlap: numpy's bounds check
     # (~0.25 us of a ~3.5 us small call) only where one is a view
     owned = flags.owndata
+    dt = x.dtype
+    shape = x.shape
     b = arrays[1] if len(arrays) == 2 else None
     if b is not None:
-        if not (type(b) is np.ndarray and b.shape == x.shape and b.dtype == x.dtype):
+        if not (type(b) is np.ndarray and b.dtype == dt and b.shape == shape):
             return None
         flags = b.flags
         if not flags.c_contiguous:
@@ -96,25 +99,27 @@ def fast(op, arrays, axis, out, where=None):
         direct = direct and flags.carray
         owned = owned and flags.owndata
     if out is None:
-        out = _pool.empty(x.shape, x.dtype)
+        out = _pool.empty(shape, dt)
     else:
-        if not (type(out) is np.ndarray and out.shape == x.shape and out.dtype == x.dtype):
+        if not (type(out) is np.ndarray and out.dtype == dt and out.shape == shape):
             return None
         flags = out.flags
-        if not (flags.c_contiguous and flags.writeable
-                and (owned and flags.owndata
-                     or (out is x or not np.may_share_memory(x, out))
-                     and (b is None or out is b or not np.may_share_memory(b, out)))):
+        if not flags.carray:  # C-contiguous, aligned and writable
+            if not (flags.c_contiguous and flags.writeable):
+                return None
+            direct = False
+        if not (owned and flags.owndata
+                or (out is x or not np.may_share_memory(x, out))
+                and (b is None or out is b or not np.may_share_memory(b, out))):
             return None
-        direct = direct and flags.aligned
-    n = x.shape[axis]
+    n = shape[axis]
     # ravel: a view of a C-contiguous array, at half reshape(-1)'s cost
     a, o = x.ravel(), out.ravel()
     bf = a if b is None else b.ravel()
-    if x.dtype == _F16:
+    if dt.char == "e":  # float16
         a, bf, o = a.view(np.uint16), bf.view(np.uint16), o.view(np.uint16)
     if p is None:
-        _cpu.run(op.name, (a, n, bf, n, o, n, x.size // n, n), side, direct=direct)
+        _cpu.run(op.name, a, n, bf, n, o, n, x.size // n, n, side, direct)
     else:  # every array has the layout of x: one outer stride and one axis stride
         s, i = p.out.stride, p.out.axis_stride
         _cpu.run_columns(op.name, (a, s, i, bf, s, i, o, s, i, p.m // p.inner, p.n, p.inner),
@@ -162,7 +167,7 @@ def fast_logsumexp(x, axis, keepdims):
     a, v = x.ravel(), values.reshape(-1)
     if x.dtype == _F16:
         a, v = a.view(np.uint16), v.view(np.uint16)
-    _cpu.run("logsumexp", (a, n, None, 0, v, 1, x.size // n, n), direct=flags.carray)
+    _cpu.run("logsumexp", a, n, None, 0, v, 1, x.size // n, n, None, flags.carray)
     return values
 
 
@@ -186,7 +191,7 @@ def fast_logsumexp_backward(x, lse, dlse, axis):
     a, o = x.ravel(), out.ravel()
     if x.dtype == _F16:
         a, o = a.view(np.uint16), o.view(np.uint16)
-    _cpu.run("logsumexp_backward", (a, n, None, 0, o, n, m, n), (None, None, rv))
+    _cpu.run("logsumexp_backward", a, n, None, 0, o, n, m, n, (None, None, rv))
     return out
 
 
@@ -235,15 +240,15 @@ def run(op, arrays, axes, out=None, *, dtype=None, where=None, values=None, kern
     for a, access in zip(views, p.inputs, strict=True):
         flat, stride = _rows(a, access, p.m, p.n, p.perm)
         args += [flat, stride]
-    if kernel is not None and b is None and len(args) == 2:  # no weights: None in their place
-        args += [None, 0]
+    if len(args) == 2:  # no second input: the first in its place, or no weights (None)
+        args += [None, 0] if kernel is not None and b is None else args
     name = kernel or op.name
     if p.out.kind == ROWS:
         flat, stride = _rows(dest, p.out, p.m, p.n, p.perm)
-        _cpu.run(name, (*args, flat, stride, p.m, p.n), side)
+        _cpu.run(name, *args, flat, stride, p.m, p.n, side)
     else:
         staged = _pool.empty((p.m, p.n), dest.dtype)
-        _cpu.run(name, (*args, staged.reshape(-1), p.n, p.m, p.n), side)
+        _cpu.run(name, *args, staged.reshape(-1), p.n, p.m, p.n, side)
         _scatter(staged, dest.transpose(p.perm), p)
     if filled is not None:
         _fill_rows(result, filled, p, _EXCLUDED[op.name])
@@ -278,8 +283,8 @@ def reduce(kernel, arrays, axes, *, dtype, where=None, b=None):
             args += [buf, stride]
         if b is None:
             args += [None, 0]
-        _cpu.run(kernel, (*args, flat.view(_storage(dtype, dtype)).reshape(-1), width,
-                          p.m, p.n), side)
+        _cpu.run(kernel, *args, flat.view(_storage(dtype, dtype)).reshape(-1), width,
+                 p.m, p.n, side)
         if filled is not None:
             flat[~filled.reshape(-1), 0] = -np.inf
             flat[~filled.reshape(-1), 1:] = 0.0
