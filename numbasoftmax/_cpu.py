@@ -37,20 +37,44 @@ SHORT_ROW_MAX = {"forward": 32, "backward": 10}
 # (float32 at 128-512: 0.8x).
 GROUPED_ROW_MAX = {"forward": 8192, "backward": 64}
 # Rows of at least this many bytes write a large output (``_config.STREAM_MIN_BYTES``)
-# with non-temporal stores: a row's first and last partial cache lines take
-# masked plain stores, and below this that cost outweighs the traffic saved. float32,
-# 2^24 elements, 2 threads, against plain stores: log_softmax and the gradients 0.96-1.42x
-# as fast at N = 512-262144 (most 1.1-1.3x), 0.86-1.0x at N = 128. The kernel streams only
-# where its first passes kept nothing in ``out`` (``_row_kernel.may_stream``). Along a
-# strided axis read in place the rule applies to the runs of contiguous outputs (the inner
-# positions), whose whole column tiles then stream (``run_columns``).
+# with non-temporal stores: a row's first and last partial cache lines take masked plain
+# stores, and below this that cost outweighs the traffic saved. The kernel streams only
+# where its first passes kept nothing in ``out`` (``_row_kernel.may_stream``): for softmax
+# the flag picks the masked form that reads x again (``_row_kernel.MASK_REREAD_MIN``).
+# Along a strided axis read in place the rule applies to the runs of contiguous outputs
+# (the inner positions), whose whole column tiles then stream (``run_columns``).
 STREAM_MIN_ROW_BYTES = 2048
+# The operations whose rows measured otherwise, per item size (float16, float32, float64;
+# None: never). Time with plain stores / time streamed under the rule above, 2^24
+# elements, 2 threads, median of 31 alternating pairs per process, three processes: rows
+# of 2 / 4 / 8 / 16 KiB: log_softmax float32 - / 0.89-1.11 / 0.94-1.26 / 1.03-1.18,
+# float64 - / 0.86-0.91 / 1.02-1.11 / 1.10-1.20; softmax_backward float32 0.85-1.04 /
+# 1.16-1.23 / 1.13-1.41, float64 0.83-0.87 / 1.04-1.18 / 1.10-1.25; log_softmax_backward
+# float32 at 16 / 64 / 256 KiB / 1 MiB 0.94-1.02 / 1.05-1.07 / 0.97-1.03 / 0.89-0.93,
+# float64 at 64 KiB / 256 KiB / 1 MiB 0.99-1.05 / 0.98-1.03 / 0.95-1.00. float16, one
+# process each at 2-256 KiB: 0.69-0.99 in all three (its conversions bound it, not memory).
+STREAM_ROW_BYTES = {
+    "log_softmax": (None, 8192, 8192),
+    "softmax_backward": (None, 4096, 4096),
+    "log_softmax_backward": (None, None, None),
+}
+_ITEMSIZES = (2, 4, 8)
 
 
-def streams(m, n, itemsize):
-    """Whether m rows of n outputs of ``itemsize`` bytes are written past the caches."""
-    return (STREAM_MIN_BYTES is not None and n * itemsize >= STREAM_MIN_ROW_BYTES
-            and m * n * itemsize >= STREAM_MIN_BYTES)
+def stream_row_bytes(op, itemsize):
+    """The shortest row, in bytes, that operation ``op`` writes past the caches (when the
+    output is large) with outputs of ``itemsize`` bytes; None: never."""
+    sizes = STREAM_ROW_BYTES.get(op)
+    return STREAM_MIN_ROW_BYTES if sizes is None else sizes[_ITEMSIZES.index(itemsize)]
+
+
+def streams(m, n, itemsize, op=None):
+    """Whether m rows of n outputs of ``itemsize`` bytes are written past the caches (by
+    operation ``op``; None: as the operations without a rule of their own)."""
+    if STREAM_MIN_BYTES is None or m * n * itemsize < STREAM_MIN_BYTES:
+        return False
+    least = STREAM_MIN_ROW_BYTES if op is None else stream_row_bytes(op, itemsize)
+    return least is not None and n * itemsize >= least
 
 
 # Longer rows always run whole inside one parallel task (the second pass over a row then
@@ -193,7 +217,7 @@ def run(op, a, sa, b, sb, out, so, m, n, side=None, direct=False):
     k = _kernels
     if side is not None:
         short_max = 0
-    stream = streams(m, n, out.itemsize)
+    stream = streams(m, n, out.itemsize, op)
     if m * n < PARALLEL_MIN_ELEMENTS or _serial_only:
         if n < short_max:
             driver, call = k.short_rows, (marker, a, sa, 1, b, sb, 1, out, so, 1, 0, m, n, 1)

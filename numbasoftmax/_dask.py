@@ -392,8 +392,9 @@ def _write_task(spec, *args):
                                     order.from_rows(st), order.from_rows(fin), lead, stream)
             return out
         # written past the caches when large and in place (a panel is read back at once)
-        stream = (_cpu.streams(m * runs, length, out.itemsize) and _cpu_path.rows_in_place(
-            _bits(out), _perm(out.ndim, spec.axes), spec.run_axes) is not None)
+        stream = (_cpu.streams(m * runs, length, out.itemsize, spec.key)
+                  and _cpu_path.rows_in_place(_bits(out), _perm(out.ndim, spec.axes),
+                                              spec.run_axes) is not None)
         for lo, hi, rows in _panels(spec, blocks, out):
             k.segment_write(k.OPS[spec.key], *rows[0], *rows[-2], *rows[-1], hi - lo, length,
                             st[lo:hi], fin[lo:hi], stream)

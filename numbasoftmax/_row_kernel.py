@@ -35,12 +35,13 @@ so memory sees one read of x and one write of out. log_softmax: x read three tim
 written once. logsumexp: x (and the weights) read twice (max, sum), one value per row
 written; its gradient reads x once and writes once. A mask adds one byte per element per
 pass that reads it. A plain store to a line not in the cache reads the line first; where
-the output is large (``_cpu.STREAM_MIN_ROW_BYTES``, ``_config.STREAM_MIN_BYTES``) the
-write phase stores whole cache lines past the caches instead (``seg_map``), so memory sees
-the write once: every operation but softmax and masked log_softmax, whose first passes
-have put ``out``'s lines in the cache already (the kept exps, the masked row), and
-logsumexp's gradient, measured slower streamed. For softmax, computing the exps again, or
-keeping them in a scratch row copied out afterwards, measured slower.
+the output is large (``_cpu.streams``, ``_config.STREAM_MIN_BYTES``) the write phase
+stores whole cache lines past the caches instead (``seg_map``), so memory sees the write
+once: every operation but softmax and masked log_softmax, whose first passes have put
+``out``'s lines in the cache already (the kept exps, the masked row), and logsumexp's
+gradient, measured slower streamed (the launcher's rule leaves out more, by row length).
+For softmax, computing the exps again, or keeping them in a scratch row copied out
+afterwards, measured slower.
 """
 
 from __future__ import annotations

@@ -86,12 +86,20 @@ def test_row_length_thresholds(op, dtype, shape, rng):
     assert_matches_reference(op, call(op, inputs), inputs)
 
 
-# Non-temporal stores (large outputs): rows on each side of STREAM_MIN_ROW_BYTES, serial
-# and parallel, with every output streamed against none: the same bits.
-STREAM_ROWS = [(40, 511), (40, 512), (40, 513), (100, 1000), (3, 40000)]
+# Non-temporal stores (large outputs): rows on each side of each operation's shortest
+# streamed row (float64: 256, 512 and 1024 elements; float32: 512, 1024 and 2048; float16:
+# 1024), serial and parallel, with every output streamed against none: the same bits.
+STREAM_ROWS = [(40, 255), (40, 256), (40, 511), (40, 512), (40, 513), (40, 1023), (40, 1024),
+               (12, 2047), (12, 2048), (100, 1000), (3, 40000)]
+# (operation, item size, its shortest streamed row in bytes; None: it never streams)
+STREAM_EDGES = [("softmax", 2, 2048), ("softmax", 4, 2048), ("softmax", 8, 2048),
+                ("log_softmax", 2, None), ("log_softmax", 4, 8192), ("log_softmax", 8, 8192),
+                ("softmax_backward", 2, None), ("softmax_backward", 4, 4096),
+                ("softmax_backward", 8, 4096), ("log_softmax_backward", 2, None),
+                ("log_softmax_backward", 4, None), ("log_softmax_backward", 8, None)]
 
 
-def test_stream_rule():
+def test_stream_rule_total_size():
     from numbasoftmax import _cpu
 
     assert _cpu.STREAM_MIN_ROW_BYTES == 2048
@@ -99,6 +107,21 @@ def test_stream_rule():
     assert big is None or not _cpu.streams(big // 2048 - 1, 512, 4)
     assert big is None or _cpu.streams(big // 2048, 512, 4)
     assert big is None or not _cpu.streams(big // 2044 + 1, 511, 4)
+
+
+@pytest.mark.parametrize("op, itemsize, edge", STREAM_EDGES,
+                         ids=lambda v: v if isinstance(v, str) else str(v))
+def test_stream_rule_row_length(op, itemsize, edge, monkeypatch):
+    from numbasoftmax import _cpu
+
+    monkeypatch.setattr(_cpu, "STREAM_MIN_BYTES", 32 << 20)
+    m = 1 << 20  # every row length below makes an output of 32 MiB or more
+    assert _cpu.stream_row_bytes(op, itemsize) == edge
+    if edge is None:
+        assert not _cpu.streams(m, 1 << 20, itemsize, op)
+    else:
+        assert _cpu.streams(m, edge // itemsize, itemsize, op)
+        assert not _cpu.streams(m, edge // itemsize - 1, itemsize, op)
 
 
 @pytest.mark.parametrize("shape", STREAM_ROWS, ids=lambda s: "x".join(map(str, s)))
@@ -112,7 +135,8 @@ def test_streamed_outputs_have_the_plain_bits(op, dtype, shape, rng, monkeypatch
     plain = call(op, inputs)
     monkeypatch.setattr(_cpu, "STREAM_MIN_BYTES", 0)
     n, size = shape[-1], np.dtype(dtype).itemsize
-    assert _cpu.streams(shape[0], n, size) is (n * size >= 2048)
+    edge = dict(((o, i), e) for o, i, e in STREAM_EDGES)[op, size]
+    assert _cpu.streams(shape[0], n, size, op) is (edge is not None and n * size >= edge)
     streamed = call(op, inputs)
     assert_bitwise_equal(streamed, plain)
     assert_matches_reference(op, streamed, inputs)
