@@ -55,7 +55,17 @@ from ._row_kernel import (
 )
 from ._serial_call import ParallelDriver, call_address
 from ._simd import ALL, W, compute_type
-from ._vmem import STREAM_ALIGN, seg, vfence, vgather, vload, vscatter, vstore
+from ._vmem import (
+    STREAM_ALIGN,
+    seg,
+    vfence,
+    vgather,
+    vgather_rows,
+    vload,
+    vscatter,
+    vscatter_rows,
+    vstore,
+)
 
 # elements per parallel task: enough that task overhead vanishes
 TASK_ELEMENTS = 16384
@@ -193,6 +203,8 @@ def grouped_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, side, stre
 
 @njit(**INTERNAL)
 def _gather(src, stride, r0, k, n, dst):
+    if vgather_rows(src, r0 * stride, stride, k, n, dst):
+        return
     for j in range(n):
         vstore(dst, j * W, W, vgather(src, r0 * stride + j, stride, k, 0.0))
 
@@ -250,6 +262,8 @@ def _tile_lanes_impl(tile):
 
 @njit(**INTERNAL)
 def _scatter(src, dst, stride, r0, k, n):
+    if vscatter_rows(dst, r0 * stride, stride, k, n, src):
+        return
     for j in range(n):
         vscatter(dst, r0 * stride + j, stride, k, vload(src, j * W, W, 0.0))
 

@@ -280,6 +280,154 @@ def vscatter(typingctx, arr, index, step, k, value):
     return sig, lambda c, b, s, a: _store_lanes(c, b, s, a, True)
 
 
+# W short rows of n elements, consecutive in memory (a whole tile of a C-contiguous array
+# whose row stride is n), are n contiguous vector loads (stores) whose lanes are regrouped
+# by shuffles into the tile's n vectors (and back): ~n - 1 two-vector shuffles for each
+# vector where the scalar form (above) takes W loads and lane insertions. Up to this row
+# length; longer rows spread a tile vector over too many loaded vectors for shuffles to pay.
+# Data movement only: the values are the same either way.
+TILE_SHUFFLE_MAX = 8
+
+
+def _shuffled(builder, vecs, picks):
+    """The vector whose lane l is lane ``picks[l][1]`` of ``vecs[picks[l][0]]``, built by
+    two-vector shuffles with constant masks (LLVM merges them into permutes)."""
+    mty = ir.VectorType(_I32, W)
+    acc = None
+    for v in sorted({v for v, _ in picks}):
+        if acc is None:
+            mask = [q if s == v else 0 for s, q in picks]
+            acc = builder.shuffle_vector(vecs[v], vecs[v], ir.Constant(mty, mask))
+        else:
+            mask = [W + q if s == v else lane for lane, (s, q) in enumerate(picks)]
+            acc = builder.shuffle_vector(acc, vecs[v], ir.Constant(mty, mask))
+    return acc
+
+
+def _rows_switch(builder, n, case):
+    """i1: whether ``case(c)`` ran for the run-time row length ``n`` (one branch per c in
+    1 .. TILE_SHUFFLE_MAX; other lengths run nothing)."""
+    after = builder.append_basic_block("rows.after")
+    default = builder.append_basic_block("rows.other")
+    switch = builder.switch(n, default)
+    incoming = []
+    for c in range(1, TILE_SHUFFLE_MAX + 1):
+        block = builder.append_basic_block(f"rows.{c}")
+        switch.add_case(ir.Constant(n.type, c), block)
+        builder.position_at_end(block)
+        case(c)
+        builder.branch(after)
+        incoming.append(builder.block)
+    builder.position_at_end(default)
+    builder.branch(after)
+    builder.position_at_end(after)
+    done = builder.phi(ir.IntType(1))
+    for block in incoming:
+        done.add_incoming(ir.Constant(ir.IntType(1), 1), block)
+    done.add_incoming(ir.Constant(ir.IntType(1), 0), default)
+    return done
+
+
+def _tile_rows_args(rows, tile, k, store):
+    """The shuffled forms' typing: a 1-D array of rows (loaded, or ``store``d: a result
+    type), a C-contiguous tile of their compute type, and the lane count (only the ``ALL``
+    marker takes the shuffled form)."""
+    return (isinstance(rows, types.Array) and rows.ndim == 1
+            and (_stored(rows.dtype) if store else compute_type(rows.dtype) is not None)
+            and isinstance(tile, types.Array) and tile.ndim == 1 and tile.layout == "C"
+            and tile.dtype == compute_type(rows.dtype)
+            and isinstance(k, (types.Integer, MarkerType)))
+
+
+def _tile_rows_call(context, builder, sig, args, move):
+    """The shuffled form (arguments: rows, index, stride, k, n, tile) for the ``ALL``
+    marker, C-contiguous rows and a row stride equal to n (checked at run time), else the
+    constant False: ``move(c, element pointer of the rows at index, tile data pointer)``
+    moves a tile of rows of c elements."""
+    rows_ty, _, _, k_ty, _, tile_ty = sig.args
+    false = ir.Constant(ir.IntType(1), 0)
+    if rows_ty.layout != "C" or not isinstance(k_ty, MarkerType):
+        return false
+    index, stride, n = (context.cast(builder, args[i], sig.args[i], types.intp)
+                        for i in (1, 2, 4))
+    rows = context.make_array(rows_ty)(context, builder, args[0])
+    tile = context.make_array(tile_ty)(context, builder, args[5])
+    ptr = builder.gep(rows.data, [index])
+    with builder.if_else(builder.icmp_signed("==", stride, n), likely=True) as (same, other):
+        with same:
+            done = _rows_switch(builder, n, lambda c: move(c, ptr, tile.data))
+            same_block = builder.block
+        with other:
+            other_block = builder.block
+    result = builder.phi(ir.IntType(1))
+    result.add_incoming(done, same_block)
+    result.add_incoming(false, other_block)
+    return result
+
+
+def _vector_at(builder, ptr, offset, vty):
+    return builder.bitcast(builder.gep(ptr, [ir.Constant(_I64, offset)]), vty.as_pointer())
+
+
+def _tile_rows(rows, index, stride, k, n, tile, move):
+    """(signature, codegen) of a shuffled tile form (arguments: rows, index, stride, k, n,
+    tile), or None for other types: ``move(builder, c, rows pointer, tile pointer, (rows'
+    storage vector type, tile vector type, rows' and tile's alignment), rows' dtype)``
+    moves a tile of rows of c elements."""
+    if not (_tile_rows_args(rows, tile, k, move is _tile_to_rows)
+            and all(isinstance(t, types.Integer) for t in (index, stride, n))):
+        return None
+
+    def codegen(context, builder, sig, args):
+        dtype, tile_dtype = sig.args[0].dtype, sig.args[5].dtype
+        vtys = (ir.VectorType(_storage_ir(context, dtype), W),
+                ir.VectorType(context.get_value_type(tile_dtype), W),
+                dtype.bitwidth // 8, tile_dtype.bitwidth // 8)
+        return _tile_rows_call(context, builder, sig, args,
+                               lambda c, ptr, t: move(builder, c, ptr, t, vtys, dtype))
+
+    return types.boolean(rows, index, stride, k, n, tile), codegen
+
+
+def _rows_to_tile(builder, c, ptr, tile, vtys, dtype):
+    vsty, cty, align, tile_align = vtys
+    vecs = [builder.load(_vector_at(builder, ptr, v * W, vsty), align=align)
+            for v in range(c)]
+    for j in range(c):
+        raw = _shuffled(builder, vecs, [divmod(lane * c + j, W) for lane in range(W)])
+        builder.store(_to_compute(builder, raw, dtype, cty),
+                      _vector_at(builder, tile, j * W, cty), align=tile_align)
+
+
+def _tile_to_rows(builder, c, ptr, tile, vtys, dtype):
+    vsty, cty, align, tile_align = vtys
+    vecs = []
+    for j in range(c):
+        value = builder.load(_vector_at(builder, tile, j * W, cty), align=tile_align)
+        vecs.append(value if value.type == vsty else builder.fptrunc(value, vsty))
+    for v in range(c):
+        picks = [((v * W + q) % c, (v * W + q) // c) for q in range(W)]
+        builder.store(_shuffled(builder, vecs, picks), _vector_at(builder, ptr, v * W, vsty),
+                      align=align)
+
+
+@intrinsic
+def vgather_rows(typingctx, rows, index, stride, k, n, tile):
+    """W rows of n elements (row stride ``stride``, the first at ``index``) into ``tile``,
+    a lane per row in the compute type (``tile[j*W + l]``: element j of row l), by
+    contiguous loads and shuffles: True where that form takes them (k the ``ALL``
+    marker, C-contiguous rows, stride n, n <= TILE_SHUFFLE_MAX), else False and nothing
+    moved (the caller gathers)."""
+    return _tile_rows(rows, index, stride, k, n, tile, _rows_to_tile)
+
+
+@intrinsic
+def vscatter_rows(typingctx, rows, index, stride, k, n, tile):
+    """The inverse of ``vgather_rows``: the tile's lanes stored as W rows of n elements,
+    converted to the rows' storage type; True where the shuffled form takes them."""
+    return _tile_rows(rows, index, stride, k, n, tile, _tile_to_rows)
+
+
 @intrinsic
 def vprefetch(typingctx, arr, index):
     """A hint that element ``index`` of a 1-D array is read soon: its cache line is

@@ -24,8 +24,9 @@ from numbasoftmax._lane_kernel import PREFETCH_MIN_STEP
 # (1030, 9): read as columns, rows 1030 elements apart, where the lane kernel fetches rows
 # ahead (PREFETCH_MIN_STEP), with a partial last tile; (21, 40): groups of rows, the last
 # one partial
-SHAPES = [(5, 1), (33, 3), (17, 15), (20, 16), (18, 17), (9, 100), (4, 1024), (3, 1025),
-          (2, 8192), (2, 8193), (2, 20000), (300, 7), (131, 12), (1030, 9), (21, 40)]
+SHAPES = [(5, 1), (20, 1), (33, 3), (48, 8), (17, 15), (20, 16), (18, 17), (9, 100),
+          (4, 1024), (3, 1025), (2, 8192), (2, 8193), (2, 20000), (300, 7), (131, 12),
+          (1030, 9), (21, 40)]
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import pytest
 from _helpers import assert_bitwise_equal
 from numba import njit
 
+from numbasoftmax import _vmem
 from numbasoftmax._simd import ALL, W
 from numbasoftmax._vmem import vgather, vload, vscatter, vstore
 
@@ -87,3 +88,53 @@ def test_gather_and_scatter_move_stepped_elements(dtype, strided, k):
     dst_sub = dst_view[::3] if strided else dst_view
     dst_sub[j + dstep * np.arange(n)] = src_view[i + step * np.arange(n)]
     assert_bitwise_equal(dst_base, dst_view)
+
+
+@njit
+def _rows_round_trip(rows, index, stride, n, tile, out):
+    """The shuffled tile forms for a whole tile: rows -> tile -> out; their two flags."""
+    took = _vmem.vgather_rows(rows, index, stride, ALL, n, tile)
+    put = _vmem.vscatter_rows(out, index, stride, ALL, n, tile)
+    return took, put
+
+
+@njit
+def _rows_counted(rows, index, stride, n, tile, out):
+    """The same with a run-time lane count of W: never the shuffled forms."""
+    return (_vmem.vgather_rows(rows, index, stride, W, n, tile),
+            _vmem.vscatter_rows(out, index, stride, W, n, tile))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 8, 9])
+def test_shuffled_tile_moves_rows_to_lanes_and_back(dtype, n):
+    """W rows of n consecutive elements: tile[j*W + l] is element j of row l, and the
+    inverse writes exactly those rows (and nothing around them); rows longer than
+    TILE_SHUFFLE_MAX, and a run-time lane count, leave it to the gather (False)."""
+    compute = np.float64 if dtype == np.float64 else np.float32
+    base = _data(dtype, (W + 3) * n, 3)
+    index = n  # the tile starts at row 1
+    tile = np.full(n * W, np.nan, compute)
+    out_base = np.zeros_like(base)
+    took, put = _rows_round_trip(_storage(base), index, n, n, tile, _storage(out_base))
+    shuffled = n <= _vmem.TILE_SHUFFLE_MAX
+    assert (took, put) == (shuffled, shuffled)
+    if not shuffled:
+        assert np.isnan(tile).all() and not out_base.any()
+        return
+    rows = base[index:index + n * W].reshape(W, n)
+    assert_bitwise_equal(tile, rows.T.reshape(-1).astype(compute))
+    expected = np.zeros_like(base)
+    expected[index:index + n * W] = base[index:index + n * W]
+    assert_bitwise_equal(out_base, expected)
+
+
+@pytest.mark.parametrize("stride", [3, 4], ids=["stride-n", "stride-other"])
+def test_shuffled_tile_needs_the_marker_and_stride_n(stride):
+    """Only a whole tile (the ``ALL`` marker) of rows whose stride is n takes the shuffled
+    form; a strided view of the rows never does (it compiles to False)."""
+    base = _data(np.float32, 8 * W, 4)
+    tile, out = np.zeros(3 * W, np.float32), np.zeros(8 * W, np.float32)
+    assert _rows_round_trip(base, 0, stride, 3, tile, out) == (stride == 3,) * 2
+    assert _rows_counted(base, 0, 3, 3, tile, out) == (False, False)
+    assert _rows_round_trip(base[::2], 0, 3, 3, tile, out[::2]) == (False, False)
