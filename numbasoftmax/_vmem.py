@@ -1,6 +1,7 @@
 """Vector loads and stores for the CPU kernels: memory <-> ``_simd.Vec``.
 
 Contiguous runs of lanes (masked loads and stores), strided lanes (gathers and scatters),
+whole tiles of short consecutive rows (contiguous vectors regrouped by lane shuffles),
 streaming (non-temporal) stores, lane masks from boolean arrays (``where=``), prefetch
 hints, and 1-D views built in compiled code. Each access converts between the array's
 storage type and the compute type (see ``_simd``: float16 viewed as uint16, inputs read
