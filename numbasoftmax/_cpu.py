@@ -51,8 +51,8 @@ STREAM_MIN_ROW_BYTES = 2048
 # float64 - / 0.86-0.91 / 1.02-1.11 / 1.10-1.20; softmax_backward float32 0.85-1.04 /
 # 1.16-1.23 / 1.13-1.41, float64 0.83-0.87 / 1.04-1.18 / 1.10-1.25; log_softmax_backward
 # float32 at 16 / 64 / 256 KiB / 1 MiB 0.94-1.02 / 1.05-1.07 / 0.97-1.03 / 0.89-0.93,
-# float64 at 64 KiB / 256 KiB / 1 MiB 0.99-1.05 / 0.98-1.03 / 0.95-1.00. float16, one
-# process each at 2-256 KiB: 0.69-0.99 in all three (its conversions bound it, not memory).
+# float64 at 64 KiB / 256 KiB / 1 MiB 0.99-1.05 / 0.98-1.03 / 0.95-1.00. float16, two
+# processes of 15 pairs at 2-256 KiB: 0.69-0.99 in all three (its conversions bound it).
 STREAM_ROW_BYTES = {
     "log_softmax": (None, 8192, 8192),
     "softmax_backward": (None, 4096, 4096),
