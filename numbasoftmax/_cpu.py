@@ -224,14 +224,11 @@ def run(op, a, sa, b, sb, out, so, m, n, side=None, direct=False):
         else:
             driver = k.grouped_rows if n < grouped_max else k.rows
             call = (marker, a, sa, 1, b, sb, 1, out, so, 1, 0, m, n, 1, side, stream)
-        if direct and side is None:
-            entry = entries.get((driver, a.dtype))
-            if entry is not None:
-                entry(*call)
-                return
-            _first_direct(entries, driver, call)
+        entry = entries.get((driver, a.dtype)) if direct and side is None else driver
+        if entry is not None:
+            entry(*call)
         else:
-            driver(*call)
+            _first_direct(entries, driver, call)
         return
     arrays = (marker, a, sa, 1, b, sb, 1, out, so, 1)
     if n < short_max:

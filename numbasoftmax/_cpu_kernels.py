@@ -176,7 +176,7 @@ def grouped_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, side, stre
     """Rows lo..hi-1 of at most CHUNK elements, in groups through each phase of the row
     kernel; an = on = 1, C = 1."""
     size = group_size(n)
-    st = np.empty((4, size))  # one allocation (~40 ns each: a short call's own cost)
+    st = np.empty((4, size))  # one allocation instead of four (part of a short call's cost)
     cmax, csum, m, t = st[0], st[1], st[2], st[3]
     offs = np.empty(size, np.int64)  # the rows' mask offsets, for both passes over them
     w = side_mask(side)

@@ -116,7 +116,7 @@ def fast(op, arrays, axis, out, where=None):
     # ravel: a view of a C-contiguous array, at half reshape(-1)'s cost
     a, o = x.ravel(), out.ravel()
     bf = a if b is None else b.ravel()
-    if dt.char == "e":  # float16
+    if dt == _F16:
         a, bf, o = a.view(np.uint16), bf.view(np.uint16), o.view(np.uint16)
     if p is None:
         _cpu.run(op.name, a, n, bf, n, o, n, x.size // n, n, side, direct)
@@ -240,8 +240,8 @@ def run(op, arrays, axes, out=None, *, dtype=None, where=None, values=None, kern
     for a, access in zip(views, p.inputs, strict=True):
         flat, stride = _rows(a, access, p.m, p.n, p.perm)
         args += [flat, stride]
-    if len(args) == 2:  # no second input: the first in its place, or no weights (None)
-        args += [None, 0] if kernel is not None and b is None else args
+    if len(args) == 2:  # one input: logsumexp's gradient takes None for its absent
+        args += [None, 0] if kernel is not None else args  # weights, the others x again
     name = kernel or op.name
     if p.out.kind == ROWS:
         flat, stride = _rows(dest, p.out, p.m, p.n, p.perm)

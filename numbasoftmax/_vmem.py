@@ -370,12 +370,12 @@ def _vector_at(builder, ptr, offset, vty):
     return builder.bitcast(builder.gep(ptr, [ir.Constant(_I64, offset)]), vty.as_pointer())
 
 
-def _tile_rows(rows, index, stride, k, n, tile, move):
+def _tile_rows(rows, index, stride, k, n, tile, move, store):
     """(signature, codegen) of a shuffled tile form (arguments: rows, index, stride, k, n,
-    tile), or None for other types: ``move(builder, c, rows pointer, tile pointer, (rows'
-    storage vector type, tile vector type, rows' and tile's alignment), rows' dtype)``
-    moves a tile of rows of c elements."""
-    if not (_tile_rows_args(rows, tile, k, move is _tile_to_rows)
+    tile; ``store``: into the rows), or None for other types: ``move(builder, c, rows
+    pointer, tile pointer, (rows' storage vector type, tile vector type, rows' and tile's
+    alignment), rows' dtype)`` moves a tile of rows of c elements."""
+    if not (_tile_rows_args(rows, tile, k, store)
             and all(isinstance(t, types.Integer) for t in (index, stride, n))):
         return None
 
@@ -419,14 +419,14 @@ def vgather_rows(typingctx, rows, index, stride, k, n, tile):
     contiguous loads and shuffles: True where that form takes them (k the ``ALL``
     marker, C-contiguous rows, stride n, n <= TILE_SHUFFLE_MAX), else False and nothing
     moved (the caller gathers)."""
-    return _tile_rows(rows, index, stride, k, n, tile, _rows_to_tile)
+    return _tile_rows(rows, index, stride, k, n, tile, _rows_to_tile, store=False)
 
 
 @intrinsic
 def vscatter_rows(typingctx, rows, index, stride, k, n, tile):
     """The inverse of ``vgather_rows``: the tile's lanes stored as W rows of n elements,
     converted to the rows' storage type; True where the shuffled form takes them."""
-    return _tile_rows(rows, index, stride, k, n, tile, _tile_to_rows)
+    return _tile_rows(rows, index, stride, k, n, tile, _tile_to_rows, store=True)
 
 
 @intrinsic

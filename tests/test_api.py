@@ -97,6 +97,7 @@ STREAM_EDGES = [("softmax", 2, 2048), ("softmax", 4, 2048), ("softmax", 8, 2048)
                 ("softmax_backward", 2, None), ("softmax_backward", 4, 4096),
                 ("softmax_backward", 8, 4096), ("log_softmax_backward", 2, None),
                 ("log_softmax_backward", 4, None), ("log_softmax_backward", 8, None)]
+_STREAM_EDGE = {(op, itemsize): edge for op, itemsize, edge in STREAM_EDGES}
 
 
 def test_stream_rule_total_size():
@@ -135,7 +136,7 @@ def test_streamed_outputs_have_the_plain_bits(op, dtype, shape, rng, monkeypatch
     plain = call(op, inputs)
     monkeypatch.setattr(_cpu, "STREAM_MIN_BYTES", 0)
     n, size = shape[-1], np.dtype(dtype).itemsize
-    edge = dict(((o, i), e) for o, i, e in STREAM_EDGES)[op, size]
+    edge = _STREAM_EDGE[op, size]
     assert _cpu.streams(shape[0], n, size, op) is (edge is not None and n * size >= edge)
     streamed = call(op, inputs)
     assert_bitwise_equal(streamed, plain)
