@@ -35,7 +35,7 @@ from numba.extending import intrinsic, overload
 
 from ._config import CACHE
 from ._disk_cache import njit
-from ._lane_kernel import band, band_stats, band_write
+from ._lane_kernel import band, band_stats, band_write, tile
 from ._markers import INLINE, Marker, same
 from ._row_kernel import (
     CHUNK,
@@ -249,17 +249,6 @@ def _gather_second_impl(op, b, bo, r0, k, n, tb):
     return lambda op, b, bo, r0, k, n, tb: _gather(b, bo, r0, k, n, tb)
 
 
-def _tile_lanes(tile):
-    """The lane tuple of a W-row tile, or None."""
-
-
-@overload(_tile_lanes)  # with reference counts: it returns an array inside a tuple
-def _tile_lanes_impl(tile):
-    if isinstance(tile, types.NoneType):
-        return lambda tile: None
-    return lambda tile: (tile, 0, W, ALL)
-
-
 @njit(**INTERNAL)
 def _scatter(src, dst, stride, r0, k, n):
     if vscatter_rows(dst, r0 * stride, stride, k, n, src):
@@ -288,19 +277,18 @@ def short_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C):
     ta = _compute_empty(a, n * W)
     to = _compute_empty(out, 2 * W if reduces(op) else n * W)
     tb = _second_tile(op, b, n, ta)
-    # all W lanes computed (the gather fills missing rows with 0): constant lane tuples, so
-    # the tile's loads and stores need no masks
-    la, lb, lo_ = (ta, 0, W, ALL), _tile_lanes(tb), (to, 0, W, ALL)
+    # all W lanes computed (the gather fills missing rows with 0): the tiles are whole, so
+    # their loads and stores need no masks
     full = lo + (hi - lo) // W * W
     for r0 in range(lo, full, W):  # whole tiles: the lane count a constant, no masks
         _gather(a, ao, r0, ALL, n, ta)
         _gather_second(op, b, bo, r0, ALL, n, tb)
-        band(op, la, lb, lo_, 1, n, S, T, V, None)
+        tile(op, ta, tb, to, n, S, T, V)
         _put(op, to, out, oo, r0, ALL, n)
     if full < hi:
         _gather(a, ao, full, hi - full, n, ta)
         _gather_second(op, b, bo, full, hi - full, n, tb)
-        band(op, la, lb, lo_, 1, n, S, T, V, None)
+        tile(op, ta, tb, to, n, S, T, V)
         _put(op, to, out, oo, full, hi - full, n)
 
 

@@ -43,6 +43,7 @@ from ._row_kernel import (
     reduces,
 )
 from ._simd import (
+    ALL,
     W,
     exact_store,
     vabs,
@@ -482,3 +483,159 @@ def band_write(op, a, b, out, nt, n, S, V, st, fin, r0, rows, stream):
         S[(2 * nc * nt + t) * W + lane] = fin[r, 0]
         S[((2 * nc + 1) * nt + t) * W + lane] = fin[r, 1]
     _write_phase(op, a, b, out, nt, n, S, V, stream)
+
+
+# ---------------------------------------------------------------------------------------
+# A whole tile of short rows in registers. For rows of at most REGISTER_ROW_MAX elements
+# (one chunk, one block) ``band`` spends most of its time moving vectors through its
+# scratch (the block lanes T, the statistics S and V, each store waited for by the next
+# load). ``tile`` runs the same operations on the same values in the same order with the
+# tile's n vectors held in registers, so its results are ``band``'s bit for bit (tests
+# hold them to it). Vectors past n are padding that changes no bit: -inf for a maximum,
+# +0 in the sum tree. Adding +0 changes only a -0 (to +0), and so does ``band``'s 0 + the
+# widened tree, which the result is in every case.
+
+REGISTER_ROW_MAX = 8
+
+
+def tile(op, ta, tb, to, n, S, T, V):
+    """``band`` on the whole tile (ta, 0, W, ALL) of n elements per row (tb: the second
+    operand's tile, or None; to: the output tile; S, T, V: ``band``'s scratch): in
+    registers for the softmax functions when n <= REGISTER_ROW_MAX."""
+
+
+def tile_lanes(t):
+    """The lane tuple of a whole tile t, or None."""
+
+
+@overload(tile_lanes)  # with reference counts: it returns an array inside a tuple
+def _tile_lanes_impl(t):
+    if isinstance(t, types.NoneType):
+        return lambda t: None
+    return lambda t: (t, 0, W, ALL)
+
+
+@njit(**INTERNAL)
+def _band_tile(op, ta, tb, to, n, S, T, V):
+    band(op, (ta, 0, W, ALL), tile_lanes(tb), (to, 0, W, ALL), 1, n, S, T, V, None)
+
+
+@njit(**INTERNAL)
+def _vector(t, j, n, fill):
+    """Vector j of a tile of n (element j of its W rows), or ``fill`` in every lane."""
+    if j < n:
+        return vload(t, j * W, W, 0.0)
+    return vsplat(fill, t)
+
+
+@njit(**INTERNAL)
+def _vectors(t, n, fill):
+    return (_vector(t, 0, n, fill), _vector(t, 1, n, fill), _vector(t, 2, n, fill),
+            _vector(t, 3, n, fill), _vector(t, 4, n, fill), _vector(t, 5, n, fill),
+            _vector(t, 6, n, fill), _vector(t, 7, n, fill))
+
+
+@njit(**INTERNAL)
+def _store_first(t, n, v0, v1, v2, v3, v4, v5, v6, v7):
+    """The first n of the vectors into tile t."""
+    for j, v in enumerate((v0, v1, v2, v3, v4, v5, v6, v7)):
+        if j < n:
+            vstore(t, j * W, W, v)
+
+
+@njit(**INTERNAL)
+def _sum(t0, t1, t2, t3, t4, t5, t6, t7):
+    """``_tree`` of a block of eight lanes, widened, added to +0 as ``_band_sum`` does."""
+    return vadd(0.0, vwiden(vadd(vadd(vadd(t0, t4), vadd(t2, t6)),
+                                 vadd(vadd(t1, t5), vadd(t3, t7)))))
+
+
+@njit(**INTERNAL)
+def _max_if(a, b, both):
+    if both:
+        return vmax(a, b)
+    return a
+
+
+@njit(**INTERNAL)
+def _exp_below(x, shift, j, n):
+    """exp(x - shift) (``_exp_lanes``) for a vector j < n, else +0 (the sum's padding)."""
+    if j < n:
+        return vexp_nonpos(vsub(x, shift))
+    return vsplat(0.0, x)
+
+
+def _forward_tile(op, ta, tb, to, n, S, T, V):
+    if n > REGISTER_ROW_MAX:
+        _band_tile(op, ta, tb, to, n, S, T, V)
+        return
+    x0, x1, x2, x3, x4, x5, x6, x7 = _vectors(ta, n, NEG_INF)
+    # maximum() is exact and order-free (_band_max), and costs several instructions: a
+    # tree over the n vectors, none taken with padding
+    cm = _max_if(_max_if(_max_if(x0, x1, n > 1), _max_if(x2, x3, n > 3), n > 2),
+                 _max_if(_max_if(x4, x5, n > 5), _max_if(x6, x7, n > 7), n > 6), n > 4)
+    ok = visfinite(cm)  # visfinite(m) of the write phases: m is cm widened
+    shift = vselect(veq(cm, NEG_INF), 0.0, cm)
+    e0, e1, e2, e3 = (_exp_below(x0, shift, 0, n), _exp_below(x1, shift, 1, n),
+                      _exp_below(x2, shift, 2, n), _exp_below(x3, shift, 3, n))
+    e4, e5, e6, e7 = (_exp_below(x4, shift, 4, n), _exp_below(x5, shift, 5, n),
+                      _exp_below(x6, shift, 6, n), _exp_below(x7, shift, 7, n))
+    # exp is never -0, so each block lane 0 + e is e
+    total = _sum(e0, e1, e2, e3, e4, e5, e6, e7)
+    if same(op, LOG_SOFTMAX):
+        lt = vnarrow(vlog(total), ta)  # V0 = narrow(m) is cm itself
+        _store_first(to, n, vselect(ok, vsub(vsub(x0, cm), lt), NAN),
+             vselect(ok, vsub(vsub(x1, cm), lt), NAN), vselect(ok, vsub(vsub(x2, cm), lt), NAN),
+             vselect(ok, vsub(vsub(x3, cm), lt), NAN), vselect(ok, vsub(vsub(x4, cm), lt), NAN),
+             vselect(ok, vsub(vsub(x5, cm), lt), NAN), vselect(ok, vsub(vsub(x6, cm), lt), NAN),
+             vselect(ok, vsub(vsub(x7, cm), lt), NAN))
+    else:
+        # the factor is 1 / total wherever the row is finite (its chunk holds its max);
+        # elsewhere the output is NaN whatever the factor
+        f = vnarrow(vdiv(1.0, total), ta)
+        _store_first(to, n, vselect(ok, vmul(e0, f), NAN), vselect(ok, vmul(e1, f), NAN),
+             vselect(ok, vmul(e2, f), NAN), vselect(ok, vmul(e3, f), NAN),
+             vselect(ok, vmul(e4, f), NAN), vselect(ok, vmul(e5, f), NAN),
+             vselect(ok, vmul(e6, f), NAN), vselect(ok, vmul(e7, f), NAN))
+
+
+@njit(**INTERNAL)
+def _grad_factor(t0, t1, t2, t3, t4, t5, t6, t7, like):
+    """The gradients' row sum as ``_grad_write`` reads it, 0 + (0 + the widened tree),
+    narrowed to the compute type of ``like``. The terms go into the tree as they are, not
+    as block lanes 0 + t: a -0 term then changes the tree's result only where every term
+    is -0, and the 0 + of the widened tree turns that -0 into +0 as well."""
+    return vnarrow(vadd(0.0, _sum(t0, t1, t2, t3, t4, t5, t6, t7)), like)
+
+
+@njit(**INTERNAL)
+def _exp_grad(z, dz, s, j, n):
+    """dz - exp(z) * s (``_grad_write``) for a vector j < n, else dz (never stored)."""
+    if j < n:
+        return vsub(dz, vmul(vexp(z), s))
+    return dz
+
+
+def _grad_tile(op, ta, tb, to, n, S, T, V):
+    if n > REGISTER_ROW_MAX:
+        _band_tile(op, ta, tb, to, n, S, T, V)
+        return
+    y0, y1, y2, y3, y4, y5, y6, y7 = _vectors(ta, n, 0.0)
+    d0, d1, d2, d3, d4, d5, d6, d7 = _vectors(tb, n, 0.0)
+    if same(op, SOFTMAX_BACKWARD):
+        s = _grad_factor(vmul(y0, d0), vmul(y1, d1), vmul(y2, d2), vmul(y3, d3),
+                         vmul(y4, d4), vmul(y5, d5), vmul(y6, d6), vmul(y7, d7), ta)
+        _store_first(to, n, vmul(y0, vsub(d0, s)), vmul(y1, vsub(d1, s)), vmul(y2, vsub(d2, s)),
+             vmul(y3, vsub(d3, s)), vmul(y4, vsub(d4, s)), vmul(y5, vsub(d5, s)),
+             vmul(y6, vsub(d6, s)), vmul(y7, vsub(d7, s)))
+    else:
+        s = _grad_factor(d0, d1, d2, d3, d4, d5, d6, d7, ta)
+        _store_first(to, n, _exp_grad(y0, d0, s, 0, n), _exp_grad(y1, d1, s, 1, n),
+             _exp_grad(y2, d2, s, 2, n), _exp_grad(y3, d3, s, 3, n),
+             _exp_grad(y4, d4, s, 4, n), _exp_grad(y5, d5, s, 5, n),
+             _exp_grad(y6, d6, s, 6, n), _exp_grad(y7, d7, s, 7, n))
+
+
+dispatch(tile, {"softmax": _forward_tile, "log_softmax": _forward_tile,
+                "softmax_backward": _grad_tile, "log_softmax_backward": _grad_tile,
+                "logsumexp": _band_tile.py_func, "logsumexp_sign": _band_tile.py_func})
