@@ -486,22 +486,25 @@ def band_write(op, a, b, out, nt, n, S, V, st, fin, r0, rows, stream):
 
 
 # ---------------------------------------------------------------------------------------
-# A whole tile of short rows in registers. For rows of at most REGISTER_ROW_MAX elements
-# (one chunk, one block) ``band`` spends most of its time moving vectors through its
-# scratch (the block lanes T, the statistics S and V, each store waited for by the next
-# load). ``tile`` runs the same operations on the same values in the same order with the
-# tile's n vectors held in registers, so its results are ``band``'s bit for bit (tests
-# hold them to it). Vectors past n are padding that changes no bit: -inf for a maximum,
-# +0 in the sum tree. Adding +0 changes only a -0 (to +0), and so does ``band``'s 0 + the
-# widened tree, which the result is in every case.
+# A whole tile of short rows. For rows shorter than 2W (one chunk, one block whose lane l
+# holds elements l and l + W) ``band`` spends most of its time on its scratch: zeroing the
+# block lanes T, adding into them in memory, the tree's loops with their run-time bounds,
+# the statistics S and V, each store waited for by the next load. ``tile`` runs the same
+# operations on the same values in the same order straight from the tile's vectors: in
+# registers, a variable per element, for rows of at most REGISTER_ROW_MAX elements; with
+# loops over the tile for the others. Its results are ``band``'s bit for bit (tests hold
+# them to it). Its sum leaves out ``band``'s 0 + of each block lane and adds +0 for the
+# lanes past n, which changes only a -0 (to +0); so does the 0 + of the widened tree,
+# which the result is in every case.
 
 REGISTER_ROW_MAX = 8
+TILE_ROW_MAX = 2 * W - 1
 
 
 def tile(op, ta, tb, to, n, S, T, V):
     """``band`` on the whole tile (ta, 0, W, ALL) of n elements per row (tb: the second
-    operand's tile, or None; to: the output tile; S, T, V: ``band``'s scratch): in
-    registers for the softmax functions when n <= REGISTER_ROW_MAX."""
+    operand's tile, or None; to: the output tile; S, T, V: ``band``'s scratch), without
+    the scratch for the softmax functions when n <= TILE_ROW_MAX."""
 
 
 def tile_lanes(t):
@@ -521,6 +524,51 @@ def _band_tile(op, ta, tb, to, n, S, T, V):
 
 
 @njit(**INTERNAL)
+def _sum8(u0, u1, u2, u3, u4, u5, u6, u7):
+    """0 + the widened ``_tree`` of a block whose lanes i and i + 8 add up to u_i: the
+    tree's first step done."""
+    return vadd(0.0, vwiden(vadd(vadd(vadd(u0, u4), vadd(u2, u6)),
+                                 vadd(vadd(u1, u5), vadd(u3, u7)))))
+
+
+@njit(**INTERNAL)
+def _lane(t, lane, n):
+    """Block lane ``lane`` of a tile's rows of n < 2W terms in t: its one or two terms'
+    sum, +0 past n."""
+    if lane + W < n:
+        return vadd(vload(t, lane * W, W, 0.0), vload(t, (lane + W) * W, W, 0.0))
+    if lane < n:
+        return vload(t, lane * W, W, 0.0)
+    return vsplat(0.0, t)
+
+
+@njit(**INTERNAL)
+def _pair(t, i, n):
+    return vadd(_lane(t, i, n), _lane(t, i + 8, n))
+
+
+@njit(**INTERNAL)
+def _tile_sum(t, n):
+    """``_band_sum`` of rows of n < 2W terms in tile t."""
+    return _sum8(_pair(t, 0, n), _pair(t, 1, n), _pair(t, 2, n), _pair(t, 3, n),
+                 _pair(t, 4, n), _pair(t, 5, n), _pair(t, 6, n), _pair(t, 7, n))
+
+
+@njit(**INTERNAL)
+def _tile_max(t, n):
+    """The maximum of a tile's n vectors, in two chains (maximum() is exact and order-free,
+    as in ``_band_max``, and takes several instructions: one chain would wait on each)."""
+    m0 = vsplat(NEG_INF, t)
+    m1 = m0
+    for j in range(0, n - 1, 2):
+        m0 = vmax(m0, vload(t, j * W, W, 0.0))
+        m1 = vmax(m1, vload(t, (j + 1) * W, W, 0.0))
+    if n % 2:
+        m0 = vmax(m0, vload(t, (n - 1) * W, W, 0.0))
+    return vmax(m0, m1)
+
+
+@njit(**INTERNAL)
 def _vector(t, j, n, fill):
     """Vector j of a tile of n (element j of its W rows), or ``fill`` in every lane."""
     if j < n:
@@ -530,6 +578,7 @@ def _vector(t, j, n, fill):
 
 @njit(**INTERNAL)
 def _vectors(t, n, fill):
+    """The first REGISTER_ROW_MAX vectors of a tile of n, ``fill`` past n."""
     return (_vector(t, 0, n, fill), _vector(t, 1, n, fill), _vector(t, 2, n, fill),
             _vector(t, 3, n, fill), _vector(t, 4, n, fill), _vector(t, 5, n, fill),
             _vector(t, 6, n, fill), _vector(t, 7, n, fill))
@@ -541,13 +590,6 @@ def _store_first(t, n, v0, v1, v2, v3, v4, v5, v6, v7):
     for j, v in enumerate((v0, v1, v2, v3, v4, v5, v6, v7)):
         if j < n:
             vstore(t, j * W, W, v)
-
-
-@njit(**INTERNAL)
-def _sum(t0, t1, t2, t3, t4, t5, t6, t7):
-    """``_tree`` of a block of eight lanes, widened, added to +0 as ``_band_sum`` does."""
-    return vadd(0.0, vwiden(vadd(vadd(vadd(t0, t4), vadd(t2, t6)),
-                                 vadd(vadd(t1, t5), vadd(t3, t7)))))
 
 
 @njit(**INTERNAL)
@@ -565,13 +607,10 @@ def _exp_below(x, shift, j, n):
     return vsplat(0.0, x)
 
 
-def _forward_tile(op, ta, tb, to, n, S, T, V):
-    if n > REGISTER_ROW_MAX:
-        _band_tile(op, ta, tb, to, n, S, T, V)
-        return
+@njit(**INTERNAL)
+def _forward_registers(op, ta, to, n):
     x0, x1, x2, x3, x4, x5, x6, x7 = _vectors(ta, n, NEG_INF)
-    # maximum() is exact and order-free (_band_max), and costs several instructions: a
-    # tree over the n vectors, none taken with padding
+    # a tree over the n vectors, none taken with the padding (see _tile_max)
     cm = _max_if(_max_if(_max_if(x0, x1, n > 1), _max_if(x2, x3, n > 3), n > 2),
                  _max_if(_max_if(x4, x5, n > 5), _max_if(x6, x7, n > 7), n > 6), n > 4)
     ok = visfinite(cm)  # visfinite(m) of the write phases: m is cm widened
@@ -580,32 +619,65 @@ def _forward_tile(op, ta, tb, to, n, S, T, V):
                       _exp_below(x2, shift, 2, n), _exp_below(x3, shift, 3, n))
     e4, e5, e6, e7 = (_exp_below(x4, shift, 4, n), _exp_below(x5, shift, 5, n),
                       _exp_below(x6, shift, 6, n), _exp_below(x7, shift, 7, n))
-    # exp is never -0, so each block lane 0 + e is e
-    total = _sum(e0, e1, e2, e3, e4, e5, e6, e7)
+    total = _sum8(e0, e1, e2, e3, e4, e5, e6, e7)
     if same(op, LOG_SOFTMAX):
-        lt = vnarrow(vlog(total), ta)  # V0 = narrow(m) is cm itself
+        lt = vnarrow(vlog(total), ta)  # the shift of the write phase, narrow(m), is cm
         _store_first(to, n, vselect(ok, vsub(vsub(x0, cm), lt), NAN),
-             vselect(ok, vsub(vsub(x1, cm), lt), NAN), vselect(ok, vsub(vsub(x2, cm), lt), NAN),
-             vselect(ok, vsub(vsub(x3, cm), lt), NAN), vselect(ok, vsub(vsub(x4, cm), lt), NAN),
-             vselect(ok, vsub(vsub(x5, cm), lt), NAN), vselect(ok, vsub(vsub(x6, cm), lt), NAN),
-             vselect(ok, vsub(vsub(x7, cm), lt), NAN))
+                     vselect(ok, vsub(vsub(x1, cm), lt), NAN),
+                     vselect(ok, vsub(vsub(x2, cm), lt), NAN),
+                     vselect(ok, vsub(vsub(x3, cm), lt), NAN),
+                     vselect(ok, vsub(vsub(x4, cm), lt), NAN),
+                     vselect(ok, vsub(vsub(x5, cm), lt), NAN),
+                     vselect(ok, vsub(vsub(x6, cm), lt), NAN),
+                     vselect(ok, vsub(vsub(x7, cm), lt), NAN))
     else:
-        # the factor is 1 / total wherever the row is finite (its chunk holds its max);
-        # elsewhere the output is NaN whatever the factor
-        f = vnarrow(vdiv(1.0, total), ta)
+        f = _factor(total, ta)
         _store_first(to, n, vselect(ok, vmul(e0, f), NAN), vselect(ok, vmul(e1, f), NAN),
-             vselect(ok, vmul(e2, f), NAN), vselect(ok, vmul(e3, f), NAN),
-             vselect(ok, vmul(e4, f), NAN), vselect(ok, vmul(e5, f), NAN),
-             vselect(ok, vmul(e6, f), NAN), vselect(ok, vmul(e7, f), NAN))
+                     vselect(ok, vmul(e2, f), NAN), vselect(ok, vmul(e3, f), NAN),
+                     vselect(ok, vmul(e4, f), NAN), vselect(ok, vmul(e5, f), NAN),
+                     vselect(ok, vmul(e6, f), NAN), vselect(ok, vmul(e7, f), NAN))
 
 
 @njit(**INTERNAL)
-def _grad_factor(t0, t1, t2, t3, t4, t5, t6, t7, like):
-    """The gradients' row sum as ``_grad_write`` reads it, 0 + (0 + the widened tree),
-    narrowed to the compute type of ``like``. The terms go into the tree as they are, not
-    as block lanes 0 + t: a -0 term then changes the tree's result only where every term
-    is -0, and the 0 + of the widened tree turns that -0 into +0 as well."""
-    return vnarrow(vadd(0.0, _sum(t0, t1, t2, t3, t4, t5, t6, t7)), like)
+def _factor(total, like):
+    """softmax's factor: 1 / total wherever the row is finite (its one chunk holds its
+    max; ``_softmax_write``); elsewhere the output is NaN whatever the factor."""
+    return vnarrow(vdiv(1.0, total), like)
+
+
+@njit(**INTERNAL)
+def _forward_loops(op, ta, to, n):
+    cm = _tile_max(ta, n)
+    ok = visfinite(cm)
+    shift = vselect(veq(cm, NEG_INF), 0.0, cm)
+    for j in range(n):
+        vstore(to, j * W, W, vexp_nonpos(vsub(vload(ta, j * W, W, 0.0), shift)))
+    total = _tile_sum(to, n)
+    if same(op, LOG_SOFTMAX):
+        lt = vnarrow(vlog(total), ta)
+        for j in range(n):
+            x = vload(ta, j * W, W, 0.0)
+            vstore(to, j * W, W, vselect(ok, vsub(vsub(x, cm), lt), NAN))
+    else:
+        f = _factor(total, ta)
+        for j in range(n):
+            vstore(to, j * W, W, vselect(ok, vmul(vload(to, j * W, W, 0.0), f), NAN))
+
+
+def _forward_tile(op, ta, tb, to, n, S, T, V):
+    if n <= REGISTER_ROW_MAX:
+        _forward_registers(op, ta, to, n)
+    elif n <= TILE_ROW_MAX:
+        _forward_loops(op, ta, to, n)
+    else:
+        _band_tile(op, ta, tb, to, n, S, T, V)
+
+
+@njit(**INTERNAL)
+def _grad_sum(total, like):
+    """The gradients' row sum as ``_grad_write`` reads it: ``_sum_finish``'s 0 + the sum,
+    narrowed to the compute type of ``like``."""
+    return vnarrow(vadd(0.0, total), like)
 
 
 @njit(**INTERNAL)
@@ -616,24 +688,47 @@ def _exp_grad(z, dz, s, j, n):
     return dz
 
 
-def _grad_tile(op, ta, tb, to, n, S, T, V):
-    if n > REGISTER_ROW_MAX:
-        _band_tile(op, ta, tb, to, n, S, T, V)
-        return
+@njit(**INTERNAL)
+def _grad_registers(op, ta, tb, to, n):
     y0, y1, y2, y3, y4, y5, y6, y7 = _vectors(ta, n, 0.0)
     d0, d1, d2, d3, d4, d5, d6, d7 = _vectors(tb, n, 0.0)
     if same(op, SOFTMAX_BACKWARD):
-        s = _grad_factor(vmul(y0, d0), vmul(y1, d1), vmul(y2, d2), vmul(y3, d3),
-                         vmul(y4, d4), vmul(y5, d5), vmul(y6, d6), vmul(y7, d7), ta)
-        _store_first(to, n, vmul(y0, vsub(d0, s)), vmul(y1, vsub(d1, s)), vmul(y2, vsub(d2, s)),
-             vmul(y3, vsub(d3, s)), vmul(y4, vsub(d4, s)), vmul(y5, vsub(d5, s)),
-             vmul(y6, vsub(d6, s)), vmul(y7, vsub(d7, s)))
+        s = _grad_sum(_sum8(vmul(y0, d0), vmul(y1, d1), vmul(y2, d2), vmul(y3, d3),
+                            vmul(y4, d4), vmul(y5, d5), vmul(y6, d6), vmul(y7, d7)), ta)
+        _store_first(to, n, vmul(y0, vsub(d0, s)), vmul(y1, vsub(d1, s)),
+                     vmul(y2, vsub(d2, s)), vmul(y3, vsub(d3, s)), vmul(y4, vsub(d4, s)),
+                     vmul(y5, vsub(d5, s)), vmul(y6, vsub(d6, s)), vmul(y7, vsub(d7, s)))
     else:
-        s = _grad_factor(d0, d1, d2, d3, d4, d5, d6, d7, ta)
+        s = _grad_sum(_sum8(d0, d1, d2, d3, d4, d5, d6, d7), ta)
         _store_first(to, n, _exp_grad(y0, d0, s, 0, n), _exp_grad(y1, d1, s, 1, n),
-             _exp_grad(y2, d2, s, 2, n), _exp_grad(y3, d3, s, 3, n),
-             _exp_grad(y4, d4, s, 4, n), _exp_grad(y5, d5, s, 5, n),
-             _exp_grad(y6, d6, s, 6, n), _exp_grad(y7, d7, s, 7, n))
+                     _exp_grad(y2, d2, s, 2, n), _exp_grad(y3, d3, s, 3, n),
+                     _exp_grad(y4, d4, s, 4, n), _exp_grad(y5, d5, s, 5, n),
+                     _exp_grad(y6, d6, s, 6, n), _exp_grad(y7, d7, s, 7, n))
+
+
+@njit(**INTERNAL)
+def _grad_loops(op, ta, tb, to, n):
+    if same(op, SOFTMAX_BACKWARD):
+        for j in range(n):  # the terms y * dy, in the output tile until the output
+            vstore(to, j * W, W, vmul(vload(ta, j * W, W, 0.0), vload(tb, j * W, W, 0.0)))
+        s = _grad_sum(_tile_sum(to, n), ta)
+        for j in range(n):
+            y, dy = vload(ta, j * W, W, 0.0), vload(tb, j * W, W, 0.0)
+            vstore(to, j * W, W, vmul(y, vsub(dy, s)))
+    else:
+        s = _grad_sum(_tile_sum(tb, n), ta)
+        for j in range(n):
+            z, dz = vload(ta, j * W, W, 0.0), vload(tb, j * W, W, 0.0)
+            vstore(to, j * W, W, vsub(dz, vmul(vexp(z), s)))
+
+
+def _grad_tile(op, ta, tb, to, n, S, T, V):
+    if n <= REGISTER_ROW_MAX:
+        _grad_registers(op, ta, tb, to, n)
+    elif n <= TILE_ROW_MAX:
+        _grad_loops(op, ta, tb, to, n)
+    else:
+        _band_tile(op, ta, tb, to, n, S, T, V)
 
 
 dispatch(tile, {"softmax": _forward_tile, "log_softmax": _forward_tile,

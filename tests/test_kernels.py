@@ -19,7 +19,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from numbasoftmax import _cpu_kernels as K
 from numbasoftmax._cpu import COLUMN_OPS
-from numbasoftmax._lane_kernel import PREFETCH_MIN_STEP, REGISTER_ROW_MAX
+from numbasoftmax._lane_kernel import PREFETCH_MIN_STEP, TILE_ROW_MAX
 
 # (1030, 9): read as columns, rows 1030 elements apart, where the lane kernel fetches rows
 # ahead (PREFETCH_MIN_STEP), with a partial last tile; (21, 40): groups of rows, the last
@@ -267,14 +267,15 @@ def test_masked_drivers_agree_bitwise(op, shape, rng):
                              expected)
 
 
-# Rows of at most REGISTER_ROW_MAX elements run a whole tile in registers (``tile``), the
-# others and partial tiles through ``band``: each n up to the limit and one past it, with
-# the values where a shortcut would show: signed zeros in both gradient inputs (0 + -0 is
-# +0 in a block lane), non-finite rows, and rows of exp(x - max) = 0 but one.
-@pytest.mark.parametrize("n", range(1, REGISTER_ROW_MAX + 2))
+# Short rows run a tile at a time without ``band``'s scratch (``tile``): in registers up to
+# REGISTER_ROW_MAX elements, by loops up to TILE_ROW_MAX, through ``band`` past it. Each n
+# up to one past the limit, three whole tiles and a partial one, with the values where a
+# shortcut would show: signed zeros in both gradient inputs (0 + -0 is +0 in a block
+# lane), non-finite rows, and rows of exp(x - max) = 0 but one.
+@pytest.mark.parametrize("n", range(1, TILE_ROW_MAX + 2))
 @pytest.mark.parametrize(("op", "dtype"), OP_DTYPES,
                          ids=[f"{op}-{np.dtype(d).name}" for op, d in OP_DTYPES])
-def test_register_tile_agrees_bitwise(op, dtype, n, rng):
+def test_tile_agrees_bitwise(op, dtype, n, rng):
     inputs = [x.copy() for x in _inputs(op, rng, (3 * 16 + 5, n), dtype)]
     if op.endswith("backward"):
         for x in inputs:
