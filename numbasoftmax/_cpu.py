@@ -24,9 +24,11 @@ PARALLEL_MIN_ELEMENTS = 1 << 15
 # kernel's fixed cost per row (horizontal reductions, a division, the exp's latency)
 # dominates short rows, and the gather and scatter cost ~2 ns per element whatever the
 # row length. Measured single-threaded, float32: from 32 elements the row kernel is as
-# fast or faster for the forward operations, from 10 for the gradients (float16 from 10,
-# float64 from 12).
-SHORT_ROW_MAX = {"forward": 32, "backward": 10}
+# fast or faster for the forward operations; the gradients' tiles in registers (up to
+# REGISTER_ROW_MAX elements) ran 1.2-1.8x the row kernel's groups, whose rows of 9 and 10
+# ran 1.2-1.4x the lane kernel's. These are the rows the lane kernel's tiles take
+# (``_lane_kernel.TILE_ROW_MAX``, ``REGISTER_ROW_MAX``; a test holds them together).
+SHORT_ROW_MAX = {"forward": 32, "backward": 9}
 # From there (masked rows, which the lane kernel does not take, from 1 element), rows
 # shorter than this run in groups through each phase of the row kernel (``grouped_rows``):
 # a short row's phases are one chain of dependent steps, and a group's chains fill each

@@ -492,10 +492,14 @@ def band_write(op, a, b, out, nt, n, S, V, st, fin, r0, rows, stream):
 # the statistics S and V, each store waited for by the next load. ``tile`` runs the same
 # operations on the same values in the same order straight from the tile's vectors: in
 # registers, a variable per element, for rows of at most REGISTER_ROW_MAX elements; with
-# loops over the tile for the others. Its results are ``band``'s bit for bit (tests hold
-# them to it). Its sum leaves out ``band``'s 0 + of each block lane and adds +0 for the
-# lanes past n, which changes only a -0 (to +0); so does the 0 + of the widened tree,
-# which the result is in every case.
+# loops over the tile for the forward operations' rows of at most TILE_ROW_MAX. Its
+# results are ``band``'s bit for bit (tests hold them to it). Its sum leaves out
+# ``band``'s 0 + of each block lane and adds +0 for the lanes past n, which changes only a
+# -0 (to +0); so does the 0 + of the widened tree, which the result is in every case.
+#
+# The softmax functions' tiles take no other rows: ``band`` would double the compile time
+# of a first short-row call (the gradients' rows of 9 or more run faster in the row
+# kernel's groups anyway). logsumexp keeps ``band`` for every row length.
 
 REGISTER_ROW_MAX = 8
 TILE_ROW_MAX = 2 * W - 1
@@ -503,8 +507,9 @@ TILE_ROW_MAX = 2 * W - 1
 
 def tile(op, ta, tb, to, n, S, T, V):
     """``band`` on the whole tile (ta, 0, W, ALL) of n elements per row (tb: the second
-    operand's tile, or None; to: the output tile; S, T, V: ``band``'s scratch), without
-    the scratch for the softmax functions when n <= TILE_ROW_MAX."""
+    operand's tile, or None; to: the output tile; S, T, V: ``band``'s scratch). The
+    softmax functions' rows: at most TILE_ROW_MAX elements (the gradients' at most
+    REGISTER_ROW_MAX), else a ValueError."""
 
 
 def tile_lanes(t):
@@ -670,7 +675,8 @@ def _forward_tile(op, ta, tb, to, n, S, T, V):
     elif n <= TILE_ROW_MAX:
         _forward_loops(op, ta, to, n)
     else:
-        _band_tile(op, ta, tb, to, n, S, T, V)
+        raise ValueError("the softmax functions' tiles take rows of at most "
+                         "TILE_ROW_MAX elements")
 
 
 @njit(**INTERNAL)
@@ -706,29 +712,11 @@ def _grad_registers(op, ta, tb, to, n):
                      _exp_grad(y6, d6, s, 6, n), _exp_grad(y7, d7, s, 7, n))
 
 
-@njit(**INTERNAL)
-def _grad_loops(op, ta, tb, to, n):
-    if same(op, SOFTMAX_BACKWARD):
-        for j in range(n):  # the terms y * dy, in the output tile until the output
-            vstore(to, j * W, W, vmul(vload(ta, j * W, W, 0.0), vload(tb, j * W, W, 0.0)))
-        s = _grad_sum(_tile_sum(to, n), ta)
-        for j in range(n):
-            y, dy = vload(ta, j * W, W, 0.0), vload(tb, j * W, W, 0.0)
-            vstore(to, j * W, W, vmul(y, vsub(dy, s)))
-    else:
-        s = _grad_sum(_tile_sum(tb, n), ta)
-        for j in range(n):
-            z, dz = vload(ta, j * W, W, 0.0), vload(tb, j * W, W, 0.0)
-            vstore(to, j * W, W, vsub(dz, vmul(vexp(z), s)))
-
-
 def _grad_tile(op, ta, tb, to, n, S, T, V):
-    if n <= REGISTER_ROW_MAX:
-        _grad_registers(op, ta, tb, to, n)
-    elif n <= TILE_ROW_MAX:
-        _grad_loops(op, ta, tb, to, n)
-    else:
-        _band_tile(op, ta, tb, to, n, S, T, V)
+    if n > REGISTER_ROW_MAX:
+        raise ValueError("the gradients' tiles take rows of at most REGISTER_ROW_MAX "
+                         "elements")
+    _grad_registers(op, ta, tb, to, n)
 
 
 dispatch(tile, {"softmax": _forward_tile, "log_softmax": _forward_tile,

@@ -46,7 +46,7 @@ def _dtype_id(d):
 # row lengths around every threshold, each as one row, as a batch small enough for the
 # serial driver, and as a batch just big enough for the parallel driver
 
-ROW_LENGTHS = (1, 2, 9, 10, 31, 32, 33, 63, 64, 1023, 1024, 1025, 8191, 8192, 8193,
+ROW_LENGTHS = (1, 2, 8, 9, 10, 31, 32, 33, 63, 64, 1023, 1024, 1025, 8191, 8192, 8193,
                32767, 32768, 32769, 70000)
 
 
@@ -67,11 +67,15 @@ THRESHOLD_SHAPES = _threshold_shapes()
 
 
 def test_row_lengths_straddle_the_launchers_thresholds():
-    """The thresholds restated in tests/_helpers.py are the launcher's, and ROW_LENGTHS has
-    a row on each side of every one; grouped rows are rows of one chunk."""
+    """The thresholds restated in tests/_helpers.py are the launcher's and fit the lane
+    kernel's tiles, and ROW_LENGTHS has a row on each side of every one; grouped rows are
+    rows of one chunk."""
     from numbasoftmax import _cpu
+    from numbasoftmax._lane_kernel import REGISTER_ROW_MAX, TILE_ROW_MAX
 
     assert (_cpu.SHORT_ROW_MAX, _cpu.GROUPED_ROW_MAX) == (SHORT_ROW_MAX, GROUPED_ROW_MAX)
+    # the lane kernel's tiles take the rows the launcher gives them, and no more
+    assert SHORT_ROW_MAX == {"forward": TILE_ROW_MAX + 1, "backward": REGISTER_ROW_MAX + 1}
     assert (_cpu.PARALLEL_MIN_ELEMENTS, _cpu.ROW_TASK_MAX) == (PARALLEL_MIN_ELEMENTS, 32768)
     for t in (*SHORT_ROW_MAX.values(), *GROUPED_ROW_MAX.values(), CHUNK):
         assert t - 1 in ROW_LENGTHS and t in ROW_LENGTHS

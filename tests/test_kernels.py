@@ -14,12 +14,12 @@ import zlib
 
 import numpy as np
 import pytest
-from _helpers import CHUNK, OPS, assert_bitwise_equal, inputs_for
+from _helpers import CHUNK, OPS, SHORT_ROW_MAX, assert_bitwise_equal, inputs_for
 from numpy.lib.stride_tricks import as_strided
 
 from numbasoftmax import _cpu_kernels as K
 from numbasoftmax._cpu import COLUMN_OPS
-from numbasoftmax._lane_kernel import PREFETCH_MIN_STEP, TILE_ROW_MAX
+from numbasoftmax._lane_kernel import PREFETCH_MIN_STEP, REGISTER_ROW_MAX, TILE_ROW_MAX
 
 # (1030, 9): read as columns, rows 1030 elements apart, where the lane kernel fetches rows
 # ahead (PREFETCH_MIN_STEP), with a partial last tile; (21, 40): groups of rows, the last
@@ -132,9 +132,11 @@ OP_DTYPES = ([(op, np.float32) for op in OPS]
 def test_drivers_agree_bitwise(op, dtype, shape, rng):
     inputs = _inputs(op, rng, shape, dtype)
     expected = _rows(K.rows, op, inputs, parallel=False)
-    assert_bitwise_equal(_rows(K.short_rows, op, inputs, parallel=False), expected)
+    if shape[1] < _short_max(op):  # the rows the lane kernel's tiles take
+        assert_bitwise_equal(_rows(K.short_rows, op, inputs, parallel=False), expected)
+        assert_bitwise_equal(_rows(K.short_rows_parallel, op, inputs, parallel=True),
+                             expected)
     assert_bitwise_equal(_rows(K.rows_parallel, op, inputs, parallel=True), expected)
-    assert_bitwise_equal(_rows(K.short_rows_parallel, op, inputs, parallel=True), expected)
     assert_bitwise_equal(_rows(K.chunks_parallel, op, inputs, parallel=True), expected)
     if shape[1] <= CHUNK:  # the grouped drivers take rows of one chunk
         assert_bitwise_equal(_rows(K.grouped_rows, op, inputs, parallel=False), expected)
@@ -267,14 +269,20 @@ def test_masked_drivers_agree_bitwise(op, shape, rng):
                              expected)
 
 
+def _short_max(op):
+    return SHORT_ROW_MAX["backward" if op.endswith("backward") else "forward"]
+
+
 # Short rows run a tile at a time without ``band``'s scratch (``tile``): in registers up to
-# REGISTER_ROW_MAX elements, by loops up to TILE_ROW_MAX, through ``band`` past it. Each n
-# up to one past the limit, three whole tiles and a partial one, with the values where a
-# shortcut would show: signed zeros in both gradient inputs (0 + -0 is +0 in a block
-# lane), non-finite rows, and rows of exp(x - max) = 0 but one.
-@pytest.mark.parametrize("n", range(1, TILE_ROW_MAX + 2))
-@pytest.mark.parametrize(("op", "dtype"), OP_DTYPES,
-                         ids=[f"{op}-{np.dtype(d).name}" for op, d in OP_DTYPES])
+# REGISTER_ROW_MAX elements, by loops up to TILE_ROW_MAX (the forward operations). Each n
+# the tiles take, three whole tiles and a partial one, with the values where a shortcut
+# would show: signed zeros in both gradient inputs (0 + -0 is +0 in a block lane),
+# non-finite rows, and rows of exp(x - max) = 0 but one.
+TILE_CASES = [(op, dtype, n) for op, dtype in OP_DTYPES for n in range(1, _short_max(op))]
+
+
+@pytest.mark.parametrize(("op", "dtype", "n"), TILE_CASES,
+                         ids=[f"{op}-{np.dtype(d).name}-{n}" for op, d, n in TILE_CASES])
 def test_tile_agrees_bitwise(op, dtype, n, rng):
     inputs = [x.copy() for x in _inputs(op, rng, (3 * 16 + 5, n), dtype)]
     if op.endswith("backward"):
@@ -289,6 +297,17 @@ def test_tile_agrees_bitwise(op, dtype, n, rng):
         inputs[0][5, 0] = 0.0
     assert_bitwise_equal(_rows(K.short_rows, op, inputs, parallel=False),
                          _rows(K.rows, op, inputs, parallel=False))
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_tile_rejects_longer_rows(op, rng):
+    """Past the rows its tiles take, the lane kernel's serial driver raises instead of
+    leaving the output unwritten (the launcher never sends such rows)."""
+    n = _short_max(op)
+    assert n - 1 == (TILE_ROW_MAX if n > REGISTER_ROW_MAX + 1 else REGISTER_ROW_MAX)
+    inputs = _inputs(op, rng, (20, n), np.float32)
+    with pytest.raises(ValueError, match="tiles take rows of at most"):
+        _rows(K.short_rows, op, inputs, parallel=False)
 
 
 def test_exp_of_zero_is_one():
