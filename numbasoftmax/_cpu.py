@@ -25,9 +25,10 @@ PARALLEL_MIN_ELEMENTS = 1 << 15
 # dominates short rows, and the gather and scatter cost ~2 ns per element whatever the
 # row length. Measured single-threaded, float32: from 32 elements the row kernel is as
 # fast or faster for the forward operations; the gradients' tiles in registers (up to
-# REGISTER_ROW_MAX elements) ran 1.2-1.8x the row kernel's groups, whose rows of 9 and 10
-# ran 1.2-1.4x the lane kernel's. These are the rows the lane kernel's tiles take
-# (``_lane_kernel.TILE_ROW_MAX``, ``REGISTER_ROW_MAX``; a test holds them together).
+# REGISTER_ROW_MAX elements) ran 1.4-1.8x the row kernel's groups, whose rows of 9 and 10
+# ran 1.0-2.3x the lane kernel's (softmax_backward 1.5-2.3x). These are the rows the lane
+# kernel's tiles take (``_lane_kernel.TILE_ROW_MAX``, ``REGISTER_ROW_MAX``; a test holds
+# them together).
 SHORT_ROW_MAX = {"forward": 32, "backward": 9}
 # From there (masked rows, which the lane kernel does not take, from 1 element), rows
 # shorter than this run in groups through each phase of the row kernel (``grouped_rows``):

@@ -271,8 +271,9 @@ def _put(op, to, out, oo, r0, k, n):
 
 @njit(**OPTIONS)
 def short_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C):
-    """Rows lo..hi-1, W at a time (the lane kernel on rows gathered into tiles). A
-    reduction's tile holds the W values (and the W signs after them)."""
+    """Rows lo..hi-1, W at a time (the lane kernel's ``tile`` on rows gathered into
+    tiles; the rows it takes: ``_cpu.SHORT_ROW_MAX``). A reduction's tile holds the W
+    values (and the W signs after them)."""
     S, T, V = _scratch(a, n, 1)
     ta = _compute_empty(a, n * W)
     to = _compute_empty(out, 2 * W if reduces(op) else n * W)
