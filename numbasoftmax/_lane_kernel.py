@@ -614,6 +614,10 @@ def _exp_below(x, shift, j, n):
 
 @njit(**INTERNAL)
 def _forward_registers(op, ta, to, n):
+    if n == 1:  # x - max is +0 where x is finite: exp 1, total 1, factor 1, log +0
+        value = vsplat(0.0 if same(op, LOG_SOFTMAX) else 1.0, ta)
+        vstore(to, 0, W, vselect(visfinite(vload(ta, 0, W, 0.0)), value, NAN))
+        return
     x0, x1, x2, x3, x4, x5, x6, x7 = _vectors(ta, n, NEG_INF)
     # a tree over the n vectors, none taken with the padding (see _tile_max)
     cm = _max_if(_max_if(_max_if(x0, x1, n > 1), _max_if(x2, x3, n > 3), n > 2),
