@@ -20,7 +20,7 @@ SENTINEL = 1234.5
 
 # (id, shape, numba threads or None for the default): each CPU path
 PATHS = [
-    ("serial_short_rows", (7, 9), None),  # below every operation's SHORT_ROW_MAX
+    ("serial_short_rows", (7, 8), None),  # below every operation's SHORT_ROW_MAX
     ("serial_one_row_chunks", (1, 8193), None),
     ("serial_grouped_rows", (7, 41), None),  # groups of rows, the last one partial
     ("parallel_grouped_rows", (1000, 41), None),
