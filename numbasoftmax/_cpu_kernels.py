@@ -35,7 +35,7 @@ from numba.extending import intrinsic, overload
 
 from ._config import CACHE
 from ._disk_cache import njit
-from ._lane_kernel import band, band_stats, band_write, tile
+from ._lane_kernel import band, band_stats, band_write, tile, tile_row_max
 from ._markers import INLINE, Marker, same
 from ._row_kernel import (
     CHUNK,
@@ -366,6 +366,12 @@ def _group_tasks(args):
 
 
 def _tile_tasks(args):
+    # the parallel loop does not see a task's error: rows the tiles do not take are
+    # refused here, before it runs (the serial driver raises for them itself)
+    rows_max = tile_row_max(args[0].key)
+    if rows_max is not None and args[11] > rows_max:
+        raise ValueError(f"short_rows takes rows of at most {rows_max} elements for "
+                         f"{args[0].key}; got {args[11]}")
     return args[10], (max(1, TASK_ELEMENTS // args[11]) + W - 1) // W * W  # whole tiles
 
 

@@ -505,6 +505,15 @@ REGISTER_ROW_MAX = 8
 TILE_ROW_MAX = 2 * W - 1
 
 
+def tile_row_max(op):
+    """The longest row ``tile`` takes for operation ``op`` (a name), None for any."""
+    if op in ("softmax", "log_softmax"):
+        return TILE_ROW_MAX
+    if op in ("softmax_backward", "log_softmax_backward"):
+        return REGISTER_ROW_MAX
+    return None
+
+
 def tile(op, ta, tb, to, n, S, T, V):
     """``band`` on the whole tile (ta, 0, W, ALL) of n elements per row (tb: the second
     operand's tile, or None; to: the output tile; S, T, V: ``band``'s scratch). The

@@ -301,13 +301,15 @@ def test_tile_agrees_bitwise(op, dtype, n, rng):
 
 @pytest.mark.parametrize("op", OPS)
 def test_tile_rejects_longer_rows(op, rng):
-    """Past the rows its tiles take, the lane kernel's serial driver raises instead of
-    leaving the output unwritten (the launcher never sends such rows)."""
+    """Past the rows its tiles take, the lane kernel's drivers raise instead of leaving the
+    output unwritten (the launcher never sends such rows)."""
     n = _short_max(op)
     assert n - 1 == (TILE_ROW_MAX if n > REGISTER_ROW_MAX + 1 else REGISTER_ROW_MAX)
     inputs = _inputs(op, rng, (20, n), np.float32)
     with pytest.raises(ValueError, match="tiles take rows of at most"):
         _rows(K.short_rows, op, inputs, parallel=False)
+    with pytest.raises(ValueError, match=f"rows of at most {n - 1} elements for {op}"):
+        _rows(K.short_rows_parallel, op, inputs, parallel=True)
 
 
 def test_exp_of_zero_is_one():
