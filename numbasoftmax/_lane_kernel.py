@@ -622,74 +622,56 @@ def _exp_below(x, shift, j, n):
 
 
 @njit(**INTERNAL)
-def _forward_registers(op, ta, to, n):
-    if n == 1:  # x - max is +0 where x is finite: exp 1, total 1, factor 1, log +0
-        value = vsplat(0.0 if same(op, LOG_SOFTMAX) else 1.0, ta)
-        vstore(to, 0, W, vselect(visfinite(vload(ta, 0, W, 0.0)), value, NAN))
-        return
+def _registers_stats(ta, to, n):
+    """(cm, total) of a tile of n <= REGISTER_ROW_MAX vectors held in registers, its exps
+    into ``to``."""
     x0, x1, x2, x3, x4, x5, x6, x7 = _vectors(ta, n, NEG_INF)
     # a tree over the n vectors, none taken with the padding (see _tile_max)
     cm = _max_if(_max_if(_max_if(x0, x1, n > 1), _max_if(x2, x3, n > 3), n > 2),
                  _max_if(_max_if(x4, x5, n > 5), _max_if(x6, x7, n > 7), n > 6), n > 4)
-    ok = visfinite(cm)  # visfinite(m) of the write phases: m is cm widened
     shift = vselect(veq(cm, NEG_INF), 0.0, cm)
     e0, e1, e2, e3 = (_exp_below(x0, shift, 0, n), _exp_below(x1, shift, 1, n),
                       _exp_below(x2, shift, 2, n), _exp_below(x3, shift, 3, n))
     e4, e5, e6, e7 = (_exp_below(x4, shift, 4, n), _exp_below(x5, shift, 5, n),
                       _exp_below(x6, shift, 6, n), _exp_below(x7, shift, 7, n))
-    total = _sum8(e0, e1, e2, e3, e4, e5, e6, e7)
-    if same(op, LOG_SOFTMAX):
-        lt = vnarrow(vlog(total), ta)  # the shift of the write phase, narrow(m), is cm
-        _store_first(to, n, vselect(ok, vsub(vsub(x0, cm), lt), NAN),
-                     vselect(ok, vsub(vsub(x1, cm), lt), NAN),
-                     vselect(ok, vsub(vsub(x2, cm), lt), NAN),
-                     vselect(ok, vsub(vsub(x3, cm), lt), NAN),
-                     vselect(ok, vsub(vsub(x4, cm), lt), NAN),
-                     vselect(ok, vsub(vsub(x5, cm), lt), NAN),
-                     vselect(ok, vsub(vsub(x6, cm), lt), NAN),
-                     vselect(ok, vsub(vsub(x7, cm), lt), NAN))
-    else:
-        f = _factor(total, ta)
-        _store_first(to, n, vselect(ok, vmul(e0, f), NAN), vselect(ok, vmul(e1, f), NAN),
-                     vselect(ok, vmul(e2, f), NAN), vselect(ok, vmul(e3, f), NAN),
-                     vselect(ok, vmul(e4, f), NAN), vselect(ok, vmul(e5, f), NAN),
-                     vselect(ok, vmul(e6, f), NAN), vselect(ok, vmul(e7, f), NAN))
+    _store_first(to, n, e0, e1, e2, e3, e4, e5, e6, e7)
+    return cm, _sum8(e0, e1, e2, e3, e4, e5, e6, e7)
 
 
 @njit(**INTERNAL)
-def _factor(total, like):
-    """softmax's factor: 1 / total wherever the row is finite (its one chunk holds its
-    max; ``_softmax_write``); elsewhere the output is NaN whatever the factor."""
-    return vnarrow(vdiv(1.0, total), like)
-
-
-@njit(**INTERNAL)
-def _forward_loops(op, ta, to, n):
+def _loops_stats(ta, to, n):
+    """(cm, total) of a tile of n < 2W vectors by loops over it, its exps into ``to``."""
     cm = _tile_max(ta, n)
-    ok = visfinite(cm)
     shift = vselect(veq(cm, NEG_INF), 0.0, cm)
     for j in range(n):
         vstore(to, j * W, W, vexp_nonpos(vsub(vload(ta, j * W, W, 0.0), shift)))
-    total = _tile_sum(to, n)
+    return cm, _tile_sum(to, n)
+
+
+def _forward_tile(op, ta, tb, to, n, S, T, V):
+    if n == 1:  # x - max is +0 where x is finite: exp 1, total 1, factor 1, log +0
+        value = vsplat(0.0 if same(op, LOG_SOFTMAX) else 1.0, ta)
+        vstore(to, 0, W, vselect(visfinite(vload(ta, 0, W, 0.0)), value, NAN))
+        return
+    if n <= REGISTER_ROW_MAX:
+        cm, total = _registers_stats(ta, to, n)
+    elif n <= TILE_ROW_MAX:
+        cm, total = _loops_stats(ta, to, n)
+    else:
+        raise ValueError("the softmax functions' tiles take rows of at most "
+                         "TILE_ROW_MAX elements")
+    ok = visfinite(cm)  # visfinite(m) of the write phases: m is cm widened
     if same(op, LOG_SOFTMAX):
-        lt = vnarrow(vlog(total), ta)
+        lt = vnarrow(vlog(total), ta)  # the shift of the write phase, narrow(m), is cm
         for j in range(n):
             x = vload(ta, j * W, W, 0.0)
             vstore(to, j * W, W, vselect(ok, vsub(vsub(x, cm), lt), NAN))
     else:
-        f = _factor(total, ta)
+        # softmax's factor: 1 / total wherever the row is finite (its one chunk holds its
+        # max; ``_softmax_write``); elsewhere the output is NaN whatever the factor
+        f = vnarrow(vdiv(1.0, total), ta)
         for j in range(n):
             vstore(to, j * W, W, vselect(ok, vmul(vload(to, j * W, W, 0.0), f), NAN))
-
-
-def _forward_tile(op, ta, tb, to, n, S, T, V):
-    if n <= REGISTER_ROW_MAX:
-        _forward_registers(op, ta, to, n)
-    elif n <= TILE_ROW_MAX:
-        _forward_loops(op, ta, to, n)
-    else:
-        raise ValueError("the softmax functions' tiles take rows of at most "
-                         "TILE_ROW_MAX elements")
 
 
 @njit(**INTERNAL)
