@@ -42,8 +42,7 @@ GROUPED_ROW_MAX = {"forward": 8192, "backward": 64}
 # Rows of at least this many bytes write a large output (``_config.STREAM_MIN_BYTES``)
 # with non-temporal stores: a row's first and last partial cache lines take masked plain
 # stores, and below this that cost outweighs the traffic saved. The kernel streams only
-# where its first passes kept nothing in ``out`` (``_row_kernel.may_stream``): for softmax
-# the flag picks the masked form that reads x again (``_row_kernel.MASK_REREAD_MIN``).
+# where its first passes kept nothing in ``out`` (``_row_kernel.may_stream``).
 # Along a strided axis read in place the rule applies to the runs of contiguous outputs
 # (the inner positions), whose whole column tiles then stream (``run_columns``).
 STREAM_MIN_ROW_BYTES = 2048

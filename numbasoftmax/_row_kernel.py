@@ -60,7 +60,6 @@ from ._disk_cache import njit
 from ._markers import INLINE, Marker, MarkerType, dispatch, invoke, kernel_fn, pick, same
 from ._simd import (
     W,
-    compute_type,
     exact_store,
     to_compute,
     vadd,
@@ -409,60 +408,49 @@ def _exp_stats(op, a, b, w, out, stream):
     valid elements instead (a row whose max is -inf then tells "no valid element", sum 0,
     from "valid elements all -inf", sum > 0).
 
-    With a mask the max pass keeps the masked row (-inf where excluded) in ``out``, and
-    the later passes read it there (``row_source``) instead of reading x and the mask
-    again: exp(-inf - shift) is already the +0 an excluded element adds, (-inf - m) - lse
-    the -inf it gets. A mask byte is then read once per element, and the exp loop has the
-    mask's pointer and lane conversions out of its registers. Except for softmax keeping
-    its exps when the output is large (``stream``) and the chunk long enough
-    (``MASK_REREAD_MIN``): out's lines then miss the caches, and the max pass, whose
-    stores would take those misses with little arithmetic to hide them, only loads (as
-    the unmasked one does); the exp pass reads x and the mask again (from L1) and takes
-    the misses behind the exp's arithmetic. 2^24 elements, 2 threads, median of 31
-    masked over unmasked times per process, processes of both forms alternating: float32
-    this way 1.09-1.12x against 1.20-1.24x keeping the masked row at N = 2048 (3 each), on
-    average 1.14-1.15x against 1.19-1.20x at 4096, 16384 and 262144 (11-12 each), the
-    other way round at 512 and 1024 (1.11-1.17x against 1.04-1.13x) and in cache (2^20
-    elements); float64 0.99-1.10x against 1.01-1.26x (mostly 1.2) at N = 256-65536.
-    Same bits either way: an excluded element adds +0."""
-    return _exp_stats_of(a, w, out, pick(op, SOFTMAX, exact_store(out), None), stream)
+    With a mask, softmax keeping its exps reads x and the mask in both passes (the second
+    time from the cache), as the unmasked passes read x. The other masked operations
+    (log_softmax, float16 softmax) keep the masked row (-inf where excluded) in ``out``
+    in the max pass, and their later passes read it there (``row_source``):
+    exp(-inf - shift) is already the +0 an excluded element adds, (-inf - m) - lse the
+    -inf it gets. For softmax that measured slower: float32, 2-core Zen 4, masked ÷
+    unmasked time, median of 11 alternating pairs per process, three processes each way:
+    2^24 elements, 2 threads, N = 32 / 1024 1.05 / 1.04-1.11x re-reading against
+    1.17-1.19 / 1.13-1.24x keeping the row (N = 64-4096 1.05-1.11x either way); one thread
+    N = 32 / 1024 1.05 / 1.09-1.12x against 1.15-1.24 / 1.15-1.19x. In cache (2^16
+    elements, one thread) keeping the row was ahead at N = 512-1024 (1.06-1.10x against
+    1.13-1.14x). Same bits either way: an excluded element adds +0."""
+    return _exp_stats_of(a, w, out, pick(op, SOFTMAX, exact_store(out), None))
 
 
-# per compute type: chunks of at least this many elements (a row's, or a long row's
-# chunks) read x and the mask again in masked softmax's exp pass where the output is large
-# (see ``_exp_stats``); float64 always does (its rows then have 256 elements or more)
-MASK_REREAD_MIN = {types.float32: 2048, types.float64: 0}
-
-
-def _exp_stats_of(a, w, out, es, stream):
+def _exp_stats_of(a, w, out, es):
     """``_exp_stats`` without a mask or with one (chosen when compiling: numba types
     both sides of an ``if`` on an array)."""
 
 
 @overload(_exp_stats_of, jit_options=INLINE)
-def _exp_stats_of_impl(a, w, out, es, stream):
+def _exp_stats_of_impl(a, w, out, es):
     if isinstance(w, types.NoneType):
-        def plain(a, w, out, es, stream):
+        def plain(a, w, out, es):
             cm = seg_max(_max_lanes, a, None, w)
             shift = cm if cm != NEG_INF else to_compute(0.0, a)
             return np.float64(cm), seg_sum(_exp_lanes, a, es, (shift, w, None))
         return plain
 
-    row_kept_always = isinstance(es, types.NoneType)
-    reread_min = MASK_REREAD_MIN.get(compute_type(a.dtype), 0)
-
-    def masked(a, w, out, es, stream):
-        row_kept = row_kept_always or not stream or a.shape[0] < reread_min
-        if row_kept:
-            cm = seg_max(_masked_lanes, a, out, w)
-        else:
+    if not isinstance(es, types.NoneType):
+        def rereading(a, w, out, es):
             cm = seg_max(_max_lanes, a, None, w)
+            if cm == NEG_INF:
+                return np.float64(cm), seg_sum(_count_lanes, a, es, w)
+            return np.float64(cm), seg_sum(_exp_lanes, a, es, (cm, w, None))
+        return rereading
+
+    def keeping(a, w, out, es):
+        cm = seg_max(_masked_lanes, a, out, w)
         if cm == NEG_INF:
             return np.float64(cm), seg_sum(_count_lanes, a, es, w)
-        if row_kept:
-            return np.float64(cm), seg_sum(_exp_lanes, out, es, (cm, None, None))
-        return np.float64(cm), seg_sum(_exp_lanes, a, es, (cm, w, None))
-    return masked
+        return np.float64(cm), seg_sum(_exp_lanes, out, es, (cm, None, None))
+    return keeping
 
 
 @intrinsic
