@@ -195,6 +195,9 @@ def _parallel(kernel, args):
 _routes = {}
 # operations the lane kernel does not run: always on the row drivers
 ROW_DRIVERS_ONLY = ("logsumexp_backward",)
+# operations whose masked short rows run on the lane kernel's tiles too
+# (``_cpu_kernels.short_rows``); the others' masked rows run on the row drivers
+TILE_MASK_OPS = ("softmax", "log_softmax", "softmax_backward", "log_softmax_backward")
 
 
 def _route(op):
@@ -212,20 +215,21 @@ def run(op, a, sa, b, sb, out, so, m, n, side=None, direct=False):
     """Run operation ``op`` on M rows of n contiguous elements: flat buffers and their row
     strides (``a, sa, b, sb, out, so``), then M and n; ``b`` is the second input (a
     gradient's), or ``a`` again for a forward operation, or None (logsumexp without
-    weights). ``side``: None, or the mask and given row values for the row drivers (see
-    ``_cpu_kernels``); then the row kernel runs every row. ``direct``: the buffers are 1-D
-    C-contiguous, aligned and writable arrays of one dtype."""
+    weights). ``side``: None, or the mask and given row values (see ``_cpu_kernels``);
+    then the row kernel runs every row, but the short rows of ``TILE_MASK_OPS``.
+    ``direct``: the buffers are 1-D C-contiguous, aligned and writable arrays of one
+    dtype."""
     marker, short_max, grouped_max, entries = _routes.get(op) or _route(op)
     k = _kernels
-    if side is not None:
+    if side is not None and op not in TILE_MASK_OPS:
         short_max = 0
     stream = streams(m, n, out.itemsize, op)
     if m * n < PARALLEL_MIN_ELEMENTS or _serial_only:
         if n < short_max:
-            driver, call = k.short_rows, (marker, a, sa, 1, b, sb, 1, out, so, 1, 0, m, n, 1)
+            driver = k.short_rows
         else:
             driver = k.grouped_rows if n < grouped_max else k.rows
-            call = (marker, a, sa, 1, b, sb, 1, out, so, 1, 0, m, n, 1, side, stream)
+        call = (marker, a, sa, 1, b, sb, 1, out, so, 1, 0, m, n, 1, side, stream)
         entry = entries.get((driver, a.dtype)) if direct and side is None else driver
         if entry is not None:
             entry(*call)
@@ -234,7 +238,7 @@ def run(op, a, sa, b, sb, out, so, m, n, side=None, direct=False):
         return
     arrays = (marker, a, sa, 1, b, sb, 1, out, so, 1)
     if n < short_max:
-        _parallel(k.short_rows_parallel, (*arrays, m, n, 1))
+        _parallel(k.short_rows_parallel, (*arrays, m, n, 1, side, stream))
         return
     if n < grouped_max:
         _parallel(k.grouped_rows_parallel, (*arrays, m, n, 1, side, stream))

@@ -10,10 +10,11 @@ take a range of tasks (lo, hi) instead of M; their parallel forms (``*_parallel`
 them on tasks of TASK_ELEMENTS elements or more, calling their compiled code by address
 (``_serial_call``).
 
-The row drivers (``rows``, ``grouped_rows``, their parallel forms and ``chunks_parallel``)
-take two more arguments. ``side``: None, or ``(w, wd, rv)`` with the mask ``w`` (bytes or
-None), its row offsets ``wd`` (see ``mask_offset``) and the rows' given values ``rv`` ((M,
-2) float64 or None). Masks and given values run on these drivers only. ``stream``: the
+The row drivers (``rows``, ``grouped_rows``, ``short_rows``, their parallel forms and
+``chunks_parallel``) take two more arguments. ``side``: None, or ``(w, wd, rv)`` with the
+mask ``w`` (bytes or None), its row offsets ``wd`` (see ``mask_offset``) and the rows'
+given values ``rv`` ((M, 2) float64 or None). Masks and given values run on these drivers
+only (``short_rows``: masks only). ``stream``: the
 output is large: written with non-temporal stores where the kernel may
 (``_row_kernel.may_stream``), each serial driver fencing them before it returns; masked
 softmax reads its rows as ``_row_kernel._exp_stats`` says. A reduction's (logsumexp's)
@@ -36,25 +37,28 @@ from numba.extending import intrinsic, overload
 from ._config import CACHE
 from ._disk_cache import njit
 from ._lane_kernel import band, band_stats, band_write, tile, tile_row_max
-from ._markers import INLINE, Marker, same
+from ._markers import INLINE, Marker, MarkerType, same
 from ._row_kernel import (
     CHUNK,
     INTERNAL,
     LOGSUMEXP_SIGN,
     OPS,
     OPTIONS,
+    _max_lanes,
+    _value_lanes,
     finish,
     log_sums,
     out_chunk,
     out_row,
     reduces,
     row,
+    seg_map,
     stats,
     unlogged,
     write,
 )
 from ._serial_call import ParallelDriver, call_address
-from ._simd import ALL, W, compute_type
+from ._simd import ALL, W, compute_type, vnonzero, vselect, vsum
 from ._vmem import (
     STREAM_ALIGN,
     seg,
@@ -269,28 +273,187 @@ def _put(op, to, out, oo, r0, k, n):
         _scatter(to, out, oo, r0, k, n)
 
 
+# Masked short rows (``side`` with a mask) run through the same tiles: the excluded
+# elements enter a tile as -inf (forward) or 0 (both gradient inputs). An excluded element
+# then adds +0 to the row's max-shifted sum (exp(-inf - m)) or its gradient sum (0 * 0),
+# as the row kernel's masked sums add +0 for it, and a forward row whose max is finite
+# gives the row kernel's values everywhere: 0 (softmax) or -inf (log_softmax) at the
+# excluded elements. The other rows (no valid element, valid elements all -inf, a max of
+# NaN or +inf) come out of the tile as NaN rows (never NaN otherwise: a finite max gives
+# finite sums) and run again through the row kernel, which has their rules. A gradient's
+# excluded elements are set to +0 in the output tile.
+
+def _mask_scratch(side, a, n):
+    """A masked call's scratch: the mask of W rows one after the other as bytes, filled
+    here when every row has the same mask; a mask tile (1 or 0, a lane per row) and two
+    scratches of W rows, in the compute type of ``a``. None without a mask."""
+
+
+@overload(_mask_scratch)  # with reference counts: it allocates
+def _mask_scratch_impl(side, a, n):
+    if isinstance(side, types.NoneType) or isinstance(side[0], types.NoneType):
+        return lambda side, a, n: None
+
+    def make(side, a, n):
+        ms = (np.empty(n * W, np.uint8), _compute_empty(a, n * W), _compute_empty(a, n * W),
+              _compute_empty(a, n * W))
+        if _mask_step(side, n) == 0:
+            w = side_mask(side)
+            for i in range(n * W):
+                ms[0][i] = w[i % n]
+        return ms
+    return make
+
+
+@njit(inline="always", **INTERNAL)
+def _mask_step(side, n):
+    """How far apart the rows' masks lie when every row's lies the same distance from the
+    one before: n (the rows of a mask of x's shape, one after the other) or 0 (one mask for
+    every row); -1 otherwise."""
+    wd = side[1]
+    if wd.shape[0] == 0:
+        return 0
+    if wd.shape[0] == 1 and wd[0, 0] == 0 and (wd[0, 1] == n or wd[0, 1] == 0):
+        return wd[0, 1]
+    return -1
+
+
+@njit(**INTERNAL)
+def _mask_tile(side, r0, k, n, tile):
+    """The mask of rows r0 .. r0+k-1 into a mask tile, element by element (lanes past k:
+    1)."""
+    w = side_mask(side)
+    for r in range(W):
+        if r < k:
+            off = mask_offset(side, r0 + r)
+            for j in range(n):
+                tile[j * W + r] = 1.0 if w[off + j] else 0.0
+        else:
+            for j in range(n):
+                tile[j * W + r] = 1.0
+
+
+def _through_rows(op, a, b, out, w, n, ta, tb, to, ms, S, T, V):
+    """W whole rows one after the other (``a``, ``b``, ``out``: their W * n elements),
+    ``w`` their mask's bytes: the masked rows pass through scratch rows as contiguous
+    vectors (``_max_lanes``: -inf where excluded; ``_value_lanes``: 0), which the gather
+    takes; a gradient's outputs pass back the same way, 0 where excluded."""
+
+
+@overload(_through_rows, jit_options=INLINE)
+def _through_rows_impl(op, a, b, out, w, n, ta, tb, to, ms, S, T, V):
+    if op.key_ in ("softmax", "log_softmax"):
+        def forward(op, a, b, out, w, n, ta, tb, to, ms, S, T, V):
+            seg_map(_max_lanes, ms[2], a, None, w, None)
+            _gather(ms[2], n, 0, ALL, n, ta)
+            tile(op, ta, ta, to, n, S, T, V)
+            _scatter(to, out, n, 0, ALL, n)
+        return forward
+
+    def gradient(op, a, b, out, w, n, ta, tb, to, ms, S, T, V):
+        seg_map(_value_lanes, ms[2], a, None, w, None)
+        seg_map(_value_lanes, ms[3], b, None, w, None)
+        _gather(ms[2], n, 0, ALL, n, ta)
+        _gather(ms[3], n, 0, ALL, n, tb)
+        tile(op, ta, tb, to, n, S, T, V)
+        _scatter(to, ms[2], n, 0, ALL, n)
+        seg_map(_value_lanes, out, ms[2], None, w, None)
+    return gradient
+
+
+def _count(k):
+    """A lane count: W for the ``ALL`` marker, else k."""
+
+
+@overload(_count, jit_options=INLINE)
+def _count_impl(k):
+    if isinstance(k, MarkerType):
+        return lambda k: W
+    return lambda k: k
+
+
+def _tile_rows(op, side, a, ao, b, bo, out, oo, r0, k, n, ta, tb, to, ms, S, T, V):
+    """Rows r0 .. r0+k-1 (k: ALL or at most W) through one tile, with their mask from
+    ``side`` (see above; ``ms``: ``_mask_scratch``) or without."""
+
+
+@overload(_tile_rows, jit_options=INLINE)
+def _tile_rows_impl(op, side, a, ao, b, bo, out, oo, r0, k, n, ta, tb, to, ms, S, T, V):
+    if isinstance(ms, types.NoneType):
+        def plain(op, side, a, ao, b, bo, out, oo, r0, k, n, ta, tb, to, ms, S, T, V):
+            _gather(a, ao, r0, k, n, ta)
+            _gather_second(op, b, bo, r0, k, n, tb)
+            tile(op, ta, tb, to, n, S, T, V)
+            _put(op, to, out, oo, r0, k, n)
+        return plain
+
+    forward = op.key_ in ("softmax", "log_softmax")
+    fill = -np.inf if forward else 0.0
+
+    def masked(op, side, a, ao, b, bo, out, oo, r0, k, n, ta, tb, to, ms, S, T, V):
+        rows = _count(k)
+        step = _mask_step(side, n)
+        w = side_mask(side)
+        if rows == W and step >= 0 and ao == n and (forward or (bo == n and oo == n)):
+            # W rows one after the other, their masks too, or one mask for every row
+            xs = seg(a, r0 * ao, (r0 + W) * ao)
+            bs = seg(b, r0 * bo, (r0 + W) * bo)
+            os = out_row(op, out, r0 * oo, W * n)
+            if step == 0:
+                _through_rows(op, xs, bs, os, ms[0], n, ta, tb, to, ms, S, T, V)
+            else:
+                base = mask_offset(side, r0)
+                _through_rows(op, xs, bs, os, seg(w, base, base + W * n), n, ta, tb, to, ms,
+                              S, T, V)
+        else:
+            _gather(a, ao, r0, k, n, ta)
+            _gather_second(op, b, bo, r0, k, n, tb)
+            _mask_tile(side, r0, rows, n, ms[1])
+            for j in range(n):
+                included = vnonzero(vload(ms[1], j * W, W, 0.0))
+                vstore(ta, j * W, W, vselect(included, vload(ta, j * W, W, 0.0), fill))
+                if not forward:
+                    vstore(tb, j * W, W, vselect(included, vload(tb, j * W, W, 0.0), 0.0))
+            tile(op, ta, tb, to, n, S, T, V)
+            if not forward:
+                for j in range(n):
+                    included = vnonzero(vload(ms[1], j * W, W, 0.0))
+                    vstore(to, j * W, W, vselect(included, vload(to, j * W, W, 0.0), 0.0))
+            _put(op, to, out, oo, r0, k, n)
+        if forward:
+            first = vsum(vload(to, 0, W, 0.0))  # NaN where a row's first output is NaN
+            if first != first:
+                st = S[:2].reshape((2, 1))
+                for r in range(rows):
+                    if to[r] != to[r]:  # a NaN row: the row kernel's rules for it
+                        i = r0 + r
+                        off = mask_offset(side, i)
+                        row(op, seg(a, i * ao, i * ao + n), seg(a, i * ao, i * ao + n),
+                            seg(w, off, off + n), out_row(op, out, i * oo, n), st, None,
+                            None)
+    return masked
+
+
 @njit(**OPTIONS)
-def short_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C):
+def short_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, side, stream):
     """Rows lo..hi-1, W at a time (the lane kernel's ``tile`` on rows gathered into
     tiles; the rows it takes: ``_cpu.SHORT_ROW_MAX``). A reduction's tile holds the W
-    values (and the W signs after them)."""
+    values (and the W signs after them). ``side``: None, or a mask as for the row drivers
+    (the softmax functions only; no given values). ``stream`` is not used: a tile's
+    rows are stored plainly."""
     S, T, V = _scratch(a, n, 1)
     ta = _compute_empty(a, n * W)
     to = _compute_empty(out, 2 * W if reduces(op) else n * W)
     tb = _second_tile(op, b, n, ta)
+    ms = _mask_scratch(side, a, n)
     # all W lanes computed (the gather fills missing rows with 0): the tiles are whole, so
     # their loads and stores need no masks
     full = lo + (hi - lo) // W * W
     for r0 in range(lo, full, W):  # whole tiles: the lane count a constant, no masks
-        _gather(a, ao, r0, ALL, n, ta)
-        _gather_second(op, b, bo, r0, ALL, n, tb)
-        tile(op, ta, tb, to, n, S, T, V)
-        _put(op, to, out, oo, r0, ALL, n)
+        _tile_rows(op, side, a, ao, b, bo, out, oo, r0, ALL, n, ta, tb, to, ms, S, T, V)
     if full < hi:
-        _gather(a, ao, full, hi - full, n, ta)
-        _gather_second(op, b, bo, full, hi - full, n, tb)
-        tile(op, ta, tb, to, n, S, T, V)
-        _put(op, to, out, oo, full, hi - full, n)
+        _tile_rows(op, side, a, ao, b, bo, out, oo, full, hi - full, n, ta, tb, to, ms, S,
+                   T, V)
 
 
 def column_tasks(M, C, lead=0):
@@ -393,16 +556,9 @@ def _tasks(serial, total, per, a, ao, an, b, bo, bn, out, oo, on, M, n, C, x, y)
         call_address(serial, (ANY_OP, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, x, y))
 
 
-@njit(**_PARALLEL)
-def _tasks_short(serial, total, per, a, ao, an, b, bo, bn, out, oo, on, M, n, C):
-    for t in prange((total + per - 1) // per):
-        lo, hi = np.int64(t * per), np.int64(min(total, (t + 1) * per))
-        call_address(serial, (ANY_OP, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C))
-
-
 rows_parallel = ParallelDriver(rows, _tasks, _row_tasks)
 grouped_rows_parallel = ParallelDriver(grouped_rows, _tasks, _group_tasks)
-short_rows_parallel = ParallelDriver(short_rows, _tasks_short, _tile_tasks)
+short_rows_parallel = ParallelDriver(short_rows, _tasks, _tile_tasks)
 columns_parallel = ParallelDriver(columns, _tasks, _band_tasks)
 
 

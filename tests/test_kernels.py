@@ -18,7 +18,7 @@ from _helpers import CHUNK, OPS, SHORT_ROW_MAX, assert_bitwise_equal, inputs_for
 from numpy.lib.stride_tricks import as_strided
 
 from numbasoftmax import _cpu_kernels as K
-from numbasoftmax._cpu import COLUMN_OPS
+from numbasoftmax._cpu import COLUMN_OPS, TILE_MASK_OPS
 from numbasoftmax._lane_kernel import PREFETCH_MIN_STEP, REGISTER_ROW_MAX, TILE_ROW_MAX
 
 # (1030, 9): read as columns, rows 1030 elements apart, where the lane kernel fetches rows
@@ -41,7 +41,7 @@ def _storage(a):
 # the drivers that take masks and given row values (``side``), and write with
 # non-temporal stores on request (``stream``)
 ROW_DRIVERS = (K.rows, K.rows_parallel, K.grouped_rows, K.grouped_rows_parallel,
-               K.chunks_parallel)
+               K.chunks_parallel, K.short_rows, K.short_rows_parallel)
 
 
 def _rows(driver, op, inputs, parallel, side=None, stream=False, out=None):
@@ -297,6 +297,60 @@ def test_tile_agrees_bitwise(op, dtype, n, rng):
         inputs[0][5, 0] = 0.0
     assert_bitwise_equal(_rows(K.short_rows, op, inputs, parallel=False),
                          _rows(K.rows, op, inputs, parallel=False))
+
+
+# masked short rows through the tiles: the rows and their masks one after the other
+# ("rows"), one mask for every row ("one"; its offsets: no dims, or a stride of 0), and
+# rows and masks at a pitch, which the tiles take element by element ("pitch")
+MASKED_TILE_CASES = [(op, dtype, n, layout) for op, dtype in OP_DTYPES
+                     if op in TILE_MASK_OPS for n in (1, 3, 8, 9, 16, 31)
+                     if n < _short_max(op) for layout in ("rows", "one", "one-stride", "pitch")]
+
+
+@pytest.mark.parametrize(("op", "dtype", "n", "layout"), MASKED_TILE_CASES,
+                         ids=[f"{op}-{np.dtype(d).name}-{n}-{lay}"
+                              for op, d, n, lay in MASKED_TILE_CASES])
+def test_masked_tile_agrees_bitwise(op, dtype, n, layout, rng):
+    """A masked short row gives the row kernel's bits through the tiles, serial and
+    parallel, whole tiles and a partial one: rows without included elements, included
+    elements all -inf, a NaN or +inf among them or only among the excluded ones, and
+    gradients with NaN and inf at excluded elements."""
+    m = 3 * 16 + 5
+    pitch = n + 2 if layout == "pitch" else n
+    inputs = [x.copy() for x in _inputs(op, rng, (m, n), dtype)]
+    if layout == "rows" or layout == "pitch":
+        w = rng.random((m, pitch)) < 0.7
+        w[0] = False
+        w[7, :n] = True
+        dims = np.array([[0, pitch]], np.int64)
+    else:
+        w = np.tile(rng.random(pitch) < 0.7, (m, 1))
+        w[:, 0] = True  # every row has an included element (the others: rows of NaN)
+        dims = np.empty((0, 2), np.int64) if layout == "one" else np.array([[0, 0]], np.int64)
+    excluded = ~w[:, :n]
+    for x in inputs:
+        x[8][excluded[8]] = np.nan
+        x[9][excluded[9]] = np.inf
+    if op.endswith("backward"):
+        inputs[1][excluded] = np.inf
+    else:
+        inputs[0][10][~excluded[10]] = -np.inf
+    side = (w.view(np.uint8).reshape(-1), dims, None)
+    wide = [np.zeros((m, pitch), dtype) for _ in inputs]
+    for x, x_wide in zip(inputs, wide, strict=True):
+        x_wide[:, :n] = x
+    flat = [_storage(x).reshape(-1) for x in wide]
+    b = flat[1] if len(flat) == 2 else flat[0]
+    results = []
+    for driver, tail in ((K.rows, (0, m, n, 1)), (K.short_rows, (0, m, n, 1)),
+                         (K.short_rows_parallel, (m, n, 1))):
+        out = np.full((m, pitch), 7, dtype)
+        driver(K.OPS[op], flat[0], pitch, 1, b, pitch, 1, _storage(out).reshape(-1), pitch,
+               1, *tail, side, False)
+        results.append(out)
+    assert not (results[0][:, :n] == 7).any()
+    assert_bitwise_equal(results[1], results[0])
+    assert_bitwise_equal(results[2], results[0])
 
 
 @pytest.mark.parametrize("op", OPS)

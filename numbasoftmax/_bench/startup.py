@@ -49,7 +49,7 @@ from numba.core.dispatcher import Dispatcher
 from numbasoftmax import _cpu_kernels
 compiled, llvm = {}, 0.0
 drivers = [(name, getattr(_cpu_kernels, name)) for name in _cpu_kernels.__all__]
-drivers += [("tasks loop", _cpu_kernels._tasks), ("tasks loop", _cpu_kernels._tasks_short)]
+drivers += [("tasks loop", _cpu_kernels._tasks)]
 for name, d in drivers:
     if not isinstance(d, Dispatcher):
         continue
