@@ -37,13 +37,15 @@ from numba.extending import intrinsic, overload
 from ._config import CACHE
 from ._disk_cache import njit
 from ._lane_kernel import band, band_stats, band_write, tile, tile_row_max
-from ._markers import INLINE, Marker, MarkerType, same
+from ._markers import INLINE, Marker, MarkerType, pick, same
 from ._row_kernel import (
     CHUNK,
     INTERNAL,
+    LOG_SOFTMAX,
     LOGSUMEXP_SIGN,
     OPS,
     OPTIONS,
+    _count_lanes,
     _max_lanes,
     _value_lanes,
     finish,
@@ -53,12 +55,16 @@ from ._row_kernel import (
     reduces,
     row,
     seg_map,
+    seg_max,
+    seg_sum,
+    special_fill,
     stats,
     unlogged,
     write,
 )
 from ._serial_call import ParallelDriver, call_address
 from ._simd import ALL, W, compute_type, vnonzero, vselect, vsum
+from ._vmath import vlog
 from ._vmem import (
     STREAM_ALIGN,
     seg,
@@ -80,6 +86,8 @@ TASK_ELEMENTS = 16384
 BAND_TILES = 8
 
 _PARALLEL = dict(OPTIONS, parallel=True)
+# a function called, not inlined: code that rarely runs, compiled once
+CALLED = dict(OPTIONS, no_cpython_wrapper=True, no_cfunc_wrapper=True, _nrt=False)
 
 __all__ = ["OPS", "W", "rows", "grouped_rows", "short_rows", "columns", "column_tasks",
            "column_lead",
@@ -333,32 +341,62 @@ def _mask_tile(side, r0, k, n, tile):
                 tile[j * W + r] = 1.0
 
 
-def _through_rows(op, a, b, out, w, n, ta, tb, to, ms, S, T, V):
-    """W whole rows one after the other (``a``, ``b``, ``out``: their W * n elements),
-    ``w`` their mask's bytes: the masked rows pass through scratch rows as contiguous
+def _rows_in(op, a, b, w, n, ta, tb, ms):
+    """W whole rows one after the other (``a``, ``b``: their W * n elements), ``w`` their
+    mask's bytes, into the tiles: the masked rows pass through scratch rows as contiguous
     vectors (``_max_lanes``: -inf where excluded; ``_value_lanes``: 0), which the gather
-    takes; a gradient's outputs pass back the same way, 0 where excluded."""
+    takes."""
 
 
-@overload(_through_rows, jit_options=INLINE)
-def _through_rows_impl(op, a, b, out, w, n, ta, tb, to, ms, S, T, V):
+@overload(_rows_in, jit_options=INLINE)
+def _rows_in_impl(op, a, b, w, n, ta, tb, ms):
     if op.key_ in ("softmax", "log_softmax"):
-        def forward(op, a, b, out, w, n, ta, tb, to, ms, S, T, V):
+        def forward(op, a, b, w, n, ta, tb, ms):
             seg_map(_max_lanes, ms[2], a, None, w, None)
             _gather(ms[2], n, 0, ALL, n, ta)
-            tile(op, ta, ta, to, n, S, T, V)
-            _scatter(to, out, n, 0, ALL, n)
         return forward
 
-    def gradient(op, a, b, out, w, n, ta, tb, to, ms, S, T, V):
+    def gradient(op, a, b, w, n, ta, tb, ms):
         seg_map(_value_lanes, ms[2], a, None, w, None)
         seg_map(_value_lanes, ms[3], b, None, w, None)
         _gather(ms[2], n, 0, ALL, n, ta)
         _gather(ms[3], n, 0, ALL, n, tb)
-        tile(op, ta, tb, to, n, S, T, V)
+    return gradient
+
+
+def _rows_out(op, to, out, w, n, ms):
+    """The output tile into W whole rows one after the other (``out``: their W * n
+    elements), ``w`` their mask's bytes: a gradient's pass back through a scratch row, 0
+    where excluded."""
+
+
+@overload(_rows_out, jit_options=INLINE)
+def _rows_out_impl(op, to, out, w, n, ms):
+    if op.key_ in ("softmax", "log_softmax"):
+        return lambda op, to, out, w, n, ms: _scatter(to, out, n, 0, ALL, n)
+
+    def gradient(op, to, out, w, n, ms):
         _scatter(to, ms[2], n, 0, ALL, n)
         seg_map(_value_lanes, out, ms[2], None, w, None)
     return gradient
+
+
+@njit(**CALLED)
+def _nan_rows(op, a, ao, out, oo, side, r0, k, n, to):
+    """Rows r0 .. r0+k-1 of a masked forward tile whose output is NaN again, by the row
+    kernel's rules for a max that is not finite (``_row_kernel.special_fill``: no valid
+    element, valid elements all -inf, NaN or +inf among them)."""
+    w = side_mask(side)
+    for r in range(k):
+        if to[r] != to[r]:
+            i = r0 + r
+            off = mask_offset(side, i)
+            xs, ws = seg(a, i * ao, i * ao + n), seg(w, off, off + n)
+            m = seg_max(_max_lanes, xs, None, ws)
+            t = seg_sum(_count_lanes, xs, None, ws) if m == -np.inf else 1.0
+            # the valid elements' count, as log_softmax's sums are: logged
+            special_fill(op, m, pick(op, LOG_SOFTMAX, vlog(t), t), ws,
+                         out_row(op, out, i * oo, n))
 
 
 def _count(k):
@@ -394,17 +432,16 @@ def _tile_rows_impl(op, side, a, ao, b, bo, out, oo, r0, k, n, ta, tb, to, ms, S
         rows = _count(k)
         step = _mask_step(side, n)
         w = side_mask(side)
-        if rows == W and step >= 0 and ao == n and (forward or (bo == n and oo == n)):
-            # W rows one after the other, their masks too, or one mask for every row
-            xs = seg(a, r0 * ao, (r0 + W) * ao)
-            bs = seg(b, r0 * bo, (r0 + W) * bo)
-            os = out_row(op, out, r0 * oo, W * n)
+        # W rows one after the other, their masks too, or one mask for every row: through
+        # the scratch rows
+        through = rows == W and step >= 0 and ao == n and (forward or (bo == n and oo == n))
+        base = mask_offset(side, r0)
+        if through:
+            xs, bs = seg(a, r0 * ao, (r0 + W) * ao), seg(b, r0 * bo, (r0 + W) * bo)
             if step == 0:
-                _through_rows(op, xs, bs, os, ms[0], n, ta, tb, to, ms, S, T, V)
+                _rows_in(op, xs, bs, ms[0], n, ta, tb, ms)
             else:
-                base = mask_offset(side, r0)
-                _through_rows(op, xs, bs, os, seg(w, base, base + W * n), n, ta, tb, to, ms,
-                              S, T, V)
+                _rows_in(op, xs, bs, seg(w, base, base + W * n), n, ta, tb, ms)
         else:
             _gather(a, ao, r0, k, n, ta)
             _gather_second(op, b, bo, r0, k, n, tb)
@@ -414,7 +451,14 @@ def _tile_rows_impl(op, side, a, ao, b, bo, out, oo, r0, k, n, ta, tb, to, ms, S
                 vstore(ta, j * W, W, vselect(included, vload(ta, j * W, W, 0.0), fill))
                 if not forward:
                     vstore(tb, j * W, W, vselect(included, vload(tb, j * W, W, 0.0), 0.0))
-            tile(op, ta, tb, to, n, S, T, V)
+        tile(op, ta, tb, to, n, S, T, V)
+        if through:
+            os = out_row(op, out, r0 * oo, W * n)
+            if step == 0:
+                _rows_out(op, to, os, ms[0], n, ms)
+            else:
+                _rows_out(op, to, os, seg(w, base, base + W * n), n, ms)
+        else:
             if not forward:
                 for j in range(n):
                     included = vnonzero(vload(ms[1], j * W, W, 0.0))
@@ -423,14 +467,7 @@ def _tile_rows_impl(op, side, a, ao, b, bo, out, oo, r0, k, n, ta, tb, to, ms, S
         if forward:
             first = vsum(vload(to, 0, W, 0.0))  # NaN where a row's first output is NaN
             if first != first:
-                st = S[:2].reshape((2, 1))
-                for r in range(rows):
-                    if to[r] != to[r]:  # a NaN row: the row kernel's rules for it
-                        i = r0 + r
-                        off = mask_offset(side, i)
-                        row(op, seg(a, i * ao, i * ao + n), seg(a, i * ao, i * ao + n),
-                            seg(w, off, off + n), out_row(op, out, i * oo, n), st, None,
-                            None)
+                _nan_rows(op, a, ao, out, oo, side, r0, rows, n, to)
     return masked
 
 

@@ -524,12 +524,24 @@ def _log_sums_impl(op, t, k):
 
 
 @njit(inline="always", **INTERNAL)
-def _nan_row(m, t, w):
+def _nan_row(op, m, t, w):
     """Whether a row's valid elements give NaN: a max of NaN or +inf, or valid elements
-    that are all -inf (without a mask, a max of -inf; with one, a count t > 0)."""
+    that are all -inf (without a mask, a max of -inf; with one, a count t > 0, given as
+    ``op``'s sums are: log_softmax's logged, -inf for a count of 0)."""
     if NEG_INF < m < math.inf:
         return False
-    return not (m == NEG_INF and w is not None and t == 0.0)
+    return not (m == NEG_INF and w is not None and t == pick(op, LOG_SOFTMAX, NEG_INF, 0.0))
+
+
+@njit(**INTERNAL)
+def special_fill(op, m, t, w, out):
+    """A softmax or log_softmax row whose max ``m`` over its valid elements is not finite
+    (``t``: the row's sum, or its log): NaN at its valid elements where ``_nan_row`` says
+    so, else the value of excluded elements (0; log_softmax: -inf); that value at the
+    excluded ones."""
+    other = pick(op, LOG_SOFTMAX, NEG_INF, 0.0)
+    seg_map(_fill_lanes, out, out, None, (NAN if _nan_row(op, m, t, w) else other, other, w),
+            None)
 
 
 def may_stream(stream, w, es):
@@ -550,8 +562,7 @@ def _softmax_write(op, a, b, w, out, cmax, m, t, stream):
     whose max is NaN or +inf, or whose valid elements are all -inf, is NaN (at its valid
     elements); a row without valid elements is 0."""
     if not NEG_INF < m < math.inf:
-        seg_map(_fill_lanes, out, out, None, (NAN if _nan_row(m, t, w) else 0.0, 0.0, w),
-                None)
+        special_fill(op, m, t, w, out)
     else:
         # exp(0) is exactly 1: the chunk holding the max (every one-chunk row) skips it
         scale = 1.0 if cmax == m else vexp_nonpos(cmax - m)
@@ -566,8 +577,7 @@ def _log_softmax_write(op, a, b, w, out, cmax, m, t, stream):
     """(x - m) - lse at valid elements, -inf elsewhere, lse = t; NaN rows as softmax, a
     row without valid elements -inf."""
     if not NEG_INF < m < math.inf:
-        seg_map(_fill_lanes, out, out, None, (NAN if _nan_row(m, t, w) else NEG_INF,
-                                              NEG_INF, w), None)
+        special_fill(op, m, t, w, out)
     else:
         seg_map(_log_softmax_lanes, out, row_source(w, a, out), None,
                 (to_compute(m, a), to_compute(t, a), None), may_stream(stream, w, None))

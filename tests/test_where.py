@@ -185,6 +185,25 @@ def test_valid_elements_all_neginf_give_nan():
     assert nsm.logsumexp(x, where=where)[0] == -np.inf
 
 
+@pytest.mark.parametrize("n", [2, 40, 3000, 9000, 40000])
+@pytest.mark.parametrize("op", ["softmax", "log_softmax"])
+def test_one_valid_element_of_neginf_gives_nan(op, n):
+    """A single valid element of -inf is a row of valid elements all -inf: NaN there (the
+    row kernel once took log_softmax's log(1) = 0 for "no valid element"), rows without a
+    valid element 0 / -inf. Row lengths: short rows' tiles, groups, a row at a time,
+    chunks."""
+    x = np.ones((3, n), np.float32)
+    x[:, :2] = -np.inf
+    where = np.zeros((3, n), bool)
+    where[0, 0] = True
+    where[1, :2] = True
+    got = getattr(nsm, op)(x, where=where)
+    other = -np.inf if op == "log_softmax" else 0.0
+    assert np.isnan(got[0, 0]) and (got[0, 1:] == other).all()
+    assert np.isnan(got[1, :2]).all() and (got[1, 2:] == other).all()
+    assert (got[2] == other).all()
+
+
 def test_logsumexp_with_mask_and_weights(rng):
     from numbasoftmax import reference
 
