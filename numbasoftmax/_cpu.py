@@ -195,8 +195,9 @@ def _parallel(kernel, args):
 _routes = {}
 # operations the lane kernel does not run: always on the row drivers
 ROW_DRIVERS_ONLY = ("logsumexp_backward",)
-# operations whose masked short rows run on the lane kernel's tiles too
-# (``_cpu_kernels.short_rows``); the others' masked rows run on the row drivers
+# operations whose masked short rows run on the lane kernel's tiles too, where the rows
+# and their masks lie as the tiles take them (``_cpu_kernels.mask_takes_tiles``); other
+# masked rows run on the row drivers
 TILE_MASK_OPS = ("softmax", "log_softmax", "softmax_backward", "log_softmax_backward")
 
 
@@ -221,7 +222,8 @@ def run(op, a, sa, b, sb, out, so, m, n, side=None, direct=False):
     dtype."""
     marker, short_max, grouped_max, entries = _routes.get(op) or _route(op)
     k = _kernels
-    if side is not None and op not in TILE_MASK_OPS:
+    if side is not None and not (op in TILE_MASK_OPS and sa == sb == so == n
+                                 and k.mask_takes_tiles(side[1], n) >= 0):
         short_max = 0
     stream = streams(m, n, out.itemsize, op)
     if m * n < PARALLEL_MIN_ELEMENTS or _serial_only:

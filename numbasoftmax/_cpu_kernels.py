@@ -63,7 +63,7 @@ from ._row_kernel import (
     write,
 )
 from ._serial_call import ParallelDriver, call_address
-from ._simd import ALL, W, compute_type, vnonzero, vselect, vsum
+from ._simd import ALL, W, compute_type, vsum
 from ._vmath import vlog
 from ._vmem import (
     STREAM_ALIGN,
@@ -281,20 +281,38 @@ def _put(op, to, out, oo, r0, k, n):
         _scatter(to, out, oo, r0, k, n)
 
 
-# Masked short rows (``side`` with a mask) run through the same tiles: the excluded
-# elements enter a tile as -inf (forward) or 0 (both gradient inputs). An excluded element
-# then adds +0 to the row's max-shifted sum (exp(-inf - m)) or its gradient sum (0 * 0),
-# as the row kernel's masked sums add +0 for it, and a forward row whose max is finite
-# gives the row kernel's values everywhere: 0 (softmax) or -inf (log_softmax) at the
-# excluded elements. The other rows (no valid element, valid elements all -inf, a max of
-# NaN or +inf) come out of the tile as NaN rows (never NaN otherwise: a finite max gives
-# finite sums) and run again through the row kernel, which has their rules. A gradient's
-# excluded elements are set to +0 in the output tile.
+# Masked short rows (``side`` with a mask) run through the same tiles when the rows lie
+# one after the other (row strides n) and so do their masks, or one mask serves every
+# row (``mask_takes_tiles``; other masked rows run on the row kernel). The excluded
+# elements enter a tile as -inf (forward) or 0 (both gradient inputs): the masked rows
+# pass through a scratch of W rows as contiguous vectors, which the gather takes. An
+# excluded element then adds +0 to the row's max-shifted sum (exp(-inf - m)) or to its
+# gradient sum (0 * 0), as the row kernel's masked sums add +0 for it, and a forward row
+# whose max is finite gives the row kernel's values everywhere: 0 (softmax) or -inf
+# (log_softmax) at the excluded elements. The other forward rows (no valid element,
+# valid elements all -inf, a max of NaN or +inf) come out of the tile as NaN rows (never
+# NaN otherwise: a finite max gives finite sums) and are written again by the row
+# kernel's rule for them (``_row_kernel.special_fill``). A gradient's outputs pass back
+# through the scratch, 0 where excluded.
+
+def mask_takes_tiles(dims, n):
+    """Whether a mask whose rows' offsets are ``dims`` (see ``mask_offset``) lies as the
+    masked tiles take it: 0 for one mask for every row, n for masks one after the other,
+    -1 otherwise. Also called from Python, with the dims of a ``side``."""
+    if dims.shape[0] == 0:
+        return 0
+    if dims.shape[0] == 1 and dims[0, 0] == 0 and (dims[0, 1] == n or dims[0, 1] == 0):
+        return dims[0, 1]
+    return -1
+
+
+_mask_step = njit(inline="always", **INTERNAL)(mask_takes_tiles)
+
 
 def _mask_scratch(side, a, n):
     """A masked call's scratch: the mask of W rows one after the other as bytes, filled
-    here when every row has the same mask; a mask tile (1 or 0, a lane per row) and two
-    scratches of W rows, in the compute type of ``a``. None without a mask."""
+    here when every row has the same mask, and two scratches of W rows in the compute type
+    of ``a``. None without a mask."""
 
 
 @overload(_mask_scratch)  # with reference counts: it allocates
@@ -303,9 +321,8 @@ def _mask_scratch_impl(side, a, n):
         return lambda side, a, n: None
 
     def make(side, a, n):
-        ms = (np.empty(n * W, np.uint8), _compute_empty(a, n * W), _compute_empty(a, n * W),
-              _compute_empty(a, n * W))
-        if _mask_step(side, n) == 0:
+        ms = (np.empty(n * W, np.uint8), _compute_empty(a, n * W), _compute_empty(a, n * W))
+        if _mask_step(side[1], n) == 0:
             w = side_mask(side)
             for i in range(n * W):
                 ms[0][i] = w[i % n]
@@ -313,71 +330,52 @@ def _mask_scratch_impl(side, a, n):
     return make
 
 
-@njit(inline="always", **INTERNAL)
-def _mask_step(side, n):
-    """How far apart the rows' masks lie when every row's lies the same distance from the
-    one before: n (the rows of a mask of x's shape, one after the other) or 0 (one mask for
-    every row); -1 otherwise."""
-    wd = side[1]
-    if wd.shape[0] == 0:
-        return 0
-    if wd.shape[0] == 1 and wd[0, 0] == 0 and (wd[0, 1] == n or wd[0, 1] == 0):
-        return wd[0, 1]
-    return -1
-
-
-@njit(**INTERNAL)
-def _mask_tile(side, r0, k, n, tile):
-    """The mask of rows r0 .. r0+k-1 into a mask tile, element by element (lanes past k:
-    1)."""
-    w = side_mask(side)
-    for r in range(W):
-        if r < k:
-            off = mask_offset(side, r0 + r)
-            for j in range(n):
-                tile[j * W + r] = 1.0 if w[off + j] else 0.0
-        else:
-            for j in range(n):
-                tile[j * W + r] = 1.0
-
-
-def _rows_in(op, a, b, w, n, ta, tb, ms):
-    """W whole rows one after the other (``a``, ``b``: their W * n elements), ``w`` their
-    mask's bytes, into the tiles: the masked rows pass through scratch rows as contiguous
-    vectors (``_max_lanes``: -inf where excluded; ``_value_lanes``: 0), which the gather
-    takes."""
+def _rows_in(op, a, b, w, n, k, ta, tb, ms):
+    """k rows one after the other (``a``, ``b``: their k * n elements), ``w`` their mask's
+    bytes, into the tiles: the masked rows pass through a scratch of W rows as contiguous
+    vectors (``_max_lanes``: -inf where excluded; ``_value_lanes``: 0; rows past k: 0),
+    which the gather takes."""
 
 
 @overload(_rows_in, jit_options=INLINE)
-def _rows_in_impl(op, a, b, w, n, ta, tb, ms):
+def _rows_in_impl(op, a, b, w, n, k, ta, tb, ms):
     if op.key_ in ("softmax", "log_softmax"):
-        def forward(op, a, b, w, n, ta, tb, ms):
-            seg_map(_max_lanes, ms[2], a, None, w, None)
-            _gather(ms[2], n, 0, ALL, n, ta)
+        def forward(op, a, b, w, n, k, ta, tb, ms):
+            seg_map(_max_lanes, seg(ms[1], 0, k * n), a, None, w, None)
+            ms[1][k * n:] = 0.0
+            _gather(ms[1], n, 0, ALL, n, ta)
         return forward
 
-    def gradient(op, a, b, w, n, ta, tb, ms):
-        seg_map(_value_lanes, ms[2], a, None, w, None)
-        seg_map(_value_lanes, ms[3], b, None, w, None)
-        _gather(ms[2], n, 0, ALL, n, ta)
-        _gather(ms[3], n, 0, ALL, n, tb)
+    def gradient(op, a, b, w, n, k, ta, tb, ms):
+        seg_map(_value_lanes, seg(ms[1], 0, k * n), a, None, w, None)
+        seg_map(_value_lanes, seg(ms[2], 0, k * n), b, None, w, None)
+        ms[1][k * n:] = 0.0
+        ms[2][k * n:] = 0.0
+        _gather(ms[1], n, 0, ALL, n, ta)
+        _gather(ms[2], n, 0, ALL, n, tb)
     return gradient
 
 
-def _rows_out(op, to, out, w, n, ms):
-    """The output tile into W whole rows one after the other (``out``: their W * n
-    elements), ``w`` their mask's bytes: a gradient's pass back through a scratch row, 0
-    where excluded."""
+def _rows_out(op, to, out, w, n, k, ms):
+    """The output tile's first k rows into k rows one after the other (``out``: their k * n
+    elements), ``w`` their mask's bytes: a partial tile's, and a gradient's, pass through
+    a scratch of W rows (a gradient's then 0 where excluded)."""
 
 
 @overload(_rows_out, jit_options=INLINE)
-def _rows_out_impl(op, to, out, w, n, ms):
+def _rows_out_impl(op, to, out, w, n, k, ms):
     if op.key_ in ("softmax", "log_softmax"):
-        return lambda op, to, out, w, n, ms: _scatter(to, out, n, 0, ALL, n)
+        def forward(op, to, out, w, n, k, ms):
+            if k == W:
+                _scatter(to, out, n, 0, ALL, n)
+            else:
+                _scatter(to, ms[2], n, 0, ALL, n)
+                seg_map(_value_lanes, out, ms[2], None, None, None)
+        return forward
 
-    def gradient(op, to, out, w, n, ms):
-        _scatter(to, ms[2], n, 0, ALL, n)
-        seg_map(_value_lanes, out, ms[2], None, w, None)
+    def gradient(op, to, out, w, n, k, ms):
+        _scatter(to, ms[1], n, 0, ALL, n)
+        seg_map(_value_lanes, out, ms[1], None, w, None)
     return gradient
 
 
@@ -425,50 +423,59 @@ def _tile_rows_impl(op, side, a, ao, b, bo, out, oo, r0, k, n, ta, tb, to, ms, S
             _put(op, to, out, oo, r0, k, n)
         return plain
 
-    forward = op.key_ in ("softmax", "log_softmax")
-    fill = -np.inf if forward else 0.0
-
     def masked(op, side, a, ao, b, bo, out, oo, r0, k, n, ta, tb, to, ms, S, T, V):
-        rows = _count(k)
-        step = _mask_step(side, n)
-        w = side_mask(side)
-        # W rows one after the other, their masks too, or one mask for every row: through
-        # the scratch rows
-        through = rows == W and step >= 0 and ao == n and (forward or (bo == n and oo == n))
-        base = mask_offset(side, r0)
-        if through:
-            xs, bs = seg(a, r0 * ao, (r0 + W) * ao), seg(b, r0 * bo, (r0 + W) * bo)
-            if step == 0:
-                _rows_in(op, xs, bs, ms[0], n, ta, tb, ms)
-            else:
-                _rows_in(op, xs, bs, seg(w, base, base + W * n), n, ta, tb, ms)
-        else:
-            _gather(a, ao, r0, k, n, ta)
-            _gather_second(op, b, bo, r0, k, n, tb)
-            _mask_tile(side, r0, rows, n, ms[1])
-            for j in range(n):
-                included = vnonzero(vload(ms[1], j * W, W, 0.0))
-                vstore(ta, j * W, W, vselect(included, vload(ta, j * W, W, 0.0), fill))
-                if not forward:
-                    vstore(tb, j * W, W, vselect(included, vload(tb, j * W, W, 0.0), 0.0))
-        tile(op, ta, tb, to, n, S, T, V)
-        if through:
-            os = out_row(op, out, r0 * oo, W * n)
-            if step == 0:
-                _rows_out(op, to, os, ms[0], n, ms)
-            else:
-                _rows_out(op, to, os, seg(w, base, base + W * n), n, ms)
-        else:
-            if not forward:
-                for j in range(n):
-                    included = vnonzero(vload(ms[1], j * W, W, 0.0))
-                    vstore(to, j * W, W, vselect(included, vload(to, j * W, W, 0.0), 0.0))
-            _put(op, to, out, oo, r0, k, n)
-        if forward:
-            first = vsum(vload(to, 0, W, 0.0))  # NaN where a row's first output is NaN
-            if first != first:
-                _nan_rows(op, a, ao, out, oo, side, r0, rows, n, to)
+        _masked_rows(op, side, a, ao, b, bo, out, oo, r0, np.int64(_count(k)), n, ta, tb, to,
+                     ms, S, T, V)
     return masked
+
+
+# the masked tiles' functions are called, not inlined: whole and partial tiles share
+# their code (compiled once)
+_CALLED_OVERLOAD = {"_nrt": False}
+
+
+def _masked_rows(op, side, a, ao, b, bo, out, oo, r0, k, n, ta, tb, to, ms, S, T, V):
+    """Masked rows r0 .. r0+k-1 (k at most W) through one tile (see above; the rows and
+    their masks as ``mask_takes_tiles`` takes them)."""
+
+
+@overload(_masked_rows, jit_options=_CALLED_OVERLOAD)
+def _masked_rows_impl(op, side, a, ao, b, bo, out, oo, r0, k, n, ta, tb, to, ms, S, T, V):
+    forward = op.key_ in ("softmax", "log_softmax")
+
+    def rows(op, side, a, ao, b, bo, out, oo, r0, k, n, ta, tb, to, ms, S, T, V):
+        base = mask_offset(side, r0)
+        if _mask_step(side[1], n) == 0:
+            w = seg(_readonly(ms[0]), 0, k * n)
+        else:
+            w = seg(side_mask(side), base, base + k * n)
+        _rows_in(op, seg(a, r0 * ao, r0 * ao + k * n), seg(b, r0 * bo, r0 * bo + k * n), w,
+                 n, k, ta, tb, ms)
+        tile(op, ta, tb, to, n, S, T, V)
+        _rows_out(op, to, out_row(op, out, r0 * oo, k * n), w, n, k, ms)
+        if forward:
+            _check_nan_rows(op, a, ao, out, oo, side, r0, k, n, to)
+    return rows
+
+
+@njit(**INTERNAL)
+def _check_nan_rows(op, a, ao, out, oo, side, r0, k, n, to):
+    first = vsum(vload(to, 0, W, 0.0))  # NaN where a row's first output is NaN
+    if first != first:
+        _nan_rows(op, a, ao, out, oo, side, r0, k, n, to)
+
+
+@intrinsic
+def _readonly(typingctx, arr):
+    """A 1-D C-contiguous array typed read-only (numba's type of a read-only mask)."""
+    if not (isinstance(arr, types.Array) and arr.ndim == 1 and arr.layout == "C"):
+        return None
+    ro = arr.copy(readonly=True)
+
+    def codegen(context, builder, sig, args):
+        return impl_ret_borrowed(context, builder, ro, args[0])
+
+    return ro(arr), codegen
 
 
 @njit(**OPTIONS)

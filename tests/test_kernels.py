@@ -300,11 +300,10 @@ def test_tile_agrees_bitwise(op, dtype, n, rng):
 
 
 # masked short rows through the tiles: the rows and their masks one after the other
-# ("rows"), one mask for every row ("one"; its offsets: no dims, or a stride of 0), and
-# rows and masks at a pitch, which the tiles take element by element ("pitch")
+# ("rows"), one mask for every row ("one"; its offsets: no dims, or a stride of 0)
 MASKED_TILE_CASES = [(op, dtype, n, layout) for op, dtype in OP_DTYPES
                      if op in TILE_MASK_OPS for n in (1, 3, 8, 9, 16, 31)
-                     if n < _short_max(op) for layout in ("rows", "one", "one-stride", "pitch")]
+                     if n < _short_max(op) for layout in ("rows", "one", "one-stride")]
 
 
 @pytest.mark.parametrize(("op", "dtype", "n", "layout"), MASKED_TILE_CASES,
@@ -316,18 +315,18 @@ def test_masked_tile_agrees_bitwise(op, dtype, n, layout, rng):
     elements all -inf, a NaN or +inf among them or only among the excluded ones, and
     gradients with NaN and inf at excluded elements."""
     m = 3 * 16 + 5
-    pitch = n + 2 if layout == "pitch" else n
     inputs = [x.copy() for x in _inputs(op, rng, (m, n), dtype)]
-    if layout == "rows" or layout == "pitch":
-        w = rng.random((m, pitch)) < 0.7
+    if layout == "rows":
+        w = rng.random((m, n)) < 0.7
         w[0] = False
-        w[7, :n] = True
-        dims = np.array([[0, pitch]], np.int64)
+        w[7] = True
+        dims = np.array([[0, n]], np.int64)
     else:
-        w = np.tile(rng.random(pitch) < 0.7, (m, 1))
+        w = np.tile(rng.random(n) < 0.7, (m, 1))
         w[:, 0] = True  # every row has an included element (the others: rows of NaN)
         dims = np.empty((0, 2), np.int64) if layout == "one" else np.array([[0, 0]], np.int64)
-    excluded = ~w[:, :n]
+    assert K.mask_takes_tiles(dims, n) == (n if layout == "rows" else 0)
+    excluded = ~w
     for x in inputs:
         x[8][excluded[8]] = np.nan
         x[9][excluded[9]] = np.inf
@@ -336,21 +335,22 @@ def test_masked_tile_agrees_bitwise(op, dtype, n, layout, rng):
     else:
         inputs[0][10][~excluded[10]] = -np.inf
     side = (w.view(np.uint8).reshape(-1), dims, None)
-    wide = [np.zeros((m, pitch), dtype) for _ in inputs]
-    for x, x_wide in zip(inputs, wide, strict=True):
-        x_wide[:, :n] = x
-    flat = [_storage(x).reshape(-1) for x in wide]
-    b = flat[1] if len(flat) == 2 else flat[0]
-    results = []
-    for driver, tail in ((K.rows, (0, m, n, 1)), (K.short_rows, (0, m, n, 1)),
-                         (K.short_rows_parallel, (m, n, 1))):
-        out = np.full((m, pitch), 7, dtype)
-        driver(K.OPS[op], flat[0], pitch, 1, b, pitch, 1, _storage(out).reshape(-1), pitch,
-               1, *tail, side, False)
-        results.append(out)
-    assert not (results[0][:, :n] == 7).any()
+    results = [_rows(driver, op, inputs, parallel, side=side, out=np.full((m, n), 7, dtype))
+               for driver, parallel in ((K.rows, False), (K.short_rows, False),
+                                        (K.short_rows_parallel, True))]
+    assert not (results[0] == 7).any()
     assert_bitwise_equal(results[1], results[0])
     assert_bitwise_equal(results[2], results[0])
+
+
+def test_mask_takes_tiles():
+    """The masks the masked tiles take (the launcher sends the others to the row
+    drivers): one mask for every row, or rows of masks one after the other."""
+    assert K.mask_takes_tiles(np.empty((0, 2), np.int64), 5) == 0
+    assert K.mask_takes_tiles(np.array([[0, 0]]), 5) == 0
+    assert K.mask_takes_tiles(np.array([[0, 5]]), 5) == 5
+    assert K.mask_takes_tiles(np.array([[0, 7]]), 5) == -1  # rows at a pitch
+    assert K.mask_takes_tiles(np.array([[3, 5], [0, 20]]), 5) == -1  # two outer axes
 
 
 @pytest.mark.parametrize("op", OPS)

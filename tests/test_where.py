@@ -264,8 +264,9 @@ def test_axes(op, axis, rng):
 
 
 @pytest.mark.parametrize("layout", ["F", "stepped", "negative"])
-def test_layout_independent_bits(layout, rng):
-    x = rng.standard_normal((30, 70)).astype(np.float32)
+@pytest.mark.parametrize("shape", [(30, 70), (300, 5)], ids=str)  # rows, short rows' tiles
+def test_layout_independent_bits(layout, shape, rng):
+    x = rng.standard_normal(shape).astype(np.float32)
     where = _mask(rng, x.shape)
     want = nsm.softmax(x, where=where)
     assert_bitwise_equal(nsm.softmax(in_layout(x, layout), where=in_layout(where, layout)),
