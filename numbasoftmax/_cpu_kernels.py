@@ -37,7 +37,7 @@ from numba.extending import intrinsic, overload
 from ._config import CACHE
 from ._disk_cache import njit
 from ._lane_kernel import band, band_stats, band_write, tile, tile_row_max
-from ._markers import INLINE, Marker, MarkerType, pick, same
+from ._markers import INLINE, Marker, pick, same
 from ._row_kernel import (
     CHUNK,
     INTERNAL,
@@ -397,40 +397,8 @@ def _nan_rows(op, a, ao, out, oo, side, r0, k, n, to):
                          out_row(op, out, i * oo, n))
 
 
-def _count(k):
-    """A lane count: W for the ``ALL`` marker, else k."""
-
-
-@overload(_count, jit_options=INLINE)
-def _count_impl(k):
-    if isinstance(k, MarkerType):
-        return lambda k: W
-    return lambda k: k
-
-
-def _tile_rows(op, side, a, ao, b, bo, out, oo, r0, k, n, ta, tb, to, ms, S, T, V):
-    """Rows r0 .. r0+k-1 (k: ALL or at most W) through one tile, with their mask from
-    ``side`` (see above; ``ms``: ``_mask_scratch``) or without."""
-
-
-@overload(_tile_rows, jit_options=INLINE)
-def _tile_rows_impl(op, side, a, ao, b, bo, out, oo, r0, k, n, ta, tb, to, ms, S, T, V):
-    if isinstance(ms, types.NoneType):
-        def plain(op, side, a, ao, b, bo, out, oo, r0, k, n, ta, tb, to, ms, S, T, V):
-            _gather(a, ao, r0, k, n, ta)
-            _gather_second(op, b, bo, r0, k, n, tb)
-            tile(op, ta, tb, to, n, S, T, V)
-            _put(op, to, out, oo, r0, k, n)
-        return plain
-
-    def masked(op, side, a, ao, b, bo, out, oo, r0, k, n, ta, tb, to, ms, S, T, V):
-        _masked_rows(op, side, a, ao, b, bo, out, oo, r0, np.int64(_count(k)), n, ta, tb, to,
-                     ms, S, T, V)
-    return masked
-
-
-# the masked tiles' functions are called, not inlined: whole and partial tiles share
-# their code (compiled once)
+# the masked tiles' function is called, not inlined: whole and partial tiles share its
+# code (compiled once)
 _CALLED_OVERLOAD = {"_nrt": False}
 
 
@@ -483,21 +451,31 @@ def short_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, side, stream
     """Rows lo..hi-1, W at a time (the lane kernel's ``tile`` on rows gathered into
     tiles; the rows it takes: ``_cpu.SHORT_ROW_MAX``). A reduction's tile holds the W
     values (and the W signs after them). ``side``: None, or a mask as for the row drivers
-    (the softmax functions only; no given values). ``stream`` is not used: a tile's
-    rows are stored plainly."""
+    (the softmax functions only, laid out as ``mask_takes_tiles`` takes it; no given
+    values). ``stream`` is not used: a tile's rows are stored plainly."""
     S, T, V = _scratch(a, n, 1)
     ta = _compute_empty(a, n * W)
     to = _compute_empty(out, 2 * W if reduces(op) else n * W)
     tb = _second_tile(op, b, n, ta)
-    ms = _mask_scratch(side, a, n)
+    if side is not None:
+        ms = _mask_scratch(side, a, n)
+        for r0 in range(lo, hi, W):
+            _masked_rows(op, side, a, ao, b, bo, out, oo, r0, min(W, hi - r0), n, ta, tb,
+                         to, ms, S, T, V)
+        return
     # all W lanes computed (the gather fills missing rows with 0): the tiles are whole, so
     # their loads and stores need no masks
     full = lo + (hi - lo) // W * W
     for r0 in range(lo, full, W):  # whole tiles: the lane count a constant, no masks
-        _tile_rows(op, side, a, ao, b, bo, out, oo, r0, ALL, n, ta, tb, to, ms, S, T, V)
+        _gather(a, ao, r0, ALL, n, ta)
+        _gather_second(op, b, bo, r0, ALL, n, tb)
+        tile(op, ta, tb, to, n, S, T, V)
+        _put(op, to, out, oo, r0, ALL, n)
     if full < hi:
-        _tile_rows(op, side, a, ao, b, bo, out, oo, full, hi - full, n, ta, tb, to, ms, S,
-                   T, V)
+        _gather(a, ao, full, hi - full, n, ta)
+        _gather_second(op, b, bo, full, hi - full, n, tb)
+        tile(op, ta, tb, to, n, S, T, V)
+        _put(op, to, out, oo, full, hi - full, n)
 
 
 def column_tasks(M, C, lead=0):
