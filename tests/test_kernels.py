@@ -332,6 +332,9 @@ def test_masked_tile_agrees_bitwise(op, dtype, n, layout, rng):
         x[9][excluded[9]] = np.inf
     if op.endswith("backward"):
         inputs[1][excluded] = np.inf
+        inputs[1][11][~excluded[11]] = np.inf  # a sum of inf: NaN at the valid elements
+        inputs[1][12] = 0.0
+        inputs[1][12][~excluded[12]] = -0.0  # a sum of -0
     else:
         inputs[0][10][~excluded[10]] = -np.inf
     side = (w.view(np.uint8).reshape(-1), dims, None)
