@@ -204,6 +204,27 @@ def test_one_valid_element_of_neginf_gives_nan(op, n):
     assert (got[2] == other).all()
 
 
+@pytest.mark.parametrize("op", ["softmax", "log_softmax"])
+def test_where_matches_jax(op, rng):
+    """jax.nn's ``where=`` where jax is installed (it is not a test dependency): the same
+    values, NaN, -inf and 0 in the same places, rows without an included element and
+    rows whose included elements are all -inf (one, or several) included."""
+    jax = pytest.importorskip("jax")
+    x = rng.standard_normal((40, 7)).astype(np.float32)
+    where = rng.random(x.shape) < 0.6
+    where[0] = False
+    x[1, :] = -np.inf
+    where[1] = [True, False, False, True, False, False, False]
+    x[2, 0] = -np.inf
+    where[2] = [True] + [False] * 6
+    x[3, 2] = np.nan
+    got = getattr(nsm, op)(x, where=where)
+    want = np.asarray(getattr(jax.nn, op)(x, axis=-1, where=where))
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_array_equal(np.isneginf(got), np.isneginf(want))
+    np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-7)
+
+
 def test_logsumexp_with_mask_and_weights(rng):
     from numbasoftmax import reference
 
