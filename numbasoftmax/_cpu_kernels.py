@@ -393,9 +393,9 @@ def _rows_out_impl(op, to, out, w, n, k, ms):
 
 @njit(**CALLED)
 def _nan_rows(op, a, ao, out, oo, side, r0, k, n, to):
-    """Rows r0 .. r0+k-1 of a masked forward tile whose output is NaN again, by the row
-    kernel's rules for a max that is not finite (``_row_kernel.special_fill``: no valid
-    element, valid elements all -inf, NaN or +inf among them)."""
+    """The rows r0 .. r0+k-1 of a masked forward tile whose output is NaN, written again
+    by the row kernel's rule for a max that is not finite (``_row_kernel.special_fill``:
+    no valid element, valid elements all -inf, NaN or +inf among them)."""
     w = side_mask(side)
     for r in range(k):
         if to[r] != to[r]:
