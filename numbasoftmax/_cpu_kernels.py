@@ -306,7 +306,7 @@ def mask_takes_tiles(dims, n):
     return -1
 
 
-_mask_step = njit(inline="always", **INTERNAL)(mask_takes_tiles)
+_mask_step = njit(**INTERNAL)(mask_takes_tiles)
 
 
 def _mask_scratch(side, a, n):

@@ -430,20 +430,14 @@ def _exp_stats_of(a, w, out, es):
 
 @overload(_exp_stats_of, jit_options=INLINE)
 def _exp_stats_of_impl(a, w, out, es):
-    if isinstance(w, types.NoneType):
-        def plain(a, w, out, es):
+    if isinstance(w, types.NoneType) or not isinstance(es, types.NoneType):
+        def reading(a, w, out, es):  # x (and the mask) in both passes
             cm = seg_max(_max_lanes, a, None, w)
+            if w is not None and cm == NEG_INF:
+                return np.float64(cm), seg_sum(_count_lanes, a, es, w)
             shift = cm if cm != NEG_INF else to_compute(0.0, a)
             return np.float64(cm), seg_sum(_exp_lanes, a, es, (shift, w, None))
-        return plain
-
-    if not isinstance(es, types.NoneType):
-        def rereading(a, w, out, es):
-            cm = seg_max(_max_lanes, a, None, w)
-            if cm == NEG_INF:
-                return np.float64(cm), seg_sum(_count_lanes, a, es, w)
-            return np.float64(cm), seg_sum(_exp_lanes, a, es, (cm, w, None))
-        return rereading
+        return reading
 
     def keeping(a, w, out, es):
         cm = seg_max(_masked_lanes, a, out, w)
