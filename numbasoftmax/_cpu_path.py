@@ -73,22 +73,32 @@ def fast(op, arrays, axis, out, where=None):
     """The result of ``op`` for the common case, or None when the general path must run.
     ``where``: None, or a mask the fast path takes along the last axis (``_fast_side``)."""
     x = arrays[0]
-    layout = _fast_layout(x, axis, len(arrays))
-    if layout is None:
+    if type(x) is not np.ndarray or type(axis) is not int:
         return None
-    flags, p = layout
+    flags = x.flags
+    # direct: every buffer C-contiguous, aligned and writable (see _cpu.run)
+    direct = flags.carray
+    dt = x.dtype
+    shape = x.shape
+    last = len(shape) - 1
+    size = x.size
+    if axis == -1 or axis == last:  # rows, the common case: checked here (~0.1 us less)
+        if not ((direct or flags.c_contiguous) and dt in _FAST and last >= 0 and size):
+            return None
+        p = None
+    else:
+        layout = _fast_layout(x, axis, len(arrays))
+        if layout is None:
+            return None
+        p = layout[1]
     side = None
     if where is not None:
         side = _fast_side(where, x) if p is None else None
         if side is None:
             return None
-    # direct: every buffer C-contiguous, aligned and writable (see _cpu.run)
-    direct = flags.carray
     # arrays that each allocated their own memory cannot overlap: numpy's bounds check
     # (~0.25 us of a ~3.5 us small call) only where one is a view
     owned = flags.owndata
-    dt = x.dtype
-    shape = x.shape
     b = arrays[1] if len(arrays) == 2 else None
     if b is not None:
         if not (type(b) is np.ndarray and b.dtype == dt and b.shape == shape):
@@ -116,10 +126,10 @@ def fast(op, arrays, axis, out, where=None):
     # ravel: a view of a C-contiguous array, at half reshape(-1)'s cost
     a, o = x.ravel(), out.ravel()
     bf = a if b is None else b.ravel()
-    if dt == _F16:
+    if dt.itemsize == 2:  # float16, the one 2-byte dtype here
         a, bf, o = a.view(np.uint16), bf.view(np.uint16), o.view(np.uint16)
     if p is None:
-        _cpu.run(op.name, a, n, bf, n, o, n, x.size // n, n, side, direct)
+        _cpu.run(op.name, a, n, bf, n, o, n, size // n, n, side, direct)
     else:  # every array has the layout of x: one outer stride and one axis stride
         s, i = p.out.stride, p.out.axis_stride
         _cpu.run_columns(op.name, (a, s, i, bf, s, i, o, s, i, p.m // p.inner, p.n, p.inner),
