@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 from numba import prange, types
+from numba.core import cgutils
 from numba.core.imputils import impl_ret_borrowed
 from numba.extending import intrinsic, overload
 
@@ -67,6 +68,7 @@ from ._simd import ALL, W, compute_type, vall, veq, visfinite, vsplat
 from ._vmath import vlog
 from ._vmem import (
     STREAM_ALIGN,
+    emit_view,
     seg,
     vfence,
     vgather,
@@ -154,15 +156,66 @@ def _compute_empty_impl(like, size):
     return lambda like, size: np.empty(size, dtype)
 
 
+# float16 softmax keeps its exps as the other dtypes do: in a float32 row (a group's rows
+# in ``grouped_rows``) the row kernel writes instead of ``out``, copied out converted
+# afterwards. Written straight to float16 storage, the row kernel computes each exp twice
+# (a float16 output cannot hold it exactly). The same values: the kept exp is the one
+# computed again, and the product stored in float32 converts as it would have directly.
+
+def _staging(op, out, size):
+    """A compute-type row of ``size`` elements where ``op`` is softmax and ``out`` stores
+    float16 (``exact_store`` None), else None."""
+
+
+@overload(_staging)  # with reference counts: it allocates
+def _staging_impl(op, out, size):
+    if op.key_ != "softmax" or out.dtype != types.uint16:
+        return lambda op, out, size: None
+    return lambda op, out, size: _compute_empty(out, size)
+
+
+@intrinsic
+def _staged(typingctx, sc, lo, o):
+    """Where the row kernel writes the output row ``o``: elements lo .. of staging row
+    ``sc``, or ``o`` itself without one (an intrinsic: no compiled function of its own)."""
+    if isinstance(sc, types.NoneType):
+        return o(sc, lo, o), lambda context, builder, sig, args: impl_ret_borrowed(
+            context, builder, o, args[2])
+
+    def codegen(context, builder, sig, args):
+        lo_ = context.cast(builder, args[1], sig.args[1], types.intp)
+        (n,) = cgutils.unpack_tuple(builder, context.make_array(o)(context, builder,
+                                                                   args[2]).shape, 1)
+        return emit_view(context, builder, sc, args[0], lo_, builder.add(lo_, n))
+
+    return sc(sc, lo, o), codegen
+
+
+def _unstage(sc, lo, o, stream):
+    """Copy (and convert) the staged row at ``lo`` of ``sc`` into ``o``; nothing without
+    a staging row."""
+
+
+@overload(_unstage, jit_options=INLINE)
+def _unstage_impl(sc, lo, o, stream):
+    if isinstance(sc, types.NoneType):
+        return lambda sc, lo, o, stream: None
+    return lambda sc, lo, o, stream: seg_map(_value_lanes, o, seg(sc, lo, lo + o.shape[0]),
+                                             None, None, stream)
+
+
 @njit(**OPTIONS)
 def rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, side, stream):
     """Rows lo..hi-1, one at a time (the row kernel); an = on = 1, C = 1."""
     st = np.empty((2, ((n + CHUNK - 1) // CHUNK)))
     w = side_mask(side)
+    sc = _staging(op, out, n)
     for i in range(lo, hi):
         off = mask_offset(side, i)
+        o = out_row(op, out, i * oo, n)
         row(op, seg(a, i * ao, i * ao + n), seg(b, i * bo, i * bo + n), seg(w, off, off + n),
-            out_row(op, out, i * oo, n), st, row_values(side, i), stream)
+            _staged(sc, 0, o), st, row_values(side, i), stream)
+        _unstage(sc, 0, o, stream)
     if stream:
         vfence()
 
@@ -192,23 +245,26 @@ def grouped_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, side, stre
     cmax, csum, m, t = st[0], st[1], st[2], st[3]
     offs = np.empty(size, np.int64)  # the rows' mask offsets, for both passes over them
     w = side_mask(side)
+    sc = _staging(op, out, size * n)
     for g in range(lo, hi, size):
         k = min(size, hi - g)
         for r in range(k):
             i = g + r
             offs[r] = off = mask_offset(side, i)
             cmax[r], csum[r] = stats(op, seg(a, i * ao, i * ao + n), seg(b, i * bo, i * bo + n),
-                                     seg(w, off, off + n), out_row(op, out, i * oo, n),
-                                     stream)
+                                     seg(w, off, off + n),
+                                     _staged(sc, r * n, out_row(op, out, i * oo, n)), stream)
         for r in range(k):
             m[r], t[r] = finish(unlogged(op), seg(cmax, r, r + 1), seg(csum, r, r + 1),
                                 row_values(side, g + r))
         log_sums(op, t, k)
         for r in range(k):
             i = g + r
+            o = out_row(op, out, i * oo, n)
             write(op, seg(a, i * ao, i * ao + n), seg(b, i * bo, i * bo + n),
-                  seg(w, offs[r], offs[r] + n), out_row(op, out, i * oo, n), cmax[r], m[r],
-                  t[r], stream)
+                  seg(w, offs[r], offs[r] + n), _staged(sc, r * n, o), cmax[r], m[r], t[r],
+                  stream)
+            _unstage(sc, r * n, o, stream)
     if stream:
         vfence()
 

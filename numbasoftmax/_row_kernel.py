@@ -346,8 +346,9 @@ def _fill_lanes(f, a, b, c, i, k):
 @kernel_fn
 def _softmax_lanes(f, a, b, c, i, k):
     """e * factor where valid, else 0, for c = (shift, factor, w): e as kept in ``b`` (0
-    where not valid: the mask is not read again), or, when ``b`` is None (float16
-    output), exp(a - shift) computed again by the same expression."""
+    where not valid: the mask is not read again), or, when ``b`` is None (a float16
+    output written directly: the chunk tasks, dask's segments; the row drivers stage
+    float16 rows in float32), exp(a - shift) computed again by the same expression."""
     if b is None:
         e = vexp_nonpos(vsub(vload(a, i, k, NEG_INF), c[0]))
         return keep(valid(None, c[2], i, k), vmul(e, c[1]), 0.0)
@@ -410,8 +411,9 @@ def _exp_stats(op, a, b, w, out, stream):
 
     With a mask, softmax keeping its exps reads x and the mask in both passes (the second
     time from the cache), as the unmasked passes read x. The other masked operations
-    (log_softmax, float16 softmax) keep the masked row (-inf where excluded) in ``out``
-    in the max pass, and their later passes read it there (``row_source``):
+    (log_softmax, float16 softmax written directly) keep the masked row (-inf where
+    excluded) in ``out`` in the max pass, and their later passes read it there
+    (``row_source``):
     exp(-inf - shift) is already the +0 an excluded element adds, (-inf - m) - lse the
     -inf it gets. For softmax that measured slower: float32, 2-core Zen 4, masked ÷
     unmasked time, median of 11 alternating pairs per process, three processes each way:

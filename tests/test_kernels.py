@@ -269,6 +269,25 @@ def test_masked_drivers_agree_bitwise(op, shape, rng):
                              expected)
 
 
+@pytest.mark.parametrize("masked", [False, True], ids=["unmasked", "masked"])
+@pytest.mark.parametrize("shape", [(21, 40), (9, 100), (3, 1025)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_float16_softmax_staged_agrees_bitwise(shape, masked, rng):
+    """float16 softmax keeps its exps in a float32 staging row on the row drivers; the
+    chunk-parallel driver's tasks compute them again: the same bits, streamed or not."""
+    inputs = _inputs("softmax", rng, shape, np.float16)
+    side = None
+    if masked:
+        w = rng.random(shape) < 0.7
+        w[0] = False
+        side = (w.view(np.uint8).reshape(-1), np.array([[0, shape[1]]], np.int64), None)
+    expected = _rows(K.chunks_parallel, "softmax", inputs, parallel=True, side=side)
+    for driver, parallel in ((K.rows, False), (K.grouped_rows, False),
+                             (K.rows_parallel, True), (K.grouped_rows_parallel, True)):
+        for stream in (False, True):
+            assert_bitwise_equal(_rows(driver, "softmax", inputs, parallel, side=side,
+                                       stream=stream), expected)
+
+
 def _short_max(op):
     return SHORT_ROW_MAX["backward" if op.endswith("backward") else "forward"]
 
