@@ -21,7 +21,9 @@ near 0). With ``m`` the max and ``lse`` the log-sum-exp over the softmax axes:
   ``|err| <= C * (eps_c * (1 + |x - m| + |lse|) + eps_o * |ref|) + sub_o`` (the 1: the sum
   of exp is rounded in the compute type, an absolute error of a few eps_c in lse).
 * softmax_backward ``y * (dy - s)``, ``s = sum(y * dy)``:
-  ``|err| <= C * (eps_c * |y| * (|dy| + sum|y * dy|) + eps_o * |ref|) + sub_o``.
+  ``|err| <= C * (eps_c * |y| * (|dy| + sum|y * dy|) + eps_o * |ref|) + |y| * n * sub_c
+  + sub_o``, ``sub_c`` the subnormal spacing of the compute type: each of the n products
+  in ``s`` that falls below the normal range rounds to that spacing, not relatively.
 * log_softmax_backward ``dz - exp(z) * S``, ``S = sum(dz)``:
   ``|err| <= C * (eps_c * (|dz| + exp(z) * sum|dz|) + eps_o * |ref|)
   + C * tiny_c * sum|dz| + sub_o``.
@@ -225,6 +227,7 @@ def _error_bound(op, inputs, axis, ref, dtype, where):
     # argument), just above the smallest normal number (1.1799e-38 against 1.1755e-38)
     flush_c = _exp_flush(cdt)
     sub_o = float(np.finfo(dtype).smallest_subnormal)
+    sub_c = float(np.finfo(cdt).smallest_subnormal)
     a = [np.asarray(v, dtype=np.float64) for v in inputs]
     axes = _axes(axis, a[0].ndim)
     n = int(np.prod([a[0].shape[ax] for ax in axes], dtype=np.int64))
@@ -250,8 +253,11 @@ def _error_bound(op, inputs, axis, ref, dtype, where):
         if op == "softmax_backward":
             y, dy = a
             tot = np.sum(np.where(valid, np.abs(y * dy), 0.0), axis=axes, keepdims=True)
+            # a product y * dy below the compute type's normal range rounds to its
+            # subnormal spacing, an absolute error of up to half of it per term of the sum
+            terms = np.sum(valid, axis=axes, keepdims=True)
             return (eps_c * np.abs(y) * (C * np.abs(dy) + Cs * tot) + C * eps_o * absref
-                    + sub_o)
+                    + np.abs(y) * terms * sub_c + sub_o)
         z, dz = a
         tot = np.sum(np.where(valid, np.abs(dz), 0.0), axis=axes, keepdims=True)
         return (eps_c * (C * np.abs(dz) + Cs * np.exp(z) * tot) + C * eps_o * absref

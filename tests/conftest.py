@@ -4,7 +4,9 @@
   ``pip install -e``.
 * ``--fuzz-long`` multiplies the number of hypothesis examples by 100 (property tests read
   the multiplier through ``tests/_helpers.fuzz_examples``; it also reaches subprocesses as
-  the environment variable NUMBASOFTMAX_FUZZ_MULTIPLIER).
+  the environment variable NUMBASOFTMAX_FUZZ_MULTIPLIER) and draws them at random. A plain
+  run draws the same examples every time (hypothesis's ``derandomize``): a CI run cannot
+  fail on a draw the previous run did not make; finding new inputs is the long run's job.
 * Tests marked ``soak`` are skipped unless selected with ``-m soak`` (or ``--soak``).
 """
 
@@ -32,8 +34,13 @@ def pytest_addoption(parser):
 
 
 def pytest_configure(config):
-    factor = FUZZ_LONG_FACTOR if config.getoption("--fuzz-long") else 1
-    os.environ["NUMBASOFTMAX_FUZZ_MULTIPLIER"] = str(factor)
+    long = config.getoption("--fuzz-long")
+    os.environ["NUMBASOFTMAX_FUZZ_MULTIPLIER"] = str(FUZZ_LONG_FACTOR if long else 1)
+    # before the test modules make their settings, which start from the loaded profile
+    from hypothesis import settings
+
+    settings.register_profile("numbasoftmax", derandomize=not long)
+    settings.load_profile("numbasoftmax")
 
 
 def pytest_collection_modifyitems(config, items):
