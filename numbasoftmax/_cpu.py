@@ -222,9 +222,13 @@ def run(op, a, sa, b, sb, out, so, m, n, side=None, direct=False):
     dtype."""
     marker, short_max, grouped_max, entries = _routes.get(op) or _route(op)
     k = _kernels
-    if side is not None and not (op in TILE_MASK_OPS and sa == sb == so == n
-                                 and k.mask_takes_tiles(side[1], n) >= 0):
-        short_max = 0
+    if side is not None:
+        step = k.mask_takes_tiles(side[1], n) if op in TILE_MASK_OPS and (
+            sa == sb == so == n) else -1
+        if step < 0:
+            short_max = 0
+        elif step == 0 and n < short_max:  # one mask for every row: the tiles' own form
+            side = (side[0], None, None)
     stream = streams(m, n, out.itemsize, op)
     if m * n < PARALLEL_MIN_ELEMENTS or _serial_only:
         if n < short_max:

@@ -14,7 +14,8 @@ The row drivers (``rows``, ``grouped_rows``, ``short_rows``, their parallel form
 ``chunks_parallel``) take two more arguments. ``side``: None, or ``(w, wd, rv)`` with the
 mask ``w`` (bytes or None), its row offsets ``wd`` (see ``mask_offset``) and the rows'
 given values ``rv`` ((M, 2) float64 or None). Masks and given values run on these drivers
-only (``short_rows``: masks only). ``stream``: the
+only (``short_rows``: masks only, and also ``(w, None, None)``: one mask for every row).
+``stream``: the
 output is large: written with non-temporal stores where the kernel may
 (``_row_kernel.may_stream``), each serial driver fencing them before it returns; masked
 softmax reads its rows as ``_row_kernel._exp_stats`` says. A reduction's (logsumexp's)
@@ -118,7 +119,8 @@ def mask_offset(side, i):
 
 @overload(mask_offset, jit_options=INLINE)
 def _mask_offset_impl(side, i):
-    if isinstance(side, types.NoneType) or isinstance(side[0], types.NoneType):
+    if isinstance(side, types.NoneType) or isinstance(side[0], types.NoneType) or (
+            isinstance(side[1], types.NoneType)):  # one mask for every row
         return lambda side, i: 0
 
     def impl(side, i):
@@ -349,11 +351,11 @@ def _put(op, to, out, oo, r0, k, n):
 # valid elements all -inf, a max of NaN or +inf) come out of the tile as NaN rows (never
 # NaN otherwise: a finite max gives finite sums) and are written again by the row
 # kernel's rule for them (``_row_kernel.special_fill``). A gradient's outputs pass back
-# through the scratch, 0 where excluded. A whole forward tile whose rows share one mask
-# skips the scratch: its excluded columns are set to -inf after the unmasked gather, and
-# the tile gives 0 or -inf there itself. The gradients keep the scratch for such tiles:
-# given the same form, their code for masks of x's shape ran ~1.4x slower on rows of 3
-# (float32, one thread, in L3), though shared masks gained.
+# through the scratch, 0 where excluded. Rows that share one mask (``side`` without row
+# offsets, a specialization of its own) skip the scratch: the tile is gathered as unmasked
+# rows and its excluded columns set as the scratch would have them, and a gradient's
+# excluded output columns set to 0. Both forms in one compiled loop made the gradients'
+# tiles under masks of x's shape ~1.4x slower on rows of 3 (float32, one thread, in L3).
 
 def mask_takes_tiles(dims, n):
     """Whether a mask whose rows' offsets are ``dims`` (see ``mask_offset``) lies as the
@@ -366,28 +368,17 @@ def mask_takes_tiles(dims, n):
     return -1
 
 
-_mask_step = njit(**INTERNAL)(mask_takes_tiles)
-
-
 def _mask_scratch(side, a, n):
-    """A masked call's scratch: the mask of W rows one after the other as bytes, filled
-    here when every row has the same mask, and two scratches of W rows in the compute type
-    of ``a``. None without a mask."""
+    """A masked call's scratch: two scratches of W rows in the compute type of ``a``; None
+    without a mask, or with one mask for every row (no scratch)."""
 
 
 @overload(_mask_scratch)  # with reference counts: it allocates
 def _mask_scratch_impl(side, a, n):
-    if isinstance(side, types.NoneType) or isinstance(side[0], types.NoneType):
+    if isinstance(side, types.NoneType) or isinstance(side[0], types.NoneType) or (
+            isinstance(side[1], types.NoneType)):
         return lambda side, a, n: None
-
-    def make(side, a, n):
-        ms = (np.empty(n * W, np.uint8), _compute_empty(a, n * W), _compute_empty(a, n * W))
-        if _mask_step(side[1], n) == 0:
-            w = side_mask(side)
-            for i in range(n * W):
-                ms[0][i] = w[i % n]
-        return ms
-    return make
+    return lambda side, a, n: (_compute_empty(a, n * W), _compute_empty(a, n * W))
 
 
 def _rows_in(op, a, b, w, n, k, ta, tb, ms):
@@ -401,20 +392,20 @@ def _rows_in(op, a, b, w, n, k, ta, tb, ms):
 def _rows_in_impl(op, a, b, w, n, k, ta, tb, ms):
     if op.key_ in ("softmax", "log_softmax"):
         def forward(op, a, b, w, n, k, ta, tb, ms):
-            seg_map(_max_lanes, seg(ms[1], 0, k * n), a, None, w, None)
-            ms[1][k * n:] = 0.0
-            _gather(ms[1], n, 0, ALL, n, ta)
+            seg_map(_max_lanes, seg(ms[0], 0, k * n), a, None, w, None)
+            ms[0][k * n:] = 0.0
+            _gather(ms[0], n, 0, ALL, n, ta)
         return forward
 
     first = _max_lanes if op.key_ == "log_softmax_backward" else _value_lanes
 
     def gradient(op, a, b, w, n, k, ta, tb, ms):
-        seg_map(first, seg(ms[1], 0, k * n), a, None, w, None)
-        seg_map(_value_lanes, seg(ms[2], 0, k * n), b, None, w, None)
+        seg_map(first, seg(ms[0], 0, k * n), a, None, w, None)
+        seg_map(_value_lanes, seg(ms[1], 0, k * n), b, None, w, None)
+        ms[0][k * n:] = 0.0
         ms[1][k * n:] = 0.0
-        ms[2][k * n:] = 0.0
-        _gather(ms[1], n, 0, ALL, n, ta)
-        _gather(ms[2], n, 0, ALL, n, tb)
+        _gather(ms[0], n, 0, ALL, n, ta)
+        _gather(ms[1], n, 0, ALL, n, tb)
     return gradient
 
 
@@ -434,8 +425,8 @@ def _rows_out_impl(op, to, out, w, n, k, ms):
             if k == W:
                 _scatter(to, out, n, 0, ALL, n)
             else:
-                _scatter(to, ms[2], n, 0, ALL, n)
-                seg_map(_value_lanes, out, ms[2], None, None, None)
+                _scatter(to, ms[1], n, 0, ALL, n)
+                seg_map(_value_lanes, out, ms[1], None, None, None)
         return forward
 
     direct = op.key_ == "log_softmax_backward"
@@ -446,8 +437,8 @@ def _rows_out_impl(op, to, out, w, n, k, ms):
             if vall(visfinite(first)):
                 _scatter(to, out, n, 0, ALL, n)
                 return
-        _scatter(to, ms[1], n, 0, ALL, n)
-        seg_map(_value_lanes, out, ms[1], None, w, None)
+        _scatter(to, ms[0], n, 0, ALL, n)
+        seg_map(_value_lanes, out, ms[0], None, w, None)
     return gradient
 
 
@@ -479,40 +470,63 @@ def _masked_rows(op, side, a, ao, b, bo, out, oo, r0, k, n, ta, tb, to, ms, S, T
 @overload(_masked_rows, jit_options=INLINE)
 def _masked_rows_impl(op, side, a, ao, b, bo, out, oo, r0, k, n, ta, tb, to, ms, S, T, V):
     forward = op.key_ in ("softmax", "log_softmax")
+    if isinstance(side[1], types.NoneType):  # one mask for every row: no scratch
+        def shared(op, side, a, ao, b, bo, out, oo, r0, k, n, ta, tb, to, ms, S, T, V):
+            w = side_mask(side)
+            if k == W:
+                _gather(a, ao, r0, ALL, n, ta)
+                _gather_second(op, b, bo, r0, ALL, n, tb)
+            else:
+                _gather(a, ao, r0, k, n, ta)
+                _gather_second(op, b, bo, r0, k, n, tb)
+            _exclude_columns(op, w, n, ta, tb)
+            tile(op, ta, tb, to, n, S, T, V)
+            _exclude_columns(op, w, n, to, None)
+            if k == W:
+                _scatter(to, out, oo, r0, ALL, n)
+            else:
+                _scatter(to, out, oo, r0, k, n)
+            if forward:
+                _check_nan_rows(op, a, ao, out, oo, side, r0, k, n, to)
+        return shared
 
     def rows(op, side, a, ao, b, bo, out, oo, r0, k, n, ta, tb, to, ms, S, T, V):
-        step = _mask_step(side[1], n)
-        # a whole forward tile whose rows share one mask: gathered as unmasked rows, then
-        # its excluded columns set to -inf (no scratch); its outputs straight to ``out``
-        columns = forward and k == W and step == 0
         base = mask_offset(side, r0)
-        if step == 0:
-            w = seg(_readonly(ms[0]), 0, k * n)
-        else:
-            w = seg(side_mask(side), base, base + k * n)
-        if columns:
-            _gather(a, ao, r0, ALL, n, ta)
-            _exclude_columns(side_mask(side), n, ta)
-        else:
-            _rows_in(op, seg(a, r0 * ao, r0 * ao + k * n), seg(b, r0 * bo, r0 * bo + k * n),
-                     w, n, k, ta, tb, ms)
+        w = seg(side_mask(side), base, base + k * n)
+        _rows_in(op, seg(a, r0 * ao, r0 * ao + k * n), seg(b, r0 * bo, r0 * bo + k * n), w,
+                 n, k, ta, tb, ms)
         tile(op, ta, tb, to, n, S, T, V)
-        if columns:
-            _scatter(to, out, oo, r0, ALL, n)
-        else:
-            _rows_out(op, to, out_row(op, out, r0 * oo, k * n), w, n, k, ms)
+        _rows_out(op, to, out_row(op, out, r0 * oo, k * n), w, n, k, ms)
         if forward:
             _check_nan_rows(op, a, ao, out, oo, side, r0, k, n, to)
     return rows
 
 
-@njit(**INTERNAL)
-def _exclude_columns(w, n, ta):
-    """A forward tile whose rows share mask ``w`` (n bytes): -inf in its excluded columns
-    (element j of every row), as ``_rows_in`` puts there through its scratch."""
-    for j in range(n):
-        if w[j] == 0:
-            vstore(ta, j * W, W, vsplat(-np.inf, ta))
+def _exclude_columns(op, w, n, ta, tb):
+    """The columns (element j of every row) of a tile whose rows share mask ``w`` (n bytes)
+    that it excludes, set as ``_rows_in`` sets excluded elements: -inf (the forward
+    functions' x, log_softmax_backward's z) or 0 (softmax_backward's y, and ``tb``: dy,
+    dz). Given a gradient's output tile as ``ta`` and None: 0 there, as ``_rows_out``
+    gives (the tile gives -0, or NaN where a row's sum is not finite); a forward output
+    tile already holds 0 or -inf there."""
+
+
+@overload(_exclude_columns, jit_options=INLINE)
+def _exclude_columns_impl(op, w, n, ta, tb):
+    outputs = isinstance(tb, types.NoneType)
+    forward = op.key_ in ("softmax", "log_softmax")
+    if outputs and forward:
+        return lambda op, w, n, ta, tb: None
+    first = 0.0 if outputs or op.key_ == "softmax_backward" else -np.inf
+    second = not (outputs or forward)
+
+    def fill(op, w, n, ta, tb):
+        for j in range(n):
+            if w[j] == 0:
+                vstore(ta, j * W, W, vsplat(first, ta))
+                if second:
+                    vstore(tb, j * W, W, vsplat(0.0, tb))
+    return fill
 
 
 @njit(**INTERNAL)
@@ -522,26 +536,14 @@ def _check_nan_rows(op, a, ao, out, oo, side, r0, k, n, to):
         _nan_rows(op, a, ao, out, oo, side, r0, k, n, to)
 
 
-@intrinsic
-def _readonly(typingctx, arr):
-    """A 1-D C-contiguous array typed read-only (numba's type of a read-only mask)."""
-    if not (isinstance(arr, types.Array) and arr.ndim == 1 and arr.layout == "C"):
-        return None
-    ro = arr.copy(readonly=True)
-
-    def codegen(context, builder, sig, args):
-        return impl_ret_borrowed(context, builder, ro, args[0])
-
-    return ro(arr), codegen
-
-
 @njit(**OPTIONS)
 def short_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, side, stream):
     """Rows lo..hi-1, W at a time (the lane kernel's ``tile`` on rows gathered into
     tiles; the rows it takes: ``_cpu.SHORT_ROW_MAX``). A reduction's tile holds the W
     values (and the W signs after them). ``side``: None, or a mask as for the row drivers
     (the softmax functions only, laid out as ``mask_takes_tiles`` takes it; no given
-    values). ``stream`` is not used: a tile's rows are stored plainly."""
+    values), or ``(w, None, None)``: one mask ``w`` of n bytes for every row. ``stream`` is
+    not used: a tile's rows are stored plainly."""
     S, T, V = _scratch(a, n, 1)
     ta = _compute_empty(a, n * W)
     to = _compute_empty(out, 2 * W if reduces(op) else n * W)

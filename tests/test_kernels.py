@@ -319,7 +319,8 @@ def test_tile_agrees_bitwise(op, dtype, n, rng):
 
 
 # masked short rows through the tiles: the rows and their masks one after the other
-# ("rows"), one mask for every row ("one"; its offsets: no dims, or a stride of 0)
+# ("rows"), one mask for every row ("one"; the row kernel's offsets: no dims, or a stride
+# of 0; the tiles take it as ``(w, None, None)``, as the launcher passes it)
 MASKED_TILE_CASES = [(op, dtype, n, layout) for op, dtype in OP_DTYPES
                      if op in TILE_MASK_OPS for n in (1, 3, 8, 9, 16, 31)
                      if n < _short_max(op) for layout in ("rows", "one", "one-stride")]
@@ -356,10 +357,12 @@ def test_masked_tile_agrees_bitwise(op, dtype, n, layout, rng):
         inputs[1][12][~excluded[12]] = -0.0  # a sum of -0
     else:
         inputs[0][10][~excluded[10]] = -np.inf
-    side = (w.view(np.uint8).reshape(-1), dims, None)
-    results = [_rows(driver, op, inputs, parallel, side=side, out=np.full((m, n), 7, dtype))
-               for driver, parallel in ((K.rows, False), (K.short_rows, False),
-                                        (K.short_rows_parallel, True))]
+    bytes_ = w.view(np.uint8).reshape(-1) if layout == "rows" else w[0].view(np.uint8)
+    side = (bytes_, dims, None)
+    tiles = side if layout == "rows" else (bytes_, None, None)
+    results = [_rows(driver, op, inputs, parallel, side=s, out=np.full((m, n), 7, dtype))
+               for driver, parallel, s in ((K.rows, False, side), (K.short_rows, False, tiles),
+                                           (K.short_rows_parallel, True, tiles))]
     assert not (results[0] == 7).any()
     assert_bitwise_equal(results[1], results[0])
     assert_bitwise_equal(results[2], results[0])
