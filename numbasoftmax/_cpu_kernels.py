@@ -99,10 +99,20 @@ __all__ = ["OPS", "W", "rows", "grouped_rows", "short_rows", "columns", "column_
            "segment_columns_stats", "segment_columns_write", "copy2d"]
 
 
+def _no_mask(side):
+    """Whether numba type ``side`` carries no mask (None, or no mask in it)."""
+    return isinstance(side, types.NoneType) or isinstance(side[0], types.NoneType)
+
+
+def _shared_mask(side):
+    """Whether numba type ``side`` carries one mask for every row (no row offsets)."""
+    return not _no_mask(side) and isinstance(side[1], types.NoneType)
+
+
 @intrinsic
 def side_mask(typingctx, side):
     """The mask in ``side`` (an array), or None."""
-    if isinstance(side, types.NoneType) or isinstance(side[0], types.NoneType):
+    if _no_mask(side):
         return types.none(side), lambda c, b, s, a: c.get_dummy_value()
 
     def codegen(context, builder, sig, args):
@@ -119,8 +129,7 @@ def mask_offset(side, i):
 
 @overload(mask_offset, jit_options=INLINE)
 def _mask_offset_impl(side, i):
-    if isinstance(side, types.NoneType) or isinstance(side[0], types.NoneType) or (
-            isinstance(side[1], types.NoneType)):  # one mask for every row
+    if _no_mask(side) or _shared_mask(side):
         return lambda side, i: 0
 
     def impl(side, i):
@@ -375,8 +384,7 @@ def _mask_scratch(side, a, n):
 
 @overload(_mask_scratch)  # with reference counts: it allocates
 def _mask_scratch_impl(side, a, n):
-    if isinstance(side, types.NoneType) or isinstance(side[0], types.NoneType) or (
-            isinstance(side[1], types.NoneType)):
+    if _no_mask(side) or _shared_mask(side):
         return lambda side, a, n: None
     return lambda side, a, n: (_compute_empty(a, n * W), _compute_empty(a, n * W))
 
@@ -470,7 +478,7 @@ def _masked_rows(op, side, a, ao, b, bo, out, oo, r0, k, n, ta, tb, to, ms, S, T
 @overload(_masked_rows, jit_options=INLINE)
 def _masked_rows_impl(op, side, a, ao, b, bo, out, oo, r0, k, n, ta, tb, to, ms, S, T, V):
     forward = op.key_ in ("softmax", "log_softmax")
-    if isinstance(side[1], types.NoneType):  # one mask for every row: no scratch
+    if _shared_mask(side):  # no scratch
         def shared(op, side, a, ao, b, bo, out, oo, r0, k, n, ta, tb, to, ms, S, T, V):
             w = side_mask(side)
             if k == W:
