@@ -39,7 +39,7 @@ from numba.extending import intrinsic, overload
 from ._config import CACHE
 from ._disk_cache import njit
 from ._lane_kernel import band, band_stats, band_write, tile, tile_row_max
-from ._markers import INLINE, Marker, pick, same
+from ._markers import CALLEE, INLINE, Marker, pick, same
 from ._row_kernel import (
     CHUNK,
     INTERNAL,
@@ -90,7 +90,7 @@ BAND_TILES = 8
 
 _PARALLEL = dict(OPTIONS, parallel=True)
 # a function called, not inlined: code that rarely runs, compiled once
-CALLED = dict(OPTIONS, no_cpython_wrapper=True, no_cfunc_wrapper=True, _nrt=False)
+CALLED = dict(OPTIONS, no_cpython_wrapper=True, _nrt=False, **CALLEE)
 
 __all__ = ["OPS", "W", "rows", "grouped_rows", "short_rows", "columns", "column_tasks",
            "column_lead",
@@ -161,7 +161,7 @@ def _compute_empty(like, size):
     """An uninitialized 1-D array of the compute type of array ``like``."""
 
 
-@overload(_compute_empty)
+@overload(_compute_empty, jit_options=CALLEE)
 def _compute_empty_impl(like, size):
     dtype = np.float64 if compute_type(like.dtype) == types.float64 else np.float32
     return lambda like, size: np.empty(size, dtype)
@@ -178,7 +178,8 @@ def _staging(op, out, size):
     float16 (``exact_store`` None), else None."""
 
 
-@overload(_staging)  # with reference counts: it allocates
+# with reference counts: it allocates
+@overload(_staging, jit_options=CALLEE)
 def _staging_impl(op, out, size):
     if op.key_ != "softmax" or out.dtype != types.uint16:
         return lambda op, out, size: None
@@ -292,7 +293,7 @@ def _scratch(like, n, nt):
     """The lane kernel's scratch for bands of nt tiles: (S, T, V), see ``_lane_kernel``."""
 
 
-@overload(_scratch)
+@overload(_scratch, jit_options=CALLEE)
 def _scratch_impl(like, n, nt):
     dtype = np.float64 if compute_type(like.dtype) == types.float64 else np.float32
 
@@ -308,7 +309,7 @@ def _second_tile(op, b, n, ta):
     weights, ``ta`` for softmax and log_softmax (b is a), None without weights."""
 
 
-@overload(_second_tile)
+@overload(_second_tile, jit_options=CALLEE)
 def _second_tile_impl(op, b, n, ta):
     if isinstance(b, types.NoneType):
         return lambda op, b, n, ta: None
@@ -382,7 +383,8 @@ def _mask_scratch(side, a, n):
     without a mask, or with one mask for every row (no scratch)."""
 
 
-@overload(_mask_scratch)  # with reference counts: it allocates
+# with reference counts: it allocates
+@overload(_mask_scratch, jit_options=CALLEE)
 def _mask_scratch_impl(side, a, n):
     if _no_mask(side) or _shared_mask(side):
         return lambda side, a, n: None

@@ -28,7 +28,7 @@ from numba import types
 from numba.extending import overload
 
 from ._disk_cache import njit
-from ._markers import INLINE, MarkerType, dispatch, invoke, kernel_fn, pick, same
+from ._markers import CALLEE, INLINE, MarkerType, dispatch, invoke, kernel_fn, pick, same
 from ._row_kernel import (
     BLOCK,
     CHUNK,
@@ -525,7 +525,8 @@ def tile_lanes(t):
     """The lane tuple of a whole tile t, or None."""
 
 
-@overload(tile_lanes)  # with reference counts: it returns an array inside a tuple
+# with reference counts: it returns an array inside a tuple
+@overload(tile_lanes, jit_options=CALLEE)
 def _tile_lanes_impl(t):
     if isinstance(t, types.NoneType):
         return lambda t: None

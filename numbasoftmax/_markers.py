@@ -19,6 +19,10 @@ from numba import types
 from numba.core.imputils import impl_ret_borrowed, lower_constant
 from numba.extending import NativeValue, intrinsic, models, overload, register_model, unbox
 
+# Options of every function that only compiled code calls: no C-callable wrapper, which numba
+# builds by default, and which LLVM then optimizes and compiles with the function's whole
+# body inlined into it, never to be called (~8 % of a first call's compile).
+CALLEE = {"no_cfunc_wrapper": True}
 # Options of every function that compiled code calls (overload implementations and, in
 # ``_row_kernel.INTERNAL``, internal njit functions). No reference counting: numba counts
 # an array's references with atomic operations at every slice and call, and the callers
@@ -26,7 +30,7 @@ from numba.extending import NativeValue, intrinsic, models, overload, register_m
 # inlines its IR and costs compile time): LLVM's own heuristics left kernel functions
 # (called per vector) and segment loops (called per row) out of line, which made a softmax
 # over rows of 32 to 128 elements take up to twice as long.
-INLINE = {"_nrt": False, "forceinline": True}
+INLINE = {"_nrt": False, "forceinline": True, **CALLEE}
 
 
 class MarkerType(types.Type):

@@ -86,7 +86,7 @@ NAN = math.nan
 OPTIONS = {"cache": CACHE, "nogil": True, "error_model": "numpy", "boundscheck": False}
 # For functions called only from compiled code that allocate nothing: no Python wrapper to
 # build, and ``INLINE``'s options.
-INTERNAL = dict(OPTIONS, no_cpython_wrapper=True, no_cfunc_wrapper=True, **INLINE)
+INTERNAL = dict(OPTIONS, no_cpython_wrapper=True, **INLINE)
 
 SOFTMAX = Marker("softmax")
 LOG_SOFTMAX = Marker("log_softmax")
