@@ -70,6 +70,7 @@ from ._vmath import vlog
 from ._vmem import (
     STREAM_ALIGN,
     emit_view,
+    empty,
     seg,
     vfence,
     vgather,
@@ -164,7 +165,7 @@ def _compute_empty(like, size):
 @overload(_compute_empty, jit_options=CALLEE)
 def _compute_empty_impl(like, size):
     dtype = np.float64 if compute_type(like.dtype) == types.float64 else np.float32
-    return lambda like, size: np.empty(size, dtype)
+    return lambda like, size: empty(size, dtype)
 
 
 # float16 softmax keeps its exps as the other dtypes do: in a float32 row (a group's rows
@@ -219,7 +220,7 @@ def _unstage_impl(sc, lo, o, stream):
 @njit(**OPTIONS)
 def rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, side, stream):
     """Rows lo..hi-1, one at a time (the row kernel); an = on = 1, C = 1."""
-    st = np.empty((2, ((n + CHUNK - 1) // CHUNK)))
+    st = empty((2, (n + CHUNK - 1) // CHUNK), np.float64)
     w = side_mask(side)
     sc = _staging(op, out, n)
     for i in range(lo, hi):
@@ -253,9 +254,9 @@ def grouped_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, side, stre
     """Rows lo..hi-1 of at most CHUNK elements, in groups through each phase of the row
     kernel; an = on = 1, C = 1."""
     size = group_size(n)
-    st = np.empty((4, size))  # one allocation instead of four (part of a short call's cost)
+    st = empty((4, size), np.float64)  # one allocation, not four (a short call pays each)
     cmax, csum, m, t = st[0], st[1], st[2], st[3]
-    offs = np.empty(size, np.int64)  # the rows' mask offsets, for both passes over them
+    offs = empty(size, np.int64)  # the rows' mask offsets, for both passes over them
     w = side_mask(side)
     sc = _staging(op, out, size * n)
     for g in range(lo, hi, size):
@@ -299,8 +300,8 @@ def _scratch_impl(like, n, nt):
 
     def make(like, n, nt):
         nc = (n + CHUNK - 1) // CHUNK
-        return (np.empty((2 * nc + 2) * nt * W), np.empty(nt * W * W, dtype),
-                np.empty(2 * nt * W, dtype))
+        return (empty((2 * nc + 2) * nt * W, np.float64), empty(nt * W * W, dtype),
+                empty(2 * nt * W, dtype))
     return make
 
 
@@ -705,8 +706,8 @@ def _chunk_phase(op, a, ao, b, bo, out, oo, n, side, i, c, st, fin, writing, str
 def chunks_parallel(op, a, ao, an, b, bo, bn, out, oo, on, M, n, C, side, stream):
     """Few long rows: (row, chunk) tasks run the row kernel's phases; C = 1."""
     nc = ((n + CHUNK - 1) // CHUNK)
-    st = np.empty((M, 2, nc))
-    fin = np.empty((M, 2))
+    st = empty((M, 2, nc), np.float64)
+    fin = empty((M, 2), np.float64)
     for t in prange(M * nc):
         _chunk_phase(op, a, ao, b, bo, out, oo, n, side, t // nc, t % nc, st, fin, False,
                      stream)
