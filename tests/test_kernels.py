@@ -405,6 +405,38 @@ def test_exp_of_zero_is_one():
         assert exps(zero) == (1.0, 1.0)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_vector_exp_lanes_are_the_scalar_exp(dtype):
+    """A lane of a vector exp has the bits of the scalar exp of its element, over the whole
+    exponent range (vectors scale by 2**k with vscalef where numba compiles for AVX-512,
+    scalars multiply by the power of two built from its bits)."""
+    from numba import njit
+
+    from numbasoftmax._vmath import vexp, vexp_nonpos
+    from numbasoftmax._vmem import vload, vstore
+
+    @njit
+    def both(x, vec, vec_nonpos, scal, scal_nonpos):
+        for i in range(0, x.shape[0], 16):
+            v = vload(x, i, 16, 0.0)
+            vstore(vec, i, 16, vexp(v))
+            vstore(vec_nonpos, i, 16, vexp_nonpos(v))
+        for i in range(x.shape[0]):
+            scal[i] = vexp(x[i])
+            scal_nonpos[i] = vexp_nonpos(x[i])
+
+    top = 720.0 if dtype == np.float64 else 90.0
+    x = np.concatenate([np.linspace(-top, top, 1 << 18), np.linspace(-1, 1, 1 << 14),
+                        [0.0, -0.0, np.inf, -np.inf, np.nan] * 16]).astype(dtype)
+    x = x[: x.size // 16 * 16]
+    vec, vec_nonpos, scal, scal_nonpos = (np.empty_like(x) for _ in range(4))
+    both(x, vec, vec_nonpos, scal, scal_nonpos)
+    assert_bitwise_equal(vec, scal)
+    nonpos = ~(x > 0)  # vexp_nonpos promises nothing for positive arguments
+    assert_bitwise_equal(vec_nonpos[nonpos], scal_nonpos[nonpos])
+    assert np.isfinite(vec[np.abs(x) < top / 2]).all() and (vec[x > 0] >= 1).all()
+
+
 # ---------------------------------------------------------------------------------------
 # logsumexp: the row kernel and the lane kernel (short rows) give the same bits per row,
 # with and without weights, value alone or with the sign; non-finite values mixed in
