@@ -169,10 +169,10 @@ def _compute_empty_impl(like, size):
 
 
 # float16 softmax keeps its exps as the other dtypes do: in a float32 row (a group's rows
-# in ``grouped_rows``) the row kernel writes instead of ``out``, copied out converted
-# afterwards. Written straight to float16 storage, the row kernel computes each exp twice
-# (a float16 output cannot hold it exactly). The same values: the kept exp is the one
-# computed again, and the product stored in float32 converts as it would have directly.
+# in ``grouped_rows``), passed to the row kernel as its second input, which softmax does
+# not otherwise read (``kept_exps``); its write pass reads them there and stores the
+# outputs converted. Without it the row kernel computes each exp twice (a float16 output
+# cannot hold it exactly). The same values: the kept exp is the one computed again.
 
 def _staging(op, out, size):
     """A compute-type row of ``size`` elements where ``op`` is softmax and ``out`` stores
@@ -188,33 +188,20 @@ def _staging_impl(op, out, size):
 
 
 @intrinsic
-def _staged(typingctx, sc, lo, o):
-    """Where the row kernel writes the output row ``o``: elements lo .. of staging row
-    ``sc``, or ``o`` itself without one (an intrinsic: no compiled function of its own)."""
+def _staged(typingctx, sc, lo, b):
+    """The row kernel's second input: elements lo .. lo + len(b) of staging row ``sc``, or
+    the row ``b`` itself without one (an intrinsic: no compiled function of its own)."""
     if isinstance(sc, types.NoneType):
-        return o(sc, lo, o), lambda context, builder, sig, args: impl_ret_borrowed(
-            context, builder, o, args[2])
+        return b(sc, lo, b), lambda context, builder, sig, args: impl_ret_borrowed(
+            context, builder, b, args[2])
 
     def codegen(context, builder, sig, args):
         lo_ = context.cast(builder, args[1], sig.args[1], types.intp)
-        (n,) = cgutils.unpack_tuple(builder, context.make_array(o)(context, builder,
+        (n,) = cgutils.unpack_tuple(builder, context.make_array(b)(context, builder,
                                                                    args[2]).shape, 1)
         return emit_view(context, builder, sc, args[0], lo_, builder.add(lo_, n))
 
-    return sc(sc, lo, o), codegen
-
-
-def _unstage(sc, lo, o, stream):
-    """Copy (and convert) the staged row at ``lo`` of ``sc`` into ``o``; nothing without
-    a staging row."""
-
-
-@overload(_unstage, jit_options=INLINE)
-def _unstage_impl(sc, lo, o, stream):
-    if isinstance(sc, types.NoneType):
-        return lambda sc, lo, o, stream: None
-    return lambda sc, lo, o, stream: seg_map(_value_lanes, o, seg(sc, lo, lo + o.shape[0]),
-                                             None, None, stream)
+    return sc(sc, lo, b), codegen
 
 
 @njit(**OPTIONS)
@@ -225,10 +212,9 @@ def rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, side, stream):
     sc = _staging(op, out, n)
     for i in range(lo, hi):
         off = mask_offset(side, i)
-        o = out_row(op, out, i * oo, n)
-        row(op, seg(a, i * ao, i * ao + n), seg(b, i * bo, i * bo + n), seg(w, off, off + n),
-            _staged(sc, 0, o), st, row_values(side, i), stream)
-        _unstage(sc, 0, o, stream)
+        row(op, seg(a, i * ao, i * ao + n), _staged(sc, 0, seg(b, i * bo, i * bo + n)),
+            seg(w, off, off + n), out_row(op, out, i * oo, n), st, row_values(side, i),
+            stream)
     if stream:
         vfence()
 
@@ -264,20 +250,18 @@ def grouped_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, side, stre
         for r in range(k):
             i = g + r
             offs[r] = off = mask_offset(side, i)
-            cmax[r], csum[r] = stats(op, seg(a, i * ao, i * ao + n), seg(b, i * bo, i * bo + n),
-                                     seg(w, off, off + n),
-                                     _staged(sc, r * n, out_row(op, out, i * oo, n)), stream)
+            cmax[r], csum[r] = stats(op, seg(a, i * ao, i * ao + n),
+                                     _staged(sc, r * n, seg(b, i * bo, i * bo + n)),
+                                     seg(w, off, off + n), out_row(op, out, i * oo, n), stream)
         for r in range(k):
             m[r], t[r] = finish(unlogged(op), seg(cmax, r, r + 1), seg(csum, r, r + 1),
                                 row_values(side, g + r))
         log_sums(op, t, k)
         for r in range(k):
             i = g + r
-            o = out_row(op, out, i * oo, n)
-            write(op, seg(a, i * ao, i * ao + n), seg(b, i * bo, i * bo + n),
-                  seg(w, offs[r], offs[r] + n), _staged(sc, r * n, o), cmax[r], m[r], t[r],
-                  stream)
-            _unstage(sc, r * n, o, stream)
+            write(op, seg(a, i * ao, i * ao + n), _staged(sc, r * n, seg(b, i * bo, i * bo + n)),
+                  seg(w, offs[r], offs[r] + n), out_row(op, out, i * oo, n), cmax[r], m[r],
+                  t[r], stream)
     if stream:
         vfence()
 
