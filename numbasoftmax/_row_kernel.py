@@ -673,7 +673,8 @@ dispatch(write, {"softmax": _softmax_write, "log_softmax": _log_softmax_write,
 @njit(inline="always", **INTERNAL)
 def row(op, a, b, w, out, st, r, stream):
     """One row: ``a`` (x, y or z), ``b`` (dy or dz; ``a`` again for softmax and
-    log_softmax; weights or None for logsumexp), ``w`` (mask or None), ``out`` (the row's
+    log_softmax, or for float16 softmax a float32 row to keep its exps in, ``kept_exps``;
+    weights or None for logsumexp), ``w`` (mask or None), ``out`` (the row's
     output, ``out_row``), ``st``, a (2, number of chunks) float64 scratch, ``r``
     (the row's given values or None) and ``stream`` (see ``write``)."""
     n = a.shape[0]
