@@ -60,6 +60,7 @@ from ._disk_cache import njit
 from ._markers import INLINE, Marker, MarkerType, dispatch, invoke, kernel_fn, pick, same
 from ._simd import (
     W,
+    holds_exact,
     to_compute,
     vadd,
     veq,
@@ -564,9 +565,9 @@ def kept_exps(typingctx, op, b, out):
         return None
     chosen = None
     if op.key_ == SOFTMAX.key:
-        if out.dtype != types.uint16:
+        if holds_exact(out):
             chosen = 2
-        elif isinstance(b, types.Array) and b.dtype in (types.float32, types.float64):
+        elif holds_exact(b):
             chosen = 1
     if chosen is None:
         return types.none(op, b, out), lambda context, builder, sig, args: (

@@ -406,15 +406,20 @@ def vmax_all(typingctx, a):
     return a.dtype(a), codegen
 
 
+def holds_exact(arr):
+    """Whether numba type ``arr`` is an array that stores its compute type (float32,
+    float64), so that an intermediate value kept there is not rounded (float16 would)."""
+    return isinstance(arr, types.Array) and arr.dtype in (types.float32, types.float64)
+
+
 @intrinsic
 def exact_store(typingctx, where):
     """``where`` (an array, or a tuple whose first item is the array) if the array stores
-    its compute type (float32, float64), else None (float16: an intermediate value stored
-    there would be rounded)."""
+    its compute type (``holds_exact``), else None."""
     arr = where[0] if isinstance(where, types.BaseTuple) else where
     if not isinstance(arr, types.Array):
         return None
-    if arr.dtype == types.uint16:
+    if not holds_exact(arr):
         return types.none(where), lambda context, builder, sig, args: context.get_dummy_value()
 
     def codegen(context, builder, sig, args):

@@ -54,7 +54,7 @@ def _scale(context, builder, p, k, ctype):
     """p * 2**k for exp's p (1/sqrt(2) <= p <= sqrt(2)) and integral k: with exp's clamp
     the product is a normal number, so it is exact. Where numba compiles for AVX-512,
     vectors take ``vscalefps/pd``, one instruction instead of four (2**k built from
-    exponent bits, then a multiply): 3-8 % of an in-cache softmax; the same bits."""
+    exponent bits, then a multiply): 3-12 % of an in-cache softmax; the same bits."""
     if isinstance(p.type, ir.VectorType) and _has_avx512(context):
         kind, lanes = ("ps", 16) if ctype == types.float32 else ("pd", 8)
         mty, i32 = ir.IntType(lanes), ir.IntType(32)
