@@ -17,6 +17,7 @@ Exit status 0 only when both tools report 0 errors and every child check passed.
 from __future__ import annotations
 
 import argparse
+import collections
 import glob
 import os
 import re
@@ -219,11 +220,22 @@ def run_tool(exe, tool, timeout):
     return (errors, child_ok, p.returncode), out, time.perf_counter() - t0
 
 
+REPORT = re.compile(r"^========= (Invalid __\w+__ (?:read|write) of size \d+ bytes|Program hit "
+                    r"\w+|Malloc/Free error|Race reported|Error: .*|Leaked \d+ bytes)")
+
+
+def error_kinds(out):
+    """What the tool reported, by kind: memory errors of kernels apart from the CUDA API
+    errors the host program's calls returned (a failed launch, a probe)."""
+    return collections.Counter(m.group(1) for m in map(REPORT.match, out.splitlines()) if m)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tool", choices=["memcheck", "racecheck"], action="append")
     ap.add_argument("--child", choices=["memcheck", "racecheck"])
     ap.add_argument("--timeout", type=float, default=240.0, help="seconds per tool")
+    ap.add_argument("--log-dir", help="write each tool's whole output there")
     ap.add_argument("--verbose", action="store_true", help="print the children's output")
     a = ap.parse_args()
     if a.child:
@@ -237,6 +249,15 @@ def main():
     results = []
     for tool in a.tool or ["memcheck", "racecheck"]:
         res, out, secs = run_tool(exe, tool, a.timeout)
+        if a.log_dir:
+            os.makedirs(a.log_dir, exist_ok=True)
+            with open(os.path.join(a.log_dir, f"sanitize-{tool}.log"), "w") as f:
+                f.write(out)
+        kinds = error_kinds(out)
+        if kinds:
+            print(f"---- {tool}: reports by kind")
+            for what, count in kinds.most_common():
+                print(f"  {count:5d}  {what}")
         tail = "\n".join(out.strip().splitlines()[-25:])
         if a.verbose or res is None or not res[1] or res[0] != 0:
             print(f"---- {tool} output (last lines)\n{tail}", flush=True)

@@ -173,6 +173,10 @@ def _rows(c):
 
 def _smem(c, cache=None):
     cache = cache or c.smem_cache() or "c"
+    if c.smem_bytes(cache) > c.smem_cap:  # only a forced strategy gets here
+        raise ValueError(f"config.force: a row of {c.n} elements ({c.op}, {c.kind}) needs "
+                         f"{c.smem_bytes(cache)} B of shared memory to cache, more than the "
+                         f"{c.smem_cap} B a block has")
     # the gradients load two arrays: half the packs of each in flight (at 1024 threads a
     # thread has 64 registers; more spill)
     u = max(1, c.unroll // 2) if c.bwd and not c.sim else c.unroll
@@ -301,23 +305,27 @@ def copy_source(ndim, src_dtype, dst_dtype, cast, kinds=None):
     return Source(K.make_copy(ndim, SIM, convert, P), sig, _options(COPY_BLOCK))
 
 
-def _max_threads(kernel):
-    """The most threads per block a compiled kernel can be launched with."""
-    return 1024 if SIM else int(kernel.attrs.maxthreads)
+def _limits(kernel):
+    """(the most threads per block, the bytes of dynamic shared memory before an opt-in) of
+    a compiled kernel. Without the opt-in a block has 48 KB of shared memory in all, the
+    kernel's static arrays included."""
+    if SIM:
+        return 1024, SHMEM_DEFAULT
+    return int(kernel.attrs.maxthreads), SHMEM_DEFAULT - int(kernel.attrs.shared)
 
 
 class Compiled:
-    """One compiled kernel on one device, launchable with raw-int arguments."""
+    """One compiled kernel on one device, launchable with raw-int arguments; ``max_shmem``:
+    the bytes of dynamic shared memory it may use now."""
 
     __slots__ = ("dispatcher", "kernel", "dev", "max_threads", "max_shmem")
 
     def __init__(self, dispatcher, dev):
-        self.dispatcher, self.dev, self.max_shmem = dispatcher, dev, SHMEM_DEFAULT
-        self.kernel = None
+        self.dispatcher, self.dev, self.kernel = dispatcher, dev, None
         if not SIM:
             with cuda.gpus[dev]:
                 self.kernel = next(iter(dispatcher.overloads.values()))._codelibrary.get_cufunc()
-        self.max_threads = _max_threads(self.kernel)
+        self.max_threads, self.max_shmem = _limits(self.kernel)
 
     def ensure_shmem(self, nbytes):
         """Raise the kernel's dynamic shared-memory limit when ``nbytes`` exceeds it."""

@@ -11,6 +11,7 @@ so the CPU test process never imports numba.cuda.
 
 from __future__ import annotations
 
+import argparse
 import os
 import pathlib
 import sys
@@ -26,8 +27,8 @@ def pytest_addoption(parser):
     try:
         parser.addoption("--fuzz-long", action="store_true", default=False,
                          help="run 100x more property-based examples")
-    except ValueError:  # already added by another conftest
-        pass
+    except (ValueError, argparse.ArgumentError):  # added by tests/conftest.py (the error
+        pass  # raised for a second definition depends on the pytest version)
 
 
 def _requested(config):

@@ -7,6 +7,7 @@ are replaced by fakes that record what the launcher asks of them."""
 from __future__ import annotations
 
 import threading
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -45,7 +46,7 @@ def test_kernel_that_cannot_run_the_planned_block_fails_at_plan_time(monkeypatch
     """A compiled kernel reports how many threads a block may have (its registers); a
     plan that needs more is an error before anything is launched."""
     monkeypatch.setattr(launch, "_compiled", {})
-    monkeypatch.setattr(launch, "_max_threads", lambda kernel: 32)
+    monkeypatch.setattr(launch, "_limits", lambda kernel: (32, launch.SHMEM_DEFAULT))
     launched = []
     monkeypatch.setattr(launch, "launch", lambda *a: launched.append(a))
     with launch.config.override(block=64, force="rows"):
@@ -262,6 +263,25 @@ def test_shared_memory_opt_in_reports_the_driver_error(monkeypatch):
         c.ensure_shmem(100_000)
     assert [k for k, _ in drv.calls] == ["kernel"]  # no silent second attempt
     assert c.max_shmem == launch.SHMEM_DEFAULT  # not recorded as raised
+
+
+def test_static_shared_memory_counts_against_the_default_limit(monkeypatch):
+    """A block has 48 KB of shared memory before the opt-in, the kernel's static arrays
+    included: a kernel with 1 KB of them opts in for a 48 KB row cache (a 12288-element
+    float32 row), else its launch fails with CUDA_ERROR_INVALID_VALUE."""
+    monkeypatch.setattr(launch, "SIM", False)
+    attrs = SimpleNamespace(regs=40, shared=1024, local=0, const=0, maxthreads=1024)
+    kernel = SimpleNamespace(attrs=attrs)  # numba-cuda's compiled function: its attributes
+    assert launch._limits(kernel) == (1024, launch.SHMEM_DEFAULT - 1024)
+    drv = FailingDriver()
+    monkeypatch.setattr(driver, "api", lambda: (FakeBinding, drv))
+    h = FakeBinding.CUfunction()
+    c = _compiled_with(h)
+    c.max_shmem = launch._limits(kernel)[1]
+    c.ensure_shmem(launch.SHMEM_DEFAULT - 1024)  # fits beside the static arrays: no call
+    assert drv.calls == []
+    c.ensure_shmem(launch.SHMEM_DEFAULT)
+    assert drv.calls == [("func", (h, "MAX_DYN_SMEM", launch.SHMEM_DEFAULT))]
 
 
 def test_shared_memory_opt_in_by_handle_kind(monkeypatch):
