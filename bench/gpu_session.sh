@@ -10,8 +10,9 @@
 #   bash bench/gpu_session.sh
 # Settings (environment): PERF seconds for step 1 (default 250; 0 skips it), PERF_ARGS more
 # gpu_check.py options (e.g. "--sizes 128,4096"), SWEEP seconds for step 2 (default 0: not
-# run), SWEEP_ARGS, CHECKS seconds for step 3 (default 240; 0 skips it), WORKERS pytest
-# processes (default 10).
+# run), SWEEP_ARGS, CHECKS seconds for step 3 (default 240; 0 skips it), SANITIZE_ARGS
+# (e.g. "--tool memcheck --timeout 150"; a later --timeout wins), WORKERS pytest processes
+# (default 10).
 set -u
 OUT=${OUT:-gpu-logs}
 mkdir -p "$OUT"
@@ -51,8 +52,9 @@ if [ "$CHECKS" -gt 0 ]; then
     stamp "checks side by side"
     timeout "$CHECKS" python3 bench/gpu_check.py --only correctness > "$OUT/correct.txt" 2>&1 &
     p1=$!
+    # shellcheck disable=SC2086
     timeout "$CHECKS" python3 bench/gpu_sanitize.py --timeout $(( (CHECKS - 20) / 2 )) \
-        --log-dir "$OUT" > "$OUT/sanitize.txt" 2>&1 &
+        --log-dir "$OUT" ${SANITIZE_ARGS:-} > "$OUT/sanitize.txt" 2>&1 &
     p2=$!
     timeout "$CHECKS" python3 -m pytest tests/gpu -v --tb=short -p no:cacheprovider \
         -n "${WORKERS:-10}" --durations 15 > "$OUT/pytest.txt" 2>&1 &

@@ -26,6 +26,8 @@ ELEMENTS = 1 << 26
 CONFIGS = {  # name: tunables (None: the planner's own choice)
     "default": {},
     "rows": {"force": "rows", "reg_max": 1 << 30},
+    "smem32": {"force": "smem", "block": 32},
+    "smem64": {"force": "smem", "block": 64},
     "smem128": {"force": "smem", "block": 128},
     "smem256": {"force": "smem", "block": 256},
     "smem512": {"force": "smem", "block": 512},

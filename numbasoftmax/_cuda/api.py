@@ -73,9 +73,8 @@ def _load(func, desc, name):
 def dispatch(op, arrays, axis, out, dtype=None, where=None):
     """Run ``op`` (an ``_ops.Op``) on GPU ``arrays`` along ``axis``. ``dtype``: None or the
     result's numpy float dtype; ``where``: None or a boolean GPU array broadcasting to x."""
-    if out is None and dtype is None and where is None and type(axis) is int and (
-            _launch is not None):
-        res = _fast(op, arrays, axis)
+    if dtype is None and where is None and type(axis) is int and _launch is not None:
+        res = _fast(op, arrays, axis, out)
         if res is not None:
             return res
     names = op.args
@@ -88,17 +87,19 @@ def dispatch(op, arrays, axis, out, dtype=None, where=None):
                     found.get("where"))
 
 
-def _fast(op, arrays, axis):
+def _fast(op, arrays, axis, out=None):
     """The result from the adapter's fast path, or None: what it relies on beyond that is
-    arrays of one type, shape and dtype, reduced along their last axis."""
+    arrays (and ``out``, if given) of one type, shape and dtype, reduced along their last
+    axis."""
     x, t = arrays[0], type(arrays[0])
     lib = _fast_libs.get(t, 0)
     if lib == 0:
         lib = _fast_libs[t] = fast_adapter(t)
     if lib is None or not x.ndim or axis not in (-1, x.ndim - 1) or any(
-            type(a) is not t or a.shape != x.shape or a.dtype != x.dtype for a in arrays):
+            type(a) is not t or a.shape != x.shape or a.dtype != x.dtype
+            for a in (arrays if out is None else (*arrays, out))):
         return None
-    return lib.fast(_launch, op, arrays)
+    return lib.fast(_launch, op, arrays, out)
 
 
 def _checked(func, named, typed, dtype):

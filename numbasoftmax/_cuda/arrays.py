@@ -99,6 +99,13 @@ def _is_sim_array(obj):
     return type(obj).__name__ == "FakeCUDAArray" and hasattr(obj, "_ary")
 
 
+def apart(ptr, nbytes, spans):
+    """Whether the bytes [ptr, ptr + nbytes) share none with the (ptr, nbytes) ``spans``:
+    the fast path writes ``out=`` directly only where it overlaps no input (the general
+    path decides what an overlapping result needs)."""
+    return all(ptr + nbytes <= p or p + n <= ptr for p, n in spans)
+
+
 class _Library:
     """An array library, imported at first use."""
 
@@ -146,7 +153,7 @@ class _Cupy(_Library):
     def stream(self, a):
         return self.mod.cuda.get_current_stream().ptr
 
-    def fast(self, launch, op, arrays):
+    def fast(self, launch, op, arrays, out=None):
         cp = self.mod
         x = arrays[0]
         kind = KIND.get(x.dtype)
@@ -156,7 +163,13 @@ class _Cupy(_Library):
         for a in arrays:
             if not a.flags.c_contiguous or a.data.device_id != dev:
                 return None
-        res = cp.empty(x.shape, dtype=x.dtype)
+        if out is None:
+            res = cp.empty(x.shape, dtype=x.dtype)
+        elif (out.flags.c_contiguous and out.data.device_id == dev
+              and apart(out.data.ptr, out.nbytes, [(a.data.ptr, a.nbytes) for a in arrays])):
+            res = out
+        else:
+            return None
         n = x.shape[-1]
         if launch.fast_rows(op.name, kind, [a.data.ptr for a in arrays], res.data.ptr,
                             x.size // n, n, dev, cp.cuda.get_current_stream().ptr):
@@ -212,7 +225,7 @@ class _Torch(_Library):
     def stream(self, a):
         return self.mod.cuda.current_stream(a.dev).cuda_stream
 
-    def fast(self, launch, op, arrays):
+    def fast(self, launch, op, arrays, out=None):
         torch = self.mod
         x = arrays[0]
         kind = KIND.get(self.dtype(x.dtype))
@@ -230,7 +243,15 @@ class _Torch(_Library):
         if self._raw_stream is None:
             raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)
             self._raw_stream = raw or (lambda d: torch.cuda.current_stream(d).cuda_stream)
-        res = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        if out is None:
+            res = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        elif (out.is_cuda and out.is_contiguous() and not out.requires_grad
+              and out.device.index == dev and apart(
+                  out.data_ptr(), size * x.element_size(),
+                  [(a.data_ptr(), size * x.element_size()) for a in arrays])):
+            res = out
+        else:
+            return None
         n = x.shape[-1]
         if launch.fast_rows(op.name, kind, [a.data_ptr() for a in arrays], res.data_ptr(),
                             size // n, n, dev, self._raw_stream(dev)):

@@ -75,6 +75,8 @@ def _gpu_reason():
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a GPU or the CUDA simulator")
     config.addinivalue_line("markers", "realgpu: needs a real GPU (skipped under the simulator)")
+    config.addinivalue_line("markers", "simonly: stands host memory or a made-up stream in for "
+                            "the device's, which only the simulator accepts (skipped on a GPU)")
     if SIM:
         # The simulator runs a Python thread per CUDA thread and a polling loop per block;
         # a short switch interval makes its barriers several times faster.
@@ -132,6 +134,9 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason=reason))
         elif SIM and item.get_closest_marker("realgpu"):
             item.add_marker(pytest.mark.skip(reason="needs a real GPU"))
+        elif not SIM and item.get_closest_marker("simonly"):
+            item.add_marker(pytest.mark.skip(reason="simulator only: host memory or a "
+                                             "made-up stream stands in for the device's"))
 
 
 @pytest.fixture(autouse=True)

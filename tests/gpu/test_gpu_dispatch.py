@@ -381,13 +381,20 @@ def test_plans(kind):
 
     h100 = launch.DeviceProps(132, 232448)
     with launch.config.override(block=None, max_grid=None):
-        got = {n: launch.plan("softmax", kind, (1 << 26) // n, n, True, h100,
-                              sim=False).steps[0].spec
-               for n in (32, 1024, 2048, 32768, 65536, 262144)}
+        def spec(n, op="softmax"):
+            return launch.plan(op, kind, (1 << 26) // n, n, True, h100, sim=False).steps[0].spec
+
+        got = {n: spec(n) for n in (32, 1024, 2048, 2056, 4096, 32768, 65536, 262144)}
+        bwd = {n: spec(n, "softmax_backward") for n in (2048, 2056, 4096, 8192)}
         grid = launch.plan("softmax", kind, 1 << 21, 32, True, h100, sim=False).steps[0].grid
     assert got[32].strategy == "rows" and got[32].V == 16 // launch.STORAGE[kind].itemsize
-    assert got[1024].strategy == "rows"
-    assert got[2048].strategy == got[32768].strategy == "smem"
+    assert got[1024].strategy == got[2048].strategy == bwd[2048].strategy == "rows"
+    assert got[2056].strategy == got[32768].strategy == bwd[2056].strategy == "smem"
+    # blocks of a row cached in shared memory: 16 packs a thread forward, 4 for gradients,
+    # at least 128 and 256 threads
+    assert got[2056].B == got[4096].B == 128 and bwd[2056].B == 256
+    assert bwd[8192].B == (512 if kind == "f4" else 256)
+    assert got[32768].B == (512 if kind == "f4" else 256)
     assert got[262144].strategy.startswith("split")  # 256 rows < 2 x 132 SMs
     # float16 rows of 65536 fit in shared memory as float16 (not as float32)
     assert got[65536].strategy == ("long" if kind == "f4" else "smem")
@@ -417,6 +424,16 @@ def test_adapters_by_type():
     d = arrays.describe(cuda().to_device(np.zeros((2, 3), np.float32)), "x", "softmax")
     assert d.lib is arrays.NUMBA and d.shape == (2, 3) and d.strides == (12, 4)
     assert d.located().where == "numba device array on cuda:0"
+
+
+def test_out_apart_from_the_inputs():
+    from numbasoftmax._cuda.arrays import apart
+
+    assert apart(100, 50, [(0, 100), (150, 10)])  # touching is not sharing
+    assert not apart(100, 50, [(0, 101)])
+    assert not apart(100, 50, [(149, 10)])
+    assert not apart(100, 50, [(120, 4)])  # inside
+    assert not apart(100, 50, [(0, 400)])  # around
 
 
 def test_torch_dtypes():

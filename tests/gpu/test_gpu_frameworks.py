@@ -75,6 +75,31 @@ def test_cupy_layouts_and_out():
         ns.softmax(d, out=np.empty_like(x))
 
 
+@pytest.mark.parametrize("lib", ["cupy", "torch"])
+def test_out_takes_the_fast_path_unless_it_overlaps_an_input(lib, monkeypatch):
+    """A contiguous ``out=`` of the input's type, shape and dtype is written by the fast
+    path's one launch; an ``out`` that overlaps an input (here: the input itself) goes the
+    general way, and both give the right values."""
+    from numbasoftmax._cuda import launch
+
+    fast = []
+    real = launch.fast_rows
+    monkeypatch.setattr(launch, "fast_rows", lambda *a: fast.append(a[0]) or real(*a))
+    x = _x((16, 256))
+    if lib == "cupy":
+        cp = _cupy()
+        d, host = cp.asarray(x), lambda a: a.get()
+        out = cp.empty_like(d)
+    else:
+        torch = _torch()
+        d, host = torch.as_tensor(x, device="cuda"), lambda a: a.cpu().numpy()
+        out = torch.empty_like(d)
+    assert ns.softmax(d, out=out) is out and fast == ["softmax"]
+    assert_close("softmax", host(out), [x.astype(np.float64)], -1, "float32")
+    assert ns.log_softmax(d, out=d) is d and fast == ["softmax"]  # in place: not fast
+    assert_close("log_softmax", host(d), [x.astype(np.float64)], -1, "float32")
+
+
 def test_cupy_nondefault_stream():
     cp = _cupy()
     x = _x((256, 1024))

@@ -303,6 +303,7 @@ class Marker:
         self.handle = handle
 
 
+@pytest.mark.simonly
 @pytest.mark.parametrize("axis", [-1, 0], ids=["rows", "gathered"])
 def test_numba_result_is_bound_to_the_input_stream(monkeypatch, axis):
     """A numba result's copy_to_host() runs on the stream its kernels were queued on."""
@@ -346,6 +347,7 @@ class RecordingMemory:
         self.events.append(("free", ptr, stream))
 
 
+@pytest.mark.simonly
 @pytest.mark.parametrize("case", ["gather-scatter", "split-workspace"])
 def test_numba_temporaries_are_released_in_stream_order(monkeypatch, case):
     """Temporaries of numba / CAI calls come from stream-ordered memory on the caller's
