@@ -119,6 +119,36 @@ def make_vector_io(kind):
     return pack_intrinsic(load), pack_intrinsic(store)
 
 
+def _element(context, builder, sig, args):
+    """The pointer to element args[1] of 1-D array args[0], as ``gep inbounds``."""
+    data = context.make_array(sig.args[0])(context, builder, args[0]).data
+    return builder.gep(data, [_to_i64(builder, args[1], sig.args[1])], inbounds=True)
+
+
+# arr[i] and arr[i] = v without numba's wraparound of a negative index (the kernels'
+# indices are never negative): numba's indexing adds a 64-bit shift, mask and add to each
+# access with a run-time index
+@intrinsic
+def at(typingctx, arr, idx):
+    if not (isinstance(arr, types.Array) and isinstance(idx, types.Integer)):
+        return None
+    return arr.dtype(arr, idx), lambda context, builder, sig, args: builder.load(
+        _element(context, builder, sig, args))
+
+
+@intrinsic
+def put(typingctx, arr, idx, value):
+    if not (isinstance(arr, types.Array) and isinstance(idx, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        v = context.cast(builder, args[2], sig.args[2], sig.args[0].dtype)
+        builder.store(v, _element(context, builder, sig, args))
+        return context.get_dummy_value()
+
+    return types.void(arr, idx, value), codegen
+
+
 def _conversion(emit, argty, resty):
     """An intrinsic ``resty(argty)`` whose code ``emit(builder, value)`` writes."""
     @intrinsic
@@ -146,23 +176,17 @@ def make_primitives(kind, src=None):
     ldv, stv = make_vector_io(kind)
     ldv_raw = make_vector_io("raw16")[0] if kind in ("f2", "bf16") else ldv
     if kind in ("f4", "f8"):
-        @cuda.jit(**_dev)
-        def ld(arr, i):
-            return arr[i]
-
-        @cuda.jit(**_dev)
-        def st(arr, i, v):
-            arr[i] = v
+        ld, st = at, put
     else:
         to_f32, from_f32 = (h2f, f2h) if kind == "f2" else (b2f, f2b)
 
         @cuda.jit(**_dev)
         def ld(arr, i):
-            return to_f32(arr[i])
+            return to_f32(at(arr, i))
 
         @cuda.jit(**_dev)
         def st(arr, i, v):
-            arr[i] = from_f32(types.float32(v))
+            put(arr, i, from_f32(types.float32(v)))
     if src is not None:
         ld = _cast_load(kind, src)
 
@@ -176,7 +200,7 @@ def make_primitives(kind, src=None):
 
     return Primitives(sim=False, ctype=types.float64 if kind == "f8" else types.float32,
                       ld=ld, st=st, ldv=ldv, stv=stv, ldv_raw=ldv_raw, exp=math.exp, log=math.log,
-                      begin=begin, shfl_xor=shfl_xor, group_reduce=None)
+                      begin=begin, shfl_xor=shfl_xor, group_reduce=None, at=at, put=put)
 
 
 def _cast_load(kind, src):
@@ -202,6 +226,6 @@ def _cast_load(kind, src):
 
     @cuda.jit(**_dev)
     def ld(arr, i):
-        return narrow(widen(arr[i]))
+        return narrow(widen(at(arr, i)))
 
     return ld

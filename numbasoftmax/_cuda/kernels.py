@@ -55,9 +55,11 @@ Spec = namedtuple("Spec", "strategy op kind V G K B U cache src mask weights sig
 # The device functions the kernels are made of (intrinsics.py on a GPU, sim.py under the
 # simulator). ld/st(arr, i[, v]): one element, converted; ldv/stv(arr, i, buf, off): a
 # 16-byte pack of V elements; ldv_raw: a pack of 2-byte bits, unconverted; begin():
-# per-thread set-up; shfl_xor (GPU) or group_reduce(v, width, xch, op) (simulator).
+# per-thread set-up; shfl_xor (GPU) or group_reduce(v, width, xch, op) (simulator);
+# at(arr, i) / put(arr, i, v): arr[i] read / written with an index that is never negative
+# (no wraparound code).
 Primitives = namedtuple("Primitives", "sim ctype ld st ldv stv ldv_raw exp log begin "
-                                      "shfl_xor group_reduce")
+                                      "shfl_xor group_reduce at put")
 
 # fwd: a forward op; lse: logsumexp (a value per row is written); given: its gradient (row
 # statistics read from the workspace); load_b: the second input is read (the gradients'
@@ -237,14 +239,10 @@ def _packs(P, V):
     into a per-thread buffer's buf[o:o+V], ``store`` the reverse, ``load_raw`` copies 2-byte
     bits unconverted; ``elem(arr, i)`` is arr[i] as it is."""
     dev = _device(P.sim)
-    ld, st = P.ld, P.st
-
-    @dev
-    def elem(arr, i):
-        return arr[i]
+    ld, st, at = P.ld, P.st, P.at
 
     if V > 1:  # 16-byte packs: the vector primitives themselves
-        return Packs(P.ldv, P.stv, P.ldv_raw, elem)
+        return Packs(P.ldv, P.stv, P.ldv_raw, at)
 
     @dev
     def load(arr, i, buf, o):
@@ -256,9 +254,9 @@ def _packs(P, V):
 
     @dev
     def load_raw(arr, i, buf, o):
-        buf[o] = arr[i]
+        buf[o] = at(arr, i)
 
-    return Packs(load, store, load_raw, elem)
+    return Packs(load, store, load_raw, at)
 
 
 NO_MASK = (1, 0, 1, 0, 1, 0)  # the mask dims of unmasked kernels: every row at offset 0
@@ -435,6 +433,7 @@ def _smem(P, spec):
     KEEP_E = spec.op == "softmax" and not RAW
     cdt = types.uint16 if RAW else ctype
     value_of = P.ld if RAW else elem  # an element of the cache, in the compute type
+    put = P.put
     XCH = B if P.sim else 1
 
     def body(a, sa, b, sb, out, so, ws, m, n, C, L, w, wn, wd, ta, tb):
@@ -468,23 +467,27 @@ def _smem(P, spec):
                         c = (j0 + u) * V * B + tid
                         for v in range(V):
                             i = u * V + v
-                            cache[c + v * B] = ta[i]
+                            put(cache, c + v * B, ta[i])
                             av = value_of(ta, i)
                             if FWD:
                                 acc = fmax(acc, av)
                             else:
-                                cache[half + c + v * B] = tb[i]
+                                put(cache, half + c + v * B, tb[i])
                                 acc += term(av, value_of(tb, i), mx)
+            # The passes over the cache count packs with while loops: numba's range()
+            # re-checks its remaining count with 64-bit selects at every step.
             if FWD:
                 mx = block_max(acc, ctype(NEG_INF), red, xch)
                 acc = ctype(0.0)
-                for k in range(J * V):  # this thread's cached elements: pack k // V
-                    if (k // V) * B + tid < npk:
-                        av = value_of(cache, k * B + tid)
-                        e = term(av, av, mx)
-                        if KEEP_E:
-                            cache[k * B + tid] = e
-                        acc += e
+                for j in range(J):  # this thread's packs, in order (as the write pass)
+                    if j * B + tid < npk:
+                        c = j * V * B + tid
+                        for v in range(V):
+                            av = value_of(cache, c + v * B)
+                            e = term(av, av, mx)
+                            if KEEP_E:
+                                put(cache, c + v * B, e)
+                            acc += e
             f = factor(block_sum(acc, ctype(0.0), red, xch))
             for j in range(J):
                 p = j * B + tid

@@ -105,6 +105,14 @@ def make_primitives(kind, src=None):
     def begin():
         np.seterr(all="ignore")  # per thread: each simulated CUDA thread is a Python thread
 
+    def at(arr, i):  # the GPU's reads no negative index (no wraparound): neither may this
+        assert i >= 0, f"negative index {i}"
+        return arr[i]
+
+    def put(arr, i, v):
+        assert i >= 0, f"negative index {i}"
+        arr[i] = v
+
     return Primitives(sim=True, ctype=types.float64 if kind == "f8" else types.float32,
                       ld=ld, st=st, ldv=ldv, stv=stv, ldv_raw=ldv_raw, exp=np.exp, log=np.log,
-                      begin=begin, shfl_xor=None, group_reduce=group_reduce)
+                      begin=begin, shfl_xor=None, group_reduce=group_reduce, at=at, put=put)

@@ -51,3 +51,19 @@ def test_static_shared_array_is_one_per_block():
     finally:
         sys.setswitchinterval(interval)
     assert split == 0
+
+
+def test_unchecked_access_refuses_a_negative_index():
+    """The GPU's ``at``/``put`` do not wrap a negative index around (they read before the
+    array); the simulator's refuse one, so that a kernel that would is caught here."""
+    from numbasoftmax._cuda import sim
+
+    P = sim.make_primitives("f4")
+    a = np.arange(4, dtype=np.float32)
+    assert P.at(a, 3) == 3.0
+    P.put(a, 0, 7.0)
+    assert a[0] == 7.0
+    with pytest.raises(AssertionError, match="negative index"):
+        P.at(a, -1)
+    with pytest.raises(AssertionError, match="negative index"):
+        P.put(a, -1, 0.0)
