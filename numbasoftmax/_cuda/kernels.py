@@ -474,8 +474,9 @@ def _smem(P, spec):
                             else:
                                 put(cache, half + c + v * B, tb[i])
                                 acc += term(av, value_of(tb, i), mx)
-            # The passes over the cache count packs with while loops: numba's range()
-            # re-checks its remaining count with 64-bit selects at every step.
+            # The second pass walks packs as the write pass does, so that an element costs
+            # its exp and the cache's load and store (an element index's pack, k // V, took
+            # seven 64-bit operations with Python's floor division)
             if FWD:
                 mx = block_max(acc, ctype(NEG_INF), red, xch)
                 acc = ctype(0.0)

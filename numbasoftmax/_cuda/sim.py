@@ -105,7 +105,7 @@ def make_primitives(kind, src=None):
     def begin():
         np.seterr(all="ignore")  # per thread: each simulated CUDA thread is a Python thread
 
-    def at(arr, i):  # the GPU's reads no negative index (no wraparound): neither may this
+    def at(arr, i):  # the GPU's does not wrap a negative index around: here it is an error
         assert i >= 0, f"negative index {i}"
         return arr[i]
 
