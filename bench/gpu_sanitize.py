@@ -263,6 +263,8 @@ def main():
             with open(os.path.join(a.log_dir, f"sanitize-{tool}.log"), "w") as f:
                 f.write(out)
         kinds = error_kinds(out)
+        if res is not None and res[0]:
+            res = (res[0] - probes(kinds), *res[1:])
         if kinds:
             print(f"---- {tool}: reports by kind")
             for what, count in kinds.most_common():
@@ -275,8 +277,6 @@ def main():
             status = 1
             continue
         errors, child_ok, rc = res
-        if errors:
-            errors -= probes(kinds)
         checks = [ln for ln in out.splitlines() if ln.startswith("child checks:")]
         results.append(f"{tool}: {errors if errors is not None else '?'} errors "
                        f"({probes(kinds)} driver entry-point probes not counted), "

@@ -441,3 +441,35 @@ def test_ptx_check_enumerates_every_kernel_the_plan_can_choose():
                         for step in launch.plan(op, kind, m, n, vec, H100, sim=False,
                                                 **flags).steps:
                             assert step.spec in found, (op, kind, m, n, vec)
+
+
+# ---------------------------------------------------------------------------------------
+# bench/gpu_sanitize.py
+
+def test_sanitizer_reports_by_kind_leave_out_the_drivers_entry_point_probes():
+    """memcheck reports every CUDA API call that returned an error: cuda-bindings' probes
+    of entry points the driver lacks are not errors of the program, a failed launch is."""
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[2] / "bench" / "gpu_sanitize.py"
+    spec = importlib.util.spec_from_file_location("gpu_sanitize", path)
+    san = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(san)
+    out = "\n".join([
+        "========= Program hit CUDA_ERROR_INVALID_VALUE (error 1) due to \"invalid argument\" "
+        "on CUDA API call to cuGetProcAddress_v2.",
+        "=========     Saved host backtrace up to driver entry point at error",
+        "========= Program hit CUDA_ERROR_INVALID_VALUE (error 1) due to \"invalid argument\" "
+        "on CUDA API call to cuGetProcAddress_v2.",
+        "========= Program hit CUDA_ERROR_INVALID_VALUE (error 1) due to \"invalid argument\" "
+        "on CUDA API call to cuLaunchKernelEx.",
+        "========= Invalid __global__ read of size 16 bytes",
+        "=========     at smem_softmax+0x1d0",
+    ])
+    kinds = san.error_kinds(out)
+    assert kinds == {
+        "Program hit CUDA_ERROR_INVALID_VALUE on cuGetProcAddress_v2": 2,
+        "Program hit CUDA_ERROR_INVALID_VALUE on cuLaunchKernelEx": 1,
+        "Invalid __global__ read of size 16 bytes": 1}
+    assert san.probes(kinds) == 2
