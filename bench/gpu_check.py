@@ -10,8 +10,9 @@
      if the input had been cast), where= masks, logsumexp and its gradient, torch tensors
      (float32, float16, bfloat16), a non-default cupy stream;
    * the direct launch path against numba's own launch path (bitwise).
-2. Performance, M*N = 2^26, N in {32, ..., 262144}: numbasoftmax / torch / cupyx GB/s and
-   % of the same-run device-to-device copy bandwidth (CUDA events), for softmax, softmax
+2. Performance, M*N = 2^26, N in {32, ..., 262144}: numbasoftmax / torch GB/s with both
+   writing into out= (like-for-like), then numbasoftmax / torch / cupyx plain calls, and %
+   of the same-run device-to-device copy bandwidth (CUDA events), for softmax, softmax
    backward, log_softmax (float32) and softmax forward/backward in float16, and float16
    input into a float32 result (dtype=, N = 128, 4096, 65536), logsumexp (float32, N = 32,
    128, 4096, 65536; against torch.logsumexp and cupyx's). Every timed configuration
@@ -379,9 +380,11 @@ def performance(skip_peers, budget, sizes):
             continue
         bwd = func.endswith("backward")
         passes = 3 if bwd else 2
-        log(f"-- {func} {dtype}")
-        log(f"  {'N':>7} {'plan':<26} {'ours GB/s':>10} {'%copy':>6} {'torch':>8} {'%copy':>6}"
-            f" {'cupyx':>8} {'%copy':>6} {'ok':>3}")
+        log(f"-- {func} {dtype} (first like-for-like, both writing into out=; then plain "
+            "calls, allocation included)")
+        log(f"  {'N':>7} {'plan':<26} {'ours out=':>10} {'%copy':>6} {'torch':>8} {'%copy':>6}"
+            f" {'ours':>8} {'%copy':>6} {'torch':>8} {'%copy':>6} {'cupyx':>8} {'%copy':>6}"
+            f" {'ok':>3}")
         for n in sizes:
             m = ELEMENTS // n
             x = rng.standard_normal((m, n), dtype=cp.float32).astype(dtype)
@@ -403,20 +406,25 @@ def performance(skip_peers, budget, sizes):
                            cp, ns, f, a, o, d, p))
             fn = getattr(ns, func)
             try:
+                ours_out = ms_per_call(lambda f=fn, a=args, o=out: f(*a, out=o))
                 ours = ms_per_call(lambda f=fn, a=args: f(*a))
             except Exception as err:  # noqa: BLE001 - recorded; the other sizes still run
                 FAILURES.append(f"perf {func} {dtype} N={n}: {type(err).__name__}: {err}")
                 log(f"  {n:>7} {plan:<26} FAILED: {type(err).__name__}: {err}")
                 continue
             nbytes = passes * m * n * item
-            row = [f"  {n:>7} {plan:<26}", _gbs(nbytes, ours, copy[dtype])]
+            none = f"{'-':>8} {'':>6}"
+            torch_out = torch_plain = none
             if have_torch:
                 ta = [torch.as_tensor(a, device="cuda") for a in args]
                 (tf,) = registry.implementations(op=func, device="gpu", name="torch")
-                tms = ms_per_call(lambda f=tf.call, a=ta: f(*a, -1))
-                row.append(_gbs(nbytes, tms, copy[dtype], 8))
-            else:
-                row.append(f"{'-':>8} {'':>6}")
+                tout = torch.empty_like(ta[0])
+                torch_out = _gbs(nbytes, ms_per_call(
+                    lambda f=tf.call_out, a=ta, o=tout: f(*a, axis=-1, out=o)), copy[dtype], 8)
+                torch_plain = _gbs(nbytes, ms_per_call(lambda f=tf.call, a=ta: f(*a, -1)),
+                                   copy[dtype], 8)
+            row = [f"  {n:>7} {plan:<26}", _gbs(nbytes, ours_out, copy[dtype]), torch_out,
+                   _gbs(nbytes, ours, copy[dtype], 8), torch_plain]
             if have_cupyx and not bwd:
                 cf = getattr(cps, func)
                 try:
@@ -425,7 +433,7 @@ def performance(skip_peers, budget, sizes):
                 except Exception:  # noqa: BLE001
                     row.append(f"{'err':>8} {'':>6}")
             else:
-                row.append(f"{'-':>8} {'':>6}")
+                row.append(none)
             row.append(f"{'yes' if ok else 'NO':>3}")
             log(" ".join(row))
             x = args = out = None
