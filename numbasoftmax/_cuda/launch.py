@@ -215,10 +215,10 @@ def _choose(c):
     # ``rows``: the row in a warp's registers, up to 64 float32 values a thread of each input
     # (H200, N = 2048: forward 62 % of copy against 30 % for smem, gradients 102 % against
     # 75 %) on the vector path; 32 (16 of each of two inputs) for single elements (64 of
-    # them spill), logsumexp, masks and dtype=
+    # them spill), float64 (twice the registers; not measured), logsumexp, masks, dtype=
     reg_max = config.reg_max
     if reg_max is None:
-        wide = c.V > 1 and not (c.lse or c.weights or c.mask or c.src)
+        wide = c.V > 1 and c.ctsize == 4 and not (c.lse or c.weights or c.mask or c.src)
         reg_max = (2048 if wide else 512 if c.bwd or c.weights else 1024) * 4 // c.ctsize
     if c.n <= reg_max:
         return "rows"
