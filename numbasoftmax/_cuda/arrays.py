@@ -99,11 +99,12 @@ def _is_sim_array(obj):
     return type(obj).__name__ == "FakeCUDAArray" and hasattr(obj, "_ary")
 
 
-def apart(ptr, nbytes, spans):
-    """Whether the bytes [ptr, ptr + nbytes) share none with the (ptr, nbytes) ``spans``:
-    the fast path writes ``out=`` directly only where it overlaps no input (the general
-    path decides what an overlapping result needs)."""
-    return all(ptr + nbytes <= p or p + n <= ptr for p, n in spans)
+def apart_or_same(ptr, nbytes, spans):
+    """Whether the bytes [ptr, ptr + nbytes) are each of the (ptr, nbytes) ``spans`` or
+    share none with it: the fast path writes ``out=`` directly into memory that is no input
+    or exactly one (in place, element by element, as the general path does); a partial
+    overlap takes the general path, which gathers the input first."""
+    return all(ptr + nbytes <= p or p + n <= ptr or (p, n) == (ptr, nbytes) for p, n in spans)
 
 
 class _Library:
@@ -165,8 +166,8 @@ class _Cupy(_Library):
                 return None
         if out is None:
             res = cp.empty(x.shape, dtype=x.dtype)
-        elif (out.flags.c_contiguous and out.data.device_id == dev
-              and apart(out.data.ptr, out.nbytes, [(a.data.ptr, a.nbytes) for a in arrays])):
+        elif out.flags.c_contiguous and out.data.device_id == dev and apart_or_same(
+                out.data.ptr, out.nbytes, [(a.data.ptr, a.nbytes) for a in arrays]):
             res = out
         else:
             return None
@@ -246,7 +247,7 @@ class _Torch(_Library):
         if out is None:
             res = torch.empty(x.shape, dtype=x.dtype, device=x.device)
         elif (out.is_cuda and out.is_contiguous() and not out.requires_grad
-              and out.device.index == dev and apart(
+              and out.device.index == dev and apart_or_same(
                   out.data_ptr(), size * x.element_size(),
                   [(a.data_ptr(), size * x.element_size()) for a in arrays])):
             res = out

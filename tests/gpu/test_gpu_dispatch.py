@@ -426,14 +426,16 @@ def test_adapters_by_type():
     assert d.located().where == "numba device array on cuda:0"
 
 
-def test_out_apart_from_the_inputs():
-    from numbasoftmax._cuda.arrays import apart
+def test_out_apart_from_the_inputs_or_one_of_them():
+    from numbasoftmax._cuda.arrays import apart_or_same
 
-    assert apart(100, 50, [(0, 100), (150, 10)])  # touching is not sharing
-    assert not apart(100, 50, [(0, 101)])
-    assert not apart(100, 50, [(149, 10)])
-    assert not apart(100, 50, [(120, 4)])  # inside
-    assert not apart(100, 50, [(0, 400)])  # around
+    assert apart_or_same(100, 50, [(0, 100), (150, 10)])  # touching is not sharing
+    assert apart_or_same(100, 50, [(100, 50), (0, 10)])  # in place
+    assert not apart_or_same(100, 50, [(0, 101)])
+    assert not apart_or_same(100, 50, [(149, 10)])
+    assert not apart_or_same(100, 50, [(120, 4)])  # inside
+    assert not apart_or_same(100, 50, [(0, 400)])  # around
+    assert not apart_or_same(100, 50, [(100, 49)])  # the same start, not the same bytes
 
 
 def test_torch_dtypes():

@@ -76,28 +76,33 @@ def test_cupy_layouts_and_out():
 
 
 @pytest.mark.parametrize("lib", ["cupy", "torch"])
-def test_out_takes_the_fast_path_unless_it_overlaps_an_input(lib, monkeypatch):
+def test_out_takes_the_fast_path_unless_it_overlaps_an_input_in_part(lib, monkeypatch):
     """A contiguous ``out=`` of the input's type, shape and dtype is written by the fast
-    path's one launch; an ``out`` that overlaps an input (here: the input itself) goes the
-    general way, and both give the right values."""
+    path's one launch, also in place (out is x); one that overlaps x in part goes the
+    general way (x gathered first); all three give the right values."""
     from numbasoftmax._cuda import launch
 
     fast = []
     real = launch.fast_rows
     monkeypatch.setattr(launch, "fast_rows", lambda *a: fast.append(a[0]) or real(*a))
-    x = _x((16, 256))
+    x = _x((17, 256))
     if lib == "cupy":
         cp = _cupy()
-        d, host = cp.asarray(x), lambda a: a.get()
-        out = cp.empty_like(d)
+        dev, host = cp.asarray, lambda a: a.get()
     else:
         torch = _torch()
-        d, host = torch.as_tensor(x, device="cuda"), lambda a: a.cpu().numpy()
-        out = torch.empty_like(d)
-    assert ns.softmax(d, out=out) is out and fast == ["softmax"]
-    assert_close("softmax", host(out), [x.astype(np.float64)], -1, "float32")
-    assert ns.log_softmax(d, out=d) is d and fast == ["softmax"]  # in place: not fast
-    assert_close("log_softmax", host(d), [x.astype(np.float64)], -1, "float32")
+        dev, host = (lambda a: torch.as_tensor(a, device="cuda")), lambda a: a.cpu().numpy()
+    ref = [x[1:].astype(np.float64)]
+    out = dev(np.zeros((16, 256), np.float32))
+    assert ns.softmax(dev(x[1:]), out=out) is out and fast == ["softmax"]
+    assert_close("softmax", host(out), ref, -1, "float32")
+    buf = dev(x)
+    shifted = buf[:16]  # the input: rows 1-16 of buf; out: rows 0-15
+    assert ns.log_softmax(buf[1:], out=shifted) is shifted and fast == ["softmax"]
+    assert_close("log_softmax", host(shifted), ref, -1, "float32")
+    d = dev(x[1:])
+    assert ns.softmax(d, out=d) is d and fast == ["softmax", "softmax"]  # in place
+    assert_close("softmax", host(d), ref, -1, "float32")
 
 
 def test_cupy_nondefault_stream():
