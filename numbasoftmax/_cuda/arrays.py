@@ -244,12 +244,12 @@ class _Torch(_Library):
         if self._raw_stream is None:
             raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)
             self._raw_stream = raw or (lambda d: torch.cuda.current_stream(d).cuda_stream)
+        nbytes = size * x.element_size()  # of each array: one shape, one dtype
         if out is None:
             res = torch.empty(x.shape, dtype=x.dtype, device=x.device)
         elif (out.is_cuda and out.is_contiguous() and not out.requires_grad
               and out.device.index == dev and apart_or_same(
-                  out.data_ptr(), size * x.element_size(),
-                  [(a.data_ptr(), size * x.element_size()) for a in arrays])):
+                  out.data_ptr(), nbytes, [(a.data_ptr(), nbytes) for a in arrays])):
             res = out
         else:
             return None

@@ -149,7 +149,8 @@ class _Call:
         # (H200, float32: N = 2048-8192 forward at 51-55 % of copy with 128 threads, 30-47 %
         # with 512; gradients 98 % at N = 2048 with 256, 84 % at N = 16384 with 1024)
         per, least = (4, 256) if self.bwd else (16, 128)
-        return self.block(min(1024, max(least, 1 << max(0, (self.npk // per).bit_length() - 1))))
+        b = 1 << max(0, (self.npk // per).bit_length() - 1)  # a power of two <= npk / per
+        return self.block(min(1024, max(least, b)))
 
     def smem_bytes(self, cache):
         b = self.smem_block()

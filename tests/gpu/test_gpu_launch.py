@@ -418,17 +418,23 @@ def test_device_memory_is_stream_ordered_where_the_device_has_pools(monkeypatch,
 # ---------------------------------------------------------------------------------------
 # bench/gpu_ptx.py
 
+def _bench_script(name):
+    """bench/<name>.py as a module (the bench folder is no package)."""
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[2] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_ptx_check_enumerates_every_kernel_the_plan_can_choose():
     """The compile check covers every kernel plan() can return on an H100: its bisection
     over row lengths finds every kernel that a scan of row lengths finds (CI's set, and
     logsumexp's)."""
-    import importlib.util
-    import pathlib
-
-    path = pathlib.Path(__file__).resolve().parents[2] / "bench" / "gpu_ptx.py"
-    spec = importlib.util.spec_from_file_location("gpu_ptx", path)
-    gpu_ptx = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu_ptx)
+    gpu_ptx = _bench_script("gpu_ptx")
     ns_ = list(range(1, 5000)) + list(range(5000, 300000, 97))
     for kinds, op, flags in (("same", "softmax", {}), ("same", "log_softmax_backward", {}),
                              ("lse", "logsumexp", dict(weights=True, signed=True)),
@@ -449,13 +455,7 @@ def test_ptx_check_enumerates_every_kernel_the_plan_can_choose():
 def test_sanitizer_reports_by_kind_leave_out_the_drivers_entry_point_probes():
     """memcheck reports every CUDA API call that returned an error: cuda-bindings' probes
     of entry points the driver lacks are not errors of the program, a failed launch is."""
-    import importlib.util
-    import pathlib
-
-    path = pathlib.Path(__file__).resolve().parents[2] / "bench" / "gpu_sanitize.py"
-    spec = importlib.util.spec_from_file_location("gpu_sanitize", path)
-    san = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(san)
+    san = _bench_script("gpu_sanitize")
     out = "\n".join([
         "========= Program hit CUDA_ERROR_INVALID_VALUE (error 1) due to \"invalid argument\" "
         "on CUDA API call to cuGetProcAddress_v2.",
