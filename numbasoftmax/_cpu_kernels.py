@@ -18,7 +18,7 @@ only (``short_rows``: masks only, and also ``(w, None, None)``: one mask for eve
 ``stream``: the
 output is large: written with non-temporal stores where the kernel may
 (``_row_kernel.may_stream``), each serial driver fencing them before it returns; masked
-softmax reads its rows as ``_row_kernel._exp_stats`` says. A reduction's (logsumexp's)
+softmax reads its rows as ``_row_kernel._exp_sums`` says. A reduction's (logsumexp's)
 ``out`` holds its values per row at stride ``oo``. ``columns`` and its parallel form take
 ``lead`` and ``stream``: whole tiles of ``out`` stored past the caches, the first ``lead``
 inner positions a partial tile of their own so that the whole ones start cache lines
@@ -43,8 +43,10 @@ from ._markers import CALLEE, INLINE, Marker, pick, same
 from ._row_kernel import (
     CHUNK,
     INTERNAL,
+    LANES,
     LOG_SOFTMAX,
     LOGSUMEXP_SIGN,
+    MAX_OPS,
     OPS,
     OPTIONS,
     _count_lanes,
@@ -52,6 +54,7 @@ from ._row_kernel import (
     _value_lanes,
     finish,
     log_sums,
+    maxes,
     out_chunk,
     out_row,
     reduces,
@@ -61,17 +64,32 @@ from ._row_kernel import (
     seg_sum,
     special_fill,
     stats,
+    sums,
     unlogged,
     write,
 )
 from ._serial_call import ParallelDriver, call_address
-from ._simd import ALL, W, compute_type, vall, veq, visfinite, vsplat
+from ._simd import (
+    ALL,
+    TREE_ROWS,
+    W,
+    compute_type,
+    vall,
+    veq,
+    visfinite,
+    vmax_all,
+    vmax_rows,
+    vsplat,
+    vsum,
+    vsum_rows,
+)
 from ._vmath import vlog
 from ._vmem import (
     STREAM_ALIGN,
     emit_view,
     empty,
     seg,
+    stack_empty,
     vfence,
     vgather,
     vgather_rows,
@@ -223,16 +241,88 @@ def rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, side, stream):
 # then their finish, then their writes. A short row's phases are one chain of dependent
 # steps (the max tree, the exps, the sum tree, a division or a log: ~140 cycles for 32
 # float32 elements on one core); the chains of a group's rows in one loop are independent
-# and fill each other's waits. A group holds up to GROUP rows and GROUP_ELEMENTS elements
+# and fill each other's waits. Short rows also take their max trees and their sum trees
+# together (``_group_stats``). A group holds up to GROUP rows and GROUP_ELEMENTS elements
 # (at least one row), so that its rows stay in the L1 cache between the phases. The same
-# phases: the same bits.
-GROUP = 8
+# phases and trees: the same bits.
+GROUP = TREE_ROWS
 GROUP_ELEMENTS = 2048
+# The rows whose trees run together (``_group_stats``), by the bytes of a row's input. With
+# the trees together, time ÷ a row at a time (float32, 2-core Zen 4, one process timing
+# both alternately): 2^24 elements and 2 threads, softmax and log_softmax at 32 elements
+# 0.80-0.84, at 64 0.79-0.89, but at 128-256 1.04-1.07 (float64 1.03-1.07): there the
+# group's max passes read memory back to back and its sum passes compute with the memory
+# idle, where a row at a time overlaps the two (a prefetch of the next group did not
+# help). In the L1 cache, one thread: 0.73 at 32, 0.82 at 128. float16 (compute-bound by
+# its conversions) 0.84-0.95 at 128-256 elements.
+TREE_ROW_BYTES = 256
+_GROUP_SCRATCH = (GROUP + 1) * W
 
 
 @njit(inline="always", **INTERNAL)
 def group_size(n):
     return max(1, min(GROUP, GROUP_ELEMENTS // max(n, 1)))
+
+
+@njit(inline="always", **INTERNAL)
+def _group_row(op, a, ao, b, bo, w, off, out, oo, sc, n, i, r):
+    """The row kernel's arguments for row i, the group's r-th: (a, b, mask, out) rows."""
+    return (seg(a, i * ao, i * ao + n), _staged(sc, r * n, seg(b, i * bo, i * bo + n)),
+            seg(w, off, off + n), out_row(op, out, i * oo, n))
+
+
+def _group_stats(op, a, ao, b, bo, w, offs, out, oo, sc, n, g, k, lanes, trees, cmax, csum):
+    """cmax[r], csum[r] = the statistics of row g + r, r < k (one chunk each). Operations
+    with a max pass, on rows of up to TREE_ROW_BYTES, run it over the group's rows, take
+    their max trees together, then the sum passes, and take their last sum trees together
+    (``seg_total``): ``lanes`` holds a vector per row, ``trees`` the trees' results.
+    Longer rows run both passes a row at a time, the second from the L1 cache. The
+    gradients, whose one pass is a sum, run ``stats`` a row at a time: taking their
+    trees together measured no faster."""
+
+
+@overload(_group_stats, jit_options=INLINE)
+def _group_stats_impl(op, a, ao, b, bo, w, offs, out, oo, sc, n, g, k, lanes, trees, cmax,
+                      csum):
+    if op.key_ not in MAX_OPS:
+        def each_row(op, a, ao, b, bo, w, offs, out, oo, sc, n, g, k, lanes, trees, cmax,
+                     csum):
+            for r in range(k):
+                cmax[r], csum[r] = stats(op, *_group_row(op, a, ao, b, bo, w, offs[r], out,
+                                                         oo, sc, n, g + r, r), False)
+        return each_row
+
+    def with_trees(op, a, ao, b, bo, w, offs, out, oo, sc, n, g, k, lanes, trees, cmax,
+                   csum):
+        whole = n * a.itemsize <= TREE_ROW_BYTES  # else a row at a time, trees its own
+        step = k if whole else 1
+        for s in range(0, k, step):
+            e = min(k, s + step)
+            cm = trees[0]
+            for r in range(s, e):
+                v = maxes(op, *_group_row(op, a, ao, b, bo, w, offs[r], out, oo, sc, n, g + r,
+                                          r))
+                if whole:
+                    vstore(lanes, r * W, ALL, v)
+                else:
+                    cm = vmax_all(v)
+            if whole:
+                vstore(trees, 0, ALL, vmax_rows(lanes))
+            for r in range(s, e):
+                if whole:
+                    cm = trees[r]
+                cmax[r], sm = sums(op, *_group_row(op, a, ao, b, bo, w, offs[r], out, oo, sc,
+                                                   n, g + r, r), cm, LANES)
+                if whole:
+                    csum[r] = sm[0]
+                    vstore(lanes, r * W, ALL, sm[1])
+                else:
+                    csum[r] = sm[0] + np.float64(vsum(sm[1]))  # as ``seg_sum``
+            if whole:
+                vstore(trees, 0, ALL, vsum_rows(lanes))
+                for r in range(s, e):
+                    csum[r] += np.float64(trees[r])  # head + the last tree, as ``seg_sum``
+    return with_trees
 
 
 @njit(**OPTIONS)
@@ -243,25 +333,24 @@ def grouped_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, side, stre
     st = empty((4, size), np.float64)  # one allocation, not four (a short call pays each)
     cmax, csum, m, t = st[0], st[1], st[2], st[3]
     offs = empty(size, np.int64)  # the rows' mask offsets, for both passes over them
+    # the group's rows' lanes (rows past a short group's: +0), then their trees' results
+    scratch = stack_empty(a, _GROUP_SCRATCH)
+    scratch[:] = 0.0
+    lanes, trees = seg(scratch, 0, GROUP * W), seg(scratch, GROUP * W, (GROUP + 1) * W)
     w = side_mask(side)
     sc = _staging(op, out, size * n)
     for g in range(lo, hi, size):
         k = min(size, hi - g)
         for r in range(k):
-            i = g + r
-            offs[r] = off = mask_offset(side, i)
-            cmax[r], csum[r] = stats(op, seg(a, i * ao, i * ao + n),
-                                     _staged(sc, r * n, seg(b, i * bo, i * bo + n)),
-                                     seg(w, off, off + n), out_row(op, out, i * oo, n), stream)
+            offs[r] = mask_offset(side, g + r)
+        _group_stats(op, a, ao, b, bo, w, offs, out, oo, sc, n, g, k, lanes, trees, cmax, csum)
         for r in range(k):
             m[r], t[r] = finish(unlogged(op), seg(cmax, r, r + 1), seg(csum, r, r + 1),
                                 row_values(side, g + r))
         log_sums(op, t, k)
         for r in range(k):
-            i = g + r
-            write(op, seg(a, i * ao, i * ao + n), _staged(sc, r * n, seg(b, i * bo, i * bo + n)),
-                  seg(w, offs[r], offs[r] + n), out_row(op, out, i * oo, n), cmax[r], m[r],
-                  t[r], stream)
+            write(op, *_group_row(op, a, ao, b, bo, w, offs[r], out, oo, sc, n, g + r, r),
+                  cmax[r], m[r], t[r], stream)
     if stream:
         vfence()
 

@@ -200,35 +200,64 @@ def out_chunk(typingctx, op, out, lo, hi):
 # ---------------------------------------------------------------------------------------
 # generic loops over a segment (a 1-D contiguous slice)
 
+TOTAL = Marker("total")  # ``seg_total`` gives ``seg_sum``
+LANES = Marker("lanes")  # ``seg_total`` gives the sum with its last tree left undone
+
+
 @njit(**INTERNAL)
 def seg_sum(lanes, a, b, c):
     """The package's sum of ``invoke(lanes, a, b, c, i, k)`` (the vector of elements
     i .. i+k-1) over a segment of at most CHUNK elements, in float64."""
+    return seg_total(TOTAL, lanes, a, b, c)
+
+
+def seg_total(red, lanes, a, b, c):
+    """``seg_sum`` (``red`` TOTAL), or, for LANES, the sum with its last tree left undone:
+    (0.0 + the sums of the segment's blocks but the last, in order, in float64; the last
+    block's lanes). ``seg_sum`` is head + float64(vsum(lanes)); a caller may take that
+    tree together with other rows' (``_simd.vsum_rows``)."""
+
+
+def _seg_total(red, lanes, a, b, c):
+    head, last = seg_total(LANES, lanes, a, b, c)
+    return head + np.float64(vsum(last))
+
+
+def _seg_lanes(red, lanes, a, b, c):
     n = a.shape[0]
-    if n <= BLOCK:  # no block loop around a short row's one block (its set-up per row)
-        return 0.0 + block_sum(lanes, a, b, c, 0, n)
-    total = 0.0
-    for lo in range(0, n, BLOCK):
-        total += block_sum(lanes, a, b, c, lo, min(lo + BLOCK, n))
-    return total
+    last = (n - 1) // BLOCK * BLOCK if n else 0
+    head = 0.0
+    for lo in range(0, last, BLOCK):  # no loop for a short row's one block
+        head += np.float64(vsum(block_lanes(lanes, a, b, c, lo, lo + BLOCK)))
+    return head, block_lanes(lanes, a, b, c, last, n)
+
+
+dispatch(seg_total, {TOTAL.key: _seg_total, LANES.key: _seg_lanes})
 
 
 @njit(**INTERNAL)
-def block_sum(lanes, a, b, c, lo, hi):
-    """The lanes of elements lo .. hi-1 (at most BLOCK), combined by ``vsum``, in float64."""
+def block_lanes(lanes, a, b, c, lo, hi):
+    """The lanes of elements lo .. hi-1 (at most BLOCK): lane l adds the elements
+    lo + l, lo + l + W, ... in order, from +0."""
     full = lo + (hi - lo) // W * W
     acc = vsplat(0.0, a)
     for i in range(lo, full, W):
         acc = vadd(acc, invoke(lanes, a, b, c, i, W))
     if full < hi:
         acc = vadd(acc, invoke(lanes, a, b, c, full, hi - full))
-    return np.float64(vsum(acc))
+    return acc
 
 
 @njit(**INTERNAL)
 def seg_max(lanes, a, b, c):
     """The maximum of ``invoke(lanes, a, b, c, i, k)`` over a segment (padding lanes:
     -inf). Any order gives the same maximum."""
+    return vmax_all(seg_max_lanes(lanes, a, b, c))
+
+
+@njit(**INTERNAL)
+def seg_max_lanes(lanes, a, b, c):
+    """``seg_max`` before its last step: lanes whose maximum is the segment's."""
     n = a.shape[0]
     full = n // W * W
     acc = vsplat(NEG_INF, a)
@@ -240,7 +269,7 @@ def seg_max(lanes, a, b, c):
         acc = vmax(acc, invoke(lanes, a, b, c, full - W, W))
     if full < n:
         acc2 = vmax(acc2, invoke(lanes, a, b, c, full, n - full))
-    return vmax_all(vmax(acc, acc2))
+    return vmax(acc, acc2)
 
 
 @njit(**INTERNAL)
@@ -388,8 +417,36 @@ def _logsumexp_grad_lanes(f, a, b, c, i, k):
 # log_softmax; the weights or None for logsumexp); w: the mask or None; r: the row's given
 # values or None (logsumexp_backward: (lse, g)).
 
+# A chunk's statistics run in two parts: ``maxes``, the lanes of its max pass (or None for
+# the operations without one), and ``sums``, the rest given that max. ``stats`` runs both
+# for one chunk; ``_cpu_kernels.grouped_rows`` runs each part over a group of rows and takes
+# the rows' last trees together (``_simd.vmax_rows``, ``vsum_rows``): the same bits.
+
+def maxes(op, a, b, w, out):
+    """One chunk's max pass: lanes whose maximum is the chunk's (``seg_max_lanes``), or
+    None for an operation whose statistics take no max (the gradients)."""
+
+
+def sums(op, a, b, w, out, cm, red):
+    """One chunk's statistics given the maximum ``cm`` of its ``maxes`` lanes (compute type;
+    None without): (max in float64, sum), the sum as ``red`` says (``seg_total``)."""
+
+
+@njit(**INTERNAL)
 def stats(op, a, b, w, out, stream):
     """One chunk: (max, sum) in float64; ``stream``: the write phase's (the output is large)."""
+    return sums(op, a, b, w, out, lanes_max(maxes(op, a, b, w, out)), TOTAL)
+
+
+def lanes_max(v):
+    """The maximum of lanes ``v`` (compute type), or None for None."""
+
+
+@overload(lanes_max, jit_options=INLINE)
+def _lanes_max_impl(v):
+    if isinstance(v, types.NoneType):
+        return lambda v: None
+    return lambda v: vmax_all(v)
 
 
 def finish(op, cmax, csum, r):
@@ -402,7 +459,36 @@ def write(op, a, b, w, out, cmax, m, t, stream):
     rare rows, store plainly)."""
 
 
-def _exp_stats(op, a, b, w, out, stream):
+def _rereads(w, kept):
+    """Whether softmax-type statistics read x (and the mask, numba type ``w``) in both
+    passes: without a mask, or where the exps are ``kept`` (``kept_exps``); else the max
+    pass keeps the masked row in ``out`` for the later passes."""
+    return isinstance(w, types.NoneType) or kept
+
+
+@intrinsic
+def _max_pass(typingctx, op, b, w, out):
+    """A softmax-type max pass as ``_rereads`` says: (``_max_lanes``, None), or
+    (``_masked_lanes``, ``out``) to keep the masked row there. Chosen when compiling."""
+    if not isinstance(op, MarkerType):
+        return None
+    rereads = _rereads(w, _kept_choice(op, b, out) is not None)
+    f = _max_lanes if rereads else _masked_lanes
+    ret = types.Tuple([f._numba_type_, types.none if rereads else out])
+
+    def codegen(context, builder, sig, args):
+        kept = context.get_dummy_value() if rereads else args[3]
+        return context.make_tuple(builder, ret, [context.get_constant_null(ret.types[0]), kept])
+
+    return ret(op, b, w, out), codegen
+
+
+def _exp_maxes(op, a, b, w, out):
+    f, kept = _max_pass(op, b, w, out)
+    return seg_max_lanes(f, a, kept, w)
+
+
+def _exp_sums(op, a, b, w, out, cm, red):
     """(chunk max, sum of exp(x - chunk max)) over the valid elements; softmax keeps the
     exps where ``kept_exps`` says. A chunk of -inf is shifted by 0
     instead: e = exp(-inf) = 0, and it adds 0 to the row; with a mask its sum counts the
@@ -422,37 +508,35 @@ def _exp_stats(op, a, b, w, out, stream):
     N = 32 / 1024 1.05 / 1.09-1.12x against 1.15-1.24 / 1.15-1.19x. In cache (2^16
     elements, one thread) keeping the row was ahead at N = 512-1024 (1.06-1.10x against
     1.13-1.14x). Same bits either way: an excluded element adds +0."""
-    return _exp_stats_of(a, w, out, kept_exps(op, b, out))
+    return _exp_sums_of(a, w, out, kept_exps(op, b, out), cm, red)
 
 
-def _exp_stats_of(a, w, out, es):
-    """``_exp_stats`` without a mask or with one (chosen when compiling: numba types
-    both sides of an ``if`` on an array)."""
+def _exp_sums_of(a, w, out, es, cm, red):
+    """``_exp_sums`` as ``_rereads`` says (chosen when compiling: numba types both sides
+    of an ``if`` on an array)."""
 
 
-@overload(_exp_stats_of, jit_options=INLINE)
-def _exp_stats_of_impl(a, w, out, es):
-    if isinstance(w, types.NoneType) or not isinstance(es, types.NoneType):
-        def reading(a, w, out, es):  # x (and the mask) in both passes
-            cm = seg_max(_max_lanes, a, None, w)
+@overload(_exp_sums_of, jit_options=INLINE)
+def _exp_sums_of_impl(a, w, out, es, cm, red):
+    if _rereads(w, not isinstance(es, types.NoneType)):
+        def reading(a, w, out, es, cm, red):  # x (and the mask) in both passes
             if w is not None and cm == NEG_INF:
-                return np.float64(cm), seg_sum(_count_lanes, a, es, w)
+                return np.float64(cm), seg_total(red, _count_lanes, a, es, w)
             shift = cm if cm != NEG_INF else to_compute(0.0, a)
-            return np.float64(cm), seg_sum(_exp_lanes, a, es, (shift, w, None))
+            return np.float64(cm), seg_total(red, _exp_lanes, a, es, (shift, w, None))
         return reading
 
-    def keeping(a, w, out, es):
-        cm = seg_max(_masked_lanes, a, out, w)
+    def keeping(a, w, out, es, cm, red):
         if cm == NEG_INF:
-            return np.float64(cm), seg_sum(_count_lanes, a, es, w)
-        return np.float64(cm), seg_sum(_exp_lanes, out, es, (cm, None, None))
+            return np.float64(cm), seg_total(red, _count_lanes, a, es, w)
+        return np.float64(cm), seg_total(red, _exp_lanes, out, es, (cm, None, None))
     return keeping
 
 
 @intrinsic
 def row_source(typingctx, w, a, out):
     """Where the write phase reads a row's values: ``a``, or ``out`` when there is a mask
-    ``w`` (the masked row ``_exp_stats`` kept there; softmax keeping its exps reads those
+    ``w`` (the masked row ``_exp_maxes`` kept there; softmax keeping its exps reads those
     instead, and neither); chosen when compiling."""
     chosen = 1 if isinstance(w, types.NoneType) else 2
 
@@ -462,16 +546,19 @@ def row_source(typingctx, w, a, out):
     return (a, out)[chosen - 1](w, a, out), codegen
 
 
-def _lse_stats(op, a, b, w, out, stream):
-    """As ``_exp_stats`` with the weights ``b`` (or None) and no count: (chunk max, sum of
+def _lse_maxes(op, a, b, w, out):
+    return seg_max_lanes(_max_lanes, a, b, w)
+
+
+def _lse_sums(op, a, b, w, out, cm, red):
+    """As ``_exp_sums`` with the weights ``b`` (or None) and no count: (chunk max, sum of
     weight * exp(x - chunk max)) over the valid elements. A chunk whose max is +inf sums
     weight * inf over its +inf elements: +-inf, or NaN where the weights there differ in
     sign (or one is NaN)."""
-    cm = seg_max(_max_lanes, a, b, w)
     if cm == math.inf:
-        return np.float64(cm), seg_sum(_inf_lanes, a, None, (w, b))
+        return np.float64(cm), seg_total(red, _inf_lanes, a, None, (w, b))
     shift = cm if cm != NEG_INF else to_compute(0.0, a)
-    return np.float64(cm), seg_sum(_exp_lanes, a, None, (shift, w, b))
+    return np.float64(cm), seg_total(red, _exp_lanes, a, None, (shift, w, b))
 
 
 def _max_and_total(op, cmax, csum, r):
@@ -555,6 +642,16 @@ def _may_stream_impl(stream, w, es):
     return lambda stream, w, es: None
 
 
+def _kept_choice(op, b, out):
+    """``kept_exps``'s choice from numba types: 1 (``b``), 2 (``out``) or None."""
+    if op.key_ == SOFTMAX.key:
+        if holds_exact(out):
+            return 2
+        if holds_exact(b):
+            return 1
+    return None
+
+
 @intrinsic
 def kept_exps(typingctx, op, b, out):
     """Where softmax keeps its exps from the sum's pass for the write pass: ``out`` where it
@@ -563,12 +660,7 @@ def kept_exps(typingctx, op, b, out):
     write pass computes them again). Other operations: None. Chosen when compiling."""
     if not isinstance(op, MarkerType):
         return None
-    chosen = None
-    if op.key_ == SOFTMAX.key:
-        if holds_exact(out):
-            chosen = 2
-        elif holds_exact(b):
-            chosen = 1
+    chosen = _kept_choice(op, b, out)
     if chosen is None:
         return types.none(op, b, out), lambda context, builder, sig, args: (
             context.get_dummy_value())
@@ -589,7 +681,7 @@ def _softmax_write(op, a, b, w, out, cmax, m, t, stream):
         # exp(0) is exactly 1: the chunk holding the max (every one-chunk row) skips it
         scale = 1.0 if cmax == m else vexp_nonpos(cmax - m)
         factor = to_compute(scale / t, a)
-        shift = to_compute(cmax if cmax != NEG_INF else 0.0, a)  # as ``_exp_stats``
+        shift = to_compute(cmax if cmax != NEG_INF else 0.0, a)  # as ``_exp_sums``
         es = kept_exps(op, b, out)
         seg_map(_softmax_lanes, out, row_source(w, a, out), es, (shift, factor, None),
                 may_stream(stream, w, es))
@@ -619,16 +711,20 @@ def _logsumexp_write(op, a, b, w, out, cmax, m, t, stream):
             vstore(out, 0, 1, vsplat(NAN if t < 0 else value, out))
 
 
-def _softmax_grad_stats(op, a, b, w, out, stream):
-    return 0.0, seg_sum(_product_lanes, a, b, w)
+def _no_maxes(op, a, b, w, out):
+    return None
 
 
-def _log_softmax_grad_stats(op, a, b, w, out, stream):
-    return 0.0, seg_sum(_value_lanes, b, None, w)
+def _softmax_grad_sums(op, a, b, w, out, cm, red):
+    return 0.0, seg_total(red, _product_lanes, a, b, w)
 
 
-def _no_stats(op, a, b, w, out, stream):
-    return 0.0, 0.0
+def _log_softmax_grad_sums(op, a, b, w, out, cm, red):
+    return 0.0, seg_total(red, _value_lanes, b, None, w)
+
+
+def _no_sums(op, a, b, w, out, cm, red):
+    return 0.0, seg_total(red, _value_lanes, seg(a, 0, 0), None, None)  # 0.0
 
 
 def _sum_finish(op, cmax, csum, r):
@@ -654,11 +750,18 @@ def _logsumexp_grad_write(op, a, b, w, out, cmax, m, t, stream):
             None)
 
 
-dispatch(stats, {"softmax": _exp_stats, "log_softmax": _exp_stats, "softmax_split": _exp_stats,
-                 "logsumexp": _lse_stats, "logsumexp_sign": _lse_stats,
-                 "softmax_backward": _softmax_grad_stats,
-                 "log_softmax_backward": _log_softmax_grad_stats,
-                 "logsumexp_backward": _no_stats})
+_MAXES = {"softmax": _exp_maxes, "log_softmax": _exp_maxes, "softmax_split": _exp_maxes,
+          "logsumexp": _lse_maxes, "logsumexp_sign": _lse_maxes,
+          "softmax_backward": _no_maxes, "log_softmax_backward": _no_maxes,
+          "logsumexp_backward": _no_maxes}
+# the operations whose statistics take a max pass
+MAX_OPS = frozenset(key for key, f in _MAXES.items() if f is not _no_maxes)
+dispatch(maxes, _MAXES)
+dispatch(sums, {"softmax": _exp_sums, "log_softmax": _exp_sums, "softmax_split": _exp_sums,
+                "logsumexp": _lse_sums, "logsumexp_sign": _lse_sums,
+                "softmax_backward": _softmax_grad_sums,
+                "log_softmax_backward": _log_softmax_grad_sums,
+                "logsumexp_backward": _no_sums})
 dispatch(finish, {"softmax": _max_and_total, "log_softmax": _max_and_total,
                   "softmax_split": _max_and_total, "logsumexp": _max_and_total,
                   "logsumexp_sign": _max_and_total,

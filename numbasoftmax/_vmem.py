@@ -549,6 +549,32 @@ def empty(typingctx, shape, dtype):
 
 
 @intrinsic
+def stack_empty(typingctx, like, size):
+    """An uninitialized 1-D C array of ``size`` elements (an integer constant) of the
+    compute type of array ``like``, on the stack of the compiled function that calls it:
+    scratch with no allocation (which a parallel task of a few rows pays per call), valid
+    until that function returns."""
+    if not (isinstance(like, types.Array) and isinstance(size, types.IntegerLiteral)):
+        return None
+    ctype = compute_type(like.dtype)
+    if ctype is None:
+        return None
+    arrty = types.Array(ctype, 1, "C")
+    count = size.literal_value
+
+    def codegen(context, builder, sig, args):
+        data_type = context.get_data_type(ctype)
+        data = cgutils.alloca_once(builder, data_type, size=count)
+        item = context.get_constant(types.intp, context.get_abi_sizeof(data_type))
+        ary = context.make_array(arrty)(context, builder)
+        context.populate_array(ary, data=data, shape=[context.get_constant(types.intp, count)],
+                               strides=[item], itemsize=item, meminfo=None)
+        return ary._getvalue()
+
+    return arrty(like, size), codegen
+
+
+@intrinsic
 def seg(typingctx, arr, lo, hi):
     """``arr[lo:hi]`` of a 1-D array (0 <= lo <= hi <= len(arr), not checked), or None for
     None. An intrinsic because numba refuses functions compiled without reference counting

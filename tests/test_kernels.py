@@ -437,6 +437,48 @@ def test_vector_exp_lanes_are_the_scalar_exp(dtype):
     assert np.isfinite(vec[np.abs(x) < top / 2]).all() and (vec[x > 0] >= 1).all()
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_row_trees_are_each_rows_own_tree(dtype):
+    """``vsum_rows`` / ``vmax_rows`` (a group's trees taken together) give, in lane r, the
+    bits of ``vsum`` / ``vmax_all`` of vector r: the same pairs in the same order. Values of
+    very different sizes make a sum depend on its order (a left-to-right sum differs);
+    signed zeros, infinities and NaN are mixed in."""
+    from numba import njit
+
+    from numbasoftmax._simd import TREE_ROWS, W, vmax_all, vmax_rows, vsum, vsum_rows
+    from numbasoftmax._vmem import vload, vstore
+
+    @njit
+    def trees(lanes, each_sum, each_max, rows_sum, rows_max):
+        for r in range(TREE_ROWS):
+            v = vload(lanes, r * W, W, 0.0)
+            each_sum[r] = vsum(v)
+            each_max[r] = vmax_all(v)
+        vstore(rows_sum, 0, W, vsum_rows(lanes))
+        vstore(rows_max, 0, W, vmax_rows(lanes))
+
+    rng = np.random.default_rng(11)
+    for trial in range(200):
+        lanes = (rng.standard_normal(TREE_ROWS * W)
+                 * 10.0 ** rng.integers(-8, 9, TREE_ROWS * W)).astype(dtype)
+        if trial % 4 == 1:
+            lanes[rng.integers(0, lanes.size, 6)] = rng.choice([np.inf, -np.inf, np.nan, -0.0], 6)
+        if trial % 4 == 2:
+            lanes[:W] = -0.0  # a row of -0: its sum is -0
+        each_sum, each_max = np.empty(TREE_ROWS, dtype), np.empty(TREE_ROWS, dtype)
+        rows_sum, rows_max = np.full(W, 7, dtype), np.full(W, 7, dtype)
+        trees(lanes, each_sum, each_max, rows_sum, rows_max)
+        assert_bitwise_equal(rows_sum[:TREE_ROWS], each_sum)
+        assert_bitwise_equal(rows_max[:TREE_ROWS], each_max)
+        assert not rows_sum[TREE_ROWS:].any() and not rows_max[TREE_ROWS:].any()
+    # the data tells orders apart: a left-to-right sum of the last trial's rows differs
+    left = [dtype(0) for _ in range(TREE_ROWS)]
+    for r in range(TREE_ROWS):
+        for v in lanes[r * W:(r + 1) * W]:
+            left[r] = dtype(left[r] + v)
+    assert not np.array_equal(np.array(left, dtype), each_sum, equal_nan=True)
+
+
 # ---------------------------------------------------------------------------------------
 # logsumexp: the row kernel and the lane kernel (short rows) give the same bits per row,
 # with and without weights, value alone or with the sign; non-finite values mixed in
