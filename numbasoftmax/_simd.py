@@ -415,8 +415,8 @@ def _halving_rows(builder, vs, combine):
         if q is not p:  # two vectors: q's lanes are numbered from W on
             lo += [W + i for i in lo]
             hi += [W + i for i in hi]
-        return combine(builder.shuffle_vector(p, q, ir.Constant(ir.VectorType(_I32, len(lo)), lo)),
-                       builder.shuffle_vector(p, q, ir.Constant(ir.VectorType(_I32, len(hi)), hi)))
+        lo_v, hi_v = (ir.Constant(ir.VectorType(_I32, len(ix)), ix) for ix in (lo, hi))
+        return combine(builder.shuffle_vector(p, q, lo_v), builder.shuffle_vector(p, q, hi_v))
 
     while len(vs) > 1:
         vs = [halves(vs[i], vs[i + 1], rows) for i in range(0, len(vs), 2)]
@@ -438,8 +438,9 @@ def _rows_tree(combine_of):
         def codegen(context, builder, sig, args):
             data = context.make_array(sig.args[0])(context, builder, args[0]).data
             vty = ir.VectorType(data.type.pointee, W)
+            align = context.get_abi_sizeof(vty.element)
             vs = [builder.load(builder.bitcast(builder.gep(data, [ir.Constant(_I64, r * W)]),
-                                               vty.as_pointer()), align=context.get_abi_sizeof(vty.element))
+                                               vty.as_pointer()), align=align)
                   for r in range(TREE_ROWS)]
             out = _halving_rows(builder, vs, combine_of(builder))
             pad = list(range(TREE_ROWS)) + [TREE_ROWS] * (W - TREE_ROWS)  # lanes past: 0
@@ -452,9 +453,11 @@ def _rows_tree(combine_of):
 
 
 vsum_rows = _rows_tree(lambda builder: builder.fadd)
-vsum_rows.__doc__ = """Lane r < TREE_ROWS: ``vsum`` of the vector at arr[r*W : (r+1)*W]; later lanes 0."""
+vsum_rows.__doc__ = """Lane r < TREE_ROWS: ``vsum`` of the vector at arr[r*W : (r+1)*W];
+later lanes 0."""
 vmax_rows = _rows_tree(lambda builder: lambda x, y: _intrinsic2(builder, "maximum", x, y))
-vmax_rows.__doc__ = """Lane r < TREE_ROWS: ``vmax_all`` of the vector at arr[r*W : (r+1)*W]; later lanes 0."""
+vmax_rows.__doc__ = """Lane r < TREE_ROWS: ``vmax_all`` of the vector at arr[r*W : (r+1)*W];
+later lanes 0."""
 
 
 @intrinsic
