@@ -24,9 +24,12 @@ from numbasoftmax._lane_kernel import PREFETCH_MIN_STEP, REGISTER_ROW_MAX, TILE_
 # (1030, 9): read as columns, rows 1030 elements apart, where the lane kernel fetches rows
 # ahead (PREFETCH_MIN_STEP), with a partial last tile; (21, 40): groups of rows, the last
 # one partial
+# rows of 11: a group of 8 and a partial one; 32/33, 64/65, 128/129: at and past the rows
+# whose groups take their trees together (``_cpu_kernels.TREE_ROW_BYTES``: 256 bytes of
+# float64, float32, float16)
 SHAPES = [(5, 1), (20, 1), (33, 3), (48, 8), (17, 15), (20, 16), (18, 17), (9, 100),
           (4, 1024), (3, 1025), (2, 8192), (2, 8193), (2, 20000), (300, 7), (131, 12),
-          (1030, 9), (21, 40)]
+          (1030, 9), (21, 40), (11, 32), (11, 33), (11, 64), (11, 65), (11, 128), (11, 129)]
 
 
 @pytest.fixture
@@ -102,6 +105,16 @@ def test_prefetch_hint_changes_nothing_and_never_faults():
 
 def test_a_shape_reaches_the_prefetch():
     assert any(m >= PREFETCH_MIN_STEP for m, _ in SHAPES)
+
+
+def test_shapes_reach_both_sides_of_the_group_trees():
+    """Rows at and one past ``TREE_ROW_BYTES`` for each item size, in groups of 8 and less."""
+    from numbasoftmax._cpu_kernels import GROUP, TREE_ROW_BYTES
+
+    for itemsize in (2, 4, 8):
+        n = TREE_ROW_BYTES // itemsize
+        for shape in ((11, n), (11, n + 1)):
+            assert shape in SHAPES and shape[0] % GROUP
 
 
 def _inputs(op, rng, shape, dtype):
