@@ -227,7 +227,7 @@ def _seg_lanes(red, lanes, a, b, c):
     n = a.shape[0]
     last = (n - 1) // BLOCK * BLOCK if n else 0
     head = 0.0
-    for lo in range(0, last, BLOCK):  # no loop for a short row's one block
+    for lo in range(0, last, BLOCK):  # no iteration for a row of one block
         head += np.float64(vsum(block_lanes(lanes, a, b, c, lo, lo + BLOCK)))
     return head, block_lanes(lanes, a, b, c, last, n)
 
