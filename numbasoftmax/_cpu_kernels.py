@@ -93,9 +93,11 @@ from ._vmem import (
     vfence,
     vgather,
     vgather_rows,
+    vgather_rows_where,
     vload,
     vscatter,
     vscatter_rows,
+    vscatter_rows_where,
     vstore,
 )
 
@@ -360,8 +362,13 @@ def grouped_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, side, stre
 
 @njit(**INTERNAL)
 def _gather(src, stride, r0, k, n, dst):
-    if vgather_rows(src, r0 * stride, stride, k, n, dst):
-        return
+    if not vgather_rows(src, r0 * stride, stride, k, n, dst):
+        _gather_columns(src, stride, r0, k, n, dst)
+
+
+@njit(**INTERNAL)
+def _gather_columns(src, stride, r0, k, n, dst):
+    """``_gather`` without its shuffled form: a strided gather per column."""
     for j in range(n):
         vstore(dst, j * W, W, vgather(src, r0 * stride + j, stride, k, 0.0))
 
@@ -408,8 +415,13 @@ def _gather_second_impl(op, b, bo, r0, k, n, tb):
 
 @njit(**INTERNAL)
 def _scatter(src, dst, stride, r0, k, n):
-    if vscatter_rows(dst, r0 * stride, stride, k, n, src):
-        return
+    if not vscatter_rows(dst, r0 * stride, stride, k, n, src):
+        _scatter_columns(src, dst, stride, r0, k, n)
+
+
+@njit(**INTERNAL)
+def _scatter_columns(src, dst, stride, r0, k, n):
+    """``_scatter`` without its shuffled form: a strided scatter per column."""
     for j in range(n):
         vscatter(dst, r0 * stride + j, stride, k, vload(src, j * W, W, 0.0))
 
@@ -429,16 +441,20 @@ def _put(op, to, out, oo, r0, k, n):
 # Masked short rows (``side`` with a mask) run through the same tiles when the rows lie
 # one after the other (row strides n) and so do their masks, or one mask serves every
 # row (``mask_takes_tiles``; other masked rows run on the row kernel). The excluded
-# elements enter a tile as -inf (forward) or 0 (both gradient inputs): the masked rows
-# pass through a scratch of W rows as contiguous vectors, which the gather takes. An
+# elements enter a tile as -inf (forward) or 0 (both gradient inputs): a whole tile of
+# rows of at most ``TILE_SHUFFLE_MAX`` elements selects them in its shuffled gather
+# (``vgather_rows_where``: the mask's bytes load as the rows' vectors do); other masked
+# rows pass through a scratch of W rows as contiguous vectors, which the gather takes (a
+# scratch round trip cost the gradients' rows of 3-8 elements ~10 % of their time). An
 # excluded element then adds +0 to the row's max-shifted sum (exp(-inf - m)) or to its
 # gradient sum (0 * 0), as the row kernel's masked sums add +0 for it, and a forward row
 # whose max is finite gives the row kernel's values everywhere: 0 (softmax) or -inf
 # (log_softmax) at the excluded elements. The other forward rows (no valid element,
 # valid elements all -inf, a max of NaN or +inf) come out of the tile as NaN rows (never
 # NaN otherwise: a finite max gives finite sums) and are written again by the row
-# kernel's rule for them (``_row_kernel.special_fill``). A gradient's outputs pass back
-# through the scratch, 0 where excluded. Rows that share one mask (``side`` without row
+# kernel's rule for them (``_row_kernel.special_fill``). A gradient's outputs are 0
+# where excluded: a whole tile's by its shuffled scatter (``vscatter_rows_where``), the
+# others' on the way back through the scratch. Rows that share one mask (``side`` without row
 # offsets, a specialization of its own) skip the scratch: the tile is gathered as unmasked
 # rows and its excluded columns set as the scratch would have them, and a gradient's
 # excluded output columns set to 0. Both forms in one compiled loop made the gradients'
@@ -470,36 +486,45 @@ def _mask_scratch_impl(side, a, n):
 
 def _rows_in(op, a, b, w, n, k, ta, tb, ms):
     """k rows one after the other (``a``, ``b``: their k * n elements), ``w`` their mask's
-    bytes, into the tiles: the masked rows pass through a scratch of W rows as contiguous
-    vectors (``_max_lanes``: -inf where excluded; ``_value_lanes``: 0; rows past k: 0),
-    which the gather takes. log_softmax_backward's z takes -inf: exp(z) is then 0 there."""
+    bytes, into the tiles: W rows short enough for the shuffled gather take the mask in it,
+    other masked rows pass through a scratch of W rows as contiguous vectors (``_max_lanes``:
+    -inf where excluded; ``_value_lanes``: 0; rows past k: 0), gathered a column at a time
+    (the shuffled form is the masked one's to take: compiled once). log_softmax_backward's
+    z takes -inf: exp(z) is then 0 there."""
 
 
 @overload(_rows_in, jit_options=INLINE)
 def _rows_in_impl(op, a, b, w, n, k, ta, tb, ms):
     if op.key_ in ("softmax", "log_softmax"):
         def forward(op, a, b, w, n, k, ta, tb, ms):
+            if k == W and vgather_rows_where(a, 0, n, ALL, n, ta, w, -np.inf):
+                return
             seg_map(_max_lanes, seg(ms[0], 0, k * n), a, None, w, None)
             ms[0][k * n:] = 0.0
-            _gather(ms[0], n, 0, ALL, n, ta)
+            _gather_columns(ms[0], n, 0, ALL, n, ta)
         return forward
 
     first = _max_lanes if op.key_ == "log_softmax_backward" else _value_lanes
+    fill = -np.inf if op.key_ == "log_softmax_backward" else 0.0
 
     def gradient(op, a, b, w, n, k, ta, tb, ms):
+        if k == W and vgather_rows_where(a, 0, n, ALL, n, ta, w, fill) and \
+                vgather_rows_where(b, 0, n, ALL, n, tb, w, 0.0):
+            return
         seg_map(first, seg(ms[0], 0, k * n), a, None, w, None)
         seg_map(_value_lanes, seg(ms[1], 0, k * n), b, None, w, None)
         ms[0][k * n:] = 0.0
         ms[1][k * n:] = 0.0
-        _gather(ms[0], n, 0, ALL, n, ta)
-        _gather(ms[1], n, 0, ALL, n, tb)
+        _gather_columns(ms[0], n, 0, ALL, n, ta)
+        _gather_columns(ms[1], n, 0, ALL, n, tb)
     return gradient
 
 
 def _rows_out(op, to, out, w, n, k, ms):
     """The output tile's first k rows into k rows one after the other (``out``: their k * n
     elements), ``w`` their mask's bytes: a partial tile's, and a gradient's, pass through
-    a scratch of W rows (a gradient's then 0 where excluded). log_softmax_backward's
+    a scratch of W rows (a gradient's then 0 where excluded) but for a gradient's whole
+    tile of short rows, 0 there in its shuffled scatter. log_softmax_backward's
     excluded outputs are already +0 - exp(-inf) * s = +0 where each row's sum s is finite,
     and then every row's first output is finite (where s is not, it is not: 0 * s or a
     valid element's exp(z) * s); then its whole tiles go straight to ``out``."""
@@ -512,7 +537,7 @@ def _rows_out_impl(op, to, out, w, n, k, ms):
             if k == W:
                 _scatter(to, out, n, 0, ALL, n)
             else:
-                _scatter(to, ms[1], n, 0, ALL, n)
+                _scatter_columns(to, ms[1], n, 0, ALL, n)
                 seg_map(_value_lanes, out, ms[1], None, None, None)
         return forward
 
@@ -524,7 +549,9 @@ def _rows_out_impl(op, to, out, w, n, k, ms):
             if vall(visfinite(first)):
                 _scatter(to, out, n, 0, ALL, n)
                 return
-        _scatter(to, ms[0], n, 0, ALL, n)
+        if k == W and vscatter_rows_where(out, 0, n, ALL, n, to, w):
+            return
+        _scatter_columns(to, ms[0], n, 0, ALL, n)
         seg_map(_value_lanes, out, ms[0], None, w, None)
     return gradient
 

@@ -1,10 +1,10 @@
 """Vector loads and stores for the CPU kernels: memory <-> ``_simd.Vec``.
 
 Contiguous runs of lanes (masked loads and stores), strided lanes (gathers and scatters),
-whole tiles of short consecutive rows (contiguous vectors regrouped by lane shuffles),
-streaming (non-temporal) stores, lane masks from boolean arrays (``where=``), prefetch
-hints, and 1-D views and new arrays built in compiled code. Each access converts between the array's
-storage type and the compute type (see ``_simd``: float16 viewed as uint16, inputs read
+whole tiles of short consecutive rows (contiguous vectors regrouped by lane shuffles, also
+under a mask), streaming (non-temporal) stores, lane masks from boolean arrays
+(``where=``), prefetch hints, and 1-D views and new arrays built in compiled code. Each
+access converts between the array's storage type and the compute type (see ``_simd``: float16 viewed as uint16, inputs read
 "as if cast" viewed as the integer type naming the pair), so a kernel never handles
 storage types itself.
 """
@@ -341,13 +341,14 @@ def _tile_rows_args(rows, tile, k, store):
 
 
 def _tile_rows_call(context, builder, sig, args, move):
-    """The shuffled form (arguments: rows, index, stride, k, n, tile) for the ``ALL``
-    marker, C-contiguous rows and a row stride equal to n (checked at run time), else the
-    constant False: ``move(c, element pointer of the rows at index, tile data pointer)``
-    moves a tile of rows of c elements."""
-    rows_ty, _, _, k_ty, _, tile_ty = sig.args
+    """The shuffled form (arguments: rows, index, stride, k, n, tile, and a mask after
+    them) for the ``ALL`` marker, C-contiguous rows (and mask) and a row stride equal to n
+    (checked at run time), else the constant False: ``move(c, element pointer of the rows
+    at index, tile data pointer)`` moves a tile of rows of c elements."""
+    rows_ty, _, _, k_ty, _, tile_ty = sig.args[:6]
     false = ir.Constant(ir.IntType(1), 0)
-    if rows_ty.layout != "C" or not isinstance(k_ty, MarkerType):
+    if any(t.layout != "C" for t in (rows_ty, *sig.args[6:7])) or not isinstance(
+            k_ty, MarkerType):
         return false
     index, stride, n = (context.cast(builder, args[i], sig.args[i], types.intp)
                         for i in (1, 2, 4))
@@ -370,13 +371,17 @@ def _vector_at(builder, ptr, offset, vty):
     return builder.bitcast(builder.gep(ptr, [ir.Constant(_I64, offset)]), vty.as_pointer())
 
 
-def _tile_rows(rows, index, stride, k, n, tile, move, store):
+def _tile_rows(rows, index, stride, k, n, tile, move, store, where=()):
     """(signature, codegen) of a shuffled tile form (arguments: rows, index, stride, k, n,
     tile; ``store``: into the rows), or None for other types: ``move(builder, c, rows
     pointer, tile pointer, (rows' storage vector type, tile vector type, rows' and tile's
-    alignment), rows' dtype)`` moves a tile of rows of c elements."""
+    alignment), rows' dtype, keep)`` moves a tile of rows of c elements. ``where``: the
+    types of a mask (bytes lying as the rows do from ``index``) and, for a gather, of a
+    fill value: ``keep(v, lanes)`` then gives the rows' v-th vector where the mask's
+    bytes are not 0 and the fill (a store: 0) elsewhere; None without a mask."""
     if not (_tile_rows_args(rows, tile, k, store)
-            and all(isinstance(t, types.Integer) for t in (index, stride, n))):
+            and all(isinstance(t, types.Integer) for t in (index, stride, n))
+            and _where_args(where, store)):
         return None
 
     def codegen(context, builder, sig, args):
@@ -384,23 +389,62 @@ def _tile_rows(rows, index, stride, k, n, tile, move, store):
         vtys = (ir.VectorType(_storage_ir(context, dtype), W),
                 ir.VectorType(context.get_value_type(tile_dtype), W),
                 dtype.bitwidth // 8, tile_dtype.bitwidth // 8)
+        keep = _keep(context, builder, sig, args, vtys[0]) if where else None
         return _tile_rows_call(context, builder, sig, args,
-                               lambda c, ptr, t: move(builder, c, ptr, t, vtys, dtype))
+                               lambda c, ptr, t: move(builder, c, ptr, t, vtys, dtype, keep))
 
-    return types.boolean(rows, index, stride, k, n, tile), codegen
+    return types.boolean(rows, index, stride, k, n, tile, *where), codegen
 
 
-def _rows_to_tile(builder, c, ptr, tile, vtys, dtype):
+def _where_args(where, store):
+    """Whether ``where`` types a tile form's mask: none, or a 1-D byte array and (a gather
+    only) a float fill value."""
+    if not where:
+        return True
+    mask, *fill = where
+    return (isinstance(mask, types.Array) and mask.ndim == 1 and mask.dtype == types.uint8
+            and len(fill) == (0 if store else 1)
+            and all(isinstance(t, types.Float) for t in fill))
+
+
+def _keep(context, builder, sig, args, vsty):
+    """The ``keep`` of a masked tile form (see ``_tile_rows``): the mask's v-th W bytes
+    select between the lanes and the fill, converted to the rows' storage type (exactly:
+    the fills are 0 and -inf)."""
+    mask = context.make_array(sig.args[6])(context, builder, args[6])
+    bty = ir.VectorType(ir.IntType(8), W)
+    fill = ir.Constant(vsty, None)
+    if len(args) > 7:
+        value = args[7]
+        if isinstance(vsty.element, ir.HalfType) and isinstance(value.type, ir.DoubleType):
+            # through float: a double -> half conversion is a library call the JIT lacks
+            value = builder.fptrunc(value, ir.FloatType())
+        if value.type != vsty.element:
+            wider = isinstance(vsty.element, ir.DoubleType) or (
+                isinstance(vsty.element, ir.FloatType) and isinstance(value.type, ir.HalfType))
+            value = (builder.fpext if wider else builder.fptrunc)(value, vsty.element)
+        fill = _splat(builder, value)
+
+    def keep(v, lanes):
+        bytes_ = builder.load(_vector_at(builder, mask.data, v * W, bty), align=1)
+        return builder.select(builder.icmp_unsigned("!=", bytes_, ir.Constant(bty, None)),
+                              lanes, fill)
+    return keep
+
+
+def _rows_to_tile(builder, c, ptr, tile, vtys, dtype, keep):
     vsty, cty, align, tile_align = vtys
     vecs = [builder.load(_vector_at(builder, ptr, v * W, vsty), align=align)
             for v in range(c)]
+    if keep is not None:
+        vecs = [keep(v, lanes) for v, lanes in enumerate(vecs)]
     for j in range(c):
         raw = _shuffled(builder, vecs, [divmod(lane * c + j, W) for lane in range(W)])
         builder.store(_to_compute(builder, raw, dtype, cty),
                       _vector_at(builder, tile, j * W, cty), align=tile_align)
 
 
-def _tile_to_rows(builder, c, ptr, tile, vtys, dtype):
+def _tile_to_rows(builder, c, ptr, tile, vtys, dtype, keep):
     vsty, cty, align, tile_align = vtys
     vecs = []
     for j in range(c):
@@ -408,8 +452,10 @@ def _tile_to_rows(builder, c, ptr, tile, vtys, dtype):
         vecs.append(value if value.type == vsty else builder.fptrunc(value, vsty))
     for v in range(c):
         picks = [((v * W + q) % c, (v * W + q) // c) for q in range(W)]
-        builder.store(_shuffled(builder, vecs, picks), _vector_at(builder, ptr, v * W, vsty),
-                      align=align)
+        lanes = _shuffled(builder, vecs, picks)
+        if keep is not None:
+            lanes = keep(v, lanes)
+        builder.store(lanes, _vector_at(builder, ptr, v * W, vsty), align=align)
 
 
 @intrinsic
@@ -427,6 +473,23 @@ def vscatter_rows(typingctx, rows, index, stride, k, n, tile):
     """The inverse of ``vgather_rows``: the tile's lanes stored as W rows of n elements,
     converted to the rows' storage type; True where the shuffled form takes them."""
     return _tile_rows(rows, index, stride, k, n, tile, _tile_to_rows, store=True)
+
+
+@intrinsic
+def vgather_rows_where(typingctx, rows, index, stride, k, n, tile, mask, fill):
+    """``vgather_rows`` under a mask: ``mask`` holds a byte per element of the W rows
+    (byte 0 for element ``index``; C-contiguous), and an element whose byte is 0 enters
+    the tile as ``fill`` (0 or -inf) instead; True where the shuffled form takes them."""
+    return _tile_rows(rows, index, stride, k, n, tile, _rows_to_tile, store=False,
+                      where=(mask, fill))
+
+
+@intrinsic
+def vscatter_rows_where(typingctx, rows, index, stride, k, n, tile, mask):
+    """``vscatter_rows`` under a mask (as ``vgather_rows_where``'s): 0 is stored for an
+    element whose byte is 0; True where the shuffled form takes them."""
+    return _tile_rows(rows, index, stride, k, n, tile, _tile_to_rows, store=True,
+                      where=(mask,))
 
 
 @intrinsic

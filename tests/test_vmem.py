@@ -129,6 +129,49 @@ def test_shuffled_tile_moves_rows_to_lanes_and_back(dtype, n):
     assert_bitwise_equal(out_base, expected)
 
 
+@njit
+def _rows_round_trip_where(rows, index, stride, n, tile, out, mask, fill):
+    """The masked tile forms: rows -> tile under ``mask`` (fill), tile -> out under it."""
+    took = _vmem.vgather_rows_where(rows, index, stride, ALL, n, tile, mask, fill)
+    put = _vmem.vscatter_rows_where(out, index, stride, ALL, n, tile, mask)
+    return took, put
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("fill", [0.0, -np.inf], ids=["fill-0", "fill-neginf"])
+@pytest.mark.parametrize("n", [1, 3, 8, 9])
+def test_masked_shuffled_tile_fills_excluded_elements(dtype, fill, n):
+    """Under a mask, an excluded element enters the tile as the fill and leaves it as +0
+    (over a -0 and a NaN in the tile too); included elements move as without a mask, and
+    nothing outside the W rows is written. Rows past TILE_SHUFFLE_MAX give False."""
+    compute = np.float64 if dtype == np.float64 else np.float32
+    base = _data(dtype, (W + 3) * n, 5)
+    index = n
+    rng = np.random.default_rng(6)
+    mask = rng.random(n * W) < 0.6
+    mask[:2] = False, True
+    tile = np.full(n * W, np.nan, compute)
+    out_base = np.full_like(base, 7.0)
+    took, put = _rows_round_trip_where(_storage(base), index, n, n, tile,
+                                       _storage(out_base), mask.view(np.uint8), fill)
+    shuffled = n <= _vmem.TILE_SHUFFLE_MAX
+    assert (took, put) == (shuffled, shuffled)
+    if not shuffled:
+        assert np.isnan(tile).all() and (out_base == 7.0).all()
+        return
+    rows = base[index:index + n * W].astype(compute)
+    expected_tile = np.where(mask, rows, compute(fill)).reshape(W, n).T.reshape(-1)
+    assert_bitwise_equal(tile, expected_tile)
+    # the tile with a -0 and a NaN at excluded elements: +0 is stored there all the same
+    excluded = np.flatnonzero(~mask.reshape(W, n).T.reshape(-1))
+    tile[excluded[0]], tile[excluded[-1]] = -0.0, np.nan
+    _rows_round_trip_where(_storage(base), index, n, n, tile, _storage(out_base),
+                           mask.view(np.uint8), fill)
+    expected = np.full_like(base, 7.0)
+    expected[index:index + n * W] = np.where(mask, base[index:index + n * W], 0.0)
+    assert_bitwise_equal(out_base, expected)
+
+
 @pytest.mark.parametrize("stride", [3, 4], ids=["stride-n", "stride-other"])
 def test_shuffled_tile_needs_the_marker_and_stride_n(stride):
     """Only a whole tile (the ``ALL`` marker) of rows whose stride is n takes the shuffled
