@@ -4,9 +4,9 @@ Contiguous runs of lanes (masked loads and stores), strided lanes (gathers and s
 whole tiles of short consecutive rows (contiguous vectors regrouped by lane shuffles, also
 under a mask), streaming (non-temporal) stores, lane masks from boolean arrays
 (``where=``), prefetch hints, and 1-D views and new arrays built in compiled code. Each
-access converts between the array's storage type and the compute type (see ``_simd``: float16 viewed as uint16, inputs read
-"as if cast" viewed as the integer type naming the pair), so a kernel never handles
-storage types itself.
+access converts between the array's storage type and the compute type (see ``_simd``:
+float16 viewed as uint16, inputs read "as if cast" viewed as the integer type naming the
+pair), so a kernel never handles storage types itself.
 """
 
 from __future__ import annotations
