@@ -362,13 +362,10 @@ def grouped_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, side, stre
 
 @njit(**INTERNAL)
 def _gather(src, stride, r0, k, n, dst):
-    if not vgather_rows(src, r0 * stride, stride, k, n, dst):
-        _gather_columns(src, stride, r0, k, n, dst)
-
-
-@njit(**INTERNAL)
-def _gather_columns(src, stride, r0, k, n, dst):
-    """``_gather`` without its shuffled form: a strided gather per column."""
+    """Rows r0 .. r0+k-1 (``k``: a count, or the ``ALL`` marker: W) into tile ``dst``;
+    only the marker takes the shuffled form (a count compiles none of it)."""
+    if vgather_rows(src, r0 * stride, stride, k, n, dst):
+        return
     for j in range(n):
         vstore(dst, j * W, W, vgather(src, r0 * stride + j, stride, k, 0.0))
 
@@ -415,13 +412,8 @@ def _gather_second_impl(op, b, bo, r0, k, n, tb):
 
 @njit(**INTERNAL)
 def _scatter(src, dst, stride, r0, k, n):
-    if not vscatter_rows(dst, r0 * stride, stride, k, n, src):
-        _scatter_columns(src, dst, stride, r0, k, n)
-
-
-@njit(**INTERNAL)
-def _scatter_columns(src, dst, stride, r0, k, n):
-    """``_scatter`` without its shuffled form: a strided scatter per column."""
+    if vscatter_rows(dst, r0 * stride, stride, k, n, src):
+        return
     for j in range(n):
         vscatter(dst, r0 * stride + j, stride, k, vload(src, j * W, W, 0.0))
 
@@ -489,7 +481,7 @@ def _rows_in(op, a, b, w, n, k, ta, tb, ms):
     bytes, into the tiles: W rows short enough for the shuffled gather take the mask in it,
     other masked rows pass through a scratch of W rows as contiguous vectors (``_max_lanes``:
     -inf where excluded; ``_value_lanes``: 0; rows past k: 0), gathered a column at a time
-    (the shuffled form is the masked one's to take: compiled once). log_softmax_backward's
+    (a lane count, not the marker: the shuffled form is the masked one's, compiled once). log_softmax_backward's
     z takes -inf: exp(z) is then 0 there."""
 
 
@@ -501,7 +493,7 @@ def _rows_in_impl(op, a, b, w, n, k, ta, tb, ms):
                 return
             seg_map(_max_lanes, seg(ms[0], 0, k * n), a, None, w, None)
             ms[0][k * n:] = 0.0
-            _gather_columns(ms[0], n, 0, ALL, n, ta)
+            _gather(ms[0], n, 0, W, n, ta)
         return forward
 
     first = _max_lanes if op.key_ == "log_softmax_backward" else _value_lanes
@@ -515,8 +507,8 @@ def _rows_in_impl(op, a, b, w, n, k, ta, tb, ms):
         seg_map(_value_lanes, seg(ms[1], 0, k * n), b, None, w, None)
         ms[0][k * n:] = 0.0
         ms[1][k * n:] = 0.0
-        _gather_columns(ms[0], n, 0, ALL, n, ta)
-        _gather_columns(ms[1], n, 0, ALL, n, tb)
+        _gather(ms[0], n, 0, W, n, ta)
+        _gather(ms[1], n, 0, W, n, tb)
     return gradient
 
 
@@ -537,7 +529,7 @@ def _rows_out_impl(op, to, out, w, n, k, ms):
             if k == W:
                 _scatter(to, out, n, 0, ALL, n)
             else:
-                _scatter_columns(to, ms[1], n, 0, ALL, n)
+                _scatter(to, ms[1], n, 0, W, n)
                 seg_map(_value_lanes, out, ms[1], None, None, None)
         return forward
 
@@ -551,7 +543,7 @@ def _rows_out_impl(op, to, out, w, n, k, ms):
                 return
         if k == W and vscatter_rows_where(out, 0, n, ALL, n, to, w):
             return
-        _scatter_columns(to, ms[0], n, 0, ALL, n)
+        _scatter(to, ms[0], n, 0, W, n)
         seg_map(_value_lanes, out, ms[0], None, w, None)
     return gradient
 
