@@ -479,10 +479,10 @@ def _mask_scratch_impl(side, a, n):
 def _rows_in(op, a, b, w, n, k, ta, tb, ms):
     """k rows one after the other (``a``, ``b``: their k * n elements), ``w`` their mask's
     bytes, into the tiles: W rows short enough for the shuffled gather take the mask in it,
-    other masked rows pass through a scratch of W rows as contiguous vectors (``_max_lanes``:
-    -inf where excluded; ``_value_lanes``: 0; rows past k: 0), gathered a column at a time
-    (a lane count, not the marker: the shuffled form is the masked one's, compiled once). log_softmax_backward's
-    z takes -inf: exp(z) is then 0 there."""
+    other masked rows pass through a scratch of W rows as contiguous vectors
+    (``_max_lanes``: -inf where excluded; ``_value_lanes``: 0; rows past k: 0), gathered a
+    column at a time (a lane count, not the marker: the shuffled form is the masked one's,
+    compiled once). log_softmax_backward's z takes -inf: exp(z) is then 0 there."""
 
 
 @overload(_rows_in, jit_options=INLINE)
