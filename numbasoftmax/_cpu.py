@@ -232,7 +232,7 @@ def run(op, a, sa, b, sb, out, so, m, n, side=None, direct=False):
     stream = streams(m, n, out.itemsize, op)
     if m * n < PARALLEL_MIN_ELEMENTS or _serial_only:
         if n < short_max:
-            driver = k.short_rows
+            driver = k.short_rows if side is None else k.masked_short_rows
         else:
             driver = k.grouped_rows if n < grouped_max else k.rows
         call = (marker, a, sa, 1, b, sb, 1, out, so, 1, 0, m, n, 1, side, stream)
@@ -244,7 +244,8 @@ def run(op, a, sa, b, sb, out, so, m, n, side=None, direct=False):
         return
     arrays = (marker, a, sa, 1, b, sb, 1, out, so, 1)
     if n < short_max:
-        _parallel(k.short_rows_parallel, (*arrays, m, n, 1, side, stream))
+        tiles = k.short_rows_parallel if side is None else k.masked_short_rows_parallel
+        _parallel(tiles, (*arrays, m, n, 1, side, stream))
         return
     if n < grouped_max:
         _parallel(k.grouped_rows_parallel, (*arrays, m, n, 1, side, stream))

@@ -10,13 +10,13 @@ take a range of tasks (lo, hi) instead of M; their parallel forms (``*_parallel`
 them on tasks of TASK_ELEMENTS elements or more, calling their compiled code by address
 (``_serial_call``).
 
-The row drivers (``rows``, ``grouped_rows``, ``short_rows``, their parallel forms and
-``chunks_parallel``) take two more arguments. ``side``: None, or ``(w, wd, rv)`` with the
-mask ``w`` (bytes or None), its row offsets ``wd`` (see ``mask_offset``) and the rows'
-given values ``rv`` ((M, 2) float64 or None). Masks and given values run on these drivers
-only (``short_rows``: masks only, and also ``(w, None, None)``: one mask for every row).
-``stream``: the
-output is large: written with non-temporal stores where the kernel may
+The row drivers (``rows``, ``grouped_rows``, ``short_rows``, ``masked_short_rows``, their
+parallel forms and ``chunks_parallel``) take two more arguments. ``side``: None, or
+``(w, wd, rv)`` with the mask ``w`` (bytes or None), its row offsets ``wd`` (see
+``mask_offset``) and the rows' given values ``rv`` ((M, 2) float64 or None). Masks and
+given values run on these drivers only (``short_rows``: neither; ``masked_short_rows``:
+masks only, and also ``(w, None, None)``: one mask for every row). ``stream``: the output
+is large: written with non-temporal stores where the kernel may
 (``_row_kernel.may_stream``), each serial driver fencing them before it returns; masked
 softmax reads its rows as ``_row_kernel._exp_sums`` says. A reduction's (logsumexp's)
 ``out`` holds its values per row at stride ``oo``. ``columns`` and its parallel form take
@@ -113,9 +113,10 @@ _PARALLEL = dict(OPTIONS, parallel=True)
 # a function called, not inlined: code that rarely runs, compiled once
 CALLED = dict(OPTIONS, no_cpython_wrapper=True, _nrt=False, **CALLEE)
 
-__all__ = ["OPS", "W", "rows", "grouped_rows", "short_rows", "columns", "column_tasks",
-           "column_lead",
-           "rows_parallel", "grouped_rows_parallel", "short_rows_parallel", "columns_parallel",
+__all__ = ["OPS", "W", "rows", "grouped_rows", "short_rows", "masked_short_rows",
+           "columns", "column_tasks", "column_lead",
+           "rows_parallel", "grouped_rows_parallel", "short_rows_parallel",
+           "masked_short_rows_parallel", "columns_parallel",
            "chunks_parallel", "segment_stats", "segment_finish", "segment_write",
            "segment_columns_stats", "segment_columns_write", "copy2d"]
 
@@ -569,8 +570,8 @@ def _nan_rows(op, a, ao, out, oo, side, r0, k, n, to):
 def _masked_rows(op, side, a, ao, b, bo, out, oo, r0, k, n, ta, tb, to, ms, S, T, V):
     """Masked rows r0 .. r0+k-1 (k at most W) through one tile (see above; the rows and
     their masks as ``mask_takes_tiles`` takes them). One call site for whole and partial
-    tiles: its code is in ``short_rows`` once (a called function measured ~1.8x slower on
-    rows of 3, where LLVM did not inline it)."""
+    tiles: its code is in ``masked_short_rows`` once (a called function measured ~1.8x
+    slower on rows of 3, where LLVM did not inline it)."""
 
 
 @overload(_masked_rows, jit_options=INLINE)
@@ -646,20 +647,12 @@ def _check_nan_rows(op, a, ao, out, oo, side, r0, k, n, to):
 def short_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, side, stream):
     """Rows lo..hi-1, W at a time (the lane kernel's ``tile`` on rows gathered into
     tiles; the rows it takes: ``_cpu.SHORT_ROW_MAX``). A reduction's tile holds the W
-    values (and the W signs after them). ``side``: None, or a mask as for the row drivers
-    (the softmax functions only, laid out as ``mask_takes_tiles`` takes it; no given
-    values), or ``(w, None, None)``: one mask ``w`` of n bytes for every row. ``stream`` is
-    not used: a tile's rows are stored plainly."""
+    values (and the W signs after them). ``side``: None (masked rows:
+    ``masked_short_rows``). ``stream`` is not used: a tile's rows are stored plainly."""
     S, T, V = _scratch(a, n, 1)
     ta = _compute_empty(a, n * W)
     to = _compute_empty(out, 2 * W if reduces(op) else n * W)
     tb = _second_tile(op, b, n, ta)
-    if side is not None:
-        ms = _mask_scratch(side, a, n)
-        for r0 in range(lo, hi, W):
-            _masked_rows(op, side, a, ao, b, bo, out, oo, r0, min(W, hi - r0), n, ta, tb,
-                         to, ms, S, T, V)
-        return
     # all W lanes computed (the gather fills missing rows with 0): the tiles are whole, so
     # their loads and stores need no masks
     full = lo + (hi - lo) // W * W
@@ -673,6 +666,24 @@ def short_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, side, stream
         _gather_second(op, b, bo, full, hi - full, n, tb)
         tile(op, ta, tb, to, n, S, T, V)
         _put(op, to, out, oo, full, hi - full, n)
+
+
+# A driver of its own for masked short rows: numba resolves ``if side is None`` when
+# compiling only where ``side`` is None, so one driver for both compiled its unmasked loop
+# into every masked specialization too (~0.5 s more of a first masked call).
+@njit(**OPTIONS)
+def masked_short_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, side, stream):
+    """``short_rows`` for masked rows: ``side`` a mask as for the row drivers (the softmax
+    functions only, laid out as ``mask_takes_tiles`` takes it; no given values), or
+    ``(w, None, None)``: one mask ``w`` of n bytes for every row."""
+    S, T, V = _scratch(a, n, 1)
+    ta = _compute_empty(a, n * W)
+    to = _compute_empty(out, n * W)
+    tb = _second_tile(op, b, n, ta)
+    ms = _mask_scratch(side, a, n)
+    for r0 in range(lo, hi, W):
+        _masked_rows(op, side, a, ao, b, bo, out, oo, r0, min(W, hi - r0), n, ta, tb, to,
+                     ms, S, T, V)
 
 
 def column_tasks(M, C, lead=0):
@@ -778,6 +789,7 @@ def _tasks(serial, total, per, a, ao, an, b, bo, bn, out, oo, on, M, n, C, x, y)
 rows_parallel = ParallelDriver(rows, _tasks, _row_tasks)
 grouped_rows_parallel = ParallelDriver(grouped_rows, _tasks, _group_tasks)
 short_rows_parallel = ParallelDriver(short_rows, _tasks, _tile_tasks)
+masked_short_rows_parallel = ParallelDriver(masked_short_rows, _tasks, _tile_tasks)
 columns_parallel = ParallelDriver(columns, _tasks, _band_tasks)
 
 

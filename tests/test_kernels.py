@@ -44,7 +44,8 @@ def _storage(a):
 # the drivers that take masks and given row values (``side``), and write with
 # non-temporal stores on request (``stream``)
 ROW_DRIVERS = (K.rows, K.rows_parallel, K.grouped_rows, K.grouped_rows_parallel,
-               K.chunks_parallel, K.short_rows, K.short_rows_parallel)
+               K.chunks_parallel, K.short_rows, K.short_rows_parallel, K.masked_short_rows,
+               K.masked_short_rows_parallel)
 
 
 def _rows(driver, op, inputs, parallel, side=None, stream=False, out=None):
@@ -374,8 +375,9 @@ def test_masked_tile_agrees_bitwise(op, dtype, n, layout, rng):
     side = (bytes_, dims, None)
     tiles = side if layout == "rows" else (bytes_, None, None)
     results = [_rows(driver, op, inputs, parallel, side=s, out=np.full((m, n), 7, dtype))
-               for driver, parallel, s in ((K.rows, False, side), (K.short_rows, False, tiles),
-                                           (K.short_rows_parallel, True, tiles))]
+               for driver, parallel, s in ((K.rows, False, side),
+                                           (K.masked_short_rows, False, tiles),
+                                           (K.masked_short_rows_parallel, True, tiles))]
     assert not (results[0] == 7).any()
     assert_bitwise_equal(results[1], results[0])
     assert_bitwise_equal(results[2], results[0])
