@@ -62,10 +62,10 @@ TARGETS = (
              f"{op}: import + first calls ≤ 3 s, empty numba cache") for op in _FWD + _BWD),
     *(Target("cpu", op, "float32", "startup:warm", 0.3,
              f"{op}: import + first calls ≤ 0.3 s, warm cache") for op in _FWD + _BWD),
-    # masked softmax, logsumexp
-    *(Target("cpu", "softmax", "float32", "time:unmasked", 1.2,
-             f"masked softmax ({what}) ≤ 1.2× the unmasked call's time (out=)", "out",
-             feature=feature) for feature, what in _MASKS),
+    # masked calls, logsumexp
+    *(Target("cpu", op, "float32", "time:unmasked", 1.2,
+             f"masked {op} ({what}) ≤ 1.2× the unmasked call's time (out=)", "out",
+             feature=feature) for op in ("softmax",) + _BWD for feature, what in _MASKS),
     *(Target("cpu", "softmax", "float32", "vs:np.where+numbasoftmax", 1.5,
              f"masked softmax ({what}) ≥ 1.5× np.where + our unmasked call (out=)", "out",
              feature=feature) for feature, what in _MASKS),

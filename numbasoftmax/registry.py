@@ -17,11 +17,12 @@ against) or "oracle" (the float64 reference: checked against, never timed by the
 allocation of the result.
 
 ``form`` says how an entry is called. "plain": the operation's own arguments, as above.
-The forward operations also come in two optional forms, each with the peers' way of
-getting the same result:
-    "where": (x, mask, axis), mask a boolean array broadcastable to x (True: included):
-        ours with ``where=``, ours without a mask ("unmasked", role "baseline": what the
-        mask costs), ``np.where(mask, x, -inf)`` then ours, torch's ``masked_fill`` then
+The softmax functions also come in optional forms (``FORM_OPS``), each with the peers'
+way of getting the same result:
+    "where": (x, mask, axis), mask a boolean array broadcastable to x (True: included),
+        and for the gradients (y, dy, mask, axis): ours with ``where=``, ours without a
+        mask ("unmasked", role "baseline": what the mask costs), and for the forward
+        operations ``np.where(mask, x, -inf)`` then ours, torch's ``masked_fill`` then
         its softmax;
     "dtype": (x, axis) with float16 x and a float32 result: ours with ``dtype=``,
         ``x.astype(float32)`` then ours, torch with ``dtype=torch.float32``.
@@ -234,7 +235,9 @@ def _entries():
 FORMS = {"plain": "the operation's own arguments",
          "where": "x and a boolean mask (where=)",
          "dtype": "float16 x, float32 result (dtype=)"}
-FORM_OPS = ("softmax", "log_softmax")  # the operations with "where" and "dtype" entries
+# the operations with entries of each optional form
+FORM_OPS = {"where": ("softmax", "log_softmax", "softmax_backward", "log_softmax_backward"),
+            "dtype": ("softmax", "log_softmax")}
 RESULT_DTYPE = np.float32  # the "dtype" form's result
 
 
@@ -268,17 +271,17 @@ def _torch_fill_mask_cuda(*arrays):
 def _where_entries(op):
     f = functools.partial(_ours, op)
 
-    def ours(x, mask, axis):
-        return f()(x, axis, where=mask)
+    def ours(*args):  # (*inputs, mask, axis)
+        return f()(*args[:-2], args[-1], where=args[-2])
 
-    def ours_out(x, mask, axis, out):
-        return f()(x, axis, where=mask, out=out)
+    def ours_out(*args, axis, out):  # (*inputs, mask)
+        return f()(*args[:-1], axis, where=args[-1], out=out)
 
-    def unmasked(x, mask, axis):
-        return f()(x, axis)
+    def unmasked(*args):
+        return f()(*args[:-2], args[-1])
 
-    def unmasked_out(x, mask, axis, out):
-        return f()(x, axis, out=out)
+    def unmasked_out(*args, axis, out):
+        return f()(*args[:-1], axis, out=out)
 
     def np_where(x, mask, axis):
         return f()(_xp(x).where(mask, x, -np.inf), axis)
@@ -301,17 +304,21 @@ def _where_entries(op):
         return _torch_softmax_out(op)(out, axis, False, out=out)
 
     gpu = _ours_gpu(form="where")
-    return (
+    ours_and_unmasked = (
         Impl("numbasoftmax", op, "cpu", ours, role="ours", call_out=ours_out, form="where"),
         Impl("unmasked", op, "cpu", unmasked, role="baseline", call_out=unmasked_out,
              form="where"),
+        Impl("numbasoftmax", op, "gpu", ours, role="ours", call_out=ours_out, **gpu),
+        Impl("unmasked", op, "gpu", unmasked, role="baseline", call_out=unmasked_out, **gpu),
+    )
+    if op not in FORM_OPS["dtype"]:  # a gradient: no peer has one under a mask
+        return ours_and_unmasked
+    return ours_and_unmasked + (
         Impl("np.where+numbasoftmax", op, "cpu", np_where, call_out=np_where_out,
              form="where"),
         Impl("torch", op, "cpu", torch_fill, prepare=_torch_fill_mask,
              to_numpy=_torch_to_numpy, available=lambda: _has("torch"), int_axis_only=True,
              call_out=torch_fill_out, form="where"),
-        Impl("numbasoftmax", op, "gpu", ours, role="ours", call_out=ours_out, **gpu),
-        Impl("unmasked", op, "gpu", unmasked, role="baseline", call_out=unmasked_out, **gpu),
         Impl("cupy.where+numbasoftmax", op, "gpu", np_where, call_out=np_where_out, **gpu),
         Impl("torch", op, "gpu", torch_fill, prepare=_torch_fill_mask_cuda,
              to_numpy=_torch_to_numpy, available=_torch_cuda_ok, sync=_torch_sync,
@@ -360,8 +367,8 @@ def _dtype_entries(op):
     )
 
 
-IMPLEMENTATIONS = _entries() + tuple(e for op in FORM_OPS
-                                     for e in _where_entries(op) + _dtype_entries(op))
+IMPLEMENTATIONS = (_entries() + tuple(e for op in FORM_OPS["where"] for e in _where_entries(op))
+                   + tuple(e for op in FORM_OPS["dtype"] for e in _dtype_entries(op)))
 
 
 def implementations(op=None, device=None, name=None, available_only=True, form="plain"):

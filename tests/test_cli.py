@@ -102,16 +102,22 @@ def test_feature_tables_time_every_form_entry_like_for_like(tiny_run):
     the form timed, GB/s over the bytes of the inputs (mask included) and the result."""
     result, text, _ = tiny_run
     cells = [r for r in result.results if r.feature]
-    assert {r.feature for r in cells} == set(config.FEATURES)
-    assert {r.variant for r in cells} == {"out"} and {r.op for r in cells} == {"softmax"}
-    for name, feature in config.FEATURES.items():
-        assert f"· {feature.title}" in text
-        timed = {r.impl for r in cells if r.feature == name and r.status == "ok"}
+    assert {r.variant for r in cells} == {"out"}
+    # the gradients take where= cells (no dtype= entries)
+    assert {(r.op, r.feature) for r in cells} == {
+        (op, name) for op in ("softmax", "softmax_backward")
+        for name, spec in config.FEATURES.items()
+        if spec.mask or op == "softmax"}
+    for (op, name) in {(r.op, r.feature) for r in cells}:
+        assert f"· {config.FEATURES[name].title}" in text
+        timed = {r.impl for r in cells if (r.op, r.feature) == (op, name) and r.status == "ok"}
         assert timed == {i.name for i in registry.implementations(
-            op="softmax", device="cpu", form=feature.form)}, (name, timed)
+            op=op, device="cpu", form=config.FEATURES[name].form)}, (op, name, timed)
     for r in cells:
         mask = {"full": r.m * r.n, "row": r.n, None: 0}[config.FEATURES[r.feature].mask]
-        assert r.bytes == r.m * r.n * (2 if r.dtype == "float16" else 4) + mask + 4 * r.m * r.n
+        inputs = 2 if OPS[r.op].backward else 1
+        item = 2 if r.dtype == "float16" else 4
+        assert r.bytes == inputs * r.m * r.n * item + mask + 4 * r.m * r.n
     assert "× unmasked" in text and "× np.where+numbasoftmax" in text
     assert "× astype+numbasoftmax" in text
     assert all(v == "ok" for v in result.checks.values()), result.checks
@@ -122,7 +128,7 @@ def test_feature_cells_by_default_only_on_full_runs():
     for device in ("cpu", "gpu"):  # where= and dtype= run on both
         features = [c for c in plan(device)[2] if c.feature]
         assert {(c.op, c.variant, c.sizes) for c in features} == {
-            ("softmax", "out", config.FEATURE_SIZES)}, device
+            (op, "out", config.FEATURE_SIZES) for op in config.FEATURE_OPS}, device
         assert {c.feature for c in features} == set(config.FEATURES), device
     assert not [c for c in config.Config(quick=True).plan_for("cpu")[2] if c.feature]
     assert not [c for c in config.Config(quick=True).plan_for("gpu")[2] if c.feature]

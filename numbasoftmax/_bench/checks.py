@@ -83,24 +83,30 @@ def mask(kind, shape, rng):
     return full
 
 
-def feature_inputs(feature, x, seed=5):
-    """numpy inputs of a feature cell (see ``config.FEATURES``) from logits ``x`` of the
-    feature's dtype."""
+def feature_inputs(op, feature, x, dy, seed=5):
+    """numpy inputs of a feature cell (see ``config.FEATURES``) of ``op`` from logits ``x``
+    and an upstream gradient ``dy`` of the feature's dtype: the operation's inputs (see
+    ``op_inputs``), then the mask of a where= cell."""
     if feature.mask is None:
         return (x,)
-    return (x, mask(feature.mask, x.shape, np.random.default_rng(seed)))
+    return (*op_inputs(op, x, dy), mask(feature.mask, x.shape, np.random.default_rng(seed)))
 
 
 def check_feature_result(op, feature, got, inputs):
     """AssertionError unless ``got`` matches the float64 reference of ``op`` called with
-    the feature's argument (``where=`` or ``dtype=``), in the result dtype's tolerance."""
-    kw = {"where": inputs[1]} if feature.mask else {"dtype": feature.result_dtype}
-    want = getattr(reference, op)(inputs[0], axis=-1, **kw)
+    the feature's argument (``where=``: the last input; or ``dtype=``), in the result
+    dtype's tolerance (a gradient's absolute one scaled as ``check_result`` does)."""
+    if feature.mask:
+        want = getattr(reference, op)(*inputs[:-1], axis=-1, where=inputs[-1])
+    else:
+        want = getattr(reference, op)(*inputs, axis=-1, dtype=feature.result_dtype)
     got = np.asarray(got)
     if got.shape != want.shape or got.dtype != np.dtype(feature.result_dtype):
         raise AssertionError(f"{op}: got {got.shape} {got.dtype}, expected {want.shape} "
                              f"{feature.result_dtype}")
     atol, rtol = TOL[feature.result_dtype]
+    if OPS[op].backward:
+        atol = atol * 10 * (float(np.abs(want).max()) or 1.0) + atol
     if not np.allclose(got, want, atol=atol, rtol=rtol):
         raise AssertionError(f"{op} {feature.title}: max abs error "
                              f"{float(np.nanmax(np.abs(got - want))):.3g}")
@@ -116,8 +122,10 @@ def check_impl(impl, op, dtype, variant, shapes=CHECK_SHAPES, seed=7, feature=No
             args = make_inputs(op, (m, n), dtype, seed + k)
             rdtype = dtype
         else:
-            x = logits((m, n), dtype, np.random.default_rng(seed + k))
-            args = feature_inputs(feature, x, seed + k)
+            rng = np.random.default_rng(seed + k)
+            x = logits((m, n), dtype, rng)
+            dy = rng.standard_normal((m, n), dtype=np.float32).astype(dtype)
+            args = feature_inputs(op, feature, x, dy, seed + k)
             rdtype = feature.result_dtype
         native = impl.prepare(*args)
         if variant == "out":
@@ -130,7 +138,8 @@ def check_impl(impl, op, dtype, variant, shapes=CHECK_SHAPES, seed=7, feature=No
             if feature is None:
                 check_result(op, impl.to_numpy(got), args, dtype)
             elif impl.role == "baseline":  # the call without the feature's argument
-                check_result(op, impl.to_numpy(got), args[:1], rdtype)
+                check_result(op, impl.to_numpy(got), args[:-1] if feature.mask else args,
+                             rdtype)
             else:
                 check_feature_result(op, feature, impl.to_numpy(got), args)
         except AssertionError as err:

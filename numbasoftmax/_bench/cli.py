@@ -70,10 +70,11 @@ def _parser():
     bench.add_argument("--features", choices=("auto", "none", "all"), default="auto",
                        help="also time masked calls (where=: a mask of x's shape and a (N,) "
                             "mask) and dtype= calls (float16 in, float32 out), out= on both "
-                            "sides, against their two-pass peers and torch (auto: "
-                            f"{', '.join(FEATURE_OPS)} at N = "
+                            "sides, against the unmasked call, their two-pass peers and "
+                            f"torch (auto: {', '.join(FEATURE_OPS)} at N = "
                             f"{', '.join(map(str, FEATURE_SIZES))} on full CPU runs; all: "
-                            "softmax and log_softmax at every size, also with --quick; none)")
+                            "every operation that takes them (the gradients: where=), at "
+                            "every size, also with --quick; none)")
     bench.add_argument("--no-latency", action="store_true",
                        help="leave out the 8x128 per-call latency rows")
     bench.add_argument("--repeats", type=int, default=None,

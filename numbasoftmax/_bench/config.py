@@ -49,9 +49,10 @@ FEATURES = {
                          "included)"),
     "dtype": Feature("dtype", "float16", "float32", None, "float16 in, float32 out (dtype=)"),
 }
-# The feature cells on full CPU runs ("auto"): softmax forward, a short, a medium and a
-# long row, like-for-like only: 9 cells, about a tenth of the default run's cells.
-FEATURE_OPS = ("softmax",)
+# The feature cells on full CPU runs ("auto"): softmax forward (and its gradient under the
+# masks), a short, a medium and a long row, like-for-like only: 15 cells, about a sixth of
+# the default run's cells.
+FEATURE_OPS = ("softmax", "softmax_backward")
 FEATURE_SIZES = (32, 1024, 16384)
 
 
@@ -119,8 +120,8 @@ class Config:
     threads: int | None = None  # set numba's and torch's thread counts (None: leave them)
     startup: bool = True  # full runs: measure start-up (import + first calls) per op
     # "auto", "none" or "all": also time the where= and dtype= calls (FEATURES), out= on
-    # both sides. auto: FEATURE_OPS at FEATURE_SIZES on full CPU runs; all: every forward
-    # operation with those forms, at every size, on the CPU
+    # both sides. auto: FEATURE_OPS at FEATURE_SIZES on full CPU runs; all: every
+    # operation with those forms (registry.FORM_OPS), at every size, on the CPU
     features: str = "auto"
 
     def plan_for(self, device):
@@ -156,7 +157,7 @@ class Config:
 
         if self.features == "none" or (self.features == "auto" and self.quick):
             return []
-        ops, at = FORM_OPS, None
+        ops, at = {op for form_ops in FORM_OPS.values() for op in form_ops}, None
         if self.features == "auto":
             ops, at = FEATURE_OPS, tuple(n for n in sizes if n in FEATURE_SIZES)
             if not at:

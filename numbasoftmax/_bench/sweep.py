@@ -171,7 +171,7 @@ class _Sweep:
         feature = FEATURES[cell.feature] if cell.feature else None
         out_dtype = feature.result_dtype if feature else dtype
         if feature:
-            inputs = feature_inputs(feature, data[dtype][0])
+            inputs = feature_inputs(op, feature, *data[dtype])
             nbytes = sum(a.nbytes for a in inputs) + m * n * np.dtype(out_dtype).itemsize
         else:
             nbytes = OPS[op].bytes_moved(m * n, np.dtype(dtype).itemsize)
