@@ -65,10 +65,10 @@ TARGETS = (
     # masked calls, logsumexp
     *(Target("cpu", op, "float32", "time:unmasked", 1.2,
              f"masked {op} ({what}) ≤ 1.2× the unmasked call's time (out=)", "out",
-             feature=feature) for op in ("softmax",) + _BWD for feature, what in _MASKS),
-    *(Target("cpu", "softmax", "float32", "vs:np.where+numbasoftmax", 1.5,
-             f"masked softmax ({what}) ≥ 1.5× np.where + our unmasked call (out=)", "out",
-             feature=feature) for feature, what in _MASKS),
+             feature=feature) for op in _FWD + _BWD for feature, what in _MASKS),
+    *(Target("cpu", op, "float32", "vs:np.where+numbasoftmax", 1.5,
+             f"masked {op} ({what}) ≥ 1.5× np.where + our unmasked call (out=)", "out",
+             feature=feature) for op in _FWD for feature, what in _MASKS),
     Target("cpu", "logsumexp", "float32", "vs:scipy", 5.0,
            "logsumexp ≥ 5× scipy.special.logsumexp (plain calls: scipy has no out=)"),
     Target("cpu", "logsumexp", "float32", "vs:torch", 1.3, "logsumexp ≥ 1.3× torch.logsumexp "
