@@ -670,7 +670,7 @@ def short_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, side, stream
 
 # A driver of its own for masked short rows: numba resolves ``if side is None`` when
 # compiling only where ``side`` is None, so one driver for both compiled its unmasked loop
-# into every masked specialization too (~0.5 s more of a first masked call).
+# into every masked specialization too (0.3-0.5 s more of a first masked call).
 @njit(**OPTIONS)
 def masked_short_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, side, stream):
     """``short_rows`` for masked rows: ``side`` a mask as for the row drivers (the softmax
