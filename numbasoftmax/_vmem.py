@@ -415,14 +415,12 @@ def _keep(context, builder, sig, args, vsty):
     bty = ir.VectorType(ir.IntType(8), W)
     fill = ir.Constant(vsty, None)
     if len(args) > 7:
-        value = args[7]
-        if isinstance(vsty.element, ir.HalfType) and isinstance(value.type, ir.DoubleType):
+        value = context.cast(builder, args[7], sig.args[7], types.float64)
+        if not isinstance(vsty.element, ir.DoubleType):
             # through float: a double -> half conversion is a library call the JIT lacks
             value = builder.fptrunc(value, ir.FloatType())
-        if value.type != vsty.element:
-            wider = isinstance(vsty.element, ir.DoubleType) or (
-                isinstance(vsty.element, ir.FloatType) and isinstance(value.type, ir.HalfType))
-            value = (builder.fpext if wider else builder.fptrunc)(value, vsty.element)
+            if isinstance(vsty.element, ir.HalfType):
+                value = builder.fptrunc(value, vsty.element)
         fill = _splat(builder, value)
 
     def keep(v, lanes):
