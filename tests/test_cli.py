@@ -51,7 +51,7 @@ def test_quick_cpu_run_writes_report_json_and_plot(tmp_path):
         assert f"{name} GB/s" in report, name
         ok = [r for r in data["results"] if r["impl"] == name and r["status"] == "ok"]
         assert ok, f"no measurement for {name}"
-        assert all(r["gbps"] > 0 and r["pct_copy"] > 0 for r in ok)
+        assert all(r["gbps"] > 0 and r["pct_copy"] > 0 and r["copy_gbps"] > 0 for r in ok)
     ops = {r["op"] for r in data["results"]}
     assert ops == set(registry.OPS)
     assert data["schema"] == 2 and "targets" not in data
@@ -95,6 +95,42 @@ def test_engine_tables_and_ratios(tiny_run):
             assert r.bytes == moved
             assert r.gbps == pytest.approx(moved / r.seconds / 1e9)
     assert (out / "results.json").exists() and (out / "report.md").exists()
+
+
+def test_percent_of_copy_is_against_the_copy_timed_in_the_cells_rounds(tiny_run):
+    """Every timed cell has its own copy, timed in the same rounds as the implementations,
+    and "% copy" divides by it; the tables show it."""
+    result, text, _ = tiny_run
+    ok = [r for r in result.results if r.status == "ok" and r.gbps]
+    assert ok
+    for r in ok:
+        assert r.copy_gbps and r.copy_gbps > 0, r
+        assert r.pct_copy == pytest.approx(100 * r.gbps / r.copy_gbps)
+    cells = {}
+    for r in ok:  # one copy per cell, shared by its implementations
+        cells.setdefault((r.op, r.dtype, r.variant, r.feature, r.n), set()).add(r.copy_gbps)
+    assert all(len(v) == 1 for v in cells.values())
+    assert all(h[2] == "copy GB/s" for _, h, _ in report.throughput_tables(result))
+    assert "timed in the same rounds" in text
+
+
+def test_percent_of_copy_falls_back_to_the_starts_copy(tmp_path, monkeypatch):
+    from numbasoftmax._bench import timing
+
+    def failing(self, start):
+        def copy(src, dst):
+            raise RuntimeError("no copy here")
+        return (lambda a: (a, a)), copy
+
+    monkeypatch.setattr(timing.CpuDevice, "cell_copy", failing)
+    result = sweep.run(_tiny_config(tmp_path, ops=("softmax",), dtypes=("float32",),
+                                    prealloc="none", latency=False))
+    start = result.copy["cpu"]["gbps"]
+    ok = [r for r in result.results if r.status == "ok" and r.gbps]
+    assert ok and all(r.copy_gbps is None for r in ok)
+    assert all(r.pct_copy == pytest.approx(100 * r.gbps / start) for r in ok)
+    assert any("copy beside a cell failed" in note for note in result.notes)
+    assert "against the start's" in "\n".join(report.header_lines(result))
 
 
 def test_feature_tables_time_every_form_entry_like_for_like(tiny_run):

@@ -22,7 +22,8 @@ class Result:
     repeats: int = 0
     bytes: int = 0
     gbps: float | None = None
-    pct_copy: float | None = None
+    pct_copy: float | None = None  # of copy_gbps (else of the start's copy)
+    copy_gbps: float | None = None  # the device's copy, timed in this cell's rounds
     elements_per_s: float | None = None
     # dtypes other than float32, ours only: our float32 kernel's median on the same shape,
     # timed in the same rounds (for the elements/s ratio)

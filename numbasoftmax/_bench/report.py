@@ -67,6 +67,9 @@ def throughput_tables(report):
         f32 = ours and dtype != "float32" and any(
             r.f32_seconds for r in recs if r.impl == ours)
         header = ["N", "M"]
+        copies = any(r.copy_gbps for r in recs)
+        if copies:
+            header.append("copy GB/s")
         for name in names:
             header += [f"{name} GB/s", "% copy"]
         if dtype != "float32" and ours and not feature:
@@ -77,6 +80,9 @@ def throughput_tables(report):
         rows = []
         for n in sizes:
             row = [_size_label(n), str(m_of[n])]
+            if copies:
+                row.append(_fmt(next((r.copy_gbps for r in recs if r.n == n and r.copy_gbps),
+                                     None)))
             for name in names:
                 rec = look.get((device, op, dtype, variant, feature, n, name))
                 row += [_status_cell(rec),
@@ -159,6 +165,14 @@ def markdown_table(header, rows):
     return "\n".join([line(header), sep] + [line(r) for r in rows])
 
 
+def _copy_rule(report, device, what):
+    """What a table's "% copy" of ``device`` is against."""
+    if any(r.copy_gbps for r in report.results if r.device == device):
+        return (f"\"% copy\" is against {what} timed in the same rounds as each cell's "
+                "implementations (the \"copy GB/s\" column), the start's where that failed.")
+    return f"\"% copy\" is against the start's {_fmt(report.copy[device]['gbps'])} GB/s."
+
+
 def header_lines(report):
     env = report.env
     v = env["versions"]
@@ -182,12 +196,13 @@ def header_lines(report):
                 f"{_fmt(s['threaded'])} GB/s, with non-temporal stores "
                 f"{_fmt(s.get('streamed'))} GB/s at the start; {_fmt(e['numpy'])} / "
                 f"{_fmt(e['threaded'])} / {_fmt(e.get('streamed'))} GB/s at the end. "
-                f"\"% copy\" is against {_fmt(c['gbps'])} GB/s (the start's best).")
+                + _copy_rule(report, device, "the start's fastest copy"))
         else:
             s, e = c["start"], c["end"]
             lines.append(f"- GPU device-to-device copy (read + write, {s['bytes'] >> 21} MiB "
                          f"copied, CUDA events): {_fmt(s['d2d'])} GB/s at the start, "
-                         f"{_fmt(e['d2d'])} GB/s at the end; \"% copy\" is against the start.")
+                         f"{_fmt(e['d2d'])} GB/s at the end. "
+                         + _copy_rule(report, device, "a device-to-device copy"))
     if report.jit:
         per = {}
         for key, sec in report.jit.items():

@@ -9,7 +9,9 @@ For each device the run
 3. times each (operation, dtype, N, variant) cell, the implementations in round-robin
    order so that a noisy neighbour hits them alike: one warm-up call each, then the median
    of repeats, inputs rotated through enough copies that the working set between two uses
-   of a buffer exceeds twice the last-level cache,
+   of a buffer exceeds twice the last-level cache. A copy of the cell's first input (the
+   kind fastest at the start) takes its turn in the same rounds: each cell's "% of copy"
+   is against it,
 4. times the per-call latency of a tiny 8x128 input (hot cache on purpose).
 
 Every implementation comes from :mod:`numbasoftmax.registry` (ours, torch, scipy, cupyx;
@@ -50,6 +52,7 @@ from .records import Latency, Report, Result
 from .timing import CpuDevice, GpuDevice
 
 BASELINE = "numbasoftmax@float32"
+COPY = "copy"  # the copy timed in each cell's rounds (not a Result of its own)
 
 
 def _impls(device, cell):
@@ -133,7 +136,11 @@ class _Sweep:
                 self.progress.step()
 
     # -- throughput -----------------------------------------------------------------
-    def sweep(self, device, elements, sizes, cells, impls_by_cell, copy_gbps):
+    def sweep(self, device, elements, sizes, cells, impls_by_cell, start):
+        """Time every cell; ``start``: the copy bandwidth measured before (its "gbps" is
+        the fallback line for a cell whose own copy failed)."""
+        copy_gbps = start["gbps"]
+        self.copier = device.cell_copy(start)
         dtypes = sorted({c.dtype for c in cells}, key=DTYPES.index)
         if any(d != "float32" for d in dtypes) and "float32" not in dtypes:
             dtypes.insert(0, "float32")  # our float32 is timed beside other dtypes
@@ -221,9 +228,13 @@ class _Sweep:
             except Exception as err:  # noqa: BLE001
                 if key in records:
                     records[key].status = f"error: {type(err).__name__}: {err}"[:300]
+        self._add_copy(device, state, data[dtype][0])
         pool = result_pool(POOL_BYTES) if variant == "pool" else contextlib.nullcontext()
         with _gc_off(), pool:
             self._rounds(device, state, records, budget)
+        copy_times = state.pop(COPY, (None, None, None, []))[3]
+        cell_copy = (2 * data[dtype][0].nbytes / _median(copy_times) / 1e9 if copy_times
+                     else None)
         for key, (_, _, _, times) in state.items():
             if key == BASELINE:
                 rec = records[ours[0]]
@@ -239,9 +250,26 @@ class _Sweep:
             rec.spread = float((q3 - q1) / rec.seconds)
             rec.repeats = len(times)
             rec.gbps = nbytes / rec.seconds / 1e9
-            rec.pct_copy = 100 * rec.gbps / copy_gbps if copy_gbps else None
+            rec.copy_gbps = cell_copy
+            line = cell_copy or copy_gbps
+            rec.pct_copy = 100 * rec.gbps / line if line else None
             rec.elements_per_s = m * n / rec.seconds
         del state
+
+    def _add_copy(self, device, state, x):
+        """The copy of x (bytes read and written: 2 * x.nbytes) into the cell's ``state``,
+        warmed up, its inputs rotated as the implementations' are; nothing if it fails
+        (the cell's "% of copy" then falls back to the start's copy)."""
+        prepare, copy = self.copier
+        try:
+            sets = [prepare(x) for _ in range(_rotation(device, 2 * x.nbytes, x.nbytes))]
+            device.sync()
+            first = device.time_calls(copy, sets, 1)
+            state[COPY] = (copy, sets, device.batch_for(first), [])
+        except Exception as err:  # noqa: BLE001 - the cell is still timed
+            note = f"the copy beside a cell failed: {type(err).__name__}: {err}"[:300]
+            if note not in self.report.notes:
+                self.report.notes.append(note)
 
     def _rounds(self, device, state, records, budget):
         """Time the cell's implementations in turn, round after round, until the repeats
@@ -377,7 +405,7 @@ def run(config: Config) -> Report:
             copy_bytes = min(max(elements * 4, 4 * device.cache_bytes), device.memory_cap // 2)
             start = device.copy_bandwidth(copy_bytes, 9)
             progress.step()
-            sweep.sweep(device, elements, sizes, cells, impls_by_cell, start["gbps"])
+            sweep.sweep(device, elements, sizes, cells, impls_by_cell, start)
             if lat_ops:
                 sweep.latency(device, lat_ops)
             progress.describe(f"{device.kind} copy bandwidth")

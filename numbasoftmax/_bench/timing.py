@@ -3,7 +3,10 @@
 ``CpuDevice`` times with ``perf_counter``; ``GpuDevice`` with CUDA events (through cupy when
 it is installed, else torch), so GPU figures are device time, not launch time. Both give
 seconds per call of a callable over rotated argument sets, a per-call host latency, and the
-machine's copy bandwidth: the line every GB/s figure is compared with.
+machine's copy bandwidth: the line every GB/s figure is compared with. That copy is timed
+before and after the sweep, and again in the rounds of each cell (``cell_copy``): the
+machine's memory bandwidth can move by half between the start and the end of a run, and a
+cell's "% of copy" is only as good as the copy it is divided by.
 """
 
 from __future__ import annotations
@@ -122,10 +125,35 @@ class CpuDevice:
             out[name] = 2 * src.nbytes / _median_seconds(lambda k=kernel: k(src, dst, threads),
                                                          repeats) / 1e9
         np.testing.assert_array_equal(dst, src)
-        out["gbps"] = max(out["numpy"], out["threaded"], out["streamed"])
+        kinds = ("numpy", "threaded", "streamed")
+        out["gbps"] = max(out[k] for k in kinds)
+        out["best"] = max(kinds, key=out.get)
         out["threads"] = threads
         out["bytes"] = 2 * src.nbytes
         return out
+
+
+    def cell_copy(self, start):
+        """(prepare, copy) of the copy timed in each cell's rounds: the kind that was
+        fastest at the start (``copy_bandwidth``'s "best"). prepare(a) gives a source
+        holding the bytes of numpy array ``a`` and a destination; copy(src, dst) copies."""
+        import numba
+
+        kernel = _threaded_copies().get(start.get("best"))
+
+        def prepare(a):
+            src = np.array(a, copy=True).reshape(-1)
+            if kernel is not None and src.nbytes % 8 == 0:
+                src = src.view(np.float64)  # the kernels' one compiled type
+            return src, np.empty_like(src)
+
+        def copy(src, dst):
+            if kernel is not None and src.dtype == np.float64:
+                kernel(src, dst, numba.get_num_threads())
+            else:
+                np.copyto(dst, src)
+
+        return prepare, copy
 
 
 class GpuDevice:
@@ -226,6 +254,25 @@ class GpuDevice:
         """One sample: host seconds per call over ``count`` back-to-back calls (launches
         are asynchronous, so single calls would time only the launch)."""
         return [self.host_time(fn, args, count)]
+
+    def cell_copy(self, start):
+        """(prepare, copy) of the device-to-device copy timed in each cell's rounds (see
+        ``CpuDevice.cell_copy``)."""
+        if self.backend == "cupy":
+            cp = self._cp
+
+            def prepare(a):
+                src = cp.asarray(a).reshape(-1)
+                return src, cp.empty_like(src)
+
+            return prepare, lambda src, dst: cp.copyto(dst, src)
+        torch = self._torch
+
+        def prepare(a):
+            src = torch.as_tensor(np.ascontiguousarray(a), device="cuda").reshape(-1)
+            return src, torch.empty_like(src)
+
+        return prepare, lambda src, dst: dst.copy_(src)
 
     def copy_bandwidth(self, nbytes, repeats, dtype="float32"):
         itemsize = np.dtype(dtype).itemsize
