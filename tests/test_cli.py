@@ -112,6 +112,24 @@ def test_percent_of_copy_is_against_the_copy_timed_in_the_cells_rounds(tiny_run)
     assert all(len(v) == 1 for v in cells.values())
     assert all(h[2] == "copy GB/s" for _, h, _ in report.throughput_tables(result))
     assert "timed in the same rounds" in text
+    start = result.copy["cpu"]["start"]
+    assert start["gbps"] == start[start["best"]]
+
+
+@pytest.mark.parametrize("best", ["streamed", "threaded", "numpy"])
+def test_cell_copy_copies_the_arrays_bytes(best):
+    """The copy beside a cell copies the bytes of its input, whatever its dtype and size
+    (the copy kernels take whole float64 words: at most 7 bytes fewer)."""
+    from numbasoftmax._bench import timing
+
+    prepare, copy = timing.CpuDevice().cell_copy({"best": best})
+    a = np.arange(15, dtype=np.float16)  # 30 bytes
+    src, dst = prepare(a)
+    copy(src, dst)
+    got = dst.view(np.uint8)
+    assert 23 <= got.size <= 30 and (best == "numpy") == (got.size == 30)
+    assert np.array_equal(got, a.view(np.uint8)[:got.size])
+    assert not np.shares_memory(src, a)
 
 
 def test_percent_of_copy_falls_back_to_the_starts_copy(tmp_path, monkeypatch):

@@ -168,8 +168,9 @@ def markdown_table(header, rows):
 def _copy_rule(report, device, what):
     """What a table's "% copy" of ``device`` is against."""
     if any(r.copy_gbps for r in report.results if r.device == device):
-        return (f"\"% copy\" is against {what} timed in the same rounds as each cell's "
-                "implementations (the \"copy GB/s\" column), the start's where that failed.")
+        return (f"\"% copy\" is against {what}, timed in the same rounds as each cell's "
+                "implementations (the \"copy GB/s\" column; the start's figure where that "
+                "failed).")
     return f"\"% copy\" is against the start's {_fmt(report.copy[device]['gbps'])} GB/s."
 
 
@@ -196,7 +197,7 @@ def header_lines(report):
                 f"{_fmt(s['threaded'])} GB/s, with non-temporal stores "
                 f"{_fmt(s.get('streamed'))} GB/s at the start; {_fmt(e['numpy'])} / "
                 f"{_fmt(e['threaded'])} / {_fmt(e.get('streamed'))} GB/s at the end. "
-                + _copy_rule(report, device, "the start's fastest copy"))
+                + _copy_rule(report, device, "the kind of copy fastest at the start"))
         else:
             s, e = c["start"], c["end"]
             lines.append(f"- GPU device-to-device copy (read + write, {s['bytes'] >> 21} MiB "

@@ -232,9 +232,9 @@ class _Sweep:
         pool = result_pool(POOL_BYTES) if variant == "pool" else contextlib.nullcontext()
         with _gc_off(), pool:
             self._rounds(device, state, records, budget)
-        copy_times = state.pop(COPY, (None, None, None, []))[3]
-        cell_copy = (2 * data[dtype][0].nbytes / _median(copy_times) / 1e9 if copy_times
-                     else None)
+        _, copy_sets, _, copy_times = state.pop(COPY, (None, None, None, []))
+        cell_copy = (2 * device.nbytes(copy_sets[0][0]) / _median(copy_times) / 1e9
+                     if copy_times else None)
         for key, (_, _, _, times) in state.items():
             if key == BASELINE:
                 rec = records[ours[0]]

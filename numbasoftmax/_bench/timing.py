@@ -133,6 +133,10 @@ class CpuDevice:
         return out
 
 
+    @staticmethod
+    def nbytes(a):
+        return a.nbytes
+
     def cell_copy(self, start):
         """(prepare, copy) of the copy timed in each cell's rounds: the kind that was
         fastest at the start (``copy_bandwidth``'s "best"). prepare(a) gives a source
@@ -142,16 +146,17 @@ class CpuDevice:
         kernel = _threaded_copies().get(start.get("best"))
 
         def prepare(a):
-            src = np.array(a, copy=True).reshape(-1)
-            if kernel is not None and src.nbytes % 8 == 0:
-                src = src.view(np.float64)  # the kernels' one compiled type
+            raw = np.array(a, copy=True).reshape(-1).view(np.uint8)
+            # whole float64 words (the kernels' one compiled type): a few bytes short of
+            # a, at most
+            src = raw[:raw.size // 8 * 8].view(np.float64) if kernel else raw
             return src, np.empty_like(src)
 
         def copy(src, dst):
-            if kernel is not None and src.dtype == np.float64:
-                kernel(src, dst, numba.get_num_threads())
-            else:
+            if kernel is None:
                 np.copyto(dst, src)
+            else:
+                kernel(src, dst, numba.get_num_threads())
 
         return prepare, copy
 
@@ -254,6 +259,11 @@ class GpuDevice:
         """One sample: host seconds per call over ``count`` back-to-back calls (launches
         are asynchronous, so single calls would time only the launch)."""
         return [self.host_time(fn, args, count)]
+
+    @staticmethod
+    def nbytes(a):
+        """Bytes of a cupy array or a torch tensor."""
+        return a.numel() * a.element_size() if hasattr(a, "element_size") else a.nbytes
 
     def cell_copy(self, start):
         """(prepare, copy) of the device-to-device copy timed in each cell's rounds (see
