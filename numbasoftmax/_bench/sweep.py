@@ -257,9 +257,9 @@ class _Sweep:
         del state
 
     def _add_copy(self, device, state, x):
-        """The copy of x (bytes read and written: 2 * x.nbytes) into the cell's ``state``,
-        warmed up, its inputs rotated as the implementations' are; nothing if it fails
-        (the cell's "% of copy" then falls back to the start's copy)."""
+        """A copy of x's bytes (``cell_copy``) into the cell's ``state``, warmed up, its
+        inputs rotated as the implementations' are; nothing if it fails (the cell's "% of
+        copy" then falls back to the start's copy)."""
         prepare, copy = self.copier
         try:
             sets = [prepare(x) for _ in range(_rotation(device, 2 * x.nbytes, x.nbytes))]

@@ -132,7 +132,6 @@ class CpuDevice:
         out["bytes"] = 2 * src.nbytes
         return out
 
-
     @staticmethod
     def nbytes(a):
         return a.nbytes
