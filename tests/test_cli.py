@@ -218,6 +218,14 @@ def test_targets_evaluated_from_results_json(tiny_run, capsys):
                   if "numbasoftmax" in c and "torch" in c]
         assert rows[target.text]["worst"] == pytest.approx(min(ratios))
         assert rows[target.text]["met"] == (min(ratios) >= target.threshold)
+    # a "% of copy" target names the copy timed beside the worst cell
+    pct = next(t for t in targets.TARGETS if t.device == "cpu" and t.op == "softmax"
+               and t.kind == "pct" and t.rows == "long")
+    worst = next(r for r in result.results
+                 if (r.op, r.dtype, r.variant, r.feature, r.impl, r.n) == (
+                     "softmax", "float32", "out", "", "numbasoftmax", rows[pct.text]["at"]))
+    assert rows[pct.text]["worst"] == pytest.approx(worst.pct_copy)
+    assert f"(copy {worst.copy_gbps:.1f} GB/s, same rounds)" in rows[pct.text]["text"]
     assert targets.main([str(out / "results.json")]) == 0
     assert "| CPU |" in capsys.readouterr().out
 
