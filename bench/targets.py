@@ -109,9 +109,7 @@ def _values(target, data):
         return []
     cells = {}
     for r in data["results"]:
-        if (r["device"], r["op"], r["dtype"], r["variant"], r.get("feature", "")) == (
-                target.device, target.op, target.dtype, target.variant,
-                target.feature) and r["gbps"]:
+        if _of(target, r) and r["gbps"]:
             if target.rows == "short" and r["n"] >= 32 or target.rows == "long" and r["n"] < 32:
                 continue
             cells.setdefault(r["n"], {})[r["impl"]] = r
@@ -131,15 +129,17 @@ def _values(target, data):
     return out
 
 
+def _of(target, r):
+    """Whether results.json record ``r`` is a cell of ``target``'s table."""
+    return (r["device"], r["op"], r["dtype"], r["variant"], r.get("feature", "")) == (
+        target.device, target.op, target.dtype, target.variant, target.feature)
+
+
 def _copy_at(target, data, n):
     """The copy timed beside our cell of ``target`` at N = n (GB/s), or None (runs before
     the benchmark timed one)."""
-    for r in data["results"]:
-        if (r["device"], r["op"], r["dtype"], r["variant"], r.get("feature", ""), r["n"],
-                r["impl"]) == (target.device, target.op, target.dtype, target.variant,
-                               target.feature, n, OURS):
-            return r.get("copy_gbps")
-    return None
+    return next((r.get("copy_gbps") for r in data["results"]
+                 if _of(target, r) and (r["n"], r["impl"]) == (n, OURS)), None)
 
 
 def evaluate(data, targets=TARGETS):

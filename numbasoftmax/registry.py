@@ -43,6 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._ops import NAMES as OPS
+from ._ops import OPS as OP_TABLE
 
 
 @dataclass(frozen=True)
@@ -311,7 +312,7 @@ def _where_entries(op):
         Impl("numbasoftmax", op, "gpu", ours, role="ours", call_out=ours_out, **gpu),
         Impl("unmasked", op, "gpu", unmasked, role="baseline", call_out=unmasked_out, **gpu),
     )
-    if op not in FORM_OPS["dtype"]:  # a gradient: no peer has one under a mask
+    if OP_TABLE[op].backward:  # no peer has a masked gradient
         return ours_and_unmasked
     return ours_and_unmasked + (
         Impl("np.where+numbasoftmax", op, "cpu", np_where, call_out=np_where_out,
