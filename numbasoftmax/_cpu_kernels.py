@@ -561,7 +561,9 @@ def _nan_rows(op, a, ao, out, oo, side, r0, k, n, to):
             off = mask_offset(side, i)
             xs, ws = seg(a, i * ao, i * ao + n), seg(w, off, off + n)
             m = seg_max(_max_lanes, xs, None, ws)
-            t = seg_sum(_count_lanes, xs, None, ws) if m == -np.inf else 1.0
+            t = seg_sum(_count_lanes, xs, None, ws)  # NaN where the max left a NaN out
+            if t != t:
+                m = np.nan
             # the valid elements' count, as log_softmax's sums are: logged
             special_fill(op, m, pick(op, LOG_SOFTMAX, vlog(t), t), ws,
                          out_row(op, out, i * oo, n))

@@ -7,7 +7,9 @@ type C (float32 for float16/float32 storage, float64 for float64). A block's sum
 halving tree of its lanes (``_simd.vsum``), widened to float64; a chunk's sum is 0.0 + its
 block sums in order; a row's sum is 0.0 + its chunk sums in order (softmax: each first
 scaled by exp(chunk max - row max)). Maxima need no order: IEEE maximum is associative and
-commutative.
+commutative. A max pass may leave a NaN out (``_simd.vmax_num``, one instruction instead of
+~5): the exps of the sum's pass give NaN for it, and a chunk whose sum is NaN takes NaN for
+its max (``told_max``), as IEEE maximum would have given.
 
 Padding is free: a lane starts at +0, so it never holds -0, and adding +0 to anything but
 -0 returns it unchanged. Lanes past the end of a row (masked loads give them +0 terms) and
@@ -63,9 +65,11 @@ from ._simd import (
     holds_exact,
     to_compute,
     vadd,
+    vall,
     veq,
     vmax,
     vmax_all,
+    vmax_num,
     vmul,
     vnonzero,
     vselect,
@@ -251,7 +255,8 @@ def block_lanes(lanes, a, b, c, lo, hi):
 @njit(**INTERNAL)
 def seg_max(lanes, a, b, c):
     """The maximum of ``invoke(lanes, a, b, c, i, k)`` over a segment (padding lanes:
-    -inf). Any order gives the same maximum."""
+    -inf), NaN left out (``vmax_num``; -inf for a segment of NaN). Any order gives the same
+    maximum."""
     return vmax_all(seg_max_lanes(lanes, a, b, c))
 
 
@@ -263,13 +268,13 @@ def seg_max_lanes(lanes, a, b, c):
     acc = vsplat(NEG_INF, a)
     acc2 = acc  # two chains: a maximum does not depend on the order
     for i in range(0, full - W, 2 * W):
-        acc = vmax(acc, invoke(lanes, a, b, c, i, W))
-        acc2 = vmax(acc2, invoke(lanes, a, b, c, i + W, W))
+        acc = vmax_num(acc, invoke(lanes, a, b, c, i, W))
+        acc2 = vmax_num(acc2, invoke(lanes, a, b, c, i + W, W))
     if (full // W) % 2:
-        acc = vmax(acc, invoke(lanes, a, b, c, full - W, W))
+        acc = vmax_num(acc, invoke(lanes, a, b, c, full - W, W))
     if full < n:
-        acc2 = vmax(acc2, invoke(lanes, a, b, c, full, n - full))
-    return vmax(acc, acc2)
+        acc2 = vmax_num(acc2, invoke(lanes, a, b, c, full, n - full))
+    return vmax_num(acc, acc2)
 
 
 @njit(**INTERNAL)
@@ -333,19 +338,23 @@ def _exp_lanes(f, a, b, c, i, k):
 
 @kernel_fn
 def _inf_lanes(f, a, b, c, i, k):
-    """(weight *) inf at the valid +inf elements of x = a, else +0, for a chunk whose max
-    is +inf; c = (w, wts). Finite elements add nothing to such a sum."""
+    """(weight *) inf at the valid +inf elements of x = a, NaN at its NaN (which the max
+    pass may have left out), else +0, for a chunk whose max is +inf; c = (w, wts). Finite
+    elements add nothing to such a sum."""
     w, wts = c
-    e = vselect(veq(vload(a, i, k, 0.0), math.inf), weigh(vsplat(math.inf, a), wts, i, k), 0.0)
-    return keep(valid(wts, w, i, k), e, 0.0)
+    x = vload(a, i, k, 0.0)
+    e = vselect(veq(x, math.inf), weigh(vsplat(math.inf, a), wts, i, k), 0.0)
+    return keep(valid(wts, w, i, k), vselect(veq(x, x), e, x), 0.0)
 
 
 @kernel_fn
 def _count_lanes(f, a, b, c, i, k):
-    """1 where mask c is set, else 0 (zeros kept in ``b`` unless it is None)."""
+    """1 where mask c is set (NaN where x = a is NaN there: the max pass may have left it
+    out), else 0 (zeros kept in ``b`` unless it is None)."""
     if b is not None:
         vstore(b, i, k, vsplat(0.0, b))
-    return keep(valid(None, c, i, k), vsplat(1.0, a), 0.0)
+    x = vload(a, i, k, 0.0)
+    return keep(valid(None, c, i, k), vselect(veq(x, x), 1.0, x), 0.0)
 
 
 @kernel_fn
@@ -521,16 +530,34 @@ def _exp_sums_of_impl(a, w, out, es, cm, red):
     if _rereads(w, not isinstance(es, types.NoneType)):
         def reading(a, w, out, es, cm, red):  # x (and the mask) in both passes
             if w is not None and cm == NEG_INF:
-                return np.float64(cm), seg_total(red, _count_lanes, a, es, w)
+                return told_max(cm, seg_total(red, _count_lanes, a, es, w))
             shift = cm if cm != NEG_INF else to_compute(0.0, a)
-            return np.float64(cm), seg_total(red, _exp_lanes, a, es, (shift, w, None))
+            return told_max(cm, seg_total(red, _exp_lanes, a, es, (shift, w, None)))
         return reading
 
     def keeping(a, w, out, es, cm, red):
         if cm == NEG_INF:
-            return np.float64(cm), seg_total(red, _count_lanes, a, es, w)
-        return np.float64(cm), seg_total(red, _exp_lanes, out, es, (cm, None, None))
+            return told_max(cm, seg_total(red, _count_lanes, a, es, w))
+        return told_max(cm, seg_total(red, _exp_lanes, out, es, (cm, None, None)))
     return keeping
+
+
+def told_max(cm, s):
+    """(chunk max in float64, ``s``): a chunk's statistics from its max pass's ``cm`` and
+    its sum ``s`` (``seg_total``'s, either form). A NaN sum takes NaN for the max: the
+    sum's terms are NaN at the NaN elements the max pass may have left out (``vmax_num``),
+    and a +inf max gives NaN exps or terms too, whose row is NaN all the same (logsumexp's
+    +inf chunks give NaN only where there is a NaN, ``_inf_lanes``)."""
+
+
+@overload(told_max, jit_options=INLINE)
+def _told_max_impl(cm, s):
+    if isinstance(s, types.BaseTuple):  # (head, the last block's lanes)
+        def lanes(cm, s):
+            nan = s[0] != s[0] or not vall(veq(s[1], s[1]))
+            return (NAN if nan else np.float64(cm)), s
+        return lanes
+    return lambda cm, s: ((NAN if s != s else np.float64(cm)), s)
 
 
 @intrinsic
@@ -556,9 +583,9 @@ def _lse_sums(op, a, b, w, out, cm, red):
     weight * inf over its +inf elements: +-inf, or NaN where the weights there differ in
     sign (or one is NaN)."""
     if cm == math.inf:
-        return np.float64(cm), seg_total(red, _inf_lanes, a, None, (w, b))
+        return told_max(cm, seg_total(red, _inf_lanes, a, None, (w, b)))
     shift = cm if cm != NEG_INF else to_compute(0.0, a)
-    return np.float64(cm), seg_total(red, _exp_lanes, a, None, (shift, w, b))
+    return told_max(cm, seg_total(red, _exp_lanes, a, None, (shift, w, b)))
 
 
 def _max_and_total(op, cmax, csum, r):

@@ -13,15 +13,27 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from ._simd import _I64, W, _call, _const, _ctype_of, _intrinsic1, _intrinsic2, _suffix
+from ._simd import (
+    _I64,
+    W,
+    _call,
+    _const,
+    _ctype_of,
+    _intrinsic1,
+    _intrinsic2,
+    _suffix,
+    has_feature,
+    per_zmm,
+)
 
 # ---------------------------------------------------------------------------------------
 # exp: t = k ln2 + r with |r| <= ln2/2, a Taylor polynomial in r by fused multiply-adds,
 # 2^k built from exponent bits. The argument is clamped with maxnum/minnum first, so a NaN
-# never reaches the float -> int conversion (which would be poison in LLVM). Results below
-# the smallest normal number are 0 (an absolute error under 1.2e-38 / 2.3e-308); above the
-# largest finite one, inf; NaN stays NaN. The same IR serves scalars and vectors, so a
-# scalar exp and any lane of a vector exp agree bit for bit.
+# never reaches the float -> int conversion (which would be poison in LLVM; where vectors
+# scale by ``vscalef`` there is no conversion, and ``vexp_nonpos`` lets a NaN through).
+# Results below the smallest normal number are 0 (an absolute error under 1.2e-38 /
+# 2.3e-308); above the largest finite one, inf; NaN stays NaN. Scalars and vectors take the
+# same steps, so a scalar exp and any lane of a vector exp agree bit for bit.
 
 _LOG2E = 1.4426950408889634
 # ln 2 split so that k * hi is exact: float32 ...; float64 fdlibm's split
@@ -55,36 +67,31 @@ def _scale(context, builder, p, k, ctype):
     the product is a normal number, so it is exact. Where numba compiles for AVX-512,
     vectors take ``vscalefps/pd``, one instruction instead of four (2**k built from
     exponent bits, then a multiply): 3-12 % of an in-cache softmax; the same bits."""
-    if isinstance(p.type, ir.VectorType) and _has_avx512(context):
-        kind, lanes = ("ps", 16) if ctype == types.float32 else ("pd", 8)
-        mty, i32 = ir.IntType(lanes), ir.IntType(32)
-        parts = []
-        for lo in range(0, W, lanes):  # float64: two 8-lane halves
-            pick = ir.Constant(ir.VectorType(i32, lanes), list(range(lo, lo + lanes)))
-            a, b = ((p, k) if lanes == W else
-                    (builder.shuffle_vector(p, p, pick), builder.shuffle_vector(k, k, pick)))
+    if isinstance(p.type, ir.VectorType) and has_feature(context, "avx512f"):
+        kind = "ps" if ctype == types.float32 else "pd"
+
+        def scalef(a, b):
             # (a, b, passthrough, lane mask: all, rounding: the current mode)
-            parts.append(_call(builder, f"llvm.x86.avx512.mask.scalef.{kind}.512",
-                               [a, b, a, ir.Constant(mty, -1), ir.Constant(i32, 4)]))
-        if len(parts) == 1:
-            return parts[0]
-        return builder.shuffle_vector(*parts, ir.Constant(ir.VectorType(i32, W), list(range(W))))
+            return _call(builder, f"llvm.x86.avx512.mask.scalef.{kind}.512",
+                         [a, b, a, ir.Constant(ir.IntType(a.type.count), -1),
+                          ir.Constant(ir.IntType(32), 4)])
+
+        return per_zmm(builder, (p, k), scalef)
     return builder.fmul(p, _exp2_int(builder, k, ctype))
 
 
-def _has_avx512(context):
-    """Whether numba's target machine has AVX-512 (its feature string, which also honours
-    ``NUMBA_CPU_FEATURES``; numba keys its disk cache on it)."""
-    features = getattr(context.codegen(), "_tm_features", "") or ""
-    return "+avx512f" in features.split(",")
-
-
 def emit_exp(context, builder, t, ctype, nonpos):
-    """exp(t) in ``ctype``; ``nonpos``: t <= 0 is promised (or t is NaN, the result then
-    unspecified), which drops the upper clamp and the inf/NaN selects."""
+    """exp(t) in ``ctype``; ``nonpos``: t <= 0 or NaN is promised, which drops the upper
+    clamp and the inf select."""
     ty = t.type
     lo, hi = _RANGE[ctype]
-    tc = _intrinsic2(builder, "maxnum", t, _const(ty, lo))
+    # vectors scaled by vscalef (``_scale``) take k as a float, never converted to int: a
+    # NaN may then pass the lower clamp and stay NaN through every step
+    nan_passes = nonpos and isinstance(ty, ir.VectorType) and has_feature(context, "avx512f")
+    if nan_passes:
+        tc = builder.select(builder.fcmp_ordered("<", t, _const(ty, lo)), _const(ty, lo), t)
+    else:
+        tc = _intrinsic2(builder, "maxnum", t, _const(ty, lo))
     if not nonpos:
         tc = _intrinsic2(builder, "minnum", tc, _const(ty, hi))
     k = _intrinsic1(builder, "rint", builder.fmul(tc, _const(ty, _LOG2E)))
@@ -100,6 +107,7 @@ def emit_exp(context, builder, t, ctype, nonpos):
     if not nonpos:
         res = builder.select(builder.fcmp_ordered(">", t, _const(ty, hi)),
                              _const(ty, math.inf), res)
+    if not nan_passes:
         res = builder.select(builder.fcmp_unordered("uno", t, t), t, res)
     return res
 
@@ -122,7 +130,9 @@ def _exp_intrinsic(nonpos):
 vexp = _exp_intrinsic(nonpos=False)
 vexp.__doc__ = "exp of every lane (or of a float scalar): at most ~2 ulp off."
 vexp_nonpos = _exp_intrinsic(nonpos=True)
-vexp_nonpos.__doc__ = "``vexp`` for arguments <= 0 (x - max): the same bits, fewer operations."
+vexp_nonpos.__doc__ = """``vexp`` for arguments <= 0 (x - max) or NaN: the same bits, fewer
+operations. A NaN gives NaN: a max pass may leave a NaN out (``_simd.vmax_num``), and the sum
+of these exps tells it."""
 
 
 # ---------------------------------------------------------------------------------------
