@@ -27,7 +27,7 @@ from ._simd import (
 )
 
 # ---------------------------------------------------------------------------------------
-# exp: t = k ln2 + r with |r| <= ln2/2, a Taylor polynomial in r by fused multiply-adds,
+# exp: t = k ln2 + r with |r| <= ln2/2, a polynomial in r by fused multiply-adds,
 # 2^k built from exponent bits. The argument is clamped with maxnum/minnum first, so a NaN
 # never reaches the float -> int conversion (which would be poison in LLVM; where vectors
 # scale by ``vscalef`` there is no conversion, and ``vexp_nonpos`` lets a NaN through).
@@ -40,10 +40,19 @@ _LOG2E = 1.4426950408889634
 _LN2 = {types.float32: (0.693359375, -2.12194440e-4),
         types.float64: (0.6931471803691238, 1.9082149292705877e-10)}
 _RANGE = {types.float32: (-87.33, 88.37), types.float64: (-708.39, 709.0)}
-# 1/7! .. 1/0! for float32 (truncation error < 6e-9 relative on |r| <= ln2/2);
-# 1/13! .. 1/0! for float64
-_TAYLOR = {types.float32: [1.0 / math.factorial(i) for i in range(7, -1, -1)],
-           types.float64: [1.0 / math.factorial(i) for i in range(13, -1, -1)]}
+# The polynomial, highest degree first: 1 + r + c2 r^2 + ... with c2.. the minimax fit of
+# exp's relative error on |r| <= ln2/2 (Remez, 40 digits): degree 6 for float32 (3.1e-9,
+# against 5.3e-9 for the degree-7 Taylor polynomial), 11 for float64 (3.6e-18). One and two
+# fused multiply-adds fewer than Taylor's for the same accuracy: the exp pass is bound by
+# them. Its constant terms 1, 1 keep exp(0) exactly 1.
+_POLY = {
+    types.float32: [0.0013814613121415032, 0.00836870989145493, 0.041668387367783825,
+                    0.1666652068927879, 0.4999999345167114, 1.0, 1.0],
+    types.float64: [2.5000072190215835e-08, 2.7630234052893854e-07, 2.755758626743288e-06,
+                    2.4801493135841673e-05, 0.00019841269506777747, 0.0013888888943597998,
+                    0.008333333333494335, 0.041666666666530267, 0.16666666666666413,
+                    0.5000000000000011, 1.0, 1.0],
+}
 
 
 def _exp2_int(builder, k, ctype):
@@ -98,7 +107,7 @@ def emit_exp(context, builder, t, ctype, nonpos):
     ln2_hi, ln2_lo = _LN2[ctype]
     r = _call(builder, f"llvm.fma.{_suffix(ty)}", [k, _const(ty, -ln2_hi), tc])
     r = _call(builder, f"llvm.fma.{_suffix(ty)}", [k, _const(ty, -ln2_lo), r])
-    coeffs = _TAYLOR[ctype]
+    coeffs = _POLY[ctype]
     p = _const(ty, coeffs[0])
     for c in coeffs[1:]:
         p = _call(builder, f"llvm.fma.{_suffix(ty)}", [p, r, _const(ty, c)])
@@ -128,7 +137,8 @@ def _exp_intrinsic(nonpos):
 
 
 vexp = _exp_intrinsic(nonpos=False)
-vexp.__doc__ = "exp of every lane (or of a float scalar): at most ~2 ulp off."
+vexp.__doc__ = """exp of every lane (or of a float scalar): under 1 ulp off (0.88 / 0.90 ulp the
+largest error measured, float32 / float64)."""
 vexp_nonpos = _exp_intrinsic(nonpos=True)
 vexp_nonpos.__doc__ = """``vexp`` for arguments <= 0 (x - max) or NaN: the same bits, fewer
 operations. A NaN gives NaN: a max pass may leave a NaN out (``_simd.vmax_num``), and the sum

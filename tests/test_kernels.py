@@ -421,6 +421,34 @@ def test_exp_of_zero_is_one():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_exp_within_one_ulp(dtype):
+    """exp (its minimax polynomial, README) is under 1 ulp from the exact value over the
+    whole range of normal results, against numpy's exp in a wider type."""
+    from numba import njit
+
+    from numbasoftmax._vmath import vexp
+
+    wide = np.float64 if dtype == np.float32 else np.longdouble
+    if np.finfo(wide).nmant < np.finfo(dtype).nmant + 8:
+        pytest.skip("no wider float type for the reference")
+
+    @njit
+    def exps(x, out):
+        for i in range(x.shape[0]):
+            out[i] = vexp(x[i])
+
+    lo, hi = (-87.0, 88.0) if dtype == np.float32 else (-708.0, 709.0)
+    rng = np.random.default_rng(3)
+    x = np.concatenate([rng.uniform(lo, hi, 1 << 18), rng.uniform(-1, 1, 1 << 16)])
+    x = x.astype(dtype)
+    got = np.empty_like(x)
+    exps(x, got)
+    exact = np.exp(x.astype(wide))
+    ulps = np.abs(got.astype(wide) - exact) / np.spacing(exact.astype(dtype)).astype(wide)
+    assert ulps.max() < 1.0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_vector_exp_lanes_are_the_scalar_exp(dtype):
     """A lane of a vector exp has the bits of the scalar exp of its element, over the whole
     exponent range (vectors scale by 2**k with vscalef where numba compiles for AVX-512,
