@@ -54,6 +54,7 @@ from ._simd import (
     visfinite,
     vlt,
     vmax,
+    vmax_num,
     vmul,
     vnarrow,
     vnonzero,
@@ -63,7 +64,7 @@ from ._simd import (
     vwiden,
 )
 from ._vmath import vexp, vexp_nonpos, vlog
-from ._vmem import vload, vprefetch, vstore, vstream
+from ._vmem import vand, vload, vprefetch, vstore, vstream
 
 # A band read in place along a strided axis visits each memory row for its nt * W elements
 # only, too short a run for the hardware prefetchers (which follow runs within a page), so
@@ -373,6 +374,7 @@ def _lse_write(op, a, b, out, nt, lo, hi, S, c, nc, V, stream):
         m = vload(S, (2 * nc * nt + t) * W, W, 0.0)
         total = vselect(veq(m, m), vload(S, ((2 * nc + 1) * nt + t) * W, W, 0.0), NAN)
         value = vadd(m, vlog(vabs(total)))
+        value = vselect(veq(value, value), value, NAN)  # one NaN pattern, as the row kernel
         if same(op, LOGSUMEXP_SIGN):
             sign = vselect(vlt(0.0, total), 1.0, vselect(vlt(total, 0.0), -1.0,
                                                         vselect(veq(total, 0.0), vsplat(0.0, total),
@@ -571,16 +573,17 @@ def _tile_sum(t, n):
 
 @njit(**INTERNAL)
 def _tile_max(t, n):
-    """The maximum of a tile's n vectors, in two chains (maximum() is exact and order-free,
-    as in ``_band_max``, and takes several instructions: one chain would wait on each)."""
+    """The maximum of a tile's n vectors, NaN left out (``vmax_num``; ``_forward_tile``
+    tells a NaN by its row's sum), in two chains (the maximum is exact and order-free, as
+    in ``_band_max``: one chain would wait on each step)."""
     m0 = vsplat(NEG_INF, t)
     m1 = m0
     for j in range(0, n - 1, 2):
-        m0 = vmax(m0, vload(t, j * W, W, 0.0))
-        m1 = vmax(m1, vload(t, (j + 1) * W, W, 0.0))
+        m0 = vmax_num(m0, vload(t, j * W, W, 0.0))
+        m1 = vmax_num(m1, vload(t, (j + 1) * W, W, 0.0))
     if n % 2:
-        m0 = vmax(m0, vload(t, (n - 1) * W, W, 0.0))
-    return vmax(m0, m1)
+        m0 = vmax_num(m0, vload(t, (n - 1) * W, W, 0.0))
+    return vmax_num(m0, m1)
 
 
 @njit(**INTERNAL)
@@ -610,7 +613,7 @@ def _store_first(t, n, v0, v1, v2, v3, v4, v5, v6, v7):
 @njit(**INTERNAL)
 def _max_if(a, b, both):
     if both:
-        return vmax(a, b)
+        return vmax_num(a, b)
     return a
 
 
@@ -661,7 +664,9 @@ def _forward_tile(op, ta, tb, to, n, S, T, V):
     else:
         raise ValueError("the softmax functions' tiles take rows of at most "
                          "TILE_ROW_MAX elements")
-    ok = visfinite(cm)  # visfinite(m) of the write phases: m is cm widened
+    # visfinite(m) of the write phases (m is cm widened), and a sum that is not NaN: the
+    # max leaves a NaN out, whose exp is NaN (``_row_kernel.told_max``)
+    ok = vand(visfinite(cm), veq(total, total))
     if same(op, LOG_SOFTMAX):
         lt = vnarrow(vlog(total), ta)  # the shift of the write phase, narrow(m), is cm
         for j in range(n):

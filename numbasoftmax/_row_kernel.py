@@ -726,11 +726,14 @@ def _log_softmax_write(op, a, b, w, out, cmax, m, t, stream):
 
 def _logsumexp_write(op, a, b, w, out, cmax, m, t, stream):
     """The row's value m + log|t| (and the sign of t) from the first chunk: NaN for t < 0
-    without the sign, -inf for t = 0 (no valid element, or terms that cancel)."""
+    without the sign, -inf for t = 0 (no valid element, or terms that cancel). A NaN value
+    is ``NAN`` itself, whichever NaN the input held (the special rows' pattern)."""
     if out.shape[0]:
-        if m != m:  # a NaN max: the sum is unspecified (exp of NaN), the row NaN
+        if m != m:  # a NaN max (``told_max``): the row NaN
             t = NAN
         value = m + vlog(abs(t))
+        if value != value:
+            value = NAN
         if same(op, LOGSUMEXP_SIGN):
             sign = 1.0 if t > 0 else (-1.0 if t < 0 else (0.0 if t == 0 else NAN))
             vstore(out, 0, 2, vwith_lane(vsplat(value, out), 1, sign))

@@ -156,35 +156,37 @@ def test_all_neginf_row_gives_nan_row(op, dtype, n):
     assert np.isfinite(got[0]).all()
 
 
-# A max pass may leave a NaN out, and the sum's pass then tells it (``_row_kernel``). The
-# NaN at the places a max pass takes elements in its two chains and its tail (first, second
-# vector, last element: in a row's last chunk for the longest rows), beside +inf or in a row
-# otherwise all -inf, with and without a mask.
+# A max pass may leave a NaN out, and the sum's pass then tells it (``_row_kernel``; the lane
+# kernel's tiles for short rows likewise). The NaN at the places a max pass takes elements
+# in its two chains and its tail (first, second vector, last element: in a row's last chunk
+# for the longest rows), beside +inf or in a row otherwise all -inf, with and without a
+# mask; rows of 5 and 20 take the lane kernel's tiles (in registers, in loops).
 @pytest.mark.parametrize("masked", [False, True], ids=["unmasked", "masked"])
 @pytest.mark.parametrize("at", ["first", "second_vector", "last"])
 @pytest.mark.parametrize("beside", ["finite", "posinf", "neginf"])
-@pytest.mark.parametrize("n", [37, 1000, 20000], ids=lambda n: f"n{n}")
+@pytest.mark.parametrize("n", [5, 20, 37, 1000, 20000], ids=lambda n: f"n{n}")
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=_dtype_id)
 @pytest.mark.parametrize("op", FORWARD_OPS + ("logsumexp",))
 def test_nan_beside_any_max_gives_nan_row(op, dtype, n, beside, at, masked):
     rng = np.random.default_rng(n)
     x = rng.standard_normal((3, n)).astype(dtype)
-    pos = {"first": 0, "second_vector": 19, "last": n - 1}[at]
+    pos = {"first": 0, "second_vector": min(19, n - 2), "last": n - 1}[at]
     if beside == "neginf":
         x[1] = -np.inf
     elif beside == "posinf":
         x[1, n // 2] = np.inf
-    x[1, pos] = np.nan
+    x[1, pos] = -np.float64(np.nan)  # a NaN of another bit pattern than numpy's nan
     where = None
     if masked:
         where = rng.random((3, n)) < 0.7
         where[1, [pos, n // 2]] = True
     got = getattr(numbasoftmax, op)(x, axis=-1, where=where)
     valid = np.ones((3, n), bool) if where is None else where
+    nan = bits(np.array(np.nan, got.dtype))  # every NaN output has this one pattern
     if op == "logsumexp":
-        assert np.isnan(got[1]) and np.isfinite(got[[0, 2]]).all()
+        assert bits(got[1]) == nan and np.isfinite(got[[0, 2]]).all()
         return
-    assert np.isnan(got[1][valid[1]]).all()
+    assert (bits(got[1][valid[1]]) == nan).all()
     assert (got[1][~valid[1]] == (0 if op == "softmax" else -np.inf)).all()
     assert not np.isnan(got[[0, 2]]).any()
 
