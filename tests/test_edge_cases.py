@@ -191,6 +191,26 @@ def test_nan_beside_any_max_gives_nan_row(op, dtype, n, beside, at, masked):
     assert not np.isnan(got[[0, 2]]).any()
 
 
+@pytest.mark.parametrize("beside", ["finite", "posinf", "neginf"])
+@pytest.mark.parametrize("n", [37, 20000], ids=lambda n: f"n{n}")
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=_dtype_id)
+@pytest.mark.parametrize("op", FORWARD_OPS + ("logsumexp",))
+def test_nan_beside_any_max_along_a_strided_axis(op, dtype, n, beside):
+    """As above along axis 0 of a C-ordered array (the lane kernel's bands): the bits of
+    the same rows along the last axis, NaN rows with numpy's NaN pattern."""
+    rng = np.random.default_rng(n)
+    x = rng.standard_normal((40, n)).astype(dtype)
+    if beside == "neginf":
+        x[1] = -np.inf
+    elif beside == "posinf":
+        x[1, n // 2] = np.inf
+    x[1, 19] = -np.float64(np.nan)
+    f = getattr(numbasoftmax, op)
+    got = f(np.ascontiguousarray(x.T), axis=0)
+    assert_bitwise_equal(got.T, f(x, axis=-1))
+    assert (bits(got.T[1]) == bits(np.array(np.nan, got.dtype))).all()
+
+
 @pytest.mark.parametrize("n", [9, 8193, 40000], ids=lambda n: f"n{n}")
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=_dtype_id)
 def test_neginf_among_finite(dtype, n):
