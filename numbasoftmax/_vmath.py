@@ -71,12 +71,18 @@ def _exp2_int(builder, k, ctype):
     return builder.bitcast(bits, k.type)
 
 
+def _by_scalef(context, ty):
+    """Whether exp's values of LLVM type ``ty`` scale by ``vscalefps/pd`` (``_scale``):
+    vectors, where numba compiles for AVX-512."""
+    return isinstance(ty, ir.VectorType) and has_feature(context, "avx512f")
+
+
 def _scale(context, builder, p, k, ctype):
     """p * 2**k for exp's p (1/sqrt(2) <= p <= sqrt(2)) and integral k: with exp's clamp
     the product is a normal number, so it is exact. Where numba compiles for AVX-512,
     vectors take ``vscalefps/pd``, one instruction instead of four (2**k built from
     exponent bits, then a multiply): 3-12 % of an in-cache softmax; the same bits."""
-    if isinstance(p.type, ir.VectorType) and has_feature(context, "avx512f"):
+    if _by_scalef(context, p.type):
         kind = "ps" if ctype == types.float32 else "pd"
 
         def scalef(a, b):
@@ -94,9 +100,9 @@ def emit_exp(context, builder, t, ctype, nonpos):
     clamp and the inf select."""
     ty = t.type
     lo, hi = _RANGE[ctype]
-    # vectors scaled by vscalef (``_scale``) take k as a float, never converted to int: a
-    # NaN may then pass the lower clamp and stay NaN through every step
-    nan_passes = nonpos and isinstance(ty, ir.VectorType) and has_feature(context, "avx512f")
+    # vectors scaled by vscalef take k as a float, never converted to int: a NaN may then
+    # pass the lower clamp and stay NaN through every step
+    nan_passes = nonpos and _by_scalef(context, ty)
     if nan_passes:
         tc = builder.select(builder.fcmp_ordered("<", t, _const(ty, lo)), _const(ty, lo), t)
     else:

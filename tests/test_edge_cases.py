@@ -161,6 +161,23 @@ def test_all_neginf_row_gives_nan_row(op, dtype, n):
 # in its two chains and its tail (first, second vector, last element: in a row's last chunk
 # for the longest rows), beside +inf or in a row otherwise all -inf, with and without a
 # mask; rows of 5 and 20 take the lane kernel's tiles (in registers, in loops).
+def _nan_beside(rng, dtype, m, n, beside, pos):
+    """m random rows of n; row 1 holds a NaN of another bit pattern than numpy's nan at
+    ``pos``, beside +inf (``beside`` "posinf") or -inf everywhere else ("neginf")."""
+    x = rng.standard_normal((m, n)).astype(dtype)
+    if beside == "neginf":
+        x[1] = -np.inf
+    elif beside == "posinf":
+        x[1, n // 2] = np.inf
+    x[1, pos] = -np.float64(np.nan)
+    return x
+
+
+def _nan_bits(dtype):
+    """numpy's NaN pattern: every NaN result has it."""
+    return bits(np.array(np.nan, dtype))
+
+
 @pytest.mark.parametrize("masked", [False, True], ids=["unmasked", "masked"])
 @pytest.mark.parametrize("at", ["first", "second_vector", "last"])
 @pytest.mark.parametrize("beside", ["finite", "posinf", "neginf"])
@@ -169,20 +186,15 @@ def test_all_neginf_row_gives_nan_row(op, dtype, n):
 @pytest.mark.parametrize("op", FORWARD_OPS + ("logsumexp",))
 def test_nan_beside_any_max_gives_nan_row(op, dtype, n, beside, at, masked):
     rng = np.random.default_rng(n)
-    x = rng.standard_normal((3, n)).astype(dtype)
     pos = {"first": 0, "second_vector": min(19, n - 2), "last": n - 1}[at]
-    if beside == "neginf":
-        x[1] = -np.inf
-    elif beside == "posinf":
-        x[1, n // 2] = np.inf
-    x[1, pos] = -np.float64(np.nan)  # a NaN of another bit pattern than numpy's nan
+    x = _nan_beside(rng, dtype, 3, n, beside, pos)
     where = None
     if masked:
         where = rng.random((3, n)) < 0.7
         where[1, [pos, n // 2]] = True
     got = getattr(numbasoftmax, op)(x, axis=-1, where=where)
     valid = np.ones((3, n), bool) if where is None else where
-    nan = bits(np.array(np.nan, got.dtype))  # every NaN output has this one pattern
+    nan = _nan_bits(got.dtype)
     if op == "logsumexp":
         assert bits(got[1]) == nan and np.isfinite(got[[0, 2]]).all()
         return
@@ -198,17 +210,11 @@ def test_nan_beside_any_max_gives_nan_row(op, dtype, n, beside, at, masked):
 def test_nan_beside_any_max_along_a_strided_axis(op, dtype, n, beside):
     """As above along axis 0 of a C-ordered array (the lane kernel's bands): the bits of
     the same rows along the last axis, NaN rows with numpy's NaN pattern."""
-    rng = np.random.default_rng(n)
-    x = rng.standard_normal((40, n)).astype(dtype)
-    if beside == "neginf":
-        x[1] = -np.inf
-    elif beside == "posinf":
-        x[1, n // 2] = np.inf
-    x[1, 19] = -np.float64(np.nan)
+    x = _nan_beside(np.random.default_rng(n), dtype, 40, n, beside, 19)
     f = getattr(numbasoftmax, op)
     got = f(np.ascontiguousarray(x.T), axis=0)
     assert_bitwise_equal(got.T, f(x, axis=-1))
-    assert (bits(got.T[1]) == bits(np.array(np.nan, got.dtype))).all()
+    assert (bits(got.T[1]) == _nan_bits(got.dtype)).all()
 
 
 @pytest.mark.parametrize("n", [9, 8193, 40000], ids=lambda n: f"n{n}")
