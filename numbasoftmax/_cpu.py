@@ -172,19 +172,12 @@ def _load_kernels():
 def _parallel(kernel, args):
     if not _layer_checked:
         _launch_pool()
-    # Tasks are handed out one at a time instead of split evenly up front: when another
-    # process holds a core, an even split waits for the descheduled thread (a 1 MiB softmax
-    # went from 0.2 ms to 8 ms). A task is a group of whole rows, W rows or a chunk of a row
-    # (thousands of elements, see _cpu_kernels), so the extra atomics cost nothing measurable.
-    previous = numba.set_parallel_chunksize(1)
-    try:
-        if _serialize_lock is None:
+    # the loops hand their tasks out one at a time (``_serial_call.handed_out_one_at_a_time``)
+    if _serialize_lock is None:
+        kernel(*args)
+    else:
+        with _serialize_lock:
             kernel(*args)
-        else:
-            with _serialize_lock:
-                kernel(*args)
-    finally:
-        numba.set_parallel_chunksize(previous)
 
 
 # op name -> (marker, shortest row the row kernel runs, shortest row it runs a row at a time,

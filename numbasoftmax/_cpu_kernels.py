@@ -68,7 +68,12 @@ from ._row_kernel import (
     unlogged,
     write,
 )
-from ._serial_call import ParallelDriver, call_address
+from ._serial_call import (
+    ParallelDriver,
+    call_address,
+    chunk_size_back,
+    handed_out_one_at_a_time,
+)
 from ._simd import (
     ALL,
     TREE_ROWS,
@@ -783,9 +788,11 @@ ANY_OP = Marker("any operation")
 
 @njit(**_PARALLEL)
 def _tasks(serial, total, per, a, ao, an, b, bo, bn, out, oo, on, M, n, C, x, y):
+    previous = handed_out_one_at_a_time()
     for t in prange((total + per - 1) // per):
         lo, hi = np.int64(t * per), np.int64(min(total, (t + 1) * per))
         call_address(serial, (ANY_OP, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, x, y))
+    chunk_size_back(previous)
 
 
 rows_parallel = ParallelDriver(rows, _tasks, _row_tasks)
@@ -817,6 +824,7 @@ def chunks_parallel(op, a, ao, an, b, bo, bn, out, oo, on, M, n, C, side, stream
     nc = ((n + CHUNK - 1) // CHUNK)
     st = empty((M, 2, nc), np.float64)
     fin = empty((M, 2), np.float64)
+    previous = handed_out_one_at_a_time()
     for t in prange(M * nc):
         _chunk_phase(op, a, ao, b, bo, out, oo, n, side, t // nc, t % nc, st, fin, False,
                      stream)
@@ -825,6 +833,7 @@ def chunks_parallel(op, a, ao, an, b, bo, bn, out, oo, on, M, n, C, side, stream
     for t in prange(M * nc):
         _chunk_phase(op, a, ao, b, bo, out, oo, n, side, t // nc, t % nc, st, fin, True,
                      stream)
+    chunk_size_back(previous)
 
 
 # ---------------------------------------------------------------------------------------
@@ -924,8 +933,10 @@ TILE = 64
 @njit(cache=CACHE, nogil=True, parallel=True)
 def copy2d(src, dst):
     m, n = src.shape
+    previous = handed_out_one_at_a_time()
     for bi in prange((m + TILE - 1) // TILE):
         for bj in range(0, n, TILE):
             for i in range(bi * TILE, min(m, (bi + 1) * TILE)):
                 for j in range(bj, min(n, bj + TILE)):
                     dst[i, j] = src[i, j]
+    chunk_size_back(previous)

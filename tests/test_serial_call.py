@@ -129,3 +129,47 @@ def test_one_loop_serves_every_operation():
         results[op] = out
     assert not np.array_equal(results["softmax"], results["log_softmax"])
     assert loops[1] == loops[0]
+
+
+def test_the_loops_hand_out_their_tasks_one_at_a_time():
+    """Inside a compiled function the chunk size is 1 between the two calls, then the
+    caller's again; the caller's own setting outlives a parallel driver's call."""
+    from numbasoftmax import _cpu
+
+    _cpu._launch_pool()  # numba registers the chunk-size functions with its thread pool
+
+    @numba.njit
+    def sizes():
+        previous = S.handed_out_one_at_a_time()
+        during = numba.get_parallel_chunksize()
+        S.chunk_size_back(previous)
+        return previous, during, numba.get_parallel_chunksize()
+
+    before = numba.set_parallel_chunksize(7)
+    try:
+        assert sizes() == (7, 1, 7)
+        x = np.random.default_rng(3).standard_normal((64, 512)).astype(np.float32)
+        out = np.empty_like(x)
+        K.grouped_rows_parallel(K.OPS["softmax"], x.ravel(), 512, 1, x.ravel(), 512, 1,
+                                out.ravel(), 512, 1, 64, 512, 1, None, False)
+        assert numba.get_parallel_chunksize() == 7
+    finally:
+        numba.set_parallel_chunksize(before)
+
+
+def test_later_calls_of_a_driver_run_the_code_for_their_own_types():
+    """After its first call for given types, a parallel driver calls the loop's compiled
+    entry for them directly: arguments of other types, alternating, still reach their own
+    code and give the serial driver's bits."""
+    rng = np.random.default_rng(4)
+    m, n = 48, 512
+    y = rng.random(m * n).astype(np.float32)
+    dy = rng.standard_normal(m * n).astype(np.float32)
+    expected = np.empty(m * n, np.float32)
+    K.rows(K.OPS["softmax_backward"], y, n, 1, dy, n, 1, expected, n, 1, 0, m, n, 1, None,
+           False)
+    for a in (y, _readonly(y), y, _readonly(y), y[::-1].copy()[::-1]):
+        got = np.empty(m * n, np.float32)
+        K.rows_parallel(K.OPS["softmax_backward"], a, n, 1, dy, n, 1, got, n, 1, m, n, 1,
+                        None, False)
+        assert got.tobytes() == expected.tobytes()
