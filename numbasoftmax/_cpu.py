@@ -50,16 +50,27 @@ STREAM_MIN_ROW_BYTES = 2048
 # None: never). Time with plain stores / time streamed under the rule above, 2^24
 # elements, 2 threads, median of 31 alternating pairs per process, three processes: rows
 # of 2 / 4 / 8 / 16 KiB: log_softmax float32 - / 0.89-1.11 / 0.94-1.26 / 1.03-1.18,
-# float64 - / 0.86-0.91 / 1.02-1.11 / 1.10-1.20; softmax_backward float32 0.85-1.04 /
-# 1.16-1.23 / 1.13-1.41, float64 0.83-0.87 / 1.04-1.18 / 1.10-1.25; log_softmax_backward
-# float32 at 16 / 64 / 256 KiB / 1 MiB 0.94-1.02 / 1.05-1.07 / 0.97-1.03 / 0.89-0.93,
-# float64 at 64 KiB / 256 KiB / 1 MiB 0.99-1.05 / 0.98-1.03 / 0.95-1.00. float16, two
-# processes of 15 pairs at 2-256 KiB: 0.69-0.99 in all three (its conversions bound it).
+# float64 - / 0.86-0.91 / 1.02-1.11 / 1.10-1.20. float16, two processes of 15 pairs at
+# 2-256 KiB: 0.69-0.99 in all three operations measured (its conversions bound it);
+# softmax_backward float32 0.85-1.04 / 1.16-1.23 / 1.13-1.41, float64 0.83-0.87 /
+# 1.04-1.18 / 1.10-1.25; log_softmax_backward float32 at 16 / 64 / 256 KiB / 1 MiB
+# 0.94-1.02 / 1.05-1.07 / 0.97-1.03 / 0.89-0.93, float64 at 64 KiB / 256 KiB / 1 MiB
+# 0.99-1.05 / 0.98-1.03 / 0.95-1.00. This rule holds for rows streamed one at a time (the
+# gradients' rows on dask's segments); on the row drivers the gradients stream whole runs
+# of rows (see ``RUN_ITEMSIZES``).
 STREAM_ROW_BYTES = {
     "log_softmax": (None, 8192, 8192),
     "softmax_backward": (None, 4096, 4096),
     "log_softmax_backward": (None, None, None),
 }
+# On the row drivers (``rows``, unmasked) a task's contiguous gradient rows of up to a
+# chunk stream as one run, whatever their length (``_cpu_kernels.RUN_OPS``,
+# ``_row_kernel.stream_rows``): the lines two rows share are streamed whole. Time against
+# the rule above, float32, 2^24 elements, 2 threads, 15 alternating rounds:
+# softmax_backward 0.67-0.78 at 64-256 elements, 0.84 at 1024, 0.92-0.99 at 2048-8192;
+# log_softmax_backward 0.74-0.86 at 64-1024, 0.80-0.88 at 4096-8192, and its longer rows,
+# streamed one at a time then, 0.90-0.94; float64 0.73-0.94. Not float16 (as above).
+RUN_ITEMSIZES = (4, 8)
 _ITEMSIZES = (2, 4, 8)
 
 
@@ -70,11 +81,14 @@ def stream_row_bytes(op, itemsize):
     return STREAM_MIN_ROW_BYTES if sizes is None else sizes[_ITEMSIZES.index(itemsize)]
 
 
-def streams(m, n, itemsize, op=None):
+def streams(m, n, itemsize, op=None, runs=False):
     """Whether m rows of n outputs of ``itemsize`` bytes are written past the caches (by
-    operation ``op``; None: as the operations without a rule of their own)."""
+    operation ``op``; None: as the operations without a rule of their own). ``runs``: by
+    the row drivers, which stream the gradients' rows as runs."""
     if STREAM_MIN_BYTES is None or m * n * itemsize < STREAM_MIN_BYTES:
         return False
+    if runs and op in _kernels.RUN_OPS and itemsize in RUN_ITEMSIZES:
+        return True
     least = STREAM_MIN_ROW_BYTES if op is None else stream_row_bytes(op, itemsize)
     return least is not None and n * itemsize >= least
 
@@ -222,7 +236,7 @@ def run(op, a, sa, b, sb, out, so, m, n, side=None, direct=False):
             short_max = 0
         elif step == 0 and n < short_max:  # one mask for every row: the tiles' own form
             side = (side[0], None, None)
-    stream = streams(m, n, out.itemsize, op)
+    stream = streams(m, n, out.itemsize, op, runs=side is None and n >= grouped_max)
     if m * n < PARALLEL_MIN_ELEMENTS or _serial_only:
         if n < short_max:
             driver = k.short_rows if side is None else k.masked_short_rows

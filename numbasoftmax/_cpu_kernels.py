@@ -64,6 +64,7 @@ from ._row_kernel import (
     seg_sum,
     special_fill,
     stats,
+    stream_rows,
     sums,
     unlogged,
     write,
@@ -95,6 +96,7 @@ from ._vmem import (
     empty,
     seg,
     stack_empty,
+    stream_head,
     vfence,
     vgather,
     vgather_rows,
@@ -230,10 +232,42 @@ def _staged(typingctx, sc, lo, b):
     return sc(sc, lo, b), codegen
 
 
+# the operations whose unmasked rows ``rows`` streams as runs (``_as_one_run``)
+RUN_OPS = ("softmax_backward", "log_softmax_backward")
+
+
+def _as_one_run(op, a, ao, b, bo, out, oo, lo, hi, n, side, stream, st):
+    """Whether rows lo..hi-1 ran here as one streamed run (``stream_rows``): a gradient
+    without a mask whose output streams, its rows of W to CHUNK elements contiguous in
+    all three arrays, ``out`` at an address a multiple of its item size. For other
+    operations and for masked rows: False, and nothing of the run compiled."""
+
+
+@overload(_as_one_run, jit_options=INLINE)
+def _as_one_run_impl(op, a, ao, b, bo, out, oo, lo, hi, n, side, stream, st):
+    if op.key_ not in RUN_OPS or not isinstance(
+            side, types.NoneType):
+        return lambda op, a, ao, b, bo, out, oo, lo, hi, n, side, stream, st: False
+
+    def run(op, a, ao, b, bo, out, oo, lo, hi, n, side, stream, st):
+        if not (stream and ao == n and bo == n and oo == n and W <= n <= CHUNK):
+            return False
+        o = seg(out, lo * n, hi * n)
+        if stream_head(o) < 0:
+            return False
+        stream_rows(op, seg(a, lo * n, hi * n), seg(b, lo * n, hi * n), o, n, st)
+        return True
+
+    return run
+
+
 @njit(**OPTIONS)
 def rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, side, stream):
     """Rows lo..hi-1, one at a time (the row kernel); an = on = 1, C = 1."""
     st = empty((2, (n + CHUNK - 1) // CHUNK), np.float64)
+    if _as_one_run(op, a, ao, b, bo, out, oo, lo, hi, n, side, stream, st):
+        vfence()
+        return
     w = side_mask(side)
     sc = _staging(op, out, n)
     for i in range(lo, hi):

@@ -325,6 +325,19 @@ def visfinite(typingctx, a):
 
 
 @intrinsic
+def vbelow(typingctx, k):
+    """The mask of lanes 0 .. k-1 (an integer k)."""
+    if not isinstance(k, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return _lane_mask(builder, context.cast(builder, args[0], sig.args[0], types.int64),
+                          types.int64)
+
+    return MASK(k), codegen
+
+
+@intrinsic
 def vselect(typingctx, mask, a, b):
     """Lane-wise ``a if mask else b``; a scalar operand is splatted."""
     vt = a if isinstance(a, Vec) else b

@@ -147,6 +147,47 @@ def test_streamed_outputs_have_the_plain_bits(op, dtype, shape, rng, monkeypatch
     assert_matches_reference(op, streamed, inputs)
 
 
+# the gradients' rows on the row drivers stream as runs of whole vectors: a vector may hold
+# two rows' outputs, and only the run's first and last partial vectors are plain stores.
+# Rows of 64 (the row drivers' shortest) to a chunk and past it; the output at each
+# offset from a cache line; 37 rows run serially, 70 of 1000 or more in parallel tasks.
+@pytest.mark.parametrize("offset", [0, 1, 5], ids=lambda k: f"out+{k}")
+@pytest.mark.parametrize("n", [64, 65, 100, 1000, 8192, 8193])
+@pytest.mark.parametrize("m", [37, 70])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=_dtype_id)
+@pytest.mark.parametrize("op", ["softmax_backward", "log_softmax_backward"])
+def test_gradient_rows_streamed_as_runs_have_the_plain_bits(op, dtype, m, n, offset, rng,
+                                                            monkeypatch):
+    from numbasoftmax import _cpu
+
+    inputs = inputs_for(op, rng, (m, n), dtype)
+    monkeypatch.setattr(_cpu, "STREAM_MIN_BYTES", None)
+    plain = call(op, inputs)
+    monkeypatch.setattr(_cpu, "STREAM_MIN_BYTES", 0)
+    assert _cpu.streams(m, n, np.dtype(dtype).itemsize, op, runs=True)
+    out = np.full(m * n + 8, np.nan, dtype)[offset:offset + m * n].reshape(m, n)
+    streamed = call(op, inputs, out=out)
+    assert streamed is out
+    assert_bitwise_equal(streamed, plain)
+
+
+def test_only_the_gradients_stream_as_runs():
+    """The row drivers stream float32 and float64 gradient rows of any length as runs; the
+    other operations, float16, and rows streamed one at a time keep the row rule."""
+    from numbasoftmax import _cpu
+
+    _cpu._load_kernels()
+    m, big = 1 << 20, _cpu.STREAM_MIN_BYTES
+    if big is None:
+        pytest.skip("streaming is off (NUMBASOFTMAX_STREAM_BYTES)")
+    for op in ("softmax_backward", "log_softmax_backward"):
+        assert _cpu.streams(m, 64, 4, op, runs=True)
+        assert _cpu.streams(m, 64, 8, op, runs=True)
+        assert not _cpu.streams(m, 64, 2, op, runs=True)
+        assert not _cpu.streams(m, 64, 4, op)
+    assert not _cpu.streams(m, 64, 4, "log_softmax", runs=True)
+
+
 # along a strided axis read in place: runs of C contiguous outputs, every run placed alike
 # against the cache lines (C x itemsize a multiple of 64 bytes) and from 2048 bytes long
 # (every dtype at 1024, float32 and float64 at 640), serial and parallel
