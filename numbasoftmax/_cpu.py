@@ -63,13 +63,14 @@ STREAM_ROW_BYTES = {
     "softmax_backward": (None, 4096, 4096),
     "log_softmax_backward": (None, None, None),
 }
-# On the row drivers (``rows``, unmasked) a task's contiguous gradient rows of up to a
-# chunk stream as one run, whatever their length (``_cpu_kernels.RUN_OPS``,
-# ``_row_kernel.stream_rows``): the lines two rows share are streamed whole. Time against
-# the rule above, float32, 2^24 elements, 2 threads, 15 alternating rounds:
-# softmax_backward 0.67-0.78 at 64-256 elements, 0.84 at 1024, 0.92-0.99 at 2048-8192;
-# log_softmax_backward 0.74-0.86 at 64-1024, 0.80-0.88 at 4096-8192, and its longer rows,
-# streamed one at a time then, 0.90-0.94; float64 0.73-0.94. Not float16 (as above).
+# On the row drivers (``rows``, ``grouped_rows``; unmasked) the contiguous gradient rows
+# of a task, from 16 elements (``_cpu_kernels.RUN_ROW_MIN``) to a chunk, stream as one run
+# whatever their length (``_cpu_kernels.RUN_OPS``, ``_row_kernel.run_row``): the lines two
+# rows share are streamed whole. Time against the rule above, float32, 2^24 elements, 2
+# threads, 15 alternating rounds: softmax_backward 0.77-0.83 at 16-48 elements,
+# 0.67-0.78 at 64-256, 0.84 at 1024, 0.92-0.99 at 2048-8192; log_softmax_backward 0.86 at
+# 32, 0.74-0.86 at 64-1024, 0.80-0.88 at 4096-8192, and its longer rows, streamed one at
+# a time then, 0.90-0.94; float64 0.73-0.94. Not float16 (as above).
 RUN_ITEMSIZES = (4, 8)
 _ITEMSIZES = (2, 4, 8)
 
@@ -236,7 +237,7 @@ def run(op, a, sa, b, sb, out, so, m, n, side=None, direct=False):
             short_max = 0
         elif step == 0 and n < short_max:  # one mask for every row: the tiles' own form
             side = (side[0], None, None)
-    stream = streams(m, n, out.itemsize, op, runs=side is None and n >= grouped_max)
+    stream = streams(m, n, out.itemsize, op, runs=side is None and n >= k.RUN_ROW_MIN)
     if m * n < PARALLEL_MIN_ELEMENTS or _serial_only:
         if n < short_max:
             driver = k.short_rows if side is None else k.masked_short_rows

@@ -778,34 +778,52 @@ def _grad_write(op, a, b, w, out, cmax, m, t, stream):
 def stream_rows(op, a, b, out, n, st):
     """Gradient rows of n elements (W <= n <= CHUNK) laid end to end in ``a``, ``b`` and
     ``out``, out's elements at addresses a multiple of their size: each row's sum as
-    ``row`` takes it (``st`` as there), the outputs written as one run of whole aligned
-    vectors with non-temporal stores (the caller fences). A vector across two rows takes
-    each lane's value with its own row's sum: the values of a row at a time. Only the run's
-    first and last partial vectors are plain stores; rows streamed one at a time (``write``)
-    store both of theirs plainly, and a line that two rows share is written twice: streamed
-    that way, rows under 4 KiB measured slower than with plain stores."""
-    lanes = pick(op, SOFTMAX_BACKWARD, _softmax_grad_lanes, _log_softmax_grad_lanes)
-    total = out.shape[0]
-    done = stream_head(out)  # outputs before this one are written
+    ``row`` takes it (``st`` as there), the outputs written as one run (``run_row``; the
+    caller fences)."""
+    done = stream_head(out)
     s_last = to_compute(0.0, a)
-    for r0 in range(0, total, n):
+    for r0 in range(0, out.shape[0], n):
         r1 = r0 + n
         st[0, 0], st[1, 0] = stats(op, seg(a, r0, r1), seg(b, r0, r1), None,
                                    seg(out, r0, r1), True)
         s = to_compute(finish(op, st[0], st[1], None)[1], a)
-        if r0 == 0:  # the outputs before the first aligned one (float16: up to 2 vectors)
-            for i in range(0, done, W):
-                k = min(W, done - i)
-                vstore(out, i, k, invoke(lanes, a, b, (s, None), i, k))
-        elif done < r0:  # the vector holding the last row's last elements and this row's first
-            s_lanes = vselect(vbelow(r0 - done), vsplat(s_last, a), s)
-            vstream(out, done, invoke(lanes, a, b, (s_lanes, None), done, W))
-            done += W
-        end = done + (r1 - done) // W * W
-        for i in range(done, end, W):
-            vstream(out, i, invoke(lanes, a, b, (s, None), i, W))
-        done = end
+        done = run_row(op, a, b, out, r0, n, s, s_last, done)
         s_last = s
+    run_end(op, a, b, out, s_last, done)
+
+
+@njit(**INTERNAL)
+def run_row(op, a, b, out, r0, n, s, s_last, done):
+    """The outputs of row r0 .. r0+n-1 (n >= W; its sum ``s``, the row before's ``s_last``)
+    of gradient rows laid end to end in ``a``, ``b`` and ``out``, written as one run: whole
+    aligned vectors with non-temporal stores from the first aligned output on (``done``
+    for row 0: ``stream_head``), the outputs before it plainly; returns where the outputs
+    written end (``run_end`` writes the last ones). A vector across two rows takes each
+    lane's value with its own row's sum: the values of a row at a time. Rows streamed one
+    at a time (``write``) store their first and last partial vectors plainly, and a line two
+    rows share is written twice: streamed that way, rows under 4 KiB measured slower than
+    with plain stores."""
+    lanes = pick(op, SOFTMAX_BACKWARD, _softmax_grad_lanes, _log_softmax_grad_lanes)
+    if r0 == 0:  # the outputs before the first aligned one (float16: up to 2 vectors)
+        for i in range(0, done, W):
+            k = min(W, done - i)
+            vstore(out, i, k, invoke(lanes, a, b, (s, None), i, k))
+    elif done < r0:  # the vector holding the last row's last elements and this row's first
+        s_lanes = vselect(vbelow(r0 - done), vsplat(s_last, a), s)
+        vstream(out, done, invoke(lanes, a, b, (s_lanes, None), done, W))
+        done += W
+    end = done + (r0 + n - done) // W * W
+    for i in range(done, end, W):
+        vstream(out, i, invoke(lanes, a, b, (s, None), i, W))
+    return end
+
+
+@njit(**INTERNAL)
+def run_end(op, a, b, out, s_last, done):
+    """The outputs of a run (``run_row``) from ``done`` on: the last row's (sum ``s_last``),
+    fewer than a vector, plainly."""
+    lanes = pick(op, SOFTMAX_BACKWARD, _softmax_grad_lanes, _log_softmax_grad_lanes)
+    total = out.shape[0]
     if done < total:
         vstore(out, done, total - done, invoke(lanes, a, b, (s_last, None), done,
                                                 total - done))

@@ -149,10 +149,11 @@ def test_streamed_outputs_have_the_plain_bits(op, dtype, shape, rng, monkeypatch
 
 # the gradients' rows on the row drivers stream as runs of whole vectors: a vector may hold
 # two rows' outputs, and only the run's first and last partial vectors are plain stores.
-# Rows of 64 (the row drivers' shortest) to a chunk and past it; the output at each
-# offset from a cache line; 37 rows run serially, 70 of 1000 or more in parallel tasks.
+# Rows of 16 (the shortest a run takes) and in groups, 64 (a row at a time) to a chunk
+# and past it; the output at each offset from a cache line; 37 rows run serially, 70 in
+# parallel tasks where they make 32K elements or more (else serially too).
 @pytest.mark.parametrize("offset", [0, 1, 5], ids=lambda k: f"out+{k}")
-@pytest.mark.parametrize("n", [64, 65, 100, 1000, 8192, 8193])
+@pytest.mark.parametrize("n", [16, 17, 40, 63, 64, 65, 100, 1000, 8192, 8193])
 @pytest.mark.parametrize("m", [37, 70])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=_dtype_id)
 @pytest.mark.parametrize("op", ["softmax_backward", "log_softmax_backward"])
@@ -181,9 +182,9 @@ def test_only_the_gradients_stream_as_runs():
     if big is None:
         pytest.skip("streaming is off (NUMBASOFTMAX_STREAM_BYTES)")
     for op in ("softmax_backward", "log_softmax_backward"):
-        assert _cpu.streams(m, 64, 4, op, runs=True)
-        assert _cpu.streams(m, 64, 8, op, runs=True)
-        assert not _cpu.streams(m, 64, 2, op, runs=True)
+        assert _cpu.streams(m, 16, 4, op, runs=True)
+        assert _cpu.streams(m, 16, 8, op, runs=True)
+        assert not _cpu.streams(m, 16, 2, op, runs=True)
         assert not _cpu.streams(m, 64, 4, op)
     assert not _cpu.streams(m, 64, 4, "log_softmax", runs=True)
 

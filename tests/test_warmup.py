@@ -39,6 +39,7 @@ def recorded(monkeypatch):
         return record
 
     fake = types.SimpleNamespace(OPS=real.OPS, W=real.W, column_tasks=real.column_tasks,
+                                 RUN_OPS=real.RUN_OPS, RUN_ROW_MIN=real.RUN_ROW_MIN,
                                  copy2d=recorder("copy2d"),
                                  **{name: recorder(name) for name in DRIVERS})
     monkeypatch.setattr(_cpu, "_kernels", fake)
