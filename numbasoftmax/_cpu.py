@@ -63,14 +63,14 @@ STREAM_ROW_BYTES = {
     "softmax_backward": (None, 4096, 4096),
     "log_softmax_backward": (None, None, None),
 }
-# On the row drivers (``rows``, ``grouped_rows``; unmasked) the contiguous gradient rows
-# of a task, from 16 elements (``_cpu_kernels.RUN_ROW_MIN``) to a chunk, stream as one run
-# whatever their length (``_cpu_kernels.RUN_OPS``, ``_row_kernel.run_row``): the lines two
-# rows share are streamed whole. Time against the rule above, float32, 2^24 elements, 2
-# threads, 15 alternating rounds: softmax_backward 0.77-0.83 at 16-48 elements,
-# 0.67-0.78 at 64-256, 0.84 at 1024, 0.92-0.99 at 2048-8192; log_softmax_backward 0.86 at
-# 32, 0.74-0.86 at 64-1024, 0.80-0.88 at 4096-8192, and its longer rows, streamed one at
-# a time then, 0.90-0.94; float64 0.73-0.94. Not float16 (as above).
+# Large outputs of the gradients' contiguous unmasked rows, from 16 elements
+# (``_cpu_kernels.RUN_ROW_MIN``) to a chunk, stream as one run per task whatever the row
+# length (``_cpu_kernels.run_rows``, ``RUN_OPS``): the lines two rows share are streamed
+# whole. Time against the rule above, float32, 2^24 elements, 2 threads, 15 alternating
+# rounds: softmax_backward 0.77-0.83 at 16-48 elements, 0.67-0.78 at 64-256, 0.84 at
+# 1024, 0.92-0.99 at 2048-8192; log_softmax_backward 0.86 at 32, 0.74-0.86 at 64-1024,
+# 0.80-0.88 at 4096-8192, and its longer rows, streamed one at a time then, 0.90-0.94;
+# float64 0.73-0.94. Not float16 (as above).
 RUN_ITEMSIZES = (4, 8)
 _ITEMSIZES = (2, 4, 8)
 
@@ -84,11 +84,11 @@ def stream_row_bytes(op, itemsize):
 
 def streams(m, n, itemsize, op=None, runs=False):
     """Whether m rows of n outputs of ``itemsize`` bytes are written past the caches (by
-    operation ``op``; None: as the operations without a rule of their own). ``runs``: by
-    the row drivers, which stream the gradients' rows as runs."""
+    operation ``op``; None: as the operations without a rule of their own). ``runs``: rows
+    that ``_cpu_kernels.run_rows`` can take, which stream as one run."""
     if STREAM_MIN_BYTES is None or m * n * itemsize < STREAM_MIN_BYTES:
         return False
-    if runs and op in _kernels.RUN_OPS and itemsize in RUN_ITEMSIZES:
+    if runs and itemsize in RUN_ITEMSIZES:
         return True
     least = STREAM_MIN_ROW_BYTES if op is None else stream_row_bytes(op, itemsize)
     return least is not None and n * itemsize >= least
@@ -237,9 +237,14 @@ def run(op, a, sa, b, sb, out, so, m, n, side=None, direct=False):
             short_max = 0
         elif step == 0 and n < short_max:  # one mask for every row: the tiles' own form
             side = (side[0], None, None)
-    stream = streams(m, n, out.itemsize, op, runs=side is None and n >= k.RUN_ROW_MIN)
+    runs = (side is None and op in k.RUN_OPS and sa == sb == so == n
+            and k.RUN_ROW_MIN <= n <= k.CHUNK)
+    stream = streams(m, n, out.itemsize, op, runs=runs)
+    runs = runs and stream and out.flags.aligned  # as ``run_rows`` takes them
     if m * n < PARALLEL_MIN_ELEMENTS or _serial_only:
-        if n < short_max:
+        if runs:
+            driver = k.run_rows
+        elif n < short_max:
             driver = k.short_rows if side is None else k.masked_short_rows
         else:
             driver = k.grouped_rows if n < grouped_max else k.rows
@@ -251,6 +256,9 @@ def run(op, a, sa, b, sb, out, so, m, n, side=None, direct=False):
             _first_direct(entries, driver, call)
         return
     arrays = (marker, a, sa, 1, b, sb, 1, out, so, 1)
+    if runs:
+        _parallel(k.run_rows_parallel, (*arrays, m, n, 1, side, stream))
+        return
     if n < short_max:
         tiles = k.short_rows_parallel if side is None else k.masked_short_rows_parallel
         _parallel(tiles, (*arrays, m, n, 1, side, stream))

@@ -59,8 +59,6 @@ from ._row_kernel import (
     out_row,
     reduces,
     row,
-    run_end,
-    run_row,
     seg_map,
     seg_max,
     seg_sum,
@@ -82,7 +80,6 @@ from ._simd import (
     TREE_ROWS,
     W,
     compute_type,
-    to_compute,
     vall,
     veq,
     visfinite,
@@ -99,7 +96,6 @@ from ._vmem import (
     empty,
     seg,
     stack_empty,
-    stream_head,
     vfence,
     vgather,
     vgather_rows,
@@ -123,9 +119,9 @@ _PARALLEL = dict(OPTIONS, parallel=True)
 # a function called, not inlined: code that rarely runs, compiled once
 CALLED = dict(OPTIONS, no_cpython_wrapper=True, _nrt=False, **CALLEE)
 
-__all__ = ["OPS", "W", "rows", "grouped_rows", "short_rows", "masked_short_rows",
+__all__ = ["OPS", "W", "rows", "run_rows", "grouped_rows", "short_rows", "masked_short_rows",
            "columns", "column_tasks", "column_lead",
-           "rows_parallel", "grouped_rows_parallel", "short_rows_parallel",
+           "rows_parallel", "run_rows_parallel", "grouped_rows_parallel", "short_rows_parallel",
            "masked_short_rows_parallel", "columns_parallel",
            "chunks_parallel", "segment_stats", "segment_finish", "segment_write",
            "segment_columns_stats", "segment_columns_write", "copy2d"]
@@ -235,43 +231,16 @@ def _staged(typingctx, sc, lo, b):
     return sc(sc, lo, b), codegen
 
 
-# the operations whose unmasked rows ``rows`` streams as runs (``_as_one_run``)
+# the operations whose rows ``run_rows`` takes, and its shortest row (a vector then holds
+# elements of two rows at most)
 RUN_OPS = ("softmax_backward", "log_softmax_backward")
-RUN_ROW_MIN = W  # a vector holds elements of two rows at most
-
-
-def _as_one_run(op, a, ao, b, bo, out, oo, lo, hi, n, side, stream, st):
-    """Whether rows lo..hi-1 ran here as one streamed run (``stream_rows``): a gradient
-    without a mask whose output streams, its rows of RUN_ROW_MIN to CHUNK elements
-    contiguous in all three arrays, ``out`` at an address a multiple of its item size. For
-    other operations and for masked rows: False, and nothing of the run compiled."""
-
-
-@overload(_as_one_run, jit_options=INLINE)
-def _as_one_run_impl(op, a, ao, b, bo, out, oo, lo, hi, n, side, stream, st):
-    if op.key_ not in RUN_OPS or not isinstance(
-            side, types.NoneType):
-        return lambda op, a, ao, b, bo, out, oo, lo, hi, n, side, stream, st: False
-
-    def run(op, a, ao, b, bo, out, oo, lo, hi, n, side, stream, st):
-        if not (stream and ao == n and bo == n and oo == n and RUN_ROW_MIN <= n <= CHUNK):
-            return False
-        o = seg(out, lo * n, hi * n)
-        if stream_head(o) < 0:
-            return False
-        stream_rows(op, seg(a, lo * n, hi * n), seg(b, lo * n, hi * n), o, n, st)
-        return True
-
-    return run
+RUN_ROW_MIN = W
 
 
 @njit(**OPTIONS)
 def rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, side, stream):
     """Rows lo..hi-1, one at a time (the row kernel); an = on = 1, C = 1."""
     st = empty((2, (n + CHUNK - 1) // CHUNK), np.float64)
-    if _as_one_run(op, a, ao, b, bo, out, oo, lo, hi, n, side, stream, st):
-        vfence()
-        return
     w = side_mask(side)
     sc = _staging(op, out, n)
     for i in range(lo, hi):
@@ -281,6 +250,19 @@ def rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, side, stream):
             stream)
     if stream:
         vfence()
+
+
+@njit(**OPTIONS)
+def run_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, side, stream):
+    """Gradient rows lo..hi-1 streamed as one run (``_row_kernel.stream_rows``): rows of
+    RUN_ROW_MIN to CHUNK elements contiguous in all three arrays (ao = bo = oo = n), no
+    mask; an = on = 1, C = 1. A driver of its own: only large outputs run it, and a
+    first small call compiles none of it (in ``rows`` it made a gradient's first call
+    ~0.7 s longer)."""
+    st = empty((2, 1), np.float64)
+    stream_rows(op, seg(a, lo * n, hi * n), seg(b, lo * n, hi * n), seg(out, lo * n, hi * n),
+                n, st)
+    vfence()
 
 
 # Rows of one chunk run in groups through each phase: the statistics of the group's rows,
@@ -374,63 +356,6 @@ def _group_stats_impl(op, a, ao, b, bo, w, offs, out, oo, sc, n, g, k, lanes, tr
     return with_trees
 
 
-def _run_start(op, a, ao, b, bo, out, oo, lo, hi, n, side, stream):
-    """Where the outputs of rows lo..hi-1 start their run (``_row_kernel.run_row``) when
-    they stream as one (as ``_as_one_run`` says), else -1."""
-
-
-@overload(_run_start, jit_options=INLINE)
-def _run_start_impl(op, a, ao, b, bo, out, oo, lo, hi, n, side, stream):
-    if op.key_ not in RUN_OPS or not isinstance(side, types.NoneType):
-        return lambda op, a, ao, b, bo, out, oo, lo, hi, n, side, stream: -1
-
-    def start(op, a, ao, b, bo, out, oo, lo, hi, n, side, stream):
-        if not (stream and ao == n and bo == n and oo == n and RUN_ROW_MIN <= n <= CHUNK):
-            return -1
-        return stream_head(seg(out, lo * n, hi * n))
-
-    return start
-
-
-def _group_run(op, a, b, out, lo, hi, g, k, n, t, s_last, done):
-    """The outputs of rows g .. g+k-1 (sums ``t``) of the run of rows lo..hi-1
-    (``run_row``; ``s_last``: the sum of row g-1): returns (where the outputs written
-    end, the sum of row g+k-1)."""
-
-
-@overload(_group_run, jit_options=INLINE)
-def _group_run_impl(op, a, b, out, lo, hi, g, k, n, t, s_last, done):
-    if op.key_ not in RUN_OPS:
-        return lambda op, a, b, out, lo, hi, g, k, n, t, s_last, done: (done, s_last)
-
-    def run(op, a, b, out, lo, hi, g, k, n, t, s_last, done):
-        at = lo * n
-        ra, rb, ro = seg(a, at, hi * n), seg(b, at, hi * n), seg(out, at, hi * n)
-        for r in range(k):
-            s = to_compute(t[r], ra)
-            done = run_row(op, ra, rb, ro, (g - lo + r) * n, n, s, s_last, done)
-            s_last = s
-        return done, s_last
-
-    return run
-
-
-def _group_run_end(op, a, b, out, lo, hi, n, s_last, done):
-    """The last outputs of the run of rows lo..hi-1 (``run_end``)."""
-
-
-@overload(_group_run_end, jit_options=INLINE)
-def _group_run_end_impl(op, a, b, out, lo, hi, n, s_last, done):
-    if op.key_ not in RUN_OPS:
-        return lambda op, a, b, out, lo, hi, n, s_last, done: None
-
-    def end(op, a, b, out, lo, hi, n, s_last, done):
-        run_end(op, seg(a, lo * n, hi * n), seg(b, lo * n, hi * n), seg(out, lo * n, hi * n),
-                s_last, done)
-
-    return end
-
-
 @njit(**OPTIONS)
 def grouped_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, side, stream):
     """Rows lo..hi-1 of at most CHUNK elements, in groups through each phase of the row
@@ -445,9 +370,6 @@ def grouped_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, side, stre
     lanes, trees = seg(scratch, 0, GROUP * W), seg(scratch, GROUP * W, (GROUP + 1) * W)
     w = side_mask(side)
     sc = _staging(op, out, size * n)
-    # where the rows stream as one run (else -1): the task's output written before this
-    done = _run_start(op, a, ao, b, bo, out, oo, lo, hi, n, side, stream)
-    s_last = to_compute(0.0, a)  # the last row's sum, as the run's next row needs it
     for g in range(lo, hi, size):
         k = min(size, hi - g)
         for r in range(k):
@@ -457,14 +379,9 @@ def grouped_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, side, stre
             m[r], t[r] = finish(unlogged(op), seg(cmax, r, r + 1), seg(csum, r, r + 1),
                                 row_values(side, g + r))
         log_sums(op, t, k)
-        if done >= 0:
-            done, s_last = _group_run(op, a, b, out, lo, hi, g, k, n, t, s_last, done)
-        else:
-            for r in range(k):
-                write(op, *_group_row(op, a, ao, b, bo, w, offs[r], out, oo, sc, n, g + r,
-                                      r), cmax[r], m[r], t[r], stream)
-    if done >= 0:
-        _group_run_end(op, a, b, out, lo, hi, n, s_last, done)
+        for r in range(k):
+            write(op, *_group_row(op, a, ao, b, bo, w, offs[r], out, oo, sc, n, g + r, r),
+                  cmax[r], m[r], t[r], stream)
     if stream:
         vfence()
 
@@ -899,6 +816,7 @@ def _tasks(serial, total, per, a, ao, an, b, bo, bn, out, oo, on, M, n, C, x, y)
 
 
 rows_parallel = ParallelDriver(rows, _tasks, _row_tasks)
+run_rows_parallel = ParallelDriver(run_rows, _tasks, _row_tasks)
 grouped_rows_parallel = ParallelDriver(grouped_rows, _tasks, _group_tasks)
 short_rows_parallel = ParallelDriver(short_rows, _tasks, _tile_tasks)
 masked_short_rows_parallel = ParallelDriver(masked_short_rows, _tasks, _tile_tasks)

@@ -172,21 +172,18 @@ def test_gradient_rows_streamed_as_runs_have_the_plain_bits(op, dtype, m, n, off
     assert_bitwise_equal(streamed, plain)
 
 
-def test_only_the_gradients_stream_as_runs():
-    """The row drivers stream float32 and float64 gradient rows of any length as runs; the
-    other operations, float16, and rows streamed one at a time keep the row rule."""
+def test_runs_stream_float32_and_float64():
+    """Rows a run takes stream from their first element in float32 and float64 (float16
+    keeps the row rule: never for the gradients), and only rows it takes."""
     from numbasoftmax import _cpu
 
-    _cpu._load_kernels()
     m, big = 1 << 20, _cpu.STREAM_MIN_BYTES
     if big is None:
         pytest.skip("streaming is off (NUMBASOFTMAX_STREAM_BYTES)")
-    for op in ("softmax_backward", "log_softmax_backward"):
-        assert _cpu.streams(m, 16, 4, op, runs=True)
-        assert _cpu.streams(m, 16, 8, op, runs=True)
-        assert not _cpu.streams(m, 16, 2, op, runs=True)
-        assert not _cpu.streams(m, 64, 4, op)
-    assert not _cpu.streams(m, 64, 4, "log_softmax", runs=True)
+    assert _cpu.streams(m, 16, 4, "softmax_backward", runs=True)
+    assert _cpu.streams(m, 16, 8, "log_softmax_backward", runs=True)
+    assert not _cpu.streams(m, 16, 2, "softmax_backward", runs=True)
+    assert not _cpu.streams(m, 16, 4, "softmax_backward")
 
 
 # along a strided axis read in place: runs of C contiguous outputs, every run placed alike

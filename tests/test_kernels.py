@@ -45,7 +45,7 @@ def _storage(a):
 # non-temporal stores on request (``stream``)
 ROW_DRIVERS = (K.rows, K.rows_parallel, K.grouped_rows, K.grouped_rows_parallel,
                K.chunks_parallel, K.short_rows, K.short_rows_parallel, K.masked_short_rows,
-               K.masked_short_rows_parallel)
+               K.masked_short_rows_parallel, K.run_rows, K.run_rows_parallel)
 
 
 def _rows(driver, op, inputs, parallel, side=None, stream=False, out=None):
@@ -192,6 +192,8 @@ def test_streamed_writes_agree_bitwise(op, dtype, shape, offset, rng):
     drivers = [(K.rows, False), (K.rows_parallel, True), (K.chunks_parallel, True)]
     if shape[1] <= CHUNK:
         drivers += [(K.grouped_rows, False), (K.grouped_rows_parallel, True)]
+        if op in K.RUN_OPS:  # rows of RUN_ROW_MIN or more, contiguous: one run per task
+            drivers += [(K.run_rows, False), (K.run_rows_parallel, True)]
     for driver, parallel in drivers:
         out, buf, sentinel = _placed(expected, offset)
         _rows(driver, op, inputs, parallel, stream=True, out=out)

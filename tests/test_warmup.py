@@ -40,6 +40,7 @@ def recorded(monkeypatch):
 
     fake = types.SimpleNamespace(OPS=real.OPS, W=real.W, column_tasks=real.column_tasks,
                                  RUN_OPS=real.RUN_OPS, RUN_ROW_MIN=real.RUN_ROW_MIN,
+                                 CHUNK=real.CHUNK,
                                  copy2d=recorder("copy2d"),
                                  **{name: recorder(name) for name in DRIVERS})
     monkeypatch.setattr(_cpu, "_kernels", fake)
