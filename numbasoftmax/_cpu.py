@@ -230,6 +230,7 @@ def run(op, a, sa, b, sb, out, so, m, n, side=None, direct=False):
     dtype."""
     marker, short_max, grouped_max, entries = _routes.get(op) or _route(op)
     k = _kernels
+    step = n  # a mask's layout (``mask_takes_tiles``), n without one
     if side is not None:
         step = k.mask_takes_tiles(side[1], n) if op in TILE_MASK_OPS and (
             sa == sb == so == n) else -1
@@ -237,7 +238,8 @@ def run(op, a, sa, b, sb, out, so, m, n, side=None, direct=False):
             short_max = 0
         elif step == 0 and n < short_max:  # one mask for every row: the tiles' own form
             side = (side[0], None, None)
-    runs = (side is None and op in k.RUN_OPS and sa == sb == so == n
+    # the rows ``run_rows`` takes: a mask, if any, laid out as the rows
+    runs = (op in k.RUN_OPS and step == n and sa == sb == so == n
             and k.RUN_ROW_MIN <= n <= k.CHUNK)
     stream = streams(m, n, out.itemsize, op, runs=runs)
     runs = runs and stream and out.flags.aligned  # as ``run_rows`` takes them

@@ -255,14 +255,34 @@ def rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, side, stream):
 @njit(**OPTIONS)
 def run_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, side, stream):
     """Gradient rows lo..hi-1 streamed as one run (``_row_kernel.stream_rows``): rows of
-    RUN_ROW_MIN to CHUNK elements contiguous in all three arrays (ao = bo = oo = n), no
-    mask; an = on = 1, C = 1. A driver of its own: only large outputs run it, and a
-    first small call compiles none of it (in ``rows`` it made a gradient's first call
-    ~0.7 s longer)."""
+    RUN_ROW_MIN to CHUNK elements contiguous in all three arrays (ao = bo = oo = n), and
+    in the mask where there is one (``mask_takes_tiles`` n: not one mask for every row,
+    whose run would need the mask repeated, measured 1.3-1.5x the row drivers' time); an =
+    on = 1, C = 1. A driver of its own: only large outputs run it, and a first small call
+    compiles none of it (in ``rows`` it made a gradient's first call ~0.7 s longer)."""
     st = empty((2, 1), np.float64)
-    stream_rows(op, seg(a, lo * n, hi * n), seg(b, lo * n, hi * n), seg(out, lo * n, hi * n),
-                n, st)
+    _stream_task(op, a, b, out, lo, hi, n, side, st)
     vfence()
+
+
+def _stream_task(op, a, b, out, lo, hi, n, side, st):
+    """``run_rows``' rows lo..hi-1 as one run, their mask (if any) laid out as the rows."""
+
+
+@overload(_stream_task, jit_options=INLINE)
+def _stream_task_impl(op, a, b, out, lo, hi, n, side, st):
+    if _no_mask(side):
+        def unmasked(op, a, b, out, lo, hi, n, side, st):
+            stream_rows(op, seg(a, lo * n, hi * n), seg(b, lo * n, hi * n), None,
+                        seg(out, lo * n, hi * n), n, st)
+        return unmasked
+
+    def masked(op, a, b, out, lo, hi, n, side, st):
+        off = mask_offset(side, lo)
+        stream_rows(op, seg(a, lo * n, hi * n), seg(b, lo * n, hi * n),
+                    seg(side_mask(side), off, off + (hi - lo) * n), seg(out, lo * n, hi * n),
+                    n, st)
+    return masked
 
 
 # Rows of one chunk run in groups through each phase: the statistics of the group's rows,

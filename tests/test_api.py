@@ -25,6 +25,7 @@ from _helpers import (
     assert_bitwise_equal,
     assert_matches_reference,
     call,
+    func,
     in_layout,
     inputs_for,
     num_threads,
@@ -170,6 +171,29 @@ def test_gradient_rows_streamed_as_runs_have_the_plain_bits(op, dtype, m, n, off
     streamed = call(op, inputs, out=out)
     assert streamed is out
     assert_bitwise_equal(streamed, plain)
+
+
+# with a mask of x's shape (its rows laid out as x's: the same runs) or of one row's shape
+# (every row's mask the same: the row drivers)
+@pytest.mark.parametrize("mask_shape", ["x", "row"])
+@pytest.mark.parametrize("n", [16, 40, 100, 1000])
+@pytest.mark.parametrize("m", [37, 70])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=_dtype_id)
+@pytest.mark.parametrize("op", ["softmax_backward", "log_softmax_backward"])
+def test_masked_gradient_rows_streamed_have_the_plain_bits(op, dtype, m, n, mask_shape, rng,
+                                                           monkeypatch):
+    from numbasoftmax import _cpu
+
+    inputs = inputs_for(op, rng, (m, n), dtype)
+    where = rng.random((m, n) if mask_shape == "x" else (n,)) < 0.7
+    monkeypatch.setattr(_cpu, "STREAM_MIN_BYTES", None)
+    plain = func(op)(*inputs, where=where)
+    monkeypatch.setattr(_cpu, "STREAM_MIN_BYTES", 0)
+    out = np.full(m * n + 8, np.nan, dtype)[5:5 + m * n].reshape(m, n)
+    streamed = func(op)(*inputs, where=where, out=out)
+    assert streamed is out
+    assert_bitwise_equal(streamed, plain)
+    assert not streamed[..., ~where].any()  # excluded elements: 0 gradient
 
 
 def test_runs_stream_float32_and_float64():
