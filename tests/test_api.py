@@ -148,11 +148,25 @@ def test_streamed_outputs_have_the_plain_bits(op, dtype, shape, rng, monkeypatch
     assert_matches_reference(op, streamed, inputs)
 
 
-# the gradients' rows on the row drivers stream as runs of whole vectors: a vector may hold
-# two rows' outputs, and only the run's first and last partial vectors are plain stores.
-# Rows of 16 (the shortest a run takes) and in groups, 64 (a row at a time) to a chunk
-# and past it; the output at each offset from a cache line; 37 rows run serially, 70 in
-# parallel tasks where they make 32K elements or more (else serially too).
+def _streamed_and_plain(op, inputs, offset, monkeypatch, **kw):
+    """``op``'s result streamed into an ``out`` ``offset`` elements past an allocation,
+    and its result with plain stores (``kw``: more arguments of both calls)."""
+    from numbasoftmax import _cpu
+
+    monkeypatch.setattr(_cpu, "STREAM_MIN_BYTES", None)
+    plain = func(op)(*inputs, **kw)
+    monkeypatch.setattr(_cpu, "STREAM_MIN_BYTES", 0)
+    out = np.full(plain.size + 8, np.nan, plain.dtype)[offset:offset + plain.size]
+    streamed = func(op)(*inputs, out=out.reshape(plain.shape), **kw)
+    assert streamed.base is out.base
+    return streamed, plain
+
+
+# the gradients' rows stream as runs of whole vectors (``run_rows``): a vector may hold
+# two rows' outputs, and only a run's first and last partial vectors are plain stores.
+# Rows of 16 (the shortest a run takes) to a chunk and past it; the output at each offset
+# from a cache line; 37 rows run serially, 70 in parallel tasks where they make 32K
+# elements or more (else serially too).
 @pytest.mark.parametrize("offset", [0, 1, 5], ids=lambda k: f"out+{k}")
 @pytest.mark.parametrize("n", [16, 17, 40, 63, 64, 65, 100, 1000, 8192, 8193])
 @pytest.mark.parametrize("m", [37, 70])
@@ -162,14 +176,9 @@ def test_gradient_rows_streamed_as_runs_have_the_plain_bits(op, dtype, m, n, off
                                                             monkeypatch):
     from numbasoftmax import _cpu
 
-    inputs = inputs_for(op, rng, (m, n), dtype)
-    monkeypatch.setattr(_cpu, "STREAM_MIN_BYTES", None)
-    plain = call(op, inputs)
-    monkeypatch.setattr(_cpu, "STREAM_MIN_BYTES", 0)
+    streamed, plain = _streamed_and_plain(op, inputs_for(op, rng, (m, n), dtype), offset,
+                                          monkeypatch)
     assert _cpu.streams(m, n, np.dtype(dtype).itemsize, op, runs=True)
-    out = np.full(m * n + 8, np.nan, dtype)[offset:offset + m * n].reshape(m, n)
-    streamed = call(op, inputs, out=out)
-    assert streamed is out
     assert_bitwise_equal(streamed, plain)
 
 
@@ -182,16 +191,9 @@ def test_gradient_rows_streamed_as_runs_have_the_plain_bits(op, dtype, m, n, off
 @pytest.mark.parametrize("op", ["softmax_backward", "log_softmax_backward"])
 def test_masked_gradient_rows_streamed_have_the_plain_bits(op, dtype, m, n, mask_shape, rng,
                                                            monkeypatch):
-    from numbasoftmax import _cpu
-
     inputs = inputs_for(op, rng, (m, n), dtype)
     where = rng.random((m, n) if mask_shape == "x" else (n,)) < 0.7
-    monkeypatch.setattr(_cpu, "STREAM_MIN_BYTES", None)
-    plain = func(op)(*inputs, where=where)
-    monkeypatch.setattr(_cpu, "STREAM_MIN_BYTES", 0)
-    out = np.full(m * n + 8, np.nan, dtype)[5:5 + m * n].reshape(m, n)
-    streamed = func(op)(*inputs, where=where, out=out)
-    assert streamed is out
+    streamed, plain = _streamed_and_plain(op, inputs, 5, monkeypatch, where=where)
     assert_bitwise_equal(streamed, plain)
     assert not streamed[..., ~where].any()  # excluded elements: 0 gradient
 
