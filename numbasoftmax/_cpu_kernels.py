@@ -256,20 +256,23 @@ def rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, side, stream):
 def run_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, side, stream):
     """Gradient rows lo..hi-1 streamed as one run (``_row_kernel.stream_rows``): rows of
     RUN_ROW_MIN to CHUNK elements contiguous in all three arrays (ao = bo = oo = n), and
-    in the mask where there is one (``mask_takes_tiles`` n: not one mask for every row,
-    whose run would need the mask repeated, measured 1.3-1.5x the row drivers' time); an =
-    on = 1, C = 1. A driver of its own: only large outputs run it, and a first small call
-    compiles none of it (in ``rows`` it made a gradient's first call ~0.7 s longer)."""
+    in the mask where there is one (``mask_takes_tiles`` n), or one mask for every row
+    (0); an = on = 1, C = 1. A driver of its own: only large outputs run it, and a first
+    small call compiles none of it (in ``rows`` it made a gradient's first call ~0.7 s
+    longer)."""
     st = empty((2, 1), np.float64)
     _stream_task(op, a, b, out, lo, hi, n, side, st)
     vfence()
 
 
 def _stream_task(op, a, b, out, lo, hi, n, side, st):
-    """``run_rows``' rows lo..hi-1 as one run, their mask (if any) laid out as the rows."""
+    """``run_rows``' rows lo..hi-1 as one run: their mask, if any, laid out as the rows, or
+    one mask for every row (then that row twice in a scratch: ``_row_kernel.run_masks``)."""
 
 
-@overload(_stream_task, jit_options=INLINE)
+# inlined into ``run_rows`` as numba IR: the scratch's allocation needs its reference
+# counting (the kernels' own inlined functions compile without)
+@overload(_stream_task, inline="always")
 def _stream_task_impl(op, a, b, out, lo, hi, n, side, st):
     if _no_mask(side):
         def unmasked(op, a, b, out, lo, hi, n, side, st):
@@ -278,10 +281,19 @@ def _stream_task_impl(op, a, b, out, lo, hi, n, side, st):
         return unmasked
 
     def masked(op, a, b, out, lo, hi, n, side, st):
+        w = side_mask(side)
         off = mask_offset(side, lo)
-        stream_rows(op, seg(a, lo * n, hi * n), seg(b, lo * n, hi * n),
-                    seg(side_mask(side), off, off + (hi - lo) * n), seg(out, lo * n, hi * n),
-                    n, st)
+        rows_a, rows_b, rows_out = (seg(a, lo * n, hi * n), seg(b, lo * n, hi * n),
+                                    seg(out, lo * n, hi * n))
+        if hi - lo > 1 and mask_offset(side, lo + 1) == off:  # one mask for every row
+            row = seg(w, off, off + n)
+            twice = empty(2 * n, np.uint8)
+            twice[:n] = row
+            twice[n:] = row
+            stream_rows(op, rows_a, rows_b, (row, twice), rows_out, n, st)
+        else:
+            stream_rows(op, rows_a, rows_b, seg(w, off, off + (hi - lo) * n), rows_out, n,
+                        st)
     return masked
 
 

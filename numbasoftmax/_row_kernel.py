@@ -776,57 +776,78 @@ def _grad_write(op, a, b, w, out, cmax, m, t, stream):
 
 @njit(**INTERNAL)
 def stream_rows(op, a, b, w, out, n, st):
-    """Gradient rows of n elements (W <= n <= CHUNK) laid end to end in ``a``, ``b``,
-    ``out`` and mask ``w`` (or None), out's elements at addresses a multiple of their
-    size: each row's sum as ``row`` takes it (``st`` as there), the outputs written as one
-    run (``run_row``; the caller fences)."""
+    """Gradient rows of n elements (W <= n <= CHUNK) laid end to end in ``a``, ``b`` and
+    ``out``, out's elements at addresses a multiple of their size, and their mask ``w``
+    (``run_masks``): each row's sum as ``row`` takes it (``st`` as there), the outputs
+    written as one run (``run_row``; the caller fences)."""
     done = stream_head(out)
     s_last = to_compute(0.0, a)
     for r0 in range(0, out.shape[0], n):
         r1 = r0 + n
-        st[0, 0], st[1, 0] = stats(op, seg(a, r0, r1), seg(b, r0, r1), seg(w, r0, r1),
+        st[0, 0], st[1, 0] = stats(op, seg(a, r0, r1), seg(b, r0, r1), run_masks(w, r0, n)[0],
                                    seg(out, r0, r1), True)
         s = to_compute(finish(op, st[0], st[1], None)[1], a)
         done = run_row(op, a, b, w, out, r0, n, s, s_last, done)
         s_last = s
-    run_end(op, a, b, w, out, s_last, done)
+    run_end(op, a, b, w, out, n, s_last, done)
+
+
+def run_masks(w, r0, n):
+    """A run's masks for row r0: (the row's, indexed from r0; rows r0-n and r0's, indexed
+    from r0-n, r0 > 0), for ``w``: None (no mask), the rows' mask laid out as they are, or
+    (one row's mask for every row, that row twice)."""
+
+
+@overload(run_masks, jit_options=INLINE)
+def _run_masks_impl(w, r0, n):
+    if isinstance(w, types.NoneType):
+        return lambda w, r0, n: (None, None)
+    if isinstance(w, types.BaseTuple):
+        return lambda w, r0, n: w
+    return lambda w, r0, n: (seg(w, r0, r0 + n), seg(w, max(r0 - n, 0), r0 + n))
 
 
 @njit(**INTERNAL)
 def run_row(op, a, b, w, out, r0, n, s, s_last, done):
     """The outputs of row r0 .. r0+n-1 (n >= W; its sum ``s``, the row before's ``s_last``)
-    of gradient rows laid end to end in ``a``, ``b``, ``out`` and mask ``w`` (or None),
-    written as one run: whole
-    aligned vectors with non-temporal stores from the first aligned output on (``done``
-    for row 0: ``stream_head``), the outputs before it plainly; returns where the outputs
-    written end (``run_end`` writes the last ones). A vector across two rows takes each
-    lane's value with its own row's sum: the values of a row at a time. Rows streamed one
-    at a time (``write``) store their first and last partial vectors plainly, and a line two
-    rows share is written twice: streamed that way, rows under 4 KiB measured slower than
-    with plain stores."""
+    of gradient rows laid end to end in ``a``, ``b`` and ``out`` (their mask ``w`` as
+    ``run_masks`` takes it), written as one run: whole aligned vectors with non-temporal
+    stores from the first aligned output on (``done`` for row 0: ``stream_head``), the
+    outputs before it plainly; returns where the outputs written end (``run_end`` writes
+    the last ones). A vector across two rows takes each lane's value with its own row's
+    sum and mask: the values of a row at a time. Rows streamed one at a time (``write``)
+    store their first and last partial vectors plainly, and a line two rows share is
+    written twice: streamed that way, rows under 4 KiB measured slower than with plain
+    stores."""
     lanes = pick(op, SOFTMAX_BACKWARD, _softmax_grad_lanes, _log_softmax_grad_lanes)
+    own, pair = run_masks(w, r0, n)
+    ra, rb = seg(a, r0, r0 + n), seg(b, r0, r0 + n)
     if r0 == 0:  # the outputs before the first aligned one (float16: up to 2 vectors)
         for i in range(0, done, W):
             k = min(W, done - i)
-            vstore(out, i, k, invoke(lanes, a, b, (s, w), i, k))
+            vstore(out, i, k, invoke(lanes, ra, rb, (s, own), i, k))
     elif done < r0:  # the vector holding the last row's last elements and this row's first
         s_lanes = vselect(vbelow(r0 - done), vsplat(s_last, a), s)
-        vstream(out, done, invoke(lanes, a, b, (s_lanes, w), done, W))
+        at = r0 - n
+        vstream(out, done, invoke(lanes, seg(a, at, r0 + n), seg(b, at, r0 + n),
+                                  (s_lanes, pair), done - at, W))
         done += W
     end = done + (r0 + n - done) // W * W
     for i in range(done, end, W):
-        vstream(out, i, invoke(lanes, a, b, (s, w), i, W))
+        vstream(out, i, invoke(lanes, ra, rb, (s, own), i - r0, W))
     return end
 
 
 @njit(**INTERNAL)
-def run_end(op, a, b, w, out, s_last, done):
+def run_end(op, a, b, w, out, n, s_last, done):
     """The outputs of a run (``run_row``) from ``done`` on: the last row's (sum ``s_last``),
     fewer than a vector, plainly."""
     lanes = pick(op, SOFTMAX_BACKWARD, _softmax_grad_lanes, _log_softmax_grad_lanes)
     total = out.shape[0]
     if done < total:
-        vstore(out, done, total - done, invoke(lanes, a, b, (s_last, w), done,
+        r0 = total - n
+        vstore(out, done, total - done, invoke(lanes, seg(a, r0, total), seg(b, r0, total),
+                                                (s_last, run_masks(w, r0, n)[0]), done - r0,
                                                 total - done))
 
 
