@@ -63,14 +63,15 @@ STREAM_ROW_BYTES = {
     "softmax_backward": (None, 4096, 4096),
     "log_softmax_backward": (None, None, None),
 }
-# Large outputs of the gradients' contiguous unmasked rows, from 16 elements
-# (``_cpu_kernels.RUN_ROW_MIN``) to a chunk, stream as one run per task whatever the row
-# length (``_cpu_kernels.run_rows``, ``RUN_OPS``): the lines two rows share are streamed
-# whole. Time against the rule above, float32, 2^24 elements, 2 threads, 15 alternating
-# rounds: softmax_backward 0.77-0.83 at 16-48 elements, 0.67-0.78 at 64-256, 0.84 at
-# 1024, 0.92-0.99 at 2048-8192; log_softmax_backward 0.86 at 32, 0.74-0.86 at 64-1024,
-# 0.80-0.88 at 4096-8192, and its longer rows, streamed one at a time then, 0.90-0.94;
-# float64 0.73-0.94. Not float16 (as above).
+# Large outputs of the gradients' contiguous rows, from 16 elements
+# (``_cpu_kernels.RUN_ROW_MIN``) to a chunk, unmasked or with a mask of x's shape or one
+# mask for every row, stream as one run per task whatever the row length
+# (``_cpu_kernels.run_rows``, ``RUN_OPS``): the lines two rows share are streamed whole.
+# Time against the rule above, float32, 2^24 elements, 2 threads, 15 alternating rounds:
+# softmax_backward 0.69 / 0.78 / 0.76 / 0.80 / 0.80 / 0.83 / 0.95 at 16 / 32 / 48 / 64 /
+# 128 / 1024 / 4096 elements, log_softmax_backward 0.78 / 0.84 / 0.96 at 32 / 128 / 1024,
+# and its rows longer than a chunk, streamed one at a time then, 0.90-0.93; float64 0.59
+# / 0.89 at 32 / 1024; masked 0.60-0.79 at 32. Not float16 (as above).
 RUN_ITEMSIZES = (4, 8)
 _ITEMSIZES = (2, 4, 8)
 
