@@ -279,10 +279,9 @@ def run(op, a, sa, b, sb, out, so, m, n, side=None, direct=False):
 def _first_direct(entries, driver, call):
     """Run the first direct call of ``driver`` for ``call``'s dtype (keyed by it: a direct
     call's other types are fixed) and keep its entry."""
-    driver(*call)  # compiles, or loads from the cache, the specialization for these types
-    # (the dispatcher itself where it ran another specialization, converting the arguments)
-    compiled = driver.overloads.get(tuple(driver.typeof_pyval(v) for v in call))
-    entries[driver, call[1].dtype] = driver if compiled is None else compiled.entry_point
+    from ._serial_call import run_and_keep  # with the kernels: not at import
+
+    entries[driver, call[1].dtype] = run_and_keep(driver, call)
 
 
 # Along a strided axis softmax computes its exps again in the write pass instead of keeping

@@ -769,8 +769,17 @@ def _given_finish(op, cmax, csum, r):
     return r[0], r[1]
 
 
+def grad_lanes(op):
+    """The element-wise kernel function of gradient ``op``, given its row's sum."""
+
+
+@overload(grad_lanes, jit_options=INLINE)
+def _grad_lanes_impl(op):
+    return lambda op: pick(op, SOFTMAX_BACKWARD, _softmax_grad_lanes, _log_softmax_grad_lanes)
+
+
 def _grad_write(op, a, b, w, out, cmax, m, t, stream):
-    lanes = pick(op, SOFTMAX_BACKWARD, _softmax_grad_lanes, _log_softmax_grad_lanes)
+    lanes = grad_lanes(op)
     seg_map(lanes, out, a, b, (to_compute(t, a), w), stream)
 
 
@@ -819,7 +828,7 @@ def run_row(op, a, b, w, out, r0, n, s, s_last, done):
     store their first and last partial vectors plainly, and a line two rows share is
     written twice: streamed that way, rows under 4 KiB measured slower than with plain
     stores."""
-    lanes = pick(op, SOFTMAX_BACKWARD, _softmax_grad_lanes, _log_softmax_grad_lanes)
+    lanes = grad_lanes(op)
     own, pair = run_masks(w, r0, n)
     ra, rb = seg(a, r0, r0 + n), seg(b, r0, r0 + n)
     if r0 == 0:  # the outputs before the first aligned one (float16: up to 2 vectors)
@@ -842,7 +851,7 @@ def run_row(op, a, b, w, out, r0, n, s, s_last, done):
 def run_end(op, a, b, w, out, n, s_last, done):
     """The outputs of a run (``run_row``) from ``done`` on: the last row's (sum ``s_last``),
     fewer than a vector, plainly."""
-    lanes = pick(op, SOFTMAX_BACKWARD, _softmax_grad_lanes, _log_softmax_grad_lanes)
+    lanes = grad_lanes(op)
     total = out.shape[0]
     if done < total:
         r0 = total - n

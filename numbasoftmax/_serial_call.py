@@ -95,6 +95,16 @@ def _chunk_size_function(context, builder, setter):
                                           "get_parallel_chunksize")
 
 
+def run_and_keep(dispatcher, args):
+    """Call numba ``dispatcher`` with ``args`` (it compiles, or loads from the disk cache,
+    the specialization for their types) and return that specialization's compiled entry
+    point, which later calls with arguments of the same types can call directly; the
+    dispatcher itself where it ran another specialization, converting the arguments."""
+    dispatcher(*args)
+    compiled = dispatcher.overloads.get(tuple(dispatcher.typeof_pyval(v) for v in args))
+    return dispatcher if compiled is None else compiled.entry_point
+
+
 def _type_key(args):
     """What numba's types of a driver's arguments depend on, cheaply: the operation (its
     marker) and numba's own fingerprint of the rest, which its dispatcher types arguments
@@ -128,15 +138,10 @@ class ParallelDriver:
             run[1](run[0], *self.tasks(args), *args[1:])
 
     def _first_run(self, args):
-        """Run the loop through numba's dispatcher the first time for these types (it
-        compiles them, or loads them from the disk cache), then keep its entry point:
-        later calls skip the dispatcher's typing of every argument (~0.4 us a call)."""
+        """Run the loop the first time for these types (``run_and_keep``); later calls
+        skip the dispatcher's typing of every argument (~0.4 us a call)."""
         address = self.address(*args)
-        loop_args = (address, *self.tasks(args), *args[1:])
-        self.loop(*loop_args)
-        compiled = self.loop.overloads.get(tuple(self.loop.typeof_pyval(v) for v in loop_args))
-        # the dispatcher itself where it ran another specialization, converting arguments
-        entry = self.loop if compiled is None else compiled.entry_point
+        entry = run_and_keep(self.loop, (address, *self.tasks(args), *args[1:]))
         self._runs[_type_key(args)] = (address, entry)
 
     def address(self, *args):
