@@ -18,7 +18,7 @@ given values run on these drivers only (``short_rows``: neither; ``masked_short_
 masks only, and also ``(w, None, None)``: one mask for every row). ``stream``: the output
 is large: written with non-temporal stores where the kernel may
 (``_row_kernel.may_stream``), each serial driver fencing them before it returns; masked
-softmax reads its rows as ``_row_kernel._exp_sums`` says. A reduction's (logsumexp's)
+rows are read as ``_row_kernel._exp_sums`` says. A reduction's (logsumexp's)
 ``out`` holds its values per row at stride ``oo``. ``columns`` and its parallel form take
 ``lead`` and ``stream``: whole tiles of ``out`` stored past the caches, the first ``lead``
 inner positions a partial tile of their own so that the whole ones start cache lines

@@ -39,11 +39,10 @@ written; its gradient reads x once and writes once. A mask adds one byte per ele
 pass that reads it. A plain store to a line not in the cache reads the line first; where
 the output is large (``_cpu.streams``, ``_config.STREAM_MIN_BYTES``) the write phase
 stores whole cache lines past the caches instead (``seg_map``), so memory sees the write
-once: every operation but softmax and masked log_softmax, whose first passes have put
-``out``'s lines in the cache already (the kept exps, the masked row), and logsumexp's
-gradient, measured slower streamed (the launcher's rule leaves out more, by row length).
-For softmax, computing the exps again, or keeping them in a scratch row copied out
-afterwards, measured slower.
+once: every operation but softmax, whose first passes have put ``out``'s lines in the
+cache already (the kept exps), and logsumexp's gradient, measured slower streamed (the
+launcher's rule leaves out more, by row length). For softmax, computing the exps again,
+or keeping them in a scratch row copied out afterwards, measured slower.
 """
 
 from __future__ import annotations
@@ -318,14 +317,6 @@ def _max_lanes(f, a, b, c, i, k):
 
 
 @kernel_fn
-def _masked_lanes(f, a, b, c, i, k):
-    """x = a where mask c is set, else -inf; kept in ``b``."""
-    v = keep(valid(None, c, i, k), vload(a, i, k, NEG_INF), NEG_INF)
-    vstore(b, i, k, v)
-    return v
-
-
-@kernel_fn
 def _exp_lanes(f, a, b, c, i, k):
     """(weight *) exp(x - shift) where valid, else +0, for x = a and c = (shift, w, wts);
     kept in ``b`` unless it is None."""
@@ -466,36 +457,11 @@ def finish(op, cmax, csum, r):
 def write(op, a, b, w, out, cmax, m, t, stream):
     """One chunk: the outputs; ``stream``: with non-temporal stores where the statistics
     kept nothing in ``out`` (``seg_map``, ``may_stream``; rows of NaN, 0 or -inf, the
-    rare rows, store plainly)."""
-
-
-def _rereads(w, kept):
-    """Whether softmax-type statistics read x (and the mask, numba type ``w``) in both
-    passes: without a mask, or where the exps are ``kept`` (``kept_exps``); else the max
-    pass keeps the masked row in ``out`` for the later passes."""
-    return isinstance(w, types.NoneType) or kept
-
-
-@intrinsic
-def _max_pass(typingctx, op, b, w, out):
-    """A softmax-type max pass as ``_rereads`` says: (``_max_lanes``, None), or
-    (``_masked_lanes``, ``out``) to keep the masked row there. Chosen when compiling."""
-    if not isinstance(op, MarkerType):
-        return None
-    rereads = _rereads(w, _kept_choice(op, b, out) is not None)
-    f = _max_lanes if rereads else _masked_lanes
-    ret = types.Tuple([f._numba_type_, types.none if rereads else out])
-
-    def codegen(context, builder, sig, args):
-        kept = context.get_dummy_value() if rereads else args[3]
-        return context.make_tuple(builder, ret, [context.get_constant_null(ret.types[0]), kept])
-
-    return ret(op, b, w, out), codegen
+    rare rows, store plainly). A mask is read again (``_exp_sums``)."""
 
 
 def _exp_maxes(op, a, b, w, out):
-    f, kept = _max_pass(op, b, w, out)
-    return seg_max_lanes(f, a, kept, w)
+    return seg_max_lanes(_max_lanes, a, None, w)
 
 
 def _exp_sums(op, a, b, w, out, cm, red):
@@ -505,42 +471,21 @@ def _exp_sums(op, a, b, w, out, cm, red):
     valid elements instead (a row whose max is -inf then tells "no valid element", sum 0,
     from "valid elements all -inf", sum > 0).
 
-    With a mask, softmax keeping its exps reads x and the mask in both passes (the second
-    time from the cache), as the unmasked passes read x. The other masked operations
-    (log_softmax, float16 softmax written directly) keep the masked row (-inf where
-    excluded) in ``out`` in the max pass, and their later passes read it there
-    (``row_source``):
-    exp(-inf - shift) is already the +0 an excluded element adds, (-inf - m) - lse the
-    -inf it gets. For softmax that measured slower: float32, 2-core Zen 4, masked ÷
-    unmasked time, median of 11 alternating pairs per process, three processes each way:
-    2^24 elements, 2 threads, N = 32 / 1024 1.05 / 1.04-1.11x re-reading against
-    1.17-1.19 / 1.13-1.24x keeping the row (N = 64-4096 1.05-1.11x either way); one thread
-    N = 32 / 1024 1.05 / 1.09-1.12x against 1.15-1.24 / 1.15-1.19x. In cache (2^16
-    elements, one thread) keeping the row was ahead at N = 512-1024 (1.06-1.10x against
-    1.13-1.14x). Same bits either way: an excluded element adds +0."""
-    return _exp_sums_of(a, w, out, kept_exps(op, b, out), cm, red)
-
-
-def _exp_sums_of(a, w, out, es, cm, red):
-    """``_exp_sums`` as ``_rereads`` says (chosen when compiling: numba types both sides
-    of an ``if`` on an array)."""
-
-
-@overload(_exp_sums_of, jit_options=INLINE)
-def _exp_sums_of_impl(a, w, out, es, cm, red):
-    if _rereads(w, not isinstance(es, types.NoneType)):
-        def reading(a, w, out, es, cm, red):  # x (and the mask) in both passes
-            if w is not None and cm == NEG_INF:
-                return told_max(cm, seg_total(red, _count_lanes, a, es, w))
-            shift = cm if cm != NEG_INF else to_compute(0.0, a)
-            return told_max(cm, seg_total(red, _exp_lanes, a, es, (shift, w, None)))
-        return reading
-
-    def keeping(a, w, out, es, cm, red):
-        if cm == NEG_INF:
-            return told_max(cm, seg_total(red, _count_lanes, a, es, w))
-        return told_max(cm, seg_total(red, _exp_lanes, out, es, (cm, None, None)))
-    return keeping
+    With a mask, every pass reads x and the mask (the later ones from the cache), as the
+    unmasked passes read x: the excluded elements take the identity of each pass, and their
+    outputs the value of excluded elements. Keeping the masked row (-inf where excluded)
+    in ``out`` for the later passes instead measured slower for softmax and, for rows of
+    1024 elements or more, for log_softmax: float32, 2-core Zen 4, 2^24 elements, 2
+    threads, masked ÷ unmasked time at N = 32 / 1024: softmax 1.05 / 1.04-1.11x against
+    1.17-1.19 / 1.13-1.24x; log_softmax re-reading ÷ keeping, median of 15 alternating
+    rounds, 0.75-0.86 at N = 1024, 0.87 / 0.91 at 4096 / 16384 (also streamed: ``out`` is
+    not in the cache), 1.00-1.06 at 32-256. Same bits either way: an excluded element adds
+    +0."""
+    es = kept_exps(op, b, out)
+    if w is not None and cm == NEG_INF:
+        return told_max(cm, seg_total(red, _count_lanes, a, es, w))
+    shift = cm if cm != NEG_INF else to_compute(0.0, a)
+    return told_max(cm, seg_total(red, _exp_lanes, a, es, (shift, w, None)))
 
 
 def told_max(cm, s):
@@ -559,19 +504,6 @@ def _told_max_impl(cm, s):
             return (NAN if nan else np.float64(cm)), s
         return lanes
     return lambda cm, s: ((NAN if s != s else np.float64(cm)), s)
-
-
-@intrinsic
-def row_source(typingctx, w, a, out):
-    """Where the write phase reads a row's values: ``a``, or ``out`` when there is a mask
-    ``w`` (the masked row ``_exp_maxes`` kept there; softmax keeping its exps reads those
-    instead, and neither); chosen when compiling."""
-    chosen = 1 if isinstance(w, types.NoneType) else 2
-
-    def codegen(context, builder, sig, args):
-        return impl_ret_borrowed(context, builder, sig.return_type, args[chosen])
-
-    return (a, out)[chosen - 1](w, a, out), codegen
 
 
 def _lse_maxes(op, a, b, w, out):
@@ -655,19 +587,19 @@ def special_fill(op, m, t, w, out):
             None)
 
 
-def may_stream(stream, w, es):
-    """``stream`` where the statistics left ``out`` untouched (no mask ``w``, whose masked
-    row they keep there, and no kept exps ``es``), else None: then ``out``'s lines are in
-    the cache, owned, already, and streaming them gains nothing. Where the exps are kept
-    elsewhere (float16's staging rows) plain stores measured faster too: float16, 2^24
-    elements, N = 1024, 2 threads, 1.25x the time streamed."""
+def may_stream(stream, es):
+    """softmax's ``stream`` where it keeps no exps (``es`` None: they are computed again),
+    else None: exps kept in ``out`` put its lines in the cache, owned, already, and
+    streaming them gains nothing. Where the exps are kept elsewhere (float16's staging
+    rows) plain stores measured faster too: float16, 2^24 elements, N = 1024, 2 threads,
+    1.25x the time streamed."""
 
 
 @overload(may_stream, jit_options=INLINE)
-def _may_stream_impl(stream, w, es):
-    if isinstance(w, types.NoneType) and isinstance(es, types.NoneType):
-        return lambda stream, w, es: stream
-    return lambda stream, w, es: None
+def _may_stream_impl(stream, es):
+    if isinstance(es, types.NoneType):
+        return lambda stream, es: stream
+    return lambda stream, es: None
 
 
 def _kept_choice(op, b, out):
@@ -711,8 +643,7 @@ def _softmax_write(op, a, b, w, out, cmax, m, t, stream):
         factor = to_compute(scale / t, a)
         shift = to_compute(cmax if cmax != NEG_INF else 0.0, a)  # as ``_exp_sums``
         es = kept_exps(op, b, out)
-        seg_map(_softmax_lanes, out, row_source(w, a, out), es, (shift, factor, None),
-                may_stream(stream, w, es))
+        seg_map(_softmax_lanes, out, a, es, (shift, factor, w), may_stream(stream, es))
 
 
 def _log_softmax_write(op, a, b, w, out, cmax, m, t, stream):
@@ -721,8 +652,8 @@ def _log_softmax_write(op, a, b, w, out, cmax, m, t, stream):
     if not NEG_INF < m < math.inf:
         special_fill(op, m, t, w, out)
     else:
-        seg_map(_log_softmax_lanes, out, row_source(w, a, out), None,
-                (to_compute(m, a), to_compute(t, a), None), may_stream(stream, w, None))
+        seg_map(_log_softmax_lanes, out, a, None, (to_compute(m, a), to_compute(t, a), w),
+                stream)
 
 
 def _logsumexp_write(op, a, b, w, out, cmax, m, t, stream):
