@@ -198,6 +198,30 @@ def test_masked_gradient_rows_streamed_have_the_plain_bits(op, dtype, m, n, mask
     assert not streamed[..., ~where].any()  # excluded elements: 0 gradient
 
 
+# masked log_softmax reads x and the mask in every pass and leaves ``out`` alone until it
+# writes, so its long rows stream as the unmasked ones do (rows of 8 KiB and more); a NaN
+# row and a row whose valid elements are all -inf among them (plain stores)
+@pytest.mark.parametrize("mask_shape", ["x", "row"])
+@pytest.mark.parametrize("n", [2048, 3000, 8193])
+@pytest.mark.parametrize("m", [5, 20])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=_dtype_id)
+def test_masked_log_softmax_streamed_has_the_plain_bits(dtype, m, n, mask_shape, rng,
+                                                        monkeypatch):
+    from numbasoftmax import _cpu
+
+    x = rng.standard_normal((m, n)).astype(dtype)
+    x[1, 7] = np.nan
+    x[3] = -np.inf
+    where = rng.random((m, n) if mask_shape == "x" else (n,)) < 0.7
+    where[..., 7] = True  # the NaN is valid: its row NaN
+    streamed, plain = _streamed_and_plain("log_softmax", (x,), 5, monkeypatch, where=where)
+    assert _cpu.streams(m, n, np.dtype(dtype).itemsize, "log_softmax")
+    assert_bitwise_equal(streamed, plain)
+    excluded = np.broadcast_to(~where, x.shape)
+    assert (streamed[excluded & ~np.isnan(streamed)] == -np.inf).all()
+    assert np.isnan(streamed[1][~excluded[1]]).all()
+
+
 def test_runs_stream_float32_and_float64():
     """Rows a run takes stream from their first element in float32 and float64 (float16
     keeps the row rule: never for the gradients), and only rows it takes."""
