@@ -71,12 +71,8 @@ from ._vmem import vand, vload, vprefetch, vstore, vstream
 # each row's lines would be waited for. The passes over a band fetch the lines of the row
 # PREFETCH_ROWS ahead into the L2 cache (``vprefetch``; a hint: no effect on any result).
 # (8192, 2048) float32 along axis 0, 2 threads: log_softmax 31-37 ms without, 18-20 ms
-# with 4 rows into L1; then, time of 8 rows into L2 / 4 rows into L1, one process:
-# softmax 0.72, log_softmax 0.82, softmax_backward 0.61, log_softmax_backward 0.82,
-# float64 softmax_backward 0.67; (128, 256, 1024) along axis 1 0.66 (rows further apart
-# than PREFETCH_MIN_STEP; 4 rows into L2 alone: 0.72-0.85, 8 rows into L1 0.96-1.04,
-# 12-24 rows into L2 no faster than 8, and slower for (1024, 16384) along axis 0). On a
-# second CPU (Intel): forward 0.91-1.07, gradients 0.75-0.91 along the same axes.
+# with 4 rows into L1. 8 rows into L2 against that, time ratio: 0.61-0.82 on one CPU, 0.75-1.07
+# on another (gradients gain most); 8 rows into L1, 4 or 12-24 into L2 gained less.
 PREFETCH_ROWS = 8
 # rows closer than this (elements) are followed by the hardware prefetchers
 PREFETCH_MIN_STEP = 1024

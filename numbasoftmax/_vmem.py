@@ -494,8 +494,7 @@ def vscatter_rows_where(typingctx, rows, index, stride, k, n, tile, mask):
 def vprefetch(typingctx, arr, index):
     """A hint that element ``index`` of a 1-D array is read soon: its cache line is
     fetched ahead into the L2 cache (no effect on any result; the hint never faults, even
-    past the end). Into L2, not L1: the lane kernel's strided bands (its one user) ran in
-    0.61-0.82x the time (``_lane_kernel.PREFETCH_ROWS``)."""
+    past the end). Why L2: ``_lane_kernel.PREFETCH_ROWS``, its one user."""
     if not (isinstance(arr, types.Array) and arr.ndim == 1
             and isinstance(index, types.Integer)):
         return None
