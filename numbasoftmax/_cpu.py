@@ -239,9 +239,10 @@ def run(op, a, sa, b, sb, out, so, m, n, side=None, direct=False):
             short_max = 0
         elif step == 0 and n < short_max:  # one mask for every row: the tiles' own form
             side = (side[0], None, None)
-    # the rows ``run_rows`` takes: a mask, if any, laid out as the rows or one for all
+    # the rows ``run_rows`` takes: a mask, if any, laid out as the rows or one for all;
+    # short rows keep their tiles
     runs = (op in k.RUN_OPS and step >= 0 and sa == sb == so == n
-            and k.RUN_ROW_MIN <= n <= k.CHUNK)
+            and max(k.RUN_ROW_MIN, short_max) <= n <= k.CHUNK)
     stream = streams(m, n, out.itemsize, op, runs=runs)
     runs = runs and stream and out.flags.aligned  # as ``run_rows`` takes them
     if m * n < PARALLEL_MIN_ELEMENTS or _serial_only:

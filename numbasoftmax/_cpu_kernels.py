@@ -59,6 +59,9 @@ from ._row_kernel import (
     out_row,
     reduces,
     row,
+    run_end,
+    run_row,
+    run_values,
     seg_map,
     seg_max,
     seg_sum,
@@ -96,6 +99,7 @@ from ._vmem import (
     empty,
     seg,
     stack_empty,
+    stream_head,
     vfence,
     vgather,
     vgather_rows,
@@ -233,7 +237,7 @@ def _staged(typingctx, sc, lo, b):
 
 # the operations whose rows ``run_rows`` takes, and its shortest row (a vector then holds
 # elements of two rows at most)
-RUN_OPS = ("softmax_backward", "log_softmax_backward")
+RUN_OPS = ("log_softmax", "softmax_backward", "log_softmax_backward")
 RUN_ROW_MIN = W
 
 
@@ -254,7 +258,7 @@ def rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, side, stream):
 
 @njit(**OPTIONS)
 def run_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, side, stream):
-    """Gradient rows lo..hi-1 streamed as one run (``_row_kernel.stream_rows``): rows of
+    """Rows lo..hi-1 of RUN_OPS streamed as one run (``_row_kernel.run_row``): rows of
     RUN_ROW_MIN to CHUNK elements contiguous in all three arrays (ao = bo = oo = n), and
     in the mask where there is one (``mask_takes_tiles`` n), or one mask for every row
     (0); an = on = 1, C = 1. A driver of its own: only large outputs run it, and a first
@@ -266,8 +270,9 @@ def run_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, side, stream):
 
 
 def _stream_task(op, a, b, out, lo, hi, n, side, st):
-    """``run_rows``' rows lo..hi-1 as one run: their mask, if any, laid out as the rows, or
-    one mask for every row (then that row twice in a scratch: ``_row_kernel.run_masks``)."""
+    """``run_rows``' rows lo..hi-1 as one run (``_run``): their mask, if any, laid out as
+    the rows, or one mask for every row (then that row twice in a scratch:
+    ``_row_kernel.run_masks``)."""
 
 
 # inlined into ``run_rows`` as numba IR: the scratch's allocation needs its reference
@@ -275,26 +280,72 @@ def _stream_task(op, a, b, out, lo, hi, n, side, st):
 @overload(_stream_task, inline="always")
 def _stream_task_impl(op, a, b, out, lo, hi, n, side, st):
     if _no_mask(side):
-        def unmasked(op, a, b, out, lo, hi, n, side, st):
-            stream_rows(op, seg(a, lo * n, hi * n), seg(b, lo * n, hi * n), None,
-                        seg(out, lo * n, hi * n), n, st)
-        return unmasked
+        return lambda op, a, b, out, lo, hi, n, side, st: _run(op, a, b, out, lo, hi, n, side,
+                                                               st, None)
 
     def masked(op, a, b, out, lo, hi, n, side, st):
         w = side_mask(side)
         off = mask_offset(side, lo)
-        rows_a, rows_b, rows_out = (seg(a, lo * n, hi * n), seg(b, lo * n, hi * n),
-                                    seg(out, lo * n, hi * n))
         if hi - lo > 1 and mask_offset(side, lo + 1) == off:  # one mask for every row
             row = seg(w, off, off + n)
             twice = empty(2 * n, np.uint8)
             twice[:n] = row
             twice[n:] = row
-            stream_rows(op, rows_a, rows_b, (row, twice), rows_out, n, st)
+            _run(op, a, b, out, lo, hi, n, side, st, (row, twice))
         else:
-            stream_rows(op, rows_a, rows_b, seg(w, off, off + (hi - lo) * n), rows_out, n,
-                        st)
+            _run(op, a, b, out, lo, hi, n, side, st, seg(w, off, off + (hi - lo) * n))
     return masked
+
+
+def _run(op, a, b, out, lo, hi, n, side, st, rw):
+    """Rows lo..hi-1 as one run, their mask ``rw`` as ``_row_kernel.run_masks`` takes it:
+    a gradient's sums a row at a time (``_row_kernel.stream_rows``: taking their trees
+    together measured no faster, as in ``_group_stats``), log_softmax's statistics in
+    groups (``_forward_run``)."""
+
+
+@overload(_run, inline="always")
+def _run_impl(op, a, b, out, lo, hi, n, side, st, rw):
+    if op.key_ == LOG_SOFTMAX.key:
+        return lambda op, a, b, out, lo, hi, n, side, st, rw: _forward_run(op, a, out, lo, hi,
+                                                                           n, side, rw)
+
+    def gradient(op, a, b, out, lo, hi, n, side, st, rw):
+        stream_rows(op, seg(a, lo * n, hi * n), seg(b, lo * n, hi * n), rw,
+                    seg(out, lo * n, hi * n), n, st)
+    return gradient
+
+
+def _forward_run(op, a, out, lo, hi, n, side, rw):
+    """log_softmax rows lo..hi-1 as one run: their statistics in groups, as
+    ``grouped_rows`` takes them, then each row's outputs (``_row_kernel.run_row``)."""
+
+
+@overload(_forward_run, inline="always")
+def _forward_run_impl(op, a, out, lo, hi, n, side, rw):
+    def run(op, a, out, lo, hi, n, side, rw):
+        size = group_size(n)
+        st = empty((4, size), np.float64)
+        m, t = st[2], st[3]
+        offs = empty(size, np.int64)
+        scratch = stack_empty(a, _GROUP_SCRATCH)
+        scratch[:] = 0.0
+        lanes, trees = seg(scratch, 0, GROUP * W), seg(scratch, GROUP * W, (GROUP + 1) * W)
+        w = side_mask(side)
+        rows_a, rows_out = seg(a, lo * n, hi * n), seg(out, lo * n, hi * n)
+        done = stream_head(rows_out)
+        p_last = run_values(op, a, 0.0, 0.0)
+        for g in range(lo, hi, size):
+            k = min(size, hi - g)
+            _group_finish(op, a, n, a, n, side, w, offs, out, n, None, n, g, k, lanes, trees,
+                          st)
+            for r in range(k):
+                p = run_values(op, a, m[r], t[r])
+                done = run_row(op, rows_a, rows_a, rw, rows_out, (g + r - lo) * n, n, p,
+                               p_last, done)
+                p_last = p
+        run_end(op, rows_a, rows_a, rw, rows_out, n, p_last, done)
+    return run
 
 
 # Rows of one chunk run in groups through each phase: the statistics of the group's rows,
@@ -329,6 +380,28 @@ def _group_row(op, a, ao, b, bo, w, off, out, oo, sc, n, i, r):
     """The row kernel's arguments for row i, the group's r-th: (a, b, mask, out) rows."""
     return (seg(a, i * ao, i * ao + n), _staged(sc, r * n, seg(b, i * bo, i * bo + n)),
             seg(w, off, off + n), out_row(op, out, i * oo, n))
+
+
+def _group_finish(op, a, ao, b, bo, side, w, offs, out, oo, sc, n, g, k, lanes, trees, st):
+    """Rows g .. g+k-1's mask offsets into ``offs``, their chunk statistics into ``st[0]``
+    and ``st[1]`` (``_group_stats``), then (m, t) into ``st[2]`` and ``st[3]``: each row's
+    ``finish``, log_softmax's logs of the group's sums taken together (``log_sums``)."""
+
+
+@overload(_group_finish, jit_options=INLINE)
+def _group_finish_impl(op, a, ao, b, bo, side, w, offs, out, oo, sc, n, g, k, lanes, trees,
+                       st):
+    def group(op, a, ao, b, bo, side, w, offs, out, oo, sc, n, g, k, lanes, trees, st):
+        cmax, csum, m, t = st[0], st[1], st[2], st[3]
+        for r in range(k):
+            offs[r] = mask_offset(side, g + r)
+        _group_stats(op, a, ao, b, bo, w, offs, out, oo, sc, n, g, k, lanes, trees, cmax,
+                     csum)
+        for r in range(k):
+            m[r], t[r] = finish(unlogged(op), seg(cmax, r, r + 1), seg(csum, r, r + 1),
+                                row_values(side, g + r))
+        log_sums(op, t, k)
+    return group
 
 
 def _group_stats(op, a, ao, b, bo, w, offs, out, oo, sc, n, g, k, lanes, trees, cmax, csum):
@@ -394,7 +467,7 @@ def grouped_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, side, stre
     kernel; an = on = 1, C = 1."""
     size = group_size(n)
     st = empty((4, size), np.float64)  # one allocation, not four (a short call pays each)
-    cmax, csum, m, t = st[0], st[1], st[2], st[3]
+    cmax, m, t = st[0], st[2], st[3]
     offs = empty(size, np.int64)  # the rows' mask offsets, for both passes over them
     # the group's rows' lanes (rows past a short group's: +0), then their trees' results
     scratch = stack_empty(a, _GROUP_SCRATCH)
@@ -404,13 +477,7 @@ def grouped_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, side, stre
     sc = _staging(op, out, size * n)
     for g in range(lo, hi, size):
         k = min(size, hi - g)
-        for r in range(k):
-            offs[r] = mask_offset(side, g + r)
-        _group_stats(op, a, ao, b, bo, w, offs, out, oo, sc, n, g, k, lanes, trees, cmax, csum)
-        for r in range(k):
-            m[r], t[r] = finish(unlogged(op), seg(cmax, r, r + 1), seg(csum, r, r + 1),
-                                row_values(side, g + r))
-        log_sums(op, t, k)
+        _group_finish(op, a, ao, b, bo, side, w, offs, out, oo, sc, n, g, k, lanes, trees, st)
         for r in range(k):
             write(op, *_group_row(op, a, ao, b, bo, w, offs[r], out, oo, sc, n, g + r, r),
                   cmax[r], m[r], t[r], stream)

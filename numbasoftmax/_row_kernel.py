@@ -721,15 +721,46 @@ def stream_rows(op, a, b, w, out, n, st):
     (``run_masks``): each row's sum as ``row`` takes it (``st`` as there), the outputs
     written as one run (``run_row``; the caller fences)."""
     done = stream_head(out)
-    s_last = to_compute(0.0, a)
+    p_last = run_values(op, a, 0.0, 0.0)
     for r0 in range(0, out.shape[0], n):
         r1 = r0 + n
         st[0, 0], st[1, 0] = stats(op, seg(a, r0, r1), seg(b, r0, r1), run_masks(w, r0, n)[0],
                                    seg(out, r0, r1), True)
-        s = to_compute(finish(op, st[0], st[1], None)[1], a)
-        done = run_row(op, a, b, w, out, r0, n, s, s_last, done)
-        s_last = s
-    run_end(op, a, b, w, out, n, s_last, done)
+        m, t = finish(op, st[0], st[1], None)
+        p = run_values(op, a, m, t)
+        done = run_row(op, a, b, w, out, r0, n, p, p_last, done)
+        p_last = p
+    run_end(op, a, b, w, out, n, p_last, done)
+
+
+def run_values(op, a, m, t):
+    """A run row's two values for its lanes, in x's compute type, from its ``finish``
+    (m, t): a gradient's sum (twice), log_softmax's max and log-sum. A log_softmax row
+    whose max is not finite takes NaN for both: NaN at its valid elements (``_nan_row``;
+    a row without valid elements has only excluded ones, -inf)."""
+
+
+@overload(run_values, jit_options=INLINE)
+def _run_values_impl(op, a, m, t):
+    if op.key_ == LOG_SOFTMAX.key:
+        def logged(op, a, m, t):
+            if not NEG_INF < m < math.inf:
+                return to_compute(NAN, a), to_compute(NAN, a)
+            return to_compute(m, a), to_compute(t, a)
+        return logged
+    return lambda op, a, m, t: (to_compute(t, a), to_compute(t, a))
+
+
+def run_lanes(op, p, w):
+    """A run row's element-wise kernel function and its ``c``, from the row's values ``p``
+    (``run_values``: scalars, or vectors across two rows) and mask ``w``."""
+
+
+@overload(run_lanes, jit_options=INLINE)
+def _run_lanes_impl(op, p, w):
+    if op.key_ == LOG_SOFTMAX.key:
+        return lambda op, p, w: (_log_softmax_lanes, (p[0], p[1], w))
+    return lambda op, p, w: (grad_lanes(op), (p[0], w))
 
 
 def run_masks(w, r0, n):
@@ -748,47 +779,49 @@ def _run_masks_impl(w, r0, n):
 
 
 @njit(**INTERNAL)
-def run_row(op, a, b, w, out, r0, n, s, s_last, done):
-    """The outputs of row r0 .. r0+n-1 (n >= W; its sum ``s``, the row before's ``s_last``)
-    of gradient rows laid end to end in ``a``, ``b`` and ``out`` (their mask ``w`` as
-    ``run_masks`` takes it), written as one run: whole aligned vectors with non-temporal
-    stores from the first aligned output on (``done`` for row 0: ``stream_head``), the
-    outputs before it plainly; returns where the outputs written end (``run_end`` writes
-    the last ones). A vector across two rows takes each lane's value with its own row's
-    sum and mask: the values of a row at a time. Rows streamed one at a time (``write``)
-    store their first and last partial vectors plainly, and a line two rows share is
-    written twice: streamed that way, rows under 4 KiB measured slower than with plain
-    stores."""
-    lanes = grad_lanes(op)
+def run_row(op, a, b, w, out, r0, n, p, p_last, done):
+    """The outputs of row r0 .. r0+n-1 (n >= W; its values ``p``, the row before's
+    ``p_last``: ``run_values``) of rows laid end to end in ``a``, ``b`` and ``out`` (their
+    mask ``w`` as ``run_masks`` takes it), written as one run: whole aligned vectors with
+    non-temporal stores from the first aligned output on (``done`` for row 0:
+    ``stream_head``), the outputs before it plainly; returns where the outputs written end
+    (``run_end`` writes the last ones). A vector across two rows takes each lane's value
+    with its own row's values and mask: the values of a row at a time. Rows streamed one
+    at a time (``write``) store their first and last partial vectors plainly, and a line
+    two rows share is written twice: streamed that way, rows under 4 KiB measured slower
+    than with plain stores."""
     own, pair = run_masks(w, r0, n)
     ra, rb = seg(a, r0, r0 + n), seg(b, r0, r0 + n)
     if r0 == 0:  # the outputs before the first aligned one (float16: up to 2 vectors)
         for i in range(0, done, W):
             k = min(W, done - i)
-            vstore(out, i, k, invoke(lanes, ra, rb, (s, own), i, k))
+            f, c = run_lanes(op, p, own)
+            vstore(out, i, k, invoke(f, ra, rb, c, i, k))
     elif done < r0:  # the vector holding the last row's last elements and this row's first
-        s_lanes = vselect(vbelow(r0 - done), vsplat(s_last, a), s)
+        below = vbelow(r0 - done)
+        across = (vselect(below, vsplat(p_last[0], a), p[0]),
+                  vselect(below, vsplat(p_last[1], a), p[1]))
         at = r0 - n
-        vstream(out, done, invoke(lanes, seg(a, at, r0 + n), seg(b, at, r0 + n),
-                                  (s_lanes, pair), done - at, W))
+        f, c = run_lanes(op, across, pair)
+        vstream(out, done, invoke(f, seg(a, at, r0 + n), seg(b, at, r0 + n), c, done - at, W))
         done += W
     end = done + (r0 + n - done) // W * W
+    f, c = run_lanes(op, p, own)
     for i in range(done, end, W):
-        vstream(out, i, invoke(lanes, ra, rb, (s, own), i - r0, W))
+        vstream(out, i, invoke(f, ra, rb, c, i - r0, W))
     return end
 
 
 @njit(**INTERNAL)
-def run_end(op, a, b, w, out, n, s_last, done):
-    """The outputs of a run (``run_row``) from ``done`` on: the last row's (sum ``s_last``),
-    fewer than a vector, plainly."""
-    lanes = grad_lanes(op)
+def run_end(op, a, b, w, out, n, p_last, done):
+    """The outputs of a run (``run_row``) from ``done`` on: the last row's (values
+    ``p_last``), fewer than a vector, plainly."""
     total = out.shape[0]
     if done < total:
         r0 = total - n
-        vstore(out, done, total - done, invoke(lanes, seg(a, r0, total), seg(b, r0, total),
-                                                (s_last, run_masks(w, r0, n)[0]), done - r0,
-                                                total - done))
+        f, c = run_lanes(op, p_last, run_masks(w, r0, n)[0])
+        vstore(out, done, total - done, invoke(f, seg(a, r0, total), seg(b, r0, total), c,
+                                                done - r0, total - done))
 
 
 def _logsumexp_grad_write(op, a, b, w, out, cmax, m, t, stream):

@@ -162,18 +162,21 @@ def _streamed_and_plain(op, inputs, offset, monkeypatch, **kw):
     return streamed, plain
 
 
-# the gradients' rows stream as runs of whole vectors (``run_rows``): a vector may hold
-# two rows' outputs, and only a run's first and last partial vectors are plain stores.
-# Rows of 16 (the shortest a run takes) to a chunk and past it; the output at each offset
-# from a cache line; 37 rows run serially, 70 in parallel tasks where they make 32K
-# elements or more (else serially too).
+# log_softmax's and the gradients' rows stream as runs of whole vectors (``run_rows``): a
+# vector may hold two rows' outputs, and only a run's first and last partial vectors are
+# plain stores. Rows of 16 (the shortest a run takes; log_softmax's runs start where its
+# short rows end) to a chunk and past it; the output at each offset from a cache line; 37
+# rows run serially, 70 in parallel tasks where they make 32K elements or more (else
+# serially too).
+RUN_OPS = ["log_softmax", "softmax_backward", "log_softmax_backward"]
+
+
 @pytest.mark.parametrize("offset", [0, 1, 5], ids=lambda k: f"out+{k}")
-@pytest.mark.parametrize("n", [16, 17, 40, 63, 64, 65, 100, 1000, 8192, 8193])
+@pytest.mark.parametrize("n", [16, 17, 32, 40, 63, 64, 65, 100, 1000, 8192, 8193])
 @pytest.mark.parametrize("m", [37, 70])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=_dtype_id)
-@pytest.mark.parametrize("op", ["softmax_backward", "log_softmax_backward"])
-def test_gradient_rows_streamed_as_runs_have_the_plain_bits(op, dtype, m, n, offset, rng,
-                                                            monkeypatch):
+@pytest.mark.parametrize("op", RUN_OPS)
+def test_rows_streamed_as_runs_have_the_plain_bits(op, dtype, m, n, offset, rng, monkeypatch):
     from numbasoftmax import _cpu
 
     streamed, plain = _streamed_and_plain(op, inputs_for(op, rng, (m, n), dtype), offset,
@@ -182,20 +185,59 @@ def test_gradient_rows_streamed_as_runs_have_the_plain_bits(op, dtype, m, n, off
     assert_bitwise_equal(streamed, plain)
 
 
+@pytest.mark.parametrize(("op", "n", "taken"), [
+    ("log_softmax", 31, False), ("log_softmax", 32, True), ("log_softmax", 8192, True),
+    ("log_softmax", 8193, False), ("softmax", 1000, False), ("softmax_backward", 16, True)])
+def test_which_rows_run(op, n, taken, rng, monkeypatch):
+    """Large outputs of log_softmax's rows from the short rows' end (32 elements) to a
+    chunk, and of the gradients' from 16, take the run driver; softmax's never (its exps
+    kept in ``out``)."""
+    from numbasoftmax import _cpu
+
+    kernels = _cpu._load_kernels()
+    seen = []
+    real = _cpu._parallel
+    monkeypatch.setattr(_cpu, "_parallel",
+                        lambda kernel, args: (seen.append(kernel), real(kernel, args)))
+    monkeypatch.setattr(_cpu, "STREAM_MIN_BYTES", 0)
+    func(op)(*inputs_for(op, rng, (40000 // n + 4, n), np.float32))
+    assert (seen == [kernels.run_rows_parallel]) is taken
+
+
+# a run's rows that are NaN (a NaN, a +inf, every element -inf) beside finite ones: a
+# vector across two rows takes each row's own values
+@pytest.mark.parametrize("n", [32, 40, 1000])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=_dtype_id)
+def test_log_softmax_runs_with_nan_rows_have_the_plain_bits(dtype, n, rng, monkeypatch):
+    x = rng.standard_normal((70, n)).astype(dtype)
+    x[3, 5] = np.nan
+    x[4, -1] = np.inf
+    x[5] = -np.inf
+    x[6, :n // 2] = -np.inf
+    streamed, plain = _streamed_and_plain("log_softmax", (x,), 5, monkeypatch)
+    assert_bitwise_equal(streamed, plain)
+    assert np.isnan(streamed[3:6]).all()
+    assert np.isfinite(streamed[np.r_[0:3, 7:70]]).all()
+
+
 # with a mask of x's shape (its rows laid out as x's: the same runs) or of one row's shape
-# (every row's mask the same: the row drivers)
+# (every row's mask the same: the row drivers); a row without included elements
 @pytest.mark.parametrize("mask_shape", ["x", "row"])
 @pytest.mark.parametrize("n", [16, 40, 100, 1000])
 @pytest.mark.parametrize("m", [37, 70])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=_dtype_id)
-@pytest.mark.parametrize("op", ["softmax_backward", "log_softmax_backward"])
-def test_masked_gradient_rows_streamed_have_the_plain_bits(op, dtype, m, n, mask_shape, rng,
-                                                           monkeypatch):
+@pytest.mark.parametrize("op", RUN_OPS)
+def test_masked_rows_streamed_as_runs_have_the_plain_bits(op, dtype, m, n, mask_shape, rng,
+                                                          monkeypatch):
     inputs = inputs_for(op, rng, (m, n), dtype)
     where = rng.random((m, n) if mask_shape == "x" else (n,)) < 0.7
+    if mask_shape == "x":
+        where[2] = False
     streamed, plain = _streamed_and_plain(op, inputs, 5, monkeypatch, where=where)
     assert_bitwise_equal(streamed, plain)
-    assert not streamed[..., ~where].any()  # excluded elements: 0 gradient
+    excluded = np.broadcast_to(~where, streamed.shape)
+    # excluded elements: -inf (log_softmax), 0 gradient
+    assert (streamed[excluded] == (-np.inf if op == "log_softmax" else 0)).all()
 
 
 # masked log_softmax reads x and the mask in every pass and leaves ``out`` alone until it
@@ -232,6 +274,8 @@ def test_runs_stream_float32_and_float64():
         pytest.skip("streaming is off (NUMBASOFTMAX_STREAM_BYTES)")
     assert _cpu.streams(m, 16, 4, "softmax_backward", runs=True)
     assert _cpu.streams(m, 16, 8, "log_softmax_backward", runs=True)
+    assert _cpu.streams(m, 32, 4, "log_softmax", runs=True)
+    assert not _cpu.streams(m, 32, 4, "log_softmax")  # rows on their own: 8 KiB and more
     assert not _cpu.streams(m, 16, 2, "softmax_backward", runs=True)
     assert not _cpu.streams(m, 16, 4, "softmax_backward")
 
