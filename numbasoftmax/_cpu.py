@@ -72,6 +72,14 @@ STREAM_ROW_BYTES = {
 # 128 / 1024 / 4096 elements, log_softmax_backward 0.78 / 0.84 / 0.96 at 32 / 128 / 1024,
 # and its rows longer than a chunk, streamed one at a time then, 0.90-0.93; float64 0.59
 # / 0.89 at 32 / 1024; masked 0.60-0.79 at 32. Not float16 (as above).
+# log_softmax's rows run too from the short rows' end (``SHORT_ROW_MAX``: the tiles stay
+# faster below it, 1.26-1.40x the time as runs at 16 elements) to a chunk, their statistics
+# in groups (``_cpu_kernels.grouped_rows``). Time against the rule above, float32, 2^24
+# elements, 2 threads, 5 alternating rounds over 8 inputs (2-core Intel Xeon, AVX-512):
+# 0.98-1.07 / 0.83-0.93 / 0.89-0.96 / 0.83-0.86 / 0.71-0.84 / 0.73-0.80 / 0.90-0.95 /
+# 0.94-0.98 / 0.98-1.01 at 32 / 48 / 64 / 128 / 256 / 1024 / 2048 / 4096 / 8192 elements;
+# float64 0.80-0.87 / 0.64-0.68 / 0.66-0.69 / 0.93 at 32 / 64 / 128 / 1024; masked
+# 0.76-1.03 at 32-1024.
 RUN_ITEMSIZES = (4, 8)
 _ITEMSIZES = (2, 4, 8)
 

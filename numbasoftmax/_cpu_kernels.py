@@ -235,8 +235,8 @@ def _staged(typingctx, sc, lo, b):
     return sc(sc, lo, b), codegen
 
 
-# the operations whose rows ``run_rows`` takes, and its shortest row (a vector then holds
-# elements of two rows at most)
+# the operations whose rows ``run_rows`` takes (``_cpu.RUN_ITEMSIZES``), and its shortest
+# row (a vector then holds elements of two rows at most)
 RUN_OPS = ("log_softmax", "softmax_backward", "log_softmax_backward")
 RUN_ROW_MIN = W
 
