@@ -270,82 +270,95 @@ def run_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, side, stream):
 
 
 def _stream_task(op, a, b, out, lo, hi, n, side, st):
-    """``run_rows``' rows lo..hi-1 as one run (``_run``): their mask, if any, laid out as
-    the rows, or one mask for every row (then that row twice in a scratch:
-    ``_row_kernel.run_masks``)."""
+    """``run_rows``' rows lo..hi-1 as one run: their mask, if any, laid out as the rows, or
+    one mask for every row (then that row twice in a scratch: ``_row_kernel.run_masks``).
+    log_softmax's: ``_forward_task``."""
 
 
 # inlined into ``run_rows`` as numba IR: the scratch's allocation needs its reference
 # counting (the kernels' own inlined functions compile without)
 @overload(_stream_task, inline="always")
 def _stream_task_impl(op, a, b, out, lo, hi, n, side, st):
+    if op.key_ == LOG_SOFTMAX.key:
+        return lambda op, a, b, out, lo, hi, n, side, st: _forward_task(op, a, out, lo, hi, n,
+                                                                       side)
     if _no_mask(side):
-        return lambda op, a, b, out, lo, hi, n, side, st: _run(op, a, b, out, lo, hi, n, side,
-                                                               st, None)
+        def unmasked(op, a, b, out, lo, hi, n, side, st):
+            stream_rows(op, seg(a, lo * n, hi * n), seg(b, lo * n, hi * n), None,
+                        seg(out, lo * n, hi * n), n, st)
+        return unmasked
 
     def masked(op, a, b, out, lo, hi, n, side, st):
         w = side_mask(side)
         off = mask_offset(side, lo)
+        rows_a, rows_b, rows_out = (seg(a, lo * n, hi * n), seg(b, lo * n, hi * n),
+                                    seg(out, lo * n, hi * n))
         if hi - lo > 1 and mask_offset(side, lo + 1) == off:  # one mask for every row
-            row = seg(w, off, off + n)
-            twice = empty(2 * n, np.uint8)
-            twice[:n] = row
-            twice[n:] = row
-            _run(op, a, b, out, lo, hi, n, side, st, (row, twice))
+            stream_rows(op, rows_a, rows_b, _twice(seg(w, off, off + n)), rows_out, n, st)
         else:
-            _run(op, a, b, out, lo, hi, n, side, st, seg(w, off, off + (hi - lo) * n))
+            stream_rows(op, rows_a, rows_b, seg(w, off, off + (hi - lo) * n), rows_out, n,
+                        st)
     return masked
 
 
-def _run(op, a, b, out, lo, hi, n, side, st, rw):
-    """Rows lo..hi-1 as one run, their mask ``rw`` as ``_row_kernel.run_masks`` takes it:
-    a gradient's sums a row at a time (``_row_kernel.stream_rows``: taking their trees
-    together measured no faster, as in ``_group_stats``), log_softmax's statistics in
-    groups (``_forward_run``)."""
+@njit(**OPTIONS)
+def _twice(row):
+    """(row, a new array holding it twice): one mask for every row of a run."""
+    n = row.shape[0]
+    twice = empty(2 * n, np.uint8)
+    twice[:n] = row
+    twice[n:] = row
+    return row, twice
 
 
-@overload(_run, inline="always")
-def _run_impl(op, a, b, out, lo, hi, n, side, st, rw):
-    if op.key_ == LOG_SOFTMAX.key:
-        return lambda op, a, b, out, lo, hi, n, side, st, rw: _forward_run(op, a, out, lo, hi,
-                                                                           n, side, rw)
-
-    def gradient(op, a, b, out, lo, hi, n, side, st, rw):
-        stream_rows(op, seg(a, lo * n, hi * n), seg(b, lo * n, hi * n), rw,
-                    seg(out, lo * n, hi * n), n, st)
-    return gradient
+def _forward_task(op, a, out, lo, hi, n, side):
+    """log_softmax rows lo..hi-1 as one run (``_forward_run``), their mask as
+    ``_stream_task`` takes it. Compiled on its own, as ``_forward_run``: inlined into
+    ``run_rows`` through the overloads that pick them, they made the first large call
+    compile ~7 s instead of ~3 s."""
 
 
-def _forward_run(op, a, out, lo, hi, n, side, rw):
-    """log_softmax rows lo..hi-1 as one run: their statistics in groups, as
-    ``grouped_rows`` takes them, then each row's outputs (``_row_kernel.run_row``)."""
+@overload(_forward_task)
+def _forward_task_impl(op, a, out, lo, hi, n, side):
+    if _no_mask(side):
+        return lambda op, a, out, lo, hi, n, side: _forward_run(op, a, out, lo, hi, n, side,
+                                                                None)
 
-
-@overload(_forward_run, inline="always")
-def _forward_run_impl(op, a, out, lo, hi, n, side, rw):
-    def run(op, a, out, lo, hi, n, side, rw):
-        size = group_size(n)
-        st = empty((4, size), np.float64)
-        m, t = st[2], st[3]
-        offs = empty(size, np.int64)
-        scratch = stack_empty(a, _GROUP_SCRATCH)
-        scratch[:] = 0.0
-        lanes, trees = seg(scratch, 0, GROUP * W), seg(scratch, GROUP * W, (GROUP + 1) * W)
+    def masked(op, a, out, lo, hi, n, side):
         w = side_mask(side)
-        rows_a, rows_out = seg(a, lo * n, hi * n), seg(out, lo * n, hi * n)
-        done = stream_head(rows_out)
-        p_last = run_values(op, a, 0.0, 0.0)
-        for g in range(lo, hi, size):
-            k = min(size, hi - g)
-            _group_finish(op, a, n, a, n, side, w, offs, out, n, None, n, g, k, lanes, trees,
-                          st)
-            for r in range(k):
-                p = run_values(op, a, m[r], t[r])
-                done = run_row(op, rows_a, rows_a, rw, rows_out, (g + r - lo) * n, n, p,
-                               p_last, done)
-                p_last = p
-        run_end(op, rows_a, rows_a, rw, rows_out, n, p_last, done)
-    return run
+        off = mask_offset(side, lo)
+        if hi - lo > 1 and mask_offset(side, lo + 1) == off:  # one mask for every row
+            _forward_run(op, a, out, lo, hi, n, side, _twice(seg(w, off, off + n)))
+        else:
+            _forward_run(op, a, out, lo, hi, n, side, seg(w, off, off + (hi - lo) * n))
+    return masked
+
+
+@njit(**OPTIONS)
+def _forward_run(op, a, out, lo, hi, n, side, rw):
+    """log_softmax rows lo..hi-1 as one run (their mask ``rw`` as
+    ``_row_kernel.run_masks`` takes it): their statistics in groups, as ``grouped_rows``
+    takes them, then each row's outputs (``_row_kernel.run_row``)."""
+    size = group_size(n)
+    st = empty((4, size), np.float64)
+    m, t = st[2], st[3]
+    offs = empty(size, np.int64)
+    scratch = stack_empty(a, _GROUP_SCRATCH)
+    scratch[:] = 0.0
+    lanes, trees = seg(scratch, 0, GROUP * W), seg(scratch, GROUP * W, (GROUP + 1) * W)
+    w = side_mask(side)
+    rows_a, rows_out = seg(a, lo * n, hi * n), seg(out, lo * n, hi * n)
+    done = stream_head(rows_out)
+    p_last = run_values(op, a, 0.0, 0.0)
+    for g in range(lo, hi, size):
+        k = min(size, hi - g)
+        _group_finish(op, a, n, a, n, side, w, offs, out, n, None, n, g, k, lanes, trees, st)
+        for r in range(k):
+            p = run_values(op, a, m[r], t[r])
+            done = run_row(op, rows_a, rows_a, rw, rows_out, (g + r - lo) * n, n, p, p_last,
+                           done)
+            p_last = p
+    run_end(op, rows_a, rows_a, rw, rows_out, n, p_last, done)
 
 
 # Rows of one chunk run in groups through each phase: the statistics of the group's rows,
