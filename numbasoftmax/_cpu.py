@@ -55,9 +55,9 @@ STREAM_MIN_ROW_BYTES = 2048
 # softmax_backward float32 0.85-1.04 / 1.16-1.23 / 1.13-1.41, float64 0.83-0.87 /
 # 1.04-1.18 / 1.10-1.25; log_softmax_backward float32 at 16 / 64 / 256 KiB / 1 MiB
 # 0.94-1.02 / 1.05-1.07 / 0.97-1.03 / 0.89-0.93, float64 at 64 KiB / 256 KiB / 1 MiB
-# 0.99-1.05 / 0.98-1.03 / 0.95-1.00. This rule holds for rows streamed one at a time (the
-# gradients' rows on dask's segments); on the row drivers the gradients stream whole runs
-# of rows (see ``RUN_ITEMSIZES``).
+# 0.99-1.05 / 0.98-1.03 / 0.95-1.00. This rule holds for rows streamed one at a time (rows
+# longer than a chunk, dask's segments); on the row drivers log_softmax and the gradients
+# stream whole runs of rows (see ``RUN_ITEMSIZES``).
 STREAM_ROW_BYTES = {
     "log_softmax": (None, 8192, 8192),
     "softmax_backward": (None, 4096, 4096),
