@@ -270,68 +270,50 @@ def run_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, side, stream):
 
 
 def _stream_task(op, a, b, out, lo, hi, n, side, st):
-    """``run_rows``' rows lo..hi-1 as one run: their mask, if any, laid out as the rows, or
-    one mask for every row (then that row twice in a scratch: ``_row_kernel.run_masks``).
-    log_softmax's: ``_forward_task``."""
+    """``run_rows``' rows lo..hi-1 as one run (``_run``): their mask, if any, laid out as
+    the rows, or one mask for every row (then that row twice in a scratch:
+    ``_row_kernel.run_masks``)."""
 
 
-# inlined into ``run_rows`` as numba IR: the scratch's allocation needs its reference
-# counting (the kernels' own inlined functions compile without)
-@overload(_stream_task, inline="always")
+# compiled on its own, as ``_run`` and ``_forward_run``: inlined into ``run_rows`` as numba
+# IR through the overloads that pick them, they made a first large log_softmax call
+# compile ~7 s instead of ~3 s
+@overload(_stream_task)
 def _stream_task_impl(op, a, b, out, lo, hi, n, side, st):
-    if op.key_ == LOG_SOFTMAX.key:
-        return lambda op, a, b, out, lo, hi, n, side, st: _forward_task(op, a, out, lo, hi, n,
-                                                                       side)
     if _no_mask(side):
-        def unmasked(op, a, b, out, lo, hi, n, side, st):
-            stream_rows(op, seg(a, lo * n, hi * n), seg(b, lo * n, hi * n), None,
-                        seg(out, lo * n, hi * n), n, st)
-        return unmasked
+        return lambda op, a, b, out, lo, hi, n, side, st: _run(op, a, b, out, lo, hi, n, st,
+                                                               side, None)
 
     def masked(op, a, b, out, lo, hi, n, side, st):
         w = side_mask(side)
         off = mask_offset(side, lo)
-        rows_a, rows_b, rows_out = (seg(a, lo * n, hi * n), seg(b, lo * n, hi * n),
-                                    seg(out, lo * n, hi * n))
         if hi - lo > 1 and mask_offset(side, lo + 1) == off:  # one mask for every row
-            stream_rows(op, rows_a, rows_b, _twice(seg(w, off, off + n)), rows_out, n, st)
+            row = seg(w, off, off + n)
+            twice = empty(2 * n, np.uint8)
+            twice[:n] = row
+            twice[n:] = row
+            _run(op, a, b, out, lo, hi, n, st, side, (row, twice))
         else:
-            stream_rows(op, rows_a, rows_b, seg(w, off, off + (hi - lo) * n), rows_out, n,
-                        st)
+            _run(op, a, b, out, lo, hi, n, st, side, seg(w, off, off + (hi - lo) * n))
     return masked
 
 
-@njit(**OPTIONS)
-def _twice(row):
-    """(row, a new array holding it twice): one mask for every row of a run."""
-    n = row.shape[0]
-    twice = empty(2 * n, np.uint8)
-    twice[:n] = row
-    twice[n:] = row
-    return row, twice
+def _run(op, a, b, out, lo, hi, n, st, side, rw):
+    """Rows lo..hi-1 as one run, their mask ``rw`` as ``_row_kernel.run_masks`` takes it:
+    a gradient's sums a row at a time (``_row_kernel.stream_rows``), log_softmax's
+    statistics in groups (``_forward_run``)."""
 
 
-def _forward_task(op, a, out, lo, hi, n, side):
-    """log_softmax rows lo..hi-1 as one run (``_forward_run``), their mask as
-    ``_stream_task`` takes it. Compiled on its own, as ``_forward_run``: inlined into
-    ``run_rows`` through the overloads that pick them, they made the first large call
-    compile ~7 s instead of ~3 s."""
+@overload(_run)
+def _run_impl(op, a, b, out, lo, hi, n, st, side, rw):
+    if op.key_ == LOG_SOFTMAX.key:
+        return lambda op, a, b, out, lo, hi, n, st, side, rw: _forward_run(op, a, out, lo, hi,
+                                                                           n, side, rw)
 
-
-@overload(_forward_task)
-def _forward_task_impl(op, a, out, lo, hi, n, side):
-    if _no_mask(side):
-        return lambda op, a, out, lo, hi, n, side: _forward_run(op, a, out, lo, hi, n, side,
-                                                                None)
-
-    def masked(op, a, out, lo, hi, n, side):
-        w = side_mask(side)
-        off = mask_offset(side, lo)
-        if hi - lo > 1 and mask_offset(side, lo + 1) == off:  # one mask for every row
-            _forward_run(op, a, out, lo, hi, n, side, _twice(seg(w, off, off + n)))
-        else:
-            _forward_run(op, a, out, lo, hi, n, side, seg(w, off, off + (hi - lo) * n))
-    return masked
+    def gradient(op, a, b, out, lo, hi, n, st, side, rw):
+        stream_rows(op, seg(a, lo * n, hi * n), seg(b, lo * n, hi * n), rw,
+                    seg(out, lo * n, hi * n), n, st)
+    return gradient
 
 
 @njit(**OPTIONS)

@@ -792,21 +792,21 @@ def run_row(op, a, b, w, out, r0, n, p, p_last, done):
     than with plain stores."""
     own, pair = run_masks(w, r0, n)
     ra, rb = seg(a, r0, r0 + n), seg(b, r0, r0 + n)
+    f, c = run_lanes(op, p, own)
     if r0 == 0:  # the outputs before the first aligned one (float16: up to 2 vectors)
         for i in range(0, done, W):
             k = min(W, done - i)
-            f, c = run_lanes(op, p, own)
             vstore(out, i, k, invoke(f, ra, rb, c, i, k))
     elif done < r0:  # the vector holding the last row's last elements and this row's first
         below = vbelow(r0 - done)
         across = (vselect(below, vsplat(p_last[0], a), p[0]),
                   vselect(below, vsplat(p_last[1], a), p[1]))
         at = r0 - n
-        f, c = run_lanes(op, across, pair)
-        vstream(out, done, invoke(f, seg(a, at, r0 + n), seg(b, at, r0 + n), c, done - at, W))
+        fa, ca = run_lanes(op, across, pair)
+        vstream(out, done, invoke(fa, seg(a, at, r0 + n), seg(b, at, r0 + n), ca, done - at,
+                                  W))
         done += W
     end = done + (r0 + n - done) // W * W
-    f, c = run_lanes(op, p, own)
     for i in range(done, end, W):
         vstream(out, i, invoke(f, ra, rb, c, i - r0, W))
     return end
