@@ -4,7 +4,8 @@ A kernel compiles at its first call (seconds); with the cache, later processes l
 milliseconds. Warming up once, e.g. when building a container image or at the start of a CI
 job, moves all of that out of the first real call. It calls the public functions on small
 arrays whose shapes reach every driver (short rows, rows, long rows in chunks, a strided
-axis in place, gathered layouts; serial and parallel) for every operation and dtype, so it
+axis in place, gathered layouts; serial and parallel) for every operation and dtype, and
+large enough outputs to reach the drivers of large results (rows streamed as runs), so it
 compiles exactly what those calls use. Options that change the kernels' arguments
 (``where=``, ``dtype=`` another than the input's, logsumexp's ``b`` and
 ``return_sign``) compile at their first use.
@@ -36,10 +37,34 @@ SHAPES = (
 )
 
 
+# rows of this length with a large output run on ``_cpu_kernels.run_rows`` for each of its
+# operations (log_softmax's from the short rows' end, 32)
+RUN_ROW = 40
+
+
+def _runs():
+    """(operation, dtype, shape, axis, layout) of the calls whose outputs stream as runs:
+    as large as ``_config.STREAM_MIN_BYTES`` asks (none when outputs never stream). The
+    parallel driver compiles the serial one it calls."""
+    from . import _cpu
+    from ._cpu_kernels import RUN_OPS
+
+    least = _cpu.STREAM_MIN_BYTES
+    if least is None:
+        return []
+    out = []
+    for dtype in DTYPES:
+        item = np.dtype(dtype).itemsize
+        if item in _cpu.RUN_ITEMSIZES:
+            rows = max(-(-least // (RUN_ROW * item)), _cpu.PARALLEL_MIN_ELEMENTS // RUN_ROW)
+            out += [(op, dtype, (rows, RUN_ROW), -1, "C") for op in RUN_OPS]
+    return out
+
+
 def cases():
     """(operation, dtype, shape, axis, layout) for every kernel the CPU path compiles."""
     return [(op, dtype, shape, axis, layout) for op in OPS for dtype in DTYPES
-            for shape, axis, layout in SHAPES]
+            for shape, axis, layout in SHAPES] + _runs()
 
 
 def _call(op, dtype, shape, axis, layout):

@@ -5,6 +5,7 @@ warm-up's calls cover what real calls use."""
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 import types
@@ -19,6 +20,9 @@ from numbasoftmax._ops import OPS
 ROOT = Path(__file__).resolve().parent.parent
 DRIVERS = ("rows", "grouped_rows", "short_rows", "columns", "rows_parallel",
            "grouped_rows_parallel", "short_rows_parallel", "columns_parallel", "chunks_parallel")
+# the drivers of large outputs' rows (streamed as runs); the parallel one compiles the serial
+# one it calls, which only a large output without the thread pool would call itself
+RUN_DRIVERS = ("run_rows", "run_rows_parallel")
 
 
 @pytest.fixture
@@ -42,7 +46,7 @@ def recorded(monkeypatch):
                                  RUN_OPS=real.RUN_OPS, RUN_ROW_MIN=real.RUN_ROW_MIN,
                                  CHUNK=real.CHUNK,
                                  copy2d=recorder("copy2d"),
-                                 **{name: recorder(name) for name in DRIVERS})
+                                 **{name: recorder(name) for name in DRIVERS + RUN_DRIVERS})
     monkeypatch.setattr(_cpu, "_kernels", fake)
     monkeypatch.setattr(_cpu, "_routes", {})  # routes cached with the fake do not outlive it
     monkeypatch.setattr(_cpu, "_layer_checked", True)
@@ -74,6 +78,19 @@ def test_every_driver_for_every_op_and_dtype(recorded, driver):
         ran = _cpu.COLUMN_OPS.get(op, op) if driver.startswith("columns") else op
         dtypes = {d for name, o, d in recorded if name == driver and o == ran}
         assert dtypes == (storage if driver in _usable(op) else set()), (driver, op, dtypes)
+
+
+def test_large_outputs_reach_the_run_driver(recorded):
+    """The operations whose large outputs stream as runs, in the dtypes that do."""
+    from numbasoftmax._cpu_kernels import RUN_OPS
+
+    runs = {(op, d.itemsize) for name, op, d in recorded if name == "run_rows_parallel"}
+    assert runs == {(op, item) for op in RUN_OPS for item in _cpu.RUN_ITEMSIZES}
+
+
+def test_no_large_output_when_outputs_never_stream(monkeypatch):
+    monkeypatch.setattr(_cpu, "STREAM_MIN_BYTES", None)
+    assert all(math.prod(shape) < 1 << 20 for _, _, shape, _, _ in _warmup.cases())
 
 
 def test_gathered_layouts_use_the_tiled_copy(recorded):
