@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from numbasoftmax import _cpu, _warmup
-from numbasoftmax._ops import OPS
+from numbasoftmax._ops import OPS, SOFTMAX_NAMES
 
 ROOT = Path(__file__).resolve().parent.parent
 DRIVERS = ("rows", "grouped_rows", "short_rows", "columns", "rows_parallel",
@@ -23,6 +23,9 @@ DRIVERS = ("rows", "grouped_rows", "short_rows", "columns", "rows_parallel",
 # the drivers of large outputs' rows (streamed as runs); the parallel one compiles the serial
 # one it calls, which only a large output without the thread pool would call itself
 RUN_DRIVERS = ("run_rows", "run_rows_parallel")
+# the phases a dask array's split softmax axis runs, one at a time
+SEGMENT_DRIVERS = ("segment_stats", "segment_write", "segment_columns_stats",
+                   "segment_columns_write")
 
 
 @pytest.fixture
@@ -50,6 +53,8 @@ def recorded(monkeypatch):
     monkeypatch.setattr(_cpu, "_kernels", fake)
     monkeypatch.setattr(_cpu, "_routes", {})  # routes cached with the fake do not outlive it
     monkeypatch.setattr(_cpu, "_layer_checked", True)
+    for name in SEGMENT_DRIVERS:  # the dask tasks' kernels, which they import themselves
+        monkeypatch.setattr(real, name, recorder(name))
     _warmup.warmup(progress=False)
     return calls
 
@@ -88,9 +93,23 @@ def test_large_outputs_reach_the_run_driver(recorded):
     assert runs == {(op, item) for op in RUN_OPS for item in _cpu.RUN_ITEMSIZES}
 
 
+@pytest.mark.parametrize("driver", SEGMENT_DRIVERS)
+def test_split_dask_axes_reach_the_phases(recorded, driver):
+    """The four softmax functions' phases on a dask array's split axis, rows and a strided
+    axis, for every storage dtype; softmax runs as softmax_split (its exps computed again
+    in the write), and log_softmax's statistics are that kernel's too."""
+    _dask = pytest.importorskip("numbasoftmax._dask")
+    storage = {np.dtype(np.uint16), np.dtype(np.float32), np.dtype(np.float64)}
+    keys = {"softmax_split" if op == "softmax" else op for op in SOFTMAX_NAMES}
+    if "stats" in driver:
+        keys = {_dask._STATS_KEYS.get(key, key) for key in keys}
+    ran = {(o, d) for name, o, d in recorded if name == driver}
+    assert ran == {(key, d) for key in keys for d in storage}
+
+
 def test_no_large_output_when_outputs_never_stream(monkeypatch):
     monkeypatch.setattr(_cpu, "STREAM_MIN_BYTES", None)
-    assert all(math.prod(shape) < 1 << 20 for _, _, shape, _, _ in _warmup.cases())
+    assert all(math.prod(case.shape) < 1 << 20 for case in _warmup.cases())
 
 
 def test_gathered_layouts_use_the_tiled_copy(recorded):
