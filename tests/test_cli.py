@@ -332,6 +332,8 @@ def test_parse_sizes(text, expected):
     (["bench", "--sizes", "2^x"], ["--sizes", "'2^x'"]),
     (["bench", "--elements", "lots"], ["--elements", "'lots'"]),
     (["bench", "--threads", "0"], ["--threads"]),
+    (["bench", "--repeats", "0"], ["--repeats", "0"]),
+    (["bench", "--repeats", "-3"], ["--repeats", "-3"]),
 ])
 def test_bad_options_exit_2_naming_the_option(argv, words, capsys):
     assert main(argv) == 2
@@ -340,6 +342,30 @@ def test_bad_options_exit_2_naming_the_option(argv, words, capsys):
     for word in words:
         assert word in err, err
     assert "invalid literal" not in err
+
+
+def test_rows_longer_than_the_elements_get_one_row(tmp_path):
+    result = sweep.run(_tiny_config(tmp_path, ops=("softmax",), dtypes=("float32",),
+                                    sizes=(64, 256), elements=100, prealloc="none"))
+    ok = [r for r in result.results if r.status == "ok"]
+    assert {r.n for r in ok} == {64, 256}
+    assert {r.m for r in ok if r.n == 256} == {1}
+
+
+def test_threads_beyond_numbas_pool_run_both_libraries_on_the_pool(tmp_path, monkeypatch):
+    import numba
+
+    pool = numba.config.NUMBA_NUM_THREADS
+    seen = {}
+    monkeypatch.setattr(numba, "set_num_threads", lambda k: seen.setdefault("numba", k))
+    torch = pytest.importorskip("torch")
+    previous = torch.get_num_threads()
+    try:
+        note = sweep._set_threads(pool + 1)
+        assert seen["numba"] == pool and torch.get_num_threads() == pool
+        assert note and f"--threads {pool + 1}" in note
+    finally:
+        torch.set_num_threads(previous)
 
 
 def test_gpu_requested_without_gpu_fails_clearly(tmp_path, capsys):

@@ -160,8 +160,9 @@ def bench(args):
 
     try:
         config = config_from_args(args)
-        if config.threads is not None and config.threads < 1:
-            raise ValueError(f"--threads must be at least 1; got {config.threads}")
+        for option, value in (("--threads", args.threads), ("--repeats", args.repeats)):
+            if value is not None and value < 1:
+                raise ValueError(f"{option} must be at least 1; got {value}")
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

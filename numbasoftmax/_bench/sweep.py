@@ -144,8 +144,9 @@ class _Sweep:
         dtypes = sorted({c.dtype for c in cells}, key=DTYPES.index)
         if any(d != "float32" for d in dtypes) and "float32" not in dtypes:
             dtypes.insert(0, "float32")  # our float32 is timed beside other dtypes
-        bases = {d: (logits(elements, d, np.random.default_rng(11)),
-                     logits(elements, d, np.random.default_rng(12)) / np.asarray(3, dtype=d))
+        total = max(elements, max(sizes))  # at least one row of every size
+        bases = {d: (logits(total, d, np.random.default_rng(11)),
+                     logits(total, d, np.random.default_rng(12)) / np.asarray(3, dtype=d))
                  for d in dtypes}
         t0 = time.perf_counter()
         left = cell_count(sizes, cells)
@@ -356,22 +357,30 @@ def _devices(config):
 
 
 def _set_threads(n):
+    """numba's and torch's thread counts, the same for both (like for like): ``n``, or
+    numba's pool size where that is smaller. Returns a note when it is."""
     import numba
 
-    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    k = min(n, numba.config.NUMBA_NUM_THREADS)
+    numba.set_num_threads(k)
     if importlib.util.find_spec("torch") is not None:
         import torch
 
-        torch.set_num_threads(n)
+        torch.set_num_threads(k)
+    if k < n:
+        return (f"--threads {n}: numba's thread pool has {k} threads (NUMBA_NUM_THREADS), so "
+                f"both libraries ran on {k}")
+    return None
 
 
 def run(config: Config) -> Report:
     """Run the sweep described by ``config``; returns the :class:`Report` (not written)."""
     t_wall = time.perf_counter()
     load = CpuLoad()
-    if config.threads:
-        _set_threads(config.threads)
+    capped = _set_threads(config.threads) if config.threads else None
     devices, notes = _devices(config)
+    if capped:
+        notes.append(capped)
     gpu = next((d for d in devices if d.kind == "gpu"), None)
     cfg_dict = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
     report = Report(config=cfg_dict, env=environment(gpu), notes=notes)
