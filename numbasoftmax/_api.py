@@ -102,7 +102,8 @@ def logsumexp(x, axis=-1, *, b=None, keepdims=False, return_sign=False, where=No
         keepdims=True)``), not scipy's None (all axes); torch requires ``dim``.
     b : array_like, optional
         Weights, broadcasting to ``x``; may be negative. Elements whose weight is 0 are
-        excluded, whatever ``x`` holds there (as scipy).
+        excluded, whatever ``x`` holds there (scipy 1.17 excludes a zero-weight +inf or
+        NaN only in some rows and gives NaN in others).
     keepdims : bool, default False
         Keep the reduced axes as size-1 dimensions.
     return_sign : bool, default False
@@ -145,7 +146,9 @@ def _call(op, arrays, axis, out, where=None, dtype=None):
         result = _cpu_path.fast(op, arrays, axis, out, where)
         if result is not None:
             return result
-    kind = _inputs.backend(arrays)
+    for name, a in zip(op.args, arrays, strict=True):
+        _inputs.required(a, name, op.name)
+    kind = _inputs.backend([*arrays, where])  # a dask mask makes the result lazy too
     if where is not None:
         _inputs.requested_dtype(dtype, op.name)  # checked first, as on the CPU
         _inputs.same_side(op.name, [*zip(op.args, arrays, strict=True), ("where", where)])
@@ -218,6 +221,7 @@ def _logsumexp(x, axis, b, keepdims, return_sign, where, dtype, out):
         if result is not None:
             return result
     func = "logsumexp"
+    _inputs.required(x, "x", func)
     kind = _inputs.backend([a for a in (x, b, where) if a is not None])
     if kind != "numpy":
         return _other_backend(LOGSUMEXP, (x,), axis, out, b=b, keepdims=keepdims,
@@ -260,6 +264,8 @@ def _logsumexp_backward(x, lse, dlse, axis, b, sign, where, dtype, out):
         if result is not None:
             return result
     func = "logsumexp_backward"
+    for name, v in (("x", x), ("lse", lse), ("dlse", dlse)):
+        _inputs.required(v, name, func)
     given = [a for a in (x, lse, dlse, b, sign, where) if a is not None]
     kind = _inputs.backend(given)
     if kind != "numpy":

@@ -99,8 +99,9 @@ def fast(op, arrays, axis, out, where=None):
     # arrays that each allocated their own memory cannot overlap: numpy's bounds check
     # (~0.25 us of a ~3.5 us small call) only where one is a view
     owned = flags.owndata
-    b = arrays[1] if len(arrays) == 2 else None
-    if b is not None:
+    b = None
+    if len(arrays) == 2:  # a gradient's second input (None there is the general path's error)
+        b = arrays[1]
         if not (type(b) is np.ndarray and b.dtype == dt and b.shape == shape):
             return None
         flags = b.flags

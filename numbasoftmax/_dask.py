@@ -112,8 +112,8 @@ def dispatch(op, arrays, axis, out, per_block):
     two_pass = any(len(first.chunks[ax]) > 1 for ax in axes) and first.size != 0
     if two_pass:
         _check_known(first, axes, func)
-    else:
-        first = first.rechunk({ax: -1 for ax in axes}) if axes else first
+    elif axes and first.size != 0:  # an empty array keeps its chunks: its blocks are empty
+        first = first.rechunk({ax: -1 for ax in axes})
     # the first dask operand sets the chunking, every other operand follows it
     blocks = []
     for a in arrays:

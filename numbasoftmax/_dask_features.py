@@ -95,7 +95,8 @@ def dispatch(op, arrays, axis, out, per_block, *, where=None, dtype=None, b=None
         for name, v in (("lse", arrays[1]), ("dlse", arrays[2]), ("sign", sign)):
             if v is None:
                 continue
-            v = v if isinstance(v, da.Array) else da.from_array(np.asarray(v))
+            v, _ = _dask._operand(v, name, func)  # its dtype checked now, not in a task
+            v = v if isinstance(v, da.Array) else da.from_array(v)
             check_per_row(func, name, v.shape, x.shape, axes)
             per_row.append(v.reshape(keep).rechunk(
                 tuple((1,) if ax in axes else c for ax, c in enumerate(chunks))))
@@ -139,7 +140,7 @@ def _lse_block(f, axes, options, return_sign, dtype, keys, x, *extra):
     shape = tuple(1 if ax in axes else s for ax, s in enumerate(x.shape))
     width = 2 if return_sign else 1
     both = _empty_like(x, (*shape, width), dtype)
-    outs = tuple(both[(slice(None),) * x.ndim + (k,)] for k in range(width))
+    outs = tuple(both[..., k] for k in range(width))  # arrays, 0-d ones too
     f(x, axis=axes, keepdims=True, return_sign=return_sign, out=outs if return_sign else
       outs[0], **options, **kw)
     return both

@@ -268,6 +268,13 @@ def host_where(where, shape, target, func):
     return w
 
 
+def required(obj, name, func):
+    """An array argument that must be given: None is a TypeError naming it (on every
+    backend, before any of them looks at it)."""
+    if obj is None:
+        raise TypeError(f"{func}(): {name} must be array-like; got None")
+
+
 def host_array(obj, name, func, dtype=None):
     """``obj`` as a numpy array of a supported dtype (a plain ndarray: subclasses are
     viewed as their ndarray data), converted to the result dtype where needed: float
@@ -278,6 +285,7 @@ def host_array(obj, name, func, dtype=None):
             reject_masked(obj, name, func)
             obj = obj.view(np.ndarray)
         else:
+            required(obj, name, func)  # numpy would make None a 0-d object array
             try:
                 obj = np.asarray(obj)
             except (TypeError, ValueError) as err:

@@ -63,7 +63,13 @@ def normalize_axes(axis, ndim):
         if any(operator.index(a) not in (0, -1) for a in axes):
             raise np.exceptions.AxisError(f"axis {axis!r} is out of bounds for a 0-d array")
         return ()
-    return tuple(sorted(normalize_axis_tuple(axis, ndim, argname="axis")))
+    try:
+        return tuple(sorted(normalize_axis_tuple(axis, ndim, argname="axis")))
+    except np.exceptions.AxisError:
+        raise
+    except ValueError:  # numpy's message does not say which axes were given
+        raise ValueError(f"axis: repeated axis in {axis!r} (for an array of {ndim} "
+                         "dimensions); each axis may appear once") from None
 
 
 def permutation(shape, strides, axes):

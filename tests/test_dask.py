@@ -197,6 +197,17 @@ def test_zero_d_and_empty():
         np.testing.assert_array_equal(r.compute(), ns.log_softmax(x, axis=axis))
 
 
+@pytest.mark.parametrize("shape, chunks, axis", [((0, 5), (0, 2), -1),
+                                                 ((4, 0, 6), (2, 0, 3), (0, 2)),
+                                                 ((5, 0), (2, 0), None)], ids=str)
+@pytest.mark.parametrize("func", ["softmax", "log_softmax_backward"])
+def test_empty_keeps_its_chunks(func, shape, chunks, axis):
+    x = da.zeros(shape, chunks=chunks, dtype=np.float32)
+    r = getattr(ns, func)(*((x, x) if func.endswith("backward") else (x,)), axis=axis)
+    assert r.chunks == x.chunks and r.dtype == np.float32
+    assert r.compute().shape == shape
+
+
 def test_lazy_nothing_computed():
     calls = []
 

@@ -87,3 +87,38 @@ def test_errors_at_call_time(no_compute):
         nsm.logsumexp(dx, out=np.empty(4))
     with pytest.raises(ValueError, match="b of shape"):
         nsm.logsumexp(dx, b=np.ones(4))
+
+
+def test_backward_per_row_values_checked_at_call_time(no_compute):
+    dx = da.from_array(_data((4, 6)), chunks=2)
+    with pytest.raises(TypeError, match="lse must have dtype.*complex128"):
+        nsm.logsumexp_backward(dx, np.ones(4, complex), np.ones(4, np.float32))
+    with pytest.raises(TypeError, match="dlse must have dtype.*object"):
+        nsm.logsumexp_backward(dx, np.ones(4), np.ones(4, object))
+    with pytest.raises(TypeError, match="dlse must be array-like; got None"):
+        nsm.logsumexp_backward(dx, np.ones(4), None)
+
+
+@pytest.mark.parametrize("return_sign", [False, True])
+def test_logsumexp_of_a_0d_array(return_sign):
+    s = np.array(2.0, np.float32)
+    got = nsm.logsumexp(da.from_array(s), return_sign=return_sign)
+    want = nsm.logsumexp(s, return_sign=return_sign)
+    for g, w in zip(*((got, want) if return_sign else ((got,), (want,))), strict=True):
+        (value,) = _compute(g)
+        assert value.shape == () and value.dtype == np.float32
+        assert_bitwise_equal(value, w)
+
+
+@pytest.mark.parametrize("op", ["softmax", "log_softmax_backward", "logsumexp"])
+def test_a_dask_mask_with_a_numpy_x_is_lazy(op, no_compute):
+    """Any dask array argument makes the call lazy, whichever argument it is."""
+    x = _data((6, 8))
+    w = np.random.default_rng(3).random((6, 8)) < 0.7
+    args = (x, x) if op.endswith("backward") else (x,)
+    f = getattr(nsm, op)
+    res = f(*args, where=da.from_array(w, chunks=(3, 4)))
+    assert isinstance(res, da.Array)
+    (got,) = _compute(res)
+    assert_bitwise_equal(got, f(*args, where=w))
+

@@ -391,6 +391,15 @@ def test_backward_fast_path_declines_what_it_does_not_check(rng):
         nsm.logsumexp_backward(x, lse[:2], g)
 
 
+@pytest.mark.parametrize("missing", ["lse", "dlse"])
+def test_backward_none_per_row_value(missing):
+    x = np.zeros((3, 4))
+    rows = {"lse": np.zeros(3), "dlse": np.ones(3), missing: None}
+    with pytest.raises(TypeError, match=rf"logsumexp_backward\(\): {missing} must be "
+                                        "array-like; got None"):
+        nsm.logsumexp_backward(x, rows["lse"], rows["dlse"])
+
+
 def test_backward_bad_shape():
     x = np.zeros((3, 4))
     with pytest.raises(ValueError, match="lse must have the reduced shape"):

@@ -113,6 +113,14 @@ def test_host_z_device_dz():
         ns.log_softmax_backward(_x(), dz)
 
 
+@pytest.mark.parametrize("missing", [0, 1])
+def test_missing_gradient_input(missing):
+    arrays = [cuda().to_device(_x()), cuda().to_device(_x())]
+    arrays[missing] = None
+    with pytest.raises(TypeError, match=f"{('y', 'dy')[missing]} must be array-like; got None"):
+        ns.softmax_backward(*arrays)
+
+
 def test_host_x_device_out():
     out = cuda().to_device(_x())
     with pytest.raises(TypeError, match="out"):
