@@ -288,7 +288,8 @@ def host_array(obj, name, func, dtype=None):
             required(obj, name, func)  # numpy would make None a 0-d object array
             try:
                 obj = np.asarray(obj)
-            except (TypeError, ValueError) as err:
+            # RuntimeError: torch's, for a tensor that requires grad
+            except (TypeError, ValueError, RuntimeError) as err:
                 raise TypeError(f"{func}(): {name} must be array-like; got "
                                 f"{type(obj).__name__} that numpy cannot convert ({err})"
                                 ) from None

@@ -185,3 +185,12 @@ def test_bad_out_leaves_out_untouched(op):
     with pytest.raises(TypeError):
         getattr(numbasoftmax, op)(X, out=wrong)
     assert (wrong == 7.0).all()
+
+
+def test_cpu_tensor_that_requires_grad():
+    """numpy cannot convert it (torch raises RuntimeError there): a TypeError naming x,
+    with torch's own hint."""
+    torch = pytest.importorskip("torch")
+    t = torch.ones(2, 3, requires_grad=True)
+    with pytest.raises(TypeError, match=r"softmax\(\): x must be array-like.*detach"):
+        numbasoftmax.softmax(t)
