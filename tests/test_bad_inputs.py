@@ -187,10 +187,15 @@ def test_bad_out_leaves_out_untouched(op):
     assert (wrong == 7.0).all()
 
 
-def test_cpu_tensor_that_requires_grad():
-    """numpy cannot convert it (torch raises RuntimeError there): a TypeError naming x,
-    with torch's own hint."""
-    torch = pytest.importorskip("torch")
-    t = torch.ones(2, 3, requires_grad=True)
+class _RefusesNumpy:
+    """As a CPU torch tensor that requires grad: its conversion to numpy raises
+    RuntimeError."""
+
+    def __array__(self, dtype=None, copy=None):
+        raise RuntimeError("Can't call numpy() on Tensor that requires grad. Use "
+                           "tensor.detach().numpy() instead.")
+
+
+def test_an_array_like_whose_conversion_raises_runtime_error():
     with pytest.raises(TypeError, match=r"softmax\(\): x must be array-like.*detach"):
-        numbasoftmax.softmax(t)
+        numbasoftmax.softmax(_RefusesNumpy())
