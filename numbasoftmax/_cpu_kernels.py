@@ -118,6 +118,20 @@ TASK_ELEMENTS = 16384
 # tile reads one cache line per row visited: 7.4 vs 0.7 ns per element for a 8192 x 2048
 # float32 matrix along axis 0, single thread)
 BAND_TILES = 8
+# ... and a band of up to WIDE_BAND_TILES tiles (a whole inner row where it has no more) when
+# the rows of one outer position span at most SLAB_BYTES (the L2 cache's share of a pass):
+# each visit then reads its memory row whole and in order, the slab of rows in sequence,
+# and the passes after the first read it from the cache. Time against 8 tiles for every
+# slab, float32, ``out=``, 2 threads, 21-31 alternating rounds, two or three processes
+# (2-core Intel Xeon): (64, 512, 512) along axis 1 (1 MiB slabs) softmax 0.95-0.99,
+# log_softmax 0.98-1.05, softmax_backward 0.89-0.94, log_softmax_backward 0.71-0.83;
+# (128, 256, 1024) along axis 1 (1 MiB) 0.93-1.03. Larger slabs keep 8 tiles: 32 tiles for
+# every slab measured 0.87-1.08 on (8192, 2048) and (4096, 4096) along axis 0 here, and
+# 16 tiles were slower on a Zen 4 machine. (32 tiles as a constant for every slab ran the
+# forward functions 4-7 % faster on the 1 MiB slabs than this rule, for reasons not found.)
+# Same bits: a lane's row is computed alone.
+WIDE_BAND_TILES = 32
+SLAB_BYTES = 1 << 20
 
 _PARALLEL = dict(OPTIONS, parallel=True)
 # a function called, not inlined: code that rarely runs, compiled once
@@ -807,10 +821,18 @@ def masked_short_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, side,
                      ms, S, T, V)
 
 
-def column_tasks(M, C, lead=0):
-    """The number of tasks (outer position, band) of ``columns`` for M x C positions, the
-    first ``lead`` inner positions a band of their own."""
-    return M * ((lead > 0) + (C - lead + BAND_TILES * W - 1) // (BAND_TILES * W))
+@njit(inline="always", **INTERNAL)
+def band_tiles(n, C, itemsize):
+    """The tiles of ``columns``' bands over n x C elements of ``itemsize`` bytes per outer
+    position."""
+    return WIDE_BAND_TILES if n * C * itemsize <= SLAB_BYTES else BAND_TILES
+
+
+def column_tasks(M, C, lead, tiles):
+    """The number of tasks (outer position, band of ``tiles`` tiles) of ``columns`` for M x C
+    positions, the first ``lead`` inner positions a band of their own: ``band_tiles`` for
+    ``columns``, BAND_TILES for the segment drivers."""
+    return M * ((lead > 0) + (C - lead + tiles * W - 1) // (tiles * W))
 
 
 def column_lead(out, so, io):
@@ -827,32 +849,33 @@ def column_lead(out, so, io):
 
 
 @njit(inline="always", **INTERNAL)
-def _band_task(task, C, lead):
+def _band_task(task, C, lead, tiles):
     """(outer position o, first inner position c0, whole tiles, c1, k1) of a task of
-    ``columns``: the whole tiles of the band of inner positions c0 .. c0 + BAND_TILES * W
-    - 1 at o, then a partial tile of k1 positions from c1 (k1 = 0: none). Bands start
-    ``lead`` positions in (so that the driver can place whole tiles on line boundaries);
-    positions 0 .. lead-1 are a task of their own, a partial tile (all C of them when C
-    <= lead < W)."""
-    bands = (lead > 0) + (C - lead + BAND_TILES * W - 1) // (BAND_TILES * W)
+    ``columns``: the whole tiles of the band of inner positions c0 .. c0 + tiles * W - 1 at
+    o, then a partial tile of k1 positions from c1 (k1 = 0: none). Bands start ``lead``
+    positions in (so that the driver can place whole tiles on line boundaries); positions
+    0 .. lead-1 are a task of their own, a partial tile (all C of them when C <= lead <
+    W)."""
+    bands = (lead > 0) + (C - lead + tiles * W - 1) // (tiles * W)
     o, band = task // bands, task % bands - (lead > 0)
     if band < 0:
         return o, 0, 0, 0, min(lead, C)
-    c0 = lead + band * BAND_TILES * W
-    full = min(BAND_TILES, (C - c0) // W)
+    c0 = lead + band * tiles * W
+    full = min(tiles, (C - c0) // W)
     c1 = c0 + full * W
-    return o, c0, full, c1, (C - c1 if full < BAND_TILES else 0)
+    return o, c0, full, c1, (C - c1 if full < tiles else 0)
 
 
 @njit(**OPTIONS)
 def columns(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, lead, stream):
-    """Tasks lo..hi-1 of (outer position, band of BAND_TILES * W inner positions): the
+    """Tasks lo..hi-1 of (outer position, band of ``band_tiles`` * W inner positions): the
     lane kernel in place. A partial last tile runs as a band of its own, and so do the
     first ``lead`` positions. ``stream``: whole tiles of ``out`` stored past the caches
     (the caller sets ``lead`` so that each starts a cache line), fenced at the end."""
-    S, T, V = _scratch(a, n, BAND_TILES)
+    tiles = band_tiles(n, C, a.itemsize)
+    S, T, V = _scratch(a, n, tiles)
     for task in range(lo, hi):
-        o, c0, full, c1, k1 = _band_task(task, C, lead)
+        o, c0, full, c1, k1 = _band_task(task, C, lead, tiles)
         if full:  # the lane count a constant: no masked loads and stores
             band(op, (a, o * ao + c0, an, ALL), (b, o * bo + c0, bn, ALL),
                  (out, o * oo + c0, on, ALL), full, n, S, T, V, stream)
@@ -891,7 +914,8 @@ def _tile_tasks(args):
 
 def _band_tasks(args):
     M, n, C, lead = args[10:14]
-    return column_tasks(M, C, lead), max(1, TASK_ELEMENTS // (n * BAND_TILES * W))
+    tiles = band_tiles.py_func(n, C, args[1].itemsize)
+    return column_tasks(M, C, lead, tiles), max(1, TASK_ELEMENTS // (n * tiles * W))
 
 
 # The loops do not take the operation: the address has chosen its code, and a marker
@@ -996,14 +1020,15 @@ def segment_write(op, a, ao, b, bo, out, oo, M, n, st, fin, stream):
 # either way. Whole tiles pass their lane count W as a run-time value, as the partial tile
 # does (``_band_part``): one compiled variant of the lane phases instead of two (half the
 # compile time of these drivers), at the same speed as a constant W (a 1024 x 8192 float32
-# block: ~10 ms statistics, ~14 ms write either way, one thread).
+# block: ~10 ms statistics, ~14 ms write either way, one thread). Their bands keep
+# BAND_TILES tiles (a dask block's slab is rarely as small as ``band_tiles`` asks).
 
 @njit(inline="always", **INTERNAL)
 def _band_part(t, C, lead):
     """Part t % 2 of task t // 2 of ``columns``: (outer position, first inner position,
     tiles, lanes per tile) of its whole tiles (part 0) or of its partial tile (part 1); no
     tiles when the part is empty. The lane count is a run-time value for both."""
-    o, c0, full, c1, k1 = _band_task(t // 2, C, lead)
+    o, c0, full, c1, k1 = _band_task(t // 2, C, lead, BAND_TILES)
     if t % 2 == 0:
         return o, c0, full, min(W, C - c0)
     return o, c1, int(k1 > 0), k1

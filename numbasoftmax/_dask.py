@@ -324,8 +324,8 @@ def _stats_task(spec, *blocks):
             if columns is not None:
                 (outer, along, inner), views, order = columns
                 cst = np.empty((m * runs, 2, nc))
-                k.segment_columns_stats(op, *views[0], *views[-2], 0,
-                                        k.column_tasks(outer, inner), along, inner, cst)
+                tasks = k.column_tasks(outer, inner, 0, k.BAND_TILES)
+                k.segment_columns_stats(op, *views[0], *views[-2], 0, tasks, along, inner, cst)
                 part[:, :, :nc] = order.to_rows(cst)
             else:
                 for lo, hi, rows in _panels(spec, blocks):
@@ -387,9 +387,10 @@ def _write_task(spec, *args):
         if columns is not None:
             (outer, along, inner), views, order = columns
             lead, stream = _cpu.column_stream(*views[-1], out.size // inner, inner)
+            tasks = k.column_tasks(outer, inner, lead, k.BAND_TILES)
             k.segment_columns_write(k.OPS[spec.key], *views[0], *views[-2], *views[-1], 0,
-                                    k.column_tasks(outer, inner, lead), along, inner,
-                                    order.from_rows(st), order.from_rows(fin), lead, stream)
+                                    tasks, along, inner, order.from_rows(st),
+                                    order.from_rows(fin), lead, stream)
             return out
         # written past the caches when large and in place (a panel is read back at once)
         stream = (_cpu.streams(m * runs, length, out.itemsize, spec.key)

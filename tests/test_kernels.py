@@ -82,7 +82,8 @@ def _columns(driver, op, inputs, parallel, stream=False, out=None, lead=None):
     if parallel:
         driver(*head, 1, n, m, lead, stream)
     else:
-        driver(*head, 0, K.column_tasks(1, m, lead), n, m, lead, stream)
+        tiles = K.band_tiles.py_func(n, m, flat[0].itemsize)  # as _cpu.run_columns
+        driver(*head, 0, K.column_tasks(1, m, lead, tiles), n, m, lead, stream)
     return out.T
 
 
@@ -233,6 +234,27 @@ def test_streamed_columns_agree_bitwise(op, dtype, shape, offset, rng):
             inside = outside[64 + offset:64 + offset + big.size].reshape(big.shape)
             inside[:, :m] = False
             assert (_storage(buf[outside]) == _storage(np.array([sentinel]))[0]).all()
+
+
+# (inner positions, rows along the axis) on both sides of ``band_tiles``' slab bound
+# (float32): 1 MiB, wide bands (a whole inner row); one inner position more, bands of
+# BAND_TILES (two whole, then a partial tile)
+SLAB_SHAPES = [(256, 1024), (257, 1024)]
+
+
+def test_slab_shapes_take_both_band_widths():
+    assert [K.band_tiles.py_func(n, m, 4) for m, n in SLAB_SHAPES] == [K.WIDE_BAND_TILES,
+                                                                        K.BAND_TILES]
+
+
+@pytest.mark.parametrize("shape", SLAB_SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("op", ["softmax", "log_softmax_backward"])
+def test_both_band_widths_give_the_row_kernels_bits(op, shape, rng):
+    inputs = _inputs(op, rng, shape, np.float32)
+    expected = _rows(K.rows, op, inputs, parallel=False)
+    for kernel in {op, COLUMN_OPS.get(op, op)}:
+        for driver, parallel in ((K.columns, False), (K.columns_parallel, True)):
+            assert_bitwise_equal(_columns(driver, kernel, inputs, parallel), expected)
 
 
 @pytest.mark.parametrize("lead", [3, 9, 15])

@@ -46,6 +46,7 @@ def recorded(monkeypatch):
         return record
 
     fake = types.SimpleNamespace(OPS=real.OPS, W=real.W, column_tasks=real.column_tasks,
+                                 band_tiles=real.band_tiles,
                                  RUN_OPS=real.RUN_OPS, RUN_ROW_MIN=real.RUN_ROW_MIN,
                                  CHUNK=real.CHUNK,
                                  copy2d=recorder("copy2d"),
