@@ -316,7 +316,7 @@ def run_columns(op, args, direct=False):
         out, so, io = arrays[6:]
     lead, stream = column_stream(out, so, io, m * n, c)
     if m * n * c < PARALLEL_MIN_ELEMENTS or not parallel_allowed():
-        tasks = k.column_tasks(m, c, lead, k.band_tiles.py_func(n, c, arrays[0].itemsize))
+        tasks, _ = k.columns_tasks(m, n, c, lead, arrays[0].itemsize)
         call = (marker, *arrays, 0, tasks, n, c, lead, stream)
         entry = entries.get((k.columns, arrays[0].dtype)) if direct else k.columns
         if entry is not None:

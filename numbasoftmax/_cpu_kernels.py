@@ -835,6 +835,13 @@ def column_tasks(M, C, lead, tiles):
     return M * ((lead > 0) + (C - lead + tiles * W - 1) // (tiles * W))
 
 
+def columns_tasks(M, n, C, lead, itemsize):
+    """(tasks, tiles per band) of ``columns`` over M outer positions of n x C elements of
+    ``itemsize`` bytes: its bands as ``band_tiles`` sizes them."""
+    tiles = band_tiles.py_func(n, C, itemsize)
+    return column_tasks(M, C, lead, tiles), tiles
+
+
 def column_lead(out, so, io):
     """The inner positions before the first whose outputs start a cache line in every run
     of ``out`` (flat buffer, outer and axis strides), so that ``columns`` can store whole
@@ -914,8 +921,8 @@ def _tile_tasks(args):
 
 def _band_tasks(args):
     M, n, C, lead = args[10:14]
-    tiles = band_tiles.py_func(n, C, args[1].itemsize)
-    return column_tasks(M, C, lead, tiles), max(1, TASK_ELEMENTS // (n * tiles * W))
+    total, tiles = columns_tasks(M, n, C, lead, args[1].itemsize)
+    return total, max(1, TASK_ELEMENTS // (n * tiles * W))
 
 
 # The loops do not take the operation: the address has chosen its code, and a marker

@@ -82,7 +82,8 @@ def _runs():
     for dtype in DTYPES:
         item = np.dtype(dtype).itemsize
         if item in _cpu.RUN_ITEMSIZES:
-            rows = max(-(-least // (RUN_ROW * item)), _cpu.PARALLEL_MIN_ELEMENTS // RUN_ROW)
+            parallel = -(-_cpu.PARALLEL_MIN_ELEMENTS // RUN_ROW)  # rows for the parallel driver
+            rows = max(-(-least // (RUN_ROW * item)), parallel)
             out += [Case(op, dtype, (rows, RUN_ROW), -1) for op in RUN_OPS]
     return out
 

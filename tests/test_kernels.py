@@ -82,8 +82,8 @@ def _columns(driver, op, inputs, parallel, stream=False, out=None, lead=None):
     if parallel:
         driver(*head, 1, n, m, lead, stream)
     else:
-        tiles = K.band_tiles.py_func(n, m, flat[0].itemsize)  # as _cpu.run_columns
-        driver(*head, 0, K.column_tasks(1, m, lead, tiles), n, m, lead, stream)
+        tasks, _ = K.columns_tasks(1, n, m, lead, flat[0].itemsize)
+        driver(*head, 0, tasks, n, m, lead, stream)
     return out.T
 
 

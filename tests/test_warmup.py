@@ -45,8 +45,7 @@ def recorded(monkeypatch):
         record.overloads = {}
         return record
 
-    fake = types.SimpleNamespace(OPS=real.OPS, W=real.W, column_tasks=real.column_tasks,
-                                 band_tiles=real.band_tiles,
+    fake = types.SimpleNamespace(OPS=real.OPS, W=real.W, columns_tasks=real.columns_tasks,
                                  RUN_OPS=real.RUN_OPS, RUN_ROW_MIN=real.RUN_ROW_MIN,
                                  CHUNK=real.CHUNK,
                                  copy2d=recorder("copy2d"),
