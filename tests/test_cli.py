@@ -334,6 +334,8 @@ def test_parse_sizes(text, expected):
     (["bench", "--threads", "0"], ["--threads"]),
     (["bench", "--repeats", "0"], ["--repeats", "0"]),
     (["bench", "--repeats", "-3"], ["--repeats", "-3"]),
+    (["bench", "--device", "cpu", "--elements", "2^40", "--no-progress"],
+     ["--elements", "GiB", "available"]),
 ])
 def test_bad_options_exit_2_naming_the_option(argv, words, capsys):
     assert main(argv) == 2
@@ -424,6 +426,27 @@ def test_op_groups():
     assert _ops("log") == ("log_softmax", "log_softmax_backward")
     assert _ops("all") == registry.OPS
     assert _ops("softmax_backward,fwd") == ("softmax", "softmax_backward")
+
+
+@pytest.mark.parametrize("command", ["bench", "warmup"])
+def test_an_unknown_option_is_reported_with_its_commands_usage(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--bogus"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert f"python -m numbasoftmax {command}: error: unrecognized arguments: --bogus" in err
+    assert f"usage: python -m numbasoftmax {command}" in err
+
+
+@pytest.mark.parametrize("available, fails", [(2**28, False), (2**27, True), (None, False)])
+def test_the_sweep_refuses_more_elements_than_memory_holds(available, fails):
+    cells = [config.Cell("softmax", "float32", "new"), config.Cell("softmax", "float16", "new")]
+    # 2^22 float32 and float16 elements: bases 2 * 6 B, arrays 12 * 4 B, 60 B each in all
+    if fails:
+        with pytest.raises(RuntimeError, match=r"--elements 4194304: .*0\.2 GiB"):
+            sweep.check_memory("cpu", 1 << 22, (32,), cells, available)
+    else:
+        sweep.check_memory("cpu", 1 << 22, (32,), cells, available)
 
 
 def test_no_command_prints_help(capsys):

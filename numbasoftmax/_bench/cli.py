@@ -97,6 +97,7 @@ def _parser():
                     "compiling: for container images and CI jobs. Honours NUMBA_CACHE_DIR "
                     "and NUMBASOFTMAX_CACHE.")
     warm.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.commands = {"bench": bench, "warmup": warm}
     return parser
 
 
@@ -184,7 +185,10 @@ def bench(args):
 
 def main(argv=None):
     parser = _parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # argparse would report them with the top-level usage, not the command's
+        parser.commands.get(args.command, parser).error(
+            f"unrecognized arguments: {' '.join(unknown)}")
     if args.command == "bench":
         return bench(args)
     if args.command == "warmup":

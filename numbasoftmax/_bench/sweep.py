@@ -24,6 +24,7 @@ import contextlib
 import gc
 import importlib.util
 import math
+import os
 import sys
 import time
 from dataclasses import asdict
@@ -373,6 +374,42 @@ def _set_threads(n):
     return None
 
 
+# Host memory a CPU sweep holds at once, in arrays of M·N elements of its widest dtype,
+# besides its two input bases per dtype: every participant's rotated inputs, its out= and
+# its result, the copy's buffers (measured: 8.1 GB at 2^26 elements, float32 and float64)
+HELD_ARRAYS = 12
+
+
+def available_memory():
+    """Bytes of host memory available to this process (Linux: MemAvailable), or None."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(device, elements, sizes, cells, available):
+    """A RuntimeError naming --elements when the sweep's host arrays would not fit in
+    ``available`` bytes (a run that allocates past it is killed by the system, or swaps)."""
+    total = max(elements, max(sizes))
+    items = [np.dtype(d).itemsize for d in {c.dtype for c in cells} | {"float32"}]
+    need = 2 * total * sum(items)  # the input bases
+    if device == "cpu":
+        need += HELD_ARRAYS * total * max(items)
+    if available is not None and need > available:
+        raise RuntimeError(f"--elements {elements}: the {device} sweep holds about "
+                           f"{need / 2**30:.1f} GiB of host memory at once, and "
+                           f"{available / 2**30:.1f} GiB is available; choose a smaller "
+                           "--elements")
+
+
 def run(config: Config) -> Report:
     """Run the sweep described by ``config``; returns the :class:`Report` (not written)."""
     t_wall = time.perf_counter()
@@ -389,6 +426,7 @@ def run(config: Config) -> Report:
     total = 0
     for device in devices:
         elements, sizes, cells = config.plan_for(device.kind)
+        check_memory(device.kind, elements, sizes, cells, available_memory())
         impls_by_cell = {c: _impls(device.kind, c) for c in cells}
         lat_ops = [op for op in config.ops if config.latency]
         n_checks = sum(len(v) for v in impls_by_cell.values())
