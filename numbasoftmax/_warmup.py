@@ -11,7 +11,10 @@ softmax functions on dask arrays whose softmax axis is split across chunks, whic
 kernels' phases one at a time (``_dask``'s two passes; on rows and on a strided axis),
 computed with dask's synchronous scheduler. Options that change the kernels' arguments
 (``where=``, ``dtype=`` another than the input's, logsumexp's ``b`` and ``return_sign``)
-compile at their first use.
+compile at their first use, unless the warm-up is asked for them too (``features=True``,
+``warmup --features``): then every call above is also made with a mask that varies along
+the rows, and the numpy calls with each wider result dtype, and logsumexp with weights and
+with its sign.
 """
 
 from __future__ import annotations
@@ -58,7 +61,8 @@ DASK_SHAPES = (
 class Case(NamedTuple):
     """One warm-up call: ``op`` on an array of ``shape`` and ``dtype`` along ``axis``;
     ``layout`` "C", "stepped" (every other element of a wider array) or "dask" (a dask
-    array of ``chunks``)."""
+    array of ``chunks``); ``options``: keyword arguments beyond ``axis``, as (name, value)
+    pairs (``where`` True: a mask of the array's shape)."""
 
     op: str
     dtype: type
@@ -66,6 +70,7 @@ class Case(NamedTuple):
     axis: int
     layout: str = "C"
     chunks: tuple | None = None
+    options: tuple = ()
 
 
 def _runs():
@@ -96,37 +101,70 @@ def _dask_cases():
             for dtype in DTYPES for shape, chunks, axis in DASK_SHAPES]
 
 
-def cases():
-    """The Case of every kernel the CPU path compiles."""
-    return ([Case(op, dtype, shape, axis, layout) for op in OPS for dtype in DTYPES
-             for shape, axis, layout in SHAPES] + _runs() + _dask_cases())
+def _with_features(plain):
+    """The feature calls of the ``plain`` cases: each masked; the numpy ones also with each
+    wider result dtype; logsumexp's and its gradient's also with weights and with a sign."""
+    out = []
+    for case in plain:
+        out.append(case._replace(options=(("where", True),)))
+        if case.layout == "dask":
+            continue
+        wider = [d for d in DTYPES if np.dtype(d).itemsize > np.dtype(case.dtype).itemsize]
+        out += [case._replace(options=(("dtype", d),)) for d in wider]
+        if OPS[case.op].forward == "logsumexp":
+            sign = "return_sign" if case.op == "logsumexp" else "sign"
+            out += [case._replace(options=options) for options in (
+                (("b", True),), ((sign, True),), (("b", True), (sign, True)))]
+    return out
+
+
+def cases(features=False):
+    """The Case of every kernel the CPU path compiles (``features``: also with the options
+    that change the kernels' arguments)."""
+    plain = ([Case(op, dtype, shape, axis, layout) for op in OPS for dtype in DTYPES
+              for shape, axis, layout in SHAPES] + _runs() + _dask_cases())
+    return plain + (_with_features(plain) if features else [])
 
 
 def _call(case):
     import numbasoftmax
 
-    op, dtype, shape, axis, layout, chunks = case
+    op, dtype, shape, axis, layout, chunks, options = case
+    kwargs = dict(options)
+    if kwargs.get("where"):  # every other element along the softmax axis (a mask constant
+        # along the rows runs the unmasked kernels)
+        kwargs["where"] = (np.arange(shape[axis]) % 2 == 0).reshape(
+            [-1 if k == axis % len(shape) else 1 for k in range(len(shape))]) | np.zeros(
+                shape, bool)
+    if kwargs.get("b"):
+        kwargs["b"] = np.full(shape, 2.0, dtype)
     x = np.full(shape, 0.5, dtype)
+    row = np.zeros(np.delete(shape, axis), dtype)  # a value per row
+    if kwargs.get("sign"):
+        kwargs["sign"] = row + 1
     if layout == "stepped":
         x = np.repeat(x, 2, axis=-1)[..., ::2]
     elif layout == "dask":
         import dask.array as da
 
         x = da.from_array(x, chunks=chunks)
+        if "where" in kwargs:
+            kwargs["where"] = da.from_array(kwargs["where"], chunks=chunks)
     spec = OPS[op]
     if spec.row_args:  # logsumexp's gradient: x, then a value per row twice
-        row = np.zeros(np.delete(shape, axis), dtype)
         arrays = (x, row, row)
     else:
         arrays = (x, x) if spec.backward else (x,)
-    result = getattr(numbasoftmax, op)(*arrays, axis=axis)
+    result = getattr(numbasoftmax, op)(*arrays, axis=axis, **kwargs)
     if layout == "dask":
         result.compute(scheduler="sync")
 
 
-def warmup(progress=True):
-    """Compile (or load) every CPU kernel; returns (number of calls, seconds)."""
-    todo = cases()
+def warmup(progress=True, features=False):
+    """Compile (or load) every CPU kernel (``features``: also those of ``where=``,
+    ``dtype=`` and logsumexp's ``b`` and ``return_sign``); returns (number of calls,
+    seconds)."""
+    todo = cases(features)
     bar = None
     if progress:
         try:

@@ -120,3 +120,60 @@ def test_command_line():
     proc = subprocess.run([sys.executable, "-m", "numbasoftmax", "warmup", "--help"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "disk cache" in proc.stdout
+
+
+@pytest.fixture
+def public_calls(monkeypatch):
+    """The warm-up's calls of the public functions with ``features``, recorded as (op,
+    dtype, shape, axis, array library, options) instead of made."""
+    import numbasoftmax
+
+    calls = []
+
+    def recorder(op):
+        def call(*arrays, axis, **options):
+            x = arrays[0]
+            calls.append((op, np.dtype(x.dtype), x.shape, axis,
+                          type(x).__module__.partition(".")[0], options))
+            return types.SimpleNamespace(compute=lambda **_: None)
+        return call
+
+    for op in OPS:
+        monkeypatch.setattr(numbasoftmax, op, recorder(op))
+    count, _ = _warmup.warmup(progress=False, features=True)
+    assert count == len(calls)
+    return calls
+
+
+def test_features_mask_every_call_along_its_rows(public_calls):
+    plain = {c[:5] for c in public_calls if not c[5]}
+    masked = [c for c in public_calls if "where" in c[5]]
+    assert {c[:5] for c in masked} == plain
+    for op, _, shape, axis, _, options in masked:
+        w = np.asarray(options["where"])
+        assert w.dtype == bool and w.shape == shape
+        # a mask constant along the rows would run the unmasked kernels
+        assert (w.min(axis=axis) != w.max(axis=axis)).all(), (op, shape, axis)
+
+
+def test_features_widen_every_numpy_call(public_calls):
+    plain = {c[:5] for c in public_calls if not c[5] and c[4] == "numpy"}
+    widened = {(c[:5], np.dtype(c[5]["dtype"])) for c in public_calls if "dtype" in c[5]}
+    assert widened == {(c, np.dtype(d)) for c in plain for d in _warmup.DTYPES
+                       if np.dtype(d).itemsize > c[1].itemsize}
+
+
+@pytest.mark.parametrize("op, sign", [("logsumexp", "return_sign"),
+                                      ("logsumexp_backward", "sign")])
+def test_features_weigh_and_sign_logsumexp(public_calls, op, sign):
+    plain = {c[:5] for c in public_calls if not c[5] and c[0] == op}
+    for name in ("b", sign):
+        given = [c for c in public_calls if c[0] == op and name in c[5]]
+        # each alone and the two together
+        assert sorted(c[:5] for c in given) == sorted(2 * list(plain))
+        for _, _, shape, axis, _, options in given:
+            if name == "return_sign":
+                assert options[name] is True
+            else:
+                want = shape if name == "b" else tuple(np.delete(shape, axis))
+                assert np.asarray(options[name]).shape == want

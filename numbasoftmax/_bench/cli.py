@@ -97,6 +97,10 @@ def _parser():
                     "compiling: for container images and CI jobs. Honours NUMBA_CACHE_DIR "
                     "and NUMBASOFTMAX_CACHE.")
     warm.add_argument("--no-progress", action="store_true", help="no progress bar")
+    warm.add_argument("--features", action="store_true",
+                      help="also the kernels of where= masks, dtype= (each wider float "
+                           "type) and logsumexp's b= and return_sign (about three times "
+                           "the calls)")
     parser.commands = {"bench": bench, "warmup": warm}
     return parser
 
@@ -194,7 +198,7 @@ def main(argv=None):
     if args.command == "warmup":
         from .._warmup import warmup
 
-        count, seconds = warmup(progress=not args.no_progress)
+        count, seconds = warmup(progress=not args.no_progress, features=args.features)
         print(f"numbasoftmax: {count} kernel calls compiled or loaded in {seconds:.1f} s.",
               file=sys.stderr)
         return 0
