@@ -181,3 +181,22 @@ def test_strided_rows_give_the_api_bits():
     z = numbasoftmax.log_softmax(x, axis=0)
     assert_bitwise_equal(user_log_softmax_backward_columns(z, x),
                          numbasoftmax.log_softmax_backward(z, x, axis=0))
+
+
+@pytest.mark.parametrize("func, arrays, message", [
+    (softmax_row, (100, 2), "out must have the length of x"),
+    (log_softmax_row, (100, 101), "out must have the length of x"),
+    (softmax_backward_row, (100, 99, 100), "dy and out must have the length of y"),
+    (softmax_backward_row, (100, 100, 3), "dy and out must have the length of y"),
+    (log_softmax_backward_row, (100, 2, 100), "dz and out must have the length of z"),
+], ids=["softmax-out", "log_softmax-out", "softmax_backward-dy", "softmax_backward-out",
+        "log_softmax_backward-dz"])
+def test_rows_of_other_lengths_are_refused(func, arrays, message):
+    """The kernel reads and writes the first row's length: a shorter out or second row
+    would be written or read past its end."""
+    rows = [np.zeros(n) for n in arrays]
+    before = [r.copy() for r in rows]
+    with pytest.raises(ValueError, match=message):
+        func(*rows)
+    for r, b in zip(rows, before, strict=True):
+        assert np.array_equal(r, b)
