@@ -79,7 +79,14 @@ import numpy as np
 from dask.array.utils import meta_from_array
 
 from . import _cpu, _cpu_path, _pool
-from ._inputs import array_kind, check_pair, host_array, reject_masked, result_dtype
+from ._inputs import (
+    array_kind,
+    check_pair,
+    host_array,
+    reject_masked,
+    result_dtype,
+    typename,
+)
 from ._layout import as_2d, normalize_axes
 from ._row_kernel import CHUNK
 
@@ -99,10 +106,11 @@ def dispatch(op, arrays, axis, out, per_block):
 
     # dtypes first (the core checks each input as it converts it), then shapes, then axes
     checked = [_operand(a, name, func) for a, name in zip(arrays, op.args, strict=True)]
+    given = [getattr(a, "dtype", d) for a, (_, d) in zip(arrays, checked, strict=True)]
     arrays = [a for a, _ in checked]
     dtypes = [dtype for _, dtype in checked]
     if len(arrays) == 2:
-        check_pair(func, op.args, [a.shape for a in arrays], dtypes)
+        check_pair(func, op.args, [a.shape for a in arrays], dtypes, given)
     first = next(a for a in arrays if isinstance(a, da.Array))
     axes = normalize_axes(axis, first.ndim)
     _refuse_out(func, out)
@@ -111,6 +119,7 @@ def dispatch(op, arrays, axis, out, per_block):
     # array), one pass over whole rows otherwise
     two_pass = any(len(first.chunks[ax]) > 1 for ax in axes) and first.size != 0
     if two_pass:
+        check_mergeable(first, axes, func, _name(op.args, arrays, first))
         _check_known(first, axes, func)
     elif axes and first.size != 0:  # an empty array keeps its chunks: its blocks are empty
         first = first.rechunk({ax: -1 for ax in axes})
@@ -138,6 +147,32 @@ def _refuse_out(func, out):
         raise TypeError(f"{func}(): out is not supported for dask arrays (they are immutable); "
                         "use the returned dask array, or write it into an existing array with "
                         "dask.array.store(result, out)")
+
+
+def _name(names, arrays, a):
+    return next(n for n, b in zip(names, arrays, strict=True) if b is a)
+
+
+def gpu_blocks_only_whole(meta):
+    """Whether blocks like ``meta`` are GPU arrays that dask can neither concatenate nor
+    reduce with array operations (numba device arrays and other
+    ``__cuda_array_interface__`` objects; cupy's can be)."""
+    return array_kind(meta) == "cuda" and type(meta).__module__.partition(".")[0] != "cupy"
+
+
+def check_mergeable(x, axes, func, name):
+    """TypeError, at call time, when a softmax axis of dask array ``x`` is split across
+    chunks whose blocks are such GPU arrays: neither the two passes nor a merge into one
+    chunk can run on them (the task would fail, or dask would join them on the host)."""
+    meta = getattr(x, "_meta", None)
+    split = [ax for ax in axes if len(x.chunks[ax]) > 1]
+    if meta is not None and split and x.size and gpu_blocks_only_whole(meta):
+        raise TypeError(f"{func}(): {name} is a dask array of {typename(meta)} blocks in "
+                        f"{len(x.chunks[split[0]])} chunks along axis {split[0]}, which "
+                        f"{func}() reduces over; dask can neither merge such blocks nor "
+                        f"combine statistics across them: chunk {name} so that each of "
+                        "those axes is one chunk before its blocks become GPU arrays, or "
+                        "use cupy blocks")
 
 
 def _check_known(x, axes, func):
@@ -180,6 +215,10 @@ def _operand(a, name, func):
         return a, result_dtype(np.dtype(a.dtype), name, func)
     kind = array_kind(a)
     if kind == "cuda":
+        if gpu_blocks_only_whole(a):  # dask.array.from_array would copy it to the host
+            raise TypeError(f"{func}(): {name} is a {typename(a)} next to a dask array; pass "
+                            "it as a dask array of GPU blocks too (or as a cupy array, which "
+                            "dask chunks on the GPU)")
         return a, result_dtype(np.dtype(a.dtype), name, func)
     if kind == "dask":  # another dask collection with .chunks
         raise TypeError(f"{func}(): {name} must be a dask.array.Array (or array_like); "

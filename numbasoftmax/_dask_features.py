@@ -31,6 +31,7 @@ from ._inputs import (
     promoted,
     reduced_shape,
     requested_dtype,
+    typename,
 )
 from ._layout import normalize_axes
 
@@ -53,8 +54,12 @@ def dispatch(op, arrays, axis, out, per_block, *, where=None, dtype=None, b=None
     x = x if isinstance(x, da.Array) else da.from_array(x)
     dtypes = [d for _, d in checked]
     if len(names) == 2:
-        check_pair(func, names, [a.shape for a, _ in checked], dtypes)
+        check_pair(func, names, [a.shape for a, _ in checked], dtypes,
+                   [getattr(a, "dtype", d) for a, d in zip(arrays, dtypes, strict=False)])
     axes = normalize_axes(axis, x.ndim)
+    if any(math.isnan(c) for cs in x.chunks for c in cs):  # merged, broadcast or reduced
+        raise ValueError(f"{func}(): the chunk sizes of {names[0]} are unknown (nan), which "
+                         "these options need; call .compute_chunk_sizes() first")
     if b is not None:
         b, bdtype = _dask._operand(b, "b", func)
         check_where(func, None, b.shape, "x", x.shape, name="b")
@@ -64,15 +69,16 @@ def dispatch(op, arrays, axis, out, per_block, *, where=None, dtype=None, b=None
         check_where(func, np.dtype(where.dtype), where.shape, names[0], x.shape)
     rdtype = dt or (promoted(dtypes) if op.name.startswith("logsumexp") else dtypes[0])
 
+    _dask.check_mergeable(x, axes, func, names[0])
     merged = x.rechunk({ax: -1 for ax in axes}) if axes else x
     chunks = merged.chunks
     blocks = [merged] + [_like(a, chunks) for a, _ in checked[1:]]
     options = {"dtype": dt}
     extra = []  # (keyword, dask array chunked like x)
-    if where is not None:
-        extra.append(("where", _like(where, chunks, broadcast=True)))
-    if b is not None:
-        extra.append(("b", _like(b, chunks, broadcast=True)))
+    for name, a in (("where", where), ("b", b)):
+        if a is not None:
+            _check_broadcast(a, x.shape, func, name)
+            extra.append((name, _like(a, chunks, broadcast=True)))
     # each task on numba threads // blocks, as the plain functions' one-pass tasks
     f = functools.partial(_on_shared_threads, per_block, math.prod(merged.numblocks))
     meta = _dask._meta(x, rdtype)
@@ -113,6 +119,19 @@ def _on_shared_threads(f, nblocks, *args, **kwargs):
 
     with _dask._threads(nblocks, args[0]):
         return f(*args, **kwargs)
+
+
+def _check_broadcast(a, shape, func, name):
+    """TypeError, at call time, for a mask or weights that must be broadcast to ``shape``
+    but whose blocks' library cannot broadcast (``_dask.gpu_blocks_only_whole``)."""
+    from . import _dask
+
+    meta = getattr(a, "_meta", None) if isinstance(a, da.Array) else a
+    if tuple(a.shape) != tuple(shape) and meta is not None and _dask.gpu_blocks_only_whole(
+            meta):
+        raise TypeError(f"{func}(): {name} has shape {tuple(a.shape)} and must be broadcast "
+                        f"to x's {tuple(shape)}, which its {typename(meta)} blocks cannot be "
+                        f"(cupy's can); pass {name} in x's shape")
 
 
 def _like(a, chunks, broadcast=False):

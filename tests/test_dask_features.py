@@ -122,3 +122,17 @@ def test_a_dask_mask_with_a_numpy_x_is_lazy(op, no_compute):
     (got,) = _compute(res)
     assert_bitwise_equal(got, f(*args, where=w))
 
+
+
+@pytest.mark.parametrize("call", [
+    lambda u: nsm.logsumexp(u),
+    lambda u: nsm.softmax(u, where=np.ones(6, bool)),
+    lambda u: nsm.log_softmax(u, dtype=np.float64),
+], ids=["logsumexp", "where", "dtype"])
+def test_unknown_chunk_sizes_name_the_remedy(call, no_compute):
+    """The options merge, broadcast or reduce by the chunk sizes: unknown ones (after
+    boolean indexing) are the package's ValueError at call time, not dask's or Python's."""
+    x = _data((10, 6))
+    dx = da.from_array(x, chunks=(3, 6))
+    with pytest.raises(ValueError, match=r"unknown \(nan\).*compute_chunk_sizes\(\)"):
+        call(dx[dx[:, 0] > 0])
