@@ -136,7 +136,9 @@ def logsumexp_backward(x, lse, dlse, axis=-1, *, b=None, sign=None, where=None, 
 
     ``b``, ``where`` and ``axis`` as given to the forward call (excluded elements get 0
     gradient); ``sign``: the forward call's sign with ``return_sign`` (the gradient of
-    ``log|sum|``), else 1. ``dtype`` and ``out`` as for :func:`softmax`.
+    ``log|sum|``), else 1. ``dtype`` and ``out`` as for :func:`softmax`. For a masked
+    array ``x``, ``lse`` (and ``dlse``, ``sign``) may be the masked arrays the forward call
+    returned; a masked ``dlse`` or ``sign`` counts as 0.
     """
     return _logsumexp_backward(x, lse, dlse, axis, b, sign, where, dtype, out)
 
@@ -151,6 +153,7 @@ def _call(op, arrays, axis, out, where=None, dtype=None):
     kind = _inputs.backend([*arrays, where])  # a dask mask makes the result lazy too
     if where is not None:
         _inputs.requested_dtype(dtype, op.name)  # checked first, as on the CPU
+    if where is not None or kind == "dask":  # (the GPU path checks its own arguments)
         _inputs.same_side(op.name, [*zip(op.args, arrays, strict=True), ("where", where)])
     if kind == "dask":
         from . import _dask
@@ -231,13 +234,19 @@ def _logsumexp(x, axis, b, keepdims, return_sign, where, dtype, out):
     outs = _lse_outs(out, return_sign, shape, rdtype, func)
     kernel = "logsumexp_sign" if return_sign else "logsumexp"
     values, signs = _cpu_path.reduce(kernel, (x,), axes, dtype=rdtype, where=where, b=b)
+    # the value and the sign come interleaved (one (m, 2) buffer): each its own C-ordered
+    # array, as every other result (m values: a small copy beside the m x n read)
     results = [values, signs] if return_sign else [values]
+    if return_sign:
+        results = [r if o is not None else np.ascontiguousarray(r)
+                   for r, o in zip(results, outs, strict=True)]
     if not keepdims:
         results = [r.reshape(shape) for r in results]
+    given = (list(out) if isinstance(out, tuple) else [out, None]) if return_sign else [out]
     for k, o in enumerate(outs):
         if o is not None:
             np.copyto(o, results[k])
-            results[k] = o
+            results[k] = given[k]  # the caller's object (a subclass too), as out= returns
     if masked:
         rmask = (np.ones(x.shape, bool) if where is None else
                  ~np.broadcast_to(where, x.shape)).all(axis=axes, keepdims=keepdims)
@@ -278,6 +287,9 @@ def _logsumexp_backward(x, lse, dlse, axis, b, sign, where, dtype, out):
     for name, v in (("lse", lse), ("dlse", dlse), ("sign", sign)):
         if v is None:
             continue
+        if isinstance(v, np.ma.MaskedArray):  # as logsumexp returns for a masked x: its
+            # masked rows have no included element; a masked dlse or sign adds nothing
+            v = np.ma.getdata(v) if name == "lse" else np.ma.filled(v, 0)
         v = _inputs.host_array(v, name, func)
         _inputs.check_per_row(func, name, v.shape, x.shape, axes)
         rows.append(v.reshape(keep))

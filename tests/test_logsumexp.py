@@ -247,6 +247,30 @@ def test_out(rng):
     assert nsm.logsumexp(x, keepdims=True, out=out) is out
 
 
+class _Out(np.ndarray):
+    """An ndarray subclass given as out= (a memmap, say)."""
+
+
+def test_out_of_a_subclass_is_returned(rng):
+    x = rng.standard_normal((6, 50)).astype(np.float32)
+    out = np.empty(6, np.float32).view(_Out)
+    assert nsm.logsumexp(x, out=out) is out
+    pair = (np.empty(6, np.float32).view(_Out), np.empty(6, np.float32).view(_Out))
+    got = nsm.logsumexp(x, return_sign=True, out=pair)
+    assert got[0] is pair[0] and got[1] is pair[1]
+    assert_bitwise_equal(np.asarray(out), nsm.logsumexp(x))
+
+
+@pytest.mark.parametrize("keepdims", [False, True])
+def test_value_and_sign_are_c_ordered_arrays_of_their_own(keepdims, rng):
+    x = rng.standard_normal((6, 50)).astype(np.float32)
+    value, sign = nsm.logsumexp(x, keepdims=keepdims, return_sign=True)
+    assert value.flags.c_contiguous and sign.flags.c_contiguous
+    # not two views of one buffer, each keeping the other alive
+    assert value.base is None or value.base is not sign.base
+    assert_bitwise_equal(value, nsm.logsumexp(x, keepdims=keepdims))
+
+
 @pytest.mark.parametrize("out, exc, words", [
     (np.empty(6, np.float64), TypeError, ["out", "float32"]),
     (np.empty(5, np.float32), ValueError, ["out", "(6,)"]),
@@ -437,3 +461,23 @@ def test_bad_input(case):
         nsm.logsumexp(*args, **kwargs)
     for w in words:
         assert w in str(info.value), (w, str(info.value))
+
+
+@pytest.mark.parametrize("masked_x", [True, False])
+def test_gradient_takes_the_forward_calls_masked_results(masked_x):
+    """logsumexp of a masked array returns masked arrays; they go back into its gradient
+    (a fully masked row's lse is masked; a masked dlse counts as 0)."""
+    rng = np.random.default_rng(5)
+    data = rng.standard_normal((4, 6))
+    hidden = rng.random((4, 6)) < 0.3
+    hidden[2] = True  # a row without an included element
+    x = np.ma.MaskedArray(data, mask=hidden)
+    lse = nsm.logsumexp(x)
+    assert isinstance(lse, np.ma.MaskedArray) and lse.mask.tolist() == [False, False, True,
+                                                                         False]
+    dlse = np.ma.MaskedArray(rng.standard_normal(4), mask=[False, True, False, False])
+    got = nsm.logsumexp_backward(x if masked_x else data, lse, dlse,
+                                where=None if masked_x else ~hidden)
+    want = nsm.logsumexp_backward(data, lse.data, dlse.filled(0), where=~hidden)
+    np.testing.assert_array_equal(np.ma.getdata(got), want)
+    assert not want[1].any() and not want[2].any()
