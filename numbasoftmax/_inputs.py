@@ -175,8 +175,10 @@ def _dims_equal(p, q):
         for a, b in zip(p, q, strict=True))
 
 
-def check_pair(func, names, shapes, dtypes):
-    """A gradient's two arrays: same shape (ValueError), then same dtype (TypeError)."""
+def check_pair(func, names, shapes, dtypes, given=None):
+    """A gradient's two arrays: same shape (ValueError), then same dtype (TypeError):
+    ``dtypes`` their result dtypes (integer and bool inputs are float64); ``given``, the
+    dtypes the caller passed, named in the error (default: ``dtypes``)."""
     (p, q), (a, b) = shapes, names
     if not _dims_equal(p, q):
         hint = ""
@@ -185,8 +187,9 @@ def check_pair(func, names, shapes, dtypes):
         raise ValueError(f"{func}(): {a} and {b} must have the same shape; "
                          f"got {tuple(p)} and {tuple(q)}{hint}")
     if dtypes[0] != dtypes[1]:
+        named = dtypes if given is None else given
         raise TypeError(f"{func}(): {a} and {b} must have the same dtype; "
-                        f"got {dtypes[0]} and {dtypes[1]}")
+                        f"got {named[0]} and {named[1]}")
 
 
 def check_out(func, shape, dtype, out_shape, out_dtype, out_writeable):
@@ -301,10 +304,12 @@ def host_array(obj, name, func, dtype=None):
 
 def host_arrays(op, arrays, dtype=None):
     """The arguments of ``op`` as checked numpy arrays (dtype rule, then the pair rule)."""
+    given = [getattr(a, "dtype", None) for a in arrays]
     arrays = tuple(host_array(a, name, op.name, dtype) for a, name in zip(arrays, op.args,
                                                                            strict=True))
     if len(arrays) == 2:
-        check_pair(op.name, op.args, [a.shape for a in arrays], [a.dtype for a in arrays])
+        check_pair(op.name, op.args, [a.shape for a in arrays], [a.dtype for a in arrays],
+                   [g if g is not None else a.dtype for g, a in zip(given, arrays, strict=True)])
     return arrays
 
 

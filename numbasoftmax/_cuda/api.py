@@ -26,6 +26,7 @@ from .._inputs import (
     promoted,
     reduced_shape,
     result_dtype,
+    typename,
 )
 from .._layout import ROWS, Meta, extent, mask_rows, normalize_axes, permutation, plan
 from .._ops import LOGSUMEXP, LOGSUMEXP_BACKWARD
@@ -117,10 +118,11 @@ def _checked(func, named, typed, dtype):
     gname, g = gpu
     for name, obj, d in given:
         if d is None:
-            raise TypeError(f"{func}(): {gname} is a GPU array ({g.where}) but {name} is a "
-                            f"host array ({host_where(obj)}); pass "
-                            f"{'both' if name in inputs else 'a GPU array'} on the same "
-                            "device")
+            what = (f"a host array ({host_where(obj)})" if hasattr(obj, "shape") else
+                    f"a {typename(obj)}, not an array")
+            raise TypeError(f"{func}(): {gname} is a GPU array ({g.where}) but {name} is "
+                            f"{what}; pass {'both' if name in inputs else 'a GPU array'} on "
+                            "the same device")
     launch = _load(func, g, gname)
     found = {name: d.located() for name, _, d in given}
     first, x = named[0][0], found[named[0][0]]
@@ -138,7 +140,9 @@ def _checked(func, named, typed, dtype):
         check_where(func, w.dtype, w.shape, first, x.shape)
     if len(inputs) == 2 and len(typed) == 1:  # y and dy (z and dz): one shape, one dtype
         xs = [found[k] for k in inputs]
-        check_pair(func, inputs, [d.shape for d in xs], [d.dtype for d in xs])
+        check_pair(func, inputs, [d.shape for d in xs],
+                   [result_dtype(d.dtype, k, func, extra=(BF16,)) for k, d in zip(
+                       inputs, xs, strict=True)], [d.dtype for d in xs])
     if dtype is None:
         kinds = {result_dtype(found[k].dtype, k, func, extra=(BF16,)) for k in typed
                  if k in found}

@@ -583,6 +583,11 @@ def test_where_bad_masks_on_gpu():
         ns.softmax(d, where=np.ones(6, bool))
     with pytest.raises(TypeError, match="where is a numba.* but x is a host array"):
         ns.softmax(x, where=cuda().to_device(np.ones(6, bool)))
+    # Python objects are named as what they are, not as host arrays
+    with pytest.raises(TypeError, match=r"where is a builtins.bool, not an array"):
+        ns.softmax(d, where=True)
+    with pytest.raises(TypeError, match=r"out is a builtins.list, not an array"):
+        ns.softmax(d, out=[1, 2])
 
 
 FUNCS4 = ("softmax", "log_softmax", "softmax_backward", "log_softmax_backward")
@@ -732,3 +737,38 @@ def test_dask_of_gpu_blocks_host_mask_refused():
     with pytest.raises(TypeError, match=r"where is a dask array of numba.\w+ blocks but x is "
                                         r"a host array \(a dask array of numpy.ndarray"):
         ns.softmax(da.from_array(x, chunks=(2, 6)), where=dw)
+
+
+@pytest.mark.parametrize("call", [
+    lambda dx, _: ns.softmax(dx),
+    lambda dx, _: ns.log_softmax(dx, axis=None),
+    lambda dx, _: ns.softmax_backward(dx, dx),
+    lambda dx, _: ns.logsumexp(dx),
+    lambda dx, dw: ns.softmax(dx, where=dw),
+    lambda dx, _: ns.log_softmax(dx, dtype="float64"),
+], ids=["softmax", "axis-None", "gradient", "logsumexp", "where", "dtype"])
+def test_dask_of_gpu_blocks_split_axis_refused_at_call_time(call):
+    """numba device arrays as dask blocks can be neither merged nor reduced by dask: a
+    softmax axis split across them is a TypeError naming x (y) and the axis when the call
+    is made, not a failure (or a silent trip through the host) at compute time."""
+    x = _x((4, 6))
+    dx, dw = _dask_of_device(x, (4, 3)), _dask_of_device(x > 0, (4, 3))
+    with pytest.raises(TypeError, match=r"[xy] is a dask array of numba.\w+ blocks in 2 chunks "
+                                        r"along axis 1, which \w+\(\) reduces over"):
+        call(dx, dw)
+
+
+def test_dask_of_gpu_blocks_with_other_operands_refused_at_call_time():
+    """Next to a dask array of GPU blocks: a numba device array (dask would chunk it on
+    the host), a numpy array, and a mask that its blocks cannot broadcast are TypeErrors
+    at call time, naming what was given."""
+    x = _x((4, 6))
+    dx = _dask_of_device(x, (2, 6))
+    with pytest.raises(TypeError, match=r"dy is a numba.\w+ next to a dask array"):
+        ns.softmax_backward(dx, cuda().to_device(x))
+    with pytest.raises(TypeError, match=r"y is a dask array of numba.\w+ blocks but dy is a "
+                                        r"host array \(numpy.ndarray\)"):
+        ns.softmax_backward(dx, x)
+    with pytest.raises(TypeError, match=r"where has shape \(6,\) and must be broadcast to "
+                                        r"x's \(4, 6\)"):
+        ns.softmax(dx, where=_dask_of_device(np.ones(6, bool), 6))
