@@ -199,3 +199,18 @@ class _RefusesNumpy:
 def test_an_array_like_whose_conversion_raises_runtime_error():
     with pytest.raises(TypeError, match=r"softmax\(\): x must be array-like.*detach"):
         numbasoftmax.softmax(_RefusesNumpy())
+
+
+@pytest.mark.parametrize("op", ["softmax_backward", "log_softmax_backward"])
+def test_gradient_pair_of_other_dtypes_names_the_dtypes_given(op):
+    """An integer second array computes in float64: the error names what was passed."""
+    with pytest.raises(TypeError, match=r"must have the same dtype; got float32 and int32"):
+        getattr(numbasoftmax, op)(np.ones(3, np.float32), np.ones(3, np.int32))
+
+
+def test_gradient_pair_of_two_integer_dtypes_computes_in_float64():
+    y, dy = np.arange(3, dtype=np.int32), np.arange(3, dtype=np.int64)
+    got = numbasoftmax.softmax_backward(y, dy)
+    assert got.dtype == np.float64
+    np.testing.assert_array_equal(got, numbasoftmax.softmax_backward(y.astype(float),
+                                                                     dy.astype(float)))
