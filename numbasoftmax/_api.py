@@ -180,8 +180,9 @@ def _call(op, arrays, axis, out, where=None, dtype=None):
         result = _cpu_path.run(op, arrays, axes, dtype=rdtype, where=where)
     else:
         result = out
-        _cpu_path.run(op, arrays, axes, _inputs.host_out(out, x.shape, rdtype, op.name),
-                      dtype=rdtype, where=where)
+        written = _inputs.host_out(out, x.shape, rdtype, op.name)
+        _cpu_path.run(op, arrays, axes, written, dtype=rdtype, where=where)
+        _inputs.store_out(out, written)
     return np.ma.MaskedArray(result, mask=mask if mask is not None else np.ma.nomask) \
         if masked else result
 
@@ -246,6 +247,7 @@ def _logsumexp(x, axis, b, keepdims, return_sign, where, dtype, out):
     for k, o in enumerate(outs):
         if o is not None:
             np.copyto(o, results[k])
+            _inputs.store_out(given[k], o)
             results[k] = given[k]  # the caller's object (a subclass too), as out= returns
     if masked:
         rmask = (np.ones(x.shape, bool) if where is None else
@@ -297,6 +299,8 @@ def _logsumexp_backward(x, lse, dlse, axis, b, sign, where, dtype, out):
     o = None if out is None else _inputs.host_out(out, x.shape, rdtype, func)
     result = _cpu_path.run(LOGSUMEXP_BACKWARD, (x,), axes, o, dtype=rdtype, where=where,
                            values=(rows[0], g), kernel="logsumexp_backward", b=b)
+    if o is not None:
+        _inputs.store_out(out, o)
     result = out if out is not None else result
     return np.ma.MaskedArray(result, mask=mask if mask is not None else np.ma.nomask) \
         if masked else result

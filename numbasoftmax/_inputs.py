@@ -314,10 +314,22 @@ def host_arrays(op, arrays, dtype=None):
 
 
 def host_out(out, shape, dtype, func):
-    """``out`` checked for a numpy result; returned as a plain ndarray view of it."""
+    """``out`` checked for a numpy result; returned as the plain ndarray the kernels write:
+    a view of it, or where ``out`` holds the result dtype in the other byte order (as
+    numpy's ufuncs allow), a native array that ``store_out`` copies into it."""
     if not isinstance(out, np.ndarray):
         where = " (a GPU array; the input is on the CPU)" if array_kind(out) == "cuda" else ""
         raise TypeError(f"{func}(): out must be a numpy.ndarray; got {type(out).__name__}{where}")
     reject_masked(out, "out", func)
-    check_out(func, shape, dtype, out.shape, out.dtype, out.flags.writeable)
+    swapped = not out.dtype.isnative and out.dtype.newbyteorder("=") == dtype
+    check_out(func, shape, dtype, out.shape, dtype if swapped else out.dtype,
+              out.flags.writeable)
+    if swapped:
+        return np.empty(shape, dtype)
     return out if type(out) is np.ndarray else out.view(np.ndarray)
+
+
+def store_out(out, written):
+    """Copy ``written`` (``host_out``'s array) into ``out`` where it is not a view of it."""
+    if written.dtype != out.dtype:
+        np.copyto(out, written)
