@@ -37,7 +37,9 @@ Two ways to run, chosen by the chunk structure alone (the rule, in one place: ``
   otherwise the results differ in the last bits, within the error bounds the in-memory
   call meets. Other blocks (cupy) compute the statistics with array operations of their
   own library (one max and sum per row piece in a block, combined in float64): not
-  bitwise the GPU call's results, same rules.
+  bitwise the GPU call's results, same rules. Blocks that dask can neither merge nor
+  reduce (numba device arrays) take neither way: a softmax axis split across them is a
+  TypeError at call time (``check_mergeable``).
 
 * The rules are the core API's (``_inputs``, ``_layout.normalize_axes``): ``axis`` is an
   int, a tuple of ints or None; float16, float32 and float64 keep their dtype; bool and
