@@ -235,11 +235,12 @@ def _logsumexp(x, axis, b, keepdims, return_sign, where, dtype, out):
     outs = _lse_outs(out, return_sign, shape, rdtype, func)
     kernel = "logsumexp_sign" if return_sign else "logsumexp"
     values, signs = _cpu_path.reduce(kernel, (x,), axes, dtype=rdtype, where=where, b=b)
-    # the value and the sign come interleaved (one (m, 2) buffer): each its own C-ordered
-    # array, as every other result (m values: a small copy beside the m x n read)
+    # the value and the sign come interleaved (one (m, 2) buffer): each copied into an
+    # array of its own, laid out as the value without return_sign is (order "K"; m values,
+    # a small copy beside the m x n read)
     results = [values, signs] if return_sign else [values]
     if return_sign:
-        results = [r if o is not None else np.ascontiguousarray(r)
+        results = [r if o is not None else np.array(r, order="K")
                    for r, o in zip(results, outs, strict=True)]
     if not keepdims:
         results = [r.reshape(shape) for r in results]

@@ -122,14 +122,15 @@ def dispatch(op, arrays, axis, out, per_block):
     two_pass = any(len(first.chunks[ax]) > 1 for ax in axes) and first.size != 0
     if two_pass:
         check_mergeable(first, axes, func, _name(op.args, arrays, first))
-        _check_known(first, axes, func)
+        check_known(first, axes, func)
     elif axes and first.size != 0:  # an empty array keeps its chunks: its blocks are empty
         first = first.rechunk({ax: -1 for ax in axes})
     # the first dask operand sets the chunking, every other operand follows it
     blocks = []
-    for a in arrays:
+    for name, a in zip(op.args, arrays, strict=True):
         if isinstance(a, da.Array):
             if a.chunks != first.chunks:
+                check_chunks(a, first.chunks, func, name)
                 a = a.rechunk(first.chunks)
         else:
             a = da.from_array(a, chunks=first.chunks)
@@ -162,6 +163,26 @@ def gpu_blocks_only_whole(meta):
     return array_kind(meta) == "cuda" and type(meta).__module__.partition(".")[0] != "cupy"
 
 
+def refuse_unchunkable(a, name, func):
+    """TypeError for a GPU array next to a dask array that dask would chunk on the host
+    (``dask.array.from_array``): a numba device array; cupy's dask chunks on the GPU."""
+    if array_kind(a) == "cuda" and gpu_blocks_only_whole(a):
+        raise TypeError(f"{func}(): {name} is a {typename(a)} next to a dask array; pass it "
+                        "as a dask array of GPU blocks too (or as a cupy array, which dask "
+                        "chunks on the GPU)")
+
+
+def check_chunks(a, chunks, func, name):
+    """TypeError when dask array ``a`` must be rechunked to ``chunks`` (to the first
+    operand's) and its blocks are GPU arrays dask can neither merge nor split."""
+    meta = getattr(a, "_meta", None)
+    if meta is not None and a.chunks != chunks and gpu_blocks_only_whole(meta):
+        raise TypeError(f"{func}(): {name} is a dask array of {typename(meta)} blocks chunked "
+                        f"{a.chunks}, and the call needs the chunks {chunks}; dask can "
+                        "neither merge nor split such blocks: chunk it so before its blocks "
+                        "become GPU arrays, or use cupy blocks")
+
+
 def check_mergeable(x, axes, func, name):
     """TypeError, at call time, when a softmax axis of dask array ``x`` is split across
     chunks whose blocks are such GPU arrays: neither the two passes nor a merge into one
@@ -177,10 +198,13 @@ def check_mergeable(x, axes, func, name):
                         "use cupy blocks")
 
 
-def _check_known(x, axes, func):
-    """The two passes size their statistics from the chunks along the softmax axes."""
-    if any(math.isnan(c) for ax in axes for c in x.chunks[ax]):
-        raise ValueError(f"{func}(): the chunk sizes along the softmax axes are unknown "
+def check_known(x, axes, func):
+    """ValueError when the chunk sizes of ``x`` along ``axes`` are unknown (nan): the two
+    passes size their statistics from them, and the options' merges, broadcasts and
+    reductions need them."""
+    unknown = [ax for ax in axes if any(math.isnan(c) for c in x.chunks[ax])]
+    if unknown:
+        raise ValueError(f"{func}(): the chunk sizes along axis {unknown[0]} are unknown "
                          "(nan); call .compute_chunk_sizes() first")
 
 
@@ -209,23 +233,21 @@ def _threads(nblocks, block):
         numba.set_num_threads(have)
 
 
-def _operand(a, name, func):
-    """(operand, result dtype), checked with the core API's rules and messages. A dask or
-    GPU array is returned as is; any other array_like becomes a (checked) numpy array."""
+def _operand(a, name, func, requested=None):
+    """(operand, result dtype), checked with the core API's rules and messages (``requested``:
+    the call's dtype=). A dask or GPU array is returned as is; any other array_like becomes
+    a (checked) numpy array."""
     if isinstance(a, da.Array):
         reject_masked(getattr(a, "_meta", None), name, func)
-        return a, result_dtype(np.dtype(a.dtype), name, func)
+        return a, result_dtype(np.dtype(a.dtype), name, func, requested=requested)
     kind = array_kind(a)
     if kind == "cuda":
-        if gpu_blocks_only_whole(a):  # dask.array.from_array would copy it to the host
-            raise TypeError(f"{func}(): {name} is a {typename(a)} next to a dask array; pass "
-                            "it as a dask array of GPU blocks too (or as a cupy array, which "
-                            "dask chunks on the GPU)")
-        return a, result_dtype(np.dtype(a.dtype), name, func)
+        refuse_unchunkable(a, name, func)
+        return a, result_dtype(np.dtype(a.dtype), name, func, requested=requested)
     if kind == "dask":  # another dask collection with .chunks
         raise TypeError(f"{func}(): {name} must be a dask.array.Array (or array_like); "
                         f"got {type(a).__name__}")
-    a = host_array(a, name, func)
+    a = host_array(a, name, func, requested)
     return a, a.dtype
 
 

@@ -25,6 +25,7 @@ import dask.array as da
 import numpy as np
 
 from ._inputs import (
+    array_kind,
     check_pair,
     check_per_row,
     check_where,
@@ -49,7 +50,8 @@ def dispatch(op, arrays, axis, out, per_block, *, where=None, dtype=None, b=None
     _dask._refuse_out(func, out)
     dt = requested_dtype(dtype, func)
     names = op.args if not op.row_args else op.args[:1]
-    checked = [_dask._operand(a, name, func) for a, name in zip(arrays, names, strict=False)]
+    checked = [_dask._operand(a, name, func, dt) for a, name in zip(arrays, names,
+                                                                     strict=False)]
     x = checked[0][0]
     x = x if isinstance(x, da.Array) else da.from_array(x)
     dtypes = [d for _, d in checked]
@@ -57,28 +59,32 @@ def dispatch(op, arrays, axis, out, per_block, *, where=None, dtype=None, b=None
         check_pair(func, names, [a.shape for a, _ in checked], dtypes,
                    [getattr(a, "dtype", d) for a, d in zip(arrays, dtypes, strict=False)])
     axes = normalize_axes(axis, x.ndim)
-    if any(math.isnan(c) for cs in x.chunks for c in cs):  # merged, broadcast or reduced
-        raise ValueError(f"{func}(): the chunk sizes of {names[0]} are unknown (nan), which "
-                         "these options need; call .compute_chunk_sizes() first")
+    # the softmax axes are merged; a mask or weights are broadcast to x's shape, and
+    # logsumexp's results take the reduced shape: those need every chunk size
+    whole = where is not None or b is not None or op.name.startswith("logsumexp")
+    _dask.check_known(x, range(x.ndim) if whole else axes, func)
     if b is not None:
         b, bdtype = _dask._operand(b, "b", func)
         check_where(func, None, b.shape, "x", x.shape, name="b")
         dtypes.append(bdtype)
+    if where is not None and not isinstance(where, da.Array):
+        _dask.refuse_unchunkable(where, "where", func)
+        where = where if array_kind(where) == "cuda" else np.asarray(where)
     if where is not None:
-        where = where if isinstance(where, da.Array) else np.asarray(where)
         check_where(func, np.dtype(where.dtype), where.shape, names[0], x.shape)
     rdtype = dt or (promoted(dtypes) if op.name.startswith("logsumexp") else dtypes[0])
 
     _dask.check_mergeable(x, axes, func, names[0])
     merged = x.rechunk({ax: -1 for ax in axes}) if axes else x
     chunks = merged.chunks
-    blocks = [merged] + [_like(a, chunks) for a, _ in checked[1:]]
+    blocks = [merged] + [_like(a, chunks, func, name) for (a, _), name in zip(
+        checked[1:], names[1:], strict=True)]
     options = {"dtype": dt}
     extra = []  # (keyword, dask array chunked like x)
     for name, a in (("where", where), ("b", b)):
         if a is not None:
             _check_broadcast(a, x.shape, func, name)
-            extra.append((name, _like(a, chunks, broadcast=True)))
+            extra.append((name, _like(a, chunks, func, name, broadcast=True)))
     # each task on numba threads // blocks, as the plain functions' one-pass tasks
     f = functools.partial(_on_shared_threads, per_block, math.prod(merged.numblocks))
     meta = _dask._meta(x, rdtype)
@@ -104,8 +110,10 @@ def dispatch(op, arrays, axis, out, per_block, *, where=None, dtype=None, b=None
             v, _ = _dask._operand(v, name, func)  # its dtype checked now, not in a task
             v = v if isinstance(v, da.Array) else da.from_array(v)
             check_per_row(func, name, v.shape, x.shape, axes)
-            per_row.append(v.reshape(keep).rechunk(
-                tuple((1,) if ax in axes else c for ax, c in enumerate(chunks))))
+            v, own = v.reshape(keep), tuple((1,) if ax in axes else c
+                                            for ax, c in enumerate(chunks))
+            _dask.check_chunks(v, own, func, name)
+            per_row.append(v.rechunk(own))
         keys = [k for k, _ in extra]
         return da.map_blocks(_grad_block, f, axes, options, keys, sign is not None, blocks[0],
                              *per_row, *[a for _, a in extra], dtype=rdtype, meta=meta)
@@ -134,16 +142,20 @@ def _check_broadcast(a, shape, func, name):
                         f"(cupy's can); pass {name} in x's shape")
 
 
-def _like(a, chunks, broadcast=False):
-    """``a`` as a dask array in ``chunks`` (broadcast to their shape first when asked)."""
+def _like(a, chunks, func, name, broadcast=False):
+    """``a`` (argument ``name``) as a dask array in ``chunks`` (broadcast to their shape
+    first when asked)."""
+    from . import _dask
+
     shape = tuple(sum(c) for c in chunks)
-    if broadcast:
-        own = tuple((1,) if size == 1 else c
-                    for size, c in zip(a.shape, chunks[len(chunks) - a.ndim:], strict=True))
-        a = a.rechunk(own) if isinstance(a, da.Array) else da.from_array(a, chunks=own)
-        return da.broadcast_to(a, shape, chunks=chunks)
-    a = a if isinstance(a, da.Array) else da.from_array(a, chunks=chunks)
-    return a if a.chunks == chunks else a.rechunk(chunks)
+    own = tuple((1,) if size == 1 else c for size, c in zip(
+        a.shape, chunks[len(chunks) - a.ndim:], strict=True)) if broadcast else chunks
+    if isinstance(a, da.Array):
+        _dask.check_chunks(a, own, func, name)
+        a = a if a.chunks == own else a.rechunk(own)
+    else:
+        a = da.from_array(a, chunks=own)
+    return da.broadcast_to(a, shape, chunks=chunks) if broadcast else a
 
 
 def _block(f, axes, options, keys, *blocks):

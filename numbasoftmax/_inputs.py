@@ -116,8 +116,10 @@ def _host(a):
 # ---------------------------------------------------------------------------------------
 # dtypes
 
-def result_dtype(dtype, name, func, extra=()):
-    """The dtype of the result for an input of ``dtype``, or a TypeError naming ``name``.
+def result_dtype(dtype, name, func, extra=(), requested=None):
+    """The dtype of the result for an input of ``dtype``, or a TypeError naming ``name``:
+    float dtypes their own, integer and bool ones float64 (or ``requested``, the dtype=
+    of the call, where one is given).
 
     ``extra``: a backend's own float types that are not numpy dtypes (kept as they are)."""
     if not isinstance(dtype, np.dtype):
@@ -128,7 +130,7 @@ def result_dtype(dtype, name, func, extra=()):
     elif dtype.kind == "f" and dtype.newbyteorder("=") in FLOATS:  # byte-swapped float
         return dtype.newbyteorder("=")
     elif dtype.kind in "biu":
-        return np.dtype(np.float64)
+        return np.dtype(np.float64) if requested is None else requested
     floats = ", ".join([str(f) for f in FLOATS] + [str(e) for e in extra])
     raise TypeError(f"{func}(): {name} must have dtype {floats}, an integer or bool dtype; "
                     f"got {dtype}")
@@ -296,9 +298,7 @@ def host_array(obj, name, func, dtype=None):
                 raise TypeError(f"{func}(): {name} must be array-like; got "
                                 f"{type(obj).__name__} that numpy cannot convert ({err})"
                                 ) from None
-    rdtype = result_dtype(obj.dtype, name, func)
-    if dtype is not None and obj.dtype.kind in "biu":
-        rdtype = dtype
+    rdtype = result_dtype(obj.dtype, name, func, requested=dtype)
     return obj if obj.dtype == rdtype else obj.astype(rdtype)
 
 

@@ -13,8 +13,9 @@ computed with dask's synchronous scheduler. Options that change the kernels' arg
 (``where=``, ``dtype=`` another than the input's, logsumexp's ``b`` and ``return_sign``)
 compile at their first use, unless the warm-up is asked for them too (``features=True``,
 ``warmup --features``): then every call above is also made with a mask that varies along
-the rows, and the numpy calls with each wider result dtype, and logsumexp with weights and
-with its sign.
+the rows, and the numpy calls with each wider result dtype, and logsumexp with weights,
+with its sign and with both. Other combinations (a mask with ``dtype=``) are left to their
+first use.
 """
 
 from __future__ import annotations

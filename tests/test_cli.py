@@ -473,3 +473,16 @@ def test_a_first_call_that_compiles_is_not_reported_as_the_cells_time(tmp_path, 
                                     prealloc="none", latency=False))
     timed = [r for r in result.results if r.status == "ok"]
     assert timed and all(r.seconds < 2.0 and r.repeats >= 2 for r in timed)
+
+
+def test_available_memory_takes_the_cgroup_limit(monkeypatch):
+    """In a container, the cgroup's limit less its use bounds what MemAvailable says."""
+    import io
+
+    files = {"/proc/meminfo": "MemTotal: 100 kB\nMemAvailable: 20971520 kB\n",
+             "/sys/fs/cgroup/memory.max": f"{3 << 30}\n",
+             "/sys/fs/cgroup/memory.current": f"{1 << 30}\n"}
+    monkeypatch.setattr(sweep, "open", lambda path: io.StringIO(files[path]), raising=False)
+    assert sweep.available_memory() == 2 << 30
+    files["/sys/fs/cgroup/memory.max"] = "max\n"
+    assert sweep.available_memory() == 20 << 30

@@ -127,12 +127,31 @@ def test_a_dask_mask_with_a_numpy_x_is_lazy(op, no_compute):
 @pytest.mark.parametrize("call", [
     lambda u: nsm.logsumexp(u),
     lambda u: nsm.softmax(u, where=np.ones(6, bool)),
-    lambda u: nsm.log_softmax(u, dtype=np.float64),
-], ids=["logsumexp", "where", "dtype"])
+    lambda u: nsm.log_softmax(u, dtype=np.float64, axis=0),
+], ids=["logsumexp", "where", "dtype-axis0"])
 def test_unknown_chunk_sizes_name_the_remedy(call, no_compute):
-    """The options merge, broadcast or reduce by the chunk sizes: unknown ones (after
-    boolean indexing) are the package's ValueError at call time, not dask's or Python's."""
+    """logsumexp's reduced shape, a broadcast mask and a merged softmax axis need the chunk
+    sizes: unknown ones (after boolean indexing) are the package's ValueError at call
+    time, not dask's or Python's."""
     x = _data((10, 6))
     dx = da.from_array(x, chunks=(3, 6))
-    with pytest.raises(ValueError, match=r"unknown \(nan\).*compute_chunk_sizes\(\)"):
+    with pytest.raises(ValueError, match=r"axis 0 are unknown \(nan\).*compute_chunk_sizes"):
         call(dx[dx[:, 0] > 0])
+
+
+def test_unknown_row_chunks_with_dtype_compute():
+    """dtype= along a whole axis needs no other chunk size, as the plain call."""
+    x = _data((10, 6))
+    dx = da.from_array(x, chunks=(3, 6))
+    keep = x[:, 0] > 0
+    (got,) = _compute(nsm.log_softmax(dx[dx[:, 0] > 0], dtype=np.float64))
+    assert_bitwise_equal(got, nsm.log_softmax(x[keep], dtype=np.float64))
+
+
+def test_integer_second_input_takes_the_requested_dtype():
+    """As on the CPU: with dtype=, an integer dy is read as that dtype, so it pairs with a
+    y of that dtype."""
+    y, dy = _data((4, 6)), np.arange(24, dtype=np.int32).reshape(4, 6)
+    got = nsm.softmax_backward(da.from_array(y, chunks=2), dy, dtype=np.float32)
+    (value,) = _compute(got)
+    assert_bitwise_equal(value, nsm.softmax_backward(y, dy, dtype=np.float32))

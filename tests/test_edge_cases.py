@@ -619,8 +619,6 @@ def test_out_in_the_other_byte_order(op):
     swapped = want.dtype.newbyteorder()
     out = np.empty(want.shape, swapped)
     assert f(*args, out=out) is out
-    assert out.dtype == swapped
-    np.testing.assert_array_equal(out.astype(want.dtype), want)
     assert np.array_equal(out.astype(want.dtype).view(np.uint32), want.view(np.uint32))
 
 

@@ -262,13 +262,22 @@ def test_out_of_a_subclass_is_returned(rng):
 
 
 @pytest.mark.parametrize("keepdims", [False, True])
-def test_value_and_sign_are_c_ordered_arrays_of_their_own(keepdims, rng):
-    x = rng.standard_normal((6, 50)).astype(np.float32)
-    value, sign = nsm.logsumexp(x, keepdims=keepdims, return_sign=True)
-    assert value.flags.c_contiguous and sign.flags.c_contiguous
-    # not two views of one buffer, each keeping the other alive
+@pytest.mark.parametrize("order, axis", [("C", -1), ("C", 1), ("F", 1), ("F", 0)])
+def test_value_and_sign_are_arrays_of_their_own(order, axis, keepdims, rng):
+    """With return_sign, the value and the sign are contiguous arrays laid out as the value
+    without it (C-ordered for C-ordered input), not two views of one interleaved buffer."""
+    x = np.asarray(rng.standard_normal((3, 4, 50)), np.float32, order=order)
+    plain = nsm.logsumexp(x, axis=axis, keepdims=keepdims)
+    value, sign = nsm.logsumexp(x, axis=axis, keepdims=keepdims, return_sign=True)
+    for r in (value, sign):
+        assert r.flags.c_contiguous or r.flags.f_contiguous
+        # (the stride of a kept axis of size 1 is arbitrary)
+        assert [st for st, n in zip(r.strides, r.shape, strict=True) if n > 1] == [
+            st for st, n in zip(plain.strides, plain.shape, strict=True) if n > 1]
+    if order == "C":
+        assert value.flags.c_contiguous and sign.flags.c_contiguous
     assert value.base is None or value.base is not sign.base
-    assert_bitwise_equal(value, nsm.logsumexp(x, keepdims=keepdims))
+    assert_bitwise_equal(value, plain)
 
 
 @pytest.mark.parametrize("out, exc, words", [

@@ -381,18 +381,30 @@ HELD_ARRAYS = 12
 
 
 def available_memory():
-    """Bytes of host memory available to this process (Linux: MemAvailable), or None."""
+    """Bytes of host memory available to this process, or None: Linux's MemAvailable, less
+    where the process's cgroup (a container's memory limit) leaves less."""
+    found = None
     try:
         with open("/proc/meminfo") as f:
             for line in f:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                    found = int(line.split()[1]) * 1024
     except OSError:
+        try:
+            found = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            pass
+    try:  # cgroup v2: the limit ("max" when none) and what the group uses now
+        with open("/sys/fs/cgroup/memory.max") as f:
+            limit = f.read().strip()
+        with open("/sys/fs/cgroup/memory.current") as f:
+            used = int(f.read())
+        if limit != "max":
+            left = max(0, int(limit) - used)
+            found = left if found is None else min(found, left)
+    except (OSError, ValueError):
         pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
+    return found
 
 
 def check_memory(device, elements, sizes, cells, available):

@@ -141,8 +141,8 @@ def _checked(func, named, typed, dtype):
     if len(inputs) == 2 and len(typed) == 1:  # y and dy (z and dz): one shape, one dtype
         xs = [found[k] for k in inputs]
         check_pair(func, inputs, [d.shape for d in xs],
-                   [result_dtype(d.dtype, k, func, extra=(BF16,)) for k, d in zip(
-                       inputs, xs, strict=True)], [d.dtype for d in xs])
+                   [result_dtype(d.dtype, k, func, extra=(BF16,), requested=dtype)
+                    for k, d in zip(inputs, xs, strict=True)], [d.dtype for d in xs])
     if dtype is None:
         kinds = {result_dtype(found[k].dtype, k, func, extra=(BF16,)) for k in typed
                  if k in found}

@@ -772,3 +772,37 @@ def test_dask_of_gpu_blocks_with_other_operands_refused_at_call_time():
     with pytest.raises(TypeError, match=r"where has shape \(6,\) and must be broadcast to "
                                         r"x's \(4, 6\)"):
         ns.softmax(dx, where=_dask_of_device(np.ones(6, bool), 6))
+
+
+@pytest.mark.parametrize("call, name", [
+    (lambda x: ns.softmax_backward(_dask_of_device(x, (4, 6)), _dask_of_device(x, (4, 3))),
+     "dy"),
+    (lambda x: ns.softmax(_dask_of_device(x, (4, 6)), where=_dask_of_device(x > 0, (2, 6))),
+     "where"),
+    (lambda x: ns.logsumexp(_dask_of_device(x, (4, 6)), b=_dask_of_device(x, (4, 3))), "b"),
+], ids=["dy", "where", "b"])
+def test_dask_of_gpu_blocks_other_chunks_refused_at_call_time(call, name):
+    """An argument of numba device blocks in other chunks than x's would have to be
+    rechunked, which dask does on the host: a TypeError naming it at call time."""
+    with pytest.raises(TypeError, match=rf"{name} is a dask array of numba.\w+ blocks "
+                                        r"chunked .*neither merge nor split"):
+        call(_x((4, 6)))
+
+
+def test_a_device_mask_next_to_a_dask_array_is_refused():
+    dx = _dask_of_device(_x((4, 6)), (2, 6))
+    with pytest.raises(TypeError, match=r"where is a numba.\w+ next to a dask array"):
+        ns.softmax(dx, where=cuda().to_device(np.ones((4, 6), bool)))
+
+
+@pytest.mark.parametrize("dtypes, dtype", [((np.int32, np.int64), None),
+                                           ((np.float32, np.int32), np.float32)],
+                         ids=["two-integers", "integer-with-dtype"])
+def test_gradient_pair_takes_the_cpu_rule(dtypes, dtype):
+    """The pair rule compares result dtypes, as on the CPU: two integer dtypes both compute
+    in float64; with dtype=, an integer input is read as that dtype."""
+    y = (np.arange(12).reshape(3, 4) % 3).astype(dtypes[0])
+    dy = (np.arange(12).reshape(3, 4) % 5).astype(dtypes[1])
+    got = ns.softmax_backward(cuda().to_device(y), cuda().to_device(dy), dtype=dtype)
+    want = ns.softmax_backward(y, dy, dtype=dtype)
+    np.testing.assert_allclose(to_host(got), want, rtol=1e-6, atol=1e-6)
