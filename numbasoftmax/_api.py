@@ -241,15 +241,14 @@ def _logsumexp(x, axis, b, keepdims, return_sign, where, dtype, out):
     results = [values, signs] if return_sign else [values]
     if return_sign:
         results = [r if o is not None else np.array(r, order="K")
-                   for r, o in zip(results, outs, strict=True)]
+                   for r, (o, _) in zip(results, outs, strict=True)]
     if not keepdims:
         results = [r.reshape(shape) for r in results]
-    given = (list(out) if isinstance(out, tuple) else [out, None]) if return_sign else [out]
-    for k, o in enumerate(outs):
+    for k, (o, written) in enumerate(outs):
         if o is not None:
-            np.copyto(o, results[k])
-            _inputs.store_out(given[k], o)
-            results[k] = given[k]  # the caller's object (a subclass too), as out= returns
+            np.copyto(written, results[k])
+            _inputs.store_out(o, written)
+            results[k] = o  # the caller's object (a subclass too), as out= returns
     if masked:
         rmask = (np.ones(x.shape, bool) if where is None else
                  ~np.broadcast_to(where, x.shape)).all(axis=axes, keepdims=keepdims)
@@ -258,16 +257,19 @@ def _logsumexp(x, axis, b, keepdims, return_sign, where, dtype, out):
 
 
 def _lse_outs(out, return_sign, shape, dtype, func):
-    """``out=`` of logsumexp checked: [value out or None] (+ [sign out or None])."""
-    if out is None:
-        return [None, None] if return_sign else [None]
-    if return_sign and isinstance(out, tuple):
-        if len(out) != 2:
-            raise ValueError(f"{func}(): out must be an array or, with return_sign, a pair of "
-                             f"arrays (value, sign); got a tuple of {len(out)}")
-        return [None if o is None else _inputs.host_out(o, shape, dtype, func) for o in out]
-    o = _inputs.host_out(out, shape, dtype, func)
-    return [o, None] if return_sign else [o]
+    """``out=`` of logsumexp checked: [value out or None] (+ [sign out or None]), each
+    as (the caller's array, the array ``_inputs.host_out`` gives to write)."""
+    if not return_sign:
+        given = [out]
+    elif isinstance(out, tuple):
+        given = list(out)
+    else:  # None, or the value's out alone
+        given = [out, None]
+    if len(given) != 1 + return_sign:
+        raise ValueError(f"{func}(): out must be an array or, with return_sign, a pair of "
+                         f"arrays (value, sign); got a tuple of {len(out)}")
+    return [(o, None if o is None else _inputs.host_out(o, shape, dtype, func))
+            for o in given]
 
 
 def _logsumexp_backward(x, lse, dlse, axis, b, sign, where, dtype, out):

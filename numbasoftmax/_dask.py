@@ -166,7 +166,7 @@ def gpu_blocks_only_whole(meta):
 def refuse_unchunkable(a, name, func):
     """TypeError for a GPU array next to a dask array that dask would chunk on the host
     (``dask.array.from_array``): a numba device array; cupy's dask chunks on the GPU."""
-    if array_kind(a) == "cuda" and gpu_blocks_only_whole(a):
+    if gpu_blocks_only_whole(a):
         raise TypeError(f"{func}(): {name} is a {typename(a)} next to a dask array; pass it "
                         "as a dask array of GPU blocks too (or as a cupy array, which dask "
                         "chunks on the GPU)")
