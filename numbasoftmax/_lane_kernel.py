@@ -298,13 +298,18 @@ def _max_and_total(op, S, nt, nc):
             for c in range(nc):
                 cmax = vload(S, (c * nt + t) * W, W, 0.0)
                 scale = vexp_nonpos(vsub(cmax, m))
+                term = vmul(vload(S, ((nc + c) * nt + t) * W, W, 0.0), scale)
                 if reduces(op):
                     # a row's chunk whose max is the row's infinite max (-inf: no included
-                    # term; +inf) counts with scale 1, not exp(NaN). Only logsumexp needs
+                    # term; +inf) counts with scale 1, not exp(NaN); the other chunks of a
+                    # +inf row are left out, whatever their weights (the row kernel's
+                    # ``_max_and_total``; the band's maxima keep NaN). Only logsumexp needs
                     # it (a softmax row with an infinite max is NaN anyway); the softmax
                     # operations keep the shorter code, which compiles to a faster kernel.
-                    scale = vselect(veq(cmax, m), 1.0, scale)
-                total = vadd(total, vmul(vload(S, ((nc + c) * nt + t) * W, W, 0.0), scale))
+                    at_max = veq(cmax, m)
+                    term = vselect(at_max, vload(S, ((nc + c) * nt + t) * W, W, 0.0),
+                                   vselect(veq(m, math.inf), 0.0, term))
+                total = vadd(total, term)
         if same(op, LOG_SOFTMAX):
             total = vlog(total)
         vstore(S, (2 * nc * nt + t) * W, W, m)

@@ -340,6 +340,13 @@ def _inf_lanes(f, a, b, c, i, k):
 
 
 @kernel_fn
+def _nan_lanes(f, a, b, c, i, k):
+    """1 at the valid NaN elements of x = a (weights b, mask c), else +0."""
+    x = vload(a, i, k, 0.0)
+    return keep(valid(b, c, i, k), vselect(veq(x, x), vsplat(0.0, a), 1.0), 0.0)
+
+
+@kernel_fn
 def _count_lanes(f, a, b, c, i, k):
     """1 where mask c is set (NaN where x = a is NaN there: the max pass may have left it
     out), else 0 (zeros kept in ``b`` unless it is None)."""
@@ -514,18 +521,28 @@ def _lse_sums(op, a, b, w, out, cm, red):
     """As ``_exp_sums`` with the weights ``b`` (or None) and no count: (chunk max, sum of
     weight * exp(x - chunk max)) over the valid elements. A chunk whose max is +inf sums
     weight * inf over its +inf elements: +-inf, or NaN where the weights there differ in
-    sign (or one is NaN)."""
+    sign (or one is NaN). With weights a NaN sum may come from a weight alone (NaN, or
+    inf times an exp that underflowed): the chunk's max is NaN only where one of its valid
+    elements is, so that a row whose max is +inf in another chunk can leave this chunk
+    out (``_max_and_total``), as it leaves out its own finite elements."""
     if cm == math.inf:
-        return told_max(cm, seg_total(red, _inf_lanes, a, None, (w, b)))
-    shift = cm if cm != NEG_INF else to_compute(0.0, a)
-    return told_max(cm, seg_total(red, _exp_lanes, a, None, (shift, w, b)))
+        s = seg_total(red, _inf_lanes, a, None, (w, b))
+    else:
+        shift = cm if cm != NEG_INF else to_compute(0.0, a)
+        s = seg_total(red, _exp_lanes, a, None, (shift, w, b))
+    cmax, s = told_max(cm, s)
+    if b is None or cmax == cmax or seg_sum(_nan_lanes, a, b, w) > 0.0:
+        return cmax, s
+    return np.float64(cm), s  # the rare path: a NaN sum, read again
 
 
 def _max_and_total(op, cmax, csum, r):
     """Row max and sum of exp(x - row max) from the chunks' statistics, in chunk order;
     log_softmax takes the log of the sum (``unlogged``). A chunk whose max is the row's is
     scaled by 1 (exp(0) is exactly 1; also for a max of +-inf, where exp(m - m) would be
-    NaN)."""
+    NaN). In a row whose max is +inf the other chunks are left out: logsumexp sums the
+    +inf elements alone there (``_inf_lanes``), whatever the weights of the finite ones
+    (a softmax row of +inf max is NaN anyway)."""
     m = cmax[0]
     for c in range(1, cmax.shape[0]):
         m = vmax(m, cmax[c])
@@ -534,7 +551,10 @@ def _max_and_total(op, cmax, csum, r):
     else:
         total = 0.0
         for c in range(cmax.shape[0]):
-            total += csum[c] * (1.0 if cmax[c] == m else vexp_nonpos(cmax[c] - m))
+            if cmax[c] == m:
+                total += csum[c]
+            elif m != math.inf:
+                total += csum[c] * vexp_nonpos(cmax[c] - m)
     if same(op, LOG_SOFTMAX):
         return m, vlog(total)
     return m, total

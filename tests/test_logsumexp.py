@@ -216,6 +216,44 @@ def test_non_finite_in_long_rows():
     np.testing.assert_array_equal([s for _, s in got], [1.0, np.nan, np.nan, 0.0])
 
 
+LAYOUTS = {
+    "row": lambda v: v,
+    "rows": lambda v: np.stack([v, v[::-1], v]),  # the row drivers
+    "columns": lambda v: np.ascontiguousarray(np.tile(v[:, None], (1, 40))),  # axis 0
+}
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("n", [100, 8193, 3 * 8192 + 5])
+@pytest.mark.parametrize("weight", [np.nan, np.inf, -np.inf])
+def test_weights_of_finite_elements_in_a_row_of_inf_max(weight, n, layout):
+    """A row whose max is +inf sums its +inf elements alone: a NaN or infinite weight on a
+    finite element changes nothing, in the +inf's chunk or in another (rows longer than a
+    chunk combine per-chunk statistics; the columns kernel keeps them per lane)."""
+    x, b = np.linspace(-3.0, 3.0, n), np.ones(n)
+    x[1], b[-1] = np.inf, weight  # the weight is a chunk away from the +inf for n > 8192
+    b[1] = -2.0
+    make, axis = LAYOUTS[layout], 0 if layout == "columns" else -1
+    got = nsm.logsumexp(make(x), axis=axis, b=make(b), return_sign=True)
+    want = reference.logsumexp(x, b=b, return_sign=True)
+    np.testing.assert_array_equal(got[0], np.broadcast_to(want[0], got[0].shape))
+    np.testing.assert_array_equal(got[1], np.broadcast_to(want[1], got[1].shape))
+    assert want[0] == np.inf and want[1] == -1.0
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("weighted", [False, True])
+def test_nan_element_in_another_chunk_of_a_row_of_inf_max(weighted, layout):
+    n = 3 * 8192 + 5
+    x = np.linspace(-3.0, 3.0, n)
+    x[1], x[-2] = np.inf, np.nan
+    b = np.full(n, 0.5) if weighted else None
+    make, axis = LAYOUTS[layout], 0 if layout == "columns" else -1
+    got = nsm.logsumexp(make(x), axis=axis, b=None if b is None else make(b))
+    assert np.isnan(got).all()
+    assert np.isnan(reference.logsumexp(x, b=b))
+
+
 @pytest.mark.skipif(not HAS_SCIPY, reason="scipy not installed")
 @pytest.mark.parametrize("axis", [-1, 0, None, (0, 2)])
 def test_matches_scipy(axis, rng):
