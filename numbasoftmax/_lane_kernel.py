@@ -63,7 +63,7 @@ from ._simd import (
     vsub,
     vwiden,
 )
-from ._vmath import vexp, vexp_nonpos, vlog
+from ._vmath import vexp, vexp_nonpos, vexp_nonpos_weighted, vlog
 from ._vmem import vand, vload, vprefetch, vstore, vstream
 
 # A band read in place along a strided axis visits each memory row for its nt * W elements
@@ -224,7 +224,10 @@ def _lse_lanes(f, a, b, c, i, k):
     arr, base, step, rows = a
     x = vload(arr, base + i * step + k * W, rows, NEG_INF)
     shift = vload(c, k * W, W, 0.0)
-    e = weigh(vexp_nonpos(vsub(x, shift)), b, i, k)
+    if b is None:
+        e = vexp_nonpos(vsub(x, shift))
+    else:  # as the row kernel's: a large weight lifts a term below the normal range
+        e = vexp_nonpos_weighted(vsub(x, shift), vload(b[0], b[1] + i * b[2] + k * W, b[3], 0.0))
     e_inf = vselect(veq(x, math.inf), weigh(vsplat(math.inf, arr), b, i, k), 0.0)
     return keep(weights_valid(b, i, k), vselect(veq(shift, math.inf), e_inf, e), 0.0)
 

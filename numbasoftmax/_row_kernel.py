@@ -78,7 +78,7 @@ from ._simd import (
     vsum,
     vwith_lane,
 )
-from ._vmath import vexp, vexp_nonpos, vlog
+from ._vmath import vexp, vexp_nonpos, vexp_nonpos_weighted, vexp_weighted, vlog
 from ._vmem import emit_view, seg, stream_head, vand, vload, vload_mask, vstore, vstream
 
 BLOCK = 1024
@@ -321,8 +321,12 @@ def _exp_lanes(f, a, b, c, i, k):
     """(weight *) exp(x - shift) where valid, else +0, for x = a and c = (shift, w, wts);
     kept in ``b`` unless it is None."""
     shift, w, wts = c
-    e = keep(valid(wts, w, i, k), weigh(vexp_nonpos(vsub(vload(a, i, k, NEG_INF), shift)),
-                                        wts, i, k), 0.0)
+    d = vsub(vload(a, i, k, NEG_INF), shift)
+    if wts is None:
+        e = vexp_nonpos(d)
+    else:  # a large weight lifts a term whose exp is below the normal range
+        e = vexp_nonpos_weighted(d, vload(wts, i, k, 0.0))
+    e = keep(valid(wts, w, i, k), e, 0.0)
     if b is not None:
         vstore(b, i, k, e)
     return e
@@ -416,7 +420,11 @@ def _log_softmax_grad_lanes(f, a, b, c, i, k):
 def _logsumexp_grad_lanes(f, a, b, c, i, k):
     """(weight *) exp(x - lse) * g where valid, else 0, for x = a, weights b,
     c = (lse, g, w)."""
-    e = weigh(vexp(vsub(vload(a, i, k, 0.0), c[0])), b, i, k)
+    d = vsub(vload(a, i, k, 0.0), c[0])
+    if b is None:
+        e = vexp(d)
+    else:
+        e = vexp_weighted(d, vload(b, i, k, 0.0))
     return keep(valid(b, c[2], i, k), vmul(e, c[1]), 0.0)
 
 

@@ -16,6 +16,7 @@ float32, scipy's semantics (weights, signs, non-finite values) in float64, float
 from __future__ import annotations
 
 import importlib.util
+import math
 import zlib
 
 import numpy as np
@@ -239,6 +240,28 @@ def test_weights_of_finite_elements_in_a_row_of_inf_max(weight, n, layout):
     np.testing.assert_array_equal(got[0], np.broadcast_to(want[0], got[0].shape))
     np.testing.assert_array_equal(got[1], np.broadcast_to(want[1], got[1].shape))
     assert want[0] == np.inf and want[1] == -1.0
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("dtype, x0, w", [(np.float64, -710.0, 1e308), (np.float64, -745.0, 1e308),
+                                          (np.float32, -90.0, 1e38), (np.float32, -100.0, 3e38)])
+def test_a_large_weight_lifts_a_term_below_the_normal_range(dtype, x0, w, layout):
+    """exp(x0 - max) is below the smallest normal number (the kernels' exp gives 0 there),
+    but w * exp(x0 - max) is not: the term counts, in the sum and in the gradient."""
+    x = np.full(40, -1e4, dtype)
+    x[:2] = x0, 0.0
+    b = np.ones_like(x)
+    b[0] = w
+    make, axis = LAYOUTS[layout], 0 if layout == "columns" else -1
+    lifted = math.log(w) + x0  # the log of the term
+    want = np.logaddexp(lifted, 0.0)
+    eps = float(np.finfo(dtype).eps)
+    got = nsm.logsumexp(make(x), axis=axis, b=make(b))
+    np.testing.assert_allclose(got, want, rtol=0, atol=64 * eps)
+    grad = nsm.logsumexp_backward(make(x), got, np.ones_like(got), axis=axis, b=make(b))
+    want_grad = np.exp(np.log(b.astype(np.float64)) + x.astype(np.float64) - want)
+    # the lifted term's exponent rounds once more (``_vmath._LIFT``)
+    np.testing.assert_allclose(grad, make(want_grad), rtol=512 * eps, atol=1e-300)
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
