@@ -5,6 +5,7 @@ JUnit report says which cells ran, passed and were skipped, and why."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -71,3 +72,26 @@ def test_bench_suite_smoke(tmp_path):
             assert all(v.startswith("skipped") and name in v for v in mine), (name, mine)
     ours_cpu = [v for k, v in throughput.items() if k.endswith("|cpu|numbasoftmax]")]
     assert ours_cpu and all(v == "passed" for v in ours_cpu)
+
+
+def test_benchmark_enable_measures(tmp_path):
+    """README's `pytest bench/ --benchmark-enable` times the cells (pytest-benchmark turns
+    itself off when the project's options set pytest-xdist's --dist)."""
+    pytest.importorskip("pytest_benchmark")
+    if not (BENCH / "conftest.py").exists():
+        pytest.skip("bench/ is not part of this checkout")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in
+                                                       [env.get("PYTHONPATH")] if p])
+    saved = tmp_path / "run.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", str(BENCH), "-q", "-p", "no:cacheprovider",
+         "--benchmark-enable", "-k", "softmax and float32 and cpu and numbasoftmax",
+         "--bench-sizes", "32", "--bench-elements", "2^10", "--benchmark-max-time", "0.01",
+         f"--benchmark-json={saved}"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    tail = proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert proc.returncode == 0, tail
+    assert "disabled" not in proc.stdout + proc.stderr, tail
+    timed = json.loads(saved.read_text())["benchmarks"]
+    assert timed and all(b["stats"]["rounds"] >= 1 for b in timed), tail
