@@ -186,6 +186,20 @@ def _weigh_impl(v, b, j, t):
     return lambda v, b, j, t: vmul(v, vload(b[0], b[1] + j * b[2] + t * W, b[3], 0.0))
 
 
+def weighed_exp_nonpos(t, b, j, t_):
+    """``vexp_nonpos(t)`` times the weights of element j of tile t_ (lane tuple ``b``), a
+    large weight lifting a term below the normal range as the row kernel's
+    (``_vmath._LIFT``); ``vexp_nonpos(t)`` when ``b`` is None."""
+
+
+@overload(weighed_exp_nonpos, jit_options=INLINE)
+def _weighed_exp_nonpos_impl(t, b, j, t_):
+    if isinstance(b, types.NoneType):
+        return lambda t, b, j, t_: vexp_nonpos(t)
+    return lambda t, b, j, t_: vexp_nonpos_weighted(
+        t, vload(b[0], b[1] + j * b[2] + t_ * W, b[3], 0.0))
+
+
 @njit(**INTERNAL)
 def _band_max(a, b, nt, lo, hi, V):
     """V[t*W] = per row of tile t, the maximum of the elements lo .. hi-1 (those whose
@@ -224,10 +238,7 @@ def _lse_lanes(f, a, b, c, i, k):
     arr, base, step, rows = a
     x = vload(arr, base + i * step + k * W, rows, NEG_INF)
     shift = vload(c, k * W, W, 0.0)
-    if b is None:
-        e = vexp_nonpos(vsub(x, shift))
-    else:  # as the row kernel's: a large weight lifts a term below the normal range
-        e = vexp_nonpos_weighted(vsub(x, shift), vload(b[0], b[1] + i * b[2] + k * W, b[3], 0.0))
+    e = weighed_exp_nonpos(vsub(x, shift), b, i, k)
     e_inf = vselect(veq(x, math.inf), weigh(vsplat(math.inf, arr), b, i, k), 0.0)
     return keep(weights_valid(b, i, k), vselect(veq(shift, math.inf), e_inf, e), 0.0)
 

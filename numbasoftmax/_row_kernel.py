@@ -152,6 +152,25 @@ def _weigh_impl(v, b, i, k):
     return lambda v, b, i, k: vmul(v, vload(b, i, k, 0.0))
 
 
+def _weighed_exp(exp, weighted):
+    def weighed(t, b, i, k):
+        """exp(t) times the weights ``b`` of lanes i .. (a large weight lifting a term
+        whose exp is below the normal range: ``_vmath._LIFT``), or exp(t) when ``b`` is
+        None."""
+
+    @overload(weighed, jit_options=INLINE)
+    def _impl(t, b, i, k):
+        if isinstance(b, types.NoneType):
+            return lambda t, b, i, k: exp(t)
+        return lambda t, b, i, k: weighted(t, vload(b, i, k, 0.0))
+
+    return weighed
+
+
+weighed_exp = _weighed_exp(vexp, vexp_weighted)
+weighed_exp_nonpos = _weighed_exp(vexp_nonpos, vexp_nonpos_weighted)
+
+
 # how many values per row an operation writes when it reduces the row: 0 for the
 # element-wise ones
 _REDUCED = {"logsumexp": 1, "logsumexp_sign": 2}
@@ -321,12 +340,8 @@ def _exp_lanes(f, a, b, c, i, k):
     """(weight *) exp(x - shift) where valid, else +0, for x = a and c = (shift, w, wts);
     kept in ``b`` unless it is None."""
     shift, w, wts = c
-    d = vsub(vload(a, i, k, NEG_INF), shift)
-    if wts is None:
-        e = vexp_nonpos(d)
-    else:  # a large weight lifts a term whose exp is below the normal range
-        e = vexp_nonpos_weighted(d, vload(wts, i, k, 0.0))
-    e = keep(valid(wts, w, i, k), e, 0.0)
+    e = keep(valid(wts, w, i, k), weighed_exp_nonpos(vsub(vload(a, i, k, NEG_INF), shift),
+                                                     wts, i, k), 0.0)
     if b is not None:
         vstore(b, i, k, e)
     return e
@@ -420,11 +435,7 @@ def _log_softmax_grad_lanes(f, a, b, c, i, k):
 def _logsumexp_grad_lanes(f, a, b, c, i, k):
     """(weight *) exp(x - lse) * g where valid, else 0, for x = a, weights b,
     c = (lse, g, w)."""
-    d = vsub(vload(a, i, k, 0.0), c[0])
-    if b is None:
-        e = vexp(d)
-    else:
-        e = vexp_weighted(d, vload(b, i, k, 0.0))
+    e = weighed_exp(vsub(vload(a, i, k, 0.0), c[0]), b, i, k)
     return keep(valid(b, c[2], i, k), vmul(e, c[1]), 0.0)
 
 
