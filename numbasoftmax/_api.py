@@ -98,8 +98,8 @@ def logsumexp(x, axis=-1, *, b=None, keepdims=False, return_sign=False, where=No
         is then a masked array, masked where a row has no included element).
     axis : int, tuple of ints or None, default -1
         Axis or axes to reduce; None means all axes. The default is the package's (the
-        axis :func:`log_softmax` normalizes: ``log_softmax(x) == x - logsumexp(x,
-        keepdims=True)``), not scipy's None (all axes); torch requires ``dim``.
+        axis :func:`log_softmax` normalizes: ``log_softmax(x)`` is ``x - logsumexp(x,
+        keepdims=True)`` up to rounding), not scipy's None (all axes); torch requires ``dim``.
     b : array_like, optional
         Weights, broadcasting to ``x``; may be negative. Elements whose weight is 0 are
         excluded, whatever ``x`` holds there (scipy 1.17 excludes a zero-weight +inf or
@@ -116,7 +116,8 @@ def logsumexp(x, axis=-1, *, b=None, keepdims=False, return_sign=False, where=No
         The result's dtype, computed as if ``x`` (and ``b``) had been cast to it. By
         default the common dtype of ``x`` and ``b`` under the package's dtype rule.
     out : numpy.ndarray, or a pair of them with ``return_sign``, optional
-        The result (and sign) array(s), of the result's shape and dtype.
+        The result (and sign) array(s), of the result's shape and dtype; with
+        ``return_sign`` a single array takes the value (the sign is then allocated).
 
     Returns
     -------
@@ -200,13 +201,15 @@ def _weights_and_dtype(x, b, dtype, func):
     """(x, b or None, result dtype) for logsumexp and its gradient on the host."""
     dt = _inputs.requested_dtype(dtype, func)
     x = _inputs.host_array(x, "x", func, dt)
+    given = b
     if b is not None:
         b, bmask, _ = _inputs.host_unmask((b,))
         b = _inputs.host_array(b[0], "b", func, dt)
         _inputs.check_where(func, None, b.shape, "x", x.shape, name="b")
         if bmask is not None:  # masked weights: excluded where masked
             b = np.where(bmask, 0, b)
-    rdtype = dt or (x.dtype if b is None else _inputs.promoted((x.dtype, b.dtype)))
+    rdtype = dt or (x.dtype if b is None else
+                    _inputs.promoted((x.dtype, _inputs.weak(given, b.dtype))))
     return x, b, rdtype
 
 

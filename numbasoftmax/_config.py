@@ -1,4 +1,4 @@
-"""Package settings read once, when the kernels are first imported (at the first call).
+"""Package settings read once, when the package is imported (a bad value is an error there).
 
 ``STREAM_MIN_BYTES`` (see the end of this module): from what output size the CPU kernels
 write with non-temporal stores.

@@ -33,6 +33,7 @@ from ._inputs import (
     reduced_shape,
     requested_dtype,
     typename,
+    weak,
 )
 from ._layout import normalize_axes
 
@@ -64,15 +65,18 @@ def dispatch(op, arrays, axis, out, per_block, *, where=None, dtype=None, b=None
     whole = where is not None or b is not None or op.name.startswith("logsumexp")
     _dask.check_known(x, range(x.ndim) if whole else axes, func)
     if b is not None:
+        given = b
         b, bdtype = _dask._operand(b, "b", func)
         check_where(func, None, b.shape, "x", x.shape, name="b")
-        dtypes.append(bdtype)
+        dtypes.append(weak(given, bdtype))
     if where is not None and not isinstance(where, da.Array):
         _dask.refuse_unchunkable(where, "where", func)
         where = where if array_kind(where) == "cuda" else np.asarray(where)
     if where is not None:
         check_where(func, np.dtype(where.dtype), where.shape, names[0], x.shape)
     rdtype = dt or (promoted(dtypes) if op.name.startswith("logsumexp") else dtypes[0])
+    if b is not None and weak(given, None) is not None:
+        b = b.astype(rdtype)  # a Python scalar, read as the result dtype (each block's call)
 
     _dask.check_mergeable(x, axes, func, names[0])
     merged = x.rechunk({ax: -1 for ax in axes}) if axes else x

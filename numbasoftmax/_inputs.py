@@ -151,8 +151,16 @@ def requested_dtype(dtype, func):
 
 
 def promoted(dtypes):
-    """The common result dtype of several inputs' result dtypes (e.g. x and weights)."""
+    """The common result dtype of several inputs' result dtypes (e.g. x and weights); a
+    Python scalar among them (``weak``) takes no part but its kind, as numpy promotes."""
     return np.result_type(*dtypes)
+
+
+def weak(obj, dtype):
+    """What ``promoted`` takes for an argument given as ``obj`` and read as ``dtype``: a
+    Python bool, int or float stays itself, weakly typed as numpy's promotion takes Python
+    scalars (``b=2.0`` keeps float32 data float32); anything else its dtype."""
+    return obj if type(obj) in (bool, int, float) else dtype
 
 
 def reject_masked(obj, name, func):

@@ -155,3 +155,11 @@ def test_integer_second_input_takes_the_requested_dtype():
     got = nsm.softmax_backward(da.from_array(y, chunks=2), dy, dtype=np.float32)
     (value,) = _compute(got)
     assert_bitwise_equal(value, nsm.softmax_backward(y, dy, dtype=np.float32))
+
+
+@pytest.mark.parametrize("b", [2.0, 3], ids=["float", "int"])
+def test_logsumexp_python_scalar_weights_are_weak(b):
+    x = np.random.default_rng(3).standard_normal((6, 10)).astype(np.float32)
+    got = nsm.logsumexp(da.from_array(x, chunks=(3, 10)), b=b)
+    assert got.dtype == np.float32
+    assert_bitwise_equal(got.compute(), nsm.logsumexp(x, b=b))

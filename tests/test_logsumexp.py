@@ -168,6 +168,20 @@ def test_weights_promote_like_numpy(rng):
     assert np.result_type(np.float32, np.float16) == np.float32  # the rule used
 
 
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+@pytest.mark.parametrize("b", [2.0, 3, True], ids=["float", "int", "bool"])
+def test_python_scalar_weights_are_weak(b, dtype, rng):
+    """A Python scalar weight keeps x's dtype, as numpy promotes Python scalars (scipy
+    agrees); a numpy scalar is typed."""
+    x = rng.standard_normal((4, 9)).astype(dtype)
+    got = nsm.logsumexp(x, b=b)
+    assert got.dtype == dtype
+    assert_bitwise_equal(got, nsm.logsumexp(x, b=np.full(9, b, dtype)))
+    lse = nsm.logsumexp_backward(x, got, np.ones(4, dtype), b=b)
+    assert lse.dtype == dtype
+    assert nsm.logsumexp(x, b=np.float64(b)).dtype == np.float64
+
+
 NONFINITE = [
     # (x, b): the reference states the rule; scipy agrees on each
     ([np.inf, 1.0], None),
