@@ -102,7 +102,8 @@ def dispatch(op, arrays, axis, out, per_block, *, where=None, dtype=None, b=None
                              chunks=out_chunks, new_axis=x.ndim, dtype=rdtype,
                              meta=meta.reshape((*meta.shape, 1)))
         shape = keep if keepdims else reduced_shape(x.shape, axes, False)
-        results = tuple(both[..., k].reshape(shape) for k in range(width))
+        # a slice, not an index: a 0-d result then computes to a 0-d array, not a scalar
+        results = tuple(both[..., k:k + 1].reshape(shape) for k in range(width))
         return results if return_sign else results[0]
 
     if op.row_args:  # logsumexp_backward: lse, dlse (and sign) a value per row
