@@ -295,12 +295,17 @@ def _logsumexp_backward(x, lse, dlse, axis, b, sign, where, dtype, out):
     for name, v in (("lse", lse), ("dlse", dlse), ("sign", sign)):
         if v is None:
             continue
+        empty = None
         if isinstance(v, np.ma.MaskedArray):  # as logsumexp returns for a masked x: its
             # masked rows have no included element; a masked dlse or sign adds nothing
+            empty = np.ma.getmaskarray(v) if name == "lse" else None
             v = np.ma.getdata(v) if name == "lse" else np.ma.filled(v, 0)
         v = _inputs.host_array(v, name, func)
         _inputs.check_per_row(func, name, v.shape, x.shape, axes)
         rows.append(v.reshape(keep))
+        if empty is not None and empty.any():  # those rows excluded, whatever x's mask
+            included = ~np.broadcast_to(empty.reshape(keep), x.shape)
+            where = included if where is None else where & included
     g = rows[1] if sign is None else rows[1] * rows[2]
     o = None if out is None else _inputs.host_out(out, x.shape, rdtype, func)
     result = _cpu_path.run(LOGSUMEXP_BACKWARD, (x,), axes, o, dtype=rdtype, where=where,

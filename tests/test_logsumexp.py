@@ -565,3 +565,17 @@ def test_gradient_takes_the_forward_calls_masked_results(masked_x):
     want = nsm.logsumexp_backward(data, lse.data, dlse.filled(0), where=~hidden)
     np.testing.assert_array_equal(np.ma.getdata(got), want)
     assert not want[1].any() and not want[2].any()
+
+
+def test_gradient_of_plain_x_with_a_masked_lse_excludes_its_masked_rows():
+    """A masked lse row had no included element: its gradient is 0, also when x comes
+    without the mask (its lse data, -inf, would give exp(x + inf) = inf)."""
+    data = np.arange(12.0).reshape(4, 3)
+    hidden = np.zeros((4, 3), bool)
+    hidden[1] = True
+    lse = nsm.logsumexp(np.ma.MaskedArray(data, mask=hidden))
+    got = nsm.logsumexp_backward(data, lse, np.ones(4))
+    assert not got[1].any()
+    rows = [0, 2, 3]
+    np.testing.assert_array_equal(got[rows], nsm.logsumexp_backward(
+        data[rows], lse.data[rows], np.ones(3)))
