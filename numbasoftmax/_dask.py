@@ -247,6 +247,10 @@ def _operand(a, name, func, requested=None):
     if kind == "dask":  # another dask collection with .chunks
         raise TypeError(f"{func}(): {name} must be a dask.array.Array (or array_like); "
                         f"got {type(a).__name__}")
+    if isinstance(a, np.ma.MaskedArray):  # the call is on dask: its mask has no way in
+        raise TypeError(f"{func}(): {name} is a masked array next to a dask argument, whose "
+                        f"blocks cannot carry its mask; pass {name}.data with the mask as "
+                        f"where=~{name}.mask (a dask mask works), or numpy arrays only")
     a = host_array(a, name, func, requested)
     return a, a.dtype
 

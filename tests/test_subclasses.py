@@ -47,6 +47,20 @@ def test_masked_dask_array_raises_at_call_time():
         numbasoftmax.softmax(dx)
 
 
+@pytest.mark.parametrize("case", ["x", "dy"])
+def test_masked_array_next_to_a_dask_argument_says_what_to_pass(case):
+    da = pytest.importorskip("dask.array")
+    data = np.ones((4, 6))
+    masked = np.ma.masked_array(data, mask=np.eye(4, 6, dtype=bool))
+    if case == "x":
+        f, args, kw = numbasoftmax.softmax, (masked,), {"where": da.ones((4, 6), dtype=bool)}
+    else:
+        f, args, kw = numbasoftmax.softmax_backward, (da.from_array(data), masked), {}
+    with pytest.raises(TypeError, match=rf"{case} is a masked array next to a dask argument"
+                                        rf".*where=~{case}\.mask"):
+        f(*args, **kw)
+
+
 # ---------------------------------------------------------------------------------------
 # other subclasses: computed on the data
 
