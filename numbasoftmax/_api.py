@@ -174,7 +174,7 @@ def _call(op, arrays, axis, out, where=None, dtype=None):
     dt = _inputs.requested_dtype(dtype, op.name)
     arrays = _inputs.host_arrays(op, arrays, dt)
     x = arrays[0]
-    axes = normalize_axes(axis, x.ndim)
+    axes = normalize_axes(axis, x.ndim, op.name)
     where = _host_where(where, mask, x.shape, op)
     rdtype = dt or x.dtype
     if out is None:
@@ -218,7 +218,7 @@ def _lse_host(op, x, b, axis, where, dtype):
     the mask of included elements or None, a masked array's mask, whether x was one)."""
     (x,), mask, masked = _inputs.host_unmask((x,))
     x, b, rdtype = _weights_and_dtype(x, b, dtype, op.name)
-    axes = normalize_axes(axis, x.ndim)
+    axes = normalize_axes(axis, x.ndim, op.name)
     return x, b, rdtype, axes, _host_where(where, mask, x.shape, op), mask, masked
 
 

@@ -114,7 +114,7 @@ def dispatch(op, arrays, axis, out, per_block):
     if len(arrays) == 2:
         check_pair(func, op.args, [a.shape for a in arrays], dtypes, given)
     first = next(a for a in arrays if isinstance(a, da.Array))
-    axes = normalize_axes(axis, first.ndim)
+    axes = normalize_axes(axis, first.ndim, func)
     _refuse_out(func, out)
 
     # the rule: two passes when a softmax axis is split across chunks (of a non-empty

@@ -59,7 +59,7 @@ def dispatch(op, arrays, axis, out, per_block, *, where=None, dtype=None, b=None
     if len(names) == 2:
         check_pair(func, names, [a.shape for a, _ in checked], dtypes,
                    [getattr(a, "dtype", d) for a, d in zip(arrays, dtypes, strict=False)])
-    axes = normalize_axes(axis, x.ndim)
+    axes = normalize_axes(axis, x.ndim, func)
     # the softmax axes are merged; a mask or weights are broadcast to x's shape, and
     # logsumexp's results take the reduced shape: those need every chunk size
     whole = where is not None or b is not None or op.name.startswith("logsumexp")

@@ -38,37 +38,41 @@ GATHER = "gather"
 COLUMNS_MIN_INNER = 8
 
 
-def normalize_axes(axis, ndim):
+def normalize_axes(axis, ndim, func=None):
     """``axis`` (int, tuple of ints or None) -> sorted tuple of non-negative axes.
 
-    Raises numpy's AxisError for an out-of-range axis and ValueError for a repeated one.
+    Raises numpy's AxisError for an out-of-range axis, ValueError for a repeated one and
+    TypeError for anything but ints, each message starting with ``func``'s name when given.
     A 0-d array accepts axis None, 0, -1 (as torch does) and is one element."""
     if type(axis) is int and -ndim <= axis < ndim:
         return (axis % ndim,)
     if axis is None:
         return tuple(range(ndim))
+    who = f"{func}(): " if func else ""
+    bad_type = TypeError(f"{who}axis must be an int, a tuple of ints or None; got {axis!r}")
     if isinstance(axis, (bool, np.bool_)):
-        raise TypeError(f"axis must be an int, a tuple of ints or None; got {axis!r}")
+        raise bad_type
     axes = axis if isinstance(axis, tuple) else (axis,)
     for a in axes:
         if isinstance(a, (bool, np.bool_)):
-            raise TypeError(f"axis must be an int, a tuple of ints or None; got {axis!r}")
+            raise bad_type
         try:
             operator.index(a)
         except TypeError:
-            raise TypeError(f"axis must be an int, a tuple of ints or None; got {axis!r}") from None
+            raise bad_type from None
     if ndim == 0:  # one element: axis 0 or -1, once (as torch)
         if len(axes) > 1:
-            raise ValueError(f"repeated axis in `axis` argument: {axis!r} for a 0-d array")
+            raise ValueError(f"{who}repeated axis in `axis` argument: {axis!r} for a 0-d array")
         if any(operator.index(a) not in (0, -1) for a in axes):
-            raise np.exceptions.AxisError(f"axis {axis!r} is out of bounds for a 0-d array")
+            raise np.exceptions.AxisError(f"{who}axis {axis!r} is out of bounds for a 0-d array")
         return ()
     try:
-        return tuple(sorted(normalize_axis_tuple(axis, ndim, argname="axis")))
-    except np.exceptions.AxisError:
-        raise
+        return tuple(sorted(normalize_axis_tuple(axis, ndim)))
+    except np.exceptions.AxisError as err:
+        raise np.exceptions.AxisError(f"{who}axis {err.axis} is out of bounds for an array of "
+                                      f"{ndim} dimensions") from None
     except ValueError:  # numpy's message does not say which axes were given
-        raise ValueError(f"axis: repeated axis in {axis!r} (for an array of {ndim} "
+        raise ValueError(f"{who}repeated axis in {axis!r} (for an array of {ndim} "
                          "dimensions); each axis may appear once") from None
 
 

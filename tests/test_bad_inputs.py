@@ -154,6 +154,7 @@ def test_bad_forward_input(op, case):
     with pytest.raises(exc) as excinfo:
         getattr(numbasoftmax, op)(*args, **kwargs)
     _assert_names(excinfo, words)
+    assert str(excinfo.value).startswith(f"{op}(): "), str(excinfo.value)  # which call
 
 
 @pytest.mark.parametrize("case", BACKWARD_CASES, ids=lambda c: c[0])
@@ -164,6 +165,7 @@ def test_bad_backward_input(op, case):
     with pytest.raises(exc) as excinfo:
         getattr(numbasoftmax, op)(*make(a, b), **kwargs)
     _assert_names(excinfo, [w.format(a=a, b=b) for w in words])
+    assert str(excinfo.value).startswith(f"{op}(): "), str(excinfo.value)
 
 
 @pytest.mark.parametrize("op", ["softmax", "log_softmax", "softmax_backward",

@@ -84,7 +84,7 @@ def dispatch(op, arrays, axis, out, dtype=None, where=None):
     xs = [found[name] for name in names]
     x, o = xs[0], _checked_out(op.name, found, "out", xs[0].shape, res)
     with x.lib.device(x.dev):
-        return _run(launch, op, xs, o, res, normalize_axes(axis, len(x.shape)),
+        return _run(launch, op, xs, o, res, normalize_axes(axis, len(x.shape), op.name),
                     found.get("where"))
 
 
@@ -309,7 +309,8 @@ def _lse_checked(func, named, dtype, axis):
     gradient."""
     launch, found, res = _checked(func, named, ("x", "b"), dtype)
     x, b = found["x"], found.get("b")
-    return launch, found, [x] if b is None else [x, b], res, normalize_axes(axis, len(x.shape))
+    axes = normalize_axes(axis, len(x.shape), func)
+    return launch, found, [x] if b is None else [x, b], res, axes
 
 
 def logsumexp(x, b, axis, keepdims, return_sign, where, dtype, out):
