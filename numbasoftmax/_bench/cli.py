@@ -58,7 +58,7 @@ def _parser():
                        help="M·N per array, e.g. 2^24 (default CPU 2^24, GPU 2^26; --quick: "
                             "CPU 2^22, GPU 2^24)")
     bench.add_argument("--quick", action="store_true",
-                       help="a short run (~10 s with compiled kernels cached): fewer and "
+                       help="a short run (~20 s with compiled kernels cached): fewer and "
                             "smaller sizes, float32, fewer repeats")
     bench.add_argument("--prealloc", choices=("auto", "none", "all"), default="auto",
                        help="also time calls with a preallocated out= (auto: CPU softmax "
