@@ -248,9 +248,14 @@ def _operand(a, name, func, requested=None):
         raise TypeError(f"{func}(): {name} must be a dask.array.Array (or array_like); "
                         f"got {type(a).__name__}")
     if isinstance(a, np.ma.MaskedArray):  # the call is on dask: its mask has no way in
+        # what the in-memory call makes of the mask: where=~mask for the element-wise
+        # arguments; a value per row counts as 0 where masked (lse: a row excluded)
+        instead = (f"pass {name}.data with the mask as where=~{name}.mask (a dask mask "
+                   "works)" if name in ("x", "y", "z", "dy", "dz", "b") else
+                   f"pass {name}.filled(0)" if name in ("dlse", "sign") else
+                   "pass the numpy arrays alone (the in-memory call takes the masked lse)")
         raise TypeError(f"{func}(): {name} is a masked array next to a dask argument, whose "
-                        f"blocks cannot carry its mask; pass {name}.data with the mask as "
-                        f"where=~{name}.mask (a dask mask works), or numpy arrays only")
+                        f"blocks cannot carry its mask; {instead}")
     a = host_array(a, name, func, requested)
     return a, a.dtype
 

@@ -311,8 +311,8 @@ def _max_and_total(op, S, nt, nc):
             total = vsplat(0.0, S)
             for c in range(nc):
                 cmax = vload(S, (c * nt + t) * W, W, 0.0)
-                scale = vexp_nonpos(vsub(cmax, m))
-                term = vmul(vload(S, ((nc + c) * nt + t) * W, W, 0.0), scale)
+                csum = vload(S, ((nc + c) * nt + t) * W, W, 0.0)
+                term = vmul(csum, vexp_nonpos(vsub(cmax, m)))
                 if reduces(op):
                     # a row's chunk whose max is the row's infinite max (-inf: no included
                     # term; +inf) counts with scale 1, not exp(NaN); the other chunks of a
@@ -320,9 +320,10 @@ def _max_and_total(op, S, nt, nc):
                     # ``_max_and_total``; the band's maxima keep NaN). Only logsumexp needs
                     # it (a softmax row with an infinite max is NaN anyway); the softmax
                     # operations keep the shorter code, which compiles to a faster kernel.
-                    at_max = veq(cmax, m)
-                    term = vselect(at_max, vload(S, ((nc + c) * nt + t) * W, W, 0.0),
-                                   vselect(veq(m, math.inf), 0.0, term))
+                    # (a chunk's sum lifting its scale below the normal range, as
+                    # logsumexp's weights lift their terms: ``_vmath._LIFT``)
+                    term = vexp_nonpos_weighted(vsub(cmax, m), csum)
+                    term = vselect(veq(cmax, m), csum, vselect(veq(m, math.inf), 0.0, term))
                 total = vadd(total, term)
         if same(op, LOG_SOFTMAX):
             total = vlog(total)

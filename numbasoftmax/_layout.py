@@ -68,9 +68,8 @@ def normalize_axes(axis, ndim, func=None):
         return ()
     try:
         return tuple(sorted(normalize_axis_tuple(axis, ndim)))
-    except np.exceptions.AxisError as err:
-        raise np.exceptions.AxisError(f"{who}axis {err.axis} is out of bounds for an array of "
-                                      f"{ndim} dimensions") from None
+    except np.exceptions.AxisError as err:  # the axis and ndim kept, the prefix ours
+        raise np.exceptions.AxisError(err.axis, ndim, f"{func}()" if func else None) from None
     except ValueError:  # numpy's message does not say which axes were given
         raise ValueError(f"{who}repeated axis in {axis!r} (for an array of {ndim} "
                          "dimensions); each axis may appear once") from None

@@ -561,7 +561,9 @@ def _max_and_total(op, cmax, csum, r):
     scaled by 1 (exp(0) is exactly 1; also for a max of +-inf, where exp(m - m) would be
     NaN). In a row whose max is +inf the other chunks are left out: logsumexp sums the
     +inf elements alone there (``_inf_lanes``), whatever the weights of the finite ones
-    (a softmax row of +inf max is NaN anyway)."""
+    (a softmax row of +inf max is NaN anyway). A chunk's sum is a weight to its scale: a
+    large one lifts a scale below the normal range (``_vmath._LIFT``; a softmax row's
+    total, at least 1, is the same either way)."""
     m = cmax[0]
     for c in range(1, cmax.shape[0]):
         m = vmax(m, cmax[c])
@@ -573,7 +575,7 @@ def _max_and_total(op, cmax, csum, r):
             if cmax[c] == m:
                 total += csum[c]
             elif m != math.inf:
-                total += csum[c] * vexp_nonpos(cmax[c] - m)
+                total += vexp_nonpos_weighted(cmax[c] - m, csum[c])
     if same(op, LOG_SOFTMAX):
         return m, vlog(total)
     return m, total

@@ -25,8 +25,10 @@ from ._simd import (
     _suffix,
     has_feature,
     per_zmm,
+    vabs,
     vadd,
     vall,
+    veq,
     vlt,
     vmul,
     vselect,
@@ -159,11 +161,22 @@ of these exps tells it."""
 
 # A weight can lift a term whose exp is below the smallest normal number (0 above) back to
 # significance: w * exp(t) with t < lo is taken as (w * 2^-S) * exp(t + S ln2) instead, with
-# S ln2 just under -lo (so t + S ln2 <= 0, and 2^-S is a normal number). t + S ln2 is
-# S ln2_hi (exact) then S ln2_lo added: the first sum is exact for t >= -2 S ln2 (below,
-# both forms give 0), the second rounds once (a relative error of the term under 5.7e-14 /
-# 3.8e-6, float64 / float32). Lanes from lo on keep w * exp(t): the same bits as before.
+# S ln2 just under -lo (so t + S ln2 < -0.68, and 2^-S is a normal number). Terms count down
+# to t = lo - S ln2 (-1416.09 / -173.97, float64 / float32), where even the largest finite
+# weight leaves a term near the smallest normal number. S ln2_hi is exact (ln2_hi has 32 / 9
+# significant bits), and so is t + S ln2_hi (a multiple of ulp(t), smaller than t);
+# adding S ln2_lo rounds once (a relative error of the term under 5.7e-14 / 3.8e-6). An
+# infinite weight on a finite element gives that infinity however far its exp underflows
+# (not inf * 0 = NaN). Lanes from lo on keep w * exp(t): the same bits as before; -inf
+# lanes give what both forms give (0, or NaN for an infinite weight: inf * 0).
 _LIFT = {types.float32: 125, types.float64: 1021}
+
+
+def lift_constants(ctype):
+    """(lo, S ln2_hi, S ln2_lo, 2^-S) of the lift for compute type ``ctype`` (float32 or
+    float64), as floats: for kernels that write the lift out themselves (the GPU's)."""
+    s = _LIFT[ctype]
+    return _RANGE[ctype][0], s * _LN2[ctype][0], s * _LN2[ctype][1], 2.0 ** -s
 
 
 def _exp_weighted(nonpos):
@@ -179,16 +192,24 @@ def _exp_weighted(nonpos):
         ctype = _ctype_of(t)
         if ctype not in _LIFT:
             return None
-        s = _LIFT[ctype]
-        lo = _RANGE[ctype][0]
-        hi_part, lo_part = s * _LN2[ctype][0], s * _LN2[ctype][1]
-        scale = 2.0 ** -s
+        lo, hi_part, lo_part, scale = lift_constants(ctype)
+        if isinstance(t, types.Float):  # a scalar: a branch instead of lane selects
+            def scalar(t, w):
+                if t < lo and t != -math.inf:
+                    if abs(w) == math.inf:
+                        return w
+                    return (w * scale) * vexp_nonpos((t + hi_part) + lo_part)
+                return exp(t) * w
+            return scalar
 
         def impl(t, w):
             e = vmul(exp(t), w)
-            if vall(vlt(lo, t)):  # no lane below the range (NaN lanes take the check)
+            # no lane below the range but -inf ones (NaN lanes take the check)
+            if vall(vlt(lo, vselect(veq(t, -math.inf), 0.0, t))):
                 return e
             lifted = vmul(vmul(w, scale), vexp_nonpos(vadd(vadd(t, hi_part), lo_part)))
+            lifted = vselect(vlt(-math.inf, t), vselect(veq(vabs(w), math.inf), w, lifted),
+                             lifted)
             return vselect(vlt(t, lo), lifted, e)
         return impl
 

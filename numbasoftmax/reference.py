@@ -87,6 +87,16 @@ def log_softmax_backward(z, dz, axis=-1, *, where=None, dtype=None):
         return np.where(valid, dz - np.exp(z) * s, 0.0)
 
 
+def _weighted_exp(d, w):
+    """w * exp(d), the term of a weight w: in the log domain where exp(d) is not a normal
+    number (a large weight lifts it), and +-inf for an infinite weight on a finite
+    element however small its exp (inf * 0 is NaN only where d is -inf)."""
+    tiny = d < np.log(np.finfo(np.float64).tiny)
+    lifted = np.sign(w) * np.exp(np.log(np.abs(w)) + d)
+    term = np.where(tiny, lifted, w * np.exp(d))
+    return np.where(np.isinf(w) & np.isfinite(d), w, term)
+
+
 def logsumexp(x, axis=-1, *, b=None, keepdims=False, return_sign=False, where=None,
               dtype=None):
     """log(sum(b * exp(x))) over the valid elements (``where`` and b != 0). A row with a
@@ -100,7 +110,8 @@ def logsumexp(x, axis=-1, *, b=None, keepdims=False, return_sign=False, where=No
          else np.full(tuple(1 if a in axes else s for a, s in enumerate(x.shape)), -np.inf))
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         shift = np.where(np.isfinite(m), m, 0.0)
-        s = np.sum(np.where(valid, bb * np.exp(x - shift), 0.0), axis=axes, keepdims=True)
+        s = np.sum(np.where(valid, _weighted_exp(x - shift, bb), 0.0), axis=axes,
+                   keepdims=True)
         inf_terms = np.sum(np.where(valid & (x == np.inf), bb * np.inf, 0.0), axis=axes,
                            keepdims=True)
         s = np.where(m == np.inf, inf_terms, s)
@@ -124,5 +135,5 @@ def logsumexp_backward(x, lse, dlse, axis=-1, *, b=None, sign=None, where=None, 
         g = g * np.asarray(sign, dtype=np.float64).reshape(keep)
     bb = np.ones(x.shape) if b is None else np.broadcast_to(_operand(b, dtype), x.shape)
     valid = _mask(where, x.shape) & (bb != 0)
-    with np.errstate(invalid="ignore", over="ignore"):
-        return np.where(valid, g * bb * np.exp(x - lse), 0.0)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        return np.where(valid, g * _weighted_exp(x - lse, bb), 0.0)

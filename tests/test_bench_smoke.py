@@ -83,6 +83,9 @@ def test_benchmark_enable_measures(tmp_path):
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in
                                                        [env.get("PYTHONPATH")] if p])
+    # a pytest-xdist worker's variables would tell the child's pytest-benchmark that
+    # xdist runs it, and it would time nothing
+    env = {k: v for k, v in env.items() if not k.startswith("PYTEST_XDIST_")}
     saved = tmp_path / "run.json"
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", str(BENCH), "-q", "-p", "no:cacheprovider",

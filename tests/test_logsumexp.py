@@ -177,8 +177,8 @@ def test_python_scalar_weights_are_weak(b, dtype, rng):
     got = nsm.logsumexp(x, b=b)
     assert got.dtype == dtype
     assert_bitwise_equal(got, nsm.logsumexp(x, b=np.full(9, b, dtype)))
-    lse = nsm.logsumexp_backward(x, got, np.ones(4, dtype), b=b)
-    assert lse.dtype == dtype
+    grad = nsm.logsumexp_backward(x, got, np.ones(4, dtype), b=b)
+    assert grad.dtype == dtype
     assert nsm.logsumexp(x, b=np.float64(b)).dtype == np.float64
 
 
@@ -257,8 +257,8 @@ def test_weights_of_finite_elements_in_a_row_of_inf_max(weight, n, layout):
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
-@pytest.mark.parametrize("dtype, x0, w", [(np.float64, -710.0, 1e308), (np.float64, -745.0, 1e308),
-                                          (np.float32, -90.0, 1e38), (np.float32, -100.0, 3e38)])
+@pytest.mark.parametrize("dtype, x0, w", [(np.float64, -710.0, 1e308), (np.float64, -720.0, 1e308),
+                                          (np.float32, -90.0, 1e38), (np.float32, -95.0, 3e38)])
 def test_a_large_weight_lifts_a_term_below_the_normal_range(dtype, x0, w, layout):
     """exp(x0 - max) is below the smallest normal number (the kernels' exp gives 0 there),
     but w * exp(x0 - max) is not: the term counts, in the sum and in the gradient."""
@@ -276,6 +276,21 @@ def test_a_large_weight_lifts_a_term_below_the_normal_range(dtype, x0, w, layout
     want_grad = np.exp(np.log(b.astype(np.float64)) + x.astype(np.float64) - want)
     # the lifted term's exponent rounds once more (``_vmath._LIFT``)
     np.testing.assert_allclose(grad, make(want_grad), rtol=512 * eps, atol=1e-300)
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_a_large_weight_lifts_a_chunk_far_below_the_rows_max(layout):
+    """Chunks combine as weighted terms: a chunk whose max is 750 below the row's (its
+    scale exp(-750) below the normal range) still counts through its large sum."""
+    n = 3 * 8192 + 5
+    x, b = np.full(n, -1e4), np.ones(n)
+    x[0], b[0] = 0.0, 1e-300  # the row's max, in the first chunk, with a tiny weight
+    x[9000], b[9000] = -750.0, 1e308  # the second chunk's max
+    make, axis = LAYOUTS[layout], 0 if layout == "columns" else -1
+    want = np.logaddexp(math.log(1e-300), math.log(1e308) - 750.0)  # about -40.8
+    got = nsm.logsumexp(make(x), axis=axis, b=make(b))
+    np.testing.assert_allclose(got, want, rtol=64 * np.finfo(np.float64).eps)
+    np.testing.assert_allclose(reference.logsumexp(x, b=b), want, rtol=1e-14)
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))

@@ -37,6 +37,7 @@ from collections import namedtuple
 from numba import cuda, types
 
 from .._ops import FORWARD, OPS
+from .._vmath import lift_constants
 
 NEG_INF, INF, NAN = -math.inf, math.inf, math.nan
 F64 = types.float64
@@ -84,7 +85,7 @@ def _device(sim):
 # that numba compiles each device function once per process, not once per kernel
 
 Reductions = namedtuple("Reductions", "fmax group_max group_sum block_max block_sum")
-OpMath = namedtuple("OpMath", "term factor value")
+OpMath = namedtuple("OpMath", "term factor value weighted")
 Packs = namedtuple("Packs", "load store load_raw elem")
 Masking = namedtuple("Masking", "row_base hide reveal pad drop_zero_weights")
 
@@ -145,7 +146,8 @@ def _reductions(P):
 
 @functools.cache
 def _op_math(P, op, weights=False):
-    """OpMath: the per-element formulas of one op. A row's sum is of
+    """OpMath: the per-element formulas of one op (and ``weighted(d, exp(d), w)``, the CPU's
+    w * exp(d) with a large weight lifting a term below the normal range). A row's sum is of
     ``term(a, b, mx)``; the sum (compute type, or float64 in long rows) gives the row's
     ``factor``; the output element is ``value(a, b, mx, factor)``. Forward: a = b = x, mx =
     the row's max; gradients: a = y (or z), b = dy (or dz), mx unused. logsumexp: a = x, b
@@ -156,6 +158,18 @@ def _op_math(P, op, weights=False):
     LOG = OPS[op].forward == "log_softmax"
     LSE = OPS[op].forward == "logsumexp"
     W = weights
+    # the CPU's lift of weighted terms below the normal range (``_vmath._LIFT``)
+    LO, HI_PART, LO_PART, SCALE = (ctype(c) for c in lift_constants(ctype))
+
+    @dev
+    def weighted(d, t, b):
+        """b * exp(d), t = exp(d): below the range, lifted (an infinite weight on a finite
+        element gives that infinity)."""
+        if d < LO:
+            if d != ctype(NEG_INF) and (b == ctype(INF) or b == ctype(NEG_INF)):
+                return b
+            return (b * SCALE) * exp((d + HI_PART) + LO_PART)
+        return b * t
 
     @dev
     def term(a, b, mx):
@@ -167,11 +181,13 @@ def _op_math(P, op, weights=False):
                 if a != ctype(INF):
                     return ctype(0.0)
                 t = ctype(INF)
-            else:
-                t = exp(a - (mx if mx != ctype(NEG_INF) else ctype(0.0)))
+                if W:
+                    return b * t
+                return t
+            d = a - (mx if mx != ctype(NEG_INF) else ctype(0.0))
             if W:
-                return b * t
-            return t
+                return weighted(d, exp(d), b)
+            return exp(d)
         if FWD:
             return exp(a - mx)
         if LOG:
@@ -192,7 +208,7 @@ def _op_math(P, op, weights=False):
             if W:
                 if b == ctype(0.0):
                     return ctype(0.0)
-                return b * exp(a - mx) * f
+                return weighted(a - mx, exp(a - mx), b) * f
             return exp(a - mx) * f
         if FWD:
             if LOG:
@@ -202,7 +218,7 @@ def _op_math(P, op, weights=False):
             return b - exp(a) * f
         return a * (b - f)
 
-    return OpMath(term, factor, value)
+    return OpMath(term, factor, value, weighted)
 
 
 @functools.cache
@@ -336,7 +352,7 @@ def _parts(P, spec):
 # short rows: a group of G threads per row, the row in registers
 
 def _rows(P, spec):
-    ((fmax, group_max, group_sum, _, _), (term, factor, value), (load, store, _, _),
+    ((fmax, group_max, group_sum, _, _), (term, factor, value, _), (load, store, _, _),
      (row_base, hide, reveal, pad, drop_zero_weights)) = _parts(P, spec)
     FWD, LSE, GIVEN, LOAD_B, DROP, NV = _flags(spec)
     MASK, V, G, K, B, U = spec.mask, spec.V, spec.G, spec.K, spec.B, spec.U
@@ -424,7 +440,8 @@ def _rows(P, spec):
 # cache b's packs after a's, at offset ``half``.
 
 def _smem(P, spec):
-    ((fmax, _, _, block_max, block_sum), (term, factor, value), (load, store, load_raw, elem),
+    ((fmax, _, _, block_max, block_sum), (term, factor, value, _), (load, store, load_raw,
+                                                                      elem),
      (row_base, hide, reveal, _, _)) = _parts(P, spec)
     FWD, MASK, V, B, UL = spec.op in FORWARD, spec.mask, spec.V, spec.B, spec.U
     ctype = P.ctype
@@ -521,7 +538,7 @@ def _long(P, spec):
     one chunk of the whole row (C = 1). logsumexp writes a value per row (thread 0 of the
     row's first chunk); its gradient reads each row's statistics from ws (``GIVEN``)."""
     dev = _device(P.sim)
-    ((fmax, _, _, block_max, block_sum), (term, factor, value), (load, store, _, _),
+    ((fmax, _, _, block_max, block_sum), (term, factor, value, weighted), (load, store, _, _),
      (row_base, hide, reveal, pad, drop_zero_weights)) = _parts(P, spec)
     FWD, LSE, GIVEN, LOAD_B, DROP, NV = _flags(spec)
     MASK, V, B, U = spec.mask, spec.V, spec.B, spec.U
@@ -546,6 +563,7 @@ def _long(P, spec):
                 return acc
             if mx == ctype(INF):
                 return F64(0.0)
+            return weighted(mt - mx, exp(mt - mx), acc)  # a large sum lifts a tiny scale
         elif mt == ctype(NEG_INF):
             return F64(0.0)
         return acc * exp(mt - mx)

@@ -103,6 +103,33 @@ def test_logsumexp_infinite_weights_below_an_infinite_max(strategy, shape):
     _close(got, want, "float32", np.log(shape[1]))
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize(("strategy", "shape"), STRATEGIES)
+def test_logsumexp_large_weights_lift_terms_below_the_normal_range(strategy, shape, dtype):
+    """As on the CPU: a large weight counts on a term whose exp is below the smallest normal
+    number, met at the row's max or first at a lower one (the long and split kernels carry
+    such a part sum to the row's max as a weighted term), in the sum and the gradient; an
+    infinite weight on a finite element gives that infinity."""
+    from numbasoftmax._cuda import launch
+
+    far, big = (-750.0, 1e308) if dtype == "float64" else (-95.0, 3e38)
+    x = np.full(shape, -1e4, dtype)
+    b = np.ones(shape, dtype)
+    x[:, -1], b[:, -1] = 0.0, 1e-30  # the max comes last: earlier parts sum at lower maxima
+    x[:, 1], b[:, 1] = far, big
+    b[2, 1] = np.inf
+    with launch.config.override(force=strategy):
+        v = to_host(ns.logsumexp(_dev(x), b=_dev(b)))
+        g = to_host(ns.logsumexp_backward(_dev(x), _dev(v), _dev(np.ones(shape[0], dtype)),
+                                          b=_dev(b)))
+    want = reference.logsumexp(x, b=b)
+    assert np.isposinf(want[2]) and np.isfinite(np.delete(want, 2)).all()
+    _close(v, want, dtype)
+    rows = [0, 1, 3]
+    _close(g[rows], reference.logsumexp_backward(x[rows], want[rows], np.ones(3), b=b[rows]),
+           dtype)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
 @pytest.mark.parametrize(("strategy", "shape"), [STRATEGIES[0], STRATEGIES[1]])
 def test_logsumexp_backward_strategies(strategy, shape, dtype):
