@@ -31,13 +31,22 @@ def _expected_cases():
     return cases
 
 
-def test_bench_suite_smoke(tmp_path):
+def _bench_env():
+    """The environment of a pytest run of bench/ (skipped without pytest-benchmark or
+    bench/): this checkout first on the path, and none of a pytest-xdist worker's
+    variables, which would tell the child's pytest-benchmark that xdist runs it (it then
+    times nothing)."""
     pytest.importorskip("pytest_benchmark")
     if not (BENCH / "conftest.py").exists():
         pytest.skip("bench/ is not part of this checkout")
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST_")}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in
                                                        [env.get("PYTHONPATH")] if p])
+    return env
+
+
+def test_bench_suite_smoke(tmp_path):
+    env = _bench_env()
     junit = tmp_path / "bench.xml"
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", str(BENCH), "-q", "-p", "no:cacheprovider",
@@ -77,15 +86,7 @@ def test_bench_suite_smoke(tmp_path):
 def test_benchmark_enable_measures(tmp_path):
     """README's `pytest bench/ --benchmark-enable` times the cells (pytest-benchmark turns
     itself off when the project's options set pytest-xdist's --dist)."""
-    pytest.importorskip("pytest_benchmark")
-    if not (BENCH / "conftest.py").exists():
-        pytest.skip("bench/ is not part of this checkout")
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in
-                                                       [env.get("PYTHONPATH")] if p])
-    # a pytest-xdist worker's variables would tell the child's pytest-benchmark that
-    # xdist runs it, and it would time nothing
-    env = {k: v for k, v in env.items() if not k.startswith("PYTEST_XDIST_")}
+    env = _bench_env()
     saved = tmp_path / "run.json"
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", str(BENCH), "-q", "-p", "no:cacheprovider",
