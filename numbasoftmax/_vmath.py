@@ -165,7 +165,8 @@ of these exps tells it."""
 # to t = lo - S ln2 (-1416.09 / -173.97, float64 / float32), where even the largest finite
 # weight leaves a term near the smallest normal number. S ln2_hi is exact (ln2_hi has 32 / 9
 # significant bits), and so is t + S ln2_hi (a multiple of ulp(t), smaller than t);
-# adding S ln2_lo rounds once (a relative error of the term under 5.7e-14 / 3.8e-6). An
+# adding S ln2_lo rounds once (a relative error of the term under 5.7e-14 / 3.8e-6). A
+# lifted term that is itself below the normal range stays 0, as exp's results there. An
 # infinite weight on a finite element gives that infinity however far its exp underflows
 # (not inf * 0 = NaN). Lanes from lo on keep w * exp(t): the same bits as before; -inf
 # lanes give what both forms give (0, or NaN for an infinite weight: inf * 0).
@@ -173,10 +174,12 @@ _LIFT = {types.float32: 125, types.float64: 1021}
 
 
 def lift_constants(ctype):
-    """(lo, S ln2_hi, S ln2_lo, 2^-S) of the lift for compute type ``ctype`` (float32 or
-    float64), as floats: for kernels that write the lift out themselves (the GPU's)."""
+    """(lo, S ln2_hi, S ln2_lo, 2^-S, the smallest normal number) of the lift for compute
+    type ``ctype`` (float32 or float64), as floats: for kernels that write the lift out
+    themselves (the GPU's)."""
     s = _LIFT[ctype]
-    return _RANGE[ctype][0], s * _LN2[ctype][0], s * _LN2[ctype][1], 2.0 ** -s
+    tiny = 2.0 ** -126 if ctype == types.float32 else 2.0 ** -1022
+    return _RANGE[ctype][0], s * _LN2[ctype][0], s * _LN2[ctype][1], 2.0 ** -s, tiny
 
 
 def _exp_weighted(nonpos):
@@ -192,13 +195,15 @@ def _exp_weighted(nonpos):
         ctype = _ctype_of(t)
         if ctype not in _LIFT:
             return None
-        lo, hi_part, lo_part, scale = lift_constants(ctype)
+        lo, hi_part, lo_part, scale, tiny = lift_constants(ctype)
         if isinstance(t, types.Float):  # a scalar: a branch instead of lane selects
             def scalar(t, w):
                 if t < lo and t != -math.inf:
                     if abs(w) == math.inf:
                         return w
-                    return (w * scale) * vexp_nonpos((t + hi_part) + lo_part)
+                    lifted = (w * scale) * vexp_nonpos((t + hi_part) + lo_part)
+                    if abs(lifted) >= tiny:
+                        return lifted
                 return exp(t) * w
             return scalar
 
@@ -210,7 +215,8 @@ def _exp_weighted(nonpos):
             lifted = vmul(vmul(w, scale), vexp_nonpos(vadd(vadd(t, hi_part), lo_part)))
             lifted = vselect(vlt(-math.inf, t), vselect(veq(vabs(w), math.inf), w, lifted),
                              lifted)
-            return vselect(vlt(t, lo), lifted, e)
+            # a lifted term still below the normal range is 0, as exp's results there
+            return vselect(vlt(t, lo), vselect(vlt(vabs(lifted), tiny), e, lifted), e)
         return impl
 
     return vexp_weighted

@@ -159,7 +159,7 @@ def _op_math(P, op, weights=False):
     LSE = OPS[op].forward == "logsumexp"
     W = weights
     # the CPU's lift of weighted terms below the normal range (``_vmath._LIFT``)
-    LO, HI_PART, LO_PART, SCALE = (ctype(c) for c in lift_constants(ctype))
+    LO, HI_PART, LO_PART, SCALE, TINY = (ctype(c) for c in lift_constants(ctype))
 
     @dev
     def weighted(d, t, b):
@@ -168,7 +168,9 @@ def _op_math(P, op, weights=False):
         if d < LO:
             if d != ctype(NEG_INF) and (b == ctype(INF) or b == ctype(NEG_INF)):
                 return b
-            return (b * SCALE) * exp((d + HI_PART) + LO_PART)
+            lifted = (b * SCALE) * exp((d + HI_PART) + LO_PART)
+            if abs(lifted) >= TINY:
+                return lifted
         return b * t
 
     @dev
