@@ -312,8 +312,9 @@ def _max_and_total(op, S, nt, nc):
             for c in range(nc):
                 cmax = vload(S, (c * nt + t) * W, W, 0.0)
                 csum = vload(S, ((nc + c) * nt + t) * W, W, 0.0)
-                term = vmul(csum, vexp_nonpos(vsub(cmax, m)))
-                if reduces(op):
+                if not reduces(op):
+                    term = vmul(csum, vexp_nonpos(vsub(cmax, m)))
+                else:
                     # a row's chunk whose max is the row's infinite max (-inf: no included
                     # term; +inf) counts with scale 1, not exp(NaN); the other chunks of a
                     # +inf row are left out, whatever their weights (the row kernel's
