@@ -266,20 +266,21 @@ class _Numba(_Library):
     module_name = "numba.cuda"
 
     def describe(self, obj, name, func):
-        if _is_sim_array(obj):  # the CUDA simulator's device arrays (host memory)
+        sim = _is_sim_array(obj)  # the CUDA simulator's device arrays (host memory)
+        cai = None if sim else obj.__cuda_array_interface__
+        label = ("numba device array" if sim or getattr(type(obj), "__cuda_ndarray__", False)
+                 else typename(obj))
+        dtype = obj._ary.dtype if sim else np.dtype(cai["typestr"])
+        if not dtype.isnative:
+            raise TypeError(f"{func}(): {name} has a non-native byte order ({label}, dtype "
+                            f"{dtype.str!r}); the GPU path reads native byte order")
+        if sim:
             a = obj._ary
             return Array(self, obj, a.ctypes.data, a.shape, a.strides, a.dtype, a.itemsize, 0,
-                         "numba device array")
-        cai = obj.__cuda_array_interface__
-        label = ("numba device array" if getattr(type(obj), "__cuda_ndarray__", False)
-                 else typename(obj))
+                         label)
         if cai.get("mask") is not None:
             raise TypeError(f"{func}(): {name} is a masked __cuda_array_interface__ array "
                             f"({label}); masks are not supported")
-        dtype = np.dtype(cai["typestr"])
-        if not dtype.isnative:
-            raise TypeError(f"{func}(): {name} has a non-native byte order ({label}, typestr "
-                            f"{cai['typestr']!r}); the GPU path reads native byte order")
         shape = tuple(int(s) for s in cai["shape"])
         strides = cai.get("strides")
         ptr, readonly = cai["data"]

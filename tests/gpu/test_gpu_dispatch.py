@@ -186,6 +186,16 @@ def test_masked_and_opaque_cai_rejected():
         ns.softmax_backward(cuda().to_device(np.zeros(2, np.float32)), Swapped())
 
 
+def test_swapped_device_array_rejected():
+    try:
+        swapped = cuda().to_device(np.zeros((2, 3), ">f4"))
+    except Exception as err:  # noqa: BLE001 - numba-cuda may not make such an array
+        pytest.skip(f"numba-cuda makes no '>f4' device array here: {err}")
+    with pytest.raises(TypeError, match=r"softmax\(\): x has a non-native byte order "
+                                        r"\(numba device array, dtype '>f4'\)"):
+        ns.softmax(swapped)
+
+
 # ---------------------------------------------------------------------------------------
 # axes, layouts, edge shapes
 
