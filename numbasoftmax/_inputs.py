@@ -185,6 +185,20 @@ def _dims_equal(p, q):
         for a, b in zip(p, q, strict=True))
 
 
+def _unknown(shape):
+    """Whether a shape has an unknown (NaN) dimension: a dask array of unknown chunk
+    sizes."""
+    return any(isinstance(d, float) and math.isnan(d) for d in shape)
+
+
+def _check_known(func, name, shape):
+    """ValueError for an argument of unknown chunk sizes, which cannot be broadcast or
+    matched to x's rows."""
+    if _unknown(shape):
+        raise ValueError(f"{func}(): {name} has unknown chunk sizes (shape {tuple(shape)}); "
+                         f"call {name}.compute_chunk_sizes() first")
+
+
 def check_pair(func, names, shapes, dtypes, given=None):
     """A gradient's two arrays: same shape (ValueError), then same dtype (TypeError):
     ``dtypes`` their result dtypes (integer and bool inputs are float64); ``given``, the
@@ -192,7 +206,7 @@ def check_pair(func, names, shapes, dtypes, given=None):
     (p, q), (a, b) = shapes, names
     if not _dims_equal(p, q):
         hint = ""
-        if any(isinstance(d, float) and math.isnan(d) for d in (*p, *q)):
+        if _unknown(p) or _unknown(q):
             hint = " (nan: unknown chunk sizes; call .compute_chunk_sizes() first)"
         raise ValueError(f"{func}(): {a} and {b} must have the same shape; "
                          f"got {tuple(p)} and {tuple(q)}{hint}")
@@ -219,6 +233,7 @@ def check_where(func, dtype, shape, target, target_shape, name="where"):
     boolean: pass dtype None)."""
     if dtype is not None and dtype != np.bool_:
         raise TypeError(f"{func}(): {name} must be a boolean array; got dtype {dtype}")
+    _check_known(func, name, shape)
     try:
         fits = np.broadcast_shapes(tuple(shape), tuple(target_shape)) == tuple(target_shape)
     except ValueError:
@@ -232,6 +247,7 @@ def check_per_row(func, name, shape, x_shape, axes):
     """An argument of one value per row (logsumexp's gradient's ``lse``, ``dlse``,
     ``sign``): of the reduced shape, with or without the reduced axes kept (ValueError
     naming both). Returns whether they are kept."""
+    _check_known(func, name, shape)
     keep = reduced_shape(x_shape, axes, True)
     flat = reduced_shape(x_shape, axes, False)
     shape = tuple(shape)

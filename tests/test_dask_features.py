@@ -140,6 +140,27 @@ def test_unknown_chunk_sizes_name_the_remedy(call, no_compute):
         call(dx[dx[:, 0] > 0])
 
 
+@pytest.mark.parametrize("name", ["where", "b", "lse"])
+@pytest.mark.parametrize("x_kind", ["numpy", "dask"])
+def test_an_option_of_unknown_chunk_sizes_names_the_remedy(name, x_kind, no_compute):
+    """A mask, weights or a per-row argument of unknown chunk sizes cannot be broadcast or
+    matched to x's rows: the package's ValueError naming it (numpy's broadcast raised a
+    TypeError about a float)."""
+    x = _data((10, 6))
+    keep = da.from_array(np.ones(10, bool), chunks=5)
+    given = x if x_kind == "numpy" else da.from_array(x, chunks=(5, 3))
+    full = da.from_array(x, chunks=(5, 3))[keep]  # all rows kept, their count unknown
+    shape = r"\(nan,\)" if name == "lse" else r"\(nan, 6\)"
+    with pytest.raises(ValueError, match=rf"{name} has unknown chunk sizes \(shape "
+                                         rf"{shape}\); call {name}.compute_chunk_sizes"):
+        if name == "where":
+            nsm.softmax(given, where=full > 0)
+        elif name == "b":
+            nsm.logsumexp(given, b=full)
+        else:
+            nsm.logsumexp_backward(given, full[:, 0], np.ones(10))
+
+
 def test_unknown_row_chunks_with_dtype_compute():
     """dtype= along a whole axis needs no other chunk size, as the plain call."""
     x = _data((10, 6))
