@@ -15,7 +15,9 @@ follow the same non-finite rules as the public functions::
         return out
 
 A row and ``out`` (and a gradient's two rows) of different lengths raise ValueError, as the
-public functions do for shapes that differ. They run the package's own row kernel, whose
+public functions do for shapes that differ; arguments that are not 1-D float32 or float64
+arrays of one dtype raise TypeError saying so (when the call runs: numba compiles a
+function that raises it). They run the package's own row kernel, whose
 summation order is written in the code, so a row gives bitwise the same result as
 ``numbasoftmax.softmax`` on it, whether your function was compiled just now or loaded from
 numba's cache, inlined or not, serial or parallel.
@@ -24,6 +26,8 @@ numba's cache, inlined or not, serial or parallel.
 from __future__ import annotations
 
 import numpy as np
+from numba import types
+from numba.extending import overload
 
 from ._disk_cache import njit
 from ._row_kernel import (
@@ -38,39 +42,83 @@ from ._row_kernel import (
 
 __all__ = ["softmax_row", "log_softmax_row", "softmax_backward_row", "log_softmax_backward_row"]
 
+_FLOATS = (types.float32, types.float64)
+
 
 @njit(**OPTIONS)
 def _scratch(n):
     return np.empty((2, max(1, (n + CHUNK - 1) // CHUNK)))
 
 
+def _complaint(name, names, given):
+    """The TypeError message for arguments (numba types) that the row kernel cannot take,
+    or None: 1-D float32 or float64 arrays, all of the first one's dtype."""
+    first = given[0]
+    for arg, ty in zip(names, given, strict=True):
+        if not (isinstance(ty, types.Array) and ty.ndim == 1 and ty.dtype in _FLOATS):
+            return (f"{name}(): {arg} must be a 1-D float32 or float64 array; got {ty}")
+        if ty.dtype != first.dtype:
+            return (f"{name}(): {arg} must have the dtype of {names[0]} ({first.dtype}); "
+                    f"got {ty.dtype}")
+    return None
+
+
+def _entry(name, op, names):
+    """The body of one public row function, ``run(a, b, out)`` (b is a for the forward
+    ones): the row kernel where the types allow it, else a function that raises the
+    TypeError saying what they must be (numba would otherwise fail deep in the kernel's
+    typing)."""
+    pair = len(names) == 3
+    short = (f"{name}(): {names[1]} and out must have the length of {names[0]}" if pair else
+             f"{name}(): out must have the length of {names[0]}")
+
+    def run(a, b, out):
+        pass
+
+    @overload(run)
+    def _run(a, b, out):
+        bad = _complaint(name, names, (a, b, out) if pair else (a, out))
+        if bad is not None:
+            def fail(a, b, out):
+                raise TypeError(bad)
+            return fail
+
+        def impl(a, b, out):
+            # the kernel reads and writes a's length
+            if b.shape[0] != a.shape[0] or out.shape[0] != a.shape[0]:
+                raise ValueError(short)
+            row(op, a, b, None, out, _scratch(a.shape[0]), None, False)
+        return impl
+
+    return run
+
+
+_softmax = _entry("softmax_row", SOFTMAX, ("x", "out"))
+_log_softmax = _entry("log_softmax_row", LOG_SOFTMAX, ("x", "out"))
+_softmax_backward = _entry("softmax_backward_row", SOFTMAX_BACKWARD, ("y", "dy", "out"))
+_log_softmax_backward = _entry("log_softmax_backward_row", LOG_SOFTMAX_BACKWARD,
+                               ("z", "dz", "out"))
+
+
 @njit(**OPTIONS)
 def softmax_row(x, out):
     """out[:] = softmax(x) for a 1-D row."""
-    if out.shape[0] != x.shape[0]:  # the kernel reads and writes x's length
-        raise ValueError("softmax_row(): out must have the length of x")
-    row(SOFTMAX, x, x, None, out, _scratch(x.shape[0]), None, False)
+    _softmax(x, x, out)
 
 
 @njit(**OPTIONS)
 def log_softmax_row(x, out):
     """out[:] = log_softmax(x) for a 1-D row."""
-    if out.shape[0] != x.shape[0]:
-        raise ValueError("log_softmax_row(): out must have the length of x")
-    row(LOG_SOFTMAX, x, x, None, out, _scratch(x.shape[0]), None, False)
+    _log_softmax(x, x, out)
 
 
 @njit(**OPTIONS)
 def softmax_backward_row(y, dy, out):
     """out[:] = y * (dy - sum(y * dy)) for 1-D rows y = softmax(x) and dy = dL/dy."""
-    if dy.shape[0] != y.shape[0] or out.shape[0] != y.shape[0]:
-        raise ValueError("softmax_backward_row(): dy and out must have the length of y")
-    row(SOFTMAX_BACKWARD, y, dy, None, out, _scratch(y.shape[0]), None, False)
+    _softmax_backward(y, dy, out)
 
 
 @njit(**OPTIONS)
 def log_softmax_backward_row(z, dz, out):
     """out[:] = dz - exp(z) * sum(dz) for 1-D rows z = log_softmax(x) and dz = dL/dz."""
-    if dz.shape[0] != z.shape[0] or out.shape[0] != z.shape[0]:
-        raise ValueError("log_softmax_backward_row(): dz and out must have the length of z")
-    row(LOG_SOFTMAX_BACKWARD, z, dz, None, out, _scratch(z.shape[0]), None, False)
+    _log_softmax_backward(z, dz, out)

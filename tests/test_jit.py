@@ -200,3 +200,36 @@ def test_rows_of_other_lengths_are_refused(func, arrays, message):
         func(*rows)
     for r, b in zip(rows, before, strict=True):
         assert np.array_equal(r, b)
+
+
+@njit
+def user_mixed_dtypes(x):
+    out = np.empty(x.shape, np.float64)
+    softmax_row(x, out)
+    return out
+
+
+_F32, _F64 = np.zeros(8, np.float32), np.zeros(8)
+
+
+@pytest.mark.parametrize("func, args, message", [
+    (softmax_row, (_F32, _F64), r"softmax_row\(\): out must have the dtype of x \(float32\); "
+                                r"got float64"),
+    (log_softmax_row, (np.zeros((2, 4)), np.zeros((2, 4))),
+     r"log_softmax_row\(\): x must be a 1-D float32 or float64 array; got array\(float64, 2d"),
+    (softmax_backward_row, (_F64, _F32, _F64),
+     r"softmax_backward_row\(\): dy must have the dtype of y \(float64\); got float32"),
+    (log_softmax_backward_row, (np.arange(8), _F64, _F64),
+     r"log_softmax_backward_row\(\): z must be a 1-D float32 or float64 array; got "
+     r"array\(int64"),
+], ids=["out-dtype", "2-d", "dy-dtype", "integer"])
+def test_arguments_the_kernel_cannot_take_are_a_type_error(func, args, message):
+    """What the row kernel takes is said by the function, not by a numba typing error from
+    deep inside the kernel."""
+    with pytest.raises(TypeError, match=message):
+        func(*args)
+
+
+def test_a_type_error_from_inside_users_njit_code():
+    with pytest.raises(TypeError, match=r"out must have the dtype of x \(float32\)"):
+        user_mixed_dtypes(np.zeros(8, np.float32))
