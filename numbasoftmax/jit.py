@@ -15,9 +15,10 @@ follow the same non-finite rules as the public functions::
         return out
 
 A row and ``out`` (and a gradient's two rows) of different lengths raise ValueError, as the
-public functions do for shapes that differ; arguments that are not 1-D float32 or float64
-arrays of one dtype raise TypeError saying so (when the call runs: numba compiles a
-function that raises it). They run the package's own row kernel, whose
+public functions do for shapes that differ, and a read-only ``out`` too; other dimensions,
+integer arrays or a second row or ``out`` of another dtype raise TypeError saying so (when
+the call runs: numba compiles a function that raises it). numba itself refuses float16
+arrays from Python before these functions see them. They run the package's own row kernel, whose
 summation order is written in the code, so a row gives bitwise the same result as
 ``numbasoftmax.softmax`` on it, whether your function was compiled just now or loaded from
 numba's cache, inlined or not, serial or parallel.
@@ -51,15 +52,18 @@ def _scratch(n):
 
 
 def _complaint(name, names, given):
-    """The TypeError message for arguments (numba types) that the row kernel cannot take,
-    or None: 1-D float32 or float64 arrays, all of the first one's dtype."""
+    """(exception class, message) for arguments (numba types) that the row kernel cannot
+    take, or None: 1-D float32 or float64 arrays, all of the first one's dtype, the last
+    (out) writeable."""
     first = given[0]
     for arg, ty in zip(names, given, strict=True):
         if not (isinstance(ty, types.Array) and ty.ndim == 1 and ty.dtype in _FLOATS):
-            return (f"{name}(): {arg} must be a 1-D float32 or float64 array; got {ty}")
+            return TypeError, f"{name}(): {arg} must be a 1-D float32 or float64 array; got {ty}"
         if ty.dtype != first.dtype:
-            return (f"{name}(): {arg} must have the dtype of {names[0]} ({first.dtype}); "
-                    f"got {ty.dtype}")
+            return TypeError, (f"{name}(): {arg} must have the dtype of {names[0]} "
+                               f"({first.dtype}); got {ty.dtype}")
+    if not given[-1].mutable:  # as the public functions' out= (a read-only buffer)
+        return ValueError, f"{name}(): out must be writeable; got a read-only array"
     return None
 
 
@@ -75,12 +79,15 @@ def _entry(name, op, names):
     def run(a, b, out):
         pass
 
-    @overload(run)
+    # inlined, as the kernel was into the function before: a call per row costs short rows
+    @overload(run, inline="always")
     def _run(a, b, out):
         bad = _complaint(name, names, (a, b, out) if pair else (a, out))
         if bad is not None:
+            error, message = bad
+
             def fail(a, b, out):
-                raise TypeError(bad)
+                raise error(message)
             return fail
 
         def impl(a, b, out):

@@ -233,3 +233,17 @@ def test_arguments_the_kernel_cannot_take_are_a_type_error(func, args, message):
 def test_a_type_error_from_inside_users_njit_code():
     with pytest.raises(TypeError, match=r"out must have the dtype of x \(float32\)"):
         user_mixed_dtypes(np.zeros(8, np.float32))
+
+
+def test_a_read_only_out_is_refused():
+    """As the public functions' out=: a read-only buffer is never written."""
+    out = np.frombuffer(bytes(40), np.float64)  # read-only: the bytes object's memory
+    x = np.ones(5)
+    with pytest.raises(ValueError, match=r"softmax_row\(\): out must be writeable; got a "
+                                         r"read-only array"):
+        softmax_row(x, out)
+    assert not out.any()
+    x.flags.writeable = False
+    got = np.empty(5)
+    softmax_row(x, got)  # a read-only row is read
+    assert_bitwise_equal(got, numbasoftmax.softmax(x))
