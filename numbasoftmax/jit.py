@@ -90,12 +90,19 @@ def _entry(name, op, names):
                 raise error(message)
             return fail
 
-        def impl(a, b, out):
-            # the kernel reads and writes a's length
-            if b.shape[0] != a.shape[0] or out.shape[0] != a.shape[0]:
+        # the kernel reads and writes a's length
+        if pair:
+            def impl(a, b, out):
+                if b.shape[0] != a.shape[0] or out.shape[0] != a.shape[0]:
+                    raise ValueError(short)
+                row(op, a, b, None, out, _scratch(a.shape[0]), None, False)
+            return impl
+
+        def forward(a, b, out):
+            if out.shape[0] != a.shape[0]:
                 raise ValueError(short)
-            row(op, a, b, None, out, _scratch(a.shape[0]), None, False)
-        return impl
+            row(op, a, a, None, out, _scratch(a.shape[0]), None, False)
+        return forward
 
     return run
 
