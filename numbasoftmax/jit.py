@@ -70,8 +70,8 @@ def _complaint(name, names, given):
 def _entry(name, op, names):
     """The body of one public row function, ``run(a, b, out)`` (b is a for the forward
     ones): the row kernel where the types allow it, else a function that raises the
-    TypeError saying what they must be (numba would otherwise fail deep in the kernel's
-    typing)."""
+    error ``_complaint`` gives (numba would otherwise fail deep in the kernel's typing, or
+    write a read-only out)."""
     pair = len(names) == 3
     short = (f"{name}(): {names[1]} and out must have the length of {names[0]}" if pair else
              f"{name}(): out must have the length of {names[0]}")
