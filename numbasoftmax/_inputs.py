@@ -180,15 +180,16 @@ def _dims_equal(p, q):
     """Shapes equal; an unknown (NaN) dimension, as dask reports for unknown chunk sizes,
     matches only another unknown one."""
     return len(p) == len(q) and all(
-        a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a)
-                   and math.isnan(b))
-        for a, b in zip(p, q, strict=True))
+        a == b or (_unknown_dim(a) and _unknown_dim(b)) for a, b in zip(p, q, strict=True))
+
+
+def _unknown_dim(d):
+    """Whether a dimension is unknown (NaN): a dask array of unknown chunk sizes."""
+    return isinstance(d, float) and math.isnan(d)
 
 
 def _unknown(shape):
-    """Whether a shape has an unknown (NaN) dimension: a dask array of unknown chunk
-    sizes."""
-    return any(isinstance(d, float) and math.isnan(d) for d in shape)
+    return any(_unknown_dim(d) for d in shape)
 
 
 def _check_known(func, name, shape):

@@ -260,27 +260,32 @@ class _Torch(_Library):
         return None
 
 
+def _native(dtype, name, func, label):
+    """TypeError for a device array of non-native byte order."""
+    if not dtype.isnative:
+        raise TypeError(f"{func}(): {name} has a non-native byte order ({label}, dtype "
+                        f"{dtype.str!r}); the GPU path reads native byte order")
+
+
 class _Numba(_Library):
     """numba device arrays, and any other ``__cuda_array_interface__`` object."""
 
     module_name = "numba.cuda"
 
     def describe(self, obj, name, func):
-        sim = _is_sim_array(obj)  # the CUDA simulator's device arrays (host memory)
-        cai = None if sim else obj.__cuda_array_interface__
-        label = ("numba device array" if sim or getattr(type(obj), "__cuda_ndarray__", False)
-                 else typename(obj))
-        dtype = obj._ary.dtype if sim else np.dtype(cai["typestr"])
-        if not dtype.isnative:
-            raise TypeError(f"{func}(): {name} has a non-native byte order ({label}, dtype "
-                            f"{dtype.str!r}); the GPU path reads native byte order")
-        if sim:
-            a = obj._ary
+        if _is_sim_array(obj):  # the CUDA simulator's device arrays (host memory)
+            a, label = obj._ary, "numba device array"
+            _native(a.dtype, name, func, label)
             return Array(self, obj, a.ctypes.data, a.shape, a.strides, a.dtype, a.itemsize, 0,
                          label)
+        cai = obj.__cuda_array_interface__
+        label = ("numba device array" if getattr(type(obj), "__cuda_ndarray__", False)
+                 else typename(obj))
         if cai.get("mask") is not None:
             raise TypeError(f"{func}(): {name} is a masked __cuda_array_interface__ array "
                             f"({label}); masks are not supported")
+        dtype = np.dtype(cai["typestr"])
+        _native(dtype, name, func, label)
         shape = tuple(int(s) for s in cai["shape"])
         strides = cai.get("strides")
         ptr, readonly = cai["data"]
