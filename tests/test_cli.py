@@ -132,6 +132,46 @@ def test_cell_copy_copies_the_arrays_bytes(best):
     assert not np.shares_memory(src, a)
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="minor page faults as "
+                    "getrusage counts them on Linux")
+def test_mapped_buffers_take_no_page_fault_when_written():
+    """A fresh 64 MiB buffer faults its pages in on the first write (what a timed round
+    would pay for an untouched out= or copy destination); ``mapped`` does it beforehand."""
+    import resource
+
+    from numbasoftmax._bench import timing
+
+    def faults_writing(a):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        a.fill(1)
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+    shape = (1 << 14, 1 << 10)  # float32: 64 MiB, past malloc's reuse of freed blocks
+    # at least one fault per 2 MiB (transparent huge pages), else one per 4 KiB
+    fresh = faults_writing(np.empty(shape, np.float32))
+    assert fresh >= 32
+    prepared = timing.CpuDevice().cell_copy({"best": "streamed"})[0](np.ones(shape, np.float32))
+    for a in (timing.mapped(shape, np.float32), prepared[1]):
+        assert faults_writing(a) < fresh // 4, fresh
+
+
+def test_every_rotated_out_buffer_is_mapped(tmp_path, monkeypatch):
+    """The cells' out= buffers (one per rotated input set) are made by ``mapped``."""
+    made = []
+
+    def recording(shape, dtype):
+        made.append((tuple(shape), np.dtype(dtype)))
+        return np.full(shape, 0, dtype)
+
+    monkeypatch.setattr(sweep, "mapped", recording)
+    result = sweep.run(_tiny_config(tmp_path, ops=("softmax",), dtypes=("float32",),
+                                    sizes=(64,), latency=False))
+    out_cells = [r for r in result.results if r.variant == "out" and r.status == "ok"]
+    assert out_cells and all(r.seconds for r in out_cells)
+    # (m, n) = (elements // n, n)
+    assert made and all(shape == (64, 64) and dtype == np.float32 for shape, dtype in made)
+
+
 def test_percent_of_copy_falls_back_to_the_starts_copy(tmp_path, monkeypatch):
     from numbasoftmax._bench import timing
 

@@ -50,7 +50,7 @@ from .config import (
 from .environment import CpuLoad, environment, threading_layer
 from .progress import Progress
 from .records import Latency, Report, Result
-from .timing import CpuDevice, GpuDevice
+from .timing import CpuDevice, GpuDevice, mapped
 
 BASELINE = "numbasoftmax@float32"
 COPY = "copy"  # the copy timed in each cell's rounds (not a Result of its own)
@@ -216,7 +216,7 @@ class _Sweep:
                 sets = [tuple(impl.prepare(*s)) for s in numpy_sets]
                 if variant == "out":
                     odtype = out_dtype if feature else pdtype
-                    outs = [impl.prepare(np.empty(out_shape(op, (m, n)), odtype))[0]
+                    outs = [impl.prepare(mapped(out_shape(op, (m, n)), odtype))[0]
                             for _ in sets]
                     sets = [s + (o,) for s, o in zip(sets, outs, strict=True)]
                 fn = _caller(impl, variant)
