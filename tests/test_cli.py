@@ -172,6 +172,40 @@ def test_every_rotated_out_buffer_is_mapped(tmp_path, monkeypatch):
     assert made and all(shape == (64, 64) and dtype == np.float32 for shape, dtype in made)
 
 
+def test_short_calls_keep_their_rounds_past_a_slow_peers_budget(tmp_path, monkeypatch):
+    """A peer whose calls spend the cell's budget in min_repeats rounds stops there; the
+    implementations whose calls are short keep going together up to the repeats."""
+    now = [0.0]
+    seconds = {"slow": 0.4, "ours": 0.004, "copy": 0.002}
+
+    class Clocked:
+        def time_calls(self, fn, args, count):
+            now[0] += fn
+            return fn
+
+    monkeypatch.setattr(sweep.time, "perf_counter", lambda: now[0])
+    run = sweep._Sweep(_tiny_config(tmp_path, repeats=11, min_repeats=3), None, None)
+    state = {key: (s, [()], 1, []) for key, s in seconds.items()}
+    run._rounds(Clocked(), state, {}, budget=0.5)
+    rounds = {key: len(times) for key, (*_, times) in state.items()}
+    assert rounds == {"slow": 3, "ours": 11, "copy": 11}
+
+
+def test_rounds_stop_at_the_budget_when_every_call_is_slow(tmp_path, monkeypatch):
+    now = [0.0]
+
+    class Clocked:
+        def time_calls(self, fn, args, count):
+            now[0] += fn
+            return fn
+
+    monkeypatch.setattr(sweep.time, "perf_counter", lambda: now[0])
+    run = sweep._Sweep(_tiny_config(tmp_path, repeats=11, min_repeats=3), None, None)
+    state = {key: (0.2, [()], 1, []) for key in ("a", "b")}
+    run._rounds(Clocked(), state, {}, budget=0.5)
+    assert [len(times) for *_, times in state.values()] == [3, 3]
+
+
 def test_percent_of_copy_falls_back_to_the_starts_copy(tmp_path, monkeypatch):
     from numbasoftmax._bench import timing
 
