@@ -253,6 +253,8 @@ def run(op, a, sa, b, sb, out, so, m, n, side=None, direct=False):
             and max(k.RUN_ROW_MIN, short_max) <= n <= k.CHUNK)
     stream = streams(m, n, out.itemsize, op, runs=runs)
     runs = runs and stream and out.flags.aligned  # as ``run_rows`` takes them
+    if runs and step == 0:
+        side = k.run_side(side, n)
     if m * n < PARALLEL_MIN_ELEMENTS or _serial_only:
         if runs:
             driver = k.run_rows
