@@ -275,9 +275,9 @@ def run_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, side, stream):
     """Rows lo..hi-1 of RUN_OPS streamed as one run (``_row_kernel.run_row``): rows of
     RUN_ROW_MIN to CHUNK elements contiguous in all three arrays (ao = bo = oo = n), and
     in the mask where there is one (``mask_takes_tiles`` n), or one mask for every row
-    (0); an = on = 1, C = 1. A driver of its own: only large outputs run it, and a first
-    small call compiles none of it (in ``rows`` it made a gradient's first call ~0.7 s
-    longer)."""
+    (0), given twice over (``run_side``: 2n bytes); an = on = 1, C = 1. A driver of its
+    own: only large outputs run it, and a first small call compiles none of it (in
+    ``rows`` it made a gradient's first call ~0.7 s longer)."""
     st = empty((2, 1), np.float64)
     _stream_task(op, a, b, out, lo, hi, n, side, st)
     vfence()
@@ -286,11 +286,14 @@ def run_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, side, stream):
 def run_side(side, n):
     """``side`` as ``run_rows`` takes one mask for every row: that row's n bytes twice over,
     made once per call. The vector across two rows reads both (``_row_kernel.run_masks``);
-    a copy made in each task instead (an allocation and 2n bytes a few rows long) made such
-    calls 1.2-2.2x the time of the same mask given at x's shape (float32 log_softmax, rows
-    of 1024-8192, 2^24 elements)."""
+    a copy made in each task instead (an allocation and 2n bytes for a few rows) made
+    float32 log_softmax with such a mask 1.2-2.2x the unmasked call's time at rows of
+    1024-8192 (2^24 elements), where the same mask at x's shape took 1.04-1.17x. Read-only,
+    as the masks the launcher passes: one compiled specialization for both."""
     row = side[0][:n]
-    return (np.concatenate((row, row)), *side[1:])
+    twice = np.concatenate((row, row))
+    twice.flags.writeable = False
+    return (twice, *side[1:])
 
 
 def _stream_task(op, a, b, out, lo, hi, n, side, st):

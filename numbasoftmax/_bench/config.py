@@ -108,7 +108,8 @@ class Config:
     min_repeats: int = 3
     # time budget per cell after warm-up (all implementations): 0.5 s gives ~10 rounds of
     # the 2^24-element CPU cells; at 0.25 s a backward cell got 4, too few for a stable
-    # median on a noisy 2-core VM
+    # median on a noisy 2-core VM. Where slow peers spend it, our calls and the copy may go
+    # on for as long again (``sweep._Sweep._rounds``)
     cell_seconds: float = 0.5
     # budget for all throughput cells of a device: when a busy machine makes calls slow, a
     # cell gets at most its share of what is left (never fewer than min_repeats rounds)

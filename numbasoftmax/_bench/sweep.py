@@ -233,7 +233,8 @@ class _Sweep:
         self._add_copy(device, state, data[dtype][0])
         pool = result_pool(POOL_BYTES) if variant == "pool" else contextlib.nullcontext()
         with _gc_off(), pool:
-            self._rounds(device, state, records, budget)
+            self._rounds(device, state, records, budget, {COPY} | {
+                key for key, impl, _ in participants if impl.role in ("ours", "baseline")})
         _, copy_sets, _, copy_times = state.pop(COPY, (None, None, None, []))
         cell_copy = (2 * device.nbytes(copy_sets[0][0]) / _median(copy_times) / 1e9
                      if copy_times else None)
@@ -273,13 +274,13 @@ class _Sweep:
             if note not in self.report.notes:
                 self.report.notes.append(note)
 
-    def _rounds(self, device, state, records, budget):
+    def _rounds(self, device, state, records, budget, ours):
         """Time the cell's implementations in turn, round after round, until the repeats
         or the budget run out (never fewer than min_repeats rounds). A slow peer (torch's
-        rows of a few elements take 30x ours) spends a cell's budget in a few rounds; past
-        it, the implementations whose calls are short enough to fill the remaining rounds
-        within the budget again keep going, together (ours, its variants, the copy), so
-        that their ratios rest on as many rounds as the other cells'."""
+        rows of a few elements take 30x ours) can spend a cell's budget in min_repeats
+        rounds: then ``ours`` (the keys of our calls and the copy), if their calls are
+        short enough, go on together for up to the budget again, so that their ratios to
+        each other rest on as many rounds as other cells' do; the peers stop."""
         cfg = self.config
         t_start = time.perf_counter()
         rounds = 0
@@ -287,14 +288,17 @@ class _Sweep:
         while rounds < cfg.repeats:
             now = time.perf_counter()
             if rounds >= cfg.min_repeats and now - t_start > budget:
-                if keep is None:  # the budget again, for the short calls
-                    t_start, short = now, budget / (cfg.repeats - rounds)
-                    keep = {key for key, (*_, times) in state.items()
-                            if times and _median(times) < short}
-                if not keep or now - t_start > budget:
+                if keep is not None:
                     break
+                timed = {key for key, (*_, times) in state.items() if times}
+                # a round of ours: each call's median times its batch (GPU: several calls)
+                round_s = sum(_median(times) * batch for key, (_, _, batch, times)
+                              in state.items() if key in ours and key in timed)
+                if timed <= ours or round_s * (cfg.repeats - rounds) > budget:
+                    break
+                t_start, keep = now, ours
             for key, (fn, sets, batch, times) in state.items():
-                if times and times[0] > 2.0 or keep is not None and key not in keep:
+                if (times and times[0] > 2.0) or (keep is not None and key not in keep):
                     continue
                 # rotate: round r starts at copy r
                 rot = sets[rounds % len(sets):] + sets[:rounds % len(sets)]
