@@ -43,7 +43,8 @@ def softmax(x, axis=-1, *, where=None, dtype=None, out=None):
         The result's dtype, computed as if ``x`` had been cast to it first (in one pass:
         the input is read and converted by the kernel).
     out : numpy.ndarray, optional
-        Array of the result's shape and dtype, any strides, possibly ``x`` itself (an
+        Array of the result's shape and dtype, any strides (not 0 along an axis of more
+        than one element: no two elements at one address), possibly ``x`` itself (an
         array of the input's kind: a GPU array for GPU input; not for dask input).
 
     Returns
@@ -117,7 +118,8 @@ def logsumexp(x, axis=-1, *, b=None, keepdims=False, return_sign=False, where=No
         default the common dtype of ``x`` and ``b`` under the package's dtype rule.
     out : numpy.ndarray, or a pair of them with ``return_sign``, optional
         The result (and sign) array(s), of the result's shape and dtype; with
-        ``return_sign`` a single array takes the value (the sign is then allocated).
+        ``return_sign`` a single array takes the value (the sign is then allocated); the
+        two of a pair must not overlap in memory.
 
     Returns
     -------
@@ -271,8 +273,11 @@ def _lse_outs(out, return_sign, shape, dtype, func):
     if len(given) != 1 + return_sign:
         raise ValueError(f"{func}(): out must be an array or, with return_sign, a pair of "
                          f"arrays (value, sign); got a tuple of {len(out)}")
-    return [(o, None if o is None else _inputs.host_out(o, shape, dtype, func))
+    outs = [(o, None if o is None else _inputs.host_out(o, shape, dtype, func))
             for o in given]
+    if return_sign:
+        _inputs.check_outs_apart(func, _inputs.host_outs_overlap(*given))
+    return outs
 
 
 def _logsumexp_backward(x, lse, dlse, axis, b, sign, where, dtype, out):

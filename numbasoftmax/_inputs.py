@@ -10,8 +10,10 @@
   plain ndarray.
 * The pair rule of the gradients: both arrays have the same shape (ValueError) and dtype
   (TypeError).
-* ``out=``: the result's dtype (TypeError) and shape (ValueError), and writeable
-  (ValueError).
+* ``out=``: the result's dtype (TypeError) and shape (ValueError), writeable, and no two
+  of its elements at one address (a stride of 0 along an axis of more than one element:
+  ValueError, as each row would overwrite the others). Two outs of one call (logsumexp's
+  value and sign) must not overlap each other (ValueError naming both).
 * ``dtype=``: None or a float dtype (TypeError naming it): the result's dtype, computed as
   if the inputs had that dtype.
 * ``where=``: a boolean array (TypeError) that broadcasts to the input's shape
@@ -217,8 +219,13 @@ def check_pair(func, names, shapes, dtypes, given=None):
                         f"got {named[0]} and {named[1]}")
 
 
-def check_out(func, shape, dtype, out_shape, out_dtype, out_writeable):
-    """``out`` must have the result's dtype and shape and be writeable."""
+def check_out(func, shape, dtype, out_shape, out_dtype, out_writeable, out_strides=None):
+    """``out`` must have the result's dtype and shape and be writeable; given its
+    ``out_strides``, no two of its elements may share an address (a stride of 0 along an
+    axis of two or more elements of a non-empty array: each row would overwrite the others).
+
+    (Only a zero stride is refused, not every self-overlapping layout. A C-contiguous
+    non-empty array has none: the fast path, which takes only those, needs no check.)"""
     if out_dtype != dtype:
         raise TypeError(f"{func}(): out must have dtype {dtype} (the result's); got {out_dtype}")
     if tuple(out_shape) != tuple(shape):
@@ -226,6 +233,11 @@ def check_out(func, shape, dtype, out_shape, out_dtype, out_writeable):
                          f"got {tuple(out_shape)}")
     if not out_writeable:
         raise ValueError(f"{func}(): out must be writeable; got a read-only array")
+    if out_strides is not None and math.prod(out_shape):
+        for k, (n, s) in enumerate(zip(out_shape, out_strides, strict=True)):
+            if s == 0 and n > 1:
+                raise ValueError(f"{func}(): out must not have elements that share memory; "
+                                 f"got stride 0 along axis {k} of length {n}")
 
 
 def check_where(func, dtype, shape, target, target_shape, name="where"):
@@ -348,10 +360,31 @@ def host_out(out, shape, dtype, func):
     reject_masked(out, "out", func)
     swapped = not out.dtype.isnative and out.dtype.newbyteorder("=") == dtype
     check_out(func, shape, dtype, out.shape, dtype if swapped else out.dtype,
-              out.flags.writeable)
+              out.flags.writeable, out.strides)
     if swapped:
         return np.empty(shape, dtype)
     return out if type(out) is np.ndarray else out.view(np.ndarray)
+
+
+def check_outs_apart(func, overlap):
+    """logsumexp's value and sign outs (``return_sign``) must not overlap: the sign, written
+    last, would be in both. ``overlap``: whether they do, as the array's library can tell
+    (``host_outs_overlap`` for numpy arrays)."""
+    if overlap:
+        raise ValueError(f"{func}(): out[0] (the value) and out[1] (the sign) must be "
+                         "separate arrays; got two that overlap in memory")
+
+
+def host_outs_overlap(a, b):
+    """Whether numpy arrays ``a`` and ``b`` (or None) share an element. Exact: the
+    interleaved columns of one (m, 2) buffer are apart; a layout too hard to decide within
+    ``np.shares_memory``'s work bound counts as overlapping."""
+    if a is None or b is None:
+        return False
+    try:
+        return np.shares_memory(a, b, max_work=100_000)
+    except np.exceptions.TooHardError:
+        return True
 
 
 def store_out(out, written):

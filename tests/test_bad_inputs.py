@@ -217,3 +217,105 @@ def test_gradient_pair_with_an_integer_input_and_dtype():
     got = numbasoftmax.softmax_backward(y, dy, dtype=np.float32)
     assert got.dtype == np.float32
     np.testing.assert_array_equal(got, numbasoftmax.softmax_backward(y, dy.astype(np.float32)))
+
+
+# out= whose elements share memory: every function's rows would overwrite one another
+# (nondeterministically with the parallel drivers); refused before anything is written
+_ALL_OPS = ["softmax", "log_softmax", "softmax_backward", "log_softmax_backward", "logsumexp",
+            "logsumexp_backward"]
+
+
+def _call_with_out(op, x, out, **kwargs):
+    """``op`` on ``x`` (4, 5) along the last axis with ``out``; returns the inputs it read."""
+    f = getattr(numbasoftmax, op)
+    if op in ("softmax", "log_softmax", "logsumexp"):
+        inputs = (x,)
+    elif op == "logsumexp_backward":
+        inputs = (x, np.full(4, 3.0), np.ones(4))  # lse, dlse of the rows' shape
+    else:
+        inputs = (x, x[::-1].copy())
+    f(*inputs, out=out, **kwargs)
+    return inputs
+
+
+@pytest.mark.parametrize(("op", "zero_axis"), [(op, 0) for op in _ALL_OPS] + [
+    (op, 1) for op in _ALL_OPS if op != "logsumexp"])  # logsumexp's out: (4,), one axis
+def test_out_with_a_zero_stride_is_refused(op, zero_axis):
+    """A writeable out with stride 0 along an axis of length > 1 (as_strided) raises
+    ValueError naming out, the axis and its length; nothing is written or modified."""
+    x = np.arange(20, dtype=np.float64).reshape(4, 5) / 7
+    if op == "logsumexp":
+        shape, strides = (4,), (0,)
+    else:
+        shape, strides = (4, 5), ((0, 8) if zero_axis == 0 else (8, 0))
+    base = np.full(5 if zero_axis == 0 else 4, 7.0)
+    out = np.lib.stride_tricks.as_strided(base, shape=shape, strides=strides)
+    assert out.flags.writeable
+    copies = None
+    with pytest.raises(ValueError) as excinfo:
+        copies = _call_with_out(op, x, out)
+    assert copies is None
+    msg = str(excinfo.value)
+    assert msg.startswith(f"{op}(): "), msg
+    _assert_names(excinfo, ["out", "stride 0", f"axis {zero_axis}",
+                            f"length {shape[zero_axis]}"])
+    assert (base == 7.0).all()
+    np.testing.assert_array_equal(x, np.arange(20, dtype=np.float64).reshape(4, 5) / 7)
+
+
+@pytest.mark.parametrize("op", ["softmax", "logsumexp_backward"])
+def test_out_with_a_zero_stride_along_a_length_one_axis_is_accepted(op):
+    """Stride 0 along an axis of one element (or of an empty array) shares nothing."""
+    x = np.arange(5, dtype=np.float64).reshape(1, 5)
+    out = np.lib.stride_tricks.as_strided(np.zeros(5), shape=(1, 5), strides=(0, 8))
+    f = getattr(numbasoftmax, op)
+    args = (x,) if op == "softmax" else (x, numbasoftmax.logsumexp(x), np.ones(1))
+    np.testing.assert_array_equal(f(*args, out=out), f(*args))
+    empty = np.lib.stride_tricks.as_strided(np.zeros(1), shape=(3, 0), strides=(0, 8))
+    e = np.zeros((3, 0))
+    args = (e,) if op == "softmax" else (e, np.zeros(3), np.ones(3))
+    assert f(*args, out=empty) is empty
+
+
+def _overlapping_sign_outs(kind):
+    """(value out, sign out, the memory they are views of) of 4 float64 elements each."""
+    if kind == "same_array":
+        base = np.full(4, 7.0)
+        return base, base, base
+    if kind == "same_memory":  # two array objects, one memory
+        base = np.full(4, 7.0)
+        return base[:], base.view(), base
+    if kind == "partial":
+        base = np.full(8, 7.0)
+        return base[:4], base[3:7], base
+    if kind == "byte_swapped":  # written through a native copy (store_out): still one array
+        base = np.full(4, 7.0, ">f8")
+        return base, base, base
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", ["same_array", "same_memory", "partial", "byte_swapped"])
+def test_logsumexp_sign_out_overlapping_value_out_is_refused(kind):
+    """logsumexp(return_sign=True, out=(o, o)) once returned the sign in both: the two outs
+    must not overlap (ValueError naming both); nothing is written or modified."""
+    x = np.arange(20, dtype=np.float64).reshape(4, 5) / 7
+    value, sign, base = _overlapping_sign_outs(kind)
+    with pytest.raises(ValueError) as excinfo:
+        numbasoftmax.logsumexp(x, return_sign=True, out=(value, sign))
+    msg = str(excinfo.value)
+    assert msg.startswith("logsumexp(): "), msg
+    assert "out[0]" in msg and "out[1]" in msg and "overlap" in msg, msg
+    assert (base == 7.0).all()
+    np.testing.assert_array_equal(x, np.arange(20, dtype=np.float64).reshape(4, 5) / 7)
+
+
+def test_logsumexp_sign_outs_interleaved_in_one_buffer_are_accepted():
+    """The value and sign columns of one (m, 2) buffer share no element (the Dask backend's
+    tasks write them so): accepted, each holding its own result."""
+    x = np.arange(20, dtype=np.float64).reshape(4, 5) / 7
+    both = np.zeros((4, 2))
+    value, sign = numbasoftmax.logsumexp(x, return_sign=True, out=(both[:, 0], both[:, 1]))
+    want = numbasoftmax.logsumexp(x, return_sign=True)
+    np.testing.assert_array_equal(both[:, 0], want[0])
+    np.testing.assert_array_equal(both[:, 1], want[1])
+    assert np.shares_memory(value, both) and np.shares_memory(sign, both)

@@ -20,6 +20,7 @@ import numpy as np
 
 from .._inputs import (
     check_out,
+    check_outs_apart,
     check_pair,
     check_per_row,
     check_where,
@@ -154,7 +155,7 @@ def _checked(func, named, typed, dtype):
 def _checked_out(func, found, name, shape, res):
     o = found.get(name)
     if o is not None:
-        check_out(func, shape, res, o.shape, o.dtype, not o.readonly)
+        check_out(func, shape, res, o.shape, o.dtype, not o.readonly, o.strides)
     return o
 
 
@@ -330,6 +331,9 @@ def logsumexp(x, b, axis, keepdims, return_sign, where, dtype, out):
     with lib.device(x.dev):
         results = [_checked_out(func, found, name, shape, res) or lib.describe(
             lib.empty(shape, res, x.dev, lib.stream(x)), name, func) for name in names]
+        # the same first element: both written there (partial overlaps are not looked for)
+        check_outs_apart(func, return_sign and math.prod(shape) and
+                         results[0].ptr == results[1].ptr)
         m = math.prod(s for a, s in enumerate(x.shape) if a not in axes)
         if m:
             with _scratch(launch, x) as scratch:

@@ -139,6 +139,30 @@ def test_out_wrong_dtype_shape_readonly():
         ns.softmax(d, out=ro)
 
 
+def test_out_with_a_zero_stride_is_refused():
+    d = cuda().to_device(_x())
+    base = cuda().to_device(np.zeros(6, np.float32))
+    with pytest.raises(ValueError, match="stride 0 along axis 0 of length 3"):
+        ns.softmax(d, out=DevView(base, 0, (3, 6), (0, 1)))
+    with pytest.raises(ValueError, match="stride 0 along axis 0 of length 3"):
+        ns.logsumexp(d, out=DevView(base, 0, (3,), (0,)))
+    np.testing.assert_array_equal(base.copy_to_host(), 0)
+
+
+def test_logsumexp_sign_out_on_the_value_out_is_refused():
+    d = cuda().to_device(_x())
+    o = cuda().to_device(np.zeros(3, np.float32))
+    with pytest.raises(ValueError, match=r"out\[0\] \(the value\) and out\[1\]"):
+        ns.logsumexp(d, return_sign=True, out=(o, o))
+    np.testing.assert_array_equal(o.copy_to_host(), 0)
+    both = cuda().to_device(np.zeros(6, np.float32))  # interleaved columns: apart
+    ns.logsumexp(d, return_sign=True, out=(DevView(both, 0, (3,), (2,)),
+                                           DevView(both, 1, (3,), (2,))))
+    np.testing.assert_allclose(both.copy_to_host()[0::2], reference.logsumexp(_x(), axis=-1),
+                               rtol=1e-6)
+    np.testing.assert_array_equal(both.copy_to_host()[1::2], 1)
+
+
 def test_backward_mismatches():
     a = cuda().to_device(_x())
     with pytest.raises(ValueError, match="y and dy must have the same shape"):
