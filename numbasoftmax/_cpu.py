@@ -39,6 +39,21 @@ SHORT_ROW_MAX = {"forward": 32, "backward": 9}
 # drivers only); the gradients ahead up to 64 (float32 at 16: 1.3-1.6x), behind from 96
 # (float32 at 128-512: 0.8x).
 GROUPED_ROW_MAX = {"forward": 8192, "backward": 64}
+# Except where the output is large (past the L2 caches): there softmax's and log_softmax's
+# rows of at least ALONE_ROW_BYTES run a row at a time (``rows``) where they would run in
+# groups (log_softmax's contiguous rows mostly run as streamed runs instead, ``RUN_OPS``).
+# In groups, the rows' max passes read memory back to back and their sum passes compute
+# with the memory idle; a row at a time overlaps the two. Time a row at a time ÷ in groups,
+# softmax, 2^24 elements, 2 threads, both in one process, alternating (2-core Intel Xeon,
+# AVX-512): float32 1.02-1.07 / 0.81-0.82 / 0.92-0.93 / 0.94-0.95 / 0.89 / 1.02 / 1.09 /
+# 0.89 / 0.85-0.88 / 0.98 / 0.99-1.00 / 0.97-0.98 at 32 / 64 / 80 / 128 / 192 / 256 / 384
+# / 512 / 1024 / 2048 / 4096 / 8192 elements; float64 0.80 / 0.93-0.94 / 0.94 / 0.97 /
+# 0.95 / 0.98-0.99 / 1.07-1.08 / 1.01 at 32 / 64 / 128 / 256 / 384 / 512 / 1024 / 2048;
+# float16 1.05 / 0.89 / 0.76 / 0.80 / 0.96 / 0.97 at 64 / 128 / 256 / 512 / 1024 / 4096.
+# In the L2 cache (2^16 elements) groups stay ahead (float32 at 32-64 elements: 1.2-1.7x).
+ALONE_OPS = ("softmax", "log_softmax")
+ALONE_ROW_BYTES = 256
+ALONE_MIN_BYTES = 1 << 25
 # Rows of at least this many bytes write a large output (``_config.STREAM_MIN_BYTES``)
 # with non-temporal stores: a row's first and last partial cache lines take masked plain
 # stores, and below this that cost outweighs the traffic saved. The kernel streams only
@@ -89,6 +104,13 @@ def stream_row_bytes(op, itemsize):
     output is large) with outputs of ``itemsize`` bytes; None: never."""
     sizes = STREAM_ROW_BYTES.get(op)
     return STREAM_MIN_ROW_BYTES if sizes is None else sizes[_ITEMSIZES.index(itemsize)]
+
+
+def alone(op, m, n, itemsize):
+    """Whether m rows of n outputs of ``itemsize`` bytes of operation ``op`` that would run
+    in groups run a row at a time (``ALONE_ROW_BYTES``)."""
+    return (op in ALONE_OPS and n * itemsize >= ALONE_ROW_BYTES
+            and m * n * itemsize >= ALONE_MIN_BYTES)
 
 
 def streams(m, n, itemsize, op=None, runs=False):
@@ -261,7 +283,8 @@ def run(op, a, sa, b, sb, out, so, m, n, side=None, direct=False):
         elif n < short_max:
             driver = k.short_rows if side is None else k.masked_short_rows
         else:
-            driver = k.grouped_rows if n < grouped_max else k.rows
+            driver = (k.grouped_rows if n < grouped_max and not alone(op, m, n, out.itemsize)
+                      else k.rows)
         call = (marker, a, sa, 1, b, sb, 1, out, so, 1, 0, m, n, 1, side, stream)
         entry = entries.get((driver, a.dtype)) if direct and side is None else driver
         if entry is not None:
@@ -277,7 +300,7 @@ def run(op, a, sa, b, sb, out, so, m, n, side=None, direct=False):
         tiles = k.short_rows_parallel if side is None else k.masked_short_rows_parallel
         _parallel(tiles, (*arrays, m, n, 1, side, stream))
         return
-    if n < grouped_max:
+    if n < grouped_max and not alone(op, m, n, out.itemsize):
         _parallel(k.grouped_rows_parallel, (*arrays, m, n, 1, side, stream))
         return
     if n <= ROW_TASK_MAX or m >= ROW_TASK_MIN_ROWS:

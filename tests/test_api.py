@@ -204,6 +204,29 @@ def test_which_rows_run(op, n, taken, rng, monkeypatch):
     assert (seen == [kernels.run_rows_parallel]) is taken
 
 
+@pytest.mark.parametrize(("op", "n", "dtype", "alone"), [
+    ("softmax", 63, np.float32, False), ("softmax", 64, np.float32, True),
+    ("softmax", 8191, np.float32, True), ("softmax", 31, np.float64, False),
+    ("softmax", 32, np.float64, True), ("softmax", 127, np.float16, False),
+    ("softmax", 128, np.float16, True), ("log_softmax", 64, np.float32, True),
+    ("softmax_backward", 63, np.float32, False)], ids=str)
+def test_large_outputs_rows_run_alone(op, n, dtype, alone, rng, monkeypatch):
+    """Large outputs of softmax's and log_softmax's rows of 256 bytes or more run a row at a
+    time, not in groups (``_cpu.ALONE_ROW_BYTES``), with the bits of the groups."""
+    from numbasoftmax import _cpu
+
+    kernels = _cpu._load_kernels()
+    inputs = inputs_for(op, rng, (40000 // n + 4, n), dtype)  # too small to stream as runs
+    grouped = func(op)(*inputs)
+    seen = []
+    real = _cpu._parallel
+    monkeypatch.setattr(_cpu, "_parallel",
+                        lambda kernel, args: (seen.append(kernel), real(kernel, args)))
+    monkeypatch.setattr(_cpu, "ALONE_MIN_BYTES", 0)
+    assert_bitwise_equal(func(op)(*inputs, out=np.empty_like(grouped)), grouped)
+    assert (seen == [kernels.rows_parallel]) is alone, seen
+
+
 # a run's rows that are NaN (a NaN, a +inf, every element -inf) beside finite ones: a
 # vector across two rows takes each row's own values
 @pytest.mark.parametrize("n", [32, 40, 1000])
