@@ -277,14 +277,17 @@ def run(op, a, sa, b, sb, out, so, m, n, side=None, direct=False):
     runs = runs and stream and out.flags.aligned  # as ``run_rows`` takes them
     if runs and step == 0:
         side = k.run_side(side, n)
+    # a large result's long enough rows run a row at a time (below the parallel threshold
+    # no result is large: small calls skip the test)
+    if n < grouped_max and m * n >= PARALLEL_MIN_ELEMENTS and alone(op, m, n, out.itemsize):
+        grouped_max = n
     if m * n < PARALLEL_MIN_ELEMENTS or _serial_only:
         if runs:
             driver = k.run_rows
         elif n < short_max:
             driver = k.short_rows if side is None else k.masked_short_rows
         else:
-            driver = (k.grouped_rows if n < grouped_max and not alone(op, m, n, out.itemsize)
-                      else k.rows)
+            driver = k.grouped_rows if n < grouped_max else k.rows
         call = (marker, a, sa, 1, b, sb, 1, out, so, 1, 0, m, n, 1, side, stream)
         entry = entries.get((driver, a.dtype)) if direct and side is None else driver
         if entry is not None:
@@ -300,7 +303,7 @@ def run(op, a, sa, b, sb, out, so, m, n, side=None, direct=False):
         tiles = k.short_rows_parallel if side is None else k.masked_short_rows_parallel
         _parallel(tiles, (*arrays, m, n, 1, side, stream))
         return
-    if n < grouped_max and not alone(op, m, n, out.itemsize):
+    if n < grouped_max:
         _parallel(k.grouped_rows_parallel, (*arrays, m, n, 1, side, stream))
         return
     if n <= ROW_TASK_MAX or m >= ROW_TASK_MIN_ROWS:

@@ -328,12 +328,13 @@ def logsumexp(x, b, axis, keepdims, return_sign, where, dtype, out):
         axis)
     x = xs[0]
     lib, shape = x.lib, reduced_shape(x.shape, axes, keepdims)
+    given = [_checked_out(func, found, name, shape, res) for name in names]
+    # the same first element: both written there (partial overlaps are not looked for)
+    check_outs_apart(func, return_sign and None not in given and math.prod(shape) and
+                     given[0].ptr == given[1].ptr)
     with lib.device(x.dev):
-        results = [_checked_out(func, found, name, shape, res) or lib.describe(
-            lib.empty(shape, res, x.dev, lib.stream(x)), name, func) for name in names]
-        # the same first element: both written there (partial overlaps are not looked for)
-        check_outs_apart(func, return_sign and math.prod(shape) and
-                         results[0].ptr == results[1].ptr)
+        results = [o or lib.describe(lib.empty(shape, res, x.dev, lib.stream(x)), name, func)
+                   for o, name in zip(given, names, strict=True)]
         m = math.prod(s for a, s in enumerate(x.shape) if a not in axes)
         if m:
             with _scratch(launch, x) as scratch:
