@@ -10,10 +10,12 @@ take a range of tasks (lo, hi) instead of M; their parallel forms (``*_parallel`
 them on tasks of TASK_ELEMENTS elements or more, calling their compiled code by address
 (``_serial_call``).
 
-The row drivers (``rows``, ``grouped_rows``, ``short_rows``, ``masked_short_rows``, their
-parallel forms and ``chunks_parallel``) take two more arguments. ``side``: None, or
-``(w, wd, rv)`` with the mask ``w`` (bytes or None), its row offsets ``wd`` (see
-``mask_offset``) and the rows' given values ``rv`` ((M, 2) float64 or None). Masks and
+The row drivers (``rows``, ``grouped_rows``, ``short_rows``, ``masked_short_rows``,
+``run_rows``, their parallel forms and ``chunks_parallel``) take ``ahead`` in C's place: 0,
+or how many rows ahead of their work they fetch into the cache (``fetch_rows``;
+``chunks_parallel``, whose rows are long, does not use it). They take two more arguments.
+``side``: None, or ``(w, wd, rv)`` with the mask ``w`` (bytes or None), its row offsets
+``wd`` (see ``mask_offset``) and the rows' given values ``rv`` ((M, 2) float64 or None). Masks and
 given values run on these drivers only (``short_rows``: neither; ``masked_short_rows``:
 masks only, and also ``(w, None, None)``: one mask for every row). ``stream``: the output
 is large: written with non-temporal stores where the kernel may
@@ -97,6 +99,7 @@ from ._vmem import (
     STREAM_ALIGN,
     emit_view,
     empty,
+    fetch_span,
     seg,
     stack_empty,
     stream_head,
@@ -136,6 +139,44 @@ SLAB_BYTES = 1 << 20
 _PARALLEL = dict(OPTIONS, parallel=True)
 # a function called, not inlined: code that rarely runs, compiled once
 CALLED = dict(OPTIONS, no_cpython_wrapper=True, _nrt=False, **CALLEE)
+
+
+
+@njit(inline="always", **INTERNAL)
+def _fetch(arr, stride, r0, r1, n, write):
+    if stride == n:  # contiguous rows: one span
+        fetch_span(arr, r0 * n, r1 * n, write)
+    else:
+        for r in range(r0, r1):
+            fetch_span(arr, r * stride, r * stride + n, write)
+
+
+def fetch_rows(op, a, ao, b, bo, out, oo, r0, r1, n):
+    """Rows r0..r1-1 (of n elements, outer strides ao, bo, oo; r1 past r0) fetched into the
+    L1 cache: the inputs' (a gradient's ``b`` too) for reading, ``out``'s for writing. Hints
+    only: no effect on any result, and lines past an array's end are never read. Called
+    by the row drivers ``ahead`` rows before they reach them (``_cpu.ahead``). Nothing for
+    the other operations (whose ``out`` or ``b`` is not shaped as ``a``)."""
+
+
+@overload(fetch_rows, jit_options=INLINE)
+def _fetch_rows_impl(op, a, ao, b, bo, out, oo, r0, r1, n):
+    if op.key_ not in _FETCHED:
+        return lambda op, a, ao, b, bo, out, oo, r0, r1, n: None
+    two = _FETCHED[op.key_]
+
+    def impl(op, a, ao, b, bo, out, oo, r0, r1, n):
+        _fetch(a, ao, r0, r1, n, False)
+        if two:
+            _fetch(b, bo, r0, r1, n, False)
+        _fetch(out, oo, r0, r1, n, True)
+    return impl
+
+
+# the operations ``fetch_rows`` fetches for: whether their ``b`` is an input of its own
+_FETCHED = {"softmax": False, "log_softmax": False, "softmax_backward": True,
+            "log_softmax_backward": True}
+
 
 __all__ = ["OPS", "W", "rows", "run_rows", "grouped_rows", "short_rows", "masked_short_rows",
            "columns", "column_tasks", "column_lead",
@@ -256,12 +297,14 @@ RUN_ROW_MIN = W
 
 
 @njit(**OPTIONS)
-def rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, side, stream):
-    """Rows lo..hi-1, one at a time (the row kernel); an = on = 1, C = 1."""
+def rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, ahead, side, stream):
+    """Rows lo..hi-1, one at a time (the row kernel); an = on = 1."""
     st = empty((2, (n + CHUNK - 1) // CHUNK), np.float64)
     w = side_mask(side)
     sc = _staging(op, out, n)
     for i in range(lo, hi):
+        if ahead > 0 and i + ahead < hi:
+            fetch_rows(op, a, ao, b, bo, out, oo, i + ahead, i + ahead + 1, n)
         off = mask_offset(side, i)
         row(op, seg(a, i * ao, i * ao + n), _staged(sc, 0, seg(b, i * bo, i * bo + n)),
             seg(w, off, off + n), out_row(op, out, i * oo, n), st, row_values(side, i),
@@ -271,7 +314,7 @@ def rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, side, stream):
 
 
 @njit(**OPTIONS)
-def run_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, side, stream):
+def run_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, ahead, side, stream):
     """Rows lo..hi-1 of RUN_OPS streamed as one run (``_row_kernel.run_row``): rows of
     RUN_ROW_MIN to CHUNK elements contiguous in all three arrays (ao = bo = oo = n), and
     in the mask where there is one (``mask_takes_tiles`` n), or one mask for every row
@@ -279,7 +322,7 @@ def run_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, side, stream):
     own: only large outputs run it, and a first small call compiles none of it (in
     ``rows`` it made a gradient's first call ~0.7 s longer)."""
     st = empty((2, 1), np.float64)
-    _stream_task(op, a, b, out, lo, hi, n, side, st)
+    _stream_task(op, a, b, out, lo, hi, n, side, st, ahead)
     vfence()
 
 
@@ -296,51 +339,52 @@ def run_side(side, n):
     return (twice, *side[1:])
 
 
-def _stream_task(op, a, b, out, lo, hi, n, side, st):
+def _stream_task(op, a, b, out, lo, hi, n, side, st, ahead):
     """``run_rows``' rows lo..hi-1 as one run (``_run``): their mask, if any, laid out as
-    the rows, or one mask for every row (given twice over: ``run_side``)."""
+    the rows, or one mask for every row (given twice over: ``run_side``); the inputs'
+    rows fetched ``ahead`` rows ahead (0: not)."""
 
 
 # compiled on its own, as ``_run`` and ``_forward_run``: inlined into ``run_rows`` as numba
 # IR through the overloads that pick them, they made a first large log_softmax call
 # compile ~7 s instead of ~3 s
 @overload(_stream_task)
-def _stream_task_impl(op, a, b, out, lo, hi, n, side, st):
+def _stream_task_impl(op, a, b, out, lo, hi, n, side, st, ahead):
     if _no_mask(side):
-        return lambda op, a, b, out, lo, hi, n, side, st: _run(op, a, b, out, lo, hi, n, st,
-                                                               side, None)
+        return lambda op, a, b, out, lo, hi, n, side, st, ahead: _run(
+            op, a, b, out, lo, hi, n, st, side, None, ahead)
 
-    def masked(op, a, b, out, lo, hi, n, side, st):
+    def masked(op, a, b, out, lo, hi, n, side, st, ahead):
         w = side_mask(side)
         off = mask_offset(side, lo)
         if hi - lo > 1 and mask_offset(side, lo + 1) == off:  # one mask for every row
             _run(op, a, b, out, lo, hi, n, st, side,
-                 (seg(w, off, off + n), seg(w, off, off + 2 * n)))
+                 (seg(w, off, off + n), seg(w, off, off + 2 * n)), ahead)
         else:
-            _run(op, a, b, out, lo, hi, n, st, side, seg(w, off, off + (hi - lo) * n))
+            _run(op, a, b, out, lo, hi, n, st, side, seg(w, off, off + (hi - lo) * n), ahead)
     return masked
 
 
-def _run(op, a, b, out, lo, hi, n, st, side, rw):
+def _run(op, a, b, out, lo, hi, n, st, side, rw, ahead):
     """Rows lo..hi-1 as one run, their mask ``rw`` as ``_row_kernel.run_masks`` takes it:
     a gradient's sums a row at a time (``_row_kernel.stream_rows``), log_softmax's
     statistics in groups (``_forward_run``)."""
 
 
 @overload(_run)
-def _run_impl(op, a, b, out, lo, hi, n, st, side, rw):
+def _run_impl(op, a, b, out, lo, hi, n, st, side, rw, ahead):
     if op.key_ == LOG_SOFTMAX.key:
-        return lambda op, a, b, out, lo, hi, n, st, side, rw: _forward_run(op, a, out, lo, hi,
-                                                                           n, side, rw)
+        return lambda op, a, b, out, lo, hi, n, st, side, rw, ahead: _forward_run(
+            op, a, out, lo, hi, n, side, rw, ahead)
 
-    def gradient(op, a, b, out, lo, hi, n, st, side, rw):
+    def gradient(op, a, b, out, lo, hi, n, st, side, rw, ahead):
         stream_rows(op, seg(a, lo * n, hi * n), seg(b, lo * n, hi * n), rw,
-                    seg(out, lo * n, hi * n), n, st)
+                    seg(out, lo * n, hi * n), n, st, ahead)
     return gradient
 
 
 @njit(**OPTIONS)
-def _forward_run(op, a, out, lo, hi, n, side, rw):
+def _forward_run(op, a, out, lo, hi, n, side, rw, ahead):
     """log_softmax rows lo..hi-1 as one run (their mask ``rw`` as
     ``_row_kernel.run_masks`` takes it): their statistics in groups, as ``grouped_rows``
     takes them, then each row's outputs (``_row_kernel.run_row``)."""
@@ -355,8 +399,11 @@ def _forward_run(op, a, out, lo, hi, n, side, rw):
     rows_a, rows_out = seg(a, lo * n, hi * n), seg(out, lo * n, hi * n)
     done = stream_head(rows_out)
     p_last = run_values(op, a, 0.0, 0.0)
+    ahead = max(ahead, size) if ahead > 0 else 0  # as ``grouped_rows``
     for g in range(lo, hi, size):
         k = min(size, hi - g)
+        if ahead > 0 and g + ahead < hi:  # x only: the outputs stream
+            fetch_span(a, (g + ahead) * n, min(g + ahead + k, hi) * n, False)
         _group_finish(op, a, n, a, n, side, w, offs, out, n, None, n, g, k, lanes, trees, st)
         for r in range(k):
             p = run_values(op, a, m[r], t[r])
@@ -480,9 +527,10 @@ def _group_stats_impl(op, a, ao, b, bo, w, offs, out, oo, sc, n, g, k, lanes, tr
 
 
 @njit(**OPTIONS)
-def grouped_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, side, stream):
+def grouped_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, ahead, side, stream):
     """Rows lo..hi-1 of at most CHUNK elements, in groups through each phase of the row
-    kernel; an = on = 1, C = 1."""
+    kernel; an = on = 1. Each group fetches the rows a group or ``ahead`` rows ahead of
+    it, whichever is further (``ahead`` 0: none)."""
     size = group_size(n)
     st = empty((4, size), np.float64)  # one allocation, not four (a short call pays each)
     cmax, m, t = st[0], st[2], st[3]
@@ -493,8 +541,11 @@ def grouped_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, side, stre
     lanes, trees = seg(scratch, 0, GROUP * W), seg(scratch, GROUP * W, (GROUP + 1) * W)
     w = side_mask(side)
     sc = _staging(op, out, size * n)
+    ahead = max(ahead, size) if ahead > 0 else 0
     for g in range(lo, hi, size):
         k = min(size, hi - g)
+        if ahead > 0 and g + ahead < hi:
+            fetch_rows(op, a, ao, b, bo, out, oo, g + ahead, min(g + ahead + k, hi), n)
         _group_finish(op, a, ao, b, bo, side, w, offs, out, oo, sc, n, g, k, lanes, trees, st)
         for r in range(k):
             write(op, *_group_row(op, a, ao, b, bo, w, offs[r], out, oo, sc, n, g + r, r),
@@ -788,7 +839,7 @@ def _check_nan_rows(op, a, ao, out, oo, side, r0, k, n, to):
 
 
 @njit(**OPTIONS)
-def short_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, side, stream):
+def short_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, ahead, side, stream):
     """Rows lo..hi-1, W at a time (the lane kernel's ``tile`` on rows gathered into
     tiles; the rows it takes: ``_cpu.SHORT_ROW_MAX``). A reduction's tile holds the W
     values (and the W signs after them). ``side``: None (masked rows:
@@ -800,7 +851,10 @@ def short_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, side, stream
     # all W lanes computed (the gather fills missing rows with 0): the tiles are whole, so
     # their loads and stores need no masks
     full = lo + (hi - lo) // W * W
+    ahead = max(ahead, W) if ahead > 0 else 0  # as ``grouped_rows``, tiles for groups
     for r0 in range(lo, full, W):  # whole tiles: the lane count a constant, no masks
+        if ahead > 0 and r0 + ahead < hi:
+            fetch_rows(op, a, ao, b, bo, out, oo, r0 + ahead, min(r0 + ahead + W, hi), n)
         _gather(a, ao, r0, ALL, n, ta)
         _gather_second(op, b, bo, r0, ALL, n, tb)
         tile(op, ta, tb, to, n, S, T, V)
@@ -816,7 +870,8 @@ def short_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, side, stream
 # compiling only where ``side`` is None, so one driver for both compiled its unmasked loop
 # into every masked specialization too (0.3-0.5 s more of a first masked call).
 @njit(**OPTIONS)
-def masked_short_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, side, stream):
+def masked_short_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, ahead, side,
+                      stream):
     """``short_rows`` for masked rows: ``side`` a mask as for the row drivers (the softmax
     functions only, laid out as ``mask_takes_tiles`` takes it; no given values), or
     ``(w, None, None)``: one mask ``w`` of n bytes for every row."""
@@ -825,7 +880,10 @@ def masked_short_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, side,
     to = _compute_empty(out, n * W)
     tb = _second_tile(op, b, n, ta)
     ms = _mask_scratch(side, a, n)
+    ahead = max(ahead, W) if ahead > 0 else 0  # as ``short_rows``
     for r0 in range(lo, hi, W):
+        if ahead > 0 and r0 + ahead < hi:
+            fetch_rows(op, a, ao, b, bo, out, oo, r0 + ahead, min(r0 + ahead + W, hi), n)
         _masked_rows(op, side, a, ao, b, bo, out, oo, r0, min(W, hi - r0), n, ta, tb, to,
                      ms, S, T, V)
 

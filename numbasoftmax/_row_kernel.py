@@ -79,7 +79,7 @@ from ._simd import (
     vwith_lane,
 )
 from ._vmath import vexp, vexp_nonpos, vexp_nonpos_weighted, vexp_weighted, vlog
-from ._vmem import emit_view, seg, stream_head, vand, vload, vload_mask, vstore, vstream
+from ._vmem import emit_view, fetch_span, seg, stream_head, vand, vload, vload_mask, vstore, vstream
 
 BLOCK = 1024
 CHUNK = 8192
@@ -756,15 +756,20 @@ def _grad_write(op, a, b, w, out, cmax, m, t, stream):
 
 
 @njit(**INTERNAL)
-def stream_rows(op, a, b, w, out, n, st):
+def stream_rows(op, a, b, w, out, n, st, ahead):
     """Gradient rows of n elements (W <= n <= CHUNK) laid end to end in ``a``, ``b`` and
     ``out``, out's elements at addresses a multiple of their size, and their mask ``w``
     (``run_masks``): each row's sum as ``row`` takes it (``st`` as there), the outputs
-    written as one run (``run_row``; the caller fences)."""
+    written as one run (``run_row``; the caller fences). The inputs' rows are fetched
+    ``ahead`` rows ahead (0: not)."""
     done = stream_head(out)
     p_last = run_values(op, a, 0.0, 0.0)
-    for r0 in range(0, out.shape[0], n):
+    size = out.shape[0]
+    for r0 in range(0, size, n):
         r1 = r0 + n
+        if ahead > 0 and r0 + ahead * n < size:
+            fetch_span(a, r0 + ahead * n, r1 + ahead * n, False)
+            fetch_span(b, r0 + ahead * n, r1 + ahead * n, False)
         st[0, 0], st[1, 0] = stats(op, seg(a, r0, r1), seg(b, r0, r1), run_masks(w, r0, n)[0],
                                    seg(out, r0, r1), True)
         m, t = finish(op, st[0], st[1], None)

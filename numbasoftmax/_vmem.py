@@ -15,9 +15,9 @@ from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.core.imputils import impl_ret_borrowed, impl_ret_new_ref
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
-from ._markers import MarkerType
+from ._markers import INLINE, MarkerType
 from ._simd import (
     _CODES,
     _I32,
@@ -490,11 +490,9 @@ def vscatter_rows_where(typingctx, rows, index, stride, k, n, tile, mask):
                       where=(mask,))
 
 
-@intrinsic
-def vprefetch(typingctx, arr, index):
-    """A hint that element ``index`` of a 1-D array is read soon: its cache line is
-    fetched ahead into the L2 cache (no effect on any result; the hint never faults, even
-    past the end). Why L2: ``_lane_kernel.PREFETCH_ROWS``, its one user."""
+def _prefetch(arr, index, write, locality):
+    """The signature and code of a prefetch of element ``index``'s line of a 1-D array
+    (``llvm.prefetch``: write or read, cache level by ``locality``; never faults)."""
     if not (isinstance(arr, types.Array) and arr.ndim == 1
             and isinstance(index, types.Integer)):
         return None
@@ -506,12 +504,56 @@ def vprefetch(typingctx, arr, index):
         ptr = builder.bitcast(_element_ptr(builder, sig.args[0], a, index), bytes_ptr)
         fnty = ir.FunctionType(ir.VoidType(), [bytes_ptr, _I32, _I32, _I32])
         fn = builder.module.declare_intrinsic("llvm.prefetch.p0", fnty=fnty)
-        # read, locality 2 (x86: prefetcht1, into L2), data cache
-        builder.call(fn, [ptr, ir.Constant(_I32, 0), ir.Constant(_I32, 2),
-                          ir.Constant(_I32, 1)])
+        builder.call(fn, [ptr, ir.Constant(_I32, int(write)), ir.Constant(_I32, locality),
+                          ir.Constant(_I32, 1)])  # 1: the data cache
         return context.get_dummy_value()
 
     return types.none(arr, index), codegen
+
+
+@intrinsic
+def vprefetch(typingctx, arr, index):
+    """A hint that element ``index`` of a 1-D array is read soon: its cache line is
+    fetched ahead into the L2 cache (x86 ``prefetcht1``; no effect on any result). Why
+    L2: ``_lane_kernel.PREFETCH_ROWS``."""
+    return _prefetch(arr, index, False, 2)
+
+
+@intrinsic
+def vprefetch_read(typingctx, arr, index):
+    """A hint that element ``index`` of a 1-D array is read very soon: its cache line is
+    fetched into the L1 cache (x86 ``prefetcht0``)."""
+    return _prefetch(arr, index, False, 3)
+
+
+@intrinsic
+def vprefetch_write(typingctx, arr, index):
+    """A hint that element ``index`` of a 1-D array is written very soon: its cache line
+    is fetched into the L1 cache, owned for writing (x86 ``prefetchw``), so that the
+    stores that follow do not wait for it."""
+    return _prefetch(arr, index, True, 3)
+
+
+def fetch_span(arr, lo, hi, write):
+    """Elements lo..hi-1 (hi past lo) of a 1-D array fetched into the L1 cache, each of
+    their lines once, for writing (``vprefetch_write``) or reading (``vprefetch_read``)."""
+
+
+@overload(fetch_span, jit_options=INLINE)
+def _fetch_span_impl(arr, lo, hi, write):
+    line = STREAM_ALIGN * 8 // arr.dtype.bitwidth  # elements per cache line
+
+    def impl(arr, lo, hi, write):
+        for e in range(lo, hi, line):
+            if write:
+                vprefetch_write(arr, e)
+            else:
+                vprefetch_read(arr, e)
+        if write:  # the last line, which the steps from an unaligned lo pass over
+            vprefetch_write(arr, hi - 1)
+        else:
+            vprefetch_read(arr, hi - 1)
+    return impl
 
 
 @intrinsic

@@ -227,6 +227,25 @@ def test_large_outputs_rows_run_alone(op, n, dtype, alone, rng, monkeypatch):
     assert (seen == [kernels.rows_parallel]) is alone, seen
 
 
+@pytest.mark.parametrize(("n", "ahead"), [(3, 170), (8, 64), (32, 16), (100, 5), (512, 1),
+                                         (513, 0)], ids=str)
+@pytest.mark.parametrize("op", OPS)
+def test_large_outputs_fetch_rows_ahead(op, n, ahead, rng, monkeypatch):
+    """Large outputs' rows of up to 2 KiB are fetched into the cache 2 KiB ahead
+    (``_cpu.ahead``), with the bits of the rows not fetched."""
+    from numbasoftmax import _cpu
+
+    inputs = inputs_for(op, rng, (40000 // n + 4, n), np.float32)
+    plain = func(op)(*inputs)
+    seen = []
+    real = _cpu._parallel
+    monkeypatch.setattr(_cpu, "_parallel",
+                        lambda kernel, args: (seen.append(args[12]), real(kernel, args)))
+    monkeypatch.setattr(_cpu, "FETCH_MIN_BYTES", 0)
+    assert_bitwise_equal(func(op)(*inputs, out=np.empty_like(plain)), plain)
+    assert seen == [ahead]
+
+
 # a run's rows that are NaN (a NaN, a +inf, every element -inf) beside finite ones: a
 # vector across two rows takes each row's own values
 @pytest.mark.parametrize("n", [32, 40, 1000])

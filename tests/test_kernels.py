@@ -48,16 +48,20 @@ ROW_DRIVERS = (K.rows, K.rows_parallel, K.grouped_rows, K.grouped_rows_parallel,
                K.masked_short_rows_parallel, K.run_rows, K.run_rows_parallel)
 
 
-def _rows(driver, op, inputs, parallel, side=None, stream=False, out=None):
-    """Run ``driver`` on C-contiguous (m, n) inputs read as rows in place; ``side``: the
-    row drivers' mask and given values (None: neither); ``stream``: theirs too."""
+def _rows(driver, op, inputs, parallel, side=None, stream=False, out=None, ahead=0):
+    """Run ``driver`` on (m, n) inputs read as rows in place, C-contiguous or rows of a
+    wider array; ``side``: the row drivers' mask and given values (None: neither);
+    ``stream`` and ``ahead`` (rows fetched ahead): theirs too."""
     a = inputs[0]
     m, n = a.shape
     out = np.empty_like(a) if out is None else out
-    flat = [_storage(x).reshape(-1) for x in inputs]
-    b = flat[1] if len(flat) == 2 else flat[0]
-    head = (K.OPS[op], flat[0], n, 1, b, n, 1, _storage(out).reshape(-1), n, 1)
-    tail = (m, n, 1) if parallel else (0, m, n, 1)
+    pitch = [x.strides[0] // x.itemsize for x in (*inputs, out)]
+    # each array's rows as one flat buffer from its first element to its last
+    flat = [as_strided(_storage(x), ((m - 1) * p + n,), (x.itemsize,))
+            for x, p in zip((*inputs, out), pitch, strict=True)]
+    b, pb = (flat[1], pitch[1]) if len(inputs) == 2 else (flat[0], pitch[0])
+    head = (K.OPS[op], flat[0], pitch[0], 1, b, pb, 1, flat[-1], pitch[-1], 1)
+    tail = (m, n, ahead) if parallel else (0, m, n, ahead)
     if driver in ROW_DRIVERS:
         tail += (side, stream)
     driver(*head, *tail)
@@ -162,6 +166,53 @@ def test_drivers_agree_bitwise(op, dtype, shape, rng):
         assert_bitwise_equal(_columns(K.columns, kernel, inputs, parallel=False), expected)
         assert_bitwise_equal(_columns(K.columns_parallel, kernel, inputs, parallel=True),
                              expected)
+
+
+# rows fetched ahead: short rows (tiles, the last one partial), groups, a row at a time;
+# ahead past a task's or the call's last row
+FETCH_SHAPES = [(300, 7), (40, 24), (131, 32), (50, 100), (9, 600)]
+
+
+def _padded(x, pad=3):
+    """``x`` as the first columns of a wider array: rows ``pad`` elements apart."""
+    wide = np.zeros((x.shape[0], x.shape[1] + pad), x.dtype)
+    wide[:, :x.shape[1]] = x
+    return wide[:, :x.shape[1]]
+
+
+@pytest.mark.parametrize("ahead", [1, 5, 1000])
+@pytest.mark.parametrize("layout", ["contiguous", "padded"])
+@pytest.mark.parametrize("shape", FETCH_SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("op", OPS)
+def test_fetching_ahead_changes_nothing(op, shape, layout, ahead, rng):
+    """Rows fetched ahead into the cache (``fetch_rows``; the drivers' ``ahead``) give the
+    bits without, on every driver that fetches, rows contiguous or apart, with and without a
+    mask and streamed writes, and write nothing outside ``out``."""
+    inputs = _inputs(op, rng, shape, np.float32)
+    if layout == "padded":
+        inputs = tuple(_padded(x) for x in inputs)
+    expected = _rows(K.rows, op, inputs, parallel=False)
+    drivers = [(K.rows, False), (K.rows_parallel, True), (K.grouped_rows, False),
+               (K.grouped_rows_parallel, True)]
+    if shape[1] < _short_max(op):
+        drivers += [(K.short_rows, False), (K.short_rows_parallel, True)]
+    if op in K.RUN_OPS and layout == "contiguous" and shape[1] >= K.RUN_ROW_MIN:
+        drivers += [(K.run_rows, False), (K.run_rows_parallel, True)]
+    for driver, parallel in drivers:
+        runs = driver in (K.run_rows, K.run_rows_parallel)  # rows end to end, streamed
+        out = np.full_like(expected, 7.0) if runs else _padded(np.full_like(expected, 7.0))
+        _rows(driver, op, inputs, parallel, stream=runs, out=out, ahead=ahead)
+        assert_bitwise_equal(out, expected)
+        assert runs or (out.base[:, shape[1]:] == 0).all()
+    w = rng.random(shape) < 0.7
+    side = (w.view(np.uint8).reshape(-1), np.array([[0, shape[1]]], np.int64), None)
+    masked = _rows(K.rows, op, inputs, parallel=False, side=side)
+    drivers = [(K.rows, False), (K.grouped_rows_parallel, True)]
+    if shape[1] < _short_max(op) and op in TILE_MASK_OPS and layout == "contiguous":
+        drivers += [(K.masked_short_rows, False), (K.masked_short_rows_parallel, True)]
+    for driver, parallel in drivers:
+        assert_bitwise_equal(_rows(driver, op, inputs, parallel, side=side, ahead=ahead),
+                             masked)
 
 
 STREAM_SHAPES = [(21, 40), (9, 100), (4, 1024), (3, 1025), (2, 8193), (2, 20000)]
