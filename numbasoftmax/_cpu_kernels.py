@@ -99,7 +99,8 @@ from ._vmem import (
     STREAM_ALIGN,
     emit_view,
     empty,
-    fetch_span,
+    fetch_read,
+    fetch_write,
     seg,
     stack_empty,
     stream_head,
@@ -143,12 +144,12 @@ CALLED = dict(OPTIONS, no_cpython_wrapper=True, _nrt=False, **CALLEE)
 
 
 @njit(inline="always", **INTERNAL)
-def _fetch(arr, stride, r0, r1, n, write):
+def _fetch(arr, stride, r0, r1, n):
     if stride == n:  # contiguous rows: one span
-        fetch_span(arr, r0 * n, r1 * n, write)
+        fetch_read(arr, r0 * n, r1 * n)
     else:
         for r in range(r0, r1):
-            fetch_span(arr, r * stride, r * stride + n, write)
+            fetch_read(arr, r * stride, r * stride + n)
 
 
 def fetch_rows(op, a, ao, b, bo, out, oo, r0, r1, n):
@@ -166,10 +167,14 @@ def _fetch_rows_impl(op, a, ao, b, bo, out, oo, r0, r1, n):
     two = _FETCHED[op.key_]
 
     def impl(op, a, ao, b, bo, out, oo, r0, r1, n):
-        _fetch(a, ao, r0, r1, n, False)
+        _fetch(a, ao, r0, r1, n)
         if two:
-            _fetch(b, bo, r0, r1, n, False)
-        _fetch(out, oo, r0, r1, n, True)
+            _fetch(b, bo, r0, r1, n)
+        if oo == n:
+            fetch_write(out, r0 * n, r1 * n)
+        else:
+            for r in range(r0, r1):
+                fetch_write(out, r * oo, r * oo + n)
     return impl
 
 
@@ -403,7 +408,7 @@ def _forward_run(op, a, out, lo, hi, n, side, rw, ahead):
     for g in range(lo, hi, size):
         k = min(size, hi - g)
         if ahead > 0 and g + ahead < hi:  # x only: the outputs stream
-            fetch_span(a, (g + ahead) * n, min(g + ahead + k, hi) * n, False)
+            fetch_read(a, (g + ahead) * n, min(g + ahead + k, hi) * n)
         _group_finish(op, a, n, a, n, side, w, offs, out, n, None, n, g, k, lanes, trees, st)
         for r in range(k):
             p = run_values(op, a, m[r], t[r])
@@ -526,6 +531,20 @@ def _group_stats_impl(op, a, ao, b, bo, w, offs, out, oo, sc, n, g, k, lanes, tr
     return with_trees
 
 
+@njit(inline="always", **INTERNAL)
+def _write_order(q, k, n):
+    """The group's q-th row to write of k: in order, but rows shorter than a vector (whose
+    loads and stores reach into the next row) the even rows first, then the odd ones. In
+    order, the loads of a row followed the store of the row before it, their addresses
+    overlapping in their low 12 bits where ``out`` and the inputs lie at one offset from a
+    4 KiB page (as large allocations do), and the core took the loads to depend on that
+    store (4K aliasing)."""
+    if n >= W:
+        return q
+    half = (k + 1) // 2
+    return 2 * q if q < half else 2 * (q - half) + 1
+
+
 @njit(**OPTIONS)
 def grouped_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, ahead, side, stream):
     """Rows lo..hi-1 of at most CHUNK elements, in groups through each phase of the row
@@ -547,7 +566,8 @@ def grouped_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, ahead, side, 
         if ahead > 0 and g + ahead < hi:
             fetch_rows(op, a, ao, b, bo, out, oo, g + ahead, min(g + ahead + k, hi), n)
         _group_finish(op, a, ao, b, bo, side, w, offs, out, oo, sc, n, g, k, lanes, trees, st)
-        for r in range(k):
+        for q in range(k):
+            r = _write_order(q, k, n)
             write(op, *_group_row(op, a, ao, b, bo, w, offs[r], out, oo, sc, n, g + r, r),
                   cmax[r], m[r], t[r], stream)
     if stream:

@@ -79,7 +79,7 @@ from ._simd import (
     vwith_lane,
 )
 from ._vmath import vexp, vexp_nonpos, vexp_nonpos_weighted, vexp_weighted, vlog
-from ._vmem import emit_view, fetch_span, seg, stream_head, vand, vload, vload_mask, vstore, vstream
+from ._vmem import emit_view, fetch_read, seg, stream_head, vand, vload, vload_mask, vstore, vstream
 
 BLOCK = 1024
 CHUNK = 8192
@@ -768,8 +768,8 @@ def stream_rows(op, a, b, w, out, n, st, ahead):
     for r0 in range(0, size, n):
         r1 = r0 + n
         if ahead > 0 and r0 + ahead * n < size:
-            fetch_span(a, r0 + ahead * n, r1 + ahead * n, False)
-            fetch_span(b, r0 + ahead * n, r1 + ahead * n, False)
+            fetch_read(a, r0 + ahead * n, r1 + ahead * n)
+            fetch_read(b, r0 + ahead * n, r1 + ahead * n)
         st[0, 0], st[1, 0] = stats(op, seg(a, r0, r1), seg(b, r0, r1), run_masks(w, r0, n)[0],
                                    seg(out, r0, r1), True)
         m, t = finish(op, st[0], st[1], None)

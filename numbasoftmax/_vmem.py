@@ -15,9 +15,9 @@ from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.core.imputils import impl_ret_borrowed, impl_ret_new_ref
-from numba.extending import intrinsic, overload
+from numba.extending import intrinsic
 
-from ._markers import INLINE, MarkerType
+from ._markers import MarkerType
 from ._simd import (
     _CODES,
     _I32,
@@ -490,70 +490,64 @@ def vscatter_rows_where(typingctx, rows, index, stride, k, n, tile, mask):
                       where=(mask,))
 
 
-def _prefetch(arr, index, write, locality):
-    """The signature and code of a prefetch of element ``index``'s line of a 1-D array
-    (``llvm.prefetch``: write or read, cache level by ``locality``; never faults)."""
-    if not (isinstance(arr, types.Array) and arr.ndim == 1
-            and isinstance(index, types.Integer)):
-        return None
-
-    def codegen(context, builder, sig, args):
-        index = context.cast(builder, args[1], sig.args[1], types.intp)
-        a = context.make_array(sig.args[0])(context, builder, args[0])
-        bytes_ptr = ir.IntType(8).as_pointer()  # one declaration for every element type
-        ptr = builder.bitcast(_element_ptr(builder, sig.args[0], a, index), bytes_ptr)
-        fnty = ir.FunctionType(ir.VoidType(), [bytes_ptr, _I32, _I32, _I32])
-        fn = builder.module.declare_intrinsic("llvm.prefetch.p0", fnty=fnty)
-        builder.call(fn, [ptr, ir.Constant(_I32, int(write)), ir.Constant(_I32, locality),
-                          ir.Constant(_I32, 1)])  # 1: the data cache
-        return context.get_dummy_value()
-
-    return types.none(arr, index), codegen
+def _prefetch(builder, arrty, a, index, write, locality):
+    """Emit a prefetch of element ``index``'s line of array struct ``a`` (``llvm.prefetch``:
+    for writing or reading, cache level by ``locality``; a hint that never faults)."""
+    bytes_ptr = ir.IntType(8).as_pointer()  # one declaration for every element type
+    ptr = builder.bitcast(_element_ptr(builder, arrty, a, index), bytes_ptr)
+    fnty = ir.FunctionType(ir.VoidType(), [bytes_ptr, _I32, _I32, _I32])
+    fn = builder.module.declare_intrinsic("llvm.prefetch.p0", fnty=fnty)
+    builder.call(fn, [ptr, ir.Constant(_I32, int(write)), ir.Constant(_I32, locality),
+                      ir.Constant(_I32, 1)])  # 1: the data cache
 
 
 @intrinsic
 def vprefetch(typingctx, arr, index):
     """A hint that element ``index`` of a 1-D array is read soon: its cache line is
-    fetched ahead into the L2 cache (x86 ``prefetcht1``; no effect on any result). Why
-    L2: ``_lane_kernel.PREFETCH_ROWS``."""
-    return _prefetch(arr, index, False, 2)
+    fetched ahead into the L2 cache (x86 ``prefetcht1``; no effect on any result, even
+    past the end). Why L2: ``_lane_kernel.PREFETCH_ROWS``."""
+    if not (isinstance(arr, types.Array) and arr.ndim == 1
+            and isinstance(index, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        a = context.make_array(sig.args[0])(context, builder, args[0])
+        index = context.cast(builder, args[1], sig.args[1], types.intp)
+        _prefetch(builder, sig.args[0], a, index, False, 2)
+        return context.get_dummy_value()
+
+    return types.none(arr, index), codegen
 
 
-@intrinsic
-def vprefetch_read(typingctx, arr, index):
-    """A hint that element ``index`` of a 1-D array is read very soon: its cache line is
-    fetched into the L1 cache (x86 ``prefetcht0``)."""
-    return _prefetch(arr, index, False, 3)
+def _span_fetch(write):
+    """An intrinsic (arr, lo, hi): elements lo..hi-1 (hi past lo) of a 1-D array fetched
+    into the L1 cache, each of their lines once: for writing (x86 ``prefetchw``: the
+    stores that follow then find their lines owned) or reading (``prefetcht0``). Emitted as
+    IR (a loop over the lines): compiled in no time, where numba loops around single
+    prefetches made a first call ~0.2 s longer."""
+    def typer(typingctx, arr, lo, hi):
+        if not (isinstance(arr, types.Array) and arr.ndim == 1
+                and isinstance(lo, types.Integer) and isinstance(hi, types.Integer)):
+            return None
+
+        def codegen(context, builder, sig, args):
+            arrty = sig.args[0]
+            a = context.make_array(arrty)(context, builder, args[0])
+            lo, hi = (context.cast(builder, v, t, types.intp)
+                      for v, t in zip(args[1:], sig.args[1:], strict=True))
+            line = ir.Constant(_I64, STREAM_ALIGN * 8 // arrty.dtype.bitwidth)  # elements
+            with cgutils.for_range_slice(builder, lo, hi, line, _I64) as (index, _):
+                _prefetch(builder, arrty, a, index, write, 3)
+            # the last line, which the steps from an unaligned lo pass over
+            _prefetch(builder, arrty, a, builder.sub(hi, ir.Constant(_I64, 1)), write, 3)
+            return context.get_dummy_value()
+
+        return types.none(arr, lo, hi), codegen
+    return typer
 
 
-@intrinsic
-def vprefetch_write(typingctx, arr, index):
-    """A hint that element ``index`` of a 1-D array is written very soon: its cache line
-    is fetched into the L1 cache, owned for writing (x86 ``prefetchw``), so that the
-    stores that follow do not wait for it."""
-    return _prefetch(arr, index, True, 3)
-
-
-def fetch_span(arr, lo, hi, write):
-    """Elements lo..hi-1 (hi past lo) of a 1-D array fetched into the L1 cache, each of
-    their lines once, for writing (``vprefetch_write``) or reading (``vprefetch_read``)."""
-
-
-@overload(fetch_span, jit_options=INLINE)
-def _fetch_span_impl(arr, lo, hi, write):
-    line = STREAM_ALIGN * 8 // arr.dtype.bitwidth  # elements per cache line
-
-    def impl(arr, lo, hi, write):
-        for e in range(lo, hi, line):
-            if write:
-                vprefetch_write(arr, e)
-            else:
-                vprefetch_read(arr, e)
-        if write:  # the last line, which the steps from an unaligned lo pass over
-            vprefetch_write(arr, hi - 1)
-        else:
-            vprefetch_read(arr, hi - 1)
-    return impl
+fetch_read = intrinsic(_span_fetch(False))
+fetch_write = intrinsic(_span_fetch(True))
 
 
 @intrinsic
