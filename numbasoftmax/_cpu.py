@@ -58,13 +58,17 @@ ALONE_MIN_BYTES = 1 << 25
 # FETCH_ROW_BYTES FETCH_BYTES ahead of the one they work on into the L1 cache: the inputs'
 # lines to read and the output's to write (``_cpu_kernels.fetch_rows``). Short rows' phases
 # read and write a few lines each and then compute; without the hints each row's stores
-# waited for their lines (the stores' reads for ownership) and each row's loads for theirs.
-# softmax, float32, 2^24 elements, 2 threads, five rotated inputs, 15 rounds, ns per row
-# without / with, two processes each (2-core Intel Xeon, AVX-512): 15.6-17.1 / 13.5-13.8 at
-# 32 elements (in groups), 26.2-27.9 / 23.2-23.4 at 64, 50.0-55.0 / 35.2-36.0 at 128,
-# 97.8-102.8 / 70.5-72.1 at 256 (a row at a time), level at 512 (2 KiB rows, one row
-# ahead). In the cache the hints only cost (2^17 elements, one thread: 1.05-1.25x the time),
-# and at 2^20-2^21 elements they measured level or slower: so from FETCH_MIN_BYTES.
+# waited for their lines (the stores' reads for ownership) and its loads for theirs. Time
+# with ÷ without, float32, 2^24 elements, 2 threads, both alternating in one process over
+# five rotated inputs (2-core Intel Xeon, AVX-512): softmax 0.75 / 0.72 / 0.74 / 0.68 /
+# 0.79 / 0.68 / 0.71 / 0.83 at 3 / 8 / 16 / 32 / 64 / 128 / 256 / 512 elements;
+# log_softmax 0.92 / 0.77 / 0.76 / 0.74 / 0.73 / 0.84 at 3 / 8 / 16 / 32 / 64 / 128, level
+# from 256 (its outputs stream, so only x is fetched); softmax_backward 0.66-0.90 and
+# log_softmax_backward 0.69-0.79 at 3-512; float64 0.70-0.88 (softmax at 8-256,
+# log_softmax_backward at 32, 256); float16 0.86-1.02; masked rows 0.69-0.89. Rows of 4-16
+# KiB measured 0.84-1.07 (level for softmax): not fetched. In the cache the hints only cost
+# (2^17 elements, one thread: 1.05-1.25x the time), and at 2^20-2^21 elements they measured
+# level or slower: so from FETCH_MIN_BYTES. A first call compiles ~0.1-0.2 s longer.
 FETCH_OPS = ("softmax", "log_softmax", "softmax_backward", "log_softmax_backward")
 FETCH_ROW_BYTES = 2048
 FETCH_BYTES = 2048
