@@ -142,7 +142,6 @@ _PARALLEL = dict(OPTIONS, parallel=True)
 CALLED = dict(OPTIONS, no_cpython_wrapper=True, _nrt=False, **CALLEE)
 
 
-
 @njit(inline="always", **INTERNAL)
 def _fetch(arr, stride, r0, r1, n):
     if stride == n:  # contiguous rows: one span

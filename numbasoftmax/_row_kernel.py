@@ -79,7 +79,17 @@ from ._simd import (
     vwith_lane,
 )
 from ._vmath import vexp, vexp_nonpos, vexp_nonpos_weighted, vexp_weighted, vlog
-from ._vmem import emit_view, fetch_read, seg, stream_head, vand, vload, vload_mask, vstore, vstream
+from ._vmem import (
+    emit_view,
+    fetch_read,
+    seg,
+    stream_head,
+    vand,
+    vload,
+    vload_mask,
+    vstore,
+    vstream,
+)
 
 BLOCK = 1024
 CHUNK = 8192
