@@ -98,6 +98,24 @@ def _prefetch_impl(lanes, nt, j, hi):
     return impl
 
 
+def prefetch_out(lanes, nt, j, hi, stream):
+    """``prefetch`` for the write passes' ``out``: nothing where ``stream`` is set (whole
+    tiles stored past the caches, which a line fetched first only delays: the lane
+    kernel's write passes along axis 0 of (8192, 2048) and (4096, 4096) and axis 1 of
+    (16, 1024, 1024), float32, 2 threads, took 0.75-0.92x the time without it)."""
+
+
+@overload(prefetch_out, jit_options=INLINE)
+def _prefetch_out_impl(lanes, nt, j, hi, stream):
+    if isinstance(stream, types.NoneType):
+        return lambda lanes, nt, j, hi, stream: prefetch(lanes, nt, j, hi)
+
+    def impl(lanes, nt, j, hi, stream):
+        if not stream:
+            prefetch(lanes, nt, j, hi)
+    return impl
+
+
 def lane_store(arr, index, k, value, stream):
     """Store a tile's lanes < k at ``index``: ``vstore``, or, where ``stream`` is set and
     the tile is whole (k the ``ALL`` marker, or a run-time k of W), a non-temporal store:
@@ -359,7 +377,7 @@ def _softmax_write(op, a, b, out, nt, lo, hi, S, c, nc, V, stream):
     kept = pick(op, SOFTMAX, exact_store(oarr), None) is not None
     for j in range(lo, hi):
         prefetch(a, nt, j, hi)
-        prefetch(out, nt, j, hi)
+        prefetch_out(out, nt, j, hi, stream)
         for t in range(nt):
             if kept:
                 e = vload(oarr, obase + j * ostep + t * W, k, 0.0)
@@ -379,7 +397,7 @@ def _log_softmax_write(op, a, b, out, nt, lo, hi, S, c, nc, V, stream):
         vstore(V, (nt + t) * W, W, vnarrow(vload(S, ((2 * nc + 1) * nt + t) * W, W, 0.0), arr))
     for j in range(lo, hi):
         prefetch(a, nt, j, hi)
-        prefetch(out, nt, j, hi)
+        prefetch_out(out, nt, j, hi, stream)
         for t in range(nt):
             x = vload(arr, base + j * step + t * W, k, 0.0)
             v = vsub(vsub(x, vload(V, t * W, W, 0.0)), vload(V, (nt + t) * W, W, 0.0))
@@ -415,7 +433,7 @@ def _grad_write(op, a, b, out, nt, lo, hi, S, c, nc, V, stream):
     for j in range(lo, hi):
         prefetch(a, nt, j, hi)
         prefetch(b, nt, j, hi)
-        prefetch(out, nt, j, hi)
+        prefetch_out(out, nt, j, hi, stream)
         for t in range(nt):
             u = vload(a[0], a[1] + j * a[2] + t * W, k, 0.0)
             v = vload(b[0], b[1] + j * b[2] + t * W, k, 0.0)
