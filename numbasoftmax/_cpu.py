@@ -55,8 +55,9 @@ ALONE_OPS = ("softmax", "log_softmax")
 ALONE_ROW_BYTES = 256
 ALONE_MIN_BYTES = 1 << 25
 # Where the output is large (past the L2 caches), the row drivers fetch the rows of at most
-# FETCH_ROW_BYTES FETCH_BYTES ahead of the one they work on into the L1 cache: the inputs'
-# lines to read and the output's to write (``_cpu_kernels.fetch_rows``). Short rows' phases
+# FETCH_ROW_BYTES FETCH_BYTES (at least a row) ahead of the one they work on into the L1
+# cache: the inputs' lines to read and the output's to write (``_cpu_kernels.fetch_rows``;
+# where the output streams past the caches, the inputs' only). Short rows' phases
 # read and write a few lines each and then compute; without the hints each row's stores
 # waited for their lines (the stores' reads for ownership) and its loads for theirs. Time
 # with ÷ without, float32, 2^24 elements, 2 threads, both alternating in one process over
@@ -66,11 +67,15 @@ ALONE_MIN_BYTES = 1 << 25
 # from 256 (its outputs stream, so only x is fetched); softmax_backward 0.66-0.90 and
 # log_softmax_backward 0.69-0.79 at 3-512; float64 0.70-0.88 (softmax at 8-256,
 # log_softmax_backward at 32, 256); float16 0.86-1.02; masked rows 0.69-0.89. Rows of 4-16
-# KiB measured 0.84-1.07 (level for softmax): not fetched. In the cache the hints only cost
-# (2^17 elements, one thread: 1.05-1.25x the time), and at 2^20-2^21 elements they measured
-# level or slower: so from FETCH_MIN_BYTES. A first call compiles ~0.1-0.2 s longer.
-FETCH_OPS = ("softmax", "log_softmax", "softmax_backward", "log_softmax_backward")
-FETCH_ROW_BYTES = 2048
+# KiB, fetched one row ahead (two processes each): log_softmax_backward 0.78-0.82 / 0.85-0.86
+# / 0.90-0.91 / 0.94-0.96 at 4 / 8 / 16 / 32 KiB (its second pass reads z, which its first
+# did not), softmax_backward 0.93 / 0.99-1.00 / 1.06-1.07 at 4 / 8 / 16 KiB, softmax
+# 0.94-1.03, log_softmax 0.91-0.99 (one process): so per operation the longest row fetched
+# (FETCH_ROW_BYTES). In the cache the hints only cost (2^17 elements, one thread:
+# 1.05-1.25x the time), and at 2^20-2^21 elements they measured level or slower: so from
+# FETCH_MIN_BYTES. A first call compiles ~0.1-0.2 s longer.
+FETCH_ROW_BYTES = {"softmax": 2048, "log_softmax": 2048, "softmax_backward": 4096,
+                   "log_softmax_backward": 16384}
 FETCH_BYTES = 2048
 FETCH_MIN_BYTES = 1 << 25
 # Rows of at least this many bytes write a large output (``_config.STREAM_MIN_BYTES``)
@@ -129,7 +134,7 @@ def ahead(op, m, n, itemsize):
     """How many rows ahead of their work the row drivers fetch m rows of n elements of
     ``itemsize`` bytes of operation ``op`` (0: none; see FETCH_BYTES)."""
     row = n * itemsize
-    if op not in FETCH_OPS or row > FETCH_ROW_BYTES or m * row < FETCH_MIN_BYTES:
+    if row > FETCH_ROW_BYTES.get(op, 0) or m * row < FETCH_MIN_BYTES:
         return 0
     return max(1, FETCH_BYTES // row)
 

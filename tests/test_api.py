@@ -227,14 +227,22 @@ def test_large_outputs_rows_run_alone(op, n, dtype, alone, rng, monkeypatch):
     assert (seen == [kernels.rows_parallel]) is alone, seen
 
 
-@pytest.mark.parametrize(("n", "ahead"), [(3, 170), (8, 64), (32, 16), (100, 5), (512, 1),
-                                         (513, 0)], ids=str)
+# rows fetched ahead per float32 row length: softmax, log_softmax, softmax_backward,
+# log_softmax_backward (rows of up to 2, 2, 4 and 16 KiB, 2 KiB ahead or the next row)
+FETCHED = {3: (170, 170, 170, 170), 32: (16, 16, 16, 16), 100: (5, 5, 5, 5),
+           512: (1, 1, 1, 1), 513: (0, 0, 1, 1), 1024: (0, 0, 1, 1), 1025: (0, 0, 0, 1),
+           4096: (0, 0, 0, 1), 4097: (0, 0, 0, 0)}
+
+
+@pytest.mark.parametrize("n", FETCHED)
 @pytest.mark.parametrize("op", OPS)
-def test_large_outputs_fetch_rows_ahead(op, n, ahead, rng, monkeypatch):
-    """Large outputs' rows of up to 2 KiB are fetched into the cache 2 KiB ahead
-    (``_cpu.ahead``), with the bits of the rows not fetched."""
+def test_large_outputs_fetch_rows_ahead(op, n, rng, monkeypatch):
+    """Large outputs' short rows are fetched into the cache ahead (``_cpu.ahead``), with
+    the bits of the rows not fetched."""
     from numbasoftmax import _cpu
 
+    ahead = FETCHED[n][["softmax", "log_softmax", "softmax_backward",
+                        "log_softmax_backward"].index(op)]
     inputs = inputs_for(op, rng, (40000 // n + 4, n), np.float32)
     plain = func(op)(*inputs)
     seen = []
