@@ -66,7 +66,7 @@ ALONE_MIN_BYTES = 1 << 25
 # log_softmax 0.92 / 0.77 / 0.76 / 0.74 / 0.73 / 0.84 at 3 / 8 / 16 / 32 / 64 / 128, level
 # from 256 (its outputs stream, so only x is fetched); softmax_backward 0.66-0.90 and
 # log_softmax_backward 0.69-0.79 at 3-512; float64 0.70-0.88 (softmax at 8-256,
-# log_softmax_backward at 32, 256); float16 0.86-1.02; masked rows 0.69-0.89. Rows of 4-16
+# log_softmax_backward at 32, 256); float16 0.86-1.02; masked rows 0.69-0.89. Rows of 4-32
 # KiB, fetched one row ahead (two processes each): log_softmax_backward 0.78-0.82 / 0.85-0.86
 # / 0.90-0.91 / 0.94-0.96 at 4 / 8 / 16 / 32 KiB (its second pass reads z, which its first
 # did not), softmax_backward 0.93 / 0.99-1.00 / 1.06-1.07 at 4 / 8 / 16 KiB, softmax
