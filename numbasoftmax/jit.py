@@ -15,13 +15,13 @@ follow the same non-finite rules as the public functions::
         return out
 
 A row and ``out`` (and a gradient's two rows) of different lengths raise ValueError, as the
-public functions do for shapes that differ, and a read-only ``out`` too; other dimensions,
-integer arrays or a second row or ``out`` of another dtype raise TypeError saying so (when
-the call runs: numba compiles a function that raises it). numba itself refuses float16
-arrays from Python before these functions see them. They run the package's own row kernel, whose
-summation order is written in the code, so a row gives bitwise the same result as
-``numbasoftmax.softmax`` on it, whether your function was compiled just now or loaded from
-numba's cache, inlined or not, serial or parallel.
+public functions do for shapes that differ, and a read-only ``out`` or one whose elements
+share memory (stride 0) too; other dimensions, integer arrays or a second row or ``out`` of
+another dtype raise TypeError saying so (when the call runs: numba compiles a function that
+raises it). numba itself refuses float16 arrays from Python before these functions see them.
+They run the package's own row kernel, whose summation order is written in the code, so a
+row gives bitwise the same result as ``numbasoftmax.softmax`` on it, whether your function
+was compiled just now or loaded from numba's cache, inlined or not, serial or parallel.
 """
 
 from __future__ import annotations
@@ -90,17 +90,24 @@ def _entry(name, op, names):
                 raise error(message)
             return fail
 
-        # the kernel reads and writes a's length
+        # the kernel reads and writes a's length; an out of any layout may have stride 0
+        # (``as_strided``), its elements one memory: refused as the public functions do
+        strided = out.layout != "C"
+        shared = f"{name}(): out must not have elements that share memory; got stride 0"
         if pair:
             def impl(a, b, out):
                 if b.shape[0] != a.shape[0] or out.shape[0] != a.shape[0]:
                     raise ValueError(short)
+                if strided and out.strides[0] == 0 and out.shape[0] > 1:
+                    raise ValueError(shared)
                 row(op, a, b, None, out, _scratch(a.shape[0]), None, False)
             return impl
 
         def forward(a, b, out):
             if out.shape[0] != a.shape[0]:
                 raise ValueError(short)
+            if strided and out.strides[0] == 0 and out.shape[0] > 1:
+                raise ValueError(shared)
             row(op, a, a, None, out, _scratch(a.shape[0]), None, False)
         return forward
 

@@ -247,3 +247,30 @@ def test_a_read_only_out_is_refused():
     got = np.empty(5)
     softmax_row(x, got)  # a read-only row is read
     assert_bitwise_equal(got, numbasoftmax.softmax(x))
+
+
+@pytest.mark.parametrize("func", [softmax_row, softmax_backward_row],
+                         ids=["softmax_row", "softmax_backward_row"])
+def test_an_out_of_shared_elements_is_refused(func):
+    """As the public functions' out=: elements at stride 0 (one memory) are refused, from
+    Python and from users' @njit code; a single element at stride 0 is a plain out."""
+    x = np.linspace(-1.0, 1.0, 5)
+    args = (x,) if func is softmax_row else (numbasoftmax.softmax(x), np.ones(5))
+    memory = np.full(1, 7.0)
+    out = np.lib.stride_tricks.as_strided(memory, shape=(5,), strides=(0,))
+    name = func.py_func.__name__
+    with pytest.raises(ValueError, match=rf"{name}\(\): out must not have elements that "
+                                         r"share memory; got stride 0"):
+        func(*args, out)
+    assert memory[0] == 7.0
+
+    @njit
+    def users(*a):
+        func(*a)
+
+    with pytest.raises(ValueError, match="share memory"):
+        users(*args, out)
+    one = np.lib.stride_tricks.as_strided(memory, shape=(1,), strides=(0,))
+    func(*(a[:1] for a in args), one)
+    public = getattr(numbasoftmax, name.removesuffix("_row"))
+    assert_bitwise_equal(memory, public(*(a[:1] for a in args)))
