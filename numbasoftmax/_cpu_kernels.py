@@ -182,6 +182,17 @@ _FETCHED = {"softmax": False, "log_softmax": False, "softmax_backward": True,
             "log_softmax_backward": True}
 
 
+@njit(inline="always", **INTERNAL)
+def fetch_ahead(op, a, ao, b, bo, out, oo, r0, k, ahead, hi, n):
+    """A driver about to work on rows r0..r0+k-1 (a row, a group, a tile) of those below
+    hi fetches the k rows ``ahead`` rows on, or k rows on if that is further (the next
+    group or tile at least); ``ahead`` 0: nothing (``fetch_rows``)."""
+    if ahead > 0:
+        at = r0 + max(ahead, k)
+        if at < hi:
+            fetch_rows(op, a, ao, b, bo, out, oo, at, min(at + k, hi), n)
+
+
 __all__ = ["OPS", "W", "rows", "run_rows", "grouped_rows", "short_rows", "masked_short_rows",
            "columns", "column_tasks", "column_lead",
            "rows_parallel", "run_rows_parallel", "grouped_rows_parallel", "short_rows_parallel",
@@ -307,8 +318,7 @@ def rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, ahead, side, stream):
     w = side_mask(side)
     sc = _staging(op, out, n)
     for i in range(lo, hi):
-        if ahead > 0 and i + ahead < hi:
-            fetch_rows(op, a, ao, b, bo, out, oo, i + ahead, i + ahead + 1, n)
+        fetch_ahead(op, a, ao, b, bo, out, oo, i, 1, ahead, hi, n)
         off = mask_offset(side, i)
         row(op, seg(a, i * ao, i * ao + n), _staged(sc, 0, seg(b, i * bo, i * bo + n)),
             seg(w, off, off + n), out_row(op, out, i * oo, n), st, row_values(side, i),
@@ -547,8 +557,7 @@ def _write_order(q, k, n):
 @njit(**OPTIONS)
 def grouped_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, ahead, side, stream):
     """Rows lo..hi-1 of at most CHUNK elements, in groups through each phase of the row
-    kernel; an = on = 1. Each group fetches the rows a group or ``ahead`` rows ahead of
-    it, whichever is further (``ahead`` 0: none)."""
+    kernel; an = on = 1."""
     size = group_size(n)
     st = empty((4, size), np.float64)  # one allocation, not four (a short call pays each)
     cmax, m, t = st[0], st[2], st[3]
@@ -559,11 +568,9 @@ def grouped_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, ahead, side, 
     lanes, trees = seg(scratch, 0, GROUP * W), seg(scratch, GROUP * W, (GROUP + 1) * W)
     w = side_mask(side)
     sc = _staging(op, out, size * n)
-    ahead = max(ahead, size) if ahead > 0 else 0
     for g in range(lo, hi, size):
         k = min(size, hi - g)
-        if ahead > 0 and g + ahead < hi:
-            fetch_rows(op, a, ao, b, bo, out, oo, g + ahead, min(g + ahead + k, hi), n)
+        fetch_ahead(op, a, ao, b, bo, out, oo, g, k, ahead, hi, n)
         _group_finish(op, a, ao, b, bo, side, w, offs, out, oo, sc, n, g, k, lanes, trees, st)
         for q in range(k):
             r = _write_order(q, k, n)
@@ -870,10 +877,8 @@ def short_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, ahead, side, st
     # all W lanes computed (the gather fills missing rows with 0): the tiles are whole, so
     # their loads and stores need no masks
     full = lo + (hi - lo) // W * W
-    ahead = max(ahead, W) if ahead > 0 else 0  # as ``grouped_rows``, tiles for groups
     for r0 in range(lo, full, W):  # whole tiles: the lane count a constant, no masks
-        if ahead > 0 and r0 + ahead < hi:
-            fetch_rows(op, a, ao, b, bo, out, oo, r0 + ahead, min(r0 + ahead + W, hi), n)
+        fetch_ahead(op, a, ao, b, bo, out, oo, r0, W, ahead, hi, n)
         _gather(a, ao, r0, ALL, n, ta)
         _gather_second(op, b, bo, r0, ALL, n, tb)
         tile(op, ta, tb, to, n, S, T, V)
@@ -899,10 +904,8 @@ def masked_short_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, ahead, s
     to = _compute_empty(out, n * W)
     tb = _second_tile(op, b, n, ta)
     ms = _mask_scratch(side, a, n)
-    ahead = max(ahead, W) if ahead > 0 else 0  # as ``short_rows``
     for r0 in range(lo, hi, W):
-        if ahead > 0 and r0 + ahead < hi:
-            fetch_rows(op, a, ao, b, bo, out, oo, r0 + ahead, min(r0 + ahead + W, hi), n)
+        fetch_ahead(op, a, ao, b, bo, out, oo, r0, W, ahead, hi, n)
         _masked_rows(op, side, a, ao, b, bo, out, oo, r0, min(W, hi - r0), n, ta, tb, to,
                      ms, S, T, V)
 

@@ -90,26 +90,19 @@ def _entry(name, op, names):
                 raise error(message)
             return fail
 
-        # the kernel reads and writes a's length; an out of any layout may have stride 0
-        # (``as_strided``), its elements one memory: refused as the public functions do
+        # the kernel reads and writes a's length (a forward function's b is a); an out of
+        # any layout may have stride 0 (``as_strided``), its elements one memory: refused
+        # as the public functions do
         strided = out.layout != "C"
         shared = f"{name}(): out must not have elements that share memory; got stride 0"
-        if pair:
-            def impl(a, b, out):
-                if b.shape[0] != a.shape[0] or out.shape[0] != a.shape[0]:
-                    raise ValueError(short)
-                if strided and out.strides[0] == 0 and out.shape[0] > 1:
-                    raise ValueError(shared)
-                row(op, a, b, None, out, _scratch(a.shape[0]), None, False)
-            return impl
 
-        def forward(a, b, out):
-            if out.shape[0] != a.shape[0]:
+        def impl(a, b, out):
+            if b.shape[0] != a.shape[0] or out.shape[0] != a.shape[0]:
                 raise ValueError(short)
             if strided and out.strides[0] == 0 and out.shape[0] > 1:
                 raise ValueError(shared)
-            row(op, a, a, None, out, _scratch(a.shape[0]), None, False)
-        return forward
+            row(op, a, b, None, out, _scratch(a.shape[0]), None, False)
+        return impl
 
     return run
 
