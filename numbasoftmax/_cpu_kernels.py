@@ -643,7 +643,10 @@ def _put(op, to, out, oo, r0, k, n):
     """A tile's results into rows r0 .. r0+k-1 of ``out``: a reduction's values (and signs),
     else the tile's rows."""
     if reduces(op):
-        vscatter(out, r0 * oo, oo, k, vload(to, 0, W, 0.0))
+        if oo == 1:  # values one after the other: one store instead of W
+            vstore(out, r0, k, vload(to, 0, W, 0.0))
+        else:
+            vscatter(out, r0 * oo, oo, k, vload(to, 0, W, 0.0))
         if same(op, LOGSUMEXP_SIGN):
             vscatter(out, r0 * oo + 1, oo, k, vload(to, W, W, 0.0))
     else:
@@ -872,7 +875,7 @@ def short_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, ahead, side, st
     ``masked_short_rows``). ``stream`` is not used: a tile's rows are stored plainly."""
     S, T, V = _scratch(a, n, 1)
     ta = _compute_empty(a, n * W)
-    to = _compute_empty(out, 2 * W if reduces(op) else n * W)
+    to = _compute_empty(out, max(n, 2) * W)
     tb = _second_tile(op, b, n, ta)
     # all W lanes computed (the gather fills missing rows with 0): the tiles are whole, so
     # their loads and stores need no masks
@@ -1002,7 +1005,7 @@ def _tile_tasks(args):
     # the parallel loop does not see a task's error: rows the tiles do not take are
     # refused here, before it runs (the serial driver raises for them itself)
     rows_max = tile_row_max(args[0].key)
-    if rows_max is not None and args[11] > rows_max:
+    if args[11] > rows_max:
         raise ValueError(f"short_rows takes rows of at most {rows_max} elements for "
                          f"{args[0].key}; got {args[11]}")
     return args[10], (max(1, TASK_ELEMENTS // args[11]) + W - 1) // W * W  # whole tiles

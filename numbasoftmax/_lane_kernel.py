@@ -254,11 +254,16 @@ def _lse_lanes(f, a, b, c, i, k):
     +0; in lanes whose shift (the chunk max, c[k*W]) is +inf, weight * inf at the +inf
     elements: the row kernel's terms (``_exp_lanes``, ``_inf_lanes``)."""
     arr, base, step, rows = a
-    x = vload(arr, base + i * step + k * W, rows, NEG_INF)
-    shift = vload(c, k * W, W, 0.0)
-    e = weighed_exp_nonpos(vsub(x, shift), b, i, k)
-    e_inf = vselect(veq(x, math.inf), weigh(vsplat(math.inf, arr), b, i, k), 0.0)
-    return keep(weights_valid(b, i, k), vselect(veq(shift, math.inf), e_inf, e), 0.0)
+    return _lse_term(vload(arr, base + i * step + k * W, rows, NEG_INF),
+                     vload(c, k * W, W, 0.0), b, i, k)
+
+
+@njit(inline="always", **INTERNAL)
+def _lse_term(x, shift, b, j, t):
+    """``_lse_lanes``' term of the vector x, element j of tile t, shifted by ``shift``."""
+    e = weighed_exp_nonpos(vsub(x, shift), b, j, t)
+    e_inf = vselect(veq(x, math.inf), weigh(vsplat(math.inf, x), b, j, t), 0.0)
+    return keep(weights_valid(b, j, t), vselect(veq(shift, math.inf), e_inf, e), 0.0)
 
 
 @kernel_fn
@@ -412,18 +417,26 @@ def _lse_write(op, a, b, out, nt, lo, hi, S, c, nc, V, stream):
         return
     oarr, obase, ostep, k = out
     for t in range(nt):
-        m = vload(S, (2 * nc * nt + t) * W, W, 0.0)
-        total = vselect(veq(m, m), vload(S, ((2 * nc + 1) * nt + t) * W, W, 0.0), NAN)
-        value = vadd(m, vlog(vabs(total)))
-        value = vselect(veq(value, value), value, NAN)  # one NaN pattern, as the row kernel
-        if same(op, LOGSUMEXP_SIGN):
-            sign = vselect(vlt(0.0, total), 1.0, vselect(vlt(total, 0.0), -1.0,
-                                                        vselect(veq(total, 0.0), vsplat(0.0, total),
-                                                                NAN)))
-            vstore(oarr, obase + ostep + t * W, k, vnarrow(sign, oarr))
-        else:
-            value = vselect(vlt(total, 0.0), NAN, value)
-        vstore(oarr, obase + t * W, k, vnarrow(value, oarr))
+        _lse_store(op, vload(S, (2 * nc * nt + t) * W, W, 0.0),
+                   vload(S, ((2 * nc + 1) * nt + t) * W, W, 0.0), oarr, obase, ostep, k, t)
+
+
+@njit(inline="always", **INTERNAL)
+def _lse_store(op, m, total, oarr, obase, ostep, k, t):
+    """Tile t's values m + log|total| at oarr[obase + t*W] (NaN for total < 0 without the
+    sign) and, with the sign, its signs at oarr[obase + ostep + t*W]: m and total (float64)
+    the rows' (m, t)."""
+    total = vselect(veq(m, m), total, NAN)
+    value = vadd(m, vlog(vabs(total)))
+    value = vselect(veq(value, value), value, NAN)  # one NaN pattern, as the row kernel
+    if same(op, LOGSUMEXP_SIGN):
+        sign = vselect(vlt(0.0, total), 1.0, vselect(vlt(total, 0.0), -1.0,
+                                                    vselect(veq(total, 0.0), vsplat(0.0, total),
+                                                            NAN)))
+        vstore(oarr, obase + ostep + t * W, k, vnarrow(sign, oarr))
+    else:
+        value = vselect(vlt(total, 0.0), NAN, value)
+    vstore(oarr, obase + t * W, k, vnarrow(value, oarr))
 
 
 def _grad_write(op, a, b, out, nt, lo, hi, S, c, nc, V, stream):
@@ -535,33 +548,32 @@ def band_write(op, a, b, out, nt, n, S, V, st, fin, r0, rows, stream):
 # the statistics S and V, each store waited for by the next load. ``tile`` runs the same
 # operations on the same values in the same order straight from the tile's vectors: in
 # registers, a variable per element, for rows of at most REGISTER_ROW_MAX elements; with
-# loops over the tile for the forward operations' rows of at most TILE_ROW_MAX. Its
-# results are ``band``'s bit for bit (tests hold them to it). Its sum leaves out
-# ``band``'s 0 + of each block lane and adds +0 for the lanes past n, which changes only a
-# -0 (to +0); so does the 0 + of the widened tree, which the result is in every case.
+# loops over the tile for the forward operations' and logsumexp's rows of at most
+# TILE_ROW_MAX. Its results are ``band``'s bit for bit (tests hold them to it). Its sum
+# leaves out ``band``'s 0 + of each block lane and adds +0 for the lanes past n, which
+# changes only a -0 (to +0; logsumexp's weighted terms can be -0); so does the 0 + of the
+# widened tree, which the result is in every case.
 #
-# The softmax functions' tiles take no other rows: ``band`` would double the compile time
-# of a first short-row call (the gradients' rows of 9 or more run faster in the row
-# kernel's groups anyway). logsumexp keeps ``band`` for every row length.
+# The tiles take no other rows: ``band`` would double the compile time of a first
+# short-row call (the gradients' rows of 9 or more run faster in the row kernel's groups
+# anyway).
 
 REGISTER_ROW_MAX = 8
 TILE_ROW_MAX = 2 * W - 1
 
 
 def tile_row_max(op):
-    """The longest row ``tile`` takes for operation ``op`` (a name), None for any."""
-    if op in ("softmax", "log_softmax"):
-        return TILE_ROW_MAX
+    """The longest row ``tile`` takes for operation ``op`` (a name)."""
     if op in ("softmax_backward", "log_softmax_backward"):
         return REGISTER_ROW_MAX
-    return None
+    return TILE_ROW_MAX
 
 
 def tile(op, ta, tb, to, n, S, T, V):
     """``band`` on the whole tile (ta, 0, W, ALL) of n elements per row (tb: the second
-    operand's tile, or None; to: the output tile; S, T, V: ``band``'s scratch). The
-    softmax functions' rows: at most TILE_ROW_MAX elements (the gradients' at most
-    REGISTER_ROW_MAX), else a ValueError."""
+    operand's tile, or None; to: the output tile, of max(n, 2) vectors: a reduction's
+    values and signs in its first two; S, T, V: ``band``'s scratch). Rows of at most
+    ``tile_row_max`` elements, else a ValueError."""
 
 
 def tile_lanes(t):
@@ -574,11 +586,6 @@ def _tile_lanes_impl(t):
     if isinstance(t, types.NoneType):
         return lambda t: None
     return lambda t: (t, 0, W, ALL)
-
-
-@njit(**INTERNAL)
-def _band_tile(op, ta, tb, to, n, S, T, V):
-    band(op, (ta, 0, W, ALL), tile_lanes(tb), (to, 0, W, ALL), 1, n, S, T, V, None)
 
 
 @njit(**INTERNAL)
@@ -761,6 +768,39 @@ def _grad_tile(op, ta, tb, to, n, S, T, V):
     _grad_registers(op, ta, tb, to, n)
 
 
+def _lse_tile(op, ta, tb, to, n, S, T, V):
+    """logsumexp's tile: ``band``'s max (``_band_max``, in its order), terms
+    (``_lse_lanes``: in registers up to REGISTER_ROW_MAX elements, else kept in ``to``),
+    sum and values straight from the tile's vectors; the values (and signs) then in
+    to[:W] (and to[W:2W])."""
+    if n > TILE_ROW_MAX:
+        raise ValueError("logsumexp's tiles take rows of at most TILE_ROW_MAX elements")
+    b = tile_lanes(tb)
+    cm = vsplat(NEG_INF, ta)
+    for j in range(n):
+        cm = vmax(cm, keep(weights_valid(b, j, 0), vload(ta, j * W, W, 0.0), NEG_INF))
+    shift = vselect(veq(cm, NEG_INF), 0.0, cm)
+    if n <= REGISTER_ROW_MAX:
+        x0, x1, x2, x3, x4, x5, x6, x7 = _vectors(ta, n, NEG_INF)
+        total = _sum8(_lse_below(x0, shift, b, 0, n), _lse_below(x1, shift, b, 1, n),
+                      _lse_below(x2, shift, b, 2, n), _lse_below(x3, shift, b, 3, n),
+                      _lse_below(x4, shift, b, 4, n), _lse_below(x5, shift, b, 5, n),
+                      _lse_below(x6, shift, b, 6, n), _lse_below(x7, shift, b, 7, n))
+    else:
+        for j in range(n):
+            vstore(to, j * W, W, _lse_term(vload(ta, j * W, W, 0.0), shift, b, j, 0))
+        total = _tile_sum(to, n)
+    _lse_store(op, vwiden(cm), total, to, 0, W, ALL, 0)
+
+
+@njit(**INTERNAL)
+def _lse_below(x, shift, b, j, n):
+    """``_lse_term`` for a vector j < n, else +0 (the sum's padding)."""
+    if j < n:
+        return _lse_term(x, shift, b, j, 0)
+    return vsplat(0.0, x)
+
+
 dispatch(tile, {"softmax": _forward_tile, "log_softmax": _forward_tile,
                 "softmax_backward": _grad_tile, "log_softmax_backward": _grad_tile,
-                "logsumexp": _band_tile.py_func, "logsumexp_sign": _band_tile.py_func})
+                "logsumexp": _lse_tile, "logsumexp_sign": _lse_tile})

@@ -631,7 +631,7 @@ LSE_SHAPES = [(5, 1), (33, 3), (20, 16), (18, 17), (9, 100), (3, 1025), (2, 8193
 def _lse_rows(driver, op, x, b, parallel):
     m, n = x.shape
     width = 2 if op == "logsumexp_sign" else 1
-    out = np.full((m, width), 7.0, x.dtype)
+    out = np.full((m + 16, width), 7.0, x.dtype)  # rows past m: nothing written there
     flat_b = None if b is None else _storage(b).reshape(-1)
     head = (K.OPS[op], _storage(x).reshape(-1), n, 1, flat_b, 0 if b is None else n, 1,
             _storage(out).reshape(-1), width, 1)
@@ -639,7 +639,8 @@ def _lse_rows(driver, op, x, b, parallel):
     if driver in ROW_DRIVERS:
         tail += (None, False)
     driver(*head, *tail)
-    return out
+    assert (out[m:] == 7.0).all()
+    return out[:m]
 
 
 @pytest.mark.parametrize("shape", LSE_SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
@@ -660,9 +661,54 @@ def test_logsumexp_drivers_agree_bitwise(op, weighted, shape, rng):
             b[3, 1] = -1.0
     expected = _lse_rows(K.rows, op, x, b, parallel=False)
     assert not (expected == 7.0).any()
-    drivers = [(K.short_rows, False), (K.rows_parallel, True), (K.short_rows_parallel, True),
-               (K.chunks_parallel, True)]
+    drivers = [(K.rows_parallel, True), (K.chunks_parallel, True)]
+    if n <= TILE_ROW_MAX:
+        drivers += [(K.short_rows, False), (K.short_rows_parallel, True)]
     if n <= CHUNK:
         drivers += [(K.grouped_rows, False), (K.grouped_rows_parallel, True)]
     for driver, parallel in drivers:
         assert_bitwise_equal(_lse_rows(driver, op, x, b, parallel), expected)
+
+
+LSE_TILE_CASES = [(op, dtype, n) for op in ("logsumexp", "logsumexp_sign")
+                  for dtype in (np.float16, np.float32, np.float64)
+                  for n in range(1, TILE_ROW_MAX + 1)]
+
+
+@pytest.mark.parametrize(("op", "dtype", "n"), LSE_TILE_CASES,
+                         ids=[f"{op}-{np.dtype(d).name}-{n}" for op, d, n in LSE_TILE_CASES])
+def test_logsumexp_tile_agrees_bitwise(op, dtype, n, rng):
+    """logsumexp's short rows through the tiles (serial and parallel, whole tiles and a
+    partial one) give the row kernel's bits, weighted and not: weights of 0 (left out of
+    the max), negative weights on terms that underflow (-0 terms), +inf under weights of
+    both signs, rows of -inf, NaN, and terms lifted from below the normal range."""
+    m = 3 * 16 + 5
+    x = (rng.standard_normal((m, n)) * 3).astype(dtype)
+    b = rng.standard_normal((m, n)).astype(dtype)
+    b[rng.random((m, n)) < 0.2] = 0.0
+    x[0, n // 2] = np.inf
+    x[1, :] = -np.inf
+    x[2, n - 1] = np.nan
+    x[3, :] = -1e4 if dtype == np.float64 else -1e3  # every term but one underflows
+    x[3, 0] = 0.0
+    b[3, :] = -1.0
+    b[3, 0] = 1.0
+    if n > 1:
+        x[4, :2] = np.inf
+        b[4, :2] = (1.0, -1.0)
+        x[5, 1] = -200.0 if dtype != np.float64 else -1000.0
+        b[5, 1] = np.finfo(dtype).max  # a lifted term
+    for weights in (None, b):
+        expected = _lse_rows(K.rows, op, x, weights, parallel=False)
+        for driver, parallel in ((K.short_rows, False), (K.short_rows_parallel, True)):
+            assert_bitwise_equal(_lse_rows(driver, op, x, weights, parallel), expected)
+
+
+def test_logsumexp_tile_rejects_longer_rows(rng):
+    """logsumexp's tiles take rows of at most TILE_ROW_MAX elements (the launcher sends the
+    longer ones to the row drivers), and say so instead of leaving the output unwritten."""
+    x = rng.standard_normal((20, TILE_ROW_MAX + 1)).astype(np.float32)
+    with pytest.raises(ValueError, match="tiles take rows of at most"):
+        _lse_rows(K.short_rows, "logsumexp", x, None, parallel=False)
+    with pytest.raises(ValueError, match=f"rows of at most {TILE_ROW_MAX} elements"):
+        _lse_rows(K.short_rows_parallel, "logsumexp", x, None, parallel=True)
