@@ -265,8 +265,10 @@ def _parallel(kernel, args):
 # arrays, per (driver, dtype), called without numba's dispatcher, which types all 15 arguments at
 # every call (the operation's marker in Python): ~1 us of a ~4.8 us 8x128 softmax.
 _routes = {}
-# operations the lane kernel does not run: always on the row drivers
-ROW_DRIVERS_ONLY = ("logsumexp_backward",)
+# operations whose rows the lane kernel's tiles take (short ones) but the groups do not:
+# from SHORT_ROW_MAX on a row at a time (logsumexp's gradient, element-wise given each
+# row's values)
+UNGROUPED_OPS = ("logsumexp_backward",)
 # operations whose masked short rows run on the lane kernel's tiles too, where the rows
 # and their masks lie as the tiles take them (``_cpu_kernels.mask_takes_tiles``); other
 # masked rows run on the row drivers
@@ -276,10 +278,9 @@ TILE_MASK_OPS = ("softmax", "log_softmax", "softmax_backward", "log_softmax_back
 def _route(op):
     k = _kernels or _load_kernels()
     kind = "backward" if "backward" in op else "forward"
-    if op in ROW_DRIVERS_ONLY:
-        short = grouped = 0
-    else:
-        short, grouped = SHORT_ROW_MAX[kind], GROUPED_ROW_MAX[kind]
+    short, grouped = SHORT_ROW_MAX[kind], GROUPED_ROW_MAX[kind]
+    if op in UNGROUPED_OPS:
+        grouped = 0
     route = _routes[op] = (k.OPS[op], short, grouped, {})
     return route
 
@@ -289,13 +290,14 @@ def run(op, a, sa, b, sb, out, so, m, n, side=None, direct=False):
     strides (``a, sa, b, sb, out, so``), then M and n; ``b`` is the second input (a
     gradient's), or ``a`` again for a forward operation, or None (logsumexp without
     weights). ``side``: None, or the mask and given row values (see ``_cpu_kernels``);
-    then the row kernel runs every row, but the short rows of ``TILE_MASK_OPS``.
+    with a mask the row kernel runs every row, but the short rows of ``TILE_MASK_OPS``.
     ``direct``: the buffers are 1-D C-contiguous, aligned and writable arrays of one
     dtype."""
     marker, short_max, grouped_max, entries = _routes.get(op) or _route(op)
     k = _kernels
     step = n  # a mask's layout (``mask_takes_tiles``), n without one
-    if side is not None:
+    masked = side is not None and side[0] is not None
+    if masked:
         step = k.mask_takes_tiles(side[1], n) if op in TILE_MASK_OPS and (
             sa == sb == so == n) else -1
         if step < 0:
@@ -321,7 +323,7 @@ def run(op, a, sa, b, sb, out, so, m, n, side=None, direct=False):
         if runs:
             driver = k.run_rows
         elif n < short_max:
-            driver = k.short_rows if side is None else k.masked_short_rows
+            driver = k.masked_short_rows if masked else k.short_rows
         else:
             driver = k.grouped_rows if n < grouped_max else k.rows
         call = (marker, a, sa, 1, b, sb, 1, out, so, 1, 0, m, n, fetch, side, stream)
@@ -336,7 +338,7 @@ def run(op, a, sa, b, sb, out, so, m, n, side=None, direct=False):
         _parallel(k.run_rows_parallel, (*arrays, m, n, fetch, side, stream))
         return
     if n < short_max:
-        tiles = k.short_rows_parallel if side is None else k.masked_short_rows_parallel
+        tiles = k.masked_short_rows_parallel if masked else k.short_rows_parallel
         _parallel(tiles, (*arrays, m, n, fetch, side, stream))
         return
     if n < grouped_max:

@@ -14,9 +14,12 @@ The row drivers (``rows``, ``grouped_rows``, ``short_rows``, ``masked_short_rows
 ``run_rows``, their parallel forms and ``chunks_parallel``) take ``ahead`` in C's place: 0,
 or how many rows ahead of their work they fetch into the cache (``fetch_rows``;
 ``chunks_parallel``, whose rows are long, does not use it). They take two more arguments.
-``side``: None, or ``(w, wd, rv)`` with the mask ``w`` (bytes or None), its row offsets
-``wd`` (see ``mask_offset``) and the rows' given values ``rv`` ((M, 2) float64 or None). Masks and
-given values run on these drivers only (``short_rows``: neither; ``masked_short_rows``:
+``side``: None, ``(w, wd, None)`` with the mask ``w`` (bytes or None) and its row offsets
+``wd`` (see ``mask_offset``), or ``(w, wd, first, second)`` with the rows' given values:
+two 1-D arrays of a value per row, both float32 or both float64 (logsumexp's gradient:
+lse and the gradient's factor; two arrays, not a pair nested in ``side``, which numba's
+parallel loops do not take as an argument). Masks and given values run on
+these drivers only (``short_rows``: given values without a mask; ``masked_short_rows``:
 masks only, and also ``(w, None, None)``: one mask for every row). ``stream``: the output
 is large: written with non-temporal stores where the kernel may
 (``_row_kernel.may_stream``), each serial driver fencing them before it returns; masked
@@ -249,14 +252,33 @@ def _mask_offset_impl(side, i):
 
 
 def row_values(side, i):
-    """Row i's given values (two float64) in ``side``, or None."""
+    """Row i's given values in ``side`` (as float64), or None."""
 
 
 @overload(row_values, jit_options=INLINE)
 def _row_values_impl(side, i):
     if isinstance(side, types.NoneType) or isinstance(side[2], types.NoneType):
         return lambda side, i: None
-    return lambda side, i: (side[2][i, 0], side[2][i, 1])
+    return lambda side, i: (np.float64(side[2][i]), np.float64(side[3][i]))
+
+
+def _tile_values(side, r0, k, S):
+    """Rows r0 .. r0+k-1's given values (``side``'s) as a tile takes them: the first in
+    S[:W], the second in S[W:2W] (lanes from k on left as they are: their rows are never
+    stored). Nothing without given values."""
+
+
+@overload(_tile_values, jit_options=INLINE)
+def _tile_values_impl(side, r0, k, S):
+    if isinstance(side, types.NoneType) or isinstance(side[2], types.NoneType):
+        return lambda side, r0, k, S: None
+
+    def put(side, r0, k, S):
+        first, second = side[2], side[3]
+        for i in range(k):
+            S[i] = first[r0 + i]
+            S[W + i] = second[r0 + i]
+    return put
 
 
 def _compute_empty(like, size):
@@ -871,8 +893,9 @@ def _check_nan_rows(op, a, ao, out, oo, side, r0, k, n, to):
 def short_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, ahead, side, stream):
     """Rows lo..hi-1, W at a time (the lane kernel's ``tile`` on rows gathered into
     tiles; the rows it takes: ``_cpu.SHORT_ROW_MAX``). A reduction's tile holds the W
-    values (and the W signs after them). ``side``: None (masked rows:
-    ``masked_short_rows``). ``stream`` is not used: a tile's rows are stored plainly."""
+    values (and the W signs after them). ``side``: None, or logsumexp_backward's given row
+    values without a mask (masked rows: ``masked_short_rows``). ``stream`` is not used: a
+    tile's rows are stored plainly."""
     S, T, V = _scratch(a, n, 1)
     ta = _compute_empty(a, n * W)
     to = _compute_empty(out, max(n, 2) * W)
@@ -884,11 +907,13 @@ def short_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, ahead, side, st
         fetch_ahead(op, a, ao, b, bo, out, oo, r0, W, ahead, hi, n)
         _gather(a, ao, r0, ALL, n, ta)
         _gather_second(op, b, bo, r0, ALL, n, tb)
+        _tile_values(side, r0, W, S)
         tile(op, ta, tb, to, n, S, T, V)
         _put(op, to, out, oo, r0, ALL, n)
     if full < hi:
         _gather(a, ao, full, hi - full, n, ta)
         _gather_second(op, b, bo, full, hi - full, n, tb)
+        _tile_values(side, full, hi - full, S)
         tile(op, ta, tb, to, n, S, T, V)
         _put(op, to, out, oo, full, hi - full, n)
 

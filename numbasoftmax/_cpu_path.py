@@ -195,15 +195,26 @@ def fast_logsumexp_backward(x, lse, dlse, axis):
             return None
     n = x.shape[-1]
     m = x.size // n
-    rv = np.empty((m, 2))
-    rv[:, 0] = lse.reshape(-1)
-    rv[:, 1] = dlse.reshape(-1)
+    rv = _given(lse, dlse)
     out = _pool.empty(x.shape, x.dtype)
     a, o = x.ravel(), out.ravel()
     if x.dtype == _F16:
         a, o = a.view(np.uint16), o.view(np.uint16)
-    _cpu.run("logsumexp_backward", a, n, None, 0, o, n, m, n, (None, None, rv))
+    _cpu.run("logsumexp_backward", a, n, None, 0, o, n, m, n, (None, None, *rv))
     return out
+
+
+def _given(first, second):
+    """The kernels' given row values (``_cpu_kernels``' ``side[2:]``) from two arrays of a
+    value per row in the rows' order: as they are where both are float32 or both float64,
+    contiguous and writable (the kernels only read them; read-only arrays would compile
+    the drivers again), else copies, both float64 (every float converts exactly)."""
+    same = first.dtype == second.dtype and first.dtype in _GIVEN
+    dtype = first.dtype if same else np.float64
+    return tuple(np.require(v.reshape(-1), dtype, ("C", "W")) for v in (first, second))
+
+
+_GIVEN = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _meta(a):
@@ -313,12 +324,11 @@ def _side(where, values, shape, axes, p):
     order, outer shape) come back for ``_fill_rows``."""
     rv = None
     if values is not None:
-        rv = np.empty((p.m, 2))
         keep = tuple(1 if a in axes else s for a, s in enumerate(shape))
-        for j, v in enumerate(values):
-            rv[:, j] = np.broadcast_to(v, keep).transpose(p.perm).reshape(-1)
+        rv = _given(*((v if v.shape == keep else np.broadcast_to(v, keep))
+                      .transpose(p.perm).reshape(-1) for v in values))
     if where is None:
-        return (None if rv is None else (None, None, rv)), None
+        return (None if rv is None else (None, None, *rv)), None
     naxes = len(axes)
     w = np.broadcast_to(where.view(np.uint8), shape)
     access = mask_rows(shape, w.strides, p.perm, naxes)
@@ -332,10 +342,10 @@ def _side(where, values, shape, axes, p):
     if access.kind == "constant":
         t = w.transpose(p.perm)
         filled = np.array(t[(Ellipsis,) + (0,) * naxes], dtype=bool)  # 0-d stays 0-d
-        return (None if rv is None else (None, None, rv)), filled
+        return (None if rv is None else (None, None, *rv)), filled
     flat = as_strided(w, shape=(access.extent,), strides=(1,))
     dims = np.array(access.dims, dtype=np.int64).reshape(-1, 2)
-    return (flat, dims, rv), None
+    return (flat, dims, *(rv or (None,))), None
 
 
 def _fill_rows(result, filled, p, value):

@@ -40,6 +40,7 @@ from ._row_kernel import (
     SOFTMAX,
     SOFTMAX_BACKWARD,
     keep,
+    logsumexp_grad_lanes,
     reduces,
 )
 from ._simd import (
@@ -564,7 +565,7 @@ TILE_ROW_MAX = 2 * W - 1
 
 def tile_row_max(op):
     """The longest row ``tile`` takes for operation ``op`` (a name)."""
-    if op in ("softmax_backward", "log_softmax_backward"):
+    if op in ("softmax_backward", "log_softmax_backward", "logsumexp_backward"):
         return REGISTER_ROW_MAX
     return TILE_ROW_MAX
 
@@ -801,6 +802,19 @@ def _lse_below(x, shift, b, j, n):
     return vsplat(0.0, x)
 
 
+def _lse_grad_tile(op, ta, tb, to, n, S, T, V):
+    """logsumexp's gradient, element-wise as the row kernel's (``logsumexp_grad_lanes``),
+    each lane given its row's values: lse in S[:W], the gradient factor in S[W:2W]
+    (``_cpu_kernels._tile_values``)."""
+    if n > REGISTER_ROW_MAX:
+        raise ValueError("logsumexp_backward's tiles take rows of at most REGISTER_ROW_MAX "
+                         "elements")
+    given = (vnarrow(vload(S, 0, W, 0.0), ta), vnarrow(vload(S, W, W, 0.0), ta), None)
+    for j in range(n):
+        vstore(to, j * W, W, invoke(logsumexp_grad_lanes, ta, tb, given, j * W, ALL))
+
+
 dispatch(tile, {"softmax": _forward_tile, "log_softmax": _forward_tile,
                 "softmax_backward": _grad_tile, "log_softmax_backward": _grad_tile,
-                "logsumexp": _lse_tile, "logsumexp_sign": _lse_tile})
+                "logsumexp": _lse_tile, "logsumexp_sign": _lse_tile,
+                "logsumexp_backward": _lse_grad_tile})

@@ -442,7 +442,7 @@ def _log_softmax_grad_lanes(f, a, b, c, i, k):
 
 
 @kernel_fn
-def _logsumexp_grad_lanes(f, a, b, c, i, k):
+def logsumexp_grad_lanes(f, a, b, c, i, k):
     """(weight *) exp(x - lse) * g where valid, else 0, for x = a, weights b,
     c = (lse, g, w)."""
     e = weighed_exp(vsub(vload(a, i, k, 0.0), c[0]), b, i, k)
@@ -883,7 +883,7 @@ def run_end(op, a, b, w, out, n, p_last, done):
 def _logsumexp_grad_write(op, a, b, w, out, cmax, m, t, stream):
     # plain stores: streamed, this gradient ran 0.55-1.25x as fast (mostly below 1; float32,
     # 2^24 elements, N = 512-16384, 2 threads), where the others gained
-    seg_map(_logsumexp_grad_lanes, out, a, b, (to_compute(m, a), to_compute(t, a), w),
+    seg_map(logsumexp_grad_lanes, out, a, b, (to_compute(m, a), to_compute(t, a), w),
             None)
 
 

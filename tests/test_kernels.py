@@ -712,3 +712,59 @@ def test_logsumexp_tile_rejects_longer_rows(rng):
         _lse_rows(K.short_rows, "logsumexp", x, None, parallel=False)
     with pytest.raises(ValueError, match=f"rows of at most {TILE_ROW_MAX} elements"):
         _lse_rows(K.short_rows_parallel, "logsumexp", x, None, parallel=True)
+
+
+def _lse_grad_rows(driver, x, b, rv, parallel):
+    """logsumexp_backward of C-contiguous (m, n) rows x (weights b or None) given the rows'
+    values rv (a pair of arrays: lse, gradient factor), into an output with 16 rows more
+    (asserted unwritten)."""
+    m, n = x.shape
+    out = np.full((m + 16, n), 7.0, x.dtype)
+    flat_b = None if b is None else _storage(b).reshape(-1)
+    head = (K.OPS["logsumexp_backward"], _storage(x).reshape(-1), n, 1, flat_b, n, 1,
+            _storage(out).reshape(-1), n, 1)
+    tail = (m, n, 0) if parallel else (0, m, n, 0)
+    driver(*head, *tail, (None, None, *rv), False)
+    assert (out[m:] == 7.0).all()
+    return out[:m]
+
+
+LSE_GRAD_TILE_CASES = [(dtype, n) for dtype in (np.float16, np.float32, np.float64)
+                       for n in range(1, REGISTER_ROW_MAX + 1)]
+
+
+@pytest.mark.parametrize(("dtype", "n"), LSE_GRAD_TILE_CASES,
+                         ids=[f"{np.dtype(d).name}-{n}" for d, n in LSE_GRAD_TILE_CASES])
+def test_logsumexp_backward_tile_agrees_bitwise(dtype, n, rng):
+    """logsumexp's gradient on short rows through the tiles (serial and parallel, whole
+    tiles and a partial one) gives the row kernel's bits, weighted and not: weights of 0
+    (0 even where exp is inf or NaN), terms lifted from below the normal range by a large
+    weight, x above lse (exp > 1), non-finite x, lse and gradient factors."""
+    m = 3 * 16 + 5
+    x = (rng.standard_normal((m, n)) * 3).astype(dtype)
+    b = rng.standard_normal((m, n)).astype(dtype)
+    b[rng.random((m, n)) < 0.2] = 0.0
+    x[0, 0], x[1, n - 1], x[2, 0] = np.inf, -np.inf, np.nan
+    b[0, 0] = 0.0
+    lse, g = rng.standard_normal(m) * 2, rng.standard_normal(m)
+    lse[3], g[4], lse[5] = np.inf, np.nan, -np.inf
+    x[6, :] = -200.0 if dtype != np.float64 else -1000.0
+    lse[6] = 0.0
+    b[6, :] = np.finfo(dtype).max  # lifted terms
+    for rv in ((lse, g), (lse.astype(np.float32), g.astype(np.float32))):
+        for weights in (None, b):
+            expected = _lse_grad_rows(K.rows, x, weights, rv, parallel=False)
+            for driver, parallel in ((K.short_rows, False), (K.short_rows_parallel, True)):
+                assert_bitwise_equal(_lse_grad_rows(driver, x, weights, rv, parallel),
+                                     expected)
+
+
+def test_logsumexp_backward_tile_rejects_longer_rows(rng):
+    """logsumexp_backward's tiles take rows of at most REGISTER_ROW_MAX elements."""
+    n = REGISTER_ROW_MAX + 1
+    x = rng.standard_normal((20, n)).astype(np.float32)
+    rv = (np.zeros(20), np.zeros(20))
+    with pytest.raises(ValueError, match="tiles take rows of at most"):
+        _lse_grad_rows(K.short_rows, x, None, rv, parallel=False)
+    with pytest.raises(ValueError, match=f"rows of at most {n - 1} elements"):
+        _lse_grad_rows(K.short_rows_parallel, x, None, rv, parallel=True)

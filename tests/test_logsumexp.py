@@ -501,6 +501,28 @@ def test_backward_fast_path_gives_the_general_paths_bits(dtype, n, rng, monkeypa
     assert all(t is not None for t in taken[1:]) and len(taken) == 4
 
 
+@pytest.mark.parametrize("n", [2, 9, 128])  # the tiles, the row kernel
+def test_backward_row_values_in_any_form(n, rng):
+    """lse and dlse reach the kernels as they are where both are float32 or both float64,
+    contiguous and writable (no copy); read-only, strided or mixed-dtype ones as float64
+    copies: the same bits every way, and the caller's arrays unchanged."""
+    x = (rng.standard_normal((40, n)) * 3).astype(np.float32)
+    lse = nsm.logsumexp(x)
+    g = rng.standard_normal(40).astype(np.float32)
+    first, second = _cpu_path._given(lse, g)
+    assert np.shares_memory(first, lse) and np.shares_memory(second, g)
+    expected = nsm.logsumexp_backward(x, lse, g)
+    wide = np.empty(80, np.float32)
+    wide[::2] = g
+    frozen = lse.copy()
+    frozen.flags.writeable = False
+    for a, b in ((frozen, g), (lse, wide[::2]), (lse.astype(np.float64), g)):
+        before = [a.copy(), b.copy()]
+        assert_bitwise_equal(nsm.logsumexp_backward(x, a, b), expected)
+        assert_bitwise_equal(a, before[0])
+        assert_bitwise_equal(b, before[1])
+
+
 def test_backward_fast_path_declines_what_it_does_not_check(rng):
     """Lists, another row shape or a masked x go to the general path, with its rules."""
     x = rng.standard_normal((4, 16)).astype(np.float32)

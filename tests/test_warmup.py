@@ -63,11 +63,11 @@ ROW_DRIVERS = ("rows", "rows_parallel", "chunks_parallel")
 
 
 def _usable(op):
-    """The drivers ``op`` can run on: logsumexp's gradient the row drivers only; a
-    reduction (logsumexp) has no strided-axis plan (its values are per row), so no columns
-    drivers; the softmax operations all."""
-    if op in _cpu.ROW_DRIVERS_ONLY:
-        return ROW_DRIVERS
+    """The drivers ``op`` can run on: logsumexp's gradient the row drivers and the short
+    rows' tiles only; a reduction (logsumexp) has no strided-axis plan (its values are
+    per row), so no columns drivers; the softmax operations all."""
+    if op in _cpu.UNGROUPED_OPS:
+        return (*ROW_DRIVERS, "short_rows", "short_rows_parallel")
     if OPS[op].reduces:
         return tuple(d for d in DRIVERS if not d.startswith("columns"))
     return DRIVERS
