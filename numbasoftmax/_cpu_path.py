@@ -204,14 +204,21 @@ def fast_logsumexp_backward(x, lse, dlse, axis):
     return out
 
 
-def _given(first, second):
+def _given(first, second, out=None):
     """The kernels' given row values (``_cpu_kernels``' ``side[2:]``) from two arrays of a
     value per row in the rows' order: as they are where both are float32 or both float64,
     contiguous and writable (the kernels only read them; read-only arrays would compile
-    the drivers again), else copies, both float64 (every float converts exactly)."""
+    the drivers again) and apart from ``out`` (which the kernels write while they read
+    them), else copies, both float64 (every float converts exactly)."""
     same = first.dtype == second.dtype and first.dtype in _GIVEN
     dtype = first.dtype if same else np.float64
-    return tuple(np.require(v.reshape(-1), dtype, ("C", "W")) for v in (first, second))
+
+    def given(v):
+        v = v.reshape(-1)
+        if out is not None and np.may_share_memory(v, out):
+            return np.array(v, dtype)
+        return np.require(v, dtype, ("C", "W"))
+    return given(first), given(second)
 
 
 _GIVEN = (np.dtype(np.float32), np.dtype(np.float64))
@@ -257,7 +264,7 @@ def run(op, arrays, axes, out=None, *, dtype=None, where=None, values=None, kern
     if p.out.kind == COLUMNS:
         _columns(op, views, dest, p)
         return result
-    side, filled = _side(where, values, x.shape, axes, p)
+    side, filled = _side(where, values, x.shape, axes, p, result)
     args = []
     for a, access in zip(views, p.inputs, strict=True):
         flat, stride = _rows(a, access, p.m, p.n, p.perm)
@@ -298,7 +305,7 @@ def reduce(kernel, arrays, axes, *, dtype, where=None, b=None):
         flat[:, 0] = -np.inf
         flat[:, 1:] = 0.0
     elif flat.size:
-        side, filled = _side(where, None, x.shape, axes, p)
+        side, filled = _side(where, None, x.shape, axes, p, None)
         args = []
         for a, access in zip(inputs, p.inputs, strict=True):
             buf, stride = _rows(a.view(_storage(a.dtype, dtype)), access, p.m, p.n, p.perm)
@@ -317,7 +324,7 @@ def reduce(kernel, arrays, axes, *, dtype, where=None, b=None):
     return values, signs
 
 
-def _side(where, values, shape, axes, p):
+def _side(where, values, shape, axes, p, out):
     """(the kernels' ``side`` or None, per-row mask or None) for ``where`` and the given
     row ``values`` ((lse, g) arrays broadcasting to the keepdims shape) of a plan. A mask
     constant along the rows is not given to the kernels: its per-row values (in the rows'
@@ -326,7 +333,7 @@ def _side(where, values, shape, axes, p):
     if values is not None:
         keep = tuple(1 if a in axes else s for a, s in enumerate(shape))
         rv = _given(*((v if v.shape == keep else np.broadcast_to(v, keep))
-                      .transpose(p.perm).reshape(-1) for v in values))
+                      .transpose(p.perm).reshape(-1) for v in values), out=out)
     if where is None:
         return (None if rv is None else (None, None, *rv)), None
     naxes = len(axes)
