@@ -629,7 +629,8 @@ def _scratch_impl(like, n, nt):
 
 def _second_tile(op, b, n, ta):
     """The tile of the second operand: its own for a gradient's dy/dz and logsumexp's
-    weights, ``ta`` for softmax and log_softmax (b is a), None without weights."""
+    (and its gradient's) weights, ``ta`` for softmax and log_softmax (b is a), None
+    without weights."""
 
 
 @overload(_second_tile, jit_options=CALLEE)

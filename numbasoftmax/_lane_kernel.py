@@ -550,10 +550,11 @@ def band_write(op, a, b, out, nt, n, S, V, st, fin, r0, rows, stream):
 # operations on the same values in the same order straight from the tile's vectors: in
 # registers, a variable per element, for rows of at most REGISTER_ROW_MAX elements; with
 # loops over the tile for the forward operations' and logsumexp's rows of at most
-# TILE_ROW_MAX. Its results are ``band``'s bit for bit (tests hold them to it). Its sum
-# leaves out ``band``'s 0 + of each block lane and adds +0 for the lanes past n, which
-# changes only a -0 (to +0; logsumexp's weighted terms can be -0); so does the 0 + of the
-# widened tree, which the result is in every case.
+# TILE_ROW_MAX; logsumexp's gradient, element-wise, a vector at a time for rows of at most
+# REGISTER_ROW_MAX (each lane given its row's values). Its results are ``band``'s bit for
+# bit (tests hold them to it). Its sum leaves out ``band``'s 0 + of each block lane and
+# adds +0 for the lanes past n, which changes only a -0 (to +0; logsumexp's weighted terms
+# can be -0); so does the 0 + of the widened tree, which the result is in every case.
 #
 # The tiles take no other rows: ``band`` would double the compile time of a first
 # short-row call (the gradients' rows of 9 or more run faster in the row kernel's groups
