@@ -370,7 +370,9 @@ COLUMN_OPS = {"softmax": "softmax_split"}
 def run_columns(op, args, direct=False):
     """Run ``op`` along a strided axis read in place: ``args`` are, per array (a[, b], out),
     a flat buffer, its outer stride and its axis stride, then M outer positions, n elements
-    along the axis and C contiguous inner positions. ``direct`` as for ``run``."""
+    along the axis and C contiguous inner positions. logsumexp's ``b`` (weights) may be
+    None (its strides 0), and its out holds M x C values at its outer stride C, their signs
+    (``logsumexp_sign``) at its "axis stride" M x C further. ``direct`` as for ``run``."""
     op = COLUMN_OPS.get(op, op)
     marker, _, _, entries = _routes.get(op) or _route(op)
     k = _kernels
@@ -380,7 +382,10 @@ def run_columns(op, args, direct=False):
     else:
         *arrays, m, n, c = args
         out, so, io = arrays[6:]
-    lead, stream = column_stream(out, so, io, m * n, c)
+    if op.startswith("logsumexp"):  # a value per column (signs ``io`` further): plain
+        lead, stream = 0, False
+    else:
+        lead, stream = column_stream(out, so, io, m * n, c)
     if m * n * c < PARALLEL_MIN_ELEMENTS or not parallel_allowed():
         tasks, _ = k.columns_tasks(m, n, c, lead, arrays[0].itemsize)
         call = (marker, *arrays, 0, tasks, n, c, lead, stream)

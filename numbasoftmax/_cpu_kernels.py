@@ -991,21 +991,36 @@ def _band_task(task, C, lead, tiles):
     return o, c0, full, c1, (C - c1 if full < tiles else 0)
 
 
+def _lanes(arr, base, step, k):
+    """The lane tuple (arr, base, step, k), or None for an absent array (logsumexp without
+    weights)."""
+
+
+# with reference counts: it returns an array inside a tuple
+@overload(_lanes, jit_options=CALLEE)
+def _lanes_impl(arr, base, step, k):
+    if isinstance(arr, types.NoneType):
+        return lambda arr, base, step, k: None
+    return lambda arr, base, step, k: (arr, base, step, k)
+
+
 @njit(**OPTIONS)
 def columns(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, lead, stream):
     """Tasks lo..hi-1 of (outer position, band of ``band_tiles`` * W inner positions): the
     lane kernel in place. A partial last tile runs as a band of its own, and so do the
     first ``lead`` positions. ``stream``: whole tiles of ``out`` stored past the caches
-    (the caller sets ``lead`` so that each starts a cache line), fenced at the end."""
+    (the caller sets ``lead`` so that each starts a cache line), fenced at the end. A
+    reduction's (logsumexp's) ``b`` may be None, and its ``out`` takes the values of
+    position (o, c) at o * oo + c, their signs ``on`` further."""
     tiles = band_tiles(n, C, a.itemsize)
     S, T, V = _scratch(a, n, tiles)
     for task in range(lo, hi):
         o, c0, full, c1, k1 = _band_task(task, C, lead, tiles)
         if full:  # the lane count a constant: no masked loads and stores
-            band(op, (a, o * ao + c0, an, ALL), (b, o * bo + c0, bn, ALL),
+            band(op, (a, o * ao + c0, an, ALL), _lanes(b, o * bo + c0, bn, ALL),
                  (out, o * oo + c0, on, ALL), full, n, S, T, V, stream)
         if k1:
-            band(op, (a, o * ao + c1, an, k1), (b, o * bo + c1, bn, k1),
+            band(op, (a, o * ao + c1, an, k1), _lanes(b, o * bo + c1, bn, k1),
                  (out, o * oo + c1, on, k1), 1, n, S, T, V, stream)
     if stream:
         vfence()

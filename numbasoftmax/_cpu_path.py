@@ -298,30 +298,59 @@ def reduce(kernel, arrays, axes, *, dtype, where=None, b=None):
     dtype = np.dtype(dtype)
     keep = tuple(1 if a in axes else s for a, s in enumerate(x.shape))
     inputs = (x,) if b is None else (x, np.broadcast_to(b, x.shape))
-    p = fresh_plan(x.shape, axes, tuple((a.strides, a.itemsize) for a in inputs), None)
+    layouts = tuple((a.strides, a.itemsize) for a in inputs)
+    p = fresh_plan(x.shape, axes, layouts, None)
     width = 2 if kernel == "logsumexp_sign" else 1
-    flat = np.empty((math.prod(keep), width), dtype)
-    if flat.size and p.n == 0:  # empty rows: the sum is 0
-        flat[:, 0] = -np.inf
-        flat[:, 1:] = 0.0
-    elif flat.size:
-        side, filled = _side(where, None, x.shape, axes, p, None)
-        args = []
-        for a, access in zip(inputs, p.inputs, strict=True):
-            buf, stride = _rows(a.view(_storage(a.dtype, dtype)), access, p.m, p.n, p.perm)
-            args += [buf, stride]
-        if b is None:
-            args += [None, 0]
-        _cpu.run(kernel, *args, flat.view(_storage(dtype, dtype)).reshape(-1), width,
-                 p.m, p.n, side)
-        if filled is not None:
-            flat[~filled.reshape(-1), 0] = -np.inf
-            flat[~filled.reshape(-1), 1:] = 0.0
+    m = math.prod(keep)
+    cp = None  # the strided axes read in place, where the rows would be gathered
+    if (where is None and m and p.n and any(a.kind != ROWS for a in p.inputs)
+            and all(a.dtype == dtype for a in inputs)):
+        cp = fresh_plan(x.shape, axes, layouts, layouts[0])  # as if for a result like x
+    if cp is not None and cp.out.kind == COLUMNS:
+        flat = _reduce_columns(kernel, inputs, b is None, cp, width, dtype)
+    else:
+        flat = np.empty((m, width), dtype)
+        if flat.size and p.n == 0:  # empty rows: the sum is 0
+            flat[:, 0] = -np.inf
+            flat[:, 1:] = 0.0
+        elif flat.size:
+            side, filled = _side(where, None, x.shape, axes, p, None)
+            args = []
+            for a, access in zip(inputs, p.inputs, strict=True):
+                buf, stride = _rows(a.view(_storage(a.dtype, dtype)), access, p.m, p.n,
+                                    p.perm)
+                args += [buf, stride]
+            if b is None:
+                args += [None, 0]
+            _cpu.run(kernel, *args, flat.view(_storage(dtype, dtype)).reshape(-1), width,
+                     p.m, p.n, side)
+            if filled is not None:
+                flat[~filled.reshape(-1), 0] = -np.inf
+                flat[~filled.reshape(-1), 1:] = 0.0
     perm_shape = tuple(keep[a] for a in p.perm)
     inverse = tuple(sorted(range(len(p.perm)), key=p.perm.__getitem__))
     values = flat[:, 0].reshape(perm_shape).transpose(inverse)
     signs = flat[:, 1].reshape(perm_shape).transpose(inverse) if width == 2 else None
     return values, signs
+
+
+def _reduce_columns(kernel, inputs, unweighted, p, width, dtype):
+    """logsumexp along strided axes read in place (a COLUMNS plan ``p`` of the inputs, all
+    of ``dtype``): an (m, width) view of values and signs in rows order. The column kernel
+    stores a band's values as one run, so the values lie in one plane, the signs in a
+    second."""
+    m, outer = p.m, p.m // p.inner
+    planes = np.empty((width, m), dtype)
+    args = []
+    for a, access in zip(inputs, p.inputs, strict=True):
+        size = (outer - 1) * access.stride + (p.n - 1) * access.axis_stride + p.inner
+        args += [_flat(a.view(_storage(dtype, dtype)), size), access.stride,
+                 access.axis_stride]
+    if unweighted:
+        args += [None, 0, 0]
+    _cpu.run_columns(kernel, (*args, planes.view(_storage(dtype, dtype)).reshape(-1),
+                              p.inner, m, outer, p.n, p.inner))
+    return planes.T
 
 
 def _side(where, values, shape, axes, p, out):

@@ -768,3 +768,53 @@ def test_logsumexp_backward_tile_rejects_longer_rows(rng):
         _lse_grad_rows(K.short_rows, x, None, rv, parallel=False)
     with pytest.raises(ValueError, match=f"rows of at most {n - 1} elements"):
         _lse_grad_rows(K.short_rows_parallel, x, None, rv, parallel=True)
+
+
+def _lse_columns(driver, op, x, b, parallel, outer=2):
+    """logsumexp along axis 1 of ``outer`` stacked copies of x (n, C) (weights b or None),
+    each column read in place, into a buffer of 16 values (and signs) more than the
+    columns' (asserted unwritten): (values, signs or None) as (outer, C)."""
+    n, C = x.shape
+    xs = np.ascontiguousarray(np.broadcast_to(x, (outer, n, C)))
+    width = 2 if op == "logsumexp_sign" else 1
+    m = outer * C
+    planes = np.full(width * m + 16, 7.0, x.dtype)
+    flat_b = None
+    if b is not None:
+        flat_b = _storage(np.ascontiguousarray(np.broadcast_to(b, (outer, n, C)))).reshape(-1)
+    head = (K.OPS[op], _storage(xs).reshape(-1), n * C, C, flat_b, 0 if b is None else n * C,
+            0 if b is None else C, _storage(planes), C, m)
+    if parallel:
+        driver(*head, outer, n, C, 0, False)
+    else:
+        tasks, _ = K.columns_tasks(outer, n, C, 0, x.itemsize)
+        driver(*head, 0, tasks, n, C, 0, False)
+    assert (planes[width * m:] == 7.0).all()
+    values = planes[:m].reshape(outer, C)
+    return values, planes[m:2 * m].reshape(outer, C) if width == 2 else None
+
+
+LSE_COLUMN_SHAPES = [(2, 16), (3, 37), (20, 100), (9000, 24), (5, 300)]
+
+
+@pytest.mark.parametrize("shape", LSE_COLUMN_SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("op", ["logsumexp", "logsumexp_sign"])
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_logsumexp_columns_agree_bitwise(op, dtype, shape, rng):
+    """logsumexp along a strided axis read in place (the lane kernel's bands; serial and
+    parallel; whole and partial tiles, an axis longer than a chunk) gives the row kernel's
+    bits for the same rows, weighted and not, with +inf, -inf columns and NaN."""
+    n, C = shape
+    x = (rng.standard_normal(shape) * 3).astype(dtype)
+    x[n // 2, 0], x[:, 1], x[n - 1, 2] = np.inf, -np.inf, np.nan
+    b = rng.standard_normal(shape).astype(dtype)
+    b[rng.random(shape) < 0.2] = 0.0
+    for weights in (None, b):
+        rows_b = None if weights is None else np.ascontiguousarray(weights.T)
+        expected = _lse_rows(K.rows, op, np.ascontiguousarray(x.T), rows_b, parallel=False)
+        for driver, parallel in ((K.columns, False), (K.columns_parallel, True)):
+            values, signs = _lse_columns(driver, op, x, weights, parallel)
+            for o in range(2):
+                assert_bitwise_equal(values[o], expected[:, 0])
+                if signs is not None:
+                    assert_bitwise_equal(signs[o], expected[:, 1])

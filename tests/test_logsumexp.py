@@ -537,6 +537,40 @@ def test_backward_out_over_the_row_values(rng):
     assert_bitwise_equal(got, expected)
 
 
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_strided_axis_read_in_place(dtype, rng, monkeypatch):
+    """logsumexp along an axis that is not the contiguous one (axis 0 of a C-ordered
+    array; axis 1 of three) reads it in place, with the bits of the same rows made
+    contiguous; with a mask, weights that broadcast along the contiguous axis, or another
+    result dtype, it takes the rows' path, with the same values."""
+    real, taken = _cpu_path._reduce_columns, []
+    monkeypatch.setattr(_cpu_path, "_reduce_columns", lambda *a: taken.append(1) or real(*a))
+    x = (rng.standard_normal((40, 3, 50)) * 3).astype(dtype)
+    x[5, 1, 7] = np.inf
+    b = rng.standard_normal(x.shape).astype(dtype)
+    for axis in (0, 1, (0, 1)):
+        moved = np.moveaxis(x, axis, -1) if axis != (0, 1) else x.reshape(120, 50).T
+        bmoved = np.moveaxis(b, axis, -1) if axis != (0, 1) else b.reshape(120, 50).T
+        last = -1
+        assert_bitwise_equal(nsm.logsumexp(x, axis=axis),
+                             nsm.logsumexp(np.ascontiguousarray(moved), axis=last))
+        value, sign = nsm.logsumexp(x, axis=axis, b=b, return_sign=True)
+        ref = nsm.logsumexp(np.ascontiguousarray(moved), axis=last,
+                            b=np.ascontiguousarray(bmoved), return_sign=True)
+        assert_bitwise_equal(value, ref[0])
+        assert_bitwise_equal(sign, ref[1])
+    assert len(taken) == 6
+    w = rng.random(x.shape) < 0.8
+    for kw in ({"where": w}, {"b": b[:, :, :1]}, {"dtype": np.float64}):
+        got = nsm.logsumexp(x, axis=0, **kw)
+        kw = {k: (np.moveaxis(np.broadcast_to(v, x.shape), 0, -1) if k != "dtype" else v)
+              for k, v in kw.items()}
+        np.testing.assert_array_equal(got, nsm.logsumexp(np.moveaxis(x, 0, -1), axis=-1,
+                                                         **kw))
+    assert len(taken) == 6 + 2 * (dtype == np.float64)  # dtype= the same: in place, the
+    # reference (a transposed view) too
+
+
 def test_backward_fast_path_declines_what_it_does_not_check(rng):
     """Lists, another row shape or a masked x go to the general path, with its rules."""
     x = rng.standard_normal((4, 16)).astype(np.float32)

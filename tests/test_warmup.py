@@ -64,12 +64,9 @@ ROW_DRIVERS = ("rows", "rows_parallel", "chunks_parallel")
 
 def _usable(op):
     """The drivers ``op`` can run on: logsumexp's gradient the row drivers and the short
-    rows' tiles only; a reduction (logsumexp) has no strided-axis plan (its values are
-    per row), so no columns drivers; the softmax operations all."""
+    rows' tiles only (it has no strided-axis plan); the others all."""
     if op in _cpu.UNGROUPED_OPS:
         return (*ROW_DRIVERS, "short_rows", "short_rows_parallel")
-    if OPS[op].reduces:
-        return tuple(d for d in DRIVERS if not d.startswith("columns"))
     return DRIVERS
 
 
