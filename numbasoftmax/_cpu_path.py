@@ -302,9 +302,12 @@ def reduce(kernel, arrays, axes, *, dtype, where=None, b=None):
     p = fresh_plan(x.shape, axes, layouts, None)
     width = 2 if kernel == "logsumexp_sign" else 1
     m = math.prod(keep)
-    cp = None  # the strided axes read in place, where the rows would be gathered
-    if (where is None and m and p.n and any(a.kind != ROWS for a in p.inputs)
-            and all(a.dtype == dtype for a in inputs)):
+    # the strided axes read in place, where the rows would be gathered, in parallel calls:
+    # a first serial call compiled 1.5 s longer so (the band's logsumexp), where gathered
+    # rows share their compiled code with contiguous ones
+    cp = None
+    if (where is None and x.size >= _cpu.PARALLEL_MIN_ELEMENTS and p.n
+            and any(a.kind != ROWS for a in p.inputs) and all(a.dtype == dtype for a in inputs)):
         cp = fresh_plan(x.shape, axes, layouts, layouts[0])  # as if for a result like x
     if cp is not None and cp.out.kind == COLUMNS:
         flat = _reduce_columns(kernel, inputs, b is None, cp, width, dtype)

@@ -540,17 +540,22 @@ def test_backward_out_over_the_row_values(rng):
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
 def test_strided_axis_read_in_place(dtype, rng, monkeypatch):
     """logsumexp along an axis that is not the contiguous one (axis 0 of a C-ordered
-    array; axis 1 of three) reads it in place, with the bits of the same rows made
-    contiguous; with a mask, weights that broadcast along the contiguous axis, or another
-    result dtype, it takes the rows' path, with the same values."""
+    array; axis 1 of three) reads it in place in a parallel call, with the bits of the same
+    rows made contiguous; with a mask, weights that broadcast along the contiguous axis,
+    another result dtype, or fewer elements, it takes the rows' path, with the same
+    values."""
     real, taken = _cpu_path._reduce_columns, []
     monkeypatch.setattr(_cpu_path, "_reduce_columns", lambda *a: taken.append(1) or real(*a))
-    x = (rng.standard_normal((40, 3, 50)) * 3).astype(dtype)
+    small = rng.standard_normal((5, 30)).astype(dtype)
+    assert_bitwise_equal(nsm.logsumexp(small, axis=0),
+                         nsm.logsumexp(np.ascontiguousarray(small.T), axis=-1))
+    assert not taken
+    x = (rng.standard_normal((40, 3, 300)) * 3).astype(dtype)
     x[5, 1, 7] = np.inf
     b = rng.standard_normal(x.shape).astype(dtype)
     for axis in (0, 1, (0, 1)):
-        moved = np.moveaxis(x, axis, -1) if axis != (0, 1) else x.reshape(120, 50).T
-        bmoved = np.moveaxis(b, axis, -1) if axis != (0, 1) else b.reshape(120, 50).T
+        moved = np.moveaxis(x, axis, -1) if axis != (0, 1) else x.reshape(120, 300).T
+        bmoved = np.moveaxis(b, axis, -1) if axis != (0, 1) else b.reshape(120, 300).T
         last = -1
         assert_bitwise_equal(nsm.logsumexp(x, axis=axis),
                              nsm.logsumexp(np.ascontiguousarray(moved), axis=last))
