@@ -43,7 +43,7 @@ from numba.extending import intrinsic, overload
 
 from ._config import CACHE
 from ._disk_cache import njit
-from ._lane_kernel import band, band_stats, band_write, tile, tile_row_max
+from ._lane_kernel import band, band_stats, band_write, lane_tuple, tile, tile_row_max
 from ._markers import CALLEE, INLINE, Marker, pick, same
 from ._row_kernel import (
     CHUNK,
@@ -991,19 +991,6 @@ def _band_task(task, C, lead, tiles):
     return o, c0, full, c1, (C - c1 if full < tiles else 0)
 
 
-def _lanes(arr, base, step, k):
-    """The lane tuple (arr, base, step, k), or None for an absent array (logsumexp without
-    weights)."""
-
-
-# with reference counts: it returns an array inside a tuple
-@overload(_lanes, jit_options=CALLEE)
-def _lanes_impl(arr, base, step, k):
-    if isinstance(arr, types.NoneType):
-        return lambda arr, base, step, k: None
-    return lambda arr, base, step, k: (arr, base, step, k)
-
-
 @njit(**OPTIONS)
 def columns(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, lead, stream):
     """Tasks lo..hi-1 of (outer position, band of ``band_tiles`` * W inner positions): the
@@ -1017,10 +1004,10 @@ def columns(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, lead, stream):
     for task in range(lo, hi):
         o, c0, full, c1, k1 = _band_task(task, C, lead, tiles)
         if full:  # the lane count a constant: no masked loads and stores
-            band(op, (a, o * ao + c0, an, ALL), _lanes(b, o * bo + c0, bn, ALL),
+            band(op, (a, o * ao + c0, an, ALL), lane_tuple(b, o * bo + c0, bn, ALL),
                  (out, o * oo + c0, on, ALL), full, n, S, T, V, stream)
         if k1:
-            band(op, (a, o * ao + c1, an, k1), _lanes(b, o * bo + c1, bn, k1),
+            band(op, (a, o * ao + c1, an, k1), lane_tuple(b, o * bo + c1, bn, k1),
                  (out, o * oo + c1, on, k1), 1, n, S, T, V, stream)
     if stream:
         vfence()

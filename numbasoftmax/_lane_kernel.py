@@ -578,16 +578,17 @@ def tile(op, ta, tb, to, n, S, T, V):
     ``tile_row_max`` elements, else a ValueError."""
 
 
-def tile_lanes(t):
-    """The lane tuple of a whole tile t, or None."""
+def lane_tuple(arr, base, step, k):
+    """The lane tuple (arr, base, step, k), or None for an absent array (a tile or band
+    without weights)."""
 
 
 # with reference counts: it returns an array inside a tuple
-@overload(tile_lanes, jit_options=CALLEE)
-def _tile_lanes_impl(t):
-    if isinstance(t, types.NoneType):
-        return lambda t: None
-    return lambda t: (t, 0, W, ALL)
+@overload(lane_tuple, jit_options=CALLEE)
+def _lane_tuple_impl(arr, base, step, k):
+    if isinstance(arr, types.NoneType):
+        return lambda arr, base, step, k: None
+    return lambda arr, base, step, k: (arr, base, step, k)
 
 
 @njit(**INTERNAL)
@@ -777,7 +778,7 @@ def _lse_tile(op, ta, tb, to, n, S, T, V):
     to[:W] (and to[W:2W])."""
     if n > TILE_ROW_MAX:
         raise ValueError("logsumexp's tiles take rows of at most TILE_ROW_MAX elements")
-    b = tile_lanes(tb)
+    b = lane_tuple(tb, 0, W, ALL)
     cm = vsplat(NEG_INF, ta)
     for j in range(n):
         cm = vmax(cm, keep(weights_valid(b, j, 0), vload(ta, j * W, W, 0.0), NEG_INF))
