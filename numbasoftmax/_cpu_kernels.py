@@ -25,9 +25,10 @@ is large: written with non-temporal stores where the kernel may
 (``_row_kernel.may_stream``), each serial driver fencing them before it returns; masked
 rows are read as ``_row_kernel._exp_sums`` says. A reduction's (logsumexp's)
 ``out`` holds its values per row at stride ``oo``. ``columns`` and its parallel form take
-``lead`` and ``stream``: whole tiles of ``out`` stored past the caches, the first ``lead``
-inner positions a partial tile of their own so that the whole ones start cache lines
-(``column_lead``).
+``lead``: -1 for plain stores, else whole tiles of ``out`` stored past the caches, the first
+``lead`` inner positions a partial tile of their own so that the whole ones start cache
+lines (``column_lead``); and a ``side`` of given values only (logsumexp's gradient along a
+strided axis).
 
 The kernels give the same bits for a row whichever driver runs it (``_row_kernel``), so the
 choice of driver, task size and thread count changes no result.
@@ -43,7 +44,15 @@ from numba.extending import intrinsic, overload
 
 from ._config import CACHE
 from ._disk_cache import njit
-from ._lane_kernel import band, band_stats, band_write, lane_tuple, tile, tile_row_max
+from ._lane_kernel import (
+    band,
+    band_stats,
+    band_write,
+    given_values,
+    lane_tuple,
+    tile,
+    tile_row_max,
+)
 from ._markers import CALLEE, INLINE, Marker, pick, same
 from ._row_kernel import (
     CHUNK,
@@ -992,21 +1001,27 @@ def _band_task(task, C, lead, tiles):
 
 
 @njit(**OPTIONS)
-def columns(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, lead, stream):
+def columns(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, lead, side):
     """Tasks lo..hi-1 of (outer position, band of ``band_tiles`` * W inner positions): the
     lane kernel in place. A partial last tile runs as a band of its own, and so do the
-    first ``lead`` positions. ``stream``: whole tiles of ``out`` stored past the caches
-    (the caller sets ``lead`` so that each starts a cache line), fenced at the end. A
-    reduction's (logsumexp's) ``b`` may be None, and its ``out`` takes the values of
-    position (o, c) at o * oo + c, their signs ``on`` further."""
+    first ``lead`` positions. ``lead`` -1: no lead, and every store plain; else whole tiles
+    of ``out`` stored past the caches (the caller sets ``lead`` so that each starts a
+    cache line), fenced at the end. A reduction's (logsumexp's) ``b`` may be None, and its
+    ``out`` takes the values of position (o, c) at o * oo + c, their signs ``on`` further.
+    ``side``: None, or logsumexp_backward's given values ``(None, None, first, second)``,
+    position (o, c)'s at o * C + c."""
+    stream = lead >= 0
+    lead = max(lead, 0)
     tiles = band_tiles(n, C, a.itemsize)
     S, T, V = _scratch(a, n, tiles)
     for task in range(lo, hi):
         o, c0, full, c1, k1 = _band_task(task, C, lead, tiles)
         if full:  # the lane count a constant: no masked loads and stores
+            given_values(S, side, full, n, o * C + c0, ALL)
             band(op, (a, o * ao + c0, an, ALL), lane_tuple(b, o * bo + c0, bn, ALL),
                  (out, o * oo + c0, on, ALL), full, n, S, T, V, stream)
         if k1:
+            given_values(S, side, 1, n, o * C + c1, k1)
             band(op, (a, o * ao + c1, an, k1), lane_tuple(b, o * bo + c1, bn, k1),
                  (out, o * oo + c1, on, k1), 1, n, S, T, V, stream)
     if stream:
@@ -1041,7 +1056,7 @@ def _tile_tasks(args):
 
 def _band_tasks(args):
     M, n, C, lead = args[10:14]
-    total, tiles = columns_tasks(M, n, C, lead, args[1].itemsize)
+    total, tiles = columns_tasks(M, n, C, max(lead, 0), args[1].itemsize)
     return total, max(1, TASK_ELEMENTS // (n * tiles * W))
 
 

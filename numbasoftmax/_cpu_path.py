@@ -253,7 +253,9 @@ def run(op, arrays, axes, out=None, *, dtype=None, where=None, values=None, kern
         return result
     if b is not None:
         arrays = (x, np.broadcast_to(b, x.shape))
-    columns = where is None and values is None
+    # a strided axis read in place (a COLUMNS plan) without a mask; logsumexp's gradient
+    # (given values) in parallel calls only, as logsumexp (``reduce``)
+    columns = where is None and (values is None or x.size >= _cpu.PARALLEL_MIN_ELEMENTS)
     if out is None:
         p = fresh_plan(x.shape, axes, tuple((a.strides, a.itemsize) for a in arrays),
                        (result.strides, result.itemsize), columns)
@@ -261,10 +263,13 @@ def run(op, arrays, axes, out=None, *, dtype=None, where=None, values=None, kern
         p = plan(x.shape, axes, [_meta(a) for a in arrays], _meta(result), columns=columns)
     views = [a.view(_storage(a.dtype, dtype)) for a in arrays]
     dest = result.view(_storage(dtype, dtype))
-    if p.out.kind == COLUMNS:
-        _columns(op, views, dest, p)
-        return result
     side, filled = _side(where, values, x.shape, axes, p, result)
+    if p.out.kind == COLUMNS:
+        args = _column_views((*views, dest), p)
+        if kernel is not None and len(views) == 1:  # logsumexp's gradient: no weights
+            args[3:3] = [None, 0, 0]
+        _cpu.run_columns(kernel or op.name, (*args, p.m // p.inner, p.n, p.inner), side=side)
+        return result
     args = []
     for a, access in zip(views, p.inputs, strict=True):
         flat, stride = _rows(a, access, p.m, p.n, p.perm)
@@ -432,11 +437,6 @@ def _flat(a, size):
     if size == a.size and (flags.c_contiguous or flags.f_contiguous):
         return a.ravel(order="K")
     return as_strided(a, shape=(size,), strides=(a.itemsize,), writeable=flags.writeable)
-
-
-def _columns(op, arrays, out, p):
-    _cpu.run_columns(op.name, (*_column_views((*arrays, out), p), p.m // p.inner, p.n,
-                               p.inner))
 
 
 def _column_views(arrays, p):

@@ -64,7 +64,7 @@ from ._simd import (
     vsub,
     vwiden,
 )
-from ._vmath import vexp, vexp_nonpos, vexp_nonpos_weighted, vlog
+from ._vmath import vexp, vexp_nonpos, vexp_nonpos_weighted, vexp_weighted, vlog
 from ._vmem import vand, vload, vprefetch, vstore, vstream
 
 # A band read in place along a strided axis visits each memory row for its nt * W elements
@@ -205,18 +205,24 @@ def _weigh_impl(v, b, j, t):
     return lambda v, b, j, t: vmul(v, vload(b[0], b[1] + j * b[2] + t * W, b[3], 0.0))
 
 
-def weighed_exp_nonpos(t, b, j, t_):
-    """``vexp_nonpos(t)`` times the weights of element j of tile t_ (lane tuple ``b``), a
-    large weight lifting a term below the normal range as the row kernel's
-    (``_vmath._LIFT``); ``vexp_nonpos(t)`` when ``b`` is None."""
+def _lane_weighed(exp, weighted):
+    def weighed(t, b, j, t_):
+        """exp(t) times the weights of element j of tile t_ (lane tuple ``b``), a large
+        weight lifting a term below the normal range as the row kernel's
+        (``_vmath._LIFT``); exp(t) when ``b`` is None."""
+
+    @overload(weighed, jit_options=INLINE)
+    def _impl(t, b, j, t_):
+        if isinstance(b, types.NoneType):
+            return lambda t, b, j, t_: exp(t)
+        return lambda t, b, j, t_: weighted(t, vload(b[0], b[1] + j * b[2] + t_ * W, b[3],
+                                                     0.0))
+
+    return weighed
 
 
-@overload(weighed_exp_nonpos, jit_options=INLINE)
-def _weighed_exp_nonpos_impl(t, b, j, t_):
-    if isinstance(b, types.NoneType):
-        return lambda t, b, j, t_: vexp_nonpos(t)
-    return lambda t, b, j, t_: vexp_nonpos_weighted(
-        t, vload(b[0], b[1] + j * b[2] + t_ * W, b[3], 0.0))
+weighed_exp = _lane_weighed(vexp, vexp_weighted)
+weighed_exp_nonpos = _lane_weighed(vexp_nonpos, vexp_nonpos_weighted)
 
 
 @njit(**INTERNAL)
@@ -395,12 +401,19 @@ def _softmax_write(op, a, b, out, nt, lo, hi, S, c, nc, V, stream):
             lane_store(oarr, obase + j * ostep + t * W, k, value, stream)
 
 
+@njit(inline="always", **INTERNAL)
+def _rows_m_t(S, nt, nc, V, like):
+    """The rows' (m, t) of each tile from S into V[t*W] and V[(nt + t)*W], in the compute
+    type of array ``like``."""
+    for t in range(nt):
+        vstore(V, t * W, W, vnarrow(vload(S, (2 * nc * nt + t) * W, W, 0.0), like))
+        vstore(V, (nt + t) * W, W, vnarrow(vload(S, ((2 * nc + 1) * nt + t) * W, W, 0.0), like))
+
+
 def _log_softmax_write(op, a, b, out, nt, lo, hi, S, c, nc, V, stream):
     arr, base, step, k = a
     oarr, obase, ostep, _ = out
-    for t in range(nt):
-        vstore(V, t * W, W, vnarrow(vload(S, (2 * nc * nt + t) * W, W, 0.0), arr))
-        vstore(V, (nt + t) * W, W, vnarrow(vload(S, ((2 * nc + 1) * nt + t) * W, W, 0.0), arr))
+    _rows_m_t(S, nt, nc, V, arr)
     for j in range(lo, hi):
         prefetch(a, nt, j, hi)
         prefetch_out(out, nt, j, hi, stream)
@@ -459,19 +472,68 @@ def _grad_write(op, a, b, out, nt, lo, hi, S, c, nc, V, stream):
             lane_store(oarr, obase + j * ostep + t * W, k, g, stream)
 
 
+def _no_stats(op, a, b, out, nt, lo, hi, T, V, S, smax, ssum):
+    pass
+
+
+def _given_finish(op, S, nt, nc):
+    pass  # the rows' given values are in place of their (m, t) (``given_values``)
+
+
+def _lse_grad_write(op, a, b, out, nt, lo, hi, S, c, nc, V, stream):
+    """logsumexp's gradient, element-wise as the row kernel's (``logsumexp_grad_lanes``),
+    each lane given its row's values in place of its (m, t): (weight *) exp(x - lse) * g
+    where the weight (lane tuple ``b``, or None) is not 0, else 0."""
+    arr, base, step, k = a
+    oarr, obase, ostep, _ = out
+    _rows_m_t(S, nt, nc, V, arr)
+    for j in range(lo, hi):
+        prefetch(a, nt, j, hi)
+        prefetch(b, nt, j, hi)
+        prefetch_out(out, nt, j, hi, stream)
+        for t in range(nt):
+            x = vload(arr, base + j * step + t * W, k, 0.0)
+            e = weighed_exp(vsub(x, vload(V, t * W, W, 0.0)), b, j, t)
+            g = keep(weights_valid(b, j, t), vmul(e, vload(V, (nt + t) * W, W, 0.0)), 0.0)
+            lane_store(oarr, obase + j * ostep + t * W, k, g, stream)
+
+
+def given_values(S, side, nt, n, at, k):
+    """The given values of a band's rows (``side``'s first and second value arrays, as
+    ``_cpu_kernels`` passes them; the rows' lanes at first[at + t*W], k of them per tile)
+    into S where ``band``'s finish leaves the rows' (m, t); nothing without them."""
+
+
+@overload(given_values, jit_options=INLINE)
+def _given_values_impl(S, side, nt, n, at, k):
+    if isinstance(side, types.NoneType) or isinstance(side[2], types.NoneType):
+        return lambda S, side, nt, n, at, k: None
+
+    def put(S, side, nt, n, at, k):
+        nc = (n + CHUNK - 1) // CHUNK
+        for t in range(nt):
+            vstore(S, (2 * nc * nt + t) * W, W, vwiden(vload(side[2], at + t * W, k, 0.0)))
+            vstore(S, ((2 * nc + 1) * nt + t) * W, W,
+                   vwiden(vload(side[3], at + t * W, k, 0.0)))
+    return put
+
+
 dispatch(stats, {"softmax": _exp_stats, "log_softmax": _exp_stats,
                  "softmax_split": _exp_stats,
                  "softmax_backward": _softmax_grad_stats,
                  "log_softmax_backward": _log_softmax_grad_stats,
-                 "logsumexp": _lse_stats, "logsumexp_sign": _lse_stats})
+                 "logsumexp": _lse_stats, "logsumexp_sign": _lse_stats,
+                 "logsumexp_backward": _no_stats})
 dispatch(finish, {"softmax": _max_and_total, "log_softmax": _max_and_total,
                   "softmax_split": _max_and_total,
                   "softmax_backward": _sum_finish, "log_softmax_backward": _sum_finish,
-                  "logsumexp": _max_and_total, "logsumexp_sign": _max_and_total})
+                  "logsumexp": _max_and_total, "logsumexp_sign": _max_and_total,
+                  "logsumexp_backward": _given_finish})
 dispatch(write, {"softmax": _softmax_write, "log_softmax": _log_softmax_write,
                  "softmax_split": _softmax_write,
                  "softmax_backward": _grad_write, "log_softmax_backward": _grad_write,
-                 "logsumexp": _lse_write, "logsumexp_sign": _lse_write})
+                 "logsumexp": _lse_write, "logsumexp_sign": _lse_write,
+                 "logsumexp_backward": _lse_grad_write})
 
 
 @njit(**INTERNAL)

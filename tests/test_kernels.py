@@ -82,12 +82,14 @@ def _columns(driver, op, inputs, parallel, stream=False, out=None, lead=None):
     if lead is None:
         lead = K.column_lead(o, 0, step) if stream else 0
     assert lead >= 0
+    assert lead == 0 or stream or m <= lead + 16  # a lead without streaming: no whole tiles
     head = (K.OPS[op], flat[0], 0, m, b, 0, m, o, 0, step)
+    arg = lead if stream or lead else -1  # the drivers' lead: -1 for plain stores
     if parallel:
-        driver(*head, 1, n, m, lead, stream)
+        driver(*head, 1, n, m, arg, None)
     else:
         tasks, _ = K.columns_tasks(1, n, m, lead, flat[0].itemsize)
-        driver(*head, 0, tasks, n, m, lead, stream)
+        driver(*head, 0, tasks, n, m, arg, None)
     return out.T
 
 
@@ -785,10 +787,10 @@ def _lse_columns(driver, op, x, b, parallel, outer=2):
     head = (K.OPS[op], _storage(xs).reshape(-1), n * C, C, flat_b, 0 if b is None else n * C,
             0 if b is None else C, _storage(planes), C, m)
     if parallel:
-        driver(*head, outer, n, C, 0, False)
+        driver(*head, outer, n, C, -1, None)
     else:
         tasks, _ = K.columns_tasks(outer, n, C, 0, x.itemsize)
-        driver(*head, 0, tasks, n, C, 0, False)
+        driver(*head, 0, tasks, n, C, -1, None)
     assert (planes[width * m:] == 7.0).all()
     values = planes[:m].reshape(outer, C)
     return values, planes[m:2 * m].reshape(outer, C) if width == 2 else None
@@ -818,3 +820,84 @@ def test_logsumexp_columns_agree_bitwise(op, dtype, shape, rng):
                 assert_bitwise_equal(values[o], expected[:, 0])
                 if signs is not None:
                     assert_bitwise_equal(signs[o], expected[:, 1])
+
+
+def _lse_grad_columns(driver, x, b, rv, parallel, outer=2, offset=None):
+    """logsumexp_backward along axis 1 of ``outer`` stacked copies of x (n, C) (weights b
+    or None), each column read in place, given the columns' values rv (a pair of arrays
+    of C values, the same for each copy), into an output with a row between the copies
+    and after them (asserted unwritten): (outer, n, C). ``offset``: the output placed that
+    many elements past a cache line, its whole tiles stored past the caches after the
+    lead ``column_lead`` gives (and nothing written outside it); None: plain stores."""
+    n, C = x.shape
+    xs = np.ascontiguousarray(np.broadcast_to(x, (outer, n, C)))
+    out, buf, sentinel = _placed(np.empty((outer, n + 1, C), x.dtype), offset or 0)
+    flat_b = None
+    if b is not None:
+        flat_b = _storage(np.ascontiguousarray(np.broadcast_to(b, (outer, n, C)))).reshape(-1)
+    given = tuple(np.ascontiguousarray(np.broadcast_to(v, (outer, C))).reshape(-1) for v in rv)
+    o = _storage(out).reshape(-1)
+    lead = -1 if offset is None else K.column_lead(o, (n + 1) * C, C)
+    assert offset is None or lead >= 0
+    head = (K.OPS["logsumexp_backward"], _storage(xs).reshape(-1), n * C, C, flat_b,
+            0 if b is None else n * C, 0 if b is None else C, o, (n + 1) * C, C)
+    if parallel:
+        driver(*head, outer, n, C, lead, (None, None, *given))
+    else:
+        tasks, _ = K.columns_tasks(outer, n, C, max(lead, 0), x.itemsize)
+        driver(*head, 0, tasks, n, C, lead, (None, None, *given))
+    outside = np.ones(buf.size, bool)
+    outside[64 + (offset or 0):64 + (offset or 0) + out.size] = False
+    assert (_storage(buf[outside]) == _storage(np.array([sentinel]))[0]).all()
+    assert (_storage(out[:, n]) == _storage(np.array([sentinel]))[0]).all()
+    return out[:, :n]
+
+
+@pytest.mark.parametrize("shape", LSE_COLUMN_SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_logsumexp_backward_columns_agree_bitwise(dtype, shape, rng):
+    """logsumexp's gradient along a strided axis read in place (the lane kernel's bands,
+    each lane given its column's values; serial and parallel; whole and partial tiles, an
+    axis longer than a chunk) gives the row kernel's bits for the same rows, weighted and
+    not, with float32 and float64 given values: weights of 0, x above lse, lifted terms,
+    non-finite x, lse and gradient factors."""
+    n, C = shape
+    x = (rng.standard_normal(shape) * 3).astype(dtype)
+    b = rng.standard_normal(shape).astype(dtype)
+    b[rng.random(shape) < 0.2] = 0.0
+    x[0, 0], x[n - 1, 1], x[0, 2] = np.inf, -np.inf, np.nan
+    b[0, 0] = 0.0
+    lse, g = rng.standard_normal(C) * 2, rng.standard_normal(C)
+    lse[3], g[4], lse[5] = np.inf, np.nan, -np.inf
+    x[:, 6] = -200.0 if dtype != np.float64 else -1000.0
+    lse[6] = 0.0
+    b[:, 6] = np.finfo(dtype).max  # lifted terms
+    for rv in ((lse, g), (lse.astype(np.float32), g.astype(np.float32))):
+        for weights in (None, b):
+            rows_b = None if weights is None else np.ascontiguousarray(weights.T)
+            expected = _lse_grad_rows(K.rows, np.ascontiguousarray(x.T), rows_b, rv,
+                                      parallel=False)
+            for driver, parallel in ((K.columns, False), (K.columns_parallel, True)):
+                got = _lse_grad_columns(driver, x, weights, rv, parallel)
+                for o in range(2):
+                    assert_bitwise_equal(got[o].T, expected)
+
+
+@pytest.mark.parametrize("offset", [0, 5], ids=lambda k: f"line+{k}")
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_logsumexp_backward_streamed_columns_agree_bitwise(dtype, offset, rng):
+    """The gradient's whole tiles stored past the caches after a lead of partial tiles
+    give the row kernel's bits, serial and parallel, and write nothing outside the
+    output."""
+    n, C = 7, 96  # rows a whole number of lines apart in every dtype
+    x = (rng.standard_normal((n, C)) * 3).astype(dtype)
+    b = rng.standard_normal((n, C)).astype(dtype)
+    lse, g = rng.standard_normal(C) * 2, rng.standard_normal(C)
+    for weights in (None, b):
+        rows_b = None if weights is None else np.ascontiguousarray(weights.T)
+        expected = _lse_grad_rows(K.rows, np.ascontiguousarray(x.T), rows_b, (lse, g),
+                                  parallel=False)
+        for driver, parallel in ((K.columns, False), (K.columns_parallel, True)):
+            got = _lse_grad_columns(driver, x, weights, (lse, g), parallel, offset=offset)
+            for o in range(2):
+                assert_bitwise_equal(got[o].T, expected)

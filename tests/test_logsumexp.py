@@ -24,7 +24,7 @@ import pytest
 from _helpers import C, assert_bitwise_equal, compute_dtype, in_layout, num_threads
 
 import numbasoftmax as nsm
-from numbasoftmax import _cpu_path, reference
+from numbasoftmax import _cpu, _cpu_path, reference
 
 HAS_SCIPY = importlib.util.find_spec("scipy") is not None
 HAS_TORCH = importlib.util.find_spec("torch") is not None
@@ -574,6 +574,60 @@ def test_strided_axis_read_in_place(dtype, rng, monkeypatch):
                                                          **kw))
     assert len(taken) == 6 + 2 * (dtype == np.float64)  # dtype= the same: in place, the
     # reference (a transposed view) too
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_backward_strided_axis_read_in_place(dtype, rng, monkeypatch):
+    """logsumexp's gradient along an axis that is not the contiguous one (axis 0 of a
+    C-ordered array; axis 1 of three) reads it in place in a parallel call (each lane
+    given its row's values), with the bits of the same rows made contiguous: weighted,
+    with ``sign=``, into ``out=`` (also one whose memory holds dlse), and as another
+    result dtype; with a mask or fewer elements it takes the rows' path, with the same
+    values."""
+    real, taken = _cpu.run_columns, []
+    monkeypatch.setattr(_cpu, "run_columns", lambda op, *a, **k: taken.append(op) or real(
+        op, *a, **k))
+    small = rng.standard_normal((5, 30)).astype(dtype)
+    lse = nsm.logsumexp(small, axis=0)
+    assert_bitwise_equal(nsm.logsumexp_backward(small, lse, lse, axis=0),
+                         nsm.logsumexp_backward(np.ascontiguousarray(small.T), lse, lse).T)
+    assert not taken
+    x = (rng.standard_normal((40, 3, 300)) * 3).astype(dtype)
+    x[5, 1, 7] = np.inf
+    b = rng.standard_normal(x.shape).astype(dtype)
+    for axis in (0, 1):
+        moved = np.ascontiguousarray(np.moveaxis(x, axis, -1))
+        bmoved = np.ascontiguousarray(np.moveaxis(b, axis, -1))
+        lse = nsm.logsumexp(x, axis=axis)
+        g = rng.standard_normal(lse.shape).astype(dtype)
+        sign = np.where(rng.random(lse.shape) < 0.5, -1.0, 1.0).astype(dtype)
+        for kw, ref_kw in (({}, {}), ({"b": b}, {"b": bmoved}), ({"sign": sign}, {"sign": sign}),
+                           ({"dtype": np.float64}, {"dtype": np.float64})):
+            got = nsm.logsumexp_backward(x, lse, g, axis=axis, **kw)
+            ref = nsm.logsumexp_backward(moved, lse, g, axis=-1, **ref_kw)
+            assert_bitwise_equal(got, np.moveaxis(ref, -1, axis))
+        out = np.empty_like(x)
+        got = nsm.logsumexp_backward(x, lse, g, axis=axis, out=out)
+        assert got is out
+        assert_bitwise_equal(out, np.moveaxis(nsm.logsumexp_backward(moved, lse, g), -1, axis))
+    assert taken.count("logsumexp_backward") == 10
+    # dlse in the memory of out, where earlier tasks write before later ones read: copied
+    # before the kernels write out
+    lse = nsm.logsumexp(x, axis=1)
+    g = rng.standard_normal(lse.shape).astype(dtype)
+    expected = nsm.logsumexp_backward(x, lse, g, axis=1)
+    out = np.empty_like(x)
+    held = out.reshape(-1)[:g.size].reshape(g.shape)
+    held[...] = g
+    assert_bitwise_equal(nsm.logsumexp_backward(x, lse, held, axis=1, out=out), expected)
+    w = rng.random(x.shape) < 0.8
+    lse = nsm.logsumexp(x, axis=0, where=w)
+    g = rng.standard_normal(lse.shape).astype(dtype)
+    taken.clear()
+    got = nsm.logsumexp_backward(x, lse, g, axis=0, where=w)
+    ref = nsm.logsumexp_backward(np.moveaxis(x, 0, -1), lse, g, where=np.moveaxis(w, 0, -1))
+    assert_bitwise_equal(got, np.moveaxis(ref, -1, 0))
+    assert "logsumexp_backward" not in taken
 
 
 def test_backward_fast_path_declines_what_it_does_not_check(rng):

@@ -63,11 +63,11 @@ ROW_DRIVERS = ("rows", "rows_parallel", "chunks_parallel")
 
 
 def _usable(op):
-    """The drivers ``op`` can run on: logsumexp's gradient the row drivers and the short
-    rows' tiles only (it has no strided-axis plan); logsumexp reads a strided axis in
-    place in parallel calls only (a small call gathers its rows); the others all."""
+    """The drivers ``op`` can run on: logsumexp's gradient not the groups; it and
+    logsumexp read a strided axis in place in parallel calls only (a small call gathers
+    its rows); the others all."""
     if op in _cpu.UNGROUPED_OPS:
-        return (*ROW_DRIVERS, "short_rows", "short_rows_parallel")
+        return (*ROW_DRIVERS, "short_rows", "short_rows_parallel", "columns_parallel")
     if OPS[op].reduces:
         return tuple(d for d in DRIVERS if d != "columns")
     return DRIVERS
