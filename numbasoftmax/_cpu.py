@@ -272,7 +272,11 @@ UNGROUPED_OPS = ("logsumexp_backward",)
 # operations whose masked short rows run on the lane kernel's tiles too, where the rows
 # and their masks lie as the tiles take them (``_cpu_kernels.mask_takes_tiles``); other
 # masked rows run on the row drivers
-TILE_MASK_OPS = ("softmax", "log_softmax", "softmax_backward", "log_softmax_backward")
+TILE_MASK_OPS = ("softmax", "log_softmax", "softmax_backward", "log_softmax_backward",
+                 "logsumexp", "logsumexp_sign")
+# ... logsumexp's in parallel calls only: its masked tiles' first compile took 0.7-0.9 s
+# longer than the row drivers', which calls below the parallel threshold would not win back
+TILE_MASK_PARALLEL_OPS = ("logsumexp", "logsumexp_sign")
 
 
 def _route(op):
@@ -298,8 +302,13 @@ def run(op, a, sa, b, sb, out, so, m, n, side=None, direct=False):
     step = n  # a mask's layout (``mask_takes_tiles``), n without one
     masked = side is not None and side[0] is not None
     if masked:
-        step = k.mask_takes_tiles(side[1], n) if op in TILE_MASK_OPS and (
-            sa == sb == so == n) else -1
+        # the tiles' masked rows lie one after the other (a reduction's values at any
+        # stride; logsumexp without weights has no second input)
+        apart = sa == n and (sb == n or b is None) and (
+            so == n or op in ("logsumexp", "logsumexp_sign"))
+        if op in TILE_MASK_PARALLEL_OPS and m * n < PARALLEL_MIN_ELEMENTS:
+            apart = False
+        step = k.mask_takes_tiles(side[1], n) if op in TILE_MASK_OPS and apart else -1
         if step < 0:
             short_max = 0
         elif step == 0 and n < short_max:  # one mask for every row: the tiles' own form

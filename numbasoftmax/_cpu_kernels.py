@@ -701,11 +701,16 @@ def _put(op, to, out, oo, r0, k, n):
 # NaN otherwise: a finite max gives finite sums) and are written again by the row
 # kernel's rule for them (``_row_kernel.special_fill``). A gradient's outputs are 0
 # where excluded: a whole tile's by its shuffled scatter (``vscatter_rows_where``), the
-# others' on the way back through the scratch. Rows that share one mask (``side`` without row
-# offsets, a specialization of its own) skip the scratch: the tile is gathered as unmasked
-# rows and its excluded columns set as the scratch would have them, and a gradient's
-# excluded output columns set to 0. Both forms in one compiled loop made the gradients'
-# tiles under masks of x's shape ~1.4x slower on rows of 3 (float32, one thread, in L3).
+# others' on the way back through the scratch. logsumexp's rows enter as the forward
+# functions' (its weights, if any, as a gradient's second input: 0 where excluded), so each
+# excluded element adds the +0 term of an unmasked -inf element of weight 0, as the row
+# kernel's masked sums add +0 for it: the tile's values are the row kernel's, a row without
+# an included element's too (-inf, sign 0), and no row is written again. Rows that share
+# one mask (``side`` without row offsets, a specialization of its own) skip the scratch:
+# the tile is gathered as unmasked rows and its excluded columns set as the scratch would
+# have them, and a gradient's excluded output columns set to 0. Both forms in one compiled
+# loop made the gradients' tiles under masks of x's shape ~1.4x slower on rows of 3
+# (float32, one thread, in L3).
 
 def mask_takes_tiles(dims, n):
     """Whether a mask whose rows' offsets are ``dims`` (see ``mask_offset``) lies as the
@@ -737,12 +742,13 @@ def _rows_in(op, a, b, w, n, k, ta, tb, ms):
     other masked rows pass through a scratch of W rows as contiguous vectors
     (``_max_lanes``: -inf where excluded; ``_value_lanes``: 0; rows past k: 0), gathered a
     column at a time (a lane count, not the marker: the shuffled form is the masked one's,
-    compiled once). log_softmax_backward's z takes -inf: exp(z) is then 0 there."""
+    compiled once). log_softmax_backward's z takes -inf: exp(z) is then 0 there;
+    logsumexp's x -inf and its weights (``b``, or None) 0."""
 
 
 @overload(_rows_in, jit_options=INLINE)
 def _rows_in_impl(op, a, b, w, n, k, ta, tb, ms):
-    if op.key_ in ("softmax", "log_softmax"):
+    if op.key_ in ("softmax", "log_softmax") or isinstance(b, types.NoneType):
         def forward(op, a, b, w, n, k, ta, tb, ms):
             if k == W and vgather_rows_where(a, 0, n, ALL, n, ta, w, -np.inf):
                 return
@@ -751,8 +757,8 @@ def _rows_in_impl(op, a, b, w, n, k, ta, tb, ms):
             _gather(ms[0], n, 0, W, n, ta)
         return forward
 
-    first = _max_lanes if op.key_ == "log_softmax_backward" else _value_lanes
-    fill = -np.inf if op.key_ == "log_softmax_backward" else 0.0
+    first = _value_lanes if op.key_ == "softmax_backward" else _max_lanes
+    fill = 0.0 if op.key_ == "softmax_backward" else -np.inf
 
     def gradient(op, a, b, w, n, k, ta, tb, ms):
         if k == W and vgather_rows_where(a, 0, n, ALL, n, ta, w, fill) and \
@@ -832,25 +838,17 @@ def _masked_rows(op, side, a, ao, b, bo, out, oo, r0, k, n, ta, tb, to, ms, S, T
 
 @overload(_masked_rows, jit_options=INLINE)
 def _masked_rows_impl(op, side, a, ao, b, bo, out, oo, r0, k, n, ta, tb, to, ms, S, T, V):
-    forward = op.key_ in ("softmax", "log_softmax")
     if _shared_mask(side):  # no scratch
         def shared(op, side, a, ao, b, bo, out, oo, r0, k, n, ta, tb, to, ms, S, T, V):
-            w = side_mask(side)
             if k == W:
                 _gather(a, ao, r0, ALL, n, ta)
                 _gather_second(op, b, bo, r0, ALL, n, tb)
             else:
                 _gather(a, ao, r0, k, n, ta)
                 _gather_second(op, b, bo, r0, k, n, tb)
-            _exclude_columns(op, w, n, ta, tb)
+            _exclude_inputs(op, side_mask(side), n, ta, tb)
             tile(op, ta, tb, to, n, S, T, V)
-            _exclude_columns(op, w, n, to, None)
-            if k == W:
-                _scatter(to, out, oo, r0, ALL, n)
-            else:
-                _scatter(to, out, oo, r0, k, n)
-            if forward:
-                _check_nan_rows(op, a, ao, out, oo, side, r0, k, n, to)
+            _masked_out(op, side, a, ao, out, oo, r0, k, n, to, None, ms)
         return shared
 
     def rows(op, side, a, ao, b, bo, out, oo, r0, k, n, ta, tb, to, ms, S, T, V):
@@ -859,37 +857,87 @@ def _masked_rows_impl(op, side, a, ao, b, bo, out, oo, r0, k, n, ta, tb, to, ms,
         _rows_in(op, seg(a, r0 * ao, r0 * ao + k * n), seg(b, r0 * bo, r0 * bo + k * n), w,
                  n, k, ta, tb, ms)
         tile(op, ta, tb, to, n, S, T, V)
+        _masked_out(op, side, a, ao, out, oo, r0, k, n, to, w, ms)
+    return rows
+
+
+def _masked_out(op, side, a, ao, out, oo, r0, k, n, to, w, ms):
+    """The output tile of masked rows r0 .. r0+k-1 into ``out``: a reduction's values (and
+    signs) as ``short_rows`` stores them (its excluded elements need nothing more: see
+    above); else rows sharing one mask (``w`` None) with a gradient's excluded columns
+    set to 0, or rows with their own masks' bytes ``w`` through ``_rows_out``; a forward
+    tile's NaN rows then written again."""
+
+
+@overload(_masked_out, jit_options=INLINE)
+def _masked_out_impl(op, side, a, ao, out, oo, r0, k, n, to, w, ms):
+    if op.key_ in ("logsumexp", "logsumexp_sign"):
+        def values(op, side, a, ao, out, oo, r0, k, n, to, w, ms):
+            if k == W:
+                _put(op, to, out, oo, r0, ALL, n)
+            else:
+                _put(op, to, out, oo, r0, k, n)
+        return values
+    forward = op.key_ in ("softmax", "log_softmax")
+    if isinstance(w, types.NoneType):
+        def shared(op, side, a, ao, out, oo, r0, k, n, to, w, ms):
+            _exclude_outputs(op, side_mask(side), n, to)
+            if k == W:
+                _scatter(to, out, oo, r0, ALL, n)
+            else:
+                _scatter(to, out, oo, r0, k, n)
+            if forward:
+                _check_nan_rows(op, a, ao, out, oo, side, r0, k, n, to)
+        return shared
+
+    def rows(op, side, a, ao, out, oo, r0, k, n, to, w, ms):
         _rows_out(op, to, out_row(op, out, r0 * oo, k * n), w, n, k, ms)
         if forward:
             _check_nan_rows(op, a, ao, out, oo, side, r0, k, n, to)
     return rows
 
 
-def _exclude_columns(op, w, n, ta, tb):
+def _exclude_inputs(op, w, n, ta, tb):
     """The columns (element j of every row) of a tile whose rows share mask ``w`` (n bytes)
     that it excludes, set as ``_rows_in`` sets excluded elements: -inf (the forward
-    functions' x, log_softmax_backward's z) or 0 (softmax_backward's y, and ``tb``: dy,
-    dz). Given a gradient's output tile as ``ta`` and None: 0 there, as ``_rows_out``
-    gives (the tile gives -0, or NaN where a row's sum is not finite); a forward output
-    tile already holds 0 or -inf there."""
+    functions' and logsumexp's x, log_softmax_backward's z) or 0 (softmax_backward's y; and
+    ``tb``, where it is a tile of its own: dy, dz, logsumexp's weights)."""
 
 
-@overload(_exclude_columns, jit_options=INLINE)
-def _exclude_columns_impl(op, w, n, ta, tb):
-    outputs = isinstance(tb, types.NoneType)
-    forward = op.key_ in ("softmax", "log_softmax")
-    if outputs and forward:
-        return lambda op, w, n, ta, tb: None
-    first = 0.0 if outputs or op.key_ == "softmax_backward" else -np.inf
-    second = not (outputs or forward)
+@overload(_exclude_inputs, jit_options=INLINE)
+def _exclude_inputs_impl(op, w, n, ta, tb):
+    first = 0.0 if op.key_ == "softmax_backward" else -np.inf
+    if isinstance(tb, types.NoneType) or op.key_ in ("softmax", "log_softmax"):
+        def one(op, w, n, ta, tb):
+            for j in range(n):
+                if w[j] == 0:
+                    vstore(ta, j * W, W, vsplat(first, ta))
+        return one
 
-    def fill(op, w, n, ta, tb):
+    def both(op, w, n, ta, tb):
         for j in range(n):
             if w[j] == 0:
                 vstore(ta, j * W, W, vsplat(first, ta))
-                if second:
-                    vstore(tb, j * W, W, vsplat(0.0, tb))
-    return fill
+                vstore(tb, j * W, W, vsplat(0.0, tb))
+    return both
+
+
+def _exclude_outputs(op, w, n, to):
+    """A gradient's output tile (rows sharing mask ``w``) 0 at the excluded columns, as
+    ``_rows_out`` gives (the tile gives -0, or NaN where a row's sum is not finite); a
+    forward output tile already holds 0 or -inf there."""
+
+
+@overload(_exclude_outputs, jit_options=INLINE)
+def _exclude_outputs_impl(op, w, n, to):
+    if op.key_ in ("softmax", "log_softmax"):
+        return lambda op, w, n, to: None
+
+    def zero(op, w, n, to):
+        for j in range(n):
+            if w[j] == 0:
+                vstore(to, j * W, W, vsplat(0.0, to))
+    return zero
 
 
 @njit(**INTERNAL)
@@ -935,11 +983,11 @@ def short_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, ahead, side, st
 def masked_short_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, ahead, side,
                       stream):
     """``short_rows`` for masked rows: ``side`` a mask as for the row drivers (the softmax
-    functions only, laid out as ``mask_takes_tiles`` takes it; no given values), or
-    ``(w, None, None)``: one mask ``w`` of n bytes for every row."""
+    functions and logsumexp, laid out as ``mask_takes_tiles`` takes it; no given values),
+    or ``(w, None, None)``: one mask ``w`` of n bytes for every row."""
     S, T, V = _scratch(a, n, 1)
     ta = _compute_empty(a, n * W)
-    to = _compute_empty(out, n * W)
+    to = _compute_empty(out, max(n, 2) * W)  # a reduction's values and signs
     tb = _second_tile(op, b, n, ta)
     ms = _mask_scratch(side, a, n)
     for r0 in range(lo, hi, W):

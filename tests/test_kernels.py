@@ -706,6 +706,67 @@ def test_logsumexp_tile_agrees_bitwise(op, dtype, n, rng):
             assert_bitwise_equal(_lse_rows(driver, op, x, weights, parallel), expected)
 
 
+def _lse_masked(driver, op, x, b, side, parallel):
+    """logsumexp of C-contiguous (m, n) rows x (weights b or None) under the mask in
+    ``side`` (as the drivers take it), into an output with 16 rows more (asserted
+    unwritten)."""
+    m, n = x.shape
+    width = 2 if op == "logsumexp_sign" else 1
+    out = np.full((m + 16, width), 7.0, x.dtype)
+    flat_b = None if b is None else _storage(b).reshape(-1)
+    head = (K.OPS[op], _storage(x).reshape(-1), n, 1, flat_b, 0 if b is None else n, 1,
+            _storage(out).reshape(-1), width, 1)
+    tail = (m, n, 0) if parallel else (0, m, n, 0)
+    driver(*head, *tail, side, False)
+    assert (out[m:] == 7.0).all()
+    return out[:m]
+
+
+LSE_MASK_CASES = [(dtype, n) for dtype in (np.float16, np.float32, np.float64)
+                  for n in (1, 2, 3, 5, 8, 9, 16, 17, TILE_ROW_MAX)]
+
+
+@pytest.mark.parametrize("layout", ["rows", "one"])
+@pytest.mark.parametrize(("dtype", "n"), LSE_MASK_CASES,
+                         ids=[f"{np.dtype(d).name}-{n}" for d, n in LSE_MASK_CASES])
+def test_masked_logsumexp_tiles_agree_bitwise(dtype, n, layout, rng):
+    """Masked logsumexp rows through the tiles (serial and parallel; whole tiles and a
+    partial one; a mask of x's shape or one for every row) give the row kernel's bits,
+    value and sign, weighted and not: rows with no included element, NaN, +inf and
+    infinite or NaN weights where excluded, +inf and -inf where included, weights of 0."""
+    m = 3 * 16 + 5
+    x = (rng.standard_normal((m, n)) * 3).astype(dtype)
+    b = rng.standard_normal((m, n)).astype(dtype)
+    b[rng.random((m, n)) < 0.2] = 0.0
+    if layout == "rows":
+        w = rng.random((m, n)) < 0.7
+        w[0], w[1] = False, True
+        dims = np.array([[0, n]], np.int64)
+    else:
+        w = np.tile(rng.random(n) < 0.7, (m, 1))
+        w[:, 0] = True
+        dims = np.empty((0, 2), np.int64)
+    excluded = ~w
+    x[2][excluded[2]], x[3][excluded[3]] = np.nan, np.inf
+    b[4][excluded[4]], b[5][excluded[5]] = np.inf, np.nan
+    x[6][w[6]] = -np.inf
+    x[7, 0], x[8, 0] = np.inf, -np.inf  # included in either layout
+    if layout == "rows":
+        w[7, 0] = w[8, 0] = True
+    bytes_ = w.view(np.uint8).reshape(-1)
+    side = (bytes_, np.array([[0, n]], np.int64), None)
+    tiles = side if layout == "rows" else (w[0].view(np.uint8).copy(), None, None)
+    assert K.mask_takes_tiles(dims if layout == "one" else side[1], n) == (
+        n if layout == "rows" else 0)
+    for op in ("logsumexp", "logsumexp_sign"):
+        for weights in (None, b):
+            expected = _lse_masked(K.rows, op, x, weights, side, parallel=False)
+            for driver, parallel in ((K.masked_short_rows, False),
+                                     (K.masked_short_rows_parallel, True)):
+                assert_bitwise_equal(_lse_masked(driver, op, x, weights, tiles, parallel),
+                                     expected)
+
+
 def test_logsumexp_tile_rejects_longer_rows(rng):
     """logsumexp's tiles take rows of at most TILE_ROW_MAX elements (the launcher sends the
     longer ones to the row drivers), and say so instead of leaving the output unwritten."""

@@ -225,6 +225,50 @@ def test_where_matches_jax(op, rng):
     np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("n", [2, 3, 8, 17])
+def test_masked_logsumexp_short_rows(n, rng, monkeypatch):
+    """Masked logsumexp on rows of a few elements (in a parallel call: the lane kernel's
+    tiles) gives the reference's values and signs, and bitwise what the row kernel gives
+    the same rows laid out apart (at a pitch: the row drivers), weighted or not, with a
+    mask of x's shape or one for every row; rows without an included element give -inf
+    (sign 0). A call below the parallel threshold runs on the row drivers."""
+    from numbasoftmax import _cpu, _cpu_kernels, reference
+
+    m = -(-_cpu.PARALLEL_MIN_ELEMENTS // n)
+    tiles = []
+    real = _cpu_kernels.masked_short_rows_parallel
+    monkeypatch.setattr(_cpu_kernels, "masked_short_rows_parallel",
+                        lambda *a: tiles.append(1) or real(*a))
+    x = rng.standard_normal((m, n))
+    x[5, 0] = np.inf
+    b = rng.standard_normal((m, n))
+    apart = np.empty((m, n + 1))
+    apart[:, :n] = x
+    bapart = np.empty((m, n + 1))
+    bapart[:, :n] = b
+    full = rng.random(x.shape) < 0.7
+    full[0] = False
+    row = rng.random(n) < 0.7
+    row[0] = True
+    for where in (full, row):
+        for weights, wapart in ((None, None), (b, bapart[:, :n])):
+            got, sign = nsm.logsumexp(x, b=weights, where=where, return_sign=True)
+            want, wsign = reference.logsumexp(x, b=weights, where=where, return_sign=True)
+            # (log of a weighted sum near 1: an absolute error, as the reference's own)
+            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-13)
+            np.testing.assert_array_equal(sign, wsign)
+            ref = nsm.logsumexp(apart[:, :n], b=wapart, where=where, return_sign=True)
+            assert_bitwise_equal(got, ref[0])
+            assert_bitwise_equal(sign, ref[1])
+            assert_bitwise_equal(nsm.logsumexp(x, b=weights, where=where),
+                                 nsm.logsumexp(apart[:, :n], b=wapart, where=where))
+    assert nsm.logsumexp(x, where=full)[0] == -np.inf
+    assert len(tiles) == 9
+    small = nsm.logsumexp(x[:100], where=full[:100])
+    assert len(tiles) == 9
+    assert_bitwise_equal(small, nsm.logsumexp(apart[:100, :n], where=full[:100]))
+
+
 def test_logsumexp_with_mask_and_weights(rng):
     from numbasoftmax import reference
 
