@@ -273,10 +273,11 @@ UNGROUPED_OPS = ("logsumexp_backward",)
 # and their masks lie as the tiles take them (``_cpu_kernels.mask_takes_tiles``); other
 # masked rows run on the row drivers
 TILE_MASK_OPS = ("softmax", "log_softmax", "softmax_backward", "log_softmax_backward",
-                 "logsumexp", "logsumexp_sign")
-# ... logsumexp's in parallel calls only: its masked tiles' first compile took 0.7-0.9 s
-# longer than the row drivers', which calls below the parallel threshold would not win back
-TILE_MASK_PARALLEL_OPS = ("logsumexp", "logsumexp_sign")
+                 "logsumexp", "logsumexp_sign", "logsumexp_backward")
+# ... logsumexp's and its gradient's in parallel calls only: their masked tiles' first
+# compile took 0.7-1.05 s longer than the row drivers', which calls below the parallel
+# threshold would not win back
+TILE_MASK_PARALLEL_OPS = ("logsumexp", "logsumexp_sign", "logsumexp_backward")
 
 
 def _route(op):
@@ -312,7 +313,7 @@ def run(op, a, sa, b, sb, out, so, m, n, side=None, direct=False):
         if step < 0:
             short_max = 0
         elif step == 0 and n < short_max:  # one mask for every row: the tiles' own form
-            side = (side[0], None, None)
+            side = (side[0], None, *side[2:])
     # the rows ``run_rows`` takes: a mask, if any, laid out as the rows or one for all;
     # short rows keep their tiles
     runs = (op in k.RUN_OPS and step >= 0 and sa == sb == so == n

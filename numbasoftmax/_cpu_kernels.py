@@ -20,7 +20,8 @@ two 1-D arrays of a value per row, both float32 or both float64 (logsumexp's gra
 lse and the gradient's factor; two arrays, not a pair nested in ``side``, which numba's
 parallel loops do not take as an argument). Masks and given values run on
 these drivers only (``short_rows``: given values without a mask; ``masked_short_rows``:
-masks only, and also ``(w, None, None)``: one mask for every row). ``stream``: the output
+masks, with or without given values, and also ``(w, None, ...)``: one mask for every
+row). ``stream``: the output
 is large: written with non-temporal stores where the kernel may
 (``_row_kernel.may_stream``), each serial driver fencing them before it returns; masked
 rows are read as ``_row_kernel._exp_sums`` says. A reduction's (logsumexp's)
@@ -847,6 +848,7 @@ def _masked_rows_impl(op, side, a, ao, b, bo, out, oo, r0, k, n, ta, tb, to, ms,
                 _gather(a, ao, r0, k, n, ta)
                 _gather_second(op, b, bo, r0, k, n, tb)
             _exclude_inputs(op, side_mask(side), n, ta, tb)
+            _tile_values(side, r0, k, S)
             tile(op, ta, tb, to, n, S, T, V)
             _masked_out(op, side, a, ao, out, oo, r0, k, n, to, None, ms)
         return shared
@@ -856,6 +858,7 @@ def _masked_rows_impl(op, side, a, ao, b, bo, out, oo, r0, k, n, ta, tb, to, ms,
         w = seg(side_mask(side), base, base + k * n)
         _rows_in(op, seg(a, r0 * ao, r0 * ao + k * n), seg(b, r0 * bo, r0 * bo + k * n), w,
                  n, k, ta, tb, ms)
+        _tile_values(side, r0, k, S)
         tile(op, ta, tb, to, n, S, T, V)
         _masked_out(op, side, a, ao, out, oo, r0, k, n, to, w, ms)
     return rows
@@ -983,8 +986,9 @@ def short_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, ahead, side, st
 def masked_short_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, ahead, side,
                       stream):
     """``short_rows`` for masked rows: ``side`` a mask as for the row drivers (the softmax
-    functions and logsumexp, laid out as ``mask_takes_tiles`` takes it; no given values),
-    or ``(w, None, None)``: one mask ``w`` of n bytes for every row."""
+    functions, logsumexp and its gradient, laid out as ``mask_takes_tiles`` takes it;
+    with logsumexp_backward's given values), or ``(w, None, ...)``: one mask ``w`` of n
+    bytes for every row."""
     S, T, V = _scratch(a, n, 1)
     ta = _compute_empty(a, n * W)
     to = _compute_empty(out, max(n, 2) * W)  # a reduction's values and signs

@@ -722,6 +722,22 @@ def _lse_masked(driver, op, x, b, side, parallel):
     return out[:m]
 
 
+def _short_masked(rng, m, n, dtype, layout):
+    """(x, weights with zeros, mask) of m rows of n elements: the mask of x's shape
+    ("rows"; its first row all False, its second all True) or one row's mask repeated
+    ("one"; its first element True)."""
+    x = (rng.standard_normal((m, n)) * 3).astype(dtype)
+    b = rng.standard_normal((m, n)).astype(dtype)
+    b[rng.random((m, n)) < 0.2] = 0.0
+    if layout == "rows":
+        w = rng.random((m, n)) < 0.7
+        w[0], w[1] = False, True
+    else:
+        w = np.tile(rng.random(n) < 0.7, (m, 1))
+        w[:, 0] = True
+    return x, b, w
+
+
 LSE_MASK_CASES = [(dtype, n) for dtype in (np.float16, np.float32, np.float64)
                   for n in (1, 2, 3, 5, 8, 9, 16, 17, TILE_ROW_MAX)]
 
@@ -735,17 +751,8 @@ def test_masked_logsumexp_tiles_agree_bitwise(dtype, n, layout, rng):
     value and sign, weighted and not: rows with no included element, NaN, +inf and
     infinite or NaN weights where excluded, +inf and -inf where included, weights of 0."""
     m = 3 * 16 + 5
-    x = (rng.standard_normal((m, n)) * 3).astype(dtype)
-    b = rng.standard_normal((m, n)).astype(dtype)
-    b[rng.random((m, n)) < 0.2] = 0.0
-    if layout == "rows":
-        w = rng.random((m, n)) < 0.7
-        w[0], w[1] = False, True
-        dims = np.array([[0, n]], np.int64)
-    else:
-        w = np.tile(rng.random(n) < 0.7, (m, 1))
-        w[:, 0] = True
-        dims = np.empty((0, 2), np.int64)
+    x, b, w = _short_masked(rng, m, n, dtype, layout)
+    dims = np.array([[0, n]], np.int64) if layout == "rows" else np.empty((0, 2), np.int64)
     excluded = ~w
     x[2][excluded[2]], x[3][excluded[3]] = np.nan, np.inf
     b[4][excluded[4]], b[5][excluded[5]] = np.inf, np.nan
@@ -777,17 +784,18 @@ def test_logsumexp_tile_rejects_longer_rows(rng):
         _lse_rows(K.short_rows_parallel, "logsumexp", x, None, parallel=True)
 
 
-def _lse_grad_rows(driver, x, b, rv, parallel):
+def _lse_grad_rows(driver, x, b, rv, parallel, mask=(None, None)):
     """logsumexp_backward of C-contiguous (m, n) rows x (weights b or None) given the rows'
-    values rv (a pair of arrays: lse, gradient factor), into an output with 16 rows more
-    (asserted unwritten)."""
+    values rv (a pair of arrays: lse, gradient factor), under ``mask`` (the mask and its
+    row offsets as the drivers take them, or None, None), into an output with 16 rows
+    more (asserted unwritten)."""
     m, n = x.shape
     out = np.full((m + 16, n), 7.0, x.dtype)
     flat_b = None if b is None else _storage(b).reshape(-1)
     head = (K.OPS["logsumexp_backward"], _storage(x).reshape(-1), n, 1, flat_b, n, 1,
             _storage(out).reshape(-1), n, 1)
     tail = (m, n, 0) if parallel else (0, m, n, 0)
-    driver(*head, *tail, (None, None, *rv), False)
+    driver(*head, *tail, (*mask, *rv), False)
     assert (out[m:] == 7.0).all()
     return out[:m]
 
@@ -819,6 +827,31 @@ def test_logsumexp_backward_tile_agrees_bitwise(dtype, n, rng):
             expected = _lse_grad_rows(K.rows, x, weights, rv, parallel=False)
             for driver, parallel in ((K.short_rows, False), (K.short_rows_parallel, True)):
                 assert_bitwise_equal(_lse_grad_rows(driver, x, weights, rv, parallel),
+                                     expected)
+
+
+@pytest.mark.parametrize("layout", ["rows", "one"])
+@pytest.mark.parametrize(("dtype", "n"), LSE_GRAD_TILE_CASES,
+                         ids=[f"{np.dtype(d).name}-{n}" for d, n in LSE_GRAD_TILE_CASES])
+def test_masked_logsumexp_backward_tiles_agree_bitwise(dtype, n, layout, rng):
+    """logsumexp's masked gradient on short rows through the masked tiles (serial and
+    parallel, whole tiles and a partial one, a mask of x's shape or one for every row)
+    gives the row kernel's bits, weighted and not: +0 where excluded whatever x, the
+    weight or the row's values (NaN, inf), a row without an included element."""
+    m = 3 * 16 + 5
+    x, b, w = _short_masked(rng, m, n, dtype, layout)
+    excluded = ~w
+    x[2][excluded[2]], b[3][excluded[3]] = np.nan, np.inf
+    lse, g = rng.standard_normal(m) * 2, rng.standard_normal(m)
+    lse[4], g[5], lse[6], g[7] = np.inf, np.nan, -np.inf, np.inf
+    side = (w.view(np.uint8).reshape(-1), np.array([[0, n]], np.int64))
+    tiles = side if layout == "rows" else (w[0].view(np.uint8).copy(), None)
+    for rv in ((lse, g), (lse.astype(np.float32), g.astype(np.float32))):
+        for weights in (None, b):
+            expected = _lse_grad_rows(K.rows, x, weights, rv, False, side)
+            for driver, parallel in ((K.masked_short_rows, False),
+                                     (K.masked_short_rows_parallel, True)):
+                assert_bitwise_equal(_lse_grad_rows(driver, x, weights, rv, parallel, tiles),
                                      expected)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import tracemalloc
 import zlib
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -225,48 +226,101 @@ def test_where_matches_jax(op, rng):
     np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-7)
 
 
+class ShortRows(NamedTuple):
+    """A parallel call's worth of rows of n elements (float64), weights, the same rows and
+    weights laid out apart (at a pitch: the row drivers take them), and two masks: one of
+    x's shape (its first row all False) and one (n,) mask."""
+
+    x: np.ndarray
+    b: np.ndarray
+    x_apart: np.ndarray
+    b_apart: np.ndarray
+    full: np.ndarray
+    row: np.ndarray
+
+
+def _short_rows(rng, n):
+    from numbasoftmax import _cpu
+
+    m = -(-_cpu.PARALLEL_MIN_ELEMENTS // n)
+    x, b = rng.standard_normal((m, n)), rng.random((m, n)) - 0.3
+    apart = np.empty((2, m, n + 1))
+    apart[0, :, :n], apart[1, :, :n] = x, b
+    full = rng.random(x.shape) < 0.7
+    full[0] = False
+    row = rng.random(n) < 0.7
+    row[0] = True
+    return ShortRows(x, b, apart[0, :, :n], apart[1, :, :n], full, row)
+
+
+@pytest.fixture
+def tile_calls(monkeypatch):
+    """The calls of the parallel masked tiles' driver, counted."""
+    from numbasoftmax import _cpu_kernels
+
+    calls = []
+    real = _cpu_kernels.masked_short_rows_parallel
+    monkeypatch.setattr(_cpu_kernels, "masked_short_rows_parallel",
+                        lambda *a: calls.append(1) or real(*a))
+    return calls
+
+
 @pytest.mark.parametrize("n", [2, 3, 8, 17])
-def test_masked_logsumexp_short_rows(n, rng, monkeypatch):
+def test_masked_logsumexp_short_rows(n, rng, tile_calls):
     """Masked logsumexp on rows of a few elements (in a parallel call: the lane kernel's
     tiles) gives the reference's values and signs, and bitwise what the row kernel gives
     the same rows laid out apart (at a pitch: the row drivers), weighted or not, with a
     mask of x's shape or one for every row; rows without an included element give -inf
     (sign 0). A call below the parallel threshold runs on the row drivers."""
-    from numbasoftmax import _cpu, _cpu_kernels, reference
+    from numbasoftmax import reference
 
-    m = -(-_cpu.PARALLEL_MIN_ELEMENTS // n)
-    tiles = []
-    real = _cpu_kernels.masked_short_rows_parallel
-    monkeypatch.setattr(_cpu_kernels, "masked_short_rows_parallel",
-                        lambda *a: tiles.append(1) or real(*a))
-    x = rng.standard_normal((m, n))
-    x[5, 0] = np.inf
-    b = rng.standard_normal((m, n))
-    apart = np.empty((m, n + 1))
-    apart[:, :n] = x
-    bapart = np.empty((m, n + 1))
-    bapart[:, :n] = b
-    full = rng.random(x.shape) < 0.7
-    full[0] = False
-    row = rng.random(n) < 0.7
-    row[0] = True
-    for where in (full, row):
-        for weights, wapart in ((None, None), (b, bapart[:, :n])):
-            got, sign = nsm.logsumexp(x, b=weights, where=where, return_sign=True)
-            want, wsign = reference.logsumexp(x, b=weights, where=where, return_sign=True)
+    c = _short_rows(rng, n)
+    c.x[5, 0] = c.x_apart[5, 0] = np.inf
+    for where in (c.full, c.row):
+        for weights, apart in ((None, None), (c.b, c.b_apart)):
+            got, sign = nsm.logsumexp(c.x, b=weights, where=where, return_sign=True)
+            want, wsign = reference.logsumexp(c.x, b=weights, where=where, return_sign=True)
             # (log of a weighted sum near 1: an absolute error, as the reference's own)
             np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-13)
             np.testing.assert_array_equal(sign, wsign)
-            ref = nsm.logsumexp(apart[:, :n], b=wapart, where=where, return_sign=True)
+            ref = nsm.logsumexp(c.x_apart, b=apart, where=where, return_sign=True)
             assert_bitwise_equal(got, ref[0])
             assert_bitwise_equal(sign, ref[1])
-            assert_bitwise_equal(nsm.logsumexp(x, b=weights, where=where),
-                                 nsm.logsumexp(apart[:, :n], b=wapart, where=where))
-    assert nsm.logsumexp(x, where=full)[0] == -np.inf
-    assert len(tiles) == 9
-    small = nsm.logsumexp(x[:100], where=full[:100])
-    assert len(tiles) == 9
-    assert_bitwise_equal(small, nsm.logsumexp(apart[:100, :n], where=full[:100]))
+            assert_bitwise_equal(nsm.logsumexp(c.x, b=weights, where=where),
+                                 nsm.logsumexp(c.x_apart, b=apart, where=where))
+    assert nsm.logsumexp(c.x, where=c.full)[0] == -np.inf
+    assert len(tile_calls) == 9
+    small = nsm.logsumexp(c.x[:100], where=c.full[:100])
+    assert len(tile_calls) == 9
+    assert_bitwise_equal(small, nsm.logsumexp(c.x_apart[:100], where=c.full[:100]))
+
+
+@pytest.mark.parametrize("n", [2, 3, 8])
+def test_masked_logsumexp_backward_short_rows(n, rng, tile_calls):
+    """logsumexp's masked gradient on rows of a few elements (in a parallel call: the
+    masked tiles) gives the reference's values, 0 where excluded, and bitwise what the
+    row kernel gives the same rows laid out apart, weighted or not, with a mask of x's
+    shape or one for every row. A call below the parallel threshold runs on the row
+    drivers."""
+    from numbasoftmax import reference
+
+    c = _short_rows(rng, n)
+    g = rng.standard_normal(c.x.shape[0])
+    for where in (c.full, c.row):
+        for weights, apart in ((None, None), (np.abs(c.b), np.abs(c.b_apart))):
+            lse = nsm.logsumexp(c.x, b=weights, where=where)
+            got = nsm.logsumexp_backward(c.x, lse, g, b=weights, where=where)
+            want = reference.logsumexp_backward(c.x, lse, g, b=weights, where=where)
+            np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-300)
+            assert (got[~np.broadcast_to(where, c.x.shape)] == 0).all()
+            assert_bitwise_equal(got, nsm.logsumexp_backward(c.x_apart, lse, g, b=apart,
+                                                             where=where))
+    assert len(tile_calls) == 8  # logsumexp's and its gradient's
+    lse = nsm.logsumexp(c.x[:100], where=c.full[:100])
+    small = nsm.logsumexp_backward(c.x[:100], lse, g[:100], where=c.full[:100])
+    assert len(tile_calls) == 8
+    assert_bitwise_equal(small, nsm.logsumexp_backward(c.x_apart[:100], lse, g[:100],
+                                                       where=c.full[:100]))
 
 
 def test_logsumexp_with_mask_and_weights(rng):
