@@ -305,8 +305,7 @@ def run(op, a, sa, b, sb, out, so, m, n, side=None, direct=False):
     if masked:
         # the tiles' masked rows lie one after the other (a reduction's values at any
         # stride; logsumexp without weights has no second input)
-        apart = sa == n and (sb == n or b is None) and (
-            so == n or op in ("logsumexp", "logsumexp_sign"))
+        apart = sa == n and (sb == n or b is None) and (so == n or op in k.REDUCED)
         if op in TILE_MASK_PARALLEL_OPS and m * n < PARALLEL_MIN_ELEMENTS:
             apart = False
         step = k.mask_takes_tiles(side[1], n) if op in TILE_MASK_OPS and apart else -1
@@ -398,7 +397,7 @@ def run_columns(op, args, direct=False, side=None):
     # streams as the softmax functions do (float32 along axis 0 of (K, N), K·N = 2^24,
     # 2 threads: 0.7x the time with plain stores at K = 8-128, level at K = 2-3)
     lead = -1
-    if op == "logsumexp_backward" or not op.startswith("logsumexp"):
+    if op not in k.REDUCED:
         lead, stream = column_stream(out, so, io, m * n, c)
         lead = lead if stream else -1
     if m * n * c < PARALLEL_MIN_ELEMENTS or not parallel_allowed():

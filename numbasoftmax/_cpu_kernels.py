@@ -64,6 +64,7 @@ from ._row_kernel import (
     MAX_OPS,
     OPS,
     OPTIONS,
+    REDUCED,
     _count_lanes,
     _max_lanes,
     _value_lanes,
@@ -874,7 +875,7 @@ def _masked_out(op, side, a, ao, out, oo, r0, k, n, to, w, ms):
 
 @overload(_masked_out, jit_options=INLINE)
 def _masked_out_impl(op, side, a, ao, out, oo, r0, k, n, to, w, ms):
-    if op.key_ in ("logsumexp", "logsumexp_sign"):
+    if op.key_ in REDUCED:
         def values(op, side, a, ao, out, oo, r0, k, n, to, w, ms):
             if k == W:
                 _put(op, to, out, oo, r0, ALL, n)

@@ -349,11 +349,7 @@ def _reduce_columns(kernel, inputs, unweighted, p, width, dtype):
     second."""
     m, outer = p.m, p.m // p.inner
     planes = np.empty((width, m), dtype)
-    args = []
-    for a, access in zip(inputs, p.inputs, strict=True):
-        size = (outer - 1) * access.stride + (p.n - 1) * access.axis_stride + p.inner
-        args += [_flat(a.view(_storage(dtype, dtype)), size), access.stride,
-                 access.axis_stride]
+    args = _column_views([a.view(_storage(dtype, dtype)) for a in inputs], p, p.inputs)
     if unweighted:
         args += [None, 0, 0]
     _cpu.run_columns(kernel, (*args, planes.view(_storage(dtype, dtype)).reshape(-1),
@@ -439,13 +435,13 @@ def _flat(a, size):
     return as_strided(a, shape=(size,), strides=(a.itemsize,), writeable=flags.writeable)
 
 
-def _column_views(arrays, p):
-    """Every array of a COLUMNS plan (its inputs, then out) read in place as (outer, n,
-    inner): flat views from each array's first element with its outer and axis strides
-    (the plan checked they are non-negative)."""
+def _column_views(arrays, p, accesses=None):
+    """Every array of a COLUMNS plan (its inputs, then out; or those of ``accesses``) read
+    in place as (outer, n, inner): flat views from each array's first element with its
+    outer and axis strides (the plan checked they are non-negative)."""
     outer = p.m // p.inner
     args = []
-    for a, access in zip(arrays, (*p.inputs, p.out), strict=True):
+    for a, access in zip(arrays, accesses or (*p.inputs, p.out), strict=True):
         size = (outer - 1) * access.stride + (p.n - 1) * access.axis_stride + p.inner
         flat = _flat(a, size)
         args += [flat, access.stride, access.axis_stride]

@@ -183,7 +183,7 @@ weighed_exp_nonpos = _weighed_exp(vexp_nonpos, vexp_nonpos_weighted)
 
 # how many values per row an operation writes when it reduces the row: 0 for the
 # element-wise ones
-_REDUCED = {"logsumexp": 1, "logsumexp_sign": 2}
+REDUCED = {"logsumexp": 1, "logsumexp_sign": 2}
 
 
 @njit(inline="always", **INTERNAL)
@@ -197,7 +197,7 @@ def out_row(typingctx, op, out, start, n):
     """Row output: ``out[start:start + n]``, or a reduction's 1 or 2 values."""
     if not isinstance(op, MarkerType):
         return None
-    width = _REDUCED.get(op.key_, 0)
+    width = REDUCED.get(op.key_, 0)
 
     def codegen(context, builder, sig, args):
         start_ = context.cast(builder, args[2], sig.args[2], types.intp)
@@ -214,7 +214,7 @@ def out_chunk(typingctx, op, out, lo, hi):
     first chunk (lo == 0), nothing in the others."""
     if not isinstance(op, MarkerType):
         return None
-    reduced = op.key_ in _REDUCED
+    reduced = op.key_ in REDUCED
 
     def codegen(context, builder, sig, args):
         lo_, hi_ = (context.cast(builder, v, t, types.intp)

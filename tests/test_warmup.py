@@ -47,7 +47,7 @@ def recorded(monkeypatch):
 
     fake = types.SimpleNamespace(OPS=real.OPS, W=real.W, columns_tasks=real.columns_tasks,
                                  RUN_OPS=real.RUN_OPS, RUN_ROW_MIN=real.RUN_ROW_MIN,
-                                 CHUNK=real.CHUNK,
+                                 CHUNK=real.CHUNK, REDUCED=real.REDUCED,
                                  copy2d=recorder("copy2d"),
                                  **{name: recorder(name) for name in DRIVERS + RUN_DRIVERS})
     monkeypatch.setattr(_cpu, "_kernels", fake)
