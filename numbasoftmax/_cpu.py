@@ -381,9 +381,10 @@ def run_columns(op, args, direct=False, side=None):
     a flat buffer, its outer stride and its axis stride, then M outer positions, n elements
     along the axis and C contiguous inner positions. logsumexp's ``b`` (weights) may be
     None (its strides 0), and its out holds M x C values at its outer stride C, their signs
-    (``logsumexp_sign``) at its "axis stride" M x C further. ``side``: None, or
-    logsumexp_backward's given values ``(None, None, first, second)`` of the M x C
-    positions in order. ``direct`` as for ``run``."""
+    (``logsumexp_sign``) at its "axis stride" M x C further. ``side``: None, or a
+    ``where=`` mask's bytes laid out as ``a`` and logsumexp_backward's given values of the
+    M x C positions in order, ``(mask, None, first, second)`` (each may be None).
+    ``direct`` as for ``run``."""
     op = COLUMN_OPS.get(op, op)
     marker, _, _, entries = _routes.get(op) or _route(op)
     k = _kernels
@@ -403,7 +404,8 @@ def run_columns(op, args, direct=False, side=None):
     if m * n * c < PARALLEL_MIN_ELEMENTS or not parallel_allowed():
         tasks, _ = k.columns_tasks(m, n, c, max(lead, 0), arrays[0].itemsize)
         call = (marker, *arrays, 0, tasks, n, c, lead, side)
-        entry = entries.get((k.columns, arrays[0].dtype)) if direct else k.columns
+        entry = entries.get((k.columns, arrays[0].dtype)) if direct and side is None else (
+            k.columns)
         if entry is not None:
             entry(*call)
         else:

@@ -1061,22 +1061,26 @@ def columns(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, lead, side):
     of ``out`` stored past the caches (the caller sets ``lead`` so that each starts a
     cache line), fenced at the end. A reduction's (logsumexp's) ``b`` may be None, and its
     ``out`` takes the values of position (o, c) at o * oo + c, their signs ``on`` further.
-    ``side``: None, or logsumexp_backward's given values ``(None, None, first, second)``,
-    position (o, c)'s at o * C + c."""
+    ``side``: None, or a ``where=`` mask's bytes (a flat array laid out as ``a``: the
+    byte of a's element i at i) and logsumexp_backward's given values, ``(mask, None,
+    first, second)`` (each may be None), position (o, c)'s at o * C + c."""
     stream = lead >= 0
     lead = max(lead, 0)
     tiles = band_tiles(n, C, a.itemsize)
     S, T, V = _scratch(a, n, tiles)
+    w = side_mask(side)
     for task in range(lo, hi):
         o, c0, full, c1, k1 = _band_task(task, C, lead, tiles)
         if full:  # the lane count a constant: no masked loads and stores
             given_values(S, side, full, n, o * C + c0, ALL)
             band(op, (a, o * ao + c0, an, ALL), lane_tuple(b, o * bo + c0, bn, ALL),
-                 (out, o * oo + c0, on, ALL), full, n, S, T, V, stream)
+                 lane_tuple(w, o * ao + c0, an, ALL), (out, o * oo + c0, on, ALL), full, n,
+                 S, T, V, stream)
         if k1:
             given_values(S, side, 1, n, o * C + c1, k1)
             band(op, (a, o * ao + c1, an, k1), lane_tuple(b, o * bo + c1, bn, k1),
-                 (out, o * oo + c1, on, k1), 1, n, S, T, V, stream)
+                 lane_tuple(w, o * ao + c1, an, k1), (out, o * oo + c1, on, k1), 1, n, S,
+                 T, V, stream)
     if stream:
         vfence()
 

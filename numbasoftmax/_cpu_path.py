@@ -253,9 +253,10 @@ def run(op, arrays, axes, out=None, *, dtype=None, where=None, values=None, kern
         return result
     if b is not None:
         arrays = (x, np.broadcast_to(b, x.shape))
-    # a strided axis read in place (a COLUMNS plan) without a mask; logsumexp's gradient
+    # a strided axis read in place (a COLUMNS plan); with a mask or logsumexp's gradient
     # (given values) in parallel calls only, as logsumexp (``reduce``)
-    columns = where is None and (values is None or x.size >= _cpu.PARALLEL_MIN_ELEMENTS)
+    columns = ((where is None and values is None) or x.size >= _cpu.PARALLEL_MIN_ELEMENTS
+               ) and _columns_take(where, x.shape, axes)
     if out is None:
         p = fresh_plan(x.shape, axes, tuple((a.strides, a.itemsize) for a in arrays),
                        (result.strides, result.itemsize), columns)
@@ -263,13 +264,23 @@ def run(op, arrays, axes, out=None, *, dtype=None, where=None, values=None, kern
         p = plan(x.shape, axes, [_meta(a) for a in arrays], _meta(result), columns=columns)
     views = [a.view(_storage(a.dtype, dtype)) for a in arrays]
     dest = result.view(_storage(dtype, dtype))
-    side, filled = _side(where, values, x.shape, axes, p, result)
     if p.out.kind == COLUMNS:
+        side, filled = _column_side(where, values, x, axes, p, result)
         args = _column_views((*views, dest), p)
         if kernel is not None and len(views) == 1:  # logsumexp's gradient: no weights
             args[3:3] = [None, 0, 0]
         _cpu.run_columns(kernel or op.name, (*args, p.m // p.inner, p.n, p.inner), side=side)
-        return result
+    else:
+        side, filled = _side(where, values, x.shape, axes, p, result)
+        _run_rows(op, views, dest, p, side, kernel)
+    if filled is not None:
+        _fill_rows(result, filled, p, _EXCLUDED[op.name])
+    return result
+
+
+def _run_rows(op, views, dest, p, side, kernel):
+    """The rows of plan ``p`` (not COLUMNS) through the row drivers: read in place or
+    gathered, written in place or staged and scattered into ``dest``."""
     args = []
     for a, access in zip(views, p.inputs, strict=True):
         flat, stride = _rows(a, access, p.m, p.n, p.perm)
@@ -284,9 +295,6 @@ def run(op, arrays, axes, out=None, *, dtype=None, where=None, values=None, kern
         staged = _pool.empty((p.m, p.n), dest.dtype)
         _cpu.run(name, *args, staged.reshape(-1), p.n, p.m, p.n, side)
         _scatter(staged, dest.transpose(p.perm), p)
-    if filled is not None:
-        _fill_rows(result, filled, p, _EXCLUDED[op.name])
-    return result
 
 
 # the value of an excluded element (``where`` False), per operation
@@ -310,12 +318,13 @@ def reduce(kernel, arrays, axes, *, dtype, where=None, b=None):
     # the strided axes read in place, where the rows would be gathered, in parallel calls:
     # a first serial call compiled 1.5 s longer so (the band's logsumexp), where gathered
     # rows share their compiled code with contiguous ones
-    cp = None
-    if (where is None and x.size >= _cpu.PARALLEL_MIN_ELEMENTS and p.n
-            and any(a.kind != ROWS for a in p.inputs) and all(a.dtype == dtype for a in inputs)):
+    cp = filled = None
+    if (x.size >= _cpu.PARALLEL_MIN_ELEMENTS and p.n and any(a.kind != ROWS for a in p.inputs)
+            and all(a.dtype == dtype for a in inputs) and _columns_take(where, x.shape, axes)):
         cp = fresh_plan(x.shape, axes, layouts, layouts[0])  # as if for a result like x
     if cp is not None and cp.out.kind == COLUMNS:
-        flat = _reduce_columns(kernel, inputs, b is None, cp, width, dtype)
+        side, filled = _column_side(where, None, x, axes, cp, None)
+        flat = _reduce_columns(kernel, inputs, b is None, cp, width, dtype, side)
     else:
         flat = np.empty((m, width), dtype)
         if flat.size and p.n == 0:  # empty rows: the sum is 0
@@ -332,9 +341,9 @@ def reduce(kernel, arrays, axes, *, dtype, where=None, b=None):
                 args += [None, 0]
             _cpu.run(kernel, *args, flat.view(_storage(dtype, dtype)).reshape(-1), width,
                      p.m, p.n, side)
-            if filled is not None:
-                flat[~filled.reshape(-1), 0] = -np.inf
-                flat[~filled.reshape(-1), 1:] = 0.0
+    if filled is not None:  # rows without an included element
+        flat[~filled.reshape(-1), 0] = -np.inf
+        flat[~filled.reshape(-1), 1:] = 0.0
     perm_shape = tuple(keep[a] for a in p.perm)
     inverse = tuple(sorted(range(len(p.perm)), key=p.perm.__getitem__))
     values = flat[:, 0].reshape(perm_shape).transpose(inverse)
@@ -342,18 +351,18 @@ def reduce(kernel, arrays, axes, *, dtype, where=None, b=None):
     return values, signs
 
 
-def _reduce_columns(kernel, inputs, unweighted, p, width, dtype):
+def _reduce_columns(kernel, inputs, unweighted, p, width, dtype, side):
     """logsumexp along strided axes read in place (a COLUMNS plan ``p`` of the inputs, all
-    of ``dtype``): an (m, width) view of values and signs in rows order. The column kernel
-    stores a band's values as one run, so the values lie in one plane, the signs in a
-    second."""
+    of ``dtype``; ``side``: the column drivers' mask, or None): an (m, width) view of
+    values and signs in rows order. The column kernel stores a band's values as one run,
+    so the values lie in one plane, the signs in a second."""
     m, outer = p.m, p.m // p.inner
     planes = np.empty((width, m), dtype)
     args = _column_views([a.view(_storage(dtype, dtype)) for a in inputs], p, p.inputs)
     if unweighted:
         args += [None, 0, 0]
     _cpu.run_columns(kernel, (*args, planes.view(_storage(dtype, dtype)).reshape(-1),
-                              p.inner, m, outer, p.n, p.inner))
+                              p.inner, m, outer, p.n, p.inner), side=side)
     return planes.T
 
 
@@ -386,6 +395,42 @@ def _side(where, values, shape, axes, p, out):
     flat = as_strided(w, shape=(access.extent,), strides=(1,))
     dims = np.array(access.dims, dtype=np.int64).reshape(-1, 2)
     return (flat, dims, *(rv or (None,))), None
+
+
+def _columns_take(where, shape, axes):
+    """Whether the column drivers take mask ``where`` (None: no mask) for an input of
+    ``shape`` along ``axes``: one constant along the axes (the rows' own rule), or one of
+    the input's shape (its bytes laid out as the input's, copied if they lie otherwise).
+    A mask broadcast along other axes that varies along these ((K, 1) along axis 0) would
+    have to be expanded to the input's shape: its rows are gathered instead."""
+    if where is None or where.shape == shape:
+        return True
+    w = np.broadcast_to(where, shape)
+    return not any(w.strides[a] for a in axes if shape[a] > 1)
+
+
+def _column_side(where, values, x, axes, p, out):
+    """``_side``'s (side, per-row mask) for a COLUMNS plan ``p``: a mask that varies along
+    the axes goes to the column drivers as bytes laid out as x (``_mask_like``)."""
+    if where is None or where.shape != x.shape or not any(
+            where.strides[a] for a in axes if x.shape[a] > 1):
+        return _side(where, values, x.shape, axes, p, out)  # constant along the rows
+    side, _ = _side(None, values, x.shape, axes, p, out)
+    return (_mask_like(where, x), None, *(side[2:] if side else (None,))), None
+
+
+def _mask_like(where, x):
+    """The bytes of mask ``where`` (x's shape) as a flat array laid out as x (whose strides
+    are non-negative): x's element at flat offset i (in elements, from its first element)
+    has its byte at i. The mask's own memory where it lies so, else a copy."""
+    w = where.view(np.uint8)
+    strides = tuple(st // x.itemsize for st in x.strides)
+    size = 1 + sum((s - 1) * st for s, st in zip(x.shape, strides, strict=True))
+    if w.strides == strides:
+        return _flat(w, size)
+    own = np.empty(size, np.uint8)
+    as_strided(own, shape=x.shape, strides=strides)[...] = w
+    return own
 
 
 def _fill_rows(result, filled, p, value):

@@ -65,7 +65,7 @@ from ._simd import (
     vwiden,
 )
 from ._vmath import vexp, vexp_nonpos, vexp_nonpos_weighted, vexp_weighted, vlog
-from ._vmem import vand, vload, vprefetch, vstore, vstream
+from ._vmem import vand, vload, vload_mask, vprefetch, vstore, vstream
 
 # A band read in place along a strided axis visits each memory row for its nt * W elements
 # only, too short a run for the hardware prefetchers (which follow runs within a page), so
@@ -88,6 +88,16 @@ def prefetch(lanes, nt, j, hi):
 def _prefetch_impl(lanes, nt, j, hi):
     if isinstance(lanes, types.NoneType):
         return lambda lanes, nt, j, hi: None
+
+    if lanes[0].dtype == types.uint8:  # a mask's bytes: four tiles to a line
+        def bytes_(lanes, nt, j, hi):
+            arr, base, step, _ = lanes
+            if step >= PREFETCH_MIN_STEP:
+                at = base + min(j + PREFETCH_ROWS, hi - 1) * step
+                for i in range(0, nt * W, 64):  # a line apart, and the last byte
+                    vprefetch(arr, at + i)
+                vprefetch(arr, at + nt * W - 1)
+        return bytes_
 
     def impl(lanes, nt, j, hi):
         arr, base, step, _ = lanes
@@ -159,9 +169,11 @@ def _tree(T, at, nvalid):
 
 
 @njit(**INTERNAL)
-def _band_sum(lanes, a, b, c, nt, lo, hi, T, S, s0):
+def _band_sum(lanes, a, b, c, w, nt, lo, hi, T, S, s0):
     """S[s0 + t*W] = per row of tile t, the package's sum (float64) of
-    ``invoke(lanes, a, b, c, j, t)`` over the elements lo .. hi-1 of one chunk."""
+    ``invoke(lanes, a, b, c, j, t)`` over the elements lo .. hi-1 of one chunk; +0 in
+    the lanes that mask ``w`` (a lane tuple, or None) excludes, as the row kernel's
+    masked terms."""
     for t in range(nt):
         vstore(S, s0 + t * W, W, vsplat(0.0, S))
     zero = vsplat(0.0, T)
@@ -173,10 +185,12 @@ def _band_sum(lanes, a, b, c, nt, lo, hi, T, S, s0):
         for j in range(blo, bhi):
             prefetch(a, nt, j, hi)
             prefetch(b, nt, j, hi)
+            prefetch(w, nt, j, hi)
             lane = (j - blo) % W
             for t in range(nt):
                 at = (t * W + lane) * W
-                vstore(T, at, W, vadd(vload(T, at, W, 0.0), invoke(lanes, a, b, c, j, t)))
+                term = keep(included(w, j, t), invoke(lanes, a, b, c, j, t), 0.0)
+                vstore(T, at, W, vadd(vload(T, at, W, 0.0), term))
         for t in range(nt):
             s = s0 + t * W
             vstore(S, s, W, vadd(vload(S, s, W, 0.0), vwiden(_tree(T, t * W * W, bhi - blo))))
@@ -192,6 +206,32 @@ def _weights_valid_impl(b, j, t):
     if isinstance(b, types.NoneType):
         return lambda b, j, t: None
     return lambda b, j, t: vnonzero(vload(b[0], b[1] + j * b[2] + t * W, b[3], 0.0))
+
+
+def included(w, j, t):
+    """Lanes of element j of tile t that mask ``w`` (a lane tuple of bytes, ``where=``)
+    includes; None when ``w`` is None (all lanes)."""
+
+
+@overload(included, jit_options=INLINE)
+def _included_impl(w, j, t):
+    if isinstance(w, types.NoneType):
+        return lambda w, j, t: None
+    return lambda w, j, t: vload_mask(w[0], w[1] + j * w[2] + t * W, w[3])
+
+
+def excluded(op, w, j, t, v):
+    """``v``, but in the lanes of element j of tile t that mask ``w`` excludes the value
+    of an excluded element (-inf for log_softmax, else 0) whatever the row's statistics,
+    as the row kernel's masked rows; ``v`` when ``w`` is None."""
+
+
+@overload(excluded, jit_options=INLINE)
+def _excluded_impl(op, w, j, t, v):
+    if isinstance(w, types.NoneType):
+        return lambda op, w, j, t, v: v
+    fill = NEG_INF if op.key_ == "log_softmax" else 0.0
+    return lambda op, w, j, t, v: keep(included(w, j, t), v, fill)
 
 
 def weigh(v, b, j, t):
@@ -226,18 +266,21 @@ weighed_exp_nonpos = _lane_weighed(vexp_nonpos, vexp_nonpos_weighted)
 
 
 @njit(**INTERNAL)
-def _band_max(a, b, nt, lo, hi, V):
+def _band_max(a, b, w, nt, lo, hi, V):
     """V[t*W] = per row of tile t, the maximum of the elements lo .. hi-1 (those whose
-    weight in lane tuple ``b`` is not 0; all when it is None)."""
+    weight in lane tuple ``b`` is not 0 and that mask ``w`` includes; all when they are
+    None)."""
     arr, base, step, k = a
     for t in range(nt):
         vstore(V, t * W, W, vsplat(NEG_INF, V))
     for j in range(lo, hi):
         prefetch(a, nt, j, hi)
         prefetch(b, nt, j, hi)
+        prefetch(w, nt, j, hi)
         at = base + j * step
         for t in range(nt):
             x = keep(weights_valid(b, j, t), vload(arr, at + t * W, k, NEG_INF), NEG_INF)
+            x = keep(included(w, j, t), x, NEG_INF)
             vstore(V, t * W, W, vmax(vload(V, t * W, W, 0.0), x))
 
 
@@ -289,45 +332,47 @@ def _value_lanes(f, a, b, c, i, k):
 # maxima of tile t at (c*nt + t)*W, its sums at ((nc + c)*nt + t)*W, the rows' m at
 # (2*nc*nt + t)*W and t at ((2*nc + 1)*nt + t)*W.
 
-def stats(op, a, b, out, nt, lo, hi, T, V, S, smax, ssum):
-    """One chunk: maxima at S[smax + t*W], sums at S[ssum + t*W]."""
+def stats(op, a, b, w, out, nt, lo, hi, T, V, S, smax, ssum):
+    """One chunk: maxima at S[smax + t*W], sums at S[ssum + t*W]; ``w``: the lane tuple
+    of a ``where=`` mask, or None."""
 
 
 def finish(op, S, nt, nc):
     """The rows' (m, t) from the chunks' statistics."""
 
 
-def write(op, a, b, out, nt, lo, hi, S, c, nc, V, stream):
-    """One chunk: the outputs (whole tiles streamed where ``stream`` is set)."""
+def write(op, a, b, w, out, nt, lo, hi, S, c, nc, V, stream):
+    """One chunk: the outputs (whole tiles streamed where ``stream`` is set); where mask
+    ``w`` excludes an element, ``excluded``'s value."""
 
 
-def _exp_stats(op, a, b, out, nt, lo, hi, T, V, S, smax, ssum):
-    _band_max(a, None, nt, lo, hi, V)
+def _exp_stats(op, a, b, w, out, nt, lo, hi, T, V, S, smax, ssum):
+    _band_max(a, None, w, nt, lo, hi, V)
     for t in range(nt):
         cm = vload(V, t * W, W, 0.0)
         vstore(S, smax + t * W, W, vwiden(cm))
         vstore(V, t * W, W, vselect(veq(cm, NEG_INF), 0.0, cm))  # -inf chunk: e = 0
     es = pick(op, SOFTMAX, exact_store(out), None)
-    _band_sum(_exp_lanes, a, es, V, nt, lo, hi, T, S, ssum)
+    _band_sum(_exp_lanes, a, es, V, w, nt, lo, hi, T, S, ssum)
 
 
-def _lse_stats(op, a, b, out, nt, lo, hi, T, V, S, smax, ssum):
+def _lse_stats(op, a, b, w, out, nt, lo, hi, T, V, S, smax, ssum):
     """As ``_exp_stats`` with the weights ``b`` (lane tuple or None); a lane whose chunk
     max is +inf keeps +inf as its shift (``_lse_lanes``)."""
-    _band_max(a, b, nt, lo, hi, V)
+    _band_max(a, b, w, nt, lo, hi, V)
     for t in range(nt):
         cm = vload(V, t * W, W, 0.0)
         vstore(S, smax + t * W, W, vwiden(cm))
         vstore(V, t * W, W, vselect(veq(cm, NEG_INF), 0.0, cm))
-    _band_sum(_lse_lanes, a, b, V, nt, lo, hi, T, S, ssum)
+    _band_sum(_lse_lanes, a, b, V, w, nt, lo, hi, T, S, ssum)
 
 
-def _softmax_grad_stats(op, a, b, out, nt, lo, hi, T, V, S, smax, ssum):
-    _band_sum(_product_lanes, a, b, None, nt, lo, hi, T, S, ssum)
+def _softmax_grad_stats(op, a, b, w, out, nt, lo, hi, T, V, S, smax, ssum):
+    _band_sum(_product_lanes, a, b, None, w, nt, lo, hi, T, S, ssum)
 
 
-def _log_softmax_grad_stats(op, a, b, out, nt, lo, hi, T, V, S, smax, ssum):
-    _band_sum(_value_lanes, b, None, None, nt, lo, hi, T, S, ssum)
+def _log_softmax_grad_stats(op, a, b, w, out, nt, lo, hi, T, V, S, smax, ssum):
+    _band_sum(_value_lanes, b, None, None, w, nt, lo, hi, T, S, ssum)
 
 
 def _max_and_total(op, S, nt, nc):
@@ -370,7 +415,7 @@ def _sum_finish(op, S, nt, nc):
         vstore(S, ((2 * nc + 1) * nt + t) * W, W, total)
 
 
-def _softmax_write(op, a, b, out, nt, lo, hi, S, c, nc, V, stream):
+def _softmax_write(op, a, b, w, out, nt, lo, hi, S, c, nc, V, stream):
     arr, base, step, k = a
     oarr, obase, ostep, _ = out
     for t in range(nt):
@@ -389,6 +434,7 @@ def _softmax_write(op, a, b, out, nt, lo, hi, S, c, nc, V, stream):
     kept = pick(op, SOFTMAX, exact_store(oarr), None) is not None
     for j in range(lo, hi):
         prefetch(a, nt, j, hi)
+        prefetch(w, nt, j, hi)
         prefetch_out(out, nt, j, hi, stream)
         for t in range(nt):
             if kept:
@@ -398,7 +444,8 @@ def _softmax_write(op, a, b, out, nt, lo, hi, S, c, nc, V, stream):
                 e = vexp_nonpos(vsub(x, vload(V, t * W, W, 0.0)))
             ok = visfinite(vload(S, (2 * nc * nt + t) * W, W, 0.0))
             value = vselect(ok, vmul(e, vload(V, (nt + t) * W, W, 0.0)), NAN)
-            lane_store(oarr, obase + j * ostep + t * W, k, value, stream)
+            lane_store(oarr, obase + j * ostep + t * W, k, excluded(op, w, j, t, value),
+                       stream)
 
 
 @njit(inline="always", **INTERNAL)
@@ -410,21 +457,23 @@ def _rows_m_t(S, nt, nc, V, like):
         vstore(V, (nt + t) * W, W, vnarrow(vload(S, ((2 * nc + 1) * nt + t) * W, W, 0.0), like))
 
 
-def _log_softmax_write(op, a, b, out, nt, lo, hi, S, c, nc, V, stream):
+def _log_softmax_write(op, a, b, w, out, nt, lo, hi, S, c, nc, V, stream):
     arr, base, step, k = a
     oarr, obase, ostep, _ = out
     _rows_m_t(S, nt, nc, V, arr)
     for j in range(lo, hi):
         prefetch(a, nt, j, hi)
+        prefetch(w, nt, j, hi)
         prefetch_out(out, nt, j, hi, stream)
         for t in range(nt):
             x = vload(arr, base + j * step + t * W, k, 0.0)
             v = vsub(vsub(x, vload(V, t * W, W, 0.0)), vload(V, (nt + t) * W, W, 0.0))
             ok = visfinite(vload(S, (2 * nc * nt + t) * W, W, 0.0))
-            lane_store(oarr, obase + j * ostep + t * W, k, vselect(ok, v, NAN), stream)
+            lane_store(oarr, obase + j * ostep + t * W, k,
+                       excluded(op, w, j, t, vselect(ok, v, NAN)), stream)
 
 
-def _lse_write(op, a, b, out, nt, lo, hi, S, c, nc, V, stream):
+def _lse_write(op, a, b, w, out, nt, lo, hi, S, c, nc, V, stream):
     """The rows' values m + log|t| (NaN for t < 0 without the sign) from the first chunk,
     at out[base + t*W] per tile; with the sign, the signs at out[base + step + t*W]."""
     if c != 0:
@@ -453,13 +502,14 @@ def _lse_store(op, m, total, oarr, obase, ostep, k, t):
     vstore(oarr, obase + t * W, k, vnarrow(value, oarr))
 
 
-def _grad_write(op, a, b, out, nt, lo, hi, S, c, nc, V, stream):
+def _grad_write(op, a, b, w, out, nt, lo, hi, S, c, nc, V, stream):
     oarr, obase, ostep, k = out
     for t in range(nt):
         vstore(V, t * W, W, vnarrow(vload(S, ((2 * nc + 1) * nt + t) * W, W, 0.0), a[0]))
     for j in range(lo, hi):
         prefetch(a, nt, j, hi)
         prefetch(b, nt, j, hi)
+        prefetch(w, nt, j, hi)
         prefetch_out(out, nt, j, hi, stream)
         for t in range(nt):
             u = vload(a[0], a[1] + j * a[2] + t * W, k, 0.0)
@@ -469,10 +519,10 @@ def _grad_write(op, a, b, out, nt, lo, hi, S, c, nc, V, stream):
                 g = vmul(u, vsub(v, s))
             else:
                 g = vsub(v, vmul(vexp(u), s))
-            lane_store(oarr, obase + j * ostep + t * W, k, g, stream)
+            lane_store(oarr, obase + j * ostep + t * W, k, excluded(op, w, j, t, g), stream)
 
 
-def _no_stats(op, a, b, out, nt, lo, hi, T, V, S, smax, ssum):
+def _no_stats(op, a, b, w, out, nt, lo, hi, T, V, S, smax, ssum):
     pass
 
 
@@ -480,7 +530,7 @@ def _given_finish(op, S, nt, nc):
     pass  # the rows' given values are in place of their (m, t) (``given_values``)
 
 
-def _lse_grad_write(op, a, b, out, nt, lo, hi, S, c, nc, V, stream):
+def _lse_grad_write(op, a, b, w, out, nt, lo, hi, S, c, nc, V, stream):
     """logsumexp's gradient, element-wise as the row kernel's (``logsumexp_grad_lanes``),
     each lane given its row's values in place of its (m, t): (weight *) exp(x - lse) * g
     where the weight (lane tuple ``b``, or None) is not 0, else 0."""
@@ -490,12 +540,13 @@ def _lse_grad_write(op, a, b, out, nt, lo, hi, S, c, nc, V, stream):
     for j in range(lo, hi):
         prefetch(a, nt, j, hi)
         prefetch(b, nt, j, hi)
+        prefetch(w, nt, j, hi)
         prefetch_out(out, nt, j, hi, stream)
         for t in range(nt):
             x = vload(arr, base + j * step + t * W, k, 0.0)
             e = weighed_exp(vsub(x, vload(V, t * W, W, 0.0)), b, j, t)
             g = keep(weights_valid(b, j, t), vmul(e, vload(V, (nt + t) * W, W, 0.0)), 0.0)
-            lane_store(oarr, obase + j * ostep + t * W, k, g, stream)
+            lane_store(oarr, obase + j * ostep + t * W, k, excluded(op, w, j, t, g), stream)
 
 
 def given_values(S, side, nt, n, at, k):
@@ -537,32 +588,33 @@ dispatch(write, {"softmax": _softmax_write, "log_softmax": _log_softmax_write,
 
 
 @njit(**INTERNAL)
-def _stats_phase(op, a, b, out, nt, n, S, T, V):
+def _stats_phase(op, a, b, w, out, nt, n, S, T, V):
     """Every chunk's statistics into S (chunk c's maxima at S[c * nt * W ..], its sums at
     S[(chunks + c) * nt * W ..])."""
     nc = (n + CHUNK - 1) // CHUNK
     for c in range(nc):
         lo, hi = c * CHUNK, min(n, (c + 1) * CHUNK)
-        stats(op, a, b, out, nt, lo, hi, T, V, S, c * nt * W, (nc + c) * nt * W)
+        stats(op, a, b, w, out, nt, lo, hi, T, V, S, c * nt * W, (nc + c) * nt * W)
 
 
 @njit(**INTERNAL)
-def _write_phase(op, a, b, out, nt, n, S, V, stream):
+def _write_phase(op, a, b, w, out, nt, n, S, V, stream):
     """Every chunk's outputs from the statistics and the rows' (m, t) in S."""
     nc = (n + CHUNK - 1) // CHUNK
     for c in range(nc):
         lo, hi = c * CHUNK, min(n, (c + 1) * CHUNK)
-        write(op, a, b, out, nt, lo, hi, S, c, nc, V, stream)
+        write(op, a, b, w, out, nt, lo, hi, S, c, nc, V, stream)
 
 
 @njit(**INTERNAL)
-def band(op, a, b, out, nt, n, S, T, V, stream):
-    """nt * W rows of n elements (lane tuples ``a``, ``b``, ``out``). Scratch: ``S``
+def band(op, a, b, w, out, nt, n, S, T, V, stream):
+    """nt * W rows of n elements (lane tuples ``a``, ``b``, ``out``; ``w``: the lane tuple
+    of a ``where=`` mask's bytes, or None). Scratch: ``S``
     float64 of (2 * chunks + 2) * nt * W, ``T`` of nt * W * W and ``V`` of 2 * nt * W in
     the compute type. ``stream``: see ``lane_store`` (the caller fences)."""
-    _stats_phase(op, a, b, out, nt, n, S, T, V)
+    _stats_phase(op, a, b, w, out, nt, n, S, T, V)
     finish(op, S, nt, (n + CHUNK - 1) // CHUNK)
-    _write_phase(op, a, b, out, nt, n, S, V, stream)
+    _write_phase(op, a, b, w, out, nt, n, S, V, stream)
 
 
 # ---------------------------------------------------------------------------------------
@@ -580,7 +632,7 @@ def band_stats(op, a, b, nt, n, S, T, V, st, r0, rows):
     nc = (n + CHUNK - 1) // CHUNK
     for t in range(nc * nt):  # the gradients have no maxima: 0, as the row kernel's
         vstore(S, t * W, W, vsplat(0.0, S))
-    _stats_phase(op, a, b, a, nt, n, S, T, V)
+    _stats_phase(op, a, b, None, a, nt, n, S, T, V)
     for c in range(nc):
         for i in range(rows):
             t, lane = i // W, i % W
@@ -601,7 +653,7 @@ def band_write(op, a, b, out, nt, n, S, V, st, fin, r0, rows, stream):
             S[((nc + c) * nt + t) * W + lane] = st[r, 1, c]
         S[(2 * nc * nt + t) * W + lane] = fin[r, 0]
         S[((2 * nc + 1) * nt + t) * W + lane] = fin[r, 1]
-    _write_phase(op, a, b, out, nt, n, S, V, stream)
+    _write_phase(op, a, b, None, out, nt, n, S, V, stream)
 
 
 # ---------------------------------------------------------------------------------------

@@ -407,6 +407,118 @@ def test_bits_independent_of_driver_and_threads(rng):
     assert_bitwise_equal(serial, many)
 
 
+# ---------------------------------------------------------------------------------------
+# along a strided axis, read in place: the column drivers take a mask of x's shape as
+# bytes laid out as x (its own memory where it lies so, else a copy); a mask constant
+# along the axis takes the rows' own rule (the unmasked drivers, then rows without an
+# included element filled); a broadcast mask that varies along the axis is not expanded
+# to x's shape: those rows are gathered
+
+@pytest.fixture
+def column_calls(monkeypatch):
+    """The ``side`` of each call of the column drivers' launcher."""
+    from numbasoftmax import _cpu
+
+    calls = []
+    real = _cpu.run_columns
+    monkeypatch.setattr(_cpu, "run_columns",
+                        lambda op, args, direct=False, side=None:
+                        calls.append(side) or real(op, args, direct, side))
+    return calls
+
+
+# of x's shape and layout; in another layout (copied); constant along the axis; varying
+# along the axis only (gathered rows)
+COLUMN_MASKS = {"x's shape": (1000, 40), "F order": None, "constant": (40,),
+                "along the axis": (1000, 1)}
+
+
+def _column_case(rng, op, form, dtype=np.float32):
+    """Inputs of ``op`` over (1000, 40) to reduce along axis 0 (a parallel call), a mask
+    of ``form`` excluding every element of column 3, NaN and infinities at excluded
+    elements and -inf at included ones, and the same inputs and mask transposed into
+    contiguous rows."""
+    inputs = list(inputs_for(op, rng, (1000, 40), dtype, axis=0))
+    shape = COLUMN_MASKS[form]
+    where = _mask(rng, shape or (1000, 40), p=0.7)
+    if shape is None:
+        where = np.asfortranarray(where)
+    if where.ndim == 2 and where.shape[1] == 40:
+        where[:, 3] = False
+    full = np.broadcast_to(where, (1000, 40))
+    excluded = np.flatnonzero(~full)[:30]
+    inputs[0].flat[excluded[:10]] = np.nan
+    inputs[0].flat[excluded[10:20]] = np.inf
+    inputs[-1].flat[excluded[20:]] = np.nan
+    inputs[0].flat[np.flatnonzero(full)[:5]] = -np.inf
+    rows = [np.ascontiguousarray(v.T) for v in inputs]
+    return inputs, where, rows, np.ascontiguousarray(full.T)
+
+
+@pytest.mark.parametrize("form", list(COLUMN_MASKS))
+@pytest.mark.parametrize("op", OPS)
+def test_masked_strided_axis_read_in_place(op, form, rng, column_calls):
+    """A masked call along axis 0 of a C-ordered array (a parallel call) runs on the column
+    drivers: bitwise the masked call on the same values transposed into contiguous rows,
+    excluded non-finite values taking no part, a column without an included element all
+    0 (log_softmax: -inf), the mask read in place where it lies as x."""
+    inputs, where, rows, rows_where = _column_case(rng, op, form)
+    got = masked(op, inputs, where, axis=0)
+    assert len(column_calls) == (form != "along the axis")
+    if form == "constant":
+        assert column_calls[0] is None
+    elif column_calls:
+        assert np.shares_memory(column_calls[0][0], where) == (form == "x's shape")
+    assert_bitwise_equal(got, masked(op, rows, rows_where, axis=1).T)
+    if form == "x's shape":
+        np.testing.assert_array_equal(got[:, 3], EXCLUDED[op])
+        assert_matches_reference(op, got, inputs, axis=0, where=where)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float64])
+def test_masked_strided_axis_dtypes(dtype, rng, column_calls):
+    inputs, where, rows, rows_where = _column_case(rng, "log_softmax", "x's shape", dtype)
+    got = masked("log_softmax", inputs, where, axis=0)
+    assert len(column_calls) == 1
+    assert_bitwise_equal(got, masked("log_softmax", rows, rows_where, axis=1).T)
+
+
+def test_masked_strided_axis_small_call_gathers(rng, column_calls):
+    """Below the parallel threshold a masked call along a strided axis gathers its rows
+    (no column driver to compile for it), with the same bits."""
+    x = rng.standard_normal((300, 40)).astype(np.float32)
+    where = _mask(rng, x.shape)
+    got = nsm.softmax(x, axis=0, where=where)
+    assert column_calls == []
+    assert_bitwise_equal(got, nsm.softmax(np.ascontiguousarray(x.T), axis=1,
+                                          where=np.ascontiguousarray(where.T)).T)
+
+
+@pytest.mark.parametrize("form", ["x's shape", "F order"])
+def test_masked_logsumexp_strided_axis_read_in_place(form, rng, column_calls):
+    """Masked logsumexp (weighted, with signs) and its gradient along a strided axis run on
+    the column drivers: bitwise the calls on the transposed values; a column without an
+    included element gives -inf with sign 0, and a zero gradient."""
+    (x,), where, (xr,), wr = _column_case(rng, "softmax", form)
+    b = rng.random(x.shape) - 0.2
+    b = b.astype(np.float32)
+    br = np.ascontiguousarray(b.T)
+    value, sign = nsm.logsumexp(x, axis=0, b=b, where=where, return_sign=True)
+    rvalue, rsign = nsm.logsumexp(xr, axis=1, b=br, where=wr, return_sign=True)
+    assert_bitwise_equal(value, rvalue)
+    assert_bitwise_equal(sign, rsign)
+    assert_bitwise_equal(nsm.logsumexp(x, axis=0, where=where),
+                         nsm.logsumexp(xr, axis=1, where=wr))
+    g = rng.standard_normal(value.shape).astype(np.float32)
+    grad = nsm.logsumexp_backward(x, value, g, axis=0, b=b, sign=sign, where=where)
+    assert_bitwise_equal(grad, nsm.logsumexp_backward(xr, value, g, axis=1, b=br,
+                                                      sign=sign, where=wr).T)
+    assert len(column_calls) == 3
+    if form == "x's shape":
+        assert value[3] == -np.inf and sign[3] == 0
+        np.testing.assert_array_equal(grad[:, 3], 0.0)
+
+
 # rows below and at the stream rule's row length (float32: 512, float64: 256), in groups
 # (serial and parallel), a row at a time (a long chunk and a short one) and in chunks
 STREAMED = [(np.float32, (40, 511)), (np.float32, (40, 512)), (np.float32, (100, 2047)),
