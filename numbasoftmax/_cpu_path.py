@@ -397,36 +397,43 @@ def _side(where, values, shape, axes, p, out):
     return (flat, dims, *(rv or (None,))), None
 
 
+def _constant_along(where, shape, axes):
+    """Whether mask ``where`` (broadcasting to ``shape``) is constant along ``axes``."""
+    strides = np.broadcast_to(where, shape).strides
+    return not any(strides[a] for a in axes if shape[a] > 1)
+
+
 def _columns_take(where, shape, axes):
     """Whether the column drivers take mask ``where`` (None: no mask) for an input of
-    ``shape`` along ``axes``: one constant along the axes (the rows' own rule), or one of
-    the input's shape (its bytes laid out as the input's, copied if they lie otherwise).
-    A mask broadcast along other axes that varies along these ((K, 1) along axis 0) would
-    have to be expanded to the input's shape: its rows are gathered instead."""
-    if where is None or where.shape == shape:
+    ``shape`` along ``axes``: one constant along the axes (the rows' own rule), or one
+    that broadcasts along no axis (its bytes laid out as the input's, copied if they lie
+    otherwise). A broadcast mask that varies along the axes ((K, 1) along axis 0, or its
+    broadcast view) would have to be expanded to the input's shape: its rows are gathered
+    instead."""
+    if where is None or _constant_along(where, shape, axes):
         return True
-    w = np.broadcast_to(where, shape)
-    return not any(w.strides[a] for a in axes if shape[a] > 1)
+    strides = np.broadcast_to(where, shape).strides
+    return all(strides[d] for d in range(len(shape)) if shape[d] > 1)
 
 
 def _column_side(where, values, x, axes, p, out):
     """``_side``'s (side, per-row mask) for a COLUMNS plan ``p``: a mask that varies along
     the axes goes to the column drivers as bytes laid out as x (``_mask_like``)."""
-    if where is None or where.shape != x.shape or not any(
-            where.strides[a] for a in axes if x.shape[a] > 1):
+    if where is None or _constant_along(where, x.shape, axes):
         return _side(where, values, x.shape, axes, p, out)  # constant along the rows
     side, _ = _side(None, values, x.shape, axes, p, out)
     return (_mask_like(where, x), None, *(side[2:] if side else (None,))), None
 
 
 def _mask_like(where, x):
-    """The bytes of mask ``where`` (x's shape) as a flat array laid out as x (whose strides
-    are non-negative): x's element at flat offset i (in elements, from its first element)
-    has its byte at i. The mask's own memory where it lies so, else a copy."""
-    w = where.view(np.uint8)
+    """The bytes of mask ``where`` (broadcasting to x along no axis longer than 1) as a flat
+    array laid out as x (whose strides are non-negative): x's element at flat offset i (in
+    elements, from its first element) has its byte at i. The mask's own memory where it
+    lies so, else a copy."""
+    w = np.broadcast_to(where.view(np.uint8), x.shape)
     strides = tuple(st // x.itemsize for st in x.strides)
     size = 1 + sum((s - 1) * st for s, st in zip(x.shape, strides, strict=True))
-    if w.strides == strides:
+    if all(a == b for a, b, n in zip(w.strides, strides, x.shape, strict=True) if n > 1):
         return _flat(w, size)
     own = np.empty(size, np.uint8)
     as_strided(own, shape=x.shape, strides=strides)[...] = w

@@ -483,6 +483,26 @@ def test_masked_strided_axis_dtypes(dtype, rng, column_calls):
     assert_bitwise_equal(got, masked("log_softmax", rows, rows_where, axis=1).T)
 
 
+@pytest.mark.parametrize("case", ["broadcast view", "fewer dims"])
+def test_masked_strided_axis_masks_not_expanded(case, rng, column_calls):
+    """A broadcast view of a (K, 1) mask (as dask hands its blocks over) gathers its rows
+    rather than expanding the mask to x's shape; a mask without x's leading axis of 1
+    varies along the axis and is read in place."""
+    if case == "broadcast view":
+        x = rng.standard_normal((1000, 40)).astype(np.float32)
+        where = np.broadcast_to(_mask(rng, (1000, 1)), x.shape)
+        got, want = nsm.softmax(x, axis=0, where=where), nsm.softmax(
+            np.ascontiguousarray(x.T), axis=1, where=np.ascontiguousarray(where.T)).T
+        assert column_calls == []
+    else:
+        x = rng.standard_normal((1, 1000, 40)).astype(np.float32)
+        where = _mask(rng, (1000, 40))
+        got, want = nsm.softmax(x, axis=1, where=where), nsm.softmax(
+            np.ascontiguousarray(x[0].T), axis=1, where=np.ascontiguousarray(where.T)).T
+        assert len(column_calls) == 1 and np.shares_memory(column_calls[0][0], where)
+    assert_bitwise_equal(got, want.reshape(got.shape))
+
+
 def test_masked_strided_axis_small_call_gathers(rng, column_calls):
     """Below the parallel threshold a masked call along a strided axis gathers its rows
     (no column driver to compile for it), with the same bits."""
