@@ -46,6 +46,7 @@ from numba.extending import intrinsic, overload
 from ._config import CACHE
 from ._disk_cache import njit
 from ._lane_kernel import (
+    EVERY_LANE,
     band,
     band_stats,
     band_write,
@@ -1053,6 +1054,21 @@ def _band_task(task, C, lead, tiles):
     return o, c0, full, c1, (C - c1 if full < tiles else 0)
 
 
+def _mask_lanes(side, o, base, step, k):
+    """The lane tuple of ``columns``' mask at outer position o for a band at ``base`` of
+    a's flat buffer (axis ``step``, ``k`` lanes), or None without a mask."""
+
+
+# with reference counts: it returns an array inside a tuple
+@overload(_mask_lanes, jit_options=CALLEE)
+def _mask_lanes_impl(side, o, base, step, k):
+    if _no_mask(side):
+        return lambda side, o, base, step, k: None
+    if isinstance(side[1], types.NoneType):  # laid out as a
+        return lambda side, o, base, step, k: (side[0], base, step, k)
+    return lambda side, o, base, step, k: (side[0], o * side[1], 1, EVERY_LANE)
+
+
 @njit(**OPTIONS)
 def columns(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, lead, side):
     """Tasks lo..hi-1 of (outer position, band of ``band_tiles`` * W inner positions): the
@@ -1061,26 +1077,27 @@ def columns(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, lead, side):
     of ``out`` stored past the caches (the caller sets ``lead`` so that each starts a
     cache line), fenced at the end. A reduction's (logsumexp's) ``b`` may be None, and its
     ``out`` takes the values of position (o, c) at o * oo + c, their signs ``on`` further.
-    ``side``: None, or a ``where=`` mask's bytes (a flat array laid out as ``a``: the
-    byte of a's element i at i) and logsumexp_backward's given values, ``(mask, None,
-    first, second)`` (each may be None), position (o, c)'s at o * C + c."""
+    ``side``: None, or a ``where=`` mask's bytes and logsumexp_backward's given values,
+    ``(mask, n_or_None, first, second)`` (each may be None), position (o, c)'s at o * C +
+    c. The mask: laid out as ``a`` (the byte of a's element i at i), or with an integer
+    n (the mask constant along the inner positions) one byte per outer position o and
+    element j, at o * n + j."""
     stream = lead >= 0
     lead = max(lead, 0)
     tiles = band_tiles(n, C, a.itemsize)
     S, T, V = _scratch(a, n, tiles)
-    w = side_mask(side)
     for task in range(lo, hi):
         o, c0, full, c1, k1 = _band_task(task, C, lead, tiles)
         if full:  # the lane count a constant: no masked loads and stores
             given_values(S, side, full, n, o * C + c0, ALL)
             band(op, (a, o * ao + c0, an, ALL), lane_tuple(b, o * bo + c0, bn, ALL),
-                 lane_tuple(w, o * ao + c0, an, ALL), (out, o * oo + c0, on, ALL), full, n,
-                 S, T, V, stream)
+                 _mask_lanes(side, o, o * ao + c0, an, ALL), (out, o * oo + c0, on, ALL),
+                 full, n, S, T, V, stream)
         if k1:
             given_values(S, side, 1, n, o * C + c1, k1)
             band(op, (a, o * ao + c1, an, k1), lane_tuple(b, o * bo + c1, bn, k1),
-                 lane_tuple(w, o * ao + c1, an, k1), (out, o * oo + c1, on, k1), 1, n, S,
-                 T, V, stream)
+                 _mask_lanes(side, o, o * ao + c1, an, k1), (out, o * oo + c1, on, k1), 1,
+                 n, S, T, V, stream)
     if stream:
         vfence()
 

@@ -255,17 +255,25 @@ def run(op, arrays, axes, out=None, *, dtype=None, where=None, values=None, kern
         arrays = (x, np.broadcast_to(b, x.shape))
     # a strided axis read in place (a COLUMNS plan); with a mask or logsumexp's gradient
     # (given values) in parallel calls only, as logsumexp (``reduce``)
-    columns = ((where is None and values is None) or x.size >= _cpu.PARALLEL_MIN_ELEMENTS
-               ) and _columns_take(where, x.shape, axes)
-    if out is None:
-        p = fresh_plan(x.shape, axes, tuple((a.strides, a.itemsize) for a in arrays),
-                       (result.strides, result.itemsize), columns)
-    else:
-        p = plan(x.shape, axes, [_meta(a) for a in arrays], _meta(result), columns=columns)
+    columns = (where is None and values is None) or x.size >= _cpu.PARALLEL_MIN_ELEMENTS
+
+    def planned(columns):
+        if out is None:
+            return fresh_plan(x.shape, axes, tuple((a.strides, a.itemsize) for a in arrays),
+                              (result.strides, result.itemsize), columns)
+        return plan(x.shape, axes, [_meta(a) for a in arrays], _meta(result),
+                    columns=columns)
+
+    p, mask = planned(columns), None
+    if p.out.kind == COLUMNS and where is not None and not _constant_along(where, x.shape,
+                                                                            axes):
+        mask = _column_mask(where, x, axes, p)
+        if mask is None:
+            p = planned(False)
     views = [a.view(_storage(a.dtype, dtype)) for a in arrays]
     dest = result.view(_storage(dtype, dtype))
     if p.out.kind == COLUMNS:
-        side, filled = _column_side(where, values, x, axes, p, result)
+        side, filled = _column_side(where, values, x, axes, p, result, mask)
         args = _column_views((*views, dest), p)
         if kernel is not None and len(views) == 1:  # logsumexp's gradient: no weights
             args[3:3] = [None, 0, 0]
@@ -320,10 +328,15 @@ def reduce(kernel, arrays, axes, *, dtype, where=None, b=None):
     # rows share their compiled code with contiguous ones
     cp = filled = None
     if (x.size >= _cpu.PARALLEL_MIN_ELEMENTS and p.n and any(a.kind != ROWS for a in p.inputs)
-            and all(a.dtype == dtype for a in inputs) and _columns_take(where, x.shape, axes)):
+            and all(a.dtype == dtype for a in inputs)):
         cp = fresh_plan(x.shape, axes, layouts, layouts[0])  # as if for a result like x
+    mask = None
+    if (cp is not None and cp.out.kind == COLUMNS and where is not None
+            and not _constant_along(where, x.shape, axes)):
+        mask = _column_mask(where, x, axes, cp)
+        cp = cp if mask is not None else None
     if cp is not None and cp.out.kind == COLUMNS:
-        side, filled = _column_side(where, None, x, axes, cp, None)
+        side, filled = _column_side(where, None, x, axes, cp, None, mask)
         flat = _reduce_columns(kernel, inputs, b is None, cp, width, dtype, side)
     else:
         flat = np.empty((m, width), dtype)
@@ -403,34 +416,48 @@ def _constant_along(where, shape, axes):
     return not any(strides[a] for a in axes if shape[a] > 1)
 
 
-def _columns_take(where, shape, axes):
-    """Whether the column drivers take mask ``where`` (None: no mask) for an input of
-    ``shape`` along ``axes``: one constant along the axes (the rows' own rule), or one
-    that broadcasts along no axis (its bytes laid out as the input's, copied if they lie
-    otherwise). A broadcast mask that varies along the axes ((K, 1) along axis 0, or its
-    broadcast view) would have to be expanded to the input's shape: its rows are gathered
-    instead."""
-    if where is None or _constant_along(where, shape, axes):
-        return True
-    strides = np.broadcast_to(where, shape).strides
-    return all(strides[d] for d in range(len(shape)) if shape[d] > 1)
+def _column_mask(where, x, axes, p):
+    """The column drivers' mask (bytes, n or None) for ``where`` (broadcasting to x,
+    varying along ``axes``) under the COLUMNS plan ``p``, or None where they take none.
+    A mask broadcast along no axis: its bytes laid out as x (``_mask_like``), n None. One
+    constant along the inner positions (a (K, 1) mask along axis 0): a byte per outer
+    position and element along the axes, in the plan's order (outer positions x n bytes,
+    the mask's own size at most), n = p.n. Others (broadcast along outer positions and
+    varying along the inner ones) would be expanded to x's shape: None, and their rows are
+    gathered instead."""
+    w = np.broadcast_to(where.view(np.uint8), x.shape)
+    if all(w.strides[d] for d in range(x.ndim) if x.shape[d] > 1):
+        return _mask_like(w, x), None
+    rest = p.perm[:len(p.perm) - len(axes)]
+    inner, size = set(), 1
+    for d in reversed([d for d in rest if x.shape[d] > 1]):  # the plan's C inner positions
+        if size == p.inner:
+            break
+        inner.add(d)
+        size *= x.shape[d]
+    if any(w.strides[d] for d in inner):
+        return None
+    kept = [d for d in rest if d not in inner] + list(axes)  # as the plan merges them
+    rows = w[tuple(0 if d in inner else slice(None) for d in range(x.ndim))]
+    order = sorted(kept)
+    return np.ascontiguousarray(rows.transpose([order.index(d) for d in kept])).reshape(-1), p.n
 
 
-def _column_side(where, values, x, axes, p, out):
-    """``_side``'s (side, per-row mask) for a COLUMNS plan ``p``: a mask that varies along
-    the axes goes to the column drivers as bytes laid out as x (``_mask_like``)."""
-    if where is None or _constant_along(where, x.shape, axes):
-        return _side(where, values, x.shape, axes, p, out)  # constant along the rows
+def _column_side(where, values, x, axes, p, out, mask):
+    """``_side``'s (side, per-row mask) for a COLUMNS plan ``p``; ``mask``: the column
+    drivers' mask (``_column_mask``), or None for a mask constant along the axes (the
+    rows' own rule) or none."""
+    if mask is None:
+        return _side(where, values, x.shape, axes, p, out)
     side, _ = _side(None, values, x.shape, axes, p, out)
-    return (_mask_like(where, x), None, *(side[2:] if side else (None,))), None
+    return (*mask, *(side[2:] if side else (None,))), None
 
 
-def _mask_like(where, x):
-    """The bytes of mask ``where`` (broadcasting to x along no axis longer than 1) as a flat
+def _mask_like(w, x):
+    """The bytes ``w`` (uint8, x's shape, broadcast along no axis longer than 1) as a flat
     array laid out as x (whose strides are non-negative): x's element at flat offset i (in
     elements, from its first element) has its byte at i. The mask's own memory where it
     lies so, else a copy."""
-    w = np.broadcast_to(where.view(np.uint8), x.shape)
     strides = tuple(st // x.itemsize for st in x.strides)
     size = 1 + sum((s - 1) * st for s, st in zip(x.shape, strides, strict=True))
     if all(a == b for a, b, n in zip(w.strides, strides, x.shape, strict=True) if n > 1):

@@ -28,7 +28,17 @@ from numba import types
 from numba.extending import overload
 
 from ._disk_cache import njit
-from ._markers import CALLEE, INLINE, MarkerType, dispatch, invoke, kernel_fn, pick, same
+from ._markers import (
+    CALLEE,
+    INLINE,
+    Marker,
+    MarkerType,
+    dispatch,
+    invoke,
+    kernel_fn,
+    pick,
+    same,
+)
 from ._row_kernel import (
     BLOCK,
     CHUNK,
@@ -50,6 +60,7 @@ from ._simd import (
     vabs,
     vadd,
     vall,
+    vbelow,
     vdiv,
     veq,
     visfinite,
@@ -208,15 +219,23 @@ def _weights_valid_impl(b, j, t):
     return lambda b, j, t: vnonzero(vload(b[0], b[1] + j * b[2] + t * W, b[3], 0.0))
 
 
+# as a mask lane tuple's lane count: one byte for every lane of a band's element j, at
+# arr[base + j * step] (a mask constant along the inner positions)
+EVERY_LANE = Marker("one byte for every lane")
+
+
 def included(w, j, t):
-    """Lanes of element j of tile t that mask ``w`` (a lane tuple of bytes, ``where=``)
-    includes; None when ``w`` is None (all lanes)."""
+    """Lanes of element j of tile t that mask ``w`` (a lane tuple of bytes, ``where=``;
+    its count EVERY_LANE: one byte for all of them) includes; None when ``w`` is None (all
+    lanes)."""
 
 
 @overload(included, jit_options=INLINE)
 def _included_impl(w, j, t):
     if isinstance(w, types.NoneType):
         return lambda w, j, t: None
+    if isinstance(w[3], MarkerType) and w[3].key_ == EVERY_LANE.key:
+        return lambda w, j, t: vbelow(W if w[0][w[1] + j * w[2]] else 0)
     return lambda w, j, t: vload_mask(w[0], w[1] + j * w[2] + t * W, w[3])
 
 

@@ -408,11 +408,12 @@ def test_bits_independent_of_driver_and_threads(rng):
 
 
 # ---------------------------------------------------------------------------------------
-# along a strided axis, read in place: the column drivers take a mask of x's shape as
-# bytes laid out as x (its own memory where it lies so, else a copy); a mask constant
-# along the axis takes the rows' own rule (the unmasked drivers, then rows without an
-# included element filled); a broadcast mask that varies along the axis is not expanded
-# to x's shape: those rows are gathered
+# along a strided axis, read in place: the column drivers take a mask broadcast along no
+# axis as bytes laid out as x (its own memory where it lies so, else a copy), and one
+# constant along the inner positions as a byte per outer position and element; a mask
+# constant along the axis takes the rows' own rule (the unmasked drivers, then rows
+# without an included element filled); a mask broadcast along outer positions that varies
+# along the inner ones is not expanded to x's shape: those rows are gathered
 
 @pytest.fixture
 def column_calls(monkeypatch):
@@ -428,7 +429,7 @@ def column_calls(monkeypatch):
 
 
 # of x's shape and layout; in another layout (copied); constant along the axis; varying
-# along the axis only (gathered rows)
+# along the axis only
 COLUMN_MASKS = {"x's shape": (1000, 40), "F order": None, "constant": (40,),
                 "along the axis": (1000, 1)}
 
@@ -464,11 +465,15 @@ def test_masked_strided_axis_read_in_place(op, form, rng, column_calls):
     0 (log_softmax: -inf), the mask read in place where it lies as x."""
     inputs, where, rows, rows_where = _column_case(rng, op, form)
     got = masked(op, inputs, where, axis=0)
-    assert len(column_calls) == (form != "along the axis")
+    assert len(column_calls) == 1
+    side = column_calls[0]
     if form == "constant":
-        assert column_calls[0] is None
-    elif column_calls:
-        assert np.shares_memory(column_calls[0][0], where) == (form == "x's shape")
+        assert side is None
+    elif form == "along the axis":  # a byte per element along the axis
+        assert side[0].size == 1000 and side[1] == 1000
+    else:
+        assert np.shares_memory(side[0], where) == (form == "x's shape")
+        assert side[1] is None
     assert_bitwise_equal(got, masked(op, rows, rows_where, axis=1).T)
     if form == "x's shape":
         np.testing.assert_array_equal(got[:, 3], EXCLUDED[op])
@@ -483,17 +488,27 @@ def test_masked_strided_axis_dtypes(dtype, rng, column_calls):
     assert_bitwise_equal(got, masked("log_softmax", rows, rows_where, axis=1).T)
 
 
-@pytest.mark.parametrize("case", ["broadcast view", "fewer dims"])
+@pytest.mark.parametrize("case", ["broadcast view", "fewer dims", "batch", "over a batch"])
 def test_masked_strided_axis_masks_not_expanded(case, rng, column_calls):
-    """A broadcast view of a (K, 1) mask (as dask hands its blocks over) gathers its rows
-    rather than expanding the mask to x's shape; a mask without x's leading axis of 1
-    varies along the axis and is read in place."""
-    if case == "broadcast view":
+    """Masks along a strided axis are never expanded to x's shape: a broadcast view of a
+    (K, 1) mask (as dask hands its blocks over) goes to the column drivers as a byte per
+    element along the axis; a mask without x's leading axis of 1 is read in place; along
+    axis 1 of (B, K, N), a (K, 1) mask becomes B x K bytes, and a (K, N) mask (broadcast
+    over the batch, varying along the contiguous axis) gathers its rows."""
+    if case in ("batch", "over a batch"):
+        x = rng.standard_normal((6, 300, 40)).astype(np.float32)
+        where = _mask(rng, (300, 1) if case == "batch" else (300, 40))
+        got = nsm.softmax(x, axis=1, where=where)
+        want = np.moveaxis(nsm.softmax(np.ascontiguousarray(np.moveaxis(x, 1, -1)), where=(
+            np.ascontiguousarray(np.moveaxis(np.broadcast_to(where, x.shape), 1, -1)))), -1, 1)
+        assert [(c[0].size, c[1]) for c in column_calls] == (
+            [(1800, 300)] if case == "batch" else [])
+    elif case == "broadcast view":
         x = rng.standard_normal((1000, 40)).astype(np.float32)
         where = np.broadcast_to(_mask(rng, (1000, 1)), x.shape)
         got, want = nsm.softmax(x, axis=0, where=where), nsm.softmax(
             np.ascontiguousarray(x.T), axis=1, where=np.ascontiguousarray(where.T)).T
-        assert column_calls == []
+        assert [(c[0].size, c[1]) for c in column_calls] == [(1000, 1000)]
     else:
         x = rng.standard_normal((1, 1000, 40)).astype(np.float32)
         where = _mask(rng, (1000, 40))
@@ -514,7 +529,7 @@ def test_masked_strided_axis_small_call_gathers(rng, column_calls):
                                           where=np.ascontiguousarray(where.T)).T)
 
 
-@pytest.mark.parametrize("form", ["x's shape", "F order"])
+@pytest.mark.parametrize("form", ["x's shape", "F order", "along the axis"])
 def test_masked_logsumexp_strided_axis_read_in_place(form, rng, column_calls):
     """Masked logsumexp (weighted, with signs) and its gradient along a strided axis run on
     the column drivers: bitwise the calls on the transposed values; a column without an
