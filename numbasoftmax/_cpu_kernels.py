@@ -212,7 +212,7 @@ __all__ = ["OPS", "W", "rows", "run_rows", "grouped_rows", "short_rows", "masked
            "columns", "column_tasks", "column_lead",
            "rows_parallel", "run_rows_parallel", "grouped_rows_parallel", "short_rows_parallel",
            "masked_short_rows_parallel", "columns_parallel",
-           "chunks_parallel", "segment_stats", "segment_finish", "segment_write",
+           "chunks_parallel", "segment_stats", "segment_finish", "segment_values", "segment_write",
            "segment_columns_stats", "segment_columns_write", "copy2d"]
 
 
@@ -1199,14 +1199,15 @@ def chunks_parallel(op, a, ao, an, b, bo, bn, out, oo, on, M, n, C, side, stream
 # chunks. Forward softmax runs as ``softmax_split`` (no exps kept between the phases).
 
 @njit(**OPTIONS)
-def segment_stats(op, a, ao, b, bo, M, n, st):
-    """st[i, 0, c], st[i, 1, c] = the (max, sum) statistics of chunk c of row i."""
+def segment_stats(op, a, ao, b, bo, w, wo, M, n, st):
+    """st[i, 0, c], st[i, 1, c] = the (max, sum) statistics of chunk c of row i; ``w``: a
+    ``where=`` mask's bytes (row i's at i * wo), or None."""
     for i in range(M):
         for c in range((n + CHUNK - 1) // CHUNK):
             lo, hi = c * CHUNK, min(n, (c + 1) * CHUNK)
             seg_a = seg(a, i * ao + lo, i * ao + hi)
-            st[i, 0, c], st[i, 1, c] = stats(op, seg_a, seg(b, i * bo + lo, i * bo + hi), None,
-                                             seg_a, False)
+            st[i, 0, c], st[i, 1, c] = stats(op, seg_a, seg(b, i * bo + lo, i * bo + hi),
+                                             seg(w, i * wo + lo, i * wo + hi), seg_a, False)
 
 
 @njit(**OPTIONS)
@@ -1217,17 +1218,26 @@ def segment_finish(op, st, fin):
 
 
 @njit(**OPTIONS)
-def segment_write(op, a, ao, b, bo, out, oo, M, n, st, fin, stream):
-    """The outputs of a segment from its chunks' statistics st and its rows' fin;
-    ``stream`` as for ``rows``."""
+def segment_write(op, a, ao, b, bo, w, wo, out, oo, M, n, st, fin, stream):
+    """The outputs of a segment from its chunks' statistics st and its rows' fin (``w`` as
+    for ``segment_stats``); ``stream`` as for ``rows``."""
     for i in range(M):
         for c in range((n + CHUNK - 1) // CHUNK):
             lo, hi = c * CHUNK, min(n, (c + 1) * CHUNK)
-            write(op, seg(a, i * ao + lo, i * ao + hi), seg(b, i * bo + lo, i * bo + hi), None,
-                  seg(out, i * oo + lo, i * oo + hi), st[i, 0, c], fin[i, 0], fin[i, 1],
-                  stream)
+            write(op, seg(a, i * ao + lo, i * ao + hi), seg(b, i * bo + lo, i * bo + hi),
+                  seg(w, i * wo + lo, i * wo + hi), seg(out, i * oo + lo, i * oo + hi),
+                  st[i, 0, c], fin[i, 0], fin[i, 1], stream)
     if stream:
         vfence()
+
+
+@njit(**OPTIONS)
+def segment_values(op, fin, out, width):
+    """A reduction's rows from their fin (``segment_finish``): row i's value (and sign) in
+    out[i * width : (i + 1) * width], as the in-memory call writes them."""
+    for i in range(fin.shape[0]):
+        row = seg(out, i * width, (i + 1) * width)
+        write(op, row, None, None, row, 0.0, fin[i, 0], fin[i, 1], False)
 
 
 # The same two phases for segments of a strided axis read in place (as ``columns``): the
@@ -1251,29 +1261,32 @@ def _band_part(t, C, lead):
 
 
 @njit(**OPTIONS)
-def segment_columns_stats(op, a, ao, an, b, bo, bn, lo, hi, n, C, st):
+def segment_columns_stats(op, a, ao, an, b, bo, bn, w, wo, wn, lo, hi, n, C, st):
     """Tasks lo..hi-1 of ``columns``: st[o * C + i, :, c] = the (max, sum) statistics of
-    chunk c of row (o, i)."""
+    chunk c of row (o, i); a reduction's ``b`` may be None, as there; ``w``: a ``where=``
+    mask's bytes laid out as ``a`` (its own strides), or None."""
     S, T, V = _scratch(a, n, BAND_TILES)
     for t in range(2 * lo, 2 * hi):
         o, at, nt, k = _band_part(t, C, 0)
         if nt:
-            band_stats(op, (a, o * ao + at, an, k), (b, o * bo + at, bn, k), nt, n, S, T, V,
-                       st, o * C + at, nt * k)
+            band_stats(op, (a, o * ao + at, an, k), lane_tuple(b, o * bo + at, bn, k),
+                       lane_tuple(w, o * wo + at, wn, k), nt, n, S, T, V, st, o * C + at,
+                       nt * k)
 
 
 @njit(**OPTIONS)
-def segment_columns_write(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, st, fin,
-                          lead, stream):
+def segment_columns_write(op, a, ao, an, b, bo, bn, w, wo, wn, out, oo, on, lo, hi, n, C, st,
+                          fin, lead, stream):
     """Tasks lo..hi-1 of ``columns`` (``lead`` as there): the outputs of the segments from
-    their chunks' statistics st and their rows' fin; ``stream`` as for ``columns``."""
+    their chunks' statistics st and their rows' fin; ``w`` as for ``segment_columns_stats``;
+    ``stream`` as for ``columns``."""
     S, T, V = _scratch(a, n, BAND_TILES)
     for t in range(2 * lo, 2 * hi):
         o, at, nt, k = _band_part(t, C, lead)
         if nt:
             band_write(op, (a, o * ao + at, an, k), (b, o * bo + at, bn, k),
-                       (out, o * oo + at, on, k), nt, n, S, V, st, fin, o * C + at, nt * k,
-                       stream)
+                       lane_tuple(w, o * wo + at, wn, k), (out, o * oo + at, on, k), nt, n,
+                       S, V, st, fin, o * C + at, nt * k, stream)
     if stream:
         vfence()
 

@@ -25,6 +25,11 @@ Two ways to run, chosen by the chunk structure alone (the rule, in one place: ``
   3. *write*, one task per block: the block's outputs from its own statistics and its
      rows' (max, total).
 
+  A ``where=`` mask (from ``_dask_features``) is one more operand, its bytes read as x's:
+  its excluded elements leave the statistics and take the excluded value in the write.
+  logsumexp (``reduce_two_pass``) takes steps 1 and 2 with its weights as the second
+  operand; its finish gives the rows' values (and signs).
+
   Numpy blocks run the CPU kernels' phases (``segment_stats``, ``segment_finish``,
   ``segment_write``) with the runs as the kernels' rows, read in place where they are
   evenly spaced in memory; where the runs lie along a strided axis (softmax over axis 0
@@ -90,7 +95,7 @@ from ._inputs import (
     typename,
 )
 from ._layout import as_2d, normalize_axes
-from ._row_kernel import CHUNK
+from ._row_kernel import CHUNK, REDUCED
 
 __all__ = ["dispatch"]
 
@@ -288,9 +293,42 @@ class _Pass(NamedTuple):
     ncmax: int  # statistics entries per row in a statistics block (the most any block has)
     nblocks: int  # blocks of the input (the tasks' copies share the numba threads)
     run_axes: int  # the last softmax axes, over which a block's runs of a row extend
+    masked: bool = False  # the blocks end with a ``where=`` mask's (boolean, x's shape)
 
 
-def _two_pass(op, blocks, axes, dtype, meta):
+def _two_pass(op, blocks, axes, dtype, meta, mask=None):
+    """``op`` over split softmax ``axes`` of ``blocks`` (its operands, chunked alike), in
+    two passes; ``mask``: a ``where=`` mask broadcast to x and chunked like it (numpy
+    blocks only), or None."""
+    key = "softmax_split" if op.name == "softmax" else op.name  # no exps kept between passes
+    spec, operands, stats, fin = _statistics(key, blocks, axes, dtype, meta, op.name, mask)
+    ind = tuple(range(blocks[0].ndim))
+    S, C = len(ind), len(ind) + 1
+    others = tuple(ax for ax in ind if ax not in axes)
+    # the statistics have other chunk sizes than the input along the softmax axes but the
+    # same number of blocks: paired block by block (align_arrays=False), the input first so
+    # that the output takes its chunks
+    return da.blockwise(
+        _write_task, ind, spec, None, *operands, stats, ind + (S, C), fin, others + (S,),
+        align_arrays=False, concatenate=False, dtype=dtype, meta=meta,
+        token=f"{op.name}-write")
+
+
+def reduce_two_pass(kernel, blocks, axes, dtype, mask=None):
+    """logsumexp (``kernel``: "logsumexp", or "logsumexp_sign" for value and sign) of numpy
+    blocks (x, then the weights chunked like x, if any; ``mask`` as for ``_two_pass``) over
+    ``axes``, some of them split across chunks: the first two passes, whose finish gives
+    each row's value (and sign) as the in-memory call writes it. Returns a dask array of
+    the other axes' shape plus a last axis of the value (and the sign), in the result
+    ``dtype``."""
+    meta = np.empty((0,) * blocks[0].ndim, dtype)
+    return _statistics(kernel, blocks, axes, dtype, meta, "logsumexp", mask)[3]
+
+
+def _statistics(key, blocks, axes, dtype, meta, name, mask):
+    """The statistics and finish layers of the two passes of kernel operation ``key``:
+    (spec, the blocks (then the mask's) as blockwise operands, statistics, finish). The
+    finish gives each row's (max, total), or a reduction's value (and sign)."""
     x = blocks[0]
     ndim = x.ndim
     ind = tuple(range(ndim))
@@ -308,28 +346,25 @@ def _two_pass(op, blocks, axes, dtype, meta):
     # (C order of the block indices along the softmax axes)
     ncs = tuple(_entries(ext, run_axes, kernels) for ext in itertools.product(*grid))
     order = (grid, run_axes) if kernels and run_axes < len(axes) else None
-    key = "softmax_split" if op.name == "softmax" else op.name  # no exps kept between passes
-    spec = _Pass(key, axes, kernels, dtype, max(ncs), x.npartitions, run_axes)
-    operands = [p for a in blocks for p in (a, ind)]
+    spec = _Pass(key, axes, kernels, dtype, max(ncs), x.npartitions, run_axes,
+                 mask is not None)
+    operands = [p for a in (*blocks, *[mask][:mask is not None]) for p in (a, ind)]
 
     stats = da.blockwise(
         _stats_task, ind + (S, C), spec, None, *operands,
         new_axes={S: 2, C: spec.ncmax}, adjust_chunks=dict.fromkeys(axes, 1),
         dtype=np.float64, meta=meta_from_array(meta, ndim + 2, np.float64),
-        token=f"{op.name}-stats")
+        token=f"{name}-stats")
     # one task per group of blocks sharing rows: all of the group's statistics blocks,
     # given as nested lists (blockwise's concatenate=False), combined in the row's order
+    width = REDUCED.get(key)
     fin = da.blockwise(
         _finish_task, others + (S,), spec, None, ncs, None, order, None, stats, ind + (S, C),
-        concatenate=False, dtype=np.float64,
-        meta=meta_from_array(meta, len(others) + 1, np.float64), token=f"{op.name}-finish")
-    # the statistics have other chunk sizes than the input along the softmax axes but the
-    # same number of blocks: paired block by block (align_arrays=False), the input first so
-    # that the output takes its chunks
-    return da.blockwise(
-        _write_task, ind, spec, None, *operands, stats, ind + (S, C), fin, others + (S,),
-        align_arrays=False, concatenate=False, dtype=dtype, meta=meta,
-        token=f"{op.name}-write")
+        concatenate=False, adjust_chunks=None if width is None else {S: width},
+        dtype=np.float64 if width is None else dtype,
+        meta=meta_from_array(meta, len(others) + 1, np.float64 if width is None else dtype),
+        token=f"{name}-finish")
+    return spec, operands, stats, fin
 
 
 def _runs(extents, run_axes):
@@ -373,13 +408,13 @@ def _row_order(grid, run_axes):
     return np.lexsort((np.concatenate(chunk), np.concatenate(starts)))
 
 
-# log_softmax's statistics are softmax's (max and sum of exp per chunk, no exps kept): one
-# compiled statistics kernel for both
-_STATS_KEYS = {"log_softmax": "softmax_split"}
+# log_softmax's statistics are softmax's (max and sum of exp per chunk, no exps kept), and
+# logsumexp's are the same with or without its sign: one compiled statistics kernel each
+_STATS_KEYS = {"log_softmax": "softmax_split", "logsumexp_sign": "logsumexp"}
 
 
 def _stats_task(spec, *blocks):
-    blocks = [_converted(b, spec.dtype) for b in blocks]
+    blocks, mask = _values_and_mask(spec, blocks)
     shape = blocks[0].shape
     m, n = _sizes(shape, spec.axes)
     if spec.kernels:
@@ -392,16 +427,24 @@ def _stats_task(spec, *blocks):
             op = k.OPS[_STATS_KEYS.get(spec.key, spec.key)]
             # the kernels' rows are the runs: (row, run) -> the row's entries run by run
             part = st if runs == 1 else np.empty((m * runs, 2, nc))
-            columns = _columns(spec, blocks)
+            # the second operand: a gradient's, logsumexp's weights, softmax's x again
+            alone = spec.key in REDUCED and len(blocks) == 1  # logsumexp without weights
+            nv = len(blocks)
+            columns = _columns(spec, blocks, None, mask)
             if columns is not None:
                 (outer, along, inner), views, order = columns
                 cst = np.empty((m * runs, 2, nc))
                 tasks = k.column_tasks(outer, inner, 0, k.BAND_TILES)
-                k.segment_columns_stats(op, *views[0], *views[-2], 0, tasks, along, inner, cst)
+                second = (None, 0, 0) if alone else views[nv - 1]
+                w = views[nv] if mask is not None else (None, 0, 0)
+                k.segment_columns_stats(op, *views[0], *second, *w, 0, tasks, along, inner,
+                                        cst)
                 part[:, :, :nc] = order.to_rows(cst)
             else:
-                for lo, hi, rows in _panels(spec, blocks):
-                    k.segment_stats(op, *rows[0], *rows[-1], hi - lo, length, part[lo:hi])
+                for lo, hi, rows in _panels(spec, [*blocks, *[mask][:mask is not None]]):
+                    second = (None, 0) if alone else rows[nv - 1]
+                    w = rows[nv] if mask is not None else (None, 0)
+                    k.segment_stats(op, *rows[0], *second, *w, hi - lo, length, part[lo:hi])
             if runs > 1:
                 st[:, :, :runs * nc] = (part.reshape(m, runs, 2, nc).transpose(0, 2, 1, 3)
                                         .reshape(m, 2, runs * nc))
@@ -425,7 +468,13 @@ def _finish_task(spec, ncs, order, nested):
         if order is not None:
             st = st[:, :, _row_order(*order)]
         fin = np.empty((m, 2))
-        k.segment_finish(k.OPS[spec.key], np.ascontiguousarray(st), fin)
+        k.segment_finish(k.OPS[_STATS_KEYS.get(spec.key, spec.key) if spec.key in REDUCED
+                               else spec.key], np.ascontiguousarray(st), fin)
+        if spec.key in REDUCED:  # a reduction: the rows' values (and signs) themselves
+            width = REDUCED[spec.key]
+            values = np.empty((m, width), spec.dtype)
+            k.segment_values(k.OPS[spec.key], fin, _bits(values).reshape(-1), width)
+            return values.reshape(*shape, width)
     else:
         fin = _xp_finish(spec.key, _namespace(first).concatenate(st, axis=2))
     return fin.reshape(*shape, 2)
@@ -434,7 +483,7 @@ def _finish_task(spec, ncs, order, nested):
 def _write_task(spec, *args):
     *blocks, st, fin = args
     st, fin = _leaf(st), _leaf(fin)
-    blocks = [_converted(b, spec.dtype) for b in blocks]
+    blocks, mask = _values_and_mask(spec, blocks)
     shape = blocks[0].shape
     m, n = _sizes(shape, spec.axes)
     if not spec.kernels:
@@ -455,23 +504,33 @@ def _write_task(spec, *args):
             st = st.reshape(m * runs, 2, nc)
             fin = np.repeat(fin, runs, axis=0)
         st = np.ascontiguousarray(st)
-        columns = _columns(spec, blocks, out)
+        nv = len(blocks)
+        columns = _columns(spec, blocks, out, mask)
         if columns is not None:
             (outer, along, inner), views, order = columns
             lead, stream = _cpu.column_stream(*views[-1], out.size // inner, inner)
             tasks = k.column_tasks(outer, inner, lead, k.BAND_TILES)
-            k.segment_columns_write(k.OPS[spec.key], *views[0], *views[-2], *views[-1], 0,
-                                    tasks, along, inner, order.from_rows(st),
+            w = views[nv] if mask is not None else (None, 0, 0)
+            k.segment_columns_write(k.OPS[spec.key], *views[0], *views[nv - 1], *w,
+                                    *views[-1], 0, tasks, along, inner, order.from_rows(st),
                                     order.from_rows(fin), lead, stream)
             return out
         # written past the caches when large and in place (a panel is read back at once)
         stream = (_cpu.streams(m * runs, length, out.itemsize, spec.key)
                   and _cpu_path.rows_in_place(_bits(out), _perm(out.ndim, spec.axes),
                                               spec.run_axes) is not None)
-        for lo, hi, rows in _panels(spec, blocks, out):
-            k.segment_write(k.OPS[spec.key], *rows[0], *rows[-2], *rows[-1], hi - lo, length,
-                            st[lo:hi], fin[lo:hi], stream)
+        for lo, hi, rows in _panels(spec, [*blocks, *[mask][:mask is not None]], out):
+            w = rows[nv] if mask is not None else (None, 0)
+            k.segment_write(k.OPS[spec.key], *rows[0], *rows[nv - 1], *w, *rows[-1], hi - lo,
+                            length, st[lo:hi], fin[lo:hi], stream)
     return out
+
+
+def _values_and_mask(spec, blocks):
+    """A task's blocks in the kernels' dtype, and its mask's block as bytes (or None)."""
+    mask = blocks[-1].view(np.uint8) if spec.masked else None
+    values = blocks[:-1] if spec.masked else blocks
+    return [_converted(b, spec.dtype) for b in values], mask
 
 
 # A block's rows (its runs) that are not evenly spaced in memory (softmax over axis 0 of
@@ -556,14 +615,18 @@ def _reordered(a, shape, src, dst):
     return np.ascontiguousarray(t).reshape((-1,) + tail)
 
 
-def _columns(spec, blocks, out=None):
+def _columns(spec, blocks, out=None, mask=None):
     """How the kernels read the runs of numpy ``blocks`` (and write ``out``) in place when
     the run axes are not the contiguous ones (softmax over axis 0 of C-ordered blocks): a
     row per vector lane, along the axis at its stride, as the one-pass path does; no copy.
     Returns ((outer positions, n, C), [(flat, outer stride, axis stride) per block (then
-    out, or the first block again)], _Order), or None where the layout plan has no such
-    access (rows in place, or layouts that are copied in panels)."""
+    the mask's bytes, then out, or the first block again)], _Order), or None where the
+    layout plan has no such access (rows in place, or layouts that are copied in panels).
+    The mask's bytes are read in place where laid out as a block, else copied once."""
     arrays = [_bits(b) for b in blocks]
+    if mask is not None:
+        same = mask.strides == tuple(s // arrays[0].itemsize for s in arrays[0].strides)
+        arrays.append(mask if same else np.ascontiguousarray(mask))
     ndim = arrays[0].ndim
     split = ndim - spec.run_axes
     found = _cpu_path.columns_in_place(arrays, arrays[0] if out is None else _bits(out),

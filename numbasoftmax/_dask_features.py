@@ -1,14 +1,18 @@
 """Dask support for the options: ``where=``, ``dtype=``, and logsumexp / logsumexp_backward
 (weights, keepdims, signs) on ``dask.array.Array`` inputs.
 
-The plain four functions go through ``_dask`` (its one-pass and two-pass rules); calls with
-these options take the one-pass way here: the softmax axes are merged into one chunk and
-each output block is one task that calls the public function on its blocks, so the
-results are bitwise those of the in-memory call on the same rows (a numpy block runs the
-CPU kernels, a cupy block the GPU path). The mask and the weights are broadcast to the
-input's shape lazily (``dask.array.broadcast_to``: a block of them is a broadcast view,
-not a copy) and chunked like it. logsumexp's blocks hold the reduced axes with size 1, and
-its value and sign come from one task per block (stacked on a last axis of 2).
+The plain four functions go through ``_dask`` (its one-pass and two-pass rules); so do
+calls with these options on softmax axes split across numpy blocks (the mask read with
+the blocks, the blocks read as the result dtype; logsumexp takes the statistics and the
+finish, which gives the rows' values), and logsumexp_backward, element-wise given its
+rows' values, takes x's blocks as they are. Otherwise (whole axes, or GPU blocks) the
+softmax axes are merged into one chunk and each output block is one task that calls the
+public function on its blocks, so the results are bitwise those of the in-memory call on
+the same rows (a numpy block runs the CPU kernels, a cupy block the GPU path); there
+logsumexp's blocks hold the reduced axes with size 1, and its value and sign come from
+one task per block (stacked on a last axis of 2). The mask and the weights are broadcast
+to the input's shape lazily (``dask.array.broadcast_to``: a block of them is a broadcast
+view, not a copy) and chunked like it.
 
 The rules are the core API's, checked at call time from the metadata: dtypes (``_inputs``),
 ``where`` boolean and broadcasting to the input (TypeError / ValueError naming both shapes),
@@ -60,8 +64,8 @@ def dispatch(op, arrays, axis, out, per_block, *, where=None, dtype=None, b=None
         check_pair(func, names, [a.shape for a, _ in checked], dtypes,
                    [getattr(a, "dtype", d) for a, d in zip(arrays, dtypes, strict=False)])
     axes = normalize_axes(axis, x.ndim, func)
-    # the softmax axes are merged; a mask or weights are broadcast to x's shape, and
-    # logsumexp's results take the reduced shape: those need every chunk size
+    # a mask or weights are broadcast to x's shape, logsumexp's results take the reduced
+    # shape, and merged softmax axes their whole length: those need every chunk size
     whole = where is not None or b is not None or op.name.startswith("logsumexp")
     _dask.check_known(x, range(x.ndim) if whole else axes, func)
     if b is not None:
@@ -78,10 +82,18 @@ def dispatch(op, arrays, axis, out, per_block, *, where=None, dtype=None, b=None
     if b is not None and weak(given, None) is not None:
         b = b.astype(rdtype)  # a Python scalar, read as the result dtype (each block's call)
 
-    _dask.check_mergeable(x, axes, func, names[0])
-    merged = x.rechunk({ax: -1 for ax in axes}) if axes else x
-    chunks = merged.chunks
-    blocks = [merged] + [_like(a, chunks, func, name) for (a, _), name in zip(
+    split = any(len(x.chunks[ax]) > 1 for ax in axes)
+    meta = _dask._meta(x, rdtype)
+    # split axes of numpy blocks (and a host mask): the two passes, as the plain functions
+    # take them (logsumexp: the statistics and the finish); logsumexp's gradient is
+    # element-wise given its rows' values: blocks as they are; GPU blocks merge the axes
+    passes = (split and x.size != 0 and not op.row_args
+              and isinstance(meta, _dask.KERNEL_BLOCKS) and _host(where))
+    if split and not passes and not (op.row_args and x.size != 0):
+        _dask.check_mergeable(x, axes, func, names[0])
+        x = x.rechunk({ax: -1 for ax in axes})
+    chunks = x.chunks
+    blocks = [x] + [_like(a, chunks, func, name) for (a, _), name in zip(
         checked[1:], names[1:], strict=True)]
     options = {"dtype": dt}
     extra = []  # (keyword, dask array chunked like x)
@@ -90,18 +102,26 @@ def dispatch(op, arrays, axis, out, per_block, *, where=None, dtype=None, b=None
             _check_broadcast(a, x.shape, func, name)
             extra.append((name, _like(a, chunks, func, name, broadcast=True)))
     # each task on numba threads // blocks, as the plain functions' one-pass tasks
-    f = functools.partial(_on_shared_threads, per_block, math.prod(merged.numblocks))
-    meta = _dask._meta(x, rdtype)
+    f = functools.partial(_on_shared_threads, per_block, math.prod(x.numblocks))
 
+    mask = dict(extra).get("where")
+    if passes and op.name != "logsumexp":
+        return _dask._two_pass(op, blocks, axes, rdtype, meta, mask)
     if op.name == "logsumexp":
         keep = reduced_shape(x.shape, axes, True)
         width = 2 if return_sign else 1
+        shape = keep if keepdims else reduced_shape(x.shape, axes, False)
+        if passes:  # (the other axes..., value and sign)
+            weights = [a for name, a in extra if name == "b"]
+            both = _dask.reduce_two_pass("logsumexp_sign" if return_sign else "logsumexp",
+                                         [x, *weights], axes, rdtype, mask)
+            results = tuple(both[..., k:k + 1].reshape(shape) for k in range(width))
+            return results if return_sign else results[0]
         out_chunks = tuple((1,) if ax in axes else c for ax, c in enumerate(chunks)) + ((width,),)
         both = da.map_blocks(_lse_block, f, axes, options, return_sign, rdtype,
                              [k for k, _ in extra], *blocks, *[a for _, a in extra],
                              chunks=out_chunks, new_axis=x.ndim, dtype=rdtype,
                              meta=meta.reshape((*meta.shape, 1)))
-        shape = keep if keepdims else reduced_shape(x.shape, axes, False)
         # a slice, not an index: a 0-d result then computes to a 0-d array, not a scalar
         results = tuple(both[..., k:k + 1].reshape(shape) for k in range(width))
         return results if return_sign else results[0]
@@ -125,6 +145,12 @@ def dispatch(op, arrays, axis, out, per_block, *, where=None, dtype=None, b=None
 
     return da.map_blocks(_block, f, axes, options, [k for k, _ in extra], *blocks,
                          *[a for _, a in extra], dtype=rdtype, meta=meta, token=func)
+
+
+def _host(where):
+    """Whether mask ``where`` (None, a numpy or GPU array, a dask array) is on the host."""
+    meta = getattr(where, "_meta", where)
+    return where is None or isinstance(meta, np.ndarray)
 
 
 def _on_shared_threads(f, nblocks, *args, **kwargs):

@@ -646,12 +646,13 @@ def band(op, a, b, w, out, nt, n, S, T, V, stream):
 
 
 @njit(**INTERNAL)
-def band_stats(op, a, b, nt, n, S, T, V, st, r0, rows):
-    """The statistics of each chunk of the band's rows into st[r0 .. r0+rows-1]."""
+def band_stats(op, a, b, w, nt, n, S, T, V, st, r0, rows):
+    """The statistics of each chunk of the band's rows into st[r0 .. r0+rows-1] (``w`` as
+    for ``band``)."""
     nc = (n + CHUNK - 1) // CHUNK
     for t in range(nc * nt):  # the gradients have no maxima: 0, as the row kernel's
         vstore(S, t * W, W, vsplat(0.0, S))
-    _stats_phase(op, a, b, None, a, nt, n, S, T, V)
+    _stats_phase(op, a, b, w, a, nt, n, S, T, V)
     for c in range(nc):
         for i in range(rows):
             t, lane = i // W, i % W
@@ -660,9 +661,9 @@ def band_stats(op, a, b, nt, n, S, T, V, st, r0, rows):
 
 
 @njit(**INTERNAL)
-def band_write(op, a, b, out, nt, n, S, V, st, fin, r0, rows, stream):
-    """The outputs of the band's rows from st and fin of rows r0 .. r0+rows-1; ``stream``
-    as for ``band``."""
+def band_write(op, a, b, w, out, nt, n, S, V, st, fin, r0, rows, stream):
+    """The outputs of the band's rows from st and fin of rows r0 .. r0+rows-1; ``w`` and
+    ``stream`` as for ``band``."""
     nc = (n + CHUNK - 1) // CHUNK
     for i in range(nt * W):
         t, lane = i // W, i % W
@@ -672,7 +673,7 @@ def band_write(op, a, b, out, nt, n, S, V, st, fin, r0, rows, stream):
             S[((nc + c) * nt + t) * W + lane] = st[r, 1, c]
         S[(2 * nc * nt + t) * W + lane] = fin[r, 0]
         S[((2 * nc + 1) * nt + t) * W + lane] = fin[r, 1]
-    _write_phase(op, a, b, None, out, nt, n, S, V, stream)
+    _write_phase(op, a, b, w, out, nt, n, S, V, stream)
 
 
 # ---------------------------------------------------------------------------------------

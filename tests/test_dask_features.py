@@ -1,7 +1,8 @@
 """Dask arrays with the options (numbasoftmax/_dask_features.py): ``where=``, ``dtype=``,
 logsumexp and its gradient. A task holds whole rows and calls the in-memory function, so
-results are bitwise those of the numpy call on the computed inputs; nothing is computed at
-call time. float32, small arrays: the threaded scheduler (the schedulers themselves are
+results are bitwise those of the numpy call on the computed inputs (logsumexp over split
+axes and its gradient's blocks as they are: tests/test_dask_two_pass.py); nothing is
+computed at call time. float32, small arrays: the threaded scheduler (the schedulers themselves are
 tested in tests/test_dask.py)."""
 
 from __future__ import annotations
@@ -20,6 +21,13 @@ def _data(shape, seed=0):
     return (np.random.default_rng(seed).standard_normal(shape) * 3).astype(np.float32)
 
 
+def _whole_along(axis, chunks):
+    """``chunks`` with the softmax axes whole: the one-pass tasks of this module (split
+    axes: tests/test_dask_two_pass.py)."""
+    axes = range(len(chunks)) if axis is None else np.atleast_1d(axis) % len(chunks)
+    return tuple(-1 if ax in axes else c for ax, c in enumerate(chunks))
+
+
 def _compute(*arrays):
     with dask.config.set(scheduler="threads"):
         return dask.compute(*arrays)
@@ -31,7 +39,7 @@ def test_where(op, axis):
     x = _data((6, 8, 40))
     where = np.random.default_rng(1).random((8, 40)) < 0.6
     args = (x,) if op == "softmax" else (x, _data((6, 8, 40), 2))
-    dargs = tuple(da.from_array(a, chunks=(2, 3, 16)) for a in args)
+    dargs = tuple(da.from_array(a, chunks=_whole_along(axis, (2, 3, 16))) for a in args)
     with dask.config.set(scheduler=fail_scheduler):
         lazy_result = getattr(nsm, op)(*dargs, axis=axis, where=where)
     (got,) = _compute(lazy_result)
@@ -41,7 +49,7 @@ def test_where(op, axis):
 def test_where_as_dask_array_and_dtype(no_compute):
     x = _data((10, 30)).astype(np.float16)
     where = np.random.default_rng(3).random((10, 30)) < 0.5
-    res = nsm.softmax(da.from_array(x, chunks=(4, 10)), where=da.from_array(where, chunks=5),
+    res = nsm.softmax(da.from_array(x, chunks=(4, 30)), where=da.from_array(where, chunks=5),
                       dtype=np.float32)
     assert res.dtype == np.float32
     with dask.config.set(scheduler="threads"):
@@ -54,7 +62,7 @@ def test_where_as_dask_array_and_dtype(no_compute):
 def test_logsumexp(axis, keepdims):
     x = _data((12, 50))
     b = np.random.default_rng(4).standard_normal(50).astype(np.float32)
-    dx = da.from_array(x, chunks=(5, 20))
+    dx = da.from_array(x, chunks=_whole_along(axis, (5, 20)))
     with dask.config.set(scheduler=fail_scheduler):
         plain = nsm.logsumexp(dx, axis=axis, keepdims=keepdims)
         v, s = nsm.logsumexp(dx, axis=axis, keepdims=keepdims, b=b, return_sign=True)
@@ -174,7 +182,7 @@ def test_integer_second_input_takes_the_requested_dtype():
     """As on the CPU: with dtype=, an integer dy is read as that dtype, so it pairs with a
     y of that dtype."""
     y, dy = _data((4, 6)), np.arange(24, dtype=np.int32).reshape(4, 6)
-    got = nsm.softmax_backward(da.from_array(y, chunks=2), dy, dtype=np.float32)
+    got = nsm.softmax_backward(da.from_array(y, chunks=(2, -1)), dy, dtype=np.float32)
     (value,) = _compute(got)
     assert_bitwise_equal(value, nsm.softmax_backward(y, dy, dtype=np.float32))
 

@@ -225,7 +225,8 @@ def test_graph_no_task_holds_more_than_a_block_of_each_operand(op, case):
 def test_local_cluster_memory_limit_below_a_merged_axis():
     """32 MiB of float32 in four 8 MiB blocks along axis 0; workers' memory_limit 24 MiB.
     The scheduler refuses a task whose inputs exceed the limit: merging axis 0 (32 MiB in
-    one task) fails, the two passes (one block per task) compute. Memory management
+    one task) fails, the two passes (one block per task) compute, and so do logsumexp's
+    and its gradient's tasks. Memory management
     (spill, pause) is off: in-process workers count the whole test process's memory."""
     distributed = pytest.importorskip("distributed")
     limit = 24 * 2**20
@@ -250,9 +251,12 @@ def test_local_cluster_memory_limit_below_a_merged_axis():
         whole = ns.softmax(x, axis=None)
         z = ns.log_softmax(x, axis=None)
         grad = ns.log_softmax_backward(z, x, axis=None)
+        lse = ns.logsumexp(x, axis=None)
+        lse_grad = ns.logsumexp_backward(x, lse, 1.0, axis=None)
         futures = client.compute([by_column[:, :16], by_column.sum(axis=0, dtype=np.float64),
-                                  whole[:100], whole.sum(dtype=np.float64), grad[-3:]])
-        cols, col_sums, head, total, grad_tail = client.gather(futures)
+                                  whole[:100], whole.sum(dtype=np.float64), grad[-3:],
+                                  lse, ns.logsumexp(x, axis=0)[:16], lse_grad[:100]])
+        cols, col_sums, head, total, grad_tail, lse, lse_cols, lse_head = client.gather(futures)
 
     # runs of 8192 elements of every row: the in-memory call's bits
     assert_bitwise_equal(cols, ns.softmax(xn, axis=0)[:, :16])
@@ -261,6 +265,9 @@ def test_local_cluster_memory_limit_below_a_merged_axis():
     assert_bitwise_equal(grad_tail, ns.log_softmax_backward(zn, xn, axis=None)[-3:])
     np.testing.assert_allclose(col_sums, 1.0, rtol=1e-5)
     np.testing.assert_allclose(total, 1.0, rtol=1e-5)
+    assert_bitwise_equal(lse, ns.logsumexp(xn, axis=None))
+    assert_bitwise_equal(lse_cols, ns.logsumexp(xn, axis=0)[:16])
+    assert_bitwise_equal(lse_head, ns.logsumexp_backward(xn, lse, 1.0, axis=None)[:100])
 
 
 # ---------------------------------------------------------------------------------------
@@ -343,12 +350,8 @@ IN_PLACE_RUNS = [(op, case, dtype) for op in OPS for case in IN_PLACE
                  for dtype in (np.float32, np.float16)] + [("softmax", IN_PLACE[0], np.float64)]
 
 
-@pytest.mark.parametrize("op, case, dtype", IN_PLACE_RUNS,
-                         ids=[f"{op}-{_ids(c)}-{np.dtype(d)}" for op, c, d in IN_PLACE_RUNS])
-def test_runs_read_in_place_give_the_bits_of_runs_in_row_order(op, case, dtype,
-                                                               monkeypatch):
-    shape, _, axis = case
-    inputs = _in_place_inputs(op, case, dtype)
+def _spy_on_columns(monkeypatch):
+    """A list that records, per task, whether its runs are read in place (``_columns``)."""
     in_place = []
     columns = _dask._columns
 
@@ -358,6 +361,16 @@ def test_runs_read_in_place_give_the_bits_of_runs_in_row_order(op, case, dtype,
         return found
 
     monkeypatch.setattr(_dask, "_columns", spy)
+    return in_place
+
+
+@pytest.mark.parametrize("op, case, dtype", IN_PLACE_RUNS,
+                         ids=[f"{op}-{_ids(c)}-{np.dtype(d)}" for op, c, d in IN_PLACE_RUNS])
+def test_runs_read_in_place_give_the_bits_of_runs_in_row_order(op, case, dtype,
+                                                               monkeypatch):
+    shape, _, axis = case
+    inputs = _in_place_inputs(op, case, dtype)
+    in_place = _spy_on_columns(monkeypatch)
     got = call(op, _in_place_blocks(inputs, case), axis).compute(scheduler="sync")
     assert any(in_place)
     monkeypatch.setattr(_dask, "_columns", lambda *args: None)
@@ -404,3 +417,291 @@ def test_streamed_writes_have_the_plain_bits(op, dtype, case, kernel, monkeypatc
     assert streamed[writes:] == [expected] * writes
     assert_bitwise_equal(got, plain)
     assert_matches_reference(op, got, inputs, case[2])
+
+
+# ---------------------------------------------------------------------------------------
+# logsumexp over split axes: the statistics and the finish, which gives the rows' values;
+# its gradient (element-wise given the rows' values) runs on the blocks as they are
+
+
+def _lse_inputs(case, dtype=np.float32, seed=8):
+    shape, chunks, axis = case
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(shape) * 3).astype(dtype)
+    b = rng.standard_normal(shape[-1:]).astype(dtype)  # weights of both signs
+    return x, b
+
+
+def _lse_calls(x, b, axis):
+    """(name, call) of logsumexp's forms: plain, with its sign, weighted with its sign,
+    keepdims; each call takes x and b (dask or numpy) and returns a tuple of arrays."""
+    import numbasoftmax as ns
+
+    return [
+        ("plain", lambda x, b: (ns.logsumexp(x, axis=axis),)),
+        ("sign", lambda x, b: ns.logsumexp(x, axis=axis, return_sign=True)),
+        ("weights", lambda x, b: ns.logsumexp(x, axis=axis, b=b, return_sign=True)),
+        ("keepdims", lambda x, b: (ns.logsumexp(x, axis=axis, b=b, keepdims=True),)),
+    ]
+
+
+@pytest.mark.parametrize("case, dtype", BITWISE,
+                         ids=[f"{_ids(c)}-{np.dtype(d)}" for c, d in BITWISE])
+def test_logsumexp_whole_kernel_chunks_give_the_in_memory_bits(case, dtype):
+    x, b = _lse_inputs(case, dtype)
+    dx = da.from_array(x, chunks=case[1])
+    for name, f in _lse_calls(x, b, case[2]):
+        lazy = f(dx, b)
+        assert not [n for r in lazy for n in r.dask.layers if "rechunk" in n], name
+        got = dask.compute(*lazy, scheduler="threads")
+        for g, want in zip(got, f(x, b), strict=True):
+            assert isinstance(g, np.ndarray), name
+            assert_bitwise_equal(g, want)
+
+
+@pytest.mark.parametrize("case", UNALIGNED, ids=_ids)
+def test_logsumexp_other_boundaries_within_the_error_bound(case):
+    x, b = _lse_inputs(case)
+    dx = da.from_array(x, chunks=case[1])
+    for name, f in _lse_calls(x, b, case[2]):
+        lazy = f(dx, b)
+        got = dask.compute(*lazy, scheduler="threads")
+        for g, want in zip(got, f(x, b), strict=True):
+            assert g.shape == want.shape and g.dtype == want.dtype, name
+            np.testing.assert_allclose(g, want, rtol=8 * np.finfo(np.float32).eps,
+                                       err_msg=name)
+        for g, again in zip(got, dask.compute(*lazy, scheduler="sync"), strict=True):
+            assert_bitwise_equal(again, g)  # the order is the graph's
+
+
+@pytest.mark.parametrize("chunks", [(6, 2 * CHUNK), (4, 10000)], ids=["aligned", "unaligned"])
+def test_logsumexp_non_finite_values_in_different_blocks_of_a_row(chunks):
+    import numbasoftmax as ns
+
+    x = _non_finite_rows(5 * CHUNK - 960)
+    x[1, 30000] = np.inf                           # two +inf: the row's value +inf
+    b = np.ones(x.shape[1], np.float32)
+    b[[20000, 30000]] = [1.0, -1.0]
+    dx = da.from_array(x, chunks=chunks)
+    got = ns.logsumexp(dx).compute(scheduler="threads")
+    want = ns.logsumexp(x)
+    value, sign = dask.compute(*ns.logsumexp(dx, b=b, return_sign=True), scheduler="threads")
+    want_value, want_sign = ns.logsumexp(x, b=b, return_sign=True)
+    if chunks[1] % CHUNK == 0:
+        assert_bitwise_equal(got, want)
+        assert_bitwise_equal(value, want_value)
+        assert_bitwise_equal(sign, want_sign)
+    # NaN row, +inf row (NaN with weights of both signs there), -inf row, finite rows
+    assert np.isnan(got[0]) and got[1] == np.inf and got[2] == -np.inf
+    assert np.isfinite(got[3:]).all() and got[5] == np.float32(3e38)
+    np.testing.assert_allclose(got[3:], want[3:], rtol=4 * np.finfo(np.float32).eps)
+    assert np.isnan(value[:2]).all() and value[2] == -np.inf and sign[2] == 0
+    np.testing.assert_array_equal(np.isnan(sign), np.isnan(want_sign))
+
+
+@pytest.mark.parametrize("case", [
+    ((64, 48), (16, 12), 0),
+    ((64, 48), (16, 12), None),
+    ((4, 6, 8), (2, 3, 4), (0, 2)),
+], ids=_ids)
+def test_logsumexp_graph_no_task_holds_more_than_a_block_of_each_operand(case):
+    import numbasoftmax as ns
+
+    shape, chunks, axis = case
+    x, b = _lse_inputs(case)
+    dx, db = da.from_array(x, chunks=chunks), da.from_array(np.broadcast_to(b, shape),
+                                                            chunks=chunks)
+    for weights in (None, db):
+        result = ns.logsumexp(dx, axis=axis, b=weights)
+        assert not [name for name in result.dask.layers if "rechunk" in name]
+        graph = result.__dask_graph__()
+        deps = graph.get_all_dependencies()
+        blocks = {key for a in (dx, db) for key in flatten(a.__dask_keys__())}
+        per_task = [len(d & blocks) for d in deps.values()]
+        assert max(per_task) == (1 if weights is None else 2)
+        stats = next(name for name in graph.layers if name.startswith("logsumexp-stats"))
+        finish = next(name for name in graph.layers if name.startswith("logsumexp-finish"))
+        groups = math.prod(n for ax, n in enumerate(dx.numblocks)
+                           if ax not in _axes(axis, dx.ndim))
+        assert len(graph.layers[stats]) == dx.npartitions
+        assert len(graph.layers[finish]) == groups
+        for key in graph.layers[finish]:
+            assert not deps[key] & blocks  # the finish reads statistics only
+
+
+@pytest.mark.parametrize("given, options", [
+    (np.float16, {"dtype": np.float32}),           # computed as if cast
+    (np.float32, {"b": np.float64}),               # weights of a wider dtype: float64
+    (np.int16, {}),                                # integers: float64
+], ids=["dtype", "wider-weights", "integers"])
+def test_logsumexp_result_dtypes(given, options):
+    import numbasoftmax as ns
+
+    x = (np.random.default_rng(9).standard_normal((3, 3 * CHUNK)) * 3).astype(given)
+    kw = dict(options)
+    if "b" in kw:
+        kw["b"] = np.random.default_rng(10).random(3 * CHUNK).astype(kw["b"])
+    got = ns.logsumexp(da.from_array(x, chunks=(2, CHUNK)), **kw).compute(scheduler="threads")
+    want = ns.logsumexp(x, **kw)
+    assert got.dtype == want.dtype
+    assert_bitwise_equal(got, want)
+
+
+@pytest.mark.parametrize("chunks", [(4, 10000), (6, 2 * CHUNK)], ids=["unaligned", "aligned"])
+@pytest.mark.parametrize("options", ["plain", "weights-sign", "where"])
+def test_logsumexp_backward_keeps_the_blocks(options, chunks):
+    """Element-wise given its rows' values: any chunking gives the in-memory bits."""
+    import numbasoftmax as ns
+
+    x = _non_finite_rows(5 * CHUNK - 960)
+    rng = np.random.default_rng(11)
+    kw = {}
+    if options == "weights-sign":
+        kw = {"b": rng.standard_normal(x.shape[1]).astype(np.float32),
+              "sign": np.sign(rng.standard_normal(6)).astype(np.float32)}
+    elif options == "where":
+        kw = {"where": rng.random(x.shape) < 0.7}
+    lse = ns.logsumexp(x, b=kw.get("b"), where=kw.get("where"))
+    g = rng.standard_normal(6).astype(np.float32)
+    dx = da.from_array(x, chunks=chunks)
+    result = ns.logsumexp_backward(dx, lse, g, **kw)
+    assert result.chunks == dx.chunks
+    graph = result.__dask_graph__()
+    blocks = set(flatten(dx.__dask_keys__()))
+    assert max(len(d & blocks) for d in graph.get_all_dependencies().values()) == 1
+    assert_bitwise_equal(result.compute(scheduler="threads"),
+                         ns.logsumexp_backward(x, lse, g, **kw))
+
+
+# ---------------------------------------------------------------------------------------
+# where= and dtype= over split axes: the same passes, the mask read with the blocks (rows
+# in place or copied in panels, as the other operands), the blocks read as the result dtype
+
+MASK_OPS = [*OPS, "logsumexp"]
+# a mask of x's shape, one constant along the other axes (a row mask), one constant along
+# the softmax axes (whole rows in or out)
+MASK_FORMS = ["x", "along", "rows"]
+
+
+def _mask_for(shape, axes, form, rng):
+    if form == "x":
+        return rng.random(shape) < 0.7
+    keep = [s if (ax in axes) == (form == "along") else 1 for ax, s in enumerate(shape)]
+    mask = rng.random(keep) < 0.7
+    if form == "rows":
+        mask.flat[0] = False  # a row without an included element, across its blocks
+    return mask
+
+
+def _masked_inputs(op, case, form, dtype=np.float32):
+    shape, _, axis = case
+    rng = np.random.default_rng(12)
+    axes = _axes(axis, len(shape))
+    inputs = list(inputs_for("softmax" if op == "logsumexp" else op, rng, shape, dtype, axis))
+    where = _mask_for(shape, axes, form, rng)
+    excluded = ~np.broadcast_to(where, shape)
+    if excluded.any():  # non-finite values where excluded change nothing
+        specials = np.resize(np.array([np.nan, np.inf, -np.inf], dtype), int(excluded.sum()))
+        inputs[0] = inputs[0].copy()
+        inputs[0][excluded] = specials
+    return inputs, where
+
+
+MASKED = [ALIGNED[0], ALIGNED[2], ALIGNED[5]]
+
+
+@pytest.mark.parametrize("form", MASK_FORMS)
+@pytest.mark.parametrize("case", MASKED, ids=_ids)
+@pytest.mark.parametrize("op", MASK_OPS)
+def test_masked_whole_kernel_chunks_give_the_in_memory_bits(op, case, form):
+    import numbasoftmax as ns
+
+    inputs, where = _masked_inputs(op, case, form)
+    f = getattr(ns, op)
+    result = f(*_dask_inputs(inputs, case[1]), axis=case[2], where=where)
+    if op != "logsumexp":
+        assert result.chunks == da.from_array(inputs[0], chunks=case[1]).chunks
+    assert_bitwise_equal(result.compute(scheduler="threads"), f(*inputs, axis=case[2],
+                                                                where=where))
+
+
+@pytest.mark.parametrize("op", MASK_OPS)
+def test_masked_other_boundaries_same_bits_on_every_scheduler(op):
+    import numbasoftmax as ns
+
+    case = UNALIGNED[3]
+    inputs, where = _masked_inputs(op, case, "x")
+    f = getattr(ns, op)
+    result = f(*_dask_inputs(inputs, case[1]), axis=case[2], where=where)
+    got = result.compute(scheduler="threads")
+    want = f(*inputs, axis=case[2], where=where)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
+    fin = np.isfinite(want)
+    scale = 1.0 if op in ("softmax", "logsumexp") else np.abs(want[fin]).max()
+    np.testing.assert_allclose(got[fin], want[fin], rtol=0,
+                               atol=64 * np.finfo(np.float32).eps * scale)
+    assert_bitwise_equal(result.compute(scheduler="sync"), got)
+
+
+@pytest.mark.parametrize("op", MASK_OPS)
+def test_masked_graph_no_task_holds_more_than_a_block_of_each_operand(op):
+    import numbasoftmax as ns
+
+    shape, chunks, axis = ((64, 48), (16, 12), None)
+    inputs, where = _masked_inputs(op, (shape, chunks, axis), "x")
+    dinputs = _dask_inputs(inputs, chunks)
+    dwhere = da.from_array(where, chunks=(32, 24))  # other chunks: rechunked to x's
+    result = getattr(ns, op)(*dinputs, axis=axis, where=dwhere)
+    graph = result.__dask_graph__()
+    deps = graph.get_all_dependencies()
+    for a in (*dinputs, dwhere):
+        blocks = set(flatten(a.__dask_keys__()))
+        assert max(len(d & blocks) for d in deps.values()) == 1
+    stats = next(name for name in graph.layers if "-stats-" in name)
+    assert len(graph.layers[stats]) == dinputs[0].npartitions
+
+
+DTYPE_CASES = [(op, "float16") for op in MASK_OPS] + [
+    (op, "integer-dy") for op in ("softmax_backward", "log_softmax_backward")]
+
+
+@pytest.mark.parametrize("op, given", DTYPE_CASES, ids=[f"{o}-{g}" for o, g in DTYPE_CASES])
+def test_dtype_reads_the_blocks_as_the_result_dtype(op, given):
+    """dtype=: as if the input were cast, as the numpy call; an integer gradient is read
+    as that dtype too."""
+    import numbasoftmax as ns
+
+    case = ALIGNED[0]
+    inputs = list(inputs_for("softmax" if op == "logsumexp" else op,
+                             np.random.default_rng(13), case[0],
+                             np.float16 if given == "float16" else np.float32, case[2]))
+    if given == "integer-dy":
+        inputs[1] = np.arange(inputs[1].size, dtype=np.int32).reshape(case[0]) % 7 - 3
+    f = getattr(ns, op)
+    result = f(*_dask_inputs(inputs, case[1]), axis=case[2], dtype=np.float32)
+    assert result.dtype == np.float32
+    assert_bitwise_equal(result.compute(scheduler="threads"),
+                         f(*inputs, axis=case[2], dtype=np.float32))
+
+
+@pytest.mark.parametrize("form", ["x", "x-F", "rows"])
+@pytest.mark.parametrize("case", IN_PLACE[:2], ids=_ids)
+@pytest.mark.parametrize("op", MASK_OPS)
+def test_masked_runs_read_in_place_along_a_strided_axis(op, case, form, monkeypatch):
+    """A mask along a strided axis: its bytes read in place beside x (laid out as x, or
+    copied once so); the bits of the panels, and of the numpy call where aligned."""
+    import numbasoftmax as ns
+
+    inputs, where = _masked_inputs(op, case, "x" if form.startswith("x") else form)
+    if form == "x-F":
+        where = np.asfortranarray(where)
+    f = getattr(ns, op)
+    in_place = _spy_on_columns(monkeypatch)
+    got = f(*_dask_inputs(inputs, case[1]), axis=case[2], where=where).compute(scheduler="sync")
+    assert in_place and all(in_place)
+    monkeypatch.setattr(_dask, "_columns", lambda *args: None)
+    assert_bitwise_equal(got, f(*_dask_inputs(inputs, case[1]), axis=case[2],
+                                where=where).compute(scheduler="sync"))
+    if case is IN_PLACE[1]:
+        assert_bitwise_equal(got, f(*inputs, axis=case[2], where=where))
