@@ -264,12 +264,10 @@ def run(op, arrays, axes, out=None, *, dtype=None, where=None, values=None, kern
         return plan(x.shape, axes, [_meta(a) for a in arrays], _meta(result),
                     columns=columns)
 
-    p, mask = planned(columns), None
-    if p.out.kind == COLUMNS and where is not None and not _constant_along(where, x.shape,
-                                                                            axes):
-        mask = _column_mask(where, x, axes, p)
-        if mask is None:
-            p = planned(False)
+    p = planned(columns)
+    runs, mask = _columns_with(where, x, axes, p)
+    if not runs:
+        p = planned(False)
     views = [a.view(_storage(a.dtype, dtype)) for a in arrays]
     dest = result.view(_storage(dtype, dtype))
     if p.out.kind == COLUMNS:
@@ -330,11 +328,8 @@ def reduce(kernel, arrays, axes, *, dtype, where=None, b=None):
     if (x.size >= _cpu.PARALLEL_MIN_ELEMENTS and p.n and any(a.kind != ROWS for a in p.inputs)
             and all(a.dtype == dtype for a in inputs)):
         cp = fresh_plan(x.shape, axes, layouts, layouts[0])  # as if for a result like x
-    mask = None
-    if (cp is not None and cp.out.kind == COLUMNS and where is not None
-            and not _constant_along(where, x.shape, axes)):
-        mask = _column_mask(where, x, axes, cp)
-        cp = cp if mask is not None else None
+    runs, mask = _columns_with(where, x, axes, cp)
+    cp = cp if runs else None
     if cp is not None and cp.out.kind == COLUMNS:
         side, filled = _column_side(where, None, x, axes, cp, None, mask)
         flat = _reduce_columns(kernel, inputs, b is None, cp, width, dtype, side)
@@ -384,11 +379,7 @@ def _side(where, values, shape, axes, p, out):
     row ``values`` ((lse, g) arrays broadcasting to the keepdims shape) of a plan. A mask
     constant along the rows is not given to the kernels: its per-row values (in the rows'
     order, outer shape) come back for ``_fill_rows``."""
-    rv = None
-    if values is not None:
-        keep = tuple(1 if a in axes else s for a, s in enumerate(shape))
-        rv = _given(*((v if v.shape == keep else np.broadcast_to(v, keep))
-                      .transpose(p.perm).reshape(-1) for v in values), out=out)
+    rv = _row_values(values, shape, axes, p, out)
     if where is None:
         return (None if rv is None else (None, None, *rv)), None
     naxes = len(axes)
@@ -443,14 +434,34 @@ def _column_mask(where, x, axes, p):
     return np.ascontiguousarray(rows.transpose([order.index(d) for d in kept])).reshape(-1), p.n
 
 
+def _row_values(values, shape, axes, p, out):
+    """The kernels' given row values ((lse, g) arrays broadcasting to the keepdims shape)
+    in the rows' order, or None."""
+    if values is None:
+        return None
+    keep = tuple(1 if a in axes else s for a, s in enumerate(shape))
+    return _given(*((v if v.shape == keep else np.broadcast_to(v, keep))
+                    .transpose(p.perm).reshape(-1) for v in values), out=out)
+
+
 def _column_side(where, values, x, axes, p, out, mask):
     """``_side``'s (side, per-row mask) for a COLUMNS plan ``p``; ``mask``: the column
     drivers' mask (``_column_mask``), or None for a mask constant along the axes (the
     rows' own rule) or none."""
     if mask is None:
         return _side(where, values, x.shape, axes, p, out)
-    side, _ = _side(None, values, x.shape, axes, p, out)
-    return (*mask, *(side[2:] if side else (None,))), None
+    return (*mask, *(_row_values(values, x.shape, axes, p, out) or (None,))), None
+
+
+def _columns_with(where, x, axes, p):
+    """(whether plan ``p`` (or None) runs as planned with mask ``where``, the column
+    drivers' mask or None): a COLUMNS plan takes a mask that varies along the axes as
+    ``_column_mask`` lays it out, or gathers its rows (False) where it cannot."""
+    if (p is None or p.out.kind != COLUMNS or where is None
+            or _constant_along(where, x.shape, axes)):
+        return True, None
+    mask = _column_mask(where, x, axes, p)
+    return mask is not None, mask
 
 
 def _mask_like(w, x):
