@@ -89,8 +89,9 @@ def dispatch(op, arrays, axis, out, per_block, *, where=None, dtype=None, b=None
     # element-wise given its rows' values: blocks as they are; GPU blocks merge the axes
     passes = (split and x.size != 0 and not op.row_args
               and isinstance(meta, _dask.KERNEL_BLOCKS) and _host(where))
-    if split and not passes and not (op.row_args and x.size != 0):
+    if split and not op.row_args:  # blocks dask can neither merge nor reduce: refused
         _dask.check_mergeable(x, axes, func, names[0])
+    if split and not passes and not (op.row_args and x.size != 0):
         x = x.rechunk({ax: -1 for ax in axes})
     chunks = x.chunks
     blocks = [x] + [_like(a, chunks, func, name) for (a, _), name in zip(
