@@ -383,7 +383,7 @@ def run_columns(op, args, direct=False, side=None):
     None (its strides 0), and its out holds M x C values at its outer stride C, their signs
     (``logsumexp_sign``) at its "axis stride" M x C further. ``side``: None, or a
     ``where=`` mask's bytes and logsumexp_backward's given values of the M x C positions
-    in order, ``(mask, n_or_None, first, second)`` (each may be None; the mask's layout as
+    in order, ``(mask, layout, first, second)`` (each may be None; the mask's layout as
     ``_cpu_kernels.columns`` takes it). ``direct`` as for ``run``."""
     op = COLUMN_OPS.get(op, op)
     marker, _, _, entries = _routes.get(op) or _route(op)

@@ -1054,19 +1054,19 @@ def _band_task(task, C, lead, tiles):
     return o, c0, full, c1, (C - c1 if full < tiles else 0)
 
 
-def _mask_lanes(side, o, base, step, k):
-    """The lane tuple of ``columns``' mask at outer position o for a band at ``base`` of
-    a's flat buffer (axis ``step``, ``k`` lanes), or None without a mask."""
+def _mask_lanes(side, o, c0, k):
+    """The lane tuple of ``columns``' mask for the band at outer position o and inner
+    position c0 (``k`` lanes), or None without a mask."""
 
 
 # with reference counts: it returns an array inside a tuple
 @overload(_mask_lanes, jit_options=CALLEE)
-def _mask_lanes_impl(side, o, base, step, k):
+def _mask_lanes_impl(side, o, c0, k):
     if _no_mask(side):
-        return lambda side, o, base, step, k: None
-    if isinstance(side[1], types.NoneType):  # laid out as a
-        return lambda side, o, base, step, k: (side[0], base, step, k)
-    return lambda side, o, base, step, k: (side[0], o * side[1], 1, EVERY_LANE)
+        return lambda side, o, c0, k: None
+    if isinstance(side[1], types.Array):  # its own outer and axis strides
+        return lambda side, o, c0, k: (side[0], o * side[1][0] + c0, side[1][1], k)
+    return lambda side, o, c0, k: (side[0], o * side[1], 1, EVERY_LANE)
 
 
 @njit(**OPTIONS)
@@ -1078,10 +1078,12 @@ def columns(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, lead, side):
     cache line), fenced at the end. A reduction's (logsumexp's) ``b`` may be None, and its
     ``out`` takes the values of position (o, c) at o * oo + c, their signs ``on`` further.
     ``side``: None, or a ``where=`` mask's bytes and logsumexp_backward's given values,
-    ``(mask, n_or_None, first, second)`` (each may be None), position (o, c)'s at o * C +
-    c. The mask: laid out as ``a`` (the byte of a's element i at i), or with an integer
-    n (the mask constant along the inner positions) one byte per outer position o and
-    element j, at o * n + j."""
+    ``(mask, layout, first, second)`` (each may be None), position (o, c)'s at o * C + c.
+    The mask's layout: an array of (outer stride, axis stride) (a tuple in a tuple cannot
+    pass into the parallel loop), the byte of position (o, c) and element j at o * outer
+    stride + c + j * axis stride; or an integer n (the mask
+    constant along the inner positions): one byte per outer position o and element j, at
+    o * n + j."""
     stream = lead >= 0
     lead = max(lead, 0)
     tiles = band_tiles(n, C, a.itemsize)
@@ -1091,12 +1093,12 @@ def columns(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, lead, side):
         if full:  # the lane count a constant: no masked loads and stores
             given_values(S, side, full, n, o * C + c0, ALL)
             band(op, (a, o * ao + c0, an, ALL), lane_tuple(b, o * bo + c0, bn, ALL),
-                 _mask_lanes(side, o, o * ao + c0, an, ALL), (out, o * oo + c0, on, ALL),
+                 _mask_lanes(side, o, c0, ALL), (out, o * oo + c0, on, ALL),
                  full, n, S, T, V, stream)
         if k1:
             given_values(S, side, 1, n, o * C + c1, k1)
             band(op, (a, o * ao + c1, an, k1), lane_tuple(b, o * bo + c1, bn, k1),
-                 _mask_lanes(side, o, o * ao + c1, an, k1), (out, o * oo + c1, on, k1), 1,
+                 _mask_lanes(side, o, c1, k1), (out, o * oo + c1, on, k1), 1,
                  n, S, T, V, stream)
     if stream:
         vfence()

@@ -37,6 +37,7 @@ from ._layout import (
     ROWS,
     Access,
     Meta,
+    _merged_stride,
     as_2d,
     fresh_plan,
     mask_rows,
@@ -408,30 +409,65 @@ def _constant_along(where, shape, axes):
 
 
 def _column_mask(where, x, axes, p):
-    """The column drivers' mask (bytes, n or None) for ``where`` (broadcasting to x,
-    varying along ``axes``) under the COLUMNS plan ``p``, or None where they take none.
-    A mask broadcast along no axis: its bytes laid out as x (``_mask_like``), n None. One
-    constant along the inner positions (a (K, 1) mask along axis 0): a byte per outer
-    position and element along the axes, in the plan's order (outer positions x n bytes,
-    the mask's own size at most), n = p.n. Others (broadcast along outer positions and
-    varying along the inner ones) would be expanded to x's shape: None, and their rows are
-    gathered instead."""
+    """The column drivers' mask (bytes, layout) for ``where`` (broadcasting to x, varying
+    along ``axes``) under the COLUMNS plan ``p``, or None where they take none. One
+    constant along the plan's inner positions (a (K, 1) mask along axis 0): a byte per
+    outer position and element along the axes, in the plan's order (outer positions x n
+    bytes, the mask's own size at most), layout n = p.n. Others: their bytes at their own
+    (outer stride, axis stride), the inner positions contiguous, read in place where they
+    lie so; else a mask broadcast along no axis is copied into x's layout (``_mask_like``)
+    and others' own elements into C order of the outer axes, the axes and the inner ones
+    (a (K, N) mask over a batch stays that size). None where the copy's axes do not merge
+    either."""
     w = np.broadcast_to(where.view(np.uint8), x.shape)
-    if all(w.strides[d] for d in range(x.ndim) if x.shape[d] > 1):
-        return _mask_like(w, x), None
     rest = p.perm[:len(p.perm) - len(axes)]
-    inner, size = set(), 1
+    inner, size = [], 1
     for d in reversed([d for d in rest if x.shape[d] > 1]):  # the plan's C inner positions
         if size == p.inner:
             break
-        inner.add(d)
+        inner.insert(0, d)
         size *= x.shape[d]
-    if any(w.strides[d] for d in inner):
+    if not any(w.strides[d] for d in inner):
+        kept = [d for d in rest if d not in inner] + list(axes)  # as the plan merges them
+        rows = w[tuple(0 if d in inner else slice(None) for d in range(x.ndim))]
+        order = sorted(kept)
+        return (np.ascontiguousarray(rows.transpose([order.index(d) for d in kept]))
+                .reshape(-1), p.n)
+    layout = _mask_strides(w, rest, inner, axes)
+    if layout is None and all(w.strides[d] for d in range(x.ndim) if x.shape[d] > 1):
+        return _mask_like(w, x), _layout_of(p.inputs[0].stride, p.inputs[0].axis_stride)
+    if layout is None:  # its own elements (broadcast axes stay so) in C order of the
+        # outer axes, the softmax axes, then the inner ones
+        order = [d for d in rest if d not in inner] + list(axes) + inner
+        t = w.transpose(order)
+        own = tuple(slice(0, 1) if st == 0 else slice(None) for st in t.strides)
+        w = np.broadcast_to(np.ascontiguousarray(t[own]), t.shape).transpose(
+            np.argsort(order))
+        layout = _mask_strides(w, rest, inner, axes)
+    if layout is None:
         return None
-    kept = [d for d in rest if d not in inner] + list(axes)  # as the plan merges them
-    rows = w[tuple(0 if d in inner else slice(None) for d in range(x.ndim))]
-    order = sorted(kept)
-    return np.ascontiguousarray(rows.transpose([order.index(d) for d in kept])).reshape(-1), p.n
+    return _flat(w, 1 + sum((n - 1) * st for n, st in zip(w.shape, w.strides,
+                                                          strict=True))), layout
+
+
+def _mask_strides(w, rest, inner, axes):
+    """The layout (``_layout_of``) of mask bytes ``w`` in a COLUMNS plan whose other axes
+    are ``rest`` (the ``inner`` ones last), when its inner positions are contiguous, its
+    outer axes and the softmax ``axes`` each merge into one stride, and no stride is
+    negative; else None."""
+    if any(st < 0 for st in w.strides):
+        return None
+    meta = Meta(0, w.strides, 1)
+    outer = _merged_stride(w.shape, meta, [d for d in rest if d not in inner])
+    along = _merged_stride(w.shape, meta, list(axes))
+    if _merged_stride(w.shape, meta, inner) != 1 or outer is None or along is None:
+        return None
+    return _layout_of(outer, along)
+
+
+def _layout_of(outer, along):
+    """A mask's layout as the column drivers take it: (outer stride, axis stride)."""
+    return np.array([outer, along], np.int64)
 
 
 def _row_values(values, shape, axes, p, out):

@@ -408,12 +408,13 @@ def test_bits_independent_of_driver_and_threads(rng):
 
 
 # ---------------------------------------------------------------------------------------
-# along a strided axis, read in place: the column drivers take a mask broadcast along no
-# axis as bytes laid out as x (its own memory where it lies so, else a copy), and one
-# constant along the inner positions as a byte per outer position and element; a mask
-# constant along the axis takes the rows' own rule (the unmasked drivers, then rows
-# without an included element filled); a mask broadcast along outer positions that varies
-# along the inner ones is not expanded to x's shape: those rows are gathered
+# along a strided axis, read in place: the column drivers take a mask at its own strides
+# (in place where its inner positions are contiguous and its axes merge; else one
+# broadcast along no axis copied into x's layout, and others' own elements copied into
+# the plan's order, never expanded to x's shape), and one constant along the inner
+# positions as a byte per outer position and element; a mask constant along the axis
+# takes the rows' own rule (the unmasked drivers, then rows without an included element
+# filled)
 
 @pytest.fixture
 def column_calls(monkeypatch):
@@ -471,9 +472,9 @@ def test_masked_strided_axis_read_in_place(op, form, rng, column_calls):
         assert side is None
     elif form == "along the axis":  # a byte per element along the axis
         assert side[0].size == 1000 and side[1] == 1000
-    else:
+    else:  # (outer stride, axis stride) of x's layout: 40 bytes a row of (1000, 40)
         assert np.shares_memory(side[0], where) == (form == "x's shape")
-        assert side[1] is None
+        assert side[1].tolist()[1] == 40
     assert_bitwise_equal(got, masked(op, rows, rows_where, axis=1).T)
     if form == "x's shape":
         np.testing.assert_array_equal(got[:, 3], EXCLUDED[op])
@@ -488,21 +489,28 @@ def test_masked_strided_axis_dtypes(dtype, rng, column_calls):
     assert_bitwise_equal(got, masked("log_softmax", rows, rows_where, axis=1).T)
 
 
-@pytest.mark.parametrize("case", ["broadcast view", "fewer dims", "batch", "over a batch"])
+@pytest.mark.parametrize("case", ["broadcast view", "fewer dims", "batch", "over a batch",
+                                  "over a batch, F order"])
 def test_masked_strided_axis_masks_not_expanded(case, rng, column_calls):
     """Masks along a strided axis are never expanded to x's shape: a broadcast view of a
     (K, 1) mask (as dask hands its blocks over) goes to the column drivers as a byte per
     element along the axis; a mask without x's leading axis of 1 is read in place; along
     axis 1 of (B, K, N), a (K, 1) mask becomes B x K bytes, and a (K, N) mask (broadcast
-    over the batch, varying along the contiguous axis) gathers its rows."""
-    if case in ("batch", "over a batch"):
+    over the batch, varying along the contiguous axis) is read at its own strides (outer
+    stride 0), in place, or copied at its own size when its rows are not contiguous."""
+    if case.startswith("batch") or case.startswith("over a batch"):
         x = rng.standard_normal((6, 300, 40)).astype(np.float32)
         where = _mask(rng, (300, 1) if case == "batch" else (300, 40))
+        if case.endswith("F order"):
+            where = np.asfortranarray(where)
         got = nsm.softmax(x, axis=1, where=where)
         want = np.moveaxis(nsm.softmax(np.ascontiguousarray(np.moveaxis(x, 1, -1)), where=(
             np.ascontiguousarray(np.moveaxis(np.broadcast_to(where, x.shape), 1, -1)))), -1, 1)
-        assert [(c[0].size, c[1]) for c in column_calls] == (
-            [(1800, 300)] if case == "batch" else [])
+        if case == "batch":
+            assert [(c[0].size, c[1]) for c in column_calls] == [(1800, 300)]
+        else:
+            assert [(c[0].size, c[1].tolist()) for c in column_calls] == [(12000, [0, 40])]
+            assert np.shares_memory(column_calls[0][0], where) == (case == "over a batch")
     elif case == "broadcast view":
         x = rng.standard_normal((1000, 40)).astype(np.float32)
         where = np.broadcast_to(_mask(rng, (1000, 1)), x.shape)
