@@ -9,7 +9,9 @@ Threaded scheduler (``--part threads``): a float32 array of 2**27 elements (512 
 in-memory numpy array wrapped with ``da.from_array`` (so the timing is the softmax, not the
 data generation), in 16+ chunks: row chunks (one pass), chunks split along the softmax axis
 for axis -1, 0 and None (two passes; also timed merged into one chunk first, the one-pass
-alternative), column chunks for axis 0 (one pass). Each result is written into a
+alternative; logsumexp there too, against max, exp, sum and log in dask.array operations,
+and a masked softmax, against the dask.array version on ``da.where(mask, x, -inf)``),
+column chunks for axis 0 (one pass). Each result is written into a
 preallocated numpy array with ``dask.array.store`` (the same for all, and no 512 MiB
 concatenation in the timing). ``--result-pool 1GiB`` runs this part inside
 ``numbasoftmax.result_pool`` (numbasoftmax's blocks then reuse the memory of blocks dask
@@ -21,8 +23,9 @@ as the issue's) generated on the workers by ``da.random`` in row chunks of 64 Mi
 axis 0), 2 worker processes with one thread each and ``memory_limit`` 768 MiB, below one
 merged softmax axis for axis 0 and axis None (the whole 1 GiB array).
 Asked for: the first chunk's rows of the result and the sums of its rows (which needs every
-block). Merging the axis is refused by the scheduler there (its MemoryError is printed).
-Also timed: the same generation and row sums without a softmax.
+block); for logsumexp over axis 0 and axis None (against max, exp, sum and log in dask.array
+operations) its whole result. Merging the axis is refused by the scheduler there (its
+MemoryError is printed). Also timed: the same generation and row sums without a softmax.
 
 Median of ``--repeat`` runs after one warm-up run (which compiles or loads numba's
 kernels); the implementations take turns so that noise on a shared machine hits them
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import math
 import os
 import platform
@@ -61,6 +65,11 @@ def dask_ops_softmax(x, axis):
 def dask_ops_log_softmax(x, axis):
     s = x - x.max(axis, keepdims=True)
     return s - da.log(da.exp(s).sum(axis, keepdims=True))
+
+
+def dask_ops_logsumexp(x, axis):
+    m = x.max(axis, keepdims=True)
+    return (da.log(da.exp(x - m).sum(axis, keepdims=True)) + m).squeeze(axis)
 
 
 def merged(f):
@@ -148,23 +157,31 @@ def _threads_part(args, pool):
     x = rng.standard_normal((rows, cols), dtype=np.float32)
     out = np.zeros_like(x)
     expected = {axis: ns.softmax(x, axis=axis) for axis in (-1, 0, None)}
+    # logsumexp's results: a value per row, stored into arrays of their own
+    lse_out = {axis: np.zeros(() if axis is None else np.delete(x.shape, axis), np.float32)
+               for axis in (-1, 0, None)}
 
     sm = ("softmax", ns.softmax, dask_ops_softmax)
     lsm = ("log_softmax", ns.log_softmax, dask_ops_log_softmax)
+    lse = ("logsumexp", ns.logsumexp, dask_ops_logsumexp)
+    # a random mask of x's shape, 3 in 4 included; the dask.array version fills -inf first
+    mask = rng.random(x.shape) < 0.75
+    msm = ("softmax where=", functools.partial(ns.softmax, where=mask),
+           lambda d, a: dask_ops_softmax(da.where(mask, d, -np.inf), a))
     split = (rows // 8, cols // 2)
     # (label, chunks, axis, functions)
     cases = [
         ("16 row chunks, axis -1", (rows // 16, cols), -1, [sm, lsm]),
         ("64 row chunks, axis -1", (rows // 64, cols), -1, [sm, lsm]),
         ("16 column chunks, axis 0", (rows, cols // 16), 0, [sm]),
-        ("8x2 chunks, axis -1", split, -1, [sm, lsm]),
-        ("8x2 chunks, axis 0", split, 0, [sm]),
-        ("16 row chunks, axis None", (rows // 16, cols), None, [sm]),
-        ("8x2 chunks, axis None", split, None, [sm]),
+        ("8x2 chunks, axis -1", split, -1, [sm, lsm, lse, msm]),
+        ("8x2 chunks, axis 0", split, 0, [sm, lse, msm]),
+        ("16 row chunks, axis None", (rows // 16, cols), None, [sm, lse]),
+        ("8x2 chunks, axis None", split, None, [sm, lse]),
     ]
 
-    def store(make):
-        return lambda: da.store(make(), out, lock=False, scheduler="threads",
+    def store(make, target):
+        return lambda: da.store(make(), target, lock=False, scheduler="threads",
                                 num_workers=args.workers)
 
     table = []
@@ -181,7 +198,15 @@ def _threads_part(args, pool):
             if name == "softmax":
                 def check(a=axis):
                     np.testing.assert_allclose(out, expected[a], rtol=1e-5, atol=1e-30)
-            walls, cpus = interleaved([store(m) for m in makers], args.repeat, check)
+            target = lse_out[axis] if name == "logsumexp" else out
+            if name == "logsumexp":
+                def check(a=axis, t=target):
+                    np.testing.assert_allclose(t, ns.logsumexp(x, axis=a), rtol=1e-5)
+            if name == "softmax where=":
+                def check(a=axis):
+                    np.testing.assert_allclose(out, ns.softmax(x, axis=a, where=mask),
+                                               rtol=1e-5, atol=1e-30)
+            walls, cpus = interleaved([store(m, target) for m in makers], args.repeat, check)
             mib = math.prod(chunks) * x.itemsize / 2**20
             cells = [f"{med(w):.3f} ({med(c):.2f})" for w, c in zip(walls, cpus, strict=True)]
             if not two:
@@ -242,6 +267,10 @@ def cluster_part(args):
         r = make(source(), axis)
         return lambda: dask.compute(r[:chunk_rows], r.sum(axis=1, dtype=np.float64))
 
+    def reduction(make, axis):  # logsumexp: the whole (reduced) result
+        r = make(source(), axis)
+        return lambda: dask.compute(r)
+
     results = []
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   memory_limit=limit, dashboard_address=None,
@@ -265,13 +294,21 @@ def cluster_part(args):
             results.append((axis, ours, theirs))
             print(f"  cluster axis {axis}: {[f'{t:.2f}' for t in ours]} "
                   f"{[f'{t:.2f}' for t in theirs]}", file=sys.stderr)
+        for axis in (0, None):
+            (ours, theirs), _ = interleaved(
+                [reduction(lambda x, a: ns.logsumexp(x, axis=a), axis),
+                 reduction(dask_ops_logsumexp, axis)], args.cluster_repeat)
+            results.append((f"{axis}, logsumexp", ours, theirs))
+            print(f"  cluster logsumexp axis {axis}: {[f'{t:.2f}' for t in ours]} "
+                  f"{[f'{t:.2f}' for t in theirs]}", file=sys.stderr)
 
     print(f"**LocalCluster** ({n_elements:,} float32 = {nbytes / 2**30:g} GiB, {rows}x{cols}, "
           f"generated on the workers by `da.random` in 16 row chunks of "
           f"{chunk_rows * cols * 4 / 2**20:g} MiB; 2 worker processes x 1 thread, "
           f"memory_limit {args.memory_limit} each (one merged axis: "
           f"{nbytes / 2**30:g} GiB); asked for: the first chunk of rows of the result and "
-          f"the row sums; median of {args.cluster_repeat} runs after a warm-up)\n")
+          f"the row sums (logsumexp: its whole result); median of {args.cluster_repeat} "
+          "runs after a warm-up)\n")
     print(f"- CPU: {machine()}; {versions(', '.join(sorted(layers)))} in the workers, "
           f"distributed {distributed.__version__}")
     print(f"- load: {load_line(load)} (the workers count as other processes here)")
