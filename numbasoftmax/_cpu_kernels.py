@@ -1081,9 +1081,8 @@ def columns(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, lead, side):
     ``(mask, layout, first, second)`` (each may be None), position (o, c)'s at o * C + c.
     The mask's layout: an array of (outer stride, axis stride) (a tuple in a tuple cannot
     pass into the parallel loop), the byte of position (o, c) and element j at o * outer
-    stride + c + j * axis stride; or an integer n (the mask
-    constant along the inner positions): one byte per outer position o and element j, at
-    o * n + j."""
+    stride + c + j * axis stride; or an integer n (the mask constant along the inner
+    positions): one byte per outer position o and element j, at o * n + j."""
     stream = lead >= 0
     lead = max(lead, 0)
     tiles = band_tiles(n, C, a.itemsize)
@@ -1266,7 +1265,8 @@ def _band_part(t, C, lead):
 def segment_columns_stats(op, a, ao, an, b, bo, bn, w, wo, wn, lo, hi, n, C, st):
     """Tasks lo..hi-1 of ``columns``: st[o * C + i, :, c] = the (max, sum) statistics of
     chunk c of row (o, i); a reduction's ``b`` may be None, as there; ``w``: a ``where=``
-    mask's bytes laid out as ``a`` (its own strides), or None."""
+    mask's bytes at their own outer and axis strides (wo, wn; inner positions contiguous,
+    as a's), or None."""
     S, T, V = _scratch(a, n, BAND_TILES)
     for t in range(2 * lo, 2 * hi):
         o, at, nt, k = _band_part(t, C, 0)

@@ -411,6 +411,8 @@ def _row_order(grid, run_axes):
 # log_softmax's statistics are softmax's (max and sum of exp per chunk, no exps kept), and
 # logsumexp's are the same with or without its sign: one compiled statistics kernel each
 _STATS_KEYS = {"log_softmax": "softmax_split", "logsumexp_sign": "logsumexp"}
+# and the finish of logsumexp's (max, total) too (its values, and signs, come after it)
+_FINISH_KEYS = {"logsumexp_sign": "logsumexp"}
 
 
 def _stats_task(spec, *blocks):
@@ -468,8 +470,8 @@ def _finish_task(spec, ncs, order, nested):
         if order is not None:
             st = st[:, :, _row_order(*order)]
         fin = np.empty((m, 2))
-        k.segment_finish(k.OPS[_STATS_KEYS.get(spec.key, spec.key) if spec.key in REDUCED
-                               else spec.key], np.ascontiguousarray(st), fin)
+        k.segment_finish(k.OPS[_FINISH_KEYS.get(spec.key, spec.key)], np.ascontiguousarray(st),
+                         fin)
         if spec.key in REDUCED:  # a reduction: the rows' values (and signs) themselves
             width = REDUCED[spec.key]
             values = np.empty((m, width), spec.dtype)
