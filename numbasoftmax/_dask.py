@@ -348,7 +348,7 @@ def _statistics(key, blocks, axes, dtype, meta, name, mask):
     order = (grid, run_axes) if kernels and run_axes < len(axes) else None
     spec = _Pass(key, axes, kernels, dtype, max(ncs), x.npartitions, run_axes,
                  mask is not None)
-    operands = [p for a in (*blocks, *[mask][:mask is not None]) for p in (a, ind)]
+    operands = [p for a in _and_mask(blocks, mask) for p in (a, ind)]
 
     stats = da.blockwise(
         _stats_task, ind + (S, C), spec, None, *operands,
@@ -443,7 +443,7 @@ def _stats_task(spec, *blocks):
                                         cst)
                 part[:, :, :nc] = order.to_rows(cst)
             else:
-                for lo, hi, rows in _panels(spec, [*blocks, *[mask][:mask is not None]]):
+                for lo, hi, rows in _panels(spec, _and_mask(blocks, mask)):
                     second = (None, 0) if alone else rows[nv - 1]
                     w = rows[nv] if mask is not None else (None, 0)
                     k.segment_stats(op, *rows[0], *second, *w, hi - lo, length, part[lo:hi])
@@ -521,11 +521,16 @@ def _write_task(spec, *args):
         stream = (_cpu.streams(m * runs, length, out.itemsize, spec.key)
                   and _cpu_path.rows_in_place(_bits(out), _perm(out.ndim, spec.axes),
                                               spec.run_axes) is not None)
-        for lo, hi, rows in _panels(spec, [*blocks, *[mask][:mask is not None]], out):
+        for lo, hi, rows in _panels(spec, _and_mask(blocks, mask), out):
             w = rows[nv] if mask is not None else (None, 0)
             k.segment_write(k.OPS[spec.key], *rows[0], *rows[nv - 1], *w, *rows[-1], hi - lo,
                             length, st[lo:hi], fin[lo:hi], stream)
     return out
+
+
+def _and_mask(blocks, mask):
+    """``blocks``, then the mask's when there is one."""
+    return list(blocks) if mask is None else [*blocks, mask]
 
 
 def _values_and_mask(spec, blocks):
