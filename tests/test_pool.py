@@ -32,18 +32,6 @@ POOLED = (256, 1024)
 BELOW = (1, TEST_MIN_BYTES // 4 - 1)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def frozen_heap():
-    """The objects alive before this module's tests (numba's compiled kernels, other
-    modules' leftovers) are kept out of the collector's reach while they run: the tests'
-    ``gc.collect()`` then walks only what they made, not the whole heap of a long test
-    process (seconds per call)."""
-    gc.collect()
-    gc.freeze()
-    yield
-    gc.unfreeze()
-
-
 @pytest.fixture(autouse=True)
 def fresh_pool(monkeypatch):
     previous = numbasoftmax.set_result_pool_limit(0)  # empties the pool
