@@ -14,6 +14,7 @@ import sys
 import threading
 
 import numba
+import numpy as np
 
 from ._config import STREAM_MIN_BYTES
 
@@ -261,9 +262,10 @@ def _parallel(kernel, args):
 
 # op name -> (marker, shortest row the row kernel runs, shortest row it runs a row at a time,
 # direct entries), at the first call.
-# Direct entries: the serial drivers as compiled for 1-D C-contiguous, aligned, writable
-# arrays, per (driver, dtype), called without numba's dispatcher, which types all 15 arguments at
-# every call (the operation's marker in Python): ~1 us of a ~4.8 us 8x128 softmax.
+# Direct entries: the serial drivers as compiled for 1-D C-contiguous, aligned arrays (the
+# inputs read-only, ``read_only``), per (driver, dtype[, whether a mask comes without row
+# offsets]), called without numba's dispatcher, which types all 15 arguments at every call
+# (the operation's marker in Python): ~1 us of a ~4.8 us 8x128 softmax.
 _routes = {}
 # operations whose rows the lane kernel's tiles take (short ones) but the groups do not:
 # from SHORT_ROW_MAX on a row at a time (logsumexp's gradient, element-wise given each
@@ -296,8 +298,8 @@ def run(op, a, sa, b, sb, out, so, m, n, side=None, direct=False):
     gradient's), or ``a`` again for a forward operation, or None (logsumexp without
     weights). ``side``: None, or the mask and given row values (see ``_cpu_kernels``);
     with a mask the row kernel runs every row, but the short rows of ``TILE_MASK_OPS``.
-    ``direct``: the buffers are 1-D C-contiguous, aligned and writable arrays of one
-    dtype."""
+    ``direct``: the buffers are 1-D C-contiguous and aligned arrays of one dtype (``out``
+    writable), and ``side`` None or a mask as ``_cpu_path._fast_side`` gives it."""
     marker, short_max, grouped_max, entries = _routes.get(op) or _route(op)
     k = _kernels
     step = n  # a mask's layout (``mask_takes_tiles``), n without one
@@ -335,13 +337,20 @@ def run(op, a, sa, b, sb, out, so, m, n, side=None, direct=False):
             driver = k.masked_short_rows if masked else k.short_rows
         else:
             driver = k.grouped_rows if n < grouped_max else k.rows
+        if direct:  # one entry per driver, dtype and side's form (tiles' masks lack dims)
+            key = (driver, a.dtype) if side is None else (driver, a.dtype, side[1] is None)
+            entry = entries.get(key)
+            if entry is not None:  # compiled for read-only inputs: its entry reads any alike
+                entry(marker, a, sa, 1, b, sb, 1, out, so, 1, 0, m, n, fetch, side, stream)
+                return
+        a, b, side = read_only_inputs(a, b, side)
         call = (marker, a, sa, 1, b, sb, 1, out, so, 1, 0, m, n, fetch, side, stream)
-        entry = entries.get((driver, a.dtype)) if direct and side is None else driver
-        if entry is not None:
-            entry(*call)
+        if direct:
+            _first_direct(entries, key, driver, call)
         else:
-            _first_direct(entries, driver, call)
+            driver(*call)
         return
+    a, b, side = read_only_inputs(a, b, side)
     arrays = (marker, a, sa, 1, b, sb, 1, out, so, 1)
     if runs:
         _parallel(k.run_rows_parallel, (*arrays, m, n, fetch, side, stream))
@@ -360,12 +369,43 @@ def run(op, a, sa, b, sb, out, so, m, n, side=None, direct=False):
     _parallel(driver, (*arrays, m, n, fetch, side, stream))
 
 
-def _first_direct(entries, driver, call):
-    """Run the first direct call of ``driver`` for ``call``'s dtype (keyed by it: a direct
-    call's other types are fixed) and keep its entry."""
+def read_only(a):
+    """``a`` as the kernels take an array they only read: read-only, a view where ``a`` is
+    writable. numba compiles a specialization per writability of each array argument;
+    passing every input, mask and given value read-only makes one serve all callers,
+    whatever their arrays' flags (a read-only input, a broadcast mask, a dask block), and
+    the warm-up's compiles serve them too. Calls through a direct entry (``run``) skip the
+    view: the entry's unboxing reads an array's memory, not its flags."""
+    if a is None or not a.flags.writeable:
+        return a
+    v = a.view()
+    v.setflags(write=False)
+    return v
+
+
+def read_only_inputs(a, b, side):
+    """(a, b, side) of a kernel call with every array read-only (``read_only``): ``b``
+    may be ``a`` again (a forward operation) or None; ``side`` None or a tuple of masks,
+    their layouts and given values (each may be None or an integer)."""
+    ra = read_only(a)
+    return ra, ra if b is a else read_only(b), read_only_side(side)
+
+
+def read_only_side(side):
+    """A kernel's ``side`` (None or a tuple) with every array in it read-only."""
+    if side is not None:
+        for v in side:
+            if type(v) is np.ndarray and v.flags.writeable:
+                return tuple(read_only(v) if type(v) is np.ndarray else v for v in side)
+    return side
+
+
+def _first_direct(entries, key, driver, call):
+    """Run the first direct call of ``driver`` for ``call``'s types and keep its entry
+    under ``key`` (which determines them: a direct call's other types are fixed)."""
     from ._serial_call import run_and_keep  # with the kernels: not at import
 
-    entries[driver, call[1].dtype] = run_and_keep(driver, call)
+    entries[key] = run_and_keep(driver, call)
 
 
 # Along a strided axis softmax computes its exps again in the write pass instead of keeping
@@ -403,15 +443,26 @@ def run_columns(op, args, direct=False, side=None):
         lead = lead if stream else -1
     if m * n * c < PARALLEL_MIN_ELEMENTS or not parallel_allowed():
         tasks, _ = k.columns_tasks(m, n, c, max(lead, 0), arrays[0].itemsize)
+        entry = entries.get((k.columns, arrays[0].dtype)) if direct and side is None else None
+        if entry is not None:  # compiled for read-only inputs, as in ``run``
+            entry(marker, *arrays, 0, tasks, n, c, lead, side)
+            return
+        arrays, side = _read_only_columns(arrays, side)
         call = (marker, *arrays, 0, tasks, n, c, lead, side)
-        entry = entries.get((k.columns, arrays[0].dtype)) if direct and side is None else (
-            k.columns)
-        if entry is not None:
-            entry(*call)
+        if direct and side is None:
+            _first_direct(entries, (k.columns, arrays[0].dtype), k.columns, call)
         else:
-            _first_direct(entries, k.columns, call)
+            k.columns(*call)
     else:
+        arrays, side = _read_only_columns(arrays, side)
         _parallel(k.columns_parallel, (marker, *arrays, m, n, c, lead, side))
+
+
+def _read_only_columns(arrays, side):
+    """``run_columns``' (a, sa, ia, b, sb, ib, out, so, io) and ``side`` with the inputs
+    read-only (``read_only_inputs``)."""
+    a, b, side = read_only_inputs(arrays[0], arrays[3], side)
+    return (a, *arrays[1:3], b, *arrays[4:]), side
 
 
 def column_stream(out, so, io, runs, c):
@@ -435,4 +486,4 @@ def copy2d(src, dst):
         dst[...] = src
         return
     k = _kernels or _load_kernels()
-    _parallel(k.copy2d, (src, dst))
+    _parallel(k.copy2d, (read_only(src), dst))

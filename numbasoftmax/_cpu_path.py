@@ -77,8 +77,8 @@ def fast(op, arrays, axis, out, where=None):
     if type(x) is not np.ndarray or type(axis) is not int:
         return None
     flags = x.flags
-    # direct: every buffer C-contiguous, aligned and writable (see _cpu.run)
-    direct = flags.carray
+    # direct: every buffer C-contiguous and aligned, out writable (see _cpu.run)
+    direct = flags.c_contiguous and flags.aligned
     dt = x.dtype
     shape = x.shape
     last = len(shape) - 1
@@ -108,7 +108,7 @@ def fast(op, arrays, axis, out, where=None):
         flags = b.flags
         if not flags.c_contiguous:
             return None
-        direct = direct and flags.carray
+        direct = direct and flags.aligned
         owned = owned and flags.owndata
     if out is None:
         out = _pool.empty(shape, dt)
@@ -139,8 +139,9 @@ def fast(op, arrays, axis, out, where=None):
     return out
 
 
-_ROW_DIMS = {0: np.empty((0, 2), np.int64)}  # row pitch -> the mask's row offsets
-# (``_side``'s dims): C-ordered rows of n at n, one row for every row at 0
+# row pitch -> the mask's row offsets (``_side``'s dims), read-only as the launcher passes
+# them: C-ordered rows of n at n, one row for every row at 0
+_ROW_DIMS = {0: _cpu.read_only(np.empty((0, 2), np.int64))}
 
 
 def _fast_side(where, x):
@@ -162,7 +163,7 @@ def _fast_side(where, x):
         return None
     dims = _ROW_DIMS.get(pitch)
     if dims is None:
-        dims = _ROW_DIMS[pitch] = np.array([[0, pitch]], np.int64)
+        dims = _ROW_DIMS[pitch] = _cpu.read_only(np.array([[0, pitch]], np.int64))
     flat = where.view(np.uint8).reshape(-1)
     flat.flags.writeable = False  # a view: the caller's mask stays as it is
     return flat, dims, None
@@ -179,7 +180,7 @@ def fast_logsumexp(x, axis, keepdims):
     a, v = x.ravel(), values.reshape(-1)
     if x.dtype == _F16:
         a, v = a.view(np.uint16), v.view(np.uint16)
-    _cpu.run("logsumexp", a, n, None, 0, v, 1, x.size // n, n, None, flags.carray)
+    _cpu.run("logsumexp", a, n, None, 0, v, 1, x.size // n, n, None, flags.aligned)
     return values
 
 

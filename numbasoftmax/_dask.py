@@ -439,14 +439,15 @@ def _stats_task(spec, *blocks):
                 tasks = k.column_tasks(outer, inner, 0, k.BAND_TILES)
                 second = (None, 0, 0) if alone else views[nv - 1]
                 w = views[nv] if mask is not None else (None, 0, 0)
-                k.segment_columns_stats(op, *views[0], *second, *w, 0, tasks, along, inner,
-                                        cst)
+                k.segment_columns_stats(op, *_read_only(views[0]), *_read_only(second),
+                                        *_read_only(w), 0, tasks, along, inner, cst)
                 part[:, :, :nc] = order.to_rows(cst)
             else:
                 for lo, hi, rows in _panels(spec, _and_mask(blocks, mask)):
                     second = (None, 0) if alone else rows[nv - 1]
                     w = rows[nv] if mask is not None else (None, 0)
-                    k.segment_stats(op, *rows[0], *second, *w, hi - lo, length, part[lo:hi])
+                    k.segment_stats(op, *_read_only(rows[0]), *_read_only(second),
+                                    *_read_only(w), hi - lo, length, part[lo:hi])
             if runs > 1:
                 st[:, :, :runs * nc] = (part.reshape(m, runs, 2, nc).transpose(0, 2, 1, 3)
                                         .reshape(m, 2, runs * nc))
@@ -455,6 +456,13 @@ def _stats_task(spec, *blocks):
     # rows in C order of the other axes; size 1 along the softmax axes
     return st.reshape(tuple(1 if ax in spec.axes else s for ax, s in enumerate(shape))
                       + (2, spec.ncmax))
+
+
+
+def _read_only(view):
+    """A block's (flat array, strides...) as the segment kernels take their inputs and masks:
+    the array read-only (``_cpu.read_only``), one compiled specialization for every block."""
+    return (_cpu.read_only(view[0]), *view[1:])
 
 
 def _finish_task(spec, ncs, order, nested):
@@ -513,7 +521,8 @@ def _write_task(spec, *args):
             lead, stream = _cpu.column_stream(*views[-1], out.size // inner, inner)
             tasks = k.column_tasks(outer, inner, lead, k.BAND_TILES)
             w = views[nv] if mask is not None else (None, 0, 0)
-            k.segment_columns_write(k.OPS[spec.key], *views[0], *views[nv - 1], *w,
+            k.segment_columns_write(k.OPS[spec.key], *_read_only(views[0]),
+                                    *_read_only(views[nv - 1]), *_read_only(w),
                                     *views[-1], 0, tasks, along, inner, order.from_rows(st),
                                     order.from_rows(fin), lead, stream)
             return out
@@ -523,8 +532,9 @@ def _write_task(spec, *args):
                                               spec.run_axes) is not None)
         for lo, hi, rows in _panels(spec, _and_mask(blocks, mask), out):
             w = rows[nv] if mask is not None else (None, 0)
-            k.segment_write(k.OPS[spec.key], *rows[0], *rows[nv - 1], *w, *rows[-1], hi - lo,
-                            length, st[lo:hi], fin[lo:hi], stream)
+            k.segment_write(k.OPS[spec.key], *_read_only(rows[0]), *_read_only(rows[nv - 1]),
+                            *_read_only(w), *rows[-1], hi - lo, length, st[lo:hi],
+                            fin[lo:hi], stream)
     return out
 
 

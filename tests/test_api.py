@@ -579,3 +579,43 @@ def test_python_scalars_accepted(op):
 def test_numpy_scalar_keeps_dtype(op):
     got = call(op, (np.float32(-3.0),))
     assert got.dtype == np.float32 and got.shape == ()
+
+
+def _compiled_count():
+    """How many specializations numba holds for the CPU kernels' drivers and loops."""
+    from numba.core.dispatcher import Dispatcher
+
+    from numbasoftmax import _cpu_kernels
+
+    return sum(len(d.signatures) for d in vars(_cpu_kernels).values()
+               if isinstance(d, Dispatcher))
+
+
+def _frozen(a):
+    a = a.copy()
+    a.flags.writeable = False
+    return a
+
+
+# (call, shape): a call through each way to the kernels: small rows (direct entries),
+# a parallel call, a masked small call, a strided axis read in place, logsumexp's weights
+READ_ONLY_CASES = {
+    "rows": (lambda x, w: numbasoftmax.softmax(x), (64, 40)),
+    "parallel": (lambda x, w: numbasoftmax.softmax_backward(x, x), (1024, 40)),
+    "masked": (lambda x, w: numbasoftmax.log_softmax(x, where=w), (64, 40)),
+    "strided axis": (lambda x, w: numbasoftmax.softmax(x, axis=0), (4096, 16)),
+    "weights": (lambda x, w: numbasoftmax.logsumexp(x, b=x), (64, 40)),
+}
+
+
+@pytest.mark.parametrize("case", READ_ONLY_CASES)
+def test_read_only_inputs_share_the_compiled_kernels(case, rng):
+    """Read-only inputs and masks run the specializations writable ones compiled (the
+    launcher hands the kernels every input read-only), with the same bits."""
+    call, shape = READ_ONLY_CASES[case]
+    x = rng.standard_normal(shape).astype(np.float32)
+    w = rng.random(shape) < 0.7
+    expected = call(x, w)
+    before = _compiled_count()
+    assert_bitwise_equal(call(_frozen(x), _frozen(w)), expected)
+    assert _compiled_count() == before

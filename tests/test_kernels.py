@@ -18,7 +18,7 @@ from _helpers import CHUNK, OPS, SHORT_ROW_MAX, assert_bitwise_equal, inputs_for
 from numpy.lib.stride_tricks import as_strided
 
 from numbasoftmax import _cpu_kernels as K
-from numbasoftmax._cpu import COLUMN_OPS, TILE_MASK_OPS
+from numbasoftmax._cpu import COLUMN_OPS, TILE_MASK_OPS, read_only_inputs, read_only_side
 from numbasoftmax._lane_kernel import PREFETCH_MIN_STEP, REGISTER_ROW_MAX, TILE_ROW_MAX
 
 # (1030, 9): read as columns, rows 1030 elements apart, where the lane kernel fetches rows
@@ -48,6 +48,14 @@ ROW_DRIVERS = (K.rows, K.rows_parallel, K.grouped_rows, K.grouped_rows_parallel,
                K.masked_short_rows_parallel, K.run_rows, K.run_rows_parallel)
 
 
+def _drive(driver, *args):
+    """Call ``driver`` with its inputs, masks and given values read-only, as the launcher
+    passes them (``_cpu.read_only_inputs``): the compiles of the API's calls serve these."""
+    a, b, _ = read_only_inputs(args[1], args[4], None)
+    driver(args[0], a, *args[2:4], b,
+           *(read_only_side(v) if isinstance(v, tuple) else v for v in args[5:]))
+
+
 def _rows(driver, op, inputs, parallel, side=None, stream=False, out=None, ahead=0):
     """Run ``driver`` on (m, n) inputs read as rows in place, C-contiguous or rows of a
     wider array; ``side``: the row drivers' mask and given values (None: neither);
@@ -64,7 +72,7 @@ def _rows(driver, op, inputs, parallel, side=None, stream=False, out=None, ahead
     tail = (m, n, ahead) if parallel else (0, m, n, ahead)
     if driver in ROW_DRIVERS:
         tail += (side, stream)
-    driver(*head, *tail)
+    _drive(driver, *head, *tail)
     return out
 
 
@@ -86,10 +94,10 @@ def _columns(driver, op, inputs, parallel, stream=False, out=None, lead=None):
     head = (K.OPS[op], flat[0], 0, m, b, 0, m, o, 0, step)
     arg = lead if stream or lead else -1  # the drivers' lead: -1 for plain stores
     if parallel:
-        driver(*head, 1, n, m, arg, None)
+        _drive(driver, *head, 1, n, m, arg, None)
     else:
         tasks, _ = K.columns_tasks(1, n, m, lead, flat[0].itemsize)
-        driver(*head, 0, tasks, n, m, arg, None)
+        _drive(driver, *head, 0, tasks, n, m, arg, None)
     return out.T
 
 
@@ -640,7 +648,7 @@ def _lse_rows(driver, op, x, b, parallel):
     tail = (m, n, 1) if parallel else (0, m, n, 1)
     if driver in ROW_DRIVERS:
         tail += (None, False)
-    driver(*head, *tail)
+    _drive(driver, *head, *tail)
     assert (out[m:] == 7.0).all()
     return out[:m]
 
@@ -717,7 +725,7 @@ def _lse_masked(driver, op, x, b, side, parallel):
     head = (K.OPS[op], _storage(x).reshape(-1), n, 1, flat_b, 0 if b is None else n, 1,
             _storage(out).reshape(-1), width, 1)
     tail = (m, n, 0) if parallel else (0, m, n, 0)
-    driver(*head, *tail, side, False)
+    _drive(driver, *head, *tail, side, False)
     assert (out[m:] == 7.0).all()
     return out[:m]
 
@@ -795,7 +803,7 @@ def _lse_grad_rows(driver, x, b, rv, parallel, mask=(None, None)):
     head = (K.OPS["logsumexp_backward"], _storage(x).reshape(-1), n, 1, flat_b, n, 1,
             _storage(out).reshape(-1), n, 1)
     tail = (m, n, 0) if parallel else (0, m, n, 0)
-    driver(*head, *tail, (*mask, *rv), False)
+    _drive(driver, *head, *tail, (*mask, *rv), False)
     assert (out[m:] == 7.0).all()
     return out[:m]
 
@@ -881,10 +889,10 @@ def _lse_columns(driver, op, x, b, parallel, outer=2):
     head = (K.OPS[op], _storage(xs).reshape(-1), n * C, C, flat_b, 0 if b is None else n * C,
             0 if b is None else C, _storage(planes), C, m)
     if parallel:
-        driver(*head, outer, n, C, -1, None)
+        _drive(driver, *head, outer, n, C, -1, None)
     else:
         tasks, _ = K.columns_tasks(outer, n, C, 0, x.itemsize)
-        driver(*head, 0, tasks, n, C, -1, None)
+        _drive(driver, *head, 0, tasks, n, C, -1, None)
     assert (planes[width * m:] == 7.0).all()
     values = planes[:m].reshape(outer, C)
     return values, planes[m:2 * m].reshape(outer, C) if width == 2 else None
@@ -936,10 +944,10 @@ def _lse_grad_columns(driver, x, b, rv, parallel, outer=2, offset=None):
     head = (K.OPS["logsumexp_backward"], _storage(xs).reshape(-1), n * C, C, flat_b,
             0 if b is None else n * C, 0 if b is None else C, o, (n + 1) * C, C)
     if parallel:
-        driver(*head, outer, n, C, lead, (None, None, *given))
+        _drive(driver, *head, outer, n, C, lead, (None, None, *given))
     else:
         tasks, _ = K.columns_tasks(outer, n, C, max(lead, 0), x.itemsize)
-        driver(*head, 0, tasks, n, C, lead, (None, None, *given))
+        _drive(driver, *head, 0, tasks, n, C, lead, (None, None, *given))
     outside = np.ones(buf.size, bool)
     outside[64 + (offset or 0):64 + (offset or 0) + out.size] = False
     assert (_storage(buf[outside]) == _storage(np.array([sentinel]))[0]).all()
