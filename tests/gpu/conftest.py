@@ -81,9 +81,20 @@ def pytest_configure(config):
         # The simulator runs a Python thread per CUDA thread and a polling loop per block;
         # a short switch interval makes its barriers several times faster.
         sys.setswitchinterval(2e-4)
+        _one_cpu()
         if not _gpu_reason():
             _lock_static_shared_arrays()
 
+
+
+def _one_cpu():
+    """Keep this process (and the threads it starts) on one CPU. The simulator's threads
+    hand the interpreter lock to one another at every barrier: on one CPU a context switch,
+    across CPUs a wake-up on another core, which waits wherever that core is busy. tests/gpu
+    on a 2-core machine: 131-137 s on both cores, 89 s on one; beside two low-priority busy
+    processes (as CI's machine-code check runs) 369 s and 105 s."""
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
 
 def _lock_static_shared_arrays():
     """numba-cuda's simulator creates a block's static shared array on the first call at
