@@ -458,7 +458,6 @@ def _stats_task(spec, *blocks):
                       + (2, spec.ncmax))
 
 
-
 def _read_only(view):
     """A block's (flat array, strides...) as the segment kernels take their inputs and masks:
     the array read-only (``_cpu.read_only``), one compiled specialization for every block."""
