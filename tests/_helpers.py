@@ -167,6 +167,13 @@ def in_layout(a, layout):
     return view
 
 
+def read_only_copy(a):
+    """A copy of ``a`` that is not writable."""
+    a = a.copy()
+    a.flags.writeable = False
+    return a
+
+
 def bits(a):
     """The bit patterns of ``a`` (NaN-safe exact comparison)."""
     a = np.ascontiguousarray(a)

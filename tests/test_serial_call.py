@@ -7,6 +7,7 @@ import itertools
 import numba
 import numpy as np
 import pytest
+from _helpers import read_only_copy
 from numba import typeof
 
 from numbasoftmax import _cpu_kernels as K
@@ -18,12 +19,6 @@ def _unaligned(n, dtype):
     raw = np.zeros(n * np.dtype(dtype).itemsize + 1, np.uint8)
     a = raw[1:].view(dtype)
     assert not a.flags.aligned
-    return a
-
-
-def _readonly(a):
-    a = a.copy()
-    a.flags.writeable = False
     return a
 
 
@@ -41,12 +36,12 @@ def _variants():
     return {
         "plain": _row_args(f4, f4, f4),
         "float64": _row_args(f8, f8, f8),
-        "read-only b": _row_args(f4, _readonly(f4), f4),
+        "read-only b": _row_args(f4, read_only_copy(f4), f4),
         "unaligned a": _row_args(_unaligned(256, np.float32), f4, f4),
         "strided out": _row_args(f4, f4, np.zeros(512, np.float32)[::2]),
         "2-D a": _row_args(f4.reshape(16, 16), f4, f4),
         "masked": _row_args(f4, f4, f4, side=(mask, dims, None)),
-        "masked, read-only mask": _row_args(f4, f4, f4, side=(_readonly(mask), dims, None)),
+        "masked, read-only mask": _row_args(f4, f4, f4, side=(read_only_copy(mask), dims, None)),
         "masked, unaligned values": _row_args(f4, f4, f4, side=(mask, dims,
                                                                 _unaligned(8, np.float64))),
         "streamed": _row_args(f4, f4, f4, stream=True),
@@ -97,7 +92,7 @@ def test_each_specialization_gets_its_own_serial_code(layout):
         flat = _unaligned(m * n, np.float32)
         flat[:] = y.ravel()
     else:
-        flat = _readonly(y.ravel())
+        flat = read_only_copy(y.ravel())
     expected = np.empty(m * n, np.float32)
     K.rows(K.OPS["softmax_backward"], y.ravel(), n, 1, dy.ravel(), n, 1, expected, n, 1, 0, m,
            n, 1, None, False)
@@ -168,7 +163,7 @@ def test_later_calls_of_a_driver_run_the_code_for_their_own_types():
     expected = np.empty(m * n, np.float32)
     K.rows(K.OPS["softmax_backward"], y, n, 1, dy, n, 1, expected, n, 1, 0, m, n, 1, None,
            False)
-    for a in (y, _readonly(y), y, _readonly(y), y[::-1].copy()[::-1]):
+    for a in (y, read_only_copy(y), y, read_only_copy(y), y[::-1].copy()[::-1]):
         got = np.empty(m * n, np.float32)
         K.rows_parallel(K.OPS["softmax_backward"], a, n, 1, dy, n, 1, got, n, 1, m, n, 1,
                         None, False)

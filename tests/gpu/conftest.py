@@ -86,7 +86,6 @@ def pytest_configure(config):
             _lock_static_shared_arrays()
 
 
-
 def _one_cpu():
     """Keep this process (and the threads it starts) on one CPU. The simulator's threads
     hand the interpreter lock to one another at every barrier: on one CPU a context switch,
@@ -95,6 +94,7 @@ def _one_cpu():
     processes (as CI's machine-code check runs) 369 s and 105 s."""
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+
 
 def _lock_static_shared_arrays():
     """numba-cuda's simulator creates a block's static shared array on the first call at
