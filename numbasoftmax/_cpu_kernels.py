@@ -692,7 +692,7 @@ def _put(op, to, out, oo, r0, k, n):
 # one after the other (row strides n) and so do their masks, or one mask serves every
 # row (``mask_takes_tiles``; other masked rows run on the row kernel). The excluded
 # elements enter a tile as -inf (forward) or 0 (both gradient inputs): a whole tile of
-# rows of at most ``TILE_SHUFFLE_MAX`` elements selects them in its shuffled gather
+# rows of at most ``TILE_TRANSPOSE_MAX`` elements selects them in its shuffled gather
 # (``vgather_rows_where``: the mask's bytes load as the rows' vectors do); other masked
 # rows pass through a scratch of W rows as contiguous vectors, which the gather takes (a
 # scratch round trip cost the gradients' rows of 3-8 elements ~10 % of their time). An

@@ -288,6 +288,15 @@ def vscatter(typingctx, arr, index, step, k, value):
 # length; longer rows spread a tile vector over too many loaded vectors for shuffles to pay.
 # Data movement only: the values are the same either way.
 TILE_SHUFFLE_MAX = 8
+# Rows of TILE_SHUFFLE_MAX + 1 .. TILE_TRANSPOSE_MAX elements (unmasked): the tile as one or
+# two blocks of W columns, each row's part of a block one vector load (store), the W x W
+# block transposed in log2(W) rounds of two-vector shuffles (``_transposed``): 2 log2(W)
+# shuffles a tile vector whatever n, and one code path for all these n, where the picks
+# above would take ~n - 1 and the scalar form W loads (stores) and lane moves (~40 % of a
+# tile's time at n = 16 on a Zen 4 core went to those). A row's load reaches into the next
+# row (those lanes are dropped) and a store writes there before the next row's own store
+# does; only the tile's last row, whose reach would leave the tile, is masked.
+TILE_TRANSPOSE_MAX = 2 * W - 1
 
 
 def _shuffled(builder, vecs, picks):
@@ -305,9 +314,10 @@ def _shuffled(builder, vecs, picks):
     return acc
 
 
-def _rows_switch(builder, n, case):
+def _rows_switch(builder, n, case, longer=None):
     """i1: whether ``case(c)`` ran for the run-time row length ``n`` (one branch per c in
-    1 .. TILE_SHUFFLE_MAX; other lengths run nothing)."""
+    1 .. TILE_SHUFFLE_MAX), or ``longer()`` for the longer rows up to TILE_TRANSPOSE_MAX
+    (with n at run time; None: those rows too run nothing); other lengths run nothing."""
     after = builder.append_basic_block("rows.after")
     default = builder.append_basic_block("rows.other")
     switch = builder.switch(n, default)
@@ -320,12 +330,20 @@ def _rows_switch(builder, n, case):
         builder.branch(after)
         incoming.append(builder.block)
     builder.position_at_end(default)
+    ran = ir.Constant(ir.IntType(1), 0)
+    if longer is not None:
+        ran = builder.and_(
+            builder.icmp_signed(">", n, ir.Constant(n.type, TILE_SHUFFLE_MAX)),
+            builder.icmp_signed("<=", n, ir.Constant(n.type, TILE_TRANSPOSE_MAX)))
+        with builder.if_then(ran, likely=True):
+            longer()
     builder.branch(after)
+    other = builder.block
     builder.position_at_end(after)
     done = builder.phi(ir.IntType(1))
     for block in incoming:
         done.add_incoming(ir.Constant(ir.IntType(1), 1), block)
-    done.add_incoming(ir.Constant(ir.IntType(1), 0), default)
+    done.add_incoming(ran, other)
     return done
 
 
@@ -340,11 +358,12 @@ def _tile_rows_args(rows, tile, k, store):
             and isinstance(k, (types.Integer, MarkerType)))
 
 
-def _tile_rows_call(context, builder, sig, args, move):
+def _tile_rows_call(context, builder, sig, args, move, longer=None):
     """The shuffled form (arguments: rows, index, stride, k, n, tile, and a mask after
     them) for the ``ALL`` marker, C-contiguous rows (and mask) and a row stride equal to n
     (checked at run time), else the constant False: ``move(c, element pointer of the rows
-    at index, tile data pointer)`` moves a tile of rows of c elements."""
+    at index, tile data pointer)`` moves a tile of rows of c elements, ``longer(n, ...)``
+    (the same pointers) one of longer rows (None: those give False too)."""
     rows_ty, _, _, k_ty, _, tile_ty = sig.args[:6]
     false = ir.Constant(ir.IntType(1), 0)
     if any(t.layout != "C" for t in (rows_ty, *sig.args[6:7])) or not isinstance(
@@ -357,7 +376,8 @@ def _tile_rows_call(context, builder, sig, args, move):
     ptr = builder.gep(rows.data, [index])
     with builder.if_else(builder.icmp_signed("==", stride, n), likely=True) as (same, other):
         with same:
-            done = _rows_switch(builder, n, lambda c: move(c, ptr, tile.data))
+            done = _rows_switch(builder, n, lambda c: move(c, ptr, tile.data),
+                                longer and (lambda: longer(n, ptr, tile.data)))
             same_block = builder.block
         with other:
             other_block = builder.block
@@ -377,7 +397,7 @@ def _tile_rows(rows, index, stride, k, n, tile, move, store, where=()):
     pointer, tile pointer, (rows' storage vector type, tile vector type, rows' and tile's
     alignment), rows' dtype, keep)`` moves a tile of rows of c elements. ``where``: the
     types of a mask (bytes lying as the rows do from ``index``) and, for a gather, of a
-    fill value: ``keep(v, lanes)`` then gives the rows' v-th vector where the mask's
+    fill value: ``keep(i, lanes)`` then gives the rows' W elements from element i where the mask's
     bytes are not 0 and the fill (a store: 0) elsewhere; None without a mask."""
     if not (_tile_rows_args(rows, tile, k, store)
             and all(isinstance(t, types.Integer) for t in (index, stride, n))
@@ -390,8 +410,17 @@ def _tile_rows(rows, index, stride, k, n, tile, move, store, where=()):
                 ir.VectorType(context.get_value_type(tile_dtype), W),
                 dtype.bitwidth // 8, tile_dtype.bitwidth // 8)
         keep = _keep(context, builder, sig, args, vtys[0]) if where else None
+        if not store:
+            def longer(n, ptr, t):
+                _row_blocks_to_tile(builder, n, ptr, t, vtys, dtype, keep)
+        elif not where:  # masked stores of the longer rows are left to the caller
+            def longer(n, ptr, t):
+                _tile_to_row_blocks(builder, n, ptr, t, vtys, dtype)
+        else:
+            longer = None
         return _tile_rows_call(context, builder, sig, args,
-                               lambda c, ptr, t: move(builder, c, ptr, t, vtys, dtype, keep))
+                               lambda c, ptr, t: move(builder, c, ptr, t, vtys, dtype, keep),
+                               longer)
 
     return types.boolean(rows, index, stride, k, n, tile, *where), codegen
 
@@ -408,8 +437,8 @@ def _where_args(where, store):
 
 
 def _keep(context, builder, sig, args, vsty):
-    """The ``keep`` of a masked tile form (see ``_tile_rows``): the mask's v-th W bytes
-    select between the lanes and the fill, converted to the rows' storage type (exactly:
+    """The ``keep`` of a masked tile form (see ``_tile_rows``): the mask's W bytes from
+    element i select between the lanes and the fill, converted to the rows' storage type (exactly:
     the fills are 0 and -inf)."""
     mask = context.make_array(sig.args[6])(context, builder, args[6])
     bty = ir.VectorType(ir.IntType(8), W)
@@ -423,8 +452,12 @@ def _keep(context, builder, sig, args, vsty):
                 value = builder.fptrunc(value, vsty.element)
         fill = _splat(builder, value)
 
-    def keep(v, lanes):
-        bytes_ = builder.load(_vector_at(builder, mask.data, v * W, bty), align=1)
+    def keep(i, lanes, valid=None):
+        """``valid``: the lanes whose bytes may be read (the others' count as 0)."""
+        at = builder.bitcast(builder.gep(mask.data, [ir.Constant(_I64, i) if isinstance(
+            i, int) else i]), bty.as_pointer())
+        bytes_ = (builder.load(at, align=1) if valid is None else _masked_access(
+            builder, "load", bty, [at, ir.Constant(_I32, 1), valid, ir.Constant(bty, None)]))
         return builder.select(builder.icmp_unsigned("!=", bytes_, ir.Constant(bty, None)),
                               lanes, fill)
     return keep
@@ -435,7 +468,7 @@ def _rows_to_tile(builder, c, ptr, tile, vtys, dtype, keep):
     vecs = [builder.load(_vector_at(builder, ptr, v * W, vsty), align=align)
             for v in range(c)]
     if keep is not None:
-        vecs = [keep(v, lanes) for v, lanes in enumerate(vecs)]
+        vecs = [keep(v * W, lanes) for v, lanes in enumerate(vecs)]
     for j in range(c):
         raw = _shuffled(builder, vecs, [divmod(lane * c + j, W) for lane in range(W)])
         builder.store(_to_compute(builder, raw, dtype, cty),
@@ -452,8 +485,110 @@ def _tile_to_rows(builder, c, ptr, tile, vtys, dtype, keep):
         picks = [((v * W + q) % c, (v * W + q) // c) for q in range(W)]
         lanes = _shuffled(builder, vecs, picks)
         if keep is not None:
-            lanes = keep(v, lanes)
+            lanes = keep(v * W, lanes)
         builder.store(lanes, _vector_at(builder, ptr, v * W, vsty), align=align)
+
+
+def _transposed(builder, vecs):
+    """The W x W block whose vector r, lane c is ``vecs[r][c]``, as vector c, lane r: each
+    round swaps one bit of the vector index with that bit of the lane index, by a
+    two-vector shuffle of the vector pair the bit tells apart."""
+    mty = ir.VectorType(_I32, W)
+    vecs = list(vecs)
+    bit = 1
+    while bit < W:
+        low = ir.Constant(mty, [q if not q & bit else W + (q ^ bit) for q in range(W)])
+        high = ir.Constant(mty, [q | bit if not q & bit else W + q for q in range(W)])
+        for v in range(W):
+            if not v & bit:
+                a, b = vecs[v], vecs[v | bit]
+                vecs[v] = builder.shuffle_vector(a, b, low)
+                vecs[v | bit] = builder.shuffle_vector(a, b, high)
+        bit *= 2
+    return vecs
+
+
+def _row_part(builder, ptr, n, r, h, vty):
+    """Pointer (to ``vty``) to element h*W of row r of rows of n elements from ``ptr``."""
+    offset = builder.add(builder.mul(n, ir.Constant(n.type, r)), ir.Constant(n.type, h * W))
+    return builder.bitcast(builder.gep(ptr, [offset]), vty.as_pointer())
+
+
+def _masked_access(builder, name, vty, args):
+    """A call of LLVM's masked load or store (``name``) of vectors ``vty``."""
+    ret = vty if name == "load" else ir.VoidType()
+    fnty = ir.FunctionType(ret, [a.type for a in args])
+    fn = builder.module.declare_intrinsic(f"llvm.masked.{name}.{_suffix(vty)}.p0", fnty=fnty)
+    return builder.call(fn, args)
+
+
+def _by_blocks(builder, n, block, order):
+    """``block(h, width, whole)`` over a tile's blocks of W columns (``whole``: the width
+    is W): rows of n <= W one block of width n, longer rows two, of W and n - W, in
+    ``order`` (that of h)."""
+    wide = ir.Constant(n.type, W)
+    with builder.if_else(builder.icmp_signed(">", n, wide)) as (two, one):
+        with two:
+            for h in order:
+                block(h, wide if h == 0 else builder.sub(n, wide), h == 0)
+        with one:
+            block(0, n, False)
+
+
+def _row_blocks_to_tile(builder, n, ptr, tile, vtys, dtype, keep=None):
+    """W rows of n elements (TILE_SHUFFLE_MAX < n <= TILE_TRANSPOSE_MAX) into the tile,
+    block by block (see TILE_TRANSPOSE_MAX); ``keep``: a mask's (see ``_tile_rows``)."""
+    vsty, cty, align, tile_align = vtys
+
+    def block(h, width, whole):
+        valid = _lane_mask(builder, width, types.int64)
+        rows = [builder.load(_row_part(builder, ptr, n, r, h, vsty), align=align)
+                for r in range(W - 1)]
+        last = _row_part(builder, ptr, n, W - 1, h, vsty)
+        rows.append(_masked_access(builder, "load", vsty, [
+            last, ir.Constant(_I32, align), valid, ir.Constant(vsty, None)]))
+        if keep is not None:
+            rows = [keep(builder.add(builder.mul(n, ir.Constant(n.type, r)),
+                                     ir.Constant(n.type, h * W)),
+                         lanes, None if r < W - 1 else valid)
+                    for r, lanes in enumerate(rows)]
+        for j, lanes in enumerate(_transposed(builder, rows)):
+            target = _vector_at(builder, tile, (h * W + j) * W, cty)
+            value = _to_compute(builder, lanes, dtype, cty)
+            if whole or not j:
+                builder.store(value, target, align=tile_align)
+                continue
+            with builder.if_then(builder.icmp_signed("<", ir.Constant(n.type, j), width)):
+                builder.store(value, target, align=tile_align)
+
+    _by_blocks(builder, n, block, (0, 1))
+
+
+def _tile_to_row_blocks(builder, n, ptr, tile, vtys, dtype):
+    """The inverse of ``_row_blocks_to_tile``. The stores of rows of n > W take the second
+    block first: a row's stores past its end are then written over by the next row's
+    first block."""
+    vsty, cty, align, tile_align = vtys
+
+    def block(h, width, whole):
+        lanes = []
+        for j in range(W):
+            index = ir.Constant(n.type, h * W + j)
+            if not whole and j:  # past the rows' n: a vector of the tile
+                index = builder.select(builder.icmp_signed("<", ir.Constant(n.type, j), width),
+                                       index, ir.Constant(n.type, h * W))
+            v = builder.load(builder.bitcast(
+                builder.gep(tile, [builder.mul(index, ir.Constant(n.type, W))]),
+                cty.as_pointer()), align=tile_align)
+            lanes.append(v if v.type == vsty else builder.fptrunc(v, vsty))
+        rows = _transposed(builder, lanes)
+        for r in range(W - 1):
+            builder.store(rows[r], _row_part(builder, ptr, n, r, h, vsty), align=align)
+        _masked_access(builder, "store", vsty, [
+            rows[W - 1], _row_part(builder, ptr, n, W - 1, h, vsty), ir.Constant(_I32, align),
+            _lane_mask(builder, width, types.int64)])
+
+    _by_blocks(builder, n, block, (1, 0))
 
 
 @intrinsic
@@ -461,7 +596,7 @@ def vgather_rows(typingctx, rows, index, stride, k, n, tile):
     """W rows of n elements (row stride ``stride``, the first at ``index``) into ``tile``,
     a lane per row in the compute type (``tile[j*W + l]``: element j of row l), by
     contiguous loads and shuffles: True where that form takes them (k the ``ALL``
-    marker, C-contiguous rows, stride n, n <= TILE_SHUFFLE_MAX), else False and nothing
+    marker, C-contiguous rows, stride n, n <= TILE_TRANSPOSE_MAX), else False and nothing
     moved (the caller gathers)."""
     return _tile_rows(rows, index, stride, k, n, tile, _rows_to_tile, store=False)
 

@@ -105,19 +105,29 @@ def _rows_counted(rows, index, stride, n, tile, out):
             _vmem.vscatter_rows(out, index, stride, W, n, tile))
 
 
+# rows the picks take (up to TILE_SHUFFLE_MAX), the transposed blocks (one block up to W,
+# two up to TILE_TRANSPOSE_MAX) and none (from 2W)
+TILE_ROWS = [1, 2, 3, 5, 8, 9, 12, 15, 16, 17, 24, 31, 32]
+# where the tile lies: between other rows, or the array's last W rows (whose last row's
+# reach past its end would leave the array)
+PLACES = {"inside": (1, 2), "at-the-end": (1, 0)}
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("n", [1, 2, 3, 5, 8, 9])
-def test_shuffled_tile_moves_rows_to_lanes_and_back(dtype, n):
+@pytest.mark.parametrize("n", TILE_ROWS)
+@pytest.mark.parametrize("place", PLACES)
+def test_shuffled_tile_moves_rows_to_lanes_and_back(dtype, n, place):
     """W rows of n consecutive elements: tile[j*W + l] is element j of row l, and the
     inverse writes exactly those rows (and nothing around them); rows longer than
-    TILE_SHUFFLE_MAX, and a run-time lane count, leave it to the gather (False)."""
+    TILE_TRANSPOSE_MAX, and a run-time lane count, leave it to the gather (False)."""
     compute = np.float64 if dtype == np.float64 else np.float32
-    base = _data(dtype, (W + 3) * n, 3)
-    index = n  # the tile starts at row 1
+    before, after = PLACES[place]
+    base = _data(dtype, (before + W + after) * n, 3)
+    index = before * n
     tile = np.full(n * W, np.nan, compute)
     out_base = np.zeros_like(base)
     took, put = _rows_round_trip(_storage(base), index, n, n, tile, _storage(out_base))
-    shuffled = n <= _vmem.TILE_SHUFFLE_MAX
+    shuffled = n <= _vmem.TILE_TRANSPOSE_MAX
     assert (took, put) == (shuffled, shuffled)
     if not shuffled:
         assert np.isnan(tile).all() and not out_base.any()
@@ -139,14 +149,17 @@ def _rows_round_trip_where(rows, index, stride, n, tile, out, mask, fill):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("fill", [0.0, -np.inf], ids=["fill-0", "fill-neginf"])
-@pytest.mark.parametrize("n", [1, 3, 8, 9])
-def test_masked_shuffled_tile_fills_excluded_elements(dtype, fill, n):
+@pytest.mark.parametrize("n", [1, 3, 8, 9, 16, 17, 31, 32])
+@pytest.mark.parametrize("place", PLACES)
+def test_masked_shuffled_tile_fills_excluded_elements(dtype, fill, n, place):
     """Under a mask, an excluded element enters the tile as the fill and leaves it as +0
     (over a -0 and a NaN in the tile too); included elements move as without a mask, and
-    nothing outside the W rows is written. Rows past TILE_SHUFFLE_MAX give False."""
+    nothing outside the W rows is written. The masked gather takes rows up to
+    TILE_TRANSPOSE_MAX, the masked scatter up to TILE_SHUFFLE_MAX (False past them)."""
     compute = np.float64 if dtype == np.float64 else np.float32
-    base = _data(dtype, (W + 3) * n, 5)
-    index = n
+    before, after = PLACES[place]
+    base = _data(dtype, (before + W + after) * n, 5)
+    index = before * n
     rng = np.random.default_rng(6)
     mask = rng.random(n * W) < 0.6
     mask[:2] = False, True
@@ -154,14 +167,18 @@ def test_masked_shuffled_tile_fills_excluded_elements(dtype, fill, n):
     out_base = np.full_like(base, 7.0)
     took, put = _rows_round_trip_where(_storage(base), index, n, n, tile,
                                        _storage(out_base), mask.view(np.uint8), fill)
-    shuffled = n <= _vmem.TILE_SHUFFLE_MAX
-    assert (took, put) == (shuffled, shuffled)
-    if not shuffled:
-        assert np.isnan(tile).all() and (out_base == 7.0).all()
+    assert (took, put) == (n <= _vmem.TILE_TRANSPOSE_MAX, n <= _vmem.TILE_SHUFFLE_MAX)
+    if not took:
+        assert np.isnan(tile).all()
+    if not put:
+        assert (out_base == 7.0).all()
+    if not took:
         return
     rows = base[index:index + n * W].astype(compute)
     expected_tile = np.where(mask, rows, compute(fill)).reshape(W, n).T.reshape(-1)
     assert_bitwise_equal(tile, expected_tile)
+    if not put:
+        return
     # the tile with a -0 and a NaN at excluded elements: +0 is stored there all the same
     excluded = np.flatnonzero(~mask.reshape(W, n).T.reshape(-1))
     tile[excluded[0]], tile[excluded[-1]] = -0.0, np.nan
