@@ -23,14 +23,17 @@ from ._config import STREAM_MIN_BYTES
 PARALLEL_MIN_ELEMENTS = 1 << 15
 # Rows shorter than this run W at a time, a lane per row, gathered into a tile: the row
 # kernel's fixed cost per row (horizontal reductions, a division, the exp's latency)
-# dominates short rows, and the gather and scatter cost ~2 ns per element whatever the
-# row length. Measured single-threaded, float32: from 32 elements the row kernel is as
-# fast or faster for the forward operations; the gradients' tiles in registers (up to
-# REGISTER_ROW_MAX elements) ran 1.4-1.8x the row kernel's groups, whose rows of 9 and 10
-# ran 1.0-2.3x the lane kernel's (softmax_backward 1.5-2.3x). These are the rows the lane
-# kernel's tiles take (``_lane_kernel.TILE_ROW_MAX``, ``REGISTER_ROW_MAX``; a test holds
-# them together).
-SHORT_ROW_MAX = {"forward": 32, "backward": 9}
+# dominates short rows. The forward operations' tiles take rows of up to two vectors
+# (2W elements): float32, softmax and log_softmax, ns per element, tiles / row kernel,
+# one thread in the cache (2^16 elements): 0.60-0.65 / 0.87-0.93 at 32, 0.66-0.71 /
+# 1.16-1.22 at 33, 0.58-0.62 / 0.68-0.74 at 48; but 2^24 elements, 2 threads: softmax
+# 1.06-1.12x torch's speed / 0.82-0.87x at 32, log_softmax 0.93-0.95x / 0.69-0.98x, and
+# behind from ~36 (0.64x torch / 1.1x at 48) (2-core Zen 4, AVX-512). The gradients'
+# tiles in registers (up to REGISTER_ROW_MAX elements) ran 1.4-1.8x the row kernel's
+# groups, whose rows of 9 and 10 ran 1.0-2.3x the lane kernel's (softmax_backward
+# 1.5-2.3x). These are the rows the lane kernel's tiles take
+# (``_lane_kernel.TILE_ROW_MAX``, ``REGISTER_ROW_MAX``; a test holds them together).
+SHORT_ROW_MAX = {"forward": 33, "backward": 9}
 # From there (masked rows, which the lane kernel does not take, from 1 element), rows
 # shorter than this run in groups through each phase of the row kernel (``grouped_rows``):
 # a short row's phases are one chain of dependent steps, and a group's chains fill each

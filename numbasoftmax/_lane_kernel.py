@@ -677,8 +677,8 @@ def band_write(op, a, b, w, out, nt, n, S, V, st, fin, r0, rows, stream):
 
 
 # ---------------------------------------------------------------------------------------
-# A whole tile of short rows. For rows shorter than 2W (one chunk, one block whose lane l
-# holds elements l and l + W) ``band`` spends most of its time on its scratch: zeroing the
+# A whole tile of short rows. For rows of at most 2W elements (one chunk, one block whose
+# lane l holds elements l and l + W) ``band`` spends most of its time on its scratch: zeroing the
 # block lanes T, adding into them in memory, the tree's loops with their run-time bounds,
 # the statistics S and V, each store waited for by the next load. ``tile`` runs the same
 # operations on the same values in the same order straight from the tile's vectors: in
@@ -695,7 +695,7 @@ def band_write(op, a, b, w, out, nt, n, S, V, st, fin, r0, rows, stream):
 # anyway).
 
 REGISTER_ROW_MAX = 8
-TILE_ROW_MAX = 2 * W - 1
+TILE_ROW_MAX = 2 * W
 
 
 def tile_row_max(op):
@@ -735,13 +735,14 @@ def _sum8(u0, u1, u2, u3, u4, u5, u6, u7):
 
 @njit(**INTERNAL)
 def _lane(t, lane, n):
-    """Block lane ``lane`` of a tile's rows of n < 2W terms in t: its one or two terms'
-    sum, +0 past n."""
-    if lane + W < n:
-        return vadd(vload(t, lane * W, W, 0.0), vload(t, (lane + W) * W, W, 0.0))
-    if lane < n:
-        return vload(t, lane * W, W, 0.0)
-    return vsplat(0.0, t)
+    """Block lane ``lane`` of a tile's rows of n <= TILE_ROW_MAX terms in t: its terms
+    (lane, lane + W, ...) added in order, +0 past n."""
+    if lane >= n:
+        return vsplat(0.0, t)
+    acc = vload(t, lane * W, W, 0.0)
+    for j in range(lane + W, n, W):
+        acc = vadd(acc, vload(t, j * W, W, 0.0))
+    return acc
 
 
 @njit(**INTERNAL)
@@ -751,7 +752,7 @@ def _pair(t, i, n):
 
 @njit(**INTERNAL)
 def _tile_sum(t, n):
-    """``_band_sum`` of rows of n < 2W terms in tile t."""
+    """``_band_sum`` of rows of n <= TILE_ROW_MAX terms in tile t (one block)."""
     return _sum8(_pair(t, 0, n), _pair(t, 1, n), _pair(t, 2, n), _pair(t, 3, n),
                  _pair(t, 4, n), _pair(t, 5, n), _pair(t, 6, n), _pair(t, 7, n))
 
@@ -829,7 +830,8 @@ def _registers_stats(ta, to, n):
 
 @njit(**INTERNAL)
 def _loops_stats(ta, to, n):
-    """(cm, total) of a tile of n < 2W vectors by loops over it, its exps into ``to``."""
+    """(cm, total) of a tile of n <= TILE_ROW_MAX vectors by loops over it, its exps into
+    ``to``."""
     cm = _tile_max(ta, n)
     shift = vselect(veq(cm, NEG_INF), 0.0, cm)
     for j in range(n):

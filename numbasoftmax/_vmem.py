@@ -288,15 +288,16 @@ def vscatter(typingctx, arr, index, step, k, value):
 # length; longer rows spread a tile vector over too many loaded vectors for shuffles to pay.
 # Data movement only: the values are the same either way.
 TILE_SHUFFLE_MAX = 8
-# Rows of TILE_SHUFFLE_MAX + 1 .. TILE_TRANSPOSE_MAX elements (unmasked): the tile as one or
-# two blocks of W columns, each row's part of a block one vector load (store), the W x W
-# block transposed in log2(W) rounds of two-vector shuffles (``_transposed``): 2 log2(W)
-# shuffles a tile vector whatever n, and one code path for all these n, where the picks
-# above would take ~n - 1 and the scalar form W loads (stores) and lane moves (~40 % of a
-# tile's time at n = 16 on a Zen 4 core went to those). A row's load reaches into the next
-# row (those lanes are dropped) and a store writes there before the next row's own store
-# does; only the tile's last row, whose reach would leave the tile, is masked.
-TILE_TRANSPOSE_MAX = 2 * W - 1
+# Rows of TILE_SHUFFLE_MAX + 1 .. TILE_TRANSPOSE_MAX elements: the tile as blocks of W
+# columns (the last one partial), each row's part of a block one vector load (store), the
+# W x W block transposed in log2(W) rounds of two-vector shuffles (``_transposed``):
+# 2 log2(W) shuffles a tile vector whatever n, and one code path for all these n, where
+# the picks above would take ~n - 1 and the scalar form W loads (stores) and lane moves
+# (~40 % of a tile's time at n = 16 on a Zen 4 core went to those). A row's load in the
+# last block reaches into the next row (those lanes are dropped) and its store writes
+# there before the next row's own stores do; only the tile's last row, whose reach would
+# leave the tile, is masked.
+TILE_TRANSPOSE_MAX = 2 * W
 
 
 def _shuffled(builder, vecs, picks):
@@ -508,10 +509,22 @@ def _transposed(builder, vecs):
     return vecs
 
 
+def _part_at(builder, n, r, h):
+    """Element h*W of row r of rows of n elements (h: a block index, at run time)."""
+    return builder.add(builder.mul(n, ir.Constant(n.type, r)),
+                       builder.mul(h, ir.Constant(n.type, W)))
+
+
 def _row_part(builder, ptr, n, r, h, vty):
     """Pointer (to ``vty``) to element h*W of row r of rows of n elements from ``ptr``."""
-    offset = builder.add(builder.mul(n, ir.Constant(n.type, r)), ir.Constant(n.type, h * W))
-    return builder.bitcast(builder.gep(ptr, [offset]), vty.as_pointer())
+    return builder.bitcast(builder.gep(ptr, [_part_at(builder, n, r, h)]), vty.as_pointer())
+
+
+def _tile_vector(builder, tile, n, h, j, cty):
+    """Pointer (to ``cty``) to the tile's vector h*W + j."""
+    index = builder.add(builder.mul(h, ir.Constant(n.type, W)), j)
+    return builder.bitcast(builder.gep(tile, [builder.mul(index, ir.Constant(n.type, W))]),
+                           cty.as_pointer())
 
 
 def _masked_access(builder, name, vty, args):
@@ -522,17 +535,19 @@ def _masked_access(builder, name, vty, args):
     return builder.call(fn, args)
 
 
-def _by_blocks(builder, n, block, order):
-    """``block(h, width, whole)`` over a tile's blocks of W columns (``whole``: the width
-    is W): rows of n <= W one block of width n, longer rows two, of W and n - W, in
-    ``order`` (that of h)."""
+def _by_blocks(builder, n, block, last_first):
+    """``block(h, width, whole)`` over a tile's blocks of W columns (h at run time): the
+    whole ones (``whole``: width W) in a loop, and the last one, of 1 .. W columns, after
+    them or (``last_first``) before."""
     wide = ir.Constant(n.type, W)
-    with builder.if_else(builder.icmp_signed(">", n, wide)) as (two, one):
-        with two:
-            for h in order:
-                block(h, wide if h == 0 else builder.sub(n, wide), h == 0)
-        with one:
-            block(0, n, False)
+    last = builder.sdiv(builder.sub(n, ir.Constant(n.type, 1)), wide)
+    width = builder.sub(n, builder.mul(last, wide))
+    if last_first:
+        block(last, width, False)
+    with cgutils.for_range(builder, last) as loop:
+        block(loop.index, wide, True)
+    if not last_first:
+        block(last, width, False)
 
 
 def _row_blocks_to_tile(builder, n, ptr, tile, vtys, dtype, keep=None):
@@ -548,38 +563,35 @@ def _row_blocks_to_tile(builder, n, ptr, tile, vtys, dtype, keep=None):
         rows.append(_masked_access(builder, "load", vsty, [
             last, ir.Constant(_I32, align), valid, ir.Constant(vsty, None)]))
         if keep is not None:
-            rows = [keep(builder.add(builder.mul(n, ir.Constant(n.type, r)),
-                                     ir.Constant(n.type, h * W)),
-                         lanes, None if r < W - 1 else valid)
+            rows = [keep(_part_at(builder, n, r, h), lanes, None if r < W - 1 else valid)
                     for r, lanes in enumerate(rows)]
         for j, lanes in enumerate(_transposed(builder, rows)):
-            target = _vector_at(builder, tile, (h * W + j) * W, cty)
+            at = ir.Constant(n.type, j)
+            target = _tile_vector(builder, tile, n, h, at, cty)
             value = _to_compute(builder, lanes, dtype, cty)
             if whole or not j:
                 builder.store(value, target, align=tile_align)
                 continue
-            with builder.if_then(builder.icmp_signed("<", ir.Constant(n.type, j), width)):
+            with builder.if_then(builder.icmp_signed("<", at, width)):
                 builder.store(value, target, align=tile_align)
 
-    _by_blocks(builder, n, block, (0, 1))
+    _by_blocks(builder, n, block, last_first=False)
 
 
 def _tile_to_row_blocks(builder, n, ptr, tile, vtys, dtype):
-    """The inverse of ``_row_blocks_to_tile``. The stores of rows of n > W take the second
-    block first: a row's stores past its end are then written over by the next row's
-    first block."""
+    """The inverse of ``_row_blocks_to_tile``. The last block's stores come first: a row's
+    stores past its end are then written over by the next row's first block (or, with one
+    block, by the next row's store)."""
     vsty, cty, align, tile_align = vtys
 
     def block(h, width, whole):
         lanes = []
         for j in range(W):
-            index = ir.Constant(n.type, h * W + j)
+            at = ir.Constant(n.type, j)
             if not whole and j:  # past the rows' n: a vector of the tile
-                index = builder.select(builder.icmp_signed("<", ir.Constant(n.type, j), width),
-                                       index, ir.Constant(n.type, h * W))
-            v = builder.load(builder.bitcast(
-                builder.gep(tile, [builder.mul(index, ir.Constant(n.type, W))]),
-                cty.as_pointer()), align=tile_align)
+                at = builder.select(builder.icmp_signed("<", at, width), at,
+                                    ir.Constant(n.type, 0))
+            v = builder.load(_tile_vector(builder, tile, n, h, at, cty), align=tile_align)
             lanes.append(v if v.type == vsty else builder.fptrunc(v, vsty))
         rows = _transposed(builder, lanes)
         for r in range(W - 1):
@@ -588,7 +600,7 @@ def _tile_to_row_blocks(builder, n, ptr, tile, vtys, dtype):
             rows[W - 1], _row_part(builder, ptr, n, W - 1, h, vsty), ir.Constant(_I32, align),
             _lane_mask(builder, width, types.int64)])
 
-    _by_blocks(builder, n, block, (1, 0))
+    _by_blocks(builder, n, block, last_first=True)
 
 
 @intrinsic
