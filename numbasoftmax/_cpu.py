@@ -34,6 +34,13 @@ PARALLEL_MIN_ELEMENTS = 1 << 15
 # 1.5-2.3x). These are the rows the lane kernel's tiles take
 # (``_lane_kernel.TILE_ROW_MAX``, ``REGISTER_ROW_MAX``; a test holds them together).
 SHORT_ROW_MAX = {"forward": 33, "backward": 9}
+# ... of at most this many bytes of output: float64's tiles led up to 20 elements, were
+# level at 22 and behind from 24 (ns per element, tiles / row kernel, 2^24 elements, 2
+# threads, three runs: softmax 1.05-1.06 / 1.47-1.53 at 17, 1.13-1.15 / 1.27-1.31 at 20,
+# 1.16-1.17 / 1.15-1.18 at 22, 1.33-1.35 / 1.11-1.18 at 24, 1.19-1.28 / 0.95-0.99 at 28;
+# log_softmax 1.09-1.16 / 1.14-1.23 at 20, 1.13-1.15 / 1.04-1.12 at 22, 1.35-1.41 /
+# 0.98-1.06 at 24); float32's and float16's rows up to 32 elements are 128 and 64 bytes
+SHORT_ROW_BYTES = 176
 # From there (masked rows, which the lane kernel does not take, from 1 element), rows
 # shorter than this run in groups through each phase of the row kernel (``grouped_rows``):
 # a short row's phases are one chain of dependent steps, and a group's chains fill each
@@ -304,6 +311,8 @@ def run(op, a, sa, b, sb, out, so, m, n, side=None, direct=False):
     ``direct``: the buffers are 1-D C-contiguous and aligned arrays of one dtype (``out``
     writable), and ``side`` None or a mask as ``_cpu_path._fast_side`` gives it."""
     marker, short_max, grouped_max, entries = _routes.get(op) or _route(op)
+    if n < short_max and n * out.itemsize > SHORT_ROW_BYTES:
+        short_max = n  # the row kernel's routes from here (SHORT_ROW_BYTES)
     k = _kernels
     step = n  # a mask's layout (``mask_takes_tiles``), n without one
     masked = side is not None and side[0] is not None

@@ -21,6 +21,7 @@ from _helpers import (
     LAYOUTS,
     OPS,
     PARALLEL_MIN_ELEMENTS,
+    SHORT_ROW_BYTES,
     SHORT_ROW_MAX,
     assert_bitwise_equal,
     assert_matches_reference,
@@ -48,8 +49,8 @@ def _dtype_id(d):
 # row lengths around every threshold, each as one row, as a batch small enough for the
 # serial driver, and as a batch just big enough for the parallel driver
 
-ROW_LENGTHS = (1, 2, 8, 9, 10, 31, 32, 33, 63, 64, 1023, 1024, 1025, 8191, 8192, 8193,
-               32767, 32768, 32769, 70000)
+ROW_LENGTHS = (1, 2, 8, 9, 10, 22, 23, 31, 32, 33, 63, 64, 1023, 1024, 1025, 8191, 8192,
+               8193, 32767, 32768, 32769, 70000)
 
 
 def _threshold_shapes():
@@ -76,6 +77,8 @@ def test_row_lengths_straddle_the_launchers_thresholds():
     from numbasoftmax._lane_kernel import REGISTER_ROW_MAX, TILE_ROW_MAX
 
     assert (_cpu.SHORT_ROW_MAX, _cpu.GROUPED_ROW_MAX) == (SHORT_ROW_MAX, GROUPED_ROW_MAX)
+    assert _cpu.SHORT_ROW_BYTES == SHORT_ROW_BYTES
+    assert SHORT_ROW_BYTES // 8 in ROW_LENGTHS and SHORT_ROW_BYTES // 8 + 1 in ROW_LENGTHS
     # the lane kernel's tiles take the rows the launcher gives them, and no more
     assert SHORT_ROW_MAX == {"forward": TILE_ROW_MAX + 1, "backward": REGISTER_ROW_MAX + 1}
     assert (_cpu.PARALLEL_MIN_ELEMENTS, _cpu.ROW_TASK_MAX) == (PARALLEL_MIN_ELEMENTS, 32768)
@@ -187,10 +190,10 @@ def test_rows_streamed_as_runs_have_the_plain_bits(op, dtype, m, n, offset, rng,
 
 
 @pytest.mark.parametrize(("op", "n", "taken"), [
-    ("log_softmax", 31, False), ("log_softmax", 32, True), ("log_softmax", 8192, True),
+    ("log_softmax", 32, False), ("log_softmax", 33, True), ("log_softmax", 8192, True),
     ("log_softmax", 8193, False), ("softmax", 1000, False), ("softmax_backward", 16, True)])
 def test_which_rows_run(op, n, taken, rng, monkeypatch):
-    """Large outputs of log_softmax's rows from the short rows' end (32 elements) to a
+    """Large outputs of log_softmax's rows from the short rows' end (33 elements) to a
     chunk, and of the gradients' from 16, take the run driver; softmax's never (its exps
     kept in ``out``)."""
     from numbasoftmax import _cpu
@@ -226,6 +229,26 @@ def test_large_outputs_rows_run_alone(op, n, dtype, alone, rng, monkeypatch):
     monkeypatch.setattr(_cpu, "ALONE_MIN_BYTES", 0)
     assert_bitwise_equal(func(op)(*inputs, out=np.empty_like(grouped)), grouped)
     assert (seen == [kernels.rows_parallel]) is alone, seen
+
+
+@pytest.mark.parametrize(("dtype", "n", "tiles"), [
+    (np.float64, 22, True), (np.float64, 23, False), (np.float32, 32, True),
+    (np.float32, 33, False), (np.float16, 32, True)], ids=str)
+@pytest.mark.parametrize("op", ["softmax", "log_softmax", "logsumexp"])
+def test_short_rows_take_tiles_up_to_their_bytes(op, dtype, n, tiles, rng, monkeypatch):
+    """The forward operations' rows of up to 32 elements run on the lane kernel's tiles
+    where their outputs are at most SHORT_ROW_BYTES long (float64: 22 elements), else in
+    the row kernel's groups."""
+    from numbasoftmax import _cpu
+
+    kernels = _cpu._load_kernels()
+    seen = []
+    real = _cpu._parallel
+    monkeypatch.setattr(_cpu, "_parallel",
+                        lambda kernel, args: (seen.append(kernel), real(kernel, args)))
+    func(op)(*inputs_for("softmax", rng, (40000 // n + 4, n), dtype))
+    driver = kernels.short_rows_parallel if tiles else kernels.grouped_rows_parallel
+    assert seen == [driver]
 
 
 # rows fetched ahead per float32 row length: softmax, log_softmax, softmax_backward,
