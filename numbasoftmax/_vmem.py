@@ -297,7 +297,7 @@ TILE_SHUFFLE_MAX = 8
 # last block reaches into the next row (those lanes are dropped) and its store writes
 # there before the next row's own stores do; only the tile's last row, whose reach would
 # leave the tile, is masked.
-TILE_TRANSPOSE_MAX = 2 * W
+TILE_TRANSPOSE_MAX = 2 * W - 1
 
 
 def _shuffled(builder, vecs, picks):
