@@ -536,18 +536,15 @@ def _masked_access(builder, name, vty, args):
 
 
 def _by_blocks(builder, n, block, last_first):
-    """``block(h, width, whole)`` over a tile's blocks of W columns (h at run time): the
-    whole ones (``whole``: width W) in a loop, and the last one, of 1 .. W columns, after
-    them or (``last_first``) before."""
-    wide = ir.Constant(n.type, W)
-    last = builder.sdiv(builder.sub(n, ir.Constant(n.type, 1)), wide)
-    width = builder.sub(n, builder.mul(last, wide))
-    if last_first:
-        block(last, width, False)
-    with cgutils.for_range(builder, last) as loop:
-        block(loop.index, wide, True)
-    if not last_first:
-        block(last, width, False)
+    """``block(h, width)`` over a tile's blocks of W columns, in one loop (so that one
+    block's code is compiled): h and its width (W, the last block's 1 .. W) at run time;
+    from the first block, or (``last_first``) from the last."""
+    one, wide = ir.Constant(n.type, 1), ir.Constant(n.type, W)
+    count = builder.sdiv(builder.add(n, ir.Constant(n.type, W - 1)), wide)
+    with cgutils.for_range(builder, count) as loop:
+        h = builder.sub(builder.sub(count, one), loop.index) if last_first else loop.index
+        rest = builder.sub(n, builder.mul(h, wide))
+        block(h, builder.select(builder.icmp_signed("<", rest, wide), rest, wide))
 
 
 def _row_blocks_to_tile(builder, n, ptr, tile, vtys, dtype, keep=None):
@@ -555,7 +552,7 @@ def _row_blocks_to_tile(builder, n, ptr, tile, vtys, dtype, keep=None):
     block by block (see TILE_TRANSPOSE_MAX); ``keep``: a mask's (see ``_tile_rows``)."""
     vsty, cty, align, tile_align = vtys
 
-    def block(h, width, whole):
+    def block(h, width):
         valid = _lane_mask(builder, width, types.int64)
         rows = [builder.load(_row_part(builder, ptr, n, r, h, vsty), align=align)
                 for r in range(W - 1)]
@@ -569,7 +566,7 @@ def _row_blocks_to_tile(builder, n, ptr, tile, vtys, dtype, keep=None):
             at = ir.Constant(n.type, j)
             target = _tile_vector(builder, tile, n, h, at, cty)
             value = _to_compute(builder, lanes, dtype, cty)
-            if whole or not j:
+            if not j:
                 builder.store(value, target, align=tile_align)
                 continue
             with builder.if_then(builder.icmp_signed("<", at, width)):
@@ -584,11 +581,11 @@ def _tile_to_row_blocks(builder, n, ptr, tile, vtys, dtype):
     block, by the next row's store)."""
     vsty, cty, align, tile_align = vtys
 
-    def block(h, width, whole):
+    def block(h, width):
         lanes = []
         for j in range(W):
             at = ir.Constant(n.type, j)
-            if not whole and j:  # past the rows' n: a vector of the tile
+            if j:  # past the rows' n: a vector of the tile
                 at = builder.select(builder.icmp_signed("<", at, width), at,
                                     ir.Constant(n.type, 0))
             v = builder.load(_tile_vector(builder, tile, n, h, at, cty), align=tile_align)
