@@ -457,8 +457,9 @@ def _keep(context, builder, sig, args, vsty):
         """``valid``: the lanes whose bytes may be read (the others' count as 0)."""
         at = builder.bitcast(builder.gep(mask.data, [ir.Constant(_I64, i) if isinstance(
             i, int) else i]), bty.as_pointer())
-        bytes_ = (builder.load(at, align=1) if valid is None else _masked_access(
-            builder, "load", bty, [at, ir.Constant(_I32, 1), valid, ir.Constant(bty, None)]))
+        bytes_ = (builder.load(at, align=1) if valid is None else _call(
+            builder, f"llvm.masked.load.{_suffix(bty)}.p0",
+            [at, ir.Constant(_I32, 1), valid, ir.Constant(bty, None)], ret=bty))
         return builder.select(builder.icmp_unsigned("!=", bytes_, ir.Constant(bty, None)),
                               lanes, fill)
     return keep
@@ -527,14 +528,6 @@ def _tile_vector(builder, tile, n, h, j, cty):
                            cty.as_pointer())
 
 
-def _masked_access(builder, name, vty, args):
-    """A call of LLVM's masked load or store (``name``) of vectors ``vty``."""
-    ret = vty if name == "load" else ir.VoidType()
-    fnty = ir.FunctionType(ret, [a.type for a in args])
-    fn = builder.module.declare_intrinsic(f"llvm.masked.{name}.{_suffix(vty)}.p0", fnty=fnty)
-    return builder.call(fn, args)
-
-
 def _by_blocks(builder, n, block, last_first):
     """``block(h, width)`` over a tile's blocks of W columns, in one loop (so that one
     block's code is compiled): h and its width (W, the last block's 1 .. W) at run time;
@@ -557,8 +550,8 @@ def _row_blocks_to_tile(builder, n, ptr, tile, vtys, dtype, keep=None):
         rows = [builder.load(_row_part(builder, ptr, n, r, h, vsty), align=align)
                 for r in range(W - 1)]
         last = _row_part(builder, ptr, n, W - 1, h, vsty)
-        rows.append(_masked_access(builder, "load", vsty, [
-            last, ir.Constant(_I32, align), valid, ir.Constant(vsty, None)]))
+        rows.append(_call(builder, f"llvm.masked.load.{_suffix(vsty)}.p0", [
+            last, ir.Constant(_I32, align), valid, ir.Constant(vsty, None)], ret=vsty))
         if keep is not None:
             rows = [keep(_part_at(builder, n, r, h), lanes, None if r < W - 1 else valid)
                     for r, lanes in enumerate(rows)]
@@ -593,9 +586,9 @@ def _tile_to_row_blocks(builder, n, ptr, tile, vtys, dtype):
         rows = _transposed(builder, lanes)
         for r in range(W - 1):
             builder.store(rows[r], _row_part(builder, ptr, n, r, h, vsty), align=align)
-        _masked_access(builder, "store", vsty, [
+        _call(builder, f"llvm.masked.store.{_suffix(vsty)}.p0", [
             rows[W - 1], _row_part(builder, ptr, n, W - 1, h, vsty), ir.Constant(_I32, align),
-            _lane_mask(builder, width, types.int64)])
+            _lane_mask(builder, width, types.int64)], ret=ir.VoidType())
 
     _by_blocks(builder, n, block, last_first=True)
 
