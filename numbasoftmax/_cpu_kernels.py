@@ -100,6 +100,8 @@ from ._simd import (
     TREE_ROWS,
     W,
     compute_type,
+    imax,
+    imin,
     vall,
     veq,
     visfinite,
@@ -203,9 +205,9 @@ def fetch_ahead(op, a, ao, b, bo, out, oo, r0, k, ahead, hi, n):
     hi fetches the k rows ``ahead`` rows on, or k rows on if that is further (the next
     group or tile at least); ``ahead`` 0: nothing (``fetch_rows``)."""
     if ahead > 0:
-        at = r0 + max(ahead, k)
+        at = r0 + imax(ahead, k)
         if at < hi:
-            fetch_rows(op, a, ao, b, bo, out, oo, at, min(at + k, hi), n)
+            fetch_rows(op, a, ao, b, bo, out, oo, at, imin(at + k, hi), n)
 
 
 __all__ = ["OPS", "W", "rows", "run_rows", "grouped_rows", "short_rows", "masked_short_rows",
@@ -447,12 +449,15 @@ def _forward_run(op, a, out, lo, hi, n, side, rw, ahead):
     rows_a, rows_out = seg(a, lo * n, hi * n), seg(out, lo * n, hi * n)
     done = stream_head(rows_out)
     p_last = run_values(op, a, 0.0, 0.0)
-    ahead = max(ahead, size) if ahead > 0 else 0  # as ``grouped_rows``
+    ahead = imax(ahead, size) if ahead > 0 else 0  # as ``grouped_rows``
     for g in range(lo, hi, size):
-        k = min(size, hi - g)
+        k = imin(size, hi - g)
         if ahead > 0 and g + ahead < hi:  # x only: the outputs stream
-            fetch_read(a, (g + ahead) * n, min(g + ahead + k, hi) * n)
-        _group_finish(op, a, n, a, n, side, w, offs, out, n, None, n, g, k, lanes, trees, st)
+            fetch_read(a, (g + ahead) * n, imin(g + ahead + k, hi) * n)
+        for r in range(k):
+            offs[r] = mask_offset(side, g + r)
+        _group_stats(op, a, n, a, n, w, offs, out, n, None, n, g, k, lanes, trees, st)
+        _finish_group(op, side, st, g, k)
         for r in range(k):
             p = run_values(op, a, m[r], t[r])
             done = run_row(op, rows_a, rows_a, rw, rows_out, (g + r - lo) * n, n, p, p_last,
@@ -485,7 +490,7 @@ _GROUP_SCRATCH = (GROUP + 1) * W
 
 @njit(inline="always", **INTERNAL)
 def group_size(n):
-    return max(1, min(GROUP, GROUP_ELEMENTS // max(n, 1)))
+    return imax(1, imin(GROUP, GROUP_ELEMENTS // imax(n, 1)))
 
 
 @njit(inline="always", **INTERNAL)
@@ -495,30 +500,27 @@ def _group_row(op, a, ao, b, bo, w, off, out, oo, sc, n, i, r):
             seg(w, off, off + n), out_row(op, out, i * oo, n))
 
 
-def _group_finish(op, a, ao, b, bo, side, w, offs, out, oo, sc, n, g, k, lanes, trees, st):
-    """Rows g .. g+k-1's mask offsets into ``offs``, their chunk statistics into ``st[0]``
-    and ``st[1]`` (``_group_stats``), then (m, t) into ``st[2]`` and ``st[3]``: each row's
-    ``finish``, log_softmax's logs of the group's sums taken together (``log_sums``)."""
+# A group's phases are called from the drivers themselves (the mask offsets, then
+# ``_group_stats``, then ``_finish_group``), not from one function around them: numba
+# compiles each function called from compiled code on its own and optimizes and emits
+# its code, callees inlined, once for itself and once more within each caller, so every
+# level between a driver and the row kernel's passes compiles their code once more (one
+# such level made a first 8 x 128 softmax compile 0.25-0.45 s longer, ~15 %).
+@njit(**INTERNAL)
+def _finish_group(op, side, st, g, k):
+    """(m, t) of rows g .. g+k-1 into ``st[2]`` and ``st[3]`` from their statistics in
+    ``st[0]`` and ``st[1]``: each row's ``finish``, log_softmax's logs of the group's sums
+    taken together (``log_sums``)."""
+    cmax, csum, m, t = st[0], st[1], st[2], st[3]
+    for r in range(k):
+        m[r], t[r] = finish(unlogged(op), seg(cmax, r, r + 1), seg(csum, r, r + 1),
+                            row_values(side, g + r))
+    log_sums(op, t, k)
 
 
-@overload(_group_finish, jit_options=INLINE)
-def _group_finish_impl(op, a, ao, b, bo, side, w, offs, out, oo, sc, n, g, k, lanes, trees,
-                       st):
-    def group(op, a, ao, b, bo, side, w, offs, out, oo, sc, n, g, k, lanes, trees, st):
-        cmax, csum, m, t = st[0], st[1], st[2], st[3]
-        for r in range(k):
-            offs[r] = mask_offset(side, g + r)
-        _group_stats(op, a, ao, b, bo, w, offs, out, oo, sc, n, g, k, lanes, trees, cmax,
-                     csum)
-        for r in range(k):
-            m[r], t[r] = finish(unlogged(op), seg(cmax, r, r + 1), seg(csum, r, r + 1),
-                                row_values(side, g + r))
-        log_sums(op, t, k)
-    return group
-
-
-def _group_stats(op, a, ao, b, bo, w, offs, out, oo, sc, n, g, k, lanes, trees, cmax, csum):
-    """cmax[r], csum[r] = the statistics of row g + r, r < k (one chunk each). Operations
+def _group_stats(op, a, ao, b, bo, w, offs, out, oo, sc, n, g, k, lanes, trees, st):
+    """st[0, r], st[1, r] = the statistics (max, sum) of row g + r, r < k (one chunk each),
+    the rows' mask offsets in ``offs`` (``mask_offset``). Operations
     with a max pass, on rows of up to TREE_ROW_BYTES, run it over the group's rows, take
     their max trees together, then the sum passes, and take their last sum trees together
     (``seg_total``): ``lanes`` holds a vector per row, ``trees`` the trees' results.
@@ -528,25 +530,24 @@ def _group_stats(op, a, ao, b, bo, w, offs, out, oo, sc, n, g, k, lanes, trees, 
 
 
 @overload(_group_stats, jit_options=INLINE)
-def _group_stats_impl(op, a, ao, b, bo, w, offs, out, oo, sc, n, g, k, lanes, trees, cmax,
-                      csum):
+def _group_stats_impl(op, a, ao, b, bo, w, offs, out, oo, sc, n, g, k, lanes, trees, st):
     if op.key_ not in MAX_OPS:
-        def each_row(op, a, ao, b, bo, w, offs, out, oo, sc, n, g, k, lanes, trees, cmax,
-                     csum):
+        def each_row(op, a, ao, b, bo, w, offs, out, oo, sc, n, g, k, lanes, trees, st):
+            cmax, csum = st[0], st[1]
             for r in range(k):
                 cmax[r], csum[r] = stats(op, *_group_row(op, a, ao, b, bo, w, offs[r], out,
                                                          oo, sc, n, g + r, r), False)
         return each_row
 
-    def with_trees(op, a, ao, b, bo, w, offs, out, oo, sc, n, g, k, lanes, trees, cmax,
-                   csum):
+    def with_trees(op, a, ao, b, bo, w, offs, out, oo, sc, n, g, k, lanes, trees, st):
+        cmax, csum = st[0], st[1]
         # Both forms share one call of ``maxes`` and one of ``sums`` (each inlines a row's
         # loops; a second copy of them made a first call compile ~0.25 s longer): the
         # whole group in one step, or a row per step with its own trees.
         whole = n * a.itemsize <= TREE_ROW_BYTES
         step = k if whole else 1
         for s in range(0, k, step):
-            e = min(k, s + step)
+            e = imin(k, s + step)
             cm = trees[0]  # typed as the compute type; set below before any use
             for r in range(s, e):
                 v = maxes(op, *_group_row(op, a, ao, b, bo, w, offs[r], out, oo, sc, n, g + r,
@@ -603,9 +604,12 @@ def grouped_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, ahead, side, 
     w = side_mask(side)
     sc = _staging(op, out, size * n)
     for g in range(lo, hi, size):
-        k = min(size, hi - g)
+        k = imin(size, hi - g)
         fetch_ahead(op, a, ao, b, bo, out, oo, g, k, ahead, hi, n)
-        _group_finish(op, a, ao, b, bo, side, w, offs, out, oo, sc, n, g, k, lanes, trees, st)
+        for r in range(k):
+            offs[r] = mask_offset(side, g + r)
+        _group_stats(op, a, ao, b, bo, w, offs, out, oo, sc, n, g, k, lanes, trees, st)
+        _finish_group(op, side, st, g, k)
         for q in range(k):
             r = _write_order(q, k, n)
             write(op, *_group_row(op, a, ao, b, bo, w, offs[r], out, oo, sc, n, g + r, r),
@@ -961,7 +965,7 @@ def short_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, ahead, side, st
     tile's rows are stored plainly."""
     S, T, V = _scratch(a, n, 1)
     ta = _compute_empty(a, n * W)
-    to = _compute_empty(out, max(n, 2) * W)
+    to = _compute_empty(out, imax(n, 2) * W)
     tb = _second_tile(op, b, n, ta)
     # all W lanes computed (the gather fills missing rows with 0): the tiles are whole, so
     # their loads and stores need no masks
@@ -993,12 +997,12 @@ def masked_short_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, ahead, s
     bytes for every row."""
     S, T, V = _scratch(a, n, 1)
     ta = _compute_empty(a, n * W)
-    to = _compute_empty(out, max(n, 2) * W)  # a reduction's values and signs
+    to = _compute_empty(out, imax(n, 2) * W)  # a reduction's values and signs
     tb = _second_tile(op, b, n, ta)
     ms = _mask_scratch(side, a, n)
     for r0 in range(lo, hi, W):
         fetch_ahead(op, a, ao, b, bo, out, oo, r0, W, ahead, hi, n)
-        _masked_rows(op, side, a, ao, b, bo, out, oo, r0, min(W, hi - r0), n, ta, tb, to,
+        _masked_rows(op, side, a, ao, b, bo, out, oo, r0, imin(W, hi - r0), n, ta, tb, to,
                      ms, S, T, V)
 
 
@@ -1047,9 +1051,9 @@ def _band_task(task, C, lead, tiles):
     bands = (lead > 0) + (C - lead + tiles * W - 1) // (tiles * W)
     o, band = task // bands, task % bands - (lead > 0)
     if band < 0:
-        return o, 0, 0, 0, min(lead, C)
+        return o, 0, 0, 0, imin(lead, C)
     c0 = lead + band * tiles * W
-    full = min(tiles, (C - c0) // W)
+    full = imin(tiles, (C - c0) // W)
     c1 = c0 + full * W
     return o, c0, full, c1, (C - c1 if full < tiles else 0)
 
@@ -1084,7 +1088,7 @@ def columns(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, lead, side):
     stride + c + j * axis stride; or an integer n (the mask constant along the inner
     positions): one byte per outer position o and element j, at o * n + j."""
     stream = lead >= 0
-    lead = max(lead, 0)
+    lead = imax(lead, 0)
     tiles = band_tiles(n, C, a.itemsize)
     S, T, V = _scratch(a, n, tiles)
     for task in range(lo, hi):
@@ -1145,7 +1149,7 @@ ANY_OP = Marker("any operation")
 def _tasks(serial, total, per, a, ao, an, b, bo, bn, out, oo, on, M, n, C, x, y):
     previous = handed_out_one_at_a_time()
     for t in prange((total + per - 1) // per):
-        lo, hi = np.int64(t * per), np.int64(min(total, (t + 1) * per))
+        lo, hi = np.int64(t * per), np.int64(imin(total, (t + 1) * per))
         call_address(serial, (ANY_OP, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, x, y))
     chunk_size_back(previous)
 
@@ -1161,7 +1165,7 @@ columns_parallel = ParallelDriver(columns, _tasks, _band_tasks)
 @njit(**INTERNAL)
 def _chunk_phase(op, a, ao, b, bo, out, oo, n, side, i, c, st, fin, writing, stream):
     """Chunk c of row i: its statistics into st[i, :, c], or its outputs (``writing``)."""
-    lo, hi = c * CHUNK, min(n, (c + 1) * CHUNK)
+    lo, hi = c * CHUNK, imin(n, (c + 1) * CHUNK)
     off = mask_offset(side, i)
     args = (seg(a, i * ao + lo, i * ao + hi), seg(b, i * bo + lo, i * bo + hi),
             seg(side_mask(side), off + lo, off + hi),
@@ -1205,7 +1209,7 @@ def segment_stats(op, a, ao, b, bo, w, wo, M, n, st):
     ``where=`` mask's bytes (row i's at i * wo), or None."""
     for i in range(M):
         for c in range((n + CHUNK - 1) // CHUNK):
-            lo, hi = c * CHUNK, min(n, (c + 1) * CHUNK)
+            lo, hi = c * CHUNK, imin(n, (c + 1) * CHUNK)
             seg_a = seg(a, i * ao + lo, i * ao + hi)
             st[i, 0, c], st[i, 1, c] = stats(op, seg_a, seg(b, i * bo + lo, i * bo + hi),
                                              seg(w, i * wo + lo, i * wo + hi), seg_a, False)
@@ -1224,7 +1228,7 @@ def segment_write(op, a, ao, b, bo, w, wo, out, oo, M, n, st, fin, stream):
     for ``segment_stats``); ``stream`` as for ``rows``."""
     for i in range(M):
         for c in range((n + CHUNK - 1) // CHUNK):
-            lo, hi = c * CHUNK, min(n, (c + 1) * CHUNK)
+            lo, hi = c * CHUNK, imin(n, (c + 1) * CHUNK)
             write(op, seg(a, i * ao + lo, i * ao + hi), seg(b, i * bo + lo, i * bo + hi),
                   seg(w, i * wo + lo, i * wo + hi), seg(out, i * oo + lo, i * oo + hi),
                   st[i, 0, c], fin[i, 0], fin[i, 1], stream)
@@ -1257,7 +1261,7 @@ def _band_part(t, C, lead):
     tiles when the part is empty. The lane count is a run-time value for both."""
     o, c0, full, c1, k1 = _band_task(t // 2, C, lead, BAND_TILES)
     if t % 2 == 0:
-        return o, c0, full, min(W, C - c0)
+        return o, c0, full, imin(W, C - c0)
     return o, c1, int(k1 > 0), k1
 
 
@@ -1307,7 +1311,7 @@ def copy2d(src, dst):
     previous = handed_out_one_at_a_time()
     for bi in prange((m + TILE - 1) // TILE):
         for bj in range(0, n, TILE):
-            for i in range(bi * TILE, min(m, (bi + 1) * TILE)):
-                for j in range(bj, min(n, bj + TILE)):
+            for i in range(bi * TILE, imin(m, (bi + 1) * TILE)):
+                for j in range(bj, imin(n, bj + TILE)):
                     dst[i, j] = src[i, j]
     chunk_size_back(previous)

@@ -57,6 +57,8 @@ from ._simd import (
     ALL,
     W,
     exact_store,
+    imax,
+    imin,
     vabs,
     vadd,
     vall,
@@ -104,7 +106,7 @@ def _prefetch_impl(lanes, nt, j, hi):
         def bytes_(lanes, nt, j, hi):
             arr, base, step, _ = lanes
             if step >= PREFETCH_MIN_STEP:
-                at = base + min(j + PREFETCH_ROWS, hi - 1) * step
+                at = base + imin(j + PREFETCH_ROWS, hi - 1) * step
                 for i in range(0, nt * W, 64):  # a line apart, and the last byte
                     vprefetch(arr, at + i)
                 vprefetch(arr, at + nt * W - 1)
@@ -113,7 +115,7 @@ def _prefetch_impl(lanes, nt, j, hi):
     def impl(lanes, nt, j, hi):
         arr, base, step, _ = lanes
         if step >= PREFETCH_MIN_STEP:
-            at = base + min(j + PREFETCH_ROWS, hi - 1) * step
+            at = base + imin(j + PREFETCH_ROWS, hi - 1) * step
             for t in range(nt):  # the first and last element: a tile's lines
                 vprefetch(arr, at + t * W)
                 vprefetch(arr, at + t * W + W - 1)
@@ -171,7 +173,7 @@ def _tree(T, at, nvalid):
     + T[i+4], ... Vectors from ``nvalid`` on hold +0 and are skipped (the same bits)."""
     h = W // 2
     while h >= 1:
-        for i in range(min(h, max(nvalid - h, 0))):
+        for i in range(imin(h, imax(nvalid - h, 0))):
             lo, hi = at + i * W, at + (i + h) * W
             vstore(T, lo, W, vadd(vload(T, lo, W, 0.0), vload(T, hi, W, 0.0)))
         nvalid = min(nvalid, h)
@@ -189,7 +191,7 @@ def _band_sum(lanes, a, b, c, w, nt, lo, hi, T, S, s0):
         vstore(S, s0 + t * W, W, vsplat(0.0, S))
     zero = vsplat(0.0, T)
     for blo in range(lo, hi, BLOCK):
-        bhi = min(blo + BLOCK, hi)
+        bhi = imin(blo + BLOCK, hi)
         for t in range(nt):  # the lanes this block uses; the tree reads no others
             for lane in range(min(W, bhi - blo)):
                 vstore(T, (t * W + lane) * W, W, zero)
@@ -612,7 +614,7 @@ def _stats_phase(op, a, b, w, out, nt, n, S, T, V):
     S[(chunks + c) * nt * W ..])."""
     nc = (n + CHUNK - 1) // CHUNK
     for c in range(nc):
-        lo, hi = c * CHUNK, min(n, (c + 1) * CHUNK)
+        lo, hi = c * CHUNK, imin(n, (c + 1) * CHUNK)
         stats(op, a, b, w, out, nt, lo, hi, T, V, S, c * nt * W, (nc + c) * nt * W)
 
 
@@ -621,7 +623,7 @@ def _write_phase(op, a, b, w, out, nt, n, S, V, stream):
     """Every chunk's outputs from the statistics and the rows' (m, t) in S."""
     nc = (n + CHUNK - 1) // CHUNK
     for c in range(nc):
-        lo, hi = c * CHUNK, min(n, (c + 1) * CHUNK)
+        lo, hi = c * CHUNK, imin(n, (c + 1) * CHUNK)
         write(op, a, b, w, out, nt, lo, hi, S, c, nc, V, stream)
 
 
@@ -667,7 +669,7 @@ def band_write(op, a, b, w, out, nt, n, S, V, st, fin, r0, rows, stream):
     nc = (n + CHUNK - 1) // CHUNK
     for i in range(nt * W):
         t, lane = i // W, i % W
-        r = r0 + min(i, rows - 1)  # the lanes past the rows repeat the last one
+        r = r0 + imin(i, rows - 1)  # the lanes past the rows repeat the last one
         for c in range(nc):
             S[(c * nt + t) * W + lane] = st[r, 0, c]
             S[((nc + c) * nt + t) * W + lane] = st[r, 1, c]

@@ -62,6 +62,8 @@ from ._markers import INLINE, Marker, MarkerType, dispatch, invoke, kernel_fn, p
 from ._simd import (
     W,
     holds_exact,
+    imax,
+    imin,
     to_compute,
     vadd,
     vall,
@@ -320,7 +322,7 @@ def seg_map(f, out, a, b, c, stream):
             # to two vectors: float16), then whole vectors streamed, then the last part
             i = 0
             while i < n:
-                k = min(W, n - i, h - i) if i < h else min(W, n - i)
+                k = imin(W, imin(n - i, h - i)) if i < h else imin(W, n - i)
                 v = invoke(f, a, b, c, i, k)
                 if k == W and i >= h:
                     vstream(out, i, v)
@@ -612,7 +614,7 @@ def _log_sums_impl(op, t, k):
 
     def logs(op, t, k):
         for i in range(0, k, W):
-            j = min(W, k - i)
+            j = imin(W, k - i)
             vstore(t, i, j, vlog(vload(t, i, j, 1.0)))
     return logs
 
@@ -831,7 +833,7 @@ def _run_masks_impl(w, r0, n):
         return lambda w, r0, n: (None, None)
     if isinstance(w, types.BaseTuple):
         return lambda w, r0, n: w
-    return lambda w, r0, n: (seg(w, r0, r0 + n), seg(w, max(r0 - n, 0), r0 + n))
+    return lambda w, r0, n: (seg(w, r0, r0 + n), seg(w, imax(r0 - n, 0), r0 + n))
 
 
 @njit(**INTERNAL)
@@ -851,7 +853,7 @@ def run_row(op, a, b, w, out, r0, n, p, p_last, done):
     f, c = run_lanes(op, p, own)
     if r0 == 0:  # the outputs before the first aligned one (float16: up to 2 vectors)
         for i in range(0, done, W):
-            k = min(W, done - i)
+            k = imin(W, done - i)
             vstore(out, i, k, invoke(f, ra, rb, c, i, k))
     elif done < r0:  # the vector holding the last row's last elements and this row's first
         below = vbelow(r0 - done)
@@ -921,11 +923,11 @@ def row(op, a, b, w, out, st, r, stream):
     n = a.shape[0]
     nc = st.shape[1]
     for c in range(nc):
-        lo, hi = c * CHUNK, min(n, (c + 1) * CHUNK)
+        lo, hi = c * CHUNK, imin(n, (c + 1) * CHUNK)
         st[0, c], st[1, c] = stats(op, seg(a, lo, hi), seg(b, lo, hi), seg(w, lo, hi),
                                    out_chunk(op, out, lo, hi), stream)
     m, t = finish(op, st[0], st[1], r)
     for c in range(nc):
-        lo, hi = c * CHUNK, min(n, (c + 1) * CHUNK)
+        lo, hi = c * CHUNK, imin(n, (c + 1) * CHUNK)
         write(op, seg(a, lo, hi), seg(b, lo, hi), seg(w, lo, hi), out_chunk(op, out, lo, hi),
               st[0, c], m, t, stream)

@@ -13,6 +13,10 @@ all: LLVM may not reassociate, contract or approximate them), and horizontal sum
 fixed halving tree. The result is the same on any compile path and any x86 vector width
 (AVX2 runs a ``<16 x float>`` as two registers, AVX-512 as one; the lanes are the same).
 
+Integer ``imin`` and ``imax`` (index arithmetic) are intrinsics too: numba's ``min`` and
+``max`` compile a function of their own for each pair of argument types (an integer
+literal is a type of its own), 0.02 s each, six or more of them in a first call.
+
 Storage and compute types: float16 arrays reach the kernels viewed as uint16 and are
 computed in float32; float32 in float32; float64 in float64. Loads convert storage ->
 compute type, stores convert back (round to nearest even). An input read "as if cast" to
@@ -34,8 +38,8 @@ import math
 
 from llvmlite import ir
 from numba import types
-from numba.core.imputils import impl_ret_borrowed
-from numba.extending import intrinsic, models, register_model
+from numba.core.imputils import impl_ret_borrowed, lower_builtin
+from numba.extending import intrinsic, models, register_model, type_callable
 
 from ._markers import Marker, MarkerType
 
@@ -567,3 +571,38 @@ def vall(typingctx, mask):
         return builder.icmp_unsigned("==", bits, ir.Constant(ir.IntType(W), (1 << W) - 1))
 
     return types.boolean(mask), codegen
+
+
+
+def imin(a, b):
+    """The lesser of two integers (see the module's docstring)."""
+    return b if b < a else a
+
+
+def imax(a, b):
+    """The greater of two integers."""
+    return b if b > a else a
+
+
+def _int_extreme(func, pred):
+    # typed and lowered in place, as numba's own operators are: no function to compile
+    @type_callable(func)
+    def typer(context):
+        def typed(a, b):
+            if isinstance(a, types.Integer) and isinstance(b, types.Integer):
+                ty = context.unify_types(a, b)
+                if isinstance(ty, types.Integer):  # not signed with unsigned (float64)
+                    return ty(a, b)
+            return None
+        return typed
+
+    @lower_builtin(func, types.Integer, types.Integer)
+    def lower(context, builder, sig, args):
+        x, y = (context.cast(builder, v, t, sig.return_type)
+                for v, t in zip(args, sig.args, strict=True))
+        compare = builder.icmp_signed if sig.return_type.signed else builder.icmp_unsigned
+        return builder.select(compare(pred, y, x), y, x)
+
+
+_int_extreme(imin, "<")
+_int_extreme(imax, ">")
