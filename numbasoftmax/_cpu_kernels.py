@@ -70,6 +70,7 @@ from ._row_kernel import (
     _max_lanes,
     _value_lanes,
     finish,
+    finish_one,
     log_sums,
     maxes,
     out_chunk,
@@ -513,8 +514,7 @@ def _finish_group(op, side, st, g, k):
     taken together (``log_sums``)."""
     cmax, csum, m, t = st[0], st[1], st[2], st[3]
     for r in range(k):
-        m[r], t[r] = finish(unlogged(op), seg(cmax, r, r + 1), seg(csum, r, r + 1),
-                            row_values(side, g + r))
+        m[r], t[r] = finish_one(unlogged(op), cmax[r], csum[r], row_values(side, g + r))
     log_sums(op, t, k)
 
 
