@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 from numba import types
 from numba.extending import overload
 
@@ -755,8 +756,10 @@ def _pair(t, i, n):
 @njit(**INTERNAL)
 def _tile_sum(t, n):
     """``_band_sum`` of rows of n <= TILE_ROW_MAX terms in tile t (one block)."""
-    return _sum8(_pair(t, 0, n), _pair(t, 1, n), _pair(t, 2, n), _pair(t, 3, n),
-                 _pair(t, 4, n), _pair(t, 5, n), _pair(t, 6, n), _pair(t, 7, n))
+    i = np.int64(0)  # an int64, not literals: see ``_vectors``
+    return _sum8(_pair(t, i, n), _pair(t, i + 1, n), _pair(t, i + 2, n), _pair(t, i + 3, n),
+                 _pair(t, i + 4, n), _pair(t, i + 5, n), _pair(t, i + 6, n),
+                 _pair(t, i + 7, n))
 
 
 @njit(**INTERNAL)
@@ -785,9 +788,15 @@ def _vector(t, j, n, fill):
 @njit(**INTERNAL)
 def _vectors(t, n, fill):
     """The first REGISTER_ROW_MAX vectors of a tile of n, ``fill`` past n."""
-    return (_vector(t, 0, n, fill), _vector(t, 1, n, fill), _vector(t, 2, n, fill),
-            _vector(t, 3, n, fill), _vector(t, 4, n, fill), _vector(t, 5, n, fill),
-            _vector(t, 6, n, fill), _vector(t, 7, n, fill))
+    # The indices as an int64 variable plus constants: numba compiles a function once per
+    # value of a literal integer argument (eight ``_vector``s for 0 .. 7, and so for each
+    # helper called so: ~0.8 s of a first short-row call); LLVM folds the constants in the
+    # one inlined function alike.
+    j = np.int64(0)
+    return (_vector(t, j, n, fill), _vector(t, j + 1, n, fill), _vector(t, j + 2, n, fill),
+            _vector(t, j + 3, n, fill), _vector(t, j + 4, n, fill),
+            _vector(t, j + 5, n, fill), _vector(t, j + 6, n, fill),
+            _vector(t, j + 7, n, fill))
 
 
 @njit(**INTERNAL)
@@ -822,10 +831,11 @@ def _registers_stats(ta, to, n):
     cm = _max_if(_max_if(_max_if(x0, x1, n > 1), _max_if(x2, x3, n > 3), n > 2),
                  _max_if(_max_if(x4, x5, n > 5), _max_if(x6, x7, n > 7), n > 6), n > 4)
     shift = vselect(veq(cm, NEG_INF), 0.0, cm)
-    e0, e1, e2, e3 = (_exp_below(x0, shift, 0, n), _exp_below(x1, shift, 1, n),
-                      _exp_below(x2, shift, 2, n), _exp_below(x3, shift, 3, n))
-    e4, e5, e6, e7 = (_exp_below(x4, shift, 4, n), _exp_below(x5, shift, 5, n),
-                      _exp_below(x6, shift, 6, n), _exp_below(x7, shift, 7, n))
+    j = np.int64(0)  # see ``_vectors``
+    e0, e1, e2, e3 = (_exp_below(x0, shift, j, n), _exp_below(x1, shift, j + 1, n),
+                      _exp_below(x2, shift, j + 2, n), _exp_below(x3, shift, j + 3, n))
+    e4, e5, e6, e7 = (_exp_below(x4, shift, j + 4, n), _exp_below(x5, shift, j + 5, n),
+                      _exp_below(x6, shift, j + 6, n), _exp_below(x7, shift, j + 7, n))
     _store_first(to, n, e0, e1, e2, e3, e4, e5, e6, e7)
     return cm, _sum8(e0, e1, e2, e3, e4, e5, e6, e7)
 
@@ -896,10 +906,11 @@ def _grad_registers(op, ta, tb, to, n):
                      vmul(y5, vsub(d5, s)), vmul(y6, vsub(d6, s)), vmul(y7, vsub(d7, s)))
     else:
         s = _grad_sum(_sum8(d0, d1, d2, d3, d4, d5, d6, d7), ta)
-        _store_first(to, n, _exp_grad(y0, d0, s, 0, n), _exp_grad(y1, d1, s, 1, n),
-                     _exp_grad(y2, d2, s, 2, n), _exp_grad(y3, d3, s, 3, n),
-                     _exp_grad(y4, d4, s, 4, n), _exp_grad(y5, d5, s, 5, n),
-                     _exp_grad(y6, d6, s, 6, n), _exp_grad(y7, d7, s, 7, n))
+        j = np.int64(0)  # see ``_vectors``
+        _store_first(to, n, _exp_grad(y0, d0, s, j, n), _exp_grad(y1, d1, s, j + 1, n),
+                     _exp_grad(y2, d2, s, j + 2, n), _exp_grad(y3, d3, s, j + 3, n),
+                     _exp_grad(y4, d4, s, j + 4, n), _exp_grad(y5, d5, s, j + 5, n),
+                     _exp_grad(y6, d6, s, j + 6, n), _exp_grad(y7, d7, s, j + 7, n))
 
 
 def _grad_tile(op, ta, tb, to, n, S, T, V):
@@ -923,10 +934,11 @@ def _lse_tile(op, ta, tb, to, n, S, T, V):
     shift = vselect(veq(cm, NEG_INF), 0.0, cm)
     if n <= REGISTER_ROW_MAX:
         x0, x1, x2, x3, x4, x5, x6, x7 = _vectors(ta, n, NEG_INF)
-        total = _sum8(_lse_below(x0, shift, b, 0, n), _lse_below(x1, shift, b, 1, n),
-                      _lse_below(x2, shift, b, 2, n), _lse_below(x3, shift, b, 3, n),
-                      _lse_below(x4, shift, b, 4, n), _lse_below(x5, shift, b, 5, n),
-                      _lse_below(x6, shift, b, 6, n), _lse_below(x7, shift, b, 7, n))
+        j = np.int64(0)  # see ``_vectors``
+        total = _sum8(_lse_below(x0, shift, b, j, n), _lse_below(x1, shift, b, j + 1, n),
+                      _lse_below(x2, shift, b, j + 2, n), _lse_below(x3, shift, b, j + 3, n),
+                      _lse_below(x4, shift, b, j + 4, n), _lse_below(x5, shift, b, j + 5, n),
+                      _lse_below(x6, shift, b, j + 6, n), _lse_below(x7, shift, b, j + 7, n))
     else:
         for j in range(n):
             vstore(to, j * W, W, _lse_term(vload(ta, j * W, W, 0.0), shift, b, j, 0))
