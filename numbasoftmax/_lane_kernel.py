@@ -177,7 +177,7 @@ def _tree(T, at, nvalid):
         for i in range(imin(h, imax(nvalid - h, 0))):
             lo, hi = at + i * W, at + (i + h) * W
             vstore(T, lo, W, vadd(vload(T, lo, W, 0.0), vload(T, hi, W, 0.0)))
-        nvalid = min(nvalid, h)
+        nvalid = imin(nvalid, h)
         h //= 2
     return vload(T, at, W, 0.0)
 
@@ -194,7 +194,7 @@ def _band_sum(lanes, a, b, c, w, nt, lo, hi, T, S, s0):
     for blo in range(lo, hi, BLOCK):
         bhi = imin(blo + BLOCK, hi)
         for t in range(nt):  # the lanes this block uses; the tree reads no others
-            for lane in range(min(W, bhi - blo)):
+            for lane in range(imin(W, bhi - blo)):
                 vstore(T, (t * W + lane) * W, W, zero)
         for j in range(blo, bhi):
             prefetch(a, nt, j, hi)
