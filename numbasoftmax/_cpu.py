@@ -23,24 +23,26 @@ from ._config import STREAM_MIN_BYTES
 PARALLEL_MIN_ELEMENTS = 1 << 15
 # Rows shorter than this run W at a time, a lane per row, gathered into a tile: the row
 # kernel's fixed cost per row (horizontal reductions, a division, the exp's latency)
-# dominates short rows. The forward operations' tiles take rows shorter than two vectors
-# (2W elements). At 32 elements they ran ahead in the cache (float32, ns per element, one
-# thread, 2^16 elements, tiles / row kernel: softmax 0.60 / 0.87-0.89, log_softmax 0.65 /
-# 0.93-0.95) but behind in the benchmark's cells (2^24 elements, 2 threads, rotated
-# buffers, three runs, x torch's speed: softmax 0.85-0.97 / 0.99-1.01, log_softmax
-# 0.86-0.87 / 0.89-1.03), and further behind from ~36 (0.64x torch / 1.1x at 48; 2-core
-# Zen 4, AVX-512). The gradients' tiles in registers (up to REGISTER_ROW_MAX elements) ran
-# 1.4-1.8x the row kernel's groups, whose rows of 9 and 10 ran 1.0-2.3x the lane kernel's
-# (softmax_backward 1.5-2.3x). These are the rows the lane kernel's tiles take
-# (``_lane_kernel.TILE_ROW_MAX``, ``REGISTER_ROW_MAX``; a test holds them together).
-SHORT_ROW_MAX = {"forward": 32, "backward": 9}
+# dominates short rows. The forward operations' tiles take rows of up to two vectors (2W
+# elements). At 32 elements, time on the tiles / in the row kernel's groups, float32, both
+# interleaved in one process on the same arrays, medians over fresh numpy allocations
+# (each lands elsewhere against the pages, which moves a single run's time by up to 40 %),
+# 2 threads: softmax 0.62 / 0.58 / 0.83-0.85 at 2^16 / 2^20 / 2^24 elements, logsumexp
+# 0.73 / 0.56 / 0.70-0.75, log_softmax 0.69 / 0.62 / 0.94-1.04 (its large outputs
+# otherwise stream as runs); float16 softmax 0.53-0.59, log_softmax 0.60 at 2^24; masked
+# softmax 0.92, log_softmax 0.98. Longer rows ran behind from ~36 (0.64x torch / 1.1x at
+# 48; 2-core Zen 4, AVX-512). The gradients' tiles in registers (up to REGISTER_ROW_MAX
+# elements) ran 1.4-1.8x the row kernel's groups, whose rows of 9 and 10 ran 1.0-2.3x the
+# lane kernel's (softmax_backward 1.5-2.3x). These are the rows the lane kernel's tiles
+# take (``_lane_kernel.TILE_ROW_MAX``, ``REGISTER_ROW_MAX``; a test holds them together).
+SHORT_ROW_MAX = {"forward": 33, "backward": 9}
 # ... of at most this many bytes of output: float64's tiles led up to 20 elements, were
 # level at 22 and behind from 24 (ns per element, tiles / row kernel, 2^24 elements, 2
 # threads, three runs, 2-core Zen 4: softmax 1.05-1.06 / 1.47-1.53 at 17, 1.13-1.15 /
 # 1.27-1.31 at 20, 1.16-1.17 / 1.15-1.18 at 22, 1.33-1.35 / 1.11-1.18 at 24, 1.19-1.28 /
 # 0.95-0.99 at 28; log_softmax 1.09-1.16 / 1.14-1.23 at 20, 1.13-1.15 / 1.04-1.12 at 22,
-# 1.35-1.41 / 0.98-1.06 at 24); float32's and float16's rows up to 31 elements are 124
-# and 62 bytes
+# 1.35-1.41 / 0.98-1.06 at 24); float32's and float16's rows up to 32 elements are 128
+# and 64 bytes
 SHORT_ROW_BYTES = 176
 # From there (masked rows, which the lane kernel does not take, from 1 element), rows
 # shorter than this run in groups through each phase of the row kernel (``grouped_rows``):

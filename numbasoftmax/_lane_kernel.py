@@ -685,8 +685,8 @@ def band_write(op, a, b, w, out, nt, n, S, V, st, fin, r0, rows, stream):
 
 
 # ---------------------------------------------------------------------------------------
-# A whole tile of short rows. For rows shorter than 2W (one chunk, one block whose lane l
-# holds elements l and l + W) ``band`` spends most of its time on its scratch: zeroing the
+# A whole tile of short rows. For rows of at most 2W elements (one chunk, one block whose
+# lane l holds elements l and l + W) ``band`` spends most of its time on its scratch: zeroing the
 # block lanes T, adding into them in memory, the tree's loops with their run-time bounds,
 # the statistics S and V, each store waited for by the next load. ``tile`` runs the same
 # operations on the same values in the same order straight from the tile's vectors: in
@@ -703,7 +703,7 @@ def band_write(op, a, b, w, out, nt, n, S, V, st, fin, r0, rows, stream):
 # anyway).
 
 REGISTER_ROW_MAX = 8
-TILE_ROW_MAX = 2 * W - 1
+TILE_ROW_MAX = 2 * W
 
 
 def tile_row_max(op):

@@ -289,7 +289,7 @@ def vscatter(typingctx, arr, index, step, k, value):
 # Data movement only: the values are the same either way.
 TILE_SHUFFLE_MAX = 8
 # Rows of TILE_SHUFFLE_MAX + 1 .. TILE_TRANSPOSE_MAX elements: the tile as blocks of W
-# columns (the last one partial), each row's part of a block one vector load (store), the
+# columns (the last one possibly partial), each row's part of a block one vector load (store), the
 # W x W block transposed in log2(W) rounds of two-vector shuffles (``_transposed``):
 # 2 log2(W) shuffles a tile vector whatever n, and one code path for all these n, where
 # the picks above would take ~n - 1 and the scalar form W loads (stores) and lane moves
@@ -297,7 +297,7 @@ TILE_SHUFFLE_MAX = 8
 # last block reaches into the next row (those lanes are dropped) and its store writes
 # there before the next row's own stores do; only the tile's last row, whose reach would
 # leave the tile, is masked.
-TILE_TRANSPOSE_MAX = 2 * W - 1
+TILE_TRANSPOSE_MAX = 2 * W
 
 
 def _shuffled(builder, vecs, picks):

@@ -76,7 +76,7 @@ BLOCK = 1024
 CHUNK = 8192
 ROW_TASK_MAX = 32768
 # the lane kernel below SHORT_ROW_MAX, rows in groups below GROUPED_ROW_MAX
-SHORT_ROW_MAX = {"forward": 32, "backward": 9}
+SHORT_ROW_MAX = {"forward": 33, "backward": 9}
 SHORT_ROW_BYTES = 176  # ... and outputs of rows of at most this many bytes
 GROUPED_ROW_MAX = {"forward": 8192, "backward": 64}
 

@@ -190,10 +190,10 @@ def test_rows_streamed_as_runs_have_the_plain_bits(op, dtype, m, n, offset, rng,
 
 
 @pytest.mark.parametrize(("op", "n", "taken"), [
-    ("log_softmax", 31, False), ("log_softmax", 32, True), ("log_softmax", 8192, True),
+    ("log_softmax", 32, False), ("log_softmax", 33, True), ("log_softmax", 8192, True),
     ("log_softmax", 8193, False), ("softmax", 1000, False), ("softmax_backward", 16, True)])
 def test_which_rows_run(op, n, taken, rng, monkeypatch):
-    """Large outputs of log_softmax's rows from the short rows' end (32 elements) to a
+    """Large outputs of log_softmax's rows from the short rows' end (33 elements) to a
     chunk, and of the gradients' from 16, take the run driver; softmax's never (its exps
     kept in ``out``)."""
     from numbasoftmax import _cpu
@@ -232,11 +232,11 @@ def test_large_outputs_rows_run_alone(op, n, dtype, alone, rng, monkeypatch):
 
 
 @pytest.mark.parametrize(("dtype", "n", "tiles"), [
-    (np.float64, 22, True), (np.float64, 23, False), (np.float32, 31, True),
-    (np.float32, 32, False), (np.float16, 31, True)], ids=str)
+    (np.float64, 22, True), (np.float64, 23, False), (np.float32, 32, True),
+    (np.float32, 33, False), (np.float16, 32, True), (np.float16, 33, False)], ids=str)
 @pytest.mark.parametrize("op", ["softmax", "log_softmax", "logsumexp"])
 def test_short_rows_take_tiles_up_to_their_bytes(op, dtype, n, tiles, rng, monkeypatch):
-    """The forward operations' rows of up to 31 elements run on the lane kernel's tiles
+    """The forward operations' rows of up to 32 elements run on the lane kernel's tiles
     where their outputs are at most SHORT_ROW_BYTES long (float64: 22 elements), else in
     the row kernel's groups."""
     from numbasoftmax import _cpu

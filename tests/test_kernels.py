@@ -445,7 +445,7 @@ def test_tile_agrees_bitwise(op, dtype, n, rng):
 # ("rows"), one mask for every row ("one"; the row kernel's offsets: no dims, or a stride
 # of 0; the tiles take it as ``(w, None, None)``, as the launcher passes it)
 MASKED_TILE_CASES = [(op, dtype, n, layout) for op, dtype in OP_DTYPES
-                     if op in TILE_MASK_OPS for n in (1, 3, 8, 9, 16, 31)
+                     if op in TILE_MASK_OPS for n in (1, 3, 8, 9, 16, 31, 32)
                      if n < _short_max(op) for layout in ("rows", "one", "one-stride")]
 
 

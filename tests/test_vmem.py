@@ -107,7 +107,7 @@ def _rows_counted(rows, index, stride, n, tile, out):
 
 # rows the picks take (up to TILE_SHUFFLE_MAX), the transposed blocks (one block up to W,
 # two up to TILE_TRANSPOSE_MAX) and none (past it)
-TILE_ROWS = [1, 2, 3, 5, 8, 9, 12, 15, 16, 17, 24, 31, 32]
+TILE_ROWS = [1, 2, 3, 5, 8, 9, 12, 15, 16, 17, 24, 31, 32, 33]
 # where the tile lies: between other rows, or the array's last W rows (whose last row's
 # reach past its end would leave the array)
 PLACES = {"inside": (1, 2), "at-the-end": (1, 0)}
@@ -149,7 +149,7 @@ def _rows_round_trip_where(rows, index, stride, n, tile, out, mask, fill):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("fill", [0.0, -np.inf], ids=["fill-0", "fill-neginf"])
-@pytest.mark.parametrize("n", [1, 3, 8, 9, 16, 17, 31, 32])
+@pytest.mark.parametrize("n", [1, 3, 8, 9, 16, 17, 31, 32, 33])
 @pytest.mark.parametrize("place", PLACES)
 def test_masked_shuffled_tile_fills_excluded_elements(dtype, fill, n, place):
     """Under a mask, an excluded element enters the tile as the fill and leaves it as +0
