@@ -47,7 +47,7 @@ SHAPES = (
 
 
 # rows of this length with a large output run on ``_cpu_kernels.run_rows`` for each of its
-# operations (log_softmax's from the short rows' end, 32)
+# operations (log_softmax's from the short rows' end, 33)
 RUN_ROW = 40
 
 
