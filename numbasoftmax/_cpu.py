@@ -26,7 +26,7 @@ PARALLEL_MIN_ELEMENTS = 1 << 15
 # dominates short rows. The forward operations' tiles take rows of up to two vectors (2W
 # elements). At 32 elements, time on the tiles / in the row kernel's groups, float32, both
 # interleaved in one process on the same arrays, medians over fresh numpy allocations
-# (each lands elsewhere against the pages, which moves a single run's time by up to 40 %),
+# (each lands elsewhere in memory, which moves a single run's time by 20 % or more),
 # 2 threads: softmax 0.62 / 0.58 / 0.83-0.85 at 2^16 / 2^20 / 2^24 elements, logsumexp
 # 0.73 / 0.56 / 0.70-0.75, log_softmax 0.69 / 0.62 / 0.94-1.04 (its large outputs
 # otherwise stream as runs); float16 softmax 0.53-0.59, log_softmax 0.60 at 2^24; masked

@@ -79,7 +79,15 @@ from ._simd import (
     vwiden,
 )
 from ._vmath import vexp, vexp_nonpos, vexp_nonpos_weighted, vexp_weighted, vlog
-from ._vmem import vand, vload, vload_mask, vprefetch, vstore, vstream
+from ._vmem import (
+    TILE_TRANSPOSE_MAX,
+    vand,
+    vload,
+    vload_mask,
+    vprefetch,
+    vstore,
+    vstream,
+)
 
 # A band read in place along a strided axis visits each memory row for its nt * W elements
 # only, too short a run for the hardware prefetchers (which follow runs within a page), so
@@ -686,10 +694,11 @@ def band_write(op, a, b, w, out, nt, n, S, V, st, fin, r0, rows, stream):
 
 # ---------------------------------------------------------------------------------------
 # A whole tile of short rows. For rows of at most 2W elements (one chunk, one block whose
-# lane l holds elements l and l + W) ``band`` spends most of its time on its scratch: zeroing the
-# block lanes T, adding into them in memory, the tree's loops with their run-time bounds,
-# the statistics S and V, each store waited for by the next load. ``tile`` runs the same
-# operations on the same values in the same order straight from the tile's vectors: in
+# lane l holds elements l and l + W) ``band`` spends most of its time on its scratch:
+# zeroing the block lanes T, adding into them in memory, the tree's loops with their
+# run-time bounds, the statistics S and V, each store waited for by the next load. ``tile``
+# runs the same operations on the same values in the same order straight from the tile's
+# vectors: in
 # registers, a variable per element, for rows of at most REGISTER_ROW_MAX elements; with
 # loops over the tile for the forward operations' and logsumexp's rows of at most
 # TILE_ROW_MAX; logsumexp's gradient, element-wise, a vector at a time for rows of at most
@@ -703,7 +712,7 @@ def band_write(op, a, b, w, out, nt, n, S, V, st, fin, r0, rows, stream):
 # anyway).
 
 REGISTER_ROW_MAX = 8
-TILE_ROW_MAX = 2 * W
+TILE_ROW_MAX = TILE_TRANSPOSE_MAX  # 2W: the rows the tiles' moves transpose whole
 
 
 def tile_row_max(op):

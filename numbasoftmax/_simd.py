@@ -573,7 +573,6 @@ def vall(typingctx, mask):
     return types.boolean(mask), codegen
 
 
-
 def imin(a, b):
     """The lesser of two integers (see the module's docstring)."""
     return b if b < a else a
