@@ -39,6 +39,10 @@ def _bench_env():
     pytest.importorskip("pytest_benchmark")
     if not (BENCH / "conftest.py").exists():
         pytest.skip("bench/ is not part of this checkout")
+    return _child_env()
+
+
+def _child_env():
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST_")}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in
                                                        [env.get("PYTHONPATH")] if p])
@@ -99,3 +103,47 @@ def test_benchmark_enable_measures(tmp_path):
     assert "disabled" not in proc.stdout + proc.stderr, tail
     timed = json.loads(saved.read_text())["benchmarks"]
     assert timed and all(b["stats"]["rounds"] >= 1 for b in timed), tail
+
+
+def _bench_axes():
+    """bench/bench_axes.py as a module (skipped where bench/ is not part of the checkout)."""
+    import importlib.util
+
+    path = BENCH / "bench_axes.py"
+    if not path.exists():
+        pytest.skip("bench/ is not part of this checkout")
+    spec = importlib.util.spec_from_file_location("bench_axes", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_axes_runs_and_checks_bits():
+    # a strided axis of a 2-D and of a 3-D array, a forward and a backward operation: each
+    # row reports the bits of the strided call against the contiguous rows' as the same
+    if not (BENCH / "bench_axes.py").exists():
+        pytest.skip("bench/ is not part of this checkout")
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "bench_axes.py"), "--cases", "96x40:0,3x40x24:1",
+         "--ops", "softmax,log_softmax_backward", "--trials", "2", "--calls", "1",
+         "--threads", "1"],
+        cwd=ROOT, env=_child_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| (")]
+    assert len(rows) == 4, proc.stdout
+    for case in ("(96, 40) axis 0", "(3, 40, 24) axis 1"):
+        for op in ("softmax", "log_softmax_backward"):
+            row = [r for r in rows if r.startswith(f"| {case} | {op} |")]
+            assert len(row) == 1 and "| same |" in row[0], (case, op, rows)
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--cases", "64x"], "--cases"),
+    (["--cases", "64x32:2"], "out of range"),
+    (["--ops", "softmax,tanh"], "--ops"),
+    (["--trials", "0"], "--trials"),
+])
+def test_bench_axes_bad_arguments(argv, expected):
+    with pytest.raises(SystemExit, match=expected):
+        _bench_axes().main(argv)
