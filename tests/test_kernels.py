@@ -19,10 +19,10 @@ from numpy.lib.stride_tricks import as_strided
 
 from numbasoftmax import _cpu_kernels as K
 from numbasoftmax._cpu import COLUMN_OPS, TILE_MASK_OPS, read_only_inputs, read_only_side
-from numbasoftmax._lane_kernel import PREFETCH_MIN_STEP, REGISTER_ROW_MAX, TILE_ROW_MAX
+from numbasoftmax._lane_kernel import REGISTER_ROW_MAX, TILE_ROW_MAX, fetches_ahead
 
 # (1030, 9): read as columns, rows 1030 elements apart, where the lane kernel fetches rows
-# ahead (PREFETCH_MIN_STEP), with a partial last tile; (21, 40): groups of rows, the last
+# ahead (``fetches_ahead``), with a partial last tile; (21, 40): groups of rows, the last
 # one partial
 # rows of 11: a group of 8 and a partial one; 32/33, 64/65, 128/129: at and past the rows
 # whose groups take their trees together (``_cpu_kernels.TREE_ROW_BYTES``: 256 bytes of
@@ -120,7 +120,16 @@ def test_prefetch_hint_changes_nothing_and_never_faults():
 
 
 def test_a_shape_reaches_the_prefetch():
-    assert any(m >= PREFETCH_MIN_STEP for m, _ in SHAPES)
+    # a band of the widest kind (the whole inner row up to its tiles) over rows further apart
+    assert any(fetches_ahead.py_func(m, K.WIDE_BAND_TILES) for m, _ in SHAPES)
+
+
+def test_bands_fetch_ahead_unless_their_rows_lie_back_to_back():
+    assert fetches_ahead.py_func(K.BAND_TILES * K.W + 1, K.BAND_TILES)
+    assert fetches_ahead.py_func(256, 8)  # a band of 128 elements of rows 256 apart
+    assert fetches_ahead.py_func(17, 1)  # a partial last tile
+    assert not fetches_ahead.py_func(K.BAND_TILES * K.W, K.BAND_TILES)
+    assert not fetches_ahead.py_func(16, 1)
 
 
 def test_shapes_reach_both_sides_of_the_group_trees():
