@@ -124,12 +124,13 @@ def test_a_shape_reaches_the_prefetch():
     assert any(fetches_ahead.py_func(m, K.WIDE_BAND_TILES) for m, _ in SHAPES)
 
 
-def test_bands_fetch_ahead_unless_their_rows_lie_back_to_back():
-    assert fetches_ahead.py_func(K.BAND_TILES * K.W + 1, K.BAND_TILES)
+def test_bands_fetch_ahead_where_their_rows_leave_a_tile_between_them():
     assert fetches_ahead.py_func(256, 8)  # a band of 128 elements of rows 256 apart
-    assert fetches_ahead.py_func(17, 1)  # a partial last tile
-    assert not fetches_ahead.py_func(K.BAND_TILES * K.W, K.BAND_TILES)
-    assert not fetches_ahead.py_func(16, 1)
+    assert fetches_ahead.py_func((K.BAND_TILES + 1) * K.W, K.BAND_TILES)
+    assert fetches_ahead.py_func(40, 1)  # the partial last tile of rows of 40
+    assert not fetches_ahead.py_func(40, 2)  # the whole tiles of rows of 40
+    assert not fetches_ahead.py_func((K.BAND_TILES + 1) * K.W - 1, K.BAND_TILES)
+    assert not fetches_ahead.py_func(K.W, 1)
 
 
 def test_shapes_reach_both_sides_of_the_group_trees():
