@@ -96,12 +96,12 @@ from ._vmem import (
 # (8192, 2048) float32 along axis 0, 2 threads: log_softmax 31-37 ms without, 18-20 ms
 # with 4 rows into L1. 8 rows into L2 against that, time ratio: 0.61-0.82 on one CPU, 0.75-1.07
 # on another (gradients gain most); 8 rows into L1, 4 or 12-24 into L2 gained less.
-# Only where the band's rows lie back to back in memory, or less than a tile apart (the
-# band is its inner row but for a partial tile), do the hardware prefetchers see one run;
-# fetching ahead there only costs the hints (a (1000, 100) float32 array along axis 0, in
-# the cache: 3-13 % longer). Rows 256 or 512 elements apart are no exception: along axis 0
-# of (65536, 256) and (32768, 512) float32, 2 threads, fetching ahead took 0.45-0.62x the
-# time.
+# Only where the band's rows lie back to back in memory, or leave less than a tile between
+# them (the band is its inner row but for a partial tile), do the hardware prefetchers see
+# one run; fetching ahead there only costs the hints (a (1000, 100) float32 array along
+# axis 0, in the cache: 3-13 % longer). Rows 256 or 512 elements apart are no exception:
+# along axis 0 of (65536, 256) and (32768, 512) float32, 2 threads, fetching ahead took
+# 0.42-0.70x the time.
 PREFETCH_ROWS = 8
 
 
