@@ -11,7 +11,6 @@ import sys
 import types
 from pathlib import Path
 
-import numba
 import numpy as np
 import pytest
 
@@ -67,14 +66,11 @@ ROW_DRIVERS = ("rows", "rows_parallel", "chunks_parallel")
 def _usable(op):
     """The drivers ``op`` can run on: logsumexp's gradient not the groups; it and
     logsumexp read a strided axis in place in parallel calls only (a small call gathers
-    its rows), and never in chunks of rows; the others all (a strided axis in chunks of
-    rows with more than one thread)."""
+    its rows), and never in chunks of rows; the others all."""
     if op in _cpu.UNGROUPED_OPS:
         return (*ROW_DRIVERS, "short_rows", "short_rows_parallel", "columns_parallel")
     if OPS[op].reduces:
         return tuple(d for d in DRIVERS if d not in ("columns", "column_chunks_parallel"))
-    if numba.get_num_threads() == 1:
-        return tuple(d for d in DRIVERS if d != "column_chunks_parallel")
     return DRIVERS
 
 
