@@ -429,11 +429,6 @@ def _first_direct(entries, key, driver, call):
 # out=, the two interleaved in one process: (8192, 2048) along axis 0 0.66x the time (2
 # threads), 0.83x (1 thread); (64, 512, 512) along axis 1 0.93x, 0.89x; no shape slower.
 COLUMN_OPS = {"softmax": "softmax_split"}
-# Bands too few to keep every thread busy twice over (a tall array's few columns: one band
-# of axis 0 of (262144, 64), three of (43690, 384) on two threads) run in chunks of their
-# rows instead, each band's chunks' statistics apart and then its chunks' outputs
-# (``_cpu_kernels.column_chunks_parallel``; same bits): where the axis holds two chunks or
-# more, without a mask, for the operations that write along the axis.
 
 
 def run_columns(op, args, direct=False, side=None):
@@ -475,12 +470,7 @@ def run_columns(op, args, direct=False, side=None):
             k.columns(*call)
     else:
         arrays, side = _read_only_columns(arrays, side)
-        tasks, _ = k.columns_tasks(m, n, c, max(lead, 0), arrays[0].itemsize)
-        if (side is None and op not in k.REDUCED and n >= 2 * k.CHUNK
-                and tasks < 2 * numba.get_num_threads()):
-            _parallel(k.column_chunks_parallel, (marker, *arrays, m, n, c, lead))
-        else:
-            _parallel(k.columns_parallel, (marker, *arrays, m, n, c, lead, side))
+        _parallel(k.columns_parallel, (marker, *arrays, m, n, c, lead, side))
 
 
 def _read_only_columns(arrays, side):

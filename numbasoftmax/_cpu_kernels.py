@@ -29,8 +29,7 @@ rows are read as ``_row_kernel._exp_sums`` says. A reduction's (logsumexp's)
 ``lead``: -1 for plain stores, else whole tiles of ``out`` stored past the caches, the first
 ``lead`` inner positions a partial tile of their own so that the whole ones start cache
 lines (``column_lead``); and a ``side`` of given values only (logsumexp's gradient along a
-strided axis). ``column_chunks_parallel`` takes ``lead`` too, and no ``side``: a strided
-axis whose bands are too few for the threads, in chunks of its rows.
+strided axis).
 
 The kernels give the same bits for a row whichever driver runs it (``_row_kernel``), so the
 choice of driver, task size and thread count changes no result.
@@ -215,7 +214,7 @@ def fetch_ahead(op, a, ao, b, bo, out, oo, r0, k, ahead, hi, n):
 __all__ = ["OPS", "W", "rows", "run_rows", "grouped_rows", "short_rows", "masked_short_rows",
            "columns", "column_tasks", "column_lead",
            "rows_parallel", "run_rows_parallel", "grouped_rows_parallel", "short_rows_parallel",
-           "masked_short_rows_parallel", "columns_parallel", "column_chunks_parallel",
+           "masked_short_rows_parallel", "columns_parallel",
            "chunks_parallel", "segment_stats", "segment_finish", "segment_values", "segment_write",
            "segment_columns_stats", "segment_columns_write", "copy2d"]
 
@@ -1014,11 +1013,10 @@ def band_tiles(n, C, itemsize):
     return WIDE_BAND_TILES if n * C * itemsize <= SLAB_BYTES else BAND_TILES
 
 
-@njit(inline="always", **INTERNAL)
 def column_tasks(M, C, lead, tiles):
     """The number of tasks (outer position, band of ``tiles`` tiles) of ``columns`` for M x C
     positions, the first ``lead`` inner positions a band of their own: ``band_tiles`` for
-    ``columns``, BAND_TILES for the segment drivers (from Python: ``column_tasks.py_func``)."""
+    ``columns``, BAND_TILES for the segment drivers."""
     return M * ((lead > 0) + (C - lead + tiles * W - 1) // (tiles * W))
 
 
@@ -1026,7 +1024,7 @@ def columns_tasks(M, n, C, lead, itemsize):
     """(tasks, tiles per band) of ``columns`` over M outer positions of n x C elements of
     ``itemsize`` bytes: its bands as ``band_tiles`` sizes them."""
     tiles = band_tiles.py_func(n, C, itemsize)
-    return column_tasks.py_func(M, C, lead, tiles), tiles
+    return column_tasks(M, C, lead, tiles), tiles
 
 
 def column_lead(out, so, io):
@@ -1297,35 +1295,6 @@ def segment_columns_write(op, a, ao, an, b, bo, bn, w, wo, wn, out, oo, on, lo, 
                        S, V, st, fin, o * C + at, nt * k, stream)
     if stream:
         vfence()
-
-
-@njit(**_PARALLEL)
-def column_chunks_parallel(op, a, ao, an, b, bo, bn, out, oo, on, M, n, C, lead):
-    """A strided axis read in place when its bands are too few to share among the threads
-    (a tall array's few columns): tasks of (band, chunk of CHUNK rows), each chunk a
-    segment of its own, run the two phases of the dask segments' drivers: every chunk's
-    statistics, combined in order per row (the bits of ``columns``), then its outputs.
-    ``lead`` as for ``columns``; no ``where=`` mask, no reduction."""
-    nc = (n + CHUNK - 1) // CHUNK
-    st = empty((nc, M * C, 2, 1), np.float64)  # chunk c's statistics apart: st[c] is C-ordered
-    previous = handed_out_one_at_a_time()
-    bands = column_tasks(M, C, 0, BAND_TILES)
-    for t in prange(bands * nc):
-        band, r0 = t // nc, t % nc * CHUNK
-        segment_columns_stats(op, a[r0 * an:], ao, an, b[r0 * bn:], bo, bn, None, 0, 0, band,
-                              band + 1, imin(n - r0, CHUNK), C, st[t % nc])
-    whole = empty((M * C, 2, nc), np.float64)
-    for c in range(nc):
-        whole[:, :, c] = st[c, :, :, 0]
-    fin = empty((M * C, 2), np.float64)
-    segment_finish(op, whole, fin)
-    bands = column_tasks(M, C, imax(lead, 0), BAND_TILES)
-    for t in prange(bands * nc):
-        band, r0 = t // nc, t % nc * CHUNK
-        segment_columns_write(op, a[r0 * an:], ao, an, b[r0 * bn:], bo, bn, None, 0, 0,
-                              out[r0 * on:], oo, on, band, band + 1, imin(n - r0, CHUNK), C,
-                              st[t % nc], fin, imax(lead, 0), lead >= 0)
-    chunk_size_back(previous)
 
 
 # ---------------------------------------------------------------------------------------

@@ -436,7 +436,7 @@ def _stats_task(spec, *blocks):
             if columns is not None:
                 (outer, along, inner), views, order = columns
                 cst = np.empty((m * runs, 2, nc))
-                tasks = k.column_tasks.py_func(outer, inner, 0, k.BAND_TILES)
+                tasks = k.column_tasks(outer, inner, 0, k.BAND_TILES)
                 second = (None, 0, 0) if alone else views[nv - 1]
                 w = views[nv] if mask is not None else (None, 0, 0)
                 k.segment_columns_stats(op, *_read_only(views[0]), *_read_only(second),
@@ -518,7 +518,7 @@ def _write_task(spec, *args):
         if columns is not None:
             (outer, along, inner), views, order = columns
             lead, stream = _cpu.column_stream(*views[-1], out.size // inner, inner)
-            tasks = k.column_tasks.py_func(outer, inner, lead, k.BAND_TILES)
+            tasks = k.column_tasks(outer, inner, lead, k.BAND_TILES)
             w = views[nv] if mask is not None else (None, 0, 0)
             k.segment_columns_write(k.OPS[spec.key], *_read_only(views[0]),
                                     *_read_only(views[nv - 1]), *_read_only(w),

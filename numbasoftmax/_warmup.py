@@ -42,7 +42,6 @@ SHAPES = (
     ((2, 40000), -1, "C"),  # few long rows, in chunks
     ((64, 16), 0, "C"),  # a strided axis in place, serial
     ((4096, 16), 0, "C"),  # a strided axis in place, parallel
-    ((16384, 16), 0, "C"),  # a strided axis in place, its one band in chunks of rows
     ((512, 130), -1, "stepped"),  # gathered rows (tiled copy)
 )
 

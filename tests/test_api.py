@@ -381,54 +381,6 @@ def test_streamed_strided_axes_have_the_plain_bits(op, dtype, case, rng, monkeyp
     assert_matches_reference(op, streamed, inputs, axis)
 
 
-# axis 0 of tall arrays, whose one band of columns runs in chunks of its rows from two
-# chunks on (``_cpu_kernels.column_chunks_parallel``): just below, at and past two chunks, a
-# partial last chunk, a partial tile of columns
-TALL_COLUMNS = [(2 * CHUNK - 1, 20), (2 * CHUNK, 20), (2 * CHUNK + 5, 16), (3 * CHUNK + 1, 37)]
-
-
-@pytest.mark.parametrize("shape", TALL_COLUMNS, ids=lambda s: "x".join(map(str, s)))
-@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=_dtype_id)
-@pytest.mark.parametrize("op", OPS)
-def test_tall_columns_in_chunks_have_the_rows_bits(op, dtype, shape, rng, monkeypatch):
-    from numbasoftmax import _cpu, _cpu_kernels
-
-    chunked = []
-    real = _cpu_kernels.column_chunks_parallel
-    monkeypatch.setattr(_cpu_kernels, "column_chunks_parallel",
-                        lambda *args: chunked.append(args[0].key) or real(*args))
-    inputs = inputs_for(op, rng, shape, dtype, axis=0)
-    got = call(op, inputs, axis=0)
-    rows = call(op, [np.ascontiguousarray(a.T) for a in inputs])
-    assert_bitwise_equal(got, rows.T)
-    ran = _cpu.COLUMN_OPS.get(op, op)
-    assert chunked == ([ran] if shape[0] >= 2 * CHUNK and _cpu.parallel_allowed() else [])
-
-
-@pytest.mark.parametrize("op", ["softmax", "log_softmax_backward"])
-def test_tall_columns_in_chunks_streamed(op, rng, monkeypatch):
-    # whole tiles written past the caches from each run's first line; eight bands of 1024
-    # bytes' runs, in chunks as where the threads outnumber them
-    from numbasoftmax import _cpu, _cpu_kernels
-
-    shape = (2 * CHUNK + 3, 512)
-    inputs = inputs_for(op, rng, shape, np.float32, axis=0)
-    monkeypatch.setattr(_cpu, "STREAM_MIN_BYTES", None)
-    plain = call(op, inputs, axis=0)
-    chunked, leads = [], []
-    real, lead = _cpu_kernels.column_chunks_parallel, _cpu_kernels.column_lead
-    monkeypatch.setattr(_cpu_kernels, "column_chunks_parallel",
-                        lambda *args: chunked.append(args[-1]) or real(*args))
-    monkeypatch.setattr(_cpu_kernels, "column_lead", lambda *a: leads.append(lead(*a)) or leads[-1])
-    monkeypatch.setattr(_cpu.numba, "get_num_threads", lambda: 64)
-    monkeypatch.setattr(_cpu, "STREAM_MIN_BYTES", 0)
-    streamed = call(op, inputs, axis=0)
-    if not _cpu.parallel_allowed():
-        pytest.skip("parallel drivers are off in this process")
-    assert len(leads) == 1 and leads[0] >= 0 and chunked == leads
-    assert_bitwise_equal(streamed, plain)
-
-
 # total elements just below, at and just above the parallel-driver threshold
 DRIVER_SHAPES = [(217, 151), (256, 128), (99, 331)]
 

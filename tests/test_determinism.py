@@ -25,8 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # rows serial (33x3) and parallel (4000x10: the gradients' rows in groups, parallel), rows
 # in groups serial (64x40) and for the forward operations 64x96 (serial) and 40x3000
 # (parallel), where the gradients run a row at a time; few long rows in chunks (2x40000);
-# the lane kernel on a strided axis (axis 0, Fortran order), and a tall array's one band in
-# chunks of its rows (16400x20 along axis 0).
+# the lane kernel on a strided axis (axis 0, Fortran order).
 CASES_SOURCE = textwrap.dedent("""
     import zlib
 
@@ -57,8 +56,6 @@ CASES_SOURCE = textwrap.dedent("""
         for variant in ("readonly", "offset", "F", "stepped", "inplace", "axis0"):
             for op in ("softmax", "softmax_backward"):
                 out.append((op, "float32", (300, 129), variant))
-        for op in ("softmax", "log_softmax_backward"):
-            out.append((op, "float32", (16400, 20), "axis0"))
         return out
 
     def run(op, dtype, shape, variant):

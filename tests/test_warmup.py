@@ -19,8 +19,7 @@ from numbasoftmax._ops import OPS, SOFTMAX_NAMES
 
 ROOT = Path(__file__).resolve().parent.parent
 DRIVERS = ("rows", "grouped_rows", "short_rows", "columns", "rows_parallel",
-           "grouped_rows_parallel", "short_rows_parallel", "columns_parallel", "chunks_parallel",
-           "column_chunks_parallel")
+           "grouped_rows_parallel", "short_rows_parallel", "columns_parallel", "chunks_parallel")
 # the drivers of large outputs' rows (streamed as runs); the parallel one compiles the serial
 # one it calls, which only a large output without the thread pool would call itself
 RUN_DRIVERS = ("run_rows", "run_rows_parallel")
@@ -66,11 +65,11 @@ ROW_DRIVERS = ("rows", "rows_parallel", "chunks_parallel")
 def _usable(op):
     """The drivers ``op`` can run on: logsumexp's gradient not the groups; it and
     logsumexp read a strided axis in place in parallel calls only (a small call gathers
-    its rows), and never in chunks of rows; the others all."""
+    its rows); the others all."""
     if op in _cpu.UNGROUPED_OPS:
         return (*ROW_DRIVERS, "short_rows", "short_rows_parallel", "columns_parallel")
     if OPS[op].reduces:
-        return tuple(d for d in DRIVERS if d not in ("columns", "column_chunks_parallel"))
+        return tuple(d for d in DRIVERS if d != "columns")
     return DRIVERS
 
 
@@ -81,7 +80,7 @@ def test_every_driver_for_every_op_and_dtype(recorded, driver):
     for op in OPS:
         # along a strided axis an operation may run as another kernel (softmax's exps
         # recomputed: softmax_split)
-        ran = _cpu.COLUMN_OPS.get(op, op) if driver.startswith("column") else op
+        ran = _cpu.COLUMN_OPS.get(op, op) if driver.startswith("columns") else op
         dtypes = {d for name, o, d in recorded if name == driver and o == ran}
         assert dtypes == (storage if driver in _usable(op) else set()), (driver, op, dtypes)
 
