@@ -41,6 +41,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numbasoftmax as ns  # noqa: E402
 from numbasoftmax import registry  # noqa: E402
 from numbasoftmax._bench.environment import cpu_model, version  # noqa: E402
+from numbasoftmax._bench.timing import mapped  # noqa: E402
 
 OPS = ("softmax", "log_softmax", "softmax_backward", "log_softmax_backward")
 DEFAULT_CASES = "8192x2048:0,64x512x512:1"
@@ -86,12 +87,6 @@ def inputs(op, case, rng):
     return forward(x, axis=case.axis), rng.standard_normal(case.shape, dtype=np.float32)
 
 
-def filled(shape):
-    out = np.empty(shape, np.float32)
-    out.fill(0)
-    return out
-
-
 def fastest(calls, count):
     """Each callable's fastest time over ``count`` rounds, the callables taking turns."""
     best = [float("inf")] * len(calls)
@@ -109,12 +104,12 @@ def trial(op, case, rng, calls, torch_impl):
     ours = registry.implementations(op, "cpu", "numbasoftmax")[0]
     given = inputs(op, case, rng)
     last = tuple(np.ascontiguousarray(np.moveaxis(a, case.axis, -1)) for a in given)
-    out, out_last = filled(case.shape), filled(last[0].shape)
+    out, out_last = mapped(case.shape, np.float32), mapped(last[0].shape, np.float32)
     runs = [lambda: ours.call_out(*given, axis=case.axis, out=out),
             lambda: ours.call_out(*last, axis=-1, out=out_last)]
     if torch_impl is not None:
         native = torch_impl.prepare(*given)
-        tout = torch_impl.prepare(filled(case.shape))[0]
+        tout = torch_impl.prepare(mapped(case.shape, np.float32))[0]
         runs.append(lambda: torch_impl.call_out(*native, axis=case.axis, out=tout))
     times = fastest(runs, calls)
     moved = np.ascontiguousarray(np.moveaxis(out, case.axis, -1))

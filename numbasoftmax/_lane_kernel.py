@@ -709,11 +709,10 @@ def band_write(op, a, b, w, out, nt, n, S, V, st, fin, r0, rows, stream):
 # zeroing the block lanes T, adding into them in memory, the tree's loops with their
 # run-time bounds, the statistics S and V, each store waited for by the next load. ``tile``
 # runs the same operations on the same values in the same order straight from the tile's
-# vectors: in
-# registers, a variable per element, for rows of at most REGISTER_ROW_MAX elements; with
-# loops over the tile for the forward operations' and logsumexp's rows of at most
-# TILE_ROW_MAX; logsumexp's gradient, element-wise, a vector at a time for rows of at most
-# REGISTER_ROW_MAX (each lane given its row's values). Its results are ``band``'s bit for
+# vectors: in registers, a variable per element, for rows of at most REGISTER_ROW_MAX
+# elements; with loops over the tile for the forward operations' and logsumexp's rows of
+# at most TILE_ROW_MAX; logsumexp's gradient, element-wise, a vector at a time for rows of
+# at most REGISTER_ROW_MAX (each lane given its row's values). Its results are ``band``'s bit for
 # bit (tests hold them to it). Its sum leaves out ``band``'s 0 + of each block lane and
 # adds +0 for the lanes past n, which changes only a -0 (to +0; logsumexp's weighted terms
 # can be -0); so does the 0 + of the widened tree, which the result is in every case.

@@ -105,14 +105,19 @@ def test_benchmark_enable_measures(tmp_path):
     assert timed and all(b["stats"]["rounds"] >= 1 for b in timed), tail
 
 
-def _bench_axes():
-    """bench/bench_axes.py as a module (skipped where bench/ is not part of the checkout)."""
-    import importlib.util
-
+def _bench_axes_path():
+    """bench/bench_axes.py (skipped where bench/ is not part of the checkout)."""
     path = BENCH / "bench_axes.py"
     if not path.exists():
         pytest.skip("bench/ is not part of this checkout")
-    spec = importlib.util.spec_from_file_location("bench_axes", path)
+    return path
+
+
+def _bench_axes():
+    """bench/bench_axes.py as a module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_axes", _bench_axes_path())
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
@@ -122,10 +127,8 @@ def _bench_axes():
 def test_bench_axes_runs_and_checks_bits():
     # a strided axis of a 2-D and of a 3-D array, a forward and a backward operation: each
     # row reports the bits of the strided call against the contiguous rows' as the same
-    if not (BENCH / "bench_axes.py").exists():
-        pytest.skip("bench/ is not part of this checkout")
     proc = subprocess.run(
-        [sys.executable, str(BENCH / "bench_axes.py"), "--cases", "96x40:0,3x40x24:1",
+        [sys.executable, str(_bench_axes_path()), "--cases", "96x40:0,3x40x24:1",
          "--ops", "softmax,log_softmax_backward", "--trials", "2", "--calls", "1",
          "--threads", "1"],
         cwd=ROOT, env=_child_env(), capture_output=True, text=True, timeout=600)
