@@ -160,11 +160,17 @@ def alone(op, m, n, itemsize):
             and m * n * itemsize >= ALONE_MIN_BYTES)
 
 
+def past_caches(nbytes):
+    """Whether an output of ``nbytes`` bytes is large enough to be written past the caches
+    (``STREAM_MIN_BYTES``; whether it is, ``streams`` says)."""
+    return STREAM_MIN_BYTES is not None and nbytes >= STREAM_MIN_BYTES
+
+
 def streams(m, n, itemsize, op=None, runs=False):
     """Whether m rows of n outputs of ``itemsize`` bytes are written past the caches (by
     operation ``op``; None: as the operations without a rule of their own). ``runs``: rows
     that ``_cpu_kernels.run_rows`` can take, which stream as one run."""
-    if STREAM_MIN_BYTES is None or m * n * itemsize < STREAM_MIN_BYTES:
+    if not past_caches(m * n * itemsize):
         return False
     if runs and itemsize in RUN_ITEMSIZES:
         return True
@@ -314,7 +320,8 @@ def run(op, a, sa, b, sb, out, so, m, n, side=None, direct=False):
     ``direct``: the buffers are 1-D C-contiguous and aligned arrays of one dtype (``out``
     writable), and ``side`` None or a mask as ``_cpu_path._fast_side`` gives it."""
     marker, short_max, grouped_max, entries = _routes.get(op) or _route(op)
-    if n < short_max and n * out.itemsize > SHORT_ROW_BYTES:
+    itemsize = out.itemsize
+    if n < short_max and n * itemsize > SHORT_ROW_BYTES:
         short_max = n  # the row kernel's routes from here (SHORT_ROW_BYTES)
     k = _kernels
     step = n  # a mask's layout (``mask_takes_tiles``), n without one
@@ -330,21 +337,23 @@ def run(op, a, sa, b, sb, out, so, m, n, side=None, direct=False):
             short_max = 0
         elif step == 0 and n < short_max:  # one mask for every row: the tiles' own form
             side = (side[0], None, *side[2:])
-    # the rows ``run_rows`` takes: a mask, if any, laid out as the rows or one for all;
-    # short rows keep their tiles
-    runs = (op in k.RUN_OPS and step >= 0 and sa == sb == so == n
-            and max(k.RUN_ROW_MIN, short_max) <= n <= k.CHUNK)
-    stream = streams(m, n, out.itemsize, op, runs=runs)
-    runs = runs and stream and out.flags.aligned  # as ``run_rows`` takes them
-    if runs and step == 0:
-        side = k.run_side(side, n)
+    runs = stream = False
+    if past_caches(m * n * itemsize):  # else neither (a small call's path: no more tests)
+        # the rows ``run_rows`` takes: a mask, if any, laid out as the rows or one for all;
+        # short rows keep their tiles
+        runs = (op in k.RUN_OPS and step >= 0 and sa == sb == so == n
+                and max(k.RUN_ROW_MIN, short_max) <= n <= k.CHUNK)
+        stream = streams(m, n, itemsize, op, runs=runs)
+        runs = runs and stream and out.flags.aligned  # as ``run_rows`` takes them
+        if runs and step == 0:
+            side = k.run_side(side, n)
     # a large result's long enough rows run a row at a time (below the parallel threshold
     # no result is large: small calls skip the test)
     fetch = 0
     if m * n >= PARALLEL_MIN_ELEMENTS:
-        if n < grouped_max and alone(op, m, n, out.itemsize):
+        if n < grouped_max and alone(op, m, n, itemsize):
             grouped_max = n
-        fetch = ahead(op, m, n, out.itemsize)
+        fetch = ahead(op, m, n, itemsize)
     if m * n < PARALLEL_MIN_ELEMENTS or _serial_only:
         if runs:
             driver = k.run_rows

@@ -53,11 +53,6 @@ class _Owner:
             pass
 
 
-def _plain(shape, dtype, order_like):
-    return np.empty(shape, dtype) if order_like is None else np.empty_like(order_like,
-                                                                           dtype=dtype)
-
-
 class ResultPool:
     def __init__(self, limit):
         self.limit = limit
@@ -70,12 +65,16 @@ class ResultPool:
     def empty(self, shape, dtype, order_like=None):
         """An uninitialized array like ``np.empty(shape, dtype)``, or with the memory
         layout of ``order_like`` (numpy's ``empty_like`` order 'K')."""
-        if self.limit <= 0:  # off (the default): nothing to compute on a small call's path
-            return _plain(shape, dtype, order_like)
-        dtype = np.dtype(dtype)
-        nbytes = math.prod(shape) * dtype.itemsize
-        if nbytes < MIN_BYTES:
-            return _plain(shape, dtype, order_like)
+        if self.limit > 0:  # off (the default): nothing to compute on a small call's path
+            dtype = np.dtype(dtype)
+            nbytes = math.prod(shape) * dtype.itemsize
+            if nbytes >= MIN_BYTES:
+                return self._pooled(shape, dtype, order_like, nbytes)
+        if order_like is None:
+            return np.empty(shape, dtype)
+        return np.empty_like(order_like, dtype=dtype)
+
+    def _pooled(self, shape, dtype, order_like, nbytes):
         raw = self._take(nbytes)
         if raw is None:
             raw = np.empty(nbytes + _ALIGN, np.uint8)
@@ -173,5 +172,6 @@ class result_pool:  # lower case: used like a function, as numpy's errstate
         return False
 
 
-def empty(shape, dtype, order_like=None):
-    return _POOL.empty(shape, dtype, order_like)
+# the results' allocator: the pool's method itself (a small call's result costs no
+# wrapper around it)
+empty = _POOL.empty
