@@ -318,7 +318,8 @@ def run(op, a, sa, b, sb, out, so, m, n, side=None, direct=False):
     weights). ``side``: None, or the mask and given row values (see ``_cpu_kernels``);
     with a mask the row kernel runs every row, but the short rows of ``TILE_MASK_OPS``.
     ``direct``: the buffers are 1-D C-contiguous and aligned arrays of one dtype (``out``
-    writable), and ``side`` None or a mask as ``_cpu_path._fast_side`` gives it."""
+    writable), and ``side`` None, a mask as ``_cpu_path._fast_side`` gives it, or given
+    values as ``_cpu_path._given`` gives them (without a mask)."""
     marker, short_max, grouped_max, entries = _routes.get(op) or _route(op)
     itemsize = out.itemsize
     if n < short_max and n * itemsize > SHORT_ROW_BYTES:
@@ -361,8 +362,10 @@ def run(op, a, sa, b, sb, out, so, m, n, side=None, direct=False):
             driver = k.masked_short_rows if masked else k.short_rows
         else:
             driver = k.grouped_rows if n < grouped_max else k.rows
-        if direct:  # one entry per driver, dtype and side's form (tiles' masks lack dims)
-            key = (driver, a.dtype) if side is None else (driver, a.dtype, side[1] is None)
+        if direct:  # one entry per driver, dtype and side's form: a mask with its dims or
+            # without (the tiles'), or given values (of one float dtype)
+            key = (driver, a.dtype) if side is None else (
+                driver, a.dtype, side[1] is None, None if side[-1] is None else side[-1].dtype)
             entry = entries.get(key)
             if entry is not None:  # compiled for read-only inputs: its entry reads any alike
                 entry(marker, a, sa, 1, b, sb, 1, out, so, 1, 0, m, n, fetch, side, stream)

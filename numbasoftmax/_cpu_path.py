@@ -202,24 +202,25 @@ def fast_logsumexp_backward(x, lse, dlse, axis):
     a, o = x.ravel(), out.ravel()
     if x.dtype == _F16:
         a, o = a.view(np.uint16), o.view(np.uint16)
-    _cpu.run("logsumexp_backward", a, n, None, 0, o, n, m, n, (None, None, *rv))
+    _cpu.run("logsumexp_backward", a, n, None, 0, o, n, m, n, (None, None, *rv),
+             layout[0].aligned)
     return out
 
 
 def _given(first, second, out=None):
     """The kernels' given row values (``_cpu_kernels``' ``side[2:]``) from two arrays of a
     value per row in the rows' order: as they are where both are float32 or both float64,
-    contiguous and writable (the kernels only read them; read-only arrays would compile
-    the drivers again) and apart from ``out`` (which the kernels write while they read
-    them), else copies, both float64 (every float converts exactly)."""
+    contiguous (the launcher passes them read-only, whatever their flags: one compiled
+    specialization) and apart from ``out`` (which the kernels write while they read them),
+    else copies, both float64 (every float converts exactly)."""
     same = first.dtype == second.dtype and first.dtype in _GIVEN
-    dtype = first.dtype if same else np.float64
+    dtype = first.dtype if same else np.dtype(np.float64)
 
     def given(v):
         v = v.reshape(-1)
         if out is not None and np.may_share_memory(v, out):
             return np.array(v, dtype)
-        return np.require(v, dtype, ("C", "W"))
+        return v if v.dtype == dtype and v.flags.c_contiguous else np.ascontiguousarray(v, dtype)
     return given(first), given(second)
 
 

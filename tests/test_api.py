@@ -616,13 +616,15 @@ def _compiled_count():
 
 
 # (call, shape): a call through each way to the kernels: small rows (direct entries),
-# a parallel call, a masked small call, a strided axis read in place, logsumexp's weights
+# a parallel call, a masked small call, a strided axis read in place, logsumexp's weights,
+# its gradient's row values
 READ_ONLY_CASES = {
     "rows": (lambda x, w: numbasoftmax.softmax(x), (64, 40)),
     "parallel": (lambda x, w: numbasoftmax.softmax_backward(x, x), (1024, 40)),
     "masked": (lambda x, w: numbasoftmax.log_softmax(x, where=w), (64, 40)),
     "strided axis": (lambda x, w: numbasoftmax.softmax(x, axis=0), (4096, 16)),
     "weights": (lambda x, w: numbasoftmax.logsumexp(x, b=x), (64, 40)),
+    "row values": (lambda x, w: numbasoftmax.logsumexp_backward(x, x[0], x[1]), (40, 40)),
 }
 
 

@@ -501,10 +501,24 @@ def test_backward_fast_path_gives_the_general_paths_bits(dtype, n, rng, monkeypa
     assert all(t is not None for t in taken[1:]) and len(taken) == 4
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_backward_fast_path_takes_each_row_value_dtype(dtype, rng):
+    """The fast path's compiled entries are kept per dtype of the row values as well as of
+    x: float32 and float64 lse and dlse (and mixed, read as float64) one after another on
+    the same x give the general path's bits."""
+    x = (rng.standard_normal((12, 40)) * 4).astype(dtype)
+    lse = nsm.logsumexp(x).astype(np.float64)
+    g = rng.standard_normal(12)
+    for a, b in ((lse, g), (lse.astype(np.float32), g.astype(np.float32)),
+                 (lse.astype(np.float32), g), (lse, g.astype(np.float32))):
+        general = nsm.logsumexp_backward(np.asfortranarray(x), a, b)
+        assert_bitwise_equal(nsm.logsumexp_backward(x, a, b), general)
+
+
 @pytest.mark.parametrize("n", [2, 9, 128])  # the tiles, the row kernel
 def test_backward_row_values_in_any_form(n, rng):
-    """lse and dlse reach the kernels as they are where both are float32 or both float64,
-    contiguous and writable (no copy); read-only, strided or mixed-dtype ones as float64
+    """lse and dlse reach the kernels as they are where both are float32 or both float64
+    and contiguous, read-only ones too (no copy); strided or mixed-dtype ones as float64
     copies: the same bits every way, and the caller's arrays unchanged."""
     x = (rng.standard_normal((40, n)) * 3).astype(np.float32)
     lse = nsm.logsumexp(x)
@@ -516,6 +530,7 @@ def test_backward_row_values_in_any_form(n, rng):
     wide[::2] = g
     frozen = lse.copy()
     frozen.flags.writeable = False
+    assert np.shares_memory(_cpu_path._given(frozen, g)[0], frozen)
     for a, b in ((frozen, g), (lse, wide[::2]), (lse.astype(np.float64), g)):
         before = [a.copy(), b.copy()]
         assert_bitwise_equal(nsm.logsumexp_backward(x, a, b), expected)
