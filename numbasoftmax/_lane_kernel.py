@@ -73,6 +73,7 @@ from ._simd import (
     vmul,
     vnarrow,
     vnonzero,
+    vone_nan,
     vselect,
     vsplat,
     vsub,
@@ -560,7 +561,8 @@ def _grad_write(op, a, b, w, out, nt, lo, hi, S, c, nc, V, stream):
                 g = vmul(u, vsub(v, s))
             else:
                 g = vsub(v, vmul(vexp(u), s))
-            lane_store(oarr, obase + j * ostep + t * W, k, excluded(op, w, j, t, g), stream)
+            lane_store(oarr, obase + j * ostep + t * W, k,
+                       excluded(op, w, j, t, vone_nan(g)), stream)  # as the row kernel's
 
 
 def _no_stats(op, a, b, w, out, nt, lo, hi, T, V, S, smax, ssum):
@@ -586,7 +588,8 @@ def _lse_grad_write(op, a, b, w, out, nt, lo, hi, S, c, nc, V, stream):
         for t in range(nt):
             x = vload(arr, base + j * step + t * W, k, 0.0)
             e = weighed_exp(vsub(x, vload(V, t * W, W, 0.0)), b, j, t)
-            g = keep(weights_valid(b, j, t), vmul(e, vload(V, (nt + t) * W, W, 0.0)), 0.0)
+            g = keep(weights_valid(b, j, t), vone_nan(vmul(e, vload(V, (nt + t) * W, W, 0.0))),
+                     0.0)
             lane_store(oarr, obase + j * ostep + t * W, k, excluded(op, w, j, t, g), stream)
 
 
@@ -911,10 +914,16 @@ def _grad_sum(total, like):
 
 
 @njit(**INTERNAL)
+def _product_grad(y, dy, s):
+    """y * (dy - s) (``_grad_write``), NaNs the row kernel's."""
+    return vone_nan(vmul(y, vsub(dy, s)))
+
+
+@njit(**INTERNAL)
 def _exp_grad(z, dz, s, j, n):
     """dz - exp(z) * s (``_grad_write``) for a vector j < n, else dz (never stored)."""
     if j < n:
-        return vsub(dz, vmul(vexp(z), s))
+        return vone_nan(vsub(dz, vmul(vexp(z), s)))  # the row kernel's NaNs
     return dz
 
 
@@ -925,9 +934,10 @@ def _grad_registers(op, ta, tb, to, n):
     if same(op, SOFTMAX_BACKWARD):
         s = _grad_sum(_sum8(vmul(y0, d0), vmul(y1, d1), vmul(y2, d2), vmul(y3, d3),
                             vmul(y4, d4), vmul(y5, d5), vmul(y6, d6), vmul(y7, d7)), ta)
-        _store_first(to, n, vmul(y0, vsub(d0, s)), vmul(y1, vsub(d1, s)),
-                     vmul(y2, vsub(d2, s)), vmul(y3, vsub(d3, s)), vmul(y4, vsub(d4, s)),
-                     vmul(y5, vsub(d5, s)), vmul(y6, vsub(d6, s)), vmul(y7, vsub(d7, s)))
+        _store_first(to, n, _product_grad(y0, d0, s), _product_grad(y1, d1, s),
+                     _product_grad(y2, d2, s), _product_grad(y3, d3, s),
+                     _product_grad(y4, d4, s), _product_grad(y5, d5, s),
+                     _product_grad(y6, d6, s), _product_grad(y7, d7, s))
     else:
         s = _grad_sum(_sum8(d0, d1, d2, d3, d4, d5, d6, d7), ta)
         j = np.int64(0)  # see ``_vectors``

@@ -74,6 +74,7 @@ from ._simd import (
     vmax_num,
     vmul,
     vnonzero,
+    vone_nan,
     vselect,
     vsplat,
     vsub,
@@ -431,16 +432,18 @@ def _log_softmax_lanes(f, a, b, c, i, k):
 
 @kernel_fn
 def _softmax_grad_lanes(f, a, b, c, i, k):
-    """y * (dy - s) where valid, else 0, for c = (s, w)."""
-    return keep(valid(None, c[1], i, k), vmul(vload(a, i, k, 0.0), vsub(vload(b, i, k, 0.0),
-                                                                        c[0])), 0.0)
+    """y * (dy - s) where valid, else 0, for c = (s, w). The gradients' NaNs are one NaN
+    (``vone_nan``), in every kernel: inputs with NaNs of either sign gave outputs whose NaN
+    signs depended on the driver."""
+    g = vmul(vload(a, i, k, 0.0), vsub(vload(b, i, k, 0.0), c[0]))
+    return keep(valid(None, c[1], i, k), vone_nan(g), 0.0)
 
 
 @kernel_fn
 def _log_softmax_grad_lanes(f, a, b, c, i, k):
     """dz - exp(z) * s where valid, else 0, for z = a, dz = b, c = (s, w)."""
-    return keep(valid(None, c[1], i, k), vsub(vload(b, i, k, 0.0),
-                                              vmul(vexp(vload(a, i, k, 0.0)), c[0])), 0.0)
+    g = vsub(vload(b, i, k, 0.0), vmul(vexp(vload(a, i, k, 0.0)), c[0]))
+    return keep(valid(None, c[1], i, k), vone_nan(g), 0.0)
 
 
 @kernel_fn
@@ -448,7 +451,7 @@ def logsumexp_grad_lanes(f, a, b, c, i, k):
     """(weight *) exp(x - lse) * g where valid, else 0, for x = a, weights b,
     c = (lse, g, w)."""
     e = weighed_exp(vsub(vload(a, i, k, 0.0), c[0]), b, i, k)
-    return keep(valid(b, c[2], i, k), vmul(e, c[1]), 0.0)
+    return keep(valid(b, c[2], i, k), vone_nan(vmul(e, c[1])), 0.0)
 
 
 # ---------------------------------------------------------------------------------------

@@ -315,6 +315,22 @@ def vnonzero(typingctx, a):
 
 
 @intrinsic
+def vone_nan(typingctx, a):
+    """``a`` with every NaN lane the quiet NaN of positive sign and no payload. An
+    operation on NaNs gives one of its operands' (x86: the first's), and LLVM may swap the
+    operands of a commutative one, so a computed NaN's sign and payload depend on the
+    compiled code: different drivers gave different NaN bits for one input."""
+    if not isinstance(a, Vec):
+        return None
+
+    def codegen(context, builder, sig, args):
+        x = args[0]
+        return builder.select(builder.fcmp_ordered("==", x, x), x, _const(x.type, math.nan))
+
+    return a(a), codegen
+
+
+@intrinsic
 def visfinite(typingctx, a):
     """Lanes that are neither NaN nor infinite."""
     if not isinstance(a, Vec):

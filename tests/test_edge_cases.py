@@ -274,6 +274,49 @@ def test_backward_nan_gradient_gives_nan_row(op):
     assert np.isfinite(got[[0, 2]]).all()
 
 
+def _odd_nans(rng, a):
+    """``a`` with NaNs of both signs and a payload at random places: numpy's NaN, -NaN, and
+    a quiet NaN with its lowest payload bit set."""
+    a = a.copy()
+    u = a.view({2: np.uint16, 4: np.uint32, 8: np.uint64}[a.itemsize])
+    flat = u.reshape(-1)
+    nan = int(bits(np.array([np.nan], a.dtype))[0])
+    sign = 1 << (8 * a.itemsize - 1)
+    for value in (nan, nan | sign, nan | sign | 1, nan | 1):
+        flat[rng.integers(flat.size, size=2)] = value
+    return a
+
+
+@pytest.mark.parametrize("n", [3, 37, 20000], ids=lambda n: f"n{n}")  # tiles, rows, chunks
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=_dtype_id)
+@pytest.mark.parametrize("op", ["softmax_backward", "log_softmax_backward",
+                                "logsumexp_backward"])
+def test_gradient_nans_have_numpys_pattern_on_every_driver(op, dtype, n):
+    """NaNs of either sign, with payloads, in any input give every NaN of the gradient
+    numpy's NaN pattern, whichever driver computes it: rows along the last axis, a strided
+    axis read in place (the lane kernel), Fortran order. (An operation on NaNs gives one of
+    its operands', and the compiled code may order them either way: the drivers' NaNs
+    differed in sign.)"""
+    rng = np.random.default_rng(n)
+    x = (rng.standard_normal((20, n)) * 3).astype(dtype)
+    if op == "logsumexp_backward":
+        inputs = (_odd_nans(rng, x), _odd_nans(rng, rng.standard_normal(20).astype(dtype)),
+                  _odd_nans(rng, rng.standard_normal(20).astype(dtype)))
+    else:
+        y = numbasoftmax.softmax(x)
+        with np.errstate(divide="ignore"):
+            y = np.log(y) if op == "log_softmax_backward" else y
+        inputs = (_odd_nans(rng, y), _odd_nans(rng, rng.standard_normal((20, n)).astype(dtype)))
+    f = getattr(numbasoftmax, op)
+    rows = f(*inputs)
+    along_axis0 = f(*(np.ascontiguousarray(a.T) if a.ndim == 2 else a for a in inputs), axis=0)
+    fortran = f(*(np.asfortranarray(a) for a in inputs))
+    assert_bitwise_equal(along_axis0.T, rows)
+    assert_bitwise_equal(fortran, rows)
+    assert np.isnan(rows).any()
+    assert (bits(rows[np.isnan(rows)]) == _nan_bits(dtype)).all()
+
+
 # ---------------------------------------------------------------------------------------
 # huge values
 
