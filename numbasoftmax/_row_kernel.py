@@ -426,8 +426,11 @@ def _softmax_lanes(f, a, b, c, i, k):
 
 @kernel_fn
 def _log_softmax_lanes(f, a, b, c, i, k):
-    """(x - m) - lse where valid, else -inf, for c = (m, lse, w)."""
-    return keep(valid(None, c[2], i, k), vsub(vsub(vload(a, i, k, 0.0), c[0]), c[1]), NEG_INF)
+    """(x - m) - lse where valid, else -inf, for c = (m, lse, w). A run's row with a NaN
+    max takes m = lse = NaN (``run_values``): its NaNs are one NaN (``vone_nan``), as the
+    special rows' fill gives elsewhere, whichever NaN x held."""
+    v = vsub(vsub(vload(a, i, k, 0.0), c[0]), c[1])
+    return keep(valid(None, c[2], i, k), vone_nan(v), NEG_INF)
 
 
 @kernel_fn
