@@ -558,11 +558,10 @@ def _grad_write(op, a, b, w, out, nt, lo, hi, S, c, nc, V, stream):
             v = vload(b[0], b[1] + j * b[2] + t * W, k, 0.0)
             s = vload(V, t * W, W, 0.0)
             if same(op, SOFTMAX_BACKWARD):
-                g = vmul(u, vsub(v, s))
+                g = _product_grad(u, v, s)
             else:
-                g = vsub(v, vmul(vexp(u), s))
-            lane_store(oarr, obase + j * ostep + t * W, k,
-                       excluded(op, w, j, t, vone_nan(g)), stream)  # as the row kernel's
+                g = _exp_grad_value(u, v, s)
+            lane_store(oarr, obase + j * ostep + t * W, k, excluded(op, w, j, t, g), stream)
 
 
 def _no_stats(op, a, b, w, out, nt, lo, hi, T, V, S, smax, ssum):
@@ -913,17 +912,26 @@ def _grad_sum(total, like):
     return vnarrow(vadd(0.0, total), like)
 
 
+# The gradients' element-wise formulas of the bands (``_grad_write``) and the tiles, as the
+# row kernel's: the same operations in the same order, every NaN numpy's (``vone_nan``)
+
 @njit(**INTERNAL)
 def _product_grad(y, dy, s):
-    """y * (dy - s) (``_grad_write``), NaNs the row kernel's."""
+    """softmax's y * (dy - s)."""
     return vone_nan(vmul(y, vsub(dy, s)))
 
 
 @njit(**INTERNAL)
+def _exp_grad_value(z, dz, s):
+    """log_softmax's dz - exp(z) * s."""
+    return vone_nan(vsub(dz, vmul(vexp(z), s)))
+
+
+@njit(**INTERNAL)
 def _exp_grad(z, dz, s, j, n):
-    """dz - exp(z) * s (``_grad_write``) for a vector j < n, else dz (never stored)."""
+    """``_exp_grad_value`` for a vector j < n of a tile, else dz (never stored)."""
     if j < n:
-        return vone_nan(vsub(dz, vmul(vexp(z), s)))  # the row kernel's NaNs
+        return _exp_grad_value(z, dz, s)
     return dz
 
 
