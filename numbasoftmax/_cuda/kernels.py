@@ -5,9 +5,10 @@ A call is M rows of N elements; row r of input x is x[r*sx : r*sx + N] of a flat
 Strategies (chosen in ``launch.plan``), with the global-memory traffic of a row (forward:
 read X, write Y; gradients: read Y and dY, write dX):
 
-``rows``   short rows: G threads per row (a power of two up to 32) hold it in registers
-           (K packs each), U = 2 rows per group and step when that is at most 8 values per
-           thread; butterfly-shuffle reductions. Each input read once.
+``rows``   short and medium rows: G threads per row (a power of two up to 1024) hold it
+           in registers (K packs each), U = 2 rows per group and step when a row is at most
+           8 values a thread of a warp or less; butterfly-shuffle reductions in each warp,
+           then the warps' results through shared memory. Each input read once.
 ``smem``   medium rows: a block per row, cached in shared memory (compute type, or the
            2-byte storage bits when only those fit); each input read once.
 ``long``   long rows: a block per row, online max and rescaled sum (Milakov & Gimelshein
@@ -92,10 +93,12 @@ Masking = namedtuple("Masking", "row_base hide reveal pad drop_zero_weights")
 
 @functools.cache
 def _reductions(P):
-    """Reductions: fmax, and group_*(v, width, xch): over
-    aligned groups of ``width`` lanes (butterfly: every lane gets it); block_*(v, identity,
-    red, xch): over the block (blockDim.x a multiple of 32), each warp, then the warps'
-    results in warp order; every thread gets the result."""
+    """Reductions: fmax, and group_*(v, width, xch): over aligned groups of ``width``
+    threads, every thread gets the result: a butterfly over each warp's lanes (of the
+    group, up to 32), then for groups of several warps their results in warp order (through
+    ``xch``, a shared array of a value per warp, between two barriers: every thread of the
+    block must run it); block_*(v, identity, red, xch): over the block (blockDim.x a
+    multiple of 32), each warp, then the warps' results in warp order."""
     dev = _device(P.sim)
     shfl_xor = P.shfl_xor
 
@@ -115,10 +118,20 @@ def _reductions(P):
 
         @dev
         def reduce(v, width, xch):
-            off = width // 2
+            off = min(width, 32) // 2
             while off > 0:
                 v = combine(v, shfl_xor(v, off))
                 off //= 2
+            if width > 32:
+                t = cuda.threadIdx.x
+                cuda.syncthreads()  # the group's last reduction has read xch
+                if t % 32 == 0:
+                    xch[t >> 5] = v
+                cuda.syncthreads()
+                first = t // width * (width >> 5)
+                v = xch[first]
+                for k in range(1, width >> 5):
+                    v = combine(v, xch[first + k])
             return v
         return reduce
 
@@ -351,7 +364,7 @@ def _parts(P, spec):
 # ---------------------------------------------------------------------------------------
 # Each strategy returns (body, items, dtype): the kernel body (a, sa, b, sb, out, so, ws,
 # m, n, C, L, w, wn, wd, ba, bb), its per-thread buffers ba, bb: ``items`` of ``dtype``.
-# short rows: a group of G threads per row, the row in registers
+# short and medium rows: a group of G threads per row, the row in registers
 
 def _rows(P, spec):
     ((fmax, group_max, group_sum, _, _), (term, factor, value, _), (load, store, _, _),
@@ -363,7 +376,7 @@ def _rows(P, spec):
     KV = K * V
     GPB = B // G  # groups per block
     RPB = GPB * U  # rows per block and step
-    XCH = B if P.sim else 1
+    XCH = B if P.sim else B // 32 if G > 32 else 1
 
     def body(a, sa, b, sb, out, so, ws, m, n, C, L, w, wn, wd, ba, bb):
         xch = cuda.shared.array(XCH, ctype)

@@ -39,15 +39,17 @@ _I64 = types.int64
 
 class _Config:
     """Tunables; ``None`` is the built-in default (smaller under the simulator). block:
-    threads per block (whole warps); max_grid: cap on the blocks (grid-stride loops cover
-    the rest); reg_max: longest row of ``rows``; smem_max: bytes of dynamic shared memory
+    threads per block (whole warps; ``rows`` takes at least a row's threads); max_grid: cap
+    on the blocks (grid-stride loops cover the rest); reg_max: longest row of ``rows`` in a
+    warp or less; row_values: values of each input a thread holds of a longer row in
+    ``rows``, which takes up to 1024 threads a row; smem_max: bytes of dynamic shared memory
     for ``smem``; split_rows: a long-row call with fewer rows is split into chunks; force:
     a strategy of ``_STRATEGIES`` ("smem16": the row cache in the 2-byte storage type);
     vector: False never plans 16-byte loads (tests); launch: "direct" (cuda.core) or
     "numba" (numba's launch path: slower, the cross-check and the fallback)."""
 
-    _fields = ("block", "max_grid", "reg_max", "smem_max", "split_rows", "force", "vector",
-               "launch")
+    _fields = ("block", "max_grid", "reg_max", "row_values", "smem_max", "split_rows", "force",
+               "vector", "launch")
 
     def __init__(self):
         self.__dict__.update(dict.fromkeys(self._fields), vector=True,
@@ -129,6 +131,27 @@ class _Call:
         # rows cached as their 2-byte storage bits: the inputs' own kind, no mask (excluded
         # elements are replaced in the compute type)
         self.raw_ok = self.item == 2 and src is None and not mask
+        two = self.bwd or weights  # two inputs in registers
+        # ``rows`` in a warp's registers: up to 64 float32 values a thread of each input
+        # (H200, N = 2048: forward 62 % of copy against 30 % for smem, gradients 102 %
+        # against 75 %) on the vector path; 32 (16 of each of two inputs) for single
+        # elements (64 of them spill), float64 (twice the registers; not measured),
+        # logsumexp, masks, dtype=
+        wide = self.V > 1 and self.ctsize == 4 and not (self.lse or weights or mask or src)
+        self.reg_max = ((2048 if wide else 512 if two else 1024) * 4 // self.ctsize
+                        if config.reg_max is None else config.reg_max)
+        # Longer rows in up to 1024 threads' registers, 16 float32 values of one input a
+        # thread or 8 of each of two (float64: half), so that a block of 1024 threads stays
+        # within 64 registers a thread; half that again for logsumexp's weights, and for
+        # single elements (each with an address of its own) of two inputs, float64 or with
+        # a mask: ptxas spilled those at 1024 threads. Not measured on a GPU: it replaces
+        # ``smem`` there, which ran at 30-51 % of copy forward on an H200.
+        values = config.row_values
+        if values is None:
+            values = (8 if two else 16) * 4 // self.ctsize
+            if weights or self.V == 1 and (two or self.ctsize == 8 or mask):
+                values //= 2
+        self.row_packs = max(1, values // self.V)
 
     def block(self, default):
         """Threads per block: whole warps, since the reductions shuffle over full warps."""
@@ -164,14 +187,23 @@ class _Call:
                      if self.smem_bytes(c) <= self.smem_cap), None)
 
 
+def _pow2(q):
+    """The least power of two >= q (>= 1)."""
+    return 1 << max(0, (q - 1).bit_length())
+
+
 def _rows(c):
     packs = max(c.npk, 1)
-    g = min(1 << max(0, (packs - 1).bit_length()), 32)  # threads per row
-    k = 1 << max(0, (-(-packs // g) - 1).bit_length())  # packs per thread
-    b = c.block(128)
-    # two rows per group and step when a row is at most 8 values per thread, so that
-    # each thread keeps two loads in flight
-    u = 2 if k * c.V <= 8 else 1
+    # threads per row: a warp or less, else enough for row_packs packs a thread
+    g = min(_pow2(packs), 32) if c.n <= c.reg_max else _pow2(-(-packs // c.row_packs))
+    if g > 1024:  # only a forced strategy gets here
+        raise ValueError(f"config.force: a row of {c.n} elements ({c.op}, {c.kind}) needs "
+                         f"{g} threads to hold in registers, more than a block's 1024")
+    k = _pow2(-(-packs // g))  # packs per thread
+    b = max(g, c.block(128))
+    # two rows per group and step when a row is at most 8 values per thread of a warp or
+    # less, so that each thread keeps two loads in flight
+    u = 2 if k * c.V <= 8 and g <= 32 else 1
     grid = min(-(-c.m // (b // g * u)), c.max_grid)
     return Plan([c.step("rows", b, u, grid, G=g, K_=k)], 0)
 
@@ -213,15 +245,7 @@ def _split(c):
 
 
 def _choose(c):
-    # ``rows``: the row in a warp's registers, up to 64 float32 values a thread of each input
-    # (H200, N = 2048: forward 62 % of copy against 30 % for smem, gradients 102 % against
-    # 75 %) on the vector path; 32 (16 of each of two inputs) for single elements (64 of
-    # them spill), float64 (twice the registers; not measured), logsumexp, masks, dtype=
-    reg_max = config.reg_max
-    if reg_max is None:
-        wide = c.V > 1 and c.ctsize == 4 and not (c.lse or c.weights or c.mask or c.src)
-        reg_max = (2048 if wide else 512 if c.bwd or c.weights else 1024) * 4 // c.ctsize
-    if c.n <= reg_max:
+    if c.n <= c.reg_max or c.npk <= 1024 * c.row_packs:
         return "rows"
     if not c.lse and c.smem_cache():
         return "smem"

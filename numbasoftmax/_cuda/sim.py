@@ -4,9 +4,10 @@
 shuffles or intrinsics; ``kernels.py`` is the same source in both modes, only these differ:
 
 * Group reductions become one exchange through a block-wide shared array between two
-  ``syncthreads()``, after which every thread replays the GPU's butterfly in its order:
-  the same numbers combined in the same order, 2 barriers instead of 2 per step (each
-  costs milliseconds here). Faithful because every thread of a block runs every reduction.
+  ``syncthreads()``, after which every thread replays the GPU's butterflies and its fold
+  of a group's warps in their order: the same numbers combined in the same order, 2
+  barriers instead of 2 per step (each costs milliseconds here). Faithful because every
+  thread of a block runs every reduction.
 * Vector loads/stores are V scalar accesses that assert 16-byte alignment (the simulator's
   arrays have real host addresses), so the launcher's alignment checks are exercised too.
 * float16/bfloat16 conversions go through numpy (round to nearest even, as ``cvt.rn``);
@@ -51,20 +52,27 @@ f32_to_bf16_bits, bf16_bits_to_f32 = _f2b, _b2f
 
 @cuda.jit(device=True)
 def group_reduce(v, width, xch, op):
-    """What ``width``-lane butterfly shuffles compute, from one exchange: every thread reads
-    its group's values and replays the butterfly in the GPU's order (lane l combines
-    op(v[l], v[l ^ off]) for off = width/2 .. 1), so the result is bitwise the GPU's."""
+    """What the GPU's group reduction computes, from one exchange: every thread reads its
+    group's values and replays the butterfly of each warp in the GPU's order (lane l
+    combines op(v[l], v[l ^ off]) for off = min(width, 32)/2 .. 1), then for a group of
+    several warps folds their first lanes' results in warp order, so the result is
+    bitwise the GPU's."""
     t = cuda.threadIdx.x
     cuda.syncthreads()
     xch[t] = v
     cuda.syncthreads()
     base = t - t % width
     vals = [xch[base + i] for i in range(width)]
-    off = width // 2
+    off = min(width, 32) // 2
     while off > 0:
         vals = [op(vals[i], vals[i ^ off]) for i in range(width)]
         off //= 2
-    return vals[t - base]
+    if width <= 32:
+        return vals[t - base]
+    r = vals[0]
+    for k in range(32, width, 32):
+        r = op(r, vals[k])
+    return r
 
 
 def make_primitives(kind, src=None):

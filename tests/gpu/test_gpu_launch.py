@@ -42,6 +42,44 @@ def test_unknown_forced_strategy():
         launch.plan("softmax", "f4", 4, 100, True, 0)
 
 
+def _rows_spec(op, kind, n, vec=True):
+    p = launch.plan(op, kind, 1 << 16, n, vec, H100, sim=False)
+    return p.steps[0].spec
+
+
+@pytest.mark.parametrize("op, kind, n, G, K", [
+    ("softmax", "f4", 2048, 32, 16),           # the longest row of a warp
+    ("softmax", "f4", 2052, 256, 4),           # past it: 16 values a thread
+    ("softmax", "f4", 16384, 1024, 4),         # the longest row of a block
+    ("softmax_backward", "f4", 4096, 512, 2),  # two inputs: 8 values of each a thread
+    ("log_softmax", "f8", 8192, 1024, 4),      # float64: half the values
+    ("logsumexp", "f2", 4096, 256, 2),
+])
+def test_rows_longer_than_a_warp_take_several_warps(op, kind, n, G, K):
+    s = _rows_spec(op, kind, n)
+    assert (s.strategy, s.G, s.K, s.U) == ("rows", G, K, 1)
+    assert s.B >= s.G and s.B % s.G == 0
+
+
+@pytest.mark.parametrize("op, n", [("softmax", 16388), ("softmax_backward", 8196)])
+def test_rows_past_a_block_of_registers_are_cached(op, n):
+    assert _rows_spec(op, "f4", n).strategy == "smem"
+
+
+def test_block_holds_a_whole_row_group():
+    with launch.config.override(block=64, reg_max=4, row_values=4):
+        s = _rows_spec("softmax", "f4", 512)
+    assert (s.G, s.K, s.B) == (128, 1, 128)
+    with launch.config.override(block=512, reg_max=4, row_values=4):
+        assert _rows_spec("softmax", "f4", 512).B == 512  # four rows a block
+
+
+def test_forced_rows_longer_than_a_block_can_hold():
+    with launch.config.override(force="rows", reg_max=0), \
+            pytest.raises(ValueError, match="2048 threads.*1024"):
+        _rows_spec("softmax", "f4", 1 << 15)
+
+
 def test_kernel_that_cannot_run_the_planned_block_fails_at_plan_time(monkeypatch):
     """A compiled kernel reports how many threads a block may have (its registers); a
     plan that needs more is an error before anything is launched."""

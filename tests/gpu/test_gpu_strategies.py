@@ -32,17 +32,24 @@ def _width(itemsize):
     return 16 // itemsize
 
 
+# rows longer than a warp holds (``reg_max``) in several warps, ``row_values`` values a thread
+_SEVERAL_WARPS = {"reg_max": 1}
+
+
 def _cases(W):
-    """(strategy, m, n) per vector width W; the scalar variants use n + 1."""
+    """(strategy, m, n, tunables) per vector width W; the scalar variants use n + 1."""
     return [
-        ("rows", 5, 2 * W),        # sub-warp groups, several rows per block
-        ("rows", 2, 33 * W),       # a warp per row, 2 packs per thread
-        ("smem", 3, 5 * W),
-        ("smem", 2, 40 * W),       # 2 packs per thread
-        ("smem", 2, 70 * W),       # 3 packs per thread: two batches of loads
-        ("long", 2, 70 * W),
-        ("split", 2, 70 * W),
-        ("smem16", 2, 70 * W),     # float16: the row cached as float16 (float32: as smem)
+        ("rows", 5, 2 * W, {}),    # sub-warp groups, several rows per block
+        ("rows", 2, 33 * W, {}),   # a warp per row, 2 packs per thread
+        # two warps per row, two rows per block
+        ("rows", 3, 40 * W, dict(_SEVERAL_WARPS, row_values=W, block=128)),
+        ("rows", 2, 130 * W, dict(_SEVERAL_WARPS, row_values=2 * W)),  # four warps per row
+        ("smem", 3, 5 * W, {}),
+        ("smem", 2, 40 * W, {}),   # 2 packs per thread
+        ("smem", 2, 70 * W, {}),   # 3 packs per thread: two batches of loads
+        ("long", 2, 70 * W, {}),
+        ("split", 2, 70 * W, {}),
+        ("smem16", 2, 70 * W, {}),  # float16: the row cached as float16 (float32: as smem)
     ]
 
 
@@ -58,7 +65,7 @@ def _inputs(func, m, n, rng, dtype):
     return (a.astype(dtype), g)
 
 
-def _run_case(func, strategy, m, n, dtype, vec, rng):
+def _run_case(func, strategy, m, n, dtype, vec, rng, tunables=None):
     dtype = np.dtype(dtype)
     W = _width(dtype.itemsize)
     align = W if vec else 1
@@ -74,11 +81,13 @@ def _run_case(func, strategy, m, n, dtype, vec, rng):
     out, check = guarded((m, n), dtype, ostrides, pad=W + (0 if vec else 3), align=align)
     from numbasoftmax._cuda import launch
 
-    with launch.config.override(force=strategy, vector=vec):
+    with launch.config.override(force=strategy, vector=vec, **(tunables or {})):
         p = launch.plan(func, {"float32": "f4", "float64": "f8", "float16": "f2"}[dtype.name],
                         m, n, True, 0)
-        assert strategy.startswith(p.steps[0].spec.strategy[:4])
-        assert (p.steps[0].spec.V > 1) == vec
+        spec = p.steps[0].spec
+        assert strategy.startswith(spec.strategy[:4])
+        assert (spec.V > 1) == vec
+        assert (spec.G > 32) == ("row_values" in (tunables or {}))  # several warps a row
         res = getattr(ns, func)(*views, out=out)
     assert res is out
     check()
@@ -91,16 +100,16 @@ def _run_case(func, strategy, m, n, dtype, vec, rng):
 
 @pytest.mark.parametrize("vec", [True, False], ids=["vector", "scalar"])
 @pytest.mark.parametrize("dtype", list(DTYPES))
-@pytest.mark.parametrize("case", range(8), ids=[c[0] + str(i) for i, c in
-                                                  enumerate(_cases(4))])
+@pytest.mark.parametrize("case", range(len(_cases(4))), ids=[c[0] + str(i) for i, c in
+                                                            enumerate(_cases(4))])
 def test_strategy(case, dtype, vec):
     rng = np.random.default_rng(case * 7 + len(dtype))
     W = _width(np.dtype(dtype).itemsize)
-    strategy, m, n = _cases(W)[case]
+    strategy, m, n, tunables = _cases(W)[case]
     if not vec:
         n += 1
     for func in FUNCS:
-        _run_case(func, strategy, m, n, dtype, vec, rng)
+        _run_case(func, strategy, m, n, dtype, vec, rng, tunables)
 
 
 # ---------------------------------------------------------------------------------------
