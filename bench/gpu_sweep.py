@@ -2,10 +2,11 @@
 """The launch tunables against each other on a GPU, to choose the planner's thresholds.
 
 For each function and row length, the default plan and alternatives set through
-``launch.config.override`` (a strategy forced, the longest row kept in registers, the block
-size), timed with CUDA events, in GB/s and % of the same-run device-to-device copy; M*N =
-2^26. A configuration whose plan cannot be made is reported and skipped. Run on a machine
-with a GPU and cupy (bench/GPU.md):
+``launch.config.override`` (a strategy forced, the longest row kept in a warp's registers,
+the values a thread holds of a row spread over several warps, the block size), timed with
+CUDA events, in GB/s and % of the same-run device-to-device copy; M*N = 2^26. A
+configuration whose plan cannot be made is reported and skipped. Run on a machine with a
+GPU and cupy (bench/GPU.md):
 
     python3 bench/gpu_sweep.py [--funcs softmax,softmax_backward] [--sizes 2048,4096]
         [--dtype float32] [--budget SECONDS]
@@ -25,7 +26,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ELEMENTS = 1 << 26
 CONFIGS = {  # name: tunables (None: the planner's own choice)
     "default": {},
-    "rows": {"force": "rows", "reg_max": 1 << 30},
+    "rows": {"force": "rows", "reg_max": 1 << 30},  # a warp per row, however long
+    # rows longer than a warp's in several warps: values of each input a thread
+    "values4": {"force": "rows", "row_values": 4},
+    "values8": {"force": "rows", "row_values": 8},
+    "values32": {"force": "rows", "row_values": 32},
     "smem32": {"force": "smem", "block": 32},
     "smem64": {"force": "smem", "block": 64},
     "smem128": {"force": "smem", "block": 128},
