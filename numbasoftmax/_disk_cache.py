@@ -13,11 +13,21 @@ that holds an advisory lock on a file in its cache directory: exclusive while it
 shared while it loads an index and its data file. Processes that cache this package's
 kernels therefore never interleave those steps. Where ``fcntl`` is missing (Windows) or the
 lock file cannot be opened, the cache works as numba's own, unlocked.
+
+numba also stamps a function's cache index with its own source file alone (a hash of its
+contents), while a kernel's machine code holds every function it calls from the package's
+other modules, inlined. An install that changes ``_row_kernel.py`` but leaves
+``jit.py`` as it was (an editable install after a ``git pull``, say) would load the old row
+kernel's code from the cache, with the bugs and bits of the old version. Here the stamp
+also covers every module of the package (``package_stamp``): any change to one recompiles
+every kernel once.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import os
 import threading
 
@@ -58,8 +68,35 @@ def locked(directory, exclusive):
             os.close(fd)  # releases the lock
 
 
+def sources_stamp(directory):
+    """A digest of the names and contents of the Python modules in ``directory`` (not its
+    subdirectories), as numba's of one source file; None where they cannot be read."""
+    digest = hashlib.sha256()
+    try:
+        for name in sorted(n for n in os.listdir(directory) if n.endswith(".py")):
+            with open(os.path.join(directory, name), "rb") as f:
+                digest.update(name.encode() + b"\0" + f.read() + b"\0")
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
+@functools.cache
+def package_stamp():
+    """``sources_stamp`` of this package's modules (the CPU kernels and all they call),
+    taken once per process."""
+    return sources_stamp(os.path.dirname(os.path.abspath(__file__)))
+
+
 class LockedCache(FunctionCache):
-    """numba's FunctionCache with its loads and saves under the cache directory's lock."""
+    """numba's FunctionCache with its loads and saves under the cache directory's lock, and
+    its index stamped with the package's modules too (``package_stamp``)."""
+
+    def __init__(self, py_func):
+        super().__init__(py_func)
+        # an index saved under another stamp reads as empty: the kernel compiles again
+        file = self._cache_file
+        file._source_stamp = (file._source_stamp, package_stamp())
 
     def load_overload(self, sig, target_context):
         # numba's own load refreshes the whole target context first: it imports every

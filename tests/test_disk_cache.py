@@ -161,3 +161,68 @@ def test_a_warm_process_loads_without_numbas_set_up(tmp_path):
     assert not warm["arrays"]
     for key in ("y", "h", "s"):
         assert_bitwise_equal(warm[key], cold[key])
+
+
+# ---------------------------------------------------------------------------------------
+# a kernel's cache entry is stale when any module of the package changed, not only its own
+# file (numba's stamp): its machine code holds the functions it calls from the others
+
+def test_sources_stamp_follows_every_module(tmp_path):
+    for name in ("a.py", "b.py"):
+        (tmp_path / name).write_text("x = 1\n")
+    (tmp_path / "notes.txt").write_text("not a module\n")
+    first = _disk_cache.sources_stamp(str(tmp_path))
+    (tmp_path / "notes.txt").write_text("changed, still not a module\n")
+    os.utime(tmp_path / "a.py")  # touched, same contents
+    assert _disk_cache.sources_stamp(str(tmp_path)) == first
+    (tmp_path / "b.py").write_text("x = 2\n")
+    assert _disk_cache.sources_stamp(str(tmp_path)) != first
+    assert _disk_cache.sources_stamp(str(tmp_path / "missing")) is None
+
+
+def test_every_cached_kernel_is_stamped_with_the_package():
+    from numbasoftmax._config import CACHE
+
+    if not CACHE:
+        pytest.skip("the disk cache is off (NUMBASOFTMAX_CACHE=0)")
+    stamp = _disk_cache.package_stamp()
+    assert stamp is not None
+    for name, d in _dispatchers():
+        assert d._cache._cache_file._source_stamp[1] == stamp, name
+
+
+# jit.softmax_row (jit.py) inlines the row kernel (_row_kernel.py): a process loads it from
+# the cache, then the row kernel changes and the next process must compile it again
+JIT_SCRIPT = textwrap.dedent("""
+    import numpy as np
+    from numbasoftmax import jit
+
+    x = np.arange(8.0)
+    out = np.empty(8)
+    jit.softmax_row(x, out)
+    stats = jit.softmax_row.stats
+    print(sum(stats.cache_hits.values()), sum(stats.cache_misses.values()))
+""")
+
+
+def test_a_change_in_a_called_module_recompiles(tmp_path):
+    import shutil
+
+    package = tmp_path / "src" / "numbasoftmax"
+    shutil.copytree(ROOT / "numbasoftmax", package,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"),
+               PYTHONPATH=str(tmp_path / "src"))
+    env.pop("NUMBASOFTMAX_CACHE", None)
+
+    def hits_and_misses():
+        proc = subprocess.run([sys.executable, "-c", JIT_SCRIPT], env=env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr
+        return tuple(int(v) for v in proc.stdout.split())
+
+    assert hits_and_misses() == (0, 1)  # compiled, saved
+    assert hits_and_misses() == (1, 0)  # loaded
+    kernel = package / "_row_kernel.py"
+    kernel.write_text(kernel.read_text() + "\n# changed\n")
+    assert hits_and_misses() == (0, 1)  # compiled again
