@@ -131,20 +131,19 @@ def workload(tool):
         except Exception as err:  # noqa: BLE001
             failures.append(f"{name}: {type(err).__name__}: {str(err)[:300]}")
 
-    cases = [("rows", 3, 40), ("rows", 3, 1000), ("smem", 3, 3000), ("smem16", 2, 3000),
+    # rows of 5000: several warps a row, which exchange their results in shared memory
+    cases = [("rows", 3, 40), ("rows", 3, 1000), ("rows", 2, 5000), ("smem", 3, 3000),
              ("long", 2, 20000), (None, 2, 100000)]  # the last: split (few rows)
     funcs_all = ("softmax", "log_softmax", "softmax_backward", "log_softmax_backward")
     funcs_two = ("softmax", "softmax_backward")
     dtypes = ["float32", "float16", "float64"] + (["bfloat16"] if torch is not None else [])
-    if tool == "racecheck":  # shared memory is used by the block strategies only
-        cases = [c for c in cases if c[0] != "rows"] + [("rows", 2, 64)]
+    if tool == "racecheck":  # shared memory: the block strategies and rows of several warps
+        cases = [c for c in cases if c[0] != "rows" or c[2] > 2048] + [("rows", 2, 64)]
     if launch.SIM:  # a self-test of this script under the simulator: tiny rows
         cases = [(f, m, min(n, 72)) for f, m, n in cases][:3]
         dtypes = dtypes[:2]
     for force, m, n in cases:
         for dtype in dtypes:
-            if force == "smem16" and dtype not in ("float16", "bfloat16"):
-                continue
             for vec in (True, False):
                 funcs = funcs_all if (dtype == "float32" and tool == "memcheck") else funcs_two
                 if not vec and (tool == "racecheck" or dtype not in ("float32", "float16")):

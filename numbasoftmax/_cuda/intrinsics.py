@@ -53,14 +53,14 @@ def _f2b(builder, value):
     return builder.trunc(builder.select(isnan, quiet, rounded), _I16)
 
 
-_TO_F32 = {"f2": _h2f, "bf16": _b2f, "raw16": lambda builder, bits: bits}
+_TO_F32 = {"f2": _h2f, "bf16": _b2f}
 _FROM_F32 = {"f2": _f2h, "bf16": _f2b}
 
 
 def make_vector_io(kind):
-    """(ldv, stv) intrinsics for one storage kind ("raw16": 2-byte bits, unconverted):
-    ``ldv(arr, i, buf, off)`` loads the 16 bytes at ``arr[i:]`` (16-byte aligned) and writes
-    the V converted values to ``buf[off:off + V]``; ``stv(arr, i, buf, off)`` the reverse."""
+    """(ldv, stv) intrinsics for one storage kind: ``ldv(arr, i, buf, off)`` loads the 16
+    bytes at ``arr[i:]`` (16-byte aligned) and writes the V converted values to
+    ``buf[off:off + V]``; ``stv(arr, i, buf, off)`` the reverse."""
     # 16 bytes: 4 float32, 2 float64, or 4 words of two 2-byte values (width: values)
     lane, lanes, width = {"f4": (_F32, 4, 4), "f8": (_F64, 2, 2)}.get(kind, (_I32, 4, 8))
     vec_ty = ir.VectorType(lane, lanes)
@@ -174,7 +174,6 @@ def make_primitives(kind, src=None):
     from .kernels import Primitives
 
     ldv, stv = make_vector_io(kind)
-    ldv_raw = make_vector_io("raw16")[0] if kind in ("f2", "bf16") else ldv
     if kind in ("f4", "f8"):
         ld, st = at, put
     else:
@@ -199,7 +198,7 @@ def make_primitives(kind, src=None):
         pass
 
     return Primitives(sim=False, ctype=types.float64 if kind == "f8" else types.float32,
-                      ld=ld, st=st, ldv=ldv, stv=stv, ldv_raw=ldv_raw, exp=math.exp, log=math.log,
+                      ld=ld, st=st, ldv=ldv, stv=stv, exp=math.exp, log=math.log,
                       begin=begin, shfl_xor=shfl_xor, group_reduce=None, at=at, put=put)
 
 

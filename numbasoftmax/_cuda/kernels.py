@@ -9,8 +9,8 @@ read X, write Y; gradients: read Y and dY, write dX):
            in registers (K packs each), U = 2 rows per group and step when a row is at most
            8 values a thread of a warp or less; butterfly-shuffle reductions in each warp,
            then the warps' results through shared memory. Each input read once.
-``smem``   medium rows: a block per row, cached in shared memory (compute type, or the
-           2-byte storage bits when only those fit); each input read once.
+``smem``   longer rows: a block per row, cached in shared memory in the compute type;
+           each input read once.
 ``long``   long rows: a block per row, online max and rescaled sum (Milakov & Gimelshein
            2018), then a pass that writes: forward reads X twice.
 ``split``  long rows, too few to fill the GPU: C chunks per row, a block each; one kernel
@@ -45,23 +45,22 @@ F64 = types.float64
 
 # One specialization. kind: storage ("f4", "f8", "f2", "bf16"); V: pack width; G, K:
 # threads per row and packs per thread (rows); B: block size; U: rows per group and step
-# (rows), packs loaded per step (smem, long, split); cache (smem): "c" rows in the compute
-# type, "s" in the 2-byte storage type (twice the row fits; exp then runs twice an
-# element); src: the inputs' storage kind when it is not ``kind`` (``dtype=``: read as if
-# cast to ``kind``, single elements, cache "c"), else None; mask: a ``where=`` mask is read
-# (cache "c"); weights: logsumexp (or its gradient) reads weights (``b=``) as its second
-# input; signed: logsumexp writes each row's sign after its value, its gradient reads it.
-Spec = namedtuple("Spec", "strategy op kind V G K B U cache src mask weights signed",
-                  defaults=("c", None, False, False, False))
+# (rows), packs loaded per step (smem, long, split); src: the inputs' storage kind when it
+# is not ``kind`` (``dtype=``: read as if cast to ``kind``, single elements), else None;
+# mask: a ``where=`` mask is read; weights: logsumexp (or its gradient) reads weights
+# (``b=``) as its second input; signed: logsumexp writes each row's sign after its value,
+# its gradient reads it.
+Spec = namedtuple("Spec", "strategy op kind V G K B U src mask weights signed",
+                  defaults=(None, False, False, False))
 
 # The device functions the kernels are made of (intrinsics.py on a GPU, sim.py under the
 # simulator). ld/st(arr, i[, v]): one element, converted; ldv/stv(arr, i, buf, off): a
-# 16-byte pack of V elements; ldv_raw: a pack of 2-byte bits, unconverted; begin():
+# 16-byte pack of V elements; begin():
 # per-thread set-up; shfl_xor (GPU) or group_reduce(v, width, xch, op) (simulator);
 # at(arr, i) / put(arr, i, v): arr[i] read / written with an index that is never negative
 # (no wraparound code).
-Primitives = namedtuple("Primitives", "sim ctype ld st ldv stv ldv_raw exp log begin "
-                                      "shfl_xor group_reduce at put")
+Primitives = namedtuple("Primitives", "sim ctype ld st ldv stv exp log begin shfl_xor "
+                                      "group_reduce at put")
 
 # fwd: a forward op; lse: logsumexp (a value per row is written); given: its gradient (row
 # statistics read from the workspace); load_b: the second input is read (the gradients'
@@ -87,7 +86,7 @@ def _device(sim):
 
 Reductions = namedtuple("Reductions", "fmax group_max group_sum block_max block_sum")
 OpMath = namedtuple("OpMath", "term factor value weighted")
-Packs = namedtuple("Packs", "load store load_raw elem")
+Packs = namedtuple("Packs", "load store elem")
 Masking = namedtuple("Masking", "row_base hide reveal pad drop_zero_weights")
 
 
@@ -266,14 +265,13 @@ def _lse_store(P, signed):
 
 @functools.cache
 def _packs(P, V):
-    """Packs: ``load(arr, i, buf, o)`` converts the pack arr[i:i+V]
-    into a per-thread buffer's buf[o:o+V], ``store`` the reverse, ``load_raw`` copies 2-byte
-    bits unconverted; ``elem(arr, i)`` is arr[i] as it is."""
+    """Packs: ``load(arr, i, buf, o)`` converts the pack arr[i:i+V] into a per-thread
+    buffer's buf[o:o+V], ``store`` the reverse; ``elem(arr, i)`` is arr[i] as it is."""
     dev = _device(P.sim)
     ld, st, at = P.ld, P.st, P.at
 
     if V > 1:  # 16-byte packs: the vector primitives themselves
-        return Packs(P.ldv, P.stv, P.ldv_raw, at)
+        return Packs(P.ldv, P.stv, at)
 
     @dev
     def load(arr, i, buf, o):
@@ -283,11 +281,7 @@ def _packs(P, V):
     def store(arr, i, buf, o):
         st(arr, i, buf[o])
 
-    @dev
-    def load_raw(arr, i, buf, o):
-        buf[o] = at(arr, i)
-
-    return Packs(load, store, load_raw, at)
+    return Packs(load, store, at)
 
 
 NO_MASK = (1, 0, 1, 0, 1, 0)  # the mask dims of unmasked kernels: every row at offset 0
@@ -367,7 +361,7 @@ def _parts(P, spec):
 # short and medium rows: a group of G threads per row, the row in registers
 
 def _rows(P, spec):
-    ((fmax, group_max, group_sum, _, _), (term, factor, value, _), (load, store, _, _),
+    ((fmax, group_max, group_sum, _, _), (term, factor, value, _), (load, store, _),
      (row_base, hide, reveal, pad, drop_zero_weights)) = _parts(P, spec)
     FWD, LSE, GIVEN, LOAD_B, DROP, NV = _flags(spec)
     MASK, V, G, K, B, U = spec.mask, spec.V, spec.G, spec.K, spec.B, spec.U
@@ -448,28 +442,23 @@ def _rows(P, spec):
 
 
 # ---------------------------------------------------------------------------------------
-# medium rows: one block per row, the row cached in shared memory.
+# longer rows: one block per row, the row cached in shared memory.
 # Layout: pack p = j*B + t of thread t, element v, lives at cache[(j*V + v)*B + t], so
 # that consecutive threads touch consecutive words (no bank conflicts) and every thread
 # reads back only what it wrote itself (no barrier between the passes). The gradients
 # cache b's packs after a's, at offset ``half``.
 
 def _smem(P, spec):
-    ((fmax, _, _, block_max, block_sum), (term, factor, value, _), (load, store, load_raw,
-                                                                      elem),
+    ((fmax, _, _, block_max, block_sum), (term, factor, value, _), (load, store, elem),
      (row_base, hide, reveal, _, _)) = _parts(P, spec)
     FWD, MASK, V, B, UL = spec.op in FORWARD, spec.mask, spec.V, spec.B, spec.U
     ctype = P.ctype
-    RAW = spec.cache == "s"  # cache the 2-byte storage bits, convert on every read
-    fetch = load_raw if RAW else load  # global memory -> the cache's staging buffers
-    KEEP_E = spec.op == "softmax" and not RAW
-    cdt = types.uint16 if RAW else ctype
-    value_of = P.ld if RAW else elem  # an element of the cache, in the compute type
+    KEEP_E = spec.op == "softmax"
     put = P.put
     XCH = B if P.sim else 1
 
     def body(a, sa, b, sb, out, so, ws, m, n, C, L, w, wn, wd, ta, tb):
-        cache = cuda.shared.array(0, cdt)
+        cache = cuda.shared.array(0, ctype)
         red = cuda.shared.array(32, ctype)
         xch = cuda.shared.array(XCH, ctype)
         res = cuda.local.array(V, ctype)
@@ -488,9 +477,9 @@ def _smem(P, spec):
                 for u in range(UL):
                     p = (j0 + u) * B + tid
                     if p < npk:
-                        fetch(a, row * sa + p * V, ta, u * V)
+                        load(a, row * sa + p * V, ta, u * V)
                         if not FWD:
-                            fetch(b, row * sb + p * V, tb, u * V)
+                            load(b, row * sb + p * V, tb, u * V)
                         if MASK:
                             hide(w, wb, wn, p * V, ta, tb, u * V)
                 for u in range(UL):
@@ -500,12 +489,12 @@ def _smem(P, spec):
                         for v in range(V):
                             i = u * V + v
                             put(cache, c + v * B, ta[i])
-                            av = value_of(ta, i)
+                            av = elem(ta, i)
                             if FWD:
                                 acc = fmax(acc, av)
                             else:
                                 put(cache, half + c + v * B, tb[i])
-                                acc += term(av, value_of(tb, i), mx)
+                                acc += term(av, elem(tb, i), mx)
             # The second pass walks packs as the write pass does, so that an element costs
             # its exp and the cache's load and store (an element index's pack, k // V, took
             # seven 64-bit operations with Python's floor division)
@@ -516,7 +505,7 @@ def _smem(P, spec):
                     if j * B + tid < npk:
                         c = j * V * B + tid
                         for v in range(V):
-                            av = value_of(cache, c + v * B)
+                            av = elem(cache, c + v * B)
                             e = term(av, av, mx)
                             if KEEP_E:
                                 put(cache, c + v * B, e)
@@ -527,19 +516,19 @@ def _smem(P, spec):
                 if p < npk:
                     c = j * V * B + tid
                     for v in range(V):
-                        av = value_of(cache, c + v * B)
+                        av = elem(cache, c + v * B)
                         if KEEP_E:
                             res[v] = av * f
                         elif FWD:
                             res[v] = value(av, av, mx, f)
                         else:
-                            res[v] = value(av, value_of(cache, half + c + v * B), mx, f)
+                            res[v] = value(av, elem(cache, half + c + v * B), mx, f)
                     if MASK:
                         reveal(w, wb, wn, p * V, res, 0)
                     store(out, row * so + p * V, res, 0)
             row += cuda.gridDim.x
 
-    return body, UL * V, cdt
+    return body, UL * V, ctype
 
 
 # ---------------------------------------------------------------------------------------
@@ -553,7 +542,7 @@ def _long(P, spec):
     one chunk of the whole row (C = 1). logsumexp writes a value per row (thread 0 of the
     row's first chunk); its gradient reads each row's statistics from ws (``GIVEN``)."""
     dev = _device(P.sim)
-    ((fmax, _, _, block_max, block_sum), (term, factor, value, weighted), (load, store, _, _),
+    ((fmax, _, _, block_max, block_sum), (term, factor, value, weighted), (load, store, _),
      (row_base, hide, reveal, pad, drop_zero_weights)) = _parts(P, spec)
     FWD, LSE, GIVEN, LOAD_B, DROP, NV = _flags(spec)
     MASK, V, B, U = spec.mask, spec.V, spec.B, spec.U

@@ -44,9 +44,9 @@ class _Config:
     warp or less; row_values: values of each input a thread holds of a longer row in
     ``rows``, which takes up to 1024 threads a row; smem_max: bytes of dynamic shared memory
     for ``smem``; split_rows: a long-row call with fewer rows is split into chunks; force:
-    a strategy of ``_STRATEGIES`` ("smem16": the row cache in the 2-byte storage type);
-    vector: False never plans 16-byte loads (tests); launch: "direct" (cuda.core) or
-    "numba" (numba's launch path: slower, the cross-check and the fallback)."""
+    a strategy of ``_STRATEGIES``; vector: False never plans 16-byte loads (tests); launch:
+    "direct" (cuda.core) or "numba" (numba's launch path: slower, the cross-check and the
+    fallback)."""
 
     _fields = ("block", "max_grid", "reg_max", "row_values", "smem_max", "split_rows", "force",
                "vector", "launch")
@@ -128,9 +128,6 @@ class _Call:
         # (float64: 8; masked float64: 4, else the masked long-row kernels spill)
         values = 16 if kind != "f8" else 4 if mask else 8
         self.unroll = 2 if sim else max(1, values // self.V)
-        # rows cached as their 2-byte storage bits: the inputs' own kind, no mask (excluded
-        # elements are replaced in the compute type)
-        self.raw_ok = self.item == 2 and src is None and not mask
         two = self.bwd or weights  # two inputs in registers
         # ``rows`` in a warp's registers: up to 64 float32 values a thread of each input
         # (H200, N = 2048: forward 62 % of copy against 30 % for smem, gradients 102 %
@@ -161,9 +158,9 @@ class _Call:
                              f"warps); got {b}")
         return b
 
-    def step(self, strategy, b, u, grid, shmem=0, chunks=(), G=1, K_=1, cache="c"):
-        spec = K.Spec(strategy, self.op, self.kind, self.V, G, K_, b, u, cache, self.src,
-                      self.mask, self.weights, self.signed)
+    def step(self, strategy, b, u, grid, shmem=0, chunks=(), G=1, K_=1):
+        spec = K.Spec(strategy, self.op, self.kind, self.V, G, K_, b, u, self.src, self.mask,
+                      self.weights, self.signed)
         return Step(spec, grid, shmem, chunks)
 
     def smem_block(self):
@@ -175,16 +172,10 @@ class _Call:
         b = 1 << max(0, (self.npk // per).bit_length() - 1)  # a power of two <= npk / per
         return self.block(min(1024, max(least, b)))
 
-    def smem_bytes(self, cache):
+    def smem_bytes(self):
+        """The bytes of a row cached in the compute type (gradients: both inputs)."""
         b = self.smem_block()
-        per = self.item if cache == "s" else self.ctsize
-        return -(-self.npk // b) * b * self.V * per * (2 if self.bwd else 1)
-
-    def smem_cache(self):
-        """"c" (rows cached in the compute type) when the row fits, else "s" (the 2-byte
-        storage type) when that fits; None when neither does."""
-        return next((c for c in ("c", "s")[:1 + self.raw_ok]
-                     if self.smem_bytes(c) <= self.smem_cap), None)
+        return -(-self.npk // b) * b * self.V * self.ctsize * (2 if self.bwd else 1)
 
 
 def _pow2(q):
@@ -208,17 +199,16 @@ def _rows(c):
     return Plan([c.step("rows", b, u, grid, G=g, K_=k)], 0)
 
 
-def _smem(c, cache=None):
-    cache = cache or c.smem_cache() or "c"
-    if c.smem_bytes(cache) > c.smem_cap:  # only a forced strategy gets here
+def _smem(c):
+    if c.smem_bytes() > c.smem_cap:  # only a forced strategy gets here
         raise ValueError(f"config.force: a row of {c.n} elements ({c.op}, {c.kind}) needs "
-                         f"{c.smem_bytes(cache)} B of shared memory to cache, more than the "
+                         f"{c.smem_bytes()} B of shared memory to cache, more than the "
                          f"{c.smem_cap} B a block has")
     # the gradients load two arrays: half the packs of each in flight (at 1024 threads a
     # thread has 64 registers; more spill)
     u = max(1, c.unroll // 2) if c.bwd and not c.sim else c.unroll
-    return Plan([c.step("smem", c.smem_block(), u, min(c.m, c.max_grid),
-                        c.smem_bytes(cache), cache=cache)], 0)
+    return Plan([c.step("smem", c.smem_block(), u, min(c.m, c.max_grid), c.smem_bytes())],
+                0)
 
 
 def _long(c):
@@ -247,7 +237,10 @@ def _split(c):
 def _choose(c):
     if c.n <= c.reg_max or c.npk <= 1024 * c.row_packs:
         return "rows"
-    if not c.lse and c.smem_cache():
+    # ``smem`` caches a row in the compute type only: float16 rows cached as their 2-byte
+    # bits (twice as long a row, its exps taken twice) ran at 23-26 % of copy forward on
+    # an H200 (N = 32768-65536), where ``long`` read float32 rows at 64 %
+    if not c.lse and c.smem_bytes() <= c.smem_cap:
         return "smem"
     split_rows = config.split_rows
     if split_rows is None:
@@ -258,8 +251,7 @@ def _choose(c):
     return "long"
 
 
-_STRATEGIES = {"rows": _rows, "smem": _smem, "long": _long, "split": _split,
-               "smem16": lambda c: _smem(c, "s" if c.raw_ok else "c")}
+_STRATEGIES = {"rows": _rows, "smem": _smem, "long": _long, "split": _split}
 
 
 def plan(op, kind, m, n, vec_ok, dev, sim=None, src=None, mask=False, weights=False,

@@ -106,10 +106,6 @@ def make_primitives(kind, src=None):
         for v in pack(arr, i):
             st(arr, i + v, buf[off + v])
 
-    def ldv_raw(arr, i, buf, off):
-        for v in pack(arr, i):
-            buf[off + v] = arr[i + v]
-
     def begin():
         np.seterr(all="ignore")  # per thread: each simulated CUDA thread is a Python thread
 
@@ -122,5 +118,5 @@ def make_primitives(kind, src=None):
         arr[i] = v
 
     return Primitives(sim=True, ctype=types.float64 if kind == "f8" else types.float32,
-                      ld=ld, st=st, ldv=ldv, stv=stv, ldv_raw=ldv_raw, exp=np.exp, log=np.log,
+                      ld=ld, st=st, ldv=ldv, stv=stv, exp=np.exp, log=np.log,
                       begin=begin, shfl_xor=None, group_reduce=group_reduce, at=at, put=put)

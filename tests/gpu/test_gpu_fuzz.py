@@ -130,8 +130,7 @@ def _fuzz_once(func, data):
     if data.draw(st.booleans()):
         lay = data.draw(layouts(len(shape)))
         out, check = guarded(shape, res_dtype, layout_strides(shape, **lay), pad=2)
-    force = data.draw(st.sampled_from([None, None, "rows", "smem", "smem16", "long",
-                                       "split"]))
+    force = data.draw(st.sampled_from([None, None, "rows", "smem", "long", "split"]))
     with launch.config.override(force=force):
         r = getattr(ns, func)(*views, axis=axis, out=out)
     if out is not None:
@@ -264,7 +263,7 @@ def _fuzz_features_once(func, data):
     if host_w is not None:
         options["where"] = strided_view(
             host_w, layout_strides(host_w.shape, **data.draw(layouts(host_w.ndim))))[0]
-    force = data.draw(st.sampled_from([None, "rows", "smem", "smem16", "long", "split"]))
+    force = data.draw(st.sampled_from([None, "rows", "smem", "long", "split"]))
     with launch.config.override(force=force):
         r = getattr(ns, func)(*views, axis=axis, **options)
     name = result or ("float64" if dtype == "int32" else dtype)
