@@ -141,8 +141,11 @@ class _Call:
         # thread or 8 of each of two (float64: half), so that a block of 1024 threads stays
         # within 64 registers a thread; half that again for logsumexp's weights, and for
         # single elements (each with an address of its own) of two inputs, float64 or with
-        # a mask: ptxas spilled those at 1024 threads. Not measured on a GPU: it replaces
-        # ``smem`` there, which ran at 30-51 % of copy forward on an H200.
+        # a mask: ptxas spilled those at 1024 threads. Not measured on a GPU. The plan
+        # takes them for the forward functions, whose ``smem`` ran at 30-51 % of copy on an
+        # H200 (N = 2048-32768), and for logsumexp and its gradient (``long`` before); the
+        # softmax gradients keep ``smem`` (93-97 % there at N = 4096-12288) unless forced.
+        self.wide_rows = not self.bwd or self.lse
         values = config.row_values
         if values is None:
             values = (8 if two else 16) * 4 // self.ctsize
@@ -235,7 +238,7 @@ def _split(c):
 
 
 def _choose(c):
-    if c.n <= c.reg_max or c.npk <= 1024 * c.row_packs:
+    if c.n <= c.reg_max or c.wide_rows and c.npk <= 1024 * c.row_packs:
         return "rows"
     # ``smem`` caches a row in the compute type only: float16 rows cached as their 2-byte
     # bits (twice as long a row, its exps taken twice) ran at 23-26 % of copy forward on

@@ -51,7 +51,7 @@ def _rows_spec(op, kind, n, vec=True):
     ("softmax", "f4", 2048, 32, 16),           # the longest row of a warp
     ("softmax", "f4", 2052, 256, 4),           # past it: 16 values a thread
     ("softmax", "f4", 16384, 1024, 4),         # the longest row of a block
-    ("softmax_backward", "f4", 4096, 512, 2),  # two inputs: 8 values of each a thread
+    ("logsumexp_backward", "f4", 4096, 512, 2),  # two inputs: 8 values of each a thread
     ("log_softmax", "f8", 8192, 1024, 4),      # float64: half the values
     ("logsumexp", "f2", 4096, 256, 2),
 ])
@@ -64,6 +64,14 @@ def test_rows_longer_than_a_warp_take_several_warps(op, kind, n, G, K):
 @pytest.mark.parametrize("op, n", [("softmax", 16388), ("softmax_backward", 8196)])
 def test_rows_past_a_block_of_registers_are_cached(op, n):
     assert _rows_spec(op, "f4", n).strategy == "smem"
+
+
+@pytest.mark.parametrize("op", ["softmax_backward", "log_softmax_backward"])
+def test_softmax_gradients_keep_the_cache_past_a_warp_unless_forced(op):
+    assert _rows_spec(op, "f4", 2056).strategy == "smem"
+    with launch.config.override(force="rows"):
+        s = _rows_spec(op, "f4", 4096)
+    assert (s.strategy, s.G, s.K) == ("rows", 512, 2)
 
 
 def test_block_holds_a_whole_row_group():
