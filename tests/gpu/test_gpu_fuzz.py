@@ -111,6 +111,17 @@ def _values(draw, shape, dtype, role):
     return vals.astype(dtype).reshape(shape)
 
 
+# launch tunables a case runs under: the planner's choice, a strategy forced, or rows held
+# by several warps (any row past one element takes them: two values of each input a thread)
+TUNINGS = {"auto": {}, "rows": {"force": "rows"}, "warps": {"force": "rows", "reg_max": 1,
+                                                             "row_values": 2},
+           "smem": {"force": "smem"}, "long": {"force": "long"}, "split": {"force": "split"}}
+
+
+def _tunables(data, names):
+    return TUNINGS[data.draw(st.sampled_from(names))]
+
+
 def _fuzz_once(func, data):
     from numbasoftmax._cuda import launch
 
@@ -130,8 +141,7 @@ def _fuzz_once(func, data):
     if data.draw(st.booleans()):
         lay = data.draw(layouts(len(shape)))
         out, check = guarded(shape, res_dtype, layout_strides(shape, **lay), pad=2)
-    force = data.draw(st.sampled_from([None, None, "rows", "smem", "long", "split"]))
-    with launch.config.override(force=force):
+    with launch.config.override(**_tunables(data, ["auto", "auto", *list(TUNINGS)[1:]])):
         r = getattr(ns, func)(*views, axis=axis, out=out)
     if out is not None:
         assert r is out
@@ -196,8 +206,8 @@ def _fuzz_lse_once(data):
         if h is not None:
             lay = data.draw(layouts(h.ndim))
             dev[name], _ = strided_view(h, layout_strides(h.shape, **lay))
-    force = data.draw(st.sampled_from([None, "rows", "long", "split"]))
-    with launch.config.override(force=force):
+    tuning = data.draw(st.sampled_from(["auto", "rows", "warps", "long", "split"]))
+    with launch.config.override(**TUNINGS[tuning]):
         got = ns.logsumexp(dev["x"], axis=axis, b=dev.get("b"), where=dev.get("where"),
                            **options)
     with np.errstate(over="ignore"):  # a huge value cast to float16: inf on both paths
@@ -215,7 +225,7 @@ def _fuzz_lse_once(data):
         return
     dlse = np.random.default_rng(n).standard_normal(lse.shape).astype(res)
     lse = lse.astype(res)
-    with launch.config.override(force=None if force == "split" else force):
+    with launch.config.override(**TUNINGS["auto" if tuning == "split" else tuning]):
         grad = ns.logsumexp_backward(dev["x"], *(strided_view(v, layout_strides(v.shape))[0]
                                                  for v in (lse, dlse)),
                                      axis=axis, b=dev.get("b"), where=dev.get("where"),
@@ -263,8 +273,7 @@ def _fuzz_features_once(func, data):
     if host_w is not None:
         options["where"] = strided_view(
             host_w, layout_strides(host_w.shape, **data.draw(layouts(host_w.ndim))))[0]
-    force = data.draw(st.sampled_from([None, "rows", "smem", "long", "split"]))
-    with launch.config.override(force=force):
+    with launch.config.override(**_tunables(data, list(TUNINGS))):
         r = getattr(ns, func)(*views, axis=axis, **options)
     name = result or ("float64" if dtype == "int32" else dtype)
     got = to_host(r)
