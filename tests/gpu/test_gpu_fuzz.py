@@ -111,8 +111,9 @@ def _values(draw, shape, dtype, role):
     return vals.astype(dtype).reshape(shape)
 
 
-# launch tunables a case runs under: the planner's choice, a strategy forced, or rows held
-# by several warps (any row past one element takes them: two values of each input a thread)
+# launch tunables a case runs under: the planner's choice, a strategy forced, or the rule of
+# rows longer than a warp's for every row (two values of each input a thread: rows of 65
+# elements or more take several warps)
 TUNINGS = {"auto": {}, "rows": {"force": "rows"}, "warps": {"force": "rows", "reg_max": 1,
                                                              "row_values": 2},
            "smem": {"force": "smem"}, "long": {"force": "long"}, "split": {"force": "split"}}
