@@ -145,7 +145,7 @@ class _Call:
         # takes them for the forward functions, whose ``smem`` ran at 30-51 % of copy on an
         # H200 (N = 2048-32768), and for logsumexp and its gradient (``long`` before); the
         # softmax gradients keep ``smem`` (93-97 % there at N = 4096-12288) unless forced.
-        self.wide_rows = not self.bwd or self.lse
+        self.multiwarp = not self.bwd or self.lse
         values = config.row_values
         if values is None:
             values = (8 if two else 16) * 4 // self.ctsize
@@ -175,6 +175,14 @@ class _Call:
         b = 1 << max(0, (self.npk // per).bit_length() - 1)  # a power of two <= npk / per
         return self.block(min(1024, max(least, b)))
 
+    def row_threads(self):
+        """Threads a row takes in ``rows``: a power of two, a warp or less up to reg_max
+        elements, else enough for row_packs packs a thread (past 1024 no block holds it)."""
+        packs = max(self.npk, 1)
+        if self.n <= self.reg_max:
+            return min(_pow2(packs), 32)
+        return _pow2(-(-packs // self.row_packs))
+
     def smem_bytes(self):
         """The bytes of a row cached in the compute type (gradients: both inputs)."""
         b = self.smem_block()
@@ -188,8 +196,7 @@ def _pow2(q):
 
 def _rows(c):
     packs = max(c.npk, 1)
-    # threads per row: a warp or less, else enough for row_packs packs a thread
-    g = min(_pow2(packs), 32) if c.n <= c.reg_max else _pow2(-(-packs // c.row_packs))
+    g = c.row_threads()
     if g > 1024:  # only a forced strategy gets here
         raise ValueError(f"config.force: a row of {c.n} elements ({c.op}, {c.kind}) needs "
                          f"{g} threads to hold in registers, more than a block's 1024")
@@ -238,7 +245,7 @@ def _split(c):
 
 
 def _choose(c):
-    if c.n <= c.reg_max or c.wide_rows and c.npk <= 1024 * c.row_packs:
+    if c.n <= c.reg_max or c.multiwarp and c.row_threads() <= 1024:
         return "rows"
     # ``smem`` caches a row in the compute type only: float16 rows cached as their 2-byte
     # bits (twice as long a row, its exps taken twice) ran at 23-26 % of copy forward on
