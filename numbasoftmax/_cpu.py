@@ -469,7 +469,7 @@ def run_columns(op, args, direct=False, side=None):
         lead, stream = column_stream(out, so, io, m * n, c)
         lead = lead if stream else -1
     if m * n * c < PARALLEL_MIN_ELEMENTS or not parallel_allowed():
-        tasks, _ = k.columns_tasks(m, n, c, max(lead, 0), arrays[0].itemsize)
+        tasks, _ = k.columns_tasks(marker, m, n, c, max(lead, 0), arrays[0].itemsize)
         entry = entries.get((k.columns, arrays[0].dtype)) if direct and side is None else None
         if entry is not None:  # compiled for read-only inputs, as in ``run``
             entry(marker, *arrays, 0, tasks, n, c, lead, side)

@@ -154,6 +154,31 @@ BAND_TILES = 8
 # Same bits: a lane's row is computed alone.
 WIDE_BAND_TILES = 32
 SLAB_BYTES = 1 << 20
+# ... except log_softmax_backward's bands over larger slabs, which take NARROW_BAND_TILES
+# while such a band holds at most NARROW_BAND_BYTES along the axis: its first pass reads dz
+# alone and its second reads that dz again beside z, and a narrower band finds more of it
+# still in the cache (its rows fetched as far ahead in bytes, ``_lane_kernel.rows_ahead``).
+# bench/bench_axes.py, fresh arrays, float32, 2 threads, 2-core AMD EPYC (Zen 4), % of the
+# last-axis speed, 8 -> 4 tiles, two to four runs: along axis 0 of (2048, 8192) 80-82 ->
+# 89-90 %, (4096, 4096) 70-73 -> 78-81 %, (8192, 2048) 49-53 -> 60-71 %, (16384, 1024)
+# 46-51 -> 45-68 %; but (43690, 384), 10.7 MiB bands, 42-45 -> 32-34 %. The other
+# operations ran slower with 4, (8192, 2048): softmax 70 -> 59 %, softmax_backward 64 ->
+# 52 %, log_softmax 57 -> 59 % and on (16384, 1024) 54 -> 49 %. Same bits, whatever the
+# band.
+NARROW_BAND_TILES = 4
+NARROW_BAND_BYTES = 4 << 20
+NARROW_BAND_OPS = frozenset({"log_softmax_backward"})
+
+
+def narrow_bands(op):
+    """Whether operation ``op`` (a marker) takes narrower bands over larger slabs."""
+    return op.key in NARROW_BAND_OPS
+
+
+@overload(narrow_bands, jit_options=INLINE)
+def _narrow_bands_impl(op):
+    narrow = op.key_ in NARROW_BAND_OPS
+    return lambda op: narrow
 
 _PARALLEL = dict(OPTIONS, parallel=True)
 # a function called, not inlined: code that rarely runs, compiled once
@@ -1007,10 +1032,14 @@ def masked_short_rows(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, ahead, s
 
 
 @njit(inline="always", **INTERNAL)
-def band_tiles(n, C, itemsize):
-    """The tiles of ``columns``' bands over n x C elements of ``itemsize`` bytes per outer
-    position."""
-    return WIDE_BAND_TILES if n * C * itemsize <= SLAB_BYTES else BAND_TILES
+def band_tiles(op, n, C, itemsize):
+    """The tiles of ``columns``' bands of operation ``op`` (a marker) over n x C elements of
+    ``itemsize`` bytes per outer position."""
+    if n * C * itemsize <= SLAB_BYTES:
+        return WIDE_BAND_TILES
+    if narrow_bands(op) and n * NARROW_BAND_TILES * W * itemsize <= NARROW_BAND_BYTES:
+        return NARROW_BAND_TILES
+    return BAND_TILES
 
 
 def column_tasks(M, C, lead, tiles):
@@ -1020,10 +1049,11 @@ def column_tasks(M, C, lead, tiles):
     return M * ((lead > 0) + (C - lead + tiles * W - 1) // (tiles * W))
 
 
-def columns_tasks(M, n, C, lead, itemsize):
-    """(tasks, tiles per band) of ``columns`` over M outer positions of n x C elements of
-    ``itemsize`` bytes: its bands as ``band_tiles`` sizes them."""
-    tiles = band_tiles.py_func(n, C, itemsize)
+def columns_tasks(op, M, n, C, lead, itemsize):
+    """(tasks, tiles per band) of ``columns`` for operation ``op`` (a marker) over M outer
+    positions of n x C elements of ``itemsize`` bytes: its bands as ``band_tiles`` sizes
+    them."""
+    tiles = band_tiles.py_func(op, n, C, itemsize)
     return column_tasks(M, C, lead, tiles), tiles
 
 
@@ -1089,7 +1119,7 @@ def columns(op, a, ao, an, b, bo, bn, out, oo, on, lo, hi, n, C, lead, side):
     positions): one byte per outer position o and element j, at o * n + j."""
     stream = lead >= 0
     lead = imax(lead, 0)
-    tiles = band_tiles(n, C, a.itemsize)
+    tiles = band_tiles(op, n, C, a.itemsize)
     S, T, V = _scratch(a, n, tiles)
     for task in range(lo, hi):
         o, c0, full, c1, k1 = _band_task(task, C, lead, tiles)
@@ -1135,7 +1165,7 @@ def _tile_tasks(args):
 
 def _band_tasks(args):
     M, n, C, lead = args[10:14]
-    total, tiles = columns_tasks(M, n, C, max(lead, 0), args[1].itemsize)
+    total, tiles = columns_tasks(args[0], M, n, C, max(lead, 0), args[1].itemsize)
     return total, max(1, TASK_ELEMENTS // (n * tiles * W))
 
 

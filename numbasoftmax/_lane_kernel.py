@@ -104,6 +104,26 @@ from ._vmem import (
 # along axis 0 of (65536, 256) and (32768, 512) float32, 2 threads, fetching ahead took
 # 0.42-0.70x the time.
 PREFETCH_ROWS = 8
+# A band of fewer than PREFETCH_TILES tiles fetches twice as many rows ahead for each halving
+# of its tiles, so that as many of its lines are on their way: log_softmax_backward's
+# 4-tile bands (``_cpu_kernels.NARROW_BAND_TILES``), bench/bench_axes.py, 2 threads, AMD
+# EPYC, % of the last-axis speed with 8 / 16 rows ahead: (8192, 2048) along axis 0 54-65 /
+# 59-68 %, (16384, 1024) 48-58 / 61-65 %. (Comparisons, not a division by the run-time
+# tile count: the rule is evaluated at each row.)
+PREFETCH_TILES = 8
+
+
+@njit(inline="always", **INTERNAL)
+def rows_ahead(nt):
+    """How many rows ahead ``prefetch`` fetches for a band of nt tiles."""
+    rows = PREFETCH_ROWS
+    if nt < PREFETCH_TILES:
+        rows *= 2
+    if nt < PREFETCH_TILES // 2:
+        rows *= 2
+    if nt < PREFETCH_TILES // 4:
+        rows *= 2
+    return rows
 
 
 @njit(inline="always", **INTERNAL)
@@ -114,7 +134,7 @@ def fetches_ahead(step, nt):
 
 
 def prefetch(lanes, nt, j, hi):
-    """Fetch ahead row min(j + PREFETCH_ROWS, hi - 1) of the nt tiles of lane tuple
+    """Fetch ahead row min(j + rows_ahead(nt), hi - 1) of the nt tiles of lane tuple
     ``lanes`` where ``fetches_ahead``; nothing for None."""
 
 
@@ -127,7 +147,7 @@ def _prefetch_impl(lanes, nt, j, hi):
         def bytes_(lanes, nt, j, hi):
             arr, base, step, _ = lanes
             if fetches_ahead(step, nt):
-                at = base + imin(j + PREFETCH_ROWS, hi - 1) * step
+                at = base + imin(j + rows_ahead(nt), hi - 1) * step
                 for i in range(0, nt * W, 64):  # a line apart, and the last byte
                     vprefetch(arr, at + i)
                 vprefetch(arr, at + nt * W - 1)
@@ -136,7 +156,7 @@ def _prefetch_impl(lanes, nt, j, hi):
     def impl(lanes, nt, j, hi):
         arr, base, step, _ = lanes
         if fetches_ahead(step, nt):
-            at = base + imin(j + PREFETCH_ROWS, hi - 1) * step
+            at = base + imin(j + rows_ahead(nt), hi - 1) * step
             for t in range(nt):  # the first and last element: a tile's lines
                 vprefetch(arr, at + t * W)
                 vprefetch(arr, at + t * W + W - 1)

@@ -19,7 +19,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from numbasoftmax import _cpu_kernels as K
 from numbasoftmax._cpu import COLUMN_OPS, TILE_MASK_OPS, read_only_inputs, read_only_side
-from numbasoftmax._lane_kernel import REGISTER_ROW_MAX, TILE_ROW_MAX, fetches_ahead
+from numbasoftmax._lane_kernel import REGISTER_ROW_MAX, TILE_ROW_MAX, fetches_ahead, rows_ahead
 
 # (1030, 9): read as columns, rows 1030 elements apart, where the lane kernel fetches rows
 # ahead (``fetches_ahead``), with a partial last tile; (21, 40): groups of rows, the last
@@ -96,7 +96,7 @@ def _columns(driver, op, inputs, parallel, stream=False, out=None, lead=None):
     if parallel:
         _drive(driver, *head, 1, n, m, arg, None)
     else:
-        tasks, _ = K.columns_tasks(1, n, m, lead, flat[0].itemsize)
+        tasks, _ = K.columns_tasks(head[0], 1, n, m, lead, flat[0].itemsize)
         _drive(driver, *head, 0, tasks, n, m, arg, None)
     return out.T
 
@@ -122,6 +122,15 @@ def test_prefetch_hint_changes_nothing_and_never_faults():
 def test_a_shape_reaches_the_prefetch():
     # a band of the widest kind (the whole inner row up to its tiles) over rows further apart
     assert any(fetches_ahead.py_func(m, K.WIDE_BAND_TILES) for m, _ in SHAPES)
+
+
+def test_narrower_bands_fetch_further_rows_ahead():
+    """As many tiles' lines ahead as an 8-tile band's 8 rows, never fewer rows."""
+    ahead = [rows_ahead.py_func(nt) for nt in (1, 2, 4, 8, 32)]
+    assert ahead == sorted(ahead, reverse=True)
+    assert rows_ahead.py_func(K.NARROW_BAND_TILES) * K.NARROW_BAND_TILES == \
+        rows_ahead.py_func(K.BAND_TILES) * K.BAND_TILES
+    assert rows_ahead.py_func(K.WIDE_BAND_TILES) == rows_ahead.py_func(K.BAND_TILES)
 
 
 def test_bands_fetch_ahead_where_their_rows_leave_a_tile_between_them():
@@ -333,13 +342,28 @@ def test_streamed_columns_agree_bitwise(op, dtype, shape, offset, rng):
 
 # (inner positions, rows along the axis) on both sides of ``band_tiles``' slab bound
 # (float32): 1 MiB, wide bands (a whole inner row); one inner position more, bands of
-# BAND_TILES (two whole, then a partial tile)
+# BAND_TILES (two whole, then a partial tile), log_softmax_backward's of NARROW_BAND_TILES
+# (four whole, then a partial tile)
 SLAB_SHAPES = [(256, 1024), (257, 1024)]
 
 
-def test_slab_shapes_take_both_band_widths():
-    assert [K.band_tiles.py_func(n, m, 4) for m, n in SLAB_SHAPES] == [K.WIDE_BAND_TILES,
-                                                                        K.BAND_TILES]
+@pytest.mark.parametrize("op, slab", [("softmax", K.BAND_TILES),
+                                      ("log_softmax_backward", K.NARROW_BAND_TILES)])
+def test_slab_shapes_take_both_band_widths(op, slab):
+    assert [K.band_tiles.py_func(K.OPS[op], n, m, 4) for m, n in SLAB_SHAPES] == [
+        K.WIDE_BAND_TILES, slab]
+    assert K.NARROW_BAND_TILES < K.BAND_TILES
+
+
+@pytest.mark.parametrize("itemsize", [2, 4, 8])
+def test_narrow_bands_up_to_their_bytes_along_the_axis(itemsize):
+    """log_softmax_backward's narrow bands hold at most NARROW_BAND_BYTES along the axis;
+    longer axes take BAND_TILES, as the other operations do."""
+    op = K.OPS["log_softmax_backward"]
+    n = K.NARROW_BAND_BYTES // (K.NARROW_BAND_TILES * K.W * itemsize)
+    assert K.band_tiles.py_func(op, n, 4096, itemsize) == K.NARROW_BAND_TILES
+    assert K.band_tiles.py_func(op, n + 1, 4096, itemsize) == K.BAND_TILES
+    assert K.band_tiles.py_func(K.OPS["softmax_backward"], n, 4096, itemsize) == K.BAND_TILES
 
 
 @pytest.mark.parametrize("shape", SLAB_SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
@@ -901,7 +925,7 @@ def _lse_columns(driver, op, x, b, parallel, outer=2):
     if parallel:
         _drive(driver, *head, outer, n, C, -1, None)
     else:
-        tasks, _ = K.columns_tasks(outer, n, C, 0, x.itemsize)
+        tasks, _ = K.columns_tasks(head[0], outer, n, C, 0, x.itemsize)
         _drive(driver, *head, 0, tasks, n, C, -1, None)
     assert (planes[width * m:] == 7.0).all()
     values = planes[:m].reshape(outer, C)
@@ -956,7 +980,7 @@ def _lse_grad_columns(driver, x, b, rv, parallel, outer=2, offset=None):
     if parallel:
         _drive(driver, *head, outer, n, C, lead, (None, None, *given))
     else:
-        tasks, _ = K.columns_tasks(outer, n, C, max(lead, 0), x.itemsize)
+        tasks, _ = K.columns_tasks(head[0], outer, n, C, max(lead, 0), x.itemsize)
         _drive(driver, *head, 0, tasks, n, C, lead, (None, None, *given))
     outside = np.ones(buf.size, bool)
     outside[64 + (offset or 0):64 + (offset or 0) + out.size] = False
