@@ -406,13 +406,6 @@ def stream_copy(out, src):
 
 
 @kernel_fn
-def _fill_lanes(f, a, b, c, i, k):
-    """c = (v, other, w): v where mask w is set (everywhere when it is None), ``other``
-    elsewhere, in the compute type of array ``a``."""
-    return keep(valid(None, c[2], i, k), vsplat(c[0], a), c[1])
-
-
-@kernel_fn
 def _softmax_lanes(f, a, b, c, i, k):
     """e * factor where valid, else 0, for c = (shift, factor, w): e as kept in ``b`` (0
     where not valid: the mask is not read again), or, when ``b`` is None (a float16
@@ -652,8 +645,13 @@ def special_fill(op, m, t, w, out):
     so, else the value of excluded elements (0; log_softmax: -inf); that value at the
     excluded ones."""
     other = pick(op, LOG_SOFTMAX, NEG_INF, 0.0)
-    seg_map(_fill_lanes, out, out, None, (NAN if _nan_row(op, m, t, w) else other, other, w),
-            None)
+    v = vsplat(NAN if _nan_row(op, m, t, w) else other, out)
+    # a loop of its own, not ``seg_map``: a seg_map specialization of its own took ~0.1 s of
+    # every first softmax or log_softmax call's compile, for rows that are rarely there
+    n = out.shape[0]
+    for i in range(0, n, W):
+        k = imin(W, n - i)
+        vstore(out, i, k, keep(valid(None, w, i, k), v, other))
 
 
 def may_stream(stream, es):
