@@ -23,6 +23,7 @@ type, 2 * nt * W) per-tile vectors of the current phase.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 from numba import types
@@ -35,6 +36,7 @@ from ._markers import (
     Marker,
     MarkerType,
     dispatch,
+    dispatch_all,
     invoke,
     kernel_fn,
     pick,
@@ -181,6 +183,21 @@ def _prefetch_out_impl(lanes, nt, j, hi, stream):
     return impl
 
 
+def prefetch_rows(nt, j, hi, stream, a, b, w, out):
+    """``prefetch`` of lane tuples ``a``, ``b`` and ``w`` and ``prefetch_out`` of ``out``
+    (each None where a pass has none): the lines a pass reads and writes, ahead of row j."""
+
+
+@overload(prefetch_rows, jit_options=INLINE)
+def _prefetch_rows_impl(nt, j, hi, stream, a, b, w, out):
+    def impl(nt, j, hi, stream, a, b, w, out):
+        prefetch(a, nt, j, hi)
+        prefetch(b, nt, j, hi)
+        prefetch(w, nt, j, hi)
+        prefetch_out(out, nt, j, hi, stream)
+    return impl
+
+
 def lane_store(arr, index, k, value, stream):
     """Store a tile's lanes < k at ``index``: ``vstore``, or, where ``stream`` is set and
     the tile is whole (k the ``ALL`` marker, or a run-time k of W), a non-temporal store:
@@ -237,9 +254,7 @@ def _band_sum(lanes, a, b, c, w, nt, lo, hi, T, S, s0):
             for lane in range(imin(W, bhi - blo)):
                 vstore(T, (t * W + lane) * W, W, zero)
         for j in range(blo, bhi):
-            prefetch(a, nt, j, hi)
-            prefetch(b, nt, j, hi)
-            prefetch(w, nt, j, hi)
+            prefetch_rows(nt, j, hi, None, a, b, w, None)
             lane = (j - blo) % W
             for t in range(nt):
                 at = (t * W + lane) * W
@@ -336,9 +351,7 @@ def _band_max(a, b, w, nt, lo, hi, V):
     for t in range(nt):
         vstore(V, t * W, W, vsplat(NEG_INF, V))
     for j in range(lo, hi):
-        prefetch(a, nt, j, hi)
-        prefetch(b, nt, j, hi)
-        prefetch(w, nt, j, hi)
+        prefetch_rows(nt, j, hi, None, a, b, w, None)
         at = base + j * step
         for t in range(nt):
             x = keep(weights_valid(b, j, t), vload(arr, at + t * W, k, NEG_INF), NEG_INF)
@@ -495,9 +508,7 @@ def _softmax_write(op, a, b, w, out, nt, lo, hi, S, c, nc, V, stream):
     # the exps softmax kept in out (not softmax_split: its write computes them again)
     kept = pick(op, SOFTMAX, exact_store(oarr), None) is not None
     for j in range(lo, hi):
-        prefetch(a, nt, j, hi)
-        prefetch(w, nt, j, hi)
-        prefetch_out(out, nt, j, hi, stream)
+        prefetch_rows(nt, j, hi, stream, a, None, w, out)
         for t in range(nt):
             if kept:
                 e = vload(oarr, obase + j * ostep + t * W, k, 0.0)
@@ -524,9 +535,7 @@ def _log_softmax_write(op, a, b, w, out, nt, lo, hi, S, c, nc, V, stream):
     oarr, obase, ostep, _ = out
     _rows_m_t(S, nt, nc, V, arr)
     for j in range(lo, hi):
-        prefetch(a, nt, j, hi)
-        prefetch(w, nt, j, hi)
-        prefetch_out(out, nt, j, hi, stream)
+        prefetch_rows(nt, j, hi, stream, a, None, w, out)
         for t in range(nt):
             x = vload(arr, base + j * step + t * W, k, 0.0)
             v = vsub(vsub(x, vload(V, t * W, W, 0.0)), vload(V, (nt + t) * W, W, 0.0))
@@ -569,10 +578,7 @@ def _grad_write(op, a, b, w, out, nt, lo, hi, S, c, nc, V, stream):
     for t in range(nt):
         vstore(V, t * W, W, vnarrow(vload(S, ((2 * nc + 1) * nt + t) * W, W, 0.0), a[0]))
     for j in range(lo, hi):
-        prefetch(a, nt, j, hi)
-        prefetch(b, nt, j, hi)
-        prefetch(w, nt, j, hi)
-        prefetch_out(out, nt, j, hi, stream)
+        prefetch_rows(nt, j, hi, stream, a, b, w, out)
         for t in range(nt):
             u = vload(a[0], a[1] + j * a[2] + t * W, k, 0.0)
             v = vload(b[0], b[1] + j * b[2] + t * W, k, 0.0)
@@ -600,10 +606,7 @@ def _lse_grad_write(op, a, b, w, out, nt, lo, hi, S, c, nc, V, stream):
     oarr, obase, ostep, _ = out
     _rows_m_t(S, nt, nc, V, arr)
     for j in range(lo, hi):
-        prefetch(a, nt, j, hi)
-        prefetch(b, nt, j, hi)
-        prefetch(w, nt, j, hi)
-        prefetch_out(out, nt, j, hi, stream)
+        prefetch_rows(nt, j, hi, stream, a, b, w, out)
         for t in range(nt):
             x = vload(arr, base + j * step + t * W, k, 0.0)
             e = weighed_exp(vsub(x, vload(V, t * W, W, 0.0)), b, j, t)
@@ -632,22 +635,30 @@ def _given_values_impl(S, side, nt, n, at, k):
     return put
 
 
-dispatch(stats, {"softmax": _exp_stats, "log_softmax": _exp_stats,
-                 "softmax_split": _exp_stats,
-                 "softmax_backward": _softmax_grad_stats,
-                 "log_softmax_backward": _log_softmax_grad_stats,
-                 "logsumexp": _lse_stats, "logsumexp_sign": _lse_stats,
-                 "logsumexp_backward": _no_stats})
-dispatch(finish, {"softmax": _max_and_total, "log_softmax": _max_and_total,
-                  "softmax_split": _max_and_total,
-                  "softmax_backward": _sum_finish, "log_softmax_backward": _sum_finish,
-                  "logsumexp": _max_and_total, "logsumexp_sign": _max_and_total,
-                  "logsumexp_backward": _given_finish})
-dispatch(write, {"softmax": _softmax_write, "log_softmax": _log_softmax_write,
-                 "softmax_split": _softmax_write,
-                 "softmax_backward": _grad_write, "log_softmax_backward": _grad_write,
-                 "logsumexp": _lse_write, "logsumexp_sign": _lse_write,
-                 "logsumexp_backward": _lse_grad_write})
+class LanePhases(NamedTuple):
+    """An operation's functions for the lane kernel's phase stubs (``stats`` ...
+    ``write``)."""
+
+    stats: object
+    finish: object
+    write: object
+
+
+# the forward operations and the gradients each share their phases but for the ones named
+_EXP = LanePhases(_exp_stats, _max_and_total, _softmax_write)
+_GRAD = LanePhases(_softmax_grad_stats, _sum_finish, _grad_write)
+_LSE = LanePhases(_lse_stats, _max_and_total, _lse_write)
+_PHASES = {
+    "softmax": _EXP,
+    "log_softmax": _EXP._replace(write=_log_softmax_write),
+    "softmax_split": _EXP,
+    "softmax_backward": _GRAD,
+    "log_softmax_backward": _GRAD._replace(stats=_log_softmax_grad_stats),
+    "logsumexp": _LSE,
+    "logsumexp_sign": _LSE,
+    "logsumexp_backward": LanePhases(_no_stats, _given_finish, _lse_grad_write),
+}
+dispatch_all(LanePhases(stats, finish, write), _PHASES)
 
 
 # ``band`` and its two phases are inlined as numba IR (``inline="always"``), not compiled

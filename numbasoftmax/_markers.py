@@ -99,6 +99,13 @@ def dispatch(stub, table):
     overload(stub, jit_options=INLINE)(typer)
 
 
+def dispatch_all(stubs, table):
+    """``dispatch`` each stub of ``stubs`` (a NamedTuple of stub functions) from one
+    operation table: {key: a NamedTuple of the same type, holding key's functions}."""
+    for field, stub in zip(stubs._fields, stubs, strict=True):
+        dispatch(stub, {key: getattr(row, field) for key, row in table.items()})
+
+
 _KERNEL_FUNCTIONS = {}
 
 

@@ -48,6 +48,7 @@ or keeping them in a scratch row copied out afterwards, measured slower.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 from llvmlite import ir
@@ -58,7 +59,17 @@ from numba.extending import intrinsic, overload
 
 from ._config import CACHE
 from ._disk_cache import njit
-from ._markers import INLINE, Marker, MarkerType, dispatch, invoke, kernel_fn, pick, same
+from ._markers import (
+    INLINE,
+    Marker,
+    MarkerType,
+    dispatch,
+    dispatch_all,
+    invoke,
+    kernel_fn,
+    pick,
+    same,
+)
 from ._simd import (
     W,
     holds_exact,
@@ -907,34 +918,35 @@ def _logsumexp_grad_write(op, a, b, w, out, cmax, m, t, stream):
             None)
 
 
-_MAXES = {"softmax": _exp_maxes, "log_softmax": _exp_maxes, "softmax_split": _exp_maxes,
-          "logsumexp": _lse_maxes, "logsumexp_sign": _lse_maxes,
-          "softmax_backward": _no_maxes, "log_softmax_backward": _no_maxes,
-          "logsumexp_backward": _no_maxes}
+class Phases(NamedTuple):
+    """An operation's functions for the row kernel's phase stubs (``maxes`` ... ``write``)."""
+
+    maxes: object
+    sums: object
+    finish: object
+    finish_one: object
+    write: object
+
+
+# the forward operations, logsumexp and the gradients each share their phases but for the
+# ones named
+_EXP = Phases(_exp_maxes, _exp_sums, _max_and_total, _max_and_total_one, _softmax_write)
+_LSE = _EXP._replace(maxes=_lse_maxes, sums=_lse_sums, write=_logsumexp_write)
+_GRAD = Phases(_no_maxes, _softmax_grad_sums, _sum_finish, _sum_finish_one, _grad_write)
+_PHASES = {
+    "softmax": _EXP,
+    "log_softmax": _EXP._replace(write=_log_softmax_write),
+    "softmax_split": _EXP,
+    "logsumexp": _LSE,
+    "logsumexp_sign": _LSE,
+    "softmax_backward": _GRAD,
+    "log_softmax_backward": _GRAD._replace(sums=_log_softmax_grad_sums),
+    "logsumexp_backward": Phases(_no_maxes, _no_sums, _given_finish, _given_finish,
+                                 _logsumexp_grad_write),
+}
 # the operations whose statistics take a max pass
-MAX_OPS = frozenset(key for key, f in _MAXES.items() if f is not _no_maxes)
-dispatch(maxes, _MAXES)
-dispatch(sums, {"softmax": _exp_sums, "log_softmax": _exp_sums, "softmax_split": _exp_sums,
-                "logsumexp": _lse_sums, "logsumexp_sign": _lse_sums,
-                "softmax_backward": _softmax_grad_sums,
-                "log_softmax_backward": _log_softmax_grad_sums,
-                "logsumexp_backward": _no_sums})
-dispatch(finish, {"softmax": _max_and_total, "log_softmax": _max_and_total,
-                  "softmax_split": _max_and_total, "logsumexp": _max_and_total,
-                  "logsumexp_sign": _max_and_total,
-                  "softmax_backward": _sum_finish, "log_softmax_backward": _sum_finish,
-                  "logsumexp_backward": _given_finish})
-dispatch(finish_one, {"softmax": _max_and_total_one, "log_softmax": _max_and_total_one,
-                      "softmax_split": _max_and_total_one, "logsumexp": _max_and_total_one,
-                      "logsumexp_sign": _max_and_total_one,
-                      "softmax_backward": _sum_finish_one,
-                      "log_softmax_backward": _sum_finish_one,
-                      "logsumexp_backward": _given_finish})
-dispatch(write, {"softmax": _softmax_write, "log_softmax": _log_softmax_write,
-                 "softmax_split": _softmax_write, "logsumexp": _logsumexp_write,
-                 "logsumexp_sign": _logsumexp_write,
-                 "softmax_backward": _grad_write, "log_softmax_backward": _grad_write,
-                 "logsumexp_backward": _logsumexp_grad_write})
+MAX_OPS = frozenset(key for key, row in _PHASES.items() if row.maxes is not _no_maxes)
+dispatch_all(Phases(maxes, sums, finish, finish_one, write), _PHASES)
 
 
 @njit(inline="always", **INTERNAL)
