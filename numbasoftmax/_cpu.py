@@ -9,6 +9,7 @@ choices below are about speed only.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import sys
 import threading
@@ -92,6 +93,29 @@ FETCH_ROW_BYTES = {"softmax": 2048, "log_softmax": 2048, "softmax_backward": 409
                    "log_softmax_backward": 16384}
 FETCH_BYTES = 2048
 FETCH_MIN_BYTES = 1 << 25
+# Except on the CPUs whose names (LLVM's, of the host) start with one of these: AMD's Zen
+# cores. On a Zen 4 (2-core AMD EPYC, AVX-512) the same rows ran level or faster without
+# the hints, their own prefetchers keeping up: time without ÷ with, float32, 2^24
+# elements, 2 threads, 12 calls each taking turns over five rotated inputs: softmax 0.91 /
+# 0.96 / 0.85 / 0.99 / 0.81 at 3 / 16 / 32 / 128 / 512 elements, log_softmax 1.02 / 0.99 /
+# 1.03 / 0.85 / 0.74, softmax_backward 0.95 / 1.00 / 1.06 / 0.98 / 0.97 / 0.83 at 3 / 16 /
+# 32 / 128 / 512 / 1024, log_softmax_backward 0.78 / 0.94 / 0.96 / 0.96 / 0.87 / 0.76 /
+# 0.75 at 3 / 16 / 32 / 128 / 512 / 1024 / 4096; float64 0.80-1.09, float16 0.88-1.08,
+# masked 0.87-1.00 (the Intel Xeon's column above: 0.66-0.95 with the hints).
+NO_FETCH_CPUS = ("znver",)
+
+
+def fetches_on(cpu_name):
+    """Whether the row drivers fetch rows ahead on a CPU of LLVM name ``cpu_name``."""
+    return not cpu_name.startswith(NO_FETCH_CPUS)
+
+
+@functools.cache
+def host_fetches():
+    """``fetches_on`` this machine's CPU (asked once per process)."""
+    from llvmlite import binding
+
+    return fetches_on(binding.get_host_cpu_name())
 # Rows of at least this many bytes write a large output (``_config.STREAM_MIN_BYTES``)
 # with non-temporal stores: a row's first and last partial cache lines take masked plain
 # stores, and below this that cost outweighs the traffic saved. The kernel streams only
@@ -148,7 +172,7 @@ def ahead(op, m, n, itemsize):
     """How many rows ahead of their work the row drivers fetch m rows of n elements of
     ``itemsize`` bytes of operation ``op`` (0: none; see FETCH_BYTES)."""
     row = n * itemsize
-    if row > FETCH_ROW_BYTES.get(op, 0) or m * row < FETCH_MIN_BYTES:
+    if row > FETCH_ROW_BYTES.get(op, 0) or m * row < FETCH_MIN_BYTES or not host_fetches():
         return 0
     return max(1, FETCH_BYTES // row)
 

@@ -259,15 +259,11 @@ FETCHED = {3: (170, 170, 170, 170), 32: (16, 16, 16, 16), 100: (5, 5, 5, 5),
            4096: (0, 0, 0, 1), 4097: (0, 0, 0, 0)}
 
 
-@pytest.mark.parametrize("n", FETCHED)
-@pytest.mark.parametrize("op", OPS)
-def test_large_outputs_fetch_rows_ahead(op, n, rng, monkeypatch):
-    """Large outputs' short rows are fetched into the cache ahead (``_cpu.ahead``), with
-    the bits of the rows not fetched."""
+def _rows_ahead_given(op, n, fetching, rng, monkeypatch):
+    """The rows ahead the parallel driver got for a large float32 call of rows of n (after
+    checking its bits against a call that fetches nothing), on a CPU that fetches or not."""
     from numbasoftmax import _cpu
 
-    ahead = FETCHED[n][["softmax", "log_softmax", "softmax_backward",
-                        "log_softmax_backward"].index(op)]
     inputs = inputs_for(op, rng, (40000 // n + 4, n), np.float32)
     plain = func(op)(*inputs)
     seen = []
@@ -275,8 +271,37 @@ def test_large_outputs_fetch_rows_ahead(op, n, rng, monkeypatch):
     monkeypatch.setattr(_cpu, "_parallel",
                         lambda kernel, args: (seen.append(args[12]), real(kernel, args)))
     monkeypatch.setattr(_cpu, "FETCH_MIN_BYTES", 0)
+    monkeypatch.setattr(_cpu, "host_fetches", lambda: fetching)  # whatever this CPU does
     assert_bitwise_equal(func(op)(*inputs, out=np.empty_like(plain)), plain)
-    assert seen == [ahead]
+    return seen
+
+
+@pytest.mark.parametrize("n", FETCHED)
+@pytest.mark.parametrize("op", OPS)
+def test_large_outputs_fetch_rows_ahead(op, n, rng, monkeypatch):
+    """Large outputs' short rows are fetched into the cache ahead (``_cpu.ahead``), with
+    the bits of the rows not fetched."""
+    ahead = FETCHED[n][["softmax", "log_softmax", "softmax_backward",
+                        "log_softmax_backward"].index(op)]
+    assert _rows_ahead_given(op, n, True, rng, monkeypatch) == [ahead]
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_rows_are_not_fetched_ahead_on_cpus_that_skip_it(op, rng, monkeypatch):
+    """On the CPUs of ``_cpu.NO_FETCH_CPUS`` the drivers get 0 rows ahead (same bits)."""
+    assert _rows_ahead_given(op, 32, False, rng, monkeypatch) == [0]
+
+
+def test_which_cpus_fetch_rows_ahead():
+    from numbasoftmax import _cpu
+
+    assert not _cpu.fetches_on("znver4")
+    assert not _cpu.fetches_on("znver3")
+    assert _cpu.fetches_on("sapphirerapids")
+    assert _cpu.fetches_on("skylake-avx512")
+    from llvmlite import binding
+
+    assert _cpu.host_fetches() == _cpu.fetches_on(binding.get_host_cpu_name())
 
 
 # a run's rows that are NaN (a NaN, a +inf, every element -inf) beside finite ones: a
