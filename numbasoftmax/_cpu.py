@@ -116,6 +116,8 @@ def host_fetches():
     from llvmlite import binding
 
     return fetches_on(binding.get_host_cpu_name())
+
+
 # Rows of at least this many bytes write a large output (``_config.STREAM_MIN_BYTES``)
 # with non-temporal stores: a row's first and last partial cache lines take masked plain
 # stores, and below this that cost outweighs the traffic saved. The kernel streams only

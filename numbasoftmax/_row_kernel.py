@@ -918,7 +918,7 @@ def _logsumexp_grad_write(op, a, b, w, out, cmax, m, t, stream):
             None)
 
 
-class Phases(NamedTuple):
+class RowPhases(NamedTuple):
     """An operation's functions for the row kernel's phase stubs (``maxes`` ... ``write``)."""
 
     maxes: object
@@ -930,9 +930,9 @@ class Phases(NamedTuple):
 
 # the forward operations, logsumexp and the gradients each share their phases but for the
 # ones named
-_EXP = Phases(_exp_maxes, _exp_sums, _max_and_total, _max_and_total_one, _softmax_write)
+_EXP = RowPhases(_exp_maxes, _exp_sums, _max_and_total, _max_and_total_one, _softmax_write)
 _LSE = _EXP._replace(maxes=_lse_maxes, sums=_lse_sums, write=_logsumexp_write)
-_GRAD = Phases(_no_maxes, _softmax_grad_sums, _sum_finish, _sum_finish_one, _grad_write)
+_GRAD = RowPhases(_no_maxes, _softmax_grad_sums, _sum_finish, _sum_finish_one, _grad_write)
 _PHASES = {
     "softmax": _EXP,
     "log_softmax": _EXP._replace(write=_log_softmax_write),
@@ -941,12 +941,12 @@ _PHASES = {
     "logsumexp_sign": _LSE,
     "softmax_backward": _GRAD,
     "log_softmax_backward": _GRAD._replace(sums=_log_softmax_grad_sums),
-    "logsumexp_backward": Phases(_no_maxes, _no_sums, _given_finish, _given_finish,
-                                 _logsumexp_grad_write),
+    "logsumexp_backward": RowPhases(_no_maxes, _no_sums, _given_finish, _given_finish,
+                                    _logsumexp_grad_write),
 }
 # the operations whose statistics take a max pass
 MAX_OPS = frozenset(key for key, row in _PHASES.items() if row.maxes is not _no_maxes)
-dispatch_all(Phases(maxes, sums, finish, finish_one, write), _PHASES)
+dispatch_all(RowPhases(maxes, sums, finish, finish_one, write), _PHASES)
 
 
 @njit(inline="always", **INTERNAL)
