@@ -12,12 +12,23 @@ import numpy as np
 import pytest
 
 from numbasoftmax import registry
-from numbasoftmax._bench import checks, config, progress, report, sweep
+from numbasoftmax._bench import checks, config, progress, report, sweep, timing
 from numbasoftmax._bench.cli import _ops, main
 from numbasoftmax._bench.timing import GpuDevice
 from numbasoftmax._ops import OPS
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+# The sweeps run in this process measure the copy line over 4x a pretend 1 MiB last-level
+# cache: over 4x the real one they copied 512 MiB per measurement on a CPU with a 260 MiB
+# L3, most of each sweep's time, and nothing checked here depends on the cache's size.
+SMALL_CACHE = 1 << 20
+
+
+@pytest.fixture(autouse=True)
+def _small_cache(monkeypatch):
+    monkeypatch.setattr(timing, "l3_bytes", lambda: SMALL_CACHE)
 
 
 def _env():
@@ -72,7 +83,9 @@ def _tiny_config(tmp_path, **kw):
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny")
-    result = sweep.run(_tiny_config(out, pool="all", features="all"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(timing, "l3_bytes", lambda: SMALL_CACHE)
+        result = sweep.run(_tiny_config(out, pool="all", features="all"))
     text, messages = report.write_outputs(result, out)
     return result, text, out
 
@@ -116,11 +129,20 @@ def test_percent_of_copy_is_against_the_copy_timed_in_the_cells_rounds(tiny_run)
     assert start["gbps"] == start[start["best"]]
 
 
+@pytest.mark.parametrize("broken", ["threaded", "streamed"])
+def test_copy_line_checks_each_copy_kernel(monkeypatch, broken):
+    """A copy kernel that writes nothing fails the measurement, whichever ran before it."""
+    kernels = dict(timing._threaded_copies())
+    kernels[broken] = lambda src, dst, parts: None
+    monkeypatch.setattr(timing, "_threaded_copies", lambda: kernels)
+    with pytest.raises(RuntimeError, match=f"the {broken} copy did not copy"):
+        timing.CpuDevice().copy_bandwidth(1 << 16, 1)
+
+
 @pytest.mark.parametrize("best", ["streamed", "threaded", "numpy"])
 def test_cell_copy_copies_the_arrays_bytes(best):
     """The copy beside a cell copies the bytes of its input, whatever its dtype and size
     (the copy kernels take whole float64 words: at most 7 bytes fewer)."""
-    from numbasoftmax._bench import timing
 
     prepare, copy = timing.CpuDevice().cell_copy({"best": best})
     a = np.arange(15, dtype=np.float16)  # 30 bytes
@@ -139,7 +161,6 @@ def test_mapped_buffers_take_no_page_fault_when_written():
     would pay for an untouched out= or copy destination); ``mapped`` does it beforehand."""
     import resource
 
-    from numbasoftmax._bench import timing
 
     def faults_writing(a):
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -218,7 +239,6 @@ def test_rounds_stop_at_the_budget_without_a_slow_peer(tmp_path, monkeypatch):
 
 
 def test_percent_of_copy_falls_back_to_the_starts_copy(tmp_path, monkeypatch):
-    from numbasoftmax._bench import timing
 
     def failing(self, start):
         def copy(src, dst):
@@ -542,7 +562,6 @@ def test_no_command_prints_help(capsys):
 def test_a_first_call_that_compiles_is_not_reported_as_the_cells_time(tmp_path, monkeypatch):
     """A warm-up call slowed by compilation (over 2 s) is followed by a second warm-up;
     only a cell whose calls stay that slow is timed from its first call."""
-    from numbasoftmax._bench import timing
 
     seen = set()
     real = timing.CpuDevice.time_calls
