@@ -26,9 +26,13 @@ ROOT = Path(__file__).resolve().parent.parent
 SMALL_CACHE = 1 << 20
 
 
+def _pretend_small_cache(mp):
+    mp.setattr(timing, "l3_bytes", lambda: SMALL_CACHE)
+
+
 @pytest.fixture(autouse=True)
 def _small_cache(monkeypatch):
-    monkeypatch.setattr(timing, "l3_bytes", lambda: SMALL_CACHE)
+    _pretend_small_cache(monkeypatch)
 
 
 def _env():
@@ -84,7 +88,7 @@ def _tiny_config(tmp_path, **kw):
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(timing, "l3_bytes", lambda: SMALL_CACHE)
+        _pretend_small_cache(mp)  # a module-scoped fixture: the autouse one is not active
         result = sweep.run(_tiny_config(out, pool="all", features="all"))
     text, messages = report.write_outputs(result, out)
     return result, text, out
@@ -143,7 +147,6 @@ def test_copy_line_checks_each_copy_kernel(monkeypatch, broken):
 def test_cell_copy_copies_the_arrays_bytes(best):
     """The copy beside a cell copies the bytes of its input, whatever its dtype and size
     (the copy kernels take whole float64 words: at most 7 bytes fewer)."""
-
     prepare, copy = timing.CpuDevice().cell_copy({"best": best})
     a = np.arange(15, dtype=np.float16)  # 30 bytes
     src, dst = prepare(a)
@@ -160,7 +163,6 @@ def test_mapped_buffers_take_no_page_fault_when_written():
     """A fresh 64 MiB buffer faults its pages in on the first write (what a timed round
     would pay for an untouched out= or copy destination); ``mapped`` does it beforehand."""
     import resource
-
 
     def faults_writing(a):
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -239,7 +241,6 @@ def test_rounds_stop_at_the_budget_without_a_slow_peer(tmp_path, monkeypatch):
 
 
 def test_percent_of_copy_falls_back_to_the_starts_copy(tmp_path, monkeypatch):
-
     def failing(self, start):
         def copy(src, dst):
             raise RuntimeError("no copy here")
@@ -562,7 +563,6 @@ def test_no_command_prints_help(capsys):
 def test_a_first_call_that_compiles_is_not_reported_as_the_cells_time(tmp_path, monkeypatch):
     """A warm-up call slowed by compilation (over 2 s) is followed by a second warm-up;
     only a cell whose calls stay that slow is timed from its first call."""
-
     seen = set()
     real = timing.CpuDevice.time_calls
 
